@@ -1,0 +1,1 @@
+"""chatserver: a QQ-style instant-messaging server and library."""

@@ -1,0 +1,217 @@
+"""In-memory repositories: the real thing, kept in dicts, for embedding and for tests.
+
+Every change goes through an ``UndoLog`` so that a failed transaction can be undone exactly.
+Orderings are kept as sequence numbers, not dict positions, so undoing a removal puts an entry
+back where it was.
+"""
+
+from collections.abc import Callable, Iterable, MutableMapping
+from functools import partial
+from typing import Literal, TypeVar
+
+from attrs import Factory, define
+
+from chatserver.domain.errors import NameTaken, UnknownGroup, UnknownUser
+from chatserver.domain.groups import Group, Member, Role
+from chatserver.domain.messages import Delivery
+from chatserver.domain.users import Account, User
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+Counter = Literal["user", "group", "message", "order"]
+
+
+@define
+class MemoryDatabase:
+    """Everything the memory adapter keeps; each counter holds the last value handed out."""
+
+    accounts: dict[int, Account] = Factory(dict)
+    user_ids_by_name: dict[str, int] = Factory(dict)
+    friends: dict[int, dict[int, None]] = Factory(dict)
+    # addressee -> requester -> order of the request
+    requests: dict[int, dict[int, int]] = Factory(dict)
+    groups: dict[int, Group] = Factory(dict)
+    group_ids_by_name: dict[str, int] = Factory(dict)
+    # group -> user -> (order of joining, role)
+    members: dict[int, dict[int, tuple[int, Role]]] = Factory(dict)
+    # user -> msg_id -> (order of storing, delivery)
+    waiting: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
+    counters: dict[Counter, int] = Factory(
+        lambda: {"user": 0, "group": 0, "message": 0, "order": 0}
+    )
+
+
+class UndoLog:
+    """Makes changes to a MemoryDatabase and remembers how to take each one back."""
+
+    def __init__(self, database: MemoryDatabase) -> None:
+        self.database = database
+        self._undo: list[Callable[[], object]] = []
+
+    def put(self, mapping: MutableMapping[K, V], key: K, value: V) -> None:
+        if key in mapping:
+            self._undo.append(partial(mapping.__setitem__, key, mapping[key]))
+        else:
+            self._undo.append(partial(mapping.pop, key))
+        mapping[key] = value
+
+    def pop(self, mapping: MutableMapping[K, V], key: K) -> bool:
+        if key not in mapping:
+            return False
+        self._undo.append(partial(mapping.__setitem__, key, mapping.pop(key)))
+        return True
+
+    def take(self, counter: Counter, count: int = 1) -> int:
+        """Advance a counter by count; return the first of the values taken."""
+        first = self.database.counters[counter] + 1
+        self.put(self.database.counters, counter, first + count - 1)
+        return first
+
+    def undo(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+class MemoryUserRepository:
+    def __init__(self, log: UndoLog) -> None:
+        self._log = log
+        self._db = log.database
+
+    def add(self, name: str, password_hash: str) -> User:
+        if name in self._db.user_ids_by_name:
+            raise NameTaken()
+        user = User(self._log.take("user"), name)
+        self._log.put(self._db.accounts, user.id, Account(user, password_hash))
+        self._log.put(self._db.user_ids_by_name, name, user.id)
+        return user
+
+    def get(self, user_id: int) -> User | None:
+        account = self._db.accounts.get(user_id)
+        return account.user if account else None
+
+    def account(self, user_id: int) -> Account | None:
+        return self._db.accounts.get(user_id)
+
+    def account_by_name(self, name: str) -> Account | None:
+        user_id = self._db.user_ids_by_name.get(name)
+        return None if user_id is None else self._db.accounts[user_id]
+
+
+def _require_users(db: MemoryDatabase, *user_ids: int) -> None:
+    if any(user_id not in db.accounts for user_id in user_ids):
+        raise UnknownUser()
+
+
+class MemoryFriendRepository:
+    def __init__(self, log: UndoLog) -> None:
+        self._log = log
+        self._db = log.database
+
+    def friends_of(self, user_id: int) -> list[User]:
+        return [self._db.accounts[i].user for i in sorted(self._db.friends.get(user_id, ()))]
+
+    def are_friends(self, a: int, b: int) -> bool:
+        return b in self._db.friends.get(a, ())
+
+    def befriend(self, a: int, b: int) -> None:
+        _require_users(self._db, a, b)
+        self._log.put(self._db.friends.setdefault(a, {}), b, None)
+        self._log.put(self._db.friends.setdefault(b, {}), a, None)
+
+    def unfriend(self, a: int, b: int) -> None:
+        self._log.pop(self._db.friends.get(a, {}), b)
+        self._log.pop(self._db.friends.get(b, {}), a)
+
+    def add_request(self, requester_id: int, addressee_id: int) -> None:
+        _require_users(self._db, requester_id, addressee_id)
+        if not self.has_request(requester_id, addressee_id):
+            waiting = self._db.requests.setdefault(addressee_id, {})
+            self._log.put(waiting, requester_id, self._log.take("order"))
+
+    def has_request(self, requester_id: int, addressee_id: int) -> bool:
+        return requester_id in self._db.requests.get(addressee_id, {})
+
+    def remove_request(self, requester_id: int, addressee_id: int) -> bool:
+        return self._log.pop(self._db.requests.get(addressee_id, {}), requester_id)
+
+    def requesters_of(self, addressee_id: int) -> list[User]:
+        waiting = self._db.requests.get(addressee_id, {})
+        return [self._db.accounts[i].user for i in sorted(waiting, key=waiting.__getitem__)]
+
+
+class MemoryGroupRepository:
+    def __init__(self, log: UndoLog) -> None:
+        self._log = log
+        self._db = log.database
+
+    def create(self, name: str, description: str, creator_id: int) -> Group:
+        _require_users(self._db, creator_id)
+        if name in self._db.group_ids_by_name:
+            raise NameTaken()
+        group = Group(self._log.take("group"), name, description)
+        self._log.put(self._db.groups, group.id, group)
+        self._log.put(self._db.group_ids_by_name, name, group.id)
+        self.add_member(group.id, creator_id, Role.CREATOR)
+        return group
+
+    def get(self, group_id: int) -> Group | None:
+        return self._db.groups.get(group_id)
+
+    def add_member(self, group_id: int, user_id: int, role: Role) -> bool:
+        if group_id not in self._db.groups:
+            raise UnknownGroup()
+        _require_users(self._db, user_id)
+        members = self._db.members.setdefault(group_id, {})
+        if user_id in members:
+            return False
+        self._log.put(members, user_id, (self._log.take("order"), role))
+        return True
+
+    def remove_member(self, group_id: int, user_id: int) -> bool:
+        return self._log.pop(self._db.members.get(group_id, {}), user_id)
+
+    def members(self, group_id: int) -> list[Member]:
+        members = sorted(self._db.members.get(group_id, {}).items(), key=lambda item: item[1])
+        return [Member(self._db.accounts[i].user, role) for i, (_, role) in members]
+
+    def groups_of(self, user_id: int) -> list[Group]:
+        return [
+            self._db.groups[group_id]
+            for group_id, members in sorted(self._db.members.items())
+            if user_id in members
+        ]
+
+
+class MemoryMessageStore:
+    def __init__(self, log: UndoLog) -> None:
+        self._log = log
+        self._db = log.database
+
+    def store(self, user_id: int, delivery: Delivery) -> None:
+        _require_users(self._db, user_id)
+        waiting = self._db.waiting.setdefault(user_id, {})
+        if delivery.msg_id not in waiting:
+            self._log.put(waiting, delivery.msg_id, (self._log.take("order"), delivery))
+
+    def waiting(self, user_id: int) -> list[Delivery]:
+        waiting = sorted(self._db.waiting.get(user_id, {}).values(), key=lambda item: item[0])
+        return [delivery for _, delivery in waiting]
+
+    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None:
+        waiting = self._db.waiting.get(user_id, {})
+        for msg_id in msg_ids:
+            self._log.pop(waiting, msg_id)
+
+    def count(self, user_id: int) -> int:
+        return len(self._db.waiting.get(user_id, {}))
+
+
+class MemoryMessageIdSequence:
+    def __init__(self, log: UndoLog) -> None:
+        self._log = log
+
+    def reserve(self, count: int) -> int:
+        if count < 0:
+            raise ValueError("cannot reserve a negative number of message ids")
+        return self._log.take("message", count)

@@ -1,0 +1,35 @@
+"""The message numbers of the wire protocol, and the two dialects a connection can speak."""
+
+import enum
+
+LOGIN = 1
+LOGIN_ACK = 2
+LOGOUT = 3
+REGISTER = 4
+REGISTER_ACK = 5
+ONE_CHAT = 6
+ADD_FRIEND = 7
+CREATE_GROUP = 8
+ADD_GROUP = 9
+GROUP_CHAT = 10
+ACK = 11
+FRIEND_REQUEST = 12
+FRIEND_RESPONSE = 13
+PRESENCE = 14
+KICKED = 15
+PING = 16
+LEAVE_GROUP = 17
+REMOVE_FRIEND = 18
+RECEIPT = 19
+
+
+class Dialect(enum.Enum):
+    """How a connection talks: this protocol, or the original C++ server's (NUL-framed) one."""
+
+    MODERN = "modern"
+    LEGACY = "legacy"
+
+    @classmethod
+    def of(cls, legacy: bool | None) -> "Dialect":
+        """The dialect for a connection whose FrameSplitter says ``legacy``."""
+        return cls.LEGACY if legacy else cls.MODERN

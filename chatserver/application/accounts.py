@@ -1,0 +1,149 @@
+"""Accounts and sessions: register, log in (taking over an older session), log out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chatserver.application.commands import Login, Logout, Register
+from chatserver.application.results import (
+    Contact,
+    Done,
+    GroupMemberView,
+    GroupView,
+    LoggedIn,
+    Registered,
+)
+from chatserver.application.sessions import Session
+from chatserver.domain.errors import InvalidCredentials
+from chatserver.domain.messages import KickedNotice, PresenceNotice, is_chat
+from chatserver.domain.ports import Transaction
+from chatserver.domain.users import Account, User
+
+if TYPE_CHECKING:
+    from chatserver.application.connection import Connection
+    from chatserver.application.node import Node
+
+
+async def register(command: Register, *, connection: Connection) -> Registered:
+    node = connection.node
+    password_hash = await node.hasher.hash(command.password)
+    user = await node.uow.run(lambda tx: tx.users.add(command.name, password_hash))
+    return Registered(user.id)
+
+
+async def login(command: Login, *, connection: Connection) -> LoggedIn:
+    node = connection.node
+    account = await node.uow.run(lambda tx: _find_account(tx, command))
+    stored_hash = account.password_hash if account else None
+    if not await node.hasher.verify(command.password, stored_hash) or account is None:
+        raise InvalidCredentials()
+    user = account.user
+    # Logging in again as the same user on the same connection is a quiet takeover.
+    relogin = connection.session is not None and connection.session.user.id == user.id
+    if connection.session is not None:
+        await end_session(connection.session, node=node, takeover=relogin)
+        connection.session = None
+    async with node.user_locks.hold(user.id):
+        takeover = await _take_over(user.id, node=node) or relogin
+        session = Session(
+            user,
+            connection.outbox,
+            receipts=command.receipts,
+            notices=command.notices,
+            unreceipted_limit=node.limits.unreceipted_per_session,
+        )
+        # Registered before the store is read: from here on, deliveries are held, not stored.
+        node.sessions.add(session)
+        connection.session = session
+        snapshot = await node.uow.run(lambda tx: _load_login(tx, user))
+        waiting = tuple(d for d in snapshot.waiting if command.notices or is_chat(d))
+        session.friend_ids = {f.id for f in snapshot.friends}
+        session.stored_shown = {d.msg_id for d in waiting}
+        located = await node.presence.locate(snapshot.contact_ids())
+        if not takeover:
+            await node.router.notify(sorted(session.friend_ids), PresenceNotice(user.id, True))
+    online = set(located) | {user.id}
+    return LoggedIn(
+        user=user,
+        friends=tuple(Contact(f, f.id in online) for f in snapshot.friends),
+        groups=tuple(
+            GroupView(
+                g,
+                tuple(GroupMemberView(m.user, m.role, m.user.id in online) for m in members),
+            )
+            for g, members in snapshot.groups
+        ),
+        waiting=waiting,
+        friend_requests=tuple(snapshot.requests),
+    )
+
+
+async def logout(command: Logout, *, connection: Connection) -> Done:
+    if connection.session is not None:
+        await end_session(connection.session, node=connection.node)
+        connection.session = None
+    return Done()
+
+
+async def end_session(session: Session, *, node: Node, takeover: bool = False) -> None:
+    """End a session: keep what it had not receipted, and tell friends unless it was replaced."""
+    if session.ended:
+        return
+    leftovers = session.end()
+    node.sessions.remove(session)
+    if leftovers:
+        user_id = session.user.id
+
+        def keep(tx: Transaction) -> None:
+            for delivery in leftovers:
+                tx.messages.store(user_id, delivery)
+
+        await node.uow.run(keep)
+    if not takeover:
+        await node.presence.release(session.user.id, node.node_id)
+        await node.router.notify(sorted(session.friend_ids), PresenceNotice(session.user.id, False))
+
+
+async def kick(user_id: int, *, node: Node) -> None:
+    """End this node's session of user because a newer login replaced it."""
+    session = node.sessions.get(user_id)
+    if session is not None:
+        session.push(KickedNotice())
+        await end_session(session, node=node, takeover=True)
+
+
+async def _take_over(user_id: int, *, node: Node) -> bool:
+    """Claim the user for this node, ending any older session; True if there was one."""
+    if node.sessions.get(user_id) is not None:
+        await kick(user_id, node=node)
+        return True
+    previous = await node.presence.claim(user_id, node.node_id)
+    if previous is not None and previous != node.node_id:
+        await node.bus.kick(previous, user_id)
+        return True
+    return False
+
+
+def _find_account(tx: Transaction, command: Login) -> Account | None:
+    if command.user_id is not None:
+        return tx.users.account(command.user_id)
+    if command.name is not None:
+        return tx.users.account_by_name(command.name)
+    return None
+
+
+class _LoginSnapshot:
+    def __init__(self, tx: Transaction, user: User) -> None:
+        self.friends = tx.friends.friends_of(user.id)
+        self.groups = [(g, tx.groups.members(g.id)) for g in tx.groups.groups_of(user.id)]
+        self.requests = tx.friends.requesters_of(user.id)
+        self.waiting = tx.messages.waiting(user.id)
+
+    def contact_ids(self) -> list[int]:
+        ids = {f.id for f in self.friends}
+        ids.update(m.user.id for _, members in self.groups for m in members)
+        return sorted(ids)
+
+
+def _load_login(tx: Transaction, user: User) -> _LoginSnapshot:
+    return _LoginSnapshot(tx, user)

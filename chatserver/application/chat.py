@@ -1,0 +1,65 @@
+"""Chat: one-to-one and group messages, and receipts for what a client has shown."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chatserver.application.commands import Receipt, SendDirectMessage, SendGroupMessage
+from chatserver.application.results import Done, MessageAccepted
+from chatserver.domain.errors import NotAMember
+from chatserver.domain.messages import DirectMessage, GroupMessage
+from chatserver.domain.ports import Transaction
+
+if TYPE_CHECKING:
+    from chatserver.application.connection import Connection
+
+
+async def send_direct_message(
+    command: SendDirectMessage, *, connection: Connection
+) -> MessageAccepted:
+    me = connection.user
+    node = connection.node
+    message = DirectMessage(
+        msg_id=await node.message_ids.next(),
+        sender_id=me.id,
+        sender_name=me.name,
+        recipient_id=command.recipient_id,
+        text=command.text,
+        sent_at_ms=node.clock.now_ms(),
+    )
+    await node.router.deliver(command.recipient_id, message, known_user=False)
+    return MessageAccepted(message.msg_id)
+
+
+async def send_group_message(
+    command: SendGroupMessage, *, connection: Connection
+) -> MessageAccepted:
+    me = connection.user
+    node = connection.node
+    roster = await node.groups.roster(command.group_id)
+    if me.id not in roster.members:
+        raise NotAMember()
+    message = GroupMessage(
+        msg_id=await node.message_ids.next(),
+        group_id=command.group_id,
+        sender_id=me.id,
+        sender_name=me.name,
+        text=command.text,
+        sent_at_ms=node.clock.now_ms(),
+    )
+    recipients = [uid for uid in roster.members if uid != me.id]
+    await node.router.deliver_to_many(recipients, message)
+    return MessageAccepted(message.msg_id)
+
+
+async def receipt(command: Receipt, *, connection: Connection) -> Done:
+    session = connection.require_session()
+    stored = session.receipt(command.msg_ids)
+    if stored:
+        user_id = session.user.id
+
+        def forget(tx: Transaction) -> None:
+            tx.messages.delete(user_id, stored)
+
+        await connection.node.uow.run(forget)
+    return Done()

@@ -1,0 +1,71 @@
+"""A client connection as the core sees it: who is logged in on it, and what it asks for."""
+
+from attrs import define
+
+from chatserver.application.accounts import end_session
+from chatserver.application.commands import ANONYMOUS_COMMANDS, Command
+from chatserver.application.dispatch import HANDLERS
+from chatserver.application.node import Node
+from chatserver.application.results import Result
+from chatserver.application.sessions import Session
+from chatserver.domain.errors import Forbidden, NotLoggedIn
+from chatserver.domain.ports import Outbox
+from chatserver.domain.users import User
+
+
+@define(eq=False)
+class Connection:
+    """One client's link to this node; the transport makes one per accepted connection."""
+
+    node: Node
+    outbox: Outbox
+    session: Session | None = None
+
+    @property
+    def logged_in(self) -> bool:
+        if self.session is not None and self.session.ended:
+            self.session = None  # replaced by a newer login, or ended for lagging behind
+        return self.session is not None
+
+    @property
+    def user(self) -> User:
+        return self.require_session().user
+
+    def require_session(self) -> Session:
+        if not self.logged_in or self.session is None:
+            raise NotLoggedIn()
+        return self.session
+
+    async def handle(self, command: Command, claimed_id: int | None = None) -> Result:
+        """Serve one request, reporting faults in the protocol's order: 7, 3, 10, then the rest."""
+        validate = getattr(command, "validate", None)
+        if validate is not None:
+            validate()
+        if not isinstance(command, ANONYMOUS_COMMANDS):
+            session = self.require_session()
+            if claimed_id is not None and claimed_id != session.user.id:
+                raise Forbidden()
+        return await HANDLERS[type(command)](command, connection=self)
+
+    def replied(self) -> None:
+        """The reply to the last request is queued: a new session may now receive events."""
+        session = self.session
+        if session is None or session.held is None:
+            return
+        session.open()
+        if not session.receipts and session.stored_shown:
+            # Without receipts, stored messages go once the login reply carrying them is written.
+            user_id, shown = session.user.id, sorted(session.stored_shown)
+            session.stored_shown = set()
+            uow = self.node.uow
+
+            async def forget() -> None:
+                await uow.run(lambda tx: tx.messages.delete(user_id, shown))
+
+            self.outbox.after_flush(forget)
+
+    async def disconnect(self) -> None:
+        """The connection is gone: end its session as a logout would."""
+        if self.logged_in and self.session is not None:
+            await end_session(self.session, node=self.node)
+        self.session = None

@@ -1,0 +1,50 @@
+"""Dispatch is data: one table from command type to the use case that serves it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from chatserver.application import accounts, chat, friends, groups
+from chatserver.application.commands import (
+    AddFriend,
+    AnswerFriend,
+    CreateGroup,
+    JoinGroup,
+    LeaveGroup,
+    Login,
+    Logout,
+    Ping,
+    Receipt,
+    Register,
+    RemoveFriend,
+    SendDirectMessage,
+    SendGroupMessage,
+)
+from chatserver.application.results import Done, Result
+
+if TYPE_CHECKING:
+    from chatserver.application.connection import Connection
+
+UseCase = Callable[..., Awaitable[Result]]
+
+
+async def ping(command: Ping, *, connection: Connection) -> Done:
+    return Done()
+
+
+HANDLERS: dict[type[Any], UseCase] = {
+    Register: accounts.register,
+    Login: accounts.login,
+    Logout: accounts.logout,
+    Ping: ping,
+    SendDirectMessage: chat.send_direct_message,
+    SendGroupMessage: chat.send_group_message,
+    Receipt: chat.receipt,
+    AddFriend: friends.add_friend,
+    AnswerFriend: friends.answer_friend,
+    RemoveFriend: friends.remove_friend,
+    CreateGroup: groups.create_group,
+    JoinGroup: groups.join_group,
+    LeaveGroup: groups.leave_group,
+}

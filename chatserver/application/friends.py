@@ -1,0 +1,94 @@
+"""Friendships: requests, answers and removal."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chatserver.application.commands import AddFriend, AnswerFriend, RemoveFriend
+from chatserver.application.results import Done
+from chatserver.domain.errors import UnknownUser
+from chatserver.domain.friends import RequestOutcome, check_answer, outcome_of_request
+from chatserver.domain.messages import FriendAnswer, FriendRequestNotice
+from chatserver.domain.ports import Transaction
+from chatserver.domain.users import User
+
+if TYPE_CHECKING:
+    from chatserver.application.connection import Connection
+    from chatserver.application.node import Node
+
+
+async def add_friend(command: AddFriend, *, connection: Connection) -> Done:
+    me = connection.user
+    node = connection.node
+    friend_id = command.friend_id
+
+    def ask(tx: Transaction) -> RequestOutcome:
+        if friend_id != me.id and tx.users.get(friend_id) is None:
+            raise UnknownUser()
+        outcome = outcome_of_request(
+            me.id,
+            friend_id,
+            are_friends=tx.friends.are_friends(me.id, friend_id),
+            they_asked_first=tx.friends.has_request(friend_id, me.id),
+        )
+        if outcome is RequestOutcome.SENT:
+            tx.friends.add_request(me.id, friend_id)
+        elif outcome is RequestOutcome.ACCEPTS_THEIRS:
+            tx.friends.remove_request(friend_id, me.id)
+            tx.friends.befriend(me.id, friend_id)
+        return outcome
+
+    outcome = await node.uow.run(ask)
+    if outcome is RequestOutcome.SENT:
+        await node.router.notify([friend_id], FriendRequestNotice(me.id, me.name))
+    elif outcome is RequestOutcome.ACCEPTS_THEIRS:
+        await _tell_requester(friend_id, me, accepted=True, connection=connection)
+    return Done()
+
+
+async def answer_friend(command: AnswerFriend, *, connection: Connection) -> Done:
+    me = connection.user
+    requester_id = command.requester_id
+    check_answer(me.id, requester_id)
+
+    def answer(tx: Transaction) -> None:
+        if not tx.friends.remove_request(requester_id, me.id):
+            raise UnknownUser("no friend request from that user")
+        if command.accept:
+            tx.friends.befriend(me.id, requester_id)
+
+    await connection.node.uow.run(answer)
+    await _tell_requester(requester_id, me, accepted=command.accept, connection=connection)
+    return Done()
+
+
+async def remove_friend(command: RemoveFriend, *, connection: Connection) -> Done:
+    me = connection.user
+    friend_id = command.friend_id
+    node = connection.node
+
+    def remove(tx: Transaction) -> None:
+        if tx.users.get(friend_id) is None:
+            raise UnknownUser()
+        tx.friends.unfriend(me.id, friend_id)
+
+    await node.uow.run(remove)
+    _forget_friend(node, me.id, friend_id)
+    _forget_friend(node, friend_id, me.id)
+    return Done()
+
+
+async def _tell_requester(
+    requester_id: int, me: User, *, accepted: bool, connection: Connection
+) -> None:
+    node = connection.node
+    if accepted:
+        connection.require_session().friend_ids.add(requester_id)
+    answer = FriendAnswer(await node.message_ids.next(), me.id, me.name, accepted)
+    await node.router.deliver(requester_id, answer)
+
+
+def _forget_friend(node: Node, user_id: int, friend_id: int) -> None:
+    session = node.sessions.get(user_id)
+    if session is not None:
+        session.friend_ids.discard(friend_id)

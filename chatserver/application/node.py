@@ -1,0 +1,66 @@
+"""A node: one server process's collaborators and the sessions it holds."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from attrs import Factory, define, field
+
+from chatserver.application.groups_directory import GroupDirectory
+from chatserver.application.message_ids import MessageIdAllocator
+from chatserver.application.router import Router
+from chatserver.application.sessions import SessionRegistry
+from chatserver.domain.ports import Clock, MessageBus, PasswordHasher, Presence, UnitOfWork
+
+
+@define
+class Limits:
+    """Bounds that keep one client from costing the server without end (README lists them)."""
+
+    # Live deliveries a receipting session may hold unreceipted before it is ended.
+    unreceipted_per_session: int = 1000
+    message_id_block: int = 1000
+
+
+@define
+class UserLocks:
+    """One lock per user id, so logins and logouts of one user never interleave."""
+
+    locks: dict[int, tuple[anyio.Lock, int]] = Factory(dict)
+
+    @asynccontextmanager
+    async def hold(self, user_id: int) -> AsyncIterator[None]:
+        lock, users = self.locks.get(user_id) or (anyio.Lock(), 0)
+        self.locks[user_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self.locks[user_id]
+            if users == 1:
+                del self.locks[user_id]
+            else:
+                self.locks[user_id] = (lock, users - 1)
+
+
+@define(eq=False)
+class Node:
+    """Everything a use case may need; built once by bootstrap, shared by every connection."""
+
+    node_id: str
+    uow: UnitOfWork
+    hasher: PasswordHasher
+    clock: Clock
+    presence: Presence
+    bus: MessageBus
+    limits: Limits = Factory(Limits)
+    sessions: SessionRegistry = Factory(SessionRegistry)
+    user_locks: UserLocks = Factory(UserLocks)
+    router: Router = field(init=False)
+    groups: GroupDirectory = field(init=False)
+    message_ids: MessageIdAllocator = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.router = Router(self.node_id, self.sessions, self.presence, self.bus, self.uow)
+        self.groups = GroupDirectory(self.uow)
+        self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)

@@ -1,0 +1,60 @@
+"""What a successful request returns, for the transport to turn into a reply."""
+
+from attrs import frozen
+
+from chatserver.domain.groups import Group, Role
+from chatserver.domain.messages import Delivery
+from chatserver.domain.users import User
+
+
+@frozen
+class Done:
+    """Success with nothing more to say."""
+
+
+@frozen
+class Registered:
+    user_id: int
+
+
+@frozen
+class MessageAccepted:
+    """The server has taken responsibility for the message."""
+
+    msg_id: int
+
+
+@frozen
+class GroupCreated:
+    group_id: int
+
+
+@frozen
+class Contact:
+    user: User
+    online: bool
+
+
+@frozen
+class GroupMemberView:
+    user: User
+    role: Role
+    online: bool
+
+
+@frozen
+class GroupView:
+    group: Group
+    members: tuple[GroupMemberView, ...]
+
+
+@frozen
+class LoggedIn:
+    user: User
+    friends: tuple[Contact, ...]
+    groups: tuple[GroupView, ...]
+    waiting: tuple[Delivery, ...]
+    friend_requests: tuple[User, ...]
+
+
+Result = Done | Registered | MessageAccepted | GroupCreated | LoggedIn

@@ -1,0 +1,81 @@
+"""The router: each delivery goes live to a session here, through the bus to another node, or
+into the store for the recipient's next login. Notices go live or nowhere.
+
+Between two users online on this node nothing here touches the database or the network.
+"""
+
+from collections.abc import Sequence
+
+from attrs import define
+
+from chatserver.application.sessions import SessionRegistry
+from chatserver.domain.errors import UnknownUser
+from chatserver.domain.messages import Delivery, Notice
+from chatserver.domain.ports import MessageBus, Presence, Transaction, UnitOfWork
+
+
+@define
+class Router:
+    node_id: str
+    sessions: SessionRegistry
+    presence: Presence
+    bus: MessageBus
+    uow: UnitOfWork
+
+    def deliver_here(self, user_id: int, delivery: Delivery) -> bool:
+        session = self.sessions.get(user_id)
+        return session is not None and session.push(delivery)
+
+    async def deliver(self, user_id: int, delivery: Delivery, *, known_user: bool = True) -> None:
+        """Deliver to one user; with known_user False, raise UnknownUser rather than store."""
+        if self.deliver_here(user_id, delivery):
+            return
+        if self.sessions.get(user_id) is None and await self._deliver_remote([user_id], delivery):
+            return
+
+        def store(tx: Transaction) -> None:
+            if not known_user and tx.users.get(user_id) is None:
+                raise UnknownUser()
+            tx.messages.store(user_id, delivery)
+
+        await self.uow.run(store)
+
+    async def deliver_to_many(self, user_ids: Sequence[int], delivery: Delivery) -> None:
+        """Deliver one message to many users, storing for all who are away in one transaction."""
+        elsewhere = [uid for uid in user_ids if not self.deliver_here(uid, delivery)]
+        if not elsewhere:
+            return
+        remote = [uid for uid in elsewhere if self.sessions.get(uid) is None]
+        delivered = set(await self._deliver_remote(remote, delivery)) if remote else set()
+        away = [uid for uid in elsewhere if uid not in delivered]
+        if away:
+
+            def store(tx: Transaction) -> None:
+                for uid in away:
+                    tx.messages.store(uid, delivery)
+
+            await self.uow.run(store)
+
+    async def notify(self, user_ids: Sequence[int], notice: Notice) -> None:
+        """Tell users who are online; nobody else hears of it."""
+        remote = []
+        for uid in user_ids:
+            session = self.sessions.get(uid)
+            if session is None:
+                remote.append(uid)
+            else:
+                session.push(notice)
+        if remote:
+            located = await self.presence.locate(remote)
+            for uid, node in located.items():
+                if node != self.node_id:
+                    await self.bus.deliver(node, uid, notice)
+
+    async def _deliver_remote(self, user_ids: Sequence[int], delivery: Delivery) -> list[int]:
+        """Hand delivery to users on other nodes; return those it reached."""
+        located = await self.presence.locate(user_ids)
+        reached = []
+        for uid, node in located.items():
+            if node != self.node_id and await self.bus.deliver(node, uid, delivery):
+                reached.append(uid)
+        return reached

@@ -1,0 +1,63 @@
+"""Domain errors: each says what went wrong in the chat's own terms; the wire maps them to errno."""
+
+
+class ChatError(Exception):
+    """Base of every error a request can end with; its message is meant for people."""
+
+    default_message = "request failed"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidCredentials(ChatError):
+    # The original server's exact text; clients compare against it.
+    default_message = "id or password is invalid!"
+
+
+class NameTaken(ChatError):
+    default_message = "name already taken"
+
+
+class NotLoggedIn(ChatError):
+    default_message = "not logged in"
+
+
+class UnknownUser(ChatError):
+    default_message = "no such user"
+
+
+class UnknownGroup(ChatError):
+    default_message = "no such group"
+
+
+class NotAMember(ChatError):
+    default_message = "not a member of that group"
+
+
+class InvalidRequest(ChatError):
+    """A request whose values break a rule: empty text, a request to oneself, a name too long."""
+
+    default_message = "invalid request"
+
+
+class Forbidden(ChatError):
+    default_message = "this request names another user's identity"
+
+
+class RateLimited(ChatError):
+    default_message = "too many requests: slow down"
+
+
+class QuotaExceeded(ChatError):
+    """The recipient's store of waiting messages is full."""
+
+    default_message = "the recipient has too many waiting messages"
+
+
+class Unavailable(ChatError):
+    default_message = "server busy or a dependency is down: try again"

@@ -1,0 +1,80 @@
+"""What the server delivers to users.
+
+A *delivery* carries a ``msg_id`` and follows the delivery rules: live if the recipient is
+online, stored otherwise, and kept until receipted for sessions that asked for receipts.
+A *notice* is live only: it is dropped when nobody is there to see it.
+"""
+
+from attrs import frozen
+
+from chatserver.domain.errors import InvalidRequest
+
+MAX_MESSAGE_LENGTH = 4096
+
+
+@frozen
+class DirectMessage:
+    msg_id: int
+    sender_id: int
+    sender_name: str
+    recipient_id: int
+    text: str
+    sent_at_ms: int
+
+
+@frozen
+class GroupMessage:
+    msg_id: int
+    group_id: int
+    sender_id: int
+    sender_name: str
+    text: str
+    sent_at_ms: int
+
+
+@frozen
+class FriendAnswer:
+    """Tells a requester that the other user answered their friend request."""
+
+    msg_id: int
+    responder_id: int
+    responder_name: str
+    accepted: bool
+
+
+Delivery = DirectMessage | GroupMessage | FriendAnswer
+
+CHAT_KINDS = (DirectMessage, GroupMessage)
+
+
+@frozen
+class FriendRequestNotice:
+    requester_id: int
+    requester_name: str
+
+
+@frozen
+class PresenceNotice:
+    user_id: int
+    online: bool
+
+
+@frozen
+class KickedNotice:
+    reason: str = "logged in from somewhere else"
+
+
+Notice = FriendRequestNotice | PresenceNotice | KickedNotice
+
+Event = Delivery | Notice
+
+
+def check_message_text(text: str) -> None:
+    if not text:
+        raise InvalidRequest("msg must not be empty")
+    if len(text) > MAX_MESSAGE_LENGTH:
+        raise InvalidRequest(f"msg must be at most {MAX_MESSAGE_LENGTH} characters")
+
+
+def is_chat(delivery: Delivery) -> bool:
+    return isinstance(delivery, CHAT_KINDS)

@@ -1,0 +1,173 @@
+"""The ports: what the core needs from the world, as Protocols that adapters satisfy.
+
+Repositories are synchronous and live inside a transaction, which the unit of work runs
+where blocking is allowed (a worker thread for a real database). Everything that waits on
+the world (the unit of work, hashing, the cluster) is asynchronous.
+"""
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
+
+from chatserver.domain.groups import Group, Member, Role
+from chatserver.domain.messages import Delivery, Event
+from chatserver.domain.users import Account, User
+
+T = TypeVar("T")
+
+
+class UserRepository(Protocol):
+    def add(self, name: str, password_hash: str) -> User:
+        """Create a user; raises NameTaken if the name is in use."""
+        ...
+
+    def get(self, user_id: int) -> User | None: ...
+
+    def account(self, user_id: int) -> Account | None: ...
+
+    def account_by_name(self, name: str) -> Account | None: ...
+
+
+class FriendRepository(Protocol):
+    def friends_of(self, user_id: int) -> list[User]: ...
+
+    def are_friends(self, a: int, b: int) -> bool: ...
+
+    def befriend(self, a: int, b: int) -> None:
+        """Make a and b friends (idempotent)."""
+        ...
+
+    def unfriend(self, a: int, b: int) -> None: ...
+
+    def add_request(self, requester_id: int, addressee_id: int) -> None:
+        """Record a pending request (idempotent)."""
+        ...
+
+    def has_request(self, requester_id: int, addressee_id: int) -> bool: ...
+
+    def remove_request(self, requester_id: int, addressee_id: int) -> bool:
+        """Drop a pending request; False if there was none."""
+        ...
+
+    def requesters_of(self, addressee_id: int) -> list[User]:
+        """Users waiting for addressee's answer, oldest request first."""
+        ...
+
+
+class GroupRepository(Protocol):
+    def create(self, name: str, description: str, creator_id: int) -> Group:
+        """Create a group with its creator as member; raises NameTaken."""
+        ...
+
+    def get(self, group_id: int) -> Group | None: ...
+
+    def add_member(self, group_id: int, user_id: int, role: Role) -> bool:
+        """Add a member; False if they already were one."""
+        ...
+
+    def remove_member(self, group_id: int, user_id: int) -> bool: ...
+
+    def members(self, group_id: int) -> list[Member]: ...
+
+    def groups_of(self, user_id: int) -> list[Group]: ...
+
+
+class MessageStore(Protocol):
+    """Deliveries waiting for a user who was away, oldest first."""
+
+    def store(self, user_id: int, delivery: Delivery) -> None:
+        """Keep a delivery for user (idempotent on its msg_id)."""
+        ...
+
+    def waiting(self, user_id: int) -> list[Delivery]: ...
+
+    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None: ...
+
+    def count(self, user_id: int) -> int: ...
+
+
+class MessageIdSequence(Protocol):
+    def reserve(self, count: int) -> int:
+        """Reserve count fresh message ids, never handed out before; return the first."""
+        ...
+
+
+class Transaction(Protocol):
+    users: UserRepository
+    friends: FriendRepository
+    groups: GroupRepository
+    messages: MessageStore
+    message_ids: MessageIdSequence
+
+
+class UnitOfWork(Protocol):
+    async def run(self, work: Callable[[Transaction], T]) -> T:
+        """Run work in one transaction: committed if it returns, rolled back if it raises."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class PasswordHasher(Protocol):
+    async def hash(self, password: str) -> str: ...
+
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        """True if password matches; takes as long for a missing hash as for a wrong one."""
+        ...
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Milliseconds since the Unix epoch."""
+        ...
+
+
+class Outbox(Protocol):
+    """Where a session's events go: the connection that the transport owns."""
+
+    def push(self, event: Event) -> bool:
+        """Queue an event for the client; False if the client is too far behind to take it."""
+        ...
+
+    def after_flush(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run callback once everything queued so far has been written to the client."""
+        ...
+
+    def close(self) -> None:
+        """End the connection (the transport then disconnects the session)."""
+        ...
+
+
+class Presence(Protocol):
+    """Which node each online user is on, cluster-wide."""
+
+    async def claim(self, user_id: int, node_id: str) -> str | None:
+        """Mark user online on node_id; return the node that held them before, if any."""
+        ...
+
+    async def release(self, user_id: int, node_id: str) -> None:
+        """Mark user offline, unless another node has claimed them since."""
+        ...
+
+    async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
+        """The node of every user in user_ids who is online."""
+        ...
+
+
+class BusHandler(Protocol):
+    async def deliver(self, user_id: int, event: Event) -> bool:
+        """Give event to user's session here; False if they are not here (after all)."""
+        ...
+
+    async def kick(self, user_id: int) -> None:
+        """End user's session here because they logged in elsewhere."""
+        ...
+
+
+class MessageBus(Protocol):
+    """Carries events between the nodes of a cluster."""
+
+    async def deliver(self, node_id: str, user_id: int, event: Event) -> bool:
+        """Hand event to user's session on node_id; False if it did not get there."""
+        ...
+
+    async def kick(self, node_id: str, user_id: int) -> None: ...

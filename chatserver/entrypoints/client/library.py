@@ -1,0 +1,464 @@
+"""An async client for the chatserver wire protocol (PROTOCOL.md), for bots, tests and the terminal.
+
+    async with connect("127.0.0.1", 6000) as client:
+        await client.login("alice", "s3cret")
+        await client.send_chat(2, "hi bob")
+        async for event in client.events():
+            ...
+
+Every request carries a fresh ``seq`` and waits, at most ``request_timeout`` seconds, for the
+reply that echoes it; a reader task owned by the ``connect`` block routes replies to their
+waiters and everything else, parsed into the event classes below, to ``events()``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager, suppress
+from enum import IntEnum
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import ByteStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+from attrs import define, field, frozen
+
+DEFAULT_REQUEST_TIMEOUT = 10.0
+DEFAULT_EVENT_BUFFER = 1024
+# A login reply carries up to 200 stored messages of up to 4,096 characters each.
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+
+
+class MsgId(IntEnum):
+    """The message numbers of the wire protocol."""
+
+    LOGIN = 1
+    LOGIN_ACK = 2
+    LOGOUT = 3
+    REGISTER = 4
+    REGISTER_ACK = 5
+    ONE_CHAT = 6
+    ADD_FRIEND = 7
+    CREATE_GROUP = 8
+    ADD_GROUP = 9
+    GROUP_CHAT = 10
+    ACK = 11
+    FRIEND_REQUEST = 12
+    FRIEND_RESPONSE = 13
+    PRESENCE = 14
+    KICKED = 15
+    PING = 16
+    LEAVE_GROUP = 17
+    REMOVE_FRIEND = 18
+    RECEIPT = 19
+
+
+REPLIES = frozenset({MsgId.LOGIN_ACK, MsgId.REGISTER_ACK, MsgId.ACK})
+
+
+class ChatError(Exception):
+    """The server answered a request with a non-zero errno."""
+
+    def __init__(self, errno: int, errmsg: str) -> None:
+        super().__init__(errno, errmsg)
+        self.errno = errno
+        self.errmsg = errmsg
+
+    def __str__(self) -> str:
+        return f"{self.errmsg} (errno {self.errno})"
+
+
+class ConnectionLost(ConnectionError):
+    """The connection to the server is gone; no more replies or events will come."""
+
+
+@frozen
+class DirectMessage:
+    """A one-to-one chat message sent to this user."""
+
+    msg_id: int
+    sender_id: int
+    sender_name: str
+    recipient_id: int
+    text: str
+    time: str
+    sent_at_ms: int
+
+
+@frozen
+class GroupMessage:
+    """A chat message sent to a group this user belongs to."""
+
+    msg_id: int
+    group_id: int
+    sender_id: int
+    sender_name: str
+    text: str
+    time: str
+    sent_at_ms: int
+
+
+@frozen
+class FriendAnswer:
+    """Another user's answer to this user's friend request."""
+
+    msg_id: int
+    responder_id: int
+    responder_name: str
+    accepted: bool
+
+
+@frozen
+class FriendRequest:
+    """A user asking to become this user's friend."""
+
+    requester_id: int
+    requester_name: str
+
+
+@frozen
+class Presence:
+    """A friend came online or went offline."""
+
+    user_id: int
+    online: bool
+
+
+@frozen
+class Kicked:
+    """This session was ended by a newer login of the same user; the connection stays open."""
+
+    reason: str
+
+
+@frozen
+class UnknownFrame:
+    """A frame from the server that this library does not understand, kept as it came."""
+
+    frame: dict[str, Any]
+
+
+Delivery = DirectMessage | GroupMessage | FriendAnswer
+Notice = FriendRequest | Presence | Kicked
+Event = Delivery | Notice | UnknownFrame
+
+
+@frozen
+class Friend:
+    """A friend as listed at login."""
+
+    id: int
+    name: str
+    online: bool
+
+
+@frozen
+class GroupMember:
+    """A member of a group as listed at login; ``role`` is "creator" or "normal"."""
+
+    id: int
+    name: str
+    online: bool
+    role: str
+
+
+@frozen
+class Group:
+    """A group this user belongs to, as listed at login."""
+
+    id: int
+    name: str
+    description: str
+    members: tuple[GroupMember, ...]
+
+
+@frozen
+class LoginResult:
+    """What the server tells a user who logs in."""
+
+    user_id: int
+    name: str
+    friends: tuple[Friend, ...]
+    groups: tuple[Group, ...]
+    offline_messages: tuple[Delivery | UnknownFrame, ...]
+    friend_requests: tuple[FriendRequest, ...]
+
+
+def _direct_message(frame: dict[str, Any]) -> DirectMessage:
+    return DirectMessage(
+        msg_id=frame["msg_id"],
+        sender_id=frame["id"],
+        sender_name=frame["name"],
+        recipient_id=frame["toid"],
+        text=frame["msg"],
+        time=frame["time"],
+        sent_at_ms=frame["ts"],
+    )
+
+
+def _group_message(frame: dict[str, Any]) -> GroupMessage:
+    return GroupMessage(
+        msg_id=frame["msg_id"],
+        group_id=frame["groupid"],
+        sender_id=frame["id"],
+        sender_name=frame["name"],
+        text=frame["msg"],
+        time=frame["time"],
+        sent_at_ms=frame["ts"],
+    )
+
+
+def _friend_answer(frame: dict[str, Any]) -> FriendAnswer:
+    return FriendAnswer(frame["msg_id"], frame["id"], frame["name"], frame["accept"])
+
+
+EVENT_PARSERS: dict[int, Callable[[dict[str, Any]], Event]] = {
+    MsgId.ONE_CHAT: _direct_message,
+    MsgId.GROUP_CHAT: _group_message,
+    MsgId.FRIEND_RESPONSE: _friend_answer,
+    MsgId.FRIEND_REQUEST: lambda frame: FriendRequest(frame["id"], frame["name"]),
+    MsgId.PRESENCE: lambda frame: Presence(frame["id"], frame["state"] == "online"),
+    MsgId.KICKED: lambda frame: Kicked(frame.get("errmsg", "")),
+}
+
+
+def parse_event(frame: dict[str, Any]) -> Event:
+    """Turns a frame pushed by the server into an event; anything unexpected is an UnknownFrame."""
+    parser = EVENT_PARSERS.get(frame.get("msgid", 0))
+    try:
+        return parser(frame) if parser else UnknownFrame(frame)
+    except (KeyError, TypeError):
+        return UnknownFrame(frame)
+
+
+def _stored_delivery(frame: dict[str, Any]) -> Delivery | UnknownFrame:
+    event = parse_event(frame)
+    return event if isinstance(event, Delivery) else UnknownFrame(frame)
+
+
+def parse_login(reply: dict[str, Any]) -> LoginResult:
+    """Turns a successful LOGIN_MSG_ACK into a LoginResult."""
+    return LoginResult(
+        user_id=reply["id"],
+        name=reply["name"],
+        friends=tuple(
+            Friend(f["id"], f["name"], f["state"] == "online") for f in reply.get("friends", ())
+        ),
+        groups=tuple(
+            Group(
+                id=g["id"],
+                name=g["groupname"],
+                description=g.get("groupdesc", ""),
+                members=tuple(
+                    GroupMember(u["id"], u["name"], u["state"] == "online", u["role"])
+                    for u in g.get("users", ())
+                ),
+            )
+            for g in reply.get("groups", ())
+        ),
+        offline_messages=tuple(_stored_delivery(m) for m in reply.get("offlinemsg", ())),
+        friend_requests=tuple(
+            FriendRequest(r["id"], r["name"]) for r in reply.get("friend_requests", ())
+        ),
+    )
+
+
+@define
+class _Waiter:
+    """A request waiting for its reply; ``reply`` stays None if the connection is lost."""
+
+    done: anyio.Event = field(factory=anyio.Event)
+    reply: dict[str, Any] | None = None
+
+
+class ChatClient:
+    """One connection to a chat server; get one from ``connect``."""
+
+    def __init__(
+        self,
+        stream: ByteStream,
+        *,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        event_buffer: int = DEFAULT_EVENT_BUFFER,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.request_timeout = request_timeout
+        self._stream = stream
+        self._max_frame = max_frame
+        self._send_lock = anyio.Lock()
+        self._seqs = itertools.count(1)
+        self._waiters: dict[int, _Waiter] = {}
+        self._event_sender, self._event_receiver = anyio.create_memory_object_stream[Event](
+            event_buffer
+        )
+        self._lost = False
+
+    @property
+    def connected(self) -> bool:
+        """False once the server has closed the connection."""
+        return not self._lost
+
+    async def register(self, name: str, password: str) -> int:
+        """Creates an account and returns its user id."""
+        reply = await self.request(MsgId.REGISTER, name=name, password=password)
+        return int(reply["id"])
+
+    async def login(self, user: int | str, password: str, *, receipts: bool = True) -> LoginResult:
+        """Logs in by user id (int) or name; with receipts, the caller ``receipt``s deliveries."""
+        who = {"id": user} if isinstance(user, int) else {"name": user}
+        reply = await self.request(MsgId.LOGIN, **who, password=password, receipts=receipts)
+        return parse_login(reply)
+
+    async def logout(self) -> None:
+        await self.request(MsgId.LOGOUT)
+
+    async def send_chat(self, to_id: int, text: str) -> int:
+        """Sends a one-to-one message and returns its msg_id."""
+        reply = await self.request(MsgId.ONE_CHAT, toid=to_id, msg=text)
+        return int(reply["msg_id"])
+
+    async def add_friend(self, friend_id: int) -> None:
+        """Sends a friend request (or accepts theirs, if they already asked)."""
+        await self.request(MsgId.ADD_FRIEND, friendid=friend_id)
+
+    async def answer_friend(self, friend_id: int, accept: bool) -> None:
+        """Accepts or declines the friend request of ``friend_id``."""
+        await self.request(MsgId.FRIEND_RESPONSE, friendid=friend_id, accept=accept)
+
+    async def remove_friend(self, friend_id: int) -> None:
+        await self.request(MsgId.REMOVE_FRIEND, friendid=friend_id)
+
+    async def create_group(self, name: str, description: str = "") -> int:
+        """Creates a group with this user as its creator and returns the group id."""
+        reply = await self.request(MsgId.CREATE_GROUP, groupname=name, groupdesc=description)
+        return int(reply["groupid"])
+
+    async def join_group(self, group_id: int) -> None:
+        await self.request(MsgId.ADD_GROUP, groupid=group_id)
+
+    async def leave_group(self, group_id: int) -> None:
+        await self.request(MsgId.LEAVE_GROUP, groupid=group_id)
+
+    async def send_group_chat(self, group_id: int, text: str) -> int:
+        """Sends a message to every other member of a group and returns its msg_id."""
+        reply = await self.request(MsgId.GROUP_CHAT, groupid=group_id, msg=text)
+        return int(reply["msg_id"])
+
+    async def ping(self) -> None:
+        """Checks that the server answers (a heartbeat)."""
+        await self.request(MsgId.PING)
+
+    async def receipt(self, msg_ids: Iterable[int]) -> None:
+        """Tells the server these deliveries have reached the user, so it may forget them."""
+        await self.request(MsgId.RECEIPT, msg_ids=list(msg_ids))
+
+    async def request(self, msgid: int, **fields: Any) -> dict[str, Any]:
+        """Sends one request and returns its reply; raises ChatError if the reply has an errno."""
+        seq = next(self._seqs)
+        waiter = self._waiters[seq] = _Waiter()
+        try:
+            with anyio.fail_after(self.request_timeout):
+                await self._send({"msgid": int(msgid), **fields, "seq": seq})
+                await waiter.done.wait()
+        finally:
+            del self._waiters[seq]
+        if waiter.reply is None:
+            raise ConnectionLost("the connection closed before the reply came")
+        errno = waiter.reply.get("errno", 0)
+        if errno != 0:
+            raise ChatError(errno, str(waiter.reply.get("errmsg", "")))
+        return waiter.reply
+
+    def events(self) -> AsyncIterator[Event]:
+        """The pushes from the server, in order; iteration ends when the connection is lost.
+
+        Read them: once ``event_buffer`` events are waiting, reading from the server pauses,
+        and replies wait too.
+        """
+        return self._event_receiver
+
+    async def next_event(self) -> Event:
+        """Waits for the next push, at most ``request_timeout`` seconds."""
+        with anyio.fail_after(self.request_timeout):
+            try:
+                return await self._event_receiver.receive()
+            except anyio.EndOfStream:
+                raise ConnectionLost("the connection is closed") from None
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        if self._lost:
+            raise ConnectionLost("the connection is closed")
+        data = orjson.dumps(frame) + b"\n"
+        try:
+            async with self._send_lock:
+                await self._stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise ConnectionLost("the connection is closed") from exc
+
+    async def _read_frames(self) -> None:
+        """Routes every frame from the server until the connection ends."""
+        frames = BufferedByteReceiveStream(self._stream)
+        try:
+            while True:
+                line = await frames.receive_until(b"\n", self._max_frame)
+                await self._route(line)
+        except (
+            anyio.IncompleteRead,
+            anyio.DelimiterNotFound,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            OSError,
+        ):
+            pass
+        finally:
+            self._lost = True
+            for waiter in self._waiters.values():
+                waiter.done.set()
+            self._event_sender.close()
+
+    async def _route(self, line: bytes) -> None:
+        try:
+            frame = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(frame, dict) or type(frame.get("msgid")) is not int:
+            return
+        if frame["msgid"] in REPLIES:
+            seq = frame.get("seq")
+            waiter = self._waiters.get(seq) if type(seq) is int else None
+            if waiter is not None and waiter.reply is None:
+                waiter.reply = frame
+                waiter.done.set()
+            return
+        with suppress(anyio.BrokenResourceError):  # nobody will read events any more
+            await self._event_sender.send(parse_event(frame))
+
+
+@asynccontextmanager
+async def connect(
+    host: str,
+    port: int,
+    *,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    event_buffer: int = DEFAULT_EVENT_BUFFER,
+    max_frame: int = DEFAULT_MAX_FRAME,
+) -> AsyncIterator[ChatClient]:
+    """Connects to a chat server for the length of an ``async with`` block."""
+    with anyio.fail_after(request_timeout):
+        stream = await anyio.connect_tcp(host, port)
+    client = ChatClient(
+        stream, request_timeout=request_timeout, event_buffer=event_buffer, max_frame=max_frame
+    )
+    error: Exception | None = None
+    async with stream, anyio.create_task_group() as task_group:
+        task_group.start_soon(client._read_frames)
+        try:
+            yield client
+        except Exception as exc:
+            error = exc  # raised below, so that it does not come out wrapped in an ExceptionGroup
+        finally:
+            task_group.cancel_scope.cancel()
+    if error is not None:
+        raise error

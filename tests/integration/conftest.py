@@ -1,0 +1,552 @@
+"""Black-box harness for the integration tests: a real server process and a raw TCP client.
+
+Everything here is written from /work/shared/PROTOCOL.md alone. The server is started as
+`python -m chatserver serve ...` and spoken to over plain sockets; nothing from the chatserver
+package is imported. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HOST = "127.0.0.1"
+FRAME_TIMEOUT = 5.0  # waiting for one frame
+SLOW_TIMEOUT = 15.0  # LOGIN / REG replies: the password hash is deliberately slow
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+SILENCE = 0.4  # how long "nothing arrives" is watched by default
+
+_ENV_SET_BY_US = ("CHATSERVER_HOST", "CHATSERVER_PORT", "CHATSERVER_DATABASE")
+
+# Replies, by request msgid, for the legacy dialect (which has no ACK_MSG and no seq habit).
+_LEGACY_REPLY = {1: 2, 4: 5}
+_REPLY_MSGIDS = (2, 5, 11)
+
+Frame = dict[str, Any]
+Pattern = Callable[[Frame], bool] | dict[str, Any]
+
+
+class ProtocolViolation(AssertionError):
+    """The server sent bytes that break the framing rules of PROTOCOL.md."""
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def same(actual: Any, expected: Any) -> bool:
+    """Equality without Python's bool/int/float mixing: `True` is not `1`, `1.0` is not `1`."""
+    if isinstance(expected, dict):
+        return (
+            isinstance(actual, dict)
+            and actual.keys() == expected.keys()
+            and all(same(actual[k], v) for k, v in expected.items())
+        )
+    if isinstance(expected, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(expected)
+            and all(same(a, e) for a, e in zip(actual, expected, strict=True))
+        )
+    return type(actual) is type(expected) and actual == expected
+
+
+def matches(frame: Frame, pattern: Pattern) -> bool:
+    """A frame matches a dict pattern when every listed key is present with the same value."""
+    if callable(pattern):
+        return bool(pattern(frame))
+    return all(k in frame and same(frame[k], v) for k, v in pattern.items())
+
+
+def is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+_name_counter = itertools.count(1)
+
+
+def unique_name(prefix: str = "u") -> str:
+    """A user or group name no other test uses (well under the 50-character limit)."""
+    return f"{prefix[:16]}{next(_name_counter)}_{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- the raw client
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    password: str
+
+
+class Client:
+    """One raw TCP connection: JSON + terminator out, LF-split JSON frames in.
+
+    Frames that arrive while the test waits for something else are kept, in order, in a backlog
+    that later reads look at first.
+    """
+
+    _seqs = itertools.count(1)
+
+    def __init__(self, port: int, *, legacy: bool = False, timeout: float = FRAME_TIMEOUT):
+        self.port = port
+        self.legacy = legacy
+        self.terminator = b"\0" if legacy else b"\n"
+        self.timeout = timeout
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+        self.backlog: deque[Frame] = deque()
+        self.raw_frames: list[bytes] = []  # every server frame, terminator included
+        self.eof = False
+        self.user: User | None = None
+        self.ack: Frame | None = None  # the last successful LOGIN_MSG_ACK
+
+    # ---- sending
+    def encode(self, obj: Any, *, ascii_only: bool = False) -> bytes:
+        return json.dumps(obj, ensure_ascii=ascii_only, separators=(",", ":")).encode("utf-8")
+
+    def send(self, obj: Any, *, terminator: bytes | None = None) -> None:
+        end = self.terminator if terminator is None else terminator
+        self.send_raw(self.encode(obj) + end)
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def next_seq(self) -> int:
+        return next(self._seqs)
+
+    # ---- receiving
+    def _read_frame(self, deadline: float) -> Frame | None:
+        """The next frame off the socket, or None at the deadline. Raises at EOF."""
+        while b"\n" not in self.buffer:
+            if self.eof:
+                if self.buffer:
+                    raise ProtocolViolation(f"connection closed mid-frame: {self.buffer[:200]!r}")
+                raise ConnectionError("connection closed by the server")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except TimeoutError:
+                return None
+            except (ConnectionResetError, BrokenPipeError):
+                chunk = b""
+            if not chunk:
+                self.eof = True
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        self.raw_frames.append(line + b"\n")
+        try:
+            frame = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolViolation(f"server frame is not UTF-8 JSON: {line[:300]!r}") from exc
+        if not isinstance(frame, dict):
+            raise ProtocolViolation(f"server frame is not a JSON object: {line[:300]!r}")
+        if not is_int(frame.get("msgid")):
+            raise ProtocolViolation(f"server frame without an integer msgid: {line[:300]!r}")
+        return frame
+
+    def recv(self, timeout: float | None = None) -> Frame:
+        """The next frame (backlog first)."""
+        if self.backlog:
+            return self.backlog.popleft()
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        frame = self._read_frame(deadline)
+        if frame is None:
+            raise AssertionError(f"no frame within {timeout or self.timeout}s")
+        return frame
+
+    def expect(self, pattern: Pattern, timeout: float | None = None) -> Frame:
+        """The first frame matching `pattern`; frames that don't match stay in the backlog."""
+        for i, frame in enumerate(self.backlog):
+            if matches(frame, pattern):
+                del self.backlog[i]
+                return frame
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        skipped: list[Frame] = []
+        try:
+            while True:
+                frame = self._read_frame(deadline)
+                if frame is None:
+                    raise AssertionError(
+                        f"no frame matching {pattern!r} within "
+                        f"{timeout or self.timeout}s; other frames: {skipped!r}"
+                    )
+                if matches(frame, pattern):
+                    return frame
+                skipped.append(frame)
+        finally:
+            self.backlog.extend(skipped)
+
+    def expect_many(self, pattern: Pattern, count: int, timeout: float | None = None) -> list[Frame]:
+        return [self.expect(pattern, timeout) for _ in range(count)]
+
+    def request(self, obj: Frame, timeout: float | None = None, *, terminator: bytes | None = None) -> Frame:
+        """Send a request and return its reply.
+
+        Modern dialect: a fresh integer `seq` is added (unless the caller set one) and the reply is
+        the LOGIN_MSG_ACK / REG_MSG_ACK / ACK_MSG echoing it. Legacy dialect: no seq is added (the
+        original client sends none) and the reply is the next LOGIN_MSG_ACK or REG_MSG_ACK.
+        """
+        if timeout is None:
+            timeout = SLOW_TIMEOUT if obj.get("msgid") in (1, 4) else self.timeout
+        if self.legacy and "seq" not in obj:
+            self.send(obj, terminator=terminator)
+            return self.expect({"msgid": _LEGACY_REPLY[obj["msgid"]]}, timeout)
+        obj = dict(obj)
+        obj.setdefault("seq", self.next_seq())
+        seq = obj["seq"]
+        self.send(obj, terminator=terminator)
+        return self.expect(
+            lambda f: f.get("msgid") in _REPLY_MSGIDS and same(f.get("seq"), seq), timeout
+        )
+
+    def assert_silent(self, seconds: float = SILENCE, pattern: Pattern | None = None) -> None:
+        """Nothing (or nothing matching `pattern`) is waiting or arrives within `seconds`."""
+        def relevant(frame: Frame) -> bool:
+            return pattern is None or matches(frame, pattern)
+
+        waiting = [f for f in self.backlog if relevant(f)]
+        assert not waiting, f"unexpected frames: {waiting!r}"
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                frame = self._read_frame(deadline)
+            except ConnectionError as exc:
+                raise AssertionError("connection closed while it should stay open") from exc
+            if frame is None:
+                return
+            assert not relevant(frame), f"unexpected frame: {frame!r}"
+            self.backlog.append(frame)
+
+    def drain(self, seconds: float = 0.2) -> list[Frame]:
+        """Everything already received or arriving within `seconds`; the backlog is emptied."""
+        frames = list(self.backlog)
+        self.backlog.clear()
+        deadline = time.monotonic() + seconds
+        while True:
+            frame = self._read_frame(deadline)
+            if frame is None:
+                return frames
+            frames.append(frame)
+
+    def expect_closed(self, timeout: float | None = None) -> list[Frame]:
+        """Wait until the server closes the connection; returns frames that came before EOF."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        frames: list[Frame] = []
+        while True:
+            try:
+                frame = self._read_frame(deadline)
+            except ConnectionError:
+                self.backlog.extend(frames)
+                return frames
+            if frame is None:
+                raise AssertionError(f"connection still open after the timeout; got {frames!r}")
+            frames.append(frame)
+
+    # ---- protocol conveniences
+    def login(self, user: User, *, receipts: bool | None = None, **extra: Any) -> Frame:
+        """LOGIN by id; asserts success and remembers the ack."""
+        obj: Frame = {"msgid": 1, "id": user.id, "password": user.password, **extra}
+        if receipts is not None:
+            obj["receipts"] = receipts
+        ack = self.request(obj)
+        assert ack["msgid"] == 2 and same(ack["errno"], 0), ack
+        self.user = user
+        self.ack = ack
+        return ack
+
+    def logout(self) -> Frame:
+        reply = self.request({"msgid": 3})
+        assert reply["reply_to"] == 3 and same(reply["errno"], 0), reply
+        self.user = None
+        return reply
+
+    def ok(self, obj: Frame) -> Frame:
+        """A modern request that must succeed (errno 0); returns the ACK."""
+        reply = self.request(obj)
+        assert reply["msgid"] == 11, reply
+        assert same(reply["reply_to"], obj["msgid"]), reply
+        assert same(reply["errno"], 0), reply
+        return reply
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------- the server process
+
+
+class ServerProcess:
+    """`python -m chatserver serve` on a free port, its output kept in a log file."""
+
+    def __init__(self, database: str, log_path: Path):
+        self.database = database
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+        self.killed = False
+
+    def start(self) -> ServerProcess:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        env = {k: v for k, v in os.environ.items() if k not in _ENV_SET_BY_US}
+        env["PYTHONUNBUFFERED"] = "1"
+        last_error = ""
+        for _attempt in range(3):
+            port = free_port()
+            with open(self.log_path, "ab") as log:
+                log.write(f"---- starting on port {port}\n".encode())
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "chatserver", "serve", "--host", HOST,
+                     "--port", str(port), "--database", self.database],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                )
+            if self._wait_listening(port):
+                self.port = port
+                return self
+            last_error = self.log_tail()
+            self._terminate()
+        raise RuntimeError(f"server did not start; log tail:\n{last_error}")
+
+    def _wait_listening(self, port: int) -> bool:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                socket.create_connection((HOST, port), timeout=0.5).close()
+                return self.proc.poll() is None
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def _terminate(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.killed = True
+            proc.kill()
+            proc.wait(5)
+
+    def stop(self) -> None:
+        """SIGTERM, bounded wait, then SIGKILL."""
+        self._terminate()
+        if self.killed:
+            warnings.warn(
+                f"server on port {self.port} ignored SIGTERM for {STOP_TIMEOUT}s and was killed",
+                stacklevel=2,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_text()[-chars:]
+
+    def assert_no_traceback(self, since: int = 0) -> None:
+        text = self.log_path.read_bytes()[since:].decode("utf-8", errors="replace") \
+            if self.log_path.exists() else ""
+        assert "Traceback" not in text, f"the server logged a traceback:\n{text[-6000:]}"
+
+
+# --------------------------------------------------------------------------- the test harness
+
+
+class Chat:
+    """What a test needs against one server: connections, fresh users, common set-ups."""
+
+    def __init__(self, server: ServerProcess):
+        self.server = server
+        self.clients: list[Client] = []
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
+
+    def client(self, *, legacy: bool = False) -> Client:
+        c = Client(self.port, legacy=legacy)
+        self.clients.append(c)
+        return c
+
+    def register(self, name: str, password: str) -> int:
+        c = self.client()
+        try:
+            reply = c.request({"msgid": 4, "name": name, "password": password})
+        finally:
+            c.close()
+        assert reply["msgid"] == 5 and same(reply["errno"], 0), reply
+        assert is_int(reply["id"]) and reply["id"] > 0, reply
+        return int(reply["id"])
+
+    def user(self, prefix: str = "u", password: str | None = None) -> User:
+        name = unique_name(prefix)
+        password = password if password is not None else f"pw-{uuid.uuid4().hex[:10]}"
+        return User(self.register(name, password), name, password)
+
+    def users(self, count: int, prefix: str = "u") -> list[User]:
+        """Register `count` fresh users at once (one connection each, so hashing can overlap)."""
+        wanted = [(unique_name(prefix), f"pw-{uuid.uuid4().hex[:10]}") for _ in range(count)]
+        conns = [self.client() for _ in wanted]
+        seqs = []
+        for c, (name, password) in zip(conns, wanted, strict=True):
+            seq = c.next_seq()
+            seqs.append(seq)
+            c.send({"msgid": 4, "name": name, "password": password, "seq": seq})
+        result = []
+        for c, seq, (name, password) in zip(conns, seqs, wanted, strict=True):
+            reply = c.expect({"msgid": 5, "seq": seq}, SLOW_TIMEOUT)
+            assert same(reply["errno"], 0), reply
+            assert is_int(reply["id"]) and reply["id"] > 0, reply
+            result.append(User(reply["id"], name, password))
+            c.close()
+        return result
+
+    def online(self, user: User, *, receipts: bool | None = None, legacy: bool = False) -> Client:
+        """A new connection logged in as `user` (its ack is in `.ack`)."""
+        c = self.client(legacy=legacy)
+        if legacy:
+            ack = c.request({"msgid": 1, "id": user.id, "password": user.password})
+            assert ack["msgid"] == 2 and same(ack["errno"], 0), ack
+            c.user, c.ack = user, ack
+        else:
+            c.login(user, receipts=receipts)
+        return c
+
+    def befriend(self, ca: Client, cb: Client) -> None:
+        """Make the users logged in on ca and cb friends (both online, modern dialect)."""
+        a, b = ca.user, cb.user
+        assert a is not None and b is not None
+        ca.ok({"msgid": 7, "friendid": b.id})
+        cb.expect({"msgid": 12, "id": a.id})
+        cb.ok({"msgid": 13, "friendid": a.id, "accept": True})
+        ca.expect({"msgid": 13, "id": b.id, "accept": True})
+
+    def make_group(self, owner: Client, *members: Client, desc: str = "") -> tuple[int, str]:
+        name = unique_name("g")
+        ack = owner.ok({"msgid": 8, "groupname": name, "groupdesc": desc})
+        gid = ack["groupid"]
+        assert is_int(gid) and gid > 0, ack
+        for m in members:
+            m.ok({"msgid": 9, "groupid": gid})
+        return gid, name
+
+    def close_all(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
+
+
+class SqliteServerFactory:
+    """Start, stop and restart servers that share one SQLite file."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.db_path = directory / "chat.db"
+        self.url = f"sqlite:///{self.db_path}"  # absolute path: sqlite:////tmp/.../chat.db
+        self.servers: list[ServerProcess] = []
+        self.current: ServerProcess | None = None
+        self.harnesses: list[Chat] = []
+
+    def start(self) -> Chat:
+        assert self.current is None or not self.current.running, "a server is already running"
+        log = self.directory / f"server-{len(self.servers) + 1}.log"
+        server = ServerProcess(self.url, log).start()
+        self.servers.append(server)
+        self.current = server
+        chat = Chat(server)
+        self.harnesses.append(chat)
+        return chat
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+
+    def restart(self) -> Chat:
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        for chat in self.harnesses:
+            chat.close_all()
+        for server in self.servers:
+            server.stop()
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server on memory:// for the whole run; tests keep apart by using fresh users."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    proc = ServerProcess("memory://", log).start()
+    yield proc
+    proc.stop()
+    proc.assert_no_traceback()
+
+
+@pytest.fixture
+def chat(server: ServerProcess) -> Iterator[Chat]:
+    """The harness on the shared server; fails the test if the server logged a traceback."""
+    assert server.running, f"the shared server is not running; log tail:\n{server.log_tail()}"
+    start = server.log_size()
+    harness = Chat(server)
+    yield harness
+    harness.close_all()
+    server.assert_no_traceback(since=start)
+
+
+@pytest.fixture
+def sqlite_server_factory(tmp_path: Path) -> Iterator[SqliteServerFactory]:
+    factory = SqliteServerFactory(tmp_path)
+    yield factory
+    factory.close()
+    for s in factory.servers:
+        s.assert_no_traceback()
