@@ -38,7 +38,7 @@ class MemoryTransaction:
 
 
 class MemoryUnitOfWork:
-    """Keeps everything in this process; work runs without a pause, so transactions never overlap."""
+    """Keeps everything in this process; work never pauses, so no two transactions overlap."""
 
     def __init__(self, database: MemoryDatabase | None = None) -> None:
         self.database = MemoryDatabase() if database is None else database

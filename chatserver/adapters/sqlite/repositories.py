@@ -30,20 +30,18 @@ def load_delivery(kind: str, body: str) -> Delivery:
 
 
 @contextmanager
-def constraints_as(*, unique: ChatError, foreign_key: ChatError) -> Iterator[None]:
+def constraints_as(
+    *, unique: type[ChatError] | None = None, foreign_key: type[ChatError] | None = None
+) -> Iterator[None]:
     """Turn a broken UNIQUE or FOREIGN KEY constraint into the domain error that explains it."""
     try:
         yield
     except sqlite3.IntegrityError as error:
-        if error.sqlite_errorname == "SQLITE_CONSTRAINT_UNIQUE":
-            raise unique from error
-        if error.sqlite_errorname == "SQLITE_CONSTRAINT_FOREIGNKEY":
-            raise foreign_key from error
+        if unique and error.sqlite_errorname == "SQLITE_CONSTRAINT_UNIQUE":
+            raise unique() from error
+        if foreign_key and error.sqlite_errorname == "SQLITE_CONSTRAINT_FOREIGNKEY":
+            raise foreign_key() from error
         raise
-
-
-def unknown_user() -> Iterator[None]:
-    return constraints_as(unique=ChatError(), foreign_key=UnknownUser())
 
 
 class SqliteUserRepository:
@@ -51,7 +49,7 @@ class SqliteUserRepository:
         self._db = connection
 
     def add(self, name: str, password_hash: str) -> User:
-        with constraints_as(unique=NameTaken(), foreign_key=UnknownUser()):
+        with constraints_as(unique=NameTaken):
             cursor = self._db.execute(
                 "INSERT INTO user (name, password) VALUES (?, ?)", (name, password_hash)
             )
@@ -63,14 +61,14 @@ class SqliteUserRepository:
         return None if row is None else User(*row)
 
     def account(self, user_id: int) -> Account | None:
-        return self._account_where("id = ?", user_id)
+        row = self._db.execute(
+            "SELECT id, name, password FROM user WHERE id = ?", (user_id,)
+        ).fetchone()
+        return None if row is None else Account(User(row[0], row[1]), row[2])
 
     def account_by_name(self, name: str) -> Account | None:
-        return self._account_where("name = ?", name)
-
-    def _account_where(self, condition: str, value: object) -> Account | None:
         row = self._db.execute(
-            f"SELECT id, name, password FROM user WHERE {condition}", (value,)
+            "SELECT id, name, password FROM user WHERE name = ?", (name,)
         ).fetchone()
         return None if row is None else Account(User(row[0], row[1]), row[2])
 
@@ -94,20 +92,22 @@ class SqliteFriendRepository:
         return row is not None
 
     def befriend(self, a: int, b: int) -> None:
-        with unknown_user():
+        with constraints_as(foreign_key=UnknownUser):
             self._db.execute(
-                "INSERT INTO friend (userid, friendid) VALUES (?, ?), (?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO friend (userid, friendid) VALUES (?, ?), (?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (a, b, b, a),
             )
 
     def unfriend(self, a: int, b: int) -> None:
         self._db.execute(
-            "DELETE FROM friend WHERE (userid = ? AND friendid = ?) OR (userid = ? AND friendid = ?)",
+            "DELETE FROM friend"
+            " WHERE (userid = ? AND friendid = ?) OR (userid = ? AND friendid = ?)",
             (a, b, b, a),
         )
 
     def add_request(self, requester_id: int, addressee_id: int) -> None:
-        with unknown_user():
+        with constraints_as(foreign_key=UnknownUser):
             self._db.execute(
                 "INSERT INTO friend_request (requester, addressee) VALUES (?, ?)"
                 " ON CONFLICT DO NOTHING",
@@ -145,7 +145,7 @@ class SqliteGroupRepository:
         # Checked first, so that a failure leaves no group without its creator.
         if self._db.execute("SELECT 1 FROM user WHERE id = ?", (creator_id,)).fetchone() is None:
             raise UnknownUser()
-        with constraints_as(unique=NameTaken(), foreign_key=UnknownUser()):
+        with constraints_as(unique=NameTaken):
             cursor = self._db.execute(
                 "INSERT INTO allgroup (groupname, groupdesc) VALUES (?, ?)", (name, description)
             )
@@ -163,7 +163,7 @@ class SqliteGroupRepository:
     def add_member(self, group_id: int, user_id: int, role: Role) -> bool:
         if self.get(group_id) is None:
             raise UnknownGroup()
-        with unknown_user():
+        with constraints_as(foreign_key=UnknownUser):
             cursor = self._db.execute(
                 "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
@@ -200,7 +200,7 @@ class SqliteMessageStore:
 
     def store(self, user_id: int, delivery: Delivery) -> None:
         kind, body = dump_delivery(delivery)
-        with unknown_user():
+        with constraints_as(foreign_key=UnknownUser):
             self._db.execute(
                 "INSERT INTO offlinemessage (userid, msg_id, kind, body) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
@@ -234,8 +234,9 @@ class SqliteMessageIdSequence:
     def reserve(self, count: int) -> int:
         if count < 0:
             raise ValueError("cannot reserve a negative number of message ids")
-        row = self._db.execute(
+        # fetchall finishes the statement, which must not be left running at COMMIT.
+        rows = self._db.execute(
             "UPDATE message_id_sequence SET next = next + ? RETURNING next - ?", (count, count)
-        ).fetchone()
-        first: int = row[0]
+        ).fetchall()
+        first: int = rows[0][0]
         return first

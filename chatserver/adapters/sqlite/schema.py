@@ -5,6 +5,7 @@ append a step to MIGRATIONS; never edit a step that has shipped.
 """
 
 import sqlite3
+from os import PathLike
 
 Migration = tuple[str, ...]
 
@@ -65,7 +66,7 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer chatserver than this one."""
 
 
-def connect(path: str) -> sqlite3.Connection:
+def connect(path: str | PathLike[str]) -> sqlite3.Connection:
     """Open a connection in autocommit mode (transactions are begun explicitly) and tune it."""
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA journal_mode = WAL")

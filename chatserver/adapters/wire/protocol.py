@@ -1,4 +1,4 @@
-"""The message numbers of the wire protocol, and the two dialects a connection can speak."""
+"""The message numbers of the wire protocol and the two dialects a client can speak."""
 
 import enum
 

@@ -1,0 +1,204 @@
+"""One client connection: a reader that handles every frame a read yields, and an outbound
+buffer drained by a single writer, bounded so a client that stops reading cannot grow memory."""
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.abc import SocketStream, TaskGroup
+from attrs import define
+
+from chatserver.adapters.wire.codec import (
+    BadRequest,
+    Dialect,
+    decode,
+    encode_bad_request,
+    encode_error,
+    encode_event,
+    encode_frame_too_large,
+    encode_result,
+)
+from chatserver.adapters.wire.framing import FrameSplitter
+from chatserver.application.connection import Connection
+from chatserver.application.node import Node
+from chatserver.domain.errors import ChatError
+from chatserver.domain.messages import Event
+
+log = logging.getLogger("chatserver.tcp")
+
+Callback = Callable[[], Awaitable[None]]
+
+
+@define
+class TransportLimits:
+    frame_bytes: int = 65536
+    # Past this much unsent output the client is too far behind: the connection ends.
+    outbound_bytes: int = 4 * 1024 * 1024
+    # A client whose replies pile up past this is not read from until they drain.
+    reply_backlog_bytes: int = 256 * 1024
+    read_chunk: int = 65536
+    close_grace_seconds: float = 5.0
+
+
+class TcpClient:
+    """Outbox of one TCP client, and the loops that move its bytes."""
+
+    def __init__(self, stream: SocketStream, node: Node, limits: TransportLimits) -> None:
+        self.stream = stream
+        self.limits = limits
+        self.connection = Connection(node, self)
+        self.peer = _peer(stream)
+        self.splitter = FrameSplitter(limits.frame_bytes)
+        self.dialect = Dialect.MODERN
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._callbacks: list[Callback] = []
+        self._wake = anyio.Event()
+        self._drained = anyio.Event()
+        self._closing = False
+        self._receiving = False
+        self._read_scope = anyio.CancelScope()
+        self._task_group: TaskGroup | None = None
+
+    # The Outbox port.
+
+    def push(self, event: Event) -> bool:
+        if self._closing:
+            return False
+        frame = encode_event(event, self.dialect)
+        if frame is None:
+            return True
+        if self._pending_bytes + len(frame) > self.limits.outbound_bytes:
+            log.warning("closing %s: %d bytes unsent, client not reading", self.peer,
+                        self._pending_bytes)
+            self.close()
+            return False
+        self._queue(frame)
+        return True
+
+    def after_flush(self, callback: Callback) -> None:
+        self._callbacks.append(callback)
+        self._wake.set()
+
+    def close(self) -> None:
+        """End the connection at once: what is unsent is dropped, the session ends."""
+        self._closing = True
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
+    # The loops.
+
+    def stop_reading(self) -> None:
+        """Take no more requests: the one in hand finishes, then the connection closes."""
+        self._closing = True
+        if self._receiving:
+            self._read_scope.cancel()
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                tg.start_soon(self._write_loop)
+                with self._read_scope:
+                    await self._read_loop()
+                await self._finish()
+                tg.cancel_scope.cancel()
+        except Exception:
+            log.exception("connection %s failed", self.peer)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.connection.disconnect()
+                except Exception:
+                    log.exception("ending the session of %s failed", self.peer)
+                await self.stream.aclose()
+
+    async def _read_loop(self) -> None:
+        while not self._closing:
+            self._receiving = True
+            try:
+                data = await self.stream.receive(self.limits.read_chunk)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                    OSError):
+                return
+            finally:
+                self._receiving = False
+            frames = self.splitter.feed(data)
+            if frames and self.splitter.legacy:
+                self.dialect = Dialect.LEGACY
+            for frame in frames:
+                await self._handle(frame)
+            if self.splitter.too_large:
+                reply = encode_frame_too_large(self.dialect)
+                if reply is not None:
+                    self._queue(reply)
+                return
+            if self._pending_bytes > self.limits.reply_backlog_bytes:
+                await self._drained.wait()
+
+    async def _handle(self, frame: bytes) -> None:
+        request = decode(frame)
+        if isinstance(request, BadRequest):
+            reply = encode_bad_request(request, self.dialect)
+            if reply is not None:
+                self._queue(reply)
+            return
+        try:
+            result = await self.connection.handle(request.command, request.claimed_id)
+        except ChatError as error:
+            reply = encode_error(request, error, self.dialect)
+            if reply is not None:
+                self._queue(reply)
+            return
+        except Exception:
+            log.exception("request msgid=%d from %s failed", request.msgid, self.peer)
+            reply = encode_error(request, None, self.dialect)
+            if reply is not None:
+                self._queue(reply)
+            return
+        for reply in encode_result(request, result, self.dialect):
+            self._queue(reply)
+        self.connection.replied()
+
+    def _queue(self, frame: bytes) -> None:
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            if not self._pending and not self._callbacks:
+                continue
+            data = b"".join(self._pending)
+            callbacks = self._callbacks
+            self._pending, self._pending_bytes, self._callbacks = [], 0, []
+            if data:
+                try:
+                    await self.stream.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    self.close()
+                    return
+            if not self._pending:
+                self._drained.set()
+                self._drained = anyio.Event()
+            for callback in callbacks:
+                try:
+                    await callback()
+                except Exception:
+                    log.exception("after-write step for %s failed", self.peer)
+
+    async def _finish(self) -> None:
+        """Let the writer send what is queued, for a bounded time."""
+        with anyio.move_on_after(self.limits.close_grace_seconds):
+            while self._pending or self._callbacks:
+                await self._drained.wait()
+
+
+def _peer(stream: SocketStream) -> str:
+    try:
+        host, port = stream.extra(anyio.abc.SocketAttribute.remote_address)[:2]
+        return f"{host}:{port}"
+    except Exception:
+        return "?"

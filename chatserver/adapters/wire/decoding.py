@@ -1,0 +1,158 @@
+"""Turning one frame into an application command, strictly: no type coercion, errno 7 otherwise."""
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import cattrs
+import orjson
+from attrs import frozen
+from cattrs.gen import make_dict_structure_fn, override
+
+from chatserver.adapters.wire import protocol
+from chatserver.adapters.wire.protocol import Dialect
+from chatserver.application import commands
+from chatserver.application.commands import Command, Login
+
+
+@frozen
+class Request:
+    """A well-formed request: its msgid, the client's ``seq``, the command, and the ``id`` the
+    client claims to be (None when absent; for LOGIN the id is part of the command instead)."""
+
+    msgid: int
+    seq: int | None
+    command: Command
+    claimed_id: int | None = None
+
+
+@frozen
+class BadRequest:
+    """A frame that is not a well-formed request: answered with errno 7 and ``message``."""
+
+    reply_to: int
+    seq: int | None
+    message: str
+
+
+# msgid -> (command class, wire name of each attribute whose name differs on the wire)
+COMMANDS: dict[int, tuple[type[Any], dict[str, str]]] = {
+    protocol.LOGIN: (Login, {"user_id": "id"}),
+    protocol.LOGOUT: (commands.Logout, {}),
+    protocol.REGISTER: (commands.Register, {}),
+    protocol.ONE_CHAT: (commands.SendDirectMessage, {"recipient_id": "toid", "text": "msg"}),
+    protocol.ADD_FRIEND: (commands.AddFriend, {"friend_id": "friendid"}),
+    protocol.CREATE_GROUP: (
+        commands.CreateGroup,
+        {"name": "groupname", "description": "groupdesc"},
+    ),
+    protocol.ADD_GROUP: (commands.JoinGroup, {"group_id": "groupid"}),
+    protocol.GROUP_CHAT: (commands.SendGroupMessage, {"group_id": "groupid", "text": "msg"}),
+    protocol.FRIEND_RESPONSE: (commands.AnswerFriend, {"requester_id": "friendid"}),
+    protocol.PING: (commands.Ping, {}),
+    protocol.LEAVE_GROUP: (commands.LeaveGroup, {"group_id": "groupid"}),
+    protocol.REMOVE_FRIEND: (commands.RemoveFriend, {"friend_id": "friendid"}),
+    protocol.RECEIPT: (commands.Receipt, {}),
+}
+
+# Attributes a client must not set: whether a session gets notices follows from its dialect.
+SERVER_SIDE_ATTRIBUTES = {Login: ("notices",)}
+
+# Messages whose ``id`` is part of the command rather than a claim of identity.
+_ID_IN_COMMAND = (protocol.LOGIN, protocol.REGISTER)
+
+
+class WrongType(TypeError):
+    """A field holds a JSON value of the wrong kind; the message says which kind was expected."""
+
+
+def _strict(expected_type: type, description: str) -> Callable[[Any, Any], Any]:
+    def structure(value: Any, _: Any) -> Any:
+        # An exact type check: bool is a subclass of int, and true is not an integer here.
+        if type(value) is expected_type:
+            return value
+        raise WrongType(f"expected {description}")
+
+    return structure
+
+
+def _structure_ids(value: Any, _: Any) -> tuple[int, ...]:
+    if type(value) is list and all(type(item) is int for item in value):
+        return tuple(value)
+    raise WrongType("expected a list of integers")
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(detailed_validation=True)
+    for python_type, description in ((int, "an integer"), (str, "a string"), (bool, "a boolean")):
+        hook = _strict(python_type, description)
+        converter.register_structure_hook(python_type, hook)
+        # An optional field may be left out, but null is not a value of its type.
+        converter.register_structure_hook(python_type | None, hook)
+    converter.register_structure_hook_func(lambda t: t == tuple[int, ...], _structure_ids)
+    for command_class, renames in COMMANDS.values():
+        # Typed loosely: make_dict_structure_fn mixes AttributeOverride kwargs with bool flags.
+        overrides: dict[str, Any] = {name: override(rename=wire) for name, wire in renames.items()}
+        for name in SERVER_SIDE_ATTRIBUTES.get(command_class, ()):
+            overrides[name] = override(omit=True)
+        converter.register_structure_hook(
+            command_class, make_dict_structure_fn(command_class, converter, **overrides)
+        )
+    return converter
+
+
+_converter = _make_converter()
+
+
+def decode(frame: bytes, dialect: Dialect = Dialect.MODERN) -> Request | BadRequest:
+    """Read one frame; any bytes at all give a Request or a BadRequest, never an exception."""
+    try:
+        body = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return BadRequest(0, None, "bad JSON")
+    if type(body) is not dict:
+        return BadRequest(0, None, "a request must be a JSON object")
+    seq = body.get("seq")
+    msgid = body.get("msgid")
+    if type(msgid) is not int:
+        echo = seq if type(seq) is int else None
+        return BadRequest(0, echo, _field_fault("msgid", body, "an integer"))
+    if "seq" in body and type(seq) is not int:
+        return BadRequest(msgid, None, _field_fault("seq", body, "an integer"))
+    entry = COMMANDS.get(msgid)
+    if entry is None:
+        return BadRequest(msgid, seq, f"unknown msgid {msgid}")
+    command_class, renames = entry
+    claimed_id = None
+    if msgid not in _ID_IN_COMMAND:
+        claimed_id = body.get("id")
+        if "id" in body and type(claimed_id) is not int:
+            return BadRequest(msgid, seq, _field_fault("id", body, "an integer"))
+    try:
+        command = _converter.structure(body, command_class)
+    except cattrs.ClassValidationError as error:
+        return BadRequest(msgid, seq, _describe(error, renames))
+    if type(command) is Login:
+        if command.user_id is None and command.name is None:
+            return BadRequest(msgid, seq, "id or name: one of them is required")
+        if dialect is Dialect.LEGACY:
+            command = attrs.evolve(command, notices=False)
+    return Request(msgid, seq, command, claimed_id)
+
+
+def _field_fault(name: str, body: dict[str, Any], expected: str) -> str:
+    return f"{name}: missing" if name not in body else f"{name}: expected {expected}"
+
+
+def _describe(error: cattrs.ClassValidationError, renames: dict[str, str]) -> str:
+    """Name the first faulty field as the client spelled it."""
+    with_notes, _ = error.group_exceptions()
+    if not with_notes:
+        return "malformed request"
+    fault, note = with_notes[0]
+    field = renames.get(note.name, note.name)
+    if isinstance(fault, KeyError):
+        return f"{field}: missing"
+    if isinstance(fault, WrongType):
+        return f"{field}: {fault}"
+    return f"{field}: invalid value"

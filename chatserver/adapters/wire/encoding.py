@@ -1,0 +1,255 @@
+"""Turning results, errors and events into frames: one line of JSON each, ended by LF.
+
+The ONE_CHAT push and the ACK are the hot path: plain dicts handed to orjson.
+"""
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from chatserver.adapters.wire import protocol
+from chatserver.adapters.wire.decoding import BadRequest, Request
+from chatserver.adapters.wire.errors import BAD_REQUEST, FRAME_TOO_LARGE, OK, errno_and_message
+from chatserver.adapters.wire.protocol import Dialect
+from chatserver.application.results import (
+    Contact,
+    GroupCreated,
+    GroupView,
+    LoggedIn,
+    MessageAccepted,
+    Registered,
+    Result,
+)
+from chatserver.domain.messages import (
+    CHAT_KINDS,
+    Delivery,
+    DirectMessage,
+    Event,
+    FriendAnswer,
+    FriendRequestNotice,
+    GroupMessage,
+    KickedNotice,
+    PresenceNotice,
+)
+
+MAX_OFFLINE_IN_LOGIN_ACK = 200
+
+_MODERN = orjson.OPT_APPEND_NEWLINE
+# The original server wrote nlohmann::json dumps: keys in alphabetical order.
+_LEGACY = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SORT_KEYS
+_OPTIONS = {Dialect.MODERN: _MODERN, Dialect.LEGACY: _LEGACY}
+_LEGACY_REPLIES = (protocol.LOGIN, protocol.REGISTER)
+
+JsonObject = dict[str, Any]
+
+
+@functools.lru_cache(maxsize=4096)
+def _local_time(second: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+
+
+def _state(online: bool) -> str:
+    return "online" if online else "offline"
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+def _direct_message(m: DirectMessage) -> JsonObject:
+    return {
+        "msgid": protocol.ONE_CHAT,
+        "id": m.sender_id,
+        "name": m.sender_name,
+        "toid": m.recipient_id,
+        "msg": m.text,
+        "time": _local_time(m.sent_at_ms // 1000),
+        "ts": m.sent_at_ms,
+        "msg_id": m.msg_id,
+    }
+
+
+def _group_message(m: GroupMessage) -> JsonObject:
+    return {
+        "msgid": protocol.GROUP_CHAT,
+        "groupid": m.group_id,
+        "id": m.sender_id,
+        "name": m.sender_name,
+        "msg": m.text,
+        "time": _local_time(m.sent_at_ms // 1000),
+        "ts": m.sent_at_ms,
+        "msg_id": m.msg_id,
+    }
+
+
+def _friend_answer(a: FriendAnswer) -> JsonObject:
+    return {
+        "msgid": protocol.FRIEND_RESPONSE,
+        "id": a.responder_id,
+        "name": a.responder_name,
+        "accept": a.accepted,
+        "msg_id": a.msg_id,
+    }
+
+
+def _friend_request(n: FriendRequestNotice) -> JsonObject:
+    return {"msgid": protocol.FRIEND_REQUEST, "id": n.requester_id, "name": n.requester_name}
+
+
+def _presence(n: PresenceNotice) -> JsonObject:
+    return {"msgid": protocol.PRESENCE, "id": n.user_id, "state": _state(n.online)}
+
+
+def _kicked(n: KickedNotice) -> JsonObject:
+    return {"msgid": protocol.KICKED, "errmsg": n.reason}
+
+
+_EVENT_OBJECTS: dict[type[Any], Callable[[Any], JsonObject]] = {
+    DirectMessage: _direct_message,
+    GroupMessage: _group_message,
+    FriendAnswer: _friend_answer,
+    FriendRequestNotice: _friend_request,
+    PresenceNotice: _presence,
+    KickedNotice: _kicked,
+}
+# The original's clients understand chats only.
+_LEGACY_EVENT_OBJECTS = {kind: _EVENT_OBJECTS[kind] for kind in CHAT_KINDS}
+_EVENTS = {Dialect.MODERN: _EVENT_OBJECTS, Dialect.LEGACY: _LEGACY_EVENT_OBJECTS}
+
+
+def encode_event(event: Event, dialect: Dialect) -> bytes | None:
+    """The frame that pushes ``event`` to a client; None if the dialect has no such message."""
+    to_object = _EVENTS[dialect].get(type(event))
+    if to_object is None:
+        return None
+    return orjson.dumps(to_object(event), option=_OPTIONS[dialect])
+
+
+# --- replies -----------------------------------------------------------------------------
+
+
+def _reply_head(msgid: int, seq: int | None) -> JsonObject:
+    return {"msgid": msgid} if seq is None else {"msgid": msgid, "seq": seq}
+
+
+def _ack(request_msgid: int, seq: int | None) -> JsonObject:
+    """The opening of the reply to a request: LOGIN_MSG_ACK, REG_MSG_ACK, or ACK_MSG."""
+    if request_msgid == protocol.LOGIN:
+        return _reply_head(protocol.LOGIN_ACK, seq)
+    if request_msgid == protocol.REGISTER:
+        return _reply_head(protocol.REGISTER_ACK, seq)
+    if seq is None:
+        return {"msgid": protocol.ACK, "reply_to": request_msgid}
+    return {"msgid": protocol.ACK, "seq": seq, "reply_to": request_msgid}
+
+
+def _error_reply(
+    msgid: int, seq: int | None, errno: int, errmsg: str, dialect: Dialect
+) -> bytes | None:
+    if dialect is Dialect.LEGACY and msgid not in _LEGACY_REPLIES:
+        return None
+    reply = _ack(msgid, seq)
+    reply["errno"] = errno
+    reply["errmsg"] = errmsg
+    return orjson.dumps(reply, option=_OPTIONS[dialect])
+
+
+def encode_result(request: Request, result: Result, dialect: Dialect) -> list[bytes]:
+    """The frames answering a request that succeeded: its reply, then for a login any waiting
+    messages that did not fit in the reply. The legacy dialect answers LOGIN and REG only."""
+    if dialect is Dialect.LEGACY and request.msgid not in _LEGACY_REPLIES:
+        return []
+    reply = _ack(request.msgid, request.seq)
+    reply["errno"] = OK
+    if type(result) is MessageAccepted:
+        reply["msg_id"] = result.msg_id
+    elif type(result) is GroupCreated:
+        reply["groupid"] = result.group_id
+    elif type(result) is Registered:
+        reply["id"] = result.user_id
+    elif type(result) is LoggedIn:
+        return _login_reply(reply, result, dialect)
+    return [orjson.dumps(reply, option=_OPTIONS[dialect])]
+
+
+def encode_error(
+    request_or_bad: Request | BadRequest, error: BaseException | None, dialect: Dialect
+) -> bytes | None:
+    """The reply to a request that failed with ``error`` (None or an unexpected exception
+    is an internal error); None when the dialect sends no reply."""
+    errno, errmsg = errno_and_message(error)
+    msgid = request_or_bad.msgid if isinstance(request_or_bad, Request) else request_or_bad.reply_to
+    return _error_reply(msgid, request_or_bad.seq, errno, errmsg, dialect)
+
+
+def encode_bad_request(bad: BadRequest, dialect: Dialect) -> bytes | None:
+    """The errno 7 reply to a malformed frame; None when the dialect sends no reply."""
+    return _error_reply(bad.reply_to, bad.seq, BAD_REQUEST, bad.message, dialect)
+
+
+def encode_frame_too_large(dialect: Dialect) -> bytes | None:
+    """The errno 8 reply sent before closing a connection whose frame was too long."""
+    if dialect is Dialect.LEGACY:
+        return None
+    return _error_reply(0, None, FRAME_TOO_LARGE, "frame too large", dialect)
+
+
+# --- the login reply ---------------------------------------------------------------------
+
+
+def _contact(contact: Contact) -> JsonObject:
+    return {"id": contact.user.id, "name": contact.user.name, "state": _state(contact.online)}
+
+
+def _group(view: GroupView, members: list[Any]) -> JsonObject:
+    return {
+        "id": view.group.id,
+        "groupname": view.group.name,
+        "groupdesc": view.group.description,
+        "users": members,
+    }
+
+
+def _members(view: GroupView) -> list[JsonObject]:
+    return [
+        {
+            "id": member.user.id,
+            "name": member.user.name,
+            "state": _state(member.online),
+            "role": member.role.value,
+        }
+        for member in view.members
+    ]
+
+
+def _login_reply(reply: JsonObject, result: LoggedIn, dialect: Dialect) -> list[bytes]:
+    reply["id"] = result.user.id
+    reply["name"] = result.user.name
+    events = _EVENTS[dialect]
+    waiting: list[Delivery] = [d for d in result.waiting if type(d) in events]
+    included = waiting[:MAX_OFFLINE_IN_LOGIN_ACK]
+    offline = [events[type(d)](d) for d in included]
+    friends = [_contact(contact) for contact in result.friends]
+    if dialect is Dialect.MODERN:
+        reply["friends"] = friends
+        reply["groups"] = [_group(view, _members(view)) for view in result.groups]
+        reply["offlinemsg"] = offline
+        reply["friend_requests"] = [{"id": u.id, "name": u.name} for u in result.friend_requests]
+    else:
+        groups = [_group(view, _json_strings(_members(view))) for view in result.groups]
+        # The original sent its lists as arrays of JSON texts, and left out the empty ones.
+        for key, objects in (("friends", friends), ("groups", groups), ("offlinemsg", offline)):
+            if objects:
+                reply[key] = _json_strings(objects)
+    option = _OPTIONS[dialect]
+    later = waiting[len(included) :]
+    return [
+        orjson.dumps(reply, option=option),
+        *(orjson.dumps(events[type(d)](d), option=option) for d in later),
+    ]
+
+
+def _json_strings(objects: list[JsonObject]) -> list[str]:
+    return [orjson.dumps(o, option=orjson.OPT_SORT_KEYS).decode() for o in objects]

@@ -1,0 +1,79 @@
+"""Cutting a TCP byte stream into frames: JSON texts ended by LF (modern) or NUL (legacy)."""
+
+DEFAULT_FRAME_LIMIT = 65536
+
+
+class FrameSplitter:
+    """Collects the bytes of one connection and hands back each complete frame, in order.
+
+    A ``\\r`` right before ``\\n`` is dropped and empty frames are skipped. ``legacy`` stays None
+    until the first non-empty frame, then says whether it ended with NUL (an original client).
+    Once a frame grows past ``limit`` bytes (terminator not counted), ``too_large`` is set and
+    nothing more is returned: the caller answers errno 8 and closes the connection.
+    """
+
+    def __init__(self, limit: int = DEFAULT_FRAME_LIMIT) -> None:
+        self.limit = limit
+        self.legacy: bool | None = None
+        self.too_large = False
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Take the next bytes read and return every frame they complete."""
+        if self.too_large:
+            return []
+        last_end = max(data.rfind(b"\n"), data.rfind(b"\0"))
+        if last_end < 0:
+            self._pending += data
+            self._check_pending()
+            return []
+        if self._pending:
+            self._pending += data[: last_end + 1]
+            stream = bytes(self._pending)
+        else:
+            stream = data[: last_end + 1]
+        self._pending = bytearray(data[last_end + 1 :])
+        frames, first_ended_with_nul = _split(stream)
+        if frames and max(map(len, frames)) > self.limit:
+            self._give_up()
+            frames = frames[: next(i for i, f in enumerate(frames) if len(f) > self.limit)]
+        else:
+            self._check_pending()
+        if frames and self.legacy is None:
+            self.legacy = first_ended_with_nul
+        return frames
+
+    def _check_pending(self) -> None:
+        size = len(self._pending)
+        # A trailing CR may yet turn out to be half of a CR LF terminator.
+        if size > self.limit and not (size == self.limit + 1 and self._pending.endswith(b"\r")):
+            self._give_up()
+
+    def _give_up(self) -> None:
+        self.too_large = True
+        self._pending = bytearray()
+
+
+def _split(stream: bytes) -> tuple[list[bytes], bool]:
+    """The non-empty frames of ``stream`` (which ends with a terminator), and whether the
+    first of them ended with NUL."""
+    if b"\0" not in stream:
+        return _lines(stream.split(b"\n")), False
+    frames: list[bytes] = []
+    first_ended_with_nul: bool | None = None
+    for part in stream.split(b"\0"):
+        # Each piece of ``part`` but the last ended with LF; the last one ended with NUL.
+        *lines, last = part.split(b"\n")
+        frames += _lines(lines)
+        if frames and first_ended_with_nul is None:
+            first_ended_with_nul = False
+        if last:
+            frames.append(last)
+            if first_ended_with_nul is None:
+                first_ended_with_nul = True
+    return frames, bool(first_ended_with_nul)
+
+
+def _lines(pieces: list[bytes]) -> list[bytes]:
+    """The non-empty frames among pieces that each ended with LF, less a CR before the LF."""
+    return [frame for frame in (p[:-1] if p.endswith(b"\r") else p for p in pieces) if frame]
