@@ -28,6 +28,7 @@ class MemoryDatabase:
 
     accounts: dict[int, Account] = Factory(dict)
     user_ids_by_name: dict[str, int] = Factory(dict)
+    # user -> their friends (a dict used as a set, so that UndoLog.put and pop serve)
     friends: dict[int, dict[int, None]] = Factory(dict)
     # addressee -> requester -> order of the request
     requests: dict[int, dict[int, int]] = Factory(dict)

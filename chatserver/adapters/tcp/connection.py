@@ -198,7 +198,7 @@ class TcpClient:
 
 def _peer(stream: SocketStream) -> str:
     try:
-        host, port = stream.extra(anyio.abc.SocketAttribute.remote_address)[:2]
-        return f"{host}:{port}"
-    except Exception:
+        address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    except anyio.TypedAttributeLookupError:
         return "?"
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)

@@ -1,0 +1,1 @@
+"""One contract suite for the persistence ports, run against every adapter."""

@@ -1,0 +1,82 @@
+"""The UserRepository contract."""
+
+from contextlib import suppress
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from chatserver.domain.errors import NameTaken
+from chatserver.domain.ports import Transaction, UnitOfWork
+from chatserver.domain.users import Account, User
+
+from .adapters import NewUnitOfWork
+from .sample import TRICKY_TEXT, per_example
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_users_get_ids_counting_from_one(uow: UnitOfWork) -> None:
+    users = await uow.run(lambda tx: [tx.users.add(name, "hash") for name in ("a", "b", "c")])
+    assert users == [User(1, "a"), User(2, "b"), User(3, "c")]
+
+
+async def test_a_user_is_found_by_id_and_by_name(uow: UnitOfWork) -> None:
+    alice = await uow.run(lambda tx: tx.users.add("alice", "alice's hash"))
+
+    def find(tx: Transaction) -> tuple[User | None, Account | None, Account | None]:
+        return tx.users.get(alice.id), tx.users.account(alice.id), tx.users.account_by_name("alice")
+
+    account = Account(alice, "alice's hash")
+    assert await uow.run(find) == (alice, account, account)
+
+
+async def test_unknown_users_are_none(uow: UnitOfWork) -> None:
+    await uow.run(lambda tx: tx.users.add("alice", "hash"))
+
+    def find(tx: Transaction) -> tuple[User | None, Account | None, Account | None]:
+        return tx.users.get(2), tx.users.account(2), tx.users.account_by_name("bob")
+
+    assert await uow.run(find) == (None, None, None)
+
+
+async def test_a_taken_name_raises_name_taken(uow: UnitOfWork) -> None:
+    await uow.run(lambda tx: tx.users.add("alice", "first"))
+    with pytest.raises(NameTaken):
+        await uow.run(lambda tx: tx.users.add("alice", "second"))
+    account = await uow.run(lambda tx: tx.users.account_by_name("alice"))
+    assert account == Account(User(1, "alice"), "first")
+
+
+async def test_a_failed_add_uses_up_no_id_and_spoils_no_transaction(uow: UnitOfWork) -> None:
+    await uow.run(lambda tx: tx.users.add("alice", "hash"))
+
+    def add_twice(tx: Transaction) -> User:
+        with suppress(NameTaken):
+            tx.users.add("alice", "hash")
+        return tx.users.add("bob", "hash")
+
+    assert await uow.run(add_twice) == User(2, "bob")
+    assert await uow.run(lambda tx: tx.users.get(2)) == User(2, "bob")
+
+
+@per_example
+@given(name=st.text(), password_hash=st.text())
+@example(name=TRICKY_TEXT, password_hash=TRICKY_TEXT)
+@example(name="\x00", password_hash="")
+async def test_names_and_hashes_round_trip_unchanged(
+    new_uow: NewUnitOfWork, name: str, password_hash: str
+) -> None:
+    uow = await new_uow()
+    user = await uow.run(lambda tx: tx.users.add(name, password_hash))
+    account = await uow.run(lambda tx: tx.users.account_by_name(name))
+    assert account == Account(User(user.id, name), password_hash)
+
+
+@per_example
+@given(names=st.lists(st.text(), min_size=2, max_size=5, unique=True))
+async def test_distinct_names_stay_distinct(new_uow: NewUnitOfWork, names: list[str]) -> None:
+    uow = await new_uow()
+    users = await uow.run(lambda tx: [tx.users.add(name, name) for name in names])
+    found = await uow.run(lambda tx: [tx.users.account_by_name(name) for name in names])
+    assert found == [Account(user, user.name) for user in users]
