@@ -92,11 +92,22 @@ class MessageIdSequence(Protocol):
 
 
 class Transaction(Protocol):
-    users: UserRepository
-    friends: FriendRepository
-    groups: GroupRepository
-    messages: MessageStore
-    message_ids: MessageIdSequence
+    """The repositories of one transaction."""
+
+    @property
+    def users(self) -> UserRepository: ...
+
+    @property
+    def friends(self) -> FriendRepository: ...
+
+    @property
+    def groups(self) -> GroupRepository: ...
+
+    @property
+    def messages(self) -> MessageStore: ...
+
+    @property
+    def message_ids(self) -> MessageIdSequence: ...
 
 
 class UnitOfWork(Protocol):

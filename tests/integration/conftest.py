@@ -7,9 +7,11 @@ package is imported. Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -91,6 +93,164 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# --------------------------------------------------------------------------- frame shapes
+# Every frame the client reads is checked against the message table of PROTOCOL.md, so each
+# test also checks the shape of everything the server happens to send it.
+
+TIME_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+_STATES = ("online", "offline")
+_ROLES = ("creator", "normal")
+
+
+def _check_fields(obj: Any, spec: dict[str, Callable[[Any], bool]], where: str) -> list[str]:
+    if not isinstance(obj, dict):
+        return [f"{where} is not an object: {obj!r}"]
+    problems = []
+    for key, ok in spec.items():
+        if key not in obj:
+            problems.append(f"{where} lacks {key!r}")
+        elif not ok(obj[key]):
+            problems.append(f"{where} has a bad {key!r}: {obj[key]!r}")
+    return problems
+
+
+def _pos_int(v: Any) -> bool:
+    return is_int(v) and v > 0
+
+
+def _str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+_PUSH_FIELDS: dict[int, dict[str, Callable[[Any], bool]]] = {
+    6: {
+        "id": _pos_int,
+        "name": _str,
+        "toid": _pos_int,
+        "msg": _str,
+        "time": lambda v: isinstance(v, str) and bool(TIME_FORMAT.match(v)),
+        "ts": is_int,
+        "msg_id": _pos_int,
+    },
+    10: {
+        "groupid": _pos_int,
+        "id": _pos_int,
+        "name": _str,
+        "msg": _str,
+        "time": lambda v: isinstance(v, str) and bool(TIME_FORMAT.match(v)),
+        "ts": is_int,
+        "msg_id": _pos_int,
+    },
+    12: {"id": _pos_int, "name": _str},
+    13: {"id": _pos_int, "name": _str, "accept": lambda v: type(v) is bool, "msg_id": _pos_int},
+    14: {"id": _pos_int, "state": lambda v: v in _STATES},
+    15: {"errmsg": lambda v: isinstance(v, str) and v != ""},
+}
+_FRIEND = {"id": _pos_int, "name": _str, "state": lambda v: v in _STATES}
+_MEMBER = {
+    "id": _pos_int,
+    "name": _str,
+    "state": lambda v: v in _STATES,
+    "role": lambda v: v in _ROLES,
+}
+_GROUP = {
+    "id": _pos_int,
+    "groupname": _str,
+    "groupdesc": _str,
+    "users": lambda v: isinstance(v, list),
+}
+_REQUESTER = {"id": _pos_int, "name": _str}
+
+
+def _decoded(item: Any, legacy: bool, where: str, problems: list[str]) -> Any:
+    """Legacy lists hold JSON-encoded strings; modern ones hold the objects."""
+    if not legacy:
+        return item
+    if not isinstance(item, str):
+        problems.append(f"{where} is not a JSON string (legacy dialect): {item!r}")
+        return None
+    try:
+        return json.loads(item)
+    except ValueError:
+        problems.append(f"{where} is not valid JSON: {item!r}")
+        return None
+
+
+def _login_ack_problems(frame: Frame, legacy: bool) -> list[str]:
+    problems = _check_fields(frame, {"id": _pos_int, "name": _str}, "LOGIN_MSG_ACK")
+    lists = ("friends", "groups", "offlinemsg") + (() if legacy else ("friend_requests",))
+    for key in lists:
+        if key not in frame:
+            if not legacy:
+                problems.append(f"LOGIN_MSG_ACK lacks {key!r}")
+            continue
+        if not isinstance(frame[key], list):
+            problems.append(f"LOGIN_MSG_ACK {key!r} is not a list")
+            continue
+        if legacy and not frame[key]:
+            problems.append(f"legacy LOGIN_MSG_ACK sends an empty {key!r} (should be left out)")
+    if legacy and "friend_requests" in frame:
+        problems.append("legacy LOGIN_MSG_ACK carries 'friend_requests'")
+    for i, item in enumerate(frame.get("friends") or []):
+        obj = _decoded(item, legacy, f"friends[{i}]", problems)
+        if obj is not None:
+            problems += _check_fields(obj, _FRIEND, f"friends[{i}]")
+    for i, item in enumerate(frame.get("groups") or []):
+        group = _decoded(item, legacy, f"groups[{i}]", problems)
+        if group is None:
+            continue
+        problems += _check_fields(group, _GROUP, f"groups[{i}]")
+        users = group.get("users") if isinstance(group, dict) else None
+        if legacy and users == []:
+            problems.append(f"legacy groups[{i}] sends an empty 'users' (should be left out)")
+        for j, member in enumerate(users if isinstance(users, list) else []):
+            obj = _decoded(member, legacy, f"groups[{i}].users[{j}]", problems)
+            if obj is not None:
+                problems += _check_fields(obj, _MEMBER, f"groups[{i}].users[{j}]")
+    for i, item in enumerate(frame.get("offlinemsg") or []):
+        obj = _decoded(item, legacy, f"offlinemsg[{i}]", problems)
+        if obj is None:
+            continue
+        allowed = (6, 10) if legacy else (6, 10, 13)
+        if not isinstance(obj, dict) or obj.get("msgid") not in allowed:
+            problems.append(f"offlinemsg[{i}] is not one of msgid {allowed}: {obj!r}")
+            continue
+        problems += _check_fields(obj, _PUSH_FIELDS[obj["msgid"]], f"offlinemsg[{i}]")
+    for i, item in enumerate(frame.get("friend_requests") or []):
+        problems += _check_fields(item, _REQUESTER, f"friend_requests[{i}]")
+    return problems
+
+
+def frame_problems(frame: Any, *, legacy: bool = False) -> list[str]:
+    """What is wrong with a server frame, per PROTOCOL.md's message table (empty: nothing)."""
+    if not isinstance(frame, dict):
+        return ["not a JSON object"]
+    msgid = frame.get("msgid")
+    if not is_int(msgid):
+        return ["no integer msgid"]
+    problems = []
+    if "seq" in frame and not is_int(frame["seq"]):
+        problems.append("a non-integer seq")
+    if msgid in (2, 5, 11):
+        if not is_int(frame.get("errno")):
+            return [*problems, "a reply without an integer errno"]
+        if frame["errno"] != 0:
+            errmsg = frame.get("errmsg")
+            if not isinstance(errmsg, str) or not errmsg:
+                problems.append("a failed reply without an errmsg")
+        if msgid == 11 and not is_int(frame.get("reply_to")):
+            problems.append("an ACK_MSG without an integer reply_to")
+        elif msgid == 5 and frame["errno"] == 0:
+            problems += _check_fields(frame, {"id": _pos_int}, "REG_MSG_ACK")
+        elif msgid == 2 and frame["errno"] == 0:
+            problems += _login_ack_problems(frame, legacy)
+    elif msgid in _PUSH_FIELDS:
+        problems += _check_fields(frame, _PUSH_FIELDS[msgid], f"msgid {msgid}")
+    else:
+        problems.append(f"msgid {msgid} is not something the server sends")
+    return problems
+
+
 # --------------------------------------------------------------------------- the raw client
 
 
@@ -167,8 +327,9 @@ class Client:
             raise ProtocolViolation(f"server frame is not UTF-8 JSON: {line[:300]!r}") from exc
         if not isinstance(frame, dict):
             raise ProtocolViolation(f"server frame is not a JSON object: {line[:300]!r}")
-        if not is_int(frame.get("msgid")):
-            raise ProtocolViolation(f"server frame without an integer msgid: {line[:300]!r}")
+        problems = frame_problems(frame, legacy=self.legacy)
+        if problems:
+            raise ProtocolViolation(f"{'; '.join(problems)} in server frame {line[:2000]!r}")
         return frame
 
     def recv(self, timeout: float | None = None) -> Frame:
@@ -203,10 +364,14 @@ class Client:
         finally:
             self.backlog.extend(skipped)
 
-    def expect_many(self, pattern: Pattern, count: int, timeout: float | None = None) -> list[Frame]:
+    def expect_many(
+        self, pattern: Pattern, count: int, timeout: float | None = None
+    ) -> list[Frame]:
         return [self.expect(pattern, timeout) for _ in range(count)]
 
-    def request(self, obj: Frame, timeout: float | None = None, *, terminator: bytes | None = None) -> Frame:
+    def request(
+        self, obj: Frame, timeout: float | None = None, *, terminator: bytes | None = None
+    ) -> Frame:
         """Send a request and return its reply.
 
         Modern dialect: a fresh integer `seq` is added (unless the caller set one) and the reply is
@@ -228,6 +393,7 @@ class Client:
 
     def assert_silent(self, seconds: float = SILENCE, pattern: Pattern | None = None) -> None:
         """Nothing (or nothing matching `pattern`) is waiting or arrives within `seconds`."""
+
         def relevant(frame: Frame) -> bool:
             return pattern is None or matches(frame, pattern)
 
@@ -295,11 +461,23 @@ class Client:
         assert same(reply["errno"], 0), reply
         return reply
 
+    def err(self, obj: Frame, errno: int, *, field: str | None = None) -> Frame:
+        """A request that must fail with `errno`; with `field`, the errmsg must name it."""
+        reply = self.request(obj)
+        want = {1: 2, 4: 5}.get(obj.get("msgid"), 11)  # type: ignore[arg-type]
+        assert reply["msgid"] == want, reply
+        if want == 11:
+            assert same(reply["reply_to"], obj["msgid"]), reply
+        assert same(reply["errno"], errno), f"expected errno {errno}, got {reply!r}"
+        if field is not None:
+            assert re.search(rf"\b{re.escape(field)}\b", reply["errmsg"]), (
+                f"errmsg does not name {field!r}: {reply!r}"
+            )
+        return reply
+
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------- the server process
@@ -325,9 +503,22 @@ class ServerProcess:
             with open(self.log_path, "ab") as log:
                 log.write(f"---- starting on port {port}\n".encode())
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "chatserver", "serve", "--host", HOST,
-                     "--port", str(port), "--database", self.database],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                    [
+                        sys.executable,
+                        "-m",
+                        "chatserver",
+                        "serve",
+                        "--host",
+                        HOST,
+                        "--port",
+                        str(port),
+                        "--database",
+                        self.database,
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=env,
                 )
             if self._wait_listening(port):
                 self.port = port
@@ -370,6 +561,12 @@ class ServerProcess:
                 stacklevel=2,
             )
 
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown at all."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -390,8 +587,11 @@ class ServerProcess:
         return self.log_text()[-chars:]
 
     def assert_no_traceback(self, since: int = 0) -> None:
-        text = self.log_path.read_bytes()[since:].decode("utf-8", errors="replace") \
-            if self.log_path.exists() else ""
+        text = (
+            self.log_path.read_bytes()[since:].decode("utf-8", errors="replace")
+            if self.log_path.exists()
+            else ""
+        )
         assert "Traceback" not in text, f"the server logged a traceback:\n{text[-6000:]}"
 
 
@@ -504,12 +704,16 @@ class SqliteServerFactory:
         self.harnesses.append(chat)
         return chat
 
-    def stop(self) -> None:
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the running server: SIGTERM (clean), or SIGKILL with `kill=True`."""
         if self.current is not None:
-            self.current.stop()
+            if kill:
+                self.current.kill()
+            else:
+                self.current.stop()
 
-    def restart(self) -> Chat:
-        self.stop()
+    def restart(self, *, kill: bool = False) -> Chat:
+        self.stop(kill=kill)
         return self.start()
 
     def close(self) -> None:

@@ -145,7 +145,7 @@ class ChatMachine(RuleBasedStateMachine):
     def send_direct(self, sender: int, to: int, text: str) -> None:
         if (me := self.online(sender)) is None:
             return
-        uid, client = me
+        _, client = me
         recipient = self.ids[to] if to >= 0 else 10_000
         if to < 0:
             with pytest.raises(UnknownUser):

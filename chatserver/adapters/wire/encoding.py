@@ -3,7 +3,6 @@
 The ONE_CHAT push and the ACK are the hot path: plain dicts handed to orjson.
 """
 
-import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,15 +39,25 @@ MAX_OFFLINE_IN_LOGIN_ACK = 200
 _MODERN = orjson.OPT_APPEND_NEWLINE
 # The original server wrote nlohmann::json dumps: keys in alphabetical order.
 _LEGACY = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SORT_KEYS
-_OPTIONS = {Dialect.MODERN: _MODERN, Dialect.LEGACY: _LEGACY}
 _LEGACY_REPLIES = (protocol.LOGIN, protocol.REGISTER)
 
 JsonObject = dict[str, Any]
 
 
-@functools.lru_cache(maxsize=4096)
-def _local_time(second: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+# Enum attribute access and hashing run Python code on 3.11: the hot path compares with these.
+_MODERN_DIALECT = Dialect.MODERN
+_LEGACY_DIALECT = Dialect.LEGACY
+
+# Formatted local times by second: live traffic hits the same second over and over.
+_time_texts: dict[int, str] = {}
+_MAX_TIME_TEXTS = 4096
+
+
+def _format_time(second: int) -> str:
+    if len(_time_texts) >= _MAX_TIME_TEXTS:
+        _time_texts.clear()
+    text = _time_texts[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+    return text
 
 
 def _state(online: bool) -> str:
@@ -65,7 +74,7 @@ def _direct_message(m: DirectMessage) -> JsonObject:
         "name": m.sender_name,
         "toid": m.recipient_id,
         "msg": m.text,
-        "time": _local_time(m.sent_at_ms // 1000),
+        "time": _time_texts.get(m.sent_at_ms // 1000) or _format_time(m.sent_at_ms // 1000),
         "ts": m.sent_at_ms,
         "msg_id": m.msg_id,
     }
@@ -78,7 +87,7 @@ def _group_message(m: GroupMessage) -> JsonObject:
         "id": m.sender_id,
         "name": m.sender_name,
         "msg": m.text,
-        "time": _local_time(m.sent_at_ms // 1000),
+        "time": _time_texts.get(m.sent_at_ms // 1000) or _format_time(m.sent_at_ms // 1000),
         "ts": m.sent_at_ms,
         "msg_id": m.msg_id,
     }
@@ -106,7 +115,9 @@ def _kicked(n: KickedNotice) -> JsonObject:
     return {"msgid": protocol.KICKED, "errmsg": n.reason}
 
 
-_EVENT_OBJECTS: dict[type[Any], Callable[[Any], JsonObject]] = {
+EventObjects = dict[type[Any], Callable[[Any], JsonObject]]
+
+_EVENT_OBJECTS: EventObjects = {
     DirectMessage: _direct_message,
     GroupMessage: _group_message,
     FriendAnswer: _friend_answer,
@@ -115,16 +126,25 @@ _EVENT_OBJECTS: dict[type[Any], Callable[[Any], JsonObject]] = {
     KickedNotice: _kicked,
 }
 # The original's clients understand chats only.
-_LEGACY_EVENT_OBJECTS = {kind: _EVENT_OBJECTS[kind] for kind in CHAT_KINDS}
-_EVENTS = {Dialect.MODERN: _EVENT_OBJECTS, Dialect.LEGACY: _LEGACY_EVENT_OBJECTS}
+_LEGACY_EVENT_OBJECTS: EventObjects = {kind: _EVENT_OBJECTS[kind] for kind in CHAT_KINDS}
+
+
+def _event_objects(dialect: Dialect) -> EventObjects:
+    return _LEGACY_EVENT_OBJECTS if dialect is _LEGACY_DIALECT else _EVENT_OBJECTS
+
+
+def _option(dialect: Dialect) -> int:
+    return _LEGACY if dialect is _LEGACY_DIALECT else _MODERN
 
 
 def encode_event(event: Event, dialect: Dialect) -> bytes | None:
     """The frame that pushes ``event`` to a client; None if the dialect has no such message."""
-    to_object = _EVENTS[dialect].get(type(event))
-    if to_object is None:
-        return None
-    return orjson.dumps(to_object(event), option=_OPTIONS[dialect])
+    if dialect is _LEGACY_DIALECT:
+        to_object = _LEGACY_EVENT_OBJECTS.get(type(event))
+        if to_object is None:
+            return None
+        return orjson.dumps(to_object(event), option=_LEGACY)
+    return orjson.dumps(_EVENT_OBJECTS[type(event)](event), option=_MODERN)
 
 
 # --- replies -----------------------------------------------------------------------------
@@ -148,18 +168,18 @@ def _ack(request_msgid: int, seq: int | None) -> JsonObject:
 def _error_reply(
     msgid: int, seq: int | None, errno: int, errmsg: str, dialect: Dialect
 ) -> bytes | None:
-    if dialect is Dialect.LEGACY and msgid not in _LEGACY_REPLIES:
+    if dialect is _LEGACY_DIALECT and msgid not in _LEGACY_REPLIES:
         return None
     reply = _ack(msgid, seq)
     reply["errno"] = errno
     reply["errmsg"] = errmsg
-    return orjson.dumps(reply, option=_OPTIONS[dialect])
+    return orjson.dumps(reply, option=_option(dialect))
 
 
 def encode_result(request: Request, result: Result, dialect: Dialect) -> list[bytes]:
     """The frames answering a request that succeeded: its reply, then for a login any waiting
     messages that did not fit in the reply. The legacy dialect answers LOGIN and REG only."""
-    if dialect is Dialect.LEGACY and request.msgid not in _LEGACY_REPLIES:
+    if dialect is _LEGACY_DIALECT and request.msgid not in _LEGACY_REPLIES:
         return []
     reply = _ack(request.msgid, request.seq)
     reply["errno"] = OK
@@ -171,7 +191,7 @@ def encode_result(request: Request, result: Result, dialect: Dialect) -> list[by
         reply["id"] = result.user_id
     elif type(result) is LoggedIn:
         return _login_reply(reply, result, dialect)
-    return [orjson.dumps(reply, option=_OPTIONS[dialect])]
+    return [orjson.dumps(reply, option=_option(dialect))]
 
 
 def encode_error(
@@ -191,7 +211,7 @@ def encode_bad_request(bad: BadRequest, dialect: Dialect) -> bytes | None:
 
 def encode_frame_too_large(dialect: Dialect) -> bytes | None:
     """The errno 8 reply sent before closing a connection whose frame was too long."""
-    if dialect is Dialect.LEGACY:
+    if dialect is _LEGACY_DIALECT:
         return None
     return _error_reply(0, None, FRAME_TOO_LARGE, "frame too large", dialect)
 
@@ -227,12 +247,12 @@ def _members(view: GroupView) -> list[JsonObject]:
 def _login_reply(reply: JsonObject, result: LoggedIn, dialect: Dialect) -> list[bytes]:
     reply["id"] = result.user.id
     reply["name"] = result.user.name
-    events = _EVENTS[dialect]
+    events = _event_objects(dialect)
     waiting: list[Delivery] = [d for d in result.waiting if type(d) in events]
     included = waiting[:MAX_OFFLINE_IN_LOGIN_ACK]
     offline = [events[type(d)](d) for d in included]
     friends = [_contact(contact) for contact in result.friends]
-    if dialect is Dialect.MODERN:
+    if dialect is _MODERN_DIALECT:
         reply["friends"] = friends
         reply["groups"] = [_group(view, _members(view)) for view in result.groups]
         reply["offlinemsg"] = offline
@@ -243,7 +263,7 @@ def _login_reply(reply: JsonObject, result: LoggedIn, dialect: Dialect) -> list[
         for key, objects in (("friends", friends), ("groups", groups), ("offlinemsg", offline)):
             if objects:
                 reply[key] = _json_strings(objects)
-    option = _OPTIONS[dialect]
+    option = _option(dialect)
     later = waiting[len(included) :]
     return [
         orjson.dumps(reply, option=option),

@@ -460,5 +460,6 @@ async def connect(
             error = exc  # raised below, so that it does not come out wrapped in an ExceptionGroup
         finally:
             task_group.cancel_scope.cancel()
+            client._event_receiver.close()
     if error is not None:
         raise error

@@ -43,6 +43,7 @@ HEARTBEAT_INTERVAL = 20.0
 RECEIPT_DELAY = 0.2  # gathers the receipts of messages that arrive together into one request
 MENU = "==========\n1. login\n2. register\n3. quit\n=========="
 RULE = "=" * 50
+CONNECTION_LOST = "the connection to the server was lost"
 
 
 class Console(Protocol):
@@ -266,8 +267,8 @@ class Terminal:
             try:
                 await self._menu()
                 self.exit_code = 0
-            except ConnectionLost:
-                self._lost("the connection to the server was lost")
+            except* ConnectionLost:  # it may come out of a session's task group, in a group
+                self._lost(CONNECTION_LOST)
             task_group.cancel_scope.cancel()
         return 1 if self.exit_code is None else self.exit_code
 
@@ -289,7 +290,9 @@ class Terminal:
     async def _register(self) -> None:
         name = await self.console.read_line("username: ")
         password = await self.console.read_line("password: ", secret=True)
-        if not name or not password:
+        if name is None or password is None:
+            return  # the input has ended: the menu quits
+        if not name.strip() or not password:
             self.console.show("a name and a password are needed")
             return
         with self._errors_shown("register failed"):
@@ -297,8 +300,11 @@ class Terminal:
             self.console.show(f"registered: your user id is {user_id}")
 
     async def _login(self) -> Step:
-        who = (await self.console.read_line("userid or name: ") or "").strip()
+        who = await self.console.read_line("userid or name: ")
         password = await self.console.read_line("password: ", secret=True)
+        if who is None or password is None:
+            return Step.QUIT
+        who = who.strip()
         if not who or not password:
             self.console.show("a user id (or name) and a password are needed")
             return Step.MENU
@@ -361,11 +367,9 @@ class Terminal:
         async for event in self.client.events():
             async with self.screen:
                 self._show(event)
-        self._lost("the server closed the connection")
+        self._lost(CONNECTION_LOST)
 
     def _show(self, event: Event) -> None:
-        if isinstance(event, FriendRequest):
-            self.names.setdefault(event.requester_id, event.requester_name)
         if isinstance(event, FriendAnswer) and event.accepted:
             self.names[event.responder_id] = event.responder_name
         msg_id = _msg_id(event)
