@@ -42,9 +42,9 @@ class Connection:
         if validate is not None:
             validate()
         if not isinstance(command, ANONYMOUS_COMMANDS):
-            session = self.require_session()
-            if claimed_id is not None and claimed_id != session.user.id:
-                raise Forbidden()
+            self.require_session()
+        if claimed_id is not None and self.logged_in and claimed_id != self.user.id:
+            raise Forbidden()
         return await HANDLERS[type(command)](command, connection=self)
 
     def replied(self) -> None:

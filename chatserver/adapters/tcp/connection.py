@@ -137,7 +137,7 @@ class TcpClient:
                 await self._drained.wait()
 
     async def _handle(self, frame: bytes) -> None:
-        request = decode(frame)
+        request = decode(frame, self.dialect)
         if isinstance(request, BadRequest):
             reply = encode_bad_request(request, self.dialect)
             if reply is not None:

@@ -22,22 +22,24 @@ class FrameSplitter:
         """Take the next bytes read and return every frame they complete."""
         if self.too_large:
             return []
-        last_end = max(data.rfind(b"\n"), data.rfind(b"\0"))
-        if last_end < 0:
+        end = max(data.rfind(b"\n"), data.rfind(b"\0")) + 1
+        if not end:
             self._pending += data
             self._check_pending()
             return []
         if self._pending:
-            self._pending += data[: last_end + 1]
+            self._pending += data[:end]
             stream = bytes(self._pending)
+            self._pending.clear()
         else:
-            stream = data[: last_end + 1]
-        self._pending = bytearray(data[last_end + 1 :])
+            stream = data[:end]
+        if end < len(data):
+            self._pending += data[end:]
         frames, first_ended_with_nul = _split(stream)
         if frames and max(map(len, frames)) > self.limit:
             self._give_up()
             frames = frames[: next(i for i, f in enumerate(frames) if len(f) > self.limit)]
-        else:
+        elif self._pending:
             self._check_pending()
         if frames and self.legacy is None:
             self.legacy = first_ended_with_nul
@@ -57,14 +59,15 @@ class FrameSplitter:
 def _split(stream: bytes) -> tuple[list[bytes], bool]:
     """The non-empty frames of ``stream`` (which ends with a terminator), and whether the
     first of them ended with NUL."""
+    has_cr = b"\r" in stream
     if b"\0" not in stream:
-        return _lines(stream.split(b"\n")), False
+        return _lines(stream.split(b"\n")[:-1], has_cr), False
     frames: list[bytes] = []
     first_ended_with_nul: bool | None = None
     for part in stream.split(b"\0"):
         # Each piece of ``part`` but the last ended with LF; the last one ended with NUL.
         *lines, last = part.split(b"\n")
-        frames += _lines(lines)
+        frames += _lines(lines, has_cr)
         if frames and first_ended_with_nul is None:
             first_ended_with_nul = False
         if last:
@@ -74,6 +77,11 @@ def _split(stream: bytes) -> tuple[list[bytes], bool]:
     return frames, bool(first_ended_with_nul)
 
 
-def _lines(pieces: list[bytes]) -> list[bytes]:
+def _lines(pieces: list[bytes], has_cr: bool) -> list[bytes]:
     """The non-empty frames among pieces that each ended with LF, less a CR before the LF."""
-    return [frame for frame in (p[:-1] if p.endswith(b"\r") else p for p in pieces) if frame]
+    # The usual stream has neither CRs nor empty lines: it is checked for both in C.
+    if has_cr:
+        pieces = [p[:-1] if p.endswith(b"\r") else p for p in pieces]
+    if b"" in pieces:
+        pieces = [p for p in pieces if p]
+    return pieces
