@@ -55,15 +55,18 @@ class TcpClient:
         self._callbacks: list[Callback] = []
         self._wake = anyio.Event()
         self._drained = anyio.Event()
-        self._closing = False
+        self._closing = False  # no more requests are read
+        self._closed = False  # nothing more is written
         self._receiving = False
+        self._shutting_down = False
+        self._released = anyio.Event()
         self._read_scope = anyio.CancelScope()
         self._task_group: TaskGroup | None = None
 
     # The Outbox port.
 
     def push(self, event: Event) -> bool:
-        if self._closing:
+        if self._closed:
             return False
         frame = encode_event(event, self.dialect)
         if frame is None:
@@ -82,17 +85,21 @@ class TcpClient:
 
     def close(self) -> None:
         """End the connection at once: what is unsent is dropped, the session ends."""
-        self._closing = True
+        self._closing = self._closed = True
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
     # The loops.
 
     def stop_reading(self) -> None:
-        """Take no more requests: the one in hand finishes, then the connection closes."""
-        self._closing = True
+        """Server shutdown: take no more requests, stay open until release() to hear the rest."""
+        self._closing = self._shutting_down = True
         if self._receiving:
             self._read_scope.cancel()
+
+    def release(self) -> None:
+        """Server shutdown: everyone is logged out, send what is queued and close."""
+        self._released.set()
 
     async def run(self) -> None:
         try:
@@ -101,6 +108,9 @@ class TcpClient:
                 tg.start_soon(self._write_loop)
                 with self._read_scope:
                     await self._read_loop()
+                if self._shutting_down:
+                    with anyio.move_on_after(self.limits.close_grace_seconds):
+                        await self._released.wait()
                 await self._finish()
                 tg.cancel_scope.cancel()
         except Exception:

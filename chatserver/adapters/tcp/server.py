@@ -44,6 +44,8 @@ class TcpServer:
                 await client.connection.disconnect()
             except Exception:
                 log.exception("logging out %s failed", client.peer)
+        for client in clients:
+            client.release()
 
     async def _serve_client(self, stream: SocketStream) -> None:
         client = TcpClient(stream, self.node, self.limits)
