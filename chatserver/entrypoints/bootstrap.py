@@ -23,6 +23,7 @@ from chatserver.application.connection import Connection
 from chatserver.application.inbound import NodeInbox
 from chatserver.application.node import Limits, Node
 from chatserver.application.results import Result
+from chatserver.domain.messages import Event
 from chatserver.domain.ports import Clock, PasswordHasher, UnitOfWork
 
 log = logging.getLogger("chatserver")
@@ -108,12 +109,9 @@ class EmbeddedClient:
         await self.outbox.flush()
         return result
 
-    async def next_event(self) -> object:
+    async def next_event(self) -> Event:
+        """Wait for the next event pushed to this client and take it."""
         return await self.outbox.next_event()
-
-    @property
-    def events(self) -> list[object]:
-        return list(self.outbox.events)
 
     async def close(self) -> None:
         await self.connection.disconnect()

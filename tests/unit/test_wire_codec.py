@@ -308,26 +308,17 @@ def test_any_bytes_decode_to_a_request_or_a_bad_request(data: bytes) -> None:
     assert isinstance(decode(data, LEGACY), Request | BadRequest)
 
 
+# fmt: off
+WIRE_FIELDS = [
+    "msgid", "seq", "id", "name", "password", "receipts", "toid", "msg", "friendid", "accept",
+    "groupid", "groupname", "groupdesc", "msg_ids",
+]
+# fmt: on
+
+
 @given(
     st.dictionaries(
-        st.sampled_from(
-            [
-                "msgid",
-                "seq",
-                "id",
-                "name",
-                "password",
-                "toid",
-                "msg",
-                "friendid",
-                "accept",
-                "groupid",
-                "groupname",
-                "groupdesc",
-                "msg_ids",
-                "receipts",
-            ]
-        ),
+        st.sampled_from(WIRE_FIELDS),
         json_values,
     ),
     st.sampled_from([1, 3, 4, 6, 7, 8, 9, 10, 13, 16, 17, 18, 19, 99]),
