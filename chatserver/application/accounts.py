@@ -55,11 +55,17 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
         # Registered before the store is read: from here on, deliveries are held, not stored.
         node.sessions.add(session)
         connection.session = session
-        snapshot = await node.uow.run(lambda tx: _load_login(tx, user))
+        try:
+            snapshot = await node.uow.run(lambda tx: _load_login(tx, user))
+            located = await node.presence.locate(snapshot.contact_ids())
+        except BaseException:
+            # The login fails as a whole: what arrived meanwhile is stored, nothing is lost.
+            connection.session = None
+            await end_session(session, node=node, takeover=takeover)
+            raise
         waiting = tuple(d for d in snapshot.waiting if command.notices or is_chat(d))
         session.friend_ids = {f.id for f in snapshot.friends}
         session.stored_shown = {d.msg_id for d in waiting}
-        located = await node.presence.locate(snapshot.contact_ids())
         if not takeover:
             await node.router.notify(sorted(session.friend_ids), PresenceNotice(user.id, True))
     online = set(located) | {user.id}

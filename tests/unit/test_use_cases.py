@@ -278,3 +278,27 @@ async def test_message_ids_are_unique_and_positive(chat: ChatApp) -> None:
         assert isinstance(accepted, MessageAccepted)
         ids.append(accepted.msg_id)
     assert len(set(ids)) == 50 and min(ids) > 0
+
+
+async def test_a_login_that_fails_midway_leaves_no_session_and_loses_nothing(
+    chat: ChatApp,
+) -> None:
+    alice, bob = await register(chat, "alice"), await register(chat, "bob")
+    a = await online(chat, alice)
+    real = chat.node.presence
+
+    class BrokenPresence:
+        claim, release = real.claim, real.release
+
+        async def locate(self, user_ids: object) -> dict[int, str]:
+            # A message arrives while the login is under way, then the login fails.
+            await a.request(SendDirectMessage(bob, "during the failed login"))
+            raise RuntimeError("presence is down")
+
+    chat.node.presence = BrokenPresence()
+    with pytest.raises(RuntimeError):
+        await login(chat.connect(), bob)
+    chat.node.presence = real
+    assert chat.node.sessions.get(bob) is None
+    waiting = (await login(chat.connect(), bob)).waiting
+    assert [m.text for m in waiting] == ["during the failed login"]  # type: ignore[union-attr]
