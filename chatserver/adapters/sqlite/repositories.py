@@ -4,29 +4,11 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-import attrs
-import orjson
-
+from chatserver.adapters.serialization import dump_delivery, load_delivery
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage
+from chatserver.domain.messages import Delivery
 from chatserver.domain.users import Account, User
-
-# The adapter's private format for waiting deliveries: a kind, and the fields as JSON.
-DELIVERY_KINDS: dict[str, type[Delivery]] = {
-    "direct": DirectMessage,
-    "group": GroupMessage,
-    "friend_answer": FriendAnswer,
-}
-KIND_OF_DELIVERY = {cls: kind for kind, cls in DELIVERY_KINDS.items()}
-
-
-def dump_delivery(delivery: Delivery) -> tuple[str, str]:
-    return KIND_OF_DELIVERY[type(delivery)], orjson.dumps(attrs.asdict(delivery)).decode()
-
-
-def load_delivery(kind: str, body: str) -> Delivery:
-    return DELIVERY_KINDS[kind](**orjson.loads(body))
 
 
 @contextmanager

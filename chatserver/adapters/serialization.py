@@ -1,0 +1,54 @@
+"""The adapters' private JSON form of the core's events: stored deliveries, bus messages.
+
+A kind name and the attrs fields. Renaming or removing a field needs a data migration;
+adding one with a default does not.
+"""
+
+from typing import Any
+
+import attrs
+import orjson
+
+from chatserver.domain.messages import (
+    Delivery,
+    DirectMessage,
+    Event,
+    FriendAnswer,
+    FriendRequestNotice,
+    GroupMessage,
+    KickedNotice,
+    PresenceNotice,
+)
+
+EVENT_KINDS: dict[str, type[Event]] = {
+    "direct": DirectMessage,
+    "group": GroupMessage,
+    "friend_answer": FriendAnswer,
+    "friend_request": FriendRequestNotice,
+    "presence": PresenceNotice,
+    "kicked": KickedNotice,
+}
+KIND_OF_EVENT = {cls: kind for kind, cls in EVENT_KINDS.items()}
+DELIVERY_KINDS: dict[str, type[Delivery]] = {
+    "direct": DirectMessage,
+    "group": GroupMessage,
+    "friend_answer": FriendAnswer,
+}
+
+
+def dump_delivery(delivery: Delivery) -> tuple[str, str]:
+    return KIND_OF_EVENT[type(delivery)], orjson.dumps(attrs.asdict(delivery)).decode()
+
+
+def load_delivery(kind: str, body: str | bytes) -> Delivery:
+    return DELIVERY_KINDS[kind](**orjson.loads(body))
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    return {"kind": KIND_OF_EVENT[type(event)], **attrs.asdict(event)}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    fields = dict(data)
+    kind = fields.pop("kind")
+    return EVENT_KINDS[str(kind)](**fields)
