@@ -97,14 +97,17 @@ async def end_session(session: Session, *, node: Node, takeover: bool = False) -
         return
     leftovers = session.end()
     node.sessions.remove(session)
+    user_id = session.user.id
     if leftovers:
-        user_id = session.user.id
 
         def keep(tx: Transaction) -> None:
             for delivery in leftovers:
                 tx.messages.store(user_id, delivery)
 
         await node.uow.run(keep)
+    # Stored now, or receipted before: the nodes that kept custody may let go.
+    for origin, msg_ids in session.take_origins(list(session.origins)).items():
+        await node.bus.confirm(origin, user_id, msg_ids)
     if not takeover:
         await node.presence.release(session.user.id, node.node_id)
         await node.router.notify(sorted(session.friend_ids), PresenceNotice(session.user.id, False))

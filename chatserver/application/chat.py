@@ -54,12 +54,15 @@ async def send_group_message(
 
 async def receipt(command: Receipt, *, connection: Connection) -> Done:
     session = connection.require_session()
+    node = connection.node
+    user_id = session.user.id
     stored = session.receipt(command.msg_ids)
     if stored:
-        user_id = session.user.id
 
         def forget(tx: Transaction) -> None:
             tx.messages.delete(user_id, stored)
 
-        await connection.node.uow.run(forget)
+        await node.uow.run(forget)
+    for origin, msg_ids in session.take_origins(command.msg_ids).items():
+        await node.bus.confirm(origin, user_id, msg_ids)
     return Done()

@@ -14,7 +14,6 @@ from chatserver.domain.users import User
 
 if TYPE_CHECKING:
     from chatserver.application.connection import Connection
-    from chatserver.application.node import Node
 
 
 async def add_friend(command: AddFriend, *, connection: Connection) -> Done:
@@ -73,8 +72,13 @@ async def remove_friend(command: RemoveFriend, *, connection: Connection) -> Don
         tx.friends.unfriend(me.id, friend_id)
 
     await node.uow.run(remove)
-    _forget_friend(node, me.id, friend_id)
-    _forget_friend(node, friend_id, me.id)
+    connection.require_session().friend_ids.discard(friend_id)
+    session = node.sessions.get(friend_id)
+    if session is not None:
+        session.friend_ids.discard(me.id)
+    else:
+        for other_node in (await node.presence.locate([friend_id])).values():
+            await node.bus.forget_friend(other_node, friend_id, me.id)
     return Done()
 
 
@@ -86,9 +90,3 @@ async def _tell_requester(
         connection.require_session().friend_ids.add(requester_id)
     answer = FriendAnswer(await node.message_ids.next(), me.id, me.name, accepted)
     await node.router.deliver(requester_id, answer)
-
-
-def _forget_friend(node: Node, user_id: int, friend_id: int) -> None:
-    session = node.sessions.get(user_id)
-    if session is not None:
-        session.friend_ids.discard(friend_id)

@@ -32,7 +32,7 @@ async def join_group(command: JoinGroup, *, connection: Connection) -> Done:
         tx.groups.add_member(group_id, me.id, Role.NORMAL)
 
     await connection.node.uow.run(join)
-    connection.node.groups.forget(group_id)
+    await _membership_changed(group_id, connection)
     return Done()
 
 
@@ -47,5 +47,10 @@ async def leave_group(command: LeaveGroup, *, connection: Connection) -> Done:
             raise NotAMember()
 
     await connection.node.uow.run(leave)
-    connection.node.groups.forget(group_id)
+    await _membership_changed(group_id, connection)
     return Done()
+
+
+async def _membership_changed(group_id: int, connection: Connection) -> None:
+    connection.node.groups.forget(group_id)
+    await connection.node.bus.forget_group(group_id)

@@ -1,21 +1,52 @@
-"""What a node does with events other nodes send it over the bus."""
+"""What a node does with what other nodes send it over the bus."""
+
+from collections.abc import Sequence
 
 from attrs import define
 
 from chatserver.application.accounts import kick
 from chatserver.application.node import Node
+from chatserver.application.sessions import DELIVERY_KINDS
 from chatserver.domain.messages import Event
+from chatserver.domain.ports import Transaction
 
 
 @define
 class NodeInbox:
-    """The bus handler of a node: deliver to a session here, or end one that was replaced."""
+    """The bus handler of a node: it takes over what other nodes send to its users."""
 
     node: Node
 
-    async def deliver(self, user_id: int, event: Event) -> bool:
-        session = self.node.sessions.get(user_id)
-        return session is not None and session.push(event)
+    async def deliver(self, user_id: int, event: Event, origin: str) -> None:
+        node = self.node
+        session = node.sessions.get(user_id)
+        if not isinstance(event, DELIVERY_KINDS):
+            if session is not None:
+                session.push(event)
+            return
+        if session is not None and session.push(event):
+            if session.receipts:
+                session.origins[event.msg_id] = origin  # confirmed once receipted or stored
+                return
+        else:
+            # The user left (or lags too far behind) since the sender looked: keep it for them.
+            def store(tx: Transaction) -> None:
+                if tx.users.get(user_id) is not None:
+                    tx.messages.store(user_id, event)
+
+            await node.uow.run(store)
+        await node.bus.confirm(origin, user_id, [event.msg_id])
 
     async def kick(self, user_id: int) -> None:
         await kick(user_id, node=self.node)
+
+    async def confirm(self, user_id: int, msg_ids: Sequence[int]) -> None:
+        self.node.custody.release(user_id, list(msg_ids))
+
+    async def forget_group(self, group_id: int) -> None:
+        self.node.groups.forget(group_id)
+
+    async def forget_friend(self, user_id: int, friend_id: int) -> None:
+        session = self.node.sessions.get(user_id)
+        if session is not None:
+            session.friend_ids.discard(friend_id)

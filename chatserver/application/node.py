@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 import anyio
 from attrs import Factory, define, field
 
+from chatserver.application.custody import Custody
 from chatserver.application.groups_directory import GroupDirectory
 from chatserver.application.message_ids import MessageIdAllocator
 from chatserver.application.router import Router
@@ -20,6 +21,8 @@ class Limits:
     # Live deliveries a receipting session may hold unreceipted before it is ended.
     unreceipted_per_session: int = 1000
     message_id_block: int = 1000
+    # How often deliveries held for other nodes are checked against those nodes' leases.
+    custody_check_seconds: float = 2.0
 
 
 @define
@@ -56,11 +59,15 @@ class Node:
     limits: Limits = Factory(Limits)
     sessions: SessionRegistry = Factory(SessionRegistry)
     user_locks: UserLocks = Factory(UserLocks)
+    custody: Custody = field(init=False)
     router: Router = field(init=False)
     groups: GroupDirectory = field(init=False)
     message_ids: MessageIdAllocator = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.router = Router(self.node_id, self.sessions, self.presence, self.bus, self.uow)
+        self.custody = Custody(self.presence, self.uow)
+        self.router = Router(
+            self.node_id, self.sessions, self.presence, self.bus, self.uow, self.custody
+        )
         self.groups = GroupDirectory(self.uow)
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)

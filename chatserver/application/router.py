@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from attrs import define
 
+from chatserver.application.custody import Custody
 from chatserver.application.sessions import SessionRegistry
 from chatserver.domain.errors import UnknownUser
 from chatserver.domain.messages import Delivery, Notice
@@ -21,6 +22,7 @@ class Router:
     presence: Presence
     bus: MessageBus
     uow: UnitOfWork
+    custody: Custody
 
     def deliver_here(self, user_id: int, delivery: Delivery) -> bool:
         session = self.sessions.get(user_id)
@@ -72,10 +74,16 @@ class Router:
                     await self.bus.deliver(node, uid, notice)
 
     async def _deliver_remote(self, user_ids: Sequence[int], delivery: Delivery) -> list[int]:
-        """Hand delivery to users on other nodes; return those it reached."""
+        """Hand delivery to users on other nodes, keeping custody; return those it reached."""
         located = await self.presence.locate(user_ids)
         reached = []
         for uid, node in located.items():
-            if node != self.node_id and await self.bus.deliver(node, uid, delivery):
+            if node == self.node_id:
+                continue
+            # Kept before handing over: the confirmation may come back before deliver returns.
+            self.custody.keep(node, uid, delivery)
+            if await self.bus.deliver(node, uid, delivery):
                 reached.append(uid)
+            else:
+                self.custody.release(uid, [delivery.msg_id])
         return reached

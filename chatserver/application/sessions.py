@@ -1,5 +1,7 @@
 """Sessions: a logged-in user on one connection of this node, and the registry of them."""
 
+from collections.abc import Iterable
+
 from attrs import Factory, define
 
 from chatserver.domain.messages import (
@@ -32,6 +34,8 @@ class Session:
     unreceipted: dict[int, Delivery] = Factory(dict)
     # Stored msg_ids shown at login that the store still holds until receipted.
     stored_shown: set[int] = Factory(set)
+    # Deliveries that another node keeps custody of until this session receipts them.
+    origins: dict[int, str] = Factory(dict)
     # Events that arrive before the login reply is out wait here, to follow it.
     held: list[Event] | None = Factory(list)
     ended: bool = False
@@ -74,6 +78,15 @@ class Session:
                 self.stored_shown.discard(msg_id)
                 stored.append(msg_id)
         return stored
+
+    def take_origins(self, msg_ids: Iterable[int]) -> dict[str, list[int]]:
+        """The nodes waiting to hear that these deliveries are safe, with their msg_ids."""
+        by_node: dict[str, list[int]] = {}
+        for msg_id in msg_ids:
+            node = self.origins.pop(msg_id, None)
+            if node is not None:
+                by_node.setdefault(node, []).append(msg_id)
+        return by_node
 
     def end(self) -> list[Delivery]:
         """End the session; return the deliveries that must be stored for the next login."""

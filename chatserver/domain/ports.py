@@ -5,7 +5,7 @@ where blocking is allowed (a worker thread for a real database). Everything that
 the world (the unit of work, hashing, the cluster) is asynchronous.
 """
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 from chatserver.domain.groups import Group, Member, Role
@@ -149,10 +149,10 @@ class Outbox(Protocol):
 
 
 class Presence(Protocol):
-    """Which node each online user is on, cluster-wide."""
+    """Which node each online user is on, cluster-wide, and which nodes are alive."""
 
     async def claim(self, user_id: int, node_id: str) -> str | None:
-        """Mark user online on node_id; return the node that held them before, if any."""
+        """Mark user online on node_id; return the live node that held them before, if any."""
         ...
 
     async def release(self, user_id: int, node_id: str) -> None:
@@ -160,17 +160,36 @@ class Presence(Protocol):
         ...
 
     async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
-        """The node of every user in user_ids who is online."""
+        """The node of every user in user_ids who is online on a live node."""
+        ...
+
+    async def live_nodes(self, node_ids: Collection[str]) -> set[str]:
+        """Those of node_ids that are still alive (their lease is current)."""
         ...
 
 
 class BusHandler(Protocol):
-    async def deliver(self, user_id: int, event: Event) -> bool:
-        """Give event to user's session here; False if they are not here (after all)."""
+    """What a node does with what other nodes send it."""
+
+    async def deliver(self, user_id: int, event: Event, origin: str) -> None:
+        """Take over an event for user: push it to their session here or, for a delivery,
+        store it; confirm a delivery to origin once it is safe (stored or receipted)."""
         ...
 
     async def kick(self, user_id: int) -> None:
         """End user's session here because they logged in elsewhere."""
+        ...
+
+    async def confirm(self, user_id: int, msg_ids: Sequence[int]) -> None:
+        """Another node has made these deliveries to user safe: stop keeping them."""
+        ...
+
+    async def forget_group(self, group_id: int) -> None:
+        """The group's membership changed: drop any cached roster."""
+        ...
+
+    async def forget_friend(self, user_id: int, friend_id: int) -> None:
+        """user and friend are no longer friends."""
         ...
 
 
@@ -178,7 +197,20 @@ class MessageBus(Protocol):
     """Carries events between the nodes of a cluster."""
 
     async def deliver(self, node_id: str, user_id: int, event: Event) -> bool:
-        """Hand event to user's session on node_id; False if it did not get there."""
+        """Hand event to node_id for user; False if that node was not listening.
+
+        For a delivery, the sender keeps custody until node_id confirms it.
+        """
         ...
 
-    async def kick(self, node_id: str, user_id: int) -> None: ...
+    async def kick(self, node_id: str, user_id: int) -> None:
+        """End user's session on node_id, waiting a bounded time for it to be done."""
+        ...
+
+    async def confirm(self, node_id: str, user_id: int, msg_ids: Sequence[int]) -> None: ...
+
+    async def forget_group(self, group_id: int) -> None:
+        """Tell every node that the group's membership changed."""
+        ...
+
+    async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None: ...

@@ -5,6 +5,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -20,6 +21,7 @@ from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.application.accounts import end_session
 from chatserver.application.commands import Command
 from chatserver.application.connection import Connection
+from chatserver.application.custody import keep_custody
 from chatserver.application.inbound import NodeInbox
 from chatserver.application.node import Limits, Node
 from chatserver.application.results import Result
@@ -139,13 +141,24 @@ async def bootstrap(
         hasher=hasher or ScryptHasher(n=config.hash_cost),
         clock=clock or SystemClock(),
         presence=InProcessPresence(hub),
-        bus=InProcessBus(hub),
+        bus=InProcessBus(hub, config.node_id),
         limits=config.limits,
     )
     hub.attach(node.node_id, NodeInbox(node))
     app = ChatApp(node, hub)
+    every = config.limits.custody_check_seconds
     try:
-        yield app
+        async with anyio.create_task_group() as background:
+            background.start_soon(partial(keep_custody, node.custody, every_seconds=every))
+            try:
+                yield app
+            finally:
+                background.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The task group wraps what the caller's block raised: give it back as it was.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         with anyio.CancelScope(shield=True):
             try:

@@ -47,10 +47,11 @@ class ChatMachine(RuleBasedStateMachine):
         super().__init__()
         self._portal_cm = start_blocking_portal("asyncio")
         self.portal = self._portal_cm.__enter__()
-        self._app_cm = bootstrap(
-            Config(database=self.database_url(), node_id="model"), hasher=FAST_HASHER
+        # One task of the portal holds the node open for the whole run.
+        self._app_cm = self.portal.wrap_async_context_manager(
+            bootstrap(Config(database=self.database_url(), node_id="model"), hasher=FAST_HASHER)
         )
-        self.app = self.portal.call(self._app_cm.__aenter__)
+        self.app = self._app_cm.__enter__()
         self.ids = []
         for i in range(USERS):
             result = self.call(self.app.connect(), Register(f"user{i}", "pw"))
@@ -85,7 +86,7 @@ class ChatMachine(RuleBasedStateMachine):
                 assert not unexpected, f"user {uid} got {sorted(unexpected)} from nowhere"
                 assert len(self.answers_seen[uid]) == self.answers_expected[uid]
         finally:
-            self.portal.call(self._app_cm.__aexit__, None, None, None)
+            self._app_cm.__exit__(None, None, None)
             self._portal_cm.__exit__(None, None, None)
 
     # Helpers that act as a well-behaved client would.

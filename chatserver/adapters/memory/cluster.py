@@ -1,7 +1,7 @@
 """Presence and a message bus for nodes that share one process: one node on its own, or
 several in a test. The Redis adapters do the same job between processes."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from attrs import Factory, define
 
@@ -20,6 +20,7 @@ class InProcessHub:
         self.inboxes[node_id] = inbox
 
     def detach(self, node_id: str) -> None:
+        """The node is gone, as if it had died: its users are offline."""
         self.inboxes.pop(node_id, None)
         for user_id in [u for u, n in self.locations.items() if n == node_id]:
             del self.locations[user_id]
@@ -32,26 +33,50 @@ class InProcessPresence:
     async def claim(self, user_id: int, node_id: str) -> str | None:
         previous = self.hub.locations.get(user_id)
         self.hub.locations[user_id] = node_id
-        return previous
+        return previous if previous in self.hub.inboxes else None
 
     async def release(self, user_id: int, node_id: str) -> None:
         if self.hub.locations.get(user_id) == node_id:
             del self.hub.locations[user_id]
 
     async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
-        where = self.hub.locations
-        return {uid: where[uid] for uid in user_ids if uid in where}
+        where, alive = self.hub.locations, self.hub.inboxes
+        return {uid: where[uid] for uid in user_ids if where.get(uid) in alive}
+
+    async def live_nodes(self, node_ids: Collection[str]) -> set[str]:
+        return {node for node in node_ids if node in self.hub.inboxes}
 
 
 @define
 class InProcessBus:
+    """The bus as seen from one node (node_id): events it sends say they come from there."""
+
     hub: InProcessHub
+    node_id: str
 
     async def deliver(self, node_id: str, user_id: int, event: Event) -> bool:
         inbox = self.hub.inboxes.get(node_id)
-        return inbox is not None and await inbox.deliver(user_id, event)
+        if inbox is None:
+            return False
+        await inbox.deliver(user_id, event, self.node_id)
+        return True
 
     async def kick(self, node_id: str, user_id: int) -> None:
         inbox = self.hub.inboxes.get(node_id)
         if inbox is not None:
             await inbox.kick(user_id)
+
+    async def confirm(self, node_id: str, user_id: int, msg_ids: Sequence[int]) -> None:
+        inbox = self.hub.inboxes.get(node_id)
+        if inbox is not None:
+            await inbox.confirm(user_id, msg_ids)
+
+    async def forget_group(self, group_id: int) -> None:
+        for node_id, inbox in list(self.hub.inboxes.items()):
+            if node_id != self.node_id:
+                await inbox.forget_group(group_id)
+
+    async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None:
+        inbox = self.hub.inboxes.get(node_id)
+        if inbox is not None:
+            await inbox.forget_friend(user_id, friend_id)

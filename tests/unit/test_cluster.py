@@ -1,0 +1,157 @@
+"""Several nodes in one process, sharing a hub and a database: what crosses between nodes."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from chatserver.adapters.memory.cluster import InProcessHub
+from chatserver.application.commands import (
+    AddFriend,
+    AnswerFriend,
+    CreateGroup,
+    JoinGroup,
+    LeaveGroup,
+    Login,
+    Receipt,
+    Register,
+    RemoveFriend,
+    SendDirectMessage,
+    SendGroupMessage,
+)
+from chatserver.application.results import GroupCreated, LoggedIn, MessageAccepted, Registered
+from chatserver.domain.errors import NotAMember
+from chatserver.domain.messages import (
+    DirectMessage,
+    FriendAnswer,
+    GroupMessage,
+    KickedNotice,
+    PresenceNotice,
+)
+from chatserver.entrypoints.bootstrap import ChatApp, Config, EmbeddedClient, bootstrap
+from tests.unit.conftest import FAST_HASHER
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[tuple[ChatApp, ChatApp]]:
+    hub = InProcessHub()
+    url = f"sqlite:///{tmp_path / 'cluster.db'}"
+    async with (
+        bootstrap(Config(database=url, node_id="a"), hub=hub, hasher=FAST_HASHER) as a,
+        bootstrap(Config(database=url, node_id="b"), hub=hub, hasher=FAST_HASHER) as b,
+    ):
+        yield a, b
+
+
+async def register(app: ChatApp, name: str) -> int:
+    result = await app.connect().request(Register(name, "pw"))
+    assert isinstance(result, Registered)
+    return result.user_id
+
+
+async def online(app: ChatApp, user_id: int, *, receipts: bool = False) -> EmbeddedClient:
+    client = app.connect()
+    assert isinstance(await client.request(Login("pw", user_id, receipts=receipts)), LoggedIn)
+    return client
+
+
+async def test_chat_crosses_nodes(nodes: tuple[ChatApp, ChatApp]) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(b, "bob")
+    ca, cb = await online(a, alice), await online(b, bob)
+    sent = await ca.request(SendDirectMessage(bob, "across"))
+    got = await cb.next_event()
+    assert isinstance(sent, MessageAccepted) and isinstance(got, DirectMessage)
+    assert (got.msg_id, got.text) == (sent.msg_id, "across")
+    assert len(a.node.custody) == 0  # a session without receipts: safe once pushed
+
+
+async def test_a_login_on_another_node_kicks_the_older_session(
+    nodes: tuple[ChatApp, ChatApp],
+) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca = await online(a, alice)
+    old = await online(a, bob, receipts=True)
+    sent = await ca.request(SendDirectMessage(bob, "to the old session"))
+    assert isinstance(sent, MessageAccepted)
+    new = b.connect()
+    result = await new.request(Login("pw", bob, receipts=True))
+    assert isinstance(result, LoggedIn)
+    assert [m.msg_id for m in result.waiting] == [sent.msg_id]
+    assert isinstance(old.outbox.events[-1], KickedNotice)
+    await ca.request(SendDirectMessage(bob, "now on b"))
+    got = await new.next_event()
+    assert isinstance(got, DirectMessage) and got.text == "now on b"
+
+
+async def test_presence_and_friend_answers_cross_nodes(nodes: tuple[ChatApp, ChatApp]) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca, cb = await online(a, alice), await online(b, bob)
+    await ca.request(AddFriend(bob))
+    await cb.next_event()  # the request
+    await cb.request(AnswerFriend(alice, accept=True))
+    answer = await ca.next_event()
+    assert isinstance(answer, FriendAnswer) and answer.accepted
+    await cb.close()
+    assert await ca.next_event() == PresenceNotice(bob, False)
+    await ca.request(RemoveFriend(bob))
+    cb = await online(b, bob)
+    assert ca.outbox.events == []  # no longer friends: no presence
+
+
+async def test_group_membership_changes_reach_other_nodes(nodes: tuple[ChatApp, ChatApp]) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca, cb = await online(a, alice), await online(b, bob)
+    created = await ca.request(CreateGroup("g"))
+    assert isinstance(created, GroupCreated)
+    gid = created.group_id
+    await ca.request(SendGroupMessage(gid, "warm the roster cache on a"))
+    await cb.request(JoinGroup(gid))
+    await ca.request(SendGroupMessage(gid, "hello bob"))
+    got = await cb.next_event()
+    assert isinstance(got, GroupMessage) and got.text == "hello bob"
+    await cb.request(SendGroupMessage(gid, "warm it on b"))
+    await ca.next_event()
+    await ca.request(LeaveGroup(gid))
+    with pytest.raises(NotAMember):
+        await ca.request(SendGroupMessage(gid, "gone"))
+    await cb.request(SendGroupMessage(gid, "nobody left to hear"))
+    assert ca.outbox.events == []
+
+
+async def test_deliveries_held_for_a_dead_node_are_stored(nodes: tuple[ChatApp, ChatApp]) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca = await online(a, alice)
+    cb = await online(b, bob, receipts=True)
+    receipted = await ca.request(SendDirectMessage(bob, "receipted"))
+    in_flight = await ca.request(SendDirectMessage(bob, "in flight when b died"))
+    assert isinstance(receipted, MessageAccepted) and isinstance(in_flight, MessageAccepted)
+    await cb.request(Receipt((receipted.msg_id,)))
+    assert len(a.node.custody) == 1
+
+    a.hub.detach("b")  # b dies without a word, as under SIGKILL
+    assert await a.node.custody.rescue() == 1
+    result = await a.connect().request(Login("pw", bob, receipts=True))
+    assert isinstance(result, LoggedIn)
+    assert [m.msg_id for m in result.waiting] == [in_flight.msg_id]
+
+
+async def test_messages_for_a_user_who_left_the_other_node_are_stored_there(
+    nodes: tuple[ChatApp, ChatApp],
+) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca = await online(a, alice)
+    cb = await online(b, bob, receipts=True)
+    sent = await ca.request(SendDirectMessage(bob, "unreceipted at logout"))
+    assert isinstance(sent, MessageAccepted)
+    await cb.close()
+    assert len(a.node.custody) == 0  # b stored it and said so
+    result = await a.connect().request(Login("pw", bob))
+    assert isinstance(result, LoggedIn) and [m.msg_id for m in result.waiting] == [sent.msg_id]
