@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from chatserver.application.commands import Login, Logout, Register
@@ -14,7 +15,7 @@ from chatserver.application.results import (
     Registered,
 )
 from chatserver.application.sessions import Session
-from chatserver.domain.errors import InvalidCredentials
+from chatserver.domain.errors import InvalidCredentials, Unavailable
 from chatserver.domain.messages import KickedNotice, PresenceNotice, is_chat
 from chatserver.domain.ports import Transaction
 from chatserver.domain.users import Account, User
@@ -22,6 +23,8 @@ from chatserver.domain.users import Account, User
 if TYPE_CHECKING:
     from chatserver.application.connection import Connection
     from chatserver.application.node import Node
+
+log = logging.getLogger("chatserver.sessions")
 
 
 async def register(command: Register, *, connection: Connection) -> Registered:
@@ -105,12 +108,17 @@ async def end_session(session: Session, *, node: Node, takeover: bool = False) -
                 tx.messages.store(user_id, delivery)
 
         await node.uow.run(keep)
-    # Stored now, or receipted before: the nodes that kept custody may let go.
-    for origin, msg_ids in session.take_origins(list(session.origins)).items():
-        await node.bus.confirm(origin, user_id, msg_ids)
-    if not takeover:
-        await node.presence.release(session.user.id, node.node_id)
-        await node.router.notify(sorted(session.friend_ids), PresenceNotice(session.user.id, False))
+    try:
+        # Stored now, or receipted before: the nodes that kept custody may let go.
+        for origin, msg_ids in session.take_origins(list(session.origins)).items():
+            await node.bus.confirm(origin, user_id, msg_ids)
+        if not takeover:
+            await node.presence.release(user_id, node.node_id)
+            await node.router.notify(sorted(session.friend_ids), PresenceNotice(user_id, False))
+    except Unavailable as error:
+        # Custody and presence heal by themselves: an unconfirmed delivery is kept by its
+        # sender, and a user still listed here is found gone when the next message arrives.
+        log.warning("user %d logged out while the cluster was unreachable: %s", user_id, error)
 
 
 async def kick(user_id: int, *, node: Node) -> None:

@@ -26,6 +26,13 @@ class Custody:
     def __len__(self) -> int:
         return len(self.held)
 
+    async def store_all(self) -> None:
+        """This node is stopping: store everything still held, so nothing depends on it."""
+        orphans = [(key[0], d) for key, (_, d) in self.held.items()]
+        if orphans:
+            await self.uow.run(lambda tx: _store(tx, orphans))
+        self.held.clear()
+
     async def rescue(self) -> int:
         """Store what is held for nodes that have died; return how many deliveries that was."""
         if not self.held:
@@ -34,17 +41,18 @@ class Custody:
         dead = nodes - await self.presence.live_nodes(nodes)
         if not dead:
             return 0
-        orphans = [(key, d) for key, (node, d) in list(self.held.items()) if node in dead]
-
-        def store(tx: Transaction) -> None:
-            for (user_id, _), delivery in orphans:
-                if tx.users.get(user_id) is not None:
-                    tx.messages.store(user_id, delivery)
-
-        await self.uow.run(store)
-        for key, _ in orphans:
+        keys = [key for key, (node, _) in self.held.items() if node in dead]
+        orphans = [(key[0], self.held[key][1]) for key in keys]
+        await self.uow.run(lambda tx: _store(tx, orphans))
+        for key in keys:
             self.held.pop(key, None)
         return len(orphans)
+
+
+def _store(tx: Transaction, deliveries: list[tuple[int, Delivery]]) -> None:
+    for user_id, delivery in deliveries:
+        if tx.users.get(user_id) is not None:
+            tx.messages.store(user_id, delivery)
 
 
 async def keep_custody(custody: Custody, *, every_seconds: float) -> None:

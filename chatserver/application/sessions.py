@@ -121,3 +121,6 @@ class SessionRegistry:
 
     def all(self) -> list[Session]:
         return list(self.by_user.values())
+
+    def user_ids(self) -> list[int]:
+        return list(self.by_user)

@@ -34,7 +34,6 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 SILENCE = 0.4  # how long "nothing arrives" is watched by default
 
-_ENV_SET_BY_US = ("CHATSERVER_HOST", "CHATSERVER_PORT", "CHATSERVER_DATABASE")
 
 # Replies, by request msgid, for the legacy dialect (which has no ACK_MSG and no seq habit).
 _LEGACY_REPLY = {1: 2, 4: 5}
@@ -495,7 +494,8 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        env = {k: v for k, v in os.environ.items() if k not in _ENV_SET_BY_US}
+        # No CHATSERVER_* settings leak in from the caller's shell: the defaults are under test.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
         env["PYTHONUNBUFFERED"] = "1"
         last_error = ""
         for _attempt in range(3):
@@ -659,6 +659,26 @@ class Chat:
             c.login(user, receipts=receipts)
         return c
 
+    def online_all(self, *users: User, receipts: bool | None = None) -> list[Client]:
+        """New connections logged in as `users`, the LOGINs sent at once so hashing can overlap.
+
+        Only for users whose order of coming online does not matter to the test.
+        """
+        conns = [self.client() for _ in users]
+        seqs = []
+        for c, u in zip(conns, users, strict=True):
+            seq = c.next_seq()
+            seqs.append(seq)
+            obj: Frame = {"msgid": 1, "id": u.id, "password": u.password, "seq": seq}
+            if receipts is not None:
+                obj["receipts"] = receipts
+            c.send(obj)
+        for c, u, seq in zip(conns, users, seqs, strict=True):
+            ack = c.expect({"msgid": 2, "seq": seq}, SLOW_TIMEOUT)
+            assert same(ack["errno"], 0), ack
+            c.user, c.ack = u, ack
+        return conns
+
     def befriend(self, ca: Client, cb: Client) -> None:
         """Make the users logged in on ca and cb friends (both online, modern dialect)."""
         a, b = ca.user, cb.user
@@ -745,6 +765,14 @@ def chat(server: ServerProcess) -> Iterator[Chat]:
     yield harness
     harness.close_all()
     server.assert_no_traceback(since=start)
+
+
+@pytest.fixture(scope="module")
+def module_chat(server: ServerProcess) -> Iterator[Chat]:
+    """A harness shared by one module's tests, for set-ups that those tests only read."""
+    harness = Chat(server)
+    yield harness
+    harness.close_all()
 
 
 @pytest.fixture

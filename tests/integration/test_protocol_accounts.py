@@ -295,7 +295,7 @@ def test_loginout_when_not_logged_in_is_errno_3(chat):
 
 def test_loginout_with_own_id_works_and_with_another_id_is_errno_10(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     ca.err({"msgid": 3, "id": bob.id}, 10)
     # neither alice nor bob was logged out
     ca.ok({"msgid": 6, "toid": bob.id, "msg": "still in"})
@@ -343,11 +343,16 @@ def _fill(request_: dict, user_id: int) -> dict:
     return out
 
 
+@pytest.fixture(scope="module")
+def someone(module_chat):
+    """A registered user, for requests that only need a real user id."""
+    return module_chat.user()
+
+
 @pytest.mark.parametrize("request_", NEEDS_LOGIN)
-def test_requests_other_than_login_reg_ping_need_a_login(chat, request_):
-    user = chat.user()
+def test_requests_other_than_login_reg_ping_need_a_login(chat, someone, request_):
     c = chat.client()
-    c.err(_fill(request_, user.id), 3)
+    c.err(_fill(request_, someone.id), 3)
 
 
 def test_unknown_msgid_is_errno_7_with_reply_to_it(chat):
@@ -362,9 +367,11 @@ def test_unknown_msgid_is_errno_7_with_reply_to_it(chat):
 
 
 @pytest.mark.parametrize("msgid", [0, -1, 2, 5, 11, 12, 14, 15, 20, 1000])
-def test_msgids_that_are_not_requests_are_errno_7(chat, msgid):
-    user = chat.user()
-    c = chat.online(user)
+def test_msgids_that_are_not_requests_are_errno_7(chat, someone, msgid):
+    c = chat.client()
+    reply = c.request({"msgid": msgid})
+    assert reply["msgid"] == 11 and reply["reply_to"] == msgid and reply["errno"] == 7, reply
+    c.login(someone)
     reply = c.request({"msgid": msgid})
     assert reply["msgid"] == 11 and reply["reply_to"] == msgid and reply["errno"] == 7, reply
 
@@ -432,7 +439,7 @@ def test_unknown_fields_are_ignored(chat):
 
 def test_sending_own_id_and_any_name_is_accepted(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     ca.ok({"msgid": 6, "id": alice.id, "name": "not-alice", "toid": bob.id, "msg": "orig"})
     got = cb.expect({"msgid": 6, "msg": "orig"})
     assert got["id"] == alice.id and got["name"] == alice.name
@@ -445,7 +452,7 @@ def test_sending_own_id_and_any_name_is_accepted(chat):
 def pair_with_group(chat):
     """alice and bob online and friends; bob owns a group alice is in; carol is offline."""
     alice, bob, carol = chat.users(3)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     chat.befriend(ca, cb)
     gid, _ = chat.make_group(cb, ca)
     return chat, ca, cb, alice, bob, carol, gid
@@ -531,21 +538,31 @@ FAULT_ORDER = [
 ]
 
 
+@pytest.fixture(scope="module")
+def fault_pair(module_chat):
+    """Two users and a connection logged in as the first; the requests below all fail."""
+    me, other = module_chat.users(2)
+    return me, other, module_chat.online(me)
+
+
 @pytest.mark.parametrize(("logged_in", "build", "errno"), FAULT_ORDER)
-def test_the_first_fault_in_the_documented_order_is_reported(chat, logged_in, build, errno):
-    me, other = chat.users(2)
-    c = chat.online(me) if logged_in else chat.client()
+def test_the_first_fault_in_the_documented_order_is_reported(
+    chat, fault_pair, logged_in, build, errno
+):
+    me, other, conn = fault_pair
+    c = conn if logged_in else chat.client()
     c.err(build(me.id, other.id), errno)
 
 
 # --------------------------------------------------------------------------- no coercion
 
 
-@pytest.fixture
-def typing_context(chat):
-    alice, bob = chat.users(2)
-    ca = chat.online(alice)
-    gid, _ = chat.make_group(ca)
+@pytest.fixture(scope="module")
+def typing_context(module_chat):
+    """alice online, owning a group; bob registered. The requests below all fail."""
+    alice, bob = module_chat.users(2)
+    ca = module_chat.online(alice)
+    gid, _ = module_chat.make_group(ca)
     return ca, alice, bob, gid
 
 

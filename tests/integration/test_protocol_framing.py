@@ -188,7 +188,7 @@ def test_frame_over_the_limit_without_a_terminator_is_refused(chat):
 
 def test_oversize_frame_loses_nothing_sent_earlier(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     chat_frame = ca.encode({"msgid": 6, "toid": bob.id, "msg": "before the flood", "seq": 1})
     ca.send_raw(chat_frame + b"\n" + padded_ping(LIMIT + 1, 2) + b"\n")
     frames = ca.expect_closed(timeout=10)
@@ -263,7 +263,7 @@ def test_bad_frames_between_good_ones_are_answered_in_order(chat):
 
 def test_bad_frame_as_the_first_frame_after_login_keeps_the_session(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     ca.send_raw(b"}{\n")
     assert_bad_frame_reply(ca.recv())
     ca.ok({"msgid": 6, "toid": bob.id, "msg": "still here"})

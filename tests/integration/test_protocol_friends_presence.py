@@ -22,7 +22,7 @@ def responses(ack: dict) -> list[dict]:
 
 def test_friend_request_reaches_an_online_user_now(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     reply = ca.ok({"msgid": 7, "friendid": bob.id})
     assert reply["reply_to"] == 7
     req = cb.expect({"msgid": 12})
@@ -47,7 +47,7 @@ def test_friend_request_to_an_offline_user_waits_for_the_next_login(chat):
 
 def test_accepting_makes_both_friends_and_tells_the_requester_live(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     ca.ok({"msgid": 7, "friendid": bob.id})
     cb.expect({"msgid": 12, "id": alice.id})
     reply = cb.ok({"msgid": 13, "friendid": alice.id, "accept": True})
@@ -66,7 +66,7 @@ def test_accepting_makes_both_friends_and_tells_the_requester_live(chat):
 
 def test_declining_drops_the_request_and_tells_the_requester(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     ca.ok({"msgid": 7, "friendid": bob.id})
     cb.expect({"msgid": 12, "id": alice.id})
     cb.ok({"msgid": 13, "friendid": alice.id, "accept": False})
@@ -83,7 +83,7 @@ def test_declining_drops_the_request_and_tells_the_requester(chat):
 @pytest.mark.parametrize("accept", [True, False])
 def test_an_offline_requester_is_told_in_offlinemsg(chat, accept):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     ca.ok({"msgid": 7, "friendid": bob.id})
     cb.expect({"msgid": 12, "id": alice.id})
     ca.logout()
@@ -106,7 +106,7 @@ def test_an_offline_requester_is_told_in_offlinemsg(chat, accept):
 
 def test_a_mutual_request_accepts_and_tells_the_other(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     ca.ok({"msgid": 7, "friendid": bob.id})
     cb.expect({"msgid": 12, "id": alice.id})
     cb.ok({"msgid": 7, "friendid": alice.id})
@@ -115,7 +115,7 @@ def test_a_mutual_request_accepts_and_tells_the_other(chat):
     ca.assert_silent(pattern={"msgid": 12})
     # the request is gone: there is nothing left to answer
     cb.err({"msgid": 13, "friendid": alice.id, "accept": True}, 4)
-    a2, b2 = chat.online(alice), chat.online(bob)
+    a2, b2 = chat.online_all(alice, bob)
     assert friend_ids(a2.ack) == [bob.id] and friend_ids(b2.ack) == [alice.id]
     assert a2.ack["friend_requests"] == [] and b2.ack["friend_requests"] == []
 
@@ -149,13 +149,13 @@ def test_friend_request_to_an_unknown_user_is_errno_4(chat):
 
 def test_friend_request_to_a_friend_is_errno_0_and_changes_nothing(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     chat.befriend(ca, cb)
     ca.ok({"msgid": 7, "friendid": bob.id})
     cb.ok({"msgid": 7, "friendid": alice.id})
     cb.assert_silent(pattern=lambda f: f["msgid"] in (12, 13))
     ca.assert_silent(pattern=lambda f: f["msgid"] in (12, 13))
-    a2, b2 = chat.online(alice), chat.online(bob)
+    a2, b2 = chat.online_all(alice, bob)
     assert a2.ack["friends"] == [{"id": bob.id, "name": bob.name, "state": "online"}]
     assert b2.ack["friends"] == [{"id": alice.id, "name": alice.name, "state": "online"}]
     assert a2.ack["friend_requests"] == [] and b2.ack["friend_requests"] == []
@@ -163,7 +163,7 @@ def test_friend_request_to_a_friend_is_errno_0_and_changes_nothing(chat):
 
 def test_answering_a_request_that_does_not_exist_is_errno_4(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     ca.err({"msgid": 13, "friendid": bob.id, "accept": True}, 4)
     ca.err({"msgid": 13, "friendid": UNKNOWN_ID, "accept": False}, 4)
     # the requester cannot answer its own request
@@ -187,7 +187,7 @@ def test_answering_oneself_is_errno_7(chat):
 
 def test_remove_friend_ends_the_friendship_on_both_sides(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     chat.befriend(ca, cb)
     reply = ca.ok({"msgid": 18, "friendid": bob.id})
     assert reply["reply_to"] == 18
@@ -217,7 +217,7 @@ def test_remove_friend_of_an_unknown_user_is_errno_4_and_of_a_stranger_errno_0(c
 
 def test_friends_list_in_the_login_ack_carries_state(chat):
     alice, bob, carol, dave = chat.users(4)
-    ca, cb, cc = chat.online(alice), chat.online(bob), chat.online(carol)
+    ca, cb, cc = chat.online_all(alice, bob, carol)
     chat.befriend(ca, cb)
     chat.befriend(cc, ca)
     cc.logout()
@@ -235,7 +235,7 @@ def test_friends_list_in_the_login_ack_carries_state(chat):
 
 def test_presence_on_login_logout_and_connection_drop(chat):
     alice, bob, carol = chat.users(3)
-    ca, cb, cc = chat.online(alice), chat.online(bob), chat.online(carol)
+    ca, cb, cc = chat.online_all(alice, bob, carol)
     chat.befriend(ca, cb)
 
     ca.logout()
@@ -261,7 +261,7 @@ def test_presence_on_login_logout_and_connection_drop(chat):
 
 def test_presence_reaches_every_online_friend_only(chat):
     alice, bob, carol, dave = chat.users(4)
-    ca, cb, cc, cd = (chat.online(u) for u in (alice, bob, carol, dave))
+    ca, cb, cc, cd = chat.online_all(alice, bob, carol, dave)
     chat.befriend(ca, cb)
     chat.befriend(cc, ca)
     ca.logout()
@@ -272,7 +272,7 @@ def test_presence_reaches_every_online_friend_only(chat):
 
 def test_stored_friend_response_follows_receipt_rules(chat):
     alice, bob = chat.users(2)
-    ca, cb = chat.online(alice), chat.online(bob)
+    ca, cb = chat.online_all(alice, bob)
     ca.ok({"msgid": 7, "friendid": bob.id})
     cb.expect({"msgid": 12, "id": alice.id})
     ca.logout()
@@ -286,6 +286,23 @@ def test_stored_friend_response_follows_receipt_rules(chat):
     again = responses(ca.ack)
     assert [m["msg_id"] for m in again] == [first[0]["msg_id"]]  # comes again until receipted
     ca.ok({"msgid": 19, "msg_ids": [first[0]["msg_id"]]})
+    ca.logout()
+    ca.login(alice, receipts=True)
+    assert responses(ca.ack) == []
+
+
+def test_live_friend_response_to_a_receipts_session_is_kept_until_receipted(chat):
+    alice, bob = chat.users(2)
+    ca = chat.online(alice, receipts=True)
+    cb = chat.online(bob)
+    ca.ok({"msgid": 7, "friendid": bob.id})
+    cb.expect({"msgid": 12, "id": alice.id})
+    cb.ok({"msgid": 13, "friendid": alice.id, "accept": False})
+    live = ca.expect({"msgid": 13, "id": bob.id})
+    ca.logout()  # not receipted: stored for the next login
+    ca.login(alice, receipts=True)
+    assert [(m["msg_id"], m["accept"]) for m in responses(ca.ack)] == [(live["msg_id"], False)]
+    ca.ok({"msgid": 19, "msg_ids": [live["msg_id"]]})
     ca.logout()
     ca.login(alice, receipts=True)
     assert responses(ca.ack) == []

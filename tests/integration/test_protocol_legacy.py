@@ -96,7 +96,7 @@ def test_legacy_login_of_a_new_user_leaves_out_every_list(chat):
 
 def test_legacy_connection_gets_no_reply_to_anything_but_login_and_reg(chat):
     luser, bob, carol = chat.users(3)
-    cb, cc = chat.online(bob), chat.online(carol)
+    cb, cc = chat.online_all(bob, carol)
     cl = chat.online(luser, legacy=True)
     group_name = f"lgrp-{uuid.uuid4().hex[:10]}"
     cl.send({"msgid": 16})
@@ -125,7 +125,7 @@ def test_legacy_connection_gets_no_reply_to_anything_but_login_and_reg(chat):
 
 def test_legacy_login_ack_holds_json_strings_and_only_chats(chat):
     luser, friend, asker, answerer = chat.users(4)
-    cl, cf = chat.online(luser), chat.online(friend)
+    cl, cf = chat.online_all(luser, friend)
     chat.befriend(cl, cf)
     gid, gname = chat.make_group(cl, cf, desc="probe group")
     cl.ok({"msgid": 7, "friendid": answerer.id})  # answered while luser is away
@@ -182,7 +182,7 @@ def test_legacy_login_ack_holds_json_strings_and_only_chats(chat):
 
 def test_legacy_login_ack_leaves_out_only_the_empty_lists(chat):
     luser, friend = chat.users(2)
-    cl, cf = chat.online(luser), chat.online(friend)
+    cl, cf = chat.online_all(luser, friend)
     chat.befriend(cl, cf)
     cl.logout()
     legacy = chat.online(luser, legacy=True)
@@ -198,7 +198,7 @@ def test_legacy_login_ack_leaves_out_only_the_empty_lists(chat):
 
 def test_legacy_connection_is_pushed_only_chats(chat):
     luser, friend, stranger = chat.users(3)
-    cl, cf = chat.online(luser), chat.online(friend)
+    cl, cf = chat.online_all(luser, friend)
     chat.befriend(cl, cf)
     gid, _ = chat.make_group(cf, cl)
     cl.logout()
@@ -278,7 +278,7 @@ def test_modern_and_legacy_clients_chat_with_each_other(chat):
 
 def test_legacy_identity_fields_are_not_trusted(chat):
     victim, liar, target = chat.users(3)
-    cv, ct = chat.online(victim), chat.online(target)
+    cv, ct = chat.online_all(victim, target)
     cl = chat.online(liar, legacy=True)
     # a chat claiming another sender id is refused (silently, in this dialect)
     cl.send(
@@ -347,7 +347,7 @@ def test_legacy_frames_in_one_write_and_split_frames(chat):
 def test_users_friends_groups_and_stored_messages_survive_a_restart(sqlite_server_factory):
     chat = sqlite_server_factory.start()
     alice, bob, carol = chat.users(3)
-    ca, cb, cc = chat.online(alice), chat.online(bob), chat.online(carol)
+    ca, cb, cc = chat.online_all(alice, bob, carol)
     chat.befriend(ca, cb)
     gid, gname = chat.make_group(ca, cb, desc="kept")
     used = [ca.ok({"msgid": 6, "toid": bob.id, "msg": "live"})["msg_id"]]
@@ -408,6 +408,23 @@ def test_unreceipted_live_messages_are_stored_at_server_shutdown(sqlite_server_f
     assert [(m["msg_id"], m["msg"]) for m in again.ack["offlinemsg"]] == [
         (ack["msg_id"], "in flight at shutdown")
     ]
+
+
+def test_friends_hear_of_a_server_shutdown(sqlite_server_factory):
+    chat = sqlite_server_factory.start()
+    alice, bob = chat.users(2)
+    ca, cb = chat.online_all(alice, bob)
+    chat.befriend(ca, cb)
+    sqlite_server_factory.stop()
+    # at the least, whoever is logged out first is seen leaving by the other, still online
+    seen = [
+        (conn.user.id, f["id"])
+        for conn in (ca, cb)
+        for f in conn.expect_closed(timeout=15)
+        if f["msgid"] == 14 and f["state"] == "offline"
+    ]
+    assert seen, "no PRESENCE offline before the connections closed"
+    assert set(seen) <= {(alice.id, bob.id), (bob.id, alice.id)}, seen
 
 
 def test_an_acknowledged_message_survives_a_crash(sqlite_server_factory):

@@ -1,8 +1,9 @@
 """Several nodes in one process, sharing a hub and a database: what crosses between nodes."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import anyio
 import pytest
 
 from chatserver.adapters.memory.cluster import InProcessHub
@@ -35,14 +36,32 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def nodes(tmp_path: Path) -> AsyncIterator[tuple[ChatApp, ChatApp]]:
-    hub = InProcessHub()
+def hub() -> InProcessHub:
+    return InProcessHub()
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, hub: InProcessHub) -> AsyncIterator[tuple[ChatApp, ChatApp]]:
+    """Two nodes on one database; tests/integration/test_redis_cluster.py swaps the bus."""
     url = f"sqlite:///{tmp_path / 'cluster.db'}"
     async with (
         bootstrap(Config(database=url, node_id="a"), hub=hub, hasher=FAST_HASHER) as a,
         bootstrap(Config(database=url, node_id="b"), hub=hub, hasher=FAST_HASHER) as b,
     ):
         yield a, b
+
+
+@pytest.fixture
+def kill(hub: InProcessHub) -> Callable[[ChatApp], None]:
+    """Make a node vanish from the cluster without a word, as SIGKILL would."""
+    return lambda app: hub.detach(app.node.node_id)
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait until check() holds: over a real bus, confirmations take a moment to come back."""
+    with anyio.fail_after(seconds):
+        while not check():
+            await anyio.sleep(0.01)
 
 
 async def register(app: ChatApp, name: str) -> int:
@@ -65,7 +84,7 @@ async def test_chat_crosses_nodes(nodes: tuple[ChatApp, ChatApp]) -> None:
     got = await cb.next_event()
     assert isinstance(sent, MessageAccepted) and isinstance(got, DirectMessage)
     assert (got.msg_id, got.text) == (sent.msg_id, "across")
-    assert len(a.node.custody) == 0  # a session without receipts: safe once pushed
+    await eventually(lambda: len(a.node.custody) == 0)  # no receipts: safe once pushed
 
 
 async def test_a_login_on_another_node_kicks_the_older_session(
@@ -100,6 +119,7 @@ async def test_presence_and_friend_answers_cross_nodes(nodes: tuple[ChatApp, Cha
     assert await ca.next_event() == PresenceNotice(bob, False)
     await ca.request(RemoveFriend(bob))
     cb = await online(b, bob)
+    await anyio.sleep(0.2)
     assert ca.outbox.events == []  # no longer friends: no presence
 
 
@@ -121,10 +141,13 @@ async def test_group_membership_changes_reach_other_nodes(nodes: tuple[ChatApp, 
     with pytest.raises(NotAMember):
         await ca.request(SendGroupMessage(gid, "gone"))
     await cb.request(SendGroupMessage(gid, "nobody left to hear"))
+    await anyio.sleep(0.2)
     assert ca.outbox.events == []
 
 
-async def test_deliveries_held_for_a_dead_node_are_stored(nodes: tuple[ChatApp, ChatApp]) -> None:
+async def test_deliveries_held_for_a_dead_node_are_stored(
+    nodes: tuple[ChatApp, ChatApp], kill: Callable[[ChatApp], None]
+) -> None:
     a, b = nodes
     alice, bob = await register(a, "alice"), await register(a, "bob")
     ca = await online(a, alice)
@@ -133,9 +156,9 @@ async def test_deliveries_held_for_a_dead_node_are_stored(nodes: tuple[ChatApp, 
     in_flight = await ca.request(SendDirectMessage(bob, "in flight when b died"))
     assert isinstance(receipted, MessageAccepted) and isinstance(in_flight, MessageAccepted)
     await cb.request(Receipt((receipted.msg_id,)))
-    assert len(a.node.custody) == 1
+    await eventually(lambda: len(a.node.custody) == 1)
 
-    a.hub.detach("b")  # b dies without a word, as under SIGKILL
+    kill(b)
     assert await a.node.custody.rescue() == 1
     result = await a.connect().request(Login("pw", bob, receipts=True))
     assert isinstance(result, LoggedIn)
@@ -152,6 +175,6 @@ async def test_messages_for_a_user_who_left_the_other_node_are_stored_there(
     sent = await ca.request(SendDirectMessage(bob, "unreceipted at logout"))
     assert isinstance(sent, MessageAccepted)
     await cb.close()
-    assert len(a.node.custody) == 0  # b stored it and said so
+    await eventually(lambda: len(a.node.custody) == 0)  # b stored it and said so
     result = await a.connect().request(Login("pw", bob))
     assert isinstance(result, LoggedIn) and [m.msg_id for m in result.waiting] == [sent.msg_id]

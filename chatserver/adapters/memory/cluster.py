@@ -1,9 +1,11 @@
 """Presence and a message bus for nodes that share one process: one node on its own, or
 several in a test. The Redis adapters do the same job between processes."""
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
-from attrs import Factory, define
+import anyio
+from anyio.abc import TaskStatus
+from attrs import Factory, define, field
 
 from chatserver.domain.messages import Event
 from chatserver.domain.ports import BusHandler
@@ -80,3 +82,32 @@ class InProcessBus:
         inbox = self.hub.inboxes.get(node_id)
         if inbox is not None:
             await inbox.forget_friend(user_id, friend_id)
+
+
+@define
+class InProcessCluster:
+    """One node's place in an in-process hub: its presence, its bus, and its time attached."""
+
+    hub: InProcessHub
+    node_id: str
+    presence: InProcessPresence = field(init=False)
+    bus: InProcessBus = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.presence = InProcessPresence(self.hub)
+        self.bus = InProcessBus(self.hub, self.node_id)
+
+    async def run(
+        self,
+        inbox: BusHandler,
+        local_users: Callable[[], list[int]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Be reachable through the hub until cancelled."""
+        self.hub.attach(self.node_id, inbox)
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            self.hub.detach(self.node_id)

@@ -1,0 +1,136 @@
+"""The bus on Redis pub/sub: one channel per node, and one that every node hears.
+
+Pub/sub is at-most-once; what must not be lost is covered by custody (the sender's node keeps
+each delivery until the recipient's node confirms it), not by Redis.
+"""
+
+import logging
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import orjson
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+
+from chatserver.adapters.redis.connection import FAILURES, unavailable_when_down
+from chatserver.adapters.serialization import event_from_dict, event_to_dict
+from chatserver.domain.messages import Event
+from chatserver.domain.ports import BusHandler
+
+log = logging.getLogger("chatserver.redis")
+
+ANSWER_TIMEOUT_SECONDS = 3.0
+
+
+class _Answers:
+    """Answers to one request so far."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.arrived = anyio.Event()
+
+
+class RedisBus:
+    def __init__(self, client: aioredis.Redis, namespace: str, node_id: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.node_id = node_id
+        self.broadcast_channel = f"{namespace}:bus:all"
+        self._requests: dict[str, _Answers] = {}
+
+    def channel(self, node_id: str) -> str:
+        return f"{self.namespace}:bus:{node_id}"
+
+    async def _publish(self, channel: str, message: dict[str, Any]) -> int:
+        with unavailable_when_down():
+            return int(await self.client.publish(channel, orjson.dumps(message)))
+
+    async def deliver(self, node_id: str, user_id: int, event: Event) -> bool:
+        message = {"t": "deliver", "u": user_id, "o": self.node_id, "e": event_to_dict(event)}
+        return await self._publish(self.channel(node_id), message) > 0
+
+    async def kick(self, node_id: str, user_id: int) -> None:
+        await self._ask(self.channel(node_id), {"t": "kick", "u": user_id})
+
+    async def _ask(self, channel: str, message: dict[str, Any]) -> None:
+        """Publish, then wait until every node that heard it answers it has done it.
+
+        A node that dies meanwhile never answers: go on without it after a while.
+        """
+        request = secrets.token_hex(8)
+        waiting = self._requests[request] = _Answers()
+        try:
+            heard_by = await self._publish(channel, {**message, "o": self.node_id, "r": request})
+            with anyio.move_on_after(ANSWER_TIMEOUT_SECONDS):
+                while waiting.count < heard_by:
+                    await waiting.arrived.wait()
+                    waiting.arrived = anyio.Event()
+        finally:
+            del self._requests[request]
+
+    async def confirm(self, node_id: str, user_id: int, msg_ids: Sequence[int]) -> None:
+        await self._publish(self.channel(node_id), {"t": "confirm", "u": user_id, "m": msg_ids})
+
+    async def forget_group(self, group_id: int) -> None:
+        # Waits for every node, so a message sent anywhere after the reply sees the change.
+        await self._ask(self.broadcast_channel, {"t": "group", "g": group_id})
+
+    async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None:
+        await self._publish(self.channel(node_id), {"t": "unfriend", "u": user_id, "f": friend_id})
+
+    async def listen(
+        self, inbox: BusHandler, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Hand what arrives for this node to inbox, for as long as the node runs.
+
+        Subscribed before task_status.started(), so nothing sent after that is missed. When
+        Redis goes away this keeps trying, with backoff, and subscribes again by itself.
+        """
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self.channel(self.node_id), self.broadcast_channel)
+        task_status.started()
+        backoff = 0.1
+        try:
+            while True:
+                try:
+                    message = await pubsub.get_message(timeout=1.0)
+                except FAILURES as error:
+                    log.warning("bus: lost Redis (%s); retrying in %.1f s", error, backoff)
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                if message is not None and message.get("type") == "message":
+                    await self._dispatch(inbox, orjson.loads(message["data"]))
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _answer(self, request: dict[str, Any]) -> None:
+        await self._publish(self.channel(request["o"]), {"t": "done", "r": request["r"]})
+
+    async def _dispatch(self, inbox: BusHandler, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        try:
+            if kind == "deliver":
+                await inbox.deliver(message["u"], event_from_dict(message["e"]), message["o"])
+            elif kind == "confirm":
+                await inbox.confirm(message["u"], message["m"])
+            elif kind == "kick":
+                await inbox.kick(message["u"])
+                await self._answer(message)
+            elif kind == "done":
+                waiting = self._requests.get(message["r"])
+                if waiting is not None:
+                    waiting.count += 1
+                    waiting.arrived.set()
+            elif kind == "group":
+                if message["o"] != self.node_id:
+                    await inbox.forget_group(message["g"])
+                await self._answer(message)
+            elif kind == "unfriend":
+                await inbox.forget_friend(message["u"], message["f"])
+        except Exception:
+            log.exception("bus: handling a %r message failed", kind)

@@ -1,0 +1,41 @@
+"""Opening Redis from a `redis://host:port/db?namespace=NAME` URL, and its failures as errno 11."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from chatserver.domain.errors import Unavailable
+
+DEFAULT_NAMESPACE = "chatserver"
+# Every call to Redis is bounded: a dead Redis costs a request 2 s at most, never forever.
+TIMEOUT_SECONDS = 2.0
+FAILURES = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """The URL redis-py understands, and the namespace of this chat cluster's keys."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    namespace = query.pop("namespace", DEFAULT_NAMESPACE)
+    return urlunsplit(parts._replace(query=urlencode(query))), namespace
+
+
+def open_redis(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=TIMEOUT_SECONDS,
+        socket_connect_timeout=TIMEOUT_SECONDS,
+        health_check_interval=10,
+    )
+
+
+@contextmanager
+def unavailable_when_down() -> Iterator[None]:
+    try:
+        yield
+    except FAILURES as error:
+        raise Unavailable("the message bus is down: try again") from error
