@@ -1,0 +1,111 @@
+"""Two people in two `chatserver client` processes, typing into pipes, against a real server."""
+
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.integration.conftest import HOST, ServerProcess, unique_name
+
+pytestmark = pytest.mark.integration
+
+
+class Terminal:
+    """A terminal client process: type lines, wait for text to appear."""
+
+    def __init__(self, port: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chatserver", "client", "--host", HOST, "--port", str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def type(self, *lines: str) -> None:
+        assert self.proc.stdin is not None
+        for line in lines:
+            self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"{text!r} never appeared; the terminal showed:\n" + "\n".join(self.seen))
+
+    def close(self) -> int:
+        if self.proc.poll() is None:
+            self.type("quit")
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def register(terminal: Terminal, name: str) -> int:
+    terminal.type("2", name, "secret")
+    line = terminal.wait_for("your user id is")
+    return int(line.rsplit(" ", 1)[1])
+
+
+def test_two_people_register_befriend_chat_and_group_chat(server: ServerProcess) -> None:
+    assert server.port is not None
+    alice_name, bob_name = unique_name("alice"), unique_name("bob")
+    a, b = Terminal(server.port), Terminal(server.port)
+    try:
+        alice, bob = register(a, alice_name), register(b, bob_name)
+        a.type("1", str(alice), "secret")
+        a.wait_for(f"id: {alice} name: {alice_name}")
+        b.type("1", bob_name, "secret")
+        b.wait_for(f"id: {bob} name: {bob_name}")
+
+        a.type(f"addfriend:{bob}")
+        b.wait_for(f"{alice_name} asks to be your friend")
+        b.type(f"accept:{alice}")
+        a.wait_for(f"{bob_name} accepted")
+
+        a.type(f"chat:{bob}:你好, bob 😀")
+        b.wait_for(f"{alice_name} said: 你好, bob 😀")
+
+        group = unique_name("team")
+        a.type(f"creategroup:{group}:our team")
+        gid = int(a.wait_for("created group").split("[", 1)[1].split("]", 1)[0])
+        b.type(f"addgroup:{gid}")
+        time.sleep(0.3)
+        a.type(f"groupchat:{gid}:hello team")
+        b.wait_for("hello team")
+
+        b.type("loginout")
+        a.wait_for(f"[{bob}] {bob_name} is offline")
+        a.type(f"chat:{bob}:while you were away")
+        time.sleep(0.3)
+        b.type("1", str(bob), "secret")
+        a.wait_for(f"[{bob}] {bob_name} is online")
+        b.wait_for("while you were away")
+
+        b.type("chat:notanumber:hi", "bogus")
+        b.wait_for("usage: chat:ID:MESSAGE")
+        b.wait_for("invalid input command")
+    finally:
+        assert a.close() == 0
+        assert b.close() == 0
