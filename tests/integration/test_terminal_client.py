@@ -50,7 +50,8 @@ class Terminal:
             self.seen.append(line)
             if text in line:
                 return line
-        raise AssertionError(f"{text!r} never appeared; the terminal showed:\n" + "\n".join(self.seen))
+        shown = "\n".join(self.seen)
+        raise AssertionError(f"{text!r} never appeared; the terminal showed:\n{shown}")
 
     def close(self) -> int:
         if self.proc.poll() is None:
