@@ -1,13 +1,25 @@
 """Custody of deliveries handed to another node: the sender's node keeps each one until that
 node confirms it safe (stored, or receipted by the client). If that node dies first, the
-sender stores it for the recipient's next login, so a node crash loses nothing acknowledged.
+sender routes it again: live to wherever the recipient has logged in since, or into the store.
+So a node crash loses nothing acknowledged; a client may see a message twice (same msg_id).
 """
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
 
 import anyio
 from attrs import Factory, define
 
+from chatserver.domain.errors import Unavailable
 from chatserver.domain.messages import Delivery
 from chatserver.domain.ports import Presence, Transaction, UnitOfWork
+
+if TYPE_CHECKING:
+    from chatserver.application.router import Router
+
+log = logging.getLogger("chatserver.custody")
 
 
 @define
@@ -33,20 +45,14 @@ class Custody:
             await self.uow.run(lambda tx: _store(tx, orphans))
         self.held.clear()
 
-    async def rescue(self) -> int:
-        """Store what is held for nodes that have died; return how many deliveries that was."""
+    async def take_orphans(self) -> list[tuple[int, Delivery]]:
+        """Take back what is held for nodes that have died, to be routed again."""
         if not self.held:
-            return 0
+            return []
         nodes = {node for node, _ in self.held.values()}
         dead = nodes - await self.presence.live_nodes(nodes)
-        if not dead:
-            return 0
         keys = [key for key, (node, _) in self.held.items() if node in dead]
-        orphans = [(key[0], self.held[key][1]) for key in keys]
-        await self.uow.run(lambda tx: _store(tx, orphans))
-        for key in keys:
-            self.held.pop(key, None)
-        return len(orphans)
+        return [(key[0], self.held.pop(key)[1]) for key in keys]
 
 
 def _store(tx: Transaction, deliveries: list[tuple[int, Delivery]]) -> None:
@@ -55,8 +61,13 @@ def _store(tx: Transaction, deliveries: list[tuple[int, Delivery]]) -> None:
             tx.messages.store(user_id, delivery)
 
 
-async def keep_custody(custody: Custody, *, every_seconds: float) -> None:
-    """Run for the node's lifetime: rescue deliveries held for nodes that died."""
+async def keep_custody(custody: Custody, router: Router, *, every_seconds: float) -> None:
+    """Run for the node's lifetime: what was held for a node that died is routed again, so it
+    reaches its recipient live wherever they logged in since, or waits in the store."""
     while True:
         await anyio.sleep(every_seconds)
-        await custody.rescue()
+        try:
+            for user_id, delivery in await custody.take_orphans():
+                await router.deliver(user_id, delivery)
+        except Unavailable as error:
+            log.warning("custody check postponed: %s", error)

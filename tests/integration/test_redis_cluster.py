@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from chatserver.entrypoints.bootstrap import ChatApp, Config, bootstrap
+from chatserver.entrypoints.bootstrap import ChatApp, bootstrap
 from tests.unit.conftest import FAST_HASHER
 from tests.unit.test_cluster import (  # noqa: F401  (collected here, run on Redis)
+    config,
     test_a_login_on_another_node_kicks_the_older_session,
     test_chat_crosses_nodes,
     test_group_membership_changes_reach_other_nodes,
@@ -31,8 +32,8 @@ async def nodes(tmp_path: Path) -> AsyncIterator[tuple[ChatApp, ChatApp]]:
     bus = f"{REDIS}?namespace=test-{secrets.token_hex(4)}"
     url = f"sqlite:///{tmp_path / 'cluster.db'}"
     async with (
-        bootstrap(Config(database=url, bus=bus, node_id="a"), hasher=FAST_HASHER) as a,
-        bootstrap(Config(database=url, bus=bus, node_id="b"), hasher=FAST_HASHER) as b,
+        bootstrap(config(url, "a", bus), hasher=FAST_HASHER) as a,
+        bootstrap(config(url, "b", bus), hasher=FAST_HASHER) as b,
     ):
         yield a, b
 

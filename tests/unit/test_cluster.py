@@ -20,6 +20,7 @@ from chatserver.application.commands import (
     SendDirectMessage,
     SendGroupMessage,
 )
+from chatserver.application.node import Limits
 from chatserver.application.results import GroupCreated, LoggedIn, MessageAccepted, Registered
 from chatserver.domain.errors import NotAMember
 from chatserver.domain.messages import (
@@ -35,6 +36,12 @@ from tests.unit.conftest import FAST_HASHER
 pytestmark = pytest.mark.anyio
 
 
+def config(database: str, node_id: str, bus: str = "memory://") -> Config:
+    return Config(
+        database=database, bus=bus, node_id=node_id, limits=Limits(custody_check_seconds=0.2)
+    )
+
+
 @pytest.fixture
 def hub() -> InProcessHub:
     return InProcessHub()
@@ -45,8 +52,8 @@ async def nodes(tmp_path: Path, hub: InProcessHub) -> AsyncIterator[tuple[ChatAp
     """Two nodes on one database; tests/integration/test_redis_cluster.py swaps the bus."""
     url = f"sqlite:///{tmp_path / 'cluster.db'}"
     async with (
-        bootstrap(Config(database=url, node_id="a"), hub=hub, hasher=FAST_HASHER) as a,
-        bootstrap(Config(database=url, node_id="b"), hub=hub, hasher=FAST_HASHER) as b,
+        bootstrap(config(url, "a"), hub=hub, hasher=FAST_HASHER) as a,
+        bootstrap(config(url, "b"), hub=hub, hasher=FAST_HASHER) as b,
     ):
         yield a, b
 
@@ -60,7 +67,7 @@ def kill(hub: InProcessHub) -> Callable[[ChatApp], None]:
 async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
     """Wait until check() holds: over a real bus, confirmations take a moment to come back."""
     with anyio.fail_after(seconds):
-        while not check():
+        while not check():  # noqa: ASYNC110  (polled state that no event announces)
             await anyio.sleep(0.01)
 
 
@@ -159,10 +166,29 @@ async def test_deliveries_held_for_a_dead_node_are_stored(
     await eventually(lambda: len(a.node.custody) == 1)
 
     kill(b)
-    assert await a.node.custody.rescue() == 1
+    orphans = await a.node.custody.take_orphans()
+    assert [(user, d.msg_id) for user, d in orphans] == [(bob, in_flight.msg_id)]
+    for user, delivery in orphans:
+        await a.node.router.deliver(user, delivery)  # what the custody task does
     result = await a.connect().request(Login("pw", bob, receipts=True))
     assert isinstance(result, LoggedIn)
     assert [m.msg_id for m in result.waiting] == [in_flight.msg_id]
+
+
+async def test_a_node_routes_held_deliveries_again_when_their_node_dies(
+    nodes: tuple[ChatApp, ChatApp], kill: Callable[[ChatApp], None]
+) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca = await online(a, alice)
+    await online(b, bob, receipts=True)
+    sent = await ca.request(SendDirectMessage(bob, "in flight"))
+    assert isinstance(sent, MessageAccepted)
+    kill(b)
+    cb = await online(a, bob, receipts=True)  # bob is back at once, on the live node
+    with anyio.fail_after(5):  # the custody task runs every custody_check_seconds
+        got = await cb.next_event()
+    assert isinstance(got, DirectMessage) and got.msg_id == sent.msg_id
 
 
 async def test_messages_for_a_user_who_left_the_other_node_are_stored_there(
