@@ -121,6 +121,16 @@ async def end_session(session: Session, *, node: Node, takeover: bool = False) -
         log.warning("user %d logged out while the cluster was unreachable: %s", user_id, error)
 
 
+def forget_once_written(session: Session, msg_ids: list[int], node: Node) -> None:
+    """Delete stored deliveries once the client's connection has written them out."""
+    user_id, uow = session.user.id, node.uow
+
+    async def forget() -> None:
+        await uow.run(lambda tx: tx.messages.delete(user_id, msg_ids))
+
+    session.outbox.after_flush(forget)
+
+
 async def kick(user_id: int, *, node: Node) -> None:
     """End this node's session of user because a newer login replaced it."""
     session = node.sessions.get(user_id)

@@ -2,7 +2,7 @@
 
 from attrs import define
 
-from chatserver.application.accounts import end_session
+from chatserver.application.accounts import end_session, forget_once_written
 from chatserver.application.commands import ANONYMOUS_COMMANDS, Command
 from chatserver.application.dispatch import HANDLERS
 from chatserver.application.node import Node
@@ -55,14 +55,8 @@ class Connection:
         session.open()
         if not session.receipts and session.stored_shown:
             # Without receipts, stored messages go once the login reply carrying them is written.
-            user_id, shown = session.user.id, sorted(session.stored_shown)
-            session.stored_shown = set()
-            uow = self.node.uow
-
-            async def forget() -> None:
-                await uow.run(lambda tx: tx.messages.delete(user_id, shown))
-
-            self.outbox.after_flush(forget)
+            shown, session.stored_shown = sorted(session.stored_shown), set()
+            forget_once_written(session, shown, self.node)
 
     async def disconnect(self) -> None:
         """The connection is gone: end its session as a logout would."""

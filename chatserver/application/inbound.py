@@ -4,10 +4,10 @@ from collections.abc import Sequence
 
 from attrs import define
 
-from chatserver.application.accounts import kick
+from chatserver.application.accounts import forget_once_written, kick
 from chatserver.application.node import Node
-from chatserver.application.sessions import DELIVERY_KINDS
-from chatserver.domain.messages import Event
+from chatserver.application.sessions import DELIVERY_KINDS, Session
+from chatserver.domain.messages import Delivery, Event, is_chat
 from chatserver.domain.ports import Transaction
 
 
@@ -50,3 +50,31 @@ class NodeInbox:
         session = self.node.sessions.get(user_id)
         if session is not None:
             session.friend_ids.discard(friend_id)
+
+    async def catch_up(self) -> None:
+        node = self.node
+        sessions = [s for s in node.sessions.all() if s.held is None and not s.ended]
+        if not sessions:
+            return
+        user_ids = [s.user.id for s in sessions]
+        waiting = await node.uow.run(lambda tx: {u: tx.messages.waiting(u) for u in user_ids})
+        for session in sessions:
+            missed = [
+                d
+                for d in waiting[session.user.id]
+                if d.msg_id not in session.stored_shown
+                and d.msg_id not in session.unreceipted
+                and (session.notices or is_chat(d))
+            ]
+            if missed and not session.ended:
+                _show_stored(session, missed, node)
+
+
+def _show_stored(session: Session, deliveries: list[Delivery], node: Node) -> None:
+    """Push stored deliveries to a live session, on the terms of a login: kept in the store
+    until receipted, or, without receipts, deleted once written."""
+    shown = [d.msg_id for d in deliveries if session.outbox.push(d)]
+    if session.receipts:
+        session.stored_shown.update(shown)
+    else:
+        forget_once_written(session, shown, node)

@@ -82,8 +82,12 @@ class Router:
                 continue
             # Kept before handing over: the confirmation may come back before deliver returns.
             self.custody.keep(node, uid, delivery)
-            if await self.bus.deliver(node, uid, delivery):
+            handed_over = False
+            try:
+                handed_over = await self.bus.deliver(node, uid, delivery)
+            finally:
+                if not handed_over:  # not taken, or the bus failed: not ours to keep
+                    self.custody.release(uid, [delivery.msg_id])
+            if handed_over:
                 reached.append(uid)
-            else:
-                self.custody.release(uid, [delivery.msg_id])
         return reached

@@ -192,6 +192,11 @@ class BusHandler(Protocol):
         """user and friend are no longer friends."""
         ...
 
+    async def catch_up(self) -> None:
+        """This node may have missed events (the bus was down): push to its sessions what
+        was stored for them meanwhile."""
+        ...
+
 
 class MessageBus(Protocol):
     """Carries events between the nodes of a cluster."""

@@ -6,7 +6,7 @@ each delivery until the recipient's node confirms it), not by Redis.
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -16,6 +16,7 @@ from anyio.abc import TaskStatus
 
 from chatserver.adapters.redis.connection import FAILURES, unavailable_when_down
 from chatserver.adapters.serialization import event_from_dict, event_to_dict
+from chatserver.domain.errors import Unavailable
 from chatserver.domain.messages import Event
 from chatserver.domain.ports import BusHandler
 
@@ -39,6 +40,9 @@ class RedisBus:
         self.node_id = node_id
         self.broadcast_channel = f"{namespace}:bus:all"
         self._requests: dict[str, _Answers] = {}
+        self.subscribed = False
+        # Bounded by what sessions may hold unreceipted: confirmations are that small.
+        self._unsent_confirms: list[tuple[str, dict[str, Any]]] = []
 
     def channel(self, node_id: str) -> str:
         return f"{self.namespace}:bus:{node_id}"
@@ -71,7 +75,19 @@ class RedisBus:
             del self._requests[request]
 
     async def confirm(self, node_id: str, user_id: int, msg_ids: Sequence[int]) -> None:
-        await self._publish(self.channel(node_id), {"t": "confirm", "u": user_id, "m": msg_ids})
+        """Tell node_id these deliveries are safe; kept to send again if Redis is down."""
+        message = {"t": "confirm", "u": user_id, "m": list(msg_ids)}
+        try:
+            await self._publish(self.channel(node_id), message)
+        except Unavailable:
+            # The sender keeps custody meanwhile; a lost confirmation would keep it forever.
+            self._unsent_confirms.append((node_id, message))
+
+    async def send_unsent_confirms(self) -> None:
+        while self._unsent_confirms:
+            node_id, message = self._unsent_confirms[0]
+            await self._publish(self.channel(node_id), message)
+            self._unsent_confirms.pop(0)
 
     async def forget_group(self, group_id: int) -> None:
         # Waits for every node, so a message sent anywhere after the reply sees the change.
@@ -81,15 +97,21 @@ class RedisBus:
         await self._publish(self.channel(node_id), {"t": "unfriend", "u": user_id, "f": friend_id})
 
     async def listen(
-        self, inbox: BusHandler, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        inbox: BusHandler,
+        on_reconnect: Callable[[], Awaitable[None]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Hand what arrives for this node to inbox, for as long as the node runs.
 
         Subscribed before task_status.started(), so nothing sent after that is missed. When
-        Redis goes away this keeps trying, with backoff, and subscribes again by itself.
+        Redis goes away this keeps trying, with backoff; redis-py subscribes again by itself
+        on reconnecting, and then on_reconnect() runs.
         """
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self.channel(self.node_id), self.broadcast_channel)
+        self.subscribed = True
         task_status.started()
         backoff = 0.1
         try:
@@ -97,11 +119,16 @@ class RedisBus:
                 try:
                     message = await pubsub.get_message(timeout=1.0)
                 except FAILURES as error:
-                    log.warning("bus: lost Redis (%s); retrying in %.1f s", error, backoff)
+                    if self.subscribed:
+                        log.warning("bus: lost Redis (%s); reconnecting", error)
+                    self.subscribed = False
                     await anyio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, 1.0)
                     continue
-                backoff = 0.1
+                if not self.subscribed:
+                    self.subscribed = True
+                    backoff = 0.1
+                    await on_reconnect()
                 if message is not None and message.get("type") == "message":
                     await self._dispatch(inbox, orjson.loads(message["data"]))
         finally:
@@ -132,5 +159,7 @@ class RedisBus:
                 await self._answer(message)
             elif kind == "unfriend":
                 await inbox.forget_friend(message["u"], message["f"])
+        except Unavailable as error:
+            log.warning("bus: handling a %r message failed: %s", kind, error.__cause__)
         except Exception:
             log.exception("bus: handling a %r message failed", kind)

@@ -41,10 +41,12 @@ class RedisCluster:
     ) -> None:
         """Keep this node in the cluster until cancelled; then leave it."""
         await self.presence.renew_lease()
+        self._rejoin = anyio.Event()
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(self.bus.listen, inbox)
-                tg.start_soon(self._keep_lease, local_users)
+                await tg.start(self.bus.listen, inbox, self._ask_to_rejoin)
+                tg.start_soon(self._keep_lease)
+                tg.start_soon(self._rejoin_when_asked, inbox, local_users)
                 task_status.started()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -52,18 +54,43 @@ class RedisCluster:
                     await self.presence.drop_lease()
                 await self.client.aclose()
 
-    async def _keep_lease(self, local_users: Callable[[], list[int]]) -> None:
-        lost = False
+    async def _ask_to_rejoin(self) -> None:
+        self._rejoin.set()
+
+    async def _keep_lease(self) -> None:
         while True:
             await anyio.sleep(self.lease_seconds / 4)
+            # A node that cannot hear the bus must not look alive: others would publish into
+            # the void rather than store.
+            if not self.bus.subscribed:
+                continue
             try:
-                await self.presence.renew_lease()
-                if lost:
-                    # Redis may have restarted empty: say again who is here.
-                    await self.presence.claim_all(local_users())
-                    log.info("bus: Redis is back; %d users claimed again", len(local_users()))
-                lost = False
+                if not await self.presence.renew_lease():
+                    self._rejoin.set()  # Redis lost our lease: it restarted, or we stalled
             except Unavailable as error:
-                if not lost:
-                    log.warning("bus: cannot renew this node's lease: %s", error.__cause__)
-                lost = True
+                log.warning("bus: cannot renew this node's lease: %s", error.__cause__)
+
+    async def _rejoin_when_asked(
+        self, inbox: BusHandler, local_users: Callable[[], list[int]]
+    ) -> None:
+        """After Redis comes back: say again who is here, then fetch what others stored for
+        them meanwhile (a second time a little later: a sender may have looked just before)."""
+        while True:
+            await self._rejoin.wait()
+            self._rejoin = anyio.Event()
+            backoff = 0.1
+            while True:
+                try:
+                    await self.presence.renew_lease()
+                    await self.presence.claim_all(local_users())
+                    await self.bus.send_unsent_confirms()
+                    await inbox.catch_up()
+                    break
+                except Unavailable as error:
+                    log.warning("bus: rejoining the cluster failed (%s); retrying", error)
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            log.info("bus: rejoined the cluster with %d users", len(local_users()))
+            await anyio.sleep(self.lease_seconds / 4)
+            with contextlib.suppress(Unavailable):
+                await inbox.catch_up()

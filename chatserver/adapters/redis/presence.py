@@ -37,11 +37,13 @@ class RedisPresence:
     def node_key(self, node_id: str) -> str:
         return f"{self.namespace}:node:{node_id}"
 
-    async def renew_lease(self) -> None:
+    async def renew_lease(self) -> bool:
+        """Renew this node's lease; False if it had lapsed (or Redis restarted empty)."""
         with unavailable_when_down():
-            await self.client.set(
-                self.node_key(self.node_id), b"1", px=int(self.lease_seconds * 1000)
+            previous = await self.client.set(
+                self.node_key(self.node_id), b"1", px=int(self.lease_seconds * 1000), get=True
             )
+        return previous is not None
 
     async def drop_lease(self) -> None:
         with unavailable_when_down():

@@ -1,0 +1,151 @@
+"""`chatserver cluster`: N nodes and nginx in front of them on one port, on this machine.
+
+For demos and tests. Ctrl+C (SIGINT) or SIGTERM stops nginx, then each node cleanly.
+"""
+
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from attrs import define
+
+from chatserver.adapters.mysql.url import redact_password as redact
+from chatserver.entrypoints.bootstrap import ConfigError
+
+log = logging.getLogger("chatserver.cluster")
+
+NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+
+# The same settings as deploy/nginx/chatserver.conf, which README explains.
+NGINX_CONFIG = """\
+{load_module}
+worker_processes 1;
+pid {run_dir}/nginx.pid;
+error_log {run_dir}/nginx-error.log warn;
+events {{ worker_connections 20000; }}
+stream {{
+    upstream chatserver {{
+        least_conn;
+{servers}
+    }}
+    server {{
+        listen {host}:{port};
+        proxy_pass chatserver;
+        proxy_connect_timeout 1s;
+        # An idle timeout well above the clients' 20 s heartbeat.
+        proxy_timeout 120s;
+        tcp_nodelay on;
+    }}
+}}
+"""
+
+
+@define
+class LocalCluster:
+    nodes: int
+    port: int
+    database: str
+    bus: str
+    host: str = "127.0.0.1"
+    first_node_port: int = 0  # 0: the ports right after port
+
+    def node_ports(self) -> list[int]:
+        first = self.first_node_port or self.port + 1
+        return list(range(first, first + self.nodes))
+
+    def check(self) -> None:
+        if not self.bus.startswith("redis://"):
+            raise ConfigError("a cluster needs a shared bus: --bus redis://HOST:PORT/DB")
+        if self.database == "memory://":
+            raise ConfigError("a cluster needs a shared database: mysql://... or sqlite:///FILE")
+        if shutil.which("nginx") is None:
+            raise ConfigError(
+                "nginx is not installed: apt-get install -y nginx-light libnginx-mod-stream"
+            )
+
+    def run(self) -> int:
+        """Start everything, wait for SIGINT or SIGTERM, stop everything; 0 if all went well."""
+        self.check()
+        stop = _StopSignal()
+        with tempfile.TemporaryDirectory(prefix="chatserver-cluster-") as run_dir:
+            nodes = [self._start_node(i, port, Path(run_dir)) for i, port in
+                     enumerate(self.node_ports(), 1)]
+            nginx: subprocess.Popen[bytes] | None = None
+            try:
+                for port in self.node_ports():
+                    _wait_listening(self.host, port)
+                nginx = self._start_nginx(Path(run_dir))
+                _wait_listening(self.host, self.port)
+                log.info("cluster listening on %s:%d: %d nodes on ports %s, database %s, bus %s",
+                         self.host, self.port, self.nodes, self.node_ports(),
+                         redact(self.database), redact(self.bus))
+                while not stop.received:
+                    for node in [n for n in nodes if n.poll() is not None]:
+                        log.warning("node pid %d exited with %s", node.pid, node.returncode)
+                        nodes.remove(node)
+                    time.sleep(0.2)
+            finally:
+                if nginx is not None:
+                    nginx.send_signal(signal.SIGQUIT)  # graceful: lets nodes see their clients go
+                    _wait(nginx, 5)
+                for node in nodes:
+                    node.send_signal(signal.SIGTERM)
+                failures = sum(_wait(node, 15) != 0 for node in nodes)
+        log.info("cluster stopped")
+        return 1 if failures else 0
+
+    def _start_node(self, index: int, port: int, run_dir: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([
+            sys.executable, "-m", "chatserver", "serve", "--host", self.host, "--port", str(port),
+            "--database", self.database, "--bus", self.bus, "--node-id", f"node{index}",
+        ])
+
+    def _start_nginx(self, run_dir: Path) -> subprocess.Popen[bytes]:
+        servers = "\n".join(
+            f"        server {self.host}:{port} max_fails=3 fail_timeout=10s;"
+            for port in self.node_ports()
+        )
+        load = f"load_module {NGINX_STREAM_MODULE};" if NGINX_STREAM_MODULE.exists() else ""
+        config = run_dir / "nginx.conf"
+        config.write_text(NGINX_CONFIG.format(
+            load_module=load, run_dir=run_dir, servers=servers, host=self.host, port=self.port
+        ))
+        return subprocess.Popen([
+            "nginx", "-c", str(config), "-p", str(run_dir), "-e", str(run_dir / "nginx-error.log"),
+            "-g", "daemon off;",
+        ])
+
+
+class _StopSignal:
+    def __init__(self) -> None:
+        self.received = False
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = True
+
+
+def _wait_listening(host: str, port: int, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise ConfigError(f"nothing listens on {host}:{port} after {seconds:.0f} s")
+
+
+def _wait(process: subprocess.Popen[bytes], seconds: float) -> int:
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()

@@ -1,0 +1,181 @@
+"""Two `chatserver serve` processes sharing a database and a Redis bus: what users see when the
+users are on different nodes, when a node is SIGKILLed, and when Redis restarts."""
+
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import HOST, Chat, ServerProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+REDIS = "redis://127.0.0.1:6379/0"
+LEASE = "3"  # seconds: a killed node's users count as offline this soon
+
+
+def start_node(tmp_path: Path, name: str, bus: str) -> ServerProcess:
+    database = f"sqlite:///{tmp_path / 'cluster.db'}"
+    args = ["--bus", bus, "--node-id", name, "--node-lease", LEASE]
+    return ServerProcess(database, tmp_path / f"{name}.log", args).start()
+
+
+@pytest.fixture
+def bus() -> str:
+    return f"{REDIS}?namespace=test-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, bus: str) -> Iterator[tuple[Chat, Chat]]:
+    a = start_node(tmp_path, "a", bus)
+    b = start_node(tmp_path, "b", bus)
+    chats = Chat(a), Chat(b)
+    try:
+        yield chats
+    finally:
+        for chat in chats:
+            chat.close_all()
+        for node in (a, b):
+            if node.running:
+                node.stop()
+            node.assert_no_traceback()
+
+
+def test_every_kind_of_event_crosses_nodes(nodes: tuple[Chat, Chat]) -> None:
+    on_a, on_b = nodes
+    alice, bob = on_a.users(2)
+    ca, cb = on_a.online(alice), on_b.online(bob)
+    ca.ok({"msgid": 7, "friendid": bob.id})
+    cb.expect({"msgid": 12, "id": alice.id})
+    cb.ok({"msgid": 13, "friendid": alice.id, "accept": True})
+    ca.expect({"msgid": 13, "id": bob.id, "accept": True})
+
+    sent = ca.ok({"msgid": 6, "toid": bob.id, "msg": "across nodes"})["msg_id"]
+    cb.expect({"msgid": 6, "msg_id": sent, "msg": "across nodes", "id": alice.id})
+    reply = cb.ok({"msgid": 6, "toid": alice.id, "msg": "and back"})["msg_id"]
+    ca.expect({"msgid": 6, "msg_id": reply})
+
+    gid = ca.ok({"msgid": 8, "groupname": f"g-{secrets.token_hex(3)}"})["groupid"]
+    cb.ok({"msgid": 9, "groupid": gid})
+    group_msg = ca.ok({"msgid": 10, "groupid": gid, "msg": "to the group"})["msg_id"]
+    cb.expect({"msgid": 10, "groupid": gid, "msg_id": group_msg})
+
+    cb.logout()
+    ca.expect({"msgid": 14, "id": bob.id, "state": "offline"})
+    cb.login(bob)
+    ca.expect({"msgid": 14, "id": bob.id, "state": "online"})
+
+    # A login on a takes over bob's session on b: b's connection is told, nobody sees presence.
+    new_b = on_a.online(bob)
+    cb.expect({"msgid": 15})
+    ca.assert_silent(0.5, {"msgid": 14})
+    ca.ok({"msgid": 6, "toid": bob.id, "msg": "to the new session"})
+    new_b.expect({"msgid": 6, "msg": "to the new session"})
+
+
+def test_a_killed_nodes_users_come_back_at_once_and_lose_nothing(
+    nodes: tuple[Chat, Chat], tmp_path: Path
+) -> None:
+    on_a, on_b = nodes
+    alice, bob = on_a.users(2)
+    ca = on_a.online(alice)
+    cb = on_b.online(bob, receipts=True)
+    in_flight = ca.ok({"msgid": 6, "toid": bob.id, "msg": "shown, never receipted"})["msg_id"]
+    cb.expect({"msgid": 6, "msg_id": in_flight})
+
+    on_b.server.kill()  # SIGKILL: no logout, no goodbye
+    after = ca.ok({"msgid": 6, "toid": bob.id, "msg": "sent after the crash"})["msg_id"]
+    back = on_a.online(bob, receipts=True)  # at once, on the live node
+    seen = [m["msg_id"] for m in back.ack["offlinemsg"]]
+    # What was in flight to the dead node's session comes back once its lease runs out.
+    deadline = time.monotonic() + float(LEASE) + 6
+    while in_flight not in seen and time.monotonic() < deadline:
+        try:
+            seen.append(back.recv(timeout=0.5)["msg_id"])
+        except (TimeoutError, AssertionError, KeyError):
+            pass
+    assert after in seen and in_flight in seen
+    later = ca.ok({"msgid": 6, "toid": bob.id, "msg": "and later"})["msg_id"]
+    back.expect({"msgid": 6, "msg_id": later})
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator["RedisProcess"]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed")
+    redis = RedisProcess(free_port(), tmp_path)
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.kill()
+
+
+class RedisProcess:
+    """A Redis of this test's own, so it can be killed and restarted without harm."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port = port
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((HOST, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+def test_nodes_ride_out_a_redis_restart(tmp_path: Path, own_redis: RedisProcess) -> None:
+    bus = f"redis://{HOST}:{own_redis.port}/0?namespace=restart"
+    a, b = start_node(tmp_path, "a", bus), start_node(tmp_path, "b", bus)
+    on_a, on_b = Chat(a), Chat(b)
+    try:
+        alice, bob, carol = on_a.users(3)
+        ca, cb, cc = on_a.online(alice), on_b.online(bob), on_a.online(carol)
+        ca.ok({"msgid": 6, "toid": bob.id, "msg": "before"})
+        cb.expect({"msgid": 6, "msg": "before"})
+
+        own_redis.kill()
+        # Where the bus is needed, the server says so; between users of one node, chat goes on.
+        ca.err({"msgid": 6, "toid": bob.id, "msg": "during"}, 11)
+        ca.ok({"msgid": 6, "toid": carol.id, "msg": "same node"})
+        cc.expect({"msgid": 6, "msg": "same node"})
+
+        own_redis.start()
+        deadline = time.monotonic() + 20
+        while True:
+            reply = ca.request({"msgid": 6, "toid": bob.id, "msg": "after"})
+            if reply["errno"] == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert reply["errno"] == 0, reply
+        cb.expect({"msgid": 6, "msg": "after"}, timeout=10)
+    finally:
+        for chat in (on_a, on_b):
+            chat.close_all()
+        for node in (a, b):
+            node.stop()
+            node.assert_no_traceback()
+
+
