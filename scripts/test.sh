@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Install the project with its test extras into .venv, then run every check CI runs:
-# the layer contracts, ruff, mypy and the whole test suite. Extra arguments go to pytest.
+# Install the project with its test extras into .venv, make sure MariaDB, Redis and nginx are
+# there, then run every check CI runs: the layer contracts, ruff, mypy, the whole test suite,
+# and the protocol suite a second time against a two-node cluster. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e '.[test]'
+
+echo "== services (MariaDB, Redis, nginx)"
+bash scripts/services.sh
 
 echo "== import layers"
 .venv/bin/lint-imports
@@ -16,3 +20,5 @@ echo "== mypy"
 .venv/bin/mypy chatserver
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
+echo "== the protocol suite again, against two nodes behind nginx"
+CHATSERVER_TEST_CLUSTER=1 .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py

@@ -20,7 +20,7 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -485,9 +485,10 @@ class Client:
 class ServerProcess:
     """`python -m chatserver serve` on a free port, its output kept in a log file."""
 
-    def __init__(self, database: str, log_path: Path):
+    def __init__(self, database: str, log_path: Path, extra_args: Sequence[str] = ()):
         self.database = database
         self.log_path = log_path
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
         self.killed = False
@@ -503,18 +504,7 @@ class ServerProcess:
             with open(self.log_path, "ab") as log:
                 log.write(f"---- starting on port {port}\n".encode())
                 self.proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "chatserver",
-                        "serve",
-                        "--host",
-                        HOST,
-                        "--port",
-                        str(port),
-                        "--database",
-                        self.database,
-                    ],
+                    self.command(port),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
@@ -526,6 +516,12 @@ class ServerProcess:
             last_error = self.log_tail()
             self._terminate()
         raise RuntimeError(f"server did not start; log tail:\n{last_error}")
+
+    def command(self, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "chatserver", "serve", "--host", HOST, "--port", str(port),
+            "--database", self.database, *self.extra_args,
+        ]
 
     def _wait_listening(self, port: int) -> bool:
         assert self.proc is not None
@@ -593,6 +589,39 @@ class ServerProcess:
             else ""
         )
         assert "Traceback" not in text, f"the server logged a traceback:\n{text[-6000:]}"
+
+
+class ClusterProcess(ServerProcess):
+    """`chatserver cluster`: two nodes behind nginx on one port, sharing a database and a
+    Redis bus. Clients are spread over the nodes, so most pairs of users are on different
+    nodes: with CHATSERVER_TEST_CLUSTER=1 the whole suite runs against this."""
+
+    def __init__(self, directory: Path, log_path: Path, nodes: int = 2):
+        super().__init__(f"sqlite:///{directory / 'cluster.db'}", log_path)
+        self.nodes = nodes
+        self.bus = f"redis://127.0.0.1:6379/0?namespace=test-{uuid.uuid4().hex[:8]}"
+
+    def command(self, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "chatserver", "cluster", "--host", HOST, "--port", str(port),
+            "--node-port", str(free_port_block(self.nodes)), "--nodes", str(self.nodes),
+            "--database", self.database, "--bus", self.bus,
+        ]
+
+
+def free_port_block(count: int) -> int:
+    """The first of count consecutive ports that are free now."""
+    for _ in range(50):
+        first = free_port()
+        ports = range(first, first + count)
+        try:
+            for port in ports:
+                with socket.socket() as probe:
+                    probe.bind((HOST, port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 # --------------------------------------------------------------------------- the test harness
@@ -748,9 +777,16 @@ class SqliteServerFactory:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server on memory:// for the whole run; tests keep apart by using fresh users."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    proc = ServerProcess("memory://", log).start()
+    """One server on memory:// for the whole run; tests keep apart by using fresh users.
+
+    With CHATSERVER_TEST_CLUSTER=1 it is a two-node cluster behind nginx instead.
+    """
+    directory = tmp_path_factory.mktemp("server")
+    log = directory / "server.log"
+    if os.environ.get("CHATSERVER_TEST_CLUSTER"):
+        proc: ServerProcess = ClusterProcess(directory, log).start()
+    else:
+        proc = ServerProcess("memory://", log).start()
     yield proc
     proc.stop()
     proc.assert_no_traceback()

@@ -1,6 +1,7 @@
 """Two `chatserver serve` processes sharing a database and a Redis bus: what users see when the
 users are on different nodes, when a node is SIGKILLed, and when Redis restarts."""
 
+import contextlib
 import secrets
 import shutil
 import signal
@@ -96,10 +97,8 @@ def test_a_killed_nodes_users_come_back_at_once_and_lose_nothing(
     # What was in flight to the dead node's session comes back once its lease runs out.
     deadline = time.monotonic() + float(LEASE) + 6
     while in_flight not in seen and time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(TimeoutError, AssertionError, KeyError):
             seen.append(back.recv(timeout=0.5)["msg_id"])
-        except (TimeoutError, AssertionError, KeyError):
-            pass
     assert after in seen and in_flight in seen
     later = ca.ok({"msgid": 6, "toid": bob.id, "msg": "and later"})["msg_id"]
     back.expect({"msgid": 6, "msg_id": later})
