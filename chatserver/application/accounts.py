@@ -36,10 +36,16 @@ async def register(command: Register, *, connection: Connection) -> Registered:
 
 async def login(command: Login, *, connection: Connection) -> LoggedIn:
     node = connection.node
+    throttle, clock = node.login_throttle, node.clock
     account = await node.uow.run(lambda tx: _find_account(tx, command))
+    # By id or by name, one account is one key; unknown accounts are throttled too.
+    key = str(account.user.id) if account else f"?{command.user_id}:{command.name}"
+    throttle.check(key, connection.address, clock.now_ms() / 1000)
     stored_hash = account.password_hash if account else None
     if not await node.hasher.verify(command.password, stored_hash) or account is None:
+        throttle.failed(key, connection.address, clock.now_ms() / 1000)
         raise InvalidCredentials()
+    throttle.succeeded(key)
     user = account.user
     # Logging in again as the same user on the same connection is a quiet takeover.
     relogin = connection.session is not None and connection.session.user.id == user.id

@@ -19,6 +19,8 @@ class Connection:
 
     node: Node
     outbox: Outbox
+    # Where the client connects from, for limits per address.
+    address: str = "local"
     session: Session | None = None
 
     @property

@@ -11,6 +11,7 @@ from chatserver.application.groups_directory import GroupDirectory
 from chatserver.application.message_ids import MessageIdAllocator
 from chatserver.application.router import Router
 from chatserver.application.sessions import SessionRegistry
+from chatserver.application.throttle import FailureWindow, LoginThrottle
 from chatserver.domain.ports import Clock, MessageBus, PasswordHasher, Presence, UnitOfWork
 
 
@@ -23,6 +24,10 @@ class Limits:
     message_id_block: int = 1000
     # How often deliveries held for other nodes are checked against those nodes' leases.
     custody_check_seconds: float = 2.0
+    # Wrong passwords allowed per account, and per client address, within a minute.
+    failed_logins_per_account: int = 5
+    failed_logins_per_address: int = 20  # 0: no limit per address (behind a proxy)
+    failed_login_window_seconds: float = 60.0
 
 
 @define
@@ -63,8 +68,17 @@ class Node:
     router: Router = field(init=False)
     groups: GroupDirectory = field(init=False)
     message_ids: MessageIdAllocator = field(init=False)
+    login_throttle: LoginThrottle = field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        limits = self.limits
+        window = limits.failed_login_window_seconds
+        self.login_throttle = LoginThrottle(
+            FailureWindow(limits.failed_logins_per_account, window),
+            FailureWindow(limits.failed_logins_per_address, window)
+            if limits.failed_logins_per_address
+            else None,
+        )
         self.custody = Custody(self.presence, self.uow)
         self.router = Router(
             self.node_id, self.sessions, self.presence, self.bus, self.uow, self.custody

@@ -2,19 +2,25 @@
 
 import logging
 import os
+import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import anyio
-from attrs import define, field
+from anyio.abc import TaskStatus
+from attrs import define, evolve, field
 
 from chatserver.adapters.clock import SystemClock
-from chatserver.adapters.memory.cluster import InProcessBus, InProcessHub, InProcessPresence
+from chatserver.adapters.memory.cluster import InProcessCluster, InProcessHub
 from chatserver.adapters.memory.outbox import MemoryOutbox
 from chatserver.adapters.memory.unit_of_work import MemoryUnitOfWork
+from chatserver.adapters.mysql.unit_of_work import open_mysql, upgrade_mysql
+from chatserver.adapters.mysql.url import InvalidMySqlUrl, redact_password
+from chatserver.adapters.redis.cluster import DEFAULT_LEASE_SECONDS, RedisCluster
 from chatserver.adapters.security import DEFAULT_COST, ScryptHasher
 from chatserver.adapters.sqlite.unit_of_work import open_sqlite, upgrade_sqlite
 from chatserver.adapters.tcp.connection import TransportLimits
@@ -25,8 +31,16 @@ from chatserver.application.custody import keep_custody
 from chatserver.application.inbound import NodeInbox
 from chatserver.application.node import Limits, Node
 from chatserver.application.results import Result
+from chatserver.domain.errors import Unavailable
 from chatserver.domain.messages import Event
-from chatserver.domain.ports import Clock, PasswordHasher, UnitOfWork
+from chatserver.domain.ports import (
+    BusHandler,
+    Clock,
+    MessageBus,
+    PasswordHasher,
+    Presence,
+    UnitOfWork,
+)
 
 log = logging.getLogger("chatserver")
 
@@ -46,10 +60,23 @@ class Config:
     node_id: str = field(factory=default_node_id)
     frame_limit: int = 65536
     hash_cost: int = DEFAULT_COST
+    # How long a node that stops renewing its lease (e.g. SIGKILLed) still counts as alive.
+    node_lease_seconds: float = DEFAULT_LEASE_SECONDS
     limits: Limits = field(factory=Limits)
+    transport: TransportLimits = field(factory=TransportLimits)
+    # Behind nginx every client has nginx's address: limits per address would hit everyone.
+    behind_proxy: bool = False
 
     def transport_limits(self) -> TransportLimits:
-        return TransportLimits(frame_bytes=self.frame_limit)
+        per_address = 0 if self.behind_proxy else self.transport.connections_per_address
+        return evolve(
+            self.transport, frame_bytes=self.frame_limit, connections_per_address=per_address
+        )
+
+    def node_limits(self) -> Limits:
+        if self.behind_proxy:
+            return evolve(self.limits, failed_logins_per_address=0)
+        return self.limits
 
 
 class ConfigError(ValueError):
@@ -69,7 +96,15 @@ async def open_database(url: str) -> UnitOfWork:
         return MemoryUnitOfWork()
     if url.startswith("sqlite:"):
         return await open_sqlite(sqlite_path(url))
-    raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///FILE or memory://")
+    if url.startswith("mysql:"):
+        try:
+            return await open_mysql(url)
+        except (InvalidMySqlUrl, Unavailable) as error:
+            raise ConfigError(str(error)) from error
+    raise ConfigError(
+        f"unsupported database URL {redact_password(url)!r}: "
+        "use sqlite:///FILE, mysql://USER:PASSWORD@HOST:PORT/DATABASE or memory://"
+    )
 
 
 def upgrade_database(url: str) -> int:
@@ -78,7 +113,15 @@ def upgrade_database(url: str) -> int:
         return 0
     if url.startswith("sqlite:"):
         return upgrade_sqlite(sqlite_path(url))
-    raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///FILE or memory://")
+    if url.startswith("mysql:"):
+        try:
+            return upgrade_mysql(url)
+        except (InvalidMySqlUrl, Unavailable) as error:
+            raise ConfigError(str(error)) from error
+    raise ConfigError(
+        f"unsupported database URL {redact_password(url)!r}: "
+        "use sqlite:///FILE, mysql://USER:PASSWORD@HOST:PORT/DATABASE or memory://"
+    )
 
 
 @define(eq=False)
@@ -86,16 +129,24 @@ class ChatApp:
     """A running node, for the server and for programs that embed the chat in-process."""
 
     node: Node
-    hub: InProcessHub
 
     def connect(self) -> "EmbeddedClient":
         """A client without a socket: requests go straight to the use cases."""
         outbox = MemoryOutbox()
         return EmbeddedClient(Connection(self.node, outbox), outbox)
 
-    async def log_everyone_out(self) -> None:
+    async def stop(self) -> None:
+        """Log every session out, and store what is held for other nodes."""
         for session in self.node.sessions.all():
-            await end_session(session, node=self.node)
+            try:
+                await end_session(session, node=self.node)
+            except Exception:
+                log.exception("logging out user %d failed", session.user.id)
+        try:
+            await self.node.custody.store_all()
+        except Exception:
+            log.exception("storing %d deliveries held for other nodes failed",
+                          len(self.node.custody))
 
 
 @define(eq=False)
@@ -119,6 +170,40 @@ class EmbeddedClient:
         await self.connection.disconnect()
 
 
+class Cluster(Protocol):
+    """How a node meets the others: presence, the bus, and a task that keeps it connected."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def presence(self) -> Presence: ...
+
+    @property
+    def bus(self) -> MessageBus: ...
+
+    async def run(
+        self,
+        inbox: BusHandler,
+        local_users: Callable[[], list[int]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None: ...
+
+
+def open_cluster(config: Config, hub: InProcessHub | None) -> Cluster:
+    if config.bus == "memory://":
+        return InProcessCluster(hub or InProcessHub(), config.node_id)
+    if config.bus.startswith("redis://"):
+        # A restarted node must not be taken for its former self: custody depends on it.
+        return RedisCluster(
+            config.bus,
+            f"{config.node_id}.{secrets.token_hex(3)}",
+            lease_seconds=config.node_lease_seconds,
+        )
+    raise ConfigError(f"unsupported bus URL {config.bus!r}: use memory:// or redis://HOST:PORT/DB")
+
+
 @asynccontextmanager
 async def bootstrap(
     config: Config,
@@ -127,32 +212,35 @@ async def bootstrap(
     hasher: PasswordHasher | None = None,
     clock: Clock | None = None,
 ) -> AsyncIterator[ChatApp]:
-    """Build a node from config; on exit, log its sessions out and close the database.
+    """Build a node from config and run its background work; on exit, log its sessions out,
+    store what it still holds for others, and close the database.
 
     Pass one hub to several bootstraps to run a cluster of nodes inside one process.
     """
-    if config.bus != "memory://":
-        raise ConfigError(f"unsupported bus URL {config.bus!r}: use memory://")
-    hub = hub or InProcessHub()
+    cluster = open_cluster(config, hub)
     uow = await open_database(config.database)
     node = Node(
-        node_id=config.node_id,
+        node_id=cluster.node_id,
         uow=uow,
         hasher=hasher or ScryptHasher(n=config.hash_cost),
         clock=clock or SystemClock(),
-        presence=InProcessPresence(hub),
-        bus=InProcessBus(hub, config.node_id),
-        limits=config.limits,
+        presence=cluster.presence,
+        bus=cluster.bus,
+        limits=config.node_limits(),
     )
-    hub.attach(node.node_id, NodeInbox(node))
-    app = ChatApp(node, hub)
+    app = ChatApp(node)
     every = config.limits.custody_check_seconds
     try:
         async with anyio.create_task_group() as background:
-            background.start_soon(partial(keep_custody, node.custody, every_seconds=every))
+            await background.start(cluster.run, NodeInbox(node), node.sessions.user_ids)
+            background.start_soon(
+                partial(keep_custody, node.custody, node.router, every_seconds=every)
+            )
             try:
                 yield app
             finally:
+                with anyio.CancelScope(shield=True):
+                    await app.stop()
                 background.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The task group wraps what the caller's block raised: give it back as it was.
@@ -161,8 +249,4 @@ async def bootstrap(
         raise
     finally:
         with anyio.CancelScope(shield=True):
-            try:
-                await app.log_everyone_out()
-            finally:
-                hub.detach(node.node_id)
-                await uow.aclose()
+            await uow.aclose()

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import anyio
 
+from chatserver.adapters.mysql.url import redact_password
+from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.server import TcpServer
 from chatserver.entrypoints.bootstrap import Config, ConfigError, bootstrap, upgrade_database
 
@@ -43,11 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sqlite:///relative.db, sqlite:////absolute.db or memory:// "
                        "(CHATSERVER_DATABASE; default %(default)s)")
     serve.add_argument("--bus", default=_env("BUS", defaults.bus),
-                       help="how nodes reach each other: memory:// for a single node "
+                       help="how nodes reach each other: memory:// for a single node, "
+                       "redis://HOST:PORT/DB[?namespace=NAME] for a cluster "
                        "(CHATSERVER_BUS; default %(default)s)")
     serve.add_argument("--node-id", default=_env("NODE_ID", defaults.node_id),
                        help="this node's name in a cluster (CHATSERVER_NODE_ID; "
                        "default: host name and process id)")
+    serve.add_argument("--node-lease", type=float,
+                       default=float(_env("NODE_LEASE", str(defaults.node_lease_seconds))),
+                       help="seconds a node that stopped renewing its Redis lease (crashed) "
+                       "still counts as alive; its users count as offline after that "
+                       "(CHATSERVER_NODE_LEASE; default %(default)s)")
+    serve.add_argument("--behind-proxy", action="store_true",
+                       default=_env("BEHIND_PROXY", "") not in ("", "0"),
+                       help="clients reach this node through nginx: turn off the limits per "
+                       "client address (connections, failed logins), which would see only "
+                       "nginx's address (CHATSERVER_BEHIND_PROXY=1)")
+    serve.add_argument("--connections-per-address", type=int,
+                       default=int(_env("CONNECTIONS_PER_ADDRESS",
+                                        str(defaults.transport.connections_per_address))),
+                       help="open connections allowed from one address, 0 for no limit "
+                       "(CHATSERVER_CONNECTIONS_PER_ADDRESS; default %(default)s)")
+    serve.add_argument("--idle-timeout", type=float,
+                       default=float(_env("IDLE_TIMEOUT",
+                                          str(defaults.transport.idle_timeout_seconds))),
+                       help="seconds a logged-in client may stay silent (clients PING) before "
+                       "it is disconnected (CHATSERVER_IDLE_TIMEOUT; default %(default)s)")
     serve.add_argument("--frame-limit", type=int,
                        default=int(_env("FRAME_LIMIT", str(defaults.frame_limit))),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
@@ -65,12 +88,43 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--port", type=int, default=int(_env("PORT", str(defaults.port))),
                         help="server port (default %(default)s)")
 
+    cluster = commands.add_parser(
+        "cluster", help="run N nodes with nginx in front, on this machine",
+        description="Start N `serve` nodes sharing one database and one Redis bus, and nginx "
+        "(stream module) balancing TCP clients over them on one port. For demos and tests; "
+        "Ctrl+C stops everything cleanly. Needs nginx: "
+        "apt-get install -y nginx-light libnginx-mod-stream.",
+    )
+    cluster.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    cluster.add_argument("--host", default=_env("HOST", defaults.host),
+                         help="address for nginx and the nodes (default %(default)s)")
+    cluster.add_argument("--port", type=int, default=8000,
+                         help="the port clients connect to (default %(default)s)")
+    cluster.add_argument("--node-port", type=int, default=0,
+                         help="first node's port; the others follow (default: --port + 1)")
+    cluster.add_argument("--database", default=_env("DATABASE", "sqlite:///chatserver.db"),
+                         help="shared database: mysql://USER:PASSWORD@HOST:PORT/DB or "
+                         "sqlite:///FILE (default %(default)s)")
+    cluster.add_argument("--bus", default=_env("BUS", "redis://127.0.0.1:6379/0"),
+                         help="shared Redis: redis://HOST:PORT/DB[?namespace=NAME] "
+                         "(default %(default)s)")
+
     db = commands.add_parser("db", help="manage the database")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_commands.add_parser(
         "upgrade", help="create or migrate the schema (safe to run again)")
     upgrade.add_argument("--database", default=_env("DATABASE", defaults.database),
                          help="database URL (CHATSERVER_DATABASE; default %(default)s)")
+    import_legacy = db_commands.add_parser(
+        "import-legacy", help="copy a database of the original C++ server into an empty one",
+        description="Copy users (with their ids and old passwords, now hashed), friendships, "
+        "groups and waiting offline messages from the original server's MySQL database into "
+        "an empty chatserver database, in one transaction.")
+    import_legacy.add_argument("--from", dest="source", required=True,
+                               help="the original database, mysql://USER:PASSWORD@HOST:PORT/chat")
+    import_legacy.add_argument("--database", default=_env("DATABASE", defaults.database),
+                               help="the empty database to fill, mysql://... or sqlite:///FILE "
+                               "(CHATSERVER_DATABASE; default %(default)s)")
     return parser
 
 
@@ -79,10 +133,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "cluster":
+            return _cluster(args)
         if args.command == "client":
             from chatserver.entrypoints.client.terminal import main as run_client
 
             return run_client(args.host, args.port)
+        if args.command == "db" and args.db_command == "import-legacy":
+            from chatserver.adapters.mysql.legacy_import import LegacyImportError, import_legacy
+
+            try:
+                print(import_legacy(args.source, args.database).summary())
+            except LegacyImportError as error:
+                print(f"chatserver: import failed: {error}", file=sys.stderr)
+                return 1
+            return 0
         if args.command == "db":
             version = upgrade_database(args.database)
             print(f"schema at version {version}")
@@ -93,12 +158,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _cluster(args: argparse.Namespace) -> int:
+    from chatserver.entrypoints.local_cluster import LocalCluster
+
+    _log_to_stderr("INFO")
+    return LocalCluster(
+        nodes=args.nodes, port=args.port, database=args.database, bus=args.bus,
+        host=args.host, first_node_port=args.node_port,
+    ).run()
+
+
+def _log_to_stderr(level: str) -> None:
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _log_to_stderr(args.log_level)
     config = Config(
         host=args.host,
         port=args.port,
@@ -106,6 +185,12 @@ def _serve(args: argparse.Namespace) -> int:
         bus=args.bus,
         node_id=args.node_id,
         frame_limit=args.frame_limit,
+        node_lease_seconds=args.node_lease,
+        behind_proxy=args.behind_proxy,
+        transport=TransportLimits(
+            connections_per_address=args.connections_per_address,
+            idle_timeout_seconds=args.idle_timeout,
+        ),
     )
     anyio.run(serve, config)
     return 0
@@ -126,8 +211,9 @@ async def serve(config: Config) -> None:
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 port = await tg.start(run_server)
-                log.info("chatserver listening on %s:%d (node %s, database %s)",
-                         config.host, port, config.node_id, config.database)
+                log.info("chatserver listening on %s:%d (node %s, database %s, bus %s)",
+                         config.host, port, app.node.node_id, redact_password(config.database),
+                         redact_password(config.bus))
                 async for signum in signals:
                     log.info("stopping on %s: logging %d sessions out",
                              signal.Signals(signum).name, len(app.node.sessions))

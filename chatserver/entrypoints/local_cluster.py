@@ -104,6 +104,7 @@ class LocalCluster:
         return subprocess.Popen([
             sys.executable, "-m", "chatserver", "serve", "--host", self.host, "--port", str(port),
             "--database", self.database, "--bus", self.bus, "--node-id", f"node{index}",
+            "--behind-proxy",
         ])
 
     def _start_nginx(self, run_dir: Path) -> subprocess.Popen[bytes]:

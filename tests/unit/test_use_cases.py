@@ -25,6 +25,7 @@ from chatserver.domain.errors import (
     NameTaken,
     NotAMember,
     NotLoggedIn,
+    RateLimited,
     UnknownGroup,
     UnknownUser,
 )
@@ -302,3 +303,26 @@ async def test_a_login_that_fails_midway_leaves_no_session_and_loses_nothing(
     assert chat.node.sessions.get(bob) is None
     waiting = (await login(chat.connect(), bob)).waiting
     assert [m.text for m in waiting] == ["during the failed login"]  # type: ignore[union-attr]
+
+
+async def test_wrong_passwords_lock_the_account_for_a_while_even_for_the_right_one(
+    chat: ChatApp,
+) -> None:
+    alice = await register(chat, "alice")
+    for _ in range(chat.node.limits.failed_logins_per_account):
+        with pytest.raises(InvalidCredentials):
+            await chat.connect().request(Login("guess", user_id=alice))
+    with pytest.raises(RateLimited):
+        await chat.connect().request(Login("pw", name="alice"))  # by name: the same account
+    bob = await register(chat, "bob")
+    assert isinstance(await chat.connect().request(Login("pw", user_id=bob)), LoggedIn)
+
+
+async def test_login_locks_lift_when_the_window_passes() -> None:
+    from chatserver.application.throttle import FailureWindow
+
+    window = FailureWindow(limit=2, window_seconds=60)
+    window.fail("a", now=0)
+    window.fail("a", now=1)
+    assert window.blocked("a", now=30)
+    assert not window.blocked("a", now=62)

@@ -8,6 +8,7 @@ import anyio
 from anyio.abc import SocketStream, TaskGroup
 from attrs import define
 
+from chatserver.adapters.tcp.budget import RequestBudget
 from chatserver.adapters.wire.codec import (
     BadRequest,
     Dialect,
@@ -21,7 +22,7 @@ from chatserver.adapters.wire.codec import (
 from chatserver.adapters.wire.framing import FrameSplitter
 from chatserver.application.connection import Connection
 from chatserver.application.node import Node
-from chatserver.domain.errors import ChatError
+from chatserver.domain.errors import ChatError, RateLimited
 from chatserver.domain.messages import Event
 
 log = logging.getLogger("chatserver.tcp")
@@ -38,6 +39,16 @@ class TransportLimits:
     reply_backlog_bytes: int = 256 * 1024
     read_chunk: int = 65536
     close_grace_seconds: float = 5.0
+    # Requests per connection: a burst, then a rate (PROTOCOL.md's floor is 100 and 50/s).
+    request_burst: int = 200
+    requests_per_second: float = 100.0
+    # A client refused this many requests in a row is flooding: it is disconnected.
+    refused_before_disconnect: int = 200
+    # Silence allowed before login, and after (clients PING every 20 s or so).
+    login_timeout_seconds: float = 30.0
+    idle_timeout_seconds: float = 90.0
+    # Open connections from one address (0: no limit, e.g. behind nginx, where all share one).
+    connections_per_address: int = 256
 
 
 class TcpClient:
@@ -46,8 +57,10 @@ class TcpClient:
     def __init__(self, stream: SocketStream, node: Node, limits: TransportLimits) -> None:
         self.stream = stream
         self.limits = limits
-        self.connection = Connection(node, self)
-        self.peer = _peer(stream)
+        self.peer, self.address = _peer(stream)
+        self.connection = Connection(node, self, self.address)
+        self.budget = RequestBudget(limits.requests_per_second, limits.request_burst)
+        self._refused = 0
         self.splitter = FrameSplitter(limits.frame_bytes)
         self.dialect = Dialect.MODERN
         self._pending: list[bytes] = []
@@ -126,8 +139,18 @@ class TcpClient:
     async def _read_loop(self) -> None:
         while not self._closing:
             self._receiving = True
+            silence = (
+                self.limits.idle_timeout_seconds
+                if self.connection.logged_in
+                else self.limits.login_timeout_seconds
+            )
             try:
-                data = await self.stream.receive(self.limits.read_chunk)
+                with anyio.fail_after(silence):
+                    data = await self.stream.receive(self.limits.read_chunk)
+            except TimeoutError:
+                what = "idle" if self.connection.logged_in else "not logged in"
+                log.info("closing %s: %s for %.0f s", self.peer, what, silence)
+                return
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
                     OSError):
                 return
@@ -138,6 +161,10 @@ class TcpClient:
                 self.dialect = Dialect.LEGACY
             for frame in frames:
                 await self._handle(frame)
+            if self._refused > self.limits.refused_before_disconnect:
+                log.warning("closing %s: still flooding after %d refused requests",
+                            self.peer, self._refused)
+                return
             if self.splitter.too_large:
                 reply = encode_frame_too_large(self.dialect)
                 if reply is not None:
@@ -153,6 +180,13 @@ class TcpClient:
             if reply is not None:
                 self._queue(reply)
             return
+        if not self.budget.spend():
+            self._refused += 1
+            reply = encode_error(request, RateLimited(), self.dialect)
+            if reply is not None:
+                self._queue(reply)
+            return
+        self._refused = 0
         try:
             result = await self.connection.handle(request.command, request.claimed_id)
         except ChatError as error:
@@ -206,9 +240,12 @@ class TcpClient:
                 await self._drained.wait()
 
 
-def _peer(stream: SocketStream) -> str:
+def _peer(stream: SocketStream) -> tuple[str, str]:
+    """The client's host:port for logs, and its host for limits per address."""
     try:
         address = stream.extra(anyio.abc.SocketAttribute.remote_address)
     except anyio.TypedAttributeLookupError:
-        return "?"
-    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        return "?", "?"
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}", str(address[0])
+    return str(address), str(address)

@@ -6,9 +6,12 @@ import anyio
 from anyio.abc import SocketStream, TaskStatus
 
 from chatserver.adapters.tcp.connection import TcpClient, TransportLimits
+from chatserver.adapters.wire.codec import encode_refusal
 from chatserver.application.node import Node
 
 log = logging.getLogger("chatserver.tcp")
+
+TOO_MANY_CONNECTIONS = encode_refusal("too many connections from your address")
 
 
 class TcpServer:
@@ -18,6 +21,7 @@ class TcpServer:
         self.port = port
         self.limits = limits
         self.clients: set[TcpClient] = set()
+        self.per_address: dict[str, int] = {}
         self._accepting = anyio.CancelScope()
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -49,8 +53,20 @@ class TcpServer:
 
     async def _serve_client(self, stream: SocketStream) -> None:
         client = TcpClient(stream, self.node, self.limits)
+        address = client.address
+        limit = self.limits.connections_per_address
+        if limit and self.per_address.get(address, 0) >= limit:
+            log.warning("refusing %s: already %d connections from there", client.peer, limit)
+            with anyio.move_on_after(1):
+                await stream.send(TOO_MANY_CONNECTIONS)
+            await stream.aclose()
+            return
+        self.per_address[address] = self.per_address.get(address, 0) + 1
         self.clients.add(client)
         try:
             await client.run()
         finally:
             self.clients.discard(client)
+            self.per_address[address] -= 1
+            if not self.per_address[address]:
+                del self.per_address[address]

@@ -10,6 +10,7 @@ from chatserver.adapters.wire.encoding import (
     encode_error,
     encode_event,
     encode_frame_too_large,
+    encode_refusal,
     encode_result,
 )
 from chatserver.adapters.wire.protocol import Dialect
@@ -24,5 +25,6 @@ __all__ = [
     "encode_error",
     "encode_event",
     "encode_frame_too_large",
+    "encode_refusal",
     "encode_result",
 ]

@@ -22,6 +22,7 @@ from chatserver.application.results import (
     Registered,
     Result,
 )
+from chatserver.domain.errors import RateLimited
 from chatserver.domain.messages import (
     CHAT_KINDS,
     Delivery,
@@ -207,6 +208,13 @@ def encode_error(
 def encode_bad_request(bad: BadRequest, dialect: Dialect) -> bytes | None:
     """The errno 7 reply to a malformed frame; None when the dialect sends no reply."""
     return _error_reply(bad.reply_to, bad.seq, BAD_REQUEST, bad.message, dialect)
+
+
+def encode_refusal(message: str) -> bytes:
+    """The errno 9 reply sent to a connection refused before its first request."""
+    reply = _ack(0, None)
+    reply["errno"], reply["errmsg"] = errno_and_message(RateLimited(message))
+    return orjson.dumps(reply, option=_MODERN)
 
 
 def encode_frame_too_large(dialect: Dialect) -> bytes | None:

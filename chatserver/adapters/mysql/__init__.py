@@ -1,0 +1,1 @@
+"""The MySQL / MariaDB adapter: repositories and a unit of work on a pool of connections."""

@@ -1,0 +1,332 @@
+"""MySQL repositories: plain synchronous SQL on one cursor, run by the unit of work.
+
+Every value travels as a parameter (%s); only placeholders are ever built into SQL text.
+"""
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from itertools import islice
+
+import attrs
+import orjson
+from mysql.connector import IntegrityError, errorcode
+from mysql.connector.cursor import MySQLCursor
+
+from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
+from chatserver.domain.groups import Group, Member, Role
+from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage
+from chatserver.domain.users import Account, User
+
+# The adapter's private format for waiting deliveries: a kind, and the fields as JSON.
+DELIVERY_KINDS: dict[str, type[Delivery]] = {
+    "direct": DirectMessage,
+    "group": GroupMessage,
+    "friend_answer": FriendAnswer,
+}
+KIND_OF_DELIVERY = {cls: kind for kind, cls in DELIVERY_KINDS.items()}
+
+FOREIGN_KEY_ERRORS = (errorcode.ER_NO_REFERENCED_ROW_2, errorcode.ER_NO_REFERENCED_ROW)
+DELETE_BATCH = 500
+
+
+def dump_delivery(delivery: Delivery) -> tuple[str, str]:
+    return KIND_OF_DELIVERY[type(delivery)], orjson.dumps(attrs.asdict(delivery)).decode()
+
+
+def load_delivery(kind: str, body: str) -> Delivery:
+    return DELIVERY_KINDS[kind](**orjson.loads(body))
+
+
+@contextmanager
+def constraints_as(
+    *, unique: type[ChatError] | None = None, foreign_key: type[ChatError] | None = None
+) -> Iterator[None]:
+    """Turn a broken UNIQUE or FOREIGN KEY constraint into the domain error that explains it.
+
+    MySQL undoes only the failed statement, so the transaction goes on after such an error.
+    """
+    try:
+        yield
+    except IntegrityError as error:
+        if unique and error.errno == errorcode.ER_DUP_ENTRY:
+            raise unique() from error
+        if foreign_key and error.errno in FOREIGN_KEY_ERRORS:
+            raise foreign_key() from error
+        raise
+
+
+def insert_with_next_id(
+    cursor: MySQLCursor, table: str, insert: str, values: tuple[str, ...]
+) -> int:
+    """Run insert with the table's next id before values; the id is used up only if it succeeds.
+
+    Locking the sequence row makes concurrent inserts into the table take turns.
+    """
+    cursor.execute("SELECT next FROM id_sequence WHERE tablename = %s FOR UPDATE", (table,))
+    new_id = _single(cursor)
+    cursor.execute(insert, (new_id, *values))
+    cursor.execute("UPDATE id_sequence SET next = next + 1 WHERE tablename = %s", (table,))
+    return new_id
+
+
+def _single(cursor: MySQLCursor) -> int:
+    row = cursor.fetchone()
+    assert row is not None
+    return int(row[0])  # type: ignore[arg-type]
+
+
+def _users(cursor: MySQLCursor) -> list[User]:
+    return [User(int(user_id), str(name)) for user_id, name in cursor.fetchall()]  # type: ignore[arg-type]
+
+
+def _groups(cursor: MySQLCursor) -> list[Group]:
+    return [
+        Group(int(group_id), str(name), str(description))  # type: ignore[arg-type]
+        for group_id, name, description in cursor.fetchall()
+    ]
+
+
+class MySqlUserRepository:
+    def __init__(self, cursor: MySQLCursor) -> None:
+        self._db = cursor
+
+    def add(self, name: str, password_hash: str) -> User:
+        with constraints_as(unique=NameTaken):
+            user_id = insert_with_next_id(
+                self._db,
+                "user",
+                "INSERT INTO user (id, name, password) VALUES (%s, %s, %s)",
+                (name, password_hash),
+            )
+        return User(user_id, name)
+
+    def get(self, user_id: int) -> User | None:
+        self._db.execute("SELECT id, name FROM user WHERE id = %s", (user_id,))
+        users = _users(self._db)
+        return users[0] if users else None
+
+    def account(self, user_id: int) -> Account | None:
+        self._db.execute("SELECT id, name, password FROM user WHERE id = %s", (user_id,))
+        return self._account()
+
+    def account_by_name(self, name: str) -> Account | None:
+        self._db.execute("SELECT id, name, password FROM user WHERE name = %s", (name,))
+        return self._account()
+
+    def _account(self) -> Account | None:
+        row = self._db.fetchone()
+        if row is None:
+            return None
+        user_id, name, password_hash = row
+        return Account(User(int(user_id), str(name)), str(password_hash))  # type: ignore[arg-type]
+
+
+class MySqlFriendRepository:
+    def __init__(self, cursor: MySQLCursor) -> None:
+        self._db = cursor
+
+    def friends_of(self, user_id: int) -> list[User]:
+        self._db.execute(
+            "SELECT u.id, u.name FROM friend f JOIN user u ON u.id = f.friendid"
+            " WHERE f.userid = %s ORDER BY u.id",
+            (user_id,),
+        )
+        return _users(self._db)
+
+    def are_friends(self, a: int, b: int) -> bool:
+        self._db.execute("SELECT 1 FROM friend WHERE userid = %s AND friendid = %s", (a, b))
+        return self._db.fetchone() is not None
+
+    def befriend(self, a: int, b: int) -> None:
+        low, high = sorted((a, b))  # one order for every writer: fewer deadlocks
+        # Not INSERT IGNORE: that would also swallow the foreign key errors.
+        with constraints_as(foreign_key=UnknownUser):
+            self._db.execute(
+                "INSERT INTO friend (userid, friendid) VALUES (%s, %s), (%s, %s)"
+                " ON DUPLICATE KEY UPDATE userid = userid",
+                (low, high, high, low),
+            )
+
+    def unfriend(self, a: int, b: int) -> None:
+        self._db.execute(
+            "DELETE FROM friend"
+            " WHERE (userid = %s AND friendid = %s) OR (userid = %s AND friendid = %s)",
+            (a, b, b, a),
+        )
+
+    def add_request(self, requester_id: int, addressee_id: int) -> None:
+        with constraints_as(foreign_key=UnknownUser):
+            self._db.execute(
+                "INSERT INTO friend_request (requester, addressee) VALUES (%s, %s)"
+                " ON DUPLICATE KEY UPDATE requester = requester",
+                (requester_id, addressee_id),
+            )
+
+    def has_request(self, requester_id: int, addressee_id: int) -> bool:
+        self._db.execute(
+            "SELECT 1 FROM friend_request WHERE requester = %s AND addressee = %s",
+            (requester_id, addressee_id),
+        )
+        return self._db.fetchone() is not None
+
+    def remove_request(self, requester_id: int, addressee_id: int) -> bool:
+        self._db.execute(
+            "DELETE FROM friend_request WHERE requester = %s AND addressee = %s",
+            (requester_id, addressee_id),
+        )
+        return self._db.rowcount > 0
+
+    def requesters_of(self, addressee_id: int) -> list[User]:
+        self._db.execute(
+            "SELECT u.id, u.name FROM friend_request r JOIN user u ON u.id = r.requester"
+            " WHERE r.addressee = %s ORDER BY r.seq",
+            (addressee_id,),
+        )
+        return _users(self._db)
+
+
+class MySqlGroupRepository:
+    def __init__(self, cursor: MySQLCursor) -> None:
+        self._db = cursor
+
+    def create(self, name: str, description: str, creator_id: int) -> Group:
+        # Checked first, so that a failure leaves no group without its creator.
+        self._db.execute("SELECT 1 FROM user WHERE id = %s", (creator_id,))
+        if self._db.fetchone() is None:
+            raise UnknownUser()
+        with constraints_as(unique=NameTaken):
+            group_id = insert_with_next_id(
+                self._db,
+                "allgroup",
+                "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (%s, %s, %s)",
+                (name, description),
+            )
+        self.add_member(group_id, creator_id, Role.CREATOR)
+        return Group(group_id, name, description)
+
+    def get(self, group_id: int) -> Group | None:
+        self._db.execute(
+            "SELECT id, groupname, groupdesc FROM allgroup WHERE id = %s", (group_id,)
+        )
+        groups = _groups(self._db)
+        return groups[0] if groups else None
+
+    def add_member(self, group_id: int, user_id: int, role: Role) -> bool:
+        if self.get(group_id) is None:
+            raise UnknownGroup()
+        with constraints_as(foreign_key=UnknownUser):
+            # A row left as it was counts 0: "already a member".
+            self._db.execute(
+                "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (%s, %s, %s)"
+                " ON DUPLICATE KEY UPDATE groupid = groupid",
+                (group_id, user_id, role.value),
+            )
+        return self._db.rowcount > 0
+
+    def remove_member(self, group_id: int, user_id: int) -> bool:
+        self._db.execute(
+            "DELETE FROM groupuser WHERE groupid = %s AND userid = %s", (group_id, user_id)
+        )
+        return self._db.rowcount > 0
+
+    def members(self, group_id: int) -> list[Member]:
+        self._db.execute(
+            "SELECT u.id, u.name, g.grouprole FROM groupuser g JOIN user u ON u.id = g.userid"
+            " WHERE g.groupid = %s ORDER BY g.seq",
+            (group_id,),
+        )
+        return [
+            Member(User(int(user_id), str(name)), Role(role))  # type: ignore[arg-type]
+            for user_id, name, role in self._db.fetchall()
+        ]
+
+    def groups_of(self, user_id: int) -> list[Group]:
+        self._db.execute(
+            "SELECT a.id, a.groupname, a.groupdesc FROM groupuser g JOIN allgroup a"
+            " ON a.id = g.groupid WHERE g.userid = %s ORDER BY a.id",
+            (user_id,),
+        )
+        return _groups(self._db)
+
+
+class MySqlMessageStore:
+    def __init__(self, cursor: MySQLCursor) -> None:
+        self._db = cursor
+
+    def store(self, user_id: int, delivery: Delivery) -> None:
+        kind, body = dump_delivery(delivery)
+        with constraints_as(foreign_key=UnknownUser):
+            self._db.execute(
+                "INSERT INTO offlinemessage (userid, msg_id, kind, body) VALUES (%s, %s, %s, %s)"
+                " ON DUPLICATE KEY UPDATE userid = userid",
+                (user_id, delivery.msg_id, kind, body),
+            )
+
+    def waiting(self, user_id: int) -> list[Delivery]:
+        self._db.execute(
+            "SELECT kind, body FROM offlinemessage WHERE userid = %s ORDER BY seq", (user_id,)
+        )
+        return [load_delivery(str(kind), str(body)) for kind, body in self._db.fetchall()]
+
+    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None:
+        remaining = iter(msg_ids)
+        while batch := list(islice(remaining, DELETE_BATCH)):
+            placeholders = ", ".join(["%s"] * len(batch))
+            self._db.execute(
+                f"DELETE FROM offlinemessage WHERE userid = %s AND msg_id IN ({placeholders})",
+                (user_id, *batch),
+            )
+
+    def count(self, user_id: int) -> int:
+        self._db.execute("SELECT count(*) FROM offlinemessage WHERE userid = %s", (user_id,))
+        return _single(self._db)
+
+
+class MySqlMessageIdSequence:
+    def __init__(self, cursor: MySQLCursor) -> None:
+        self._db = cursor
+
+    def reserve(self, count: int) -> int:
+        if count < 0:
+            raise ValueError("cannot reserve a negative number of message ids")
+        # LAST_INSERT_ID(expr) hands the new value back with the UPDATE: one round trip.
+        self._db.execute(
+            "UPDATE message_id_sequence SET next = LAST_INSERT_ID(next + %s) WHERE id = 1",
+            (count,),
+        )
+        assert self._db.lastrowid is not None
+        return self._db.lastrowid - count
+
+
+class MySqlImportRepository:
+    """Only for importing another server's data: rows that keep the ids they had there."""
+
+    def __init__(self, cursor: MySQLCursor) -> None:
+        self._db = cursor
+
+    def is_empty(self) -> bool:
+        self._db.execute("SELECT (SELECT count(*) FROM user) + (SELECT count(*) FROM allgroup)")
+        return _single(self._db) == 0
+
+    def add_user(self, user_id: int, name: str, password_hash: str) -> None:
+        with constraints_as(unique=NameTaken):
+            self._db.execute(
+                "INSERT INTO user (id, name, password) VALUES (%s, %s, %s)",
+                (user_id, name, password_hash),
+            )
+        self._follow("user", user_id)
+
+    def add_group(self, group_id: int, name: str, description: str) -> None:
+        with constraints_as(unique=NameTaken):
+            self._db.execute(
+                "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (%s, %s, %s)",
+                (group_id, name, description),
+            )
+        self._follow("allgroup", group_id)
+
+    def _follow(self, table: str, used_id: int) -> None:
+        """New rows get ids after every id imported."""
+        self._db.execute(
+            "UPDATE id_sequence SET next = GREATEST(next, %s) WHERE tablename = %s",
+            (used_id + 1, table),
+        )

@@ -1,0 +1,173 @@
+"""The MySQL schema, as an ordered list of migrations, and how a database is brought up to date.
+
+The `schema_version` table counts the migrations applied. To change the schema, append a step to
+MIGRATIONS; never edit a step that has shipped. MySQL commits DDL at once, so every statement of
+a step must be safe to run again (IF NOT EXISTS, INSERT IGNORE): a step cut short by a crash is
+simply run again. Upgrades hold a named server lock, so several nodes may start at once.
+
+The table names are the original C++ server's; the columns are what correctness needs: unique
+pairs, a password hash, an order and a msg_id for stored deliveries, friend requests.
+"""
+
+from typing import cast
+
+from mysql.connector.abstracts import MySQLConnectionAbstract
+from mysql.connector.cursor import MySQLCursor
+
+from chatserver.domain.errors import Unavailable
+
+Migration = tuple[str, ...]
+
+# Every table: InnoDB, utf8mb4, and a binary collation that pads nothing, so that names compare
+# exactly: 'alice' and 'Alice' and 'alice ' are three names.
+TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
+
+# The first of these the server knows is used: NO PAD on MariaDB, then MySQL 8, then PAD SPACE.
+EXACT_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb4_bin")
+
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        # Ids come from id_sequence, not AUTO_INCREMENT: InnoDB never gives back an
+        # AUTO_INCREMENT value, even when the insert fails or rolls back.
+        f"""CREATE TABLE IF NOT EXISTS user (
+            id INT NOT NULL PRIMARY KEY,
+            name VARCHAR(255) NOT NULL,
+            password VARCHAR(255) NOT NULL,
+            UNIQUE KEY user_name (name)
+        ) {TABLE_OPTIONS}""",
+        # Stored in both directions, as the original server did.
+        f"""CREATE TABLE IF NOT EXISTS friend (
+            userid INT NOT NULL,
+            friendid INT NOT NULL,
+            PRIMARY KEY (userid, friendid),
+            KEY friend_by_friend (friendid),
+            FOREIGN KEY (userid) REFERENCES user (id),
+            FOREIGN KEY (friendid) REFERENCES user (id)
+        ) {TABLE_OPTIONS}""",
+        f"""CREATE TABLE IF NOT EXISTS friend_request (
+            seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            requester INT NOT NULL,
+            addressee INT NOT NULL,
+            UNIQUE KEY friend_request_pair (addressee, requester),
+            KEY friend_request_by_requester (requester),
+            FOREIGN KEY (requester) REFERENCES user (id),
+            FOREIGN KEY (addressee) REFERENCES user (id)
+        ) {TABLE_OPTIONS}""",
+        f"""CREATE TABLE IF NOT EXISTS allgroup (
+            id INT NOT NULL PRIMARY KEY,
+            groupname VARCHAR(255) NOT NULL,
+            groupdesc VARCHAR(255) NOT NULL DEFAULT '',
+            UNIQUE KEY allgroup_name (groupname)
+        ) {TABLE_OPTIONS}""",
+        f"""CREATE TABLE IF NOT EXISTS groupuser (
+            seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            groupid INT NOT NULL,
+            userid INT NOT NULL,
+            grouprole ENUM('creator', 'normal') NOT NULL,
+            UNIQUE KEY groupuser_pair (groupid, userid),
+            KEY groupuser_by_user (userid),
+            FOREIGN KEY (groupid) REFERENCES allgroup (id),
+            FOREIGN KEY (userid) REFERENCES user (id)
+        ) {TABLE_OPTIONS}""",
+        # seq orders a user's deliveries; the secondary key on userid carries seq with it.
+        f"""CREATE TABLE IF NOT EXISTS offlinemessage (
+            seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            userid INT NOT NULL,
+            msg_id BIGINT NOT NULL,
+            kind VARCHAR(16) NOT NULL,
+            body MEDIUMTEXT NOT NULL,
+            UNIQUE KEY offlinemessage_once (userid, msg_id),
+            KEY offlinemessage_by_user (userid),
+            FOREIGN KEY (userid) REFERENCES user (id)
+        ) {TABLE_OPTIONS}""",
+        # One row: the next message id to hand out.
+        f"""CREATE TABLE IF NOT EXISTS message_id_sequence (
+            id TINYINT NOT NULL PRIMARY KEY,
+            next BIGINT NOT NULL
+        ) {TABLE_OPTIONS}""",
+        "INSERT IGNORE INTO message_id_sequence (id, next) VALUES (1, 1)",
+        # The next id of each table whose ids users see.
+        f"""CREATE TABLE IF NOT EXISTS id_sequence (
+            tablename VARCHAR(64) NOT NULL PRIMARY KEY,
+            next INT NOT NULL
+        ) {TABLE_OPTIONS}""",
+        "INSERT IGNORE INTO id_sequence (tablename, next) VALUES ('user', 1), ('allgroup', 1)",
+    ),
+)
+
+LATEST_VERSION = len(MIGRATIONS)
+
+# Server-wide, so named after the database; MD5 keeps it within the 64 characters allowed.
+LOCK_NAME = "CONCAT('chatserver-schema-', MD5(DATABASE()))"
+LOCK_TIMEOUT_SECONDS = 60
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer chatserver than this one."""
+
+
+def version_of(cursor: MySQLCursor) -> int:
+    """The schema version, 0 for a database chatserver has never touched."""
+    cursor.execute(
+        "SELECT count(*) FROM information_schema.TABLES"
+        " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'schema_version'"
+    )
+    if cursor.fetchone() == (0,):
+        return 0
+    cursor.execute("SELECT version FROM schema_version WHERE id = 1")
+    row = cursor.fetchone()
+    return 0 if row is None else int(row[0])  # type: ignore[arg-type]
+
+
+def upgrade(connection: MySQLConnectionAbstract) -> int:
+    """Apply the migrations the database lacks; return its version."""
+    cursor = cast(MySQLCursor, connection.cursor())
+    version = version_of(cursor)
+    connection.commit()
+    if version < LATEST_VERSION:
+        cursor.execute(f"SELECT GET_LOCK({LOCK_NAME}, %s)", (LOCK_TIMEOUT_SECONDS,))
+        if cursor.fetchone() != (1,):
+            raise Unavailable("another process kept the schema upgrade lock too long")
+        try:
+            version = _migrate(connection, cursor)
+        finally:
+            cursor.execute(f"DO RELEASE_LOCK({LOCK_NAME})")
+    if version > LATEST_VERSION:
+        raise SchemaTooNew(
+            f"database schema version {version} is newer than this chatserver's {LATEST_VERSION}"
+        )
+    return version
+
+
+def _migrate(connection: MySQLConnectionAbstract, cursor: MySQLCursor) -> int:
+    collation = exact_collation(cursor)
+    cursor.execute(
+        f"""CREATE TABLE IF NOT EXISTS schema_version (
+            id TINYINT NOT NULL PRIMARY KEY,
+            version INT NOT NULL
+        ) {TABLE_OPTIONS.format(collation=collation)}"""
+    )
+    cursor.execute("INSERT IGNORE INTO schema_version (id, version) VALUES (1, 0)")
+    connection.commit()
+    # Read again under the lock: another process may have migrated meanwhile.
+    version = version_of(cursor)
+    for step, migration in enumerate(MIGRATIONS, start=1):
+        if version >= step:
+            continue
+        for statement in migration:
+            cursor.execute(statement.format(collation=collation))
+        cursor.execute("UPDATE schema_version SET version = %s WHERE id = 1", (step,))
+        connection.commit()
+        version = step
+    return version
+
+
+def exact_collation(cursor: MySQLCursor) -> str:
+    cursor.execute(
+        "SELECT COLLATION_NAME FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN"
+        " (%s, %s, %s)",
+        EXACT_COLLATIONS,
+    )
+    known = {str(name) for (name,) in cursor.fetchall()}
+    # Only names from EXACT_COLLATIONS ever reach the DDL.
+    return next(name for name in EXACT_COLLATIONS if name in known)

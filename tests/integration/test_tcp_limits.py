@@ -1,0 +1,183 @@
+"""The transport's limits over real sockets, on an in-process server with small limits."""
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio
+import pytest
+from anyio.from_thread import start_blocking_portal
+from attrs import evolve
+
+from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.tcp.server import TcpServer
+from chatserver.entrypoints.bootstrap import Config, bootstrap
+from tests.unit.conftest import FAST_HASHER
+
+pytestmark = pytest.mark.integration
+
+LIMITS = TransportLimits(
+    request_burst=20,
+    requests_per_second=10,
+    refused_before_disconnect=30,
+    login_timeout_seconds=1.0,
+    idle_timeout_seconds=1.5,
+    connections_per_address=5,
+    outbound_bytes=64 * 1024,
+    reply_backlog_bytes=16 * 1024,
+)
+
+
+class Line:
+    """A blocking client: one JSON frame per line."""
+
+    def __init__(self, port: int, *, receive_buffer: int = 0) -> None:
+        self.sock = socket.socket()
+        if receive_buffer:  # before connecting, so the window starts small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(5)
+        self.sock.connect(("127.0.0.1", port))
+        self.buffer = b""
+
+    def send(self, *frames: dict[str, object]) -> None:
+        self.sock.sendall(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+
+    def recv(self) -> dict[str, object] | None:
+        """The next frame, or None at end of stream."""
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def request(self, frame: dict[str, object]) -> dict[str, object]:
+        self.send(frame)
+        reply = self.recv()
+        assert reply is not None
+        return reply
+
+    def closed_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        self.sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            try:
+                if self.recv() is None:
+                    return True
+            except TimeoutError:
+                continue
+            except OSError:
+                return True
+        return False
+
+
+@contextmanager
+def serving(limits: TransportLimits) -> Iterator[int]:
+    async def serve(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+        async with bootstrap(Config(database="memory://"), hasher=FAST_HASHER) as app:
+            server = TcpServer(app.node, "127.0.0.1", 0, limits)
+            await server.serve(task_status=task_status)
+
+    with start_blocking_portal("asyncio") as portal:
+        future, port = portal.start_task(serve)
+        yield port
+        future.cancel()
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    with serving(LIMITS) as port:
+        yield port
+
+
+def register_and_login(
+    port: int, name: str, *, receipts: bool = False, receive_buffer: int = 0
+) -> tuple[Line, int]:
+    client = Line(port, receive_buffer=receive_buffer)
+    user = client.request({"msgid": 4, "name": name, "password": "pw"})["id"]
+    assert client.request({"msgid": 1, "id": user, "password": "pw", "receipts": receipts})[
+        "errno"
+    ] == 0
+    assert isinstance(user, int)
+    return client, user
+
+
+def test_a_burst_passes_then_errno_9_then_a_flooder_is_cut_off(port: int) -> None:
+    client = Line(port)
+    client.send(*[{"msgid": 16, "seq": i} for i in range(LIMITS.request_burst + 5)])
+    replies = [client.recv() for _ in range(LIMITS.request_burst + 5)]
+    assert [r["errno"] for r in replies[: LIMITS.request_burst]] == [0] * LIMITS.request_burst
+    assert {r["errno"] for r in replies[LIMITS.request_burst :]} == {9}
+    time.sleep(0.5)  # the budget refills at its rate
+    assert client.request({"msgid": 16})["errno"] == 0
+    client.send(*[{"msgid": 16}] * 200)
+    assert client.closed_within(5)
+    assert Line(port).request({"msgid": 16})["errno"] == 0  # others are not affected
+
+
+def test_a_connection_that_never_logs_in_is_closed(port: int) -> None:
+    assert Line(port).closed_within(LIMITS.login_timeout_seconds + 2)
+
+
+def test_a_silent_session_is_closed_and_a_pinging_one_is_not(port: int) -> None:
+    silent, _ = register_and_login(port, "silent")
+    pinging, _ = register_and_login(port, "pinging")
+    for _ in range(4):
+        time.sleep(0.5)
+        assert pinging.request({"msgid": 16})["errno"] == 0
+    assert silent.closed_within(2)
+
+
+def test_connections_per_address_are_capped(port: int) -> None:
+    held = [Line(port) for _ in range(LIMITS.connections_per_address)]
+    for client in held:
+        assert client.request({"msgid": 16})["errno"] == 0
+    refused = Line(port)
+    reply = refused.recv()
+    assert reply is not None and reply["errno"] == 9
+    assert refused.closed_within(2)
+    held.pop().sock.close()
+    time.sleep(0.2)
+    assert Line(port).request({"msgid": 16})["errno"] == 0
+
+
+def test_wrong_passwords_throttle_the_account(port: int) -> None:
+    client = Line(port)
+    user = client.request({"msgid": 4, "name": "target", "password": "right"})["id"]
+    for _ in range(5):
+        assert client.request({"msgid": 1, "id": user, "password": "wrong"})["errno"] == 1
+    assert client.request({"msgid": 1, "id": user, "password": "right"})["errno"] == 9
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_loses_nothing() -> None:
+    limits = evolve(LIMITS, request_burst=1000, requests_per_second=1000)
+    with serving(limits) as port:
+        sender, _ = register_and_login(port, "sender")
+        reader, reader_id = register_and_login(
+            port, "reader", receipts=True, receive_buffer=4096
+        )
+        accepted = []
+        text = "😀" * 4096  # 16 KiB a frame
+        for _ in range(400):  # far more than the kernel buffers and the outbound limit hold
+            reply = sender.request({"msgid": 6, "toid": reader_id, "msg": text})
+            assert reply["errno"] == 0
+            accepted.append(reply["msg_id"])
+        assert reader.closed_within(5)  # cut off, not allowed to grow the server's memory
+        check_nothing_lost(port, reader_id, accepted)
+
+
+def check_nothing_lost(port: int, reader_id: object, accepted: list[object]) -> None:
+    again = Line(port)
+    ack = again.request({"msgid": 1, "id": reader_id, "password": "pw", "receipts": True})
+    offline = ack["offlinemsg"]
+    assert isinstance(offline, list)
+    got = [m["msg_id"] for m in offline]
+    while len(got) < len(accepted):
+        frame = again.recv()
+        assert frame is not None
+        got.append(frame["msg_id"])
+    # Whatever the closed connection had not receipted comes back; nothing acknowledged is lost.
+    assert set(accepted) <= set(got)
