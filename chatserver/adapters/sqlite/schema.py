@@ -5,6 +5,7 @@ append a step to MIGRATIONS; never edit a step that has shipped.
 """
 
 import sqlite3
+import time
 from os import PathLike
 
 Migration = tuple[str, ...]
@@ -60,6 +61,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 LATEST_VERSION = len(MIGRATIONS)
+BUSY_TIMEOUT_SECONDS = 10.0
 
 
 class SchemaTooNew(RuntimeError):
@@ -68,12 +70,29 @@ class SchemaTooNew(RuntimeError):
 
 def connect(path: str | PathLike[str]) -> sqlite3.Connection:
     """Open a connection in autocommit mode (transactions are begun explicitly) and tune it."""
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode = WAL")
+    connection = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_SECONDS
+    )
+    _switch_to_wal(connection)
     connection.execute("PRAGMA synchronous = NORMAL")
     connection.execute("PRAGMA foreign_keys = ON")
     connection.execute("PRAGMA busy_timeout = 5000")
     return connection
+
+
+def _switch_to_wal(connection: sqlite3.Connection) -> None:
+    """WAL mode, waiting out other processes that open the same new file at the same moment
+    (SQLite reports their lock at once, without its busy handler, when waiting could deadlock).
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def version_of(connection: sqlite3.Connection) -> int:
