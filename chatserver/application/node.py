@@ -25,8 +25,8 @@ class Limits:
     # How often deliveries held for other nodes are checked against those nodes' leases.
     custody_check_seconds: float = 2.0
     # Wrong passwords allowed per account, and per client address, within a minute.
-    failed_logins_per_account: int = 5
-    failed_logins_per_address: int = 20  # 0: no limit per address (behind a proxy)
+    failed_logins_per_account: int = 10
+    failed_logins_per_address: int = 100  # 0: no limit per address (behind a proxy)
     failed_login_window_seconds: float = 60.0
 
 

@@ -1,8 +1,10 @@
 """The `chatserver` command: serve, client, db upgrade."""
 
 import argparse
+import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -168,6 +170,14 @@ def _cluster(args: argparse.Namespace) -> int:
     ).run()
 
 
+def _raise_file_limit() -> None:
+    """Every client is a file descriptor: allow as many as the system lets this process have."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _log_to_stderr(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -178,6 +188,7 @@ def _log_to_stderr(level: str) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     _log_to_stderr(args.log_level)
+    _raise_file_limit()
     config = Config(
         host=args.host,
         port=args.port,

@@ -13,6 +13,7 @@ from attrs import evolve
 
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.server import TcpServer
+from chatserver.application.node import Limits
 from chatserver.entrypoints.bootstrap import Config, bootstrap
 from tests.unit.conftest import FAST_HASHER
 
@@ -147,7 +148,7 @@ def test_connections_per_address_are_capped(port: int) -> None:
 def test_wrong_passwords_throttle_the_account(port: int) -> None:
     client = Line(port)
     user = client.request({"msgid": 4, "name": "target", "password": "right"})["id"]
-    for _ in range(5):
+    for _ in range(Limits().failed_logins_per_account):
         assert client.request({"msgid": 1, "id": user, "password": "wrong"})["errno"] == 1
     assert client.request({"msgid": 1, "id": user, "password": "right"})["errno"] == 9
 

@@ -46,9 +46,9 @@ class TransportLimits:
     refused_before_disconnect: int = 200
     # Silence allowed before login, and after (clients PING every 20 s or so).
     login_timeout_seconds: float = 30.0
-    idle_timeout_seconds: float = 90.0
+    idle_timeout_seconds: float = 300.0
     # Open connections from one address (0: no limit, e.g. behind nginx, where all share one).
-    connections_per_address: int = 256
+    connections_per_address: int = 512
 
 
 class TcpClient:
