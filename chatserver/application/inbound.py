@@ -24,6 +24,9 @@ class NodeInbox:
             if session is not None:
                 session.push(event)
             return
+        if session is not None and event.msg_id in session.unreceipted:
+            session.origins[event.msg_id] = origin  # sent again after a bus outage: held already
+            return
         if session is not None and session.push(event):
             if session.receipts:
                 session.origins[event.msg_id] = origin  # confirmed once receipted or stored
@@ -53,6 +56,7 @@ class NodeInbox:
 
     async def catch_up(self) -> None:
         node = self.node
+        await _hand_over_again(node)
         sessions = [s for s in node.sessions.all() if s.held is None and not s.ended]
         if not sessions:
             return
@@ -78,3 +82,12 @@ def _show_stored(session: Session, deliveries: list[Delivery], node: Node) -> No
         session.stored_shown.update(shown)
     else:
         forget_once_written(session, shown, node)
+
+
+async def _hand_over_again(node: Node) -> None:
+    """The bus was down: what this node handed to others may have been lost on the way, so it
+    hands it over again (the other node ignores what it holds already)."""
+    for (user_id, _), (other, delivery) in list(node.custody.held.items()):
+        if not await node.bus.deliver(other, user_id, delivery):
+            node.custody.release(user_id, [delivery.msg_id])
+            await node.router.deliver(user_id, delivery)

@@ -9,10 +9,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
+import anyio
 import pytest
 
+from chatserver.entrypoints.client.library import ChatError, DirectMessage, connect
 from tests.integration.conftest import HOST, Chat, ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -178,3 +181,70 @@ def test_nodes_ride_out_a_redis_restart(tmp_path: Path, own_redis: RedisProcess)
             node.assert_no_traceback()
 
 
+
+
+@pytest.mark.anyio
+async def test_a_redis_restart_under_load_loses_no_acknowledged_message(
+    tmp_path: Path, own_redis: RedisProcess
+) -> None:
+    bus = f"redis://{HOST}:{own_redis.port}/0?namespace=load"
+    a, b = start_node(tmp_path, "a", bus), start_node(tmp_path, "b", bus)
+    assert a.port is not None and b.port is not None
+    pairs = 4
+    acked: list[set[int]] = [set() for _ in range(pairs)]
+    received: list[set[int]] = [set() for _ in range(pairs)]
+    try:
+        async with AsyncExitStack() as stack:
+            senders, receivers, ids = [], [], []
+            for i in range(pairs):
+                sender = await stack.enter_async_context(connect(HOST, a.port))
+                receiver = await stack.enter_async_context(connect(HOST, b.port))
+                sid = await sender.register(f"sender{i}-{secrets.token_hex(3)}", "pw")
+                rid = await receiver.register(f"receiver{i}-{secrets.token_hex(3)}", "pw")
+                await sender.login(sid, "pw")
+                await receiver.login(rid, "pw", receipts=True)
+                senders.append(sender)
+                receivers.append(receiver)
+                ids.append(rid)
+
+            async def send(i: int, stop: anyio.Event) -> None:
+                while not stop.is_set():
+                    try:
+                        acked[i].add(await senders[i].send_chat(ids[i], "load"))
+                    except ChatError as error:
+                        assert error.errno == 11  # refused while Redis is down: not acknowledged
+                        await anyio.sleep(0.05)
+                    await anyio.sleep(0.005)
+
+            async def receive(i: int) -> None:
+                async for event in receivers[i].events():
+                    if isinstance(event, DirectMessage):
+                        received[i].add(event.msg_id)
+                        await receivers[i].receipt([event.msg_id])
+
+            stop = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                for i in range(pairs):
+                    tg.start_soon(send, i, stop)
+                    tg.start_soon(receive, i)
+                await anyio.sleep(1.5)
+                own_redis.kill()
+                await anyio.sleep(1.0)
+                own_redis.start()
+                await anyio.sleep(4.0)
+                stop.set()
+                await anyio.sleep(2.0)  # let the last ones arrive
+                tg.cancel_scope.cancel()
+            # What never came live waits in the store: a fresh login collects it.
+            for i in range(pairs):
+                await receivers[i].logout()
+                login = await receivers[i].login(ids[i], "pw", receipts=True)
+                received[i].update(m.msg_id for m in login.offline_messages)
+        total = sum(len(s) for s in acked)
+        lost = sum(len(acked[i] - received[i]) for i in range(pairs))
+        assert total > 100, f"too little traffic to say anything: {total}"
+        assert lost == 0, f"{lost} of {total} acknowledged messages never arrived"
+    finally:
+        for node in (a, b):
+            node.stop()
+            node.assert_no_traceback()
