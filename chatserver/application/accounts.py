@@ -50,7 +50,8 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
     # Logging in again as the same user on the same connection is a quiet takeover.
     relogin = connection.session is not None and connection.session.user.id == user.id
     if connection.session is not None:
-        await end_session(connection.session, node=node, takeover=relogin)
+        reason = "logged in again" if relogin else "logged in as another user"
+        await end_session(connection.session, node=node, takeover=relogin, reason=reason)
         connection.session = None
     async with node.user_locks.hold(user.id):
         takeover = await _take_over(user.id, node=node) or relogin
@@ -70,13 +71,17 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
         except BaseException:
             # The login fails as a whole: what arrived meanwhile is stored, nothing is lost.
             connection.session = None
-            await end_session(session, node=node, takeover=takeover)
+            await end_session(session, node=node, takeover=takeover, reason="login failed")
             raise
         waiting = tuple(d for d in snapshot.waiting if command.notices or is_chat(d))
         session.friend_ids = {f.id for f in snapshot.friends}
         session.stored_shown = {d.msg_id for d in waiting}
         if not takeover:
             await node.router.notify(sorted(session.friend_ids), PresenceNotice(user.id, True))
+    log.info(
+        "session start user=%d address=%s receipts=%s takeover=%s waiting=%d",
+        user.id, connection.address, command.receipts, takeover, len(waiting),
+    )
     online = set(located) | {user.id}
     return LoggedIn(
         user=user,
@@ -95,16 +100,22 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
 
 async def logout(command: Logout, *, connection: Connection) -> Done:
     if connection.session is not None:
-        await end_session(connection.session, node=connection.node)
+        await end_session(connection.session, node=connection.node, reason="logout")
         connection.session = None
     return Done()
 
 
-async def end_session(session: Session, *, node: Node, takeover: bool = False) -> None:
+async def end_session(
+    session: Session, *, node: Node, reason: str, takeover: bool = False
+) -> None:
     """End a session: keep what it had not receipted, and tell friends unless it was replaced."""
     if session.ended:
         return
     leftovers = session.end()
+    log.info(
+        "session end user=%d reason=%r unreceipted_stored=%d",
+        session.user.id, reason, len(leftovers),
+    )
     node.sessions.remove(session)
     user_id = session.user.id
     if leftovers:
@@ -142,7 +153,7 @@ async def kick(user_id: int, *, node: Node) -> None:
     session = node.sessions.get(user_id)
     if session is not None:
         session.push(KickedNotice())
-        await end_session(session, node=node, takeover=True)
+        await end_session(session, node=node, takeover=True, reason="replaced by a newer login")
 
 
 async def _take_over(user_id: int, *, node: Node) -> bool:

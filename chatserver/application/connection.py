@@ -60,8 +60,8 @@ class Connection:
             shown, session.stored_shown = sorted(session.stored_shown), set()
             forget_once_written(session, shown, self.node)
 
-    async def disconnect(self) -> None:
+    async def disconnect(self, reason: str = "connection closed") -> None:
         """The connection is gone: end its session as a logout would."""
         if self.logged_in and self.session is not None:
-            await end_session(self.session, node=self.node)
+            await end_session(self.session, node=self.node, reason=reason)
         self.session = None

@@ -66,6 +66,8 @@ class Config:
     transport: TransportLimits = field(factory=TransportLimits)
     # Behind nginx every client has nginx's address: limits per address would hit everyone.
     behind_proxy: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def transport_limits(self) -> TransportLimits:
         per_address = 0 if self.behind_proxy else self.transport.connections_per_address
@@ -139,7 +141,7 @@ class ChatApp:
         """Log every session out, and store what is held for other nodes."""
         for session in self.node.sessions.all():
             try:
-                await end_session(session, node=self.node)
+                await end_session(session, node=self.node, reason="server stopping")
             except Exception:
                 log.exception("logging out user %d failed", session.user.id)
         try:

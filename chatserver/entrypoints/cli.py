@@ -6,6 +6,7 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           str(defaults.transport.idle_timeout_seconds))),
                        help="seconds a logged-in client may stay silent (clients PING) before "
                        "it is disconnected (CHATSERVER_IDLE_TIMEOUT; default %(default)s)")
+    serve.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None,
+                       help="PEM certificate (chain): serve TLS instead of plain TCP "
+                       "(CHATSERVER_TLS_CERT; needs --tls-key)")
+    serve.add_argument("--tls-key", default=_env("TLS_KEY", "") or None,
+                       help="PEM private key for --tls-cert (CHATSERVER_TLS_KEY)")
     serve.add_argument("--frame-limit", type=int,
                        default=int(_env("FRAME_LIMIT", str(defaults.frame_limit))),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
@@ -198,6 +204,8 @@ def _serve(args: argparse.Namespace) -> int:
         frame_limit=args.frame_limit,
         node_lease_seconds=args.node_lease,
         behind_proxy=args.behind_proxy,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         transport=TransportLimits(
             connections_per_address=args.connections_per_address,
             idle_timeout_seconds=args.idle_timeout,
@@ -208,29 +216,57 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def serve(config: Config) -> None:
-    """Serve until SIGINT or SIGTERM, then log every session out and stop."""
-    async with bootstrap(config) as app:
-        server = TcpServer(app.node, config.host, config.port, config.transport_limits())
-        stopped = anyio.Event()
+    """Serve until SIGINT or SIGTERM, then log every session out and stop.
 
-        async def run_server(*, task_status: anyio.abc.TaskStatus[int]) -> None:
-            try:
-                await server.serve(task_status=task_status)
-            finally:
-                stopped.set()
+    A second signal, or the grace period running out, stops at once.
+    """
+    tls = tls_context(config.tls_cert, config.tls_key)
+    # Signals are ours from start to end, so a late second one cannot kill us mid-cleanup.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with bootstrap(config) as app:
+            server = TcpServer(
+                app.node, config.host, config.port, config.transport_limits(), tls=tls
+            )
+            stopped = anyio.Event()
 
-        async with anyio.create_task_group() as tg:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async def run_server(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+                try:
+                    await server.serve(task_status=task_status)
+                finally:
+                    stopped.set()
+
+            async def stop_gracefully(cancel_scope: anyio.CancelScope) -> None:
+                await server.shutdown()
+                with anyio.move_on_after(SHUTDOWN_GRACE_SECONDS):
+                    await stopped.wait()
+                cancel_scope.cancel()
+
+            async with anyio.create_task_group() as tg:
                 port = await tg.start(run_server)
-                log.info("chatserver listening on %s:%d (node %s, database %s, bus %s)",
-                         config.host, port, app.node.node_id, redact_password(config.database),
-                         redact_password(config.bus))
+                log.info("chatserver listening on %s:%d%s (node %s, database %s, bus %s)",
+                         config.host, port, " with TLS" if tls else "", app.node.node_id,
+                         redact_password(config.database), redact_password(config.bus))
                 async for signum in signals:
                     log.info("stopping on %s: logging %d sessions out",
                              signal.Signals(signum).name, len(app.node.sessions))
+                    tg.start_soon(stop_gracefully, tg.cancel_scope)
                     break
-            await server.shutdown()
-            with anyio.move_on_after(SHUTDOWN_GRACE_SECONDS):
-                await stopped.wait()
-            tg.cancel_scope.cancel()
+                async for signum in signals:
+                    log.warning("second %s: stopping at once", signal.Signals(signum).name)
+                    tg.cancel_scope.cancel()
+                    break
     log.info("chatserver stopped")
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """A server TLS context from PEM files, or None for plain TCP."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"cannot load the TLS certificate or key: {error}") from error
+    return context

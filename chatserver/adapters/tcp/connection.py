@@ -2,10 +2,11 @@
 buffer drained by a single writer, bounded so a client that stops reading cannot grow memory."""
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 import anyio
-from anyio.abc import SocketStream, TaskGroup
+from anyio.abc import ByteStream, TaskGroup
 from attrs import define
 
 from chatserver.adapters.tcp.budget import RequestBudget
@@ -54,13 +55,14 @@ class TransportLimits:
 class TcpClient:
     """Outbox of one TCP client, and the loops that move its bytes."""
 
-    def __init__(self, stream: SocketStream, node: Node, limits: TransportLimits) -> None:
+    def __init__(self, stream: ByteStream, node: Node, limits: TransportLimits) -> None:
         self.stream = stream
         self.limits = limits
         self.peer, self.address = _peer(stream)
         self.connection = Connection(node, self, self.address)
         self.budget = RequestBudget(limits.requests_per_second, limits.request_burst)
         self._refused = 0
+        self.close_reason = "connection closed by the client"
         self.splitter = FrameSplitter(limits.frame_bytes)
         self.dialect = Dialect.MODERN
         self._pending: list[bytes] = []
@@ -87,6 +89,7 @@ class TcpClient:
         if self._pending_bytes + len(frame) > self.limits.outbound_bytes:
             log.warning("closing %s: %d bytes unsent, client not reading", self.peer,
                         self._pending_bytes)
+            self.close_reason = "client not reading"
             self.close()
             return False
         self._queue(frame)
@@ -131,10 +134,13 @@ class TcpClient:
         finally:
             with anyio.CancelScope(shield=True):
                 try:
-                    await self.connection.disconnect()
+                    await self.connection.disconnect(self.close_reason)
                 except Exception:
                     log.exception("ending the session of %s failed", self.peer)
-                await self.stream.aclose()
+                try:
+                    await self.stream.aclose()
+                except (OSError, ssl.SSLError, anyio.BrokenResourceError) as error:
+                    log.debug("closing %s: %s", self.peer, error)
 
     async def _read_loop(self) -> None:
         while not self._closing:
@@ -150,6 +156,7 @@ class TcpClient:
             except TimeoutError:
                 what = "idle" if self.connection.logged_in else "not logged in"
                 log.info("closing %s: %s for %.0f s", self.peer, what, silence)
+                self.close_reason = f"{what} for {silence:.0f} s"
                 return
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
                     OSError):
@@ -164,8 +171,11 @@ class TcpClient:
             if self._refused > self.limits.refused_before_disconnect:
                 log.warning("closing %s: still flooding after %d refused requests",
                             self.peer, self._refused)
+                self.close_reason = "flooding"
                 return
             if self.splitter.too_large:
+                log.info("closing %s: frame over %d bytes", self.peer, self.limits.frame_bytes)
+                self.close_reason = "frame too large"
                 reply = encode_frame_too_large(self.dialect)
                 if reply is not None:
                     self._queue(reply)
@@ -181,6 +191,8 @@ class TcpClient:
                 self._queue(reply)
             return
         if not self.budget.spend():
+            if not self._refused:
+                log.info("rate limiting %s user=%s", self.peer, self._user_id())
             self._refused += 1
             reply = encode_error(request, RateLimited(), self.dialect)
             if reply is not None:
@@ -190,12 +202,15 @@ class TcpClient:
         try:
             result = await self.connection.handle(request.command, request.claimed_id)
         except ChatError as error:
+            log.info("request failed user=%s msgid=%d error=%s reason=%r", self._user_id(),
+                     request.msgid, type(error).__name__, error.message)
             reply = encode_error(request, error, self.dialect)
             if reply is not None:
                 self._queue(reply)
             return
         except Exception:
-            log.exception("request msgid=%d from %s failed", request.msgid, self.peer)
+            log.exception("request msgid=%d from %s user=%s failed", request.msgid, self.peer,
+                          self._user_id())
             reply = encode_error(request, None, self.dialect)
             if reply is not None:
                 self._queue(reply)
@@ -203,6 +218,10 @@ class TcpClient:
         for reply in encode_result(request, result, self.dialect):
             self._queue(reply)
         self.connection.replied()
+
+    def _user_id(self) -> str:
+        session = self.connection.session
+        return str(session.user.id) if session is not None else "-"
 
     def _queue(self, frame: bytes) -> None:
         self._pending.append(frame)
@@ -240,7 +259,7 @@ class TcpClient:
                 await self._drained.wait()
 
 
-def _peer(stream: SocketStream) -> tuple[str, str]:
+def _peer(stream: ByteStream) -> tuple[str, str]:
     """The client's host:port for logs, and its host for limits per address."""
     try:
         address = stream.extra(anyio.abc.SocketAttribute.remote_address)

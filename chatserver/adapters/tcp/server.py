@@ -1,9 +1,12 @@
 """The listener: accepts clients, and on shutdown logs every session out before closing."""
 
 import logging
+import ssl
+from typing import Any
 
 import anyio
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import ByteStream, Listener, TaskStatus
+from anyio.streams.tls import TLSListener
 
 from chatserver.adapters.tcp.connection import TcpClient, TransportLimits
 from chatserver.adapters.wire.codec import encode_refusal
@@ -15,8 +18,17 @@ TOO_MANY_CONNECTIONS = encode_refusal("too many connections from your address")
 
 
 class TcpServer:
-    def __init__(self, node: Node, host: str, port: int, limits: TransportLimits) -> None:
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        port: int,
+        limits: TransportLimits,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.node = node
+        self.tls = tls
         self.host = host
         self.port = port
         self.limits = limits
@@ -30,12 +42,16 @@ class TcpServer:
             local_host=self.host, local_port=self.port, reuse_port=False
         )
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        served: Listener[Any] = listener
+        if self.tls is not None:
+            # No closing handshake: a chat client that vanishes must not hold up the server.
+            served = QuietTLSListener(listener, self.tls, standard_compatible=False)
         async with anyio.create_task_group() as clients:
             with self._accepting:
                 task_status.started(port)
                 # Handlers run in our task group, so cancelling this stops accepting only.
-                await listener.serve(self._serve_client, task_group=clients)
-            await listener.aclose()
+                await served.serve(self._serve_client, task_group=clients)
+            await served.aclose()
 
     async def shutdown(self) -> None:
         """Stop accepting, log every session out (friends are told), let output drain."""
@@ -45,13 +61,13 @@ class TcpServer:
             client.stop_reading()
         for client in clients:
             try:
-                await client.connection.disconnect()
+                await client.connection.disconnect("server stopping")
             except Exception:
                 log.exception("logging out %s failed", client.peer)
         for client in clients:
             client.release()
 
-    async def _serve_client(self, stream: SocketStream) -> None:
+    async def _serve_client(self, stream: ByteStream) -> None:
         client = TcpClient(stream, self.node, self.limits)
         address = client.address
         limit = self.limits.connections_per_address
@@ -70,3 +86,14 @@ class TcpServer:
             self.per_address[address] -= 1
             if not self.per_address[address]:
                 del self.per_address[address]
+
+
+class QuietTLSListener(TLSListener):
+    """A failed TLS handshake is the client's problem: one log line, no traceback."""
+
+    @staticmethod
+    async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream) -> None:
+        log.info("TLS handshake failed: %s", exc or type(exc).__name__)
+        await anyio.aclose_forcefully(stream)
+        if not isinstance(exc, Exception):
+            raise exc
