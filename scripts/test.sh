@@ -15,7 +15,7 @@ bash scripts/services.sh
 echo "== import layers"
 .venv/bin/lint-imports
 echo "== ruff"
-.venv/bin/ruff check chatserver tests
+.venv/bin/ruff check chatserver tests benchmarks
 echo "== mypy"
 .venv/bin/mypy chatserver
 echo "== pytest"

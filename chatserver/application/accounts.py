@@ -74,6 +74,7 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
             await end_session(session, node=node, takeover=takeover, reason="login failed")
             raise
         waiting = tuple(d for d in snapshot.waiting if command.notices or is_chat(d))
+        node.metrics.waiting_at_login(len(waiting))
         session.friend_ids = {f.id for f in snapshot.friends}
         session.stored_shown = {d.msg_id for d in waiting}
         if not takeover:

@@ -12,7 +12,14 @@ from chatserver.application.message_ids import MessageIdAllocator
 from chatserver.application.router import Router
 from chatserver.application.sessions import SessionRegistry
 from chatserver.application.throttle import FailureWindow, LoginThrottle
-from chatserver.domain.ports import Clock, MessageBus, PasswordHasher, Presence, UnitOfWork
+from chatserver.domain.ports import (
+    Clock,
+    MessageBus,
+    Metrics,
+    PasswordHasher,
+    Presence,
+    UnitOfWork,
+)
 
 
 @define
@@ -51,6 +58,16 @@ class UserLocks:
                 self.locks[user_id] = (lock, users - 1)
 
 
+class NoMetrics:
+    """Metrics that go nowhere: the default when nobody scrapes."""
+
+    def routed(self, outcome: str, count: int = 1) -> None:
+        pass
+
+    def waiting_at_login(self, count: int) -> None:
+        pass
+
+
 @define(eq=False)
 class Node:
     """Everything a use case may need; built once by bootstrap, shared by every connection."""
@@ -62,6 +79,7 @@ class Node:
     presence: Presence
     bus: MessageBus
     limits: Limits = Factory(Limits)
+    metrics: Metrics = Factory(NoMetrics)
     sessions: SessionRegistry = Factory(SessionRegistry)
     user_locks: UserLocks = Factory(UserLocks)
     custody: Custody = field(init=False)
@@ -81,7 +99,13 @@ class Node:
         )
         self.custody = Custody(self.presence, self.uow)
         self.router = Router(
-            self.node_id, self.sessions, self.presence, self.bus, self.uow, self.custody
+            self.node_id,
+            self.sessions,
+            self.presence,
+            self.bus,
+            self.uow,
+            self.custody,
+            self.metrics,
         )
         self.groups = GroupDirectory(self.uow)
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)

@@ -12,7 +12,7 @@ from chatserver.application.custody import Custody
 from chatserver.application.sessions import SessionRegistry
 from chatserver.domain.errors import UnknownUser
 from chatserver.domain.messages import Delivery, Notice
-from chatserver.domain.ports import MessageBus, Presence, Transaction, UnitOfWork
+from chatserver.domain.ports import MessageBus, Metrics, Presence, Transaction, UnitOfWork
 
 
 @define
@@ -23,6 +23,7 @@ class Router:
     bus: MessageBus
     uow: UnitOfWork
     custody: Custody
+    metrics: Metrics
 
     def deliver_here(self, user_id: int, delivery: Delivery) -> bool:
         session = self.sessions.get(user_id)
@@ -31,8 +32,10 @@ class Router:
     async def deliver(self, user_id: int, delivery: Delivery, *, known_user: bool = True) -> None:
         """Deliver to one user; with known_user False, raise UnknownUser rather than store."""
         if self.deliver_here(user_id, delivery):
+            self.metrics.routed("local")
             return
         if self.sessions.get(user_id) is None and await self._deliver_remote([user_id], delivery):
+            self.metrics.routed("cross-node")
             return
 
         def store(tx: Transaction) -> None:
@@ -41,14 +44,17 @@ class Router:
             tx.messages.store(user_id, delivery)
 
         await self.uow.run(store)
+        self.metrics.routed("stored")
 
     async def deliver_to_many(self, user_ids: Sequence[int], delivery: Delivery) -> None:
         """Deliver one message to many users, storing for all who are away in one transaction."""
         elsewhere = [uid for uid in user_ids if not self.deliver_here(uid, delivery)]
+        self.metrics.routed("local", len(user_ids) - len(elsewhere))
         if not elsewhere:
             return
         remote = [uid for uid in elsewhere if self.sessions.get(uid) is None]
         delivered = set(await self._deliver_remote(remote, delivery)) if remote else set()
+        self.metrics.routed("cross-node", len(delivered))
         away = [uid for uid in elsewhere if uid not in delivered]
         if away:
 
@@ -57,6 +63,7 @@ class Router:
                     tx.messages.store(uid, delivery)
 
             await self.uow.run(store)
+            self.metrics.routed("stored", len(away))
 
     async def notify(self, user_ids: Sequence[int], notice: Notice) -> None:
         """Tell users who are online; nobody else hears of it."""

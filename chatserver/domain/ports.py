@@ -219,3 +219,15 @@ class MessageBus(Protocol):
         ...
 
     async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None: ...
+
+
+class Metrics(Protocol):
+    """Counts what the core does, for monitoring."""
+
+    def routed(self, outcome: str, count: int = 1) -> None:
+        """Deliveries routed: outcome is "local", "cross-node" or "stored"."""
+        ...
+
+    def waiting_at_login(self, count: int) -> None:
+        """How many stored deliveries a login found waiting."""
+        ...

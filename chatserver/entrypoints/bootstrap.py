@@ -18,6 +18,7 @@ from chatserver.adapters.clock import SystemClock
 from chatserver.adapters.memory.cluster import InProcessCluster, InProcessHub
 from chatserver.adapters.memory.outbox import MemoryOutbox
 from chatserver.adapters.memory.unit_of_work import MemoryUnitOfWork
+from chatserver.adapters.metrics import PrometheusMetrics, TimedUnitOfWork
 from chatserver.adapters.mysql.unit_of_work import open_mysql, upgrade_mysql
 from chatserver.adapters.mysql.url import InvalidMySqlUrl, redact_password
 from chatserver.adapters.redis.cluster import DEFAULT_LEASE_SECONDS, RedisCluster
@@ -29,7 +30,7 @@ from chatserver.application.commands import Command
 from chatserver.application.connection import Connection
 from chatserver.application.custody import keep_custody
 from chatserver.application.inbound import NodeInbox
-from chatserver.application.node import Limits, Node
+from chatserver.application.node import Limits, Node, NoMetrics
 from chatserver.application.results import Result
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.messages import Event
@@ -68,6 +69,7 @@ class Config:
     behind_proxy: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
+    metrics_port: int | None = None
 
     def transport_limits(self) -> TransportLimits:
         per_address = 0 if self.behind_proxy else self.transport.connections_per_address
@@ -131,6 +133,7 @@ class ChatApp:
     """A running node, for the server and for programs that embed the chat in-process."""
 
     node: Node
+    metrics: PrometheusMetrics | None = None
 
     def connect(self) -> "EmbeddedClient":
         """A client without a socket: requests go straight to the use cases."""
@@ -221,16 +224,20 @@ async def bootstrap(
     """
     cluster = open_cluster(config, hub)
     uow = await open_database(config.database)
+    metrics = PrometheusMetrics() if config.metrics_port is not None else None
     node = Node(
         node_id=cluster.node_id,
-        uow=uow,
+        uow=TimedUnitOfWork(uow, metrics) if metrics else uow,
         hasher=hasher or ScryptHasher(n=config.hash_cost),
         clock=clock or SystemClock(),
         presence=cluster.presence,
         bus=cluster.bus,
         limits=config.node_limits(),
+        metrics=metrics or NoMetrics(),
     )
-    app = ChatApp(node)
+    if metrics is not None:
+        metrics.count_sessions(lambda: len(node.sessions))
+    app = ChatApp(node, metrics)
     every = config.limits.custody_check_seconds
     try:
         async with anyio.create_task_group() as background:

@@ -79,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "(CHATSERVER_TLS_CERT; needs --tls-key)")
     serve.add_argument("--tls-key", default=_env("TLS_KEY", "") or None,
                        help="PEM private key for --tls-cert (CHATSERVER_TLS_KEY)")
+    serve.add_argument("--request-burst", type=int,
+                       default=int(_env("REQUEST_BURST", str(defaults.transport.request_burst))),
+                       help="requests a connection may make at once (CHATSERVER_REQUEST_BURST; "
+                       "default %(default)s; the protocol promises at least 100)")
+    serve.add_argument("--request-rate", type=float,
+                       default=float(_env("REQUEST_RATE",
+                                          str(defaults.transport.requests_per_second))),
+                       help="requests per second a connection may keep up (CHATSERVER_REQUEST_"
+                       "RATE; default %(default)s; the protocol promises at least 50)")
+    serve.add_argument("--hash-cost", type=int,
+                       default=int(_env("HASH_COST", str(defaults.hash_cost))),
+                       help="scrypt's n for new password hashes, a power of 2 "
+                       "(CHATSERVER_HASH_COST; default %(default)s: 16 MiB, ~85 ms)")
+    serve.add_argument("--metrics-port", type=int,
+                       default=int(_env("METRICS_PORT", "0")) or None,
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                       "(CHATSERVER_METRICS_PORT; default: off)")
     serve.add_argument("--frame-limit", type=int,
                        default=int(_env("FRAME_LIMIT", str(defaults.frame_limit))),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
@@ -205,10 +222,14 @@ def _serve(args: argparse.Namespace) -> int:
         node_lease_seconds=args.node_lease,
         behind_proxy=args.behind_proxy,
         tls_cert=args.tls_cert,
+        metrics_port=args.metrics_port,
         tls_key=args.tls_key,
+        hash_cost=args.hash_cost,
         transport=TransportLimits(
             connections_per_address=args.connections_per_address,
             idle_timeout_seconds=args.idle_timeout,
+            request_burst=args.request_burst,
+            requests_per_second=args.request_rate,
         ),
     )
     anyio.run(serve, config)
@@ -225,8 +246,16 @@ async def serve(config: Config) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with bootstrap(config) as app:
             server = TcpServer(
-                app.node, config.host, config.port, config.transport_limits(), tls=tls
+                app.node,
+                config.host,
+                config.port,
+                config.transport_limits(),
+                tls=tls,
+                metrics=app.metrics,
             )
+            if app.metrics is not None and config.metrics_port is not None:
+                app.metrics.serve(config.host, config.metrics_port)
+                log.info("metrics at http://%s:%d/metrics", config.host, config.metrics_port)
             stopped = anyio.Event()
 
             async def run_server(*, task_status: anyio.abc.TaskStatus[int]) -> None:

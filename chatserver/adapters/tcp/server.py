@@ -8,6 +8,7 @@ import anyio
 from anyio.abc import ByteStream, Listener, TaskStatus
 from anyio.streams.tls import TLSListener
 
+from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.connection import TcpClient, TransportLimits
 from chatserver.adapters.wire.codec import encode_refusal
 from chatserver.application.node import Node
@@ -26,9 +27,11 @@ class TcpServer:
         limits: TransportLimits,
         *,
         tls: ssl.SSLContext | None = None,
+        metrics: PrometheusMetrics | None = None,
     ) -> None:
         self.node = node
         self.tls = tls
+        self.metrics = metrics
         self.host = host
         self.port = port
         self.limits = limits
@@ -68,7 +71,7 @@ class TcpServer:
             client.release()
 
     async def _serve_client(self, stream: ByteStream) -> None:
-        client = TcpClient(stream, self.node, self.limits)
+        client = TcpClient(stream, self.node, self.limits, self.metrics)
         address = client.address
         limit = self.limits.connections_per_address
         if limit and self.per_address.get(address, 0) >= limit:

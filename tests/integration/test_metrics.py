@@ -1,0 +1,51 @@
+"""`serve --metrics-port` serves Prometheus metrics that follow what happens."""
+
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import HOST, Chat, ServerProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_follow_sessions_messages_requests_and_errors(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    server = ServerProcess(
+        f"sqlite:///{tmp_path / 'chat.db'}", tmp_path / "metrics.log",
+        ["--metrics-port", str(metrics_port)],
+    ).start()
+    chat = Chat(server)
+    try:
+        alice, bob, carol = chat.users(3)
+        ca = chat.online(alice)
+        chat.online(bob)
+        for _ in range(3):
+            ca.ok({"msgid": 6, "toid": bob.id, "msg": "live"})
+        ca.ok({"msgid": 6, "toid": carol.id, "msg": "stored"})
+        ca.err({"msgid": 6, "toid": 999_999, "msg": "nobody"}, 4)
+        samples = scrape(metrics_port)
+        assert samples["chatserver_sessions_online"] == 2
+        assert samples['chatserver_messages_routed_total{outcome="local"}'] == 3
+        assert samples['chatserver_messages_routed_total{outcome="stored"}'] == 1
+        assert samples['chatserver_request_seconds_count{msgid="6"}'] == 5
+        assert samples['chatserver_errors_total{errno="4"}'] == 1
+        assert samples['chatserver_dependency_seconds_count{dependency="database"}'] > 0
+        assert any(re.match(r"chatserver_offline_queue_at_login_count", k) for k in samples)
+    finally:
+        chat.close_all()
+        server.stop()
+        server.assert_no_traceback()
