@@ -35,6 +35,8 @@ class Limits:
     failed_logins_per_account: int = 10
     failed_logins_per_address: int = 100  # 0: no limit per address (behind a proxy)
     failed_login_window_seconds: float = 60.0
+    # One-to-one messages that may wait for one user; past it the sender gets errno 11.
+    stored_per_user: int = 10_000
 
 
 @define
@@ -106,6 +108,7 @@ class Node:
             self.uow,
             self.custody,
             self.metrics,
+            self.limits.stored_per_user,
         )
         self.groups = GroupDirectory(self.uow)
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)

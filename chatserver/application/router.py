@@ -10,7 +10,7 @@ from attrs import define
 
 from chatserver.application.custody import Custody
 from chatserver.application.sessions import SessionRegistry
-from chatserver.domain.errors import UnknownUser
+from chatserver.domain.errors import QuotaExceeded, UnknownUser
 from chatserver.domain.messages import Delivery, Notice
 from chatserver.domain.ports import MessageBus, Metrics, Presence, Transaction, UnitOfWork
 
@@ -24,13 +24,16 @@ class Router:
     uow: UnitOfWork
     custody: Custody
     metrics: Metrics
+    # One-to-one messages waiting for one user, past which senders get an error.
+    stored_limit: int = 10_000
 
     def deliver_here(self, user_id: int, delivery: Delivery) -> bool:
         session = self.sessions.get(user_id)
         return session is not None and session.push(delivery)
 
     async def deliver(self, user_id: int, delivery: Delivery, *, known_user: bool = True) -> None:
-        """Deliver to one user; with known_user False, raise UnknownUser rather than store."""
+        """Deliver to one user. With known_user False (a user's message), raise UnknownUser
+        for a user who does not exist and QuotaExceeded past the stored limit."""
         if self.deliver_here(user_id, delivery):
             self.metrics.routed("local")
             return
@@ -39,8 +42,11 @@ class Router:
             return
 
         def store(tx: Transaction) -> None:
-            if not known_user and tx.users.get(user_id) is None:
-                raise UnknownUser()
+            if not known_user:  # a user's message, not the server's own notice
+                if tx.users.get(user_id) is None:
+                    raise UnknownUser()
+                if tx.messages.count(user_id) >= self.stored_limit:
+                    raise QuotaExceeded()
             tx.messages.store(user_id, delivery)
 
         await self.uow.run(store)

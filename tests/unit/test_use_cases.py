@@ -326,3 +326,22 @@ async def test_login_locks_lift_when_the_window_passes() -> None:
     window.fail("a", now=1)
     assert window.blocked("a", now=30)
     assert not window.blocked("a", now=62)
+
+
+async def test_a_full_mailbox_refuses_more_with_a_clear_error() -> None:
+    from chatserver.application.node import Limits
+    from chatserver.domain.errors import QuotaExceeded
+    from chatserver.entrypoints.bootstrap import Config, bootstrap
+    from tests.unit.conftest import FAST_HASHER
+
+    config = Config(database="memory://", limits=Limits(stored_per_user=3))
+    async with bootstrap(config, hasher=FAST_HASHER) as chat:
+        alice, bob = await register(chat, "alice"), await register(chat, "bob")
+        a = await online(chat, alice)
+        for i in range(3):
+            await a.request(SendDirectMessage(bob, f"m{i}"))
+        with pytest.raises(QuotaExceeded):
+            await a.request(SendDirectMessage(bob, "one too many"))
+        b = await online(chat, bob)  # reading the mailbox empties it
+        await a.request(SendDirectMessage(bob, "live again"))
+        assert isinstance(await b.next_event(), DirectMessage)
