@@ -125,7 +125,12 @@ async def end_session(
             for delivery in leftovers:
                 tx.messages.store(user_id, delivery)
 
-        await node.uow.run(keep)
+        try:
+            await node.uow.run(keep)
+        except Unavailable as error:
+            log.warning("storing %d unreceipted for user %d later: %s", len(leftovers),
+                        user_id, error)
+            node.custody.store_later([(user_id, d) for d in leftovers])
     try:
         # Stored now, or receipted before: the nodes that kept custody may let go.
         for origin, msg_ids in session.take_origins(list(session.origins)).items():

@@ -27,6 +27,8 @@ class Custody:
     presence: Presence
     uow: UnitOfWork
     held: dict[tuple[int, int], tuple[str, Delivery]] = Factory(dict)
+    # Deliveries that could not be stored (the database was down): stored again later.
+    unstored: list[tuple[int, Delivery]] = Factory(list)
 
     def keep(self, node_id: str, user_id: int, delivery: Delivery) -> None:
         self.held[(user_id, delivery.msg_id)] = (node_id, delivery)
@@ -40,10 +42,21 @@ class Custody:
 
     async def store_all(self) -> None:
         """This node is stopping: store everything still held, so nothing depends on it."""
-        orphans = [(key[0], d) for key, (_, d) in self.held.items()]
+        orphans = [(key[0], d) for key, (_, d) in self.held.items()] + self.unstored
         if orphans:
             await self.uow.run(lambda tx: _store(tx, orphans))
         self.held.clear()
+        self.unstored.clear()
+
+    def store_later(self, deliveries: list[tuple[int, Delivery]]) -> None:
+        """Keep deliveries that must be stored, to try again when the database is back."""
+        self.unstored.extend(deliveries)
+
+    async def retry_unstored(self) -> None:
+        if self.unstored:
+            pending = list(self.unstored)
+            await self.uow.run(lambda tx: _store(tx, pending))
+            del self.unstored[: len(pending)]
 
     async def take_orphans(self) -> list[tuple[int, Delivery]]:
         """Take back what is held for nodes that have died, to be routed again."""
@@ -67,6 +80,7 @@ async def keep_custody(custody: Custody, router: Router, *, every_seconds: float
     while True:
         await anyio.sleep(every_seconds)
         try:
+            await custody.retry_unstored()
             for user_id, delivery in await custody.take_orphans():
                 await router.deliver(user_id, delivery)
         except Unavailable as error:

@@ -345,3 +345,27 @@ async def test_a_full_mailbox_refuses_more_with_a_clear_error() -> None:
         b = await online(chat, bob)  # reading the mailbox empties it
         await a.request(SendDirectMessage(bob, "live again"))
         assert isinstance(await b.next_event(), DirectMessage)
+
+
+async def test_unreceipted_messages_wait_in_memory_while_the_database_is_down(
+    chat: ChatApp,
+) -> None:
+    from chatserver.domain.errors import Unavailable
+
+    alice, bob = await register(chat, "alice"), await register(chat, "bob")
+    a, b = await online(chat, alice), await online(chat, bob, receipts=True)
+    sent = await a.request(SendDirectMessage(bob, "kept through the outage"))
+    assert isinstance(sent, MessageAccepted)
+    real = chat.node.uow
+
+    class DownDatabase:
+        async def run(self, work: object) -> object:
+            raise Unavailable("the database is down")
+
+    chat.node.uow = DownDatabase()  # type: ignore[assignment]
+    await b.close()  # the session ends while nothing can be stored
+    chat.node.uow = real
+    assert len(chat.node.custody.unstored) == 1
+    await chat.node.custody.retry_unstored()  # what the background task does every few seconds
+    waiting = (await login(chat.connect(), bob, receipts=True)).waiting
+    assert [m.msg_id for m in waiting] == [sent.msg_id]
