@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                        default=int(_env("FRAME_LIMIT", str(defaults.frame_limit))),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
                        "default %(default)s)")
+    serve.add_argument("--transport", choices=("anyio", "asyncio"),
+                       default=_env("TRANSPORT", "anyio"),
+                       help="anyio streams, or asyncio Protocols (CHATSERVER_TRANSPORT; "
+                       "default %(default)s)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
                        help="DEBUG, INFO, WARNING or ERROR (CHATSERVER_LOG_LEVEL; "
                        "default %(default)s)")
@@ -232,11 +236,11 @@ def _serve(args: argparse.Namespace) -> int:
             requests_per_second=args.request_rate,
         ),
     )
-    anyio.run(serve, config)
+    anyio.run(serve, config, args.transport)
     return 0
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, transport: str = "anyio") -> None:
     """Serve until SIGINT or SIGTERM, then log every session out and stop.
 
     A second signal, or the grace period running out, stops at once.
@@ -245,7 +249,12 @@ async def serve(config: Config) -> None:
     # Signals are ours from start to end, so a late second one cannot kill us mid-cleanup.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with bootstrap(config) as app:
-            server = TcpServer(
+            server_class = TcpServer
+            if transport == "asyncio":
+                from chatserver.adapters.tcp.protocol_transport import ProtocolServer
+
+                server_class = ProtocolServer  # type: ignore[assignment]
+            server = server_class(
                 app.node,
                 config.host,
                 config.port,

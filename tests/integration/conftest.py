@@ -518,10 +518,14 @@ class ServerProcess:
         raise RuntimeError(f"server did not start; log tail:\n{last_error}")
 
     def command(self, port: int) -> list[str]:
-        return [
+        command = [
             sys.executable, "-m", "chatserver", "serve", "--host", HOST, "--port", str(port),
             "--database", self.database, *self.extra_args,
         ]
+        # CHATSERVER_TEST_TRANSPORT=asyncio runs the suite against the asyncio Protocol transport.
+        if os.environ.get("CHATSERVER_TEST_TRANSPORT", "anyio") != "anyio":
+            command += ["--transport", os.environ["CHATSERVER_TEST_TRANSPORT"]]
+        return command
 
     def _wait_listening(self, port: int) -> bool:
         assert self.proc is not None

@@ -1,0 +1,695 @@
+"""The same transport as TcpServer/TcpClient, on asyncio Protocols instead of anyio streams.
+
+Behaviour and limits are those of ``connection.py`` and ``server.py``; what differs is the cost
+per message. Bytes arrive in ``buffer_updated`` (into one receive buffer shared by the whole
+server: the loop hands it out and takes it back within one callback), are cut into frames, and
+the frames go to one task per connection, created on the first frame and woken once per read.
+Output is appended to a list and written with one ``transport.write`` per connection per loop
+iteration. Silence is watched by one timer per connection that is re-armed only when it fires.
+
+Runs inside ``anyio.run`` on the asyncio backend (with or without uvloop).
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import time
+import types
+from asyncio.tasks import _enter_task, _leave_task
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from chatserver.adapters.metrics import PrometheusMetrics
+from chatserver.adapters.tcp.budget import RequestBudget
+from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.wire.codec import (
+    BadRequest,
+    Dialect,
+    decode,
+    encode_bad_request,
+    encode_error,
+    encode_event,
+    encode_frame_too_large,
+    encode_refusal,
+    encode_result,
+)
+from chatserver.adapters.wire.errors import BAD_REQUEST, errno_and_message
+from chatserver.adapters.wire.framing import FrameSplitter
+from chatserver.application.connection import Connection
+from chatserver.application.node import Node
+from chatserver.domain.errors import ChatError, RateLimited
+from chatserver.domain.messages import Event
+
+log = logging.getLogger("chatserver.tcp")
+
+Callback = Callable[[], Awaitable[None]]
+
+TOO_MANY_CONNECTIONS = encode_refusal("too many connections from your address")
+
+# Frames read but not yet handled past which the client is not read from (a slow request).
+_QUEUED_FRAMES_LIMIT = 256
+
+
+class _TooLarge:
+    """Marks, in a connection's frame queue, where the frame that was too long began."""
+
+
+_TOO_LARGE = _TooLarge()
+
+# Handle requests right in the read callback, as the connection's (parked) task, and hand one
+# to that task only if it has to wait for something; CHATSERVER_ASYNCIO_INLINE=0 turns it off.
+_INLINE = os.environ.get("CHATSERVER_ASYNCIO_INLINE", "1") != "0"
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
+    """Go on with a coroutine that was started by hand and is waiting on ``yielded``."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as error:  # handed on to the coroutine
+            try:
+                yielded = coro.throw(error)
+            except StopIteration:
+                return
+            continue
+        try:
+            yielded = coro.send(sent)
+        except StopIteration:
+            return
+
+
+class ProtocolClient(asyncio.BufferedProtocol):
+    """Outbox of one TCP client, fed by the event loop's callbacks."""
+
+    def __init__(self, server: "ProtocolServer") -> None:
+        self.server = server
+        self.limits = limits = server.limits
+        self.metrics = server.metrics
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.peer = self.address = "?"
+        self.connection = Connection(server.node, self, self.address)
+        self.budget = RequestBudget(limits.requests_per_second, limits.request_burst)
+        self._refused = 0
+        self.close_reason = "connection closed by the client"
+        self.splitter = FrameSplitter(limits.frame_bytes)
+        self.dialect = Dialect.MODERN
+        # Output not yet handed to the transport, and the flush that will hand it over.
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        # Bytes the transport held after our last write (an upper bound until it drains).
+        self._buffered = 0
+        self._callbacks: list[Callback] = []  # wait for the next write
+        self._written_callbacks: list[Callback] = []  # written, wait for the buffer to drain
+        self._ready_callbacks: deque[Callback] = deque()
+        self._callback_task: asyncio.Task[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        # Frames waiting for the worker task, which is started by the first one.
+        self._frames: deque[bytes | _TooLarge] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._busy = False
+        # A request started in the read callback that has to wait: the task goes on with it.
+        self._suspended: tuple[Coroutine[Any, Any, None], Any] | None = None
+        self._closing = False  # no more requests are read
+        self._closed = False  # nothing more is written (close(): what is unsent is dropped)
+        self._lost = False  # the socket is gone
+        self._shutting_down = False
+        self._released: asyncio.Future[None] | None = None
+        self._reading = True
+        self._backlogged = False
+        self._registered = False
+        self._last_activity = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.done = self.loop.create_future()
+
+    # The Outbox port.
+
+    def push(self, event: Event) -> bool:
+        if self._closed:
+            return False
+        frame = encode_event(event, self.dialect)
+        if frame is None:
+            return True
+        unsent = self._out_bytes + self._buffered
+        if unsent + len(frame) > self.limits.outbound_bytes:
+            log.warning("closing %s: %d bytes unsent, client not reading", self.peer, unsent)
+            self.close_reason = "client not reading"
+            self.close()
+            return False
+        self._queue(frame)
+        return True
+
+    def after_flush(self, callback: Callback) -> None:
+        self._callbacks.append(callback)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def close(self) -> None:
+        """End the connection at once: what is unsent is dropped, the session ends."""
+        if self._closed:
+            return
+        self._closing = self._closed = True
+        self._out.clear()
+        self._out_bytes = 0
+        self._stop_reading()
+        self._wake()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # Server shutdown.
+
+    def stop_reading(self) -> None:
+        """Take no more requests; stay open until release() to hear the rest."""
+        self._shutting_down = True
+        if self._released is None:
+            self._released = self.loop.create_future()
+        self._end_reading()
+
+    def release(self) -> None:
+        """Everyone is logged out: send what is queued and close."""
+        if self._released is None:
+            self._released = self.loop.create_future()
+        if not self._released.done():
+            self._released.set_result(None)
+
+    # asyncio.BufferedProtocol.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer, self.address = _peer(transport.get_extra_info("peername"))
+        self.connection.address = self.address
+        if self.server.tls is not None:
+            transport.pause_reading()
+            self.loop.create_task(self._start_tls(transport, self.server.tls))
+        else:
+            self._open()
+
+    async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
+        try:
+            tls = await self.loop.start_tls(
+                transport, self, context, server_side=True, ssl_handshake_timeout=30.0
+            )
+        except (TimeoutError, OSError, ssl.SSLError, EOFError) as error:
+            log.info("TLS handshake failed: %s", error or type(error).__name__)
+            transport.abort()
+            self._lost = self._closed = True
+            self.done.set_result(None)
+            return
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        if tls is None:  # the client went away during the handshake
+            transport.abort()
+            self.done.set_result(None)
+            return
+        self.transport = tls
+        self._open()
+
+    def _open(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        if not self.server.admit(self):
+            log.warning("refusing %s: already %d connections from there", self.peer,
+                        self.limits.connections_per_address)
+            self._lost = self._closed = self._closing = True
+            transport.write(TOO_MANY_CONNECTIONS)
+            transport.close()
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        self._registered = True
+        # Told when the kernel has taken every byte: that is when after_flush callbacks run.
+        transport.set_write_buffer_limits(high=0, low=0)
+        self._last_activity = self.loop.time()
+        self._arm_timer(min(self.limits.login_timeout_seconds, self.limits.idle_timeout_seconds))
+        if self.server.shutting_down:
+            self.stop_reading()
+            self.release()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server.receive_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._closing:
+            return
+        self._last_activity = self.loop.time()
+        frames = self.splitter.feed(bytes(self.server.receive_buffer[:nbytes]))
+        if frames:
+            if self.splitter.legacy:
+                self.dialect = Dialect.LEGACY
+            self._frames.extend(frames)
+        if self.splitter.too_large:
+            self._frames.append(_TOO_LARGE)
+            self._end_reading()
+        elif len(self._frames) > _QUEUED_FRAMES_LIMIT:
+            self._update_reading()
+        if self._frames:
+            if _INLINE and self._wakeup is not None and self._suspended is None:
+                self._handle_inline()
+            else:
+                self._wake()
+
+    def _handle_inline(self) -> None:
+        """Handle what was read now, as the connection's task (parked, waiting for frames)."""
+        worker = self._worker
+        assert worker is not None
+        frames = self._frames
+        _enter_task(self.loop, worker)
+        try:
+            while frames and not self._closed:
+                frame = frames[0]
+                if frame is _TOO_LARGE:
+                    break
+                frames.popleft()
+                assert isinstance(frame, bytes)
+                coro = self._handle(frame)
+                try:
+                    yielded = coro.send(None)
+                except StopIteration:
+                    pass
+                else:
+                    self._suspended = (coro, yielded)
+                    self._busy = True
+                    break
+                if self._refused > self.limits.refused_before_disconnect:
+                    break
+        finally:
+            _leave_task(self.loop, worker)
+        if (frames or self._suspended is not None or self._closing or self._closed
+                or self._refused > self.limits.refused_before_disconnect):
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._end_reading()
+        return True  # half closed: the replies to what was read still go out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._buffered = 0
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._end_reading()
+        self._drained()
+        if not self._registered and not self.done.done():
+            self.done.set_result(None)
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        self._drained()
+
+    # Reading.
+
+    def _end_reading(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        self._wake()
+
+    def _stop_reading(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._reading and self.transport is not None and not self._lost:
+            self._reading = False
+            self.transport.pause_reading()
+
+    def _update_reading(self) -> None:
+        """Read while the client's replies and requests are not piling up."""
+        if self._closing or self._lost or self.transport is None:
+            return
+        want = not self._backlogged and len(self._frames) <= _QUEUED_FRAMES_LIMIT
+        if want != self._reading:
+            self._reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    def _arm_timer(self, delay: float) -> None:
+        self._timer = self.loop.call_at(self._last_activity + delay, self._check_silence)
+
+    def _check_silence(self) -> None:
+        self._timer = None
+        if self._closing:
+            return
+        logged_in = self.connection.logged_in
+        silence = (
+            self.limits.idle_timeout_seconds if logged_in else self.limits.login_timeout_seconds
+        )
+        now = self.loop.time()
+        if self._busy or self._frames or not self._reading:
+            self._last_activity = now  # a request in progress, or replies piling up
+        if now - self._last_activity < silence:
+            self._arm_timer(silence)
+            return
+        what = "idle" if logged_in else "not logged in"
+        log.info("closing %s: %s for %.0f s", self.peer, what, silence)
+        self.close_reason = f"{what} for {silence:.0f} s"
+        self._end_reading()
+
+    # Handling requests: one task per connection, woken when frames arrive.
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+        elif self._worker is None and self._registered:
+            self._worker = self.loop.create_task(self._work())
+
+    async def _work(self) -> None:
+        try:
+            try:
+                while True:
+                    frames = self._frames
+                    if self._suspended is not None:
+                        coro, yielded = self._suspended
+                        try:
+                            await _resume(coro, yielded)
+                        finally:
+                            self._suspended = None
+                            self._busy = False
+                        if self._refused > self.limits.refused_before_disconnect:
+                            log.warning("closing %s: still flooding after %d refused requests",
+                                        self.peer, self._refused)
+                            self.close_reason = "flooding"
+                            frames.clear()
+                            self._end_reading()
+                    elif self._refused > self.limits.refused_before_disconnect:
+                        log.warning("closing %s: still flooding after %d refused requests",
+                                    self.peer, self._refused)
+                        self.close_reason = "flooding"
+                        frames.clear()
+                        self._end_reading()
+                    while frames and not self._closed:
+                        frame = frames.popleft()
+                        if frame is _TOO_LARGE:
+                            self._frame_too_large()
+                            frames.clear()
+                            break
+                        assert isinstance(frame, bytes)
+                        self._busy = True
+                        await self._handle(frame)
+                        self._busy = False
+                        if self._refused > self.limits.refused_before_disconnect:
+                            log.warning("closing %s: still flooding after %d refused requests",
+                                        self.peer, self._refused)
+                            self.close_reason = "flooding"
+                            frames.clear()
+                            self._end_reading()
+                    if self._closing or self._closed:
+                        break
+                    if not self._reading:
+                        self._update_reading()
+                    self._wakeup = self.loop.create_future()
+                    await self._wakeup
+                self._busy = False
+                if self._shutting_down and self._released is not None:
+                    await self._wait(self._released, self.limits.close_grace_seconds)
+                await self._finish()
+            except Exception:
+                log.exception("connection %s failed", self.peer)
+            finally:
+                try:
+                    await self.connection.disconnect(self.close_reason)
+                except Exception:
+                    log.exception("ending the session of %s failed", self.peer)
+                self._close_transport()
+        finally:
+            if not self.done.done():
+                self.done.set_result(None)
+
+    async def _wait(self, future: "asyncio.Future[None]", seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), seconds)
+
+    async def _finish(self) -> None:
+        """Let what is queued be written, for a bounded time."""
+        if self._closed or self._lost:
+            return
+        if not (self._out or self._callbacks or self._written_callbacks or self._buffered
+                or self._ready_callbacks):
+            return
+        waiter = self.loop.create_future()
+        self._drain_waiters.append(waiter)
+        if self._flush_handle is None and (self._out or self._callbacks):
+            self._flush_handle = self.loop.call_soon(self._flush)
+        await self._wait(waiter, self.limits.close_grace_seconds)
+        if self._callback_task is not None and not self._callback_task.done():
+            await self._wait(
+                asyncio.ensure_future(self._callback_task), self.limits.close_grace_seconds
+            )
+
+    def _close_transport(self) -> None:
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        if self._closed:
+            transport.abort()
+        else:
+            if self._out:
+                self._flush_now()
+            transport.close()
+
+    def _frame_too_large(self) -> None:
+        log.info("closing %s: frame over %d bytes", self.peer, self.limits.frame_bytes)
+        self.close_reason = "frame too large"
+        reply = encode_frame_too_large(self.dialect)
+        if reply is not None:
+            self._queue(reply)
+
+    async def _handle(self, frame: bytes) -> None:
+        request = decode(frame, self.dialect)
+        if isinstance(request, BadRequest):
+            self._reply_error(encode_bad_request(request, self.dialect), 0, BAD_REQUEST, 0.0)
+            return
+        if not self.budget.spend():
+            if not self._refused:
+                log.info("rate limiting %s user=%s", self.peer, self._user_id())
+            self._refused += 1
+            error: ChatError = RateLimited()
+            reply = encode_error(request, error, self.dialect)
+            self._reply_error(reply, request.msgid, errno_and_message(error)[0], 0.0)
+            return
+        self._refused = 0
+        started = time.perf_counter()
+        try:
+            result = await self.connection.handle(request.command, request.claimed_id)
+        except ChatError as error:
+            log.info("request failed user=%s msgid=%d error=%s reason=%r", self._user_id(),
+                     request.msgid, type(error).__name__, error.message)
+            reply = encode_error(request, error, self.dialect)
+            errno = errno_and_message(error)[0]
+            self._reply_error(reply, request.msgid, errno, time.perf_counter() - started)
+            return
+        except Exception:
+            log.exception("request msgid=%d from %s user=%s failed", request.msgid, self.peer,
+                          self._user_id())
+            reply = encode_error(request, None, self.dialect)
+            errno = errno_and_message(None)[0]
+            self._reply_error(reply, request.msgid, errno, time.perf_counter() - started)
+            return
+        for reply in encode_result(request, result, self.dialect):
+            self._queue(reply)
+        self.connection.replied()
+        if self.metrics is not None:
+            self.metrics.request(request.msgid, 0, time.perf_counter() - started)
+
+    def _reply_error(self, reply: bytes | None, msgid: int, errno: int, seconds: float) -> None:
+        if reply is not None:
+            self._queue(reply)
+        if self.metrics is not None:
+            self.metrics.request(msgid, errno, seconds)
+
+    def _user_id(self) -> str:
+        session = self.connection.session
+        return str(session.user.id) if session is not None else "-"
+
+    # Writing: one transport.write per connection per loop iteration.
+
+    def _queue(self, frame: bytes) -> None:
+        if self._closed:
+            return
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        self._flush_now()
+
+    def _flush_now(self) -> None:
+        if self._callbacks:
+            self._written_callbacks += self._callbacks
+            self._callbacks = []
+        transport = self.transport
+        if self._out:
+            out = self._out
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self._out = []
+            self._out_bytes = 0
+            if self._lost or self._closed or transport is None:
+                self._drained()
+                return
+            transport.write(data)
+            self._buffered = transport.get_write_buffer_size()
+        elif transport is not None and not self._lost:
+            self._buffered = transport.get_write_buffer_size()
+        else:
+            self._buffered = 0
+        if not self._buffered:
+            self._drained()
+        elif self._buffered > self.limits.reply_backlog_bytes and not self._backlogged:
+            self._backlogged = True
+            self._update_reading()
+
+    def _drained(self) -> None:
+        """The transport holds nothing more: run what waited for it, read again."""
+        self._buffered = 0
+        if self._written_callbacks:
+            self._ready_callbacks.extend(self._written_callbacks)
+            self._written_callbacks = []
+            if self._callback_task is None:
+                self._callback_task = self.loop.create_task(self._run_callbacks())
+        if self._backlogged:
+            self._backlogged = False
+            self._update_reading()
+        if self._drain_waiters and not self._out and not self._callbacks:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _run_callbacks(self) -> None:
+        try:
+            while self._ready_callbacks:
+                callback = self._ready_callbacks.popleft()
+                try:
+                    await callback()
+                except Exception:
+                    log.exception("after-write step for %s failed", self.peer)
+        finally:
+            self._callback_task = None
+
+
+class ProtocolServer:
+    """TcpServer on asyncio Protocols: the same constructor, serve() and shutdown()."""
+
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        port: int,
+        limits: TransportLimits,
+        *,
+        tls: ssl.SSLContext | None = None,
+        metrics: PrometheusMetrics | None = None,
+    ) -> None:
+        self.node = node
+        self.tls = tls
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self.limits = limits
+        self.clients: set[ProtocolClient] = set()
+        self.per_address: dict[str, int] = {}
+        self.shutting_down = False
+        self.receive_buffer = memoryview(bytearray(limits.read_chunk))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._open: set[ProtocolClient] = set()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until shutdown() has ended every connection."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        server = await self._loop.create_server(
+            self._new_client, self.host, self.port, reuse_address=True, start_serving=True
+        )
+        try:
+            port = server.sockets[0].getsockname()[1]
+            task_status.started(port)
+            await self._stopping.wait()
+            server.close()
+            while self._open:
+                await asyncio.wait([client.done for client in list(self._open)])
+        finally:
+            server.close()
+            for client in list(self._open):
+                if client.transport is not None:
+                    client.transport.abort()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, log every session out (friends are told), let output drain."""
+        self.shutting_down = True
+        if self._stopping is not None:
+            self._stopping.set()
+        for client in list(self._open - self.clients):  # still in their TLS handshake
+            if client.transport is not None:
+                client.transport.abort()
+        clients = list(self.clients)
+        for client in clients:
+            client.stop_reading()
+        for client in clients:
+            try:
+                await client.connection.disconnect("server stopping")
+            except Exception:
+                log.exception("logging out %s failed", client.peer)
+        for client in clients:
+            client.release()
+
+    def _new_client(self) -> ProtocolClient:
+        client = ProtocolClient(self)
+        self._open.add(client)
+        client.done.add_done_callback(lambda _: self._forget(client))
+        return client
+
+    def admit(self, client: ProtocolClient) -> bool:
+        """Count the client against its address; False if that address has too many."""
+        address = client.address
+        limit = self.limits.connections_per_address
+        if limit and self.per_address.get(address, 0) >= limit:
+            return False
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+        self.clients.add(client)
+        return True
+
+    def _forget(self, client: ProtocolClient) -> None:
+        self._open.discard(client)
+        if client in self.clients:
+            self.clients.discard(client)
+            address = client.address
+            self.per_address[address] -= 1
+            if not self.per_address[address]:
+                del self.per_address[address]
+
+
+def _peer(address: Any) -> tuple[str, str]:
+    """The client's host:port for logs, and its host for limits per address."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}", str(address[0])
+    if address is None:
+        return "?", "?"
+    return str(address), str(address)
