@@ -182,3 +182,16 @@ def check_nothing_lost(port: int, reader_id: object, accepted: list[object]) -> 
         got.append(frame["msg_id"])
     # Whatever the closed connection had not receipted comes back; nothing acknowledged is lost.
     assert set(accepted) <= set(got)
+
+
+def test_a_client_that_floods_at_just_over_the_rate_is_cut_off_too(port: int) -> None:
+    client = Line(port)
+    deadline = time.monotonic() + 10
+    closed = False
+    while time.monotonic() < deadline and not closed:
+        try:
+            client.send(*[{"msgid": 16}] * 5)  # 250 a second against a budget of 10
+        except OSError:
+            closed = True
+        time.sleep(0.02)
+    assert closed or client.closed_within(2)

@@ -848,3 +848,14 @@ def test_texts_round_trip_through_the_legacy_login_reply(
     legacy_group = orjson.loads(body["groups"][0])
     assert legacy_group["groupdesc"] == description
     assert orjson.loads(legacy_group["users"][0])["name"] == name
+
+
+def test_ids_beyond_64_bits_are_malformed_not_internal_errors() -> None:
+    from chatserver.adapters.wire.codec import BadRequest as Bad
+    from chatserver.adapters.wire.codec import decode as decode_frame
+
+    frame = b'{"msgid":10,"groupid":9223372036854775808,"msg":"x"}'
+    bad = decode_frame(frame)
+    assert isinstance(bad, Bad) and bad.reply_to == 10 and "groupid" in bad.message
+    ok = decode_frame(b'{"msgid":10,"groupid":9223372036854775807,"msg":"x"}')
+    assert not isinstance(ok, Bad)

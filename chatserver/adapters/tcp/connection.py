@@ -46,7 +46,8 @@ class TransportLimits:
     # Requests per connection: a burst, then a rate (PROTOCOL.md's floor is 100 and 50/s).
     request_burst: int = 200
     requests_per_second: float = 100.0
-    # A client refused this many requests in a row is flooding: it is disconnected.
+    # A client refused this many requests without slowing down enough for its budget to
+    # refill is flooding: it is disconnected.
     refused_before_disconnect: int = 200
     # Silence allowed before login, and after (clients PING every 20 s or so).
     login_timeout_seconds: float = 30.0
@@ -206,7 +207,9 @@ class TcpClient:
             reply = encode_error(request, error, self.dialect)
             self._reply_error(reply, request.msgid, errno_and_message(error)[0], 0.0)
             return
-        self._refused = 0
+        if self.budget.tokens >= self.budget.burst - 1:
+            # Quiet long enough to refill: whatever it did before is forgiven.
+            self._refused = 0
         started = time.perf_counter()
         try:
             result = await self.connection.handle(request.command, request.claimed_id)

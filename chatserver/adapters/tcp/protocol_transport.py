@@ -487,7 +487,9 @@ class ProtocolClient(asyncio.BufferedProtocol):
             reply = encode_error(request, error, self.dialect)
             self._reply_error(reply, request.msgid, errno_and_message(error)[0], 0.0)
             return
-        self._refused = 0
+        if self.budget.tokens >= self.budget.burst - 1:
+            # Quiet long enough to refill: whatever it did before is forgiven.
+            self._refused = 0
         started = time.perf_counter()
         try:
             result = await self.connection.handle(request.command, request.claimed_id)

@@ -64,10 +64,13 @@ class WrongType(TypeError):
     """A field holds a JSON value of the wrong kind; the message says which kind was expected."""
 
 
+INT64 = range(-(2**63), 2**63)  # what every id column of every database can hold
+
+
 def _strict(expected_type: type, description: str) -> Callable[[Any, Any], Any]:
     def structure(value: Any, _: Any) -> Any:
         # An exact type check: bool is a subclass of int, and true is not an integer here.
-        if type(value) is expected_type:
+        if type(value) is expected_type and (expected_type is not int or value in INT64):
             return value
         raise WrongType(f"expected {description}")
 
@@ -75,14 +78,18 @@ def _strict(expected_type: type, description: str) -> Callable[[Any, Any], Any]:
 
 
 def _structure_ids(value: Any, _: Any) -> tuple[int, ...]:
-    if type(value) is list and all(type(item) is int for item in value):
+    if type(value) is list and all(type(item) is int and item in INT64 for item in value):
         return tuple(value)
     raise WrongType("expected a list of integers")
 
 
 def _make_converter(detailed_validation: bool) -> cattrs.Converter:
     converter = cattrs.Converter(detailed_validation=detailed_validation)
-    for python_type, description in ((int, "an integer"), (str, "a string"), (bool, "a boolean")):
+    for python_type, description in (
+        (int, "an integer"),  # of 64 bits: what every id column holds
+        (str, "a string"),
+        (bool, "a boolean"),
+    ):
         hook = _strict(python_type, description)
         converter.register_structure_hook(python_type, hook)
         # An optional field may be left out, but null is not a value of its type.
