@@ -3,7 +3,6 @@ buffer drained by a single writer, bounded so a client that stops reading cannot
 
 import logging
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -12,21 +11,15 @@ from attrs import define
 
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import RequestBudget
+from chatserver.adapters.tcp.requests import RequestServing
 from chatserver.adapters.wire.codec import (
-    BadRequest,
     Dialect,
-    decode,
-    encode_bad_request,
-    encode_error,
     encode_event,
     encode_frame_too_large,
-    encode_result,
 )
-from chatserver.adapters.wire.errors import BAD_REQUEST, errno_and_message
 from chatserver.adapters.wire.framing import FrameSplitter
 from chatserver.application.connection import Connection
 from chatserver.application.node import Node
-from chatserver.domain.errors import ChatError, RateLimited
 from chatserver.domain.messages import Event
 
 log = logging.getLogger("chatserver.tcp")
@@ -56,7 +49,7 @@ class TransportLimits:
     connections_per_address: int = 512
 
 
-class TcpClient:
+class TcpClient(RequestServing):
     """Outbox of one TCP client, and the loops that move its bytes."""
 
     def __init__(
@@ -193,55 +186,6 @@ class TcpClient:
                 return
             if self._pending_bytes > self.limits.reply_backlog_bytes:
                 await self._drained.wait()
-
-    async def _handle(self, frame: bytes) -> None:
-        request = decode(frame, self.dialect)
-        if isinstance(request, BadRequest):
-            self._reply_error(encode_bad_request(request, self.dialect), 0, BAD_REQUEST, 0.0)
-            return
-        if not self.budget.spend():
-            if not self._refused:
-                log.info("rate limiting %s user=%s", self.peer, self._user_id())
-            self._refused += 1
-            error: ChatError = RateLimited()
-            reply = encode_error(request, error, self.dialect)
-            self._reply_error(reply, request.msgid, errno_and_message(error)[0], 0.0)
-            return
-        if self.budget.tokens >= self.budget.burst - 1:
-            # Quiet long enough to refill: whatever it did before is forgiven.
-            self._refused = 0
-        started = time.perf_counter()
-        try:
-            result = await self.connection.handle(request.command, request.claimed_id)
-        except ChatError as error:
-            log.info("request failed user=%s msgid=%d error=%s reason=%r", self._user_id(),
-                     request.msgid, type(error).__name__, error.message)
-            reply = encode_error(request, error, self.dialect)
-            errno = errno_and_message(error)[0]
-            self._reply_error(reply, request.msgid, errno, time.perf_counter() - started)
-            return
-        except Exception:
-            log.exception("request msgid=%d from %s user=%s failed", request.msgid, self.peer,
-                          self._user_id())
-            reply = encode_error(request, None, self.dialect)
-            errno = errno_and_message(None)[0]
-            self._reply_error(reply, request.msgid, errno, time.perf_counter() - started)
-            return
-        for reply in encode_result(request, result, self.dialect):
-            self._queue(reply)
-        self.connection.replied()
-        if self.metrics is not None:
-            self.metrics.request(request.msgid, 0, time.perf_counter() - started)
-
-    def _reply_error(self, reply: bytes | None, msgid: int, errno: int, seconds: float) -> None:
-        if reply is not None:
-            self._queue(reply)
-        if self.metrics is not None:
-            self.metrics.request(msgid, errno, seconds)
-
-    def _user_id(self) -> str:
-        session = self.connection.session
-        return str(session.user.id) if session is not None else "-"
 
     def _queue(self, frame: bytes) -> None:
         self._pending.append(frame)

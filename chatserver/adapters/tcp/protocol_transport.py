@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import ssl
-import time
 import types
 from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
@@ -28,22 +27,16 @@ from anyio.abc import TaskStatus
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import RequestBudget
 from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.tcp.requests import RequestServing
 from chatserver.adapters.wire.codec import (
-    BadRequest,
     Dialect,
-    decode,
-    encode_bad_request,
-    encode_error,
     encode_event,
     encode_frame_too_large,
     encode_refusal,
-    encode_result,
 )
-from chatserver.adapters.wire.errors import BAD_REQUEST, errno_and_message
 from chatserver.adapters.wire.framing import FrameSplitter
 from chatserver.application.connection import Connection
 from chatserver.application.node import Node
-from chatserver.domain.errors import ChatError, RateLimited
 from chatserver.domain.messages import Event
 
 log = logging.getLogger("chatserver.tcp")
@@ -85,7 +78,7 @@ def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any
             return
 
 
-class ProtocolClient(asyncio.BufferedProtocol):
+class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     """Outbox of one TCP client, fed by the event loop's callbacks."""
 
     def __init__(self, server: "ProtocolServer") -> None:
@@ -473,55 +466,6 @@ class ProtocolClient(asyncio.BufferedProtocol):
         reply = encode_frame_too_large(self.dialect)
         if reply is not None:
             self._queue(reply)
-
-    async def _handle(self, frame: bytes) -> None:
-        request = decode(frame, self.dialect)
-        if isinstance(request, BadRequest):
-            self._reply_error(encode_bad_request(request, self.dialect), 0, BAD_REQUEST, 0.0)
-            return
-        if not self.budget.spend():
-            if not self._refused:
-                log.info("rate limiting %s user=%s", self.peer, self._user_id())
-            self._refused += 1
-            error: ChatError = RateLimited()
-            reply = encode_error(request, error, self.dialect)
-            self._reply_error(reply, request.msgid, errno_and_message(error)[0], 0.0)
-            return
-        if self.budget.tokens >= self.budget.burst - 1:
-            # Quiet long enough to refill: whatever it did before is forgiven.
-            self._refused = 0
-        started = time.perf_counter()
-        try:
-            result = await self.connection.handle(request.command, request.claimed_id)
-        except ChatError as error:
-            log.info("request failed user=%s msgid=%d error=%s reason=%r", self._user_id(),
-                     request.msgid, type(error).__name__, error.message)
-            reply = encode_error(request, error, self.dialect)
-            errno = errno_and_message(error)[0]
-            self._reply_error(reply, request.msgid, errno, time.perf_counter() - started)
-            return
-        except Exception:
-            log.exception("request msgid=%d from %s user=%s failed", request.msgid, self.peer,
-                          self._user_id())
-            reply = encode_error(request, None, self.dialect)
-            errno = errno_and_message(None)[0]
-            self._reply_error(reply, request.msgid, errno, time.perf_counter() - started)
-            return
-        for reply in encode_result(request, result, self.dialect):
-            self._queue(reply)
-        self.connection.replied()
-        if self.metrics is not None:
-            self.metrics.request(request.msgid, 0, time.perf_counter() - started)
-
-    def _reply_error(self, reply: bytes | None, msgid: int, errno: int, seconds: float) -> None:
-        if reply is not None:
-            self._queue(reply)
-        if self.metrics is not None:
-            self.metrics.request(msgid, errno, seconds)
-
-    def _user_id(self) -> str:
-        session = self.connection.session
-        return str(session.user.id) if session is not None else "-"
 
     # Writing: one transport.write per connection per loop iteration.
 
