@@ -1,4 +1,4 @@
-"""A token bucket: how many requests a connection may make, as a burst and per second."""
+"""Budgets of a client: requests per second, and connections per address."""
 
 import time
 
@@ -20,3 +20,26 @@ class RequestBudget:
                 return False
         self.tokens -= 1
         return True
+
+
+class ConnectionsPerAddress:
+    """Open connections counted by client address, against a limit (0: no limit)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        """Count one more connection from address; False (and not counted) if over the limit."""
+        count = self.open.get(address, 0)
+        if self.limit and count >= self.limit:
+            return False
+        self.open[address] = count + 1
+        return True
+
+    def leave(self, address: str) -> None:
+        count = self.open[address] - 1
+        if count:
+            self.open[address] = count
+        else:
+            del self.open[address]

@@ -25,7 +25,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.budget import RequestBudget
+from chatserver.adapters.tcp.budget import ConnectionsPerAddress, RequestBudget
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.requests import RequestServing
 from chatserver.adapters.wire.codec import (
@@ -555,7 +555,7 @@ class ProtocolServer:
         self.port = port
         self.limits = limits
         self.clients: set[ProtocolClient] = set()
-        self.per_address: dict[str, int] = {}
+        self.per_address = ConnectionsPerAddress(limits.connections_per_address)
         self.shutting_down = False
         self.receive_buffer = memoryview(bytearray(limits.read_chunk))
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -614,11 +614,8 @@ class ProtocolServer:
 
     def admit(self, client: ProtocolClient) -> bool:
         """Count the client against its address; False if that address has too many."""
-        address = client.address
-        limit = self.limits.connections_per_address
-        if limit and self.per_address.get(address, 0) >= limit:
+        if not self.per_address.admit(client.address):
             return False
-        self.per_address[address] = self.per_address.get(address, 0) + 1
         self.clients.add(client)
         return True
 
@@ -626,10 +623,7 @@ class ProtocolServer:
         self._open.discard(client)
         if client in self.clients:
             self.clients.discard(client)
-            address = client.address
-            self.per_address[address] -= 1
-            if not self.per_address[address]:
-                del self.per_address[address]
+            self.per_address.leave(client.address)
 
 
 def _peer(address: Any) -> tuple[str, str]:

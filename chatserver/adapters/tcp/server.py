@@ -9,6 +9,7 @@ from anyio.abc import ByteStream, Listener, TaskStatus
 from anyio.streams.tls import TLSListener
 
 from chatserver.adapters.metrics import PrometheusMetrics
+from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TcpClient, TransportLimits
 from chatserver.adapters.wire.codec import encode_refusal
 from chatserver.application.node import Node
@@ -36,7 +37,7 @@ class TcpServer:
         self.port = port
         self.limits = limits
         self.clients: set[TcpClient] = set()
-        self.per_address: dict[str, int] = {}
+        self.per_address = ConnectionsPerAddress(limits.connections_per_address)
         self._accepting = anyio.CancelScope()
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -72,23 +73,19 @@ class TcpServer:
 
     async def _serve_client(self, stream: ByteStream) -> None:
         client = TcpClient(stream, self.node, self.limits, self.metrics)
-        address = client.address
-        limit = self.limits.connections_per_address
-        if limit and self.per_address.get(address, 0) >= limit:
-            log.warning("refusing %s: already %d connections from there", client.peer, limit)
+        if not self.per_address.admit(client.address):
+            log.warning("refusing %s: already %d connections from there", client.peer,
+                        self.per_address.limit)
             with anyio.move_on_after(1):
                 await stream.send(TOO_MANY_CONNECTIONS)
             await stream.aclose()
             return
-        self.per_address[address] = self.per_address.get(address, 0) + 1
         self.clients.add(client)
         try:
             await client.run()
         finally:
             self.clients.discard(client)
-            self.per_address[address] -= 1
-            if not self.per_address[address]:
-                del self.per_address[address]
+            self.per_address.leave(client.address)
 
 
 class QuietTLSListener(TLSListener):
