@@ -64,3 +64,16 @@ if ! command -v nginx >/dev/null 2>&1 || [ ! -e /usr/lib/nginx/modules/ngx_strea
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-stream >/dev/null
 fi
 echo "services: nginx $(nginx -v 2>&1 | cut -d/ -f2)"
+
+# Chromium for the browser tests of the web page (driven by Playwright, which gets no browser
+# download: it uses Debian's /usr/bin/chromium).
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "services: installing chromium"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "services: run as root, or: sudo apt-get install -y chromium" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+echo "services: $(chromium --version 2>/dev/null)"
