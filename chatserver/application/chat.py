@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from chatserver.application.commands import Receipt, SendDirectMessage, SendGroupMessage
@@ -12,6 +13,8 @@ from chatserver.domain.ports import Transaction
 
 if TYPE_CHECKING:
     from chatserver.application.connection import Connection
+
+log = logging.getLogger("chatserver.chat")
 
 
 async def send_direct_message(
@@ -48,8 +51,12 @@ async def send_group_message(
         sent_at_ms=node.clock.now_ms(),
     )
     recipients = [uid for uid in roster.members if uid != me.id]
-    await node.router.deliver_to_many(recipients, message)
-    return MessageAccepted(message.msg_id)
+    not_stored = await node.router.deliver_to_many(recipients, message)
+    if not_stored:
+        log.warning("group message not stored for users whose stored messages are full: "
+                    "msg_id=%d group=%d sender=%d users=%s", message.msg_id,
+                    command.group_id, me.id, not_stored)
+    return MessageAccepted(message.msg_id, tuple(not_stored))
 
 
 async def receipt(command: Receipt, *, connection: Connection) -> Done:

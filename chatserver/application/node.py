@@ -35,7 +35,8 @@ class Limits:
     failed_logins_per_account: int = 10
     failed_logins_per_address: int = 100  # 0: no limit per address (behind a proxy)
     failed_login_window_seconds: float = 60.0
-    # One-to-one messages that may wait for one user; past it the sender gets errno 11.
+    # Messages that may wait for one user; past it a one-to-one sender gets errno 11 and a
+    # group message is not stored for that user (the sender's ACK lists who missed it).
     stored_per_user: int = 10_000
 
 

@@ -19,9 +19,11 @@ class Registered:
 
 @frozen
 class MessageAccepted:
-    """The server has taken responsibility for the message."""
+    """The server has taken responsibility for the message, except for not_stored: group
+    members who are away and whose stored messages are at the limit."""
 
     msg_id: int
+    not_stored: tuple[int, ...] = ()
 
 
 @frozen

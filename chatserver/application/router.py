@@ -24,7 +24,8 @@ class Router:
     uow: UnitOfWork
     custody: Custody
     metrics: Metrics
-    # One-to-one messages waiting for one user, past which senders get an error.
+    # Messages waiting for one user, past which one-to-one senders get an error and group
+    # messages are not stored for that user.
     stored_limit: int = 10_000
 
     def deliver_here(self, user_id: int, delivery: Delivery) -> bool:
@@ -52,24 +53,33 @@ class Router:
         await self.uow.run(store)
         self.metrics.routed("stored")
 
-    async def deliver_to_many(self, user_ids: Sequence[int], delivery: Delivery) -> None:
-        """Deliver one message to many users, storing for all who are away in one transaction."""
+    async def deliver_to_many(self, user_ids: Sequence[int], delivery: Delivery) -> list[int]:
+        """Deliver one message to many users, storing for all who are away in one transaction.
+        Return those away whose stored messages are at the limit: skipped, so that one full
+        mailbox holds up nobody else."""
         elsewhere = [uid for uid in user_ids if not self.deliver_here(uid, delivery)]
         self.metrics.routed("local", len(user_ids) - len(elsewhere))
         if not elsewhere:
-            return
+            return []
         remote = [uid for uid in elsewhere if self.sessions.get(uid) is None]
         delivered = set(await self._deliver_remote(remote, delivery)) if remote else set()
         self.metrics.routed("cross-node", len(delivered))
         away = [uid for uid in elsewhere if uid not in delivered]
-        if away:
+        if not away:
+            return []
 
-            def store(tx: Transaction) -> None:
-                for uid in away:
+        def store(tx: Transaction) -> list[int]:
+            full = []
+            for uid in away:
+                if tx.messages.count(uid) >= self.stored_limit:
+                    full.append(uid)
+                else:
                     tx.messages.store(uid, delivery)
+            return full
 
-            await self.uow.run(store)
-            self.metrics.routed("stored", len(away))
+        full = await self.uow.run(store)
+        self.metrics.routed("stored", len(away) - len(full))
+        return full
 
     async def notify(self, user_ids: Sequence[int], notice: Notice) -> None:
         """Tell users who are online; nobody else hears of it."""

@@ -67,20 +67,38 @@ class Config:
     transport: TransportLimits = field(factory=TransportLimits)
     # Behind nginx every client has nginx's address: limits per address would hit everyone.
     behind_proxy: bool = False
+    # Behind nginx with `proxy_protocol on;`: each connection names its client, so limits per
+    # address apply to the real addresses (behind_proxy is then not needed, and ignored).
+    proxy_protocol: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
     metrics_port: int | None = None
+    # The web page and WebSocket endpoint (/ws) on this port; None: off.
+    ws_port: int | None = None
 
     def transport_limits(self) -> TransportLimits:
-        per_address = 0 if self.behind_proxy else self.transport.connections_per_address
+        if self.proxy_protocol and (self.tls_cert or self.tls_key):
+            raise ConfigError(
+                "--proxy-protocol with TLS is not supported: let nginx terminate TLS"
+            )
+        per_address = (
+            0 if self._blind_to_addresses() else self.transport.connections_per_address
+        )
         return evolve(
-            self.transport, frame_bytes=self.frame_limit, connections_per_address=per_address
+            self.transport,
+            frame_bytes=self.frame_limit,
+            connections_per_address=per_address,
+            proxy_protocol=self.proxy_protocol,
         )
 
     def node_limits(self) -> Limits:
-        if self.behind_proxy:
+        if self._blind_to_addresses():
             return evolve(self.limits, failed_logins_per_address=0)
         return self.limits
+
+    def _blind_to_addresses(self) -> bool:
+        """Every client seems to come from the proxy: limits per address are off."""
+        return self.behind_proxy and not self.proxy_protocol
 
 
 class ConfigError(ValueError):

@@ -10,12 +10,15 @@ import signal
 import ssl
 import sys
 from collections.abc import Sequence
+from functools import partial
+from typing import Any, Protocol
 
 import anyio
 
 from chatserver.adapters.mysql.url import redact_password
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.server import TcpServer
+from chatserver.entrypoints import collector
 from chatserver.entrypoints.bootstrap import Config, ConfigError, bootstrap, upgrade_database
 
 log = logging.getLogger("chatserver")
@@ -66,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="clients reach this node through nginx: turn off the limits per "
                        "client address (connections, failed logins), which would see only "
                        "nginx's address (CHATSERVER_BEHIND_PROXY=1)")
+    serve.add_argument("--proxy-protocol", action="store_true",
+                       default=_env("PROXY_PROTOCOL", "") not in ("", "0"),
+                       help="every connection begins with a PROXY protocol header (v1 or v2, "
+                       "nginx: proxy_protocol on;) naming the real client, whose address the "
+                       "limits per address then use; a connection without one is closed "
+                       "(CHATSERVER_PROXY_PROTOCOL=1)")
     serve.add_argument("--connections-per-address", type=int,
                        default=int(_env("CONNECTIONS_PER_ADDRESS",
                                         str(defaults.transport.connections_per_address))),
@@ -98,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                        default=int(_env("METRICS_PORT", "0")) or None,
                        help="serve Prometheus metrics at http://HOST:PORT/metrics "
                        "(CHATSERVER_METRICS_PORT; default: off)")
+    serve.add_argument("--ws-port", type=int,
+                       default=int(_env("WS_PORT", "0")) or None,
+                       help="also serve the web page at http://HOST:PORT/ and the protocol over "
+                            "WebSocket at /ws on this port (default: off; env CHATSERVER_WS_PORT)")
     serve.add_argument("--frame-limit", type=int,
                        default=int(_env("FRAME_LIMIT", str(defaults.frame_limit))),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
@@ -106,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                        default=_env("TRANSPORT", "anyio"),
                        help="anyio streams, or asyncio Protocols (CHATSERVER_TRANSPORT; "
                        "default %(default)s)")
+    serve.add_argument("--loop", choices=("asyncio", "uvloop"),
+                       default=_env("LOOP", "asyncio"),
+                       help="event loop: the standard library's, or uvloop if installed "
+                       "(pip install uvloop) (CHATSERVER_LOOP; default %(default)s)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
                        help="DEBUG, INFO, WARNING or ERROR (CHATSERVER_LOG_LEVEL; "
                        "default %(default)s)")
@@ -139,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--bus", default=_env("BUS", "redis://127.0.0.1:6379/0"),
                          help="shared Redis: redis://HOST:PORT/DB[?namespace=NAME] "
                          "(default %(default)s)")
+    cluster.add_argument("--ws-port", type=int, default=0,
+                         help="also the web page and WebSocket (/ws) through nginx on this port; "
+                         "each node serves its own right after the nodes' TCP ports "
+                         "(default: off)")
 
     db = commands.add_parser("db", help="manage the database")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -195,7 +216,7 @@ def _cluster(args: argparse.Namespace) -> int:
     _log_to_stderr("INFO")
     return LocalCluster(
         nodes=args.nodes, port=args.port, database=args.database, bus=args.bus,
-        host=args.host, first_node_port=args.node_port,
+        host=args.host, first_node_port=args.node_port, ws_port=args.ws_port,
     ).run()
 
 
@@ -236,8 +257,10 @@ def _serve(args: argparse.Namespace) -> int:
         frame_limit=args.frame_limit,
         node_lease_seconds=args.node_lease,
         behind_proxy=args.behind_proxy,
+        proxy_protocol=args.proxy_protocol,
         tls_cert=args.tls_cert,
         metrics_port=args.metrics_port,
+        ws_port=args.ws_port,
         tls_key=args.tls_key,
         hash_cost=args.hash_cost,
         transport=TransportLimits(
@@ -245,10 +268,30 @@ def _serve(args: argparse.Namespace) -> int:
             idle_timeout_seconds=args.idle_timeout,
             request_burst=args.request_burst,
             requests_per_second=args.request_rate,
+            request_grace_seconds=SHUTDOWN_GRACE_SECONDS / 2,
         ),
     )
-    anyio.run(serve, config, args.transport)
+    anyio.run(serve, config, args.transport, **_event_loop(args.loop))
     return 0
+
+
+def _event_loop(name: str) -> dict[str, Any]:
+    """anyio.run's arguments for the --loop chosen."""
+    if name == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise ConfigError("--loop uvloop needs uvloop: pip install uvloop") from None
+        return {"backend": "asyncio", "backend_options": {"use_uvloop": True}}
+    return {"backend": "asyncio"}
+
+
+class Server(Protocol):
+    """What serve() needs of a listener: TcpServer, ProtocolServer, WebSocketServer."""
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[int] = ...) -> None: ...
+
+    async def shutdown(self) -> None: ...
 
 
 async def serve(config: Config, transport: str = "anyio") -> None:
@@ -273,28 +316,54 @@ async def serve(config: Config, transport: str = "anyio") -> None:
                 tls=tls,
                 metrics=app.metrics,
             )
+            servers: list[Server] = [server]
+            if config.ws_port is not None:
+                from chatserver.adapters.web.server import WebSocketServer
+
+                servers.append(WebSocketServer(
+                    app.node,
+                    config.host,
+                    config.ws_port,
+                    config.transport_limits(),
+                    tls=tls,
+                    metrics=app.metrics,
+                    forwarded_for=config.behind_proxy or config.proxy_protocol,
+                ))
             if app.metrics is not None and config.metrics_port is not None:
                 app.metrics.serve(config.host, config.metrics_port)
                 log.info("metrics at http://%s:%d/metrics", config.host, config.metrics_port)
-            stopped = anyio.Event()
+            stopped = [anyio.Event() for _ in servers]
 
-            async def run_server(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+            async def run_server(
+                index: int, *, task_status: anyio.abc.TaskStatus[int]
+            ) -> None:
                 try:
-                    await server.serve(task_status=task_status)
+                    await servers[index].serve(task_status=task_status)
                 finally:
-                    stopped.set()
+                    stopped[index].set()
 
             async def stop_gracefully(cancel_scope: anyio.CancelScope) -> None:
-                await server.shutdown()
-                with anyio.move_on_after(SHUTDOWN_GRACE_SECONDS):
-                    await stopped.wait()
+                # One grace for all: requests in hand, logging out, output draining.
+                deadline = anyio.current_time() + SHUTDOWN_GRACE_SECONDS
+                for each in servers:
+                    await each.shutdown()
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    for event in stopped:
+                        await event.wait()
                 cancel_scope.cancel()
 
             async with anyio.create_task_group() as tg:
-                port = await tg.start(run_server)
+                port = await tg.start(run_server, 0)
                 log.info("chatserver listening on %s:%d%s (node %s, database %s, bus %s)",
                          config.host, port, " with TLS" if tls else "", app.node.node_id,
                          redact_password(config.database), redact_password(config.bus))
+                if len(servers) > 1:
+                    web_port = await tg.start(run_server, 1)
+                    scheme = "https" if tls else "http"
+                    log.info("web page at %s://%s:%d/ (WebSocket at /ws)", scheme, config.host,
+                             web_port)
+                tg.start_soon(partial(collector.keep_long_lived_frozen,
+                                      freeze=collector.enabled()))
                 async for signum in signals:
                     log.info("stopping on %s: logging %d sessions out",
                              signal.Signals(signum).name, len(app.node.sessions))

@@ -41,6 +41,44 @@ stream {{
         # An idle timeout well above the clients' 20 s heartbeat.
         proxy_timeout 120s;
         tcp_nodelay on;
+        # Each connection starts with a PROXY header naming the client (nodes run with
+        # --proxy-protocol), so their limits per address see real addresses, not nginx's.
+        proxy_protocol on;
+    }}
+}}
+{http}"""
+
+# With --ws-port: the web page and /ws through nginx's http proxy, WebSocket upgrades passed on.
+NGINX_HTTP_CONFIG = """\
+http {{
+    access_log off;
+    client_body_temp_path {run_dir}/client-body;
+    proxy_temp_path {run_dir}/proxy;
+    fastcgi_temp_path {run_dir}/fastcgi;
+    uwsgi_temp_path {run_dir}/uwsgi;
+    scgi_temp_path {run_dir}/scgi;
+    upstream chatserver_web {{
+        least_conn;
+{servers}
+    }}
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+    server {{
+        listen {host}:{port};
+        location / {{
+            proxy_pass http://chatserver_web;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            # Replaced, not appended: the nodes take the last address as the client's.
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_connect_timeout 1s;
+            proxy_read_timeout 120s;
+            proxy_send_timeout 120s;
+        }}
     }}
 }}
 """
@@ -54,10 +92,18 @@ class LocalCluster:
     bus: str
     host: str = "127.0.0.1"
     first_node_port: int = 0  # 0: the ports right after port
+    # The web page and WebSocket through nginx on this port; the nodes' own web ports follow
+    # their TCP ports. 0: off.
+    ws_port: int = 0
 
     def node_ports(self) -> list[int]:
         first = self.first_node_port or self.port + 1
         return list(range(first, first + self.nodes))
+
+    def node_web_ports(self) -> list[int]:
+        if not self.ws_port:
+            return []
+        return [port + self.nodes for port in self.node_ports()]
 
     def check(self) -> None:
         if not self.bus.startswith("redis://"):
@@ -78,10 +124,14 @@ class LocalCluster:
                      enumerate(self.node_ports(), 1)]
             nginx: subprocess.Popen[bytes] | None = None
             try:
-                for port in self.node_ports():
+                for port in self.node_ports() + self.node_web_ports():
                     _wait_listening(self.host, port)
                 nginx = self._start_nginx(Path(run_dir))
                 _wait_listening(self.host, self.port)
+                if self.ws_port:
+                    _wait_listening(self.host, self.ws_port)
+                    log.info("web page at http://%s:%d/ (WebSocket at /ws)", self.host,
+                             self.ws_port)
                 log.info("cluster listening on %s:%d: %d nodes on ports %s, database %s, bus %s",
                          self.host, self.port, self.nodes, self.node_ports(),
                          redact(self.database), redact(self.bus))
@@ -101,10 +151,11 @@ class LocalCluster:
         return 1 if failures else 0
 
     def _start_node(self, index: int, port: int, run_dir: Path) -> subprocess.Popen[bytes]:
+        web = ["--ws-port", str(port + self.nodes)] if self.ws_port else []
         return subprocess.Popen([
             sys.executable, "-m", "chatserver", "serve", "--host", self.host, "--port", str(port),
             "--database", self.database, "--bus", self.bus, "--node-id", f"node{index}",
-            "--behind-proxy",
+            "--proxy-protocol", *web,
         ])
 
     def _start_nginx(self, run_dir: Path) -> subprocess.Popen[bytes]:
@@ -113,9 +164,19 @@ class LocalCluster:
             for port in self.node_ports()
         )
         load = f"load_module {NGINX_STREAM_MODULE};" if NGINX_STREAM_MODULE.exists() else ""
+        http = ""
+        if self.ws_port:
+            web_servers = "\n".join(
+                f"        server {self.host}:{port} max_fails=3 fail_timeout=10s;"
+                for port in self.node_web_ports()
+            )
+            http = NGINX_HTTP_CONFIG.format(
+                run_dir=run_dir, servers=web_servers, host=self.host, port=self.ws_port
+            )
         config = run_dir / "nginx.conf"
         config.write_text(NGINX_CONFIG.format(
-            load_module=load, run_dir=run_dir, servers=servers, host=self.host, port=self.port
+            load_module=load, run_dir=run_dir, servers=servers, host=self.host, port=self.port,
+            http=http,
         ))
         return subprocess.Popen([
             "nginx", "-c", str(config), "-p", str(run_dir), "-e", str(run_dir / "nginx-error.log"),

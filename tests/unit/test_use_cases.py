@@ -347,6 +347,63 @@ async def test_a_full_mailbox_refuses_more_with_a_clear_error() -> None:
         assert isinstance(await b.next_event(), DirectMessage)
 
 
+async def test_a_full_mailbox_misses_a_group_message_without_holding_up_the_group(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from chatserver.application.node import Limits
+    from chatserver.entrypoints.bootstrap import Config, bootstrap
+    from tests.unit.conftest import FAST_HASHER
+
+    config = Config(database="memory://", limits=Limits(stored_per_user=2))
+    async with bootstrap(config, hasher=FAST_HASHER) as chat:
+        alice, bob, carol, dave = [
+            await register(chat, name) for name in ("alice", "bob", "carol", "dave")
+        ]
+        a = await online(chat, alice)
+        gid = (await a.request(CreateGroup("g"))).group_id  # type: ignore[union-attr]
+        for member in (bob, carol, dave):
+            joined = await online(chat, member)
+            await joined.request(JoinGroup(gid))
+            if member != dave:
+                await joined.request(Logout())
+        d = await online(chat, dave)
+        for i in range(2):  # bob's mailbox is now full
+            await a.request(SendDirectMessage(bob, f"m{i}"))
+
+        sent = await a.request(SendGroupMessage(gid, "to all"))
+
+        assert isinstance(sent, MessageAccepted) and sent.not_stored == (bob,)
+        assert f"msg_id={sent.msg_id} group={gid} sender={alice} users=[{bob}]" in caplog.text
+        got = await d.next_event()  # live members get it
+        assert isinstance(got, GroupMessage) and got.msg_id == sent.msg_id
+        waiting_for_carol = (await login(chat.connect(), carol)).waiting
+        assert [m.msg_id for m in waiting_for_carol] == [sent.msg_id]
+        waiting_for_bob = (await login(chat.connect(), bob)).waiting
+        assert [m.text for m in waiting_for_bob] == ["m0", "m1"]  # type: ignore[union-attr]
+        again = await a.request(SendGroupMessage(gid, "bob is back"))
+        assert isinstance(again, MessageAccepted) and again.not_stored == ()
+
+
+async def test_a_group_message_is_accepted_even_when_every_member_away_is_full() -> None:
+    from chatserver.application.node import Limits
+    from chatserver.entrypoints.bootstrap import Config, bootstrap
+    from tests.unit.conftest import FAST_HASHER
+
+    config = Config(database="memory://", limits=Limits(stored_per_user=1))
+    async with bootstrap(config, hasher=FAST_HASHER) as chat:
+        alice, bob = await register(chat, "alice"), await register(chat, "bob")
+        a = await online(chat, alice)
+        gid = (await a.request(CreateGroup("g"))).group_id  # type: ignore[union-attr]
+        b = await online(chat, bob)
+        await b.request(JoinGroup(gid))
+        await b.request(Logout())
+        await a.request(SendGroupMessage(gid, "fills it"))
+        sent = await a.request(SendGroupMessage(gid, "misses it"))
+        assert isinstance(sent, MessageAccepted) and sent.not_stored == (bob,)
+        waiting = (await login(chat.connect(), bob)).waiting
+        assert [m.text for m in waiting] == ["fills it"]  # type: ignore[union-attr]
+
+
 async def test_unreceipted_messages_wait_in_memory_while_the_database_is_down(
     chat: ChatApp,
 ) -> None:

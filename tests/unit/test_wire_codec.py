@@ -402,6 +402,12 @@ def test_a_chat_ack_carries_the_msg_id() -> None:
     ]
 
 
+def test_a_group_chat_ack_lists_the_members_it_was_not_stored_for() -> None:
+    assert encode_result(request(10, seq=4), MessageAccepted(1002, (7, 9)), MODERN) == [
+        b'{"msgid":11,"seq":4,"reply_to":10,"errno":0,"msg_id":1002,"not_stored":[7,9]}\n'
+    ]
+
+
 def test_a_create_group_ack_carries_the_group_id() -> None:
     assert one(encode_result(request(8), GroupCreated(7), MODERN)) == {
         "msgid": 11,

@@ -11,6 +11,7 @@ from attrs import define
 
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import RequestBudget
+from chatserver.adapters.tcp.proxy_header import ProxyHeaderError, ProxyHeaderReader
 from chatserver.adapters.tcp.requests import RequestServing
 from chatserver.adapters.wire.codec import (
     Dialect,
@@ -47,6 +48,13 @@ class TransportLimits:
     idle_timeout_seconds: float = 300.0
     # Open connections from one address (0: no limit, e.g. behind nginx, where all share one).
     connections_per_address: int = 512
+    # Every connection starts with a PROXY protocol header (nginx `proxy_protocol on;`) naming
+    # the real client, which must arrive within this time.
+    proxy_protocol: bool = False
+    proxy_header_seconds: float = 5.0
+    # At shutdown, requests already being handled get this long to finish and be answered
+    # before sessions are logged out (half of serve's grace; the rest is for logging out).
+    request_grace_seconds: float = 5.0
 
 
 class TcpClient(RequestServing):
@@ -69,6 +77,7 @@ class TcpClient(RequestServing):
         self.close_reason = "connection closed by the client"
         self.splitter = FrameSplitter(limits.frame_bytes)
         self.dialect = Dialect.MODERN
+        self._early = b""  # what came right after the PROXY header: the first request bytes
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._callbacks: list[Callback] = []
@@ -76,10 +85,11 @@ class TcpClient(RequestServing):
         self._drained = anyio.Event()
         self._closing = False  # no more requests are read
         self._closed = False  # nothing more is written
-        self._receiving = False
+        self._handling = False  # a request is being served: shutdown lets it finish
         self._shutting_down = False
         self._released = anyio.Event()
         self._read_scope = anyio.CancelScope()
+        self._reading_done = anyio.Event()
         self._task_group: TaskGroup | None = None
 
     # The Outbox port.
@@ -112,10 +122,15 @@ class TcpClient(RequestServing):
     # The loops.
 
     def stop_reading(self) -> None:
-        """Server shutdown: take no more requests, stay open until release() to hear the rest."""
+        """Server shutdown: take no more requests (one being served goes on), stay open until
+        release() to hear the rest."""
         self._closing = self._shutting_down = True
-        if self._receiving:
+        if not self._handling:
             self._read_scope.cancel()
+
+    async def requests_done(self) -> None:
+        """Wait until the request being served when stop_reading() came is answered."""
+        await self._reading_done.wait()
 
     def release(self) -> None:
         """Server shutdown: everyone is logged out, send what is queued and close."""
@@ -126,8 +141,11 @@ class TcpClient(RequestServing):
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
                 tg.start_soon(self._write_loop)
-                with self._read_scope:
-                    await self._read_loop()
+                try:
+                    with self._read_scope:
+                        await self._read_loop()
+                finally:
+                    self._reading_done.set()
                 if self._shutting_down:
                     with anyio.move_on_after(self.limits.close_grace_seconds):
                         await self._released.wait()
@@ -146,46 +164,95 @@ class TcpClient(RequestServing):
                 except (OSError, ssl.SSLError, anyio.BrokenResourceError) as error:
                     log.debug("closing %s: %s", self.peer, error)
 
+    async def read_proxy_header(self) -> bool:
+        """--proxy-protocol: take the client's real address from the header the proxy sends
+        first. False (and logged) if no valid header came within the limits."""
+        reader = ProxyHeaderReader()
+        try:
+            with anyio.fail_after(self.limits.proxy_header_seconds):
+                parsed = None
+                while parsed is None:
+                    parsed = reader.feed(await self.stream.receive(self.limits.read_chunk))
+        except ProxyHeaderError as error:
+            log.info("closing %s: %s", self.peer, error)
+            return False
+        except TimeoutError:
+            log.info("closing %s: no PROXY header within %.0f s", self.peer,
+                     self.limits.proxy_header_seconds)
+            return False
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                OSError):
+            # A port probe (a health check, a load balancer's) looks just like this.
+            log.debug("closing %s: gone before its PROXY header", self.peer)
+            return False
+        header, self._early = parsed
+        if header.source is not None:
+            proxy = self.peer
+            host, port = header.source
+            self.peer, self.address = f"{host}:{port}", host
+            self.connection.address = host
+            log.debug("connection from %s through %s", self.peer, proxy)
+        return True
+
     async def _read_loop(self) -> None:
+        if self._early and not await self._take(self._early):
+            return
+        self._early = b""
         while not self._closing:
-            self._receiving = True
-            silence = (
-                self.limits.idle_timeout_seconds
-                if self.connection.logged_in
-                else self.limits.login_timeout_seconds
-            )
+            data = await self._receive()
+            if data is None or not await self._take(data):
+                return
+
+    async def _receive(self) -> bytes | None:
+        """The next bytes from the client; None when it is gone or has been silent too long."""
+        silence = (
+            self.limits.idle_timeout_seconds
+            if self.connection.logged_in
+            else self.limits.login_timeout_seconds
+        )
+        try:
+            with anyio.fail_after(silence):
+                return await self.stream.receive(self.limits.read_chunk)
+        except TimeoutError:
+            what = "idle" if self.connection.logged_in else "not logged in"
+            log.info("closing %s: %s for %.0f s", self.peer, what, silence)
+            self.close_reason = f"{what} for {silence:.0f} s"
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                OSError):
+            pass
+        return None
+
+    async def _take(self, data: bytes) -> bool:
+        """Serve every frame in data; False when the connection is to stop reading."""
+        frames = self.splitter.feed(data)
+        if frames and self.splitter.legacy:
+            self.dialect = Dialect.LEGACY
+        for frame in frames:
+            if self._shutting_down:
+                self._refuse_stopping(frame)
+                continue
+            self._handling = True
             try:
-                with anyio.fail_after(silence):
-                    data = await self.stream.receive(self.limits.read_chunk)
-            except TimeoutError:
-                what = "idle" if self.connection.logged_in else "not logged in"
-                log.info("closing %s: %s for %.0f s", self.peer, what, silence)
-                self.close_reason = f"{what} for {silence:.0f} s"
-                return
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                    OSError):
-                return
-            finally:
-                self._receiving = False
-            frames = self.splitter.feed(data)
-            if frames and self.splitter.legacy:
-                self.dialect = Dialect.LEGACY
-            for frame in frames:
                 await self._handle(frame)
-            if self._refused > self.limits.refused_before_disconnect:
-                log.warning("closing %s: still flooding after %d refused requests",
-                            self.peer, self._refused)
-                self.close_reason = "flooding"
-                return
-            if self.splitter.too_large:
-                log.info("closing %s: frame over %d bytes", self.peer, self.limits.frame_bytes)
-                self.close_reason = "frame too large"
-                reply = encode_frame_too_large(self.dialect)
-                if reply is not None:
-                    self._queue(reply)
-                return
-            if self._pending_bytes > self.limits.reply_backlog_bytes:
-                await self._drained.wait()
+            finally:
+                self._handling = False
+        if self._shutting_down:
+            return False
+        if self._refused > self.limits.refused_before_disconnect:
+            log.warning("closing %s: still flooding after %d refused requests",
+                        self.peer, self._refused)
+            self.close_reason = "flooding"
+            return False
+        if self.splitter.too_large:
+            log.info("closing %s: frame over %d bytes", self.peer, self.limits.frame_bytes)
+            self.close_reason = "frame too large"
+            reply = encode_frame_too_large(self.dialect)
+            if reply is not None:
+                self._queue(reply)
+            return False
+        if self._pending_bytes > self.limits.reply_backlog_bytes:
+            await self._drained.wait()
+        return True
 
     def _queue(self, frame: bytes) -> None:
         self._pending.append(frame)

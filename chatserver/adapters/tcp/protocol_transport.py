@@ -19,7 +19,7 @@ import types
 from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from anyio.abc import TaskStatus
@@ -27,7 +27,8 @@ from anyio.abc import TaskStatus
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress, RequestBudget
 from chatserver.adapters.tcp.connection import TransportLimits
-from chatserver.adapters.tcp.requests import RequestServing
+from chatserver.adapters.tcp.proxy_header import ProxyHeaderError, ProxyHeaderReader
+from chatserver.adapters.tcp.requests import RequestServing, wait_for_requests
 from chatserver.adapters.wire.codec import (
     Dialect,
     encode_event,
@@ -122,6 +123,10 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self._registered = False
         self._last_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # --proxy-protocol: the header is read before anything else, within a time limit.
+        self._proxy_reader: ProxyHeaderReader | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._requests_done = self.loop.create_future()  # the worker left its loop
         self.done = self.loop.create_future()
 
     # The Outbox port.
@@ -168,6 +173,11 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             self._released = self.loop.create_future()
         self._end_reading()
 
+    async def requests_done(self) -> None:
+        """Wait until the request being served when stop_reading() came is answered."""
+        if self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._requests_done)
+
     def release(self) -> None:
         """Everyone is logged out: send what is queued and close."""
         if self._released is None:
@@ -178,15 +188,64 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     # asyncio.BufferedProtocol.
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = transport = cast(asyncio.Transport, transport)
         self.peer, self.address = _peer(transport.get_extra_info("peername"))
         self.connection.address = self.address
         if self.server.tls is not None:
             transport.pause_reading()
             self.loop.create_task(self._start_tls(transport, self.server.tls))
+        elif self.limits.proxy_protocol:
+            self._proxy_reader = ProxyHeaderReader()
+            self._header_timer = self.loop.call_later(
+                self.limits.proxy_header_seconds, self._no_proxy_header
+            )
         else:
             self._open()
+
+    def _read_proxy_header(self, data: bytes) -> None:
+        """--proxy-protocol: the client's real address comes first, from the proxy."""
+        assert self._proxy_reader is not None
+        try:
+            parsed = self._proxy_reader.feed(data)
+        except ProxyHeaderError as error:
+            self._refuse_unproxied(str(error))
+            return
+        if parsed is None:
+            return
+        self._stop_waiting_for_header()
+        header, rest = parsed
+        if header.source is not None:
+            proxy = self.peer
+            host, port = header.source
+            self.peer, self.address = f"{host}:{port}", host
+            self.connection.address = host
+            log.debug("connection from %s through %s", self.peer, proxy)
+        self._open()
+        if rest and self._registered and not self._closing:
+            self._take(rest)
+
+    def _no_proxy_header(self) -> None:
+        self._header_timer = None
+        if self._proxy_reader is not None:
+            self._refuse_unproxied(
+                f"no PROXY header within {self.limits.proxy_header_seconds:.0f} s"
+            )
+
+    def _stop_waiting_for_header(self) -> None:
+        self._proxy_reader = None
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _refuse_unproxied(self, reason: str) -> None:
+        log.info("closing %s: %s", self.peer, reason)
+        self._stop_waiting_for_header()
+        self._lost = self._closed = self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+        if not self.done.done():
+            self.done.set_result(None)
 
     async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
         try:
@@ -234,10 +293,17 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         return self.server.receive_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._proxy_reader is not None:
+            self._read_proxy_header(bytes(self.server.receive_buffer[:nbytes]))
+            return
         if self._closing:
             return
+        self._take(bytes(self.server.receive_buffer[:nbytes]))
+
+    def _take(self, data: bytes) -> None:
+        """Cut what was read into frames and serve them (now, or by the worker task)."""
         self._last_activity = self.loop.time()
-        frames = self.splitter.feed(bytes(self.server.receive_buffer[:nbytes]))
+        frames = self.splitter.feed(data)
         if frames:
             if self.splitter.legacy:
                 self.dialect = Dialect.LEGACY
@@ -288,6 +354,9 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         return True  # half closed: the replies to what was read still go out
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._proxy_reader is not None:
+            log.debug("closing %s: gone before its PROXY header", self.peer)  # a port probe
+            self._stop_waiting_for_header()
         self._lost = True
         self._buffered = 0
         if self._flush_handle is not None:
@@ -391,6 +460,9 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                         frames.clear()
                         self._end_reading()
                     while frames and not self._closed:
+                        if self._shutting_down:
+                            self._refuse_queued()
+                            break
                         frame = frames.popleft()
                         if frame is _TOO_LARGE:
                             self._frame_too_large()
@@ -413,6 +485,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                     self._wakeup = self.loop.create_future()
                     await self._wakeup
                 self._busy = False
+                self._settle_requests()
                 if self._shutting_down and self._released is not None:
                     await self._wait(self._released, self.limits.close_grace_seconds)
                 await self._finish()
@@ -425,8 +498,20 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                     log.exception("ending the session of %s failed", self.peer)
                 self._close_transport()
         finally:
+            self._settle_requests()
             if not self.done.done():
                 self.done.set_result(None)
+
+    def _settle_requests(self) -> None:
+        if not self._requests_done.done():
+            self._requests_done.set_result(None)
+
+    def _refuse_queued(self) -> None:
+        """Server shutdown: requests read but not started are answered errno 11."""
+        for frame in self._frames:
+            if isinstance(frame, bytes):
+                self._refuse_stopping(frame)
+        self._frames.clear()
 
     async def _wait(self, future: "asyncio.Future[None]", seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -598,6 +683,9 @@ class ProtocolServer:
         clients = list(self.clients)
         for client in clients:
             client.stop_reading()
+        await wait_for_requests(
+            [client.requests_done for client in clients], self.limits.request_grace_seconds
+        )
         for client in clients:
             try:
                 await client.connection.disconnect("server stopping")

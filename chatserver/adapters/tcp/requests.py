@@ -2,6 +2,9 @@
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
+
+import anyio
 
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import RequestBudget
@@ -15,9 +18,11 @@ from chatserver.adapters.wire.codec import (
 )
 from chatserver.adapters.wire.errors import BAD_REQUEST, errno_and_message
 from chatserver.application.connection import Connection
-from chatserver.domain.errors import ChatError, RateLimited
+from chatserver.domain.errors import ChatError, RateLimited, Unavailable
 
 log = logging.getLogger("chatserver.tcp")
+
+STOPPING = "server stopping: try again on a new connection"
 
 
 class RequestServing:
@@ -73,6 +78,16 @@ class RequestServing:
         if self.metrics is not None:
             self.metrics.request(request.msgid, 0, time.perf_counter() - started)
 
+    def _refuse_stopping(self, frame: bytes) -> None:
+        """Server shutdown: a request read but not started is answered errno 11, not served."""
+        request = decode(frame, self.dialect)
+        if isinstance(request, BadRequest):
+            reply = encode_bad_request(request, self.dialect)
+        else:
+            reply = encode_error(request, Unavailable(STOPPING), self.dialect)
+        if reply is not None:
+            self._queue(reply)
+
     def _reply_error(self, reply: bytes | None, msgid: int, errno: int, seconds: float) -> None:
         if reply is not None:
             self._queue(reply)
@@ -83,3 +98,13 @@ class RequestServing:
         session = self.connection.session
         return str(session.user.id) if session is not None else "-"
 
+
+
+async def wait_for_requests(requests_done: list[Callable[[], Awaitable[None]]],
+                            seconds: float) -> None:
+    """Shutdown: wait for the request in hand on every connection, for at most seconds."""
+    with anyio.move_on_after(seconds) as waiting:
+        for done in requests_done:
+            await done()
+    if waiting.cancelled_caught:
+        log.warning("requests still in hand after %.0f s: logging out anyway", seconds)

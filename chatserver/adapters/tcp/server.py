@@ -11,6 +11,7 @@ from anyio.streams.tls import TLSListener
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TcpClient, TransportLimits
+from chatserver.adapters.tcp.requests import wait_for_requests
 from chatserver.adapters.wire.codec import encode_refusal
 from chatserver.application.node import Node
 
@@ -39,6 +40,7 @@ class TcpServer:
         self.clients: set[TcpClient] = set()
         self.per_address = ConnectionsPerAddress(limits.connections_per_address)
         self._accepting = anyio.CancelScope()
+        self._stopping = False
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until shutdown() has ended every connection."""
@@ -58,11 +60,16 @@ class TcpServer:
             await served.aclose()
 
     async def shutdown(self) -> None:
-        """Stop accepting, log every session out (friends are told), let output drain."""
+        """Stop accepting and reading, let requests being served finish and be answered (for
+        a bounded time), log every session out (friends are told), let output drain."""
         self._accepting.cancel()
+        self._stopping = True
         clients = list(self.clients)
         for client in clients:
             client.stop_reading()
+        await wait_for_requests(
+            [client.requests_done for client in clients], self.limits.request_grace_seconds
+        )
         for client in clients:
             try:
                 await client.connection.disconnect("server stopping")
@@ -73,6 +80,11 @@ class TcpServer:
 
     async def _serve_client(self, stream: ByteStream) -> None:
         client = TcpClient(stream, self.node, self.limits, self.metrics)
+        if self.limits.proxy_protocol and (
+            not await client.read_proxy_header() or self._stopping
+        ):
+            await anyio.aclose_forcefully(stream)
+            return
         if not self.per_address.admit(client.address):
             log.warning("refusing %s: already %d connections from there", client.peer,
                         self.per_address.limit)

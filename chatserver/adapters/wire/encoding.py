@@ -186,6 +186,8 @@ def encode_result(request: Request, result: Result, dialect: Dialect) -> list[by
     reply["errno"] = OK
     if type(result) is MessageAccepted:
         reply["msg_id"] = result.msg_id
+        if result.not_stored:  # group members away with a full store: they miss this one
+            reply["not_stored"] = list(result.not_stored)
     elif type(result) is GroupCreated:
         reply["groupid"] = result.group_id
     elif type(result) is Registered:
