@@ -42,6 +42,12 @@ _REPLY_MSGIDS = (2, 5, 11)
 Frame = dict[str, Any]
 Pattern = Callable[[Frame], bool] | dict[str, Any]
 
+# CHATSERVER_TEST_TRANSPORT picks what the suite runs against: anyio (the default TCP
+# transport), asyncio (serve --transport asyncio) or websocket (serve --ws-port, every client
+# of the suite speaking over WebSocket at /ws instead of raw TCP).
+TRANSPORT = os.environ.get("CHATSERVER_TEST_TRANSPORT", "anyio")
+WEBSOCKET = TRANSPORT == "websocket"
+
 
 class ProtocolViolation(AssertionError):
     """The server sent bytes that break the framing rules of PROTOCOL.md."""
@@ -479,6 +485,75 @@ class Client:
             self.sock.close()
 
 
+class WebSocketTestClient(Client):
+    """The same client over WebSocket at /ws: each frame it sends is one text message (what
+    send_raw is given is cut at its LF/NUL terminators, a trailing CR dropped, empty frames
+    skipped, an unterminated tail kept for the next call, as a server's framing would), and
+    each message received is one frame."""
+
+    def __init__(self, port: int, *, timeout: float = FRAME_TIMEOUT):
+        from websockets.sync.client import connect
+
+        self.port = port
+        self.legacy = False
+        self.terminator = b"\n"
+        self.timeout = timeout
+        self.ws = connect(f"ws://{HOST}:{port}/ws", open_timeout=timeout, max_size=None,
+                          close_timeout=1).__enter__()
+        self.unsent = b""
+        self.buffer = b""
+        self.backlog: deque[Frame] = deque()
+        self.raw_frames: list[bytes] = []
+        self.eof = False
+        self.user: User | None = None
+        self.ack: Frame | None = None
+
+    def send_raw(self, data: bytes) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        *frames, self.unsent = re.split(rb"[\n\0]", self.unsent + data)
+        for frame in frames:
+            frame = frame.removesuffix(b"\r")
+            if frame:
+                try:
+                    self.ws.send(frame, text=True)
+                except ConnectionClosed as exc:
+                    raise BrokenPipeError("connection closed by the server") from exc
+
+    def _read_frame(self, deadline: float) -> Frame | None:
+        from websockets.exceptions import ConnectionClosed
+
+        if self.eof:
+            raise ConnectionError("connection closed by the server")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            message = self.ws.recv(timeout=remaining, decode=False)
+        except TimeoutError:
+            return None
+        except ConnectionClosed as exc:
+            self.eof = True
+            raise ConnectionError("connection closed by the server") from exc
+        if b"\n" in message:
+            raise ProtocolViolation(f"a WebSocket message holds more than a frame: {message!r}")
+        self.raw_frames.append(message + b"\n")
+        try:
+            frame = json.loads(message.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolViolation(f"server frame is not UTF-8 JSON: {message[:300]!r}") from exc
+        if not isinstance(frame, dict):
+            raise ProtocolViolation(f"server frame is not a JSON object: {message[:300]!r}")
+        problems = frame_problems(frame)
+        if problems:
+            raise ProtocolViolation(f"{'; '.join(problems)} in server frame {message[:2000]!r}")
+        return frame
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ws.close()
+
+
 # --------------------------------------------------------------------------- the server process
 
 
@@ -491,6 +566,7 @@ class ServerProcess:
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
+        self.ws_port: int | None = None  # with CHATSERVER_TEST_TRANSPORT=websocket
         self.killed = False
 
     def start(self) -> ServerProcess:
@@ -522,9 +598,14 @@ class ServerProcess:
             sys.executable, "-m", "chatserver", "serve", "--host", HOST, "--port", str(port),
             "--database", self.database, *self.extra_args,
         ]
-        # CHATSERVER_TEST_TRANSPORT=asyncio runs the suite against the asyncio Protocol transport.
-        if os.environ.get("CHATSERVER_TEST_TRANSPORT", "anyio") != "anyio":
-            command += ["--transport", os.environ["CHATSERVER_TEST_TRANSPORT"]]
+        if TRANSPORT == "asyncio":
+            command += ["--transport", "asyncio"]
+        # CHATSERVER_TEST_LOOP=uvloop runs the server on uvloop (serve --loop).
+        if os.environ.get("CHATSERVER_TEST_LOOP", "asyncio") != "asyncio":
+            command += ["--loop", os.environ["CHATSERVER_TEST_LOOP"]]
+        if WEBSOCKET and "--ws-port" not in self.extra_args:
+            self.ws_port = free_port()
+            command += ["--ws-port", str(self.ws_port)]
         return command
 
     def _wait_listening(self, port: int) -> bool:
@@ -535,6 +616,8 @@ class ServerProcess:
                 return False
             try:
                 socket.create_connection((HOST, port), timeout=0.5).close()
+                if self.ws_port is not None:
+                    socket.create_connection((HOST, self.ws_port), timeout=0.5).close()
                 return self.proc.poll() is None
             except OSError:
                 time.sleep(0.05)
@@ -600,17 +683,24 @@ class ClusterProcess(ServerProcess):
     Redis bus. Clients are spread over the nodes, so most pairs of users are on different
     nodes: with CHATSERVER_TEST_CLUSTER=1 the whole suite runs against this."""
 
-    def __init__(self, directory: Path, log_path: Path, nodes: int = 2):
+    def __init__(self, directory: Path, log_path: Path, nodes: int = 2, *, web: bool = False):
         super().__init__(f"sqlite:///{directory / 'cluster.db'}", log_path)
         self.nodes = nodes
         self.bus = f"redis://127.0.0.1:6379/0?namespace=test-{uuid.uuid4().hex[:8]}"
+        self.web = web or WEBSOCKET
 
     def command(self, port: int) -> list[str]:
-        return [
+        # With the web page on, each node's web port follows the nodes' TCP ports.
+        self.node_port = free_port_block(self.nodes * (2 if self.web else 1))
+        command = [
             sys.executable, "-m", "chatserver", "cluster", "--host", HOST, "--port", str(port),
-            "--node-port", str(free_port_block(self.nodes)), "--nodes", str(self.nodes),
-            "--database", self.database, "--bus", self.bus,
+            "--node-port", str(self.node_port),
+            "--nodes", str(self.nodes), "--database", self.database, "--bus", self.bus,
         ]
+        if self.web:
+            self.ws_port = free_port()
+            command += ["--ws-port", str(self.ws_port)]
+        return command
 
 
 def free_port_block(count: int) -> int:
@@ -644,7 +734,14 @@ class Chat:
         return self.server.port
 
     def client(self, *, legacy: bool = False) -> Client:
-        c = Client(self.port, legacy=legacy)
+        c: Client
+        if WEBSOCKET:
+            if legacy:
+                pytest.skip("the legacy dialect is a TCP matter: WebSocket speaks the modern one")
+            assert self.server.ws_port is not None
+            c = WebSocketTestClient(self.server.ws_port)
+        else:
+            c = Client(self.port, legacy=legacy)
         self.clients.append(c)
         return c
 

@@ -1,5 +1,6 @@
 """`serve` over TLS, and how it stops on SIGTERM."""
 
+import http.client
 import json
 import signal
 import socket
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import HOST, Chat, ServerProcess
+from tests.integration.conftest import HOST, Chat, ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +48,32 @@ def test_a_client_chats_over_tls(tmp_path: Path, certificate: tuple[Path, Path])
             plain.sendall(b'{"msgid":16}\n')
             plain.settimeout(5)
             assert b"errno" not in plain.recv(4096)
+    finally:
+        server.stop()
+        server.assert_no_traceback()
+
+
+def test_the_web_port_serves_https_and_wss_with_the_same_certificate(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    from websockets.sync.client import connect
+
+    cert, key = certificate
+    ws_port = free_port()
+    server = ServerProcess(
+        "memory://", tmp_path / "wss.log",
+        ["--tls-cert", str(cert), "--tls-key", str(key), "--ws-port", str(ws_port)],
+    ).start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        with connect(f"wss://localhost:{ws_port}/ws", ssl=context, open_timeout=10) as ws:
+            ws.send('{"msgid":4,"name":"wss-user","password":"pw","seq":1}')
+            reply = json.loads(ws.recv(timeout=10))
+            assert reply["errno"] == 0 and reply["seq"] == 1
+        page = http.client.HTTPSConnection("localhost", ws_port, timeout=10, context=context)
+        page.request("GET", "/")
+        assert page.getresponse().status == 200
+        page.close()
     finally:
         server.stop()
         server.assert_no_traceback()

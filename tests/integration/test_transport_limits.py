@@ -1,10 +1,12 @@
-"""The transport's limits over real sockets, on an in-process server with small limits."""
+"""The transports' limits over real sockets, on an in-process server with small limits: every
+test runs over raw TCP and again over WebSocket (/ws), which must behave the same."""
 
 import json
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import anyio
 import pytest
@@ -13,6 +15,7 @@ from attrs import evolve
 
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.server import TcpServer
+from chatserver.adapters.web.server import WebSocketServer
 from chatserver.application.node import Limits
 from chatserver.entrypoints.bootstrap import Config, bootstrap
 from tests.unit.conftest import FAST_HASHER
@@ -61,6 +64,9 @@ class Line:
         assert reply is not None
         return reply
 
+    def close(self) -> None:
+        self.sock.close()
+
     def closed_within(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
         self.sock.settimeout(0.2)
@@ -75,29 +81,96 @@ class Line:
         return False
 
 
+class WebSocketLine(Line):
+    """The same blocking client over WebSocket: one frame per message."""
+
+    def __init__(self, port: int, *, receive_buffer: int = 0) -> None:
+        from websockets.sync.client import connect
+
+        sock = socket.socket()
+        if receive_buffer:  # before connecting, so the window starts small
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", port))
+        # A small receive queue too, so a client that stops reading shows soon.
+        self.ws = connect(
+            f"ws://127.0.0.1:{port}/ws", sock=sock, max_queue=4 if receive_buffer else 16,
+            max_size=None, close_timeout=1, open_timeout=5,
+        ).__enter__()
+        self.timeout = 5.0
+
+    def send(self, *frames: dict[str, object]) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            for frame in frames:
+                self.ws.send(json.dumps(frame))
+        except ConnectionClosed as error:
+            raise BrokenPipeError("closed by the server") from error
+
+    def recv(self) -> dict[str, object] | None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            message = self.ws.recv(timeout=self.timeout)
+        except ConnectionClosed:
+            return None
+        return json.loads(message)
+
+    def closed_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        self.timeout = 0.2
+        while time.monotonic() < deadline:
+            try:
+                if self.recv() is None:
+                    return True
+            except TimeoutError:
+                continue
+        return False
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    transport: str
+    port: int
+
+    def connect(self, *, receive_buffer: int = 0) -> Line:
+        kind = WebSocketLine if self.transport == "websocket" else Line
+        return kind(self.port, receive_buffer=receive_buffer)
+
+
 @contextmanager
-def serving(limits: TransportLimits) -> Iterator[int]:
+def serving(limits: TransportLimits, transport: str) -> Iterator[Endpoint]:
     async def serve(*, task_status: anyio.abc.TaskStatus[int]) -> None:
         async with bootstrap(Config(database="memory://"), hasher=FAST_HASHER) as app:
-            server = TcpServer(app.node, "127.0.0.1", 0, limits)
+            kind = WebSocketServer if transport == "websocket" else TcpServer
+            server = kind(app.node, "127.0.0.1", 0, limits)
             await server.serve(task_status=task_status)
 
     with start_blocking_portal("asyncio") as portal:
         future, port = portal.start_task(serve)
-        yield port
+        yield Endpoint(transport, port)
         future.cancel()
 
 
+@pytest.fixture(params=["tcp", "websocket"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def port() -> Iterator[int]:
-    with serving(LIMITS) as port:
-        yield port
+def port(transport: str) -> Iterator[Endpoint]:
+    with serving(LIMITS, transport) as endpoint:
+        yield endpoint
 
 
 def register_and_login(
-    port: int, name: str, *, receipts: bool = False, receive_buffer: int = 0
+    port: Endpoint, name: str, *, receipts: bool = False, receive_buffer: int = 0
 ) -> tuple[Line, int]:
-    client = Line(port, receive_buffer=receive_buffer)
+    client = port.connect(receive_buffer=receive_buffer)
     user = client.request({"msgid": 4, "name": name, "password": "pw"})["id"]
     assert client.request({"msgid": 1, "id": user, "password": "pw", "receipts": receipts})[
         "errno"
@@ -106,8 +179,8 @@ def register_and_login(
     return client, user
 
 
-def test_a_burst_passes_then_errno_9_then_a_flooder_is_cut_off(port: int) -> None:
-    client = Line(port)
+def test_a_burst_passes_then_errno_9_then_a_flooder_is_cut_off(port: Endpoint) -> None:
+    client = port.connect()
     client.send(*[{"msgid": 16, "seq": i} for i in range(LIMITS.request_burst + 5)])
     replies = [client.recv() for _ in range(LIMITS.request_burst + 5)]
     assert [r["errno"] for r in replies[: LIMITS.request_burst]] == [0] * LIMITS.request_burst
@@ -116,14 +189,14 @@ def test_a_burst_passes_then_errno_9_then_a_flooder_is_cut_off(port: int) -> Non
     assert client.request({"msgid": 16})["errno"] == 0
     client.send(*[{"msgid": 16}] * 200)
     assert client.closed_within(5)
-    assert Line(port).request({"msgid": 16})["errno"] == 0  # others are not affected
+    assert port.connect().request({"msgid": 16})["errno"] == 0  # others are not affected
 
 
-def test_a_connection_that_never_logs_in_is_closed(port: int) -> None:
-    assert Line(port).closed_within(LIMITS.login_timeout_seconds + 2)
+def test_a_connection_that_never_logs_in_is_closed(port: Endpoint) -> None:
+    assert port.connect().closed_within(LIMITS.login_timeout_seconds + 2)
 
 
-def test_a_silent_session_is_closed_and_a_pinging_one_is_not(port: int) -> None:
+def test_a_silent_session_is_closed_and_a_pinging_one_is_not(port: Endpoint) -> None:
     silent, _ = register_and_login(port, "silent")
     pinging, _ = register_and_login(port, "pinging")
     for _ in range(4):
@@ -132,30 +205,30 @@ def test_a_silent_session_is_closed_and_a_pinging_one_is_not(port: int) -> None:
     assert silent.closed_within(2)
 
 
-def test_connections_per_address_are_capped(port: int) -> None:
-    held = [Line(port) for _ in range(LIMITS.connections_per_address)]
+def test_connections_per_address_are_capped(port: Endpoint) -> None:
+    held = [port.connect() for _ in range(LIMITS.connections_per_address)]
     for client in held:
         assert client.request({"msgid": 16})["errno"] == 0
-    refused = Line(port)
+    refused = port.connect()
     reply = refused.recv()
     assert reply is not None and reply["errno"] == 9
     assert refused.closed_within(2)
-    held.pop().sock.close()
+    held.pop().close()
     time.sleep(0.2)
-    assert Line(port).request({"msgid": 16})["errno"] == 0
+    assert port.connect().request({"msgid": 16})["errno"] == 0
 
 
-def test_wrong_passwords_throttle_the_account(port: int) -> None:
-    client = Line(port)
+def test_wrong_passwords_throttle_the_account(port: Endpoint) -> None:
+    client = port.connect()
     user = client.request({"msgid": 4, "name": "target", "password": "right"})["id"]
     for _ in range(Limits().failed_logins_per_account):
         assert client.request({"msgid": 1, "id": user, "password": "wrong"})["errno"] == 1
     assert client.request({"msgid": 1, "id": user, "password": "right"})["errno"] == 9
 
 
-def test_a_client_that_stops_reading_is_cut_off_and_loses_nothing() -> None:
+def test_a_client_that_stops_reading_is_cut_off_and_loses_nothing(transport: str) -> None:
     limits = evolve(LIMITS, request_burst=1000, requests_per_second=1000)
-    with serving(limits) as port:
+    with serving(limits, transport) as port:
         sender, _ = register_and_login(port, "sender")
         reader, reader_id = register_and_login(
             port, "reader", receipts=True, receive_buffer=4096
@@ -170,8 +243,8 @@ def test_a_client_that_stops_reading_is_cut_off_and_loses_nothing() -> None:
         check_nothing_lost(port, reader_id, accepted)
 
 
-def check_nothing_lost(port: int, reader_id: object, accepted: list[object]) -> None:
-    again = Line(port)
+def check_nothing_lost(port: Endpoint, reader_id: object, accepted: list[object]) -> None:
+    again = port.connect()
     ack = again.request({"msgid": 1, "id": reader_id, "password": "pw", "receipts": True})
     offline = ack["offlinemsg"]
     assert isinstance(offline, list)
@@ -184,8 +257,8 @@ def check_nothing_lost(port: int, reader_id: object, accepted: list[object]) -> 
     assert set(accepted) <= set(got)
 
 
-def test_a_client_that_floods_at_just_over_the_rate_is_cut_off_too(port: int) -> None:
-    client = Line(port)
+def test_a_client_that_floods_at_just_over_the_rate_is_cut_off_too(port: Endpoint) -> None:
+    client = port.connect()
     deadline = time.monotonic() + 10
     closed = False
     while time.monotonic() < deadline and not closed:

@@ -1,0 +1,1 @@
+"""The web transport: the chat page and the protocol over WebSocket."""

@@ -1,0 +1,203 @@
+"""The web listener: the chat page over HTTP at `/`, and the protocol over WebSocket at `/ws`.
+
+WebSocket framing and the HTTP handshake are the `websockets` library's; what is ours is the
+same request serving, limits and shutdown as the TCP listener.
+"""
+
+import logging
+import mimetypes
+import ssl
+from email.utils import formatdate
+from http import HTTPStatus
+from importlib import resources
+
+import anyio
+from anyio.abc import TaskStatus
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+
+from chatserver.adapters.metrics import PrometheusMetrics
+from chatserver.adapters.tcp.budget import ConnectionsPerAddress
+from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.tcp.requests import wait_for_requests
+from chatserver.adapters.tcp.server import TOO_MANY_CONNECTIONS
+from chatserver.adapters.web.client import WebSocketClient
+from chatserver.application.node import Node
+
+log = logging.getLogger("chatserver.web")
+
+WEBSOCKET_PATH = "/ws"
+
+# The library logs every connection and HTTP response at INFO: ours are the lines that count.
+_library_log = logging.getLogger("chatserver.web.websockets")
+if _library_log.level == logging.NOTSET:
+    _library_log.setLevel(logging.WARNING)
+
+# The page fetches nothing from elsewhere and runs no inline script.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+class StaticFiles:
+    """The files of the page, read once from the package: GET `/` is index.html."""
+
+    def __init__(self, package: str = "chatserver.adapters.web", folder: str = "static") -> None:
+        self.files: dict[str, tuple[bytes, str]] = {}
+        root = resources.files(package).joinpath(folder)
+        if root.is_dir():
+            for entry in root.iterdir():
+                if entry.is_file() and not entry.name.startswith("."):
+                    kind = mimetypes.guess_type(entry.name)[0] or "application/octet-stream"
+                    if kind.startswith("text/") or kind in ("application/javascript",):
+                        kind += "; charset=utf-8"
+                    self.files["/" + entry.name] = (entry.read_bytes(), kind)
+        if "/index.html" in self.files:
+            self.files["/"] = self.files["/index.html"]
+
+    def response(self, request: Request) -> Response:
+        path = request.path.split("?", 1)[0]
+        found = self.files.get(path)
+        if found is None:
+            return _plain(HTTPStatus.NOT_FOUND, "not found\n")
+        body, kind = found
+        headers = Headers(_PAGE_HEADERS)
+        headers["Content-Type"] = kind
+        headers["Content-Length"] = str(len(body))
+        headers["Date"] = formatdate(usegmt=True)
+        headers["Connection"] = "close"
+        return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
+
+
+def _plain(status: HTTPStatus, text: str) -> Response:
+    body = text.encode()
+    headers = Headers({
+        "Content-Type": "text/plain; charset=utf-8",
+        "Content-Length": str(len(body)),
+        "Connection": "close",
+    })
+    return Response(status.value, status.phrase, headers, body)
+
+
+class WebSocketServer:
+    """Serves the page and WebSocket clients; same lifecycle as TcpServer."""
+
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        port: int,
+        limits: TransportLimits,
+        *,
+        tls: ssl.SSLContext | None = None,
+        metrics: PrometheusMetrics | None = None,
+        page: StaticFiles | None = None,
+        forwarded_for: bool = False,
+    ) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        self.limits = limits
+        self.tls = tls
+        self.metrics = metrics
+        self.page = page if page is not None else StaticFiles()
+        # Behind a reverse proxy (nginx) that sets X-Forwarded-For: the client's address is
+        # the last one in it (the one the proxy saw), not the proxy's.
+        self.forwarded_for = forwarded_for
+        self.clients: set[WebSocketClient] = set()
+        self.per_address = ConnectionsPerAddress(limits.connections_per_address)
+        self._stop = anyio.Event()
+        self._all_gone = anyio.Event()
+
+    async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until shutdown() has ended every connection."""
+        async with serve(
+            self._serve_client,
+            self.host,
+            self.port,
+            process_request=self._route,
+            ssl=self.tls,
+            # Frames a little over the limit are read so that they get errno 8 as on TCP;
+            # bigger ones are refused by the library (close code 1009) before we see them.
+            max_size=2 * self.limits.frame_bytes + 1024,
+            # The protocol has its own heartbeat (PING_MSG); this one finds dead peers.
+            ping_interval=20,
+            ping_timeout=20,
+            open_timeout=10,
+            close_timeout=self.limits.close_grace_seconds,
+            compression=None,
+            server_header=None,
+            logger=_library_log,
+        ) as server:
+            sockets = server.sockets
+            port = sockets[0].getsockname()[1] if sockets else self.port
+            task_status.started(port)
+            await self._stop.wait()
+            # Stop accepting; the connections end through their own shutdown path.
+            server.close(close_connections=False)
+            if self.clients:
+                with anyio.move_on_after(self.limits.close_grace_seconds + 1):
+                    await self._all_gone.wait()
+
+    async def shutdown(self) -> None:
+        """Stop accepting and reading, let requests being served finish and be answered (for
+        a bounded time), log every session out (friends are told), let output drain."""
+        self._stop.set()
+        clients = list(self.clients)
+        for client in clients:
+            client.stop_reading()
+        await wait_for_requests(
+            [client.requests_done for client in clients], self.limits.request_grace_seconds
+        )
+        for client in clients:
+            try:
+                await client.connection.disconnect("server stopping")
+            except Exception:
+                log.exception("logging out %s failed", client.peer)
+        for client in clients:
+            client.release()
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Plain HTTP for the page; the handshake goes on only on /ws."""
+        if request.path.split("?", 1)[0] == WEBSOCKET_PATH:
+            if self._stop.is_set():
+                return _plain(HTTPStatus.SERVICE_UNAVAILABLE, "server stopping\n")
+            return None
+        return self.page.response(request)
+
+    def _forwarded(self, websocket: ServerConnection) -> str | None:
+        if not self.forwarded_for or websocket.request is None:
+            return None
+        hops = ",".join(websocket.request.headers.get_all("X-Forwarded-For")).split(",")
+        last = hops[-1].strip()
+        return last or None
+
+    async def _serve_client(self, websocket: ServerConnection) -> None:
+        client = WebSocketClient(
+            websocket, self.node, self.limits, self.metrics, address=self._forwarded(websocket)
+        )
+        if not self.per_address.admit(client.address):
+            log.warning("refusing %s: already %d connections from there", client.peer,
+                        self.per_address.limit)
+            with anyio.move_on_after(1):
+                await websocket.send(TOO_MANY_CONNECTIONS[:-1], text=True)
+                await websocket.close(CloseCode.TRY_AGAIN_LATER, "too many connections")
+            return
+        self.clients.add(client)
+        try:
+            await client.run()
+        except Exception:
+            log.exception("websocket client %s failed", client.peer)
+        finally:
+            self.clients.discard(client)
+            self.per_address.leave(client.address)
+            if self._stop.is_set() and not self.clients:
+                self._all_gone.set()
