@@ -634,9 +634,9 @@ class Fuzz:
                 break
             if oversize:
                 # PROTOCOL.md: an oversize frame closes the connection.
-                if not await self.wait_closed(conn, 5):
+                if not await self.wait_closed(conn, 15):
                     self.stats.violations.append(
-                        f"connection still open 5 s after a {len(burst[-1])}-byte frame")
+                        f"connection still open 15 s after a {len(burst[-1])}-byte frame")
                 return
             if rng.random() < 0.3:
                 await asyncio.sleep(rng.random() * 0.01)
