@@ -1,8 +1,9 @@
 """The web page in a real headless Chromium, against a real `chatserver serve --ws-port`.
 
-Browser users chat with each other and with a raw TCP user, befriend, share a group, see
-presence, messages that waited, a kick, a wrong password, a server restart, and a phone-sized
-screen. (docs/web-client.png comes from `python -m tests.integration.web_helpers`.)
+Browser users chat with each other, with a raw TCP user and with a `chatserver client` process,
+befriend and unfriend, share a group, see presence, messages that waited, a kick, a wrong
+password, a server restart, and a phone-sized screen. (docs/web-client.png comes from
+`python -m tests.integration.web_helpers`.)
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from tests.integration.conftest import Chat, User, unique_name
+from tests.integration.test_terminal_sessions import Terminal
+from tests.integration.test_terminal_sessions import register as register_in_terminal
 from tests.integration.web_helpers import CHROMIUM, WAIT_MS, ChatPage, WebServer
 
 pytestmark = [
@@ -87,7 +90,7 @@ def test_two_browser_users_befriend_chat_and_share_a_group(open_page: OpenPage) 
     bob.expect_friend_state(alice_id, "online")
     bob.expect_text(f"friend-name-{alice_id}", alice_name)
 
-    alice.by(f"friend-{bob_id}").get_by_role("button").click()
+    alice.by(f"friend-chat-{bob_id}").click()
     alice.send(TRICKY)
     bob.expect_text(f"unread-u-{alice_id}", "1")
     bob.open_conversation("u", alice_id)
@@ -97,7 +100,8 @@ def test_two_browser_users_befriend_chat_and_share_a_group(open_page: OpenPage) 
     alice.expect_message("hi alice, 收到")
 
     group_name = f'<i>team</i> "{unique_name("g")}"'
-    group_id = alice.create_group(group_name)
+    group_id = alice.create_group(group_name, "<b>plans</b> & 计划")
+    alice.expect_text("group-desc", "<b>plans</b> & 计划")
     bob.join_group(group_id)
     bob.send("bob here in the group")
     alice.expect_message("bob here in the group")
@@ -261,3 +265,151 @@ def test_a_phone_sized_screen(chat: Chat, open_page: OpenPage) -> None:
     page.by("back-button").click()
     expect(page.by(f"conversation-u-{carol.id}")).to_be_in_viewport(timeout=WAIT_MS)
     expect(page.by("message-input")).to_be_hidden()
+
+
+def test_removing_a_friend_ends_it_on_both_sides(open_page: OpenPage) -> None:
+    alice, bob = open_page(), open_page()
+    alice_name, bob_name = unique_name("alice"), f'<b>"Bob"</b> {unique_name("b")}'
+    alice_id = alice.register(alice_name, "pw-alice")
+    bob_id = bob.register(bob_name, "pw-bob")
+    alice.add_friend(bob_id)
+    bob.by(f"accept-{alice_id}").click()
+    alice.expect_friend_state(bob_id, "online")
+    alice.by(f"friend-chat-{bob_id}").click()
+    alice.send("before we part")
+    bob.open_conversation("u", alice_id)
+    bob.expect_message("before we part")
+
+    # With the keyboard alone: Enter asks, the focus lands on Cancel, Escape closes it again.
+    remove = alice.by(f"remove-friend-{bob_id}")
+    remove.focus()
+    remove.press("Enter")
+    expect(alice.by(f"removal-{bob_id}")).to_contain_text(f"Remove {bob_name}?", timeout=WAIT_MS)
+    expect(alice.by(f"cancel-remove-{bob_id}")).to_be_focused(timeout=WAIT_MS)
+    alice.page.keyboard.press("Escape")
+    expect(alice.by(f"removal-{bob_id}")).to_have_count(0, timeout=WAIT_MS)
+    expect(remove).to_be_focused(timeout=WAIT_MS)
+    alice.expect_friend_state(bob_id, "online")  # still friends
+
+    remove.press("Enter")
+    alice.page.keyboard.press("Shift+Tab")
+    expect(alice.by(f"confirm-remove-{bob_id}")).to_be_focused(timeout=WAIT_MS)
+    alice.page.keyboard.press("Enter")
+    expect(alice.by(f"friend-{bob_id}")).to_have_count(0, timeout=WAIT_MS)
+    expect(alice.by("notices")).to_contain_text(
+        f"{bob_name} is no longer your friend.", timeout=WAIT_MS
+    )
+    expect(alice.by("friends-empty")).to_be_visible(timeout=WAIT_MS)
+    expect(alice.by("add-friend-id")).to_be_focused(timeout=WAIT_MS)
+    # The conversation stays, under bob's name, and chat still works (no friendship needed).
+    expect(alice.by(f"conversation-u-{bob_id}")).to_contain_text(bob_name, timeout=WAIT_MS)
+    alice.expect_text("conversation-title", bob_name)
+    alice.expect_message("before we part")
+    alice.send("still here")
+    bob.expect_message("still here")
+
+    # Nothing is pushed to bob: he sees it at his next login.
+    bob.log_out()
+    bob.log_in(bob_id, "pw-bob")
+    expect(bob.by(f"friend-{alice_id}")).to_have_count(0, timeout=WAIT_MS)
+    expect(bob.by("friends-empty")).to_be_visible(timeout=WAIT_MS)
+    alice.log_out()
+    alice.log_in(alice_id, "pw-alice")
+    expect(alice.by("friends-empty")).to_be_visible(timeout=WAIT_MS)
+
+
+def test_a_removal_that_cannot_reach_the_server_says_so(
+    tmp_path: Path, open_page: OpenPage
+) -> None:
+    web = WebServer(tmp_path)
+    web.start()
+    try:
+        chat = Chat(web.current)
+        alice, bob = chat.users(2)
+        chat.befriend(*chat.online_all(alice, bob))
+        chat.close_all()
+        page = open_page(url=web.url)
+        page.log_in(alice.id, alice.password)
+        page.by(f"remove-friend-{bob.id}").click()
+        web.stop()
+        expect(page.status).to_have_attribute("data-state", "down", timeout=WAIT_MS)
+        page.by(f"confirm-remove-{bob.id}").click()
+        expect(page.by("notices")).to_contain_text(
+            f"Removing {bob.name} failed: Not connected.", timeout=WAIT_MS
+        )
+        expect(page.by(f"friend-{bob.id}")).to_have_count(1)
+        expect(page.by(f"remove-friend-{bob.id}")).to_be_focused(timeout=WAIT_MS)
+
+        web.start()
+        page.expect_logged_in()
+        page.remove_friend(bob.id)
+    finally:
+        web.close()
+
+
+def test_a_terminal_user_and_two_browser_users(web: WebServer, open_page: OpenPage) -> None:
+    """`chatserver client` over TCP and two pages over WebSocket, on one server."""
+    assert web.current.port is not None
+    term = Terminal(web.current.port)
+    try:
+        alice, bob = open_page(), open_page()
+        term_name = unique_name("term")
+        alice_name, bob_name = unique_name("alice"), unique_name("bob")
+        term_id = register_in_terminal(term, term_name)
+        term.type("1", str(term_id), "secret")
+        term.wait_for(f"id: {term_id} name: {term_name}")
+        alice_id = alice.register(alice_name, "pw-alice")
+        bob_id = bob.register(bob_name, "pw-bob")
+
+        # The terminal asks, the page accepts.
+        term.type(f"addfriend:{alice_id}")
+        term.wait_for(f"friend request sent to [{alice_id}]")
+        expect(alice.by(f"request-{term_id}")).to_contain_text(term_name, timeout=WAIT_MS)
+        alice.by(f"accept-{term_id}").click()
+        term.wait_for(f"[{alice_id}] {alice_name} accepted your friend request")
+        alice.expect_friend_state(term_id, "online")
+
+        # One-to-one, both ways.
+        term.type(f"chat:{alice_id}:from the terminal, 你好 😀")
+        alice.expect_text(f"unread-u-{term_id}", "1")
+        alice.open_conversation("u", term_id)
+        alice.expect_message("from the terminal, 你好 😀")
+        alice.send("from the browser: <b>hi</b>")
+        term.wait_for(f"[{alice_id}] {alice_name} said: from the browser: <b>hi</b>")
+
+        # Bob's group: the terminal and alice join, and all three talk.
+        group_name = unique_name("trio")
+        group_id = bob.create_group(group_name, "three clients")
+        term.type(f"addgroup:{group_id}")
+        term.wait_for(f"joined group [{group_id}]")
+        alice.join_group(group_id)
+        term.type(f"groupchat:{group_id}:terminal to the group")
+        bob.expect_message("terminal to the group")
+        alice.expect_message("terminal to the group")
+        alice.send("alice to the group")
+        bob.expect_message("alice to the group")
+        line = term.wait_for(f"[{alice_id}] {alice_name} said: alice to the group")
+        assert line.startswith(f"group[{group_id}] "), line
+        bob.send("bob to the group")
+        alice.expect_message("bob to the group")
+        line = term.wait_for(f"[{bob_id}] {bob_name} said: bob to the group")
+        assert line.startswith(f"group[{group_id}] "), line
+        expect(bob.by(f"member-{term_id}")).to_have_count(1, timeout=WAIT_MS)
+
+        # Alice removes the terminal user; nothing is pushed, the next login shows it.
+        alice.remove_friend(term_id)
+        alice.open_conversation("u", term_id)  # the history stays
+        alice.expect_message("from the terminal, 你好 😀")
+        alice.expect_text("conversation-title", term_name)
+        term.type("loginout")
+        term.wait_for("logged out")
+        term.type("1", str(term_id), "secret")
+        term.wait_for(f"id: {term_id} name: {term_name}")
+        term.wait_for("friends")
+        assert term.seen[-1] == "friends: none", term.seen[-1]
+        term.wait_for(f"[{group_id}] {group_name}: three clients")
+        term.wait_for("=" * 50)
+        shown = "\n".join(term.seen)
+        assert "removed" not in shown and "no longer" not in shown, shown
+    finally:
+        assert term.close() == 0

@@ -175,8 +175,16 @@ class ChatPage:
         mine = self.by("messages").locator(".message.mine").filter(has_text=text)
         expect(mine.get_by_test_id("message-status")).to_have_text("sent", timeout=WAIT_MS)
 
-    def create_group(self, name: str) -> int:
+    def remove_friend(self, user_id: int) -> None:
+        """Remove, confirm, and wait until the friend has left the list."""
+        self.by(f"remove-friend-{user_id}").click()
+        expect(self.by(f"removal-{user_id}")).to_be_visible(timeout=WAIT_MS)
+        self.by(f"confirm-remove-{user_id}").click()
+        expect(self.by(f"friend-{user_id}")).to_have_count(0, timeout=WAIT_MS)
+
+    def create_group(self, name: str, description: str = "") -> int:
         self.by("create-group-name").fill(name)
+        self.by("create-group-desc").fill(description)
         self.by("create-group-button").click()
         expect(self.by("conversation-title")).to_have_text(name, timeout=WAIT_MS)
         group = self.by("groups").locator("li").filter(has_text=name)
@@ -218,7 +226,9 @@ def make_screenshot(path: Path) -> None:
             ca, cb, cc, cd = chat.online_all(alice, bob, carol, dave)
             chat.befriend(ca, cb)
             chat.befriend(ca, cc)
-            group_id = ca.ok({"msgid": 8, "groupname": "weekend-hike"})["groupid"]
+            group_id = ca.ok(
+                {"msgid": 8, "groupname": "weekend-hike", "groupdesc": "Saturday, Mont Salève"}
+            )["groupid"]
             for member in (cb, cc):
                 member.ok({"msgid": 9, "groupid": group_id})
             ca.logout()

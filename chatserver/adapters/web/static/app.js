@@ -16,7 +16,8 @@
   const MSG = {
     LOGIN: 1, LOGIN_ACK: 2, LOGOUT: 3, REG: 4, REG_ACK: 5, ONE_CHAT: 6, ADD_FRIEND: 7,
     CREATE_GROUP: 8, ADD_GROUP: 9, GROUP_CHAT: 10, ACK: 11, FRIEND_REQUEST: 12,
-    FRIEND_RESPONSE: 13, PRESENCE: 14, KICKED: 15, PING: 16, LEAVE_GROUP: 17, RECEIPT: 19,
+    FRIEND_RESPONSE: 13, PRESENCE: 14, KICKED: 15, PING: 16, LEAVE_GROUP: 17, REMOVE_FRIEND: 18,
+    RECEIPT: 19,
   };
   const REPLIES = new Set([MSG.LOGIN_ACK, MSG.REG_ACK, MSG.ACK]);
 
@@ -27,6 +28,7 @@
   const RECEIPT_DELAY_MS = 50; // receipts of a burst of messages go in one RECEIPT_MSG
   const RECEIPT_BATCH = 500;
   const MAX_NOTICES = 3;
+  const NO_REPLY = -1; // the errno of a request that got no reply at all (see noReply)
 
   // What each errno means to a person (PROTOCOL.md's table). Errno 1 depends on the request.
   const ERRNO_TEXT = {
@@ -63,6 +65,8 @@
     me: null, // {id, name}
     friends: new Map(), // id -> {id, name, state: "online" | "offline" | "unknown"}
     requests: new Map(), // id -> {id, name}: requests waiting for my answer
+    removing: null, // id of the friend whose "Remove?" confirmation is open
+    removalBusy: false, // a REMOVE_FRIEND waits for its reply
     groups: new Map(), // id -> {id, groupname, groupdesc, users: [{id, name, state, role}]}
     conversations: new Map(), // "u:ID" | "g:ID" -> conversation
     active: null, // key of the conversation on screen
@@ -89,7 +93,16 @@
     return node;
   }
 
+  /** What a request that got no reply (not connected, connection lost, too slow) resolves to. */
+  function noReply(error) {
+    return { errno: NO_REPLY, errmsg: error.message };
+  }
+
   function errorText(reply, requestMsgid) {
+    if (reply.errno === NO_REPLY) {
+      const why = String(reply.errmsg || "no reply from the server");
+      return `${why.charAt(0).toUpperCase()}${why.slice(1)}.`;
+    }
     const human = (ERRNO_TEXT_BY_REQUEST[requestMsgid] || {})[reply.errno]
       || ERRNO_TEXT[reply.errno] || `Error ${reply.errno}.`;
     const server = typeof reply.errmsg === "string" ? reply.errmsg.trim() : "";
@@ -388,6 +401,7 @@
     state.loggedIn = true;
     state.friends = byId((ack.friends || []).map((f) => friendEntry(f.id, f.name, f.state)));
     state.requests = byId((ack.friend_requests || []).map((r) => ({ id: r.id, name: r.name })));
+    state.removing = null;
     state.groups = byId((ack.groups || []).map((g) => ({
       id: g.id, groupname: g.groupname, groupdesc: g.groupdesc,
       users: (g.users || []).map((u) => ({ id: u.id, name: u.name, state: u.state, role: u.role })),
@@ -417,6 +431,7 @@
     resetConversations();
     state.friends.clear();
     state.requests.clear();
+    state.removing = null;
     state.groups.clear();
     showLoginView();
   }
@@ -588,13 +603,27 @@
     $("requests-section").hidden = state.requests.size === 0;
   }
 
-  function renderFriends() {
+  function sortedFriends() {
     const onlineFirst = (f) => (f.state === "online" ? 0 : 1);
-    const friends = [...state.friends.values()]
+    return [...state.friends.values()]
       .sort((a, b) => onlineFirst(a) - onlineFirst(b) || a.name.localeCompare(b.name));
-    $("friends").replaceChildren(...friends.map(friendItem));
+  }
+
+  function renderFriends() {
+    // Presence changes re-render the list: whoever was on a button of it stays there.
+    const list = $("friends");
+    const focused = list.contains(document.activeElement) ? document.activeElement : null;
+    const friends = sortedFriends();
+    list.replaceChildren(...friends.map(friendItem));
     $("friends-empty").hidden = friends.length > 0;
+    if (focused && focused.dataset.testid) focusInFriends(focused.dataset.testid);
     renderConversations(); // titles come from the friends list
+  }
+
+  function focusInFriends(testid) {
+    const target = $("friends").querySelector(`[data-testid="${CSS.escape(testid)}"]`);
+    if (target) target.focus();
+    return target !== null;
   }
 
   function renderGroups() {
@@ -623,9 +652,13 @@
     renderComposer();
   }
 
+  /** The open group's description and members (nothing for a one-to-one chat). */
   function renderMembers() {
     const conv = state.conversations.get(state.active);
     const group = conv && conv.kind === "g" ? state.groups.get(conv.id) : undefined;
+    const description = group ? group.groupdesc || "" : "";
+    $("group-desc").textContent = description;
+    $("group-desc").hidden = description === "";
     $("members").hidden = group === undefined;
     if (group === undefined) return;
     $("members-summary").textContent = `Members (${group.users.length})`;
@@ -671,12 +704,38 @@
 
   function friendItem(friend) {
     const open = () => openConversation(directConversation(friend.id, friend.name).key);
-    return el("li", { class: "item", testid: `friend-${friend.id}` },
-      el("button", { type: "button", class: "link", "aria-label": `Chat with ${friend.name}`,
-        onclick: open },
+    const confirming = state.removing === friend.id;
+    return el("li", { class: "item friend", testid: `friend-${friend.id}` },
+      el("button", { type: "button", class: "link", testid: `friend-chat-${friend.id}`,
+        "aria-label": `Chat with ${friend.name}`, onclick: open },
       el("span", { class: "name", testid: `friend-name-${friend.id}` }, friend.name),
       el("span", { class: "muted" }, `id ${friend.id}`)),
-      presenceBadge(friend.state, `friend-state-${friend.id}`));
+      presenceBadge(friend.state, `friend-state-${friend.id}`),
+      el("button", { type: "button", class: "small", testid: `remove-friend-${friend.id}`,
+        "aria-label": `Remove ${friend.name} from your friends`,
+        "aria-expanded": confirming ? "true" : "false",
+        onclick: () => askToRemove(friend.id) }, "Remove"),
+      confirming ? removalConfirmation(friend) : null);
+  }
+
+  /** "Remove NAME? [Remove] [Cancel]" under the friend's row; Escape cancels. */
+  function removalConfirmation(friend) {
+    const busy = state.removalBusy;
+    const box = el("div", { class: "confirm", role: "group", testid: `removal-${friend.id}`,
+      "aria-label": `Remove ${friend.name} from your friends?` },
+    el("span", { class: "confirm-text" }, `Remove ${friend.name}?`),
+    el("span", { class: "actions" },
+      el("button", { type: "button", class: "small danger", testid: `confirm-remove-${friend.id}`,
+        disabled: busy, onclick: () => removeFriend(friend) }, busy ? "Removing…" : "Remove"),
+      el("button", { type: "button", class: "small", testid: `cancel-remove-${friend.id}`,
+        disabled: busy, onclick: () => cancelRemoval(friend.id) }, "Cancel")));
+    box.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && !state.removalBusy) {
+        event.preventDefault();
+        cancelRemoval(friend.id);
+      }
+    });
+    return box;
   }
 
   function groupItem(group) {
@@ -732,7 +791,7 @@
 
   async function answerRequest(req, accept) {
     const reply = await request({ msgid: MSG.FRIEND_RESPONSE, friendid: req.id, accept })
-      .catch((error) => ({ errno: -1, errmsg: error.message }));
+      .catch(noReply);
     if (reply.errno !== 0 && reply.errno !== 4) {
       notify(`Answering ${req.name} failed: ${errorText(reply, MSG.FRIEND_RESPONSE)}`, "error");
       return;
@@ -765,6 +824,49 @@
     }
   }
 
+  function askToRemove(friendId) {
+    if (state.removalBusy) return;
+    state.removing = state.removing === friendId ? null : friendId; // a second click closes it
+    renderFriends();
+    // Cancel first: holding Enter, or a double click, does not remove anybody.
+    const target = state.removing === null ? "remove-friend" : "cancel-remove";
+    focusInFriends(`${target}-${friendId}`);
+  }
+
+  function cancelRemoval(friendId) {
+    state.removing = null;
+    renderFriends();
+    focusInFriends(`remove-friend-${friendId}`);
+  }
+
+  /** REMOVE_FRIEND: the friendship ends on both sides (the other side sees it at its next
+   * login: nothing is pushed). The conversation with them stays, under their name. */
+  async function removeFriend(friend) {
+    if (state.removalBusy) return;
+    const me = state.me;
+    state.removalBusy = true;
+    renderFriends();
+    const reply = await request({ msgid: MSG.REMOVE_FRIEND, friendid: friend.id }).catch(noReply);
+    state.removalBusy = false;
+    if (state.me !== me) return; // logged out (or in as someone else) meanwhile
+    state.removing = null;
+    if (reply.errno !== 0) {
+      renderFriends();
+      focusInFriends(`remove-friend-${friend.id}`);
+      notify(`Removing ${friend.name} failed: ${errorText(reply, MSG.REMOVE_FRIEND)}`, "error");
+      return;
+    }
+    const conv = state.conversations.get(`u:${friend.id}`);
+    if (conv) conv.nameHint = friend.name;
+    const order = sortedFriends().map((f) => f.id);
+    const at = order.indexOf(friend.id);
+    const next = order[at + 1] ?? order[at - 1];
+    state.friends.delete(friend.id);
+    renderFriends();
+    if (next === undefined || !focusInFriends(`friend-chat-${next}`)) $("add-friend-id").focus();
+    notify(`${friend.name} is no longer your friend.`);
+  }
+
   async function createGroup(groupname, groupdesc) {
     const reply = await request({ msgid: MSG.CREATE_GROUP, groupname, groupdesc });
     if (reply.errno !== 0) throw new Error(errorText(reply, MSG.CREATE_GROUP));
@@ -792,8 +894,7 @@
   async function leaveGroup() {
     const conv = state.conversations.get(state.active);
     if (!conv || conv.kind !== "g") return;
-    const reply = await request({ msgid: MSG.LEAVE_GROUP, groupid: conv.id })
-      .catch((error) => ({ errno: -1, errmsg: error.message }));
+    const reply = await request({ msgid: MSG.LEAVE_GROUP, groupid: conv.id }).catch(noReply);
     if (reply.errno !== 0) {
       notify(`Leaving failed: ${errorText(reply, MSG.LEAVE_GROUP)}`, "error");
       return;
