@@ -9,8 +9,7 @@ from typing import Any
 from benchmarks import procstat, report, servers
 from benchmarks.common import Common
 
-SCENARIOS = ["echo-baseline", "direct", "group", "login", "idle", "all"]
-
+SCENARIOS = ["echo-baseline", "direct", "group", "login", "idle", "cross-node", "all"]
 
 
 def _windows(text: str) -> list[int]:
@@ -138,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
                       "bootstrap(), and the server runs on it (logins then cost no hash); "
                       "wire: registered through the server with --database (10,000 users "
                       "at the default hash cost take ~15 minutes)")
+
+    cross = sub.add_parser("cross-node", parents=[common],
+                           help="pairs split over two nodes with Redis (and through nginx), "
+                           "against one node in the same run")
+    pairs_options(cross, 10.0)
+    cross.add_argument("--bus", default="redis://127.0.0.1:6379/0",
+                       help="Redis of the two nodes, on this machine (its CPU is counted); a "
+                       "namespace of the run's own is added unless the URL names one "
+                       "(default %(default)s)")
+    cross.add_argument("--no-nginx", dest="nginx", action="store_false",
+                       help="skip the run through nginx")
+    cross.add_argument("--no-one-node", action="store_true",
+                       help="skip the one-node run (no ratio then)")
+    cross.add_argument("--shared-dir", default="/dev/shm" if Path("/dev/shm").is_dir()
+                       else "/tmp", help="where the shared SQLite file goes when --database "
+                       "is memory:// (default %(default)s)")
+    # Messages through Redis can take seconds under this load: wait for them before counting.
+    cross.set_defaults(drain=10.0)
 
     sub.add_parser("all", parents=[common],
                    help="echo-baseline, direct (W=1, W=8), group, login, reduced (~1.5 min)")

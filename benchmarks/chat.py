@@ -76,7 +76,11 @@ def on_frames(client: Client, frames: list[bytes]) -> None:
         obj = loads(frame)
         msgid = obj["msgid"]
         if msgid == 6:
-            latencies.append(now - int(obj["msg"][:TS_DIGITS]))
+            sent_at = int(obj["msg"][:TS_DIGITS])
+            if client.state is not None and sent_at < client.state:  # an earlier phase's
+                client.late += 1
+                continue
+            latencies.append(now - sent_at)
             arrived += 1
         elif msgid == 11:
             if obj["errno"] == 0:
@@ -94,11 +98,24 @@ def on_frames(client: Client, frames: list[bytes]) -> None:
             send_window(sender)
 
 
-async def open_pairs(server: servers.ServerProcess, opts: PairsOptions, who: str) -> list[Client]:
+Address = tuple[str, int]
+
+
+async def open_pairs(server: servers.ServerProcess, opts: PairsOptions, who: str,
+                     partners_at: Address | None = None) -> list[Client]:
+    """2 × pairs logged-in connections, partners side by side; with ``partners_at`` the
+    second of each pair connects there (another node) instead of to ``server``."""
     common = opts.common
-    clients = await loadgen.open_logged_in(
-        server.host, server.port, loadgen.names(common.prefix(who), 2 * opts.pairs), None,
-        common.concurrency)
+    names = loadgen.names(common.prefix(who), 2 * opts.pairs)
+    if partners_at is None:
+        clients = await loadgen.open_logged_in(
+            server.host, server.port, names, None, common.concurrency)
+    else:
+        firsts = await loadgen.open_logged_in(
+            server.host, server.port, names[0::2], None, common.concurrency)
+        seconds = await loadgen.open_logged_in(
+            *partners_at, names[1::2], None, common.concurrency)
+        clients = [c for pair in zip(firsts, seconds, strict=True) for c in pair]
     tail = padding(common.msg_bytes, TS_DIGITS) + b'"}\n'
     for a, b in zip(clients[0::2], clients[1::2], strict=True):
         a.partner, b.partner = b, a
@@ -117,6 +134,7 @@ async def pairs_phase(server: servers.ServerProcess, clients: list[Client], wind
         client.window = window
         client.latencies = latencies
         client.on_frames = on_frames
+        client.state = now_ns()  # messages sent before this are an earlier phase's
     quiet = await wait_quiet(server, opts.common.wait_quiet)
     meter = Meter(server)
     with no_gc():
@@ -158,6 +176,7 @@ async def pairs_phase(server: servers.ServerProcess, clients: list[Client], wind
         "loss": acked - received,
         "loss_pct": round(100 * (acked - received) / acked, 3) if acked else None,
         "other_frames": sum(c.other for c in clients),
+        "late_from_earlier_phase": sum(c.late for c in clients),
         "lost_connections": lost_connections,
         "delivered_per_s": round(received / opts.duration, 1),
         "latency": latency_summary(latencies),
@@ -170,8 +189,10 @@ async def pairs_phase(server: servers.ServerProcess, clients: list[Client], wind
 
 
 def run_pairs_server(server: servers.ServerProcess, opts: PairsOptions, who: str,
-                     label: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every window (and repeat) of the pairs traffic against one running server."""
+                     label: str, *, partners_at: Address | None = None, stop: bool = True,
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every window (and repeat) of the pairs traffic against one running server (and, with
+    ``partners_at``, a second node the partners connect to); ``stop`` it afterwards."""
     info = server_info(server)
     info["label"] = label
 
@@ -179,7 +200,7 @@ def run_pairs_server(server: servers.ServerProcess, opts: PairsOptions, who: str
         started = time.perf_counter()
         meter = Meter(server)
         meter.start()
-        clients = await open_pairs(server, opts, who)
+        clients = await open_pairs(server, opts, who, partners_at)
         setup = meter.stop()
         setup["connections"] = len(clients)
         info["setup"] = setup
@@ -206,7 +227,8 @@ def run_pairs_server(server: servers.ServerProcess, opts: PairsOptions, who: str
     try:
         rows = run_loop(main, use_uvloop=opts.common.uvloop)
     finally:
-        finish_server(server, info)
+        if stop:
+            finish_server(server, info)
     return rows, info
 
 

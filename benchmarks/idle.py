@@ -129,6 +129,7 @@ async def chat_phase(server: servers.ServerProcess, chatters: list[Client],
         client.sending = False  # paced: a delivery does not trigger the next send
         client.latencies = latencies
         client.on_frames = on_frames
+        client.state = now_ns()  # messages sent before this are not this phase's
     quiet = await wait_quiet(server, common.wait_quiet)
     meter = Meter(server)
     with no_gc():

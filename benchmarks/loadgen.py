@@ -53,6 +53,8 @@ class Client(asyncio.BufferedProtocol):
         self.inflight = 0
         self.sending = False
         self.sent = self.acked = self.received = self.errors = self.other = 0
+        # Messages of an earlier phase that arrived in this one (after its drain ran out).
+        self.late = 0
         self.first_error: dict[str, Any] | None = None
         self.errnos: dict[int, int] = {}
         self.frame_head = b""
@@ -129,7 +131,7 @@ class Client(asyncio.BufferedProtocol):
 
     def reset_counters(self) -> None:
         self.inflight = 0
-        self.sent = self.acked = self.received = self.errors = self.other = 0
+        self.sent = self.acked = self.received = self.errors = self.other = self.late = 0
         self.first_error = None
         self.errnos = {}
 

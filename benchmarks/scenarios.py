@@ -122,6 +122,12 @@ def idle(args: argparse.Namespace, common: Common, extra: dict[str, int]) -> Doc
     return run_idle(args, common, extra)
 
 
+def cross_node(args: argparse.Namespace, common: Common, extra: dict[str, int]) -> Document:
+    from benchmarks.cross_node import run_cross_node
+
+    return run_cross_node(args, common, extra)
+
+
 def run_all(args: argparse.Namespace, common: Common, extra: dict[str, int]) -> Document:
     """The reduced set that fits in about three minutes."""
     parts: dict[str, Document] = {}
@@ -150,6 +156,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Common, dict[str, int]], Docume
     "group": group,
     "login": login,
     "idle": idle,
+    "cross-node": cross_node,
     "all": run_all,
 }
 

@@ -1,5 +1,6 @@
 """The wire codec: strict decoding of requests, and the frames for results, errors and events."""
 
+import json
 import time
 from typing import Any
 
@@ -865,3 +866,52 @@ def test_ids_beyond_64_bits_are_malformed_not_internal_errors() -> None:
     assert isinstance(bad, Bad) and bad.reply_to == 10 and "groupid" in bad.message
     ok = decode_frame(b'{"msgid":10,"groupid":9223372036854775807,"msg":"x"}')
     assert not isinstance(ok, Bad)
+
+
+# --- the hand-written fast paths of the hottest requests ----------------------------------
+
+
+def decode_without_fast_paths(data: bytes) -> Request | BadRequest:
+    from chatserver.adapters.wire.decoding import FAST_PATHS
+
+    saved = dict(FAST_PATHS)
+    FAST_PATHS.clear()
+    try:
+        return decode(data)
+    finally:
+        FAST_PATHS.update(saved)
+
+
+edge_ints = st.sampled_from([0, 1, -1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64])
+fast_path_values = (
+    json_values
+    | edge_ints
+    | st.lists(st.integers(-(2**63), 2**63 - 1) | edge_ints | st.booleans(), max_size=4)
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["toid", "groupid", "msg", "msg_ids", "id", "seq", "x"]),
+        fast_path_values,
+    ),
+    st.sampled_from([6, 10, 16, 19]),
+)
+def test_the_fast_paths_decode_exactly_as_cattrs_does(fields: dict[str, Any], msgid: int) -> None:
+    # Built with the standard library, which writes integers beyond 64 bits as they are.
+    data = json.dumps({"msgid": msgid, **fields}).encode()
+    assert decode(data) == decode_without_fast_paths(data)
+
+
+@given(texts, st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1))
+def test_the_fast_paths_take_every_well_formed_request(text: str, some_id: int, other: int) -> None:
+    from chatserver.adapters.wire.decoding import FAST_PATHS
+
+    bodies = {
+        6: {"toid": some_id, "msg": text},
+        10: {"groupid": some_id, "msg": text},
+        16: {},
+        19: {"msg_ids": [some_id, other]},
+    }
+    for msgid, body in bodies.items():
+        assert FAST_PATHS[msgid](body) is not None

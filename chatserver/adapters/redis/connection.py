@@ -14,6 +14,7 @@ DEFAULT_NAMESPACE = "chatserver"
 # Every call to Redis is bounded: a dead Redis costs a request 2 s at most, never forever.
 TIMEOUT_SECONDS = 2.0
 FAILURES = (RedisConnectionError, RedisTimeoutError, OSError)
+POOL_SIZE = 100  # connections to Redis per node, pub/sub's included
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -25,12 +26,18 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 def open_redis(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    # redis-py's default pool fails a command at once ("Too many connections") when its 100
+    # connections are busy, as they are under load: a sender got errno 11 and a node's lease
+    # went unrenewed. This pool makes the command wait for a connection instead (bounded).
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=TIMEOUT_SECONDS,
         socket_timeout=TIMEOUT_SECONDS,
         socket_connect_timeout=TIMEOUT_SECONDS,
         health_check_interval=10,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 @contextmanager

@@ -1,0 +1,161 @@
+"""`python -m benchmarks.hot_path`: the server's Python cost per ONE_CHAT without sockets.
+
+Two logged-in clients of the asyncio-Protocol transport, on fake transports that only count
+bytes, inside one process; each round hands client A a read of W frames to B (as the event loop
+would), then lets the loop run the flushes. What is left is what chatserver's own code costs per
+message: framing, decoding, the budget, the use case, routing, encoding, queueing, and one
+write call per connection per batch. The kernel's share (syscalls, wake-ups) is not in it.
+Timed with the process's CPU clock, best of several rounds, so a busy machine matters less
+than in the socket benchmarks. ``--profile`` prints a cProfile of the run instead.
+"""
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import pstats
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chatserver.adapters.security import ScryptHasher
+from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.tcp.protocol_transport import ProtocolClient, ProtocolServer
+from chatserver.entrypoints.bootstrap import Config, bootstrap
+
+
+class CountingTransport(asyncio.Transport):
+    """Takes every write at once (as an idle socket would) and counts the bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+        self.writes = 0
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.written += len(data)
+        self.writes += 1
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def _read(client: ProtocolClient, data: bytes) -> None:
+    buffer = client.get_buffer(len(data))
+    buffer[: len(data)] = data
+    client.buffer_updated(len(data))
+
+
+def feed(client: ProtocolClient, data: bytes) -> None:
+    """What the event loop does when a read brings ``data``: a callback of its own."""
+    asyncio.get_running_loop().call_soon(_read, client, data)
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def logged_in(server: ProtocolServer, name: str) -> tuple[ProtocolClient, int]:
+    """A client registered and logged in by name, over the transport; and its user id."""
+    client = server._new_client()
+    transport = CountingTransport()
+    client.connection_made(transport)
+    feed(client, b'{"msgid":4,"name":"%s","password":"pw"}\n' % name.encode())
+    await until(lambda: transport.writes > 0)  # the reply to REG (the hash is in a thread)
+    feed(client, b'{"msgid":1,"name":"%s","password":"pw"}\n' % name.encode())
+    await until(lambda: client.connection.session is not None)
+    await settle()
+    session = client.connection.session
+    assert session is not None
+    return client, session.user.id
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.001)):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise TimeoutError("the server did not answer")
+
+
+async def measure(window: int, messages: int, rounds: int, profile: bool) -> dict[str, Any]:
+    config = Config(database="memory://", node_id="hot-path")
+    limits = TransportLimits(request_burst=10**9, requests_per_second=1e9,
+                             connections_per_address=0)
+    async with bootstrap(config, hasher=ScryptHasher(n=2, r=1, p=1)) as app:
+        server = ProtocolServer(app.node, "127.0.0.1", 0, limits)
+        server._loop = asyncio.get_running_loop()
+        a, _ = await logged_in(server, "hot-a")
+        b, b_id = await logged_in(server, "hot-b")
+        frame = b'{"msgid":6,"toid":%d,"msg":"00000000001234567890xxxxxxxxxxxx"}\n' % b_id
+        batch = frame * window
+        batches = max(1, messages // window)
+        best = float("inf")
+        profiler = cProfile.Profile() if profile else None
+        gc.collect()
+        for _ in range(rounds):
+            started = time.process_time()
+            if profiler is not None:
+                profiler.enable()
+            for _ in range(batches):
+                feed(a, batch)
+                await asyncio.sleep(0)  # the flushes of A's replies and B's pushes
+            if profiler is not None:
+                profiler.disable()
+            best = min(best, time.process_time() - started)
+        await settle()
+        assert a.transport is not None and b.transport is not None
+        if profiler is not None:
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumulative").print_stats(35)
+        return {"window": window, "messages": batches * window,
+                "us_per_message": round(1e6 * best / (batches * window), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.hot_path", description=__doc__)
+    parser.add_argument("--window", type=int, action="append", default=None,
+                        help="frames per read (repeatable; default 1 and 8)")
+    parser.add_argument("--messages", type=int, default=20_000, help="per round")
+    parser.add_argument("--rounds", type=int, default=5, help="best of (default 5)")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile instead")
+    args = parser.parse_args()
+    for window in args.window or [1, 8]:
+        run = measure(window, args.messages, 1 if args.profile else args.rounds, args.profile)
+        if args.uvloop:
+            import uvloop
+
+            result = uvloop.run(run)
+        else:
+            result = asyncio.run(run)
+        print(f"W={result['window']}: {result['us_per_message']:.2f} µs of the server's CPU "
+              f"per message (best of {args.rounds} rounds of {result['messages']:,})")
+
+
+if __name__ == "__main__":
+    main()
