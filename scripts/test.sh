@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the project with its test extras into .venv, make sure MariaDB, Redis and nginx are
 # there, then run every check CI runs: the layer contracts, ruff, mypy, the whole test suite,
-# and the protocol suite again against a two-node cluster, on the asyncio transport and over
+# and the protocol suite again against a two-node cluster, on the anyio transport and over
 # WebSocket.
 # Extra arguments go to pytest.
 set -euo pipefail
@@ -24,7 +24,7 @@ echo "== pytest"
 .venv/bin/python -m pytest "$@"
 echo "== the protocol suite again, against two nodes behind nginx"
 CHATSERVER_TEST_CLUSTER=1 .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py
-echo "== the protocol suite again, on the asyncio-protocol transport (serve --transport asyncio)"
-CHATSERVER_TEST_TRANSPORT=asyncio .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py
+echo "== the protocol suite again, on the anyio-streams transport (serve --transport anyio)"
+CHATSERVER_TEST_TRANSPORT=anyio .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py
 echo "== the protocol suite again, every client over WebSocket (serve --ws-port, /ws)"
 CHATSERVER_TEST_TRANSPORT=websocket .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py

@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
                        "default %(default)s)")
     serve.add_argument("--transport", choices=("anyio", "asyncio"),
-                       default=_env("TRANSPORT", "anyio"),
-                       help="anyio streams, or asyncio Protocols (CHATSERVER_TRANSPORT; "
-                       "default %(default)s)")
+                       default=_env("TRANSPORT", "asyncio"),
+                       help="asyncio Protocols, or anyio streams (CHATSERVER_TRANSPORT; "
+                       "default %(default)s: less CPU per message and memory per connection)")
     serve.add_argument("--loop", choices=("asyncio", "uvloop"),
                        default=_env("LOOP", "asyncio"),
                        help="event loop: the standard library's, or uvloop if installed "
@@ -294,7 +294,7 @@ class Server(Protocol):
     async def shutdown(self) -> None: ...
 
 
-async def serve(config: Config, transport: str = "anyio") -> None:
+async def serve(config: Config, transport: str = "asyncio") -> None:
     """Serve until SIGINT or SIGTERM, then log every session out and stop.
 
     A second signal, or the grace period running out, stops at once.

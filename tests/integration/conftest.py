@@ -42,10 +42,10 @@ _REPLY_MSGIDS = (2, 5, 11)
 Frame = dict[str, Any]
 Pattern = Callable[[Frame], bool] | dict[str, Any]
 
-# CHATSERVER_TEST_TRANSPORT picks what the suite runs against: anyio (the default TCP
-# transport), asyncio (serve --transport asyncio) or websocket (serve --ws-port, every client
-# of the suite speaking over WebSocket at /ws instead of raw TCP).
-TRANSPORT = os.environ.get("CHATSERVER_TEST_TRANSPORT", "anyio")
+# CHATSERVER_TEST_TRANSPORT picks what the suite runs against: serve's default TCP transport
+# (unset), anyio or asyncio (serve --transport ...), or websocket (serve --ws-port, every
+# client of the suite speaking over WebSocket at /ws instead of raw TCP).
+TRANSPORT = os.environ.get("CHATSERVER_TEST_TRANSPORT", "default")
 WEBSOCKET = TRANSPORT == "websocket"
 
 
@@ -598,8 +598,8 @@ class ServerProcess:
             sys.executable, "-m", "chatserver", "serve", "--host", HOST, "--port", str(port),
             "--database", self.database, *self.extra_args,
         ]
-        if TRANSPORT == "asyncio":
-            command += ["--transport", "asyncio"]
+        if TRANSPORT in ("anyio", "asyncio"):
+            command += ["--transport", TRANSPORT]
         # CHATSERVER_TEST_LOOP=uvloop runs the server on uvloop (serve --loop).
         if os.environ.get("CHATSERVER_TEST_LOOP", "asyncio") != "asyncio":
             command += ["--loop", os.environ["CHATSERVER_TEST_LOOP"]]

@@ -5,7 +5,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import anyio
@@ -187,7 +187,8 @@ def test_a_burst_passes_then_errno_9_then_a_flooder_is_cut_off(port: Endpoint) -
     assert {r["errno"] for r in replies[LIMITS.request_burst :]} == {9}
     time.sleep(0.5)  # the budget refills at its rate
     assert client.request({"msgid": 16})["errno"] == 0
-    client.send(*[{"msgid": 16}] * 200)
+    with suppress(BrokenPipeError, ConnectionResetError):  # it may be cut off mid-flood
+        client.send(*[{"msgid": 16}] * 200)
     assert client.closed_within(5)
     assert port.connect().request({"msgid": 16})["errno"] == 0  # others are not affected
 
