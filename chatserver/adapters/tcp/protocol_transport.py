@@ -28,7 +28,7 @@ from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress, RequestBudget
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.proxy_header import ProxyHeaderError, ProxyHeaderReader
-from chatserver.adapters.tcp.requests import RequestServing, wait_for_requests
+from chatserver.adapters.tcp.requests import RequestServing, log_out_everyone
 from chatserver.adapters.wire.codec import (
     Dialect,
     encode_event,
@@ -680,19 +680,7 @@ class ProtocolServer:
         for client in list(self._open - self.clients):  # still in their TLS handshake
             if client.transport is not None:
                 client.transport.abort()
-        clients = list(self.clients)
-        for client in clients:
-            client.stop_reading()
-        await wait_for_requests(
-            [client.requests_done for client in clients], self.limits.request_grace_seconds
-        )
-        for client in clients:
-            try:
-                await client.connection.disconnect("server stopping")
-            except Exception:
-                log.exception("logging out %s failed", client.peer)
-        for client in clients:
-            client.release()
+        await log_out_everyone(self.clients, self.limits.request_grace_seconds)
 
     def _new_client(self) -> ProtocolClient:
         client = ProtocolClient(self)

@@ -2,7 +2,8 @@
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 import anyio
 
@@ -98,6 +99,36 @@ class RequestServing:
         session = self.connection.session
         return str(session.user.id) if session is not None else "-"
 
+
+
+class StoppingClient(Protocol):
+    """What a server's shutdown needs of each of its clients, whatever the transport."""
+
+    connection: Connection
+    peer: str
+
+    def stop_reading(self) -> None: ...
+
+    async def requests_done(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+async def log_out_everyone(clients: Iterable[StoppingClient], request_grace: float) -> None:
+    """A server's shutdown once it accepts no more: stop reading, let requests being served
+    finish and be answered (for at most request_grace), log every session out (friends are
+    told, unreceipted messages stored), then let each connection send what is queued."""
+    clients = list(clients)
+    for client in clients:
+        client.stop_reading()
+    await wait_for_requests([client.requests_done for client in clients], request_grace)
+    for client in clients:
+        try:
+            await client.connection.disconnect("server stopping")
+        except Exception:
+            log.exception("logging out %s failed", client.peer)
+    for client in clients:
+        client.release()
 
 
 async def wait_for_requests(requests_done: list[Callable[[], Awaitable[None]]],

@@ -11,7 +11,7 @@ from anyio.streams.tls import TLSListener
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TcpClient, TransportLimits
-from chatserver.adapters.tcp.requests import wait_for_requests
+from chatserver.adapters.tcp.requests import log_out_everyone
 from chatserver.adapters.wire.codec import encode_refusal
 from chatserver.application.node import Node
 
@@ -64,19 +64,7 @@ class TcpServer:
         a bounded time), log every session out (friends are told), let output drain."""
         self._accepting.cancel()
         self._stopping = True
-        clients = list(self.clients)
-        for client in clients:
-            client.stop_reading()
-        await wait_for_requests(
-            [client.requests_done for client in clients], self.limits.request_grace_seconds
-        )
-        for client in clients:
-            try:
-                await client.connection.disconnect("server stopping")
-            except Exception:
-                log.exception("logging out %s failed", client.peer)
-        for client in clients:
-            client.release()
+        await log_out_everyone(self.clients, self.limits.request_grace_seconds)
 
     async def _serve_client(self, stream: ByteStream) -> None:
         client = TcpClient(stream, self.node, self.limits, self.metrics)

@@ -21,7 +21,7 @@ from websockets.http11 import Request, Response
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
-from chatserver.adapters.tcp.requests import wait_for_requests
+from chatserver.adapters.tcp.requests import log_out_everyone
 from chatserver.adapters.tcp.server import TOO_MANY_CONNECTIONS
 from chatserver.adapters.web.client import WebSocketClient
 from chatserver.application.node import Node
@@ -151,19 +151,7 @@ class WebSocketServer:
         """Stop accepting and reading, let requests being served finish and be answered (for
         a bounded time), log every session out (friends are told), let output drain."""
         self._stop.set()
-        clients = list(self.clients)
-        for client in clients:
-            client.stop_reading()
-        await wait_for_requests(
-            [client.requests_done for client in clients], self.limits.request_grace_seconds
-        )
-        for client in clients:
-            try:
-                await client.connection.disconnect("server stopping")
-            except Exception:
-                log.exception("logging out %s failed", client.peer)
-        for client in clients:
-            client.release()
+        await log_out_everyone(self.clients, self.limits.request_grace_seconds)
 
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         """Plain HTTP for the page; the handshake goes on only on /ws."""
