@@ -238,10 +238,7 @@ class TcpClient(RequestServing):
                 self._handling = False
         if self._shutting_down:
             return False
-        if self._refused > self.limits.refused_before_disconnect:
-            log.warning("closing %s: still flooding after %d refused requests",
-                        self.peer, self._refused)
-            self.close_reason = "flooding"
+        if self._flooding():
             return False
         if self.splitter.too_large:
             log.info("closing %s: frame over %d bytes", self.peer, self.limits.frame_bytes)

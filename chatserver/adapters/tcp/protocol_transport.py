@@ -447,16 +447,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                         finally:
                             self._suspended = None
                             self._busy = False
-                        if self._refused > self.limits.refused_before_disconnect:
-                            log.warning("closing %s: still flooding after %d refused requests",
-                                        self.peer, self._refused)
-                            self.close_reason = "flooding"
-                            frames.clear()
-                            self._end_reading()
-                    elif self._refused > self.limits.refused_before_disconnect:
-                        log.warning("closing %s: still flooding after %d refused requests",
-                                    self.peer, self._refused)
-                        self.close_reason = "flooding"
+                    if self._flooding():
                         frames.clear()
                         self._end_reading()
                     while frames and not self._closed:
@@ -472,10 +463,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                         self._busy = True
                         await self._handle(frame)
                         self._busy = False
-                        if self._refused > self.limits.refused_before_disconnect:
-                            log.warning("closing %s: still flooding after %d refused requests",
-                                        self.peer, self._refused)
-                            self.close_reason = "flooding"
+                        if self._flooding():
                             frames.clear()
                             self._end_reading()
                     if self._closing or self._closed:

@@ -3,7 +3,7 @@
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -21,6 +21,9 @@ from chatserver.adapters.wire.errors import BAD_REQUEST, errno_and_message
 from chatserver.application.connection import Connection
 from chatserver.domain.errors import ChatError, RateLimited, Unavailable
 
+if TYPE_CHECKING:
+    from chatserver.adapters.tcp.connection import TransportLimits
+
 log = logging.getLogger("chatserver.tcp")
 
 STOPPING = "server stopping: try again on a new connection"
@@ -35,6 +38,8 @@ class RequestServing:
     budget: RequestBudget
     metrics: PrometheusMetrics | None
     peer: str
+    limits: "TransportLimits"
+    close_reason: str
     _refused: int
 
     def _queue(self, frame: bytes) -> None:
@@ -88,6 +93,16 @@ class RequestServing:
             reply = encode_error(request, Unavailable(STOPPING), self.dialect)
         if reply is not None:
             self._queue(reply)
+
+    def _flooding(self) -> bool:
+        """True (logged, and the close reason set) once the client has been refused more than
+        the limit without slowing down enough for its budget to refill: it is cut off."""
+        if self._refused <= self.limits.refused_before_disconnect:
+            return False
+        log.warning("closing %s: still flooding after %d refused requests", self.peer,
+                    self._refused)
+        self.close_reason = "flooding"
+        return True
 
     def _reply_error(self, reply: bytes | None, msgid: int, errno: int, seconds: float) -> None:
         if reply is not None:

@@ -176,10 +176,7 @@ class WebSocketClient(RequestServing):
                 self._handling = False
             if self._shutting_down:
                 return
-            if self._refused > self.limits.refused_before_disconnect:
-                log.warning("closing %s: still flooding after %d refused requests",
-                            self.peer, self._refused)
-                self.close_reason = "flooding"
+            if self._flooding():
                 self.close_code = CloseCode.POLICY_VIOLATION
                 return
             if self._pending_bytes > self.limits.reply_backlog_bytes:
