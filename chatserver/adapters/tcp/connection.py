@@ -3,29 +3,19 @@ buffer drained by a single writer, bounded so a client that stops reading cannot
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
 
 import anyio
-from anyio.abc import ByteStream, TaskGroup
+from anyio.abc import ByteStream
 from attrs import define
 
 from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.budget import RequestBudget
 from chatserver.adapters.tcp.proxy_header import ProxyHeaderError, ProxyHeaderReader
-from chatserver.adapters.tcp.requests import RequestServing
-from chatserver.adapters.wire.codec import (
-    Dialect,
-    encode_event,
-    encode_frame_too_large,
-)
+from chatserver.adapters.tcp.streaming import StreamingClient
+from chatserver.adapters.wire.codec import Dialect, encode_frame_too_large
 from chatserver.adapters.wire.framing import FrameSplitter
-from chatserver.application.connection import Connection
 from chatserver.application.node import Node
-from chatserver.domain.messages import Event
 
 log = logging.getLogger("chatserver.tcp")
-
-Callback = Callable[[], Awaitable[None]]
 
 
 @define
@@ -57,8 +47,9 @@ class TransportLimits:
     request_grace_seconds: float = 5.0
 
 
-class TcpClient(RequestServing):
-    """Outbox of one TCP client, and the loops that move its bytes."""
+class TcpClient(StreamingClient):
+    """One TCP client on an anyio stream: frames split from the bytes read, replies and pushes
+    joined into one write."""
 
     def __init__(
         self,
@@ -68,101 +59,22 @@ class TcpClient(RequestServing):
         metrics: PrometheusMetrics | None = None,
     ) -> None:
         self.stream = stream
-        self.metrics = metrics
-        self.limits = limits
-        self.peer, self.address = _peer(stream)
-        self.connection = Connection(node, self, self.address)
-        self.budget = RequestBudget(limits.requests_per_second, limits.request_burst)
-        self._refused = 0
-        self.close_reason = "connection closed by the client"
+        super().__init__(node, limits, metrics, *_peer(stream))
         self.splitter = FrameSplitter(limits.frame_bytes)
-        self.dialect = Dialect.MODERN
         self._early = b""  # what came right after the PROXY header: the first request bytes
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._callbacks: list[Callback] = []
-        self._wake = anyio.Event()
-        self._drained = anyio.Event()
-        self._closing = False  # no more requests are read
-        self._closed = False  # nothing more is written
-        self._handling = False  # a request is being served: shutdown lets it finish
-        self._shutting_down = False
-        self._released = anyio.Event()
-        self._read_scope = anyio.CancelScope()
-        self._reading_done = anyio.Event()
-        self._task_group: TaskGroup | None = None
 
-    # The Outbox port.
-
-    def push(self, event: Event) -> bool:
-        if self._closed:
+    async def _send(self, frames: list[bytes]) -> bool:
+        try:
+            await self.stream.send(b"".join(frames))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return False
-        frame = encode_event(event, self.dialect)
-        if frame is None:
-            return True
-        if self._pending_bytes + len(frame) > self.limits.outbound_bytes:
-            log.warning("closing %s: %d bytes unsent, client not reading", self.peer,
-                        self._pending_bytes)
-            self.close_reason = "client not reading"
-            self.close()
-            return False
-        self._queue(frame)
         return True
 
-    def after_flush(self, callback: Callback) -> None:
-        self._callbacks.append(callback)
-        self._wake.set()
-
-    def close(self) -> None:
-        """End the connection at once: what is unsent is dropped, the session ends."""
-        self._closing = self._closed = True
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-
-    # The loops.
-
-    def stop_reading(self) -> None:
-        """Server shutdown: take no more requests (one being served goes on), stay open until
-        release() to hear the rest."""
-        self._closing = self._shutting_down = True
-        if not self._handling:
-            self._read_scope.cancel()
-
-    async def requests_done(self) -> None:
-        """Wait until the request being served when stop_reading() came is answered."""
-        await self._reading_done.wait()
-
-    def release(self) -> None:
-        """Server shutdown: everyone is logged out, send what is queued and close."""
-        self._released.set()
-
-    async def run(self) -> None:
+    async def _close_transport(self) -> None:
         try:
-            async with anyio.create_task_group() as tg:
-                self._task_group = tg
-                tg.start_soon(self._write_loop)
-                try:
-                    with self._read_scope:
-                        await self._read_loop()
-                finally:
-                    self._reading_done.set()
-                if self._shutting_down:
-                    with anyio.move_on_after(self.limits.close_grace_seconds):
-                        await self._released.wait()
-                await self._finish()
-                tg.cancel_scope.cancel()
-        except Exception:
-            log.exception("connection %s failed", self.peer)
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self.connection.disconnect(self.close_reason)
-                except Exception:
-                    log.exception("ending the session of %s failed", self.peer)
-                try:
-                    await self.stream.aclose()
-                except (OSError, ssl.SSLError, anyio.BrokenResourceError) as error:
-                    log.debug("closing %s: %s", self.peer, error)
+            await self.stream.aclose()
+        except (OSError, ssl.SSLError, anyio.BrokenResourceError) as error:
+            log.debug("closing %s: %s", self.peer, error)
 
     async def read_proxy_header(self) -> bool:
         """--proxy-protocol: take the client's real address from the header the proxy sends
@@ -231,11 +143,7 @@ class TcpClient(RequestServing):
             if self._shutting_down:
                 self._refuse_stopping(frame)
                 continue
-            self._handling = True
-            try:
-                await self._handle(frame)
-            finally:
-                self._handling = False
+            await self._serve(frame)
         if self._shutting_down:
             return False
         if self._flooding():
@@ -250,41 +158,6 @@ class TcpClient(RequestServing):
         if self._pending_bytes > self.limits.reply_backlog_bytes:
             await self._drained.wait()
         return True
-
-    def _queue(self, frame: bytes) -> None:
-        self._pending.append(frame)
-        self._pending_bytes += len(frame)
-        self._wake.set()
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            if not self._pending and not self._callbacks:
-                continue
-            data = b"".join(self._pending)
-            callbacks = self._callbacks
-            self._pending, self._pending_bytes, self._callbacks = [], 0, []
-            if data:
-                try:
-                    await self.stream.send(data)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    self.close()
-                    return
-            if not self._pending:
-                self._drained.set()
-                self._drained = anyio.Event()
-            for callback in callbacks:
-                try:
-                    await callback()
-                except Exception:
-                    log.exception("after-write step for %s failed", self.peer)
-
-    async def _finish(self) -> None:
-        """Let the writer send what is queued, for a bounded time."""
-        with anyio.move_on_after(self.limits.close_grace_seconds):
-            while self._pending or self._callbacks:
-                await self._drained.wait()
 
 
 def _peer(stream: ByteStream) -> tuple[str, str]:
