@@ -117,18 +117,12 @@ class TcpClient(StreamingClient):
 
     async def _receive(self) -> bytes | None:
         """The next bytes from the client; None when it is gone or has been silent too long."""
-        silence = (
-            self.limits.idle_timeout_seconds
-            if self.connection.logged_in
-            else self.limits.login_timeout_seconds
-        )
+        silence = self._allowed_silence()
         try:
             with anyio.fail_after(silence):
                 return await self.stream.receive(self.limits.read_chunk)
         except TimeoutError:
-            what = "idle" if self.connection.logged_in else "not logged in"
-            log.info("closing %s: %s for %.0f s", self.peer, what, silence)
-            self.close_reason = f"{what} for {silence:.0f} s"
+            self._silent_too_long(silence)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
                 OSError):
             pass

@@ -150,6 +150,17 @@ class StreamingClient(RequestServing):
         finally:
             self._handling = False
 
+    def _allowed_silence(self) -> float:
+        """How long the client may now stay silent: before logging in, and after."""
+        if self.connection.logged_in:
+            return self.limits.idle_timeout_seconds
+        return self.limits.login_timeout_seconds
+
+    def _silent_too_long(self, silence: float) -> None:
+        what = "idle" if self.connection.logged_in else "not logged in"
+        log.info("closing %s: %s for %.0f s", self.peer, what, silence)
+        self.close_reason = f"{what} for {silence:.0f} s"
+
     def _queue(self, frame: bytes) -> None:
         self._pending.append(frame)
         self._pending_bytes += len(frame)

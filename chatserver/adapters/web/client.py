@@ -63,18 +63,12 @@ class WebSocketClient(StreamingClient):
 
     async def _read_loop(self) -> None:
         while not self._closing:
-            silence = (
-                self.limits.idle_timeout_seconds
-                if self.connection.logged_in
-                else self.limits.login_timeout_seconds
-            )
+            silence = self._allowed_silence()
             try:
                 with anyio.fail_after(silence):
                     message = await self.websocket.recv(decode=False)
             except TimeoutError:
-                what = "idle" if self.connection.logged_in else "not logged in"
-                log.info("closing %s: %s for %.0f s", self.peer, what, silence)
-                self.close_reason = f"{what} for {silence:.0f} s"
+                self._silent_too_long(silence)
                 self.close_code = CloseCode.POLICY_VIOLATION
                 return
             except ConnectionClosed:
