@@ -20,25 +20,44 @@ class NodeInbox:
     async def deliver(self, user_id: int, event: Event, origin: str) -> None:
         node = self.node
         session = node.sessions.get(user_id)
-        if not isinstance(event, DELIVERY_KINDS):
-            if session is not None:
-                session.push(event)
+        if session is None:
+            await self._not_here(user_id, event, origin)
             return
-        if session is not None and event.msg_id in session.unreceipted:
+        if not isinstance(event, DELIVERY_KINDS):
+            session.push(event)
+            return
+        if event.msg_id in session.unreceipted:
             session.origins[event.msg_id] = origin  # sent again after a bus outage: held already
             return
-        if session is not None and session.push(event):
+        if session.push(event):
             if session.receipts:
                 session.origins[event.msg_id] = origin  # confirmed once receipted or stored
                 return
         else:
-            # The user left (or lags too far behind) since the sender looked: keep it for them.
+            # The user lags too far behind: keep it for them.
             def store(tx: Transaction) -> None:
                 if tx.users.get(user_id) is not None:
                     tx.messages.store(user_id, event)
 
             await node.uow.run(store)
         await node.bus.confirm(origin, user_id, [event.msg_id])
+
+    async def _not_here(self, user_id: int, event: Event, origin: str) -> None:
+        """The user left since origin looked (or origin remembered where they were): tell
+        origin, and route it on from here, looking the user up afresh. A delivery is this
+        node's to keep from then on (routed on with custody, or stored), so origin's is
+        confirmed."""
+        node = self.node
+        await node.bus.moved(origin, user_id)
+        node.router.forget_location(user_id)
+        if isinstance(event, DELIVERY_KINDS):
+            await node.router.deliver(user_id, event)
+            await node.bus.confirm(origin, user_id, [event.msg_id])
+        else:
+            await node.router.notify([user_id], event)
+
+    async def moved(self, user_id: int) -> None:
+        self.node.router.forget_location(user_id)
 
     async def kick(self, user_id: int) -> None:
         await kick(user_id, node=self.node)

@@ -2,17 +2,27 @@
 into the store for the recipient's next login. Notices go live or nowhere.
 
 Between two users online on this node nothing here touches the database or the network.
+Where users on other nodes are is remembered for a while (LOCATION_SECONDS), so a message to
+one costs no presence lookup either: a node that gets something for a user who has moved on
+passes it along and says so (NodeInbox), and a node that is gone takes nothing (the bus says
+so), after which the user is looked up again.
 """
 
 from collections.abc import Sequence
 
-from attrs import define
+import anyio
+from attrs import Factory, define
 
 from chatserver.application.custody import Custody
 from chatserver.application.sessions import SessionRegistry
 from chatserver.domain.errors import QuotaExceeded, UnknownUser
 from chatserver.domain.messages import Delivery, Notice
 from chatserver.domain.ports import MessageBus, Metrics, Presence, Transaction, UnitOfWork
+
+# How long where a user on another node was seen is trusted without looking again. Being wrong
+# costs a hop, not a message (see the module's docstring), so this only bounds that.
+LOCATION_SECONDS = 30.0
+LOCATIONS_KEPT = 100_000
 
 
 @define
@@ -27,6 +37,8 @@ class Router:
     # Messages waiting for one user, past which one-to-one senders get an error and group
     # messages are not stored for that user.
     stored_limit: int = 10_000
+    # Where users on other nodes were seen, and until when that is trusted.
+    _where: dict[int, tuple[str, float]] = Factory(dict)
 
     def deliver_here(self, user_id: int, delivery: Delivery) -> bool:
         session = self.sessions.get(user_id)
@@ -91,26 +103,70 @@ class Router:
             else:
                 session.push(notice)
         if remote:
-            located = await self.presence.locate(remote)
-            for uid, node in located.items():
+            missed = []
+            for uid, node in (await self._locate(remote)).items():
+                if node != self.node_id and not await self.bus.deliver(node, uid, notice):
+                    missed.append(uid)
+            for uid, node in (await self._locate_again(missed)).items():
                 if node != self.node_id:
                     await self.bus.deliver(node, uid, notice)
 
+    def forget_location(self, user_id: int) -> None:
+        """user_id is not where this node last saw them: look them up next time."""
+        self._where.pop(user_id, None)
+
+    async def _locate(self, user_ids: Sequence[int]) -> dict[int, str]:
+        """Where users on other nodes are: remembered, or looked up (and remembered)."""
+        now = anyio.current_time()
+        where = self._where
+        found = {}
+        unknown = []
+        for uid in user_ids:
+            seen = where.get(uid)
+            if seen is not None and seen[1] > now:
+                found[uid] = seen[0]
+            else:
+                unknown.append(uid)
+        if unknown:
+            located = await self.presence.locate(unknown)
+            if len(where) + len(located) > LOCATIONS_KEPT:
+                where.clear()
+            until = now + LOCATION_SECONDS
+            for uid, node in located.items():
+                if node != self.node_id:
+                    where[uid] = (node, until)
+            found.update(located)
+        return found
+
+    async def _locate_again(self, user_ids: Sequence[int]) -> dict[int, str]:
+        """Look up users whose node took nothing (it stopped or died since they were seen)."""
+        for uid in user_ids:
+            self._where.pop(uid, None)
+        return await self._locate(user_ids) if user_ids else {}
+
     async def _deliver_remote(self, user_ids: Sequence[int], delivery: Delivery) -> list[int]:
         """Hand delivery to users on other nodes, keeping custody; return those it reached."""
-        located = await self.presence.locate(user_ids)
         reached = []
-        for uid, node in located.items():
+        missed = []
+        for uid, node in (await self._locate(user_ids)).items():
             if node == self.node_id:
                 continue
-            # Kept before handing over: the confirmation may come back before deliver returns.
-            self.custody.keep(node, uid, delivery)
-            handed_over = False
-            try:
-                handed_over = await self.bus.deliver(node, uid, delivery)
-            finally:
-                if not handed_over:  # not taken, or the bus failed: not ours to keep
-                    self.custody.release(uid, [delivery.msg_id])
-            if handed_over:
+            if await self._hand_over(node, uid, delivery):
+                reached.append(uid)
+            else:
+                missed.append(uid)
+        for uid, node in (await self._locate_again(missed)).items():
+            if node != self.node_id and await self._hand_over(node, uid, delivery):
                 reached.append(uid)
         return reached
+
+    async def _hand_over(self, node: str, user_id: int, delivery: Delivery) -> bool:
+        # Kept before handing over: the confirmation may come back before deliver returns.
+        self.custody.keep(node, user_id, delivery)
+        handed_over = False
+        try:
+            handed_over = await self.bus.deliver(node, user_id, delivery)
+        finally:
+            if not handed_over:  # not taken, or the bus failed: not ours to keep
+                self.custody.release(user_id, [delivery.msg_id])
+        return handed_over

@@ -192,6 +192,10 @@ class BusHandler(Protocol):
         """user and friend are no longer friends."""
         ...
 
+    async def moved(self, user_id: int) -> None:
+        """user is not on the node this node sent them something to, any more."""
+        ...
+
     async def catch_up(self) -> None:
         """This node may have missed events (the bus was down): push to its sessions what
         was stored for them meanwhile."""
@@ -219,6 +223,10 @@ class MessageBus(Protocol):
         ...
 
     async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None: ...
+
+    async def moved(self, node_id: str, user_id: int) -> None:
+        """Tell node_id that what it sent user came here, where user no longer is."""
+        ...
 
 
 class Metrics(Protocol):

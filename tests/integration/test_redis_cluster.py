@@ -3,14 +3,22 @@
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
+from chatserver.adapters.redis.bus import RedisBus
+from chatserver.domain.messages import DirectMessage
 from chatserver.entrypoints.bootstrap import ChatApp, bootstrap
 from tests.unit.conftest import FAST_HASHER
 from tests.unit.test_cluster import (  # noqa: F401  (collected here, run on Redis)
     config,
+    online,
+    register,
     test_a_login_on_another_node_kicks_the_older_session,
+    test_a_message_follows_a_user_who_moved_since_the_sender_looked,
+    test_a_notice_follows_a_user_who_moved,
     test_chat_crosses_nodes,
     test_group_membership_changes_reach_other_nodes,
     test_messages_for_a_user_who_left_the_other_node_are_stored_there,
@@ -39,5 +47,56 @@ async def nodes(tmp_path: Path) -> AsyncIterator[tuple[ChatApp, ChatApp]]:
 
 
 @pytest.fixture
+async def three_nodes(tmp_path: Path) -> AsyncIterator[tuple[ChatApp, ChatApp, ChatApp]]:
+    bus = f"{REDIS}?namespace=test-{secrets.token_hex(4)}"
+    url = f"sqlite:///{tmp_path / 'cluster.db'}"
+    async with (
+        bootstrap(config(url, "a", bus), hasher=FAST_HASHER) as a,
+        bootstrap(config(url, "b", bus), hasher=FAST_HASHER) as b,
+        bootstrap(config(url, "c", bus), hasher=FAST_HASHER) as c,
+    ):
+        yield a, b, c
+
+
+@pytest.fixture
 def kill() -> Callable[[ChatApp], None]:
     pytest.skip("killing a node on Redis is tested with real processes")
+
+
+async def test_what_is_sent_meanwhile_goes_to_redis_in_one_batch_in_order(
+    nodes: tuple[ChatApp, ChatApp],
+) -> None:
+    """200 deliveries handed to the bus at once cost a few round trips, not 200, and reach
+    the other node in the order they were handed over."""
+    a, b = nodes
+    bob = await register(a, "bob")
+    cb = await online(b, bob)
+    bus = a.node.bus
+    assert isinstance(bus, RedisBus)
+    batches = 0
+    send = bus._send
+
+    async def counted(batch: Any) -> None:
+        nonlocal batches
+        batches += 1
+        await send(batch)
+
+    bus._send = counted  # type: ignore[method-assign]
+    messages = [
+        DirectMessage(n, 1, "alice", bob, f"number {n}", 0) for n in range(1_000_000, 1_000_200)
+    ]
+    heard = []
+
+    async def hand_over(message: DirectMessage) -> None:
+        heard.append(await bus.deliver(b.node.node_id, bob, message))
+
+    async with anyio.create_task_group() as tg:
+        for message in messages:
+            tg.start_soon(hand_over, message)
+    assert heard == [True] * 200
+    assert 1 <= batches <= 5
+    with anyio.fail_after(5):
+        got = [await cb.next_event() for _ in messages]
+    assert [e.msg_id for e in got if isinstance(e, DirectMessage)] == [
+        m.msg_id for m in messages
+    ]

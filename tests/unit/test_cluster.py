@@ -59,6 +59,19 @@ async def nodes(tmp_path: Path, hub: InProcessHub) -> AsyncIterator[tuple[ChatAp
 
 
 @pytest.fixture
+async def three_nodes(
+    tmp_path: Path, hub: InProcessHub
+) -> AsyncIterator[tuple[ChatApp, ChatApp, ChatApp]]:
+    url = f"sqlite:///{tmp_path / 'cluster.db'}"
+    async with (
+        bootstrap(config(url, "a"), hub=hub, hasher=FAST_HASHER) as a,
+        bootstrap(config(url, "b"), hub=hub, hasher=FAST_HASHER) as b,
+        bootstrap(config(url, "c"), hub=hub, hasher=FAST_HASHER) as c,
+    ):
+        yield a, b, c
+
+
+@pytest.fixture
 def kill(hub: InProcessHub) -> Callable[[ChatApp], None]:
     """Make a node vanish from the cluster without a word, as SIGKILL would."""
     return lambda app: hub.detach(app.node.node_id)
@@ -204,3 +217,61 @@ async def test_messages_for_a_user_who_left_the_other_node_are_stored_there(
     await eventually(lambda: len(a.node.custody) == 0)  # b stored it and said so
     result = await a.connect().request(Login("pw", bob))
     assert isinstance(result, LoggedIn) and [m.msg_id for m in result.waiting] == [sent.msg_id]
+
+
+async def test_a_message_follows_a_user_who_moved_since_the_sender_looked(
+    three_nodes: tuple[ChatApp, ChatApp, ChatApp],
+) -> None:
+    """Node a remembers bob on b; bob moves to c; b passes the message on to c (live, not
+    into the store), takes a's custody over, and tells a, which looks bob up next time."""
+    a, b, c = three_nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca = await online(a, alice)
+    on_b = await online(b, bob)
+    await ca.request(SendDirectMessage(bob, "to b"))
+    assert isinstance(await on_b.next_event(), DirectMessage)
+    await on_b.close()
+    on_c = await online(c, bob, receipts=True)
+
+    sent = await ca.request(SendDirectMessage(bob, "to wherever bob is"))
+    assert isinstance(sent, MessageAccepted)
+    with anyio.fail_after(5):
+        got = await on_c.next_event()
+    assert isinstance(got, DirectMessage) and (got.msg_id, got.text) == (
+        sent.msg_id, "to wherever bob is"
+    )
+    await eventually(lambda: len(a.node.custody) == 0)  # b took it over...
+    assert len(b.node.custody) == 1  # ...and holds it until bob receipts it on c
+    await on_c.request(Receipt((sent.msg_id,)))
+    await eventually(lambda: len(b.node.custody) == 0)
+
+    again = await ca.request(SendDirectMessage(bob, "straight to c"))
+    assert isinstance(again, MessageAccepted)
+    with anyio.fail_after(5):
+        got = await on_c.next_event()
+    assert isinstance(got, DirectMessage) and got.msg_id == again.msg_id
+    await eventually(lambda: len(a.node.custody) == 1)  # held for c now, not b
+    assert [node for node, _ in a.node.custody.held.values()] == [c.node.node_id]
+    assert await a.node.uow.run(lambda tx: tx.messages.waiting(bob)) == []  # none was stored
+
+
+async def test_a_notice_follows_a_user_who_moved(
+    three_nodes: tuple[ChatApp, ChatApp, ChatApp],
+) -> None:
+    a, b, c = three_nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca = await online(a, alice)
+    on_b = await online(b, bob)
+    await ca.request(AddFriend(bob))
+    await on_b.request(AnswerFriend(alice, True))
+    await ca.request(SendDirectMessage(bob, "a remembers bob on b"))
+    await on_b.close()
+    on_c = await online(c, bob)
+    on_c.outbox.events.clear()
+    await ca.close()  # alice goes offline: her friends hear it
+    with anyio.fail_after(5):
+        while True:
+            event = await on_c.next_event()
+            if isinstance(event, PresenceNotice):
+                break
+    assert (event.user_id, event.online) == (alice, False)

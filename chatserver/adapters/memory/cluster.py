@@ -83,6 +83,11 @@ class InProcessBus:
         if inbox is not None:
             await inbox.forget_friend(user_id, friend_id)
 
+    async def moved(self, node_id: str, user_id: int) -> None:
+        inbox = self.hub.inboxes.get(node_id)
+        if inbox is not None:
+            await inbox.moved(user_id)
+
 
 @define
 class InProcessCluster:

@@ -44,6 +44,7 @@ class RedisCluster:
         self._rejoin = anyio.Event()
         try:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self.bus.send_batches)
                 await tg.start(self.bus.listen, inbox, self._ask_to_rejoin)
                 tg.start_soon(self._keep_lease)
                 tg.start_soon(self._rejoin_when_asked, inbox, local_users)
