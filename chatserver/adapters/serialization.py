@@ -44,8 +44,16 @@ def load_delivery(kind: str, body: str | bytes) -> Delivery:
     return DELIVERY_KINDS[kind](**orjson.loads(body))
 
 
+# Every event's fields are plain values: read by name, without attrs.asdict's recursion.
+_FIELDS = {cls: tuple(field.name for field in attrs.fields(cls)) for cls in KIND_OF_EVENT}
+
+
 def event_to_dict(event: Event) -> dict[str, Any]:
-    return {"kind": KIND_OF_EVENT[type(event)], **attrs.asdict(event)}
+    cls = type(event)
+    data: dict[str, Any] = {"kind": KIND_OF_EVENT[cls]}
+    for name in _FIELDS[cls]:
+        data[name] = getattr(event, name)
+    return data
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:

@@ -47,12 +47,31 @@ class _Batch:
         self.channels: dict[str, list[bytes]] = {}
         # Confirmations in this batch, to keep for later if it fails.
         self.confirms: list[tuple[str, dict[str, Any]]] = []
+        # The same, by channel: sent as one "confirm" message per channel.
+        self.confirmed: dict[str, list[list[Any]]] = {}
         self.heard: dict[str, int] = {}
         self.error: BaseException | None = None
         self.sent = anyio.Event()
 
     def add(self, channel: str, message: dict[str, Any]) -> None:
         self.channels.setdefault(channel, []).append(orjson.dumps(message))
+
+    def add_confirm(self, channel: str, node_id: str, message: dict[str, Any]) -> None:
+        self.confirms.append((node_id, message))
+        if channel not in self.confirmed:
+            self.confirmed[channel] = []
+            self.channels.setdefault(channel, [])
+        self.confirmed[channel].append([message["u"], message["m"]])
+
+    def payloads(self) -> dict[str, bytes]:
+        """What to publish on each channel."""
+        for channel, confirmed in self.confirmed.items():
+            self.channels[channel].append(orjson.dumps({"t": "confirm", "c": confirmed}))
+        self.confirmed = {}
+        return {
+            channel: messages[0] if len(messages) == 1 else b"[" + b",".join(messages) + b"]"
+            for channel, messages in self.channels.items()
+        }
 
 
 class RedisBus:
@@ -89,6 +108,10 @@ class RedisBus:
         self._waiting.set()
         return batch
 
+    def _queue_confirm(self, node_id: str, message: dict[str, Any]) -> None:
+        self._batch.add_confirm(self.channel(node_id), node_id, message)
+        self._waiting.set()
+
     async def send_batches(self) -> None:
         """Publish what is queued, a batch at a time, for as long as the node runs."""
         self._batching = True
@@ -112,14 +135,13 @@ class RedisBus:
 
     async def _send(self, batch: _Batch) -> None:
         try:
+            payloads = batch.payloads()
             pipe = self.client.pipeline(transaction=False)
-            for channel, messages in batch.channels.items():
-                payload = messages[0] if len(messages) == 1 else b"[" + b",".join(messages) + b"]"
+            for channel, payload in payloads.items():
                 pipe.publish(channel, payload)
             answers = await pipe.execute()
             batch.heard = {
-                channel: int(heard)
-                for channel, heard in zip(batch.channels, answers, strict=True)
+                channel: int(heard) for channel, heard in zip(payloads, answers, strict=True)
             }
         except FAILURES as error:
             batch.error = error
@@ -160,7 +182,7 @@ class RedisBus:
         """Tell node_id these deliveries are safe; kept to send again if Redis is down."""
         message = {"t": "confirm", "u": user_id, "m": list(msg_ids)}
         if self._batching:
-            self._queue(self.channel(node_id), message).confirms.append((node_id, message))
+            self._queue_confirm(node_id, message)
             return
         try:
             await self._publish(self.channel(node_id), message)
@@ -239,7 +261,10 @@ class RedisBus:
             if kind == "deliver":
                 await inbox.deliver(message["u"], event_from_dict(message["e"]), message["o"])
             elif kind == "confirm":
-                await inbox.confirm(message["u"], message["m"])
+                for user_id, msg_ids in message["c"] if "c" in message else [
+                    (message["u"], message["m"])
+                ]:
+                    await inbox.confirm(user_id, msg_ids)
             elif kind == "kick":
                 await inbox.kick(message["u"])
                 await self._answer(message)
