@@ -57,6 +57,6 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
-    fields = dict(data)
-    kind = fields.pop("kind")
-    return EVENT_KINDS[str(kind)](**fields)
+    """The event of event_to_dict's form. data is used up (its "kind" is taken out)."""
+    kind = data.pop("kind")
+    return EVENT_KINDS[str(kind)](**data)

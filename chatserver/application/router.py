@@ -8,9 +8,9 @@ passes it along and says so (NodeInbox), and a node that is gone takes nothing (
 so), after which the user is looked up again.
 """
 
+import time
 from collections.abc import Sequence
 
-import anyio
 from attrs import Factory, define
 
 from chatserver.application.custody import Custody
@@ -117,7 +117,7 @@ class Router:
 
     async def _locate(self, user_ids: Sequence[int]) -> dict[int, str]:
         """Where users on other nodes are: remembered, or looked up (and remembered)."""
-        now = anyio.current_time()
+        now = time.monotonic()
         where = self._where
         found = {}
         unknown = []

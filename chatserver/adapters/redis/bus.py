@@ -105,12 +105,14 @@ class RedisBus:
     def _queue(self, channel: str, message: dict[str, Any]) -> _Batch:
         batch = self._batch
         batch.add(channel, message)
-        self._waiting.set()
+        if not self._waiting.is_set():
+            self._waiting.set()
         return batch
 
     def _queue_confirm(self, node_id: str, message: dict[str, Any]) -> None:
         self._batch.add_confirm(self.channel(node_id), node_id, message)
-        self._waiting.set()
+        if not self._waiting.is_set():
+            self._waiting.set()
 
     async def send_batches(self) -> None:
         """Publish what is queued, a batch at a time, for as long as the node runs."""
