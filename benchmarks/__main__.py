@@ -1,6 +1,7 @@
 """python -m benchmarks SCENARIO [options]: see --help, and docs/performance.md."""
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -166,6 +167,10 @@ def _common(args: argparse.Namespace) -> Common:
         sys.exit("--msg-bytes must be at least 30 (20 digits of timestamp and 10 of number)")
     if not args.database.startswith(("memory:", "sqlite:")):
         print(f"note: database {args.database} is passed to the server as is", file=sys.stderr)
+    if args.uvloop and importlib.util.find_spec("uvloop") is None:
+        print("note: uvloop is not installed (pip install -e '.[bench]'): the load generator "
+              "runs on the stdlib event loop, which costs it more CPU", file=sys.stderr)
+        args.uvloop = False
     return Common(
         database=args.database, uvloop=args.uvloop, drain=args.drain, repeat=args.repeat,
         concurrency=args.concurrency, msg_bytes=args.msg_bytes,
