@@ -255,6 +255,8 @@ async def bootstrap(
     )
     if metrics is not None:
         metrics.count_sessions(lambda: len(node.sessions))
+        if isinstance(cluster, RedisCluster):
+            cluster.observe_calls(metrics.dependency.labels("redis").observe)
     app = ChatApp(node, metrics)
     every = config.limits.custody_check_seconds
     try:

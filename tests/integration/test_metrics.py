@@ -1,6 +1,7 @@
 """`serve --metrics-port` serves Prometheus metrics that follow what happens."""
 
 import re
+import secrets
 import urllib.request
 from pathlib import Path
 
@@ -49,3 +50,32 @@ def test_metrics_follow_sessions_messages_requests_and_errors(tmp_path: Path) ->
         chat.close_all()
         server.stop()
         server.assert_no_traceback()
+
+
+def test_a_node_in_a_cluster_counts_cross_node_messages_and_times_redis(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    bus = f"redis://127.0.0.1:6379/0?namespace=test-{secrets.token_hex(4)}"
+    database = f"sqlite:///{tmp_path / 'cluster.db'}"
+    a = ServerProcess(database, tmp_path / "a.log",
+                      ["--bus", bus, "--node-id", "a", "--metrics-port", str(metrics_port)])
+    b = ServerProcess(database, tmp_path / "b.log", ["--bus", bus, "--node-id", "b"])
+    a.start()
+    b.start()
+    on_a, on_b = Chat(a), Chat(b)
+    try:
+        alice, bob = on_a.users(2)
+        ca = on_a.online(alice)
+        cb = on_b.online(bob)
+        for n in range(2):
+            ca.ok({"msgid": 6, "toid": bob.id, "msg": f"across {n}"})
+            cb.expect({"msgid": 6, "msg": f"across {n}"})
+        samples = scrape(metrics_port)
+        assert samples['chatserver_messages_routed_total{outcome="cross-node"}'] == 2
+        assert samples['chatserver_dependency_seconds_count{dependency="redis"}'] >= 2
+        assert samples["chatserver_sessions_online"] == 1
+    finally:
+        for chat in (on_a, on_b):
+            chat.close_all()
+        for node in (a, b):
+            node.stop()
+            node.assert_no_traceback()

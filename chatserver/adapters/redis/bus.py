@@ -21,7 +21,7 @@ import orjson
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
-from chatserver.adapters.redis.connection import FAILURES, unavailable_when_down
+from chatserver.adapters.redis.connection import FAILURES, Calls
 from chatserver.adapters.serialization import event_from_dict, event_to_dict
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.messages import Event
@@ -75,8 +75,11 @@ class _Batch:
 
 
 class RedisBus:
-    def __init__(self, client: aioredis.Redis, namespace: str, node_id: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, namespace: str, node_id: str, calls: Calls | None = None
+    ) -> None:
         self.client = client
+        self.calls = calls or Calls()
         self.namespace = namespace
         self.node_id = node_id
         self.broadcast_channel = f"{namespace}:bus:all"
@@ -94,7 +97,7 @@ class RedisBus:
     async def _publish(self, channel: str, message: dict[str, Any]) -> int:
         """Publish; how many nodes heard it."""
         if not self._batching:
-            with unavailable_when_down():
+            with self.calls.call():
                 return int(await self.client.publish(channel, orjson.dumps(message)))
         batch = self._queue(channel, message)
         await batch.sent.wait()
@@ -141,14 +144,19 @@ class RedisBus:
             pipe = self.client.pipeline(transaction=False)
             for channel, payload in payloads.items():
                 pipe.publish(channel, payload)
-            answers = await pipe.execute()
+            with self.calls.call():
+                answers = await pipe.execute()
             batch.heard = {
                 channel: int(heard) for channel, heard in zip(payloads, answers, strict=True)
             }
-        except FAILURES as error:
+        except Unavailable as error:
+            batch.error = error.__cause__
+            self._keep_confirms(batch)
+            log.warning("bus: publishing failed: %s", error.__cause__)
+        except Exception as error:  # not Redis being away: say so, and go on batching
             batch.error = error
             self._keep_confirms(batch)
-            log.warning("bus: publishing failed: %s", error)
+            log.exception("bus: publishing failed")
         finally:
             batch.sent.set()
 

@@ -9,7 +9,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from chatserver.adapters.redis.bus import RedisBus
-from chatserver.adapters.redis.connection import open_redis, split_url
+from chatserver.adapters.redis.connection import Calls, open_redis, split_url
 from chatserver.adapters.redis.presence import RedisPresence
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.ports import BusHandler
@@ -26,11 +26,17 @@ class RedisCluster:
         redis_url, namespace = split_url(url)
         self.node_id = node_id
         self.client = open_redis(redis_url)
+        # Every call to Redis, timed when observe_calls is given a histogram.
+        self.calls = Calls()
         self.presence = RedisPresence(
-            self.client, namespace, node_id, lease_seconds=lease_seconds
+            self.client, namespace, node_id, lease_seconds=lease_seconds, calls=self.calls
         )
-        self.bus = RedisBus(self.client, namespace, node_id)
+        self.bus = RedisBus(self.client, namespace, node_id, self.calls)
         self.lease_seconds = lease_seconds
+
+    def observe_calls(self, observe: Callable[[float], None]) -> None:
+        """Give the time of every call to Redis to observe (seconds)."""
+        self.calls.observe = observe
 
     async def run(
         self,

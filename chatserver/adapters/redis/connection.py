@@ -1,6 +1,7 @@
 """Opening Redis from a `redis://host:port/db?namespace=NAME` URL, and its failures as errno 11."""
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -40,9 +41,20 @@ def open_redis(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)
 
 
-@contextmanager
-def unavailable_when_down() -> Iterator[None]:
-    try:
-        yield
-    except FAILURES as error:
-        raise Unavailable("the message bus is down: try again") from error
+class Calls:
+    """How a node's calls to Redis go: a failure becomes Unavailable (errno 11), and each
+    call's time goes to observe, when set (the metrics' "redis" dependency)."""
+
+    def __init__(self) -> None:
+        self.observe: Callable[[float], None] | None = None
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        except FAILURES as error:
+            raise Unavailable("the message bus is down: try again") from error
+        finally:
+            if self.observe is not None:
+                self.observe(time.perf_counter() - started)

@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 
 import redis.asyncio as aioredis
 
-from chatserver.adapters.redis.connection import unavailable_when_down
+from chatserver.adapters.redis.connection import Calls
 
 # Delete the user's key only if it still names this node.
 _RELEASE = """
@@ -20,9 +20,16 @@ return 0
 
 class RedisPresence:
     def __init__(
-        self, client: aioredis.Redis, namespace: str, node_id: str, *, lease_seconds: float
+        self,
+        client: aioredis.Redis,
+        namespace: str,
+        node_id: str,
+        *,
+        lease_seconds: float,
+        calls: Calls | None = None,
     ) -> None:
         self.client = client
+        self.calls = calls or Calls()
         self.namespace = namespace
         self.node_id = node_id
         self.lease_seconds = lease_seconds
@@ -39,25 +46,25 @@ class RedisPresence:
 
     async def renew_lease(self) -> bool:
         """Renew this node's lease; False if it had lapsed (or Redis restarted empty)."""
-        with unavailable_when_down():
+        with self.calls.call():
             previous = await self.client.set(
                 self.node_key(self.node_id), b"1", px=int(self.lease_seconds * 1000), get=True
             )
         return previous is not None
 
     async def drop_lease(self) -> None:
-        with unavailable_when_down():
+        with self.calls.call():
             await self.client.delete(self.node_key(self.node_id))
 
     async def claim_all(self, user_ids: Sequence[int]) -> None:
         """Claim users again, e.g. after Redis restarted and forgot them."""
         if not user_ids:
             return
-        with unavailable_when_down():
+        with self.calls.call():
             await self.client.mset({self.user_key(uid): self.node_id for uid in user_ids})
 
     async def claim(self, user_id: int, node_id: str) -> str | None:
-        with unavailable_when_down():
+        with self.calls.call():
             previous = await self.client.set(self.user_key(user_id), node_id, get=True)
         if not isinstance(previous, bytes):
             return None
@@ -67,13 +74,13 @@ class RedisPresence:
         return previous_node
 
     async def release(self, user_id: int, node_id: str) -> None:
-        with unavailable_when_down():
+        with self.calls.call():
             await self._release(keys=[self.user_key(user_id)], args=[node_id])
 
     async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
         if not user_ids:
             return {}
-        with unavailable_when_down():
+        with self.calls.call():
             nodes = await self.client.mget([self.user_key(uid) for uid in user_ids])
         found = {
             uid: node.decode()
@@ -88,7 +95,7 @@ class RedisPresence:
         alive = {n for n in node_ids if n == self.node_id or now - self._alive.get(n, -9) < 1.0}
         unknown = [n for n in node_ids if n not in alive]
         if unknown:
-            with unavailable_when_down():
+            with self.calls.call():
                 pipe = self.client.pipeline(transaction=False)
                 for node in unknown:
                     pipe.exists(self.node_key(node))
