@@ -236,16 +236,19 @@ def _raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _log_to_stderr(level: str) -> None:
+def _log_to_stderr(level: str, node_id: str | None = None) -> None:
+    """Log lines to stderr; a node of a cluster names itself in each, so that the logs of
+    several nodes can be read together."""
+    node = f"[{node_id}] " if node_id else ""
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {node.replace('%', '%%')}%(name)s: %(message)s",
         stream=sys.stderr,
     )
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _log_to_stderr(args.log_level)
+    _log_to_stderr(args.log_level, args.node_id if args.bus != "memory://" else None)
     _raise_file_limit()
     _return_freed_memory()
     config = Config(

@@ -2,6 +2,7 @@
 users are on different nodes, when a node is SIGKILLed, and when Redis restarts."""
 
 import contextlib
+import re
 import secrets
 import shutil
 import signal
@@ -248,3 +249,14 @@ async def test_a_redis_restart_under_load_loses_no_acknowledged_message(
         for node in (a, b):
             node.stop()
             node.assert_no_traceback()
+
+
+def test_each_nodes_log_lines_name_the_node(nodes: tuple[Chat, Chat]) -> None:
+    on_a, on_b = nodes
+    alice, bob = on_a.users(2)
+    on_a.online(alice)
+    on_b.online(bob)
+    for chat, name, user in ((on_a, "a", alice), (on_b, "b", bob)):
+        log = chat.server.log_path.read_text()
+        line = rf"INFO \[{name}\] chatserver\.\w+: session start user={user.id}\b"
+        assert re.search(line, log), log
