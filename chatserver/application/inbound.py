@@ -107,6 +107,6 @@ async def _hand_over_again(node: Node) -> None:
     """The bus was down: what this node handed to others may have been lost on the way, so it
     hands it over again (the other node ignores what it holds already)."""
     for (user_id, _), (other, delivery) in list(node.custody.held.items()):
-        if not await node.bus.deliver(other, user_id, delivery):
+        if not await node.bus.deliver(other, [user_id], delivery):
             node.custody.release(user_id, [delivery.msg_id])
             await node.router.deliver(user_id, delivery)

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from attrs import Factory, define
 
 from chatserver.application.custody import Custody
-from chatserver.application.sessions import SessionRegistry
+from chatserver.application.sessions import DELIVERY_KINDS, SessionRegistry
 from chatserver.domain.errors import QuotaExceeded, UnknownUser
-from chatserver.domain.messages import Delivery, Notice
+from chatserver.domain.messages import Delivery, Event, Notice
 from chatserver.domain.ports import MessageBus, Metrics, Presence, Transaction, UnitOfWork
 
 # How long where a user on another node was seen is trusted without looking again. Being wrong
@@ -103,13 +103,7 @@ class Router:
             else:
                 session.push(notice)
         if remote:
-            missed = []
-            for uid, node in (await self._locate(remote)).items():
-                if node != self.node_id and not await self.bus.deliver(node, uid, notice):
-                    missed.append(uid)
-            for uid, node in (await self._locate_again(missed)).items():
-                if node != self.node_id:
-                    await self.bus.deliver(node, uid, notice)
+            await self._send_remote(remote, notice)
 
     def forget_location(self, user_id: int) -> None:
         """user_id is not where this node last saw them: look them up next time."""
@@ -146,27 +140,45 @@ class Router:
 
     async def _deliver_remote(self, user_ids: Sequence[int], delivery: Delivery) -> list[int]:
         """Hand delivery to users on other nodes, keeping custody; return those it reached."""
-        reached = []
-        missed = []
-        for uid, node in (await self._locate(user_ids)).items():
-            if node == self.node_id:
-                continue
-            if await self._hand_over(node, uid, delivery):
-                reached.append(uid)
-            else:
-                missed.append(uid)
-        for uid, node in (await self._locate_again(missed)).items():
-            if node != self.node_id and await self._hand_over(node, uid, delivery):
-                reached.append(uid)
+        return await self._send_remote(user_ids, delivery)
+
+    async def _send_remote(self, user_ids: Sequence[int], event: Event) -> list[int]:
+        """Hand event to those of user_ids on other nodes, one bus message per node (a group
+        message's copies for one node travel as one); return the users it reached. A delivery
+        is kept in custody until the other node confirms it."""
+        reached: list[int] = []
+        missed = await self._send_by_node(await self._locate(user_ids), event, reached)
+        if missed:
+            await self._send_by_node(await self._locate_again(missed), event, reached)
         return reached
 
-    async def _hand_over(self, node: str, user_id: int, delivery: Delivery) -> bool:
+    async def _send_by_node(
+        self, located: dict[int, str], event: Event, reached: list[int]
+    ) -> list[int]:
+        """Send to the users located, by node; add those reached to reached, return the rest."""
+        by_node: dict[str, list[int]] = {}
+        for uid, node in located.items():
+            if node != self.node_id:
+                by_node.setdefault(node, []).append(uid)
+        missed = []
+        for node, uids in by_node.items():
+            if await self._hand_over(node, uids, event):
+                reached.extend(uids)
+            else:
+                missed.extend(uids)
+        return missed
+
+    async def _hand_over(self, node: str, user_ids: list[int], event: Event) -> bool:
+        if not isinstance(event, DELIVERY_KINDS):
+            return await self.bus.deliver(node, user_ids, event)
         # Kept before handing over: the confirmation may come back before deliver returns.
-        self.custody.keep(node, user_id, delivery)
+        for uid in user_ids:
+            self.custody.keep(node, uid, event)
         handed_over = False
         try:
-            handed_over = await self.bus.deliver(node, user_id, delivery)
+            handed_over = await self.bus.deliver(node, user_ids, event)
         finally:
             if not handed_over:  # not taken, or the bus failed: not ours to keep
-                self.custody.release(user_id, [delivery.msg_id])
+                for uid in user_ids:
+                    self.custody.release(uid, [event.msg_id])
         return handed_over

@@ -205,8 +205,9 @@ class BusHandler(Protocol):
 class MessageBus(Protocol):
     """Carries events between the nodes of a cluster."""
 
-    async def deliver(self, node_id: str, user_id: int, event: Event) -> bool:
-        """Hand event to node_id for user; False if that node was not listening.
+    async def deliver(self, node_id: str, user_ids: Sequence[int], event: Event) -> bool:
+        """Hand event to node_id for users (one message, however many they are); False if
+        that node was not listening.
 
         For a delivery, the sender keeps custody until node_id confirms it.
         """

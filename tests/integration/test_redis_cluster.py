@@ -16,6 +16,7 @@ from tests.unit.test_cluster import (  # noqa: F401  (collected here, run on Red
     config,
     online,
     register,
+    test_a_group_messages_copies_for_one_node_travel_as_one,
     test_a_login_on_another_node_kicks_the_older_session,
     test_a_message_follows_a_user_who_moved_since_the_sender_looked,
     test_a_notice_follows_a_user_who_moved,
@@ -88,7 +89,7 @@ async def test_what_is_sent_meanwhile_goes_to_redis_in_one_batch_in_order(
     heard = []
 
     async def hand_over(message: DirectMessage) -> None:
-        heard.append(await bus.deliver(b.node.node_id, bob, message))
+        heard.append(await bus.deliver(b.node.node_id, [bob], message))
 
     async with anyio.create_task_group() as tg:
         for message in messages:

@@ -1,7 +1,8 @@
 """Several nodes in one process, sharing a hub and a database: what crosses between nodes."""
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -25,6 +26,7 @@ from chatserver.application.results import GroupCreated, LoggedIn, MessageAccept
 from chatserver.domain.errors import NotAMember
 from chatserver.domain.messages import (
     DirectMessage,
+    Event,
     FriendAnswer,
     GroupMessage,
     KickedNotice,
@@ -275,3 +277,45 @@ async def test_a_notice_follows_a_user_who_moved(
             if isinstance(event, PresenceNotice):
                 break
     assert (event.user_id, event.online) == (alice, False)
+
+
+class CountingBus:
+    """A node's bus, counting what it hands to other nodes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sent: list[tuple[str, list[int], Event]] = []
+
+    async def deliver(self, node_id: str, user_ids: Sequence[int], event: Event) -> bool:
+        self.sent.append((node_id, list(user_ids), event))
+        return bool(await self.inner.deliver(node_id, user_ids, event))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_group_messages_copies_for_one_node_travel_as_one(
+    nodes: tuple[ChatApp, ChatApp],
+) -> None:
+    a, b = nodes
+    alice = await register(a, "alice")
+    members = [await register(a, f"member{n}") for n in range(5)]
+    ca = await online(a, alice)
+    created = await ca.request(CreateGroup("g"))
+    assert isinstance(created, GroupCreated)
+    on_b = [await online(b, m, receipts=True) for m in members]
+    for client in on_b:
+        await client.request(JoinGroup(created.group_id))
+    bus = CountingBus(a.node.router.bus)
+    a.node.router.bus = bus
+
+    sent = await ca.request(SendGroupMessage(created.group_id, "to five on b"))
+    assert isinstance(sent, MessageAccepted)
+    assert [(node, sorted(users)) for node, users, _ in bus.sent] == [(b.node.node_id, members)]
+    for client in on_b:
+        got = await client.next_event()
+        assert isinstance(got, GroupMessage) and got.msg_id == sent.msg_id
+    assert len(a.node.custody) == 5  # one per copy, until each member receipts it
+    for client in on_b:
+        await client.request(Receipt((sent.msg_id,)))
+    await eventually(lambda: len(a.node.custody) == 0)

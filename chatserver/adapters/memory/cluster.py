@@ -56,11 +56,12 @@ class InProcessBus:
     hub: InProcessHub
     node_id: str
 
-    async def deliver(self, node_id: str, user_id: int, event: Event) -> bool:
+    async def deliver(self, node_id: str, user_ids: Sequence[int], event: Event) -> bool:
         inbox = self.hub.inboxes.get(node_id)
         if inbox is None:
             return False
-        await inbox.deliver(user_id, event, self.node_id)
+        for user_id in user_ids:
+            await inbox.deliver(user_id, event, self.node_id)
         return True
 
     async def kick(self, node_id: str, user_id: int) -> None:

@@ -165,8 +165,8 @@ class RedisBus:
         self._unsent_confirms.extend(batch.confirms)
         batch.confirms = []
 
-    async def deliver(self, node_id: str, user_id: int, event: Event) -> bool:
-        message = {"t": "deliver", "u": user_id, "o": self.node_id, "e": event_to_dict(event)}
+    async def deliver(self, node_id: str, user_ids: Sequence[int], event: Event) -> bool:
+        message = {"t": "deliver", "us": user_ids, "o": self.node_id, "e": event_to_dict(event)}
         return await self._publish(self.channel(node_id), message) > 0
 
     async def kick(self, node_id: str, user_id: int) -> None:
@@ -269,7 +269,9 @@ class RedisBus:
         kind = message["t"]
         try:
             if kind == "deliver":
-                await inbox.deliver(message["u"], event_from_dict(message["e"]), message["o"])
+                event = event_from_dict(message["e"])
+                for user_id in message["us"] if "us" in message else (message["u"],):
+                    await inbox.deliver(user_id, event, message["o"])
             elif kind == "confirm":
                 for user_id, msg_ids in message["c"] if "c" in message else [
                     (message["u"], message["m"])
