@@ -8,29 +8,49 @@ from attrs import define, field
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.ports import Transaction, UnitOfWork
 
+# How far blocks may grow past block_size when senders keep running out (see _reserve).
+MAX_GROWTH = 64
+
 
 @define
 class MessageIdAllocator:
     """Hands out ids from the current block. The sender that takes the block's middle id
     reserves the next one, so the others do not wait for the store; senders that run out
-    while a reservation is under way wait for it and share it."""
+    while a reservation is under way wait for it and share it, and the blocks reserved after
+    that are twice as large (up to MAX_GROWTH times block_size): half a block was not enough
+    for the messages that came while one was reserved."""
 
     uow: UnitOfWork
     block_size: int = 1000
+    _start: int = field(default=0, init=False)
     _next: int = field(default=0, init=False)
     _end: int = field(default=0, init=False)
     _spare: tuple[int, int] | None = field(default=None, init=False)
     _reserving: anyio.Event | None = field(default=None, init=False)
+    _size: int = field(default=0, init=False)  # of the next block reserved; 0: block_size
+    _ran_out: bool = field(default=False, init=False)
+
+    def take(self) -> int | None:
+        """The next id, when one is at hand and taking it starts no reservation; else None,
+        and next() is the way (the common case costs no coroutine this way)."""
+        msg_id = self._next
+        if msg_id >= self._end or (
+            self._end - msg_id - 1 == (self._end - self._start) // 2 and self._spare is None
+        ):
+            return None
+        self._next = msg_id + 1
+        return msg_id
 
     async def next(self) -> int:
         while self._next >= self._end:
             if self._spare is not None:
-                (self._next, self._end), self._spare = self._spare, None
+                (self._start, self._end), self._spare = self._spare, None
+                self._next = self._start
             else:
                 await self._reserve()
         msg_id = self._next
         self._next += 1
-        if self._end - self._next == self.block_size // 2 and self._spare is None:
+        if self._end - self._next == (self._end - self._start) // 2 and self._spare is None:
             # Ahead of need: if the store is down now, the sender that runs out tries again.
             with contextlib.suppress(Unavailable):
                 await self._reserve()
@@ -38,9 +58,10 @@ class MessageIdAllocator:
 
     async def _reserve(self) -> None:
         if self._reserving is not None:
+            self._ran_out = True
             await self._reserving.wait()
             return
-        size = self.block_size
+        size = self._size or self.block_size
 
         def reserve(tx: Transaction) -> int:
             return tx.message_ids.reserve(size)
@@ -49,9 +70,13 @@ class MessageIdAllocator:
         try:
             first = await self.uow.run(reserve)
             if self._next >= self._end:
-                self._next, self._end = first, first + size
+                self._start = self._next = first
+                self._end = first + size
             else:
                 self._spare = (first, first + size)
         finally:
             self._reserving = None
+            if self._ran_out:
+                self._ran_out = False
+                self._size = min(size * 2, self.block_size * MAX_GROWTH)
             done.set()

@@ -83,3 +83,21 @@ async def test_a_store_down_half_way_through_a_block_fails_no_message_that_has_a
     assert len(set(got)) == 10
     with pytest.raises(Unavailable):
         await ids.next()  # out of ids: now the failure is the sender's
+
+
+async def test_blocks_grow_when_senders_run_out_while_one_is_being_reserved() -> None:
+    uow = SlowCountingUnitOfWork()
+    ids = MessageIdAllocator(uow, block_size=10)
+    got: list[int] = []
+
+    async def send() -> None:
+        got.append(await ids.next())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(40):  # more at once than half a block: they run out, and wait
+            tg.start_soon(send)
+    reserved = uow.transactions
+    got += [await ids.next() for _ in range(200)]
+    # Blocks of 10 would take 20 transactions for these 200 ids; larger ones take fewer.
+    assert uow.transactions - reserved <= 5
+    assert len(set(got)) == 240 and got[40:] == sorted(got[40:])
