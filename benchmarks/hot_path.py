@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from chatserver.adapters.security import ScryptHasher
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.protocol_transport import ProtocolClient, ProtocolServer
@@ -31,11 +33,13 @@ class CountingTransport(asyncio.Transport):
         super().__init__()
         self.written = 0
         self.writes = 0
+        self.last = b""
         self.closed = False
 
     def write(self, data: Any) -> None:
         self.written += len(data)
         self.writes += 1
+        self.last = data
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -101,16 +105,46 @@ async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     raise TimeoutError("the server did not answer")
 
 
-async def measure(window: int, messages: int, rounds: int, profile: bool) -> dict[str, Any]:
-    config = Config(database="memory://", node_id="hot-path")
+async def group_of(clients: list[ProtocolClient]) -> int:
+    """A group that the first client creates and the others join; its id."""
+    creator = clients[0]
+    transport = creator.transport
+    assert isinstance(transport, CountingTransport)
+    writes = transport.writes
+    feed(creator, b'{"msgid":8,"groupname":"hot","groupdesc":""}\n')
+    await until(lambda: transport.writes > writes)
+    group_id = int(orjson.loads(transport.last.splitlines()[-1])["groupid"])
+    joined: dict[CountingTransport, int] = {}  # each joiner's writes before its reply
+    for client in clients[1:]:
+        assert isinstance(client.transport, CountingTransport)
+        joined[client.transport] = client.transport.writes
+        feed(client, b'{"msgid":9,"groupid":%d}\n' % group_id)
+    await until(lambda: all(t.writes > writes for t, writes in joined.items()))
+    await settle()
+    return group_id
+
+
+async def measure(window: int, messages: int, rounds: int, profile: bool,
+                  metrics: bool = False, members: int = 0) -> dict[str, Any]:
+    # A metrics port makes bootstrap build the Prometheus metrics; nothing serves them here.
+    config = Config(database="memory://", node_id="hot-path", metrics_port=0 if metrics else None)
     limits = TransportLimits(request_burst=10**9, requests_per_second=1e9,
                              connections_per_address=0)
     async with bootstrap(config, hasher=ScryptHasher(n=2, r=1, p=1)) as app:
-        server = ProtocolServer(app.node, "127.0.0.1", 0, limits)
+        server = ProtocolServer(app.node, "127.0.0.1", 0, limits, metrics=app.metrics)
         server._loop = asyncio.get_running_loop()
         a, _ = await logged_in(server, "hot-a")
         b, b_id = await logged_in(server, "hot-b")
         frame = b'{"msgid":6,"toid":%d,"msg":"00000000001234567890xxxxxxxxxxxx"}\n' % b_id
+        copies = 1  # deliveries per message
+        if members:  # GROUP_CHAT to a group of that many, all online, instead
+            clients = [a, b] + [(await logged_in(server, f"hot-{i}"))[0]
+                                for i in range(2, members)]
+            group_id = await group_of(clients)
+            frame = b'{"msgid":10,"groupid":%d,"msg":"00000000001234567890xxxxxxxxxxxx"}\n' % (
+                group_id)
+            copies = members - 1
+            messages = max(window, messages // copies)
         batch = frame * window
         batches = max(1, messages // window)
         best = float("inf")
@@ -132,8 +166,9 @@ async def measure(window: int, messages: int, rounds: int, profile: bool) -> dic
             stats = pstats.Stats(profiler)
             stats.sort_stats("tottime").print_stats(25)
             stats.sort_stats("cumulative").print_stats(35)
-        return {"window": window, "messages": batches * window,
-                "us_per_message": round(1e6 * best / (batches * window), 2)}
+        return {"window": window, "messages": batches * window, "copies": copies,
+                "us_per_message": round(1e6 * best / (batches * window), 2),
+                "us_per_copy": round(1e6 * best / (batches * window * copies), 2)}
 
 
 def main() -> None:
@@ -144,15 +179,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="best of (default 5)")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument("--profile", action="store_true", help="print a cProfile instead")
+    parser.add_argument("--group", type=int, default=0, metavar="MEMBERS",
+                        help="GROUP_CHAT to a group of MEMBERS users, all online, instead; "
+                        "timed per delivered copy")
+    parser.add_argument("--metrics", action="store_true",
+                        help="with the Prometheus metrics (serve --metrics-port) counting")
     args = parser.parse_args()
     for window in args.window or [1, 8]:
-        run = measure(window, args.messages, 1 if args.profile else args.rounds, args.profile)
+        run = measure(window, args.messages, 1 if args.profile else args.rounds, args.profile,
+                      args.metrics, args.group)
         if args.uvloop:
             import uvloop
 
             result = uvloop.run(run)
         else:
             result = asyncio.run(run)
+        if args.group:
+            print(f"W={result['window']}: {result['us_per_copy']:.2f} µs of the server's CPU "
+                  f"per delivered copy, {result['us_per_message']:.1f} per group message of "
+                  f"{result['copies']} copies (best of {args.rounds} rounds of "
+                  f"{result['messages']:,})")
+            continue
         print(f"W={result['window']}: {result['us_per_message']:.2f} µs of the server's CPU "
               f"per message (best of {args.rounds} rounds of {result['messages']:,})")
 

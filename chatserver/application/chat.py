@@ -22,8 +22,11 @@ async def send_direct_message(
 ) -> MessageAccepted:
     me = connection.user
     node = connection.node
+    msg_id = node.message_ids.take()
+    if msg_id is None:
+        msg_id = await node.message_ids.next()
     message = DirectMessage(
-        msg_id=await node.message_ids.next(),
+        msg_id=msg_id,
         sender_id=me.id,
         sender_name=me.name,
         recipient_id=command.recipient_id,
@@ -31,7 +34,7 @@ async def send_direct_message(
         sent_at_ms=node.clock.now_ms(),
     )
     await node.router.deliver(command.recipient_id, message, known_user=False)
-    return MessageAccepted(message.msg_id)
+    return MessageAccepted(msg_id)
 
 
 async def send_group_message(
@@ -42,8 +45,11 @@ async def send_group_message(
     roster = await node.groups.roster(command.group_id)
     if me.id not in roster.members:
         raise NotAMember()
+    msg_id = node.message_ids.take()
+    if msg_id is None:
+        msg_id = await node.message_ids.next()
     message = GroupMessage(
-        msg_id=await node.message_ids.next(),
+        msg_id=msg_id,
         group_id=command.group_id,
         sender_id=me.id,
         sender_name=me.name,

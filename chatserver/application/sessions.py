@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from attrs import Factory, define
 
 from chatserver.domain.messages import (
+    CHAT_KINDS,
     Delivery,
     DirectMessage,
     Event,
@@ -44,12 +45,12 @@ class Session:
         """Hand an event to the client; False if a delivery must be stored instead."""
         if self.ended:
             return False
-        is_delivery = isinstance(event, DELIVERY_KINDS)
-        if not self.notices and not isinstance(event, (DirectMessage, GroupMessage)):
-            # Clients of the original server see chats only; answers wait for a modern login.
-            return not is_delivery
-        if isinstance(event, FriendAnswer) and event.accepted:
-            self.friend_ids.add(event.responder_id)
+        if not isinstance(event, CHAT_KINDS):  # chats, nearly all of it, pass one check
+            if not self.notices:
+                # Clients of the original server see chats only; answers wait for a modern login.
+                return not isinstance(event, FriendAnswer)
+            if isinstance(event, FriendAnswer) and event.accepted:
+                self.friend_ids.add(event.responder_id)
         tracked = False
         if self.receipts and isinstance(event, DELIVERY_KINDS):
             if len(self.unreceipted) >= self.unreceipted_limit:

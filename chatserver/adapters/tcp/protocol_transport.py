@@ -15,10 +15,9 @@ import contextlib
 import logging
 import os
 import ssl
-import types
 from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 import anyio
@@ -61,24 +60,6 @@ _TOO_LARGE = _TooLarge()
 _INLINE = os.environ.get("CHATSERVER_ASYNCIO_INLINE", "1") != "0"
 
 
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
-    """Go on with a coroutine that was started by hand and is waiting on ``yielded``."""
-    while True:
-        try:
-            sent = yield yielded
-        except BaseException as error:  # handed on to the coroutine
-            try:
-                yielded = coro.throw(error)
-            except StopIteration:
-                return
-            continue
-        try:
-            yielded = coro.send(sent)
-        except StopIteration:
-            return
-
-
 class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     """Outbox of one TCP client, fed by the event loop's callbacks."""
 
@@ -95,10 +76,10 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self.close_reason = "connection closed by the client"
         self.splitter = FrameSplitter(limits.frame_bytes)
         self.dialect = Dialect.MODERN
-        # Output not yet handed to the transport, and the flush that will hand it over.
+        # Output not yet handed to the transport, and whether the server will hand it over.
         self._out: list[bytes] = []
         self._out_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
+        self._flush_wanted = False
         # Bytes the transport held after our last write (an upper bound until it drains).
         self._buffered = 0
         self._callbacks: list[Callback] = []  # wait for the next write
@@ -112,7 +93,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self._wakeup: asyncio.Future[None] | None = None
         self._busy = False
         # A request started in the read callback that has to wait: the task goes on with it.
-        self._suspended: tuple[Coroutine[Any, Any, None], Any] | None = None
+        self._suspended: Coroutine[Any, Any, None] | None = None
         self._closing = False  # no more requests are read
         self._closed = False  # nothing more is written (close(): what is unsent is dropped)
         self._lost = False  # the socket is gone
@@ -137,19 +118,24 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         frame = encode_event(event, self.dialect)
         if frame is None:
             return True
-        unsent = self._out_bytes + self._buffered
-        if unsent + len(frame) > self.limits.outbound_bytes:
+        out_bytes = self._out_bytes + len(frame)
+        if out_bytes + self._buffered > self.limits.outbound_bytes:
+            unsent = self._out_bytes + self._buffered
             log.warning("closing %s: %d bytes unsent, client not reading", self.peer, unsent)
             self.close_reason = "client not reading"
             self.close()
             return False
-        self._queue(frame)
+        # _queue(frame), inline: a group message comes here once per member.
+        self._out.append(frame)
+        self._out_bytes = out_bytes
+        if not self._flush_wanted:
+            self._flush_wanted = True
+            self.server.flush_soon(self)
         return True
 
     def after_flush(self, callback: Callback) -> None:
         self._callbacks.append(callback)
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush)
+        self._flush_soon()
 
     def close(self) -> None:
         """End the connection at once: what is unsent is dropped, the session ends."""
@@ -303,50 +289,51 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     def _take(self, data: bytes) -> None:
         """Cut what was read into frames and serve them (now, or by the worker task)."""
         self._last_activity = self.loop.time()
-        frames = self.splitter.feed(data)
-        if frames:
-            if self.splitter.legacy:
-                self.dialect = Dialect.LEGACY
-            self._frames.extend(frames)
-        if self.splitter.too_large:
+        splitter = self.splitter
+        frames = splitter.feed(data)
+        if frames and splitter.legacy:
+            self.dialect = Dialect.LEGACY
+        if (frames and not self._frames and not splitter.too_large and _INLINE
+                and self._wakeup is not None and self._suspended is None):
+            self._handle_inline(frames)
+            return
+        self._frames.extend(frames)
+        if splitter.too_large:
             self._frames.append(_TOO_LARGE)
             self._end_reading()
         elif len(self._frames) > _QUEUED_FRAMES_LIMIT:
             self._update_reading()
         if self._frames:
-            if _INLINE and self._wakeup is not None and self._suspended is None:
-                self._handle_inline()
-            else:
-                self._wake()
+            self._wake()
 
-    def _handle_inline(self) -> None:
-        """Handle what was read now, as the connection's task (parked, waiting for frames)."""
+    def _handle_inline(self, frames: list[bytes]) -> None:
+        """Handle what was read now, as the connection's task (parked, waiting for frames);
+        what is left when one has to wait, or must not be served yet, goes to the task."""
         worker = self._worker
         assert worker is not None
-        frames = self._frames
+        refused_limit = self.limits.refused_before_disconnect
+        served = 0
         _enter_task(self.loop, worker)
         try:
-            while frames and not self._closed:
-                frame = frames[0]
-                if frame is _TOO_LARGE:
+            for frame in frames:
+                if self._closed:
                     break
-                frames.popleft()
-                assert isinstance(frame, bytes)
-                coro = self._handle(frame)
-                try:
-                    yielded = coro.send(None)
-                except StopIteration:
-                    pass
-                else:
-                    self._suspended = (coro, yielded)
+                served += 1
+                rest = self._serve_now(frame)
+                if rest is not None:
+                    self._suspended = rest
                     self._busy = True
                     break
-                if self._refused > self.limits.refused_before_disconnect:
+                if self._refused > refused_limit:
                     break
         finally:
             _leave_task(self.loop, worker)
-        if (frames or self._suspended is not None or self._closing or self._closed
-                or self._refused > self.limits.refused_before_disconnect):
+        if served < len(frames):
+            self._frames.extend(frames[served:])
+            if len(self._frames) > _QUEUED_FRAMES_LIMIT:
+                self._update_reading()
+        if (self._frames or self._suspended is not None or self._closing or self._closed
+                or self._refused > refused_limit):
             self._wake()
 
     def eof_received(self) -> bool:
@@ -359,9 +346,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             self._stop_waiting_for_header()
         self._lost = True
         self._buffered = 0
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._flush_wanted = False
         self._end_reading()
         self._drained()
         if not self._registered and not self.done.done():
@@ -441,9 +426,8 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                 while True:
                     frames = self._frames
                     if self._suspended is not None:
-                        coro, yielded = self._suspended
                         try:
-                            await _resume(coro, yielded)
+                            await self._suspended
                         finally:
                             self._suspended = None
                             self._busy = False
@@ -486,6 +470,9 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                     log.exception("ending the session of %s failed", self.peer)
                 self._close_transport()
         finally:
+            if self._suspended is not None:  # cancelled before going on with it
+                self._suspended.close()
+                self._suspended = None
             self._settle_requests()
             if not self.done.done():
                 self.done.set_result(None)
@@ -514,8 +501,8 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             return
         waiter = self.loop.create_future()
         self._drain_waiters.append(waiter)
-        if self._flush_handle is None and (self._out or self._callbacks):
-            self._flush_handle = self.loop.call_soon(self._flush)
+        if self._out or self._callbacks:
+            self._flush_soon()
         await self._wait(waiter, self.limits.close_grace_seconds)
         if self._callback_task is not None and not self._callback_task.done():
             await self._wait(
@@ -547,12 +534,21 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             return
         self._out.append(frame)
         self._out_bytes += len(frame)
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush)
+        if not self._flush_wanted:
+            self._flush_wanted = True
+            self.server.flush_soon(self)
 
-    def _flush(self) -> None:
-        self._flush_handle = None
-        self._flush_now()
+    def _flush_soon(self) -> None:
+        if not self._flush_wanted:
+            self._flush_wanted = True
+            self.server.flush_soon(self)
+
+    def flush(self) -> None:
+        """The server's flush of this loop iteration: write what was queued (unless the
+        connection was lost meanwhile)."""
+        if self._flush_wanted:
+            self._flush_wanted = False
+            self._flush_now()
 
     def _flush_now(self) -> None:
         if self._callbacks:
@@ -574,7 +570,8 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         else:
             self._buffered = 0
         if not self._buffered:
-            self._drained()
+            if self._written_callbacks or self._backlogged or self._drain_waiters:
+                self._drained()
         elif self._buffered > self.limits.reply_backlog_bytes and not self._backlogged:
             self._backlogged = True
             self._update_reading()
@@ -631,6 +628,9 @@ class ProtocolServer:
         self.per_address = ConnectionsPerAddress(limits.connections_per_address)
         self.shutting_down = False
         self.receive_buffer = memoryview(bytearray(limits.read_chunk))
+        # Clients with output queued, written by one callback at the end of the loop iteration.
+        self._unflushed: list[ProtocolClient] = []
+        self._flush_handle: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._open: set[ProtocolClient] = set()
@@ -669,6 +669,22 @@ class ProtocolServer:
             if client.transport is not None:
                 client.transport.abort()
         await log_out_everyone(self.clients, self.limits.request_grace_seconds)
+
+    def flush_soon(self, client: ProtocolClient) -> None:
+        """Have client's output written once this loop iteration's callbacks have run, with
+        every other client's: one loop callback for them all."""
+        self._unflushed.append(client)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        unflushed, self._unflushed = self._unflushed, []
+        for client in unflushed:
+            try:
+                client.flush()
+            except Exception:
+                log.exception("writing to %s failed", client.peer)
 
     def _new_client(self) -> ProtocolClient:
         client = ProtocolClient(self)

@@ -2,8 +2,9 @@
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 
@@ -12,6 +13,7 @@ from chatserver.adapters.tcp.budget import RequestBudget
 from chatserver.adapters.wire.codec import (
     BadRequest,
     Dialect,
+    Request,
     decode,
     encode_bad_request,
     encode_error,
@@ -19,6 +21,7 @@ from chatserver.adapters.wire.codec import (
 )
 from chatserver.adapters.wire.errors import BAD_REQUEST, errno_and_message
 from chatserver.application.connection import Connection
+from chatserver.application.results import Result
 from chatserver.domain.errors import ChatError, RateLimited, Unavailable
 
 if TYPE_CHECKING:
@@ -27,6 +30,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatserver.tcp")
 
 STOPPING = "server stopping: try again on a new connection"
+
+T = TypeVar("T")
+
+
+@types.coroutine
+def resume(coro: Coroutine[Any, Any, T], waiting_for: Any) -> Generator[Any, Any, T]:
+    """Go on with a coroutine that was started by hand (``send(None)``) and is waiting for
+    ``waiting_for``, as if it had been awaited from the start; return what it returns."""
+    while True:
+        try:
+            sent = yield waiting_for
+        except BaseException as error:  # handed on to the coroutine
+            try:
+                waiting_for = coro.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            continue
+        try:
+            waiting_for = coro.send(sent)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
 
 class RequestServing:
@@ -46,43 +70,80 @@ class RequestServing:
         raise NotImplementedError
 
     async def _handle(self, frame: bytes) -> None:
+        rest = self._serve_now(frame)
+        if rest is not None:
+            await rest
+
+    def _serve_now(self, frame: bytes) -> Coroutine[Any, Any, None] | None:
+        """Serve one request as far as it goes without waiting: None once it is answered, else
+        the rest of it, a coroutine to await (the use case has begun and waits for something).
+        Most requests never wait, and cost no coroutine of the transport's this way."""
         request = decode(frame, self.dialect)
         if isinstance(request, BadRequest):
             self._reply_error(encode_bad_request(request, self.dialect), 0, BAD_REQUEST, 0.0)
-            return
-        if not self.budget.spend():
+            return None
+        budget = self.budget
+        if not budget.spend():
             if not self._refused:
                 log.info("rate limiting %s user=%s", self.peer, self._user_id())
             self._refused += 1
             error: ChatError = RateLimited()
             reply = encode_error(request, error, self.dialect)
             self._reply_error(reply, request.msgid, errno_and_message(error)[0], 0.0)
-            return
-        if self.budget.tokens >= self.budget.burst - 1:
+            return None
+        if self._refused and budget.tokens >= budget.burst - 1:
             # Quiet long enough to refill: whatever it did before is forgiven.
             self._refused = 0
-        started = time.perf_counter()
+        # The clock is read for the request histogram only.
+        started = time.perf_counter() if self.metrics is not None else 0.0
+        handling = self.connection.handle(request.command, request.claimed_id)
         try:
-            result = await self.connection.handle(request.command, request.claimed_id)
+            waiting_for = handling.send(None)
+        except StopIteration as done:
+            self._answer(request, done.value, started)
         except ChatError as error:
-            log.info("request failed user=%s msgid=%d error=%s reason=%r", self._user_id(),
-                     request.msgid, type(error).__name__, error.message)
-            reply = encode_error(request, error, self.dialect)
-            errno = errno_and_message(error)[0]
-            self._reply_error(reply, request.msgid, errno, time.perf_counter() - started)
-            return
+            self._failed(request, error, started)
         except Exception:
-            log.exception("request msgid=%d from %s user=%s failed", request.msgid, self.peer,
-                          self._user_id())
-            reply = encode_error(request, None, self.dialect)
-            errno = errno_and_message(None)[0]
-            self._reply_error(reply, request.msgid, errno, time.perf_counter() - started)
-            return
+            self._crashed(request, started)
+        else:
+            return self._go_on(request, handling, waiting_for, started)
+        return None
+
+    async def _go_on(self, request: Request, handling: Coroutine[Any, Any, Result],
+                     waiting_for: Any, started: float) -> None:
+        """The rest of a request whose use case waits: see it through, then answer."""
+        try:
+            result = await resume(handling, waiting_for)
+        except ChatError as error:
+            self._failed(request, error, started)
+        except Exception:
+            self._crashed(request, started)
+        else:
+            self._answer(request, result, started)
+
+    def _answer(self, request: Request, result: Result, started: float) -> None:
         for reply in encode_result(request, result, self.dialect):
             self._queue(reply)
         self.connection.replied()
         if self.metrics is not None:
             self.metrics.request(request.msgid, 0, time.perf_counter() - started)
+
+    def _failed(self, request: Request, error: ChatError, started: float) -> None:
+        log.info("request failed user=%s msgid=%d error=%s reason=%r", self._user_id(),
+                 request.msgid, type(error).__name__, error.message)
+        reply = encode_error(request, error, self.dialect)
+        errno = errno_and_message(error)[0]
+        self._reply_error(reply, request.msgid, errno, self._since(started))
+
+    def _crashed(self, request: Request, started: float) -> None:
+        log.exception("request msgid=%d from %s user=%s failed", request.msgid, self.peer,
+                      self._user_id())
+        reply = encode_error(request, None, self.dialect)
+        errno = errno_and_message(None)[0]
+        self._reply_error(reply, request.msgid, errno, self._since(started))
+
+    def _since(self, started: float) -> float:
+        return time.perf_counter() - started if self.metrics is not None else 0.0
 
     def _refuse_stopping(self, frame: bytes) -> None:
         """Server shutdown: a request read but not started is answered errno 11, not served."""

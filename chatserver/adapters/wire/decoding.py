@@ -65,6 +65,10 @@ class WrongType(TypeError):
 
 
 INT64 = range(-(2**63), 2**63)  # what every id column of every database can hold
+_INT64_MIN, _INT64_END = INT64.start, INT64.stop  # compared with directly: thrice as fast
+
+# A Request made without its __new__, a Python function: the hot path makes one per frame.
+_tuple_new = tuple.__new__
 
 
 def _strict(expected_type: type, description: str) -> Callable[[Any, Any], Any]:
@@ -119,19 +123,19 @@ _STRUCTURE_HOOKS = {
 # The hottest requests are read by hand, as strictly as by cattrs: each returns the command when
 # every field is present and of its exact type, else None, and cattrs then names the fault.
 def _int64(value: Any) -> bool:
-    return type(value) is int and value in INT64
+    return type(value) is int and _INT64_MIN <= value < _INT64_END
 
 
 def _one_chat(body: dict[str, Any]) -> Command | None:
     recipient_id, text = body.get("toid"), body.get("msg")
-    if type(recipient_id) is int and recipient_id in INT64 and type(text) is str:
+    if type(recipient_id) is int and _INT64_MIN <= recipient_id < _INT64_END and type(text) is str:
         return commands.SendDirectMessage(recipient_id, text)
     return None
 
 
 def _group_chat(body: dict[str, Any]) -> Command | None:
     group_id, text = body.get("groupid"), body.get("msg")
-    if type(group_id) is int and group_id in INT64 and type(text) is str:
+    if type(group_id) is int and _INT64_MIN <= group_id < _INT64_END and type(text) is str:
         return commands.SendGroupMessage(group_id, text)
     return None
 
@@ -166,8 +170,17 @@ def decode(frame: bytes, dialect: Dialect = Dialect.MODERN) -> Request | BadRequ
     if type(msgid) is not int:
         echo = seq if type(seq) is int else None
         return BadRequest(0, echo, _field_fault("msgid", body, "an integer"))
-    if "seq" in body and type(seq) is not int:
+    # Present and not an integer (null included): the common case costs one type check.
+    if type(seq) is not int and (seq is not None or "seq" in body):
         return BadRequest(msgid, None, _field_fault("seq", body, "an integer"))
+    fast = FAST_PATHS.get(msgid)
+    if fast is not None:  # none of these takes an id in its command
+        claimed_id = body.get("id")
+        if type(claimed_id) is not int and (claimed_id is not None or "id" in body):
+            return BadRequest(msgid, seq, _field_fault("id", body, "an integer"))
+        command = fast(body)
+        if command is not None:
+            return _tuple_new(Request, (msgid, seq, command, claimed_id))
     entry = COMMANDS.get(msgid)
     if entry is None:
         return BadRequest(msgid, seq, f"unknown msgid {msgid}")
@@ -176,11 +189,6 @@ def decode(frame: bytes, dialect: Dialect = Dialect.MODERN) -> Request | BadRequ
         claimed_id = body.get("id")
         if "id" in body and type(claimed_id) is not int:
             return BadRequest(msgid, seq, _field_fault("id", body, "an integer"))
-    fast = FAST_PATHS.get(msgid)
-    if fast is not None:
-        command = fast(body)
-        if command is not None:
-            return Request(msgid, seq, command, claimed_id)
     command_class, renames = entry
     try:
         command = _STRUCTURE_HOOKS[msgid](body, command_class)

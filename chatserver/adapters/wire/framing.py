@@ -22,6 +22,16 @@ class FrameSplitter:
         """Take the next bytes read and return every frame they complete."""
         if self.too_large:
             return []
+        if (not self._pending and len(data) <= self.limit and data.endswith(b"\n")
+                and b"\0" not in data and b"\r" not in data):
+            # The usual read: whole LF-ended frames, none of them too long, nothing left over.
+            frames = data.split(b"\n")
+            frames.pop()
+            if b"" in frames:
+                frames = [f for f in frames if f]
+            if frames and self.legacy is None:
+                self.legacy = False
+            return frames
         end = max(data.rfind(b"\n"), data.rfind(b"\0")) + 1
         if not end:
             self._pending += data
