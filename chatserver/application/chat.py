@@ -33,7 +33,9 @@ async def send_direct_message(
         text=command.text,
         sent_at_ms=node.clock.now_ms(),
     )
-    await node.router.deliver(command.recipient_id, message, known_user=False)
+    router = node.router
+    if not router.deliver_now(command.recipient_id, message):  # most often: no waiting
+        await router.deliver_elsewhere(command.recipient_id, message, known_user=False)
     return MessageAccepted(msg_id)
 
 

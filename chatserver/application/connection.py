@@ -31,7 +31,10 @@ class Connection:
 
     @property
     def user(self) -> User:
-        return self.require_session().user
+        session = self.session
+        if session is None or session.ended:
+            return self.require_session().user
+        return session.user
 
     def require_session(self) -> Session:
         if not self.logged_in or self.session is None:
@@ -43,9 +46,13 @@ class Connection:
         validate = getattr(command, "validate", None)
         if validate is not None:
             validate()
-        if not isinstance(command, ANONYMOUS_COMMANDS):
-            self.require_session()
-        if claimed_id is not None and self.logged_in and claimed_id != self.user.id:
+        session = self.session
+        if session is not None and session.ended:
+            self.session = session = None  # replaced by a newer login, or ended for lagging
+        if session is None:
+            if not isinstance(command, ANONYMOUS_COMMANDS):
+                raise NotLoggedIn()
+        elif claimed_id is not None and claimed_id != session.user.id:
             raise Forbidden()
         return await HANDLERS[type(command)](command, connection=self)
 

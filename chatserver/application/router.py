@@ -47,9 +47,21 @@ class Router:
     async def deliver(self, user_id: int, delivery: Delivery, *, known_user: bool = True) -> None:
         """Deliver to one user. With known_user False (a user's message), raise UnknownUser
         for a user who does not exist and QuotaExceeded past the stored limit."""
+        if not self.deliver_now(user_id, delivery):
+            await self.deliver_elsewhere(user_id, delivery, known_user=known_user)
+
+    def deliver_now(self, user_id: int, delivery: Delivery) -> bool:
+        """deliver's first step, which needs no waiting: to the user's session on this node.
+        False if that did not take it: deliver_elsewhere then."""
         if self.deliver_here(user_id, delivery):
             self.metrics.routed("local")
-            return
+            return True
+        return False
+
+    async def deliver_elsewhere(
+        self, user_id: int, delivery: Delivery, *, known_user: bool = True
+    ) -> None:
+        """The rest of deliver: to another node, or into the store."""
         if self.sessions.get(user_id) is None and await self._deliver_remote([user_id], delivery):
             self.metrics.routed("cross-node")
             return
