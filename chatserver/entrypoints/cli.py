@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import anyio
 
 from chatserver.adapters.mysql.url import redact_password
+from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.server import TcpServer
 from chatserver.entrypoints import collector
@@ -311,6 +312,8 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                 from chatserver.adapters.tcp.protocol_transport import ProtocolServer
 
                 server_class = ProtocolServer  # type: ignore[assignment]
+            # One count of connections per client address, over TCP and WebSocket together.
+            per_address = ConnectionsPerAddress(config.transport_limits().connections_per_address)
             server = server_class(
                 app.node,
                 config.host,
@@ -318,6 +321,7 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                 config.transport_limits(),
                 tls=tls,
                 metrics=app.metrics,
+                per_address=per_address,
             )
             servers: list[Server] = [server]
             if config.ws_port is not None:
@@ -330,6 +334,7 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                     config.transport_limits(),
                     tls=tls,
                     metrics=app.metrics,
+                    per_address=per_address,
                     forwarded_for=config.behind_proxy or config.proxy_protocol,
                 ))
             if app.metrics is not None and config.metrics_port is not None:

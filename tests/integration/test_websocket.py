@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,3 +216,35 @@ def test_websocket_users_on_different_nodes_of_a_cluster_chat(tmp_path: Path) ->
         chat.close_all()
     finally:
         cluster.stop()
+
+
+def test_connections_per_address_count_tcp_and_websocket_together(tmp_path: Path) -> None:
+    ws_port = free_port()
+    server = ServerProcess(
+        "memory://", tmp_path / "server.log",
+        extra_args=["--ws-port", str(ws_port), "--connections-per-address", "3"],
+    ).start()
+    assert server.port is not None
+    held: list[Client] = []
+    try:
+        held = [Client(server.port), Client(server.port), WebSocketTestClient(ws_port)]
+        for client in held:
+            assert client.request({"msgid": 16})["errno"] == 0
+        for refused in (Client(server.port), WebSocketTestClient(ws_port)):
+            held.append(refused)
+            assert refused.recv()["errno"] == 9
+            refused.expect_closed()
+        held.pop(0).close()  # one TCP connection less: a WebSocket one may come in
+        for _ in range(50):
+            late = WebSocketTestClient(ws_port)
+            held.append(late)
+            if late.request({"msgid": 16})["errno"] == 0:
+                break
+            time.sleep(0.05)  # the server has yet to see the close
+        else:
+            raise AssertionError("no room after a connection closed")
+    finally:
+        for client in held:
+            client.close()
+        server.stop()
+        server.assert_no_traceback()

@@ -617,6 +617,7 @@ class ProtocolServer:
         *,
         tls: ssl.SSLContext | None = None,
         metrics: PrometheusMetrics | None = None,
+        per_address: ConnectionsPerAddress | None = None,
     ) -> None:
         self.node = node
         self.tls = tls
@@ -625,7 +626,10 @@ class ProtocolServer:
         self.port = port
         self.limits = limits
         self.clients: set[ProtocolClient] = set()
-        self.per_address = ConnectionsPerAddress(limits.connections_per_address)
+        # Shared with the node's other listeners, when given: the limit is per client.
+        self.per_address = per_address or ConnectionsPerAddress(
+            limits.connections_per_address
+        )
         self.shutting_down = False
         self.receive_buffer = memoryview(bytearray(limits.read_chunk))
         # Clients with output queued, written by one callback at the end of the loop iteration.

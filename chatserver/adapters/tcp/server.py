@@ -30,6 +30,7 @@ class TcpServer:
         *,
         tls: ssl.SSLContext | None = None,
         metrics: PrometheusMetrics | None = None,
+        per_address: ConnectionsPerAddress | None = None,
     ) -> None:
         self.node = node
         self.tls = tls
@@ -38,7 +39,10 @@ class TcpServer:
         self.port = port
         self.limits = limits
         self.clients: set[TcpClient] = set()
-        self.per_address = ConnectionsPerAddress(limits.connections_per_address)
+        # Shared with the node's other listeners, when given: the limit is per client.
+        self.per_address = per_address or ConnectionsPerAddress(
+            limits.connections_per_address
+        )
         self._accepting = anyio.CancelScope()
         self._stopping = False
 

@@ -99,6 +99,7 @@ class WebSocketServer:
         *,
         tls: ssl.SSLContext | None = None,
         metrics: PrometheusMetrics | None = None,
+        per_address: ConnectionsPerAddress | None = None,
         page: StaticFiles | None = None,
         forwarded_for: bool = False,
     ) -> None:
@@ -113,7 +114,10 @@ class WebSocketServer:
         # the last one in it (the one the proxy saw), not the proxy's.
         self.forwarded_for = forwarded_for
         self.clients: set[WebSocketClient] = set()
-        self.per_address = ConnectionsPerAddress(limits.connections_per_address)
+        # Shared with the node's other listeners, when given: the limit is per client.
+        self.per_address = per_address or ConnectionsPerAddress(
+            limits.connections_per_address
+        )
         self._stop = anyio.Event()
         self._all_gone = anyio.Event()
 
