@@ -177,6 +177,11 @@ def automatic_server_args() -> list[str]:
     # budget is still checked per request, but refuses nothing, or its refusals are measured.
     if chatserver_supports("--request-rate"):
         args += ["--request-rate", "1000000", "--request-burst", "1000000"]
+    # In `group`, the members away get a copy of every message: past the default limit of
+    # waiting messages (10,000, reached in seconds) copies would be skipped, and a warning
+    # logged, per message: the figures would measure that instead of storing.
+    if chatserver_supports("--stored-limit"):
+        args += ["--stored-limit", "1000000000"]
     return args
 
 

@@ -19,6 +19,7 @@ from chatserver.adapters.mysql.url import redact_password
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.server import TcpServer
+from chatserver.application.node import Limits
 from chatserver.entrypoints import collector
 from chatserver.entrypoints.bootstrap import Config, ConfigError, bootstrap, upgrade_database
 
@@ -100,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           str(defaults.transport.requests_per_second))),
                        help="requests per second a connection may keep up (CHATSERVER_REQUEST_"
                        "RATE; default %(default)s; the protocol promises at least 50)")
+    serve.add_argument("--stored-limit", type=int,
+                       default=int(_env("STORED_LIMIT", str(defaults.limits.stored_per_user))),
+                       help="messages that may wait for one user who is away; past it a "
+                       "one-to-one sender gets errno 11 and a group message is not stored "
+                       "for that user (CHATSERVER_STORED_LIMIT; default %(default)s)")
     serve.add_argument("--hash-cost", type=int,
                        default=int(_env("HASH_COST", str(defaults.hash_cost))),
                        help="scrypt's n for new password hashes, a power of 2 "
@@ -267,6 +273,7 @@ def _serve(args: argparse.Namespace) -> int:
         ws_port=args.ws_port,
         tls_key=args.tls_key,
         hash_cost=args.hash_cost,
+        limits=Limits(stored_per_user=args.stored_limit),
         transport=TransportLimits(
             connections_per_address=args.connections_per_address,
             idle_timeout_seconds=args.idle_timeout,

@@ -39,3 +39,22 @@ def test_a_thousand_connections_from_one_address(tmp_path: Path) -> None:
         chat.close_all()
         server.stop()
         server.assert_no_traceback()
+
+
+def test_the_limit_of_waiting_messages_is_set_by_stored_limit(tmp_path: Path) -> None:
+    server = ServerProcess(
+        f"sqlite:///{tmp_path / 'chat.db'}", tmp_path / "server.log", ["--stored-limit", "2"]
+    ).start()
+    chat = Chat(server)
+    try:
+        alice, bob = chat.users(2)
+        ca = chat.online(alice)
+        for n in range(2):
+            ca.ok({"msgid": 6, "toid": bob.id, "msg": f"waits {n}"})
+        ca.err({"msgid": 6, "toid": bob.id, "msg": "one too many"}, 11)
+        login = chat.client().login(bob)
+        assert [m["msg"] for m in login["offlinemsg"]] == ["waits 0", "waits 1"]
+    finally:
+        chat.close_all()
+        server.stop()
+        server.assert_no_traceback()
