@@ -49,6 +49,9 @@ class UndoLog:
     def __init__(self, database: MemoryDatabase) -> None:
         self.database = database
         self._undo: list[Callable[[], object]] = []
+        # Each counter's value before the transaction first advanced it: one entry to undo,
+        # however often it is taken (a group message stored for 50 takes "order" 50 times).
+        self._counters_before: dict[Counter, int] = {}
 
     def put(self, mapping: MutableMapping[K, V], key: K, value: V) -> None:
         if key in mapping:
@@ -65,13 +68,18 @@ class UndoLog:
 
     def take(self, counter: Counter, count: int = 1) -> int:
         """Advance a counter by count; return the first of the values taken."""
-        first = self.database.counters[counter] + 1
-        self.put(self.database.counters, counter, first + count - 1)
-        return first
+        counters = self.database.counters
+        last = counters[counter]
+        if counter not in self._counters_before:
+            self._counters_before[counter] = last
+        counters[counter] = last + count
+        return last + 1
 
     def undo(self) -> None:
         while self._undo:
             self._undo.pop()()
+        self.database.counters.update(self._counters_before)
+        self._counters_before.clear()
 
 
 class MemoryUserRepository:
@@ -100,8 +108,10 @@ class MemoryUserRepository:
 
 
 def _require_users(db: MemoryDatabase, *user_ids: int) -> None:
-    if any(user_id not in db.accounts for user_id in user_ids):
-        raise UnknownUser()
+    accounts = db.accounts
+    for user_id in user_ids:
+        if user_id not in accounts:
+            raise UnknownUser()
 
 
 class MemoryFriendRepository:
