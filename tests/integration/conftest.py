@@ -833,6 +833,22 @@ class Chat:
         self.clients.clear()
 
 
+@contextlib.contextmanager
+def chats_on(*servers: ServerProcess) -> Iterator[list[Chat]]:
+    """A Chat on each started server; on the way out every client is closed, every server
+    still running is stopped, and no log holds a traceback."""
+    chats = [Chat(server) for server in servers]
+    try:
+        yield chats
+    finally:
+        for chat in chats:
+            chat.close_all()
+        for server in servers:
+            if server.running:
+                server.stop()
+            server.assert_no_traceback()
+
+
 class SqliteServerFactory:
     """Start, stop and restart servers that share one SQLite file."""
 

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from chatserver.entrypoints.client.library import ChatError, DirectMessage, connect
-from tests.integration.conftest import HOST, Chat, ServerProcess, free_port
+from tests.integration.conftest import HOST, Chat, ServerProcess, chats_on, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -38,18 +38,8 @@ def bus() -> str:
 
 @pytest.fixture
 def nodes(tmp_path: Path, bus: str) -> Iterator[tuple[Chat, Chat]]:
-    a = start_node(tmp_path, "a", bus)
-    b = start_node(tmp_path, "b", bus)
-    chats = Chat(a), Chat(b)
-    try:
-        yield chats
-    finally:
-        for chat in chats:
-            chat.close_all()
-        for node in (a, b):
-            if node.running:
-                node.stop()
-            node.assert_no_traceback()
+    with chats_on(start_node(tmp_path, "a", bus), start_node(tmp_path, "b", bus)) as (a, b):
+        yield a, b
 
 
 def test_every_kind_of_event_crosses_nodes(nodes: tuple[Chat, Chat]) -> None:
@@ -152,8 +142,7 @@ class RedisProcess:
 def test_nodes_ride_out_a_redis_restart(tmp_path: Path, own_redis: RedisProcess) -> None:
     bus = f"redis://{HOST}:{own_redis.port}/0?namespace=restart"
     a, b = start_node(tmp_path, "a", bus), start_node(tmp_path, "b", bus)
-    on_a, on_b = Chat(a), Chat(b)
-    try:
+    with chats_on(a, b) as (on_a, on_b):
         alice, bob, carol = on_a.users(3)
         ca, cb, cc = on_a.online(alice), on_b.online(bob), on_a.online(carol)
         ca.ok({"msgid": 6, "toid": bob.id, "msg": "before"})
@@ -174,14 +163,6 @@ def test_nodes_ride_out_a_redis_restart(tmp_path: Path, own_redis: RedisProcess)
             time.sleep(0.5)
         assert reply["errno"] == 0, reply
         cb.expect({"msgid": 6, "msg": "after"}, timeout=10)
-    finally:
-        for chat in (on_a, on_b):
-            chat.close_all()
-        for node in (a, b):
-            node.stop()
-            node.assert_no_traceback()
-
-
 
 
 @pytest.mark.anyio

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import HOST, Chat, ServerProcess, free_port
+from tests.integration.conftest import HOST, Chat, ServerProcess, chats_on, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -59,10 +59,7 @@ def test_a_node_in_a_cluster_counts_cross_node_messages_and_times_redis(tmp_path
     a = ServerProcess(database, tmp_path / "a.log",
                       ["--bus", bus, "--node-id", "a", "--metrics-port", str(metrics_port)])
     b = ServerProcess(database, tmp_path / "b.log", ["--bus", bus, "--node-id", "b"])
-    a.start()
-    b.start()
-    on_a, on_b = Chat(a), Chat(b)
-    try:
+    with chats_on(a.start(), b.start()) as (on_a, on_b):
         alice, bob = on_a.users(2)
         ca = on_a.online(alice)
         cb = on_b.online(bob)
@@ -73,9 +70,3 @@ def test_a_node_in_a_cluster_counts_cross_node_messages_and_times_redis(tmp_path
         assert samples['chatserver_messages_routed_total{outcome="cross-node"}'] == 2
         assert samples['chatserver_dependency_seconds_count{dependency="redis"}'] >= 2
         assert samples["chatserver_sessions_online"] == 1
-    finally:
-        for chat in (on_a, on_b):
-            chat.close_all()
-        for node in (a, b):
-            node.stop()
-            node.assert_no_traceback()
