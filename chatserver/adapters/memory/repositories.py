@@ -5,9 +5,8 @@ Orderings are kept as sequence numbers, not dict positions, so undoing a removal
 back where it was.
 """
 
-from collections.abc import Callable, Iterable, MutableMapping
-from functools import partial
-from typing import Literal, TypeVar
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal, TypeVar
 
 from attrs import Factory, define
 
@@ -43,27 +42,28 @@ class MemoryDatabase:
     )
 
 
+_ABSENT = object()  # a key the mapping did not hold
+
+
 class UndoLog:
     """Makes changes to a MemoryDatabase and remembers how to take each one back."""
 
     def __init__(self, database: MemoryDatabase) -> None:
         self.database = database
-        self._undo: list[Callable[[], object]] = []
+        # (mapping, key, the value before or _ABSENT), newest last
+        self._undo: list[tuple[MutableMapping[Any, Any], Any, Any]] = []
         # Each counter's value before the transaction first advanced it: one entry to undo,
         # however often it is taken (a group message stored for 50 takes "order" 50 times).
         self._counters_before: dict[Counter, int] = {}
 
     def put(self, mapping: MutableMapping[K, V], key: K, value: V) -> None:
-        if key in mapping:
-            self._undo.append(partial(mapping.__setitem__, key, mapping[key]))
-        else:
-            self._undo.append(partial(mapping.pop, key))
+        self._undo.append((mapping, key, mapping.get(key, _ABSENT)))
         mapping[key] = value
 
     def pop(self, mapping: MutableMapping[K, V], key: K) -> bool:
         if key not in mapping:
             return False
-        self._undo.append(partial(mapping.__setitem__, key, mapping.pop(key)))
+        self._undo.append((mapping, key, mapping.pop(key)))
         return True
 
     def take(self, counter: Counter, count: int = 1) -> int:
@@ -77,7 +77,11 @@ class UndoLog:
 
     def undo(self) -> None:
         while self._undo:
-            self._undo.pop()()
+            mapping, key, before = self._undo.pop()
+            if before is _ABSENT:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = before
         self.database.counters.update(self._counters_before)
         self._counters_before.clear()
 
