@@ -29,17 +29,23 @@ class SlowCountingUnitOfWork(MemoryUnitOfWork):
         return await super().run(work)
 
 
-async def test_senders_that_run_out_together_share_one_reservation() -> None:
-    uow = SlowCountingUnitOfWork()
-    ids = MessageIdAllocator(uow, block_size=100)
+async def ids_at_once(ids: MessageIdAllocator, senders: int) -> list[int]:
+    """What many senders asking at the same time get."""
     got: list[int] = []
 
     async def send() -> None:
         got.append(await ids.next())
 
     async with anyio.create_task_group() as tg:
-        for _ in range(140):
+        for _ in range(senders):
             tg.start_soon(send)
+    return got
+
+
+async def test_senders_that_run_out_together_share_one_reservation() -> None:
+    uow = SlowCountingUnitOfWork()
+    ids = MessageIdAllocator(uow, block_size=100)
+    got = await ids_at_once(ids, 140)
     assert len(set(got)) == 140 and min(got) > 0
     # The first block, and the next one reserved half-way through it: nothing wasted.
     assert uow.transactions == 2
@@ -88,14 +94,7 @@ async def test_a_store_down_half_way_through_a_block_fails_no_message_that_has_a
 async def test_blocks_grow_when_senders_run_out_while_one_is_being_reserved() -> None:
     uow = SlowCountingUnitOfWork()
     ids = MessageIdAllocator(uow, block_size=10)
-    got: list[int] = []
-
-    async def send() -> None:
-        got.append(await ids.next())
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(40):  # more at once than half a block: they run out, and wait
-            tg.start_soon(send)
+    got = await ids_at_once(ids, 40)  # more at once than half a block: they run out, and wait
     reserved = uow.transactions
     got += [await ids.next() for _ in range(200)]
     # Blocks of 10 would take 20 transactions for these 200 ids; larger ones take fewer.
