@@ -23,32 +23,32 @@ class Connection:
     address: str = "local"
     session: Session | None = None
 
+    def _live_session(self) -> Session | None:
+        session = self.session
+        if session is not None and session.ended:
+            self.session = session = None  # replaced by a newer login, or ended for lagging
+        return session
+
     @property
     def logged_in(self) -> bool:
-        if self.session is not None and self.session.ended:
-            self.session = None  # replaced by a newer login, or ended for lagging behind
-        return self.session is not None
+        return self._live_session() is not None
 
     @property
     def user(self) -> User:
-        session = self.session
-        if session is None or session.ended:
-            return self.require_session().user
-        return session.user
+        return self.require_session().user
 
     def require_session(self) -> Session:
-        if not self.logged_in or self.session is None:
+        session = self._live_session()
+        if session is None:
             raise NotLoggedIn()
-        return self.session
+        return session
 
     async def handle(self, command: Command, claimed_id: int | None = None) -> Result:
         """Serve one request, reporting faults in the protocol's order: 7, 3, 10, then the rest."""
         validate = getattr(command, "validate", None)
         if validate is not None:
             validate()
-        session = self.session
-        if session is not None and session.ended:
-            self.session = session = None  # replaced by a newer login, or ended for lagging
+        session = self._live_session()
         if session is None:
             if not isinstance(command, ANONYMOUS_COMMANDS):
                 raise NotLoggedIn()

@@ -34,9 +34,7 @@ class MessageIdAllocator:
         """The next id, when one is at hand and taking it starts no reservation; else None,
         and next() is the way (the common case costs no coroutine this way)."""
         msg_id = self._next
-        if msg_id >= self._end or (
-            self._end - msg_id - 1 == (self._end - self._start) // 2 and self._spare is None
-        ):
+        if msg_id >= self._end or self._reserve_due(msg_id + 1):
             return None
         self._next = msg_id + 1
         return msg_id
@@ -50,11 +48,16 @@ class MessageIdAllocator:
                 await self._reserve()
         msg_id = self._next
         self._next += 1
-        if self._end - self._next == (self._end - self._start) // 2 and self._spare is None:
+        if self._reserve_due(self._next):
             # Ahead of need: if the store is down now, the sender that runs out tries again.
             with contextlib.suppress(Unavailable):
                 await self._reserve()
         return msg_id
+
+    def _reserve_due(self, next_id: int) -> bool:
+        """Whether the next block is reserved when next_id is the next id to hand out: at the
+        current block's middle, unless one is spare already."""
+        return self._end - next_id == (self._end - self._start) // 2 and self._spare is None
 
     async def _reserve(self) -> None:
         if self._reserving is not None:

@@ -62,7 +62,7 @@ class Router:
         self, user_id: int, delivery: Delivery, *, known_user: bool = True
     ) -> None:
         """The rest of deliver: to another node, or into the store."""
-        if self.sessions.get(user_id) is None and await self._deliver_remote([user_id], delivery):
+        if self.sessions.get(user_id) is None and await self._send_remote([user_id], delivery):
             self.metrics.routed("cross-node")
             return
 
@@ -86,7 +86,7 @@ class Router:
         if not elsewhere:
             return []
         remote = [uid for uid in elsewhere if self.sessions.get(uid) is None]
-        delivered = set(await self._deliver_remote(remote, delivery)) if remote else set()
+        delivered = set(await self._send_remote(remote, delivery)) if remote else set()
         self.metrics.routed("cross-node", len(delivered))
         away = [uid for uid in elsewhere if uid not in delivered]
         if not away:
@@ -147,12 +147,8 @@ class Router:
     async def _locate_again(self, user_ids: Sequence[int]) -> dict[int, str]:
         """Look up users whose node took nothing (it stopped or died since they were seen)."""
         for uid in user_ids:
-            self._where.pop(uid, None)
+            self.forget_location(uid)
         return await self._locate(user_ids) if user_ids else {}
-
-    async def _deliver_remote(self, user_ids: Sequence[int], delivery: Delivery) -> list[int]:
-        """Hand delivery to users on other nodes, keeping custody; return those it reached."""
-        return await self._send_remote(user_ids, delivery)
 
     async def _send_remote(self, user_ids: Sequence[int], event: Event) -> list[int]:
         """Hand event to those of user_ids on other nodes, one bus message per node (a group
