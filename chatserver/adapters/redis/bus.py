@@ -45,10 +45,9 @@ class _Batch:
 
     def __init__(self) -> None:
         self.channels: dict[str, list[bytes]] = {}
-        # Confirmations in this batch, to keep for later if it fails.
-        self.confirms: list[tuple[str, dict[str, Any]]] = []
-        # The same, by channel: sent as one "confirm" message per channel.
-        self.confirmed: dict[str, list[list[Any]]] = {}
+        # Confirmations in this batch (channel, node, message): sent as one "confirm" message
+        # per channel, and kept to send again if the batch fails.
+        self.confirms: list[tuple[str, str, dict[str, Any]]] = []
         self.heard: dict[str, int] = {}
         self.error: BaseException | None = None
         self.sent = anyio.Event()
@@ -56,18 +55,13 @@ class _Batch:
     def add(self, channel: str, message: dict[str, Any]) -> None:
         self.channels.setdefault(channel, []).append(orjson.dumps(message))
 
-    def add_confirm(self, channel: str, node_id: str, message: dict[str, Any]) -> None:
-        self.confirms.append((node_id, message))
-        if channel not in self.confirmed:
-            self.confirmed[channel] = []
-            self.channels.setdefault(channel, [])
-        self.confirmed[channel].append([message["u"], message["m"]])
-
     def payloads(self) -> dict[str, bytes]:
         """What to publish on each channel."""
-        for channel, confirmed in self.confirmed.items():
-            self.channels[channel].append(orjson.dumps({"t": "confirm", "c": confirmed}))
-        self.confirmed = {}
+        confirmed: dict[str, list[list[Any]]] = {}
+        for channel, _, message in self.confirms:
+            confirmed.setdefault(channel, []).append([message["u"], message["m"]])
+        for channel, pairs in confirmed.items():
+            self.add(channel, {"t": "confirm", "c": pairs})
         return {
             channel: messages[0] if len(messages) == 1 else b"[" + b",".join(messages) + b"]"
             for channel, messages in self.channels.items()
@@ -108,12 +102,14 @@ class RedisBus:
     def _queue(self, channel: str, message: dict[str, Any]) -> _Batch:
         batch = self._batch
         batch.add(channel, message)
-        if not self._waiting.is_set():
-            self._waiting.set()
+        self._wake_sender()
         return batch
 
     def _queue_confirm(self, node_id: str, message: dict[str, Any]) -> None:
-        self._batch.add_confirm(self.channel(node_id), node_id, message)
+        self._batch.confirms.append((self.channel(node_id), node_id, message))
+        self._wake_sender()
+
+    def _wake_sender(self) -> None:
         if not self._waiting.is_set():
             self._waiting.set()
 
@@ -162,7 +158,7 @@ class RedisBus:
 
     def _keep_confirms(self, batch: _Batch) -> None:
         # The sender keeps custody meanwhile; a lost confirmation would keep it forever.
-        self._unsent_confirms.extend(batch.confirms)
+        self._unsent_confirms.extend((node_id, message) for _, node_id, message in batch.confirms)
         batch.confirms = []
 
     async def deliver(self, node_id: str, user_ids: Sequence[int], event: Event) -> bool:
