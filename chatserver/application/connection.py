@@ -35,7 +35,10 @@ class Connection:
 
     @property
     def user(self) -> User:
-        return self.require_session().user
+        session = self.session
+        if session is None or session.ended:  # the hot path reads it once per message
+            session = self.require_session()
+        return session.user
 
     def require_session(self) -> Session:
         session = self._live_session()
@@ -48,7 +51,9 @@ class Connection:
         validate = getattr(command, "validate", None)
         if validate is not None:
             validate()
-        session = self._live_session()
+        session = self.session
+        if session is not None and session.ended:  # _live_session, inline: once per request
+            self.session = session = None
         if session is None:
             if not isinstance(command, ANONYMOUS_COMMANDS):
                 raise NotLoggedIn()

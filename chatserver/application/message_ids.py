@@ -22,9 +22,10 @@ class MessageIdAllocator:
 
     uow: UnitOfWork
     block_size: int = 1000
-    _start: int = field(default=0, init=False)
     _next: int = field(default=0, init=False)
     _end: int = field(default=0, init=False)
+    # The current block's middle: when it is the next id, the next block is reserved.
+    _middle: int = field(default=0, init=False)
     _spare: tuple[int, int] | None = field(default=None, init=False)
     _reserving: anyio.Event | None = field(default=None, init=False)
     _size: int = field(default=0, init=False)  # of the next block reserved; 0: block_size
@@ -34,7 +35,7 @@ class MessageIdAllocator:
         """The next id, when one is at hand and taking it starts no reservation; else None,
         and next() is the way (the common case costs no coroutine this way)."""
         msg_id = self._next
-        if msg_id >= self._end or self._reserve_due(msg_id + 1):
+        if msg_id >= self._end or (msg_id + 1 == self._middle and self._spare is None):
             return None
         self._next = msg_id + 1
         return msg_id
@@ -42,22 +43,21 @@ class MessageIdAllocator:
     async def next(self) -> int:
         while self._next >= self._end:
             if self._spare is not None:
-                (self._start, self._end), self._spare = self._spare, None
-                self._next = self._start
+                self._use(*self._spare)
+                self._spare = None
             else:
                 await self._reserve()
         msg_id = self._next
         self._next += 1
-        if self._reserve_due(self._next):
+        if self._next == self._middle and self._spare is None:
             # Ahead of need: if the store is down now, the sender that runs out tries again.
             with contextlib.suppress(Unavailable):
                 await self._reserve()
         return msg_id
 
-    def _reserve_due(self, next_id: int) -> bool:
-        """Whether the next block is reserved when next_id is the next id to hand out: at the
-        current block's middle, unless one is spare already."""
-        return self._end - next_id == (self._end - self._start) // 2 and self._spare is None
+    def _use(self, first: int, end: int) -> None:
+        self._next, self._end = first, end
+        self._middle = end - (end - first) // 2
 
     async def _reserve(self) -> None:
         if self._reserving is not None:
@@ -73,8 +73,7 @@ class MessageIdAllocator:
         try:
             first = await self.uow.run(reserve)
             if self._next >= self._end:
-                self._start = self._next = first
-                self._end = first + size
+                self._use(first, first + size)
             else:
                 self._spare = (first, first + size)
         finally:

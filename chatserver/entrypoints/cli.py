@@ -319,13 +319,14 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                 from chatserver.adapters.tcp.protocol_transport import ProtocolServer
 
                 server_class = ProtocolServer  # type: ignore[assignment]
+            limits = config.transport_limits()
             # One count of connections per client address, over TCP and WebSocket together.
-            per_address = ConnectionsPerAddress(config.transport_limits().connections_per_address)
+            per_address = ConnectionsPerAddress(limits.connections_per_address)
             server = server_class(
                 app.node,
                 config.host,
                 config.port,
-                config.transport_limits(),
+                limits,
                 tls=tls,
                 metrics=app.metrics,
                 per_address=per_address,
@@ -338,7 +339,7 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                     app.node,
                     config.host,
                     config.ws_port,
-                    config.transport_limits(),
+                    limits,
                     tls=tls,
                     metrics=app.metrics,
                     per_address=per_address,

@@ -534,7 +534,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             return
         self._out.append(frame)
         self._out_bytes += len(frame)
-        if not self._flush_wanted:
+        if not self._flush_wanted:  # _flush_soon(), inline: once per reply
             self._flush_wanted = True
             self.server.flush_soon(self)
 
