@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e '.[test]'
+# The locked versions (constraints.txt, refreshed by scripts/lock.sh): a fresh clone gets what
+# passed here, not whatever was released since.
+.venv/bin/pip install --quiet -c constraints.txt -e '.[test]'
 
 echo "== services (MariaDB, Redis, nginx)"
 bash scripts/services.sh

@@ -4,7 +4,7 @@ import bisect
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import prometheus_client.metrics
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
@@ -55,7 +55,8 @@ class HistogramByLabel(Collector):
         self.bounds = [float(bound) for bound in buckets]
         if self.bounds[-1] != math.inf:
             self.bounds.append(math.inf)
-        self.bound_texts = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
+        go_string: Any = floatToGoString  # unannotated in prometheus_client
+        self.bound_texts = [go_string(b) for b in self.bounds]
         # label value -> observations per bucket (not cumulative), then their sum and created
         self.values: dict[str, list[float]] = {}
         registry.register(self)

@@ -6,6 +6,7 @@ Every value travels as a parameter (%s); only placeholders are ever built into S
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
+from typing import Any, cast
 
 import attrs
 import orjson
@@ -69,20 +70,30 @@ def insert_with_next_id(
     return new_id
 
 
+def _rows(cursor: MySQLCursor) -> list[tuple[Any, ...]]:
+    """The cursor's rows, typed loosely: the driver's own annotations change between releases
+    (a type: ignore that fits one release is an error under the next)."""
+    return cast(list[tuple[Any, ...]], cursor.fetchall())
+
+
+def _row(cursor: MySQLCursor) -> tuple[Any, ...] | None:
+    return cast(tuple[Any, ...] | None, cursor.fetchone())
+
+
 def _single(cursor: MySQLCursor) -> int:
-    row = cursor.fetchone()
+    row = _row(cursor)
     assert row is not None
-    return int(row[0])  # type: ignore[arg-type]
+    return int(row[0])
 
 
 def _users(cursor: MySQLCursor) -> list[User]:
-    return [User(int(user_id), str(name)) for user_id, name in cursor.fetchall()]  # type: ignore[arg-type]
+    return [User(int(user_id), str(name)) for user_id, name in _rows(cursor)]
 
 
 def _groups(cursor: MySQLCursor) -> list[Group]:
     return [
-        Group(int(group_id), str(name), str(description))  # type: ignore[arg-type]
-        for group_id, name, description in cursor.fetchall()
+        Group(int(group_id), str(name), str(description))
+        for group_id, name, description in _rows(cursor)
     ]
 
 
@@ -114,11 +125,11 @@ class MySqlUserRepository:
         return self._account()
 
     def _account(self) -> Account | None:
-        row = self._db.fetchone()
+        row = _row(self._db)
         if row is None:
             return None
         user_id, name, password_hash = row
-        return Account(User(int(user_id), str(name)), str(password_hash))  # type: ignore[arg-type]
+        return Account(User(int(user_id), str(name)), str(password_hash))
 
 
 class MySqlFriendRepository:
@@ -236,8 +247,8 @@ class MySqlGroupRepository:
             (group_id,),
         )
         return [
-            Member(User(int(user_id), str(name)), Role(role))  # type: ignore[arg-type]
-            for user_id, name, role in self._db.fetchall()
+            Member(User(int(user_id), str(name)), Role(role))
+            for user_id, name, role in _rows(self._db)
         ]
 
     def groups_of(self, user_id: int) -> list[Group]:

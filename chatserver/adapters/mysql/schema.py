@@ -9,7 +9,7 @@ The table names are the original C++ server's; the columns are what correctness 
 pairs, a password hash, an order and a msg_id for stored deliveries, friend requests.
 """
 
-from typing import cast
+from typing import Any, cast
 
 from mysql.connector.abstracts import MySQLConnectionAbstract
 from mysql.connector.cursor import MySQLCursor
@@ -115,8 +115,8 @@ def version_of(cursor: MySQLCursor) -> int:
     if cursor.fetchone() == (0,):
         return 0
     cursor.execute("SELECT version FROM schema_version WHERE id = 1")
-    row = cursor.fetchone()
-    return 0 if row is None else int(row[0])  # type: ignore[arg-type]
+    row: Any = cursor.fetchone()  # the driver's annotations vary between releases
+    return 0 if row is None else int(row[0])
 
 
 def upgrade(connection: MySQLConnectionAbstract) -> int:
