@@ -573,6 +573,21 @@ async def test_at_the_menu_a_lost_connection_comes_back_without_logging_in() -> 
     assert logins(server) == [(None, "alice", "pw")]
 
 
+async def test_a_server_that_hangs_up_at_once_is_not_taken_for_back() -> None:
+    server = FakeServer()
+    async with terminal(server, heartbeat_interval=0.05) as (console, _):
+        await server.received(16)
+        server.results["msgid_16"] = lambda request: None  # hang up instead of answering
+        await server.received(16, count=4)  # three connections, each hung up at once
+        assert [line for line in console.shown if "connection lost" in line] == [
+            "connection lost, reconnecting..."
+        ]
+        assert not [line for line in console.shown if "reconnected" in line]
+        del server.results["msgid_16"]
+        await console.shows("reconnected")
+    assert server.connections >= 4
+
+
 async def test_after_a_kick_a_lost_connection_does_not_log_in_again() -> None:
     server = FakeServer()
     async with terminal(server) as (console, _):

@@ -364,6 +364,7 @@ class Terminal:
     async def _connected_again(self, client: ChatClient) -> None:
         """Logs in again, with the same credentials, if the lost connection was logged in."""
         if self.credentials is None:
+            await client.ping()  # a server that hangs up at once has not come back
             self.client = client
             self.console.show(f"reconnected to {self.address}")
             return
