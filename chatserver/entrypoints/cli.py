@@ -3,10 +3,13 @@
 import argparse
 import contextlib
 import ctypes
+import errno
+import importlib.metadata
 import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Sequence
@@ -21,7 +24,13 @@ from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.server import TcpServer
 from chatserver.application.node import Limits
 from chatserver.entrypoints import collector
-from chatserver.entrypoints.bootstrap import Config, ConfigError, bootstrap, upgrade_database
+from chatserver.entrypoints.bootstrap import (
+    Config,
+    ConfigError,
+    bootstrap,
+    check_reachable,
+    upgrade_database,
+)
 
 log = logging.getLogger("chatserver")
 
@@ -39,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chatserver",
         description="A QQ-style instant-messaging server (PROTOCOL.md over TCP).",
     )
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {importlib.metadata.version('chatserver')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
@@ -208,23 +219,100 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             return 0
         if args.command == "db":
+            _log_to_stderr("INFO")  # says so when it creates the database
             version = upgrade_database(args.database)
             print(f"schema at version {version}")
             return 0
     except ConfigError as error:
         print(f"chatserver: {error}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # A start-up mistake found inside the server's task groups (a port in use).
+        mistake = _only_config_error(group)
+        if mistake is None:
+            raise
+        print(f"chatserver: {mistake}", file=sys.stderr)
+        return 2
     return 2
+
+
+def _only_config_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | None:
+    """The ConfigError a group holds, when it holds nothing else."""
+    found, rest = group.split(ConfigError)
+    if found is None or rest is not None:
+        return None
+    error: BaseException = found
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error if isinstance(error, ConfigError) else None
+
+
+def check_port(option: str, port: int | None, *, zero: str | None = None) -> None:
+    """A port number outside 0-65535 (1-65535 where 0 means something else) is a mistake."""
+    lowest = 0 if zero else 1
+    if port is not None and not lowest <= port <= 65535:
+        also = f", or 0 for {zero}" if zero else ""
+        raise ConfigError(f"{option} {port} is not a port number: use 1 to 65535{also}")
+
+
+def listen_error(option: str, host: str, port: int, error: OSError) -> ConfigError:
+    """One line for an operator whose port or address cannot be listened on."""
+    if error.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"port {port} on {host} is already in use ({option}): stop what uses it "
+            "or choose another port"
+        )
+    if error.errno == errno.EACCES:
+        return ConfigError(
+            f"not allowed to listen on port {port} ({option}): ports below 1024 need root; "
+            "choose a port above 1023"
+        )
+    if error.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(
+            f"cannot listen on {host} (--host): this machine has no such address; "
+            "use one of its addresses, 127.0.0.1 or 0.0.0.0"
+        )
+    return ConfigError(
+        f"cannot listen on {host}:{port} ({option}): {error.strerror or error}; "
+        "check --host and the port"
+    )
 
 
 def _cluster(args: argparse.Namespace) -> int:
     from chatserver.entrypoints.local_cluster import LocalCluster
 
-    _log_to_stderr("INFO")
-    return LocalCluster(
+    check_port("--port", args.port)
+    check_port("--node-port", args.node_port, zero="the ports right after --port")
+    check_port("--ws-port", args.ws_port, zero="off")
+    cluster = LocalCluster(
         nodes=args.nodes, port=args.port, database=args.database, bus=args.bus,
         host=args.host, first_node_port=args.node_port, ws_port=args.ws_port,
-    ).run()
+    )
+    cluster.check()
+    # Each mistake once, here, rather than once per node and then a wait for nothing.
+    node_ports = cluster.node_ports() + cluster.node_web_ports()
+    if max(node_ports) > 65535:
+        raise ConfigError(f"the nodes' ports {min(node_ports)}-{max(node_ports)} go past 65535: "
+                          "choose a lower --port or --node-port")
+    check_free(args.host, [("--port", args.port), ("--ws-port", args.ws_port)]
+               + [("a node's port", port) for port in cluster.node_ports()]
+               + [("a node's web port", port) for port in cluster.node_web_ports()])
+    _log_to_stderr("INFO")
+    anyio.run(check_reachable, args.database, args.bus)
+    return cluster.run()
+
+
+def check_free(host: str, ports: list[tuple[str, int]]) -> None:
+    """Each port can be listened on now (as the servers will: SO_REUSEADDR)."""
+    for option, port in ports:
+        if not port:
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                raise listen_error(option, host, port, error) from None
 
 
 def _return_freed_memory() -> None:
@@ -245,16 +333,33 @@ def _raise_file_limit() -> None:
 
 def _log_to_stderr(level: str, node_id: str | None = None) -> None:
     """Log lines to stderr; a node of a cluster names itself in each, so that the logs of
-    several nodes can be read together."""
+    several nodes can be read together. Other libraries' lines show from WARNING up, unless
+    the level is DEBUG: their INFO lines (mysql.connector's "plugin_name: ...") are noise."""
+    number = logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise ConfigError(f"--log-level {level!r} is not a level: use DEBUG, INFO, WARNING "
+                          "or ERROR")
     node = f"[{node_id}] " if node_id else ""
     logging.basicConfig(
-        level=level.upper(),
+        level=number,
         format=f"%(asctime)s %(levelname)s {node.replace('%', '%%')}%(name)s: %(message)s",
         stream=sys.stderr,
     )
+    others = number if number <= logging.DEBUG else max(number, logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(partial(_ours_or_at_least, others))
+
+
+def _ours_or_at_least(level: int, record: logging.LogRecord) -> bool:
+    """chatserver's own lines, and other libraries' from level up."""
+    ours = record.name == "chatserver" or record.name.startswith("chatserver.")
+    return ours or record.levelno >= level
 
 
 def _serve(args: argparse.Namespace) -> int:
+    check_port("--port", args.port, zero="any free port")
+    check_port("--ws-port", args.ws_port)
+    check_port("--metrics-port", args.metrics_port)
     _log_to_stderr(args.log_level, args.node_id if args.bus != "memory://" else None)
     _raise_file_limit()
     _return_freed_memory()
@@ -346,7 +451,12 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                     forwarded_for=config.behind_proxy or config.proxy_protocol,
                 ))
             if app.metrics is not None and config.metrics_port is not None:
-                app.metrics.serve(config.host, config.metrics_port)
+                try:
+                    app.metrics.serve(config.host, config.metrics_port)
+                except OSError as error:
+                    raise listen_error(
+                        "--metrics-port", config.host, config.metrics_port, error
+                    ) from None
                 log.info("metrics at http://%s:%d/metrics", config.host, config.metrics_port)
             stopped = [anyio.Event() for _ in servers]
 
@@ -357,6 +467,15 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                     await servers[index].serve(task_status=task_status)
                 finally:
                     stopped[index].set()
+
+            async def listen(tg: anyio.abc.TaskGroup, index: int) -> int:
+                option, port = ("--port", config.port) if index == 0 else (
+                    "--ws-port", config.ws_port or 0)
+                try:
+                    listening: int = await tg.start(run_server, index)
+                except OSError as error:
+                    raise listen_error(option, config.host, port, error) from None
+                return listening
 
             async def stop_gracefully(cancel_scope: anyio.CancelScope) -> None:
                 # One grace for all: requests in hand, logging out, output draining.
@@ -369,20 +488,22 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                 cancel_scope.cancel()
 
             async with anyio.create_task_group() as tg:
-                port = await tg.start(run_server, 0)
+                # Every port is taken before the first line says the node is listening.
+                ports = [await listen(tg, index) for index in range(len(servers))]
                 log.info("chatserver listening on %s:%d%s (node %s, database %s, bus %s)",
-                         config.host, port, " with TLS" if tls else "", app.node.node_id,
+                         config.host, ports[0], " with TLS" if tls else "", app.node.node_id,
                          redact_password(config.database), redact_password(config.bus))
                 if len(servers) > 1:
-                    web_port = await tg.start(run_server, 1)
+                    web_port = ports[1]
                     scheme = "https" if tls else "http"
                     log.info("web page at %s://%s:%d/ (WebSocket at /ws)", scheme, config.host,
                              web_port)
                 tg.start_soon(partial(collector.keep_long_lived_frozen,
                                       freeze=collector.enabled()))
                 async for signum in signals:
-                    log.info("stopping on %s: logging %d sessions out",
-                             signal.Signals(signum).name, len(app.node.sessions))
+                    online = len(app.node.sessions)
+                    log.info("stopping on %s: logging out %d session%s",
+                             signal.Signals(signum).name, online, "" if online == 1 else "s")
                     tg.start_soon(stop_gracefully, tg.cancel_scope)
                     break
                 async for signum in signals:
