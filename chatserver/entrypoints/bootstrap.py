@@ -180,17 +180,15 @@ def bus_error(url: str, cause: BaseException) -> ConfigError:
     )
 
 
-async def check_reachable(database: str, bus: str) -> None:
-    """Open the database (bringing its schema up to date) and reach the bus, then let go:
-    what every node will need, checked once before several start (`chatserver cluster`)."""
-    uow = await open_database(database)
-    await uow.aclose()
-    if bus.startswith("redis://"):
-        client = open_redis(split_url(bus)[0])
+async def check_bus(url: str) -> None:
+    """Reach the bus, then let go: what every node will need, checked once before several
+    start (`chatserver cluster`)."""
+    if url.startswith("redis://"):
+        client = open_redis(split_url(url)[0])
         try:
             await client.ping()
         except REDIS_FAILURES as error:
-            raise bus_error(bus, error) from error
+            raise bus_error(url, error) from error
         finally:
             await client.aclose()
 

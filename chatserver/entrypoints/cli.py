@@ -28,7 +28,7 @@ from chatserver.entrypoints.bootstrap import (
     Config,
     ConfigError,
     bootstrap,
-    check_reachable,
+    check_bus,
     upgrade_database,
 )
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Config()
     parser = argparse.ArgumentParser(
         prog="chatserver",
-        description="A QQ-style instant-messaging server (PROTOCOL.md over TCP).",
+        description="A QQ-style instant-messaging server (docs/protocol.md over TCP).",
     )
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {importlib.metadata.version('chatserver')}")
@@ -298,7 +298,8 @@ def _cluster(args: argparse.Namespace) -> int:
                + [("a node's port", port) for port in cluster.node_ports()]
                + [("a node's web port", port) for port in cluster.node_web_ports()])
     _log_to_stderr("INFO")
-    anyio.run(check_reachable, args.database, args.bus)
+    upgrade_database(args.database)  # once, creating the database as `db upgrade` does
+    anyio.run(check_bus, args.bus)
     return cluster.run()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import HOST, Chat, ServerProcess, free_port
+from tests.integration.conftest import HOST, Chat, ClusterProcess, ServerProcess, free_port
 from tests.unit.contract.mysql_server import MYSQL, PREFIX
 
 TIMEOUT = 60
@@ -286,6 +287,23 @@ def test_db_upgrade_without_the_privilege_names_the_statements_to_run(
     done = run_cli("db", "upgrade", "--database", url)
     assert done.returncode == 0, done.stderr
     assert character_set_of(absent_database) == "utf8mb4"
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx")
+def test_cluster_creates_a_missing_mysql_database_and_serves(
+    absent_database: str, tmp_path: Path
+) -> None:
+    cluster = ClusterProcess(tmp_path, tmp_path / "cluster.log")
+    cluster.database = f"mysql://root@127.0.0.1:3306/{absent_database}"
+    cluster.start()
+    try:
+        chat = Chat(cluster)
+        chat.online(chat.user())
+        chat.close_all()
+    finally:
+        cluster.stop()
+    assert character_set_of(absent_database) == "utf8mb4"
+    cluster.assert_no_traceback()
 
 
 # --------------------------------------------------------------------------- quiet logs
