@@ -42,6 +42,24 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"CHATSERVER_{name}", default)
 
 
+def _env_int(name: str, default: str) -> int:
+    return int(_env_number(name, default, int))
+
+
+def _env_float(name: str, default: str) -> float:
+    return _env_number(name, default, float)
+
+
+def _env_number(name: str, default: str, kind: type[int] | type[float]) -> float:
+    value = _env(name, default)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(
+            f"CHATSERVER_{name}={value!r} is not {'an integer' if kind is int else 'a number'}"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = Config()
     parser = argparse.ArgumentParser(
@@ -60,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=_env("HOST", defaults.host),
                        help="address to listen on (CHATSERVER_HOST; default %(default)s)")
-    serve.add_argument("--port", type=int, default=int(_env("PORT", str(defaults.port))),
+    serve.add_argument("--port", type=int, default=_env_int("PORT", str(defaults.port)),
                        help="TCP port, 0 for any free one (CHATSERVER_PORT; default %(default)s)")
     serve.add_argument("--database", default=_env("DATABASE", defaults.database),
                        help="sqlite:///relative.db, sqlite:////absolute.db or memory:// "
@@ -73,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="this node's name in a cluster (CHATSERVER_NODE_ID; "
                        "default: host name and process id)")
     serve.add_argument("--node-lease", type=float,
-                       default=float(_env("NODE_LEASE", str(defaults.node_lease_seconds))),
+                       default=_env_float("NODE_LEASE", str(defaults.node_lease_seconds)),
                        help="seconds a node that stopped renewing its Redis lease (crashed) "
                        "still counts as alive; its users count as offline after that "
                        "(CHATSERVER_NODE_LEASE; default %(default)s)")
@@ -89,13 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "limits per address then use; a connection without one is closed "
                        "(CHATSERVER_PROXY_PROTOCOL=1)")
     serve.add_argument("--connections-per-address", type=int,
-                       default=int(_env("CONNECTIONS_PER_ADDRESS",
-                                        str(defaults.transport.connections_per_address))),
+                       default=_env_int("CONNECTIONS_PER_ADDRESS",
+                                        str(defaults.transport.connections_per_address)),
                        help="open connections allowed from one address, 0 for no limit "
                        "(CHATSERVER_CONNECTIONS_PER_ADDRESS; default %(default)s)")
     serve.add_argument("--idle-timeout", type=float,
-                       default=float(_env("IDLE_TIMEOUT",
-                                          str(defaults.transport.idle_timeout_seconds))),
+                       default=_env_float("IDLE_TIMEOUT",
+                                          str(defaults.transport.idle_timeout_seconds)),
                        help="seconds a logged-in client may stay silent (clients PING) before "
                        "it is disconnected (CHATSERVER_IDLE_TIMEOUT; default %(default)s)")
     serve.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None,
@@ -104,33 +122,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", default=_env("TLS_KEY", "") or None,
                        help="PEM private key for --tls-cert (CHATSERVER_TLS_KEY)")
     serve.add_argument("--request-burst", type=int,
-                       default=int(_env("REQUEST_BURST", str(defaults.transport.request_burst))),
+                       default=_env_int("REQUEST_BURST", str(defaults.transport.request_burst)),
                        help="requests a connection may make at once (CHATSERVER_REQUEST_BURST; "
                        "default %(default)s; the protocol promises at least 100)")
     serve.add_argument("--request-rate", type=float,
-                       default=float(_env("REQUEST_RATE",
-                                          str(defaults.transport.requests_per_second))),
+                       default=_env_float("REQUEST_RATE",
+                                          str(defaults.transport.requests_per_second)),
                        help="requests per second a connection may keep up (CHATSERVER_REQUEST_"
                        "RATE; default %(default)s; the protocol promises at least 50)")
     serve.add_argument("--stored-limit", type=int,
-                       default=int(_env("STORED_LIMIT", str(defaults.limits.stored_per_user))),
+                       default=_env_int("STORED_LIMIT", str(defaults.limits.stored_per_user)),
                        help="messages that may wait for one user who is away; past it a "
                        "one-to-one sender gets errno 11 and a group message is not stored "
                        "for that user (CHATSERVER_STORED_LIMIT; default %(default)s)")
     serve.add_argument("--hash-cost", type=int,
-                       default=int(_env("HASH_COST", str(defaults.hash_cost))),
+                       default=_env_int("HASH_COST", str(defaults.hash_cost)),
                        help="scrypt's n for new password hashes, a power of 2 "
                        "(CHATSERVER_HASH_COST; default %(default)s: 16 MiB, ~85 ms)")
     serve.add_argument("--metrics-port", type=int,
-                       default=int(_env("METRICS_PORT", "0")) or None,
+                       default=_env_int("METRICS_PORT", "0") or None,
                        help="serve Prometheus metrics at http://HOST:PORT/metrics "
                        "(CHATSERVER_METRICS_PORT; default: off)")
     serve.add_argument("--ws-port", type=int,
-                       default=int(_env("WS_PORT", "0")) or None,
+                       default=_env_int("WS_PORT", "0") or None,
                        help="also serve the web page at http://HOST:PORT/ and the protocol over "
                             "WebSocket at /ws on this port (default: off; env CHATSERVER_WS_PORT)")
     serve.add_argument("--frame-limit", type=int,
-                       default=int(_env("FRAME_LIMIT", str(defaults.frame_limit))),
+                       default=_env_int("FRAME_LIMIT", str(defaults.frame_limit)),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
                        "default %(default)s)")
     serve.add_argument("--transport", choices=("anyio", "asyncio"),
@@ -151,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     client.add_argument("--host", default=_env("HOST", defaults.host),
                         help="server address (default %(default)s)")
-    client.add_argument("--port", type=int, default=int(_env("PORT", str(defaults.port))),
+    client.add_argument("--port", type=int, default=_env_int("PORT", str(defaults.port)),
                         help="server port (default %(default)s)")
 
     cluster = commands.add_parser(
@@ -199,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         if args.command == "serve":
             return _serve(args)
         if args.command == "cluster":

@@ -103,6 +103,16 @@ def test_an_address_the_machine_does_not_have_is_one_line() -> None:
     one_line_and_exit_2(done, "192.0.2.1", "--host")
 
 
+def test_a_setting_in_the_environment_that_is_not_a_number_is_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "chatserver", "serve", "--database", "memory://"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        env={**env, "CHATSERVER_PORT": "six thousand"},
+    )
+    one_line_and_exit_2(done, "CHATSERVER_PORT='six thousand' is not an integer")
+
+
 def test_an_unknown_log_level_is_one_line() -> None:
     done = serve("--port", "0", "--database", "memory://", "--log-level", "LOUD")
     one_line_and_exit_2(done, "--log-level", "DEBUG, INFO")
