@@ -161,8 +161,10 @@ def test_an_unreachable_redis_is_one_line() -> None:
     one_line_and_exit_2(done, "cannot reach Redis at redis://127.0.0.1:1/0", "--bus")
 
 
-def test_an_unreachable_mysql_is_one_line() -> None:
-    done = serve("--port", "0", "--database", "mysql://chat:s3cret@127.0.0.1:1/chat")
+@pytest.mark.parametrize("command", ["serve", "db upgrade"])
+def test_an_unreachable_mysql_is_one_line(command: str) -> None:
+    args = ["--database", "mysql://chat:s3cret@127.0.0.1:1/chat"]
+    done = serve("--port", "0", *args) if command == "serve" else run_cli("db", "upgrade", *args)
     line = one_line_and_exit_2(done, "cannot reach MySQL at 127.0.0.1:1", "--database")
     assert "s3cret" not in line
 
