@@ -299,6 +299,8 @@ def listen_error(option: str, host: str, port: int, error: OSError) -> ConfigErr
 def _cluster(args: argparse.Namespace) -> int:
     from chatserver.entrypoints.local_cluster import LocalCluster
 
+    if args.nodes < 1:
+        raise ConfigError(f"--nodes {args.nodes}: a cluster needs at least 1 node")
     check_port("--port", args.port)
     check_port("--node-port", args.node_port, zero="the ports right after --port")
     check_port("--ws-port", args.ws_port, zero="off")

@@ -196,6 +196,11 @@ def test_cluster_port_out_of_range_is_one_line() -> None:
     one_line_and_exit_2(cluster(65535), "65536-65537", "go past 65535")
 
 
+def test_cluster_of_no_nodes_is_one_line(cluster_ports: int) -> None:
+    one_line_and_exit_2(run_cli("cluster", "--nodes", "0", "--port", str(cluster_ports)),
+                        "--nodes 0", "at least 1")
+
+
 def test_cluster_ports_in_use_are_one_line(busy_port: int, cluster_ports: int) -> None:
     one_line_and_exit_2(cluster(busy_port), f"port {busy_port}", "in use", "--port")
     done = cluster(cluster_ports, "--node-port", str(busy_port))

@@ -131,6 +131,7 @@ def account_of(server: MySQLConnectionAbstract) -> str:
     user, _, host = str(row[0]).rpartition("@")
     return f"'{user}'@'{host}'"
 
+
 # Server-wide, so named after the database; MD5 keeps it within the 64 characters allowed.
 LOCK_NAME = "CONCAT('chatserver-schema-', MD5(DATABASE()))"
 LOCK_TIMEOUT_SECONDS = 60
