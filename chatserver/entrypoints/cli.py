@@ -273,6 +273,23 @@ def check_port(option: str, port: int | None, *, zero: str | None = None) -> Non
         raise ConfigError(f"{option} {port} is not a port number: use 1 to 65535{also}")
 
 
+def check_settings(args: argparse.Namespace) -> None:
+    """Numbers serve cannot work with are mistakes, said before anything starts."""
+    for option, value, lowest in (
+        ("--frame-limit", args.frame_limit, 1), ("--idle-timeout", args.idle_timeout, 0.001),
+        ("--request-burst", args.request_burst, 1), ("--request-rate", args.request_rate, 0.001),
+        ("--node-lease", args.node_lease, 0.001), ("--stored-limit", args.stored_limit, 0),
+        ("--connections-per-address", args.connections_per_address, 0),
+    ):
+        if value < lowest:
+            must = "0 or more" if lowest == 0 else "more than 0"
+            raise ConfigError(f"{option} {value} is too small: it must be {must}")
+    cost = args.hash_cost
+    if cost < 2 or cost & (cost - 1):
+        raise ConfigError(f"--hash-cost {cost} is not a power of 2 from 2 up (the default "
+                          f"is {Config().hash_cost})")
+
+
 def listen_error(option: str, host: str, port: int, error: OSError) -> ConfigError:
     """One line for an operator whose port or address cannot be listened on."""
     if error.errno == errno.EADDRINUSE:
@@ -381,6 +398,7 @@ def _serve(args: argparse.Namespace) -> int:
     check_port("--port", args.port, zero="any free port")
     check_port("--ws-port", args.ws_port)
     check_port("--metrics-port", args.metrics_port)
+    check_settings(args)
     _log_to_stderr(args.log_level, args.node_id if args.bus != "memory://" else None)
     _raise_file_limit()
     _return_freed_memory()

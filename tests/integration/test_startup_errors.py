@@ -98,6 +98,18 @@ def test_a_port_out_of_range_is_one_line(option: str, value: str) -> None:
     one_line_and_exit_2(serve(*args), f"{option} {value}", "1 to 65535")
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [("--frame-limit", "0", "more than 0"), ("--idle-timeout", "-1", "more than 0"),
+     ("--request-rate", "0", "more than 0"), ("--request-burst", "0", "more than 0"),
+     ("--node-lease", "-1", "more than 0"), ("--stored-limit", "-1", "0 or more"),
+     ("--connections-per-address", "-2", "0 or more"), ("--hash-cost", "3", "power of 2")],
+)
+def test_a_number_serve_cannot_work_with_is_one_line(option: str, value: str, says: str) -> None:
+    done = serve("--port", "0", "--database", "memory://", option, value)
+    one_line_and_exit_2(done, option, says)
+
+
 def test_an_address_the_machine_does_not_have_is_one_line() -> None:
     done = run_cli("serve", "--host", "192.0.2.1", "--port", "0", "--database", "memory://")
     one_line_and_exit_2(done, "192.0.2.1", "--host")
