@@ -4,6 +4,7 @@ import logging
 import os
 import secrets
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -22,6 +23,8 @@ from chatserver.adapters.metrics import PrometheusMetrics, TimedUnitOfWork
 from chatserver.adapters.mysql.unit_of_work import open_mysql, upgrade_mysql
 from chatserver.adapters.mysql.url import InvalidMySqlUrl, redact_password
 from chatserver.adapters.redis.cluster import DEFAULT_LEASE_SECONDS, RedisCluster
+from chatserver.adapters.redis.connection import FAILURES as REDIS_FAILURES
+from chatserver.adapters.redis.connection import open_redis, split_url
 from chatserver.adapters.security import DEFAULT_COST, ScryptHasher
 from chatserver.adapters.sqlite.unit_of_work import open_sqlite, upgrade_sqlite
 from chatserver.adapters.tcp.connection import TransportLimits
@@ -113,11 +116,31 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len(prefix) :])
 
 
+def sqlite_error(path: Path, error: Exception) -> ConfigError:
+    """One line saying why the SQLite file cannot be opened, and what to do."""
+    folder = path.parent
+    if not folder.exists():
+        advice = f"the folder {folder} does not exist: create it (mkdir -p {folder})"
+    elif not folder.is_dir():
+        advice = f"{folder} is not a folder"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        advice = f"the folder {folder} is not writable by this user: allow it (chmod, chown)"
+    else:
+        advice = f"{error}: check the file and its permissions"
+    return ConfigError(
+        f"cannot open the SQLite database {path}: {advice}, or choose another --database"
+    )
+
+
 async def open_database(url: str) -> UnitOfWork:
     if url == "memory://":
         return MemoryUnitOfWork()
     if url.startswith("sqlite:"):
-        return await open_sqlite(sqlite_path(url))
+        path = sqlite_path(url)
+        try:
+            return await open_sqlite(path)
+        except (sqlite3.Error, OSError) as error:
+            raise sqlite_error(path, error) from error
     if url.startswith("mysql:"):
         try:
             return await open_mysql(url)
@@ -134,16 +157,40 @@ def upgrade_database(url: str) -> int:
     if url == "memory://":
         return 0
     if url.startswith("sqlite:"):
-        return upgrade_sqlite(sqlite_path(url))
+        path = sqlite_path(url)
+        try:
+            return upgrade_sqlite(path)
+        except (sqlite3.Error, OSError) as error:
+            raise sqlite_error(path, error) from error
     if url.startswith("mysql:"):
         try:
-            return upgrade_mysql(url)
+            return upgrade_mysql(url, create_database=True)
         except (InvalidMySqlUrl, Unavailable) as error:
             raise ConfigError(str(error)) from error
     raise ConfigError(
         f"unsupported database URL {redact_password(url)!r}: "
         "use sqlite:///FILE, mysql://USER:PASSWORD@HOST:PORT/DATABASE or memory://"
     )
+
+
+def bus_error(url: str, cause: BaseException) -> ConfigError:
+    return ConfigError(
+        f"cannot reach Redis at {redact_password(url)} (--bus): {str(cause).rstrip('.')}; "
+        "start Redis there or correct --bus"
+    )
+
+
+async def check_bus(url: str) -> None:
+    """Reach the bus, then let go: what every node will need, checked once before several
+    start (`chatserver cluster`)."""
+    if url.startswith("redis://"):
+        client = open_redis(split_url(url)[0])
+        try:
+            await client.ping()
+        except REDIS_FAILURES as error:
+            raise bus_error(url, error) from error
+        finally:
+            await client.aclose()
 
 
 @define(eq=False)
@@ -168,8 +215,9 @@ class ChatApp:
         try:
             await self.node.custody.store_all()
         except Exception:
-            log.exception("storing %d deliveries held for other nodes failed",
-                          len(self.node.custody))
+            held = len(self.node.custody)
+            log.exception("storing %d deliver%s held for other nodes failed", held,
+                          "y" if held == 1 else "ies")
 
 
 @define(eq=False)
@@ -261,7 +309,10 @@ async def bootstrap(
     every = config.limits.custody_check_seconds
     try:
         async with anyio.create_task_group() as background:
-            await background.start(cluster.run, NodeInbox(node), node.sessions.user_ids)
+            try:
+                await background.start(cluster.run, NodeInbox(node), node.sessions.user_ids)
+            except Unavailable as error:
+                raise bus_error(config.bus, error.__cause__ or error) from error
             background.start_soon(
                 partial(keep_custody, node.custody, node.router, every_seconds=every)
             )

@@ -3,10 +3,13 @@
 import argparse
 import contextlib
 import ctypes
+import errno
+import importlib.metadata
 import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Sequence
@@ -21,7 +24,13 @@ from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.server import TcpServer
 from chatserver.application.node import Limits
 from chatserver.entrypoints import collector
-from chatserver.entrypoints.bootstrap import Config, ConfigError, bootstrap, upgrade_database
+from chatserver.entrypoints.bootstrap import (
+    Config,
+    ConfigError,
+    bootstrap,
+    check_bus,
+    upgrade_database,
+)
 
 log = logging.getLogger("chatserver")
 
@@ -33,12 +42,32 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"CHATSERVER_{name}", default)
 
 
+def _env_int(name: str, default: str) -> int:
+    return int(_env_number(name, default, int))
+
+
+def _env_float(name: str, default: str) -> float:
+    return _env_number(name, default, float)
+
+
+def _env_number(name: str, default: str, kind: type[int] | type[float]) -> float:
+    value = _env(name, default)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(
+            f"CHATSERVER_{name}={value!r} is not {'an integer' if kind is int else 'a number'}"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = Config()
     parser = argparse.ArgumentParser(
         prog="chatserver",
-        description="A QQ-style instant-messaging server (PROTOCOL.md over TCP).",
+        description="A QQ-style instant-messaging server (docs/protocol.md over TCP).",
     )
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {importlib.metadata.version('chatserver')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
@@ -49,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=_env("HOST", defaults.host),
                        help="address to listen on (CHATSERVER_HOST; default %(default)s)")
-    serve.add_argument("--port", type=int, default=int(_env("PORT", str(defaults.port))),
+    serve.add_argument("--port", type=int, default=_env_int("PORT", str(defaults.port)),
                        help="TCP port, 0 for any free one (CHATSERVER_PORT; default %(default)s)")
     serve.add_argument("--database", default=_env("DATABASE", defaults.database),
                        help="sqlite:///relative.db, sqlite:////absolute.db or memory:// "
@@ -62,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="this node's name in a cluster (CHATSERVER_NODE_ID; "
                        "default: host name and process id)")
     serve.add_argument("--node-lease", type=float,
-                       default=float(_env("NODE_LEASE", str(defaults.node_lease_seconds))),
+                       default=_env_float("NODE_LEASE", str(defaults.node_lease_seconds)),
                        help="seconds a node that stopped renewing its Redis lease (crashed) "
                        "still counts as alive; its users count as offline after that "
                        "(CHATSERVER_NODE_LEASE; default %(default)s)")
@@ -78,13 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "limits per address then use; a connection without one is closed "
                        "(CHATSERVER_PROXY_PROTOCOL=1)")
     serve.add_argument("--connections-per-address", type=int,
-                       default=int(_env("CONNECTIONS_PER_ADDRESS",
-                                        str(defaults.transport.connections_per_address))),
+                       default=_env_int("CONNECTIONS_PER_ADDRESS",
+                                        str(defaults.transport.connections_per_address)),
                        help="open connections allowed from one address, 0 for no limit "
                        "(CHATSERVER_CONNECTIONS_PER_ADDRESS; default %(default)s)")
     serve.add_argument("--idle-timeout", type=float,
-                       default=float(_env("IDLE_TIMEOUT",
-                                          str(defaults.transport.idle_timeout_seconds))),
+                       default=_env_float("IDLE_TIMEOUT",
+                                          str(defaults.transport.idle_timeout_seconds)),
                        help="seconds a logged-in client may stay silent (clients PING) before "
                        "it is disconnected (CHATSERVER_IDLE_TIMEOUT; default %(default)s)")
     serve.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None,
@@ -93,33 +122,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", default=_env("TLS_KEY", "") or None,
                        help="PEM private key for --tls-cert (CHATSERVER_TLS_KEY)")
     serve.add_argument("--request-burst", type=int,
-                       default=int(_env("REQUEST_BURST", str(defaults.transport.request_burst))),
+                       default=_env_int("REQUEST_BURST", str(defaults.transport.request_burst)),
                        help="requests a connection may make at once (CHATSERVER_REQUEST_BURST; "
                        "default %(default)s; the protocol promises at least 100)")
     serve.add_argument("--request-rate", type=float,
-                       default=float(_env("REQUEST_RATE",
-                                          str(defaults.transport.requests_per_second))),
+                       default=_env_float("REQUEST_RATE",
+                                          str(defaults.transport.requests_per_second)),
                        help="requests per second a connection may keep up (CHATSERVER_REQUEST_"
                        "RATE; default %(default)s; the protocol promises at least 50)")
     serve.add_argument("--stored-limit", type=int,
-                       default=int(_env("STORED_LIMIT", str(defaults.limits.stored_per_user))),
+                       default=_env_int("STORED_LIMIT", str(defaults.limits.stored_per_user)),
                        help="messages that may wait for one user who is away; past it a "
                        "one-to-one sender gets errno 11 and a group message is not stored "
                        "for that user (CHATSERVER_STORED_LIMIT; default %(default)s)")
     serve.add_argument("--hash-cost", type=int,
-                       default=int(_env("HASH_COST", str(defaults.hash_cost))),
+                       default=_env_int("HASH_COST", str(defaults.hash_cost)),
                        help="scrypt's n for new password hashes, a power of 2 "
                        "(CHATSERVER_HASH_COST; default %(default)s: 16 MiB, ~85 ms)")
     serve.add_argument("--metrics-port", type=int,
-                       default=int(_env("METRICS_PORT", "0")) or None,
+                       default=_env_int("METRICS_PORT", "0") or None,
                        help="serve Prometheus metrics at http://HOST:PORT/metrics "
                        "(CHATSERVER_METRICS_PORT; default: off)")
     serve.add_argument("--ws-port", type=int,
-                       default=int(_env("WS_PORT", "0")) or None,
+                       default=_env_int("WS_PORT", "0") or None,
                        help="also serve the web page at http://HOST:PORT/ and the protocol over "
                             "WebSocket at /ws on this port (default: off; env CHATSERVER_WS_PORT)")
     serve.add_argument("--frame-limit", type=int,
-                       default=int(_env("FRAME_LIMIT", str(defaults.frame_limit))),
+                       default=_env_int("FRAME_LIMIT", str(defaults.frame_limit)),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
                        "default %(default)s)")
     serve.add_argument("--transport", choices=("anyio", "asyncio"),
@@ -140,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     client.add_argument("--host", default=_env("HOST", defaults.host),
                         help="server address (default %(default)s)")
-    client.add_argument("--port", type=int, default=int(_env("PORT", str(defaults.port))),
+    client.add_argument("--port", type=int, default=_env_int("PORT", str(defaults.port)),
                         help="server port (default %(default)s)")
 
     cluster = commands.add_parser(
@@ -188,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         if args.command == "serve":
             return _serve(args)
         if args.command == "cluster":
@@ -208,23 +237,120 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             return 0
         if args.command == "db":
+            _log_to_stderr("INFO")  # says so when it creates the database
             version = upgrade_database(args.database)
             print(f"schema at version {version}")
             return 0
     except ConfigError as error:
         print(f"chatserver: {error}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # A start-up mistake found inside the server's task groups (a port in use).
+        mistake = _only_config_error(group)
+        if mistake is None:
+            raise
+        print(f"chatserver: {mistake}", file=sys.stderr)
+        return 2
     return 2
+
+
+def _only_config_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | None:
+    """The ConfigError a group holds, when it holds nothing else."""
+    found, rest = group.split(ConfigError)
+    if found is None or rest is not None:
+        return None
+    error: BaseException = found
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error if isinstance(error, ConfigError) else None
+
+
+def check_port(option: str, port: int | None, *, zero: str | None = None) -> None:
+    """A port number outside 0-65535 (1-65535 where 0 means something else) is a mistake."""
+    lowest = 0 if zero else 1
+    if port is not None and not lowest <= port <= 65535:
+        also = f", or 0 for {zero}" if zero else ""
+        raise ConfigError(f"{option} {port} is not a port number: use 1 to 65535{also}")
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """Numbers serve cannot work with are mistakes, said before anything starts."""
+    for option, value, lowest in (
+        ("--frame-limit", args.frame_limit, 1), ("--idle-timeout", args.idle_timeout, 0.001),
+        ("--request-burst", args.request_burst, 1), ("--request-rate", args.request_rate, 0.001),
+        ("--node-lease", args.node_lease, 0.001), ("--stored-limit", args.stored_limit, 0),
+        ("--connections-per-address", args.connections_per_address, 0),
+    ):
+        if value < lowest:
+            must = "0 or more" if lowest == 0 else "more than 0"
+            raise ConfigError(f"{option} {value} is too small: it must be {must}")
+    cost = args.hash_cost
+    if cost < 2 or cost & (cost - 1):
+        raise ConfigError(f"--hash-cost {cost} is not a power of 2 from 2 up (the default "
+                          f"is {Config().hash_cost})")
+
+
+def listen_error(option: str, host: str, port: int, error: OSError) -> ConfigError:
+    """One line for an operator whose port or address cannot be listened on."""
+    if error.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"port {port} on {host} is already in use ({option}): stop what uses it "
+            "or choose another port"
+        )
+    if error.errno == errno.EACCES:
+        return ConfigError(
+            f"not allowed to listen on port {port} ({option}): ports below 1024 need root; "
+            "choose a port above 1023"
+        )
+    if error.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(
+            f"cannot listen on {host} (--host): this machine has no such address; "
+            "use one of its addresses, 127.0.0.1 or 0.0.0.0"
+        )
+    return ConfigError(
+        f"cannot listen on {host}:{port} ({option}): {error.strerror or error}; "
+        "check --host and the port"
+    )
 
 
 def _cluster(args: argparse.Namespace) -> int:
     from chatserver.entrypoints.local_cluster import LocalCluster
 
-    _log_to_stderr("INFO")
-    return LocalCluster(
+    if args.nodes < 1:
+        raise ConfigError(f"--nodes {args.nodes}: a cluster needs at least 1 node")
+    check_port("--port", args.port)
+    check_port("--node-port", args.node_port, zero="the ports right after --port")
+    check_port("--ws-port", args.ws_port, zero="off")
+    cluster = LocalCluster(
         nodes=args.nodes, port=args.port, database=args.database, bus=args.bus,
         host=args.host, first_node_port=args.node_port, ws_port=args.ws_port,
-    ).run()
+    )
+    cluster.check()
+    # Each mistake once, here, rather than once per node and then a wait for nothing.
+    node_ports = cluster.node_ports() + cluster.node_web_ports()
+    if max(node_ports) > 65535:
+        raise ConfigError(f"the nodes' ports {min(node_ports)}-{max(node_ports)} go past 65535: "
+                          "choose a lower --port or --node-port")
+    check_free(args.host, [("--port", args.port), ("--ws-port", args.ws_port)]
+               + [("a node's port", port) for port in cluster.node_ports()]
+               + [("a node's web port", port) for port in cluster.node_web_ports()])
+    _log_to_stderr("INFO")
+    upgrade_database(args.database)  # once, creating the database as `db upgrade` does
+    anyio.run(check_bus, args.bus)
+    return cluster.run()
+
+
+def check_free(host: str, ports: list[tuple[str, int]]) -> None:
+    """Each port can be listened on now (as the servers will: SO_REUSEADDR)."""
+    for option, port in ports:
+        if not port:
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                raise listen_error(option, host, port, error) from None
 
 
 def _return_freed_memory() -> None:
@@ -245,16 +371,34 @@ def _raise_file_limit() -> None:
 
 def _log_to_stderr(level: str, node_id: str | None = None) -> None:
     """Log lines to stderr; a node of a cluster names itself in each, so that the logs of
-    several nodes can be read together."""
+    several nodes can be read together. Other libraries' lines show from WARNING up, unless
+    the level is DEBUG: their INFO lines (mysql.connector's "plugin_name: ...") are noise."""
+    number = logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise ConfigError(f"--log-level {level!r} is not a level: use DEBUG, INFO, WARNING "
+                          "or ERROR")
     node = f"[{node_id}] " if node_id else ""
     logging.basicConfig(
-        level=level.upper(),
+        level=number,
         format=f"%(asctime)s %(levelname)s {node.replace('%', '%%')}%(name)s: %(message)s",
         stream=sys.stderr,
     )
+    others = number if number <= logging.DEBUG else max(number, logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(partial(_ours_or_at_least, others))
+
+
+def _ours_or_at_least(level: int, record: logging.LogRecord) -> bool:
+    """chatserver's own lines, and other libraries' from level up."""
+    ours = record.name == "chatserver" or record.name.startswith("chatserver.")
+    return ours or record.levelno >= level
 
 
 def _serve(args: argparse.Namespace) -> int:
+    check_port("--port", args.port, zero="any free port")
+    check_port("--ws-port", args.ws_port)
+    check_port("--metrics-port", args.metrics_port)
+    check_settings(args)
     _log_to_stderr(args.log_level, args.node_id if args.bus != "memory://" else None)
     _raise_file_limit()
     _return_freed_memory()
@@ -346,7 +490,12 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                     forwarded_for=config.behind_proxy or config.proxy_protocol,
                 ))
             if app.metrics is not None and config.metrics_port is not None:
-                app.metrics.serve(config.host, config.metrics_port)
+                try:
+                    app.metrics.serve(config.host, config.metrics_port)
+                except OSError as error:
+                    raise listen_error(
+                        "--metrics-port", config.host, config.metrics_port, error
+                    ) from None
                 log.info("metrics at http://%s:%d/metrics", config.host, config.metrics_port)
             stopped = [anyio.Event() for _ in servers]
 
@@ -357,6 +506,15 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                     await servers[index].serve(task_status=task_status)
                 finally:
                     stopped[index].set()
+
+            async def listen(tg: anyio.abc.TaskGroup, index: int) -> int:
+                option, port = ("--port", config.port) if index == 0 else (
+                    "--ws-port", config.ws_port or 0)
+                try:
+                    listening: int = await tg.start(run_server, index)
+                except OSError as error:
+                    raise listen_error(option, config.host, port, error) from None
+                return listening
 
             async def stop_gracefully(cancel_scope: anyio.CancelScope) -> None:
                 # One grace for all: requests in hand, logging out, output draining.
@@ -369,20 +527,22 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                 cancel_scope.cancel()
 
             async with anyio.create_task_group() as tg:
-                port = await tg.start(run_server, 0)
+                # Every port is taken before the first line says the node is listening.
+                ports = [await listen(tg, index) for index in range(len(servers))]
                 log.info("chatserver listening on %s:%d%s (node %s, database %s, bus %s)",
-                         config.host, port, " with TLS" if tls else "", app.node.node_id,
+                         config.host, ports[0], " with TLS" if tls else "", app.node.node_id,
                          redact_password(config.database), redact_password(config.bus))
                 if len(servers) > 1:
-                    web_port = await tg.start(run_server, 1)
+                    web_port = ports[1]
                     scheme = "https" if tls else "http"
                     log.info("web page at %s://%s:%d/ (WebSocket at /ws)", scheme, config.host,
                              web_port)
                 tg.start_soon(partial(collector.keep_long_lived_frozen,
                                       freeze=collector.enabled()))
                 async for signum in signals:
-                    log.info("stopping on %s: logging %d sessions out",
-                             signal.Signals(signum).name, len(app.node.sessions))
+                    online = len(app.node.sessions)
+                    log.info("stopping on %s: logging out %d session%s",
+                             signal.Signals(signum).name, online, "" if online == 1 else "s")
                     tg.start_soon(stop_gracefully, tg.cancel_scope)
                     break
                 async for signum in signals:

@@ -43,6 +43,11 @@ async def keep_long_lived_frozen(
 ) -> None:
     """Freeze what is alive, every second, for as long as the node runs; log long pauses
     (only that with freeze False)."""
+    if freeze:
+        # What start-up built (modules, the node) lives as long as the process. This one full
+        # collection is part of starting, not a pause in serving: it is not logged.
+        gc.collect()
+        gc.freeze()
     gc.callbacks.append(_log_long_pauses)
     try:
         if freeze:
@@ -54,8 +59,6 @@ async def keep_long_lived_frozen(
 
 
 async def _freeze_periodically(every_seconds: float) -> None:
-    gc.collect()
-    gc.freeze()  # what start-up built (modules, the node) lives as long as the process
     thawed_blocks, thawed_at = sys.getallocatedblocks(), time.monotonic()
     while True:
         await anyio.sleep(every_seconds)

@@ -17,3 +17,16 @@ def test_the_embedded_example_in_readme_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert re.fullmatch(r"alice said: hi bob \(msg_id \d+\)\n", done.stdout), done.stdout
+
+
+def test_every_relative_link_in_readme_and_the_protocol_names_a_file_of_the_repository() -> None:
+    """A clone is complete: nothing the README or docs/protocol.md links to lies outside it."""
+    root = README.parent
+    for document in (README, root / "docs" / "protocol.md"):
+        links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", document.read_text(encoding="utf-8"))
+        local = [link for link in links if "://" not in link and not link.startswith("mailto:")]
+        assert local or document != README, "README lost its links"
+        for link in local:
+            target = (document.parent / link).resolve()
+            assert target.is_relative_to(root), f"{document.name} links outside: {link}"
+            assert target.exists(), f"{document.name} links to a missing file: {link}"

@@ -11,9 +11,11 @@ pairs, a password hash, an order and a msg_id for stored deliveries, friend requ
 
 from typing import Any, cast
 
+from mysql.connector import Error
 from mysql.connector.abstracts import MySQLConnectionAbstract
 from mysql.connector.cursor import MySQLCursor
 
+from chatserver.adapters.mysql.url import quote_name
 from chatserver.domain.errors import Unavailable
 
 Migration = tuple[str, ...]
@@ -96,6 +98,39 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 LATEST_VERSION = len(MIGRATIONS)
+
+# Access denied to a database, and to an operation (CREATE DATABASE without the privilege).
+DENIED_ERRNOS = (1044, 1227)
+
+
+def create_database_statement(name: str) -> str:
+    """The statement that creates the database chatserver's tables go in."""
+    return (
+        f"CREATE DATABASE IF NOT EXISTS {quote_name(name)} "
+        "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    )
+
+
+def create_database(server: MySQLConnectionAbstract, name: str) -> bool:
+    """Create the database over a connection to none; False if the account may not."""
+    cursor = cast(MySQLCursor, server.cursor())
+    try:
+        cursor.execute(create_database_statement(name))
+    except Error as error:
+        if error.errno in DENIED_ERRNOS:
+            return False
+        raise
+    return True
+
+
+def account_of(server: MySQLConnectionAbstract) -> str:
+    """The account the server took the connection for, as GRANT names it: 'user'@'host'."""
+    cursor = cast(MySQLCursor, server.cursor())
+    cursor.execute("SELECT CURRENT_USER()")
+    row: Any = cursor.fetchone()
+    user, _, host = str(row[0]).rpartition("@")
+    return f"'{user}'@'{host}'"
+
 
 # Server-wide, so named after the database; MD5 keeps it within the 64 characters allowed.
 LOCK_NAME = "CONCAT('chatserver-schema-', MD5(DATABASE()))"

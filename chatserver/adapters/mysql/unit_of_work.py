@@ -25,8 +25,14 @@ from chatserver.adapters.mysql.repositories import (
     MySqlMessageStore,
     MySqlUserRepository,
 )
-from chatserver.adapters.mysql.schema import LOCK_TIMEOUT_SECONDS, upgrade
-from chatserver.adapters.mysql.url import MySqlUrl, parse_mysql_url
+from chatserver.adapters.mysql.schema import (
+    LOCK_TIMEOUT_SECONDS,
+    account_of,
+    create_database,
+    create_database_statement,
+    upgrade,
+)
+from chatserver.adapters.mysql.url import MySqlUrl, parse_mysql_url, quote_name
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.ports import (
     FriendRepository,
@@ -226,20 +232,78 @@ async def open_mysql_as(
     return MySqlUnitOfWork(pool, transaction)
 
 
-def upgrade_mysql(url: str) -> int:
-    """Create or upgrade the schema of the database at url; return its schema version."""
-    return upgrade_at(parse_mysql_url(url))
+def upgrade_mysql(url: str, *, create_database: bool = False) -> int:
+    """Create or upgrade the schema of the database at url; return its schema version.
+    With create_database, a missing database is created first, if the account may."""
+    return upgrade_at(parse_mysql_url(url), create_database=create_database)
 
 
-def upgrade_at(where: MySqlUrl) -> int:
+def upgrade_at(where: MySqlUrl, *, create_database: bool = False) -> int:
     try:
-        connection = connect(where, read_timeout=UPGRADE_READ_TIMEOUT_SECONDS)
+        connection = _connect_to_upgrade(where, create_database)
         try:
             return upgrade(connection)
         finally:
             connection.close()
     except Error as error:
-        raise Unavailable(f"cannot open {where.redacted()}: {error}") from error
+        raise Unavailable(cannot_open(where, error)) from error
+
+
+def _connect_to_upgrade(where: MySqlUrl, create: bool) -> Any:
+    try:
+        return connect(where, read_timeout=UPGRADE_READ_TIMEOUT_SECONDS)
+    except Error as error:
+        # 1044 too: MySQL does not tell an account without privileges whether a database exists.
+        if error.errno not in (errorcode.ER_BAD_DB_ERROR, errorcode.ER_DBACCESS_DENIED_ERROR):
+            raise
+        missing = error.errno == errorcode.ER_BAD_DB_ERROR
+    server = connect(where.server())
+    try:
+        account = account_of(server)
+        if create and create_database(server, where.database):
+            log.info("created database %s", quote_name(where.database))
+            return connect(where, read_timeout=UPGRADE_READ_TIMEOUT_SECONDS)
+    finally:
+        server.close()
+    raise Unavailable(_missing_database(where, account, missing=missing, create=create))
+
+
+def _missing_database(where: MySqlUrl, account: str, *, missing: bool, create: bool) -> str:
+    """One line: the database is not there (or not for this account), and what to run."""
+    name = quote_name(where.database)
+    create_it = create_database_statement(where.database)
+    grant = f"GRANT ALL PRIVILEGES ON {name}.* TO {account}"
+    server = f"{where.host}:{where.port}"
+    if missing and not create:
+        return (
+            f"database {name} does not exist on {server}: create it with "
+            f"`chatserver db upgrade --database {where.redacted()}`, or run {create_it};"
+        )
+    if missing:
+        return (
+            f"database {name} does not exist on {server} and {account} may not create it: "
+            f"as a MySQL administrator, run {create_it}; {grant};"
+        )
+    return (
+        f"{account} may not use database {name} on {server} (or it does not exist): "
+        f"as a MySQL administrator, run {create_it}; {grant};"
+    )
+
+
+def cannot_open(where: MySqlUrl, error: Error) -> str:
+    """One line for an operator: why the database at where cannot be used, and what to do."""
+    server = f"{where.host}:{where.port}"
+    if error.errno in (errorcode.CR_CONN_HOST_ERROR, errorcode.CR_UNKNOWN_HOST):
+        return (
+            f"cannot reach MySQL at {server} ({where.redacted()}): {error.msg}; "
+            "start MySQL there or correct --database"
+        )
+    if error.errno == errorcode.ER_ACCESS_DENIED_ERROR:
+        return (
+            f"MySQL at {server} refused user {where.user!r}: {error.msg}; "
+            "correct the user or password in --database"
+        )
+    return f"cannot open {where.redacted()}: {error}"
 
 
 def connect(where: MySqlUrl, **settings: int) -> Any:

@@ -2,7 +2,7 @@
 
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 DEFAULT_PORT = 3306
 
@@ -25,6 +25,15 @@ class MySqlUrl:
     def redacted(self) -> str:
         secret = ":***" if self.password else ""
         return f"mysql://{self.user}{secret}@{self.host}:{self.port}/{self.database}"
+
+    def server(self) -> "MySqlUrl":
+        """The same server and account, connected to no database (to create this one)."""
+        return evolve(self, database="")
+
+
+def quote_name(name: str) -> str:
+    """A database or table name, quoted for SQL text."""
+    return "`" + name.replace("`", "``") + "`"
 
 
 def parse_mysql_url(url: str) -> MySqlUrl:

@@ -97,7 +97,8 @@ class RedisCluster:
                     log.warning("bus: rejoining the cluster failed (%s); retrying", error)
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
-            log.info("bus: rejoined the cluster with %d users", len(local_users()))
+            users = len(local_users())
+            log.info("bus: rejoined the cluster with %d user%s", users, "" if users == 1 else "s")
             await anyio.sleep(self.lease_seconds / 4)
             with contextlib.suppress(Unavailable):
                 await inbox.catch_up()
