@@ -46,10 +46,11 @@ def original_bytes(obj: dict[str, Any]) -> bytes:
 class OriginalClient:
     """One original client process: its reader thread runs from connect to exit."""
 
-    def __init__(self, port: int, *, source: str = HOST) -> None:
+    def __init__(self, port: int, *, source: str = HOST, preamble: bytes = b"") -> None:
         self.sock = socket.socket()
         self.sock.bind((source, 0))
         self.sock.connect((HOST, port))
+        self.sock.sendall(preamble)  # e.g. the PROXY header nginx would send a node
         self.shown: list[str] = []  # what it printed, line by line
         self.reads: list[bytes] = []  # every read, as the reader thread got it
         self.acks: list[dict[str, Any]] = []
@@ -400,18 +401,30 @@ def test_a_taken_over_original_client_is_disconnected(server, clients) -> None:
 
 
 def test_a_cluster_start_logs_no_missing_proxy_header(tmp_path: Path) -> None:
+    """Also in a cluster: a takeover from another node closes the original client."""
     cluster = ClusterProcess(tmp_path, tmp_path / "cluster.log").start()
+    made: list[OriginalClient] = []
     try:
         assert cluster.port is not None
-        client = OriginalClient(cluster.port)
-        try:
-            user_id = client.register(short_name(), "pw")
-            client.login(user_id, "pw")
-            time.sleep(6)  # past the 5 s a node waits for a PROXY header
-            client.assert_running()
-        finally:
-            client.close()
+        alice = OriginalClient(cluster.port)  # through nginx
+        # bob's two logins straight to node 1, then node 2, as nginx would pass them on
+        first, second = (
+            OriginalClient(port, preamble=b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 %d\r\n" % port)
+            for port in (cluster.node_port, cluster.node_port + 1)
+        )
+        made += [alice, first, second]
+        alice_id, bob_id = alice.register(short_name(), "pw"), alice.register(short_name(), "pw")
+        alice.login(alice_id, "pw")
+        first.login(bob_id, "pw")
+        time.sleep(6)  # past the 5 s a node waits for a PROXY header
+        first.assert_running()
+        second.login(bob_id, "pw")
+        first.wait_exited()
+        alice.chat(bob_id, "to the login that took over")
+        second.wait_shown("to the login that took over")
     finally:
+        for client in made:
+            client.close()
         cluster.stop()
     log = cluster.log_text()
     assert "cluster listening" in log

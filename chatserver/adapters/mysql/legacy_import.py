@@ -142,7 +142,8 @@ def read_legacy(source_url: str, charset: str = "gbk") -> LegacyData:
     """
     if charset not in TEXT_DECODERS:
         raise LegacyImportError(f"unknown legacy charset {charset!r}: use gbk or utf8")
-    text, column = TEXT_DECODERS[charset], _gbk_bytes if charset == "gbk" else str
+    column = _gbk_bytes if charset == "gbk" else _as_stored
+    text = TEXT_DECODERS[charset]
     try:
         where = parse_mysql_url(source_url)
         connection = connect(where)
@@ -185,6 +186,10 @@ def read_legacy(source_url: str, charset: str = "gbk") -> LegacyData:
         raise LegacyImportError(f"cannot read {where.redacted()}: {error}") from error
     finally:
         connection.close()
+
+
+def _as_stored(column: str) -> str:
+    return column
 
 
 def _gbk_bytes(column: str) -> str:
