@@ -11,6 +11,7 @@ from chatserver.domain.messages import (
     Event,
     FriendAnswer,
     GroupMessage,
+    KickedNotice,
 )
 from chatserver.domain.ports import Outbox
 from chatserver.domain.users import User
@@ -48,6 +49,9 @@ class Session:
         if not isinstance(event, CHAT_KINDS):  # chats, nearly all of it, pass one check
             if not self.notices:
                 # Clients of the original server see chats only; answers wait for a modern login.
+                if isinstance(event, KickedNotice):
+                    # Its client cannot be told: the connection ends once what it was sent is out.
+                    self.outbox.after_flush(self._close_outbox)
                 return not isinstance(event, FriendAnswer)
             if isinstance(event, FriendAnswer) and event.accepted:
                 self.friend_ids.add(event.responder_id)
@@ -63,6 +67,9 @@ class Session:
             return True
         # Once tracked as unreceipted, the session has custody even if the connection fails.
         return self.outbox.push(event) or tracked
+
+    async def _close_outbox(self) -> None:
+        self.outbox.close()
 
     def open(self) -> None:
         """The login reply is out: release what arrived meanwhile, in order."""

@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                                           str(defaults.transport.idle_timeout_seconds)),
                        help="seconds a logged-in client may stay silent (clients PING) before "
                        "it is disconnected (CHATSERVER_IDLE_TIMEOUT; default %(default)s)")
+    serve.add_argument("--login-timeout", type=float,
+                       default=float(_env("LOGIN_TIMEOUT",
+                                          str(defaults.transport.login_timeout_seconds))),
+                       help="seconds a client that has spoken may stay silent before logging "
+                       "in; not for clients of the original server, nor for connections that "
+                       "have sent nothing (CHATSERVER_LOGIN_TIMEOUT; default %(default)s)")
     serve.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None,
                        help="PEM certificate (chain): serve TLS instead of plain TCP "
                        "(CHATSERVER_TLS_CERT; needs --tls-key)")
@@ -213,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     import_legacy.add_argument("--database", default=_env("DATABASE", defaults.database),
                                help="the empty database to fill, mysql://... or sqlite:///FILE "
                                "(CHATSERVER_DATABASE; default %(default)s)")
+    import_legacy.add_argument("--legacy-charset", choices=("gbk", "utf8"), default="gbk",
+                               help="how the original server spoke to its database: gbk (its "
+                               "`set names gbk`: text is read back the same way, as the "
+                               "original did) or utf8 (a server changed to `set names utf8`) "
+                               "(default %(default)s)")
     return parser
 
 
@@ -231,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from chatserver.adapters.mysql.legacy_import import LegacyImportError, import_legacy
 
             try:
-                print(import_legacy(args.source, args.database).summary())
+                print(import_legacy(args.source, args.database, args.legacy_charset).summary())
             except LegacyImportError as error:
                 print(f"chatserver: import failed: {error}", file=sys.stderr)
                 return 1
@@ -421,6 +432,7 @@ def _serve(args: argparse.Namespace) -> int:
         transport=TransportLimits(
             connections_per_address=args.connections_per_address,
             idle_timeout_seconds=args.idle_timeout,
+            login_timeout_seconds=args.login_timeout,
             request_burst=args.request_burst,
             requests_per_second=args.request_rate,
             request_grace_seconds=SHUTDOWN_GRACE_SECONDS / 2,

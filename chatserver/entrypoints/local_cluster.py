@@ -35,11 +35,13 @@ stream {{
 {servers}
     }}
     server {{
-        listen {host}:{port};
+        listen {host}:{port} so_keepalive=60s:10s:6;
         proxy_pass chatserver;
         proxy_connect_timeout 1s;
-        # An idle timeout well above the clients' 20 s heartbeat.
-        proxy_timeout 120s;
+        # Clients of the original server never PING and may sit silent for hours: the nodes
+        # close silent modern clients themselves, and TCP keepalive finds dead peers.
+        proxy_timeout 7d;
+        proxy_socket_keepalive on;
         tcp_nodelay on;
         # Each connection starts with a PROXY header naming the client (nodes run with
         # --proxy-protocol), so their limits per address see real addresses, not nginx's.

@@ -151,6 +151,26 @@ _PUSH_FIELDS: dict[int, dict[str, Callable[[Any], bool]]] = {
     14: {"id": _pos_int, "state": lambda v: v in _STATES},
     15: {"errmsg": lambda v: isinstance(v, str) and v != ""},
 }
+# What the original server sent: these fields and no others (PROTOCOL.md, legacy dialect (c)).
+_LEGACY_CHAT_KEYS = {
+    6: {"msgid", "id", "name", "toid", "msg", "time"},
+    10: {"msgid", "groupid", "id", "name", "msg", "time"},
+}
+
+
+def _chat_problems(obj: dict[str, Any], legacy: bool, where: str) -> list[str]:
+    msgid = obj["msgid"]
+    if not legacy or msgid not in _LEGACY_CHAT_KEYS:
+        return _check_fields(obj, _PUSH_FIELDS[msgid], where)
+    keys = _LEGACY_CHAT_KEYS[msgid]
+    spec = {k: v for k, v in _PUSH_FIELDS[msgid].items() if k in keys}
+    problems = _check_fields(obj, spec, where)
+    extra = sorted(set(obj) - keys)
+    if extra:
+        problems.append(f"{where} has fields the original never sent: {extra}")
+    return problems
+
+
 _FRIEND = {"id": _pos_int, "name": _str, "state": lambda v: v in _STATES}
 _MEMBER = {
     "id": _pos_int,
@@ -220,7 +240,7 @@ def _login_ack_problems(frame: Frame, legacy: bool) -> list[str]:
         if not isinstance(obj, dict) or obj.get("msgid") not in allowed:
             problems.append(f"offlinemsg[{i}] is not one of msgid {allowed}: {obj!r}")
             continue
-        problems += _check_fields(obj, _PUSH_FIELDS[obj["msgid"]], f"offlinemsg[{i}]")
+        problems += _chat_problems(obj, legacy, f"offlinemsg[{i}]")
     for i, item in enumerate(frame.get("friend_requests") or []):
         problems += _check_fields(item, _REQUESTER, f"friend_requests[{i}]")
     return problems
@@ -250,7 +270,7 @@ def frame_problems(frame: Any, *, legacy: bool = False) -> list[str]:
         elif msgid == 2 and frame["errno"] == 0:
             problems += _login_ack_problems(frame, legacy)
     elif msgid in _PUSH_FIELDS:
-        problems += _check_fields(frame, _PUSH_FIELDS[msgid], f"msgid {msgid}")
+        problems += _chat_problems(frame, legacy, f"msgid {msgid}")
     else:
         problems.append(f"msgid {msgid} is not something the server sends")
     return problems

@@ -102,17 +102,24 @@ def local_ms(text: str) -> int:
     return int(datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timestamp() * 1000)
 
 
-@pytest.fixture
-def legacy_url() -> str:
-    """A database of the original server, with the untidy rows it leaves behind."""
-    url = MYSQL.new_database()
+def connect(url: str) -> Any:
     user_host, database = url.removeprefix("mysql://").rsplit("/", 1)
     user, host_port = user_host.split("@")
     host, _, port = host_port.partition(":")
-    connection = mysql.connector.connect(
+    return mysql.connector.connect(
         user=user.partition(":")[0], password=user.partition(":")[2], host=host,
         port=int(port or 3306), database=database, charset="utf8mb4",
     )
+
+
+@pytest.fixture
+def legacy_url() -> str:
+    """A database of the original server, with the untidy rows it leaves behind.
+
+    Written through utf8mb4: what a server changed to `set names utf8` would have written.
+    """
+    url = MYSQL.new_database()
+    connection = connect(url)
     cursor = connection.cursor()
     for statement in ORIGINAL_SCHEMA:
         cursor.execute(statement)
@@ -232,3 +239,68 @@ def test_importing_into_a_database_that_is_not_empty_is_refused(
     assert again.returncode == 1
     assert "not empty" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+# --------------------------------------------------------------------------- `set names gbk`
+
+
+@pytest.fixture
+def gbk_legacy_url() -> str:
+    """Rows as the original server wrote them: its connections ran `set names gbk` while its
+    clients sent UTF-8, which its sprintf passed on as they were."""
+    url = MYSQL.new_database()
+    connection = connect(url)
+    cursor = connection.cursor()
+    for statement in ORIGINAL_SCHEMA:
+        cursor.execute(statement)
+    cursor.execute("SET NAMES gbk")
+    stored = chat(msgid=6, id=1, name="张三", toid=2, msg="你好", time="2024-01-02 03:04:05")
+    for statement in (
+        "INSERT INTO user(name,password,state) VALUES('张三','密码C','offline')",
+        "INSERT INTO user(name,password,state) VALUES('bob','pw-bob','offline')",
+        "INSERT INTO allgroup(groupname,groupdesc) VALUES('闲聊','随便聊聊')",
+        "INSERT INTO groupuser VALUES(1,1,'creator')",
+        f"INSERT INTO offlinemessage VALUES(2,'{stored}')",
+    ):
+        cursor.execute(statement.encode("utf-8"))  # the client's bytes, on a GBK connection
+    connection.commit()
+    # What the table holds, read as it is stored: the well-known mojibake.
+    cursor.execute("SET NAMES utf8mb4")
+    cursor.execute("SELECT name FROM user WHERE id = 1")
+    assert cursor.fetchall() == [("寮犱笁",)]
+    connection.close()
+    return url
+
+
+def test_text_written_through_set_names_gbk_is_imported_as_the_original_showed_it(
+    gbk_legacy_url: str, tmp_path: Path
+) -> None:
+    target = f"sqlite:///{tmp_path / 'imported.db'}"
+    done = run_cli("db", "import-legacy", "--from", gbk_legacy_url, "--database", target)
+    assert done.returncode == 0, done.stderr
+    server = ServerProcess(target, tmp_path / "server.log").start()
+    try:
+        ack = login(server, User(1, "张三", "密码C"))  # the old password still works
+        assert ack["name"] == "张三"
+        assert [(g["groupname"], g["groupdesc"]) for g in ack["groups"]] == [("闲聊", "随便聊聊")]
+        ack = login(server, User(2, "bob", "pw-bob"))
+        assert [(m["id"], m["name"], m["msg"]) for m in ack["offlinemsg"]] == [(1, "张三", "你好")]
+    finally:
+        server.stop()
+    server.assert_no_traceback()
+
+
+def test_legacy_charset_utf8_reads_text_as_it_is_stored(legacy_url: str, tmp_path: Path) -> None:
+    target = f"sqlite:///{tmp_path / 'imported.db'}"
+    done = run_cli("db", "import-legacy", "--from", legacy_url, "--database", target,
+                   "--legacy-charset", "utf8")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == REPORT
+    server = ServerProcess(target, tmp_path / "server.log").start()
+    try:
+        assert login(server, ZHANG)["name"] == "张三"
+        ack = login(server, CAROL)
+        assert [g["groupname"] for g in ack["groups"]] == ["闲聊"]
+    finally:
+        server.stop()
+    server.assert_no_traceback()

@@ -55,9 +55,9 @@ def test_an_equal_but_other_event_is_encoded_for_itself() -> None:
     assert orjson.loads(encode_event(one, Dialect.MODERN) or b"")["msg_id"] == 7
     assert orjson.loads(encode_event(other, Dialect.MODERN) or b"")["msg_id"] == 8
     legacy = encode_event(other, Dialect.LEGACY)
-    assert legacy is not None and orjson.loads(legacy) == {
-        **orjson.loads(encode_event(other, Dialect.MODERN) or b""), "msgid": 6
-    }
+    modern = orjson.loads(encode_event(other, Dialect.MODERN) or b"")
+    del modern["msg_id"], modern["ts"]  # the original's fields only
+    assert legacy is not None and orjson.loads(legacy) == modern
 
 
 @given(st.lists(st.sampled_from([b"a", b"{}", b"", b"\r", b"\0", b"x" * 9]), max_size=6))

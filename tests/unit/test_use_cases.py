@@ -175,6 +175,23 @@ async def test_takeover_kicks_the_older_session_and_hands_over_its_messages(
         await old.request(SendDirectMessage(alice, "still there?"))
 
 
+async def test_a_takeover_closes_the_connection_of_a_client_that_takes_no_notices(
+    chat: ChatApp,
+) -> None:
+    """A client of the original server cannot show KICKED_MSG: its connection ends instead,
+    once what it was sent is written."""
+    alice, bob = await register(chat, "alice"), await register(chat, "bob")
+    a = await online(chat, alice)
+    old = chat.connect()
+    assert isinstance(await old.request(Login("pw", user_id=bob, notices=False)), LoggedIn)
+    await a.request(SendDirectMessage(bob, "before the takeover"))
+    await login(chat.connect(), bob)
+    assert [type(e) for e in old.outbox.events] == [DirectMessage]
+    assert not old.outbox.closed  # not before the chat it was sent is out
+    await old.outbox.flush()
+    assert old.outbox.closed
+
+
 async def test_friend_request_accept_and_presence(chat: ChatApp) -> None:
     alice, bob = await register(chat, "alice"), await register(chat, "bob")
     a, b = await online(chat, alice), await online(chat, bob)

@@ -1,10 +1,12 @@
 """FrameSplitter: LF and NUL terminated frames over arbitrary reads, the frame limit, dialect."""
 
 import itertools
+import math
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chatserver.adapters.tcp.connection import TransportLimits, allowed_silence
 from chatserver.adapters.wire.framing import FrameSplitter
 
 
@@ -213,3 +215,26 @@ def test_any_bytes_give_non_empty_frames_without_terminators(chunks: list[bytes]
         assert b"\n" not in frame
         assert b"\0" not in frame
         assert len(frame) <= 100
+
+
+def test_a_splitter_has_heard_something_once_a_frame_has_begun() -> None:
+    splitter = FrameSplitter()
+    assert not splitter.heard
+    splitter.feed(b"\n\0\r\n")  # empty frames are nothing
+    assert not splitter.heard
+    splitter.feed(b'{"msg')
+    assert splitter.heard and splitter.legacy is None
+
+
+def test_only_modern_clients_that_have_spoken_are_timed_out_for_silence() -> None:
+    limits = TransportLimits(login_timeout_seconds=30, idle_timeout_seconds=300)
+    silent, partial, modern, legacy = (FrameSplitter() for _ in range(4))
+    partial.feed(b'{"msgid"')
+    modern.feed(b'{"msgid":16}\n')
+    legacy.feed(b'{"msgid":1}\0')
+    assert allowed_silence(limits, silent, logged_in=False) == math.inf
+    assert allowed_silence(limits, partial, logged_in=False) == 30
+    assert allowed_silence(limits, modern, logged_in=False) == 30
+    assert allowed_silence(limits, modern, logged_in=True) == 300
+    assert allowed_silence(limits, legacy, logged_in=False) == math.inf
+    assert allowed_silence(limits, legacy, logged_in=True) == math.inf

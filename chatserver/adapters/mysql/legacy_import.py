@@ -103,21 +103,22 @@ class ImportTarget(Protocol):
     async def aclose(self) -> None: ...
 
 
-def import_legacy(source_url: str, target_url: str) -> ImportReport:
+def import_legacy(source_url: str, target_url: str, charset: str = "gbk") -> ImportReport:
     """Copy the original server's database at source_url into the empty database at target_url.
 
-    target_url is mysql://... or sqlite:///...; its schema is created as needed.
+    target_url is mysql://... or sqlite:///...; its schema is created as needed. charset is how
+    the original server spoke to its database (see read_legacy).
     """
-    return anyio.run(copy_legacy, source_url, target_url)
+    return anyio.run(copy_legacy, source_url, target_url, charset)
 
 
-async def copy_legacy(source_url: str, target_url: str) -> ImportReport:
+async def copy_legacy(source_url: str, target_url: str, charset: str = "gbk") -> ImportReport:
     target = await open_target(target_url)
     try:
         # Checked before the slow part (hashing), and again in the transaction that writes.
         if not await target.run(lambda tx: tx.imports.is_empty()):
             raise LegacyImportError(f"{redact_password(target_url)} is not empty")
-        legacy = await to_thread.run_sync(read_legacy, source_url)
+        legacy = await to_thread.run_sync(read_legacy, source_url, charset)
         hashes = await hash_passwords(legacy.users)
         return await target.run(partial(write, legacy=legacy, hashes=hashes))
     except Unavailable as error:
@@ -129,7 +130,20 @@ async def copy_legacy(source_url: str, target_url: str) -> ImportReport:
 # --------------------------------------------------------------------------- reading
 
 
-def read_legacy(source_url: str) -> LegacyData:
+def read_legacy(source_url: str, charset: str = "gbk") -> LegacyData:
+    """The original server's tables.
+
+    charset "gbk": the original server ran `set names gbk` on every connection while its
+    clients sent UTF-8, so MySQL took each UTF-8 byte pair for a GBK character and stored
+    that (张三 is kept as 寮犱笁); reading through GBK gives the client's bytes back, as the
+    original did. A value whose bytes are not UTF-8 came from a client that really sent GBK
+    (or was written in some other way), and is decoded as GBK. charset "utf8": the server was
+    changed to `set names utf8`, and the text is read as it is stored.
+    """
+    if charset not in TEXT_DECODERS:
+        raise LegacyImportError(f"unknown legacy charset {charset!r}: use gbk or utf8")
+    column = _gbk_bytes if charset == "gbk" else _as_stored
+    text = TEXT_DECODERS[charset]
     try:
         where = parse_mysql_url(source_url)
         connection = connect(where)
@@ -144,14 +158,17 @@ def read_legacy(source_url: str) -> LegacyData:
 
         return LegacyData(
             users=[
-                (int(i), _text(name), _text(password))
-                for i, name, password in rows("SELECT id, name, password FROM user ORDER BY id")
+                (int(i), text(name), text(password))
+                for i, name, password in rows(
+                    f"SELECT id, {column('name')}, {column('password')} FROM user ORDER BY id"
+                )
             ],
             friends=[(int(a), int(b)) for a, b in rows("SELECT userid, friendid FROM friend")],
             groups=[
-                (int(i), _text(name), _text(description))
+                (int(i), text(name), text(description))
                 for i, name, description in rows(
-                    "SELECT id, groupname, groupdesc FROM allgroup ORDER BY id"
+                    f"SELECT id, {column('groupname')}, {column('groupdesc')}"
+                    " FROM allgroup ORDER BY id"
                 )
             ],
             members=[
@@ -161,8 +178,8 @@ def read_legacy(source_url: str) -> LegacyData:
             # No ORDER BY: the table has no ordering column, and a scan of an InnoDB table
             # without a key returns rows in the order they were inserted.
             messages=[
-                (int(u), _text(message))
-                for u, message in rows("SELECT userid, message FROM offlinemessage")
+                (int(u), text(message))
+                for u, message in rows(f"SELECT userid, {column('message')} FROM offlinemessage")
             ],
         )
     except Error as error:
@@ -171,12 +188,33 @@ def read_legacy(source_url: str) -> LegacyData:
         connection.close()
 
 
+def _as_stored(column: str) -> str:
+    return column
+
+
+def _gbk_bytes(column: str) -> str:
+    """The column as the original server read it: its text in GBK, as bytes."""
+    return f"CAST(CONVERT({column} USING gbk) AS BINARY)"
+
+
 def _text(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", errors="replace")
     return str(value)
+
+
+def _text_through_gbk(value: object) -> str:
+    if not isinstance(value, bytes | bytearray):
+        return _text(value)
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(value).decode("gbk", errors="replace")
+
+
+TEXT_DECODERS: dict[str, Callable[[object], str]] = {"gbk": _text_through_gbk, "utf8": _text}
 
 
 def parse_chat(recipient_id: int, message: str) -> Callable[[int], Delivery] | None:

@@ -1,8 +1,12 @@
 """One client connection: a reader that handles every frame a read yields, and an outbound
 buffer drained by a single writer, bounded so a client that stops reading cannot grow memory."""
 
+import contextlib
 import logging
+import math
+import socket
 import ssl
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream
@@ -33,7 +37,8 @@ class TransportLimits:
     # A client refused this many requests without slowing down enough for its budget to
     # refill is flooding: it is disconnected.
     refused_before_disconnect: int = 200
-    # Silence allowed before login, and after (clients PING every 20 s or so).
+    # Silence allowed before login, and after (clients PING every 20 s or so); see
+    # allowed_silence for the clients these do not apply to.
     login_timeout_seconds: float = 30.0
     idle_timeout_seconds: float = 300.0
     # Open connections from one address (0: no limit, e.g. behind nginx, where all share one).
@@ -45,6 +50,38 @@ class TransportLimits:
     # At shutdown, requests already being handled get this long to finish and be answered
     # before sessions are logged out (half of serve's grace; the rest is for logging out).
     request_grace_seconds: float = 5.0
+
+
+def allowed_silence(limits: TransportLimits, splitter: FrameSplitter, logged_in: bool) -> float:
+    """How long a TCP client may now stay silent before it is disconnected (inf: no limit).
+
+    A client of the original server never PINGs, and sends nothing before its user types
+    (PROTOCOL.md, legacy dialect (d)): neither it nor a connection that has not sent a byte yet
+    (which may be one, at its menu) is closed for silence. TCP keepalive (set_keepalive) finds
+    the dead ones; connections per address bound the rest."""
+    if splitter.legacy or not splitter.heard:
+        return math.inf
+    return limits.idle_timeout_seconds if logged_in else limits.login_timeout_seconds
+
+
+# A peer that stops answering is found within KEEPALIVE_IDLE + KEEPALIVE_COUNT * INTERVAL s.
+KEEPALIVE_IDLE_SECONDS = 60
+KEEPALIVE_INTERVAL_SECONDS = 10
+KEEPALIVE_COUNT = 6
+
+
+def set_keepalive(sock: Any) -> None:
+    """Turn on TCP keepalive for an accepted socket: dead peers are found without traffic."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; macOS has TCP_KEEPALIVE instead
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+    except (OSError, AttributeError) as error:
+        log.debug("no TCP keepalive: %s", error)
 
 
 class TcpClient(StreamingClient):
@@ -62,6 +99,8 @@ class TcpClient(StreamingClient):
         super().__init__(node, limits, metrics, *_peer(stream))
         self.splitter = FrameSplitter(limits.frame_bytes)
         self._early = b""  # what came right after the PROXY header: the first request bytes
+        with contextlib.suppress(anyio.TypedAttributeLookupError):
+            set_keepalive(stream.extra(anyio.abc.SocketAttribute.raw_socket))
 
     async def _send(self, frames: list[bytes]) -> bool:
         try:
@@ -114,6 +153,9 @@ class TcpClient(StreamingClient):
             data = await self._receive()
             if data is None or not await self._take(data):
                 return
+
+    def _allowed_silence(self) -> float:
+        return allowed_silence(self.limits, self.splitter, self.connection.logged_in)
 
     async def _receive(self) -> bytes | None:
         """The next bytes from the client; None when it is gone or has been silent too long."""

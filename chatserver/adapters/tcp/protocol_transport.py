@@ -13,6 +13,7 @@ Runs inside ``anyio.run`` on the asyncio backend (with or without uvloop).
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import ssl
 from asyncio.tasks import _enter_task, _leave_task
@@ -25,7 +26,7 @@ from anyio.abc import TaskStatus
 
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress, RequestBudget
-from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.tcp.connection import TransportLimits, allowed_silence, set_keepalive
 from chatserver.adapters.tcp.proxy_header import ProxyHeaderError, ProxyHeaderReader
 from chatserver.adapters.tcp.requests import RequestServing, log_out_everyone
 from chatserver.adapters.wire.codec import (
@@ -178,6 +179,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         self.peer, self.address = _peer(transport.get_extra_info("peername"))
         self.connection.address = self.address
+        set_keepalive(transport.get_extra_info("socket"))
         if self.server.tls is not None:
             transport.pause_reading()
             self.loop.create_task(self._start_tls(transport, self.server.tls))
@@ -337,6 +339,8 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             self._wake()
 
     def eof_received(self) -> bool:
+        if self._proxy_reader is not None:
+            return False  # gone before its PROXY header (a port probe): closed at once
         self._end_reading()
         return True  # half closed: the replies to what was read still go out
 
@@ -395,9 +399,11 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         if self._closing:
             return
         logged_in = self.connection.logged_in
-        silence = (
-            self.limits.idle_timeout_seconds if logged_in else self.limits.login_timeout_seconds
-        )
+        silence = allowed_silence(self.limits, self.splitter, logged_in)
+        if silence == math.inf:  # looked at again later: a client that speaks may lose that
+            self._timer = self.loop.call_later(self.limits.login_timeout_seconds,
+                                               self._check_silence)
+            return
         now = self.loop.time()
         if self._busy or self._frames or not self._reading:
             self._last_activity = now  # a request in progress, or replies piling up

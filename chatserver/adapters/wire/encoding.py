@@ -24,7 +24,6 @@ from chatserver.application.results import (
 )
 from chatserver.domain.errors import RateLimited
 from chatserver.domain.messages import (
-    CHAT_KINDS,
     Delivery,
     DirectMessage,
     Event,
@@ -94,6 +93,32 @@ def _group_message(m: GroupMessage) -> JsonObject:
     }
 
 
+# The original's chat objects, field for field (PROTOCOL.md, legacy dialect (c)): its client
+# reads 1,024 bytes at a time, so each extra field brings its crash closer.
+
+
+def _legacy_direct_message(m: DirectMessage) -> JsonObject:
+    return {
+        "msgid": protocol.ONE_CHAT,
+        "id": m.sender_id,
+        "name": m.sender_name,
+        "toid": m.recipient_id,
+        "msg": m.text,
+        "time": _time_texts.get(m.sent_at_ms // 1000) or _format_time(m.sent_at_ms // 1000),
+    }
+
+
+def _legacy_group_message(m: GroupMessage) -> JsonObject:
+    return {
+        "msgid": protocol.GROUP_CHAT,
+        "groupid": m.group_id,
+        "id": m.sender_id,
+        "name": m.sender_name,
+        "msg": m.text,
+        "time": _time_texts.get(m.sent_at_ms // 1000) or _format_time(m.sent_at_ms // 1000),
+    }
+
+
 def _friend_answer(a: FriendAnswer) -> JsonObject:
     return {
         "msgid": protocol.FRIEND_RESPONSE,
@@ -127,7 +152,10 @@ _EVENT_OBJECTS: EventObjects = {
     KickedNotice: _kicked,
 }
 # The original's clients understand chats only.
-_LEGACY_EVENT_OBJECTS: EventObjects = {kind: _EVENT_OBJECTS[kind] for kind in CHAT_KINDS}
+_LEGACY_EVENT_OBJECTS: EventObjects = {
+    DirectMessage: _legacy_direct_message,
+    GroupMessage: _legacy_group_message,
+}
 
 
 def _event_objects(dialect: Dialect) -> EventObjects:

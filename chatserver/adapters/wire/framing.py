@@ -18,6 +18,11 @@ class FrameSplitter:
         self.too_large = False
         self._pending = bytearray()
 
+    @property
+    def heard(self) -> bool:
+        """Whether any byte of a frame has arrived yet (empty frames do not count)."""
+        return self.legacy is not None or bool(self._pending) or self.too_large
+
     def feed(self, data: bytes) -> list[bytes]:
         """Take the next bytes read and return every frame they complete."""
         if self.too_large:
