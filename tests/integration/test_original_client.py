@@ -248,8 +248,9 @@ def test_seven_short_waiting_messages_show_at_login_and_stay_shown(server, clien
     texts = [f"waiting message {i}" for i in range(1, 8)]
     for text in texts:
         sender.chat(bob_id, text)
-    # LOGIN after the chats: frames are handled in order, so all 7 are stored by then
-    original(server, clients).login(alice_id, "pw")
+    # LOGIN after the chats, on the same connection: its frames are handled in order, so all 7
+    # are stored once the reply comes (another connection's LOGIN could overtake them)
+    sender.login(alice_id, "pw")
 
     receiver = original(server, clients)
     ack = receiver.login(bob_id, "pw")
