@@ -181,6 +181,13 @@ def test_the_changelog_has_a_section_for_the_version() -> None:
     assert heading in text, f"CHANGELOG.md has no {heading!r} section for {version}"
 
 
+def test_the_api_reference_page_shows_every_public_name() -> None:
+    page = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
+    shown = set(re.findall(r"^::: chatserver\.(\w+)$", page, re.MULTILINE))
+    public = set(chatserver.__all__) - {"__version__"}
+    assert shown == public, f"missing {sorted(public - shown)}, not public {sorted(shown - public)}"
+
+
 API = {"open_node": {"def": "(config)"}, "Config": {"class": "()"}}
 
 
