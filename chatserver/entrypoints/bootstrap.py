@@ -438,8 +438,9 @@ class ChatApp:
                     await anyio.to_thread.run_sync(serving.stop_metrics)
             self._serving = None
 
-    async def stop(self) -> None:
-        """Log every session out, and store what is held for other nodes."""
+    async def _end_sessions(self) -> None:
+        """Log every session out, and store what is held for other nodes (the end of the
+        open_node block)."""
         for session in self.node.sessions.all():
             try:
                 await end_session(session, node=self.node, reason="server stopping")
@@ -580,7 +581,7 @@ async def open_node(
             finally:
                 with anyio.CancelScope(shield=True):
                     await app.stop_serving(grace_seconds=0)
-                    await app.stop()
+                    await app._end_sessions()
                 app._tasks = None
                 background.cancel_scope.cancel()
     except BaseExceptionGroup as group:
