@@ -1,1 +1,154 @@
-"""chatserver: a QQ-style instant-messaging server and library."""
+"""chatserver: a QQ-style instant-messaging server and library.
+
+This module is the public API: what an embedding program needs, covered by semantic versioning
+(CHANGELOG.md). Every other module (`chatserver.domain`, `chatserver.application`,
+`chatserver.adapters`, `chatserver.entrypoints`) is private, and may change in any release.
+
+    import anyio
+    import chatserver
+
+    async def main() -> None:
+        async with chatserver.open_node(chatserver.Config(database="memory://")) as node:
+            await node.start_serving()          # TCP (and WebSocket) on this loop
+            alice = node.connect()              # an in-process client
+            user_id = (await alice.request(chatserver.Register("alice", "secret"))).user_id
+            await alice.request(chatserver.Login("secret", user_id=user_id))
+            ...
+
+    anyio.run(main)
+"""
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+from chatserver.adapters.memory.cluster import InProcessHub
+from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.application.commands import (
+    AddFriend,
+    AnswerFriend,
+    Command,
+    CreateGroup,
+    JoinGroup,
+    LeaveGroup,
+    Login,
+    Logout,
+    Ping,
+    Receipt,
+    Register,
+    RemoveFriend,
+    SendDirectMessage,
+    SendGroupMessage,
+)
+from chatserver.application.node import Limits
+from chatserver.application.results import (
+    Contact,
+    Done,
+    GroupCreated,
+    GroupMemberView,
+    GroupView,
+    LoggedIn,
+    MessageAccepted,
+    Registered,
+    Result,
+)
+from chatserver.domain.errors import (
+    ChatError,
+    Forbidden,
+    InvalidCredentials,
+    InvalidRequest,
+    NameTaken,
+    NotAMember,
+    NotLoggedIn,
+    QuotaExceeded,
+    RateLimited,
+    Unavailable,
+    UnknownGroup,
+    UnknownUser,
+)
+from chatserver.domain.groups import Group, Role
+from chatserver.domain.messages import (
+    DirectMessage,
+    Event,
+    FriendAnswer,
+    FriendRequestNotice,
+    GroupMessage,
+    KickedNotice,
+    PresenceNotice,
+)
+from chatserver.domain.ports import Clock, PasswordHasher
+from chatserver.domain.users import User
+from chatserver.entrypoints.bootstrap import (
+    ChatApp,
+    Config,
+    ConfigError,
+    EmbeddedClient,
+    Listening,
+    open_node,
+    upgrade_database,
+)
+
+try:
+    __version__ = _version("chatserver")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "AddFriend",
+    "AnswerFriend",
+    "ChatApp",
+    "ChatError",
+    "Clock",
+    "Command",
+    "Config",
+    "ConfigError",
+    "Contact",
+    "CreateGroup",
+    "DirectMessage",
+    "Done",
+    "EmbeddedClient",
+    "Event",
+    "Forbidden",
+    "FriendAnswer",
+    "FriendRequestNotice",
+    "Group",
+    "GroupCreated",
+    "GroupMemberView",
+    "GroupMessage",
+    "GroupView",
+    "InProcessHub",
+    "InvalidCredentials",
+    "InvalidRequest",
+    "JoinGroup",
+    "KickedNotice",
+    "LeaveGroup",
+    "Limits",
+    "Listening",
+    "LoggedIn",
+    "Login",
+    "Logout",
+    "MessageAccepted",
+    "NameTaken",
+    "NotAMember",
+    "NotLoggedIn",
+    "PasswordHasher",
+    "Ping",
+    "PresenceNotice",
+    "QuotaExceeded",
+    "RateLimited",
+    "Receipt",
+    "Register",
+    "Registered",
+    "RemoveFriend",
+    "Result",
+    "Role",
+    "SendDirectMessage",
+    "SendGroupMessage",
+    "TransportLimits",
+    "Unavailable",
+    "UnknownGroup",
+    "UnknownUser",
+    "User",
+    "__version__",
+    "open_node",
+    "upgrade_database",
+]

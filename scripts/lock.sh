@@ -8,7 +8,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install --quiet --upgrade pip
-"$tmp/venv/bin/pip" install --quiet '.[test,bench]'
+"$tmp/venv/bin/pip" install --quiet '.[test,bench,docs]'
 {
     echo "# The versions scripts/test.sh installs (pip install -c constraints.txt)."
     echo "# Made by scripts/lock.sh from pyproject.toml's ranges; refresh with that script."

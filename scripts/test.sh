@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the project with its test extras into .venv, make sure MariaDB, Redis and nginx are
-# there, then run every check CI runs: the layer contracts, ruff, mypy, the whole test suite,
+# Install the project with its test and docs extras into .venv, make sure MariaDB, Redis and
+# nginx are there, then run every check CI runs: the layer contracts, ruff, mypy, the reference
+# docs (mkdocs build --strict: a broken link or docstring reference fails), the whole test suite,
 # and the protocol suite again against a two-node cluster, on the anyio transport and over
 # WebSocket.
 # Extra arguments go to pytest.
@@ -11,7 +12,7 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 # The locked versions (constraints.txt, refreshed by scripts/lock.sh): a fresh clone gets what
 # passed here, not whatever was released since.
-.venv/bin/pip install --quiet -c constraints.txt -e '.[test]'
+.venv/bin/pip install --quiet -c constraints.txt -e '.[test,docs]'
 
 echo "== services (MariaDB, Redis, nginx)"
 bash scripts/services.sh
@@ -22,6 +23,10 @@ echo "== ruff"
 .venv/bin/ruff check chatserver tests benchmarks
 echo "== mypy"
 .venv/bin/mypy chatserver
+echo "== docs (mkdocs build --strict, into a throw-away folder)"
+docs_site=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$docs_site"
+rm -rf "$docs_site"
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
 echo "== the protocol suite again, against two nodes behind nginx"

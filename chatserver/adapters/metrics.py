@@ -141,9 +141,17 @@ class PrometheusMetrics:
     def count_sessions(self, sessions: Callable[[], int]) -> None:
         self.sessions.set_function(lambda: float(sessions()))
 
-    def serve(self, host: str, port: int) -> None:
-        """Serve /metrics over HTTP from a thread of its own."""
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Serve /metrics over HTTP from a thread of its own; return what stops it (a blocking
+        call: it waits up to half a second for that thread)."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+        return stop
 
 
 class TimedUnitOfWork:

@@ -1,19 +1,21 @@
 """The composition root: reads a Config, builds the adapters and wires them to the core."""
 
+import errno
 import logging
 import os
 import secrets
 import socket
 import sqlite3
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import anyio
-from anyio.abc import TaskStatus
-from attrs import define, evolve, field
+from anyio.abc import TaskGroup, TaskStatus
+from attrs import define, evolve, field, frozen
 
 from chatserver.adapters.clock import SystemClock
 from chatserver.adapters.memory.cluster import InProcessCluster, InProcessHub
@@ -27,7 +29,9 @@ from chatserver.adapters.redis.connection import FAILURES as REDIS_FAILURES
 from chatserver.adapters.redis.connection import open_redis, split_url
 from chatserver.adapters.security import DEFAULT_COST, ScryptHasher
 from chatserver.adapters.sqlite.unit_of_work import open_sqlite, upgrade_sqlite
+from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.tcp.server import TcpServer
 from chatserver.application.accounts import end_session
 from chatserver.application.commands import Command
 from chatserver.application.connection import Connection
@@ -48,6 +52,9 @@ from chatserver.domain.ports import (
 
 log = logging.getLogger("chatserver")
 
+# How long stop_serving() lets requests in hand finish, sessions log out and output drain.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
 
 def default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -55,7 +62,28 @@ def default_node_id() -> str:
 
 @define
 class Config:
-    """Everything a node can be told; `chatserver serve --help` documents each."""
+    """Everything a node can be told; `chatserver serve --help` documents each.
+
+    Attributes:
+        host: the address the listeners bind (`start_serving`).
+        port: the TCP port; 0 takes any free one.
+        database: `sqlite:///relative.db`, `sqlite:////absolute.db`,
+            `mysql://USER:PASSWORD@HOST:PORT/DB` or `memory://` (keeps nothing).
+        bus: how nodes reach each other: `memory://` (one node, or several in one process
+            sharing a hub) or `redis://HOST:PORT/DB[?namespace=NAME]`.
+        node_id: this node's name in a cluster.
+        frame_limit: the largest frame in bytes.
+        hash_cost: scrypt's n for new password hashes, a power of 2.
+        node_lease_seconds: how long a node that stops renewing its lease still counts as alive.
+        limits: the core's bounds per user and session.
+        transport: the listeners' bounds per connection.
+        behind_proxy: clients come through a proxy: limits per address are off.
+        proxy_protocol: every connection begins with a PROXY protocol header.
+        tls_cert: a PEM certificate chain: the listeners serve TLS (needs tls_key).
+        tls_key: the PEM private key for tls_cert.
+        metrics_port: serve Prometheus metrics at http://host:metrics_port/metrics; None: off.
+        ws_port: serve the web page and the WebSocket endpoint (/ws) here; None: off.
+    """
 
     host: str = "127.0.0.1"
     port: int = 6000
@@ -106,6 +134,43 @@ class Config:
 
 class ConfigError(ValueError):
     """A setting that cannot be used, with a message for the operator."""
+
+
+def listen_error(option: str, host: str, port: int, error: OSError) -> ConfigError:
+    """One line for an operator whose port or address cannot be listened on."""
+    if error.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"port {port} on {host} is already in use ({option}): stop what uses it "
+            "or choose another port"
+        )
+    if error.errno == errno.EACCES:
+        return ConfigError(
+            f"not allowed to listen on port {port} ({option}): ports below 1024 need root; "
+            "choose a port above 1023"
+        )
+    if error.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(
+            f"cannot listen on {host} (--host): this machine has no such address; "
+            "use one of its addresses, 127.0.0.1 or 0.0.0.0"
+        )
+    return ConfigError(
+        f"cannot listen on {host}:{port} ({option}): {error.strerror or error}; "
+        "check --host and the port"
+    )
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """A server TLS context from PEM files, or None for plain TCP."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"cannot load the TLS certificate or key: {error}") from error
+    return context
 
 
 def sqlite_path(url: str) -> Path:
@@ -193,20 +258,189 @@ async def check_bus(url: str) -> None:
             await client.aclose()
 
 
+@frozen
+class Listening:
+    """Where a node's listeners took their ports (what `ChatApp.start_serving` returns).
+
+    Attributes:
+        host: the address they listen on.
+        port: the TCP port (the one taken, when Config.port was 0).
+        web_port: the web page's and WebSocket's port, or None.
+        metrics_port: the Prometheus metrics' port, or None.
+        tls: whether the TCP and web ports speak TLS.
+    """
+
+    host: str
+    port: int
+    web_port: int | None = None
+    metrics_port: int | None = None
+    tls: bool = False
+
+
+class _Listener(Protocol):
+    """What a node needs of a listener: TcpServer, ProtocolServer, WebSocketServer."""
+
+    async def serve(self, *, task_status: TaskStatus[int] = ...) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+@define(eq=False)
+class _Serving:
+    """The listeners started by one start_serving(), run by one task of the node's."""
+
+    listeners: list[tuple[str, int, _Listener]]
+    stop_metrics: Callable[[], None] | None = None
+    scope: anyio.CancelScope = field(factory=anyio.CancelScope)
+    done: anyio.Event = field(factory=anyio.Event)
+
+    async def run(self, host: str, *, task_status: TaskStatus[list[int]]) -> None:
+        """Start every listener, then wait for them all to end; a port that cannot be taken
+        stops those already listening and is raised as one ConfigError."""
+        failure: ConfigError | None = None
+        try:
+            with self.scope:
+                async with anyio.create_task_group() as listeners:
+                    ports: list[int] = []
+                    for option, port, listener in self.listeners:
+                        try:
+                            ports.append(await listeners.start(listener.serve))
+                        except OSError as error:
+                            failure = listen_error(option, host, port, error)
+                            listeners.cancel_scope.cancel()
+                            break
+                    else:
+                        task_status.started(ports)
+        finally:
+            self.done.set()
+        if failure is not None:
+            raise failure
+
+
 @define(eq=False)
 class ChatApp:
-    """A running node, for the server and for programs that embed the chat in-process."""
+    """A running node, for the server and for programs that embed the chat in-process.
+
+    Made by `open_node`; valid inside its block.
+
+    Attributes:
+        node: the core's state (sessions, router, ports), shared by every connection.
+        metrics: the Prometheus metrics, when `Config.metrics_port` is set.
+        config: the configuration the node was opened with.
+    """
 
     node: Node
     metrics: PrometheusMetrics | None = None
+    config: Config = field(factory=Config)
+    _tasks: TaskGroup | None = field(default=None, init=False)
+    _serving: _Serving | None = field(default=None, init=False)
 
     def connect(self) -> "EmbeddedClient":
         """A client without a socket: requests go straight to the use cases."""
         outbox = MemoryOutbox()
         return EmbeddedClient(Connection(self.node, outbox), outbox)
 
-    async def stop(self) -> None:
-        """Log every session out, and store what is held for other nodes."""
+    async def start_serving(
+        self, transport: Literal["asyncio", "anyio"] = "asyncio"
+    ) -> Listening:
+        """Listen for clients on the running event loop, beside whatever else it runs.
+
+        TCP on `Config.port` (with TLS when `Config.tls_cert` is set), the web page and
+        WebSocket on `Config.ws_port` and the Prometheus metrics on `Config.metrics_port` when
+        those are set. Returns once every port is taken (logging where, as `chatserver serve`
+        does); the listeners then run in the node's own tasks until `stop_serving()` or the end
+        of the `open_node` block.
+
+        Args:
+            transport: `"asyncio"` (asyncio Protocols: less CPU per message and memory per
+                connection) or `"anyio"` (anyio streams).
+
+        Raises:
+            ConfigError: a port or address that cannot be listened on, a TLS file that cannot
+                be loaded, or settings that cannot work together; nothing is left listening.
+            RuntimeError: outside the `open_node` block, or already serving.
+        """
+        if self._tasks is None:
+            raise RuntimeError("start_serving() works inside `async with open_node(...)` only")
+        if self._serving is not None:
+            raise RuntimeError("this node is already serving: stop_serving() first")
+        config = self.config
+        tls = tls_context(config.tls_cert, config.tls_key)
+        limits = config.transport_limits()
+        # One count of connections per client address, over TCP and WebSocket together.
+        per_address = ConnectionsPerAddress(limits.connections_per_address)
+        tcp_class = TcpServer
+        if transport == "asyncio":
+            from chatserver.adapters.tcp.protocol_transport import ProtocolServer
+
+            tcp_class = ProtocolServer  # type: ignore[assignment]
+        listeners: list[tuple[str, int, _Listener]] = [(
+            "--port", config.port,
+            tcp_class(self.node, config.host, config.port, limits, tls=tls,
+                      metrics=self.metrics, per_address=per_address),
+        )]
+        if config.ws_port is not None:
+            from chatserver.adapters.web.server import WebSocketServer
+
+            listeners.append(("--ws-port", config.ws_port, WebSocketServer(
+                self.node, config.host, config.ws_port, limits, tls=tls, metrics=self.metrics,
+                per_address=per_address,
+                forwarded_for=config.behind_proxy or config.proxy_protocol,
+            )))
+        serving = _Serving(listeners)
+        if self.metrics is not None and config.metrics_port is not None:
+            try:
+                serving.stop_metrics = self.metrics.serve(config.host, config.metrics_port)
+            except OSError as error:
+                raise listen_error(
+                    "--metrics-port", config.host, config.metrics_port, error
+                ) from None
+            log.info("metrics at http://%s:%d/metrics", config.host, config.metrics_port)
+        try:
+            ports: list[int] = await self._tasks.start(serving.run, config.host)
+        except BaseException:
+            if serving.stop_metrics is not None:
+                await anyio.to_thread.run_sync(serving.stop_metrics)
+            raise
+        self._serving = serving
+        log.info("chatserver listening on %s:%d%s (node %s, database %s, bus %s)",
+                 config.host, ports[0], " with TLS" if tls else "", self.node.node_id,
+                 redact_password(config.database), redact_password(config.bus))
+        web_port = ports[1] if len(ports) > 1 else None
+        if web_port is not None:
+            log.info("web page at %s://%s:%d/ (WebSocket at /ws)", "https" if tls else "http",
+                     config.host, web_port)
+        return Listening(config.host, ports[0], web_port, config.metrics_port, tls is not None)
+
+    async def stop_serving(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Stop the listeners: stop accepting, let requests in hand finish and be answered,
+        log every connected session out (friends are told) and let output drain, all within
+        grace_seconds; whatever is still running then is cancelled. 0 stops at once, as does
+        cancelling this call. Does nothing when not serving.
+
+        The node itself goes on (in-process clients keep working) until its block ends.
+        """
+        serving = self._serving
+        if serving is None:
+            return
+        try:
+            if grace_seconds > 0:
+                deadline = anyio.current_time() + grace_seconds
+                for _option, _port, listener in serving.listeners:
+                    await listener.shutdown()
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    await serving.done.wait()
+        finally:
+            serving.scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await serving.done.wait()
+                if serving.stop_metrics is not None:
+                    await anyio.to_thread.run_sync(serving.stop_metrics)
+            self._serving = None
+
+    async def _end_sessions(self) -> None:
+        """Log every session out, and store what is held for other nodes (the end of the
+        open_node block)."""
         for session in self.node.sessions.all():
             try:
                 await end_session(session, node=self.node, reason="server stopping")
@@ -222,12 +456,22 @@ class ChatApp:
 
 @define(eq=False)
 class EmbeddedClient:
-    """One in-process user of the chat: send commands, read the events pushed to it."""
+    """One in-process user of the chat: send commands, read the events pushed to it.
+
+    Made by `ChatApp.connect`. It is a connection like a socket's, without the wire: log in
+    with `Login` before chatting, and read `next_event()` for what is pushed to it.
+    """
 
     connection: Connection
     outbox: MemoryOutbox
 
     async def request(self, command: Command) -> Result:
+        """Carry out one command and return its result.
+
+        Raises:
+            ChatError: the request failed (a subclass says why: `UnknownUser`,
+                `NotAMember`, `NameTaken`, ...).
+        """
         result = await self.connection.handle(command)
         self.connection.replied()
         await self.outbox.flush()
@@ -238,6 +482,7 @@ class EmbeddedClient:
         return await self.outbox.next_event()
 
     async def close(self) -> None:
+        """Disconnect: the session, if any, ends as when a socket closes."""
         await self.connection.disconnect()
 
 
@@ -276,17 +521,30 @@ def open_cluster(config: Config, hub: InProcessHub | None) -> Cluster:
 
 
 @asynccontextmanager
-async def bootstrap(
+async def open_node(
     config: Config,
     *,
     hub: InProcessHub | None = None,
     hasher: PasswordHasher | None = None,
     clock: Clock | None = None,
 ) -> AsyncIterator[ChatApp]:
-    """Build a node from config and run its background work; on exit, log its sessions out,
-    store what it still holds for others, and close the database.
+    """Build a node from config and run its background work on the running event loop.
 
-    Pass one hub to several bootstraps to run a cluster of nodes inside one process.
+    Inside the block, `connect()` gives in-process clients and `start_serving()` opens the
+    TCP and web listeners. When the block ends, listeners still open are stopped (gracefully,
+    as `stop_serving()` does, when the block ends normally; at once when it raises or is
+    cancelled), every session is logged out, what the node still holds for other nodes is
+    stored, and the database is closed.
+
+    Args:
+        config: what to open: the database, the bus, the ports, the limits.
+        hub: several nodes given one `InProcessHub` (and `bus="memory://"`) form a cluster
+            inside one process.
+        hasher: the password hasher (default: scrypt with `Config.hash_cost`).
+        clock: the clock (default: the system's).
+
+    Raises:
+        ConfigError: the database or the bus cannot be opened or reached.
     """
     cluster = open_cluster(config, hub)
     uow = await open_database(config.database)
@@ -305,10 +563,11 @@ async def bootstrap(
         metrics.count_sessions(lambda: len(node.sessions))
         if isinstance(cluster, RedisCluster):
             cluster.observe_calls(metrics.dependency.labels("redis").observe)
-    app = ChatApp(node, metrics)
+    app = ChatApp(node, metrics, config)
     every = config.limits.custody_check_seconds
     try:
         async with anyio.create_task_group() as background:
+            app._tasks = background
             try:
                 await background.start(cluster.run, NodeInbox(node), node.sessions.user_ids)
             except Unavailable as error:
@@ -318,9 +577,12 @@ async def bootstrap(
             )
             try:
                 yield app
+                await app.stop_serving()  # cancelled: at once, below
             finally:
                 with anyio.CancelScope(shield=True):
-                    await app.stop()
+                    await app.stop_serving(grace_seconds=0)
+                    await app._end_sessions()
+                app._tasks = None
                 background.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The task group wraps what the caller's block raised: give it back as it was.
@@ -330,3 +592,7 @@ async def bootstrap(
     finally:
         with anyio.CancelScope(shield=True):
             await uow.aclose()
+
+
+# The name open_node had first; tests and older embedders import it.
+bootstrap = open_node

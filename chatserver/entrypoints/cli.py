@@ -3,38 +3,35 @@
 import argparse
 import contextlib
 import ctypes
-import errno
 import importlib.metadata
 import logging
 import os
 import resource
 import signal
 import socket
-import ssl
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import anyio
 
-from chatserver.adapters.mysql.url import redact_password
-from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
-from chatserver.adapters.tcp.server import TcpServer
 from chatserver.application.node import Limits
 from chatserver.entrypoints import collector
 from chatserver.entrypoints.bootstrap import (
+    SHUTDOWN_GRACE_SECONDS,
     Config,
     ConfigError,
-    bootstrap,
     check_bus,
+    listen_error,
+    open_node,
+    tls_context,
     upgrade_database,
 )
 
 log = logging.getLogger("chatserver")
 
-SHUTDOWN_GRACE_SECONDS = 10.0
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
@@ -301,29 +298,6 @@ def check_settings(args: argparse.Namespace) -> None:
                           f"is {Config().hash_cost})")
 
 
-def listen_error(option: str, host: str, port: int, error: OSError) -> ConfigError:
-    """One line for an operator whose port or address cannot be listened on."""
-    if error.errno == errno.EADDRINUSE:
-        return ConfigError(
-            f"port {port} on {host} is already in use ({option}): stop what uses it "
-            "or choose another port"
-        )
-    if error.errno == errno.EACCES:
-        return ConfigError(
-            f"not allowed to listen on port {port} ({option}): ports below 1024 need root; "
-            "choose a port above 1023"
-        )
-    if error.errno == errno.EADDRNOTAVAIL:
-        return ConfigError(
-            f"cannot listen on {host} (--host): this machine has no such address; "
-            "use one of its addresses, 127.0.0.1 or 0.0.0.0"
-        )
-    return ConfigError(
-        f"cannot listen on {host}:{port} ({option}): {error.strerror or error}; "
-        "check --host and the port"
-    )
-
-
 def _cluster(args: argparse.Namespace) -> int:
     from chatserver.entrypoints.local_cluster import LocalCluster
 
@@ -453,102 +427,23 @@ def _event_loop(name: str) -> dict[str, Any]:
     return {"backend": "asyncio"}
 
 
-class Server(Protocol):
-    """What serve() needs of a listener: TcpServer, ProtocolServer, WebSocketServer."""
-
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[int] = ...) -> None: ...
-
-    async def shutdown(self) -> None: ...
-
-
-async def serve(config: Config, transport: str = "asyncio") -> None:
+async def serve(config: Config, transport: Literal["asyncio", "anyio"] = "asyncio") -> None:
     """Serve until SIGINT or SIGTERM, then log every session out and stop.
 
     A second signal, or the grace period running out, stops at once.
     """
-    tls = tls_context(config.tls_cert, config.tls_key)
+    tls_context(config.tls_cert, config.tls_key)  # a bad file is said before anything opens
     # Signals are ours from start to end, so a late second one cannot kill us mid-cleanup.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with bootstrap(config) as app:
-            server_class = TcpServer
-            if transport == "asyncio":
-                from chatserver.adapters.tcp.protocol_transport import ProtocolServer
-
-                server_class = ProtocolServer  # type: ignore[assignment]
-            limits = config.transport_limits()
-            # One count of connections per client address, over TCP and WebSocket together.
-            per_address = ConnectionsPerAddress(limits.connections_per_address)
-            server = server_class(
-                app.node,
-                config.host,
-                config.port,
-                limits,
-                tls=tls,
-                metrics=app.metrics,
-                per_address=per_address,
-            )
-            servers: list[Server] = [server]
-            if config.ws_port is not None:
-                from chatserver.adapters.web.server import WebSocketServer
-
-                servers.append(WebSocketServer(
-                    app.node,
-                    config.host,
-                    config.ws_port,
-                    limits,
-                    tls=tls,
-                    metrics=app.metrics,
-                    per_address=per_address,
-                    forwarded_for=config.behind_proxy or config.proxy_protocol,
-                ))
-            if app.metrics is not None and config.metrics_port is not None:
-                try:
-                    app.metrics.serve(config.host, config.metrics_port)
-                except OSError as error:
-                    raise listen_error(
-                        "--metrics-port", config.host, config.metrics_port, error
-                    ) from None
-                log.info("metrics at http://%s:%d/metrics", config.host, config.metrics_port)
-            stopped = [anyio.Event() for _ in servers]
-
-            async def run_server(
-                index: int, *, task_status: anyio.abc.TaskStatus[int]
-            ) -> None:
-                try:
-                    await servers[index].serve(task_status=task_status)
-                finally:
-                    stopped[index].set()
-
-            async def listen(tg: anyio.abc.TaskGroup, index: int) -> int:
-                option, port = ("--port", config.port) if index == 0 else (
-                    "--ws-port", config.ws_port or 0)
-                try:
-                    listening: int = await tg.start(run_server, index)
-                except OSError as error:
-                    raise listen_error(option, config.host, port, error) from None
-                return listening
+        async with open_node(config) as app:
+            await app.start_serving(transport)
 
             async def stop_gracefully(cancel_scope: anyio.CancelScope) -> None:
                 # One grace for all: requests in hand, logging out, output draining.
-                deadline = anyio.current_time() + SHUTDOWN_GRACE_SECONDS
-                for each in servers:
-                    await each.shutdown()
-                with anyio.move_on_after(deadline - anyio.current_time()):
-                    for event in stopped:
-                        await event.wait()
+                await app.stop_serving(SHUTDOWN_GRACE_SECONDS)
                 cancel_scope.cancel()
 
             async with anyio.create_task_group() as tg:
-                # Every port is taken before the first line says the node is listening.
-                ports = [await listen(tg, index) for index in range(len(servers))]
-                log.info("chatserver listening on %s:%d%s (node %s, database %s, bus %s)",
-                         config.host, ports[0], " with TLS" if tls else "", app.node.node_id,
-                         redact_password(config.database), redact_password(config.bus))
-                if len(servers) > 1:
-                    web_port = ports[1]
-                    scheme = "https" if tls else "http"
-                    log.info("web page at %s://%s:%d/ (WebSocket at /ws)", scheme, config.host,
-                             web_port)
                 tg.start_soon(partial(collector.keep_long_lived_frozen,
                                       freeze=collector.enabled()))
                 async for signum in signals:
@@ -558,21 +453,8 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                     tg.start_soon(stop_gracefully, tg.cancel_scope)
                     break
                 async for signum in signals:
+                    # Cancelling stop_serving() cancels the listeners at once.
                     log.warning("second %s: stopping at once", signal.Signals(signum).name)
                     tg.cancel_scope.cancel()
                     break
     log.info("chatserver stopped")
-
-
-def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    """A server TLS context from PEM files, or None for plain TCP."""
-    if not cert and not key:
-        return None
-    if not cert or not key:
-        raise ConfigError("TLS needs both --tls-cert and --tls-key")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as error:
-        raise ConfigError(f"cannot load the TLS certificate or key: {error}") from error
-    return context

@@ -19,6 +19,17 @@ def test_the_embedded_example_in_readme_runs() -> None:
     assert re.fullmatch(r"alice said: hi bob \(msg_id \d+\)\n", done.stdout), done.stdout
 
 
+def test_the_serving_example_in_readme_runs() -> None:
+    text = README.read_text(encoding="utf-8")
+    match = re.search(r"<!-- serving-example -->\n```python\n(.*?)```", text, re.DOTALL)
+    assert match, "README lost its serving example"
+    done = subprocess.run(
+        [sys.executable, "-c", match.group(1)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "PING answered with errno 0\n", done.stdout
+
+
 def test_every_relative_link_in_readme_and_the_protocol_names_a_file_of_the_repository() -> None:
     """A clone is complete: nothing the README or docs/protocol.md links to lies outside it."""
     root = README.parent

@@ -276,6 +276,10 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         if self.server.shutting_down:
             self.stop_reading()
             self.release()
+        elif self._frames:
+            # Read before it was open: a TLS client's first request can come with the end of
+            # the handshake, before start_tls() returns; no worker was woken for it then.
+            self._wake()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.server.receive_buffer

@@ -56,12 +56,16 @@ class TcpServer:
         if self.tls is not None:
             # No closing handshake: a chat client that vanishes must not hold up the server.
             served = QuietTLSListener(listener, self.tls, standard_compatible=False)
-        async with anyio.create_task_group() as clients:
-            with self._accepting:
-                task_status.started(port)
-                # Handlers run in our task group, so cancelling this stops accepting only.
-                await served.serve(self._serve_client, task_group=clients)
-            await served.aclose()
+        try:
+            async with anyio.create_task_group() as clients:
+                with self._accepting:
+                    task_status.started(port)
+                    # Handlers run in our task group, so cancelling this stops accepting only.
+                    await served.serve(self._serve_client, task_group=clients)
+                await served.aclose()
+        finally:
+            # Cancelled (stop at once): the port is let go all the same.
+            await anyio.aclose_forcefully(served)
 
     async def shutdown(self) -> None:
         """Stop accepting and reading, let requests being served finish and be answered (for
