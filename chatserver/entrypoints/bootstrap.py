@@ -93,7 +93,9 @@ class Config:
 
     def node_limits(self) -> Limits:
         if self._blind_to_addresses():
-            return evolve(self.limits, failed_logins_per_address=0)
+            return evolve(self.limits, failed_logins_per_address=0,
+                          registrations_per_minute=0, registrations_per_hour=0,
+                          registration_attempts_per_minute=0)
         return self.limits
 
     def _blind_to_addresses(self) -> bool:

@@ -106,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="messages that may wait for one user who is away; past it a "
                        "one-to-one sender gets errno 11 and a group message is not stored "
                        "for that user (CHATSERVER_STORED_LIMIT; default %(default)s)")
+    serve.add_argument("--registrations-per-minute", type=int,
+                       default=int(_env("REGISTRATIONS_PER_MINUTE",
+                                        str(defaults.limits.registrations_per_minute))),
+                       help="accounts one client address may create within a minute, and "
+                       "a sixth of the REG requests it may make (whatever their outcome), 0 for "
+                       "no limit; past it REG gets errno 9 (CHATSERVER_REGISTRATIONS_PER_MINUTE; "
+                       "default %(default)s)")
+    serve.add_argument("--registrations-per-hour", type=int,
+                       default=int(_env("REGISTRATIONS_PER_HOUR",
+                                        str(defaults.limits.registrations_per_hour))),
+                       help="accounts one client address may create within an hour, 0 for no "
+                       "limit; past it REG gets errno 9 (CHATSERVER_REGISTRATIONS_PER_HOUR; "
+                       "default %(default)s)")
     serve.add_argument("--hash-cost", type=int,
                        default=int(_env("HASH_COST", str(defaults.hash_cost))),
                        help="scrypt's n for new password hashes, a power of 2 "
@@ -273,7 +286,13 @@ def _serve(args: argparse.Namespace) -> int:
         ws_port=args.ws_port,
         tls_key=args.tls_key,
         hash_cost=args.hash_cost,
-        limits=Limits(stored_per_user=args.stored_limit),
+        limits=Limits(
+            stored_per_user=args.stored_limit,
+            registrations_per_minute=args.registrations_per_minute,
+            registrations_per_hour=args.registrations_per_hour,
+            # REG requests of any outcome (a taken name too): six times the accounts.
+            registration_attempts_per_minute=6 * args.registrations_per_minute,
+        ),
         transport=TransportLimits(
             connections_per_address=args.connections_per_address,
             idle_timeout_seconds=args.idle_timeout,

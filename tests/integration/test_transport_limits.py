@@ -222,7 +222,7 @@ def test_connections_per_address_are_capped(port: Endpoint) -> None:
 def test_wrong_passwords_throttle_the_account(port: Endpoint) -> None:
     client = port.connect()
     user = client.request({"msgid": 4, "name": "target", "password": "right"})["id"]
-    for _ in range(Limits().failed_logins_per_account):
+    for _ in range(Limits().failed_logins_per_account_and_address):
         assert client.request({"msgid": 1, "id": user, "password": "wrong"})["errno"] == 1
     assert client.request({"msgid": 1, "id": user, "password": "right"})["errno"] == 9
 

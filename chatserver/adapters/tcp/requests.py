@@ -53,6 +53,30 @@ def resume(coro: Coroutine[Any, Any, T], waiting_for: Any) -> Generator[Any, Any
             return done.value  # type: ignore[no-any-return]
 
 
+class LogBudget:
+    """Lines of one kind logged per second, over the whole process: a flood of failing
+    requests (a REG of a taken name, 10,000 a second) must not become a flood of log lines.
+    The line after a gap says how many were left out."""
+
+    def __init__(self, per_second: float, burst: int) -> None:
+        self.budget = RequestBudget(per_second, burst)
+        self.dropped = 0
+
+    def allow(self) -> bool:
+        if self.budget.spend():
+            return True
+        self.dropped += 1
+        return False
+
+    def skipped(self) -> str:
+        dropped, self.dropped = self.dropped, 0
+        return f" ({dropped} similar lines left out)" if dropped else ""
+
+
+# "request failed" lines: 20 a second after a burst of 100 (README, "Logs").
+FAILURE_LOG = LogBudget(20.0, 100)
+
+
 class RequestServing:
     """What a transport's client object mixes in to serve frames; it provides the attributes
     below and _queue(frame)."""
@@ -129,8 +153,9 @@ class RequestServing:
             self.metrics.request(request.msgid, 0, time.perf_counter() - started)
 
     def _failed(self, request: Request, error: ChatError, started: float) -> None:
-        log.info("request failed user=%s msgid=%d error=%s reason=%r", self._user_id(),
-                 request.msgid, type(error).__name__, error.message)
+        if FAILURE_LOG.allow():
+            log.info("request failed user=%s msgid=%d error=%s reason=%r%s", self._user_id(),
+                     request.msgid, type(error).__name__, error.message, FAILURE_LOG.skipped())
         reply = encode_error(request, error, self.dialect)
         errno = errno_and_message(error)[0]
         self._reply_error(reply, request.msgid, errno, self._since(started))
