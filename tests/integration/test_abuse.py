@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -248,5 +248,112 @@ def test_parallel_wrong_passwords_are_checked_no_more_than_the_limit(
         for sock in socks:
             sock.close()
         chat.close_all()
+        server.stop()
+        server.assert_no_traceback()
+
+
+def read_until_closed(sock: socket.socket, seconds: float) -> tuple[bytes, bool]:
+    """Everything the server sends until it closes (True) or `seconds` pass (False)."""
+    data, deadline = b"", time.monotonic() + seconds
+    sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(1 << 16)
+        except TimeoutError:
+            continue
+        except OSError:
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
+
+
+@pytest.mark.parametrize("transport", ["asyncio", "anyio"])
+@pytest.mark.parametrize("terminator", [b"\n", b"\0"], ids=["modern", "legacy"])
+def test_a_flood_of_malformed_frames_is_charged_and_cut_off(
+    tmp_path: Path, transport: str, terminator: bytes
+) -> None:
+    """Issue 16.4: 20,000 `{"msgid":99}` got 20,000 errno 7 replies and no disconnect; in the
+    legacy dialect nothing was answered and nothing pushed back; the anyio transport let
+    4,839 refused requests through before closing. Now each bad frame is charged: a burst of
+    200 is answered (errno 7), then errno 9, and 200 refusals later the connection closes."""
+    server = ServerProcess("memory://", tmp_path / "bad.log", ["--transport", transport]).start()
+    assert server.port is not None
+    chat = Chat(server)
+    try:
+        bystander = chat.online(chat.user("bystander"))
+        with socket.create_connection((HOST, server.port), timeout=5) as sock:
+            try:
+                sock.sendall(b'{"msgid":99}' + terminator)  # the dialect is set by the first
+                sock.sendall((b'{"msgid":99}' + terminator) * 20_000)
+            except OSError:
+                pass  # closed while sending: that is the point
+            data, closed = read_until_closed(sock, 10)
+        errnos = [f["errno"] for f in frames_of(data)]
+        print(f"{transport} {terminator!r}: errno 7 x{errnos.count(7)}, errno 9 "
+              f"x{errnos.count(9)}, closed {closed}")
+        assert closed
+        if terminator == b"\n":
+            assert 200 <= errnos.count(7) <= 260  # the burst, and what refilled meanwhile
+            assert 190 <= errnos.count(9) <= 202
+        else:
+            assert errnos == []  # the legacy dialect answers no malformed frame
+        started = time.perf_counter()
+        bystander.ok({"msgid": 16})
+        print(f"bystander's PING: {(time.perf_counter() - started) * 1000:.1f} ms")
+        assert "still flooding" in server.log_text()
+    finally:
+        chat.close_all()
+        server.stop()
+        server.assert_no_traceback()
+
+
+def test_32_connections_flooding_bad_frames_leave_a_bystander_served(tmp_path: Path) -> None:
+    """Issue 16.4: a bystander's PING went from 1 ms to 1.2 s with 32 connections sending
+    malformed frames. Now they are cut off like any flood."""
+    server = ServerProcess("memory://", tmp_path / "bad.log").start()
+    assert server.port is not None
+    chat = Chat(server)
+    try:
+        bystander = chat.online(chat.user("bystander"))
+        latencies = []
+        with flood(server.port, 32, b'{"msgid":99}\n', per_round=50) as counts:
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                bystander.ok({"msgid": 16})
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.02)
+        ordered = sorted(latencies)
+        p99 = ordered[int(len(ordered) * 0.99)]
+        print(f"bystander's PING during the flood: {len(ordered)} PINGs, median "
+              f"{ordered[len(ordered) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; {counts}")
+        assert counts["closed"] == 32
+        assert counts.get("errno 7", 0) <= 32 * 300
+        assert p99 < 0.5
+    finally:
+        chat.close_all()
+        server.stop()
+        server.assert_no_traceback()
+
+
+@pytest.mark.parametrize("transport", ["asyncio", "anyio"])
+def test_a_flood_read_in_one_go_is_cut_off_after_the_same_refusals_on_both_transports(
+    tmp_path: Path, transport: str
+) -> None:
+    """Issue 16.4: the anyio transport served a whole read (thousands of frames) before it
+    looked at the refusals, and let 4,839 refused requests through instead of 200."""
+    server = ServerProcess("memory://", tmp_path / "ping.log", ["--transport", transport]).start()
+    assert server.port is not None
+    try:
+        with socket.create_connection((HOST, server.port), timeout=5) as sock:
+            with suppress(OSError):
+                sock.sendall(b'{"msgid":16}\n' * 20_000)
+            data, closed = read_until_closed(sock, 10)
+        errnos = [f["errno"] for f in frames_of(data)]
+        print(f"{transport}: errno 0 x{errnos.count(0)}, errno 9 x{errnos.count(9)}")
+        assert closed and 190 <= errnos.count(9) <= 202
+    finally:
         server.stop()
         server.assert_no_traceback()

@@ -133,11 +133,14 @@ class TcpClient(StreamingClient):
         frames = self.splitter.feed(data)
         if frames and self.splitter.legacy:
             self.dialect = Dialect.LEGACY
+        refused_limit = self.limits.refused_before_disconnect
         for frame in frames:
             if self._shutting_down:
                 self._refuse_stopping(frame)
                 continue
             await self._serve(frame)
+            if self._refused > refused_limit:
+                break  # flooding: the rest of what was read is not served
         if self._shutting_down:
             return False
         if self._flooding():

@@ -102,22 +102,20 @@ class RequestServing:
         """Serve one request as far as it goes without waiting: None once it is answered, else
         the rest of it, a coroutine to await (the use case has begun and waits for something).
         Most requests never wait, and cost no coroutine of the transport's this way."""
-        request = decode(frame, self.dialect)
-        if isinstance(request, BadRequest):
-            self._reply_error(encode_bad_request(request, self.dialect), 0, BAD_REQUEST, 0.0)
-            return None
         budget = self.budget
+        # Every frame is charged, a malformed one too, before it is even decoded: a flood of
+        # bad frames is refused and cut off like any other (in the legacy dialect as well,
+        # where neither is answered).
         if not budget.spend():
-            if not self._refused:
-                log.info("rate limiting %s user=%s", self.peer, self._user_id())
-            self._refused += 1
-            error: ChatError = RateLimited()
-            reply = encode_error(request, error, self.dialect)
-            self._reply_error(reply, request.msgid, errno_and_message(error)[0], 0.0)
+            self._refuse(frame)
             return None
         if self._refused and budget.tokens >= budget.burst - 1:
             # Quiet long enough to refill: whatever it did before is forgiven.
             self._refused = 0
+        request = decode(frame, self.dialect)
+        if isinstance(request, BadRequest):
+            self._reply_error(encode_bad_request(request, self.dialect), 0, BAD_REQUEST, 0.0)
+            return None
         # The clock is read for the request histogram only.
         started = time.perf_counter() if self.metrics is not None else 0.0
         handling = self.connection.handle(request.command, request.claimed_id)
@@ -132,6 +130,17 @@ class RequestServing:
         else:
             return self._go_on(request, handling, waiting_for, started)
         return None
+
+    def _refuse(self, frame: bytes) -> None:
+        """Over the budget: errno 9 (with the msgid and seq of the frame, if it has them)."""
+        if not self._refused:
+            log.info("rate limiting %s user=%s", self.peer, self._user_id())
+        self._refused += 1
+        request = decode(frame, self.dialect)
+        msgid = request.msgid if isinstance(request, Request) else request.reply_to
+        error: ChatError = RateLimited()
+        reply = encode_error(request, error, self.dialect)
+        self._reply_error(reply, msgid, errno_and_message(error)[0], 0.0)
 
     async def _go_on(self, request: Request, handling: Coroutine[Any, Any, Result],
                      waiting_for: Any, started: float) -> None:
