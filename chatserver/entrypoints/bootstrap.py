@@ -25,6 +25,7 @@ from chatserver.adapters.redis.cluster import DEFAULT_LEASE_SECONDS, RedisCluste
 from chatserver.adapters.security import DEFAULT_COST, ScryptHasher
 from chatserver.adapters.sqlite.unit_of_work import open_sqlite, upgrade_sqlite
 from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.tcp.proxy_header import LOOPBACK, check_cidrs
 from chatserver.application.accounts import end_session
 from chatserver.application.commands import Command
 from chatserver.application.connection import Connection
@@ -70,6 +71,9 @@ class Config:
     # Behind nginx with `proxy_protocol on;`: each connection names its client, so limits per
     # address apply to the real addresses (behind_proxy is then not needed, and ignored).
     proxy_protocol: bool = False
+    # The proxies (CIDR blocks) whose PROXY header or X-Forwarded-For is believed; empty:
+    # loopback only (127.0.0.0/8, ::1), where `chatserver cluster` runs nginx.
+    trusted_proxies: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
     metrics_port: int | None = None
@@ -84,11 +88,16 @@ class Config:
         per_address = (
             0 if self._blind_to_addresses() else self.transport.connections_per_address
         )
+        try:
+            check_cidrs(self.trusted_proxies)
+        except ValueError as error:
+            raise ConfigError(f"--trusted-proxy: {error}") from None
         return evolve(
             self.transport,
             frame_bytes=self.frame_limit,
             connections_per_address=per_address,
             proxy_protocol=self.proxy_protocol,
+            trusted_proxies=self.trusted_proxies or LOOPBACK,
         )
 
     def node_limits(self) -> Limits:

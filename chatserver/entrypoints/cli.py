@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "nginx: proxy_protocol on;) naming the real client, whose address the "
                        "limits per address then use; a connection without one is closed "
                        "(CHATSERVER_PROXY_PROTOCOL=1)")
+    serve.add_argument("--trusted-proxy", action="append", metavar="CIDR", default=None,
+                       help="with --proxy-protocol or --behind-proxy: a proxy (address or CIDR "
+                       "block, repeatable) whose PROXY header, or X-Forwarded-For on --ws-port, "
+                       "names the client; from any other peer they are refused and logged "
+                       "(CHATSERVER_TRUSTED_PROXIES, comma-separated; default: loopback only, "
+                       "127.0.0.0/8 and ::1)")
     serve.add_argument("--connections-per-address", type=int,
                        default=int(_env("CONNECTIONS_PER_ADDRESS",
                                         str(defaults.transport.connections_per_address))),
@@ -281,6 +287,11 @@ def _serve(args: argparse.Namespace) -> int:
         node_lease_seconds=args.node_lease,
         behind_proxy=args.behind_proxy,
         proxy_protocol=args.proxy_protocol,
+        # The command line's list, if any, replaces the environment's.
+        trusted_proxies=tuple(
+            c.strip() for c in args.trusted_proxy or _env("TRUSTED_PROXIES", "").split(",")
+            if c.strip()
+        ),
         tls_cert=args.tls_cert,
         metrics_port=args.metrics_port,
         ws_port=args.ws_port,

@@ -26,8 +26,12 @@ from anyio.abc import TaskStatus
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress, RequestBudget
 from chatserver.adapters.tcp.connection import TransportLimits
-from chatserver.adapters.tcp.proxy_header import ProxyHeaderError, ProxyHeaderReader
-from chatserver.adapters.tcp.requests import RequestServing, log_out_everyone
+from chatserver.adapters.tcp.proxy_header import (
+    ProxyHeaderError,
+    ProxyHeaderReader,
+    TrustedProxies,
+)
+from chatserver.adapters.tcp.requests import REFUSAL_LOG, RequestServing, log_out_everyone
 from chatserver.adapters.wire.codec import (
     Dialect,
     encode_event,
@@ -182,6 +186,14 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             transport.pause_reading()
             self.loop.create_task(self._start_tls(transport, self.server.tls))
         elif self.limits.proxy_protocol:
+            if self.address not in self.server.trusted:
+                if REFUSAL_LOG.allow():
+                    log.warning("closing %s: not a trusted proxy (--trusted-proxy %s)%s",
+                                self.peer, self.server.trusted, REFUSAL_LOG.skipped())
+                self._lost = self._closed = self._closing = True
+                transport.abort()
+                self.done.set_result(None)
+                return
             self._proxy_reader = ProxyHeaderReader()
             self._header_timer = self.loop.call_later(
                 self.limits.proxy_header_seconds, self._no_proxy_header
@@ -631,6 +643,7 @@ class ProtocolServer:
             limits.connections_per_address
         )
         self.shutting_down = False
+        self.trusted = TrustedProxies(limits.trusted_proxies)
         self.receive_buffer = memoryview(bytearray(limits.read_chunk))
         # Clients with output queued, written by one callback at the end of the loop iteration.
         self._unflushed: list[ProtocolClient] = []

@@ -75,6 +75,9 @@ class LogBudget:
 
 # "request failed" lines: 20 a second after a burst of 100 (README, "Logs").
 FAILURE_LOG = LogBudget(20.0, 100)
+# Lines about connections refused before their first request (not a trusted proxy, too many
+# from one address): 10 a second after a burst of 50.
+REFUSAL_LOG = LogBudget(10.0, 50)
 
 
 class RequestServing:

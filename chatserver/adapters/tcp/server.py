@@ -11,6 +11,7 @@ from anyio.streams.tls import TLSListener
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TcpClient, TransportLimits
+from chatserver.adapters.tcp.proxy_header import TrustedProxies
 from chatserver.adapters.tcp.requests import log_out_everyone
 from chatserver.adapters.wire.codec import encode_refusal
 from chatserver.application.node import Node
@@ -43,6 +44,7 @@ class TcpServer:
         self.per_address = per_address or ConnectionsPerAddress(
             limits.connections_per_address
         )
+        self.trusted = TrustedProxies(limits.trusted_proxies)
         self._accepting = anyio.CancelScope()
         self._stopping = False
 
@@ -73,7 +75,7 @@ class TcpServer:
     async def _serve_client(self, stream: ByteStream) -> None:
         client = TcpClient(stream, self.node, self.limits, self.metrics)
         if self.limits.proxy_protocol and (
-            not await client.read_proxy_header() or self._stopping
+            not await client.read_proxy_header(self.trusted) or self._stopping
         ):
             await anyio.aclose_forcefully(stream)
             return

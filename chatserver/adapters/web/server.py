@@ -21,9 +21,10 @@ from websockets.http11 import Request, Response
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
-from chatserver.adapters.tcp.requests import log_out_everyone
+from chatserver.adapters.tcp.proxy_header import TrustedProxies
+from chatserver.adapters.tcp.requests import REFUSAL_LOG, log_out_everyone
 from chatserver.adapters.tcp.server import TOO_MANY_CONNECTIONS
-from chatserver.adapters.web.client import WebSocketClient
+from chatserver.adapters.web.client import WebSocketClient, peer_address
 from chatserver.application.node import Node
 
 log = logging.getLogger("chatserver.web")
@@ -113,6 +114,7 @@ class WebSocketServer:
         # Behind a reverse proxy (nginx) that sets X-Forwarded-For: the client's address is
         # the last one in it (the one the proxy saw), not the proxy's.
         self.forwarded_for = forwarded_for
+        self.trusted = TrustedProxies(limits.trusted_proxies)
         self.clients: set[WebSocketClient] = set()
         # Shared with the node's other listeners, when given: the limit is per client.
         self.per_address = per_address or ConnectionsPerAddress(
@@ -162,12 +164,30 @@ class WebSocketServer:
         if request.path.split("?", 1)[0] == WEBSOCKET_PATH:
             if self._stop.is_set():
                 return _plain(HTTPStatus.SERVICE_UNAVAILABLE, "server stopping\n")
+            if self._spoofed(connection, request):
+                return _plain(HTTPStatus.FORBIDDEN, "X-Forwarded-For from an untrusted peer\n")
             return None
         return self.page.response(request)
 
+    def _spoofed(self, connection: ServerConnection, request: Request) -> bool:
+        """X-Forwarded-For from a peer that is not a trusted proxy: refused, and logged."""
+        if not self.forwarded_for or "X-Forwarded-For" not in request.headers:
+            return False
+        peer, address = peer_address(connection)
+        if address in self.trusted:
+            return False
+        if REFUSAL_LOG.allow():
+            log.warning("refusing %s: X-Forwarded-For from a peer that is not a trusted proxy "
+                        "(--trusted-proxy %s)%s", peer, self.trusted, REFUSAL_LOG.skipped())
+        return True
+
     def _forwarded(self, websocket: ServerConnection) -> str | None:
+        """The client's address as the trusted proxy in front says (the last hop, which that
+        proxy added); None when there is no proxy in front."""
         if not self.forwarded_for or websocket.request is None:
             return None
+        if peer_address(websocket)[1] not in self.trusted:
+            return None  # no X-Forwarded-For (_route refused any): a client of its own
         hops = ",".join(websocket.request.headers.get_all("X-Forwarded-For")).split(",")
         last = hops[-1].strip()
         return last or None
