@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import prometheus_client.metrics
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -140,10 +140,6 @@ class PrometheusMetrics:
 
     def count_sessions(self, sessions: Callable[[], int]) -> None:
         self.sessions.set_function(lambda: float(sessions()))
-
-    def serve(self, host: str, port: int) -> None:
-        """Serve /metrics over HTTP from a thread of its own."""
-        start_http_server(port, addr=host, registry=self.registry)
 
 
 class TimedUnitOfWork:

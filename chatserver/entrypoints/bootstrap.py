@@ -77,6 +77,8 @@ class Config:
     tls_cert: str | None = None
     tls_key: str | None = None
     metrics_port: int | None = None
+    # Where the metrics endpoint listens: this machine only, unless told otherwise.
+    metrics_host: str = "127.0.0.1"
     # The web page and WebSocket endpoint (/ws) on this port; None: off.
     ws_port: int | None = None
 

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                        default=int(_env("METRICS_PORT", "0")) or None,
                        help="serve Prometheus metrics at http://HOST:PORT/metrics "
                        "(CHATSERVER_METRICS_PORT; default: off)")
+    serve.add_argument("--metrics-host", default=_env("METRICS_HOST", defaults.metrics_host),
+                       help="address the metrics endpoint listens on (CHATSERVER_METRICS_HOST; "
+                       "default %(default)s: this machine only, whatever --host is)")
     serve.add_argument("--ws-port", type=int,
                        default=int(_env("WS_PORT", "0")) or None,
                        help="also serve the web page at http://HOST:PORT/ and the protocol over "
@@ -294,6 +297,7 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         tls_cert=args.tls_cert,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         ws_port=args.ws_port,
         tls_key=args.tls_key,
         hash_cost=args.hash_cost,
@@ -375,9 +379,6 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                     per_address=per_address,
                     forwarded_for=config.behind_proxy or config.proxy_protocol,
                 ))
-            if app.metrics is not None and config.metrics_port is not None:
-                app.metrics.serve(config.host, config.metrics_port)
-                log.info("metrics at http://%s:%d/metrics", config.host, config.metrics_port)
             stopped = [anyio.Event() for _ in servers]
 
             async def run_server(
@@ -408,6 +409,14 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                     scheme = "https" if tls else "http"
                     log.info("web page at %s://%s:%d/ (WebSocket at /ws)", scheme, config.host,
                              web_port)
+                if app.metrics is not None and config.metrics_port is not None:
+                    from chatserver.adapters.web.metrics_server import MetricsServer
+
+                    metrics_port = await tg.start(MetricsServer(
+                        app.metrics.registry, config.metrics_host, config.metrics_port
+                    ).serve)
+                    log.info("metrics at http://%s:%d/metrics", config.metrics_host,
+                             metrics_port)
                 tg.start_soon(partial(collector.keep_long_lived_frozen,
                                       freeze=collector.enabled()))
                 async for signum in signals:

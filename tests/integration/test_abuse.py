@@ -357,3 +357,58 @@ def test_a_flood_read_in_one_go_is_cut_off_after_the_same_refusals_on_both_trans
     finally:
         server.stop()
         server.assert_no_traceback()
+
+
+def threads_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def test_idle_connections_to_the_metrics_port_make_no_threads(tmp_path: Path) -> None:
+    """Issue 16.8: the metrics endpoint had a thread per connection, no timeout, no cap, on the
+    chat's --host: 3,000 idle connections made 2,994 threads and a chat PING took 6.2 s."""
+    from tests.integration.conftest import free_port
+    from tests.integration.test_metrics import scrape
+
+    metrics_port = free_port()
+    server = ServerProcess("memory://", tmp_path / "metrics.log",
+                           ["--metrics-port", str(metrics_port)]).start()
+    assert server.port is not None and server.proc is not None
+    chat = Chat(server)
+    held: list[socket.socket] = []
+    try:
+        bystander = chat.online(chat.user("bystander"))
+        threads_before = threads_of(server.proc.pid)
+        for _ in range(3000):
+            try:
+                held.append(socket.create_connection((HOST, metrics_port), timeout=5))
+            except OSError:
+                break  # refused: fine too
+        time.sleep(0.5)
+        threads_during = threads_of(server.proc.pid)
+        latencies = []
+        for _ in range(20):
+            started = time.perf_counter()
+            bystander.ok({"msgid": 16})
+            latencies.append(time.perf_counter() - started)
+        print(f"{len(held)} idle metrics connections: server threads {threads_before} -> "
+              f"{threads_during}; bystander's PING max {max(latencies) * 1000:.1f} ms")
+        assert threads_during <= threads_before + 2
+        assert max(latencies) < 0.5
+        # The idle ones are closed: at once over the cap, after 5 s below it; then a scrape
+        # is served.
+        time.sleep(5.5)
+        for sock in held:
+            sock.close()
+        held.clear()
+        assert "chatserver_sessions_online" in scrape(metrics_port)
+        assert f"metrics at http://127.0.0.1:{metrics_port}/metrics" in server.log_text()
+    finally:
+        for sock in held:
+            sock.close()
+        chat.close_all()
+        server.stop()
+        server.assert_no_traceback()

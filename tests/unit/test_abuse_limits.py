@@ -292,3 +292,10 @@ async def test_repeated_registrations_of_a_taken_name_are_refused_without_the_da
         results = [await outcome(client_at(chat, "10.0.0.1"), Register("taken", "pw"))
                    for _ in range(8)]
         assert results == [NameTaken] * 5 + [RateLimited] * 3
+
+
+async def test_the_metrics_endpoint_listens_on_loopback_whatever_the_chat_host() -> None:
+    from chatserver.entrypoints.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--metrics-port", "9100"])
+    assert args.metrics_host == "127.0.0.1"
