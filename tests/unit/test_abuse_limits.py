@@ -299,3 +299,26 @@ async def test_the_metrics_endpoint_listens_on_loopback_whatever_the_chat_host()
 
     args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--metrics-port", "9100"])
     assert args.metrics_host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "alice ", " alice", "ali\u200bce", "alice\u200b", "\u202eecila", "a\u202elice",
+        "\u200b", "\u3164", "   ", "\u0301", "ali\x1bce", "ali\nce", "ali\x00ce", "ali\u2028ce",
+        "Jose\u0301",  # NFD of José
+        "\uff41lice",  # full-width a
+        "\u2800",
+    ],
+)
+async def test_names_that_disguise_or_hide_are_refused(chat: ChatApp, name: str) -> None:
+    from chatserver.domain.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest):
+        await chat.connect().request(Register(name, "pw"))
+
+
+@pytest.mark.parametrize("name", ["alice", "José", "张伟", "Ivan Petrov", "O'Brien", "ñandú",
+                                  "مريم", "🙂 smile"])
+async def test_ordinary_names_in_any_script_register(chat: ChatApp, name: str) -> None:
+    assert isinstance(await chat.connect().request(Register(name, "pw")), Registered)
