@@ -81,6 +81,8 @@ class Config:
     metrics_host: str = "127.0.0.1"
     # The web page and WebSocket endpoint (/ws) on this port; None: off.
     ws_port: int | None = None
+    # Origins whose pages may open /ws ("*": any); empty: the page's own origin only.
+    allowed_origins: tuple[str, ...] = ()
 
     def transport_limits(self) -> TransportLimits:
         if self.proxy_protocol and (self.tls_cert or self.tls_key):

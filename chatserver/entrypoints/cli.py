@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                        default=int(_env("WS_PORT", "0")) or None,
                        help="also serve the web page at http://HOST:PORT/ and the protocol over "
                             "WebSocket at /ws on this port (default: off; env CHATSERVER_WS_PORT)")
+    serve.add_argument("--allowed-origin", action="append", metavar="ORIGIN", default=None,
+                       help="a page (scheme://host[:port], repeatable, * for any) that may open "
+                       "the WebSocket at /ws; a browser from any other origin is refused (HTTP "
+                       "403); clients that send no Origin (not browsers) are let in "
+                       "(CHATSERVER_ALLOWED_ORIGINS, comma-separated; default: the page's own "
+                       "origin only)")
     serve.add_argument("--frame-limit", type=int,
                        default=int(_env("FRAME_LIMIT", str(defaults.frame_limit))),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
@@ -298,6 +304,10 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        allowed_origins=tuple(
+            o.strip() for o in args.allowed_origin or _env("ALLOWED_ORIGINS", "").split(",")
+            if o.strip()
+        ),
         ws_port=args.ws_port,
         tls_key=args.tls_key,
         hash_cost=args.hash_cost,
@@ -378,6 +388,7 @@ async def serve(config: Config, transport: str = "asyncio") -> None:
                     metrics=app.metrics,
                     per_address=per_address,
                     forwarded_for=config.behind_proxy or config.proxy_protocol,
+                    allowed_origins=config.allowed_origins,
                 ))
             stopped = [anyio.Event() for _ in servers]
 

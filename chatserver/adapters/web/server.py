@@ -78,6 +78,27 @@ class StaticFiles:
         return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
 
 
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether Origin (scheme://host[:port]) names the host (and port) the request was sent to.
+    The scheme is not compared: behind a proxy that terminates TLS the page is https while
+    this server speaks http. A Host without a port (nginx's $host) matches any port."""
+    if host is None or "://" not in origin:
+        return False
+    scheme, _, origin_host = origin.partition("://")
+    default = "443" if scheme in ("https", "wss") else "80"
+    origin_name, origin_port = _split_host(origin_host, default)
+    host_name, host_port = _split_host(host.strip().lower(), None)
+    return origin_name == host_name and (host_port is None or origin_port == host_port)
+
+
+def _split_host(host: str, default_port: str | None) -> tuple[str, str | None]:
+    if host.startswith("["):  # [IPv6]:port
+        name, _, rest = host[1:].partition("]")
+        return name, rest[1:] if rest.startswith(":") else default_port
+    name, colon, port = host.rpartition(":")
+    return (name, port) if colon and port.isdigit() else (host, default_port)
+
+
 def _plain(status: HTTPStatus, text: str) -> Response:
     body = text.encode()
     headers = Headers({
@@ -103,6 +124,7 @@ class WebSocketServer:
         per_address: ConnectionsPerAddress | None = None,
         page: StaticFiles | None = None,
         forwarded_for: bool = False,
+        allowed_origins: tuple[str, ...] = (),
     ) -> None:
         self.node = node
         self.host = host
@@ -115,6 +137,8 @@ class WebSocketServer:
         # the last one in it (the one the proxy saw), not the proxy's.
         self.forwarded_for = forwarded_for
         self.trusted = TrustedProxies(limits.trusted_proxies)
+        # Origins (scheme://host[:port]) whose pages may open /ws; empty: this page's own.
+        self.allowed_origins = tuple(o.strip().lower().rstrip("/") for o in allowed_origins)
         self.clients: set[WebSocketClient] = set()
         # Shared with the node's other listeners, when given: the limit is per client.
         self.per_address = per_address or ConnectionsPerAddress(
@@ -166,8 +190,31 @@ class WebSocketServer:
                 return _plain(HTTPStatus.SERVICE_UNAVAILABLE, "server stopping\n")
             if self._spoofed(connection, request):
                 return _plain(HTTPStatus.FORBIDDEN, "X-Forwarded-For from an untrusted peer\n")
+            if not self._origin_allowed(request):
+                if REFUSAL_LOG.allow():
+                    log.warning("refusing %s: WebSocket from origin %r (--allowed-origin)%s",
+                                peer_address(connection)[0], request.headers.get("Origin"),
+                                REFUSAL_LOG.skipped())
+                return _plain(HTTPStatus.FORBIDDEN, "origin not allowed\n")
             return None
-        return self.page.response(request)
+        response = self.page.response(request)
+        if self.tls is not None:
+            # Served over TLS: browsers are to come back over TLS only, for a year.
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
+        return response
+
+    def _origin_allowed(self, request: Request) -> bool:
+        """A browser names the page that opens /ws in Origin: by default only this server's own
+        page may (another site's page cannot use its visitors' network position to reach this
+        server); --allowed-origin lists others ("*": any). Clients that are not browsers send
+        no Origin and are let in."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True
+        origin = origin.strip().lower().rstrip("/")
+        if self.allowed_origins:
+            return "*" in self.allowed_origins or origin in self.allowed_origins
+        return _same_origin(origin, request.headers.get("Host"))
 
     def _spoofed(self, connection: ServerConnection, request: Request) -> bool:
         """X-Forwarded-For from a peer that is not a trusted proxy: refused, and logged."""
