@@ -412,3 +412,104 @@ def test_idle_connections_to_the_metrics_port_make_no_threads(tmp_path: Path) ->
         chat.close_all()
         server.stop()
         server.assert_no_traceback()
+
+
+def test_names_that_pose_as_another_user_are_refused(chat: Chat) -> None:
+    """Issue 16.10: the NFD form of a name, a trailing space or zero-width space, a name
+    reversed behind U+202E, invisible-only names, ESC, newline and NUL all registered."""
+    victim = chat.user("victim")
+    c = chat.client()
+    posers = [
+        victim.name + " ", victim.name + "\u200b", "\u202e" + victim.name[::-1],
+        "\u200b\u200b", "\u3164", "ev\x1bil", "ev\nil", "ev\x00il", "Jose\u0301",
+    ]
+    for name in posers:
+        reply = c.request({"msgid": 4, "name": name, "password": "pw"})
+        assert reply["errno"] == 7, (name, reply)
+    started = time.perf_counter()
+    assert c.request({"msgid": 4, "name": f"José {victim.id}", "password": "pw"})["errno"] == 0
+    print(f"an ordinary name beside them registers in {time.perf_counter() - started:.3f} s")
+
+
+def closed_soon(socks: list[socket.socket], seconds: float) -> int:
+    """How many of socks the server closes within seconds (they send nothing)."""
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+    closed: set[socket.socket] = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and len(closed) < len(socks):
+        for key, _ in selector.select(timeout=0.1):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                closed.add(sock)
+                selector.unregister(sock)
+    selector.close()
+    return len(closed)
+
+
+@pytest.mark.parametrize("kind", ["tls", "websocket"])
+def test_connections_that_never_finish_their_handshake_count_against_the_address(
+    tmp_path: Path, kind: str
+) -> None:
+    """Issue 16.9: connections in the TLS handshake (30 s) or the WebSocket handshake (10 s)
+    were not counted: 600 of 600 were held from one client. Now they count from the moment
+    they are accepted: past the limit they are closed at once."""
+    from tests.integration.conftest import free_port
+
+    limit = 50
+    args = ["--connections-per-address", str(limit)]
+    ws_port = free_port()
+    if kind == "tls":
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        import subprocess
+
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+                       check=True, capture_output=True, timeout=60)
+        args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+    else:
+        args += ["--ws-port", str(ws_port)]
+    server = ServerProcess("memory://", tmp_path / "pending.log", args).start()
+    assert server.port is not None
+    port = server.port if kind == "tls" else ws_port
+    time.sleep(0.3)  # the start-up probes are counted until the server sees them close
+    socks: list[socket.socket] = []
+    try:
+        socks = [socket.create_connection((HOST, port), timeout=5) for _ in range(200)]
+        closed = closed_soon(socks, 2.0)
+        told = 0 if kind == "tls" else 8  # let through to be told errno 9 (WebSocket)
+        print(f"{kind}: 200 silent connections, {closed} closed within 2 s")
+        assert closed >= 200 - limit - told
+        # Another address is served meanwhile.
+        started = time.perf_counter()
+        with socket.create_connection((HOST, port), timeout=5,
+                                      source_address=("127.0.0.2", 0)) as other:
+            if kind == "tls":
+                import ssl
+
+                context = ssl.create_default_context()
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                with context.wrap_socket(other) as tls:
+                    tls.sendall(b'{"msgid":16}\n')
+                    assert b'"errno":0' in tls.recv(4096)
+            else:
+                from websockets.sync.client import connect
+
+                with connect(f"ws://{HOST}:{port}/ws", sock=other, open_timeout=5) as ws:
+                    ws.send('{"msgid":16}')
+                    assert '"errno":0' in str(ws.recv(timeout=5))
+        print(f"another address's PING: {(time.perf_counter() - started) * 1000:.1f} ms")
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+        server.assert_no_traceback()

@@ -51,6 +51,9 @@ class TransportLimits:
     # The proxies (CIDR blocks) whose PROXY header, or X-Forwarded-For on the web port, is
     # believed; a connection from elsewhere that sends one is refused (--trusted-proxy).
     trusted_proxies: tuple[str, ...] = LOOPBACK
+    # Connections accepted but not yet clients (in the TLS or WebSocket handshake, waiting
+    # for a PROXY header), all addresses together; they count against their address too.
+    pending_connections: int = 1024
     # At shutdown, requests already being handled get this long to finish and be answered
     # before sessions are logged out (half of serve's grace; the rest is for logging out).
     request_grace_seconds: float = 5.0

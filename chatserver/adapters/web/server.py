@@ -4,6 +4,7 @@ WebSocket framing and the HTTP handshake are the `websockets` library's; what is
 same request serving, limits and shutdown as the TCP listener.
 """
 
+import asyncio
 import logging
 import mimetypes
 import ssl
@@ -109,6 +110,11 @@ def _plain(status: HTTPStatus, text: str) -> Response:
     return Response(status.value, status.phrase, headers, body)
 
 
+# Connections over their address's limit let through the handshake at once, per address, to
+# be told errno 9; more are closed as soon as they are accepted.
+OVER_LIMIT_TOLD = 8
+
+
 class WebSocketServer:
     """Serves the page and WebSocket clients; same lifecycle as TcpServer."""
 
@@ -144,6 +150,11 @@ class WebSocketServer:
         self.per_address = per_address or ConnectionsPerAddress(
             limits.connections_per_address
         )
+        self._pending: set[ServerConnection] = set()  # accepted, handshake not done
+        self._counted: dict[ServerConnection, str] = {}  # the address each is counted under
+        # Over their address's limit when accepted, let through to be told errno 9.
+        self._over: dict[ServerConnection, str] = {}
+        self._over_by_address: dict[str, int] = {}
         self._stop = anyio.Event()
         self._all_gone = anyio.Event()
 
@@ -162,6 +173,9 @@ class WebSocketServer:
             ping_interval=20,
             ping_timeout=20,
             open_timeout=10,
+            create_connection=self._connection_class(),
+            # The TLS handshake happens before a connection is counted: keep it short.
+            ssl_handshake_timeout=10 if self.tls is not None else None,
             close_timeout=self.limits.close_grace_seconds,
             compression=None,
             server_header=None,
@@ -240,12 +254,20 @@ class WebSocketServer:
         return last or None
 
     async def _serve_client(self, websocket: ServerConnection) -> None:
+        self._pending.discard(websocket)
         client = WebSocketClient(
             websocket, self.node, self.limits, self.metrics, address=self._forwarded(websocket)
         )
-        if not self.per_address.admit(client.address):
-            log.warning("refusing %s: already %d connections from there", client.peer,
-                        self.per_address.limit)
+        counted = self._counted.get(websocket)
+        # Not counted at accept: from a trusted proxy, the client's address was learnt from
+        # X-Forwarded-For (or the address was over its limit: refused below).
+        if (counted is None and not self._forget_over(websocket)
+                and self.per_address.admit(client.address)):
+            self._counted[websocket] = counted = client.address
+        if counted is None:
+            if REFUSAL_LOG.allow():
+                log.warning("refusing %s: already %d connections from there%s", client.peer,
+                            self.per_address.limit, REFUSAL_LOG.skipped())
             with anyio.move_on_after(1):
                 await websocket.send(TOO_MANY_CONNECTIONS[:-1], text=True)
                 await websocket.close(CloseCode.TRY_AGAIN_LATER, "too many connections")
@@ -257,6 +279,71 @@ class WebSocketServer:
             log.exception("websocket client %s failed", client.peer)
         finally:
             self.clients.discard(client)
-            self.per_address.leave(client.address)
+            self._release(websocket)
             if self._stop.is_set() and not self.clients:
                 self._all_gone.set()
+
+    # Connections are counted from the moment they are accepted, not once their handshake is
+    # done: a client cannot hold more descriptors by never finishing its handshake.
+
+    def _accepted(self, connection: ServerConnection, transport: asyncio.BaseTransport) -> None:
+        """A TCP connection was accepted (after TLS, if any): count it against the cap on
+        handshakes in progress and against its address, unless it is a trusted proxy whose
+        clients are counted by the address it names."""
+        peer, host = peer_address(connection)
+        if len(self._pending) >= self.limits.pending_connections:
+            if REFUSAL_LOG.allow():
+                log.warning("refusing %s: %d WebSocket handshakes in progress%s", peer,
+                            len(self._pending), REFUSAL_LOG.skipped())
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            else:
+                transport.close()
+            return
+        self._pending.add(connection)
+        if self.forwarded_for and host in self.trusted:
+            return
+        if self.per_address.admit(host):
+            self._counted[connection] = host
+        elif self._over_by_address.get(host, 0) < OVER_LIMIT_TOLD:
+            # Let a few through the handshake to be told errno 9; the rest are cut at once.
+            self._over[connection] = host
+            self._over_by_address[host] = self._over_by_address.get(host, 0) + 1
+        else:
+            self._pending.discard(connection)
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            else:
+                transport.close()
+
+    def _release(self, connection: ServerConnection) -> None:
+        self._pending.discard(connection)
+        self._forget_over(connection)
+        counted = self._counted.pop(connection, None)
+        if counted is not None:
+            self.per_address.leave(counted)
+
+    def _forget_over(self, connection: ServerConnection) -> bool:
+        host = self._over.pop(connection, None)
+        if host is None:
+            return False
+        left = self._over_by_address[host] - 1
+        if left:
+            self._over_by_address[host] = left
+        else:
+            del self._over_by_address[host]
+        return True
+
+    def _connection_class(self) -> type[ServerConnection]:
+        server = self
+
+        class CountedConnection(ServerConnection):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                server._accepted(self, transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                server._release(self)
+                super().connection_lost(exc)
+
+        return CountedConnection
