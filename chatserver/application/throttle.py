@@ -14,9 +14,11 @@ share (README, "Limits").
   attackers.
 """
 
+import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from typing import Literal
 
 import anyio
@@ -29,6 +31,21 @@ _MAX_KEYS = 100_000  # bounded: the oldest keys are forgotten under attack
 # The address of an in-process client (Connection's default): the program embedding the chat
 # itself, which is no network client and whose registrations are not limited.
 EMBEDDED = "local"
+
+
+@lru_cache(maxsize=4096)
+def address_key(address: str) -> str:
+    """What limits per address count by: an IPv4 address itself, an IPv6 address's /64 (one
+    subscriber usually has a whole /64, and could take a fresh address for each request)."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 @define
@@ -130,6 +147,7 @@ class LoginThrottle:
     def reserve(self, account: str, address: str, now: float) -> LoginAttempt:
         """Let one login through to the hasher, counted as a failure until it succeeds;
         RateLimited if this address has failed too often, for this account or overall."""
+        address = address_key(address)
         pair = _pair(account, address)
         if self.per_account_address.blocked(pair, now) or (
             self.per_address is not None and self.per_address.blocked(address, now)
@@ -160,6 +178,7 @@ class RegistrationThrottle:
         """Count one REG from address; RateLimited past any of the limits."""
         if address == EMBEDDED:
             return
+        address = address_key(address)
         if (self.attempts.blocked(address, now) or self.per_minute.blocked(address, now)
                 or self.per_hour.blocked(address, now)):
             raise RateLimited("too many new accounts from your address: try again later")
@@ -171,6 +190,7 @@ class RegistrationThrottle:
         RateLimited past either limit."""
         if address == EMBEDDED:
             return now
+        address = address_key(address)
         if self.per_minute.blocked(address, now) or self.per_hour.blocked(address, now):
             raise RateLimited("too many new accounts from your address: try again later")
         self.per_minute.fail(address, now)
@@ -178,6 +198,7 @@ class RegistrationThrottle:
         return now
 
     def release(self, address: str, when: float) -> None:
+        address = address_key(address)
         self.per_minute.release(address, when)
         self.per_hour.release(address, when)
 
@@ -218,7 +239,7 @@ class HashQueue:
         if self.busy < self.slots and not self.waiting:
             self.busy += 1
         else:
-            await self._wait(kind, address)
+            await self._wait(kind, address_key(address))
         try:
             yield
         finally:

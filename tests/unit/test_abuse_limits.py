@@ -274,7 +274,8 @@ async def test_a_real_hasher_behind_the_queue_keeps_a_login_fast_during_a_regist
                 latencies.append(time.perf_counter() - started)
         print("login latencies during a registration flood:",
               ", ".join(f"{s * 1000:.0f} ms" for s in latencies))
-        assert max(latencies) < 0.5
+        # Behind the registrations in a first-come queue it would wait seconds (200 hashes).
+        assert sorted(latencies)[2] < 0.3 and max(latencies) < 1.0
 
 
 async def test_a_program_embedding_the_chat_registers_without_the_address_limit() -> None:
@@ -322,3 +323,25 @@ async def test_names_that_disguise_or_hide_are_refused(chat: ChatApp, name: str)
                                   "مريم", "🙂 smile"])
 async def test_ordinary_names_in_any_script_register(chat: ChatApp, name: str) -> None:
     assert isinstance(await chat.connect().request(Register(name, "pw")), Registered)
+
+
+async def test_ipv6_addresses_are_limited_by_their_64() -> None:
+    from chatserver.adapters.tcp.budget import ConnectionsPerAddress
+    from chatserver.application.throttle import address_key
+
+    assert address_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert address_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert address_key("192.0.2.1") == "192.0.2.1" and address_key("local") == "local"
+    per_address = ConnectionsPerAddress(2)
+    assert per_address.admit("2001:db8:1:2::1") and per_address.admit("2001:db8:1:2::2")
+    assert not per_address.admit("2001:db8:1:2:ffff::3")  # the same /64
+    assert per_address.admit("2001:db8:1:3::1")  # another /64
+    per_address.leave("2001:db8:1:2::1")
+    assert per_address.admit("2001:db8:1:2::9")
+    limits = Limits(failed_logins_per_address=3)
+    async with bootstrap(Config(database="memory://", limits=limits), hasher=FAST_HASHER) as chat:
+        results = [await outcome(client_at(chat, f"2001:db8:1:2::{n:x}"),
+                                 Login("wrong", user_id=5000 + n)) for n in range(1, 6)]
+        assert results == [InvalidCredentials] * 3 + [RateLimited] * 2
+        assert await outcome(client_at(chat, "2001:db8:1:3::1"),
+                             Login("wrong", user_id=6000)) is InvalidCredentials

@@ -27,6 +27,7 @@ from chatserver.adapters.tcp.requests import REFUSAL_LOG, log_out_everyone
 from chatserver.adapters.tcp.server import TOO_MANY_CONNECTIONS
 from chatserver.adapters.web.client import WebSocketClient, peer_address
 from chatserver.application.node import Node
+from chatserver.application.throttle import address_key
 
 log = logging.getLogger("chatserver.web")
 
@@ -305,7 +306,7 @@ class WebSocketServer:
             return
         if self.per_address.admit(host):
             self._counted[connection] = host
-        elif self._over_by_address.get(host, 0) < OVER_LIMIT_TOLD:
+        elif self._over_by_address.get(host := address_key(host), 0) < OVER_LIMIT_TOLD:
             # Let a few through the handshake to be told errno 9; the rest are cut at once.
             self._over[connection] = host
             self._over_by_address[host] = self._over_by_address.get(host, 0) + 1
