@@ -456,7 +456,7 @@ def closed_soon(socks: list[socket.socket], seconds: float) -> int:
     return len(closed)
 
 
-@pytest.mark.parametrize("kind", ["tls", "websocket"])
+@pytest.mark.parametrize("kind", ["tls", "tls-anyio", "websocket"])
 def test_connections_that_never_finish_their_handshake_count_against_the_address(
     tmp_path: Path, kind: str
 ) -> None:
@@ -468,7 +468,9 @@ def test_connections_that_never_finish_their_handshake_count_against_the_address
     limit = 50
     args = ["--connections-per-address", str(limit)]
     ws_port = free_port()
-    if kind == "tls":
+    if kind == "tls-anyio":
+        args += ["--transport", "anyio"]
+    if kind.startswith("tls"):
         cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
         import subprocess
 
@@ -480,20 +482,20 @@ def test_connections_that_never_finish_their_handshake_count_against_the_address
         args += ["--ws-port", str(ws_port)]
     server = ServerProcess("memory://", tmp_path / "pending.log", args).start()
     assert server.port is not None
-    port = server.port if kind == "tls" else ws_port
+    port = ws_port if kind == "websocket" else server.port
     time.sleep(0.3)  # the start-up probes are counted until the server sees them close
     socks: list[socket.socket] = []
     try:
         socks = [socket.create_connection((HOST, port), timeout=5) for _ in range(200)]
         closed = closed_soon(socks, 2.0)
-        told = 0 if kind == "tls" else 8  # let through to be told errno 9 (WebSocket)
+        told = 8 if kind == "websocket" else 0  # let through to be told errno 9
         print(f"{kind}: 200 silent connections, {closed} closed within 2 s")
         assert closed >= 200 - limit - told
         # Another address is served meanwhile.
         started = time.perf_counter()
         with socket.create_connection((HOST, port), timeout=5,
                                       source_address=("127.0.0.2", 0)) as other:
-            if kind == "tls":
+            if kind.startswith("tls"):
                 import ssl
 
                 context = ssl.create_default_context()
