@@ -515,3 +515,103 @@ def test_connections_that_never_finish_their_handshake_count_against_the_address
             sock.close()
         server.stop()
         server.assert_no_traceback()
+
+
+def proxy_v1(source: str) -> bytes:
+    return f"PROXY TCP4 {source} 127.0.0.1 40000 6000\r\n".encode()
+
+
+def test_a_registration_flood_from_many_addresses_does_not_delay_logins(tmp_path: Path) -> None:
+    """Issue 16.1: REG and LOGIN shared two hash threads first come, first served, so a flood
+    of registrations (each within its address's limits: here 300 addresses, named by PROXY
+    headers from the trusted loopback) delayed every login by seconds. Logins now go first in
+    a fair queue: a login waits for at most the hashes in progress."""
+    server = ServerProcess("memory://", tmp_path / "regs.log",
+                           [*REGISTRATION_LIMITS, "--proxy-protocol"]).start()
+    assert server.port is not None
+    socks: list[socket.socket] = []
+
+    def login_latency(user_id: int, source: str) -> float:
+        started = time.perf_counter()
+        with socket.create_connection((HOST, server.port or 0), timeout=30) as sock:
+            sock.sendall(proxy_v1(source) + json.dumps(
+                {"msgid": 1, "id": user_id, "password": "pw"}).encode() + b"\n")
+            data = b""
+            while b"\n" not in data:
+                chunk = sock.recv(4096)
+                assert chunk
+                data += chunk
+        assert frames_of(data)[0]["errno"] == 0
+        return time.perf_counter() - started
+
+    try:
+        with socket.create_connection((HOST, server.port), timeout=15) as sock:
+            sock.sendall(proxy_v1("192.0.2.1") + b'{"msgid":4,"name":"bystander","password":"pw"}'
+                         b"\n")
+            bystander = int(frames_of(sock.recv(4096))[0]["id"])  # type: ignore[arg-type]
+        quiet = [login_latency(bystander, "192.0.2.1") for _ in range(3)]
+        stamp = time.time_ns()
+        for n in range(300):
+            sock = socket.create_connection((HOST, server.port), timeout=30)
+            sock.sendall(proxy_v1(f"10.{n // 250}.{n % 250}.1") + json.dumps(
+                {"msgid": 4, "name": f"flood-{stamp}-{n}", "password": "pw"}).encode() + b"\n")
+            socks.append(sock)
+        time.sleep(0.5)
+        during = [login_latency(bystander, "192.0.2.1") for _ in range(10)]
+        print(latency_report("quiet", quiet))
+        print(latency_report("during 300 registrations from 300 addresses", during))
+        errnos: list[object] = []
+        for sock in socks:
+            sock.setblocking(False)
+            with suppress(BlockingIOError):
+                errnos.append(frames_of(sock.recv(4096))[0]["errno"])
+        print(f"registrations answered by the end of the logins: {errnos.count(0)} accounts, "
+              f"{errnos.count(11)} errno 11 (too many waiting), {300 - len(errnos)} not yet")
+        assert len(errnos) < 300  # the flood was still being hashed while the logins were served
+        assert sorted(during)[len(during) // 2] <= 0.5 and max(during) <= 1.5
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+        server.assert_no_traceback()
+
+
+def test_a_stranger_cannot_lock_the_owner_out(tmp_path: Path) -> None:
+    """Issue 16.7: ten wrong passwords to a user id (ids are sequential) and the owner's right
+    password got errno 9 for a minute. Failures now count per (account, address) and per
+    address; the owner, from another address, logs in."""
+    server = ServerProcess("memory://", tmp_path / "lockout.log", ["--proxy-protocol"]).start()
+    assert server.port is not None
+
+    def session(source: str) -> socket.socket:
+        sock = socket.create_connection((HOST, server.port or 0), timeout=15)
+        sock.sendall(proxy_v1(source))
+        return sock
+
+    def ask(sock: socket.socket, frame: dict[str, object]) -> dict[str, object]:
+        sock.sendall(json.dumps(frame).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            assert chunk
+            data += chunk
+        return frames_of(data)[0]
+
+    try:
+        with session("192.0.2.9") as owner_sock:
+            owner = ask(owner_sock, {"msgid": 4, "name": "owner", "password": "right"})["id"]
+        with session("198.51.100.1") as attacker:
+            errnos = [ask(attacker, {"msgid": 1, "id": owner, "password": f"guess{n}"})["errno"]
+                      for n in range(15)]
+            assert errnos == [1] * FAILED_LOGINS_PER_ACCOUNT_AND_ADDRESS + [9] * 5
+            # Even the right password is refused from the guessing address.
+            assert ask(attacker, {"msgid": 1, "id": owner, "password": "right"})["errno"] == 9
+        with session("192.0.2.9") as owner_sock:
+            started = time.perf_counter()
+            reply = ask(owner_sock, {"msgid": 1, "id": owner, "password": "right"})
+            print(f"the owner's login after the guessing: errno {reply['errno']}, "
+                  f"{(time.perf_counter() - started) * 1000:.0f} ms")
+            assert reply["errno"] == 0
+    finally:
+        server.stop()
+        server.assert_no_traceback()
