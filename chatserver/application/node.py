@@ -51,6 +51,11 @@ class Limits:
     registration_attempts_per_minute: int = 60
     # Password hashes at a time (the hasher's threads), and how many may wait for one:
     # from one address, and logins and registrations overall. Past them: errno 9, errno 11.
+    # Groups one user may belong to (created or joined), and create within an hour; past
+    # them: errno 9. Group rosters kept in memory (the oldest loaded is dropped past it).
+    groups_per_user: int = 500
+    groups_created_per_hour: int = 20
+    rosters_cached: int = 10_000
     hash_slots: int = 2
     hashes_waiting_per_address: int = 256
     logins_waiting: int = 1024
@@ -112,6 +117,7 @@ class Node:
     login_throttle: LoginThrottle = field(init=False)
     registrations: RegistrationThrottle = field(init=False)
     hashing: HashQueue = field(init=False)
+    group_creations: FailureWindow = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         limits = self.limits
@@ -146,5 +152,6 @@ class Node:
             self.metrics,
             self.limits.stored_per_user,
         )
-        self.groups = GroupDirectory(self.uow)
+        self.groups = GroupDirectory(self.uow, self.limits.rosters_cached)
+        self.group_creations = FailureWindow(self.limits.groups_created_per_hour, 3600.0)
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)

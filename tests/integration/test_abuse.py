@@ -615,3 +615,16 @@ def test_a_stranger_cannot_lock_the_owner_out(tmp_path: Path) -> None:
     finally:
         server.stop()
         server.assert_no_traceback()
+
+
+def test_one_user_creates_only_so_many_groups(chat: Chat) -> None:
+    """Issue 16.12: CREATE_GROUP was unlimited. 20 groups a user an hour, 500 in all."""
+    spammer = chat.online(chat.user("spammer"))
+    stamp = time.time_ns()
+    errnos = [spammer.request({"msgid": 8, "groupname": f"spam-{stamp}-{n}",
+                               "groupdesc": ""})["errno"] for n in range(25)]
+    assert errnos == [0] * 20 + [9] * 5
+    other = chat.online(chat.user("other"))
+    started = time.perf_counter()
+    other.ok({"msgid": 8, "groupname": f"mine-{stamp}", "groupdesc": ""})
+    print(f"another user's CREATE_GROUP: {(time.perf_counter() - started) * 1000:.1f} ms")

@@ -8,7 +8,7 @@ import pytest
 from attrs import evolve
 
 from chatserver.adapters.security import ScryptHasher
-from chatserver.application.commands import Login, Register
+from chatserver.application.commands import Command, Login, Register
 from chatserver.application.node import Limits
 from chatserver.application.results import LoggedIn, Registered
 from chatserver.application.throttle import FailureWindow, HashQueue
@@ -49,7 +49,7 @@ def client_at(chat: ChatApp, address: str) -> EmbeddedClient:
     return client
 
 
-async def outcome(client: EmbeddedClient, command: Register | Login) -> object:
+async def outcome(client: EmbeddedClient, command: Command) -> object:
     try:
         return await client.request(command)
     except ChatError as error:
@@ -345,3 +345,64 @@ async def test_ipv6_addresses_are_limited_by_their_64() -> None:
         assert results == [InvalidCredentials] * 3 + [RateLimited] * 2
         assert await outcome(client_at(chat, "2001:db8:1:3::1"),
                              Login("wrong", user_id=6000)) is InvalidCredentials
+
+
+async def logged_in_client(chat: ChatApp, name: str) -> tuple[EmbeddedClient, int]:
+    client = client_at(chat, "10.0.0.1")
+    registered = await client.request(Register(name, "pw"))
+    assert isinstance(registered, Registered)
+    await client.request(Login("pw", user_id=registered.user_id))
+    return client, registered.user_id
+
+
+async def test_group_creation_is_limited_per_user_per_hour() -> None:
+    from chatserver.application.commands import CreateGroup
+    from chatserver.application.results import GroupCreated
+
+    limits = Limits(groups_created_per_hour=5)
+    async with bootstrap(Config(database="memory://", limits=limits), hasher=FAST_HASHER) as chat:
+        spammer, _ = await logged_in_client(chat, "spammer")
+        results = [await outcome(spammer, CreateGroup(f"g{n}")) for n in range(8)]
+        assert [isinstance(r, GroupCreated) for r in results] == [True] * 5 + [False] * 3
+        assert results[5:] == [RateLimited] * 3
+        other, _ = await logged_in_client(chat, "other")
+        assert isinstance(await other.request(CreateGroup("mine")), GroupCreated)
+
+
+async def test_groups_per_user_are_capped_for_creating_and_joining() -> None:
+    from chatserver.application.commands import CreateGroup, JoinGroup
+    from chatserver.application.results import Done, GroupCreated
+
+    limits = Limits(groups_per_user=2, groups_created_per_hour=0)
+    async with bootstrap(Config(database="memory://", limits=limits), hasher=FAST_HASHER) as chat:
+        alice, _ = await logged_in_client(chat, "alice")
+        bob, _ = await logged_in_client(chat, "bob")
+        ids = []
+        for n in range(2):
+            created = await bob.request(CreateGroup(f"b{n}"))
+            assert isinstance(created, GroupCreated)
+            ids.append(created.group_id)
+        assert await outcome(bob, CreateGroup("b2")) is RateLimited
+        assert isinstance(await alice.request(JoinGroup(ids[0])), Done)
+        assert isinstance(await alice.request(JoinGroup(ids[1])), Done)
+        assert isinstance(await alice.request(JoinGroup(ids[1])), Done)  # again: still fine
+        assert await outcome(alice, CreateGroup("a0")) is RateLimited
+
+
+async def test_the_roster_cache_is_bounded() -> None:
+    from chatserver.application.commands import CreateGroup, SendGroupMessage
+    from chatserver.application.results import GroupCreated
+    from chatserver.domain.errors import NotAMember
+
+    limits = Limits(rosters_cached=3, groups_created_per_hour=0)
+    async with bootstrap(Config(database="memory://", limits=limits), hasher=FAST_HASHER) as chat:
+        owner, _ = await logged_in_client(chat, "owner")
+        stranger, _ = await logged_in_client(chat, "stranger")
+        ids = []
+        for n in range(6):
+            created = await owner.request(CreateGroup(f"g{n}"))
+            assert isinstance(created, GroupCreated)
+            ids.append(created.group_id)
+        for group_id in ids:  # a non-member's messages load rosters too
+            assert await outcome(stranger, SendGroupMessage(group_id, "hi")) is NotAMember
+        assert len(chat.node.groups.rosters) == 3
