@@ -15,7 +15,7 @@ from chatserver.application.results import (
     Registered,
 )
 from chatserver.application.sessions import Session
-from chatserver.domain.errors import InvalidCredentials, NameTaken, RateLimited, Unavailable
+from chatserver.domain.errors import InvalidCredentials, NameTaken, Unavailable
 from chatserver.domain.messages import KickedNotice, PresenceNotice, is_chat
 from chatserver.domain.ports import Transaction
 from chatserver.domain.users import Account, User
@@ -56,11 +56,14 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
     # if the password is right.
     attempt = await throttle.attempt(key, connection.address, clock)
     stored_hash = account.password_hash if account else None
+    hashed = False
     try:
         async with node.hashing.slot("login", connection.address):
+            hashed = True
             right = await node.hasher.verify(command.password, stored_hash)
-    except (RateLimited, Unavailable):
-        attempt.released()  # refused before any password was checked
+    except BaseException:
+        if not hashed:  # refused by the hash queue, or gone while waiting: nothing was spent
+            attempt.released()
         raise
     if not right or account is None:
         raise InvalidCredentials()

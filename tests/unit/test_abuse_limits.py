@@ -406,3 +406,29 @@ async def test_the_roster_cache_is_bounded() -> None:
         for group_id in ids:  # a non-member's messages load rosters too
             assert await outcome(stranger, SendGroupMessage(group_id, "hi")) is NotAMember
         assert len(chat.node.groups.rosters) == 3
+
+
+async def test_a_login_refused_by_the_hash_queue_does_not_count_as_a_failure() -> None:
+    limits = Limits(hash_slots=1, logins_waiting=0, failed_logins_per_account_and_address=2)
+    hasher = CountingHasher(seconds=0.2)
+    async with bootstrap(Config(database="memory://", limits=limits), hasher=hasher) as chat:
+        me = await client_at(chat, "10.0.0.9").request(Register("me", "right"))
+        assert isinstance(me, Registered)
+        results: list[object] = []
+
+        async def guess() -> None:
+            results.append(await outcome(client_at(chat, "10.0.0.1"),
+                                         Login("wrong", user_id=me.user_id)))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(guess)  # holds the only slot for 0.2 s
+            await anyio.sleep(0.05)
+            for _ in range(5):
+                tg.start_soon(guess)  # nobody may wait: errno 11 at once
+        assert sorted(map(str, results)) == sorted(
+            map(str, [InvalidCredentials] + [Unavailable] * 5))
+        # One failure counted, not six: one more guess is checked, then the limit holds.
+        assert await outcome(client_at(chat, "10.0.0.1"),
+                             Login("wrong", user_id=me.user_id)) is InvalidCredentials
+        assert await outcome(client_at(chat, "10.0.0.1"),
+                             Login("right", user_id=me.user_id)) is RateLimited
