@@ -182,6 +182,9 @@ def automatic_server_args() -> list[str]:
     # logged, per message: the figures would measure that instead of storing.
     if chatserver_supports("--stored-limit"):
         args += ["--stored-limit", "1000000000"]
+    # Thousands of users are registered from one address during set-up.
+    if chatserver_supports("--registrations-per-minute"):
+        args += ["--registrations-per-minute", "0", "--registrations-per-hour", "0"]
     return args
 
 

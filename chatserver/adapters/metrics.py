@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import prometheus_client.metrics
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -140,18 +140,6 @@ class PrometheusMetrics:
 
     def count_sessions(self, sessions: Callable[[], int]) -> None:
         self.sessions.set_function(lambda: float(sessions()))
-
-    def serve(self, host: str, port: int) -> Callable[[], None]:
-        """Serve /metrics over HTTP from a thread of its own; return what stops it (a blocking
-        call: it waits up to half a second for that thread)."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join()
-
-        return stop
 
 
 class TimedUnitOfWork:

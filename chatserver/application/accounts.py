@@ -15,7 +15,7 @@ from chatserver.application.results import (
     Registered,
 )
 from chatserver.application.sessions import Session
-from chatserver.domain.errors import InvalidCredentials, Unavailable
+from chatserver.domain.errors import InvalidCredentials, NameTaken, Unavailable
 from chatserver.domain.messages import KickedNotice, PresenceNotice, is_chat
 from chatserver.domain.ports import Transaction
 from chatserver.domain.users import Account, User
@@ -28,9 +28,21 @@ log = logging.getLogger("chatserver.sessions")
 
 
 async def register(command: Register, *, connection: Connection) -> Registered:
-    node = connection.node
-    password_hash = await node.hasher.hash(command.password)
-    user = await node.uow.run(lambda tx: tx.users.add(command.name, password_hash))
+    node, address = connection.node, connection.address
+    registrations = node.registrations
+    registrations.attempt(address, node.clock.now_ms() / 1000)
+    # The name before the hash: a taken name costs no hash. This tells nothing that the
+    # reply to a REG does not (the name is taken either way).
+    if await node.uow.run(lambda tx: tx.users.account_by_name(command.name)) is not None:
+        raise NameTaken()
+    reserved = registrations.reserve(address, node.clock.now_ms() / 1000)
+    try:
+        async with node.hashing.slot("register", address):
+            password_hash = await node.hasher.hash(command.password)
+        user = await node.uow.run(lambda tx: tx.users.add(command.name, password_hash))
+    except BaseException:
+        registrations.release(address, reserved)  # no account was made: it does not count
+        raise
     return Registered(user.id)
 
 
@@ -40,12 +52,22 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
     account = await node.uow.run(lambda tx: _find_account(tx, command))
     # By id or by name, one account is one key; unknown accounts are throttled too.
     key = str(account.user.id) if account else f"?{command.user_id}:{command.name}"
-    throttle.check(key, connection.address, clock.now_ms() / 1000)
+    # Counted as a failure before hashing (parallel guesses cannot all pass), taken back
+    # if the password is right.
+    attempt = await throttle.attempt(key, connection.address, clock)
     stored_hash = account.password_hash if account else None
-    if not await node.hasher.verify(command.password, stored_hash) or account is None:
-        throttle.failed(key, connection.address, clock.now_ms() / 1000)
+    hashed = False
+    try:
+        async with node.hashing.slot("login", connection.address):
+            hashed = True
+            right = await node.hasher.verify(command.password, stored_hash)
+    except BaseException:
+        if not hashed:  # refused by the hash queue, or gone while waiting: nothing was spent
+            attempt.released()
+        raise
+    if not right or account is None:
         raise InvalidCredentials()
-    throttle.succeeded(key)
+    attempt.succeeded()
     user = account.user
     # Logging in again as the same user on the same connection is a quiet takeover.
     relogin = connection.session is not None and connection.session.user.id == user.id

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from chatserver.application.commands import CreateGroup, JoinGroup, LeaveGroup
 from chatserver.application.results import Done, GroupCreated
-from chatserver.domain.errors import NotAMember, UnknownGroup
-from chatserver.domain.groups import Role
+from chatserver.domain.errors import NotAMember, RateLimited, UnknownGroup
+from chatserver.domain.groups import Group, Role
 from chatserver.domain.ports import Transaction
 
 if TYPE_CHECKING:
@@ -15,20 +15,37 @@ if TYPE_CHECKING:
 
 
 async def create_group(command: CreateGroup, *, connection: Connection) -> GroupCreated:
-    me = connection.user
-    group = await connection.node.uow.run(
-        lambda tx: tx.groups.create(command.name, command.description, me.id)
-    )
+    me, node = connection.user, connection.node
+    key, now = str(me.id), node.clock.now_ms() / 1000
+    if node.group_creations.blocked(key, now):
+        raise RateLimited("too many groups created: try again later")
+    node.group_creations.fail(key, now)
+    limit = node.limits.groups_per_user
+
+    def create(tx: Transaction) -> Group:
+        _check_room(tx, me.id, limit)
+        return tx.groups.create(command.name, command.description, me.id)
+
+    group = await node.uow.run(create)
     return GroupCreated(group.id)
+
+
+def _check_room(tx: Transaction, user_id: int, limit: int) -> None:
+    if limit and len(tx.groups.groups_of(user_id)) >= limit:
+        raise RateLimited(f"already in {limit} groups: leave one first")
 
 
 async def join_group(command: JoinGroup, *, connection: Connection) -> Done:
     me = connection.user
     group_id = command.group_id
 
+    limit = connection.node.limits.groups_per_user
+
     def join(tx: Transaction) -> None:
         if tx.groups.get(group_id) is None:
             raise UnknownGroup()
+        if not any(m.user.id == me.id for m in tx.groups.members(group_id)):
+            _check_room(tx, me.id, limit)
         tx.groups.add_member(group_id, me.id, Role.NORMAL)
 
     await connection.node.uow.run(join)

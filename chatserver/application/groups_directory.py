@@ -18,6 +18,9 @@ class GroupDirectory:
     """A cache of group rosters, loaded on first use and forgotten when membership changes."""
 
     uow: UnitOfWork
+    # Past this many, the roster loaded first is dropped (a group message to any group id,
+    # a member's or not, loads one). Insertion order: a hit costs nothing more.
+    limit: int = 10_000
     rosters: dict[int, GroupRoster] = Factory(dict)
 
     async def roster(self, group_id: int) -> GroupRoster:
@@ -31,7 +34,10 @@ class GroupDirectory:
                 return GroupRoster(group, {m.user.id: m for m in tx.groups.members(group_id)})
 
             roster = await self.uow.run(load)
-            self.rosters[group_id] = roster
+            rosters = self.rosters
+            if len(rosters) >= self.limit:
+                del rosters[next(iter(rosters))]
+            rosters[group_id] = roster
         return roster
 
     def forget(self, group_id: int) -> None:

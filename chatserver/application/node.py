@@ -11,7 +11,12 @@ from chatserver.application.groups_directory import GroupDirectory
 from chatserver.application.message_ids import MessageIdAllocator
 from chatserver.application.router import Router
 from chatserver.application.sessions import SessionRegistry
-from chatserver.application.throttle import FailureWindow, LoginThrottle
+from chatserver.application.throttle import (
+    FailureWindow,
+    HashQueue,
+    LoginThrottle,
+    RegistrationThrottle,
+)
 from chatserver.domain.ports import (
     Clock,
     MessageBus,
@@ -31,10 +36,30 @@ class Limits:
     message_id_block: int = 1000
     # How often deliveries held for other nodes are checked against those nodes' leases.
     custody_check_seconds: float = 2.0
-    # Wrong passwords allowed per account, and per client address, within a minute.
-    failed_logins_per_account: int = 10
+    # Wrong passwords allowed per (account, client address), and per client address, within
+    # a minute: past them, errno 9. Per account from every address together, past a much
+    # larger ceiling, logins of that account are slowed down (never refused: no lockout).
+    failed_logins_per_account_and_address: int = 10
     failed_logins_per_address: int = 100  # 0: no limit per address (behind a proxy)
+    failed_logins_before_slowing: int = 50
+    slowed_login_seconds: float = 1.0
     failed_login_window_seconds: float = 60.0
+    # Accounts created per client address within a minute and within an hour (0: no limit).
+    registrations_per_minute: int = 10
+    registrations_per_hour: int = 100
+    # REG requests per client address within a minute, whatever their outcome (0: no limit).
+    registration_attempts_per_minute: int = 60
+    # Password hashes at a time (the hasher's threads), and how many may wait for one:
+    # from one address, and logins and registrations overall. Past them: errno 9, errno 11.
+    # Groups one user may belong to (created or joined), and create within an hour; past
+    # them: errno 9. Group rosters kept in memory (the oldest loaded is dropped past it).
+    groups_per_user: int = 500
+    groups_created_per_hour: int = 20
+    rosters_cached: int = 10_000
+    hash_slots: int = 2
+    hashes_waiting_per_address: int = 256
+    logins_waiting: int = 1024
+    registrations_waiting: int = 256
     # Messages that may wait for one user; past it a one-to-one sender gets errno 11 and a
     # group message is not stored for that user (the sender's ACK lists who missed it).
     stored_per_user: int = 10_000
@@ -90,15 +115,31 @@ class Node:
     groups: GroupDirectory = field(init=False)
     message_ids: MessageIdAllocator = field(init=False)
     login_throttle: LoginThrottle = field(init=False)
+    registrations: RegistrationThrottle = field(init=False)
+    hashing: HashQueue = field(init=False)
+    group_creations: FailureWindow = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         limits = self.limits
         window = limits.failed_login_window_seconds
         self.login_throttle = LoginThrottle(
-            FailureWindow(limits.failed_logins_per_account, window),
+            FailureWindow(limits.failed_logins_per_account_and_address, window),
             FailureWindow(limits.failed_logins_per_address, window)
             if limits.failed_logins_per_address
             else None,
+            FailureWindow(limits.failed_logins_before_slowing, window),
+            limits.slowed_login_seconds,
+        )
+        self.registrations = RegistrationThrottle(
+            FailureWindow(limits.registrations_per_minute, 60.0),
+            FailureWindow(limits.registrations_per_hour, 3600.0),
+            FailureWindow(limits.registration_attempts_per_minute, 60.0),
+        )
+        self.hashing = HashQueue(
+            limits.hash_slots,
+            limits.hashes_waiting_per_address,
+            limits.logins_waiting,
+            limits.registrations_waiting,
         )
         self.custody = Custody(self.presence, self.uow)
         self.router = Router(
@@ -111,5 +152,6 @@ class Node:
             self.metrics,
             self.limits.stored_per_user,
         )
-        self.groups = GroupDirectory(self.uow)
+        self.groups = GroupDirectory(self.uow, self.limits.rosters_cached)
+        self.group_creations = FailureWindow(self.limits.groups_created_per_hour, 3600.0)
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)

@@ -31,6 +31,7 @@ from chatserver.adapters.security import DEFAULT_COST, ScryptHasher
 from chatserver.adapters.sqlite.unit_of_work import open_sqlite, upgrade_sqlite
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.tcp.proxy_header import LOOPBACK, check_cidrs
 from chatserver.adapters.tcp.server import TcpServer
 from chatserver.application.accounts import end_session
 from chatserver.application.commands import Command
@@ -101,11 +102,18 @@ class Config:
     # Behind nginx with `proxy_protocol on;`: each connection names its client, so limits per
     # address apply to the real addresses (behind_proxy is then not needed, and ignored).
     proxy_protocol: bool = False
+    # The proxies (CIDR blocks) whose PROXY header or X-Forwarded-For is believed; empty:
+    # loopback only (127.0.0.0/8, ::1), where `chatserver cluster` runs nginx.
+    trusted_proxies: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
     metrics_port: int | None = None
+    # Where the metrics endpoint listens: this machine only, unless told otherwise.
+    metrics_host: str = "127.0.0.1"
     # The web page and WebSocket endpoint (/ws) on this port; None: off.
     ws_port: int | None = None
+    # Origins whose pages may open /ws ("*": any); empty: the page's own origin only.
+    allowed_origins: tuple[str, ...] = ()
 
     def transport_limits(self) -> TransportLimits:
         if self.proxy_protocol and (self.tls_cert or self.tls_key):
@@ -115,16 +123,23 @@ class Config:
         per_address = (
             0 if self._blind_to_addresses() else self.transport.connections_per_address
         )
+        try:
+            check_cidrs(self.trusted_proxies)
+        except ValueError as error:
+            raise ConfigError(f"--trusted-proxy: {error}") from None
         return evolve(
             self.transport,
             frame_bytes=self.frame_limit,
             connections_per_address=per_address,
             proxy_protocol=self.proxy_protocol,
+            trusted_proxies=self.trusted_proxies or LOOPBACK,
         )
 
     def node_limits(self) -> Limits:
         if self._blind_to_addresses():
-            return evolve(self.limits, failed_logins_per_address=0)
+            return evolve(self.limits, failed_logins_per_address=0,
+                          registrations_per_minute=0, registrations_per_hour=0,
+                          registration_attempts_per_minute=0)
         return self.limits
 
     def _blind_to_addresses(self) -> bool:
@@ -290,7 +305,6 @@ class _Serving:
     """The listeners started by one start_serving(), run by one task of the node's."""
 
     listeners: list[tuple[str, int, _Listener]]
-    stop_metrics: Callable[[], None] | None = None
     scope: anyio.CancelScope = field(factory=anyio.CancelScope)
     done: anyio.Event = field(factory=anyio.Event)
 
@@ -386,31 +400,28 @@ class ChatApp:
                 self.node, config.host, config.ws_port, limits, tls=tls, metrics=self.metrics,
                 per_address=per_address,
                 forwarded_for=config.behind_proxy or config.proxy_protocol,
+                allowed_origins=config.allowed_origins,
+            )))
+        if self.metrics is not None and config.metrics_port is not None:
+            from chatserver.adapters.web.metrics_server import MetricsServer
+
+            listeners.append(("--metrics-port", config.metrics_port, MetricsServer(
+                self.metrics.registry, config.metrics_host, config.metrics_port
             )))
         serving = _Serving(listeners)
-        if self.metrics is not None and config.metrics_port is not None:
-            try:
-                serving.stop_metrics = self.metrics.serve(config.host, config.metrics_port)
-            except OSError as error:
-                raise listen_error(
-                    "--metrics-port", config.host, config.metrics_port, error
-                ) from None
-            log.info("metrics at http://%s:%d/metrics", config.host, config.metrics_port)
-        try:
-            ports: list[int] = await self._tasks.start(serving.run, config.host)
-        except BaseException:
-            if serving.stop_metrics is not None:
-                await anyio.to_thread.run_sync(serving.stop_metrics)
-            raise
+        ports: list[int] = await self._tasks.start(serving.run, config.host)
         self._serving = serving
         log.info("chatserver listening on %s:%d%s (node %s, database %s, bus %s)",
                  config.host, ports[0], " with TLS" if tls else "", self.node.node_id,
                  redact_password(config.database), redact_password(config.bus))
-        web_port = ports[1] if len(ports) > 1 else None
+        web_port = ports[1] if config.ws_port is not None else None
         if web_port is not None:
             log.info("web page at %s://%s:%d/ (WebSocket at /ws)", "https" if tls else "http",
                      config.host, web_port)
-        return Listening(config.host, ports[0], web_port, config.metrics_port, tls is not None)
+        metrics_port = ports[-1] if len(listeners) > 1 + (web_port is not None) else None
+        if metrics_port is not None:
+            log.info("metrics at http://%s:%d/metrics", config.metrics_host, metrics_port)
+        return Listening(config.host, ports[0], web_port, metrics_port, tls is not None)
 
     async def stop_serving(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop the listeners: stop accepting, let requests in hand finish and be answered,
@@ -434,8 +445,6 @@ class ChatApp:
             serving.scope.cancel()
             with anyio.CancelScope(shield=True):
                 await serving.done.wait()
-                if serving.stop_metrics is not None:
-                    await anyio.to_thread.run_sync(serving.stop_metrics)
             self._serving = None
 
     async def _end_sessions(self) -> None:

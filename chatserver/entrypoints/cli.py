@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "nginx: proxy_protocol on;) naming the real client, whose address the "
                        "limits per address then use; a connection without one is closed "
                        "(CHATSERVER_PROXY_PROTOCOL=1)")
+    serve.add_argument("--trusted-proxy", action="append", metavar="CIDR", default=None,
+                       help="with --proxy-protocol or --behind-proxy: a proxy (address or CIDR "
+                       "block, repeatable) whose PROXY header, or X-Forwarded-For on --ws-port, "
+                       "names the client; from any other peer they are refused and logged "
+                       "(CHATSERVER_TRUSTED_PROXIES, comma-separated; default: loopback only, "
+                       "127.0.0.0/8 and ::1)")
     serve.add_argument("--connections-per-address", type=int,
                        default=_env_int("CONNECTIONS_PER_ADDRESS",
                                         str(defaults.transport.connections_per_address)),
@@ -138,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="messages that may wait for one user who is away; past it a "
                        "one-to-one sender gets errno 11 and a group message is not stored "
                        "for that user (CHATSERVER_STORED_LIMIT; default %(default)s)")
+    serve.add_argument("--registrations-per-minute", type=int,
+                       default=_env_int("REGISTRATIONS_PER_MINUTE",
+                                        str(defaults.limits.registrations_per_minute)),
+                       help="accounts one client address may create within a minute, and "
+                       "a sixth of the REG requests it may make (whatever their outcome), 0 for "
+                       "no limit; past it REG gets errno 9 (CHATSERVER_REGISTRATIONS_PER_MINUTE; "
+                       "default %(default)s)")
+    serve.add_argument("--registrations-per-hour", type=int,
+                       default=_env_int("REGISTRATIONS_PER_HOUR",
+                                        str(defaults.limits.registrations_per_hour)),
+                       help="accounts one client address may create within an hour, 0 for no "
+                       "limit; past it REG gets errno 9 (CHATSERVER_REGISTRATIONS_PER_HOUR; "
+                       "default %(default)s)")
     serve.add_argument("--hash-cost", type=int,
                        default=_env_int("HASH_COST", str(defaults.hash_cost)),
                        help="scrypt's n for new password hashes, a power of 2 "
@@ -146,10 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
                        default=_env_int("METRICS_PORT", "0") or None,
                        help="serve Prometheus metrics at http://HOST:PORT/metrics "
                        "(CHATSERVER_METRICS_PORT; default: off)")
+    serve.add_argument("--metrics-host", default=_env("METRICS_HOST", defaults.metrics_host),
+                       help="address the metrics endpoint listens on (CHATSERVER_METRICS_HOST; "
+                       "default %(default)s: this machine only, whatever --host is)")
     serve.add_argument("--ws-port", type=int,
                        default=_env_int("WS_PORT", "0") or None,
                        help="also serve the web page at http://HOST:PORT/ and the protocol over "
                             "WebSocket at /ws on this port (default: off; env CHATSERVER_WS_PORT)")
+    serve.add_argument("--allowed-origin", action="append", metavar="ORIGIN", default=None,
+                       help="a page (scheme://host[:port], repeatable, * for any) that may open "
+                       "the WebSocket at /ws; a browser from any other origin is refused (HTTP "
+                       "403); clients that send no Origin (not browsers) are let in "
+                       "(CHATSERVER_ALLOWED_ORIGINS, comma-separated; default: the page's own "
+                       "origin only)")
     serve.add_argument("--frame-limit", type=int,
                        default=_env_int("FRAME_LIMIT", str(defaults.frame_limit)),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
@@ -397,12 +425,28 @@ def _serve(args: argparse.Namespace) -> int:
         node_lease_seconds=args.node_lease,
         behind_proxy=args.behind_proxy,
         proxy_protocol=args.proxy_protocol,
+        # The command line's list, if any, replaces the environment's.
+        trusted_proxies=tuple(
+            c.strip() for c in args.trusted_proxy or _env("TRUSTED_PROXIES", "").split(",")
+            if c.strip()
+        ),
         tls_cert=args.tls_cert,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        allowed_origins=tuple(
+            o.strip() for o in args.allowed_origin or _env("ALLOWED_ORIGINS", "").split(",")
+            if o.strip()
+        ),
         ws_port=args.ws_port,
         tls_key=args.tls_key,
         hash_cost=args.hash_cost,
-        limits=Limits(stored_per_user=args.stored_limit),
+        limits=Limits(
+            stored_per_user=args.stored_limit,
+            registrations_per_minute=args.registrations_per_minute,
+            registrations_per_hour=args.registrations_per_hour,
+            # REG requests of any outcome (a taken name too): six times the accounts.
+            registration_attempts_per_minute=6 * args.registrations_per_minute,
+        ),
         transport=TransportLimits(
             connections_per_address=args.connections_per_address,
             idle_timeout_seconds=args.idle_timeout,

@@ -20,6 +20,9 @@ from chatserver.entrypoints.bootstrap import ConfigError
 
 log = logging.getLogger("chatserver.cluster")
 
+# Nodes listen here, whatever address nginx listens on: nothing but nginx needs to reach them.
+NODE_HOST = "127.0.0.1"
+
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 # The same settings as deploy/nginx/chatserver.conf, which README explains.
@@ -127,7 +130,7 @@ class LocalCluster:
             nginx: subprocess.Popen[bytes] | None = None
             try:
                 for port in self.node_ports() + self.node_web_ports():
-                    _wait_listening(self.host, port)
+                    _wait_listening(NODE_HOST, port)
                 nginx = self._start_nginx(Path(run_dir))
                 _wait_listening(self.host, self.port)
                 if self.ws_port:
@@ -152,24 +155,30 @@ class LocalCluster:
         log.info("cluster stopped")
         return 1 if failures else 0
 
-    def _start_node(self, index: int, port: int, run_dir: Path) -> subprocess.Popen[bytes]:
+    def node_command(self, index: int, port: int) -> list[str]:
+        """A node's command line: on loopback whatever --host is (only nginx, on this machine,
+        reaches it), believing PROXY headers and X-Forwarded-For from nginx only."""
         web = ["--ws-port", str(port + self.nodes)] if self.ws_port else []
-        return subprocess.Popen([
-            sys.executable, "-m", "chatserver", "serve", "--host", self.host, "--port", str(port),
-            "--database", self.database, "--bus", self.bus, "--node-id", f"node{index}",
-            "--proxy-protocol", *web,
-        ])
+        return [
+            sys.executable, "-m", "chatserver", "serve", "--host", NODE_HOST,
+            "--port", str(port), "--database", self.database, "--bus", self.bus,
+            "--node-id", f"node{index}", "--proxy-protocol", "--trusted-proxy", NODE_HOST,
+            *web,
+        ]
+
+    def _start_node(self, index: int, port: int, run_dir: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.node_command(index, port))
 
     def _start_nginx(self, run_dir: Path) -> subprocess.Popen[bytes]:
         servers = "\n".join(
-            f"        server {self.host}:{port} max_fails=3 fail_timeout=10s;"
+            f"        server {NODE_HOST}:{port} max_fails=3 fail_timeout=10s;"
             for port in self.node_ports()
         )
         load = f"load_module {NGINX_STREAM_MODULE};" if NGINX_STREAM_MODULE.exists() else ""
         http = ""
         if self.ws_port:
             web_servers = "\n".join(
-                f"        server {self.host}:{port} max_fails=3 fail_timeout=10s;"
+                f"        server {NODE_HOST}:{port} max_fails=3 fail_timeout=10s;"
                 for port in self.node_web_ports()
             )
             http = NGINX_HTTP_CONFIG.format(

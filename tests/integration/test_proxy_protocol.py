@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -27,6 +28,9 @@ from chatserver.application.node import Limits
 from chatserver.entrypoints.bootstrap import Config, bootstrap
 from tests.integration.conftest import HOST, free_port, free_port_block
 from tests.unit.conftest import FAST_HASHER
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
 
 pytestmark = pytest.mark.integration
 
@@ -231,3 +235,105 @@ def test_through_nginx_each_node_sees_the_real_client_address(
     assert reply is not None and reply["errno"] == 9
     assert Line(port, source="127.0.0.3").request({"msgid": 16})["errno"] == 0
     assert "refusing 127.0.0.2:" in log.read_text()
+
+
+# Issue 16.3: whose word on a client's address is believed.
+
+ONLY_127_0_0_1 = ("127.0.0.1/32",)  # so that 127.0.0.2 is a peer that is not a trusted proxy
+
+
+@contextmanager
+def serving_trusting(transport: str, trusted: tuple[str, ...]) -> Iterator[int]:
+    from attrs import evolve
+
+    from chatserver.adapters.web.server import WebSocketServer
+
+    limits = evolve(LIMITS, trusted_proxies=trusted)
+
+    async def serve(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+        async with bootstrap(Config(database="memory://"), hasher=FAST_HASHER) as app:
+            if transport == "websocket":
+                web = WebSocketServer(app.node, HOST, 0, limits, forwarded_for=True)
+                await web.serve(task_status=task_status)
+            else:
+                kind = ProtocolServer if transport == "asyncio" else TcpServer
+                await kind(app.node, HOST, 0, limits).serve(task_status=task_status)
+
+    with start_blocking_portal("asyncio") as portal:
+        future, port = portal.start_task(serve)
+        yield port
+        future.cancel()
+
+
+@pytest.mark.parametrize("transport", ["anyio", "asyncio"])
+def test_a_proxy_header_from_a_peer_that_is_not_a_trusted_proxy_is_refused(
+    transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with serving_trusting(transport, ONLY_127_0_0_1) as port:
+        spoofer = Line(port, v1("198.51.100.7"), source="127.0.0.2")
+        spoofer.send({"msgid": 16})
+        assert spoofer.closed_without_reply()
+        assert "not a trusted proxy" in caplog.text
+        # The trusted proxy's header is believed, as before.
+        proxied = Line(port, v1("198.51.100.8"))
+        assert proxied.request({"msgid": 16})["errno"] == 0
+
+
+def websocket(port: int, *, source: str, forwarded_for: str | None = None) -> "ClientConnection":
+    from websockets.sync.client import connect
+
+    sock = socket.create_connection((HOST, port), timeout=5, source_address=(source, 0))
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else None
+    return connect(f"ws://{HOST}:{port}/ws", sock=sock, additional_headers=headers,
+                   open_timeout=5, close_timeout=1).__enter__()
+
+
+def ping(ws: "ClientConnection") -> int:
+    ws.send(json.dumps({"msgid": 16}))
+    return int(json.loads(ws.recv(timeout=5))["errno"])
+
+
+def test_x_forwarded_for_from_an_untrusted_peer_is_refused_and_the_cap_holds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """532 WebSocket connections from one address passed a cap of 512 by naming a new
+    X-Forwarded-For each, and spoofed addresses used up others' login budgets."""
+    from websockets.exceptions import InvalidStatus
+
+    with serving_trusting("websocket", ONLY_127_0_0_1) as port:
+        for n in range(3):
+            with pytest.raises(InvalidStatus) as refused:
+                websocket(port, source="127.0.0.2", forwarded_for=f"203.0.113.{n}")
+            assert refused.value.response.status_code == 403
+        assert "X-Forwarded-For from a peer that is not a trusted proxy" in caplog.text
+        # Without the header it is a client of its own, counted by its own address.
+        held = [websocket(port, source="127.0.0.2") for _ in range(LIMITS.connections_per_address)]
+        assert [ping(ws) for ws in held] == [0] * len(held)
+        over = websocket(port, source="127.0.0.2")
+        assert json.loads(over.recv(timeout=5))["errno"] == 9
+        # From the trusted proxy, X-Forwarded-For names the client.
+        proxied = [websocket(port, source="127.0.0.1", forwarded_for=f"203.0.113.{n}")
+                   for n in range(3)]
+        assert [ping(ws) for ws in proxied] == [0, 0, 0]
+
+
+def test_the_cluster_keeps_its_nodes_on_loopback_and_trusts_only_nginx() -> None:
+    from chatserver.entrypoints.local_cluster import LocalCluster
+
+    cluster = LocalCluster(nodes=2, port=8000, database="sqlite:///x.db",
+                           bus="redis://127.0.0.1:6379/0", host="0.0.0.0", ws_port=8080)
+    command = cluster.node_command(1, 8001)
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--trusted-proxy") + 1] == "127.0.0.1"
+    assert "--proxy-protocol" in command
+
+
+def test_a_trusted_proxy_that_is_not_an_address_is_a_configuration_error() -> None:
+    from chatserver.entrypoints.bootstrap import ConfigError
+
+    with pytest.raises(ConfigError, match=r"nginx\.local"):
+        Config(proxy_protocol=True, trusted_proxies=("nginx.local",)).transport_limits()
+    limits = Config(proxy_protocol=True, trusted_proxies=("10.0.0.0/8",)).transport_limits()
+    assert limits.trusted_proxies == ("10.0.0.0/8",)
+    assert Config(proxy_protocol=True).transport_limits().trusted_proxies == (
+        "127.0.0.0/8", "::1/128")

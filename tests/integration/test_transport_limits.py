@@ -226,7 +226,7 @@ def test_connections_per_address_are_capped(port: Endpoint) -> None:
 def test_wrong_passwords_throttle_the_account(port: Endpoint) -> None:
     client = port.connect()
     user = client.request({"msgid": 4, "name": "target", "password": "right"})["id"]
-    for _ in range(Limits().failed_logins_per_account):
+    for _ in range(Limits().failed_logins_per_account_and_address):
         assert client.request({"msgid": 1, "id": user, "password": "wrong"})["errno"] == 1
     assert client.request({"msgid": 1, "id": user, "password": "right"})["errno"] == 9
 
@@ -273,3 +273,19 @@ def test_a_client_that_floods_at_just_over_the_rate_is_cut_off_too(port: Endpoin
             closed = True
         time.sleep(0.02)
     assert closed or client.closed_within(2)
+
+
+def test_malformed_frames_are_charged_and_a_flood_of_them_is_cut_off(port: Endpoint) -> None:
+    """Issue 16.4: malformed frames were answered (errno 7) before the budget was charged, so
+    a flood of them was never refused nor cut off."""
+    client = port.connect()
+    with suppress(BrokenPipeError, ConnectionResetError):
+        client.send(*[{"msgid": 99}] * (LIMITS.request_burst + 10))
+    replies = [client.recv() for _ in range(LIMITS.request_burst + 10)]
+    errnos = [r["errno"] for r in replies if r is not None]
+    assert errnos[: LIMITS.request_burst] == [7] * LIMITS.request_burst
+    assert set(errnos[LIMITS.request_burst :]) == {9}
+    with suppress(BrokenPipeError, ConnectionResetError):
+        client.send(*[{"msgid": 99}] * 200)
+    assert client.closed_within(5)
+    assert port.connect().request({"msgid": 16})["errno"] == 0  # others are not affected

@@ -226,6 +226,9 @@ def test_connections_per_address_count_tcp_and_websocket_together(tmp_path: Path
     ).start()
     assert server.port is not None
     held: list[Client] = []
+    # The start-up probes (a connection to each port, closed at once) count until the server
+    # has seen them close: connections count from the moment they are accepted.
+    time.sleep(0.3)
     try:
         held = [Client(server.port), Client(server.port), WebSocketTestClient(ws_port)]
         for client in held:
@@ -238,8 +241,11 @@ def test_connections_per_address_count_tcp_and_websocket_together(tmp_path: Path
         for _ in range(50):
             late = WebSocketTestClient(ws_port)
             held.append(late)
-            if late.request({"msgid": 16})["errno"] == 0:
-                break
+            try:
+                if late.request({"msgid": 16})["errno"] == 0:
+                    break
+            except BrokenPipeError:
+                pass  # counted when accepted, it may be refused and closed before the PING
             time.sleep(0.05)  # the server has yet to see the close
         else:
             raise AssertionError("no room after a connection closed")

@@ -441,7 +441,8 @@ class OwnServer:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "chatserver", "serve", "--host", HOST,
                      "--port", str(self.port), "--database", self.database,
-                     "--connections-per-address", "0"],
+                     "--connections-per-address", "0", "--registrations-per-minute", "0",
+                     "--registrations-per-hour", "0"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 )
             deadline = time.monotonic() + 20

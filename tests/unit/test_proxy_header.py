@@ -155,3 +155,15 @@ def test_the_reader_never_waits_past_its_bound(data: bytes) -> None:
 def test_mutated_v1_lines_parse_or_are_refused(data: bytes) -> None:
     with contextlib.suppress(ProxyHeaderError):
         ProxyHeaderReader().feed(data + b"\r\n")
+
+
+def test_trusted_proxies_match_addresses_blocks_and_mapped_ipv4() -> None:
+    from chatserver.adapters.tcp.proxy_header import TrustedProxies
+
+    default = TrustedProxies()
+    assert "127.0.0.1" in default and "127.8.9.10" in default and "::1" in default
+    assert "::ffff:127.0.0.1" in default  # an IPv4 peer on a dual-stack socket
+    assert "10.0.0.1" not in default and "?" not in default and "local" not in default
+    nginx = TrustedProxies(["10.1.2.0/24", "2001:db8::5"])
+    assert "10.1.2.200" in nginx and "10.1.3.1" not in nginx
+    assert "2001:db8::5" in nginx and "127.0.0.1" not in nginx

@@ -326,7 +326,7 @@ async def test_wrong_passwords_lock_the_account_for_a_while_even_for_the_right_o
     chat: ChatApp,
 ) -> None:
     alice = await register(chat, "alice")
-    for _ in range(chat.node.limits.failed_logins_per_account):
+    for _ in range(chat.node.limits.failed_logins_per_account_and_address):
         with pytest.raises(InvalidCredentials):
             await chat.connect().request(Login("guess", user_id=alice))
     with pytest.raises(RateLimited):

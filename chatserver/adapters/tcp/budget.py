@@ -2,6 +2,8 @@
 
 import time
 
+from chatserver.application.throttle import address_key
+
 
 class RequestBudget:
     def __init__(self, per_second: float, burst: int) -> None:
@@ -30,7 +32,9 @@ class ConnectionsPerAddress:
         self.open: dict[str, int] = {}
 
     def admit(self, address: str) -> bool:
-        """Count one more connection from address; False (and not counted) if over the limit."""
+        """Count one more connection from address; False (and not counted) if over the limit.
+        IPv6 addresses are counted by their /64."""
+        address = address_key(address)
         count = self.open.get(address, 0)
         if self.limit and count >= self.limit:
             return False
@@ -38,6 +42,7 @@ class ConnectionsPerAddress:
         return True
 
     def leave(self, address: str) -> None:
+        address = address_key(address)
         count = self.open[address] - 1
         if count:
             self.open[address] = count

@@ -13,7 +13,13 @@ from anyio.abc import ByteStream
 from attrs import define
 
 from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.proxy_header import ProxyHeaderError, ProxyHeaderReader
+from chatserver.adapters.tcp.proxy_header import (
+    LOOPBACK,
+    ProxyHeaderError,
+    ProxyHeaderReader,
+    TrustedProxies,
+)
+from chatserver.adapters.tcp.requests import REFUSAL_LOG
 from chatserver.adapters.tcp.streaming import StreamingClient
 from chatserver.adapters.wire.codec import Dialect, encode_frame_too_large
 from chatserver.adapters.wire.framing import FrameSplitter
@@ -47,6 +53,12 @@ class TransportLimits:
     # the real client, which must arrive within this time.
     proxy_protocol: bool = False
     proxy_header_seconds: float = 5.0
+    # The proxies (CIDR blocks) whose PROXY header, or X-Forwarded-For on the web port, is
+    # believed; a connection from elsewhere that sends one is refused (--trusted-proxy).
+    trusted_proxies: tuple[str, ...] = LOOPBACK
+    # Connections accepted but not yet clients (in the TLS or WebSocket handshake, waiting
+    # for a PROXY header), all addresses together; they count against their address too.
+    pending_connections: int = 1024
     # At shutdown, requests already being handled get this long to finish and be answered
     # before sessions are logged out (half of serve's grace; the rest is for logging out).
     request_grace_seconds: float = 5.0
@@ -115,9 +127,15 @@ class TcpClient(StreamingClient):
         except (OSError, ssl.SSLError, anyio.BrokenResourceError) as error:
             log.debug("closing %s: %s", self.peer, error)
 
-    async def read_proxy_header(self) -> bool:
+    async def read_proxy_header(self, trusted: TrustedProxies) -> bool:
         """--proxy-protocol: take the client's real address from the header the proxy sends
-        first. False (and logged) if no valid header came within the limits."""
+        first. False (and logged) if the peer is not a trusted proxy, or no valid header came
+        within the limits."""
+        if self.address not in trusted:
+            if REFUSAL_LOG.allow():
+                log.warning("closing %s: not a trusted proxy (--trusted-proxy %s)%s",
+                            self.peer, trusted, REFUSAL_LOG.skipped())
+            return False
         reader = ProxyHeaderReader()
         try:
             with anyio.fail_after(self.limits.proxy_header_seconds):
@@ -175,11 +193,14 @@ class TcpClient(StreamingClient):
         frames = self.splitter.feed(data)
         if frames and self.splitter.legacy:
             self.dialect = Dialect.LEGACY
+        refused_limit = self.limits.refused_before_disconnect
         for frame in frames:
             if self._shutting_down:
                 self._refuse_stopping(frame)
                 continue
             await self._serve(frame)
+            if self._refused > refused_limit:
+                break  # flooding: the rest of what was read is not served
         if self._shutting_down:
             return False
         if self._flooding():

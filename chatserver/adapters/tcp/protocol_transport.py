@@ -27,8 +27,12 @@ from anyio.abc import TaskStatus
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress, RequestBudget
 from chatserver.adapters.tcp.connection import TransportLimits, allowed_silence, set_keepalive
-from chatserver.adapters.tcp.proxy_header import ProxyHeaderError, ProxyHeaderReader
-from chatserver.adapters.tcp.requests import RequestServing, log_out_everyone
+from chatserver.adapters.tcp.proxy_header import (
+    ProxyHeaderError,
+    ProxyHeaderReader,
+    TrustedProxies,
+)
+from chatserver.adapters.tcp.requests import REFUSAL_LOG, RequestServing, log_out_everyone
 from chatserver.adapters.wire.codec import (
     Dialect,
     encode_event,
@@ -103,6 +107,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self._reading = True
         self._backlogged = False
         self._registered = False
+        self.counted = False  # against its address, in the server's per_address
         self._last_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
         # --proxy-protocol: the header is read before anything else, within a time limit.
@@ -181,15 +186,40 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self.connection.address = self.address
         set_keepalive(transport.get_extra_info("socket"))
         if self.server.tls is not None:
+            # Counted from now on, against its address and the cap on handshakes in progress:
+            # a client cannot hold more descriptors by never finishing its handshake.
+            if not self.server.admit_pending(self, count_address=True):
+                self._refuse_pending(transport, "TLS handshake")
+                return
             transport.pause_reading()
             self.loop.create_task(self._start_tls(transport, self.server.tls))
         elif self.limits.proxy_protocol:
+            if self.address not in self.server.trusted:
+                if REFUSAL_LOG.allow():
+                    log.warning("closing %s: not a trusted proxy (--trusted-proxy %s)%s",
+                                self.peer, self.server.trusted, REFUSAL_LOG.skipped())
+                self._lost = self._closed = self._closing = True
+                transport.abort()
+                self.done.set_result(None)
+                return
+            if not self.server.admit_pending(self, count_address=False):
+                self._refuse_pending(transport, "PROXY header")
+                return
             self._proxy_reader = ProxyHeaderReader()
             self._header_timer = self.loop.call_later(
                 self.limits.proxy_header_seconds, self._no_proxy_header
             )
         else:
             self._open()
+
+    def _refuse_pending(self, transport: asyncio.Transport, waiting_for: str) -> None:
+        if REFUSAL_LOG.allow():
+            log.warning("refusing %s: too many connections from there or waiting for a %s "
+                        "(%d at most)%s", self.peer, waiting_for,
+                        self.limits.pending_connections, REFUSAL_LOG.skipped())
+        self._lost = self._closed = self._closing = True
+        transport.abort()
+        self.done.set_result(None)
 
     def _read_proxy_header(self, data: bytes) -> None:
         """--proxy-protocol: the client's real address comes first, from the proxy."""
@@ -641,6 +671,7 @@ class ProtocolServer:
             limits.connections_per_address
         )
         self.shutting_down = False
+        self.trusted = TrustedProxies(limits.trusted_proxies)
         self.receive_buffer = memoryview(bytearray(limits.read_chunk))
         # Clients with output queued, written by one callback at the end of the loop iteration.
         self._unflushed: list[ProtocolClient] = []
@@ -648,6 +679,8 @@ class ProtocolServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._open: set[ProtocolClient] = set()
+        # Accepted, not yet clients: in their TLS handshake, or waiting for a PROXY header.
+        self._pending: set[ProtocolClient] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -707,16 +740,35 @@ class ProtocolServer:
         return client
 
     def admit(self, client: ProtocolClient) -> bool:
-        """Count the client against its address; False if that address has too many."""
-        if not self.per_address.admit(client.address):
-            return False
+        """Count the client against its address (unless it was while pending); False if that
+        address has too many."""
+        self._pending.discard(client)
+        if not client.counted:
+            if not self.per_address.admit(client.address):
+                return False
+            client.counted = True
         self.clients.add(client)
+        return True
+
+    def admit_pending(self, client: ProtocolClient, *, count_address: bool) -> bool:
+        """A connection that is not yet a client (TLS handshake, PROXY header to come): count
+        it against the cap on such connections and, unless its address is still to be learnt
+        from a proxy, against its address. False if either is full."""
+        if len(self._pending) >= self.limits.pending_connections:
+            return False
+        if count_address:
+            if not self.per_address.admit(client.address):
+                return False
+            client.counted = True
+        self._pending.add(client)
         return True
 
     def _forget(self, client: ProtocolClient) -> None:
         self._open.discard(client)
-        if client in self.clients:
-            self.clients.discard(client)
+        self._pending.discard(client)
+        self.clients.discard(client)
+        if client.counted:
+            client.counted = False
             self.per_address.leave(client.address)
 
 

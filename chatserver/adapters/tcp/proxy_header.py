@@ -7,6 +7,7 @@ the source address and port; v2's TLVs are skipped.
 
 import ipaddress
 import struct
+from collections.abc import Iterable
 
 from attrs import frozen
 
@@ -19,6 +20,42 @@ V2_FIXED_BYTES = 16
 V2_MAX_BYTES = V2_FIXED_BYTES + 2048
 
 _V2_FAMILIES = {0x1: (4, ipaddress.IPv4Address), 0x2: (16, ipaddress.IPv6Address)}
+
+
+# Whom a PROXY header or an X-Forwarded-For header is believed from unless told otherwise
+# (--trusted-proxy): this machine, where `chatserver cluster` runs nginx.
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+class TrustedProxies:
+    """The addresses (CIDR blocks) of the proxies whose word on a client's address is taken:
+    a PROXY header, or X-Forwarded-For, from any other peer is refused."""
+
+    def __init__(self, cidrs: Iterable[str] = LOOPBACK) -> None:
+        self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+
+    def __contains__(self, host: object) -> bool:
+        if not isinstance(host, str):
+            return False
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+    def __str__(self) -> str:
+        return ", ".join(str(network) for network in self.networks)
+
+
+def check_cidrs(cidrs: Iterable[str]) -> None:
+    """Raise ValueError, naming it, for a CIDR block that cannot be parsed."""
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"not an address or CIDR block: {cidr!r}") from None
 
 
 class ProxyHeaderError(ValueError):

@@ -53,6 +53,33 @@ def resume(coro: Coroutine[Any, Any, T], waiting_for: Any) -> Generator[Any, Any
             return done.value  # type: ignore[no-any-return]
 
 
+class LogBudget:
+    """Lines of one kind logged per second, over the whole process: a flood of failing
+    requests (a REG of a taken name, 10,000 a second) must not become a flood of log lines.
+    The line after a gap says how many were left out."""
+
+    def __init__(self, per_second: float, burst: int) -> None:
+        self.budget = RequestBudget(per_second, burst)
+        self.dropped = 0
+
+    def allow(self) -> bool:
+        if self.budget.spend():
+            return True
+        self.dropped += 1
+        return False
+
+    def skipped(self) -> str:
+        dropped, self.dropped = self.dropped, 0
+        return f" ({dropped} similar lines left out)" if dropped else ""
+
+
+# "request failed" lines: 20 a second after a burst of 100 (README, "Logs").
+FAILURE_LOG = LogBudget(20.0, 100)
+# Lines about connections refused before their first request (not a trusted proxy, too many
+# from one address): 10 a second after a burst of 50.
+REFUSAL_LOG = LogBudget(10.0, 50)
+
+
 class RequestServing:
     """What a transport's client object mixes in to serve frames; it provides the attributes
     below and _queue(frame)."""
@@ -78,22 +105,20 @@ class RequestServing:
         """Serve one request as far as it goes without waiting: None once it is answered, else
         the rest of it, a coroutine to await (the use case has begun and waits for something).
         Most requests never wait, and cost no coroutine of the transport's this way."""
-        request = decode(frame, self.dialect)
-        if isinstance(request, BadRequest):
-            self._reply_error(encode_bad_request(request, self.dialect), 0, BAD_REQUEST, 0.0)
-            return None
         budget = self.budget
+        # Every frame is charged, a malformed one too, before it is even decoded: a flood of
+        # bad frames is refused and cut off like any other (in the legacy dialect as well,
+        # where neither is answered).
         if not budget.spend():
-            if not self._refused:
-                log.info("rate limiting %s user=%s", self.peer, self._user_id())
-            self._refused += 1
-            error: ChatError = RateLimited()
-            reply = encode_error(request, error, self.dialect)
-            self._reply_error(reply, request.msgid, errno_and_message(error)[0], 0.0)
+            self._refuse(frame)
             return None
         if self._refused and budget.tokens >= budget.burst - 1:
             # Quiet long enough to refill: whatever it did before is forgiven.
             self._refused = 0
+        request = decode(frame, self.dialect)
+        if isinstance(request, BadRequest):
+            self._reply_error(encode_bad_request(request, self.dialect), 0, BAD_REQUEST, 0.0)
+            return None
         # The clock is read for the request histogram only.
         started = time.perf_counter() if self.metrics is not None else 0.0
         handling = self.connection.handle(request.command, request.claimed_id)
@@ -108,6 +133,17 @@ class RequestServing:
         else:
             return self._go_on(request, handling, waiting_for, started)
         return None
+
+    def _refuse(self, frame: bytes) -> None:
+        """Over the budget: errno 9 (with the msgid and seq of the frame, if it has them)."""
+        if not self._refused:
+            log.info("rate limiting %s user=%s", self.peer, self._user_id())
+        self._refused += 1
+        request = decode(frame, self.dialect)
+        msgid = request.msgid if isinstance(request, Request) else request.reply_to
+        error: ChatError = RateLimited()
+        reply = encode_error(request, error, self.dialect)
+        self._reply_error(reply, msgid, errno_and_message(error)[0], 0.0)
 
     async def _go_on(self, request: Request, handling: Coroutine[Any, Any, Result],
                      waiting_for: Any, started: float) -> None:
@@ -129,8 +165,9 @@ class RequestServing:
             self.metrics.request(request.msgid, 0, time.perf_counter() - started)
 
     def _failed(self, request: Request, error: ChatError, started: float) -> None:
-        log.info("request failed user=%s msgid=%d error=%s reason=%r", self._user_id(),
-                 request.msgid, type(error).__name__, error.message)
+        if FAILURE_LOG.allow():
+            log.info("request failed user=%s msgid=%d error=%s reason=%r%s", self._user_id(),
+                     request.msgid, type(error).__name__, error.message, FAILURE_LOG.skipped())
         reply = encode_error(request, error, self.dialect)
         errno = errno_and_message(error)[0]
         self._reply_error(reply, request.msgid, errno, self._since(started))

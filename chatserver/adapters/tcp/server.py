@@ -6,17 +6,19 @@ from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, Listener, TaskStatus
-from anyio.streams.tls import TLSListener
+from anyio.streams.tls import TLSStream
 
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TcpClient, TransportLimits
-from chatserver.adapters.tcp.requests import log_out_everyone
+from chatserver.adapters.tcp.proxy_header import TrustedProxies
+from chatserver.adapters.tcp.requests import REFUSAL_LOG, log_out_everyone
 from chatserver.adapters.wire.codec import encode_refusal
 from chatserver.application.node import Node
 
 log = logging.getLogger("chatserver.tcp")
 
+TLS_HANDSHAKE_SECONDS = 30.0
 TOO_MANY_CONNECTIONS = encode_refusal("too many connections from your address")
 
 
@@ -43,6 +45,8 @@ class TcpServer:
         self.per_address = per_address or ConnectionsPerAddress(
             limits.connections_per_address
         )
+        self.trusted = TrustedProxies(limits.trusted_proxies)
+        self._handshakes = 0  # connections in their TLS handshake
         self._accepting = anyio.CancelScope()
         self._stopping = False
 
@@ -52,10 +56,8 @@ class TcpServer:
             local_host=self.host, local_port=self.port, reuse_port=False
         )
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        # TLS is set up per connection in _serve_client, once the connection is counted.
         served: Listener[Any] = listener
-        if self.tls is not None:
-            # No closing handshake: a chat client that vanishes must not hold up the server.
-            served = QuietTLSListener(listener, self.tls, standard_compatible=False)
         try:
             async with anyio.create_task_group() as clients:
                 with self._accepting:
@@ -75,13 +77,51 @@ class TcpServer:
         await log_out_everyone(self.clients, self.limits.request_grace_seconds)
 
     async def _serve_client(self, stream: ByteStream) -> None:
+        if self.tls is not None:
+            await self._serve_tls_client(stream, self.tls)
+            return
+        await self._serve_counted(stream)
+
+    async def _serve_tls_client(self, stream: ByteStream, tls: ssl.SSLContext) -> None:
+        """Count the connection against its address and the cap on handshakes in progress
+        before its TLS handshake: a client cannot hold more descriptors by never finishing
+        it."""
+        address = _peer(stream)
+        if self._handshakes >= self.limits.pending_connections or not self.per_address.admit(
+            address
+        ):
+            if REFUSAL_LOG.allow():
+                log.warning("refusing %s: too many connections from there or in a TLS "
+                            "handshake%s", address, REFUSAL_LOG.skipped())
+            await anyio.aclose_forcefully(stream)
+            return
+        try:
+            self._handshakes += 1
+            try:
+                with anyio.fail_after(TLS_HANDSHAKE_SECONDS):
+                    # No closing handshake: a chat client that vanishes must not hold us up.
+                    wrapped = await TLSStream.wrap(stream, server_side=True, ssl_context=tls,
+                                                   standard_compatible=False)
+            except (TimeoutError, ssl.SSLError, OSError, anyio.BrokenResourceError,
+                    anyio.EndOfStream) as error:
+                log.info("TLS handshake failed: %s", error or type(error).__name__)
+                await anyio.aclose_forcefully(stream)
+                return
+            finally:
+                self._handshakes -= 1
+            await self._serve_counted(wrapped, counted=address)
+        finally:
+            self.per_address.leave(address)
+
+    async def _serve_counted(self, stream: ByteStream, counted: str | None = None) -> None:
+        """Serve a client; counted: the address it is already counted under, if it is."""
         client = TcpClient(stream, self.node, self.limits, self.metrics)
         if self.limits.proxy_protocol and (
-            not await client.read_proxy_header() or self._stopping
+            not await client.read_proxy_header(self.trusted) or self._stopping
         ):
             await anyio.aclose_forcefully(stream)
             return
-        if not self.per_address.admit(client.address):
+        if counted is None and not self.per_address.admit(client.address):
             log.warning("refusing %s: already %d connections from there", client.peer,
                         self.per_address.limit)
             with anyio.move_on_after(1):
@@ -93,15 +133,12 @@ class TcpServer:
             await client.run()
         finally:
             self.clients.discard(client)
-            self.per_address.leave(client.address)
+            if counted is None:
+                self.per_address.leave(client.address)
 
 
-class QuietTLSListener(TLSListener):
-    """A failed TLS handshake is the client's problem: one log line, no traceback."""
-
-    @staticmethod
-    async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream) -> None:
-        log.info("TLS handshake failed: %s", exc or type(exc).__name__)
-        await anyio.aclose_forcefully(stream)
-        if not isinstance(exc, Exception):
-            raise exc
+def _peer(stream: ByteStream) -> str:
+    try:
+        return str(stream.extra(anyio.abc.SocketAttribute.remote_address)[0])
+    except (anyio.TypedAttributeLookupError, TypeError, IndexError):
+        return "?"

@@ -32,7 +32,7 @@ class WebSocketClient(StreamingClient):
         address: str | None = None,
     ) -> None:
         self.websocket = websocket
-        peer, own_address = _peer(websocket)
+        peer, own_address = peer_address(websocket)
         if address is not None:
             peer, own_address = f"{address} (via {peer})", address
         super().__init__(node, limits, metrics, peer, own_address)
@@ -100,7 +100,7 @@ def _reset(websocket: ServerConnection) -> None:
     websocket.transport.abort()
 
 
-def _peer(websocket: ServerConnection) -> tuple[str, str]:
+def peer_address(websocket: ServerConnection) -> tuple[str, str]:
     """The client's host:port for logs, and its host for limits per address."""
     address = websocket.remote_address
     if isinstance(address, tuple) and len(address) >= 2:

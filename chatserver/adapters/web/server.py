@@ -4,6 +4,7 @@ WebSocket framing and the HTTP handshake are the `websockets` library's; what is
 same request serving, limits and shutdown as the TCP listener.
 """
 
+import asyncio
 import logging
 import mimetypes
 import ssl
@@ -21,10 +22,12 @@ from websockets.http11 import Request, Response
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
-from chatserver.adapters.tcp.requests import log_out_everyone
+from chatserver.adapters.tcp.proxy_header import TrustedProxies
+from chatserver.adapters.tcp.requests import REFUSAL_LOG, log_out_everyone
 from chatserver.adapters.tcp.server import TOO_MANY_CONNECTIONS
-from chatserver.adapters.web.client import WebSocketClient
+from chatserver.adapters.web.client import WebSocketClient, peer_address
 from chatserver.application.node import Node
+from chatserver.application.throttle import address_key
 
 log = logging.getLogger("chatserver.web")
 
@@ -77,6 +80,27 @@ class StaticFiles:
         return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
 
 
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether Origin (scheme://host[:port]) names the host (and port) the request was sent to.
+    The scheme is not compared: behind a proxy that terminates TLS the page is https while
+    this server speaks http. A Host without a port (nginx's $host) matches any port."""
+    if host is None or "://" not in origin:
+        return False
+    scheme, _, origin_host = origin.partition("://")
+    default = "443" if scheme in ("https", "wss") else "80"
+    origin_name, origin_port = _split_host(origin_host, default)
+    host_name, host_port = _split_host(host.strip().lower(), None)
+    return origin_name == host_name and (host_port is None or origin_port == host_port)
+
+
+def _split_host(host: str, default_port: str | None) -> tuple[str, str | None]:
+    if host.startswith("["):  # [IPv6]:port
+        name, _, rest = host[1:].partition("]")
+        return name, rest[1:] if rest.startswith(":") else default_port
+    name, colon, port = host.rpartition(":")
+    return (name, port) if colon and port.isdigit() else (host, default_port)
+
+
 def _plain(status: HTTPStatus, text: str) -> Response:
     body = text.encode()
     headers = Headers({
@@ -85,6 +109,11 @@ def _plain(status: HTTPStatus, text: str) -> Response:
         "Connection": "close",
     })
     return Response(status.value, status.phrase, headers, body)
+
+
+# Connections over their address's limit let through the handshake at once, per address, to
+# be told errno 9; more are closed as soon as they are accepted.
+OVER_LIMIT_TOLD = 8
 
 
 class WebSocketServer:
@@ -102,6 +131,7 @@ class WebSocketServer:
         per_address: ConnectionsPerAddress | None = None,
         page: StaticFiles | None = None,
         forwarded_for: bool = False,
+        allowed_origins: tuple[str, ...] = (),
     ) -> None:
         self.node = node
         self.host = host
@@ -113,11 +143,19 @@ class WebSocketServer:
         # Behind a reverse proxy (nginx) that sets X-Forwarded-For: the client's address is
         # the last one in it (the one the proxy saw), not the proxy's.
         self.forwarded_for = forwarded_for
+        self.trusted = TrustedProxies(limits.trusted_proxies)
+        # Origins (scheme://host[:port]) whose pages may open /ws; empty: this page's own.
+        self.allowed_origins = tuple(o.strip().lower().rstrip("/") for o in allowed_origins)
         self.clients: set[WebSocketClient] = set()
         # Shared with the node's other listeners, when given: the limit is per client.
         self.per_address = per_address or ConnectionsPerAddress(
             limits.connections_per_address
         )
+        self._pending: set[ServerConnection] = set()  # accepted, handshake not done
+        self._counted: dict[ServerConnection, str] = {}  # the address each is counted under
+        # Over their address's limit when accepted, let through to be told errno 9.
+        self._over: dict[ServerConnection, str] = {}
+        self._over_by_address: dict[str, int] = {}
         self._stop = anyio.Event()
         self._all_gone = anyio.Event()
 
@@ -136,6 +174,9 @@ class WebSocketServer:
             ping_interval=20,
             ping_timeout=20,
             open_timeout=10,
+            create_connection=self._connection_class(),
+            # The TLS handshake happens before a connection is counted: keep it short.
+            ssl_handshake_timeout=10 if self.tls is not None else None,
             close_timeout=self.limits.close_grace_seconds,
             compression=None,
             server_header=None,
@@ -162,23 +203,72 @@ class WebSocketServer:
         if request.path.split("?", 1)[0] == WEBSOCKET_PATH:
             if self._stop.is_set():
                 return _plain(HTTPStatus.SERVICE_UNAVAILABLE, "server stopping\n")
+            if self._spoofed(connection, request):
+                return _plain(HTTPStatus.FORBIDDEN, "X-Forwarded-For from an untrusted peer\n")
+            if not self._origin_allowed(request):
+                if REFUSAL_LOG.allow():
+                    log.warning("refusing %s: WebSocket from origin %r (--allowed-origin)%s",
+                                peer_address(connection)[0], request.headers.get("Origin"),
+                                REFUSAL_LOG.skipped())
+                return _plain(HTTPStatus.FORBIDDEN, "origin not allowed\n")
             return None
-        return self.page.response(request)
+        response = self.page.response(request)
+        if self.tls is not None:
+            # Served over TLS: browsers are to come back over TLS only, for a year.
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
+        return response
+
+    def _origin_allowed(self, request: Request) -> bool:
+        """A browser names the page that opens /ws in Origin: by default only this server's own
+        page may (another site's page cannot use its visitors' network position to reach this
+        server); --allowed-origin lists others ("*": any). Clients that are not browsers send
+        no Origin and are let in."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True
+        origin = origin.strip().lower().rstrip("/")
+        if self.allowed_origins:
+            return "*" in self.allowed_origins or origin in self.allowed_origins
+        return _same_origin(origin, request.headers.get("Host"))
+
+    def _spoofed(self, connection: ServerConnection, request: Request) -> bool:
+        """X-Forwarded-For from a peer that is not a trusted proxy: refused, and logged."""
+        if not self.forwarded_for or "X-Forwarded-For" not in request.headers:
+            return False
+        peer, address = peer_address(connection)
+        if address in self.trusted:
+            return False
+        if REFUSAL_LOG.allow():
+            log.warning("refusing %s: X-Forwarded-For from a peer that is not a trusted proxy "
+                        "(--trusted-proxy %s)%s", peer, self.trusted, REFUSAL_LOG.skipped())
+        return True
 
     def _forwarded(self, websocket: ServerConnection) -> str | None:
+        """The client's address as the trusted proxy in front says (the last hop, which that
+        proxy added); None when there is no proxy in front."""
         if not self.forwarded_for or websocket.request is None:
             return None
+        if peer_address(websocket)[1] not in self.trusted:
+            return None  # no X-Forwarded-For (_route refused any): a client of its own
         hops = ",".join(websocket.request.headers.get_all("X-Forwarded-For")).split(",")
         last = hops[-1].strip()
         return last or None
 
     async def _serve_client(self, websocket: ServerConnection) -> None:
+        self._pending.discard(websocket)
         client = WebSocketClient(
             websocket, self.node, self.limits, self.metrics, address=self._forwarded(websocket)
         )
-        if not self.per_address.admit(client.address):
-            log.warning("refusing %s: already %d connections from there", client.peer,
-                        self.per_address.limit)
+        counted = self._counted.get(websocket)
+        # Not counted at accept: from a trusted proxy, the client's address was learnt from
+        # X-Forwarded-For (or the address was over its limit: refused below).
+        if (counted is None and not self._forget_over(websocket)
+                and self.per_address.admit(client.address)):
+            self._counted[websocket] = counted = client.address
+        if counted is None:
+            if REFUSAL_LOG.allow():
+                log.warning("refusing %s: already %d connections from there%s", client.peer,
+                            self.per_address.limit, REFUSAL_LOG.skipped())
             with anyio.move_on_after(1):
                 await websocket.send(TOO_MANY_CONNECTIONS[:-1], text=True)
                 await websocket.close(CloseCode.TRY_AGAIN_LATER, "too many connections")
@@ -190,6 +280,71 @@ class WebSocketServer:
             log.exception("websocket client %s failed", client.peer)
         finally:
             self.clients.discard(client)
-            self.per_address.leave(client.address)
+            self._release(websocket)
             if self._stop.is_set() and not self.clients:
                 self._all_gone.set()
+
+    # Connections are counted from the moment they are accepted, not once their handshake is
+    # done: a client cannot hold more descriptors by never finishing its handshake.
+
+    def _accepted(self, connection: ServerConnection, transport: asyncio.BaseTransport) -> None:
+        """A TCP connection was accepted (after TLS, if any): count it against the cap on
+        handshakes in progress and against its address, unless it is a trusted proxy whose
+        clients are counted by the address it names."""
+        peer, host = peer_address(connection)
+        if len(self._pending) >= self.limits.pending_connections:
+            if REFUSAL_LOG.allow():
+                log.warning("refusing %s: %d WebSocket handshakes in progress%s", peer,
+                            len(self._pending), REFUSAL_LOG.skipped())
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            else:
+                transport.close()
+            return
+        self._pending.add(connection)
+        if self.forwarded_for and host in self.trusted:
+            return
+        if self.per_address.admit(host):
+            self._counted[connection] = host
+        elif self._over_by_address.get(host := address_key(host), 0) < OVER_LIMIT_TOLD:
+            # Let a few through the handshake to be told errno 9; the rest are cut at once.
+            self._over[connection] = host
+            self._over_by_address[host] = self._over_by_address.get(host, 0) + 1
+        else:
+            self._pending.discard(connection)
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            else:
+                transport.close()
+
+    def _release(self, connection: ServerConnection) -> None:
+        self._pending.discard(connection)
+        self._forget_over(connection)
+        counted = self._counted.pop(connection, None)
+        if counted is not None:
+            self.per_address.leave(counted)
+
+    def _forget_over(self, connection: ServerConnection) -> bool:
+        host = self._over.pop(connection, None)
+        if host is None:
+            return False
+        left = self._over_by_address[host] - 1
+        if left:
+            self._over_by_address[host] = left
+        else:
+            del self._over_by_address[host]
+        return True
+
+    def _connection_class(self) -> type[ServerConnection]:
+        server = self
+
+        class CountedConnection(ServerConnection):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                server._accepted(self, transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                server._release(self)
+                super().connection_lost(exc)
+
+        return CountedConnection

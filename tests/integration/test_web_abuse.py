@@ -1,0 +1,90 @@
+"""Abuse of the web listener, performed: another site's page opening /ws (issue 16.11), and
+HSTS with TLS (issue 16.12). In-process servers on loopback."""
+
+import json
+import ssl
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.from_thread import start_blocking_portal
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.web.server import WebSocketServer
+from chatserver.entrypoints.bootstrap import Config, bootstrap
+from tests.integration.conftest import HOST
+from tests.unit.conftest import FAST_HASHER
+
+pytestmark = pytest.mark.integration
+
+
+@contextmanager
+def web(allowed_origins: tuple[str, ...] = (), tls: ssl.SSLContext | None = None
+        ) -> Iterator[int]:
+    async def serve(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+        async with bootstrap(Config(database="memory://"), hasher=FAST_HASHER) as app:
+            server = WebSocketServer(app.node, HOST, 0, TransportLimits(), tls=tls,
+                                     allowed_origins=allowed_origins)
+            await server.serve(task_status=task_status)
+
+    with start_blocking_portal("asyncio") as portal:
+        future, port = portal.start_task(serve)
+        yield port
+        future.cancel()
+
+
+def opened(port: int, origin: str | None) -> ClientConnection:
+    return connect(f"ws://{HOST}:{port}/ws", origin=origin,  # type: ignore[arg-type]
+                   open_timeout=5, close_timeout=1).__enter__()
+
+
+def ping(ws: ClientConnection) -> int:
+    ws.send(json.dumps({"msgid": 16}))
+    return int(json.loads(ws.recv(timeout=5))["errno"])
+
+
+def test_another_sites_page_cannot_open_the_websocket(caplog: pytest.LogCaptureFixture) -> None:
+    with web() as port:
+        for origin in ("http://evil.example", f"http://{HOST}:{port + 1}", "null"):
+            with pytest.raises(InvalidStatus) as refused:
+                opened(port, origin)
+            assert refused.value.response.status_code == 403
+        assert "refusing" in caplog.text and "evil.example" in caplog.text
+        # The page's own origin, and clients that are not browsers (no Origin), are served.
+        assert ping(opened(port, f"http://{HOST}:{port}")) == 0
+        assert ping(opened(port, None)) == 0
+
+
+def test_allowed_origins_are_listed_by_the_operator() -> None:
+    with web(allowed_origins=("https://chat.example.com",)) as port:
+        assert ping(opened(port, "https://chat.example.com")) == 0
+        with pytest.raises(InvalidStatus):
+            opened(port, f"http://{HOST}:{port}")
+        assert ping(opened(port, None)) == 0
+    with web(allowed_origins=("*",)) as port:
+        assert ping(opened(port, "http://anything.example")) == 0
+
+
+def test_the_page_over_tls_tells_browsers_to_stay_on_tls(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+        check=True, capture_output=True,
+    )
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    client_context.check_hostname = False
+    with web(tls=server_context) as port, urllib.request.urlopen(
+        f"https://{HOST}:{port}/", context=client_context, timeout=5
+    ) as response:
+        assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
+    with web() as port, urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=5) as response:
+        assert response.headers["Strict-Transport-Security"] is None
