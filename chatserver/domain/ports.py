@@ -8,6 +8,8 @@ the world (the unit of work, hashing, the cluster) is asynchronous.
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Protocol, TypeVar
 
+from attrs import frozen
+
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Event
 from chatserver.domain.users import Account, User
@@ -85,6 +87,99 @@ class MessageStore(Protocol):
     def count(self, user_id: int) -> int: ...
 
 
+@frozen
+class Kept:
+    """A delivery at its place in one user's inbox."""
+
+    pos: int
+    delivery: Delivery
+
+
+@frozen
+class DeviceMark:
+    """How far one device of a user has got: everything up to pos was delivered to it (with
+    receipts: receipted); beyond holds the positions after pos it receipted out of order."""
+
+    pos: int = 0
+    beyond: frozenset[int] = frozenset()
+
+
+class Inbox(Protocol):
+    """Every delivery a user received or sent, each at its pos: 1, 2, 3, ... per user, with no
+    gap and no reuse (PROTOCOL.md Version 2, "The inbox"). Positions are allocated inside the
+    transaction that stores the entries, so a rolled-back transaction leaves no hole and a
+    reader never sees pos N+1 before N exists.
+
+    A delivery's conversation, for history, is derived from it: for a DirectMessage the other
+    user (the user themself for a message to oneself), for a GroupMessage its group; a
+    FriendAnswer belongs to no conversation. The message itself (its text) is kept once per
+    msg_id however many inboxes hold it.
+    """
+
+    def append(self, user_id: int, deliveries: Sequence[Delivery], now_ms: int) -> int:
+        """Put deliveries at user's next positions, in the order given; return the pos of the
+        first (the others follow it). now_ms is when they were kept, for the history window.
+        Raises UnknownUser for a user who does not exist."""
+        ...
+
+    def last_pos(self, user_id: int) -> int:
+        """The newest pos in user's inbox (0 if nothing was ever kept); never goes down, also
+        when old entries are pruned."""
+        ...
+
+    def oldest_pos(self, user_id: int) -> int:
+        """The oldest pos still kept; last_pos + 1 when nothing is kept."""
+        ...
+
+    def after(self, user_id: int, since: int, limit: int) -> list[Kept]:
+        """The entries with pos > since, in pos order, at most limit of them."""
+        ...
+
+    def count_after(self, user_id: int, since: int) -> int:
+        """How many entries with pos > since are kept."""
+        ...
+
+    def conversation(
+        self,
+        user_id: int,
+        *,
+        peer_id: int | None = None,
+        group_id: int | None = None,
+        before: int | None = None,
+        limit: int,
+    ) -> list[Kept]:
+        """One conversation in user's inbox (exactly one of peer_id and group_id): the newest
+        limit entries with pos < before (all when before is None), in pos order."""
+        ...
+
+    def read_pos(self, user_id: int) -> int:
+        """The highest pos the user has said they read (0 if none)."""
+        ...
+
+    def set_read_pos(self, user_id: int, pos: int) -> bool:
+        """Keep pos as read if it is higher than the kept one; True if it was."""
+        ...
+
+    def marks(self, user_id: int) -> dict[str, DeviceMark]:
+        """The mark of every device the user has used."""
+        ...
+
+    def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
+        """Remember how far device has got (creates the device on first use)."""
+        ...
+
+    def prune(self, kept_before_ms: int, limit: int) -> int:
+        """Delete at most limit entries (of any users) kept before kept_before_ms, and the
+        messages no entry refers to any more; return how many entries went. Meant to be
+        called in small batches, each its own short transaction."""
+        ...
+
+    def prune_user(self, user_id: int, up_to_pos: int) -> int:
+        """Delete user's entries with pos <= up_to_pos (the history window 0: what every
+        device has had goes); return how many went."""
+        ...
+
+
 class MessageIdSequence(Protocol):
     def reserve(self, count: int) -> int:
         """Reserve count fresh message ids, never handed out before; return the first."""
@@ -105,6 +200,9 @@ class Transaction(Protocol):
 
     @property
     def messages(self) -> MessageStore: ...
+
+    @property
+    def inbox(self) -> Inbox: ...
 
     @property
     def message_ids(self) -> MessageIdSequence: ...
