@@ -116,10 +116,12 @@ class Inbox(Protocol):
     msg_id however many inboxes hold it.
     """
 
-    def append(self, user_id: int, deliveries: Sequence[Delivery], now_ms: int) -> int:
-        """Put deliveries at user's next positions, in the order given; return the pos of the
-        first (the others follow it). now_ms is when they were kept, for the history window.
-        Raises UnknownUser for a user who does not exist."""
+    def append(self, entries: Sequence[tuple[int, Delivery]], now_ms: int) -> list[int]:
+        """Put each (user_id, delivery) at that user's next pos, in the order given (a user
+        named several times gets consecutive positions); return the pos of each entry. Meant
+        for everything one loop turn accepted at once (group commit): an adapter does it in a
+        few statements, not a round trip per entry. now_ms is when they were kept, for the
+        history window. Raises UnknownUser if a user does not exist."""
         ...
 
     def last_pos(self, user_id: int) -> int:
