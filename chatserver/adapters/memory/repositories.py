@@ -5,14 +5,16 @@ Orderings are kept as sequence numbers, not dict positions, so undoing a removal
 back where it was.
 """
 
-from collections.abc import Iterable, MutableMapping
+from bisect import bisect_left
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from attrs import Factory, define
 
 from chatserver.domain.errors import NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery
+from chatserver.domain.messages import Delivery, DirectMessage, GroupMessage
+from chatserver.domain.ports import DeviceMark, Kept
 from chatserver.domain.users import Account, User
 
 K = TypeVar("K")
@@ -37,12 +39,25 @@ class MemoryDatabase:
     members: dict[int, dict[int, tuple[int, Role]]] = Factory(dict)
     # user -> msg_id -> (order of storing, delivery)
     waiting: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
+    # user -> pos -> (kept_ms, delivery); a user's inbox, positions 1, 2, 3, ...
+    inbox: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
+    # user -> the newest pos ever given them (never goes down, also when entries are pruned)
+    last_pos: dict[int, int] = Factory(dict)
+    read_pos: dict[int, int] = Factory(dict)
+    # (user, conversation) -> the positions of its entries, ascending; pruned positions stay
+    # in the list and are skipped on reading (an entry no longer in inbox)
+    conversations: dict[tuple[int, "ConversationKey"], list[int]] = Factory(dict)
+    # user -> device -> mark
+    marks: dict[int, dict[str, DeviceMark]] = Factory(dict)
     counters: dict[Counter, int] = Factory(
         lambda: {"user": 0, "group": 0, "message": 0, "order": 0}
     )
 
 
 _ABSENT = object()  # a key the mapping did not hold
+
+# A conversation in a user's inbox: ("u", peer_id) or ("g", group_id).
+ConversationKey = tuple[str, int]
 
 
 class UndoLog:
@@ -65,6 +80,12 @@ class UndoLog:
             return False
         self._undo.append((mapping, key, mapping.pop(key)))
         return True
+
+    def extend(self, items: list[V], more: Iterable[V]) -> None:
+        """Append to a list; undone by cutting it back to its length before."""
+        # Undone through the same tuple as a mapping change: items[slice] = [] cuts the list.
+        self._undo.append((items, slice(len(items), None), []))  # type: ignore[arg-type]
+        items.extend(more)
 
     def take(self, counter: Counter, count: int = 1) -> int:
         """Advance a counter by count; return the first of the values taken."""
@@ -230,3 +251,145 @@ class MemoryMessageIdSequence:
         if count < 0:
             raise ValueError("cannot reserve a negative number of message ids")
         return self._log.take("message", count)
+
+
+def conversation_of(user_id: int, delivery: Delivery) -> ConversationKey | None:
+    """The conversation a delivery belongs to in user's inbox, if any."""
+    if isinstance(delivery, DirectMessage):
+        peer = delivery.recipient_id if delivery.sender_id == user_id else delivery.sender_id
+        return ("u", peer)
+    if isinstance(delivery, GroupMessage):
+        return ("g", delivery.group_id)
+    return None
+
+
+class MemoryInbox:
+    def __init__(self, log: UndoLog) -> None:
+        self._log = log
+        self._db = log.database
+
+    def append(self, entries: Sequence[tuple[int, Delivery]], now_ms: int) -> list[int]:
+        db = self._db
+        log = self._log
+        _require_users(db, *{user_id for user_id, _ in entries})
+        positions: list[int] = []
+        new_last: dict[int, int] = {}
+        added: dict[tuple[int, ConversationKey], list[int]] = {}
+        for user_id, delivery in entries:
+            pos = new_last.get(user_id)
+            pos = (db.last_pos.get(user_id, 0) if pos is None else pos) + 1
+            new_last[user_id] = pos
+            positions.append(pos)
+            log.put(db.inbox.setdefault(user_id, {}), pos, (now_ms, delivery))
+            key = conversation_of(user_id, delivery)
+            if key is not None:
+                added.setdefault((user_id, key), []).append(pos)
+        for user_id, pos in new_last.items():
+            log.put(db.last_pos, user_id, pos)
+        for conversation, more in added.items():
+            if conversation not in db.conversations:
+                log.put(db.conversations, conversation, [])
+            log.extend(db.conversations[conversation], more)
+        return positions
+
+    def last_pos(self, user_id: int) -> int:
+        return self._db.last_pos.get(user_id, 0)
+
+    def oldest_pos(self, user_id: int) -> int:
+        entries = self._db.inbox.get(user_id)
+        return min(entries) if entries else self.last_pos(user_id) + 1
+
+    def after(self, user_id: int, since: int, limit: int) -> list[Kept]:
+        entries = self._db.inbox.get(user_id)
+        if not entries or limit <= 0:
+            return []
+        last = self.last_pos(user_id)
+        pos = since + 1
+        if pos not in entries:
+            later = [p for p in entries if p > since]
+            if not later:
+                return []
+            pos = min(later)
+        found: list[Kept] = []
+        while pos <= last and len(found) < limit:
+            entry = entries.get(pos)
+            if entry is not None:
+                found.append(Kept(pos, entry[1]))
+            pos += 1
+        return found
+
+    def count_after(self, user_id: int, since: int) -> int:
+        entries = self._db.inbox.get(user_id)
+        if not entries:
+            return 0
+        oldest = min(entries)
+        last = self.last_pos(user_id)
+        if len(entries) == last - oldest + 1:  # no hole: count by arithmetic
+            return max(0, last - max(since, oldest - 1))
+        return sum(1 for pos in entries if pos > since)
+
+    def conversation(
+        self,
+        user_id: int,
+        *,
+        peer_id: int | None = None,
+        group_id: int | None = None,
+        before: int | None = None,
+        limit: int,
+    ) -> list[Kept]:
+        key = _conversation_key(peer_id, group_id)
+        positions = self._db.conversations.get((user_id, key), [])
+        entries = self._db.inbox.get(user_id, {})
+        end = len(positions) if before is None else bisect_left(positions, before)
+        found: list[Kept] = []
+        for index in range(end - 1, -1, -1):
+            if len(found) >= limit:
+                break
+            pos = positions[index]
+            entry = entries.get(pos)
+            if entry is not None:
+                found.append(Kept(pos, entry[1]))
+        found.reverse()
+        return found
+
+    def read_pos(self, user_id: int) -> int:
+        return self._db.read_pos.get(user_id, 0)
+
+    def set_read_pos(self, user_id: int, pos: int) -> bool:
+        if pos <= self.read_pos(user_id):
+            return False
+        self._log.put(self._db.read_pos, user_id, pos)
+        return True
+
+    def marks(self, user_id: int) -> dict[str, DeviceMark]:
+        return dict(self._db.marks.get(user_id, {}))
+
+    def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
+        _require_users(self._db, user_id)
+        if user_id not in self._db.marks:
+            self._log.put(self._db.marks, user_id, {})
+        self._log.put(self._db.marks[user_id], device, mark)
+
+    def prune(self, kept_before_ms: int, limit: int) -> int:
+        pruned = 0
+        for entries in self._db.inbox.values():
+            old = [pos for pos, (kept_ms, _) in entries.items() if kept_ms < kept_before_ms]
+            for pos in sorted(old)[: limit - pruned]:
+                self._log.pop(entries, pos)
+                pruned += 1
+            if pruned >= limit:
+                break
+        return pruned
+
+    def prune_user(self, user_id: int, up_to_pos: int) -> int:
+        entries = self._db.inbox.get(user_id, {})
+        old = [pos for pos in entries if pos <= up_to_pos]
+        for pos in old:
+            self._log.pop(entries, pos)
+        return len(old)
+
+
+def _conversation_key(peer_id: int | None, group_id: int | None) -> ConversationKey:
+    if (peer_id is None) == (group_id is None):
+        raise ValueError("name exactly one of peer_id and group_id")
+    return ("u", peer_id) if peer_id is not None else ("g", group_id)  # type: ignore[return-value]

@@ -9,6 +9,7 @@ from chatserver.adapters.memory.repositories import (
     MemoryDatabase,
     MemoryFriendRepository,
     MemoryGroupRepository,
+    MemoryInbox,
     MemoryMessageIdSequence,
     MemoryMessageStore,
     MemoryUserRepository,
@@ -17,6 +18,7 @@ from chatserver.adapters.memory.repositories import (
 from chatserver.domain.ports import (
     FriendRepository,
     GroupRepository,
+    Inbox,
     MessageIdSequence,
     MessageStore,
     Transaction,
@@ -34,6 +36,7 @@ class MemoryTransaction:
         self.friends: FriendRepository = MemoryFriendRepository(log)
         self.groups: GroupRepository = MemoryGroupRepository(log)
         self.messages: MessageStore = MemoryMessageStore(log)
+        self.inbox: Inbox = MemoryInbox(log)
         self.message_ids: MessageIdSequence = MemoryMessageIdSequence(log)
 
 
