@@ -38,8 +38,6 @@ class MemoryDatabase:
     group_ids_by_name: dict[str, int] = Factory(dict)
     # group -> user -> (order of joining, role)
     members: dict[int, dict[int, tuple[int, Role]]] = Factory(dict)
-    # user -> msg_id -> (order of storing, delivery)
-    waiting: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
     # user -> pos -> (kept_ms, delivery); a user's inbox, positions 1, 2, 3, ...
     inbox: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
     # user -> a pos at or below their oldest entry (pruning raises it), to find that fast
@@ -218,30 +216,6 @@ class MemoryGroupRepository:
             for group_id, members in sorted(self._db.members.items())
             if user_id in members
         ]
-
-
-class MemoryMessageStore:
-    def __init__(self, log: UndoLog) -> None:
-        self._log = log
-        self._db = log.database
-
-    def store(self, user_id: int, delivery: Delivery) -> None:
-        _require_users(self._db, user_id)
-        waiting = self._db.waiting.setdefault(user_id, {})
-        if delivery.msg_id not in waiting:
-            self._log.put(waiting, delivery.msg_id, (self._log.take("order"), delivery))
-
-    def waiting(self, user_id: int) -> list[Delivery]:
-        waiting = sorted(self._db.waiting.get(user_id, {}).values(), key=lambda item: item[0])
-        return [delivery for _, delivery in waiting]
-
-    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None:
-        waiting = self._db.waiting.get(user_id, {})
-        for msg_id in msg_ids:
-            self._log.pop(waiting, msg_id)
-
-    def count(self, user_id: int) -> int:
-        return len(self._db.waiting.get(user_id, {}))
 
 
 class MemoryMessageIdSequence:
