@@ -86,6 +86,13 @@ class UndoLog:
         self._undo.append((items, slice(len(items), None), []))  # type: ignore[arg-type]
         items.extend(more)
 
+    def drop_front(self, items: list[V], count: int) -> None:
+        """Remove a list's first count items; undone by putting them back in front."""
+        if count <= 0:
+            return
+        self._undo.append((items, slice(0, 0), items[:count]))  # type: ignore[arg-type]
+        del items[:count]
+
     def take(self, counter: Counter, count: int = 1) -> int:
         """Advance a counter by count; return the first of the values taken."""
         counters = self.database.counters
@@ -350,6 +357,7 @@ class MemoryInbox:
                 continue
             pos = start = self.oldest_pos(user_id)
             last = db.last_pos.get(user_id, 0)
+            touched: set[int] = set()
             while pos <= last and pruned < limit:
                 entry = entries.get(pos)
                 if entry is not None:
@@ -357,16 +365,35 @@ class MemoryInbox:
                         break
                     self._log.pop(entries, pos)
                     pruned += 1
+                    key = conversation_of(user_id, entry[1])
+                    if key is not None:
+                        touched.add(key)
                 pos += 1
             if pos != start:
                 self._log.put(db.inbox_floor, user_id, pos)
+                self._forget_positions(user_id, touched, pos)
         return pruned
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:
         entries = self._db.inbox.get(user_id, {})
         pruned = 0
+        touched: set[int] = set()
         for pos in range(self.oldest_pos(user_id), min(up_to_pos, self.last_pos(user_id)) + 1):
-            pruned += self._log.pop(entries, pos)
+            entry = entries.get(pos)
+            if entry is not None:
+                self._log.pop(entries, pos)
+                pruned += 1
+                key = conversation_of(user_id, entry[1])
+                if key is not None:
+                    touched.add(key)
         if up_to_pos >= self._db.inbox_floor.get(user_id, 1):
             self._log.put(self._db.inbox_floor, user_id, up_to_pos + 1)
+            self._forget_positions(user_id, touched, up_to_pos + 1)
         return pruned
+
+    def _forget_positions(self, user_id: int, conversations: Iterable[int], floor: int) -> None:
+        """Drop the positions below floor (pruned) from these conversations of user."""
+        for key in conversations:
+            positions = self._db.conversations.get((user_id, key))
+            if positions:
+                self._log.drop_front(positions, bisect_left(positions, floor))
