@@ -301,14 +301,14 @@ class MySqlInbox:
         counts = Counter(user_id for user_id, _ in entries)
         next_pos = self._raise_heads(counts)
         positions: list[int] = []
-        rows: list[tuple[int, int, int, int | None, int]] = []
+        rows: list[tuple[int, int, int, int | None]] = []
         messages: dict[int, Delivery] = {}
         for user_id, delivery in entries:
             pos = next_pos[user_id]
             next_pos[user_id] = pos + 1
             positions.append(pos)
             msg_id = delivery.msg_id
-            rows.append((user_id, pos, msg_id, conversation_of(user_id, delivery), now_ms))
+            rows.append((user_id, pos, msg_id, conversation_of(user_id, delivery)))
             if msg_id not in messages:
                 messages[msg_id] = delivery
         message_rows = [
@@ -323,8 +323,7 @@ class MySqlInbox:
             )
         for start in range(0, len(rows), INBOX_CHUNK):
             self._db.executemany(
-                "INSERT INTO inbox (userid, pos, msg_id, conversation, kept_ms)"
-                " VALUES (%s, %s, %s, %s, %s)",
+                "INSERT INTO inbox (userid, pos, msg_id, conversation) VALUES (%s, %s, %s, %s)",
                 rows[start : start + INBOX_CHUNK],
             )
         return positions
@@ -455,23 +454,28 @@ class MySqlInbox:
             )
 
     def prune(self, kept_before_ms: int, limit: int) -> int:
+        # An entry is as old as its message (kept when the message first was): the oldest
+        # messages go with their entries, at most limit entries a batch; a message with more
+        # entries left goes in a later batch.
+        if limit <= 0:
+            return 0
         self._db.execute(
-            "SELECT userid, pos, msg_id FROM inbox WHERE kept_ms < %s ORDER BY kept_ms LIMIT %s",
-            (kept_before_ms, max(limit, 0)),
+            "SELECT msg_id FROM inbox_message WHERE created_ms < %s ORDER BY created_ms LIMIT %s",
+            (kept_before_ms, limit),
         )
-        old = [(int(user_id), int(pos), int(msg_id)) for user_id, pos, msg_id in _rows(self._db)]
+        old = [int(msg_id) for (msg_id,) in _rows(self._db)]
         gone = 0
         for start in range(0, len(old), INBOX_CHUNK):
+            if gone >= limit:
+                break
             chunk = old[start : start + INBOX_CHUNK]
             self._db.execute(
-                "DELETE FROM inbox WHERE (userid, pos) IN ("
-                + ", ".join(["(%s, %s)"] * len(chunk))
-                + ")",
-                [value for user_id, pos, _ in chunk for value in (user_id, pos)],
+                f"DELETE FROM inbox WHERE msg_id IN ({_placeholders(len(chunk))}) LIMIT %s",
+                (*chunk, limit - gone),
             )
-            # Counted as deleted, not as read: another node pruning at once may have taken some.
+            # Counted as deleted: another node pruning at once may have taken some.
             gone += self._db.rowcount
-        self._forget_messages({msg_id for _, _, msg_id in old})
+        self._forget_messages(old)
         return gone
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:

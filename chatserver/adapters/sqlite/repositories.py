@@ -198,6 +198,8 @@ class SqliteMessageIdSequence:
 
 # Rows per statement: SQLite takes at most 32,766 parameters in one.
 INBOX_CHUNK = 2_000
+# Messages per DELETE when pruning.
+PRUNE_CHUNK = 500
 # A pos beyond every real one, for "before the newest".
 NO_POS = 2**62
 
@@ -212,14 +214,14 @@ class SqliteInbox:
         counts = Counter(user_id for user_id, _ in entries)
         next_pos = self._raise_heads(counts)
         positions: list[int] = []
-        rows: list[tuple[int, int, int, int | None, int]] = []
+        rows: list[tuple[int, int, int, int | None]] = []
         messages: dict[int, Delivery] = {}
         for user_id, delivery in entries:
             pos = next_pos[user_id]
             next_pos[user_id] = pos + 1
             positions.append(pos)
             msg_id = delivery.msg_id
-            rows.append((user_id, pos, msg_id, conversation_of(user_id, delivery), now_ms))
+            rows.append((user_id, pos, msg_id, conversation_of(user_id, delivery)))
             if msg_id not in messages:
                 messages[msg_id] = delivery
         self._db.executemany(
@@ -228,7 +230,7 @@ class SqliteInbox:
             [(msg_id, *dump_delivery(delivery), now_ms) for msg_id, delivery in messages.items()],
         )
         self._db.executemany(
-            "INSERT INTO inbox (userid, pos, msg_id, conversation, kept_ms) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO inbox (userid, pos, msg_id, conversation) VALUES (?, ?, ?, ?)",
             rows,
         )
         return positions
@@ -342,15 +344,32 @@ class SqliteInbox:
             )
 
     def prune(self, kept_before_ms: int, limit: int) -> int:
-        old = self._db.execute(
-            "SELECT userid, pos, msg_id FROM inbox WHERE kept_ms < ? ORDER BY kept_ms LIMIT ?",
-            (kept_before_ms, max(limit, 0)),
-        ).fetchall()
-        self._db.executemany(
-            "DELETE FROM inbox WHERE userid = ? AND pos = ?", [row[:2] for row in old]
-        )
-        self._forget_messages({msg_id for _, _, msg_id in old})
-        return len(old)
+        # An entry is as old as its message (kept when the message first was): the oldest
+        # messages go with their entries, at most limit entries a batch; a message with more
+        # entries left goes in a later batch.
+        if limit <= 0:
+            return 0
+        old = [
+            msg_id
+            for (msg_id,) in self._db.execute(
+                "SELECT msg_id FROM inbox_message WHERE created_ms < ? ORDER BY created_ms LIMIT ?",
+                (kept_before_ms, limit),
+            ).fetchall()
+        ]
+        gone = 0
+        for start in range(0, len(old), PRUNE_CHUNK):
+            if gone >= limit:
+                break
+            chunk = old[start : start + PRUNE_CHUNK]
+            gone += len(
+                self._db.execute(
+                    "DELETE FROM inbox WHERE (userid, pos) IN (SELECT userid, pos FROM inbox"
+                    f" WHERE msg_id IN ({', '.join(['?'] * len(chunk))}) LIMIT ?) RETURNING 1",
+                    (*chunk, limit - gone),
+                ).fetchall()
+            )
+        self._forget_messages(old)
+        return gone
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:
         gone = self._db.execute(
