@@ -828,3 +828,67 @@ async def test_any_sequence_of_appends_prunes_and_reads_keeps_every_promise(
             )
 
         assert await uow.run(look) == {u: expected(u) for u in (1, 2, 3)}
+
+
+async def test_two_nodes_writing_marks_reads_and_prunes_at_once_never_deadlock() -> None:
+    """What the group commit of two nodes does at once on one MariaDB database: batches of
+    entries for overlapping users (listed in different orders), marks, read positions, and a
+    pruner; no transaction fails (a deadlock or a lock wait timeout would be errno 11 for the
+    senders of a whole batch), and every user's positions are 1..n with none reused.
+
+    (What the pruner leaves need not be a tail: the two nodes' batches carry kept times that
+    interleave, as two nodes' clocks would, and each entry goes by its own time.)"""
+    url = await anyio.to_thread.run_sync(MYSQL.new_database)
+    nodes = [await open_mysql(url, pool_size=4) for _ in range(2)]
+    try:
+        await nodes[0].run(lambda tx: users(tx, 6))
+        rounds = 30
+        appended: dict[int, int] = defaultdict(int)
+
+        async def node(number: int, uow: UnitOfWork) -> None:
+            async def one(i: int) -> None:
+                order = [1, 2, 3, 4, 5, 6] if (i + number) % 2 else [6, 5, 4, 3, 2, 1]
+                msg_id = 1 + 10 * (rounds * number + i)
+                entries: list[tuple[int, Delivery]] = [
+                    (user, dm(msg_id + k, 7 - user, user)) for k, user in enumerate(order)
+                ]
+
+                def work(tx: Transaction) -> list[int]:
+                    given = tx.inbox.append(entries, T0 + i)
+                    for user in reversed(order) if i % 3 else order:
+                        tx.inbox.set_mark(user, "phone", DeviceMark(i))
+                        tx.inbox.set_read_pos(user, i)
+                    return given
+
+                await uow.run(work)
+                for user in order:
+                    appended[user] += 1
+
+            async with anyio.create_task_group() as tg:
+                for i in range(rounds):
+                    tg.start_soon(one, i)
+
+        async def pruner() -> None:
+            for cutoff in range(0, rounds, 3):
+                await nodes[1].run(lambda tx, c=cutoff: tx.inbox.prune(T0 + c, 20))
+                await anyio.sleep(0.005)
+
+        async with anyio.create_task_group() as tg:
+            for number, uow in enumerate(nodes):
+                tg.start_soon(node, number, uow)
+            tg.start_soon(pruner)
+
+        def look(tx: Transaction) -> dict[int, tuple[int, bool]]:
+            found = {}
+            for user in range(1, 7):
+                kept = positions(tx.inbox.after(user, 0, 1000))
+                last = tx.inbox.last_pos(user)
+                in_range = kept == sorted(set(kept)) and set(kept) <= set(range(1, last + 1))
+                found[user] = (last, in_range and len(kept) == tx.inbox.count_after(user, 0))
+            return found
+
+        assert await nodes[0].run(look) == {u: (2 * rounds, True) for u in range(1, 7)}
+        assert dict(appended) == {u: 2 * rounds for u in range(1, 7)}
+    finally:
+        for uow in nodes:
+            await uow.aclose()
