@@ -70,3 +70,20 @@ async def test_after_a_bus_outage_each_session_reads_what_its_inbox_got_meanwhil
     assert cb.outbox.events == []
     await NodeInbox(chat.node).catch_up()
     assert [e.pos for e in cb.outbox.events if isinstance(e, Kept)] == [1, 2]
+
+
+async def test_what_a_session_without_receipts_could_not_write_comes_at_its_next_login(
+    chat: ChatApp,
+) -> None:
+    from chatserver.application.commands import Logout
+
+    alice, bob = await register(chat, "alice"), await register(chat, "bob")
+    ca, cb = await on(chat, alice), await on(chat, bob)
+    cb.outbox.limit = 1  # bob's client takes one push, then is too far behind
+    for text in ("written", "not written", "nor this"):
+        await ca.request(SendDirectMessage(bob, text))
+    assert [e.pos for e in cb.outbox.events if isinstance(e, Kept)] == [1]
+    await cb.request(Logout())
+    again = await cb.request(Login("pw", user_id=bob))
+    assert isinstance(again, LoggedIn)
+    assert [k.pos for k in again.waiting] == [2, 3]
