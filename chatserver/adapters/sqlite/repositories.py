@@ -346,7 +346,8 @@ class SqliteInbox:
     def prune(self, kept_before_ms: int, limit: int) -> int:
         # An entry is as old as its message (kept when the message first was): the oldest
         # messages go with their entries, at most limit entries a batch; a message with more
-        # entries left goes in a later batch.
+        # entries left goes in a later batch. Then each user's entries before the newest that
+        # went go too (see _close_holes).
         if limit <= 0:
             return 0
         old = [
@@ -356,20 +357,35 @@ class SqliteInbox:
                 (kept_before_ms, limit),
             ).fetchall()
         ]
-        gone = 0
+        gone: list[tuple[int, int]] = []
         for start in range(0, len(old), PRUNE_CHUNK):
-            if gone >= limit:
+            if len(gone) >= limit:
                 break
             chunk = old[start : start + PRUNE_CHUNK]
-            gone += len(
-                self._db.execute(
-                    "DELETE FROM inbox WHERE (userid, pos) IN (SELECT userid, pos FROM inbox"
-                    f" WHERE msg_id IN ({', '.join(['?'] * len(chunk))}) LIMIT ?) RETURNING 1",
-                    (*chunk, limit - gone),
-                ).fetchall()
-            )
+            gone += self._db.execute(
+                "DELETE FROM inbox WHERE (userid, pos) IN (SELECT userid, pos FROM inbox"
+                f" WHERE msg_id IN ({', '.join(['?'] * len(chunk))}) LIMIT ?)"
+                " RETURNING userid, pos",
+                (*chunk, limit - len(gone)),
+            ).fetchall()
+        closed = self._close_holes(gone)
         self._forget_messages(old)
-        return gone
+        return len(gone) + closed
+
+    def _close_holes(self, gone: Iterable[tuple[int, int]]) -> int:
+        """Delete each user's entries before the newest of theirs that went, so that what is
+        kept is always a run up to last_pos: a session syncing from before it never meets a
+        hole. (Entries are pruned by their messages' time, and the batches of two nodes can
+        keep positions slightly out of time order, as their clocks differ.) Their messages,
+        if left without entries, go with the next batch."""
+        newest: dict[int, int] = {}
+        for user_id, pos in gone:
+            if pos > newest.get(user_id, 0):
+                newest[user_id] = pos
+        cursor = self._db.executemany(
+            "DELETE FROM inbox WHERE userid = ? AND pos < ?", list(newest.items())
+        )
+        return max(cursor.rowcount, 0)
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:
         gone = self._db.execute(
