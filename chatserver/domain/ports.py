@@ -149,9 +149,11 @@ class Inbox(Protocol):
         ...
 
     def prune(self, kept_before_ms: int, limit: int) -> int:
-        """Delete at most limit entries (of any users) kept before kept_before_ms, and the
-        messages no entry refers to any more; return how many entries went. Meant to be
-        called in small batches, each its own short transaction."""
+        """Delete at most limit entries (of any users) kept before kept_before_ms, with each
+        such user's entries at lower positions (kept later only where two nodes' clocks
+        disagree: what is kept stays a run up to last_pos, never a hole), and the messages no
+        entry refers to any more; return how many entries went. Meant to be called in small
+        batches, each its own short transaction."""
         ...
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:
