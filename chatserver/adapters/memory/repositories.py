@@ -273,7 +273,7 @@ class MemoryInbox:
         if not entries:
             return last + 1
         pos = self._db.inbox_floor.get(user_id, 1)
-        while pos not in entries:  # past what prune_user or a failed prune left behind
+        while pos not in entries:  # the floor is at or below the oldest entry
             pos += 1
         return pos
 

@@ -205,6 +205,10 @@ NO_POS = 2**62
 
 
 class SqliteInbox:
+    """Positions come from inbox_head: one multi-row upsert raises the last_pos of every user of
+    a batch and returns it, inside the unit of work's BEGIN IMMEDIATE transaction, whose write
+    lock makes the writers of every process (node) on the file take turns."""
+
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
 
