@@ -5,7 +5,7 @@ where blocking is allowed (a worker thread for a real database). Everything that
 the world (the unit of work, hashing, the cluster) is asynchronous.
 """
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from attrs import frozen
@@ -146,6 +146,12 @@ class Inbox(Protocol):
 
     def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
         """Remember how far device has got (creates the device on first use)."""
+        ...
+
+    def set_marks(self, marks: Mapping[tuple[int, str], DeviceMark]) -> None:
+        """set_mark for every (user_id, device) in marks, in a few statements (a group
+        commit's marks: not a round trip each). Raises UnknownUser, keeping none of them, if
+        a user does not exist."""
         ...
 
     def prune(self, kept_before_ms: int, limit: int) -> int:

@@ -446,12 +446,30 @@ class MySqlInbox:
         }
 
     def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
-        with constraints_as(foreign_key=UnknownUser):
+        self.set_marks({(user_id, device): mark})
+
+    def set_marks(self, marks: Mapping[tuple[int, str], DeviceMark]) -> None:
+        # In key order, so that two nodes lock device rows in the same order; executemany
+        # sends one multi-row INSERT per chunk, and a failed one changes nothing.
+        rows = [
+            (user_id, device, mark.pos, orjson.dumps(sorted(mark.beyond)).decode())
+            for (user_id, device), mark in sorted(marks.items())
+        ]
+        if len(rows) > INBOX_CHUNK:  # all or nothing across chunks: check the users first
+            users = sorted({row[0] for row in rows})
             self._db.execute(
-                "INSERT INTO inbox_device (userid, device, pos, beyond) VALUES (%s, %s, %s, %s)"
-                " ON DUPLICATE KEY UPDATE pos = VALUES(pos), beyond = VALUES(beyond)",
-                (user_id, device, mark.pos, orjson.dumps(sorted(mark.beyond)).decode()),
+                f"SELECT count(*) FROM user WHERE id IN ({_placeholders(len(users))})", users
             )
+            if _single(self._db) != len(users):
+                raise UnknownUser()
+        with constraints_as(foreign_key=UnknownUser):
+            for start in range(0, len(rows), INBOX_CHUNK):
+                self._db.executemany(
+                    "INSERT INTO inbox_device (userid, device, pos, beyond)"
+                    " VALUES (%s, %s, %s, %s)"
+                    " ON DUPLICATE KEY UPDATE pos = VALUES(pos), beyond = VALUES(beyond)",
+                    rows[start : start + INBOX_CHUNK],
+                )
 
     def prune(self, kept_before_ms: int, limit: int) -> int:
         # An entry is as old as its message (kept when the message first was): the oldest

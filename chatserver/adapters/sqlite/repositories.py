@@ -339,13 +339,27 @@ class SqliteInbox:
         }
 
     def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
+        self.set_marks({(user_id, device): mark})
+
+    def set_marks(self, marks: Mapping[tuple[int, str], DeviceMark]) -> None:
+        rows = [
+            (user_id, device, mark.pos, orjson.dumps(sorted(mark.beyond)).decode())
+            for (user_id, device), mark in sorted(marks.items())
+        ]
         with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO inbox_device (userid, device, pos, beyond) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (userid, device) DO UPDATE"
-                " SET pos = excluded.pos, beyond = excluded.beyond",
-                (user_id, device, mark.pos, orjson.dumps(sorted(mark.beyond)).decode()),
-            )
+            self._db.execute("SAVEPOINT set_marks")
+            try:
+                self._db.executemany(
+                    "INSERT INTO inbox_device (userid, device, pos, beyond) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (userid, device) DO UPDATE"
+                    " SET pos = excluded.pos, beyond = excluded.beyond",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK TO set_marks")
+                raise
+            finally:
+                self._db.execute("RELEASE set_marks")
 
     def prune(self, kept_before_ms: int, limit: int) -> int:
         # An entry is as old as its message (kept when the message first was): the oldest

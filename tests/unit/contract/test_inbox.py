@@ -920,3 +920,43 @@ async def test_pruning_never_leaves_a_hole_when_kept_times_are_out_of_pos_order(
     # Once the window passes both, both go, and nothing else.
     await uow.run(lambda tx: tx.inbox.prune(T0 + 6_000, 100))
     assert await uow.run(lambda tx: positions(tx.inbox.after(1, 0, 10))) == [3]
+
+
+async def test_set_marks_keeps_many_marks_at_once_or_none_of_them(uow: UnitOfWork) -> None:
+    await uow.run(lambda tx: users(tx, 3))
+    await uow.run(lambda tx: tx.inbox.set_mark(1, "pc", DeviceMark(1)))
+    marks = {
+        (2, "phone"): DeviceMark(4, frozenset({6, 9})),
+        (1, "pc"): DeviceMark(7),
+        (1, "phone"): DeviceMark(2),
+        (3, "pc"): DeviceMark(0),
+    }
+    await uow.run(lambda tx: tx.inbox.set_marks(marks))
+    expected = (
+        {"pc": DeviceMark(7), "phone": DeviceMark(2)},
+        {"phone": DeviceMark(4, frozenset({6, 9}))},
+        {"pc": DeviceMark(0)},
+    )
+    look = lambda tx: tuple(tx.inbox.marks(u) for u in (1, 2, 3))  # noqa: E731
+
+    assert await uow.run(look) == expected
+
+    def with_a_stranger(tx: Transaction) -> None:
+        with pytest.raises(UnknownUser):
+            tx.inbox.set_marks({(1, "pc"): DeviceMark(9), (99, "pc"): DeviceMark(1)})
+
+    await uow.run(with_a_stranger)  # the transaction goes on without any of them
+    assert await uow.run(look) == expected
+    many = {(1 + i % 3, f"device {i}"): DeviceMark(i) for i in range(1_200)}
+    await uow.run(lambda tx: tx.inbox.set_marks(many))
+    assert await uow.run(lambda tx: sum(len(tx.inbox.marks(u)) for u in (1, 2, 3))) == 1_204
+    moved = {key: DeviceMark(5_000) for key in many}
+    with pytest.raises(UnknownUser):
+        await uow.run(lambda tx: tx.inbox.set_marks({**moved, (99, "x"): DeviceMark(1)}))
+
+    def unchanged(tx: Transaction) -> bool:
+        return all(
+            tx.inbox.marks(u)[device] == mark for (u, device), mark in list(many.items())[::97]
+        )
+
+    assert await uow.run(unchanged)
