@@ -449,6 +449,8 @@ class MySqlInbox:
         self.set_marks({(user_id, device): mark})
 
     def set_marks(self, marks: Mapping[tuple[int, str], DeviceMark]) -> None:
+        if not marks:
+            return
         # In key order, so that two nodes lock device rows in the same order; executemany
         # sends one multi-row INSERT per chunk, and a failed one changes nothing.
         rows = [

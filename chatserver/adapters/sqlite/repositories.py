@@ -342,6 +342,8 @@ class SqliteInbox:
         self.set_marks({(user_id, device): mark})
 
     def set_marks(self, marks: Mapping[tuple[int, str], DeviceMark]) -> None:
+        if not marks:
+            return
         rows = [
             (user_id, device, mark.pos, orjson.dumps(sorted(mark.beyond)).decode())
             for (user_id, device), mark in sorted(marks.items())
