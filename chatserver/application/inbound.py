@@ -35,7 +35,9 @@ class NodeInbox:
         self.node.router.forget_location(user_id)
 
     async def kick(self, user_id: int, device: str) -> None:
-        await kick(user_id, device, node=self.node)
+        # Its device is released here: if a login elsewhere took the device over, presence
+        # names that node now and stays; if it was one device too many, the device goes.
+        await kick(user_id, device, node=self.node, takeover=False)
 
     async def forget_group(self, group_id: int) -> None:
         self.node.groups.forget(group_id)
