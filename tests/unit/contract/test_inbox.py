@@ -960,3 +960,27 @@ async def test_set_marks_keeps_many_marks_at_once_or_none_of_them(uow: UnitOfWor
         )
 
     assert await uow.run(unchanged)
+
+
+async def test_an_unknown_user_after_thousands_of_others_keeps_nothing_of_the_batch(
+    uow: UnitOfWork,
+) -> None:
+    """A batch too big for one statement (the stores raise the users' heads in chunks): a
+    stranger in the last chunk undoes the chunks before it."""
+    count = 2_100
+    await uow.run(lambda tx: users(tx, count))
+    shared = gm(1, 7, 1)
+
+    def append_with_a_stranger(tx: Transaction) -> tuple[int, int, int, list[Kept]]:
+        entries: list[tuple[int, Delivery]] = [(u, shared) for u in range(1, count + 1)]
+        with pytest.raises(UnknownUser):
+            tx.inbox.append([*entries, (count + 50, shared)], T0)
+        return (
+            tx.inbox.last_pos(1),
+            tx.inbox.last_pos(count // 2),
+            tx.inbox.last_pos(count),
+            tx.inbox.after(count, 0, 10),
+        )
+
+    assert await uow.run(append_with_a_stranger) == (0, 0, 0, [])
+    assert await uow.run(lambda tx: tx.inbox.append([(1, shared), (count, shared)], T0)) == [1, 1]
