@@ -6,8 +6,9 @@ from contextlib import asynccontextmanager
 import anyio
 from attrs import Factory, define, field
 
-from chatserver.application.custody import Custody
+from chatserver.application.gaps import GapFiller
 from chatserver.application.groups_directory import GroupDirectory
+from chatserver.application.inbox_writer import InboxWrite, InboxWriter
 from chatserver.application.message_ids import MessageIdAllocator
 from chatserver.application.router import Router
 from chatserver.application.sessions import SessionRegistry
@@ -34,8 +35,10 @@ class Limits:
     # Live deliveries a receipting session may hold unreceipted before it is ended.
     unreceipted_per_session: int = 1000
     message_id_block: int = 1000
-    # How often deliveries held for other nodes are checked against those nodes' leases.
-    custody_check_seconds: float = 2.0
+    # Devices a user may be logged in on at once; a login on one more ends the oldest.
+    devices_per_user: int = 8
+    # Days messages are kept in inboxes; 0: only until every device of the user has had them.
+    history_days: int = 30
     # Wrong passwords allowed per (account, client address), and per client address, within
     # a minute: past them, errno 9. Per account from every address together, past a much
     # larger ceiling, logins of that account are slowed down (never refused: no lockout).
@@ -60,8 +63,8 @@ class Limits:
     hashes_waiting_per_address: int = 256
     logins_waiting: int = 1024
     registrations_waiting: int = 256
-    # Messages that may wait for one user; past it a one-to-one sender gets errno 11 and a
-    # group message is not stored for that user (the sender's ACK lists who missed it).
+    # Messages a login pushes at most to a device that fell behind (the newest of what
+    # waits for it); the older ones stay readable with SYNC within the history window.
     stored_per_user: int = 10_000
 
 
@@ -95,6 +98,9 @@ class NoMetrics:
     def waiting_at_login(self, count: int) -> None:
         pass
 
+    def inbox_batch(self, entries: int) -> None:
+        pass
+
 
 @define(eq=False)
 class Node:
@@ -110,7 +116,8 @@ class Node:
     metrics: Metrics = Factory(NoMetrics)
     sessions: SessionRegistry = Factory(SessionRegistry)
     user_locks: UserLocks = Factory(UserLocks)
-    custody: Custody = field(init=False)
+    writer: InboxWriter = field(init=False)
+    gaps: GapFiller = field(init=False)
     router: Router = field(init=False)
     groups: GroupDirectory = field(init=False)
     message_ids: MessageIdAllocator = field(init=False)
@@ -141,17 +148,21 @@ class Node:
             limits.logins_waiting,
             limits.registrations_waiting,
         )
-        self.custody = Custody(self.presence, self.uow)
+        self.writer = InboxWriter(
+            self.uow, self.clock, self._pushed_after_commit, history_days=limits.history_days
+        )
+        self.writer.observe = self._observe_batch
+        self.gaps = GapFiller(self.uow)
         self.router = Router(
-            self.node_id,
-            self.sessions,
-            self.presence,
-            self.bus,
-            self.uow,
-            self.custody,
-            self.metrics,
-            self.limits.stored_per_user,
+            self.node_id, self.sessions, self.presence, self.bus, self.writer, self.metrics
         )
         self.groups = GroupDirectory(self.uow, self.limits.rosters_cached)
         self.group_creations = FailureWindow(self.limits.groups_created_per_hour, 3600.0)
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)
+
+    def _pushed_after_commit(self, write: InboxWrite) -> None:
+        self.router.push_local(write)
+
+    def _observe_batch(self, entries: int) -> None:
+        self.metrics.inbox_batch(entries)
+        self.metrics.routed("kept", entries)

@@ -5,11 +5,13 @@ where blocking is allowed (a worker thread for a real database). Everything that
 the world (the unit of work, hashing, the cluster) is asynchronous.
 """
 
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
+from attrs import frozen
+
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery, Event
+from chatserver.domain.messages import Delivery, Event, Kept
 from chatserver.domain.users import Account, User
 
 T = TypeVar("T")
@@ -71,18 +73,99 @@ class GroupRepository(Protocol):
     def groups_of(self, user_id: int) -> list[Group]: ...
 
 
-class MessageStore(Protocol):
-    """Deliveries waiting for a user who was away, oldest first."""
+@frozen
+class DeviceMark:
+    """How far one device of a user has got: everything up to pos was delivered to it (with
+    receipts: receipted); beyond holds the positions after pos it receipted out of order."""
 
-    def store(self, user_id: int, delivery: Delivery) -> None:
-        """Keep a delivery for user (idempotent on its msg_id)."""
+    pos: int = 0
+    beyond: frozenset[int] = frozenset()
+
+
+class Inbox(Protocol):
+    """Every delivery a user received or sent, each at its pos: 1, 2, 3, ... per user, with no
+    gap and no reuse (PROTOCOL.md Version 2, "The inbox"). Positions are allocated inside the
+    transaction that stores the entries, so a rolled-back transaction leaves no hole and a
+    reader never sees pos N+1 before N exists.
+
+    A delivery's conversation, for history, is derived from it: for a DirectMessage the other
+    user (the user themself for a message to oneself), for a GroupMessage its group; a
+    FriendAnswer belongs to no conversation. The message itself (its text) is kept once per
+    msg_id however many inboxes hold it.
+    """
+
+    def append(self, entries: Sequence[tuple[int, Delivery]], now_ms: int) -> list[int]:
+        """Put each (user_id, delivery) at that user's next pos, in the order given (a user
+        named several times gets consecutive positions); return the pos of each entry. Meant
+        for everything one loop turn accepted at once (group commit): an adapter does it in a
+        few statements, not a round trip per entry. now_ms is when they were kept, for the
+        history window. Raises UnknownUser if a user does not exist."""
         ...
 
-    def waiting(self, user_id: int) -> list[Delivery]: ...
+    def last_pos(self, user_id: int) -> int:
+        """The newest pos in user's inbox (0 if nothing was ever kept); never goes down, also
+        when old entries are pruned."""
+        ...
 
-    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None: ...
+    def oldest_pos(self, user_id: int) -> int:
+        """The oldest pos still kept; last_pos + 1 when nothing is kept."""
+        ...
 
-    def count(self, user_id: int) -> int: ...
+    def after(self, user_id: int, since: int, limit: int) -> list[Kept]:
+        """The entries with pos > since, in pos order, at most limit of them."""
+        ...
+
+    def count_after(self, user_id: int, since: int) -> int:
+        """How many entries with pos > since are kept."""
+        ...
+
+    def conversation(
+        self,
+        user_id: int,
+        *,
+        peer_id: int | None = None,
+        group_id: int | None = None,
+        before: int | None = None,
+        limit: int,
+    ) -> list[Kept]:
+        """One conversation in user's inbox (exactly one of peer_id and group_id): the newest
+        limit entries with pos < before (all when before is None), in pos order."""
+        ...
+
+    def read_pos(self, user_id: int) -> int:
+        """The highest pos the user has said they read (0 if none)."""
+        ...
+
+    def set_read_pos(self, user_id: int, pos: int) -> bool:
+        """Keep pos as read if it is higher than the kept one; True if it was."""
+        ...
+
+    def marks(self, user_id: int) -> dict[str, DeviceMark]:
+        """The mark of every device the user has used."""
+        ...
+
+    def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
+        """Remember how far device has got (creates the device on first use)."""
+        ...
+
+    def set_marks(self, marks: Mapping[tuple[int, str], DeviceMark]) -> None:
+        """set_mark for every (user_id, device) in marks, in a few statements (a group
+        commit's marks: not a round trip each). Raises UnknownUser, keeping none of them, if
+        a user does not exist."""
+        ...
+
+    def prune(self, kept_before_ms: int, limit: int) -> int:
+        """Delete at most limit entries (of any users) kept before kept_before_ms, with each
+        such user's entries at lower positions (kept later only where two nodes' clocks
+        disagree: what is kept stays a run up to last_pos, never a hole), and the messages no
+        entry refers to any more; return how many entries went. Meant to be called in small
+        batches, each its own short transaction."""
+        ...
+
+    def prune_user(self, user_id: int, up_to_pos: int) -> int:
+        """Delete user's entries with pos <= up_to_pos (the history window 0: what every
+        device has had goes); return how many went."""
+        ...
 
 
 class MessageIdSequence(Protocol):
@@ -104,7 +187,7 @@ class Transaction(Protocol):
     def groups(self) -> GroupRepository: ...
 
     @property
-    def messages(self) -> MessageStore: ...
+    def inbox(self) -> Inbox: ...
 
     @property
     def message_ids(self) -> MessageIdSequence: ...
@@ -148,19 +231,32 @@ class Outbox(Protocol):
         ...
 
 
+@frozen
+class DeviceSession:
+    """Where one device of a user is logged in, and since when (ms since the epoch)."""
+
+    node_id: str
+    started_ms: int
+
+
 class Presence(Protocol):
-    """Which node each online user is on, cluster-wide, and which nodes are alive."""
+    """Which nodes each online user's sessions are on (one per device), cluster-wide, and
+    which nodes are alive."""
 
-    async def claim(self, user_id: int, node_id: str) -> str | None:
-        """Mark user online on node_id; return the live node that held them before, if any."""
+    async def claim(
+        self, user_id: int, device: str, node_id: str, started_ms: int
+    ) -> dict[str, DeviceSession]:
+        """Mark user's device online on node_id; return the user's sessions on live nodes as
+        they were before, by device (the device's own previous session included)."""
         ...
 
-    async def release(self, user_id: int, node_id: str) -> None:
-        """Mark user offline, unless another node has claimed them since."""
+    async def release(self, user_id: int, device: str, node_id: str) -> bool:
+        """Mark user's device offline, unless another node has claimed it since; True if the
+        user still has a session on a live node."""
         ...
 
-    async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
-        """The node of every user in user_ids who is online on a live node."""
+    async def locate(self, user_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+        """The live nodes with a session of each user in user_ids who is online."""
         ...
 
     async def live_nodes(self, node_ids: Collection[str]) -> set[str]:
@@ -172,16 +268,12 @@ class BusHandler(Protocol):
     """What a node does with what other nodes send it."""
 
     async def deliver(self, user_id: int, event: Event, origin: str) -> None:
-        """Take over an event for user: push it to their session here or, for a delivery,
-        store it; confirm a delivery to origin once it is safe (stored or receipted)."""
+        """Push an event to user's sessions here (a delivery comes as Kept, with its pos in
+        the user's inbox, and is durable already); tell origin if the user is not here."""
         ...
 
-    async def kick(self, user_id: int) -> None:
-        """End user's session here because they logged in elsewhere."""
-        ...
-
-    async def confirm(self, user_id: int, msg_ids: Sequence[int]) -> None:
-        """Another node has made these deliveries to user safe: stop keeping them."""
+    async def kick(self, user_id: int, device: str) -> None:
+        """End the session of user's device here: it logged in again, or one device too many."""
         ...
 
     async def forget_group(self, group_id: int) -> None:
@@ -193,31 +285,34 @@ class BusHandler(Protocol):
         ...
 
     async def moved(self, user_id: int) -> None:
-        """user is not on the node this node sent them something to, any more."""
+        """Where user's sessions are has changed: look them up afresh next time."""
         ...
 
     async def catch_up(self) -> None:
         """This node may have missed events (the bus was down): push to its sessions what
-        was stored for them meanwhile."""
+        their users' inboxes got meanwhile."""
         ...
 
 
 class MessageBus(Protocol):
-    """Carries events between the nodes of a cluster."""
+    """Carries events between the nodes of a cluster. At most once: what must not be lost is
+    in the inbox before it is sent."""
 
-    async def deliver(self, node_id: str, user_ids: Sequence[int], event: Event) -> bool:
-        """Hand event to node_id for users (one message, however many they are); False if
-        that node was not listening.
-
-        For a delivery, the sender keeps custody until node_id confirms it.
-        """
+    async def deliver(
+        self,
+        node_id: str,
+        user_ids: Sequence[int],
+        event: Event,
+        positions: Sequence[int] | None = None,
+    ) -> bool:
+        """Hand event to node_id for users (one message, however many they are); with
+        positions, a delivery at positions[i] in user_ids[i]'s inbox. False if that node was
+        not listening."""
         ...
 
-    async def kick(self, node_id: str, user_id: int) -> None:
-        """End user's session on node_id, waiting a bounded time for it to be done."""
+    async def kick(self, node_id: str, user_id: int, device: str) -> None:
+        """End user's session of device on node_id, waiting a bounded time for it."""
         ...
-
-    async def confirm(self, node_id: str, user_id: int, msg_ids: Sequence[int]) -> None: ...
 
     async def forget_group(self, group_id: int) -> None:
         """Tell every node that the group's membership changed."""
@@ -229,12 +324,21 @@ class MessageBus(Protocol):
         """Tell node_id that what it sent user came here, where user no longer is."""
         ...
 
+    async def relocated(self, user_id: int) -> None:
+        """Tell every node that user has a new session: where they are is to be looked up."""
+        ...
+
 
 class Metrics(Protocol):
     """Counts what the core does, for monitoring."""
 
     def routed(self, outcome: str, count: int = 1) -> None:
-        """Deliveries routed: outcome is "local", "cross-node" or "stored"."""
+        """Deliveries routed: outcome is "kept" (an inbox entry written), "local" (pushed to a
+        session here) or "cross-node" (handed to another node)."""
+        ...
+
+    def inbox_batch(self, entries: int) -> None:
+        """How many inbox entries one group-commit transaction wrote."""
         ...
 
     def waiting_at_login(self, count: int) -> None:

@@ -36,9 +36,9 @@ from chatserver.adapters.tcp.server import TcpServer
 from chatserver.application.accounts import end_session
 from chatserver.application.commands import Command
 from chatserver.application.connection import Connection
-from chatserver.application.custody import keep_custody
 from chatserver.application.inbound import NodeInbox
 from chatserver.application.node import Limits, Node, NoMetrics
+from chatserver.application.pruning import prune_history
 from chatserver.application.results import Result
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.messages import Event
@@ -448,19 +448,13 @@ class ChatApp:
             self._serving = None
 
     async def _end_sessions(self) -> None:
-        """Log every session out, and store what is held for other nodes (the end of the
-        open_node block)."""
+        """Log every session out, keeping how far each device got (the end of the open_node
+        block)."""
         for session in self.node.sessions.all():
             try:
                 await end_session(session, node=self.node, reason="server stopping")
             except Exception:
                 log.exception("logging out user %d failed", session.user.id)
-        try:
-            await self.node.custody.store_all()
-        except Exception:
-            held = len(self.node.custody)
-            log.exception("storing %d deliver%s held for other nodes failed", held,
-                          "y" if held == 1 else "ies")
 
 
 @define(eq=False)
@@ -510,7 +504,7 @@ class Cluster(Protocol):
     async def run(
         self,
         inbox: BusHandler,
-        local_users: Callable[[], list[int]],
+        local_users: Callable[[], list[tuple[int, str, int]]],
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None: ...
@@ -520,7 +514,7 @@ def open_cluster(config: Config, hub: InProcessHub | None) -> Cluster:
     if config.bus == "memory://":
         return InProcessCluster(hub or InProcessHub(), config.node_id)
     if config.bus.startswith("redis://"):
-        # A restarted node must not be taken for its former self: custody depends on it.
+        # A restarted node must not be taken for its former self: its sessions are gone.
         return RedisCluster(
             config.bus,
             f"{config.node_id}.{secrets.token_hex(3)}",
@@ -573,16 +567,16 @@ async def open_node(
         if isinstance(cluster, RedisCluster):
             cluster.observe_calls(metrics.dependency.labels("redis").observe)
     app = ChatApp(node, metrics, config)
-    every = config.limits.custody_check_seconds
     try:
         async with anyio.create_task_group() as background:
             app._tasks = background
             try:
-                await background.start(cluster.run, NodeInbox(node), node.sessions.user_ids)
+                await background.start(cluster.run, NodeInbox(node), node.sessions.claims)
             except Unavailable as error:
                 raise bus_error(config.bus, error.__cause__ or error) from error
+            background.start_soon(node.gaps.run)
             background.start_soon(
-                partial(keep_custody, node.custody, node.router, every_seconds=every)
+                partial(prune_history, node.uow, node.clock, node.limits.history_days)
             )
             try:
                 yield app

@@ -5,14 +5,17 @@ Orderings are kept as sequence numbers, not dict positions, so undoing a removal
 back where it was.
 """
 
-from collections.abc import Iterable, MutableMapping
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from attrs import Factory, define
 
+from chatserver.adapters.inbox_keys import conversation_key, conversation_of
 from chatserver.domain.errors import NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery
+from chatserver.domain.messages import Delivery, Kept
+from chatserver.domain.ports import DeviceMark
 from chatserver.domain.users import Account, User
 
 K = TypeVar("K")
@@ -35,8 +38,19 @@ class MemoryDatabase:
     group_ids_by_name: dict[str, int] = Factory(dict)
     # group -> user -> (order of joining, role)
     members: dict[int, dict[int, tuple[int, Role]]] = Factory(dict)
-    # user -> msg_id -> (order of storing, delivery)
-    waiting: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
+    # user -> pos -> (kept_ms, delivery); a user's inbox, positions 1, 2, 3, ...
+    inbox: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
+    # user -> a pos at or below their oldest entry (pruning raises it), to find that fast
+    inbox_floor: dict[int, int] = Factory(dict)
+    # user -> the newest pos ever given them (never goes down, also when entries are pruned)
+    last_pos: dict[int, int] = Factory(dict)
+    read_pos: dict[int, int] = Factory(dict)
+    # (user, conversation) -> the positions of its entries, ascending; pruned positions stay
+    # in the list and are skipped on reading (an entry no longer in inbox)
+    # (conversation: see adapters.inbox_keys)
+    conversations: dict[tuple[int, int], list[int]] = Factory(dict)
+    # user -> device -> mark
+    marks: dict[int, dict[str, DeviceMark]] = Factory(dict)
     counters: dict[Counter, int] = Factory(
         lambda: {"user": 0, "group": 0, "message": 0, "order": 0}
     )
@@ -65,6 +79,19 @@ class UndoLog:
             return False
         self._undo.append((mapping, key, mapping.pop(key)))
         return True
+
+    def extend(self, items: list[V], more: Iterable[V]) -> None:
+        """Append to a list; undone by cutting it back to its length before."""
+        # Undone through the same tuple as a mapping change: items[slice] = [] cuts the list.
+        self._undo.append((items, slice(len(items), None), []))  # type: ignore[arg-type]
+        items.extend(more)
+
+    def drop_front(self, items: list[V], count: int) -> None:
+        """Remove a list's first count items; undone by putting them back in front."""
+        if count <= 0:
+            return
+        self._undo.append((items, slice(0, 0), items[:count]))  # type: ignore[arg-type]
+        del items[:count]
 
     def take(self, counter: Counter, count: int = 1) -> int:
         """Advance a counter by count; return the first of the values taken."""
@@ -198,30 +225,6 @@ class MemoryGroupRepository:
         ]
 
 
-class MemoryMessageStore:
-    def __init__(self, log: UndoLog) -> None:
-        self._log = log
-        self._db = log.database
-
-    def store(self, user_id: int, delivery: Delivery) -> None:
-        _require_users(self._db, user_id)
-        waiting = self._db.waiting.setdefault(user_id, {})
-        if delivery.msg_id not in waiting:
-            self._log.put(waiting, delivery.msg_id, (self._log.take("order"), delivery))
-
-    def waiting(self, user_id: int) -> list[Delivery]:
-        waiting = sorted(self._db.waiting.get(user_id, {}).values(), key=lambda item: item[0])
-        return [delivery for _, delivery in waiting]
-
-    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None:
-        waiting = self._db.waiting.get(user_id, {})
-        for msg_id in msg_ids:
-            self._log.pop(waiting, msg_id)
-
-    def count(self, user_id: int) -> int:
-        return len(self._db.waiting.get(user_id, {}))
-
-
 class MemoryMessageIdSequence:
     def __init__(self, log: UndoLog) -> None:
         self._log = log
@@ -230,3 +233,173 @@ class MemoryMessageIdSequence:
         if count < 0:
             raise ValueError("cannot reserve a negative number of message ids")
         return self._log.take("message", count)
+
+
+class MemoryInbox:
+    def __init__(self, log: UndoLog) -> None:
+        self._log = log
+        self._db = log.database
+
+    def append(self, entries: Sequence[tuple[int, Delivery]], now_ms: int) -> list[int]:
+        db = self._db
+        log = self._log
+        _require_users(db, *{user_id for user_id, _ in entries})
+        positions: list[int] = []
+        new_last: dict[int, int] = {}
+        added: dict[tuple[int, int], list[int]] = {}
+        for user_id, delivery in entries:
+            pos = new_last.get(user_id)
+            pos = (db.last_pos.get(user_id, 0) if pos is None else pos) + 1
+            new_last[user_id] = pos
+            positions.append(pos)
+            log.put(db.inbox.setdefault(user_id, {}), pos, (now_ms, delivery))
+            key = conversation_of(user_id, delivery)
+            if key is not None:
+                added.setdefault((user_id, key), []).append(pos)
+        for user_id, pos in new_last.items():
+            log.put(db.last_pos, user_id, pos)
+        for conversation, more in added.items():
+            if conversation not in db.conversations:
+                log.put(db.conversations, conversation, [])
+            log.extend(db.conversations[conversation], more)
+        return positions
+
+    def last_pos(self, user_id: int) -> int:
+        return self._db.last_pos.get(user_id, 0)
+
+    def oldest_pos(self, user_id: int) -> int:
+        entries = self._db.inbox.get(user_id)
+        last = self.last_pos(user_id)
+        if not entries:
+            return last + 1
+        pos = self._db.inbox_floor.get(user_id, 1)
+        while pos not in entries:  # the floor is at or below the oldest entry
+            pos += 1
+        return pos
+
+    def after(self, user_id: int, since: int, limit: int) -> list[Kept]:
+        entries = self._db.inbox.get(user_id)
+        if not entries or limit <= 0:
+            return []
+        last = self.last_pos(user_id)
+        pos = max(since + 1, self.oldest_pos(user_id))
+        found: list[Kept] = []
+        while pos <= last and len(found) < limit:
+            entry = entries.get(pos)
+            if entry is not None:
+                found.append(Kept(pos, entry[1]))
+            pos += 1
+        return found
+
+    def count_after(self, user_id: int, since: int) -> int:
+        entries = self._db.inbox.get(user_id)
+        if not entries:
+            return 0
+        oldest = self.oldest_pos(user_id)
+        last = self.last_pos(user_id)
+        if len(entries) == last - oldest + 1:  # no hole: count by arithmetic
+            return max(0, last - max(since, oldest - 1))
+        return sum(1 for pos in entries if pos > since)
+
+    def conversation(
+        self,
+        user_id: int,
+        *,
+        peer_id: int | None = None,
+        group_id: int | None = None,
+        before: int | None = None,
+        limit: int,
+    ) -> list[Kept]:
+        key = conversation_key(peer_id, group_id)
+        positions = self._db.conversations.get((user_id, key), [])
+        entries = self._db.inbox.get(user_id, {})
+        end = len(positions) if before is None else bisect_left(positions, before)
+        found: list[Kept] = []
+        for index in range(end - 1, -1, -1):
+            if len(found) >= limit:
+                break
+            pos = positions[index]
+            entry = entries.get(pos)
+            if entry is not None:
+                found.append(Kept(pos, entry[1]))
+        found.reverse()
+        return found
+
+    def read_pos(self, user_id: int) -> int:
+        return self._db.read_pos.get(user_id, 0)
+
+    def set_read_pos(self, user_id: int, pos: int) -> bool:
+        if pos <= self.read_pos(user_id):
+            return False
+        _require_users(self._db, user_id)
+        self._log.put(self._db.read_pos, user_id, pos)
+        return True
+
+    def marks(self, user_id: int) -> dict[str, DeviceMark]:
+        return dict(self._db.marks.get(user_id, {}))
+
+    def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
+        _require_users(self._db, user_id)
+        if user_id not in self._db.marks:
+            self._log.put(self._db.marks, user_id, {})
+        self._log.put(self._db.marks[user_id], device, mark)
+
+    def set_marks(self, marks: Mapping[tuple[int, str], DeviceMark]) -> None:
+        _require_users(self._db, *{user_id for user_id, _ in marks})
+        for (user_id, device), mark in marks.items():
+            self.set_mark(user_id, device, mark)
+
+    def prune(self, kept_before_ms: int, limit: int) -> int:
+        # Each user's oldest entries first, up to the first one kept since: a batch costs the
+        # users and the entries that go, not the whole store. (An entry kept before an older
+        # one of the same user, if the clock went back, waits for that one to go first.)
+        db = self._db
+        pruned = 0
+        for user_id, entries in db.inbox.items():
+            if pruned >= limit:
+                break
+            if not entries:
+                continue
+            pos = start = self.oldest_pos(user_id)
+            last = db.last_pos.get(user_id, 0)
+            touched: set[int] = set()
+            while pos <= last and pruned < limit:
+                entry = entries.get(pos)
+                if entry is not None:
+                    if entry[0] >= kept_before_ms:
+                        break
+                    self._log.pop(entries, pos)
+                    pruned += 1
+                    key = conversation_of(user_id, entry[1])
+                    if key is not None:
+                        touched.add(key)
+                pos += 1
+            if pos != start:
+                self._log.put(db.inbox_floor, user_id, pos)
+                self._forget_positions(user_id, touched, pos)
+        return pruned
+
+    def prune_user(self, user_id: int, up_to_pos: int) -> int:
+        entries = self._db.inbox.get(user_id, {})
+        pruned = 0
+        touched: set[int] = set()
+        up_to_pos = min(up_to_pos, self.last_pos(user_id))  # the floor never passes last_pos + 1
+        for pos in range(self.oldest_pos(user_id), up_to_pos + 1):
+            entry = entries.get(pos)
+            if entry is not None:
+                self._log.pop(entries, pos)
+                pruned += 1
+                key = conversation_of(user_id, entry[1])
+                if key is not None:
+                    touched.add(key)
+        if up_to_pos >= self._db.inbox_floor.get(user_id, 1):
+            self._log.put(self._db.inbox_floor, user_id, up_to_pos + 1)
+            self._forget_positions(user_id, touched, up_to_pos + 1)
+        return pruned
+
+    def _forget_positions(self, user_id: int, conversations: Iterable[int], floor: int) -> None:
+        """Drop the positions below floor (pruned) from these conversations of user."""
+        for key in conversations:
+            positions = self._db.conversations.get((user_id, key))
+            if positions:
+                self._log.drop_front(positions, bisect_left(positions, floor))

@@ -9,16 +9,16 @@ from chatserver.adapters.memory.repositories import (
     MemoryDatabase,
     MemoryFriendRepository,
     MemoryGroupRepository,
+    MemoryInbox,
     MemoryMessageIdSequence,
-    MemoryMessageStore,
     MemoryUserRepository,
     UndoLog,
 )
 from chatserver.domain.ports import (
     FriendRepository,
     GroupRepository,
+    Inbox,
     MessageIdSequence,
-    MessageStore,
     Transaction,
     UserRepository,
 )
@@ -33,7 +33,7 @@ class MemoryTransaction:
         self.users: UserRepository = MemoryUserRepository(log)
         self.friends: FriendRepository = MemoryFriendRepository(log)
         self.groups: GroupRepository = MemoryGroupRepository(log)
-        self.messages: MessageStore = MemoryMessageStore(log)
+        self.inbox: Inbox = MemoryInbox(log)
         self.message_ids: MessageIdSequence = MemoryMessageIdSequence(log)
 
 

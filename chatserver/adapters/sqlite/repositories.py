@@ -1,13 +1,18 @@
 """SQLite repositories: plain synchronous SQL, run by the unit of work inside one transaction."""
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
+import orjson
+
+from chatserver.adapters.inbox_keys import conversation_key, conversation_of
 from chatserver.adapters.serialization import dump_delivery, load_delivery
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery
+from chatserver.domain.messages import Delivery, Kept
+from chatserver.domain.ports import DeviceMark
 from chatserver.domain.users import Account, User
 
 
@@ -176,39 +181,6 @@ class SqliteGroupRepository:
         return [Group(*row) for row in rows]
 
 
-class SqliteMessageStore:
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
-
-    def store(self, user_id: int, delivery: Delivery) -> None:
-        kind, body = dump_delivery(delivery)
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO offlinemessage (userid, msg_id, kind, body) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (user_id, delivery.msg_id, kind, body),
-            )
-
-    def waiting(self, user_id: int) -> list[Delivery]:
-        rows = self._db.execute(
-            "SELECT kind, body FROM offlinemessage WHERE userid = ? ORDER BY seq", (user_id,)
-        )
-        return [load_delivery(kind, body) for kind, body in rows]
-
-    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None:
-        self._db.executemany(
-            "DELETE FROM offlinemessage WHERE userid = ? AND msg_id = ?",
-            ((user_id, msg_id) for msg_id in msg_ids),
-        )
-
-    def count(self, user_id: int) -> int:
-        row = self._db.execute(
-            "SELECT count(*) FROM offlinemessage WHERE userid = ?", (user_id,)
-        ).fetchone()
-        count: int = row[0]
-        return count
-
-
 class SqliteMessageIdSequence:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
@@ -222,3 +194,231 @@ class SqliteMessageIdSequence:
         ).fetchall()
         first: int = rows[0][0]
         return first
+
+
+# Rows per statement: SQLite takes at most 32,766 parameters in one.
+INBOX_CHUNK = 2_000
+# Messages per DELETE when pruning.
+PRUNE_CHUNK = 500
+# A pos beyond every real one, for "before the newest".
+NO_POS = 2**62
+
+
+class SqliteInbox:
+    """Positions come from inbox_head: one multi-row upsert raises the last_pos of every user of
+    a batch and returns it, inside the unit of work's BEGIN IMMEDIATE transaction, whose write
+    lock makes the writers of every process (node) on the file take turns."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+
+    def append(self, entries: Sequence[tuple[int, Delivery]], now_ms: int) -> list[int]:
+        if not entries:
+            return []
+        counts = Counter(user_id for user_id, _ in entries)
+        next_pos = self._raise_heads(counts)
+        positions: list[int] = []
+        rows: list[tuple[int, int, int, int | None]] = []
+        messages: dict[int, Delivery] = {}
+        for user_id, delivery in entries:
+            pos = next_pos[user_id]
+            next_pos[user_id] = pos + 1
+            positions.append(pos)
+            msg_id = delivery.msg_id
+            rows.append((user_id, pos, msg_id, conversation_of(user_id, delivery)))
+            if msg_id not in messages:
+                messages[msg_id] = delivery
+        self._db.executemany(
+            "INSERT INTO inbox_message (msg_id, kind, body, created_ms) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            [(msg_id, *dump_delivery(delivery), now_ms) for msg_id, delivery in messages.items()],
+        )
+        self._db.executemany(
+            "INSERT INTO inbox (userid, pos, msg_id, conversation) VALUES (?, ?, ?, ?)",
+            rows,
+        )
+        return positions
+
+    def _raise_heads(self, counts: Mapping[int, int]) -> dict[int, int]:
+        """Raise each user's last_pos by their count; return the first new pos of each."""
+        first: dict[int, int] = {}
+        users = sorted(counts)
+        for start in range(0, len(users), INBOX_CHUNK):
+            chunk = users[start : start + INBOX_CHUNK]
+            try:
+                with constraints_as(foreign_key=UnknownUser):
+                    raised = self._db.execute(
+                        "INSERT INTO inbox_head (userid, last_pos) VALUES "
+                        + ", ".join(["(?, ?)"] * len(chunk))
+                        + " ON CONFLICT (userid) DO UPDATE"
+                        " SET last_pos = last_pos + excluded.last_pos RETURNING userid, last_pos",
+                        [value for user_id in chunk for value in (user_id, counts[user_id])],
+                    ).fetchall()
+            except UnknownUser:
+                # The failed statement changed nothing; undo the chunks before it, so that
+                # nothing is kept even if the caller goes on with the transaction.
+                self._db.executemany(
+                    "UPDATE inbox_head SET last_pos = last_pos - ? WHERE userid = ?",
+                    [(counts[user_id], user_id) for user_id in first],
+                )
+                raise
+            for user_id, last_pos in raised:
+                first[user_id] = last_pos - counts[user_id] + 1
+        return first
+
+    def last_pos(self, user_id: int) -> int:
+        row = self._db.execute(
+            "SELECT last_pos FROM inbox_head WHERE userid = ?", (user_id,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def oldest_pos(self, user_id: int) -> int:
+        row = self._db.execute("SELECT min(pos) FROM inbox WHERE userid = ?", (user_id,)).fetchone()
+        return self.last_pos(user_id) + 1 if row[0] is None else int(row[0])
+
+    def after(self, user_id: int, since: int, limit: int) -> list[Kept]:
+        rows = self._db.execute(
+            "SELECT i.pos, m.kind, m.body FROM inbox i JOIN inbox_message m"
+            " ON m.msg_id = i.msg_id WHERE i.userid = ? AND i.pos > ? ORDER BY i.pos LIMIT ?",
+            (user_id, since, max(limit, 0)),
+        )
+        return [Kept(pos, load_delivery(kind, body)) for pos, kind, body in rows]
+
+    def count_after(self, user_id: int, since: int) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM inbox WHERE userid = ? AND pos > ?", (user_id, since)
+        ).fetchone()
+        return int(row[0])
+
+    def conversation(
+        self,
+        user_id: int,
+        *,
+        peer_id: int | None = None,
+        group_id: int | None = None,
+        before: int | None = None,
+        limit: int,
+    ) -> list[Kept]:
+        rows = self._db.execute(
+            "SELECT i.pos, m.kind, m.body FROM inbox i JOIN inbox_message m"
+            " ON m.msg_id = i.msg_id WHERE i.userid = ? AND i.conversation = ? AND i.pos < ?"
+            " ORDER BY i.pos DESC LIMIT ?",
+            (
+                user_id,
+                conversation_key(peer_id, group_id),
+                NO_POS if before is None else before,
+                max(limit, 0),
+            ),
+        ).fetchall()
+        return [Kept(pos, load_delivery(kind, body)) for pos, kind, body in reversed(rows)]
+
+    def read_pos(self, user_id: int) -> int:
+        row = self._db.execute(
+            "SELECT read_pos FROM inbox_head WHERE userid = ?", (user_id,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_read_pos(self, user_id: int, pos: int) -> bool:
+        if pos <= 0:
+            return False
+        with constraints_as(foreign_key=UnknownUser):
+            rows = self._db.execute(
+                "INSERT INTO inbox_head (userid, read_pos) VALUES (?, ?)"
+                " ON CONFLICT (userid) DO UPDATE SET read_pos = excluded.read_pos"
+                " WHERE read_pos < excluded.read_pos RETURNING read_pos",
+                (user_id, pos),
+            ).fetchall()
+        return bool(rows)
+
+    def marks(self, user_id: int) -> dict[str, DeviceMark]:
+        rows = self._db.execute(
+            "SELECT device, pos, beyond FROM inbox_device WHERE userid = ?", (user_id,)
+        )
+        return {
+            device: DeviceMark(pos, frozenset(orjson.loads(beyond))) for device, pos, beyond in rows
+        }
+
+    def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
+        self.set_marks({(user_id, device): mark})
+
+    def set_marks(self, marks: Mapping[tuple[int, str], DeviceMark]) -> None:
+        if not marks:
+            return
+        rows = [
+            (user_id, device, mark.pos, orjson.dumps(sorted(mark.beyond)).decode())
+            for (user_id, device), mark in sorted(marks.items())
+        ]
+        with constraints_as(foreign_key=UnknownUser):
+            self._db.execute("SAVEPOINT set_marks")
+            try:
+                self._db.executemany(
+                    "INSERT INTO inbox_device (userid, device, pos, beyond) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (userid, device) DO UPDATE"
+                    " SET pos = excluded.pos, beyond = excluded.beyond",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK TO set_marks")
+                raise
+            finally:
+                self._db.execute("RELEASE set_marks")
+
+    def prune(self, kept_before_ms: int, limit: int) -> int:
+        # An entry is as old as its message (kept when the message first was): the oldest
+        # messages go with their entries, at most limit entries a batch; a message with more
+        # entries left goes in a later batch. Then each user's entries before the newest that
+        # went go too (see _close_holes).
+        if limit <= 0:
+            return 0
+        old = [
+            msg_id
+            for (msg_id,) in self._db.execute(
+                "SELECT msg_id FROM inbox_message WHERE created_ms < ? ORDER BY created_ms LIMIT ?",
+                (kept_before_ms, limit),
+            ).fetchall()
+        ]
+        gone: list[tuple[int, int]] = []
+        for start in range(0, len(old), PRUNE_CHUNK):
+            if len(gone) >= limit:
+                break
+            chunk = old[start : start + PRUNE_CHUNK]
+            gone += self._db.execute(
+                "DELETE FROM inbox WHERE (userid, pos) IN (SELECT userid, pos FROM inbox"
+                f" WHERE msg_id IN ({', '.join(['?'] * len(chunk))}) LIMIT ?)"
+                " RETURNING userid, pos",
+                (*chunk, limit - len(gone)),
+            ).fetchall()
+        closed = self._close_holes(gone)
+        self._forget_messages(old)
+        return len(gone) + closed
+
+    def _close_holes(self, gone: Iterable[tuple[int, int]]) -> int:
+        """Delete each user's entries before the newest of theirs that went, so that what is
+        kept is always a run up to last_pos: a session syncing from before it never meets a
+        hole. (Entries are pruned by their messages' time, and the batches of two nodes can
+        keep positions slightly out of time order, as their clocks differ.) Their messages,
+        if left without entries, go with the next batch."""
+        newest: dict[int, int] = {}
+        for user_id, pos in gone:
+            if pos > newest.get(user_id, 0):
+                newest[user_id] = pos
+        cursor = self._db.executemany(
+            "DELETE FROM inbox WHERE userid = ? AND pos < ?", list(newest.items())
+        )
+        return max(cursor.rowcount, 0)
+
+    def prune_user(self, user_id: int, up_to_pos: int) -> int:
+        gone = self._db.execute(
+            "DELETE FROM inbox WHERE userid = ? AND pos <= ? RETURNING msg_id",
+            (user_id, up_to_pos),
+        ).fetchall()
+        self._forget_messages({msg_id for (msg_id,) in gone})
+        return len(gone)
+
+    def _forget_messages(self, msg_ids: Iterable[int]) -> None:
+        """Delete those of these messages that no inbox entry refers to any more."""
+        self._db.executemany(
+            "DELETE FROM inbox_message WHERE msg_id = ?"
+            " AND NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.msg_id = inbox_message.msg_id)",
+            [(msg_id,) for msg_id in msg_ids],
+        )

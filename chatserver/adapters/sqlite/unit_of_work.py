@@ -14,8 +14,8 @@ from anyio import CapacityLimiter, ClosedResourceError, to_thread
 from chatserver.adapters.sqlite.repositories import (
     SqliteFriendRepository,
     SqliteGroupRepository,
+    SqliteInbox,
     SqliteMessageIdSequence,
-    SqliteMessageStore,
     SqliteUserRepository,
 )
 from chatserver.adapters.sqlite.schema import connect, upgrade
@@ -23,8 +23,8 @@ from chatserver.domain.errors import Unavailable
 from chatserver.domain.ports import (
     FriendRepository,
     GroupRepository,
+    Inbox,
     MessageIdSequence,
-    MessageStore,
     Transaction,
     UserRepository,
 )
@@ -41,7 +41,7 @@ class SqliteTransaction:
         self.users: UserRepository = SqliteUserRepository(connection)
         self.friends: FriendRepository = SqliteFriendRepository(connection)
         self.groups: GroupRepository = SqliteGroupRepository(connection)
-        self.messages: MessageStore = SqliteMessageStore(connection)
+        self.inbox: Inbox = SqliteInbox(connection)
         self.message_ids: MessageIdSequence = SqliteMessageIdSequence(connection)
 
 

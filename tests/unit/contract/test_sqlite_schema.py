@@ -21,8 +21,11 @@ TABLES = {
     "friend_request",
     "allgroup",
     "groupuser",
-    "offlinemessage",
     "message_id_sequence",
+    "inbox_message",
+    "inbox_head",
+    "inbox",
+    "inbox_device",
 }
 
 
