@@ -274,7 +274,7 @@ def test_db_upgrade_creates_a_missing_mysql_database_in_utf8mb4(absent_database:
     url = f"mysql://root@127.0.0.1:3306/{absent_database}"
     done = run_cli("db", "upgrade", "--database", url)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "schema at version 1\n"
+    assert re.fullmatch(r"schema at version [1-9]\d*\n", done.stdout), done.stdout
     assert character_set_of(absent_database) == "utf8mb4"
     # It says so, in chatserver's own words only.
     assert re.fullmatch(
