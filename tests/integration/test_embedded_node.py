@@ -131,7 +131,7 @@ def test_a_program_embeds_the_node_beside_its_own_server_and_stops_it_cleanly() 
     kept = seen["alice got"]  # a message comes at its place (pos) in alice's inbox
     assert isinstance(kept, chatserver.Kept) and kept.pos >= 1
     assert isinstance(kept.delivery, chatserver.DirectMessage)
-    assert (seen["alice got"].sender_name, seen["alice got"].text) == ("bob", "hi alice")
+    assert (kept.delivery.sender_name, kept.delivery.text) == ("bob", "hi alice")
     assert seen["bob after stop"] == b""  # logged out, and the connection closed
     assert seen["port after stop"] == "closed"
     assert seen["status after stop"] == "online 1"  # alice, in-process, is still logged in
