@@ -1,0 +1,345 @@
+"""The web page as a device of PROTOCOL.md Version 2 ("Devices", "The inbox"), in Chromium.
+
+Against the real server (`chatserver serve --ws-port`, a raw TCP user as the third party): two
+pages logged in as one user on two devices both show a conversation, keep it across a reload
+and agree on unread counts; "older" loads earlier messages when scrolled to the top.
+
+Against a scripted peer (web_fake_inbox.FakeInbox, behind Playwright's WebSocket routing): the
+page's own bookkeeping, with frames a real server sends only in races or at scale: duplicates,
+SYNC in pages after a drop, a truncated SYNC, objects whose msgid the page does not know, the
+READ mark when another conversation is still unread.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import pytest
+from playwright.sync_api import Browser, expect, sync_playwright
+
+from tests.integration.conftest import Chat, Client, User
+from tests.integration.web_fake_inbox import FakeInbox
+from tests.integration.web_helpers import CHROMIUM, WAIT_MS, ChatPage, WebServer
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}"),
+]
+
+TRICKY = '<img src=x onerror="document.title=1"> & \'quotes\' 你好 😀'
+DEVICE = re.compile(r"web-[0-9a-f]{20}")
+
+OpenPage = Callable[..., ChatPage]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
+    server = WebServer(tmp_path_factory.mktemp("web-inbox"))
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def chat(web: WebServer) -> Iterator[Chat]:
+    harness = Chat(web.current)
+    yield harness
+    harness.close_all()
+
+
+@pytest.fixture
+def fake() -> FakeInbox:
+    return FakeInbox()
+
+
+@pytest.fixture
+def open_page(browser: Browser, web: WebServer, fake: FakeInbox) -> Iterator[OpenPage]:
+    """A page in a fresh browser context (a device of its own: its own localStorage), talking
+    to the real server, or with `scripted=True` to the fake."""
+    pages: list[ChatPage] = []
+
+    def open_(scripted: bool = False) -> ChatPage:
+        context = browser.new_context(viewport={"width": 1000, "height": 700})
+        context.set_default_timeout(WAIT_MS)
+        if scripted:
+            fake.attach(context)
+        page = ChatPage(context.new_page(), web.url)
+        pages.append(page)
+        return page.open()
+
+    yield open_
+    for page in pages:
+        page.assert_healthy()
+        assert page.page.title() == "chatserver", "text from the network ran as markup"
+        page.page.context.close()
+
+
+def texts(page: ChatPage) -> list[str]:
+    return page.messages().all_inner_texts()
+
+
+def expect_texts(page: ChatPage, wanted: list[str]) -> None:
+    expect(page.messages()).to_have_text(wanted, timeout=WAIT_MS)
+
+
+def sent(page: ChatPage, text: str) -> None:
+    """A message of the user's own (sent here or on another device) shown as theirs."""
+    mine = page.by("messages").locator(".message.mine").filter(has_text=text)
+    expect(mine).to_have_count(1, timeout=WAIT_MS)
+
+
+# --------------------------------------------------------------------------- the real server
+
+
+def login_device(chat: Chat, user: User, device: str) -> Client:
+    client = chat.client()
+    client.login(user, receipts=True, device=device)
+    return client
+
+
+def test_two_devices_of_one_user_show_one_conversation_keep_it_and_agree_on_unread(
+    chat: Chat, open_page: OpenPage
+) -> None:
+    carol, me = chat.user("carol"), chat.user("me")
+    tcp = chat.online(carol, receipts=True)
+    pc, laptop = open_page(), open_page()
+    assert pc.device() != laptop.device()
+    pc.log_in(me.id, me.password)
+    laptop.log_in(me.id, me.password)
+    for page in (pc, laptop):
+        assert DEVICE.fullmatch(page.device() or ""), page.device()
+
+    tcp.ok({"msgid": 6, "toid": me.id, "msg": "one"})
+    tcp.ok({"msgid": 6, "toid": me.id, "msg": TRICKY})
+    pc.expect_text(f"unread-u-{carol.id}", "2")
+    laptop.expect_text(f"unread-u-{carol.id}", "2")
+
+    # Read on the pc: READ reaches the laptop, whose count goes too.
+    pc.open_conversation("u", carol.id)
+    expect_texts(pc, ["one", TRICKY])
+    expect(laptop.by(f"unread-u-{carol.id}")).to_have_count(0, timeout=WAIT_MS)
+
+    # What one device sends, the other shows as the user's own (a carbon), and carol gets it.
+    pc.send("from the pc")
+    assert tcp.expect({"msgid": 6, "id": me.id})["msg"] == "from the pc"
+    laptop.open_conversation("u", carol.id)
+    sent(laptop, "from the pc")
+    laptop.send("from the laptop")
+    assert tcp.expect({"msgid": 6, "id": me.id})["msg"] == "from the laptop"
+    sent(pc, "from the laptop")
+    conversation = ["one", TRICKY, "from the pc", "from the laptop"]
+    expect_texts(pc, conversation)
+    expect_texts(laptop, conversation)
+
+    # Both reload: the conversation is still there, in order, and nothing is unread.
+    for page in (pc, laptop):
+        page.reload().log_in(me.id, me.password)
+        expect(page.by(f"conversation-u-{carol.id}")).to_contain_text(carol.name, timeout=WAIT_MS)
+        expect(page.by(f"unread-u-{carol.id}")).to_have_count(0)
+        page.open_conversation("u", carol.id)
+        expect_texts(page, conversation)
+        sent(page, "from the pc")
+        page.close_conversation()
+
+    # A new message while neither device shows the chat: unread 1 on both, and after the
+    # laptop reloads too; reading it on the laptop clears it on the pc.
+    tcp.ok({"msgid": 6, "toid": me.id, "msg": "are you there?"})
+    pc.expect_text(f"unread-u-{carol.id}", "1")
+    laptop.expect_text(f"unread-u-{carol.id}", "1")
+    laptop.reload().log_in(me.id, me.password)
+    laptop.expect_text(f"unread-u-{carol.id}", "1")
+    laptop.open_conversation("u", carol.id)
+    laptop.expect_message("are you there?")
+    expect(pc.by(f"unread-u-{carol.id}")).to_have_count(0, timeout=WAIT_MS)
+    pc.reload().log_in(me.id, me.password)
+    expect(pc.by(f"conversation-u-{carol.id}")).to_be_visible(timeout=WAIT_MS)
+    expect(pc.by(f"unread-u-{carol.id}")).to_have_count(0)
+
+    # The same device id from elsewhere is a takeover of that device only.
+    other = login_device(chat, me, pc.device() or "")
+    expect(pc.by("kicked-notice")).to_be_visible(timeout=WAIT_MS)
+    laptop.expect_logged_in()
+    other.close()
+
+
+def test_older_messages_load_when_scrolled_to_the_top(chat: Chat, open_page: OpenPage) -> None:
+    carol, dave, me = chat.user("carol"), chat.user("dave"), chat.user("me")
+    tcp_carol, tcp_dave = chat.online(carol), chat.online(dave)
+    older = [f"carol {n}" for n in range(1, 41)]
+    for text in older:
+        tcp_carol.ok({"msgid": 6, "toid": me.id, "msg": text})
+    for n in range(200):  # carol's are now older than what a new device syncs at login
+        tcp_dave.ok({"msgid": 6, "toid": me.id, "msg": f"dave {n}"})
+    elsewhere = login_device(chat, me, "phone")
+    last_pos = elsewhere.ack["last_pos"] if elsewhere.ack else None
+    assert last_pos is not None and last_pos >= 240, elsewhere.ack
+    elsewhere.ok({"msgid": 22, "pos": last_pos})  # all read on the phone
+    elsewhere.close()
+
+    page = open_page()
+    page.log_in(me.id, me.password)
+    expect(page.by(f"conversation-u-{dave.id}")).to_be_visible(timeout=WAIT_MS)
+    expect(page.by(f"unread-u-{dave.id}")).to_have_count(0)
+    page.open_chat_with(carol.id)
+    expect_texts(page, older[-30:])  # HISTORY's newest page
+    expect(page.by("older-button")).to_be_visible(timeout=WAIT_MS)
+    page.scroll_messages_to_top()
+    expect_texts(page, older)
+    expect(page.by("older-button")).to_be_hidden(timeout=WAIT_MS)
+
+
+# --------------------------------------------------------------------------- the scripted peer
+
+
+def test_each_browser_is_a_device_and_logs_in_with_what_it_kept(
+    fake: FakeInbox, open_page: OpenPage
+) -> None:
+    me, carol = fake.user("me"), fake.user("carol")
+    for n in range(3):
+        fake.chat(carol, me, f"before {n}")
+    page = open_page(scripted=True)
+    page.log_in(me.id, me.password)
+    page.expect_text(f"unread-u-{carol.id}", "3")
+    first = fake.logins()[-1]
+    assert DEVICE.fullmatch(first["device"]) and "since" not in first, first
+
+    page.reload().log_in(me.id, me.password)
+    again = fake.logins()[-1]
+    assert again["device"] == first["device"] and again["since"] == 3, again
+    page.expect_text(f"unread-u-{carol.id}", "3")  # unread stays unread across a reload
+    page.reload().log_in(me.name, me.password)  # by name: the page knows the id it had
+    assert fake.logins()[-1]["since"] == 3, fake.logins()[-1]
+
+    other = open_page(scripted=True)
+    other.log_in(me.id, me.password)
+    assert DEVICE.fullmatch(fake.logins()[-1]["device"])
+    assert fake.logins()[-1]["device"] != first["device"]
+    other.expect_text(f"unread-u-{carol.id}", "3")
+
+
+def test_after_a_drop_the_page_syncs_in_pages_and_shows_each_message_once(
+    fake: FakeInbox, open_page: OpenPage
+) -> None:
+    me, carol = fake.user("me"), fake.user("carol")
+    fake.chat(carol, me, "hello")
+    page = open_page(scripted=True)
+    page.log_in(me.id, me.password)
+    page.open_conversation("u", carol.id)
+    page.expect_message("hello")
+
+    assert [frame["since"] for frame in fake.requests(20)] == [0]  # at login, until last_pos 1
+    fake.drop_all()
+    expect(page.status).to_have_attribute("data-state", "down", timeout=WAIT_MS)
+    away = [f"away {n}" for n in range(450)]
+    for text in away:
+        fake.chat(carol, me, text)
+    page.expect_logged_in()
+    expect_texts(page, ["hello", *away])
+    # offlinemsg brought 2-201; SYNC pages of 200 the rest.
+    assert [frame["since"] for frame in fake.requests(20)] == [0, 201, 401]
+
+    # The same objects again, live: nothing new on screen.
+    for obj in me.inbox[:5]:
+        fake.push(me, obj)
+    fake.chat(carol, me, "after")
+    page.expect_message("after")
+    assert texts(page) == ["hello", *away, "after"]
+    assert fake.logins()[-1]["since"] == 1
+
+
+def test_objects_the_page_does_not_know_are_ignored_but_counted_as_had(
+    fake: FakeInbox, open_page: OpenPage
+) -> None:
+    me, carol = fake.user("me"), fake.user("carol")
+    for n in range(6):
+        fake.chat(carol, me, f"old {n}")
+    fake.forget_before(me, 4)  # 1-3 have left the history window
+    fake.append_raw(me, {"msgid": 29, "groupid": 7, "event": "joined", "userid": carol.id})
+    fake.append_raw(me, {"msgid": 99, "msg": TRICKY})
+    fake.chat(carol, me, TRICKY)
+    page = open_page(scripted=True)
+    page.log_in(me.id, me.password)
+    page.expect_text(f"unread-u-{carol.id}", "4")  # old 3-5 and TRICKY; 29 and 99 are not chats
+    fake.push(me, {"msgid": 98, "pos": "not a number", "html": TRICKY})
+    page.open_conversation("u", carol.id)
+    expect_texts(page, ["old 3", "old 4", "old 5", TRICKY])
+    receipted = {i for frame in fake.requests(19) for i in frame["msg_ids"]}
+    unknown = {obj["msg_id"] for obj in me.inbox if obj["msgid"] in (29, 99)}
+    assert unknown <= receipted, (unknown, receipted)
+    reads = [frame["pos"] for frame in fake.requests(22)]
+    assert reads and reads[-1] == me.last_pos, (reads, me.last_pos)
+    page.reload().log_in(me.id, me.password)
+    assert fake.logins()[-1]["since"] == me.last_pos
+
+
+def test_read_stops_below_a_conversation_still_unread_and_other_devices_follow(
+    fake: FakeInbox, open_page: OpenPage
+) -> None:
+    me, carol, dave = fake.user("me"), fake.user("carol"), fake.user("dave")
+    fake.chat(carol, me, "carol 1")  # pos 1
+    fake.chat(carol, me, "carol 2")  # pos 2
+    fake.chat(dave, me, "dave 1")  # pos 3
+    pc, laptop = open_page(scripted=True), open_page(scripted=True)
+    pc.log_in(me.id, me.password)
+    laptop.log_in(me.id, me.password)
+    laptop.expect_text(f"unread-u-{carol.id}", "2")
+    laptop.expect_text(f"unread-u-{dave.id}", "1")
+
+    # Dave's chat is read on the pc, carol's is not: "everything up to pos 3" would be untrue.
+    pc.open_conversation("u", dave.id)
+    pc.expect_message("dave 1")
+    expect(pc.by(f"unread-u-{dave.id}")).to_have_count(0)
+    pc.expect_text(f"unread-u-{carol.id}", "2")
+    laptop.expect_text(f"unread-u-{dave.id}", "1")
+    assert fake.requests(22) == []
+
+    pc.open_conversation("u", carol.id)
+    pc.expect_message("carol 2")
+    expect(laptop.by(f"unread-u-{carol.id}")).to_have_count(0, timeout=WAIT_MS)
+    expect(laptop.by(f"unread-u-{dave.id}")).to_have_count(0, timeout=WAIT_MS)
+    assert [frame["pos"] for frame in fake.requests(22)] == [3]
+    assert me.read_pos == 3
+
+    # A message to oneself: one pos, shown once on the device that sent it and on the other.
+    pc.open_chat_with(me.id)
+    pc.send("note to self")
+    laptop.open_conversation("u", me.id)
+    sent(laptop, "note to self")
+    sent(pc, "note to self")
+
+
+def test_history_pages_fill_a_conversation_older_than_the_sync_at_login(
+    fake: FakeInbox, open_page: OpenPage
+) -> None:
+    me, carol, dave = fake.user("me"), fake.user("carol"), fake.user("dave")
+    older = [f"carol {n}" for n in range(1, 76)]
+    for text in older:
+        fake.chat(carol, me, text)
+    for n in range(200):
+        fake.chat(dave, me, f"dave {n}")
+    me.read_pos = me.last_pos
+    page = open_page(scripted=True)
+    page.log_in(me.id, me.password)
+    expect(page.by(f"conversation-u-{dave.id}")).to_be_visible(timeout=WAIT_MS)
+    expect(page.by(f"conversation-u-{carol.id}")).to_have_count(0)  # before the recent window
+    page.open_chat_with(carol.id)
+    expect_texts(page, older[-30:])
+    page.scroll_messages_to_top()
+    expect_texts(page, older[-60:])
+    page.by("older-button").click()  # the button does the same
+    expect_texts(page, older)
+    expect(page.by("older-button")).to_be_hidden(timeout=WAIT_MS)
+    befores = [frame.get("before") for frame in fake.requests(21)]
+    assert befores == [None, 46, 16], befores
+    page.reload().log_in(me.id, me.password)  # the list remembers carol; HISTORY fills it
+    page.open_conversation("u", carol.id)
+    expect_texts(page, older[-30:])
