@@ -127,9 +127,10 @@ def test_a_tcp_user_and_a_browser_user_chat_both_ways(chat: Chat, open_page: Ope
     got = tcp.expect({"msgid": 6, "id": dave.id})
     assert got["msg"] == "hello over TCP, 你好 😀" and got["toid"] == carol.id, got
 
-    # Dave logs in elsewhere: the page says so, and does not log in again by itself.
+    # Dave logs in elsewhere as the page's device (a login on another device would not end
+    # the page's session): the page says so, and does not log in again by itself.
     elsewhere = chat.client()
-    elsewhere.login(dave, receipts=True)
+    elsewhere.login(dave, receipts=True, device=page.device())
     expect(page.by("kicked-notice")).to_be_visible(timeout=WAIT_MS)
     expect(page.by("login-view")).to_be_visible(timeout=WAIT_MS)
     assert elsewhere.ack is not None
