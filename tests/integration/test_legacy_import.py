@@ -17,6 +17,10 @@ from typing import Any
 import mysql.connector
 import pytest
 
+from chatserver.adapters.mysql.unit_of_work import open_mysql
+from chatserver.adapters.sqlite.unit_of_work import open_sqlite
+from chatserver.domain.messages import GroupMessage, Kept
+from chatserver.domain.ports import Transaction, UnitOfWork
 from tests.integration.conftest import Client, ServerProcess, User
 from tests.unit.contract.mysql_server import MYSQL
 
@@ -232,3 +236,39 @@ def test_importing_into_a_database_that_is_not_empty_is_refused(
     assert again.returncode == 1
     assert "not empty" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+@pytest.mark.anyio
+async def test_the_waiting_chats_become_each_users_inbox_in_the_order_they_were_stored(
+    legacy_url: str, target_url: str
+) -> None:
+    done = run_cli("db", "import-legacy", "--from", legacy_url, "--database", target_url)
+    assert done.returncode == 0, done.stderr
+    uow: UnitOfWork
+    if target_url.startswith("sqlite:///"):
+        uow = await open_sqlite(target_url.removeprefix("sqlite:///"))
+    else:
+        uow = await open_mysql(target_url)
+    try:
+
+        def look(tx: Transaction) -> dict[int, list[tuple[int, str]]]:
+            return {
+                user.id: [
+                    (kept.pos, getattr(kept.delivery, "text", ""))
+                    for kept in tx.inbox.after(user.id, 0, 100)
+                ]
+                for user in (ALICE, BOB, CAROL, ZHANG)
+            }
+
+        assert await uow.run(look) == {
+            ALICE.id: [],
+            BOB.id: [(1, "hi bob"), (2, "it's the group"), (3, "你好 bob")],
+            CAROL.id: [(1, "hi carol")],
+            ZHANG.id: [],
+        }
+        group = await uow.run(lambda tx: tx.inbox.conversation(BOB.id, group_id=2, limit=9))
+        sent_at = local_ms("2024-01-02 03:05:00")
+        msg_id = group[0].delivery.msg_id
+        assert group == [Kept(2, GroupMessage(msg_id, 2, 1, "alice", "it's the group", sent_at))]
+    finally:
+        await uow.aclose()

@@ -11,10 +11,11 @@ from typing import Any, Literal, TypeVar
 
 from attrs import Factory, define
 
+from chatserver.adapters.inbox_keys import conversation_key, conversation_of
 from chatserver.domain.errors import NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery, DirectMessage, GroupMessage
-from chatserver.domain.ports import DeviceMark, Kept
+from chatserver.domain.messages import Delivery, Kept
+from chatserver.domain.ports import DeviceMark
 from chatserver.domain.users import Account, User
 
 K = TypeVar("K")
@@ -46,7 +47,8 @@ class MemoryDatabase:
     read_pos: dict[int, int] = Factory(dict)
     # (user, conversation) -> the positions of its entries, ascending; pruned positions stay
     # in the list and are skipped on reading (an entry no longer in inbox)
-    conversations: dict[tuple[int, "ConversationKey"], list[int]] = Factory(dict)
+    # (conversation: see adapters.inbox_keys)
+    conversations: dict[tuple[int, int], list[int]] = Factory(dict)
     # user -> device -> mark
     marks: dict[int, dict[str, DeviceMark]] = Factory(dict)
     counters: dict[Counter, int] = Factory(
@@ -55,9 +57,6 @@ class MemoryDatabase:
 
 
 _ABSENT = object()  # a key the mapping did not hold
-
-# A conversation in a user's inbox: ("u", peer_id) or ("g", group_id).
-ConversationKey = tuple[str, int]
 
 
 class UndoLog:
@@ -253,16 +252,6 @@ class MemoryMessageIdSequence:
         return self._log.take("message", count)
 
 
-def conversation_of(user_id: int, delivery: Delivery) -> ConversationKey | None:
-    """The conversation a delivery belongs to in user's inbox, if any."""
-    if isinstance(delivery, DirectMessage):
-        peer = delivery.recipient_id if delivery.sender_id == user_id else delivery.sender_id
-        return ("u", peer)
-    if isinstance(delivery, GroupMessage):
-        return ("g", delivery.group_id)
-    return None
-
-
 class MemoryInbox:
     def __init__(self, log: UndoLog) -> None:
         self._log = log
@@ -274,7 +263,7 @@ class MemoryInbox:
         _require_users(db, *{user_id for user_id, _ in entries})
         positions: list[int] = []
         new_last: dict[int, int] = {}
-        added: dict[tuple[int, ConversationKey], list[int]] = {}
+        added: dict[tuple[int, int], list[int]] = {}
         for user_id, delivery in entries:
             pos = new_last.get(user_id)
             pos = (db.last_pos.get(user_id, 0) if pos is None else pos) + 1
@@ -337,7 +326,7 @@ class MemoryInbox:
         before: int | None = None,
         limit: int,
     ) -> list[Kept]:
-        key = _conversation_key(peer_id, group_id)
+        key = conversation_key(peer_id, group_id)
         positions = self._db.conversations.get((user_id, key), [])
         entries = self._db.inbox.get(user_id, {})
         end = len(positions) if before is None else bisect_left(positions, before)
@@ -358,6 +347,7 @@ class MemoryInbox:
     def set_read_pos(self, user_id: int, pos: int) -> bool:
         if pos <= self.read_pos(user_id):
             return False
+        _require_users(self._db, user_id)
         self._log.put(self._db.read_pos, user_id, pos)
         return True
 
@@ -387,9 +377,3 @@ class MemoryInbox:
         for pos in old:
             self._log.pop(entries, pos)
         return len(old)
-
-
-def _conversation_key(peer_id: int | None, group_id: int | None) -> ConversationKey:
-    if (peer_id is None) == (group_id is None):
-        raise ValueError("name exactly one of peer_id and group_id")
-    return ("u", peer_id) if peer_id is not None else ("g", group_id)  # type: ignore[return-value]

@@ -2,10 +2,10 @@
 
 Kept: user and group ids and names, friendships (a row in either direction, duplicated or not,
 becomes one mutual friendship), group members and their roles, and the chats waiting in
-`offlinemessage`, in the order they were stored, with fresh msg_ids. Plaintext passwords are
-hashed. Rows naming a user or group that is not there are skipped and counted, and so are stored
-messages that are not a whole chat object (invalid or truncated JSON). All in one transaction:
-an import that fails leaves the target empty.
+`offlinemessage`, in the order they were stored, with fresh msg_ids, as each user's inbox
+(pos 1, 2, ...). Plaintext passwords are hashed. Rows naming a user or group that is not there
+are skipped and counted, and so are stored messages that are not a whole chat object (invalid or
+truncated JSON). All in one transaction: an import that fails leaves the target empty.
 
 Keeping ids is not something the ports offer, so each target adapter lends an import-only
 repository (`imports`) beside the usual ones.
@@ -26,6 +26,7 @@ from attrs import frozen
 from mysql.connector import Error
 from mysql.connector.cursor import MySQLCursor
 
+from chatserver.adapters.clock import SystemClock
 from chatserver.adapters.mysql.repositories import MySqlImportRepository
 from chatserver.adapters.mysql.unit_of_work import MySqlTransaction, connect, open_mysql_as
 from chatserver.adapters.mysql.url import InvalidMySqlUrl, parse_mysql_url, redact_password
@@ -119,7 +120,8 @@ async def copy_legacy(source_url: str, target_url: str) -> ImportReport:
             raise LegacyImportError(f"{redact_password(target_url)} is not empty")
         legacy = await to_thread.run_sync(read_legacy, source_url)
         hashes = await hash_passwords(legacy.users)
-        return await target.run(partial(write, legacy=legacy, hashes=hashes))
+        now_ms = SystemClock().now_ms()
+        return await target.run(partial(write, legacy=legacy, hashes=hashes, now_ms=now_ms))
     except Unavailable as error:
         raise LegacyImportError(f"{redact_password(target_url)}: {error}") from error
     finally:
@@ -242,7 +244,9 @@ async def hash_passwords(users: Sequence[tuple[int, str, str]]) -> dict[int, str
 # --------------------------------------------------------------------------- writing
 
 
-def write(tx: ImportTransaction, *, legacy: LegacyData, hashes: dict[int, str]) -> ImportReport:
+def write(
+    tx: ImportTransaction, *, legacy: LegacyData, hashes: dict[int, str], now_ms: int
+) -> ImportReport:
     if not tx.imports.is_empty():
         raise LegacyImportError("the target database is not empty")
     skipped = 0
@@ -290,8 +294,12 @@ def write(tx: ImportTransaction, *, legacy: LegacyData, hashes: dict[int, str]) 
         else:
             chats.append((user_id, chat))
     first = tx.message_ids.reserve(len(chats))
-    for msg_id, (user_id, chat) in enumerate(chats, start=first):
-        tx.messages.store(user_id, chat(msg_id))
+    waiting = [(user_id, chat(msg_id)) for msg_id, (user_id, chat) in enumerate(chats, start=first)]
+    # Each user's inbox, pos 1, 2, ... in the order they were stored, kept from now on; and,
+    # while version 1's store is still read, there as well.
+    tx.inbox.append(waiting, now_ms)
+    for user_id, delivery in waiting:
+        tx.messages.store(user_id, delivery)
 
     return ImportReport(
         users=len(users),

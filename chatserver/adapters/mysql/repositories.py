@@ -3,7 +3,8 @@
 Every value travels as a parameter (%s); only placeholders are ever built into SQL text.
 """
 
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any, cast
@@ -13,9 +14,11 @@ import orjson
 from mysql.connector import IntegrityError, errorcode
 from mysql.connector.cursor import MySQLCursor
 
+from chatserver.adapters.inbox_keys import conversation_key, conversation_of
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage
+from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage, Kept
+from chatserver.domain.ports import DeviceMark
 from chatserver.domain.users import Account, User
 
 # The adapter's private format for waiting deliveries: a kind, and the fields as JSON.
@@ -216,9 +219,7 @@ class MySqlGroupRepository:
         return Group(group_id, name, description)
 
     def get(self, group_id: int) -> Group | None:
-        self._db.execute(
-            "SELECT id, groupname, groupdesc FROM allgroup WHERE id = %s", (group_id,)
-        )
+        self._db.execute("SELECT id, groupname, groupdesc FROM allgroup WHERE id = %s", (group_id,))
         groups = _groups(self._db)
         return groups[0] if groups else None
 
@@ -307,6 +308,226 @@ class MySqlMessageIdSequence:
         )
         assert self._db.lastrowid is not None
         return self._db.lastrowid - count
+
+
+# Rows per statement, well within max_allowed_packet (a row of a long message is ~17 kB).
+INBOX_CHUNK = 500
+# A pos beyond every real one, for "before the newest".
+NO_POS = 2**62
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(["%s"] * count)
+
+
+class MySqlInbox:
+    """Positions come from inbox_head: one INSERT ... ON DUPLICATE KEY UPDATE raises the last_pos
+    of every user of a batch, in user order (so two nodes' batches lock rows in the same order
+    and never deadlock on them), and holds their rows locked until the transaction ends; a
+    concurrent batch for the same user waits, then continues after it."""
+
+    def __init__(self, cursor: MySQLCursor) -> None:
+        self._db = cursor
+
+    def append(self, entries: Sequence[tuple[int, Delivery]], now_ms: int) -> list[int]:
+        if not entries:
+            return []
+        counts = Counter(user_id for user_id, _ in entries)
+        next_pos = self._raise_heads(counts)
+        positions: list[int] = []
+        rows: list[tuple[int, int, int, int | None, int]] = []
+        messages: dict[int, Delivery] = {}
+        for user_id, delivery in entries:
+            pos = next_pos[user_id]
+            next_pos[user_id] = pos + 1
+            positions.append(pos)
+            msg_id = delivery.msg_id
+            rows.append((user_id, pos, msg_id, conversation_of(user_id, delivery), now_ms))
+            if msg_id not in messages:
+                messages[msg_id] = delivery
+        message_rows = [
+            (msg_id, *dump_delivery(delivery), now_ms) for msg_id, delivery in messages.items()
+        ]
+        # executemany sends one multi-row INSERT per call.
+        for start in range(0, len(message_rows), INBOX_CHUNK):
+            self._db.executemany(
+                "INSERT INTO inbox_message (msg_id, kind, body, created_ms)"
+                " VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE msg_id = msg_id",
+                message_rows[start : start + INBOX_CHUNK],
+            )
+        for start in range(0, len(rows), INBOX_CHUNK):
+            self._db.executemany(
+                "INSERT INTO inbox (userid, pos, msg_id, conversation, kept_ms)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                rows[start : start + INBOX_CHUNK],
+            )
+        return positions
+
+    def _raise_heads(self, counts: Mapping[int, int]) -> dict[int, int]:
+        """Raise each user's last_pos by their count; return the first new pos of each."""
+        users = sorted(counts)
+        done: list[int] = []
+        first: dict[int, int] = {}
+        for start in range(0, len(users), INBOX_CHUNK):
+            chunk = users[start : start + INBOX_CHUNK]
+            try:
+                with constraints_as(foreign_key=UnknownUser):
+                    self._db.execute(
+                        "INSERT INTO inbox_head (userid, last_pos) VALUES "
+                        + ", ".join(["(%s, %s)"] * len(chunk))
+                        + " ON DUPLICATE KEY UPDATE last_pos = last_pos + VALUES(last_pos)",
+                        [value for user_id in chunk for value in (user_id, counts[user_id])],
+                    )
+            except UnknownUser:
+                # The failed statement changed nothing; undo the chunks before it, so that
+                # nothing is kept even if the caller goes on with the transaction.
+                self._undo_heads(done, counts)
+                raise
+            done.extend(chunk)
+            self._db.execute(
+                "SELECT userid, last_pos FROM inbox_head"
+                f" WHERE userid IN ({_placeholders(len(chunk))})",
+                chunk,
+            )
+            for user_id, last_pos in _rows(self._db):
+                first[int(user_id)] = int(last_pos) - counts[int(user_id)] + 1
+        return first
+
+    def _undo_heads(self, users: Sequence[int], counts: Mapping[int, int]) -> None:
+        for user_id in users:
+            self._db.execute(
+                "UPDATE inbox_head SET last_pos = last_pos - %s WHERE userid = %s",
+                (counts[user_id], user_id),
+            )
+
+    def last_pos(self, user_id: int) -> int:
+        self._db.execute("SELECT last_pos FROM inbox_head WHERE userid = %s", (user_id,))
+        row = _row(self._db)
+        return 0 if row is None else int(row[0])
+
+    def oldest_pos(self, user_id: int) -> int:
+        self._db.execute("SELECT min(pos) FROM inbox WHERE userid = %s", (user_id,))
+        row = _row(self._db)
+        if row is None or row[0] is None:
+            return self.last_pos(user_id) + 1
+        return int(row[0])
+
+    def after(self, user_id: int, since: int, limit: int) -> list[Kept]:
+        self._db.execute(
+            "SELECT i.pos, m.kind, m.body FROM inbox i JOIN inbox_message m"
+            " ON m.msg_id = i.msg_id WHERE i.userid = %s AND i.pos > %s ORDER BY i.pos LIMIT %s",
+            (user_id, since, max(limit, 0)),
+        )
+        return [
+            Kept(int(pos), load_delivery(str(kind), str(body)))
+            for pos, kind, body in _rows(self._db)
+        ]
+
+    def count_after(self, user_id: int, since: int) -> int:
+        self._db.execute(
+            "SELECT count(*) FROM inbox WHERE userid = %s AND pos > %s", (user_id, since)
+        )
+        return _single(self._db)
+
+    def conversation(
+        self,
+        user_id: int,
+        *,
+        peer_id: int | None = None,
+        group_id: int | None = None,
+        before: int | None = None,
+        limit: int,
+    ) -> list[Kept]:
+        self._db.execute(
+            "SELECT i.pos, m.kind, m.body FROM inbox i JOIN inbox_message m"
+            " ON m.msg_id = i.msg_id WHERE i.userid = %s AND i.conversation = %s"
+            " AND i.pos < %s ORDER BY i.pos DESC LIMIT %s",
+            (
+                user_id,
+                conversation_key(peer_id, group_id),
+                NO_POS if before is None else before,
+                max(limit, 0),
+            ),
+        )
+        return [
+            Kept(int(pos), load_delivery(str(kind), str(body)))
+            for pos, kind, body in reversed(_rows(self._db))
+        ]
+
+    def read_pos(self, user_id: int) -> int:
+        self._db.execute("SELECT read_pos FROM inbox_head WHERE userid = %s", (user_id,))
+        row = _row(self._db)
+        return 0 if row is None else int(row[0])
+
+    def set_read_pos(self, user_id: int, pos: int) -> bool:
+        if pos <= 0:
+            return False
+        with constraints_as(foreign_key=UnknownUser):
+            # Affected rows: 1 inserted, 2 updated, 0 unchanged.
+            self._db.execute(
+                "INSERT INTO inbox_head (userid, read_pos) VALUES (%s, %s)"
+                " ON DUPLICATE KEY UPDATE read_pos = GREATEST(read_pos, VALUES(read_pos))",
+                (user_id, pos),
+            )
+        return self._db.rowcount > 0
+
+    def marks(self, user_id: int) -> dict[str, DeviceMark]:
+        self._db.execute(
+            "SELECT device, pos, beyond FROM inbox_device WHERE userid = %s", (user_id,)
+        )
+        return {
+            str(device): DeviceMark(int(pos), frozenset(orjson.loads(str(beyond))))
+            for device, pos, beyond in _rows(self._db)
+        }
+
+    def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
+        with constraints_as(foreign_key=UnknownUser):
+            self._db.execute(
+                "INSERT INTO inbox_device (userid, device, pos, beyond) VALUES (%s, %s, %s, %s)"
+                " ON DUPLICATE KEY UPDATE pos = VALUES(pos), beyond = VALUES(beyond)",
+                (user_id, device, mark.pos, orjson.dumps(sorted(mark.beyond)).decode()),
+            )
+
+    def prune(self, kept_before_ms: int, limit: int) -> int:
+        self._db.execute(
+            "SELECT userid, pos, msg_id FROM inbox WHERE kept_ms < %s ORDER BY kept_ms LIMIT %s",
+            (kept_before_ms, max(limit, 0)),
+        )
+        old = [(int(user_id), int(pos), int(msg_id)) for user_id, pos, msg_id in _rows(self._db)]
+        gone = 0
+        for start in range(0, len(old), INBOX_CHUNK):
+            chunk = old[start : start + INBOX_CHUNK]
+            self._db.execute(
+                "DELETE FROM inbox WHERE (userid, pos) IN ("
+                + ", ".join(["(%s, %s)"] * len(chunk))
+                + ")",
+                [value for user_id, pos, _ in chunk for value in (user_id, pos)],
+            )
+            # Counted as deleted, not as read: another node pruning at once may have taken some.
+            gone += self._db.rowcount
+        self._forget_messages({msg_id for _, _, msg_id in old})
+        return gone
+
+    def prune_user(self, user_id: int, up_to_pos: int) -> int:
+        self._db.execute(
+            "SELECT DISTINCT msg_id FROM inbox WHERE userid = %s AND pos <= %s",
+            (user_id, up_to_pos),
+        )
+        msg_ids = {int(msg_id) for (msg_id,) in _rows(self._db)}
+        self._db.execute("DELETE FROM inbox WHERE userid = %s AND pos <= %s", (user_id, up_to_pos))
+        gone = self._db.rowcount
+        self._forget_messages(msg_ids)
+        return gone
+
+    def _forget_messages(self, msg_ids: Iterable[int]) -> None:
+        """Delete those of these messages that no inbox entry refers to any more."""
+        remaining = iter(sorted(msg_ids))
+        while batch := list(islice(remaining, INBOX_CHUNK)):
+            self._db.execute(
+                f"DELETE FROM inbox_message WHERE msg_id IN ({_placeholders(len(batch))})"
+                " AND NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.msg_id = inbox_message.msg_id)",
+                batch,
+            )
 
 
 class MySqlImportRepository:

@@ -18,6 +18,10 @@ from chatserver.domain.errors import Unavailable
 
 Migration = tuple[str, ...]
 
+# Milliseconds since the Unix epoch, and an integer field of a JSON body, in SQL.
+_NOW_MS = "CAST(UNIX_TIMESTAMP(CURRENT_TIMESTAMP(3)) * 1000 AS SIGNED)"
+_JSON_INT = "CAST(JSON_EXTRACT(body, '$.{field}') AS SIGNED)"
+
 # Every table: InnoDB, utf8mb4, and a binary collation that pads nothing, so that names compare
 # exactly: 'alice' and 'Alice' and 'alice ' are three names.
 TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
@@ -92,6 +96,64 @@ MIGRATIONS: tuple[Migration, ...] = (
             next INT NOT NULL
         ) {TABLE_OPTIONS}""",
         "INSERT IGNORE INTO id_sequence (tablename, next) VALUES ('user', 1), ('allgroup', 1)",
+    ),
+    (
+        # Version 2, the inbox (PROTOCOL.md "The inbox"): each message once, ...
+        f"""CREATE TABLE IF NOT EXISTS inbox_message (
+            msg_id BIGINT NOT NULL PRIMARY KEY,
+            kind VARCHAR(16) NOT NULL,
+            body MEDIUMTEXT NOT NULL,
+            created_ms BIGINT NOT NULL
+        ) {TABLE_OPTIONS}""",
+        # ... each user's newest pos and what they have read: a storing transaction raises
+        # last_pos, and the row lock orders the writers of several nodes ...
+        f"""CREATE TABLE IF NOT EXISTS inbox_head (
+            userid INT NOT NULL PRIMARY KEY,
+            last_pos BIGINT NOT NULL DEFAULT 0,
+            read_pos BIGINT NOT NULL DEFAULT 0,
+            FOREIGN KEY (userid) REFERENCES user (id)
+        ) {TABLE_OPTIONS}""",
+        # ... and a small row per user and pos. conversation: adapters.inbox_keys (the peer's
+        # id, minus the group's id, NULL for none). No foreign keys: the head row of each user
+        # is written first in the same transaction, and checking them would cost every row.
+        f"""CREATE TABLE IF NOT EXISTS inbox (
+            userid INT NOT NULL,
+            pos BIGINT NOT NULL,
+            msg_id BIGINT NOT NULL,
+            conversation BIGINT NULL,
+            kept_ms BIGINT NOT NULL,
+            PRIMARY KEY (userid, pos),
+            KEY inbox_by_conversation (userid, conversation, pos),
+            KEY inbox_by_message (msg_id),
+            KEY inbox_by_kept (kept_ms)
+        ) {TABLE_OPTIONS}""",
+        f"""CREATE TABLE IF NOT EXISTS inbox_device (
+            userid INT NOT NULL,
+            device VARCHAR(64) NOT NULL,
+            pos BIGINT NOT NULL,
+            beyond MEDIUMTEXT NOT NULL,
+            PRIMARY KEY (userid, device),
+            FOREIGN KEY (userid) REFERENCES user (id)
+        ) {TABLE_OPTIONS}""",
+        # What waited in version 1 becomes each user's inbox, in the order it was stored,
+        # kept from now on. Committed with the new version, so a step cut short runs again.
+        f"""INSERT IGNORE INTO inbox_message (msg_id, kind, body, created_ms)
+            SELECT msg_id, kind, body, {_NOW_MS} FROM offlinemessage
+            WHERE seq IN (SELECT min(seq) FROM offlinemessage GROUP BY msg_id)""",
+        f"""INSERT IGNORE INTO inbox (userid, pos, msg_id, conversation, kept_ms)
+            SELECT userid, row_number() OVER (PARTITION BY userid ORDER BY seq), msg_id,
+                CASE kind
+                    WHEN 'direct' THEN
+                        CASE WHEN {_JSON_INT.format(field="sender_id")} = userid
+                            THEN {_JSON_INT.format(field="recipient_id")}
+                            ELSE {_JSON_INT.format(field="sender_id")} END
+                    WHEN 'group' THEN -{_JSON_INT.format(field="group_id")}
+                END,
+                {_NOW_MS}
+            FROM offlinemessage""",
+        """INSERT IGNORE INTO inbox_head (userid, last_pos, read_pos)
+            SELECT id, (SELECT count(*) FROM offlinemessage WHERE userid = user.id), 0
+            FROM user""",
     ),
 )
 

@@ -21,6 +21,7 @@ from mysql.connector.pooling import MySQLConnectionPool, PooledMySQLConnection
 from chatserver.adapters.mysql.repositories import (
     MySqlFriendRepository,
     MySqlGroupRepository,
+    MySqlInbox,
     MySqlMessageIdSequence,
     MySqlMessageStore,
     MySqlUserRepository,
@@ -31,6 +32,7 @@ from chatserver.domain.errors import Unavailable
 from chatserver.domain.ports import (
     FriendRepository,
     GroupRepository,
+    Inbox,
     MessageIdSequence,
     MessageStore,
     UserRepository,
@@ -100,9 +102,7 @@ def connection_settings(
 
 def is_transient(error: Error) -> bool:
     """True for a lost or refused connection, a timeout, a deadlock: worth trying again later."""
-    return (
-isinstance(error, TRANSIENT_ERRORS) or error.errno in TRANSIENT_ERRNOS
-    )
+    return isinstance(error, TRANSIENT_ERRORS) or error.errno in TRANSIENT_ERRNOS
 
 
 class MySqlTransaction:
@@ -113,15 +113,14 @@ class MySqlTransaction:
         self.friends: FriendRepository = MySqlFriendRepository(cursor)
         self.groups: GroupRepository = MySqlGroupRepository(cursor)
         self.messages: MessageStore = MySqlMessageStore(cursor)
+        self.inbox: Inbox = MySqlInbox(cursor)
         self.message_ids: MessageIdSequence = MySqlMessageIdSequence(cursor)
 
 
 class MySqlUnitOfWork(Generic[Tx]):
     """Runs each piece of work in its own transaction on a pooled connection, in a worker thread."""
 
-    def __init__(
-        self, pool: MySQLConnectionPool, transaction: Callable[[MySQLCursor], Tx]
-    ) -> None:
+    def __init__(self, pool: MySQLConnectionPool, transaction: Callable[[MySQLCursor], Tx]) -> None:
         self._pool = pool
         self._transaction = transaction
         self._connections = CapacityLimiter(pool.pool_size)

@@ -1,13 +1,18 @@
 """SQLite repositories: plain synchronous SQL, run by the unit of work inside one transaction."""
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
+import orjson
+
+from chatserver.adapters.inbox_keys import conversation_key, conversation_of
 from chatserver.adapters.serialization import dump_delivery, load_delivery
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery
+from chatserver.domain.messages import Delivery, Kept
+from chatserver.domain.ports import DeviceMark
 from chatserver.domain.users import Account, User
 
 
@@ -222,3 +227,176 @@ class SqliteMessageIdSequence:
         ).fetchall()
         first: int = rows[0][0]
         return first
+
+
+# Rows per statement: SQLite takes at most 32,766 parameters in one.
+INBOX_CHUNK = 2_000
+# A pos beyond every real one, for "before the newest".
+NO_POS = 2**62
+
+
+class SqliteInbox:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+
+    def append(self, entries: Sequence[tuple[int, Delivery]], now_ms: int) -> list[int]:
+        if not entries:
+            return []
+        counts = Counter(user_id for user_id, _ in entries)
+        next_pos = self._raise_heads(counts)
+        positions: list[int] = []
+        rows: list[tuple[int, int, int, int | None, int]] = []
+        messages: dict[int, Delivery] = {}
+        for user_id, delivery in entries:
+            pos = next_pos[user_id]
+            next_pos[user_id] = pos + 1
+            positions.append(pos)
+            msg_id = delivery.msg_id
+            rows.append((user_id, pos, msg_id, conversation_of(user_id, delivery), now_ms))
+            if msg_id not in messages:
+                messages[msg_id] = delivery
+        self._db.executemany(
+            "INSERT INTO inbox_message (msg_id, kind, body, created_ms) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            [(msg_id, *dump_delivery(delivery), now_ms) for msg_id, delivery in messages.items()],
+        )
+        self._db.executemany(
+            "INSERT INTO inbox (userid, pos, msg_id, conversation, kept_ms) VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        return positions
+
+    def _raise_heads(self, counts: Mapping[int, int]) -> dict[int, int]:
+        """Raise each user's last_pos by their count; return the first new pos of each."""
+        first: dict[int, int] = {}
+        users = sorted(counts)
+        for start in range(0, len(users), INBOX_CHUNK):
+            chunk = users[start : start + INBOX_CHUNK]
+            try:
+                with constraints_as(foreign_key=UnknownUser):
+                    raised = self._db.execute(
+                        "INSERT INTO inbox_head (userid, last_pos) VALUES "
+                        + ", ".join(["(?, ?)"] * len(chunk))
+                        + " ON CONFLICT (userid) DO UPDATE"
+                        " SET last_pos = last_pos + excluded.last_pos RETURNING userid, last_pos",
+                        [value for user_id in chunk for value in (user_id, counts[user_id])],
+                    ).fetchall()
+            except UnknownUser:
+                # The failed statement changed nothing; undo the chunks before it, so that
+                # nothing is kept even if the caller goes on with the transaction.
+                self._db.executemany(
+                    "UPDATE inbox_head SET last_pos = last_pos - ? WHERE userid = ?",
+                    [(counts[user_id], user_id) for user_id in first],
+                )
+                raise
+            for user_id, last_pos in raised:
+                first[user_id] = last_pos - counts[user_id] + 1
+        return first
+
+    def last_pos(self, user_id: int) -> int:
+        row = self._db.execute(
+            "SELECT last_pos FROM inbox_head WHERE userid = ?", (user_id,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def oldest_pos(self, user_id: int) -> int:
+        row = self._db.execute("SELECT min(pos) FROM inbox WHERE userid = ?", (user_id,)).fetchone()
+        return self.last_pos(user_id) + 1 if row[0] is None else int(row[0])
+
+    def after(self, user_id: int, since: int, limit: int) -> list[Kept]:
+        rows = self._db.execute(
+            "SELECT i.pos, m.kind, m.body FROM inbox i JOIN inbox_message m"
+            " ON m.msg_id = i.msg_id WHERE i.userid = ? AND i.pos > ? ORDER BY i.pos LIMIT ?",
+            (user_id, since, max(limit, 0)),
+        )
+        return [Kept(pos, load_delivery(kind, body)) for pos, kind, body in rows]
+
+    def count_after(self, user_id: int, since: int) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM inbox WHERE userid = ? AND pos > ?", (user_id, since)
+        ).fetchone()
+        return int(row[0])
+
+    def conversation(
+        self,
+        user_id: int,
+        *,
+        peer_id: int | None = None,
+        group_id: int | None = None,
+        before: int | None = None,
+        limit: int,
+    ) -> list[Kept]:
+        rows = self._db.execute(
+            "SELECT i.pos, m.kind, m.body FROM inbox i JOIN inbox_message m"
+            " ON m.msg_id = i.msg_id WHERE i.userid = ? AND i.conversation = ? AND i.pos < ?"
+            " ORDER BY i.pos DESC LIMIT ?",
+            (
+                user_id,
+                conversation_key(peer_id, group_id),
+                NO_POS if before is None else before,
+                max(limit, 0),
+            ),
+        ).fetchall()
+        return [Kept(pos, load_delivery(kind, body)) for pos, kind, body in reversed(rows)]
+
+    def read_pos(self, user_id: int) -> int:
+        row = self._db.execute(
+            "SELECT read_pos FROM inbox_head WHERE userid = ?", (user_id,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_read_pos(self, user_id: int, pos: int) -> bool:
+        if pos <= 0:
+            return False
+        with constraints_as(foreign_key=UnknownUser):
+            rows = self._db.execute(
+                "INSERT INTO inbox_head (userid, read_pos) VALUES (?, ?)"
+                " ON CONFLICT (userid) DO UPDATE SET read_pos = excluded.read_pos"
+                " WHERE read_pos < excluded.read_pos RETURNING read_pos",
+                (user_id, pos),
+            ).fetchall()
+        return bool(rows)
+
+    def marks(self, user_id: int) -> dict[str, DeviceMark]:
+        rows = self._db.execute(
+            "SELECT device, pos, beyond FROM inbox_device WHERE userid = ?", (user_id,)
+        )
+        return {
+            device: DeviceMark(pos, frozenset(orjson.loads(beyond))) for device, pos, beyond in rows
+        }
+
+    def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
+        with constraints_as(foreign_key=UnknownUser):
+            self._db.execute(
+                "INSERT INTO inbox_device (userid, device, pos, beyond) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (userid, device) DO UPDATE"
+                " SET pos = excluded.pos, beyond = excluded.beyond",
+                (user_id, device, mark.pos, orjson.dumps(sorted(mark.beyond)).decode()),
+            )
+
+    def prune(self, kept_before_ms: int, limit: int) -> int:
+        old = self._db.execute(
+            "SELECT userid, pos, msg_id FROM inbox WHERE kept_ms < ? ORDER BY kept_ms LIMIT ?",
+            (kept_before_ms, max(limit, 0)),
+        ).fetchall()
+        self._db.executemany(
+            "DELETE FROM inbox WHERE userid = ? AND pos = ?", [row[:2] for row in old]
+        )
+        self._forget_messages({msg_id for _, _, msg_id in old})
+        return len(old)
+
+    def prune_user(self, user_id: int, up_to_pos: int) -> int:
+        gone = self._db.execute(
+            "DELETE FROM inbox WHERE userid = ? AND pos <= ? RETURNING msg_id",
+            (user_id, up_to_pos),
+        ).fetchall()
+        self._forget_messages({msg_id for (msg_id,) in gone})
+        return len(gone)
+
+    def _forget_messages(self, msg_ids: Iterable[int]) -> None:
+        """Delete those of these messages that no inbox entry refers to any more."""
+        self._db.executemany(
+            "DELETE FROM inbox_message WHERE msg_id = ?"
+            " AND NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.msg_id = inbox_message.msg_id)",
+            [(msg_id,) for msg_id in msg_ids],
+        )

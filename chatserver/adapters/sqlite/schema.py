@@ -10,6 +10,9 @@ from os import PathLike
 
 Migration = tuple[str, ...]
 
+# Milliseconds since the Unix epoch, in SQL (unixepoch('subsec') needs SQLite 3.42).
+_NOW_MS = "CAST(round((julianday('now') - 2440587.5) * 86400000) AS INTEGER)"
+
 MIGRATIONS: tuple[Migration, ...] = (
     (
         # AUTOINCREMENT everywhere: an id, once used, is never used again.
@@ -57,6 +60,63 @@ MIGRATIONS: tuple[Migration, ...] = (
             next INTEGER NOT NULL
         )""",
         "INSERT INTO message_id_sequence (id, next) VALUES (1, 1)",
+    ),
+    (
+        # Version 2, the inbox (PROTOCOL.md "The inbox"): each message once, ...
+        """CREATE TABLE inbox_message (
+            msg_id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_ms INTEGER NOT NULL
+        )""",
+        # ... each user's newest pos (handed out by raising it in the storing transaction) and
+        # what they have read ...
+        """CREATE TABLE inbox_head (
+            userid INTEGER PRIMARY KEY REFERENCES user(id),
+            last_pos INTEGER NOT NULL DEFAULT 0,
+            read_pos INTEGER NOT NULL DEFAULT 0
+        )""",
+        # ... and a small row per user and pos. conversation: adapters.inbox_keys (the peer's
+        # id, minus the group's id, NULL for none). No foreign keys: the head row of each user
+        # is written first in the same transaction, and checking them would cost every row.
+        """CREATE TABLE inbox (
+            userid INTEGER NOT NULL,
+            pos INTEGER NOT NULL,
+            msg_id INTEGER NOT NULL,
+            conversation INTEGER,
+            kept_ms INTEGER NOT NULL,
+            PRIMARY KEY (userid, pos)
+        ) WITHOUT ROWID""",
+        """CREATE INDEX inbox_by_conversation ON inbox (userid, conversation, pos)
+            WHERE conversation IS NOT NULL""",
+        "CREATE INDEX inbox_by_message ON inbox (msg_id)",
+        "CREATE INDEX inbox_by_kept ON inbox (kept_ms)",
+        """CREATE TABLE inbox_device (
+            userid INTEGER NOT NULL REFERENCES user(id),
+            device TEXT NOT NULL,
+            pos INTEGER NOT NULL,
+            beyond TEXT NOT NULL,
+            PRIMARY KEY (userid, device)
+        ) WITHOUT ROWID""",
+        # What waited in version 1 becomes each user's inbox, in the order it was stored,
+        # kept from now on.
+        f"""INSERT INTO inbox_message (msg_id, kind, body, created_ms)
+            SELECT msg_id, kind, body, {_NOW_MS} FROM offlinemessage
+            WHERE seq IN (SELECT min(seq) FROM offlinemessage GROUP BY msg_id)""",
+        f"""INSERT INTO inbox (userid, pos, msg_id, conversation, kept_ms)
+            SELECT userid, row_number() OVER (PARTITION BY userid ORDER BY seq), msg_id,
+                CASE kind
+                    WHEN 'direct' THEN
+                        CASE WHEN json_extract(body, '$.sender_id') = userid
+                            THEN json_extract(body, '$.recipient_id')
+                            ELSE json_extract(body, '$.sender_id') END
+                    WHEN 'group' THEN -json_extract(body, '$.group_id')
+                END,
+                {_NOW_MS}
+            FROM offlinemessage""",
+        """INSERT INTO inbox_head (userid, last_pos, read_pos)
+            SELECT id, (SELECT count(*) FROM offlinemessage WHERE userid = user.id), 0
+            FROM user""",
     ),
 )
 

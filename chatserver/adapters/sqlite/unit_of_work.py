@@ -14,6 +14,7 @@ from anyio import CapacityLimiter, ClosedResourceError, to_thread
 from chatserver.adapters.sqlite.repositories import (
     SqliteFriendRepository,
     SqliteGroupRepository,
+    SqliteInbox,
     SqliteMessageIdSequence,
     SqliteMessageStore,
     SqliteUserRepository,
@@ -23,6 +24,7 @@ from chatserver.domain.errors import Unavailable
 from chatserver.domain.ports import (
     FriendRepository,
     GroupRepository,
+    Inbox,
     MessageIdSequence,
     MessageStore,
     Transaction,
@@ -42,6 +44,7 @@ class SqliteTransaction:
         self.friends: FriendRepository = SqliteFriendRepository(connection)
         self.groups: GroupRepository = SqliteGroupRepository(connection)
         self.messages: MessageStore = SqliteMessageStore(connection)
+        self.inbox: Inbox = SqliteInbox(connection)
         self.message_ids: MessageIdSequence = SqliteMessageIdSequence(connection)
 
 

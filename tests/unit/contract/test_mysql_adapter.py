@@ -39,6 +39,10 @@ TABLES = {
     "offlinemessage",
     "message_id_sequence",
     "id_sequence",
+    "inbox_message",
+    "inbox_head",
+    "inbox",
+    "inbox_device",
 }
 CHINESE_AND_EMOJI = "你好，世界 😀👩‍👩‍👧 𠜎"
 

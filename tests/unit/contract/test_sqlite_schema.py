@@ -23,6 +23,10 @@ TABLES = {
     "groupuser",
     "offlinemessage",
     "message_id_sequence",
+    "inbox_message",
+    "inbox_head",
+    "inbox",
+    "inbox_device",
 }
 
 
