@@ -386,3 +386,34 @@ def test_history_pages_fill_a_conversation_older_than_the_sync_at_login(
     page.reload().log_in(me.id, me.password)  # the list remembers carol; HISTORY fills it
     page.open_conversation("u", carol.id)
     expect_texts(page, older[-30:])
+
+
+def test_a_new_page_catches_up_on_at_most_5000_objects_and_remembers_100_chats(
+    fake: FakeInbox, open_page: OpenPage
+) -> None:
+    me = fake.user("me")
+    people = [fake.user(f"p{n}") for n in range(101)]
+    for person in people:  # 101 conversations, then 5,899 unread from the last one
+        fake.chat(person, me, f"hi from {person.name}")
+    for n in range(5899):
+        fake.chat(people[-1], me, f"more {n}")
+    assert me.last_pos == 6000
+    page = open_page(scripted=True)
+    page.log_in(me.id, me.password)
+    last = people[-1]
+    page.expect_text(f"unread-u-{last.id}", "5000")  # pos 1,001-6,000: the newest 5,000
+    syncs = [frame["since"] for frame in fake.requests(20)]
+    assert syncs == list(range(1000, 6000, 200)), syncs
+    expect(page.by(f"conversation-u-{people[0].id}")).to_have_count(0)  # before the window
+
+    page.open_chat_with(people[0].id)  # the oldest: its HISTORY still has it
+    page.expect_message("hi from p0")
+    saved = f"JSON.parse(localStorage.getItem('chatserver.conversations.{me.id}') || '[]')"
+    page.page.wait_for_function(f"() => {saved}.some((c) => c.id === {people[0].id})")
+    for person in people[1:-1]:  # 99 more, each with a newer message than p0's
+        page.open_chat_with(person.id)
+    page.expect_message(f"hi from {people[-2].name}")
+    # The oldest of the 101 is the one forgotten.
+    page.page.wait_for_function(
+        f"() => {saved}.length === 100 && !{saved}.some((c) => c.id === {people[0].id})"
+    )

@@ -222,7 +222,7 @@
     state.saveTimer = null;
     if (state.me === null) return;
     const entries = [...state.conversations.values()]
-      .sort((a, b) => b.lastActivity - a.lastActivity)
+      .sort(newestFirst)
       .slice(0, SAVED_CONVERSATIONS)
       .map((conv) => ({ kind: conv.kind, id: conv.id, last: conv.lastActivity,
         name: conv.kind === "u" ? (state.friends.get(conv.id) || {}).name || conv.nameHint : null,
@@ -791,13 +791,18 @@
     let found = state.conversations.get(key);
     if (found === undefined) {
       // more: older messages may exist (HISTORY tells); historyAsked: the newest page came.
-      found = { key, kind, id, nameHint: null, messages: [], lastActivity: 0, more: false,
-        historyAsked: false, loading: false };
+      found = { key, kind, id, nameHint: null, messages: [], lastActivity: 0, newestPos: 0,
+        more: false, historyAsked: false, loading: false };
       state.conversations.set(key, found);
       saveConversationsSoon();
     }
     if (nameHint) found.nameHint = nameHint;
     return found;
+  }
+
+  /** Conversations by their newest message (time in ms, then pos: times can tie). */
+  function newestFirst(a, b) {
+    return b.lastActivity - a.lastActivity || b.newestPos - a.newestPos;
   }
 
   function conversationTitle(conv) {
@@ -840,7 +845,8 @@
     }
     conv.messages.splice(at, 0, message);
     const when = typeof message.ts === "number" ? message.ts : Date.now();
-    if (!context.history) conv.lastActivity = Math.max(conv.lastActivity, when);
+    conv.lastActivity = Math.max(conv.lastActivity, when); // its newest message, from anywhere
+    if (Number.isInteger(message.pos)) conv.newestPos = Math.max(conv.newestPos, message.pos);
     saveConversationsSoon();
     if (context.synced || context.history) return message;
     if (visible) {
@@ -1018,7 +1024,7 @@
 
   function renderConversations() {
     const conversations = [...state.conversations.values()]
-      .sort((a, b) => b.lastActivity - a.lastActivity);
+      .sort(newestFirst);
     $("conversations").replaceChildren(...conversations.map(conversationItem));
     $("conversations-empty").hidden = conversations.length > 0;
     const active = state.conversations.get(state.active);
@@ -1410,6 +1416,9 @@
       }
     });
   }
+
+  // A reload or a closed tab must not lose the last SAVE_DELAY_MS of the conversation list.
+  window.addEventListener("pagehide", saveConversations);
 
   document.addEventListener("DOMContentLoaded", () => {
     wireForms();
