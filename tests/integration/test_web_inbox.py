@@ -359,6 +359,17 @@ def test_read_stops_below_a_conversation_still_unread_and_other_devices_follow(
     sent(laptop, "note to self")
     sent(pc, "note to self")
 
+    # A burst into the chat on screen: read as it comes, told in a few READs, not 50.
+    pc.open_conversation("u", carol.id)
+    reads_before = len(fake.requests(22))
+    for n in range(50):
+        fake.chat(carol, me, f"burst {n}")
+    pc.expect_message("burst 49")
+    pc.page.wait_for_timeout(1000)  # longer than the page waits to send a READ
+    assert me.read_pos == me.last_pos
+    assert 1 <= len(fake.requests(22)) - reads_before <= 5, fake.requests(22)
+    expect(laptop.by(f"unread-u-{carol.id}")).to_have_count(0, timeout=WAIT_MS)
+
 
 def test_history_pages_fill_a_conversation_older_than_the_sync_at_login(
     fake: FakeInbox, open_page: OpenPage

@@ -48,6 +48,7 @@
   const CATCHUP_MAX = 5000;
   const SAVED_CONVERSATIONS = 100; // conversations remembered per user across reloads
   const SAVE_DELAY_MS = 300;
+  const READ_DELAY_MS = 300; // a busy open chat sends one READ_MSG per this, not one a message
 
   // What each errno means to a person (PROTOCOL.md's table). Errno 1 depends on the request.
   const ERRNO_TEXT = {
@@ -99,6 +100,8 @@
     readPos: 0, // the user has read everything up to here (READ_MSG, read_pos at login)
     sessionNumber: 0, // a SYNC loop of an earlier session stops when this changes
     saveTimer: null,
+    readSent: 0, // the highest READ this page has sent (or been told of)
+    readTimer: null,
     volatileDevice: null, // the device id when localStorage keeps nothing
   };
 
@@ -565,15 +568,24 @@
     state.inbox = Number.isInteger(ack.last_pos) && ack.last_pos >= 0;
     state.sessionNumber += 1;
     if (state.inbox) {
-      state.readPos = Number.isInteger(ack.read_pos) ? Math.max(ack.read_pos, 0) : 0;
-      if (!resumed || !wasInbox) {
+      const serverRead = Number.isInteger(ack.read_pos) ? Math.max(ack.read_pos, 0) : 0;
+      if (resumed && wasInbox) {
+        // A re-login after a drop: on from what this page has. Read elsewhere meanwhile, or
+        // read here and the READ was lost: the higher one wins.
+        if (raiseReadPos(serverRead)) renderConversations();
+        if (state.readPos > serverRead && state.readTimer === null) {
+          state.readTimer = setTimeout(flushRead, READ_DELAY_MS);
+        }
+      } else {
         // A new load of the page, or another user: the recent conversations, and every
         // unread message (within CATCHUP_MAX), come from a SYNC.
+        state.readPos = serverRead;
         restoreConversations(ack.id);
-        const recent = Math.min(state.readPos, ack.last_pos - RECENT_WINDOW);
+        const recent = Math.min(serverRead, ack.last_pos - RECENT_WINDOW);
         state.lastPos = Math.max(0, recent, ack.last_pos - CATCHUP_MAX);
         state.aheadPos.clear();
-      } // else a re-login after a drop: on from what this page has
+      }
+      state.readSent = serverRead;
     }
     setConnectionStatus("online", "Connected");
     document.querySelectorAll(".notice.alert").forEach((notice) => notice.remove());
@@ -620,6 +632,9 @@
     state.lastPos = 0;
     state.aheadPos.clear();
     state.readPos = 0;
+    state.readSent = 0;
+    clearTimeout(state.readTimer);
+    state.readTimer = null;
     state.sessionNumber += 1;
   }
 
@@ -737,6 +752,7 @@
 
   /** The user has read up to `pos` (from READ_MSG, ours or another device's). */
   function raiseReadPos(pos) {
+    state.readSent = Math.max(state.readSent, pos); // no need to tell the server again
     if (pos <= state.readPos) return false;
     state.readPos = pos;
     for (const conv of state.conversations.values()) {
@@ -772,9 +788,17 @@
         }
       }
     }
-    if (mark <= state.readPos || !isOpen()) return;
+    if (mark <= state.readPos) return;
     state.readPos = mark;
-    request({ msgid: MSG.READ, pos: mark }).catch(() => {}); // lost: the next read sends more
+    if (state.readTimer === null) state.readTimer = setTimeout(flushRead, READ_DELAY_MS);
+  }
+
+  function flushRead() {
+    state.readTimer = null;
+    if (!state.inbox || state.readPos <= state.readSent || !isOpen() || !state.loggedIn) return;
+    state.readSent = state.readPos;
+    // Lost (a drop): the next read sends a higher one; the page's own counts are right anyway.
+    request({ msgid: MSG.READ, pos: state.readPos }).catch(() => {});
   }
 
   // ------------------------------------------------------------------ conversations
