@@ -38,10 +38,10 @@ class MemoryDatabase:
     group_ids_by_name: dict[str, int] = Factory(dict)
     # group -> user -> (order of joining, role)
     members: dict[int, dict[int, tuple[int, Role]]] = Factory(dict)
-    # user -> msg_id -> (order of storing, delivery)
-    waiting: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
     # user -> pos -> (kept_ms, delivery); a user's inbox, positions 1, 2, 3, ...
     inbox: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
+    # user -> a pos at or below their oldest entry (pruning raises it), to find that fast
+    inbox_floor: dict[int, int] = Factory(dict)
     # user -> the newest pos ever given them (never goes down, also when entries are pruned)
     last_pos: dict[int, int] = Factory(dict)
     read_pos: dict[int, int] = Factory(dict)
@@ -85,6 +85,13 @@ class UndoLog:
         # Undone through the same tuple as a mapping change: items[slice] = [] cuts the list.
         self._undo.append((items, slice(len(items), None), []))  # type: ignore[arg-type]
         items.extend(more)
+
+    def drop_front(self, items: list[V], count: int) -> None:
+        """Remove a list's first count items; undone by putting them back in front."""
+        if count <= 0:
+            return
+        self._undo.append((items, slice(0, 0), items[:count]))  # type: ignore[arg-type]
+        del items[:count]
 
     def take(self, counter: Counter, count: int = 1) -> int:
         """Advance a counter by count; return the first of the values taken."""
@@ -218,30 +225,6 @@ class MemoryGroupRepository:
         ]
 
 
-class MemoryMessageStore:
-    def __init__(self, log: UndoLog) -> None:
-        self._log = log
-        self._db = log.database
-
-    def store(self, user_id: int, delivery: Delivery) -> None:
-        _require_users(self._db, user_id)
-        waiting = self._db.waiting.setdefault(user_id, {})
-        if delivery.msg_id not in waiting:
-            self._log.put(waiting, delivery.msg_id, (self._log.take("order"), delivery))
-
-    def waiting(self, user_id: int) -> list[Delivery]:
-        waiting = sorted(self._db.waiting.get(user_id, {}).values(), key=lambda item: item[0])
-        return [delivery for _, delivery in waiting]
-
-    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None:
-        waiting = self._db.waiting.get(user_id, {})
-        for msg_id in msg_ids:
-            self._log.pop(waiting, msg_id)
-
-    def count(self, user_id: int) -> int:
-        return len(self._db.waiting.get(user_id, {}))
-
-
 class MemoryMessageIdSequence:
     def __init__(self, log: UndoLog) -> None:
         self._log = log
@@ -286,19 +269,20 @@ class MemoryInbox:
 
     def oldest_pos(self, user_id: int) -> int:
         entries = self._db.inbox.get(user_id)
-        return min(entries) if entries else self.last_pos(user_id) + 1
+        last = self.last_pos(user_id)
+        if not entries:
+            return last + 1
+        pos = self._db.inbox_floor.get(user_id, 1)
+        while pos not in entries:  # past what prune_user or a failed prune left behind
+            pos += 1
+        return pos
 
     def after(self, user_id: int, since: int, limit: int) -> list[Kept]:
         entries = self._db.inbox.get(user_id)
         if not entries or limit <= 0:
             return []
         last = self.last_pos(user_id)
-        pos = since + 1
-        if pos not in entries:
-            later = [p for p in entries if p > since]
-            if not later:
-                return []
-            pos = min(later)
+        pos = max(since + 1, self.oldest_pos(user_id))
         found: list[Kept] = []
         while pos <= last and len(found) < limit:
             entry = entries.get(pos)
@@ -311,7 +295,7 @@ class MemoryInbox:
         entries = self._db.inbox.get(user_id)
         if not entries:
             return 0
-        oldest = min(entries)
+        oldest = self.oldest_pos(user_id)
         last = self.last_pos(user_id)
         if len(entries) == last - oldest + 1:  # no hole: count by arithmetic
             return max(0, last - max(since, oldest - 1))
@@ -361,19 +345,55 @@ class MemoryInbox:
         self._log.put(self._db.marks[user_id], device, mark)
 
     def prune(self, kept_before_ms: int, limit: int) -> int:
+        # Each user's oldest entries first, up to the first one kept since: a batch costs the
+        # users and the entries that go, not the whole store. (An entry kept before an older
+        # one of the same user, if the clock went back, waits for that one to go first.)
+        db = self._db
         pruned = 0
-        for entries in self._db.inbox.values():
-            old = [pos for pos, (kept_ms, _) in entries.items() if kept_ms < kept_before_ms]
-            for pos in sorted(old)[: limit - pruned]:
-                self._log.pop(entries, pos)
-                pruned += 1
+        for user_id, entries in db.inbox.items():
             if pruned >= limit:
                 break
+            if not entries:
+                continue
+            pos = start = self.oldest_pos(user_id)
+            last = db.last_pos.get(user_id, 0)
+            touched: set[int] = set()
+            while pos <= last and pruned < limit:
+                entry = entries.get(pos)
+                if entry is not None:
+                    if entry[0] >= kept_before_ms:
+                        break
+                    self._log.pop(entries, pos)
+                    pruned += 1
+                    key = conversation_of(user_id, entry[1])
+                    if key is not None:
+                        touched.add(key)
+                pos += 1
+            if pos != start:
+                self._log.put(db.inbox_floor, user_id, pos)
+                self._forget_positions(user_id, touched, pos)
         return pruned
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:
         entries = self._db.inbox.get(user_id, {})
-        old = [pos for pos in entries if pos <= up_to_pos]
-        for pos in old:
-            self._log.pop(entries, pos)
-        return len(old)
+        pruned = 0
+        touched: set[int] = set()
+        for pos in range(self.oldest_pos(user_id), min(up_to_pos, self.last_pos(user_id)) + 1):
+            entry = entries.get(pos)
+            if entry is not None:
+                self._log.pop(entries, pos)
+                pruned += 1
+                key = conversation_of(user_id, entry[1])
+                if key is not None:
+                    touched.add(key)
+        if up_to_pos >= self._db.inbox_floor.get(user_id, 1):
+            self._log.put(self._db.inbox_floor, user_id, up_to_pos + 1)
+            self._forget_positions(user_id, touched, up_to_pos + 1)
+        return pruned
+
+    def _forget_positions(self, user_id: int, conversations: Iterable[int], floor: int) -> None:
+        """Drop the positions below floor (pruned) from these conversations of user."""
+        for key in conversations:
+            positions = self._db.conversations.get((user_id, key))
+            if positions:
+                self._log.drop_front(positions, bisect_left(positions, floor))
