@@ -48,7 +48,7 @@
   const CATCHUP_MAX = 5000;
   const SAVED_CONVERSATIONS = 100; // conversations remembered per user across reloads
   const SAVE_DELAY_MS = 300;
-  const READ_DELAY_MS = 300; // a busy open chat sends one READ_MSG per this, not one a message
+  const READ_DELAY_MS = 300; // a busy open chat sends a READ_MSG at once, then one per this
 
   // What each errno means to a person (PROTOCOL.md's table). Errno 1 depends on the request.
   const ERRNO_TEXT = {
@@ -573,9 +573,6 @@
         // A re-login after a drop: on from what this page has. Read elsewhere meanwhile, or
         // read here and the READ was lost: the higher one wins.
         if (raiseReadPos(serverRead)) renderConversations();
-        if (state.readPos > serverRead && state.readTimer === null) {
-          state.readTimer = setTimeout(flushRead, READ_DELAY_MS);
-        }
       } else {
         // A new load of the page, or another user: the recent conversations, and every
         // unread message (within CATCHUP_MAX), come from a SYNC.
@@ -586,6 +583,7 @@
         state.aheadPos.clear();
       }
       state.readSent = serverRead;
+      if (state.readPos > serverRead) scheduleRead();
     }
     setConnectionStatus("online", "Connected");
     document.querySelectorAll(".notice.alert").forEach((notice) => notice.remove());
@@ -601,6 +599,7 @@
     state.credentials = null;
     if (isOpen() && state.loggedIn) {
       flushReceipts();
+      flushRead();
       await request({ msgid: MSG.LOGOUT }).catch(() => {});
     }
     // Whom the user chats with is not left behind in this browser after a logout (a reload or
@@ -790,11 +789,20 @@
     }
     if (mark <= state.readPos) return;
     state.readPos = mark;
-    if (state.readTimer === null) state.readTimer = setTimeout(flushRead, READ_DELAY_MS);
+    scheduleRead();
+  }
+
+  /** READ now, unless one went less than READ_DELAY_MS ago: then the newest when that ends. */
+  function scheduleRead() {
+    if (state.readTimer !== null) return;
+    flushRead();
+    state.readTimer = setTimeout(() => {
+      state.readTimer = null;
+      if (state.readPos > state.readSent) scheduleRead();
+    }, READ_DELAY_MS);
   }
 
   function flushRead() {
-    state.readTimer = null;
     if (!state.inbox || state.readPos <= state.readSent || !isOpen() || !state.loggedIn) return;
     state.readSent = state.readPos;
     // Lost (a drop): the next read sends a higher one; the page's own counts are right anyway.
@@ -1442,7 +1450,10 @@
   }
 
   // A reload or a closed tab must not lose the last SAVE_DELAY_MS of the conversation list.
-  window.addEventListener("pagehide", saveConversations);
+  window.addEventListener("pagehide", () => {
+    saveConversations();
+    flushRead(); // what was read in the last READ_DELAY_MS, if the socket still takes it
+  });
 
   document.addEventListener("DOMContentLoaded", () => {
     wireForms();
