@@ -12,11 +12,13 @@ READ mark when another conversation is still unread.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, WebSocketRoute, expect, sync_playwright
 
 from tests.integration.conftest import Chat, Client, User
 from tests.integration.web_fake_inbox import FakeInbox
@@ -238,6 +240,64 @@ def test_a_group_on_two_devices_its_history_and_what_each_device_sent(
     expect(laptop.messages()).to_contain_text(
         ["group 35", "pc to the group", "laptop to the group", "carol again"], timeout=WAIT_MS
     )
+
+
+def test_after_a_dropped_connection_the_page_catches_up_with_the_server(
+    browser: Browser, web: WebServer, chat: Chat
+) -> None:
+    """The page's socket goes through Playwright's routing to the real server, so the test can
+    drop it and hold the page off while 250 messages arrive: more than LOGIN's offlinemsg
+    holds. The re-login says `since` and SYNCs from what the page has; what comes both ways
+    (the frames that follow offlinemsg, the SYNC) is shown once, in order."""
+    carol, me = chat.user("carol"), chat.user("me")
+    tcp = chat.online(carol)
+    routes: list[WebSocketRoute] = []
+    held = {"off": False}
+    sent: list[dict[str, Any]] = []  # what the page sent, connection after connection
+
+    def route(ws: WebSocketRoute) -> None:
+        if held["off"]:
+            ws.close()  # refused: the page backs off and tries again
+            return
+        server = ws.connect_to_server()
+
+        def forward(message: str | bytes) -> None:
+            sent.append(json.loads(message))
+            server.send(message)
+
+        ws.on_message(forward)
+        routes.append(ws)
+
+    context = browser.new_context(viewport={"width": 1000, "height": 700})
+    context.set_default_timeout(WAIT_MS)
+    context.route_web_socket("**/ws", route)
+    try:
+        page = ChatPage(context.new_page(), web.url).open()
+        page.log_in(me.id, me.password)
+        tcp.ok({"msgid": 6, "toid": me.id, "msg": "before the drop"})
+        page.open_conversation("u", carol.id)
+        page.expect_message("before the drop")
+
+        logins_before = len([f for f in sent if f["msgid"] == 1])
+        held["off"] = True
+        routes[-1].close()
+        expect(page.status).to_have_attribute("data-state", "down", timeout=WAIT_MS)
+        away = [f"while away {n}" for n in range(250)]
+        for text in away:
+            tcp.ok({"msgid": 6, "toid": me.id, "msg": text})
+        held["off"] = False
+        page.expect_logged_in()
+        expect_texts(page, ["before the drop", *away])
+        relogin = [f for f in sent if f["msgid"] == 1][logins_before:]
+        assert relogin and relogin[-1]["since"] >= 1, relogin
+        syncs = [f for f in sent if f["msgid"] == 20 and f["since"] >= relogin[-1]["since"]]
+        assert syncs, sent
+        tcp.ok({"msgid": 6, "toid": me.id, "msg": "after"})
+        page.expect_message("after")
+        assert texts(page) == ["before the drop", *away, "after"]
+        page.assert_healthy()
+    finally:
+        context.close()
 
 
 # --------------------------------------------------------------------------- the scripted peer
