@@ -244,7 +244,6 @@
       const conv = entry.kind === "g" ? groupConversation(entry.id)
         : directConversation(entry.id, typeof entry.name === "string" ? entry.name : null);
       if (typeof entry.last === "number") conv.lastActivity = entry.last;
-      conv.restored = true; // nothing on screen yet: HISTORY when it opens
     }
   }
 
