@@ -75,7 +75,8 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
         connection.session = session
         node.writer.known(user.id)
         try:
-            if first:  # other nodes may remember this user as nowhere
+            if all(where.node_id != node.node_id for where in others.values()):
+                # Other nodes may remember this user as elsewhere, or nowhere: not here.
                 await node.bus.relocated(user.id)
             snapshot = await node.uow.run(
                 lambda tx: _LoginSnapshot(tx, user, command, node.limits.stored_per_user)
@@ -130,8 +131,8 @@ async def end_session(
         return
     mark = session.end()
     log.info(
-        "session end user=%d device=%r reason=%r mark=%d",
-        session.user.id, session.device, reason, mark.pos,
+        "session end user=%d reason=%r device=%r mark=%d",
+        session.user.id, reason, session.device, mark.pos,
     )
     node.sessions.remove(session)
     user_id = session.user.id

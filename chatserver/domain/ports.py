@@ -325,7 +325,12 @@ class Metrics(Protocol):
     """Counts what the core does, for monitoring."""
 
     def routed(self, outcome: str, count: int = 1) -> None:
-        """Deliveries routed: outcome is "local", "cross-node" or "stored"."""
+        """Deliveries routed: outcome is "kept" (an inbox entry written), "local" (pushed to a
+        session here) or "cross-node" (handed to another node)."""
+        ...
+
+    def inbox_batch(self, entries: int) -> None:
+        """How many inbox entries one group-commit transaction wrote."""
         ...
 
     def waiting_at_login(self, count: int) -> None:

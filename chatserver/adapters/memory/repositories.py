@@ -378,7 +378,8 @@ class MemoryInbox:
         entries = self._db.inbox.get(user_id, {})
         pruned = 0
         touched: set[int] = set()
-        for pos in range(self.oldest_pos(user_id), min(up_to_pos, self.last_pos(user_id)) + 1):
+        up_to_pos = min(up_to_pos, self.last_pos(user_id))  # the floor never passes last_pos + 1
+        for pos in range(self.oldest_pos(user_id), up_to_pos + 1):
             entry = entries.get(pos)
             if entry is not None:
                 self._log.pop(entries, pos)

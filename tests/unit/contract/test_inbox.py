@@ -5,9 +5,10 @@ marks and pruning."""
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import pytest
@@ -25,6 +26,8 @@ from .mysql_server import MYSQL
 from .sample import TRICKY_TEXT, add_users, per_example
 
 pytestmark = pytest.mark.anyio
+
+T = TypeVar("T")
 
 DAY_MS = 86_400_000
 T0 = 1_700_000_000_000
@@ -693,3 +696,135 @@ async def test_the_memory_inbox_forgets_pruned_positions_of_its_conversations() 
     assert sum(len(p) for p in uow.database.conversations.values()) == 20
     await uow.run(lambda tx: tx.inbox.prune_user(1, 95))
     assert sum(len(p) for p in uow.database.conversations.values()) == 5
+
+
+# --------------------------------------------------------------------------- any sequence
+
+
+Op = tuple[str, int, int, tuple[int, ...], bool]  # (kind, a, b, users, roll back)
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("append"),
+            st.integers(0, 2),  # days the clock moves on first
+            st.integers(1, 3),  # sender
+            st.lists(st.integers(1, 3), min_size=1, max_size=6).map(tuple),
+            st.booleans(),
+        ),
+        st.tuples(
+            st.just("prune"), st.integers(0, 6), st.integers(1, 5), st.just(()), st.booleans()
+        ),
+        st.tuples(
+            st.just("prune_user"), st.integers(1, 3), st.integers(0, 12), st.just(()), st.booleans()
+        ),
+        st.tuples(
+            st.just("read"), st.integers(1, 3), st.integers(0, 12), st.just(()), st.booleans()
+        ),
+    ),
+    max_size=14,
+)
+
+
+@per_example
+@given(operations=ops)
+async def test_any_sequence_of_appends_prunes_and_reads_keeps_every_promise(
+    new_uow: NewUnitOfWork, operations: list[Op]
+) -> None:
+    """Against a model: positions 1..n per user with no reuse; after, count_after, oldest_pos,
+    last_pos and conversations agree with what is kept; prune takes only entries older than
+    its time, at most limit, as many as there are up to limit; a rolled-back operation
+    changes nothing; the read pos only rises."""
+    uow = await new_uow()
+    await uow.run(lambda tx: users(tx, 3))
+    # user -> pos -> (msg_id, kept_ms, peer)
+    model: dict[int, dict[int, tuple[int, int, int]]] = {1: {}, 2: {}, 3: {}}
+    last = {1: 0, 2: 0, 3: 0}
+    read = {1: 0, 2: 0, 3: 0}
+    day = 0
+    msg_id = 0
+
+    async def run(work: Callable[[Transaction], T], roll_back: bool) -> T | None:
+        if not roll_back:
+            return await uow.run(work)
+
+        def fail(tx: Transaction) -> T:
+            work(tx)
+            raise Boom()
+
+        with pytest.raises(Boom):
+            await uow.run(fail)
+        return None
+
+    for kind, a, b, to, roll_back in operations:
+        if kind == "append":
+            day += a
+            entries: list[tuple[int, Delivery]] = []
+            for recipient in to:
+                msg_id += 1
+                entries.append((recipient, dm(msg_id, b, recipient)))
+            given = await run(
+                lambda tx, e=entries, d=day: tx.inbox.append(e, T0 + d * DAY_MS), roll_back
+            )
+            if given is not None:
+                for (user, delivery), pos in zip(entries, given, strict=True):
+                    assert pos == last[user] + 1
+                    last[user] = pos
+                    peer = b if user != b else user
+                    model[user][pos] = (delivery.msg_id, T0 + day * DAY_MS, peer)
+        elif kind == "prune":
+            cutoff = T0 + a * DAY_MS
+            gone = await run(lambda tx, c=cutoff, n=b: tx.inbox.prune(c, n), roll_back)
+            if gone is not None:
+                eligible = sum(1 for u in model for e in model[u].values() if e[1] < cutoff)
+                assert gone == min(b, eligible)
+                for user in model:
+                    kept = set(
+                        positions(await uow.run(lambda tx, u=user: tx.inbox.after(u, 0, 999)))
+                    )
+                    for pos in set(model[user]) - kept:
+                        assert model[user].pop(pos)[1] < cutoff
+        elif kind == "prune_user":
+            gone = await run(lambda tx, u=a, p=b: tx.inbox.prune_user(u, p), roll_back)
+            if gone is not None:
+                old = [pos for pos in model[a] if pos <= b]
+                assert gone == len(old)
+                for pos in old:
+                    del model[a][pos]
+        else:
+            raised = await run(lambda tx, u=a, p=b: tx.inbox.set_read_pos(u, p), roll_back)
+            if raised is not None:
+                assert raised == (b > read[a])
+                read[a] = max(read[a], b)
+
+        def look(tx: Transaction) -> dict[int, tuple[object, ...]]:
+            return {
+                u: (
+                    [(k.pos, k.delivery.msg_id) for k in tx.inbox.after(u, 0, 999)],
+                    tx.inbox.last_pos(u),
+                    tx.inbox.oldest_pos(u),
+                    [tx.inbox.count_after(u, since) for since in (0, 2, 5)],
+                    tx.inbox.read_pos(u),
+                    {
+                        peer: positions(tx.inbox.conversation(u, peer_id=peer, limit=999))
+                        for peer in (1, 2, 3)
+                    },
+                    positions(tx.inbox.conversation(u, peer_id=1, before=6, limit=2)),
+                )
+                for u in (1, 2, 3)
+            }
+
+        def expected(u: int) -> tuple[object, ...]:
+            kept = sorted(model[u].items())
+            with_1 = [pos for pos, e in kept if e[2] == 1]
+            return (
+                [(pos, e[0]) for pos, e in kept],
+                last[u],
+                kept[0][0] if kept else last[u] + 1,
+                [sum(1 for pos in model[u] if pos > since) for since in (0, 2, 5)],
+                read[u],
+                {peer: [pos for pos, e in kept if e[2] == peer] for peer in (1, 2, 3)},
+                [pos for pos in with_1 if pos < 6][-2:],
+            )
+
+        assert await uow.run(look) == {u: expected(u) for u in (1, 2, 3)}
