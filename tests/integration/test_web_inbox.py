@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, WebSocketRoute, expect, sync_playwright
 
-from tests.integration.conftest import Chat, Client, User
+from tests.integration.conftest import HOST, Chat, Client, ClusterProcess, User
 from tests.integration.web_fake_inbox import FakeInbox
 from tests.integration.web_helpers import CHROMIUM, WAIT_MS, ChatPage, WebServer
 
@@ -298,6 +299,51 @@ def test_after_a_dropped_connection_the_page_catches_up_with_the_server(
         page.assert_healthy()
     finally:
         context.close()
+
+
+def test_two_devices_on_different_nodes_of_a_cluster(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """The pc's page is served by node 1, the laptop's by node 2; carol is a TCP user through
+    nginx. Carbons and READ cross the nodes."""
+    cluster = ClusterProcess(tmp_path, tmp_path / "cluster.log", web=True).start()
+    contexts = []
+    try:
+        chat = Chat(cluster)
+        carol, me = chat.user("carol"), chat.user("me")
+        tcp = chat.online(carol)
+        pages = []
+        for node in range(2):
+            context = browser.new_context(viewport={"width": 1000, "height": 700})
+            context.set_default_timeout(WAIT_MS)
+            contexts.append(context)
+            url = f"http://{HOST}:{cluster.node_port + cluster.nodes + node}/"
+            pages.append(ChatPage(context.new_page(), url).open())
+        pc, laptop = pages
+        pc.log_in(me.id, me.password)
+        laptop.log_in(me.id, me.password)
+
+        tcp.ok({"msgid": 6, "toid": me.id, "msg": "to both nodes"})
+        pc.expect_text(f"unread-u-{carol.id}", "1")
+        laptop.expect_text(f"unread-u-{carol.id}", "1")
+        pc.open_conversation("u", carol.id)
+        pc.expect_message("to both nodes")
+        expect(laptop.by(f"unread-u-{carol.id}")).to_have_count(0, timeout=WAIT_MS)
+        pc.send("sent on node 1")
+        assert tcp.expect({"msgid": 6, "id": me.id})["msg"] == "sent on node 1"
+        laptop.open_conversation("u", carol.id)
+        sent(laptop, "sent on node 1")
+        laptop.reload().log_in(me.id, me.password)
+        laptop.open_conversation("u", carol.id)
+        expect_texts(laptop, ["to both nodes", "sent on node 1"])
+        for page in pages:
+            page.assert_healthy()
+        chat.close_all()
+    finally:
+        for context in contexts:
+            context.close()
+        cluster.stop()
+        cluster.assert_no_traceback()
 
 
 # --------------------------------------------------------------------------- the scripted peer
