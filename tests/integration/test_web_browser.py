@@ -127,9 +127,10 @@ def test_a_tcp_user_and_a_browser_user_chat_both_ways(chat: Chat, open_page: Ope
     got = tcp.expect({"msgid": 6, "id": dave.id})
     assert got["msg"] == "hello over TCP, 你好 😀" and got["toid"] == carol.id, got
 
-    # Dave logs in elsewhere: the page says so, and does not log in again by itself.
+    # Dave logs in elsewhere as the page's device (a login on another device would not end
+    # the page's session): the page says so, and does not log in again by itself.
     elsewhere = chat.client()
-    elsewhere.login(dave, receipts=True)
+    elsewhere.login(dave, receipts=True, device=page.device())
     expect(page.by("kicked-notice")).to_be_visible(timeout=WAIT_MS)
     expect(page.by("login-view")).to_be_visible(timeout=WAIT_MS)
     assert elsewhere.ack is not None
@@ -158,9 +159,11 @@ def test_messages_that_waited_are_shown_at_login(chat: Chat, open_page: OpenPage
     again.log_in(erin_name, "pw-erin")
     again.expect_text(f"unread-u-{carol.id}", "2")
     again.open_conversation("u", carol.id)
-    # The first message was receipted when it was shown, so it does not come again.
+    # Another browser is another device: it shows the whole conversation (the first message
+    # read, the other two unread above), each message once.
     expect(again.messages()).to_have_text(
-        ["while the page was closed", "and one more"], timeout=WAIT_MS
+        ["while you were logged out", "while the page was closed", "and one more"],
+        timeout=WAIT_MS,
     )
 
 

@@ -127,6 +127,19 @@ class ChatPage:
         expect(self.status).to_have_text("Connected", timeout=WAIT_MS)
         return self
 
+    def reload(self) -> ChatPage:
+        """Reload the tab (what the page kept in memory is gone; localStorage stays)."""
+        self.page.reload()
+        expect(self.status).to_have_text("Connected", timeout=WAIT_MS)
+        return self
+
+    def device(self) -> str | None:
+        """The device id this browser logs in with (kept in localStorage)."""
+        return self.page.evaluate("localStorage.getItem('chatserver.device')")
+
+    def scroll_messages_to_top(self) -> None:
+        self.by("messages").evaluate("list => { list.scrollTop = 0; }")
+
     def fill_login(self, who: str, password: str) -> None:
         self.by("login-who").fill(who)
         self.by("login-password").fill(password)
@@ -167,6 +180,11 @@ class ChatPage:
         """kind: "u" for a one-to-one chat, "g" for a group."""
         self.by(f"conversation-{kind}-{conversation_id}").get_by_role("button").first.click()
         expect(self.by("message-input")).to_be_focused(timeout=WAIT_MS)
+
+    def close_conversation(self) -> None:
+        """Leave the open conversation (the back button; on a wide screen it is not shown)."""
+        self.page.evaluate("document.getElementById('back-button').click()")
+        expect(self.by("conversation-title")).to_have_text("Pick a chat", timeout=WAIT_MS)
 
     def send(self, text: str) -> None:
         """Type into the composer, press Enter, and wait for the server's ACK ("sent")."""

@@ -1,9 +1,18 @@
 /* The chatserver web client: one page, one WebSocket to /ws, one PROTOCOL.md frame per
  * WebSocket message (a JSON object, modern dialect). No build step, no dependencies.
  *
- * Layout of this file: constants, page state, the connection (send, request/reply by seq,
- * reconnect, ping), the msgid -> handler table for what the server pushes, the session
- * (login, logout, receipts), then rendering and the form handlers.
+ * Layout of this file: constants, page state, what the browser keeps (localStorage), the
+ * connection (send, request/reply by seq, reconnect, ping), the msgid -> handler table for what
+ * the server pushes, the session (login, logout, receipts), the inbox (SYNC, HISTORY, READ),
+ * then rendering and the form handlers.
+ *
+ * Each browser is a device (PROTOCOL.md Version 2, "Devices"): a random device id kept in
+ * localStorage. Every object with a msg_id also has a `pos` in the user's inbox; the page keeps
+ * per user the pos up to which it has everything, logs in with it as `since`, and after every
+ * (re)connect SYNCs from there until the login's `last_pos`. A conversation that opens asks for
+ * its HISTORY; scrolling to the top asks for older pages. Unread counts are the chats from
+ * others above the user's `read_pos`, which READ moves on every device. Against a version 1
+ * server (no `last_pos` at login) none of this is asked for and the page works as before.
  *
  * Every piece of text that came from the network is inserted with textContent / append(string),
  * never as HTML.
@@ -17,7 +26,7 @@
     LOGIN: 1, LOGIN_ACK: 2, LOGOUT: 3, REG: 4, REG_ACK: 5, ONE_CHAT: 6, ADD_FRIEND: 7,
     CREATE_GROUP: 8, ADD_GROUP: 9, GROUP_CHAT: 10, ACK: 11, FRIEND_REQUEST: 12,
     FRIEND_RESPONSE: 13, PRESENCE: 14, KICKED: 15, PING: 16, LEAVE_GROUP: 17, REMOVE_FRIEND: 18,
-    RECEIPT: 19,
+    RECEIPT: 19, SYNC: 20, HISTORY: 21, READ: 22,
   };
   const REPLIES = new Set([MSG.LOGIN_ACK, MSG.REG_ACK, MSG.ACK]);
 
@@ -29,6 +38,17 @@
   const RECEIPT_BATCH = 500;
   const MAX_NOTICES = 3;
   const NO_REPLY = -1; // the errno of a request that got no reply at all (see noReply)
+  const SYNC_LIMIT = 200; // objects per SYNC_MSG page (the protocol allows 1-500)
+  const HISTORY_LIMIT = 30; // messages per HISTORY_MSG page (the protocol allows 1-100)
+  // A page that starts (a reload, a new browser) syncs the newest RECENT_WINDOW objects to find
+  // the recent conversations, or from read_pos if more are unread, but never more than
+  // CATCHUP_MAX: older unread messages are then not counted (and count as read once the user
+  // reads what is newer).
+  const RECENT_WINDOW = 200;
+  const CATCHUP_MAX = 5000;
+  const SAVED_CONVERSATIONS = 100; // conversations remembered per user across reloads
+  const SAVE_DELAY_MS = 300;
+  const READ_DELAY_MS = 300; // a busy open chat sends a READ_MSG at once, then one per this
 
   // What each errno means to a person (PROTOCOL.md's table). Errno 1 depends on the request.
   const ERRNO_TEXT = {
@@ -73,6 +93,16 @@
     seen: new Set(), // msg_ids already shown: the server may send one again (at-least-once)
     receiptQueue: [],
     receiptTimer: null,
+    // The inbox (a version 2 server; `inbox` is false against version 1).
+    inbox: false,
+    lastPos: 0, // the page has every object with pos <= lastPos (contiguous)
+    aheadPos: new Set(), // positions above lastPos that have arrived (live during a SYNC)
+    readPos: 0, // the user has read everything up to here (READ_MSG, read_pos at login)
+    sessionNumber: 0, // a SYNC loop of an earlier session stops when this changes
+    saveTimer: null,
+    readSent: 0, // the highest READ this page has sent (or been told of)
+    readTimer: null,
+    volatileDevice: null, // the device id when localStorage keeps nothing
   };
 
   const $ = (id) => document.getElementById(id);
@@ -128,6 +158,93 @@
   function clockTime(ts) {
     const date = typeof ts === "number" ? new Date(ts) : new Date();
     return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  // ------------------------------------------------------------------ what the browser keeps
+
+  // localStorage may be missing or refuse (private windows, a full quota): the page then works
+  // as a device without memory (a new device id per load, no saved conversations).
+  const STORE = "chatserver.";
+
+  function loadKept(key) {
+    try {
+      return window.localStorage.getItem(STORE + key);
+    } catch {
+      return null;
+    }
+  }
+
+  function keep(key, value) {
+    try {
+      if (value === null) window.localStorage.removeItem(STORE + key);
+      else window.localStorage.setItem(STORE + key, value);
+    } catch {
+      // nothing to do: the page just forgets it at the next load
+    }
+  }
+
+  function loadKeptJson(key) {
+    try {
+      return JSON.parse(loadKept(key));
+    } catch {
+      return null;
+    }
+  }
+
+  /** This browser's device id (LOGIN `device`): random, made once, kept. */
+  function deviceId() {
+    let id = loadKept("device");
+    if (id === null || !/^web-[0-9a-f]{20}$/.test(id)) {
+      const bytes = crypto.getRandomValues(new Uint8Array(10));
+      id = `web-${[...bytes].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+      keep("device", id);
+      if (loadKept("device") !== id) state.volatileDevice = id; // not kept: same id this load
+    }
+    return state.volatileDevice || id;
+  }
+
+  /** The pos up to which this browser had everything of `userId`, or null. */
+  function keptPos(userId) {
+    const pos = Number(loadKept(`pos.${userId}`));
+    return Number.isInteger(pos) && pos > 0 ? pos : null;
+  }
+
+  function keptIdOfName(name) {
+    const id = Number(loadKept(`id.${name}`));
+    return Number.isInteger(id) && id > 0 ? id : null;
+  }
+
+  /** The conversation list (kind, id, name, last activity) survives a reload; texts do not. */
+  function saveConversationsSoon() {
+    if (state.saveTimer !== null || state.me === null) return;
+    state.saveTimer = setTimeout(saveConversations, SAVE_DELAY_MS);
+  }
+
+  function saveConversations() {
+    clearTimeout(state.saveTimer);
+    state.saveTimer = null;
+    if (state.me === null) return;
+    const entries = [...state.conversations.values()]
+      .sort(newestFirst)
+      .slice(0, SAVED_CONVERSATIONS)
+      .map((conv) => ({ kind: conv.kind, id: conv.id, last: conv.lastActivity,
+        name: conv.kind === "u" ? (state.friends.get(conv.id) || {}).name || conv.nameHint : null,
+      }));
+    keep(`conversations.${state.me.id}`, JSON.stringify(entries));
+  }
+
+  /** Conversations saved by an earlier load; groups only if the user is still a member. */
+  function restoreConversations(userId) {
+    const entries = loadKeptJson(`conversations.${userId}`);
+    if (!Array.isArray(entries)) return;
+    for (const entry of entries) {
+      if (entry === null || typeof entry !== "object" || !Number.isInteger(entry.id)) continue;
+      if (entry.kind === "g" && !state.groups.has(entry.id)) continue;
+      if (entry.kind !== "g" && entry.kind !== "u") continue;
+      const conv = entry.kind === "g" ? groupConversation(entry.id)
+        : directConversation(entry.id, typeof entry.name === "string" ? entry.name : null);
+      if (typeof entry.last === "number") conv.lastActivity = entry.last;
+    }
   }
 
   // ------------------------------------------------------------------ the connection
@@ -256,44 +373,66 @@
     [MSG.FRIEND_RESPONSE]: onFriendResponse,
     [MSG.PRESENCE]: onPresence,
     [MSG.KICKED]: onKicked,
+    [MSG.READ]: onRead,
   };
 
+  /**
+   * Every S->C object goes through here: live frames ({}), LOGIN_MSG_ACK's offlinemsg
+   * ({stored}), SYNC pages ({stored, synced}) and HISTORY pages ({history}). An object with a
+   * msg_id is receipted (whatever its msgid: the server keeps it until then), its pos noted,
+   * and shown once: duplicates are dropped by msg_id. Unknown msgids are ignored.
+   */
   function dispatch(frame, context) {
+    if (state.me === null) return;
+    if (Number.isInteger(frame.msg_id)) {
+      if (!context.history) {
+        queueReceipt(frame.msg_id); // duplicates too: the server keeps it until receipted
+        if (Number.isInteger(frame.pos)) notePos(frame.pos);
+      }
+      if (state.seen.has(frame.msg_id)) return;
+      state.seen.add(frame.msg_id);
+    }
     const handler = PUSH_HANDLERS[frame.msgid];
     if (handler) handler(frame, context);
   }
 
-  /** Receipt a message that carries a msg_id; true if it is new (not shown before). */
-  function takeDelivery(frame) {
-    if (!Number.isInteger(frame.msg_id)) return true;
-    queueReceipt(frame.msg_id); // duplicates too: the server keeps it until it is receipted
-    if (state.seen.has(frame.msg_id)) return false;
-    state.seen.add(frame.msg_id);
-    return true;
+  /** A chat that reached this user, or one the user sent (from this device, in a SYNC or a
+   * HISTORY page, or from another device: a carbon, whose `id` is the user). */
+  function onOneChat(frame, context) {
+    const mine = frame.id === state.me.id;
+    const peer = mine ? frame.toid : frame.id;
+    if (!Number.isInteger(peer) || typeof frame.msg !== "string") return;
+    const conv = directConversation(peer, mine ? null : frame.name);
+    if (mine && peer === state.me.id && !context.stored && !context.history) {
+      // A message to oneself also comes back live to the page that sent it, maybe before
+      // the ACK: it is the one waiting for its ACK, not another message.
+      const waiting = conv.messages.find((m) => m.mine && m.waiting && m.text === frame.msg);
+      if (waiting) {
+        confirmSent(conv, waiting, frame.msg_id, frame.pos);
+        return;
+      }
+    }
+    addMessage(conv, {
+      from: frame.name, mine, text: frame.msg, ts: frame.ts, time: frame.time,
+      msgId: frame.msg_id, pos: frame.pos, status: mine ? "sent" : undefined,
+    }, context);
   }
 
-  function onOneChat(frame) {
-    if (!takeDelivery(frame)) return;
-    // Only a message to oneself comes back to its sender, and the page already shows it.
-    if (frame.id === state.me.id) return;
-    addMessage(directConversation(frame.id, frame.name), {
-      from: frame.name, mine: false, text: frame.msg, ts: frame.ts, time: frame.time,
-      msgId: frame.msg_id,
-    });
-  }
-
-  function onGroupChat(frame) {
-    if (!takeDelivery(frame)) return;
-    const group = knownGroup(frame.groupid);
-    if (!group.users.some((user) => user.id === frame.id)) {
+  function onGroupChat(frame, context) {
+    if (!Number.isInteger(frame.groupid) || typeof frame.msg !== "string") return;
+    const fresh = !context.synced && !context.history;
+    // Old messages (SYNC, HISTORY) may come from a group the user has left since.
+    const group = fresh ? knownGroup(frame.groupid) : state.groups.get(frame.groupid);
+    if (group && !group.users.some((user) => user.id === frame.id)) {
       // A sender we did not know about is a member: show them until the next login says more.
       group.users.push({ id: frame.id, name: frame.name, state: "unknown", role: "normal" });
     }
+    const mine = frame.id === state.me.id;
     addMessage(groupConversation(frame.groupid), {
-      from: frame.name, mine: frame.id === state.me.id, text: frame.msg, ts: frame.ts,
-      time: frame.time, msgId: frame.msg_id,
-    });
-    renderGroups();
+      from: frame.name, mine, text: frame.msg, ts: frame.ts, time: frame.time,
+      msgId: frame.msg_id, pos: frame.pos, status: mine ? "sent" : undefined,
+    }, context);
+    if (fresh) renderGroups();
   }
 
   function onFriendRequest(frame) {
@@ -303,8 +442,14 @@
   }
 
   function onFriendResponse(frame, context) {
-    if (!takeDelivery(frame)) return;
     const verb = frame.accept ? "accepted" : "declined";
+    const text = `${frame.name} ${verb} your friend request.`;
+    const conv = directConversation(frame.id, frame.name);
+    addMessage(conv, { system: true, text, ts: frame.ts, msgId: frame.msg_id, pos: frame.pos },
+      context);
+    // An old answer (SYNC, HISTORY) is only a line in the conversation: the friends list at
+    // login is newer than it.
+    if (context.synced || context.history) return;
     if (frame.accept) {
       // Answered live, so they are online now; an answer that waited says nothing about now.
       const known = state.friends.get(frame.id);
@@ -312,8 +457,6 @@
       state.friends.set(frame.id, friendEntry(frame.id, frame.name, presence));
       renderFriends();
     }
-    const text = `${frame.name} ${verb} your friend request.`;
-    addMessage(directConversation(frame.id, frame.name), { system: true, text, ts: frame.ts });
     notify(text);
   }
 
@@ -336,6 +479,12 @@
     notify(`You were logged out: this account logged in somewhere else${server}.`, "alert",
       { sticky: true, testid: "kicked-notice" });
     showLoginError("You were logged out because this account logged in somewhere else.");
+  }
+
+  /** Another device of the user read up to `pos`: what is at or below it is read here too. */
+  function onRead(frame) {
+    if (!Number.isInteger(frame.pos)) return;
+    if (raiseReadPos(frame.pos)) renderConversations();
   }
 
   // ------------------------------------------------------------------ receipts
@@ -371,9 +520,15 @@
 
   /** LOGIN by id (a number) or by name; `automatic` is the re-login after a dropped socket. */
   async function logIn(who, password, { automatic = false } = {}) {
-    const frame = { msgid: MSG.LOGIN, password, receipts: true };
+    const frame = { msgid: MSG.LOGIN, password, receipts: true, device: deviceId() };
     if (typeof who === "number") frame.id = who;
     else frame.name = who;
+    // What this browser already has of the user: the same user as on screen (a re-login
+    // after a drop), else what an earlier load kept.
+    const userId = typeof who === "number" ? who : keptIdOfName(who);
+    const since = state.me !== null && state.me.id === userId && state.inbox
+      ? state.lastPos : keptPos(userId);
+    if (since !== null && since > 0) frame.since = since;
     let ack;
     try {
       ack = await request(frame);
@@ -395,8 +550,10 @@
   }
 
   function startSession(ack, password) {
-    if (state.me === null || state.me.id !== ack.id) resetConversations();
+    const resumed = state.me !== null && state.me.id === ack.id; // a re-login after a drop
+    if (!resumed) resetConversations();
     state.me = { id: ack.id, name: ack.name };
+    keep(`id.${ack.name}`, String(ack.id));
     state.credentials = { id: ack.id, password };
     state.loggedIn = true;
     state.friends = byId((ack.friends || []).map((f) => friendEntry(f.id, f.name, f.state)));
@@ -406,26 +563,55 @@
       id: g.id, groupname: g.groupname, groupdesc: g.groupdesc,
       users: (g.users || []).map((u) => ({ id: u.id, name: u.name, state: u.state, role: u.role })),
     })));
+    const wasInbox = state.inbox;
+    state.inbox = Number.isInteger(ack.last_pos) && ack.last_pos >= 0;
+    state.sessionNumber += 1;
+    if (state.inbox) {
+      const serverRead = Number.isInteger(ack.read_pos) ? Math.max(ack.read_pos, 0) : 0;
+      if (resumed && wasInbox) {
+        // A re-login after a drop: on from what this page has. Read elsewhere meanwhile, or
+        // read here and the READ was lost: the higher one wins.
+        if (raiseReadPos(serverRead)) renderConversations();
+      } else {
+        // A new load of the page, or another user: the recent conversations, and every
+        // unread message (within CATCHUP_MAX), come from a SYNC.
+        state.readPos = serverRead;
+        restoreConversations(ack.id);
+        const recent = Math.min(serverRead, ack.last_pos - RECENT_WINDOW);
+        state.lastPos = Math.max(0, recent, ack.last_pos - CATCHUP_MAX);
+        state.aheadPos.clear();
+      }
+      state.readSent = serverRead;
+      if (state.readPos > serverRead) scheduleRead();
+    }
     setConnectionStatus("online", "Connected");
     document.querySelectorAll(".notice.alert").forEach((notice) => notice.remove());
     showChatView();
     renderAll();
     // Messages that waited while we were away, oldest first; more may follow as live frames.
     for (const stored of ack.offlinemsg || []) dispatch(stored, { stored: true });
+    // ... which moved lastPos on as far as they leave no hole: the SYNC starts there.
+    if (state.inbox) catchUp(state.lastPos, ack.last_pos, state.sessionNumber);
   }
 
   async function logOut() {
     state.credentials = null;
     if (isOpen() && state.loggedIn) {
       flushReceipts();
+      flushRead();
       await request({ msgid: MSG.LOGOUT }).catch(() => {});
     }
+    // Whom the user chats with is not left behind in this browser after a logout (a reload or
+    // a kick keeps it); the next login finds the recent conversations again by SYNC.
+    const me = state.me;
     endSession();
+    if (me !== null) keep(`conversations.${me.id}`, null);
     notify("Logged out.");
   }
 
   /** Back to the login form; what the last user saw is forgotten. */
   function endSession() {
+    saveConversations();
     state.loggedIn = false;
     state.me = null;
     resetConversations();
@@ -440,6 +626,186 @@
     state.conversations.clear();
     state.seen.clear();
     state.active = null;
+    state.inbox = false;
+    state.lastPos = 0;
+    state.aheadPos.clear();
+    state.readPos = 0;
+    state.readSent = 0;
+    clearTimeout(state.readTimer);
+    state.readTimer = null;
+    state.sessionNumber += 1;
+  }
+
+  // ------------------------------------------------------------------ the inbox
+
+  /** An object with this pos has arrived: lastPos moves up while there is no hole below. */
+  function notePos(pos) {
+    if (!state.inbox || pos <= state.lastPos) return;
+    state.aheadPos.add(pos);
+    let last = state.lastPos;
+    while (state.aheadPos.delete(last + 1)) last += 1;
+    setLastPos(last);
+  }
+
+  function setLastPos(pos) {
+    if (pos <= state.lastPos) return;
+    state.lastPos = pos;
+    for (const ahead of state.aheadPos) if (ahead <= pos) state.aheadPos.delete(ahead);
+    if (state.me !== null) keep(`pos.${state.me.id}`, String(pos));
+  }
+
+  /** SYNC from `since` until `lastPos` (the login's), page by page; a drop or a new session
+   * ends it (the next login syncs again from what this page has by then). */
+  async function catchUp(since, lastPos, session) {
+    let from = since;
+    while (from < lastPos && session === state.sessionNumber) {
+      let reply;
+      try {
+        reply = await request({ msgid: MSG.SYNC, since: from, limit: SYNC_LIMIT });
+      } catch {
+        return; // the connection dropped: the re-login syncs
+      }
+      if (session !== state.sessionNumber) return;
+      if (reply.errno !== 0) {
+        notify(`Catching up with the server failed: ${errorText(reply, MSG.SYNC)}`, "error");
+        return;
+      }
+      const msgs = Array.isArray(reply.msgs) ? reply.msgs : [];
+      const positions = msgs.map((m) => m && m.pos).filter(Number.isInteger);
+      if (positions.length === 0) break;
+      // Truncated: what is below the first one has left the history window for good.
+      if (reply.truncated === true) setLastPos(positions[0] - 1);
+      for (const msg of msgs) {
+        if (msg !== null && typeof msg === "object") dispatch(msg, { stored: true, synced: true });
+      }
+      const reached = positions[positions.length - 1];
+      if (reached <= from) break; // a server that does not move on: do not loop
+      setLastPos(reached); // SYNC gives every pos after `from`, in order
+      from = reached;
+      renderConversations();
+      markActiveRead();
+    }
+    if (session !== state.sessionNumber) return;
+    renderConversations();
+    renderConversation();
+    markActiveRead();
+    saveConversationsSoon();
+  }
+
+  /** HISTORY_MSG for a conversation: the newest page (before === null) or the page before. */
+  async function loadHistory(conv, before) {
+    if (!state.inbox || conv.loading) return;
+    const session = state.sessionNumber;
+    conv.loading = true;
+    renderOlder();
+    const frame = { msgid: MSG.HISTORY, limit: HISTORY_LIMIT };
+    if (conv.kind === "u") frame.with = conv.id;
+    else frame.groupid = conv.id;
+    if (before !== null) frame.before = before;
+    let reply;
+    try {
+      reply = await request(frame);
+    } catch {
+      reply = null; // dropped: the next open (or scroll) asks again
+    }
+    conv.loading = false;
+    if (session !== state.sessionNumber || state.conversations.get(conv.key) !== conv) return;
+    if (reply === null) {
+      renderOlder();
+      return;
+    }
+    conv.historyAsked = true;
+    if (reply.errno !== 0) {
+      // Not a member any more (6), no such user or group (4, 5): nothing older to show.
+      conv.more = false;
+      renderOlder();
+      return;
+    }
+    const msgs = Array.isArray(reply.msgs) ? reply.msgs : [];
+    for (const msg of msgs) {
+      if (msg !== null && typeof msg === "object") dispatch(msg, { history: true });
+    }
+    const oldestShown = oldestPos(conv);
+    const oldestGot = msgs.map((m) => m && m.pos).filter(Number.isInteger)[0];
+    // `more` is about what is older than this page; if the page held older ones already,
+    // asking once more settles it.
+    conv.more = reply.more === true
+      || (oldestGot !== undefined && oldestShown !== null && oldestShown < oldestGot);
+    if (conv.key === state.active) renderMessages({ keepPosition: before !== null });
+    renderConversations();
+  }
+
+  function oldestPos(conv) {
+    const first = conv.messages.find((m) => Number.isInteger(m.pos));
+    return first ? first.pos : null;
+  }
+
+  /** Scrolled to the top (or the button pressed): the page of messages before the oldest. */
+  function loadOlder() {
+    const conv = state.conversations.get(state.active);
+    if (conv === undefined || !conv.more || conv.loading) return;
+    const oldest = oldestPos(conv);
+    loadHistory(conv, oldest);
+  }
+
+  /** The user has read up to `pos` (from READ_MSG, ours or another device's). */
+  function raiseReadPos(pos) {
+    state.readSent = Math.max(state.readSent, pos); // no need to tell the server again
+    if (pos <= state.readPos) return false;
+    state.readPos = pos;
+    for (const conv of state.conversations.values()) {
+      for (const message of conv.messages) {
+        if (message.unread && Number.isInteger(message.pos) && message.pos <= pos) {
+          message.unread = false;
+        }
+      }
+    }
+    return true;
+  }
+
+  /** The conversation on screen is read: clear its unread messages and tell the server (and
+   * so the other devices) how far everything is read. READ's pos is a mark for the whole
+   * inbox, so it stops below the oldest message still unread in another conversation. */
+  function markActiveRead() {
+    const conv = state.conversations.get(state.active);
+    if (conv === undefined || !state.loggedIn) return;
+    let changed = false;
+    for (const message of conv.messages) {
+      if (message.unread) {
+        message.unread = false;
+        changed = true;
+      }
+    }
+    if (changed) renderConversations();
+    if (!state.inbox) return;
+    let mark = state.lastPos;
+    for (const other of state.conversations.values()) {
+      for (const message of other.messages) {
+        if (message.unread && Number.isInteger(message.pos)) {
+          mark = Math.min(mark, message.pos - 1);
+        }
+      }
+    }
+    if (mark <= state.readPos) return;
+    state.readPos = mark;
+    scheduleRead();
+  }
+
+  /** READ now, unless one went less than READ_DELAY_MS ago: then the newest when that ends. */
+  function scheduleRead() {
+    if (state.readTimer !== null) return;
+    flushRead();
+    state.readTimer = setTimeout(() => {
+      state.readTimer = null;
+      if (state.readPos > state.readSent) scheduleRead();
+    }, READ_DELAY_MS);
+  }
+
+  function flushRead() {
+    if (!state.inbox || state.readPos <= state.readSent || !isOpen() || !state.loggedIn) return;
+    state.readSent = state.readPos;
+    // Lost (a drop): the next read sends a higher one; the page's own counts are right anyway.
+    request({ msgid: MSG.READ, pos: state.readPos }).catch(() => {});
   }
 
   // ------------------------------------------------------------------ conversations
@@ -455,11 +821,19 @@
   function conversation(key, kind, id, nameHint) {
     let found = state.conversations.get(key);
     if (found === undefined) {
-      found = { key, kind, id, nameHint: null, messages: [], unread: 0, lastActivity: 0 };
+      // more: older messages may exist (HISTORY tells); historyAsked: the newest page came.
+      found = { key, kind, id, nameHint: null, messages: [], lastActivity: 0, newestPos: 0,
+        more: false, historyAsked: false, loading: false };
       state.conversations.set(key, found);
+      saveConversationsSoon();
     }
     if (nameHint) found.nameHint = nameHint;
     return found;
+  }
+
+  /** Conversations by their newest message (time in ms, then pos: times can tie). */
+  function newestFirst(a, b) {
+    return b.lastActivity - a.lastActivity || b.newestPos - a.newestPos;
   }
 
   function conversationTitle(conv) {
@@ -482,12 +856,35 @@
     return group;
   }
 
-  function addMessage(conv, message) {
-    conv.messages.push(message);
-    conv.lastActivity = Date.now();
+  /**
+   * A message into its conversation, in pos order (one without a pos, a version 1 server's,
+   * goes last; so does one of ours waiting for its ACK). Unread: a chat from someone else,
+   * not on screen, above the user's read mark. Live ones are drawn at once; SYNC and HISTORY
+   * pages are drawn when the page is in.
+   */
+  function addMessage(conv, message, context = {}) {
     const visible = conv.key === state.active;
-    if (!visible && !message.mine) conv.unread += 1;
-    if (visible) appendMessageElement(message);
+    message.unread = !message.mine && !message.system && !visible && !context.history
+      && !(Number.isInteger(message.pos) && message.pos <= state.readPos);
+    let at = conv.messages.length;
+    if (Number.isInteger(message.pos)) {
+      while (at > 0) {
+        const before = conv.messages[at - 1];
+        if (!(before.waiting || (Number.isInteger(before.pos) && before.pos > message.pos))) break;
+        at -= 1;
+      }
+    }
+    conv.messages.splice(at, 0, message);
+    const when = typeof message.ts === "number" ? message.ts : Date.now();
+    conv.lastActivity = Math.max(conv.lastActivity, when); // its newest message, from anywhere
+    if (Number.isInteger(message.pos)) conv.newestPos = Math.max(conv.newestPos, message.pos);
+    saveConversationsSoon();
+    if (context.synced || context.history) return message;
+    if (visible) {
+      if (at === conv.messages.length - 1) appendMessageElement(message);
+      else renderMessages({ keepPosition: false });
+      markActiveRead();
+    }
     renderConversations();
     return message;
   }
@@ -496,11 +893,12 @@
     const conv = state.conversations.get(key);
     if (conv === undefined) return;
     state.active = key;
-    conv.unread = 0;
     document.body.dataset.pane = "conversation";
+    markActiveRead();
     renderConversations();
     renderConversation();
     $("message-input").focus();
+    if (state.inbox && !conv.historyAsked) loadHistory(conv, null);
   }
 
   function closeConversation() {
@@ -514,7 +912,7 @@
     const conv = state.conversations.get(state.active);
     if (conv === undefined) return;
     const message = addMessage(conv, {
-      from: state.me.name, mine: true, text, ts: Date.now(), status: "sending…",
+      from: state.me.name, mine: true, text, ts: Date.now(), status: "sending…", waiting: true,
     });
     const frame = conv.kind === "u"
       ? { msgid: MSG.ONE_CHAT, toid: conv.id, msg: text }
@@ -522,15 +920,37 @@
     try {
       const ack = await request(frame);
       if (ack.errno === 0) {
-        state.seen.add(ack.msg_id); // a copy of our own message is no news
-        message.msgId = ack.msg_id;
-        setMessageStatus(message, "sent", false);
+        if (message.waiting) confirmSent(conv, message, ack.msg_id, ack.pos);
       } else {
+        message.waiting = false;
         setMessageStatus(message, `not sent: ${errorText(ack, frame.msgid)}`, true);
       }
     } catch (error) {
+      message.waiting = false;
       setMessageStatus(message, `not confirmed: ${error.message}`, true);
     }
+  }
+
+  /** Our message is accepted: its msg_id (a copy of it is no news) and its pos in our inbox
+   * (messages that came meanwhile may have lower ones: the list is put in order). */
+  function confirmSent(conv, message, msgId, pos) {
+    message.waiting = false;
+    if (Number.isInteger(msgId)) {
+      state.seen.add(msgId);
+      message.msgId = msgId;
+      if (message.element) message.element.dataset.msgId = String(msgId);
+    }
+    setMessageStatus(message, "sent", false);
+    if (!Number.isInteger(pos)) return;
+    message.pos = pos;
+    notePos(pos);
+    const at = conv.messages.indexOf(message);
+    conv.messages.splice(at, 1);
+    addMessage(conv, message, { synced: true }); // back in, by pos; drawn below
+    if (conv.key === state.active && conv.messages.indexOf(message) !== at) {
+      renderMessages({ keepPosition: false });
+    }
+    markActiveRead();
   }
 
   function setMessageStatus(message, text, failed) {
@@ -635,7 +1055,7 @@
 
   function renderConversations() {
     const conversations = [...state.conversations.values()]
-      .sort((a, b) => b.lastActivity - a.lastActivity);
+      .sort(newestFirst);
     $("conversations").replaceChildren(...conversations.map(conversationItem));
     $("conversations-empty").hidden = conversations.length > 0;
     const active = state.conversations.get(state.active);
@@ -646,10 +1066,35 @@
     const conv = state.conversations.get(state.active);
     $("conversation-title").textContent = conv ? conversationTitle(conv) : "Pick a chat";
     $("leave-group-button").hidden = !(conv && conv.kind === "g" && state.groups.has(conv.id));
-    $("messages").replaceChildren();
-    if (conv) conv.messages.forEach(appendMessageElement);
+    renderMessages({ keepPosition: false });
     renderMembers();
     renderComposer();
+  }
+
+  /** The open conversation's messages, drawn again: at the bottom, or (older ones added
+   * above) with the ones on screen staying where they are. */
+  function renderMessages({ keepPosition }) {
+    const conv = state.conversations.get(state.active);
+    const list = $("messages");
+    const fromBottom = list.scrollHeight - list.scrollTop;
+    list.replaceChildren();
+    if (conv) {
+      for (const message of conv.messages) {
+        message.element = messageItem(message);
+        list.append(message.element);
+      }
+    }
+    list.scrollTop = keepPosition ? list.scrollHeight - fromBottom : list.scrollHeight;
+    renderOlder();
+  }
+
+  /** "Older messages" above the list, while HISTORY says there are some. */
+  function renderOlder() {
+    const conv = state.conversations.get(state.active);
+    const button = $("older-button");
+    button.hidden = !(conv && (conv.more || conv.loading));
+    button.disabled = Boolean(conv && conv.loading);
+    button.textContent = conv && conv.loading ? "Loading…" : "Older messages";
   }
 
   /** The open group's description and members (nothing for a one-to-one chat). */
@@ -747,8 +1192,13 @@
       el("span", { class: "muted" }, `id ${group.id} · ${group.users.length} members`)));
   }
 
+  function unreadCount(conv) {
+    return conv.messages.reduce((count, message) => count + (message.unread ? 1 : 0), 0);
+  }
+
   function conversationItem(conv) {
     const last = conv.messages[conv.messages.length - 1];
+    const unread = unreadCount(conv);
     const current = conv.key === state.active;
     const testid = conv.key.replace(":", "-"); // u-ID or g-ID
     return el("li", { class: current ? "item active" : "item", testid: `conversation-${testid}` },
@@ -756,9 +1206,9 @@
         onclick: () => openConversation(conv.key) },
       el("span", { class: "name" }, conv.kind === "g" ? "# " : "", conversationTitle(conv)),
       el("span", { class: "preview muted" }, last ? last.text : "")),
-      conv.unread > 0
+      unread > 0
         ? el("span", { class: "unread", testid: `unread-${testid}`,
-          "aria-label": `${conv.unread} unread` }, String(conv.unread))
+          "aria-label": `${unread} unread` }, String(unread))
         : null);
   }
 
@@ -957,6 +1407,10 @@
     $("logout-button").addEventListener("click", () => logOut());
     $("back-button").addEventListener("click", closeConversation);
     $("leave-group-button").addEventListener("click", () => leaveGroup());
+    $("older-button").addEventListener("click", loadOlder);
+    $("messages").addEventListener("scroll", () => {
+      if ($("messages").scrollTop <= 0) loadOlder();
+    });
 
     onSubmit("new-chat-form", async () => {
       const id = idFrom("new-chat-id");
@@ -993,6 +1447,12 @@
       }
     });
   }
+
+  // A reload or a closed tab must not lose the last SAVE_DELAY_MS of the conversation list.
+  window.addEventListener("pagehide", () => {
+    saveConversations();
+    flushRead(); // what was read in the last READ_DELAY_MS, if the socket still takes it
+  });
 
   document.addEventListener("DOMContentLoaded", () => {
     wireForms();
