@@ -1,6 +1,7 @@
 """serve --proxy-protocol: each connection names its client in a PROXY header, and limits per
 address apply to those addresses. In-process on both transports, then through real nginx."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -271,7 +272,9 @@ def test_a_proxy_header_from_a_peer_that_is_not_a_trusted_proxy_is_refused(
 ) -> None:
     with serving_trusting(transport, ONLY_127_0_0_1) as port:
         spoofer = Line(port, v1("198.51.100.7"), source="127.0.0.2")
-        spoofer.send({"msgid": 16})
+        # The server may close on the header before the PING is even written.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            spoofer.send({"msgid": 16})
         assert spoofer.closed_without_reply()
         assert "not a trusted proxy" in caplog.text
         # The trusted proxy's header is believed, as before.

@@ -95,12 +95,14 @@ def test_sigterm_logs_everyone_out_and_exits_0(tmp_path: Path) -> None:
     ca, cb = chat.online(alice), chat.online(bob, receipts=True)
     chat.befriend(ca, cb)
     ca.ok({"msgid": 6, "toid": bob.id, "msg": "never receipted"})
-    cb.expect({"msgid": 6, "msg": "never receipted"})
+    unreceipted = cb.expect({"msgid": 6, "msg": "never receipted"})["pos"]
     assert server.proc is not None
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=15) == 0
     log = server.log_text()
-    assert f"session end user={bob.id} reason='server stopping' unreceipted_stored=1" in log
+    # bob's device keeps its mark below what it never receipted: its next login brings it
+    assert (f"session end user={bob.id} reason='server stopping' device='default' "
+            f"mark={unreceipted - 1}\n") in log
     chat.close_all()
     restarted = Chat(server.start())
     try:
