@@ -5,9 +5,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.integration import conftest
 from tests.integration.conftest import HOST, ServerProcess, unique_name
 
 pytestmark = pytest.mark.integration
@@ -66,6 +69,7 @@ class Terminal:
 def register(terminal: Terminal, name: str) -> int:
     terminal.type("2", name, "secret")
     line = terminal.wait_for("your user id is")
+    terminal.wait_for("3. quit")  # the menu again
     return int(line.rsplit(" ", 1)[1])
 
 
@@ -83,7 +87,10 @@ def test_two_people_register_befriend_chat_and_group_chat(server: ServerProcess)
         a.type(f"addfriend:{bob}")
         b.wait_for(f"{alice_name} asks to be your friend")
         b.type(f"accept:{alice}")
+        b.wait_for(f"[{alice}] {alice_name} is now your friend")
         a.wait_for(f"{bob_name} accepted")
+        a.type(f"addfriend:{bob}")
+        a.wait_for(f"[{bob}] {bob_name} is already your friend")
 
         a.type(f"chat:{bob}:你好, bob 😀")
         b.wait_for(f"{alice_name} said: 你好, bob 😀")
@@ -92,7 +99,11 @@ def test_two_people_register_befriend_chat_and_group_chat(server: ServerProcess)
         a.type(f"creategroup:{group}:our team")
         gid = int(a.wait_for("created group").split("[", 1)[1].split("]", 1)[0])
         b.type(f"addgroup:{gid}")
-        time.sleep(0.3)
+        b.wait_for(f"joined group [{gid}]")
+        b.type(f"addgroup:{gid}")
+        b.wait_for(f"you are already in group [{gid}]")
+        a.type(f"addgroup:{gid}")
+        a.wait_for(f"you are already in group [{gid}] {group}")
         a.type(f"groupchat:{gid}:hello team")
         b.wait_for("hello team")
 
@@ -110,3 +121,62 @@ def test_two_people_register_befriend_chat_and_group_chat(server: ServerProcess)
     finally:
         assert a.close() == 0
         assert b.close() == 0
+
+
+@pytest.fixture
+def restartable_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server on SQLite, so that its users outlive a restart."""
+    server = ServerProcess(f"sqlite:///{tmp_path / 'chat.db'}", tmp_path / "server.log").start()
+    yield server
+    server.stop()
+    server.assert_no_traceback()
+
+
+def restart_on_the_same_port(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILLs the server, waits a moment, and starts it again where clients will look for it."""
+    port = server.port
+    server.kill()
+    time.sleep(1.0)  # the clients find nobody there for a while
+    ports = iter([port, port, port])  # start() tries three times
+    any_port = conftest.free_port
+    monkeypatch.setattr(conftest, "free_port", lambda: next(ports, None) or any_port())
+    server.start()
+    assert server.port == port
+
+
+def test_terminals_reconnect_and_log_in_again_when_the_server_restarts(
+    restartable_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = restartable_server
+    assert server.port is not None
+    address = f"{HOST}:{server.port}"
+    alice_name, bob_name = unique_name("alice"), unique_name("bob")
+    a, b = Terminal(server.port), Terminal(server.port)
+    try:
+        alice, bob = register(a, alice_name), register(b, bob_name)
+        a.type("1", str(alice), "secret")
+        a.wait_for(f"id: {alice} name: {alice_name}")
+        b.type("1", bob_name, "secret")
+        b.wait_for(f"id: {bob} name: {bob_name}")
+
+        started = time.monotonic()
+        restart_on_the_same_port(server, monkeypatch)
+        a.wait_for("connection lost, reconnecting...")
+        b.wait_for("connection lost, reconnecting...")
+        a.type(f"chat:{bob}:into the void")
+        a.wait_for(f"chat: not connected (reconnecting to {address}), nothing was sent")
+        # At most 10 s between attempts, once the server is back.
+        a.wait_for(f"reconnected to {address} and logged in again", timeout=30)
+        b.wait_for(f"reconnected to {address} and logged in again", timeout=30)
+        print(f"both terminals back {time.monotonic() - started:.1f} s after the SIGKILL")
+
+        a.type(f"chat:{bob}:after the restart")
+        b.wait_for(f"[{alice}] {alice_name} said: after the restart")
+        b.type(f"chat:{alice}:and back")
+        a.wait_for(f"[{bob}] {bob_name} said: and back")
+    finally:
+        assert a.close() == 0
+        assert b.close() == 0
+    for terminal in (a, b):
+        assert terminal.seen.count("connection lost, reconnecting...") == 1
+    assert not [line for line in b.seen if "into the void" in line]

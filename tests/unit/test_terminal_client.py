@@ -12,10 +12,15 @@ import orjson
 import pytest
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
-from anyio.streams.memory import MemoryObjectReceiveStream
 
-from chatserver.entrypoints.client.library import ChatClient, connect
-from chatserver.entrypoints.client.terminal import COMMANDS, BadInput, Terminal, parse_command
+from chatserver.entrypoints.client.terminal import (
+    COMMANDS,
+    MENU,
+    BadInput,
+    Terminal,
+    backoff_delays,
+    parse_command,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -53,16 +58,20 @@ def reply_to(request: Frame, errno: int = 0, **fields: Any) -> Frame:
 class FakeServer:
     """A chat server that records requests and answers each with ``results`` or success.
 
-    A result of None hangs up instead of answering.
+    A result of None hangs up instead of answering; requests whose msgid is in ``ignored``
+    get no answer at all.
     """
 
     def __init__(self, **results: Callable[[Frame], Frame | None]) -> None:
         self.results = results
+        self.ignored: set[int] = set()
         self.requests: list[Frame] = []
         self.connections = 0
         self.connection: SocketStream | None = None
         self.port = 0
         self.arrival = anyio.Event()
+        self.listening = anyio.CancelScope()
+        self.stopped = anyio.Event()
         self.sending = anyio.Lock()  # replies and a test's pushes share the one connection
 
     def answer(self, request: Frame) -> Frame | None:
@@ -87,6 +96,8 @@ class FakeServer:
                 self.requests.append(request)
                 self.arrival.set()
                 self.arrival = anyio.Event()
+                if request["msgid"] in self.ignored:
+                    continue
                 reply = self.answer(request)
                 if reply is None:
                     await stream.aclose()
@@ -107,13 +118,31 @@ class FakeServer:
                 await self.arrival.wait()
         return found
 
+    async def hang_up(self) -> None:
+        assert self.connection is not None
+        await self.connection.aclose()
+
+    async def go_down(self) -> None:
+        """Stops listening and closes the connections, as a server process that stops."""
+        self.listening.cancel()
+        await self.stopped.wait()
+
 
 @asynccontextmanager
-async def running(server: FakeServer) -> AsyncIterator[FakeServer]:
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+async def running(server: FakeServer, port: int = 0) -> AsyncIterator[FakeServer]:
+    """Serves on ``port`` (a free one if 0) for the length of the block, or until go_down."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
     server.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    server.listening, server.stopped = anyio.CancelScope(), anyio.Event()
+
+    async def serve() -> None:
+        with server.listening:
+            await listener.serve(server.serve)
+        await listener.aclose()
+        server.stopped.set()
+
     async with listener, anyio.create_task_group() as task_group:
-        task_group.start_soon(listener.serve, server.serve)
+        task_group.start_soon(serve)
         yield server
         task_group.cancel_scope.cancel()
 
@@ -143,6 +172,12 @@ class FakeConsole:
         for line in lines:
             self.typed.send_nowait(line)
 
+    async def counts(self, lines: int) -> None:
+        """Waits (briefly) until ``lines`` lines have been shown."""
+        with anyio.fail_after(3):
+            while len(self.shown) < lines:
+                await self.changed.wait()
+
     async def shows(self, fragment: str) -> str:
         """Waits (briefly) for a shown line containing ``fragment`` and returns it."""
         with anyio.fail_after(3):
@@ -151,37 +186,42 @@ class FakeConsole:
         return found[0]
 
 
-ExitCode = MemoryObjectReceiveStream[int]
-
-
 @asynccontextmanager
 async def terminal(
-    server: FakeServer, *, heartbeat_interval: float = 60.0
-) -> AsyncIterator[tuple[FakeConsole, ExitCode]]:
-    """Runs a Terminal against ``server``; its exit code comes out of the stream it yields."""
+    server: FakeServer, *, heartbeat_interval: float = 60.0, request_timeout: float = 10.0
+) -> AsyncIterator[tuple[FakeConsole, anyio.Event]]:
+    """Runs a Terminal against ``server``; the event it yields is set when the terminal ends.
+
+    It reconnects after 0.05 s, doubling up to 0.2 s.
+    """
     console = FakeConsole()
-    exit_sender, exit_codes = anyio.create_memory_object_stream[int](1)
+    done = anyio.Event()
 
-    async def run(client: ChatClient) -> None:
-        shell = Terminal(client, console, heartbeat_interval=heartbeat_interval)
-        exit_sender.send_nowait(await shell.run())
+    async def run() -> None:
+        shell = Terminal(
+            "127.0.0.1",
+            server.port,
+            console,
+            heartbeat_interval=heartbeat_interval,
+            backoff_first=0.05,
+            backoff_max=0.2,
+            request_timeout=request_timeout,
+        )
+        await shell.run()
+        done.set()
 
-    with anyio.fail_after(5):
-        async with (
-            running(server),
-            connect("127.0.0.1", server.port) as client,
-            anyio.create_task_group() as task_group,
-        ):
-            task_group.start_soon(run, client)
-            yield console, exit_codes
+    with anyio.fail_after(8):
+        async with running(server), anyio.create_task_group() as task_group:
+            task_group.start_soon(run)
+            yield console, done
             task_group.cancel_scope.cancel()
-    for stream in (console.typed, console.lines, exit_sender, exit_codes):
+    for stream in (console.typed, console.lines):
         stream.close()
 
 
-async def finished(exit_codes: ExitCode) -> int:
+async def finished(done: anyio.Event) -> None:
     with anyio.fail_after(3):
-        return await exit_codes.receive()
+        await done.wait()
 
 
 def test_a_command_line_splits_into_its_arguments() -> None:
@@ -212,11 +252,11 @@ def test_bad_command_lines_get_a_one_line_hint(line: str, hint: str) -> None:
 
 
 async def test_login_shows_user_friends_groups_requests_and_waiting_messages() -> None:
-    async with terminal(FakeServer()) as (console, exit_codes):
+    async with terminal(FakeServer()) as (console, done):
         console.type("1", "alice", "s3cret")
         await console.shows("messages while you were away")
         console.type("quit")
-        assert await finished(exit_codes) == 0
+        await finished(done)
     for line in [
         "current login user >> id: 1 name: alice",
         "  [2] bob online",
@@ -279,38 +319,42 @@ async def test_a_server_error_prints_its_errmsg_in_one_line() -> None:
         return reply_to(request, errno=4, errmsg="no such user")
 
     server = FakeServer(msgid_7=no_such_user)
-    async with terminal(server) as (console, exit_codes):
+    async with terminal(server) as (console, done):
         console.type("1", "alice", "pw", "addfriend:42")
         assert await console.shows("addfriend:") == "addfriend: no such user"
         console.type("quit")
-        assert await finished(exit_codes) == 0
+        await finished(done)
 
 
 async def test_a_failed_login_prints_the_reason_and_shows_the_menu_again() -> None:
     def invalid(request: Frame) -> Frame:
         return reply_to(request, errno=1, errmsg="id or password is invalid!")
 
-    async with terminal(FakeServer(msgid_1=invalid)) as (console, exit_codes):
+    async with terminal(FakeServer(msgid_1=invalid)) as (console, done):
         console.type("1", "alice", "wrong")
         assert await console.shows("login failed") == "login failed: id or password is invalid!"
         console.type("3")
-        assert await finished(exit_codes) == 0
+        await finished(done)
 
 
-async def test_register_shows_the_new_user_id() -> None:
+async def test_register_shows_the_new_user_id_and_the_menu_again() -> None:
     server = FakeServer()
     async with terminal(server) as (console, _):
         console.type("2", "carol", "pw")
         assert await console.shows("registered") == "registered: your user id is 7"
+        await console.shows("3. quit")
+        await anyio.sleep(0.05)
     assert server.requests[0] | {"seq": 0} == {
         "msgid": 4,
         "name": "carol",
         "password": "pw",
         "seq": 0,
     }
+    registered = console.shown.index("registered: your user id is 7")
+    assert console.shown[registered + 1 :] == MENU.splitlines()
 
 
-async def test_commands_send_their_requests_and_say_what_happened() -> None:
+async def test_commands_send_their_requests() -> None:
     server = FakeServer()
     async with terminal(server) as (console, _):
         console.type("1", "alice", "pw")
@@ -329,8 +373,88 @@ async def test_commands_send_their_requests_and_say_what_happened() -> None:
         {"msgid": 10, "groupid": 9, "msg": "hi"},
     ]:
         assert request in sent
-    assert "created group [9] grp" in console.shown
-    assert "[5] is now your friend" in console.shown
+
+
+async def session_lines(*commands: str, pushes: tuple[Frame, ...] = ()) -> list[str]:
+    """What the terminal shows for ``commands`` typed after logging in as alice (LOGIN_REPLY:
+    friend [2] bob, group [3] grp, a request from [5] eve), after the server pushed ``pushes``."""
+    server = FakeServer()
+    async with terminal(server) as (console, done):
+        console.type("1", "alice", "pw")
+        await server.received(19)
+        if pushes:
+            await server.send(*pushes)
+            await console.counts(len(console.shown) + len(pushes))  # one line each
+        start = len(console.shown)
+        for command in commands:
+            shown = len(console.shown)
+            console.type(command)
+            await console.counts(shown + 1)  # each command here says one line
+        console.type("quit")
+        await finished(done)
+    return console.shown[start:]
+
+
+async def test_addfriend_says_a_friend_is_already_your_friend() -> None:
+    assert await session_lines("addfriend:2", "addfriend:42") == [
+        "[2] bob is already your friend",
+        "friend request sent to [42]",
+    ]
+
+
+async def test_addfriend_to_someone_who_asked_first_makes_them_your_friend_by_name() -> None:
+    assert await session_lines("addfriend:5", "addfriend:5") == [
+        "[5] eve is now your friend",
+        "[5] eve is already your friend",
+    ]
+
+
+async def test_accepting_names_the_new_friend_who_then_is_a_friend() -> None:
+    frank = {"msgid": 12, "id": 6, "name": "frank"}
+    lines = await session_lines("accept:5", "accept:6", "addfriend:6", pushes=(frank,))
+    assert lines == [
+        "[5] eve is now your friend",
+        "[6] frank is now your friend",
+        "[6] frank is already your friend",
+    ]
+
+
+async def test_whoever_accepted_or_came_online_counts_as_a_friend() -> None:
+    dave = {"msgid": 13, "id": 4, "name": "dave", "accept": True, "msg_id": 1003}
+    came_online = {"msgid": 14, "id": 11, "state": "online"}
+    lines = await session_lines("addfriend:4", "addfriend:11", pushes=(dave, came_online))
+    assert lines == ["[4] dave is already your friend", "[11] is already your friend"]
+
+
+async def test_declining_and_removing_name_the_user_and_say_what_changed() -> None:
+    lines = await session_lines("decline:5", "removefriend:2", "removefriend:2", "addfriend:2")
+    assert lines == [
+        "declined the friend request of [5] eve",
+        "[2] bob is no longer your friend",
+        "[2] was not your friend",
+        "friend request sent to [2]",
+    ]
+
+
+async def test_addgroup_twice_says_you_are_already_in_the_group() -> None:
+    lines = await session_lines(
+        "addgroup:3",
+        "addgroup:4",
+        "addgroup:4",
+        "creategroup:team",
+        "addgroup:9",
+        "leavegroup:3",
+        "addgroup:3",
+    )
+    assert lines == [
+        "you are already in group [3] grp",
+        "joined group [4]",
+        "you are already in group [4]",
+        "created group [9] team",
+        "you are already in group [9] team",
+        "left group [3] grp",
+        "joined group [3]",
+    ]
 
 
 async def test_help_lists_every_command() -> None:
@@ -343,11 +467,11 @@ async def test_help_lists_every_command() -> None:
 
 async def test_loginout_goes_back_to_the_menu_on_the_same_connection() -> None:
     server = FakeServer()
-    async with terminal(server) as (console, exit_codes):
+    async with terminal(server) as (console, done):
         console.type("1", "alice", "pw", "loginout", "1", "bob", "pw")
         await server.received(1, count=2)
         console.type("quit")
-        assert await finished(exit_codes) == 0
+        await finished(done)
     assert [r["msgid"] for r in server.requests if r["msgid"] != 19] == [1, 3, 1, 3]
     assert server.connections == 1
     assert "logged out" in console.shown
@@ -355,41 +479,207 @@ async def test_loginout_goes_back_to_the_menu_on_the_same_connection() -> None:
 
 async def test_a_kick_is_shown_and_leads_back_to_the_menu() -> None:
     server = FakeServer()
-    async with terminal(server) as (console, exit_codes):
+    async with terminal(server) as (console, done):
         console.type("1", "alice", "pw")
         await server.received(19)
         await server.send({"msgid": 15, "errmsg": "logged in from somewhere else"})
         await console.shows("logged out: logged in from somewhere else")
         console.type("3")
-        assert await finished(exit_codes) == 0
+        await finished(done)
     assert console.shown.count("1. login") == 2
 
 
-async def test_a_dropped_connection_prints_one_line_and_exits_with_1() -> None:
+def test_reconnection_waits_double_from_half_a_second_up_to_ten() -> None:
+    steady = backoff_delays(0.5, 10.0, jitter=lambda: 1.0)
+    assert [next(steady) for _ in range(8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
+    jittered = backoff_delays()
+    delays = [next(jittered) for _ in range(50)]
+    assert 0.4 <= delays[0] <= 0.6
+    assert all(delay <= 10.0 for delay in delays)
+    assert min(delays[10:]) >= 8.0  # the jitter stays near the bound
+
+
+def logins(server: FakeServer) -> list[tuple[Any, Any, Any]]:
+    return [(r.get("id"), r.get("name"), r["password"]) for r in server.requests if r["msgid"] == 1]
+
+
+async def test_a_dropped_connection_reconnects_and_logs_in_again_saying_so_in_one_line() -> None:
     server = FakeServer()
-    async with terminal(server) as (console, exit_codes):
+    async with terminal(server) as (console, done):
+        console.type("1", "alice", "s3cret")
+        await server.received(19)
+        await server.hang_up()
+        await console.shows("logged in again")
+        console.type("chat:2:back again")
+        chats = await server.received(6)
+        console.type("quit")
+        await finished(done)
+    address = f"127.0.0.1:{server.port}"
+    reconnected = f"reconnected to {address} and logged in again"
+    assert console.shown[-2:] == ["connection lost, reconnecting...", reconnected]
+    assert console.shown.count("current login user >> id: 1 name: alice") == 1
+    assert logins(server) == [(None, "alice", "s3cret"), (1, None, "s3cret")]
+    assert chats[0]["msg"] == "back again"
+    assert server.connections == 2
+
+
+async def test_while_the_server_is_down_commands_say_not_connected_and_nothing_is_sent() -> None:
+    server = FakeServer()
+    async with terminal(server) as (console, done):
         console.type("1", "alice", "pw")
         await server.received(19)
-        assert server.connection is not None
-        await server.connection.aclose()
-        assert await finished(exit_codes) == 1
-    assert console.shown[-1] == "the connection to the server was lost"
+        port = server.port
+        await server.go_down()  # connecting is refused until it comes back
+        await console.shows("connection lost")
+        await anyio.sleep(0.5)  # several attempts to reconnect fail meanwhile
+        console.type("chat:2:are you there?", "addgroup:3")
+        await console.shows("addgroup: not connected")
+        async with running(server, port):
+            await console.shows("logged in again")
+            console.type("chat:2:now I am back")
+            await server.received(6)
+            console.type("quit")
+            await finished(done)
+    not_sent = f"not connected (reconnecting to 127.0.0.1:{port}), nothing was sent"
+    assert f"chat: {not_sent}" in console.shown
+    assert f"addgroup: {not_sent}" in console.shown
+    assert console.shown.count("connection lost, reconnecting...") == 1
+    assert [r["msg"] for r in server.requests if r["msgid"] == 6] == ["now I am back"]
+    assert not [r for r in server.requests if r["msgid"] == 9]
 
 
-async def test_a_connection_lost_during_a_command_prints_one_line_and_exits_with_1() -> None:
-    async with terminal(FakeServer(msgid_6=lambda request: None)) as (console, exit_codes):
-        console.type("1", "alice", "pw", "chat:2:hi")
-        assert await finished(exit_codes) == 1
-    assert console.shown.count("the connection to the server was lost") == 1
+async def test_the_end_of_input_while_disconnected_quits_cleanly() -> None:
+    server = FakeServer()
+    async with terminal(server) as (console, done):
+        console.type("1", "alice", "pw")
+        await server.received(19)
+        await server.go_down()
+        await console.shows("connection lost")
+        console.typed.close()
+        await finished(done)
 
 
-async def test_the_terminal_pings_the_server_while_logged_in() -> None:
+async def test_at_the_menu_a_lost_connection_comes_back_without_logging_in() -> None:
+    server = FakeServer()
+    async with terminal(server, heartbeat_interval=0.05) as (console, done):
+        await server.received(16)  # the terminal pings at the menu too
+        await server.hang_up()
+        await console.shows(f"reconnected to 127.0.0.1:{server.port}")
+        console.type("1", "alice", "pw")
+        await server.received(1)
+        console.type("quit")
+        await finished(done)
+    assert f"reconnected to 127.0.0.1:{server.port}" in console.shown
+    assert logins(server) == [(None, "alice", "pw")]
+
+
+async def test_a_server_that_hangs_up_at_once_is_not_taken_for_back() -> None:
     server = FakeServer()
     async with terminal(server, heartbeat_interval=0.05) as (console, _):
-        await anyio.sleep(0.15)
-        assert not [r for r in server.requests if r["msgid"] == 16]
+        await server.received(16)
+        server.results["msgid_16"] = lambda request: None  # hang up instead of answering
+        await server.received(16, count=4)  # three connections, each hung up at once
+        assert [line for line in console.shown if "connection lost" in line] == [
+            "connection lost, reconnecting..."
+        ]
+        assert not [line for line in console.shown if "reconnected" in line]
+        del server.results["msgid_16"]
+        await console.shows("reconnected")
+    assert server.connections >= 4
+
+
+async def test_after_a_kick_a_lost_connection_does_not_log_in_again() -> None:
+    server = FakeServer()
+    async with terminal(server) as (console, _):
         console.type("1", "alice", "pw")
-        await server.received(16, count=2)
+        await server.received(19)
+        await server.send({"msgid": 15, "errmsg": "logged in from somewhere else"})
+        await console.shows("logged out:")
+        await server.hang_up()
+        await console.shows(f"reconnected to 127.0.0.1:{server.port}")
+    assert len(logins(server)) == 1
+
+
+async def test_a_refused_login_again_says_why_and_shows_the_menu() -> None:
+    answers = iter([LOGIN_REPLY, {"errno": 1, "errmsg": "id or password is invalid!"}])
+    server = FakeServer(msgid_1=lambda request: reply_to(request, **next(answers)))
+    async with terminal(server) as (console, done):
+        console.type("1", "alice", "pw")
+        await server.received(19)
+        await server.hang_up()
+        await console.shows("logging in again failed")
+        console.type("3")
+        await finished(done)
+    address = f"127.0.0.1:{server.port}"
+    failed = f"reconnected to {address}, but logging in again failed: id or password is invalid!"
+    assert console.shown[-len(MENU.splitlines()) - 1 :] == [failed, *MENU.splitlines()]
+    assert len(logins(server)) == 2
+
+
+async def test_a_login_again_that_is_rate_limited_is_tried_again_later() -> None:
+    limited = {"errno": 9, "errmsg": "too many requests: slow down"}
+    answers = iter([LOGIN_REPLY, limited, LOGIN_REPLY])
+    server = FakeServer(msgid_1=lambda request: reply_to(request, **next(answers)))
+    async with terminal(server) as (console, _):
+        console.type("1", "alice", "pw")
+        await server.received(19)
+        await server.hang_up()
+        await console.shows("logged in again")
+    assert len(logins(server)) == 3
+    assert console.shown.count("connection lost, reconnecting...") == 1
+    assert not [line for line in console.shown if "slow down" in line]
+
+
+async def test_logging_in_again_shows_only_what_this_session_has_not_shown() -> None:
+    news = {**CHAT, "msg": "sent while you were cut off", "msg_id": 1500}
+    again = {
+        **LOGIN_REPLY,
+        "offlinemsg": [LOGIN_REPLY["offlinemsg"][0], news],  # 900 was shown before
+        "friend_requests": [{"id": 5, "name": "eve"}, {"id": 8, "name": "gina"}],
+    }
+    answers = iter([LOGIN_REPLY, again])
+    server = FakeServer(msgid_1=lambda request: reply_to(request, **next(answers)))
+    async with terminal(server) as (console, _):
+        console.type("1", "alice", "pw")
+        await server.received(19)
+        await server.hang_up()
+        await console.shows("sent while you were cut off")
+        receipts = await server.received(19, count=2)
+    after = console.shown[console.shown.index("connection lost, reconnecting...") + 1 :]
+    assert after == [
+        f"reconnected to 127.0.0.1:{server.port} and logged in again",
+        "[8] gina asks to be your friend: accept:8 or decline:8",
+        "2026-11-26 23:30:00 [2] bob said: sent while you were cut off",
+    ]
+    assert sorted(receipts[1]["msg_ids"]) == [900, 1500]
+
+
+async def test_a_connection_lost_during_a_command_says_so_and_reconnects() -> None:
+    async with terminal(FakeServer(msgid_6=lambda request: None)) as (console, _):
+        console.type("1", "alice", "pw", "chat:2:hi")
+        await console.shows("logged in again")
+    assert "chat: the connection was lost before the server answered" in console.shown
+    assert console.shown.count("connection lost, reconnecting...") == 1
+
+
+async def test_a_server_that_stops_answering_pings_is_left_for_a_new_connection() -> None:
+    server = FakeServer()
+    server.ignored.add(16)
+    async with terminal(server, heartbeat_interval=0.05, request_timeout=0.3) as (console, _):
+        console.type("1", "alice", "pw")
+        await server.received(19)
+        await console.shows("logged in again")
+    assert server.connections == 2
+
+
+async def test_the_terminal_pings_the_server_at_the_menu_and_while_logged_in() -> None:
+    server = FakeServer()
+    async with terminal(server, heartbeat_interval=0.05) as (console, _):
+        await server.received(16, count=2)  # the server's login timeout would close it
+        console.type("1", "alice", "pw")
+        await server.received(1)
+        pings = len(await server.received(16))
+        await server.received(16, count=pings + 2)
 
 
 async def test_control_characters_in_a_message_are_shown_escaped() -> None:
@@ -410,12 +700,13 @@ async def run_main(server: FakeServer, stdin: bytes, *, hang_up: bool = False) -
         async with await anyio.open_process([sys.executable, "-c", code]) as process:
             assert process.stdin is not None and process.stdout is not None
             await process.stdin.send(stdin)
-            if hang_up:  # keep stdin open: the client must still exit when the server goes
+            if hang_up:  # the client comes back and logs in again before its input ends
                 await server.received(19)
-                assert server.connection is not None
-                await server.connection.aclose()
-            else:
-                await process.stdin.aclose()
+                await server.hang_up()
+                await server.received(19, count=2)  # sent once it is logged in again
+                await process.stdin.send(b"chat:2:back\n")
+                await server.received(6)
+            await process.stdin.aclose()
             output = b"".join([chunk async for chunk in process.stdout])
             return await process.wait(), output.decode()
 
@@ -428,11 +719,13 @@ async def test_main_reads_commands_from_a_pipe_and_prints_plain_lines() -> None:
     assert [r["msgid"] for r in server.requests if r["msgid"] != 19] == [1, 6, 3]
 
 
-async def test_main_exits_with_1_when_the_server_goes_away() -> None:
+async def test_main_reconnects_when_the_server_drops_it_and_exits_0_at_the_end_of_input() -> None:
     async with running(FakeServer()) as server:
         code, output = await run_main(server, b"1\nalice\npw\n", hang_up=True)
-    assert code == 1
-    assert output.strip().endswith("the connection to the server was lost")
+    assert code == 0
+    lines = output.splitlines()
+    assert "connection lost, reconnecting..." in lines
+    assert f"reconnected to 127.0.0.1:{server.port} and logged in again" in lines
 
 
 def test_main_exits_with_1_when_it_cannot_connect(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,12 +2,15 @@
 
 Pushes from the server print as they arrive. On a terminal, prompt_toolkit keeps them from
 garbling the line being typed; when stdin is a pipe or a file, lines are read and printed plainly.
+When the connection is lost, the client reconnects by itself and logs in again, as the web page
+does; each command says only what the server did.
 """
 
 from __future__ import annotations
 
 import codecs
 import os
+import random
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,6 +20,7 @@ from typing import Protocol
 
 import anyio
 from anyio import CancelScope
+from anyio.abc import TaskStatus
 from anyio.lowlevel import EventLoopToken, current_token
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from attrs import frozen
@@ -24,6 +28,7 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from chatserver.entrypoints.client.library import (
+    DEFAULT_REQUEST_TIMEOUT,
     ChatClient,
     ChatError,
     ConnectionLost,
@@ -41,9 +46,12 @@ from chatserver.entrypoints.client.library import (
 
 HEARTBEAT_INTERVAL = 20.0
 RECEIPT_DELAY = 0.2  # gathers the receipts of messages that arrive together into one request
+BACKOFF_FIRST = 0.5  # seconds before the first attempt to reconnect, doubling up to BACKOFF_MAX
+BACKOFF_MAX = 10.0
+RETRY_LATER = frozenset({9, 11})  # errnos of a login again that may succeed later: rate, busy
 MENU = "==========\n1. login\n2. register\n3. quit\n=========="
 RULE = "=" * 50
-CONNECTION_LOST = "the connection to the server was lost"
+CONNECTION_LOST = "connection lost, reconnecting..."
 
 
 class Console(Protocol):
@@ -235,42 +243,168 @@ def _msg_id(event: Event) -> int | None:
     return event.msg_id if isinstance(event, Delivery) else None
 
 
+def labelled(number: int, name: str) -> str:
+    """``[7] alice``, or ``[7]`` when the name is not known."""
+    return f"[{number}] {printable(name)}" if name else f"[{number}]"
+
+
+def backoff_delays(
+    first: float = BACKOFF_FIRST,
+    maximum: float = BACKOFF_MAX,
+    jitter: Callable[[], float] = lambda: random.uniform(0.8, 1.2),
+) -> Iterator[float]:
+    """The waits before each attempt to reconnect: ``first``, doubling, never over ``maximum``.
+
+    The jitter keeps the clients of a restarted server from all coming back in the same instant.
+    """
+    delay = first
+    while True:
+        yield min(maximum, delay * jitter())
+        delay = min(maximum, delay * 2)
+
+
+class CannotConnect(Exception):
+    """The server could not be reached when the terminal started."""
+
+
+class NotConnected(Exception):
+    """A command needs the server while the terminal is reconnecting."""
+
+
 class Terminal:
-    """One run of the terminal client on one connection, from the menu to quit."""
+    """One run of the terminal client, from the menu to quit, over as many connections as it
+    takes: when the connection is lost it reconnects by itself and logs in again."""
 
     def __init__(
         self,
-        client: ChatClient,
+        host: str,
+        port: int,
         console: Console,
         *,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        backoff_first: float = BACKOFF_FIRST,
+        backoff_max: float = BACKOFF_MAX,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
-        self.client = client
+        self.host = host
+        self.port = port
         self.console = console
         self.heartbeat_interval = heartbeat_interval
+        self.backoff_first = backoff_first
+        self.backoff_max = backoff_max
+        self.request_timeout = request_timeout
+        self.client: ChatClient | None = None  # None while disconnected or logging in again
+        self.credentials: tuple[int, str] | None = None  # (user id, password) while logged in
         self.user_name = ""
-        self.names: dict[int, str] = {}  # user id -> name, to name friends in presence lines
+        # What the server has told this session, so that each command can say what it did.
+        self.friends: dict[int, str] = {}  # id -> name: at login, then answers and presence
+        self.requests: dict[int, str] = {}  # friend requests waiting for this user's answer
+        self.groups: dict[int, str] = {}  # id -> name of the groups this user is in
         self.seen: set[int] = set()  # msg_ids shown since login: redeliveries are not shown twice
         self.unreceipted: list[int] = []
         self.receipts_due = anyio.Event()
         self.screen = anyio.Lock()  # keeps the login block ahead of the pushes that follow it
         self.session_scope: CancelScope | None = None
-        self.main_scope: CancelScope | None = None
-        self.exit_code: int | None = None
 
-    async def run(self) -> int:
-        """Runs the menu until the user quits; returns the exit code (1: connection lost)."""
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def connected_client(self) -> ChatClient:
+        """The connection a command uses; raises NotConnected while there is none."""
+        if self.client is None:
+            raise NotConnected
+        return self.client
+
+    async def run(self) -> None:
+        """Runs the menu until the user quits; raises CannotConnect if the server is not there."""
         async with anyio.create_task_group() as task_group:
-            self.main_scope = task_group.cancel_scope
-            task_group.start_soon(self._show_events)
-            task_group.start_soon(self._send_receipts)
-            try:
+            failure = await task_group.start(self._stay_connected)
+            if failure is None:
+                task_group.start_soon(self._send_receipts)
                 await self._menu()
-                self.exit_code = 0
-            except* ConnectionLost:  # it may come out of a session's task group, in a group
-                self._lost(CONNECTION_LOST)
             task_group.cancel_scope.cancel()
-        return 1 if self.exit_code is None else self.exit_code
+        if failure is not None:
+            raise CannotConnect(f"cannot connect to {self.address}: {failure}") from failure
+
+    async def _stay_connected(
+        self, *, task_status: TaskStatus[OSError | None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keeps a connection to the server, reconnecting with backoff whenever it is lost."""
+        delays = backoff_delays(self.backoff_first, self.backoff_max)
+        started = announced = False
+        while True:
+            try:
+                async with connect(
+                    self.host, self.port, request_timeout=self.request_timeout
+                ) as client:
+                    if started:
+                        await self._connected_again(client)
+                    else:
+                        started = True
+                        self.client = client
+                        task_status.started(None)
+                    delays = backoff_delays(self.backoff_first, self.backoff_max)
+                    announced = False
+                    await self._serve(client)
+            except OSError as error:  # ConnectionLost and TimeoutError too
+                if not started:
+                    task_status.started(error)
+                    return
+            except ChatError:
+                pass  # logging in again must wait (rate limited, server busy): try again later
+            finally:
+                self.client = None
+            self.unreceipted = []  # the server keeps them, and delivers them again at login
+            if not announced:
+                announced = True
+                self.console.show(CONNECTION_LOST)
+            await anyio.sleep(next(delays))
+
+    async def _connected_again(self, client: ChatClient) -> None:
+        """Logs in again, with the same credentials, if the lost connection was logged in."""
+        if self.credentials is None:
+            await client.ping()  # a server that hangs up at once has not come back
+            self.client = client
+            self.console.show(f"reconnected to {self.address}")
+            return
+        user_id, password = self.credentials
+        async with self.screen:
+            try:
+                login = await client.login(user_id, password)
+            except ChatError as error:
+                if error.errno in RETRY_LATER:
+                    raise
+                self.client = client
+                reason = printable(error.errmsg) or f"errno {error.errno}"
+                self.console.show(
+                    f"reconnected to {self.address}, but logging in again failed: {reason}"
+                )
+                self._end_session()
+                return
+            self.client = client
+            self._resume(login)
+
+    async def _serve(self, client: ChatClient) -> None:
+        """Shows what the server pushes, and pings it, until the connection is lost."""
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(self._heartbeat, client, task_group.cancel_scope)
+            async for event in client.events():
+                async with self.screen:
+                    self._show(event)
+            task_group.cancel_scope.cancel()
+
+    async def _heartbeat(self, client: ChatClient, connection_scope: CancelScope) -> None:
+        # Also before login: the server closes a connection that stays silent for 30 s then.
+        while True:
+            await anyio.sleep(self.heartbeat_interval)
+            try:
+                await client.ping()
+            except TimeoutError:
+                connection_scope.cancel()  # the server stopped answering: reconnect
+                return
+            except (ChatError, ConnectionLost):
+                pass  # a lost connection ends the events, and _serve with them
 
     async def _menu(self) -> None:
         self.console.show(MENU)
@@ -284,10 +418,14 @@ class Terminal:
                 self.console.show(MENU)
             elif choice.strip() == "2":
                 await self._register()
+                self.console.show(MENU)
             elif choice.strip():
                 self.console.show("invalid choice: type 1 to log in, 2 to register, 3 to quit")
 
     async def _register(self) -> None:
+        if self.client is None:
+            self.console.show(self._not_connected("register"))
+            return
         name = await self.console.read_line("username: ")
         password = await self.console.read_line("password: ", secret=True)
         if name is None or password is None:
@@ -296,10 +434,13 @@ class Terminal:
             self.console.show("a name and a password are needed")
             return
         with self._errors_shown("register failed"):
-            user_id = await self.client.register(name.strip(), password)
+            user_id = await self.connected_client().register(name.strip(), password)
             self.console.show(f"registered: your user id is {user_id}")
 
     async def _login(self) -> Step:
+        if self.client is None:
+            self.console.show(self._not_connected("login"))
+            return Step.MENU
         who = await self.console.read_line("userid or name: ")
         password = await self.console.read_line("password: ", secret=True)
         if who is None or password is None:
@@ -311,31 +452,51 @@ class Terminal:
         login: LoginResult | None = None
         async with self.screen:
             with self._errors_shown("login failed"):
-                login = await self.client.login(int(who) if who.isdigit() else who, password)
-            if login is not None:
-                self._begin(login)
+                client = self.connected_client()
+                login = await client.login(int(who) if who.isdigit() else who, password)
+                self._begin(login, password)
         if login is None:
             return Step.MENU
         return await self._session()
 
-    def _begin(self, login: LoginResult) -> None:
+    def _know(self, login: LoginResult) -> None:
         self.user_name = login.name
-        self.names = {friend.id: friend.name for friend in login.friends}
+        self.friends = {friend.id: friend.name for friend in login.friends}
+        self.requests = {r.requester_id: r.requester_name for r in login.friend_requests}
+        self.groups = {group.id: group.name for group in login.groups}
+
+    def _begin(self, login: LoginResult, password: str) -> None:
+        self.credentials = (login.user_id, password)
+        self._know(login)
         self.seen = set()
         self.unreceipted = []
         self.console.show(describe_login(login))
         for delivery in login.offline_messages:
             self._shown(_msg_id(delivery))
 
+    def _resume(self, login: LoginResult) -> None:
+        """After logging in again: one line, then only what this session has not shown yet."""
+        known_requests = self.requests
+        self._know(login)
+        self.console.show(f"reconnected to {self.address} and logged in again")
+        for request in login.friend_requests:
+            if request.requester_id not in known_requests:
+                self._show(request)
+        for delivery in login.offline_messages:
+            self._show(delivery)
+
     async def _session(self) -> Step:
-        step = Step.MENU  # what is left if a kick cancels the session
-        async with anyio.create_task_group() as task_group:
-            self.session_scope = task_group.cancel_scope
-            task_group.start_soon(self._heartbeat)
-            step = await self._commands()
-            task_group.cancel_scope.cancel()
-        self.session_scope = None
-        return step
+        try:
+            with CancelScope() as self.session_scope:
+                return await self._commands()
+            return Step.MENU  # a kick ended the session, or logging in again failed
+        finally:
+            self.session_scope = None
+
+    def _end_session(self) -> None:
+        self.credentials = None
+        if self.session_scope is not None:
+            self.session_scope.cancel()
 
     async def _commands(self) -> Step:
         while True:
@@ -354,6 +515,9 @@ class Terminal:
                 if step is not None:
                     return step
 
+    def _not_connected(self, what: str) -> str:
+        return f"{what}: not connected (reconnecting to {self.address}), nothing was sent"
+
     @contextmanager
     def _errors_shown(self, what: str) -> Iterator[None]:
         try:
@@ -362,25 +526,34 @@ class Terminal:
             self.console.show(f"{what}: {printable(error.errmsg) or f'errno {error.errno}'}")
         except TimeoutError:
             self.console.show(f"{what}: the server did not answer in time")
-
-    async def _show_events(self) -> None:
-        async for event in self.client.events():
-            async with self.screen:
-                self._show(event)
-        self._lost(CONNECTION_LOST)
+        except ConnectionLost:
+            self.console.show(f"{what}: the connection was lost before the server answered")
+        except NotConnected:
+            self.console.show(self._not_connected(what))
 
     def _show(self, event: Event) -> None:
-        if isinstance(event, FriendAnswer) and event.accepted:
-            self.names[event.responder_id] = event.responder_name
+        self._learn(event)
         msg_id = _msg_id(event)
-        line = describe(event, self.names)
+        line = describe(event, self.friends)
         if line and msg_id not in self.seen:
             self.console.show(line)
         self._shown(msg_id)
         if isinstance(event, Kicked):
             self.unreceipted = []  # the server logged this session out: it keeps them for later
-            if self.session_scope is not None:
-                self.session_scope.cancel()
+            self._end_session()
+
+    def _learn(self, event: Event) -> None:
+        match event:
+            case FriendAnswer(accepted=True):
+                self.friends[event.responder_id] = event.responder_name
+            case FriendRequest():
+                self.requests[event.requester_id] = event.requester_name
+            case Presence():
+                self.friends.setdefault(event.user_id, "")  # only friends' presence is sent
+
+    def befriend(self, user_id: int, name: str) -> None:
+        self.friends[user_id] = name
+        self.console.show(f"{labelled(user_id, name)} is now your friend")
 
     def _shown(self, msg_id: int | None) -> None:
         if msg_id is not None:
@@ -398,27 +571,10 @@ class Terminal:
         """Tells the server which deliveries have been shown, so it stops keeping them."""
         self.receipts_due = anyio.Event()
         msg_ids, self.unreceipted = self.unreceipted, []
-        if msg_ids:
+        if msg_ids and self.client is not None:
             # Failing is harmless: the server delivers them again at the next login.
             with suppress(ChatError, TimeoutError, ConnectionLost):
                 await self.client.receipt(msg_ids)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await anyio.sleep(self.heartbeat_interval)
-            try:
-                await self.client.ping()
-            except TimeoutError:
-                self._lost("the server stopped answering")
-            except (ChatError, ConnectionLost):
-                pass  # a lost connection is reported by _show_events
-
-    def _lost(self, reason: str) -> None:
-        if self.exit_code is None:
-            self.exit_code = 1
-            self.console.show(reason)
-        if self.main_scope is not None:
-            self.main_scope.cancel()
 
 
 async def _help(terminal: Terminal) -> None:
@@ -428,59 +584,81 @@ async def _help(terminal: Terminal) -> None:
 
 
 async def _chat(terminal: Terminal, to_id: int, text: str) -> None:
-    await terminal.client.send_chat(to_id, text)
+    await terminal.connected_client().send_chat(to_id, text)
 
 
 async def _add_friend(terminal: Terminal, friend_id: int) -> None:
-    await terminal.client.add_friend(friend_id)
-    terminal.console.show(f"friend request sent to [{friend_id}]")
+    already = terminal.friends.get(friend_id)
+    they_asked = terminal.requests.get(friend_id)
+    await terminal.connected_client().add_friend(friend_id)
+    if already is not None:  # the server answers a request to a friend with errno 0, no change
+        terminal.console.show(f"{labelled(friend_id, already)} is already your friend")
+    elif they_asked is not None:  # a request to whoever asked first accepts theirs
+        del terminal.requests[friend_id]
+        terminal.befriend(friend_id, they_asked)
+    else:
+        terminal.console.show(f"friend request sent to [{friend_id}]")
 
 
 async def _accept(terminal: Terminal, friend_id: int) -> None:
-    await terminal.client.answer_friend(friend_id, True)
-    terminal.console.show(f"[{friend_id}] is now your friend")
+    await terminal.connected_client().answer_friend(friend_id, True)
+    terminal.befriend(friend_id, terminal.requests.pop(friend_id, ""))
 
 
 async def _decline(terminal: Terminal, friend_id: int) -> None:
-    await terminal.client.answer_friend(friend_id, False)
-    terminal.console.show(f"declined the friend request of [{friend_id}]")
+    await terminal.connected_client().answer_friend(friend_id, False)
+    asker = labelled(friend_id, terminal.requests.pop(friend_id, ""))
+    terminal.console.show(f"declined the friend request of {asker}")
 
 
 async def _remove_friend(terminal: Terminal, friend_id: int) -> None:
-    await terminal.client.remove_friend(friend_id)
-    terminal.console.show(f"[{friend_id}] is no longer your friend")
+    await terminal.connected_client().remove_friend(friend_id)
+    name = terminal.friends.pop(friend_id, None)
+    if name is None:  # errno 0 from the server, with nothing to remove
+        terminal.console.show(f"[{friend_id}] was not your friend")
+    else:
+        terminal.console.show(f"{labelled(friend_id, name)} is no longer your friend")
 
 
 async def _create_group(terminal: Terminal, name: str, description: str) -> None:
-    group_id = await terminal.client.create_group(name, description)
-    terminal.console.show(f"created group [{group_id}] {printable(name)}")
+    group_id = await terminal.connected_client().create_group(name, description)
+    terminal.groups[group_id] = name
+    terminal.console.show(f"created group {labelled(group_id, name)}")
 
 
 async def _join_group(terminal: Terminal, group_id: int) -> None:
-    await terminal.client.join_group(group_id)
-    terminal.console.show(f"joined group [{group_id}]")
+    already = terminal.groups.get(group_id)
+    await terminal.connected_client().join_group(group_id)
+    if already is not None:  # joining twice is errno 0, and changes nothing
+        terminal.console.show(f"you are already in group {labelled(group_id, already)}")
+    else:
+        terminal.groups[group_id] = ""
+        terminal.console.show(f"joined group [{group_id}]")
 
 
 async def _leave_group(terminal: Terminal, group_id: int) -> None:
-    await terminal.client.leave_group(group_id)
-    terminal.console.show(f"left group [{group_id}]")
+    await terminal.connected_client().leave_group(group_id)
+    terminal.console.show(f"left group {labelled(group_id, terminal.groups.pop(group_id, ''))}")
 
 
 async def _group_chat(terminal: Terminal, group_id: int, text: str) -> None:
-    await terminal.client.send_group_chat(group_id, text)
+    await terminal.connected_client().send_group_chat(group_id, text)
 
 
 async def _logout(terminal: Terminal) -> Step:
+    client = terminal.connected_client()
     await terminal.flush_receipts()
-    await terminal.client.logout()
+    await client.logout()
+    terminal.credentials = None
     terminal.console.show("logged out")
     return Step.MENU
 
 
 async def _quit(terminal: Terminal) -> Step:
     await terminal.flush_receipts()
-    with suppress(ChatError, TimeoutError):
-        await terminal.client.logout()
+    if terminal.client is not None:
+        with suppress(ChatError, TimeoutError, ConnectionLost):
+            await terminal.client.logout()
     return Step.QUIT
 
 
@@ -512,16 +690,13 @@ def main(host: str, port: int) -> int:
 
 
 async def _main(host: str, port: int) -> int:
-    connected = False
     try:
-        async with connect(host, port) as client:
-            connected = True
-            if not sys.stdin.isatty():
-                return await Terminal(client, PipeConsole.start()).run()
+        if not sys.stdin.isatty():
+            await Terminal(host, port, PipeConsole.start()).run()
+        else:
             with patch_stdout():
-                return await Terminal(client, PromptConsole()).run()
-    except OSError as error:  # includes TimeoutError
-        if connected:
-            raise
-        print(f"cannot connect to {host}:{port}: {error}", file=sys.stderr)
+                await Terminal(host, port, PromptConsole()).run()
+    except CannotConnect as error:
+        print(error, file=sys.stderr)
         return 1
+    return 0
