@@ -18,6 +18,7 @@ from chatserver.domain.messages import (
     GroupMessage,
     KickedNotice,
     PresenceNotice,
+    ReadNotice,
 )
 
 EVENT_KINDS: dict[str, type[Event]] = {
@@ -27,6 +28,7 @@ EVENT_KINDS: dict[str, type[Event]] = {
     "friend_request": FriendRequestNotice,
     "presence": PresenceNotice,
     "kicked": KickedNotice,
+    "read": ReadNotice,
 }
 KIND_OF_EVENT = {cls: kind for kind, cls in EVENT_KINDS.items()}
 DELIVERY_KINDS: dict[str, type[Delivery]] = {

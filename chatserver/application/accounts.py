@@ -17,7 +17,7 @@ from chatserver.application.results import (
 from chatserver.application.sessions import Session
 from chatserver.domain.errors import InvalidCredentials, Unavailable
 from chatserver.domain.messages import KickedNotice, PresenceNotice, is_chat
-from chatserver.domain.ports import Transaction
+from chatserver.domain.ports import DeviceMark, DeviceSession, Transaction
 from chatserver.domain.users import Account, User
 
 if TYPE_CHECKING:
@@ -47,41 +47,53 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
         raise InvalidCredentials()
     throttle.succeeded(key)
     user = account.user
-    # Logging in again as the same user on the same connection is a quiet takeover.
-    relogin = connection.session is not None and connection.session.user.id == user.id
-    if connection.session is not None:
+    device = command.device
+    # Logging in again as the same user and device on the same connection is a quiet takeover.
+    previous = connection.session
+    relogin = previous is not None and previous.user.id == user.id and previous.device == device
+    if previous is not None:
         reason = "logged in again" if relogin else "logged in as another user"
-        await end_session(connection.session, node=node, takeover=relogin, reason=reason)
+        await end_session(previous, node=node, takeover=relogin, reason=reason)
         connection.session = None
     async with node.user_locks.hold(user.id):
-        takeover = await _take_over(user.id, node=node) or relogin
+        started_ms = clock.now_ms()
+        others = await _take_over(user.id, device, started_ms, node=node)
+        first = not others and not relogin
         session = Session(
             user,
             connection.outbox,
             receipts=command.receipts,
             notices=command.notices,
             unreceipted_limit=node.limits.unreceipted_per_session,
+            device=device,
+            started_ms=started_ms,
+            on_gap=node.gaps.notice,
         )
-        # Registered before the store is read: from here on, deliveries are held, not stored.
+        # Registered before the inbox is read: from here on, pushes wait in the session.
         node.sessions.add(session)
         connection.session = session
+        node.writer.known(user.id)
         try:
-            snapshot = await node.uow.run(lambda tx: _load_login(tx, user))
+            if first:  # other nodes may remember this user as nowhere
+                await node.bus.relocated(user.id)
+            snapshot = await node.uow.run(
+                lambda tx: _LoginSnapshot(tx, user, command, node.limits.stored_per_user)
+            )
             located = await node.presence.locate(snapshot.contact_ids())
         except BaseException:
-            # The login fails as a whole: what arrived meanwhile is stored, nothing is lost.
+            # The login fails as a whole; the device's mark is as it was.
             connection.session = None
-            await end_session(session, node=node, takeover=takeover, reason="login failed")
+            await end_session(session, node=node, takeover=bool(others), reason="login failed")
             raise
-        waiting = tuple(d for d in snapshot.waiting if command.notices or is_chat(d))
-        node.metrics.waiting_at_login(len(waiting))
+        shown = [k for k in snapshot.waiting if command.notices or is_chat(k.delivery)]
+        node.metrics.waiting_at_login(len(shown))
         session.friend_ids = {f.id for f in snapshot.friends}
-        session.stored_shown = {d.msg_id for d in waiting}
-        if not takeover:
+        session.start(snapshot.last_pos, snapshot.waiting)
+        if first:
             await node.router.notify(sorted(session.friend_ids), PresenceNotice(user.id, True))
     log.info(
-        "session start user=%d address=%s receipts=%s takeover=%s waiting=%d",
-        user.id, connection.address, command.receipts, takeover, len(waiting),
+        "session start user=%d device=%r address=%s receipts=%s devices=%d waiting=%d",
+        user.id, device, connection.address, command.receipts, len(others) + 1, len(shown),
     )
     online = set(located) | {user.id}
     return LoggedIn(
@@ -94,8 +106,10 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
             )
             for g, members in snapshot.groups
         ),
-        waiting=waiting,
+        waiting=tuple(shown),
         friend_requests=tuple(snapshot.requests),
+        last_pos=snapshot.last_pos,
+        read_pos=snapshot.read_pos,
     )
 
 
@@ -109,69 +123,70 @@ async def logout(command: Logout, *, connection: Connection) -> Done:
 async def end_session(
     session: Session, *, node: Node, reason: str, takeover: bool = False
 ) -> None:
-    """End a session: keep what it had not receipted, and tell friends unless it was replaced."""
+    """End a session: keep how far its device got, and tell friends when the user's last
+    session ended (a takeover replaces it: the user stays online)."""
     if session.ended:
         return
-    leftovers = session.end()
+    mark = session.end()
     log.info(
-        "session end user=%d reason=%r unreceipted_stored=%d",
-        session.user.id, reason, len(leftovers),
+        "session end user=%d device=%r reason=%r mark=%d",
+        session.user.id, session.device, reason, mark.pos,
     )
     node.sessions.remove(session)
     user_id = session.user.id
-    if leftovers:
-
-        def keep(tx: Transaction) -> None:
-            for delivery in leftovers:
-                tx.messages.store(user_id, delivery)
-
-        try:
-            await node.uow.run(keep)
-        except Unavailable as error:
-            log.warning("storing %d unreceipted for user %d later: %s", len(leftovers),
-                        user_id, error)
-            node.custody.store_later([(user_id, d) for d in leftovers])
     try:
-        # Stored now, or receipted before: the nodes that kept custody may let go.
-        for origin, msg_ids in session.take_origins(list(session.origins)).items():
-            await node.bus.confirm(origin, user_id, msg_ids)
-        if not takeover:
-            await node.presence.release(user_id, node.node_id)
+        if session.next_pos is not None:  # the login read the inbox: the mark means something
+            await node.writer.set_mark(user_id, session.device, mark)
+    except Unavailable as error:
+        # The device's mark stays where it was: what it had comes again at its next login.
+        log.warning("keeping the mark of user %d failed: %s", user_id, error)
+    if takeover:
+        return
+    try:
+        if not await node.presence.release(user_id, session.device, node.node_id):
             await node.router.notify(sorted(session.friend_ids), PresenceNotice(user_id, False))
     except Unavailable as error:
-        # Custody and presence heal by themselves: an unconfirmed delivery is kept by its
-        # sender, and a user still listed here is found gone when the next message arrives.
+        # A user still listed here is found gone when the node's lease lapses.
         log.warning("user %d logged out while the cluster was unreachable: %s", user_id, error)
 
 
-def forget_once_written(session: Session, msg_ids: list[int], node: Node) -> None:
-    """Delete stored deliveries once the client's connection has written them out."""
-    user_id, uow = session.user.id, node.uow
-
-    async def forget() -> None:
-        await uow.run(lambda tx: tx.messages.delete(user_id, msg_ids))
-
-    session.outbox.after_flush(forget)
-
-
-async def kick(user_id: int, *, node: Node) -> None:
-    """End this node's session of user because a newer login replaced it."""
-    session = node.sessions.get(user_id)
-    if session is not None:
-        session.push(KickedNotice())
-        await end_session(session, node=node, takeover=True, reason="replaced by a newer login")
+async def kick(user_id: int, device: str, *, node: Node, takeover: bool = True) -> None:
+    """End this node's session of user's device: a newer login replaced it (takeover), or
+    the user logged in on one device too many (not a takeover: its device goes offline)."""
+    session = node.sessions.get(user_id, device)
+    if session is None:
+        return
+    session.push(KickedNotice())
+    if not session.notices:
+        # The original client cannot show KICKED_MSG and would go on talking to a dead session.
+        session.outbox.close()
+    reason = "replaced by a newer login" if takeover else "one device too many"
+    await end_session(session, node=node, takeover=takeover, reason=reason)
 
 
-async def _take_over(user_id: int, *, node: Node) -> bool:
-    """Claim the user for this node, ending any older session; True if there was one."""
-    if node.sessions.get(user_id) is not None:
-        await kick(user_id, node=node)
-        return True
-    previous = await node.presence.claim(user_id, node.node_id)
-    if previous is not None and previous != node.node_id:
-        await node.bus.kick(previous, user_id)
-        return True
-    return False
+async def _take_over(
+    user_id: int, device: str, started_ms: int, *, node: Node
+) -> dict[str, DeviceSession]:
+    """Claim the device's session for this node: end the device's older session, and the
+    user's longest-logged-in ones past the device limit. Return the user's other sessions
+    that go on."""
+    local = node.sessions.get(user_id, device)
+    if local is not None:
+        await kick(user_id, device, node=node)
+    sessions = await node.presence.claim(user_id, device, node.node_id, started_ms)
+    before = sessions.pop(device, None)
+    if before is not None and before.node_id != node.node_id:
+        await node.bus.kick(before.node_id, user_id, device)
+    excess = len(sessions) + 1 - node.limits.devices_per_user
+    if excess > 0:
+        oldest = sorted(sessions.items(), key=lambda item: item[1].started_ms)[:excess]
+        for other, where in oldest:
+            del sessions[other]
+            if where.node_id == node.node_id:
+                await kick(user_id, other, node=node, takeover=False)
+            else:
+                await node.bus.kick(where.node_id, user_id, other)
+    return sessions
 
 
 def _find_account(tx: Transaction, command: Login) -> Account | None:
@@ -183,11 +198,22 @@ def _find_account(tx: Transaction, command: Login) -> Account | None:
 
 
 class _LoginSnapshot:
-    def __init__(self, tx: Transaction, user: User) -> None:
+    def __init__(self, tx: Transaction, user: User, command: Login, stored_limit: int) -> None:
         self.friends = tx.friends.friends_of(user.id)
         self.groups = [(g, tx.groups.members(g.id)) for g in tx.groups.groups_of(user.id)]
         self.requests = tx.friends.requesters_of(user.id)
-        self.waiting = tx.messages.waiting(user.id)
+        inbox = tx.inbox
+        self.last_pos = inbox.last_pos(user.id)
+        self.read_pos = inbox.read_pos(user.id)
+        mark = _mark_at_login(inbox.marks(user.id), command)
+        # The newest stored_limit of what waits: a device far behind syncs the rest.
+        after = max(min(mark.pos, self.last_pos), self.last_pos - stored_limit)
+        beyond = mark.beyond
+        self.waiting = [
+            kept
+            for kept in inbox.after(user.id, after, stored_limit + len(beyond))
+            if kept.pos not in beyond
+        ][:stored_limit]
 
     def contact_ids(self) -> list[int]:
         ids = {f.id for f in self.friends}
@@ -195,5 +221,14 @@ class _LoginSnapshot:
         return sorted(ids)
 
 
-def _load_login(tx: Transaction, user: User) -> _LoginSnapshot:
-    return _LoginSnapshot(tx, user)
+def _mark_at_login(marks: dict[str, DeviceMark], command: Login) -> DeviceMark:
+    """How far the device has got: as LOGIN's since says, else its own mark, else (a device
+    not seen before) the lowest mark of the user's devices."""
+    if command.since is not None:
+        return DeviceMark(command.since)
+    mark = marks.get(command.device)
+    if mark is not None:
+        return mark
+    if not marks:
+        return DeviceMark(0)
+    return DeviceMark(min(m.pos for m in marks.values()))

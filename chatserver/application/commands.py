@@ -5,9 +5,16 @@ A command with a ``validate()`` checks its own values; that runs before anything
 
 from attrs import field, frozen
 
+from chatserver.domain.errors import InvalidRequest
 from chatserver.domain.groups import check_group_description, check_group_name
 from chatserver.domain.messages import check_message_text
 from chatserver.domain.users import check_name, check_password
+
+MAX_DEVICE_LENGTH = 64
+SYNC_LIMIT = 500
+SYNC_DEFAULT = 200
+HISTORY_LIMIT = 100
+HISTORY_DEFAULT = 50
 
 
 @frozen
@@ -30,6 +37,16 @@ class Login:
     receipts: bool = False
     # False for clients of the original server: they take chats only, no notices.
     notices: bool = True
+    # The client program's install; a legacy-dialect client is always "legacy".
+    device: str = "default"
+    # The device has every pos up to since: what waited for it starts after it.
+    since: int | None = None
+
+    def validate(self) -> None:
+        if not 1 <= len(self.device) <= MAX_DEVICE_LENGTH:
+            raise InvalidRequest(f"device: 1 to {MAX_DEVICE_LENGTH} characters")
+        if self.since is not None and self.since < 0:
+            raise InvalidRequest("since: must not be negative")
 
 
 @frozen
@@ -101,6 +118,49 @@ class Receipt:
     msg_ids: tuple[int, ...]
 
 
+@frozen
+class Sync:
+    """The user's inbox after since: what a reconnecting client missed."""
+
+    since: int
+    limit: int = SYNC_DEFAULT
+
+    def validate(self) -> None:
+        if self.since < 0:
+            raise InvalidRequest("since: must not be negative")
+        if not 1 <= self.limit <= SYNC_LIMIT:
+            raise InvalidRequest(f"limit: 1 to {SYNC_LIMIT}")
+
+
+@frozen
+class History:
+    """One conversation in the user's inbox, newest page first: with a user or a group."""
+
+    with_user: int | None = None
+    group_id: int | None = None
+    before: int | None = None
+    limit: int = HISTORY_DEFAULT
+
+    def validate(self) -> None:
+        if (self.with_user is None) == (self.group_id is None):
+            raise InvalidRequest("with or groupid: exactly one of them is required")
+        if self.before is not None and self.before < 0:
+            raise InvalidRequest("before: must not be negative")
+        if not 1 <= self.limit <= HISTORY_LIMIT:
+            raise InvalidRequest(f"limit: 1 to {HISTORY_LIMIT}")
+
+
+@frozen
+class Read:
+    """The user has read everything up to pos."""
+
+    pos: int
+
+    def validate(self) -> None:
+        if self.pos < 0:
+            raise InvalidRequest("pos: must not be negative")
+
+
 Command = (
     Register
     | Login
@@ -115,6 +175,9 @@ Command = (
     | SendGroupMessage
     | Ping
     | Receipt
+    | Sync
+    | History
+    | Read
 )
 
 # Commands that anyone may send before logging in.

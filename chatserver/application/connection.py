@@ -2,7 +2,7 @@
 
 from attrs import define
 
-from chatserver.application.accounts import end_session, forget_once_written
+from chatserver.application.accounts import end_session
 from chatserver.application.commands import ANONYMOUS_COMMANDS, Command
 from chatserver.application.dispatch import HANDLERS
 from chatserver.application.node import Node
@@ -67,10 +67,6 @@ class Connection:
         if session is None or session.held is None:
             return
         session.open()
-        if not session.receipts and session.stored_shown:
-            # Without receipts, stored messages go once the login reply carrying them is written.
-            shown, session.stored_shown = sorted(session.stored_shown), set()
-            forget_once_written(session, shown, self.node)
 
     async def disconnect(self, reason: str = "connection closed") -> None:
         """The connection is gone: end its session as a logout would."""

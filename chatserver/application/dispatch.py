@@ -5,21 +5,24 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from chatserver.application import accounts, chat, friends, groups
+from chatserver.application import accounts, chat, friends, groups, history
 from chatserver.application.commands import (
     AddFriend,
     AnswerFriend,
     CreateGroup,
+    History,
     JoinGroup,
     LeaveGroup,
     Login,
     Logout,
     Ping,
+    Read,
     Receipt,
     Register,
     RemoveFriend,
     SendDirectMessage,
     SendGroupMessage,
+    Sync,
 )
 from chatserver.application.results import Done, Result
 
@@ -47,4 +50,7 @@ HANDLERS: dict[type[Any], UseCase] = {
     CreateGroup: groups.create_group,
     JoinGroup: groups.join_group,
     LeaveGroup: groups.leave_group,
+    Sync: history.sync,
+    History: history.history,
+    Read: history.read,
 }

@@ -72,13 +72,15 @@ async def remove_friend(command: RemoveFriend, *, connection: Connection) -> Don
         tx.friends.unfriend(me.id, friend_id)
 
     await node.uow.run(remove)
-    connection.require_session().friend_ids.discard(friend_id)
-    session = node.sessions.get(friend_id)
-    if session is not None:
+    for session in node.sessions.of(me.id).values():
+        session.friend_ids.discard(friend_id)
+    for session in node.sessions.of(friend_id).values():
         session.friend_ids.discard(me.id)
-    else:
-        for other_node in (await node.presence.locate([friend_id])).values():
-            await node.bus.forget_friend(other_node, friend_id, me.id)
+    located = await node.presence.locate([me.id, friend_id])
+    for user_id, other_id in ((friend_id, me.id), (me.id, friend_id)):
+        for other_node in located.get(user_id, ()):
+            if other_node != node.node_id:
+                await node.bus.forget_friend(other_node, user_id, other_id)
     return Done()
 
 
@@ -87,6 +89,7 @@ async def _tell_requester(
 ) -> None:
     node = connection.node
     if accepted:
-        connection.require_session().friend_ids.add(requester_id)
+        for session in node.sessions.of(me.id).values():
+            session.friend_ids.add(requester_id)
     answer = FriendAnswer(await node.message_ids.next(), me.id, me.name, accepted)
-    await node.router.deliver(requester_id, answer)
+    await node.router.deliver([(requester_id, answer)])

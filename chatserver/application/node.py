@@ -6,8 +6,9 @@ from contextlib import asynccontextmanager
 import anyio
 from attrs import Factory, define, field
 
-from chatserver.application.custody import Custody
+from chatserver.application.gaps import GapFiller
 from chatserver.application.groups_directory import GroupDirectory
+from chatserver.application.inbox_writer import InboxWrite, InboxWriter
 from chatserver.application.message_ids import MessageIdAllocator
 from chatserver.application.router import Router
 from chatserver.application.sessions import SessionRegistry
@@ -29,14 +30,16 @@ class Limits:
     # Live deliveries a receipting session may hold unreceipted before it is ended.
     unreceipted_per_session: int = 1000
     message_id_block: int = 1000
-    # How often deliveries held for other nodes are checked against those nodes' leases.
-    custody_check_seconds: float = 2.0
+    # Devices a user may be logged in on at once; a login on one more ends the oldest.
+    devices_per_user: int = 8
+    # Days messages are kept in inboxes; 0: only until every device of the user has had them.
+    history_days: int = 30
     # Wrong passwords allowed per account, and per client address, within a minute.
     failed_logins_per_account: int = 10
     failed_logins_per_address: int = 100  # 0: no limit per address (behind a proxy)
     failed_login_window_seconds: float = 60.0
-    # Messages that may wait for one user; past it a one-to-one sender gets errno 11 and a
-    # group message is not stored for that user (the sender's ACK lists who missed it).
+    # Messages a login pushes at most to a device that fell behind (the newest of what
+    # waits for it); the older ones stay readable with SYNC within the history window.
     stored_per_user: int = 10_000
 
 
@@ -85,7 +88,8 @@ class Node:
     metrics: Metrics = Factory(NoMetrics)
     sessions: SessionRegistry = Factory(SessionRegistry)
     user_locks: UserLocks = Factory(UserLocks)
-    custody: Custody = field(init=False)
+    writer: InboxWriter = field(init=False)
+    gaps: GapFiller = field(init=False)
     router: Router = field(init=False)
     groups: GroupDirectory = field(init=False)
     message_ids: MessageIdAllocator = field(init=False)
@@ -100,16 +104,15 @@ class Node:
             if limits.failed_logins_per_address
             else None,
         )
-        self.custody = Custody(self.presence, self.uow)
+        self.writer = InboxWriter(
+            self.uow, self.clock, self._pushed_after_commit, history_days=limits.history_days
+        )
+        self.gaps = GapFiller(self.uow)
         self.router = Router(
-            self.node_id,
-            self.sessions,
-            self.presence,
-            self.bus,
-            self.uow,
-            self.custody,
-            self.metrics,
-            self.limits.stored_per_user,
+            self.node_id, self.sessions, self.presence, self.bus, self.writer, self.metrics
         )
         self.groups = GroupDirectory(self.uow)
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)
+
+    def _pushed_after_commit(self, write: InboxWrite) -> None:
+        self.router.push_local(write)

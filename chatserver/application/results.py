@@ -3,7 +3,7 @@
 from attrs import frozen
 
 from chatserver.domain.groups import Group, Role
-from chatserver.domain.messages import Delivery
+from chatserver.domain.messages import Kept
 from chatserver.domain.users import User
 
 
@@ -24,6 +24,8 @@ class MessageAccepted:
 
     msg_id: int
     not_stored: tuple[int, ...] = ()
+    # Its pos in the sender's own inbox (0 where nothing is kept).
+    pos: int = 0
 
 
 @frozen
@@ -55,8 +57,23 @@ class LoggedIn:
     user: User
     friends: tuple[Contact, ...]
     groups: tuple[GroupView, ...]
-    waiting: tuple[Delivery, ...]
+    waiting: tuple[Kept, ...]
     friend_requests: tuple[User, ...]
+    last_pos: int = 0
+    read_pos: int = 0
 
 
-Result = Done | Registered | MessageAccepted | GroupCreated | LoggedIn
+@frozen
+class Synced:
+    msgs: tuple[Kept, ...]
+    last_pos: int
+    truncated: bool
+
+
+@frozen
+class HistoryPage:
+    msgs: tuple[Kept, ...]
+    more: bool
+
+
+Result = Done | Registered | MessageAccepted | GroupCreated | LoggedIn | Synced | HistoryPage

@@ -1,28 +1,34 @@
-"""The router: each delivery goes live to a session here, through the bus to another node, or
-into the store for the recipient's next login. Notices go live or nowhere.
+"""The router: each delivery is kept in every recipient's inbox (and, for a chat, the
+sender's) before anything else, then pushed, with its pos, to every session of those users:
+here directly, on other nodes through the bus. Notices go live or nowhere.
 
-Between two users online on this node nothing here touches the database or the network.
-Where users on other nodes are is remembered for a while (LOCATION_SECONDS), so a message to
-one costs no presence lookup either: a node that gets something for a user who has moved on
-passes it along and says so (NodeInbox), and a node that is gone takes nothing (the bus says
-so), after which the user is looked up again.
+Where users on other nodes are (and that they are nowhere) is remembered for a while
+(LOCATION_SECONDS): a node where a user logs in tells every node to look again, and a node
+that gets something for a user who is not there says so. A push that goes astray loses
+nothing: it is in the inbox, and the session reads what it missed (gap filler, catch-up,
+the device's mark at the next login).
 """
 
+import logging
 import time
 from collections.abc import Sequence
 
 from attrs import Factory, define
 
-from chatserver.application.custody import Custody
-from chatserver.application.sessions import DELIVERY_KINDS, SessionRegistry
-from chatserver.domain.errors import QuotaExceeded, UnknownUser
-from chatserver.domain.messages import Delivery, Event, Notice
-from chatserver.domain.ports import MessageBus, Metrics, Presence, Transaction, UnitOfWork
+from chatserver.application.inbox_writer import InboxWrite, InboxWriter
+from chatserver.application.sessions import Session, SessionRegistry
+from chatserver.domain.errors import Unavailable
+from chatserver.domain.messages import Delivery, Event, Kept, Notice
+from chatserver.domain.ports import MessageBus, Metrics, Presence
 
-# How long where a user on another node was seen is trusted without looking again. Being wrong
-# costs a hop, not a message (see the module's docstring), so this only bounds that.
+log = logging.getLogger("chatserver.router")
+
+# How long where a user was seen is trusted without looking again. Being wrong costs a hop
+# or a late push (see the module's docstring), not a message.
 LOCATION_SECONDS = 30.0
 LOCATIONS_KEPT = 100_000
+
+_NOWHERE: frozenset[str] = frozenset()
 
 
 @define
@@ -31,101 +37,117 @@ class Router:
     sessions: SessionRegistry
     presence: Presence
     bus: MessageBus
-    uow: UnitOfWork
-    custody: Custody
+    writer: InboxWriter
     metrics: Metrics
-    # Messages waiting for one user, past which one-to-one senders get an error and group
-    # messages are not stored for that user.
-    stored_limit: int = 10_000
-    # Where users on other nodes were seen, and until when that is trusted.
-    _where: dict[int, tuple[str, float]] = Factory(dict)
+    # Where users were seen (the nodes with a session of theirs, maybe none), and until when.
+    _where: dict[int, tuple[frozenset[str], float]] = Factory(dict)
 
-    def deliver_here(self, user_id: int, delivery: Delivery) -> bool:
-        session = self.sessions.get(user_id)
-        return session is not None and session.push(delivery)
+    async def deliver(
+        self,
+        entries: Sequence[tuple[int, Delivery]],
+        *,
+        own: Session | None = None,
+        check_user: int | None = None,
+    ) -> list[int]:
+        """Keep each (user, delivery) in that user's inbox, then push it to their sessions;
+        return the positions. own is the sending session (it has its copy); check_user a
+        user who must exist (UnknownUser otherwise, and nothing is kept)."""
+        write = InboxWrite(entries, check_user=check_user, own=own)
+        positions = await self.writer.append(write)
+        await self._send_remote(entries, positions)
+        return positions
 
-    async def deliver(self, user_id: int, delivery: Delivery, *, known_user: bool = True) -> None:
-        """Deliver to one user. With known_user False (a user's message), raise UnknownUser
-        for a user who does not exist and QuotaExceeded past the stored limit."""
-        if not self.deliver_now(user_id, delivery):
-            await self.deliver_elsewhere(user_id, delivery, known_user=known_user)
-
-    def deliver_now(self, user_id: int, delivery: Delivery) -> bool:
-        """deliver's first step, which needs no waiting: to the user's session on this node.
-        False if that did not take it: deliver_elsewhere then."""
-        if self.deliver_here(user_id, delivery):
-            self.metrics.routed("local")
-            return True
-        return False
-
-    async def deliver_elsewhere(
-        self, user_id: int, delivery: Delivery, *, known_user: bool = True
-    ) -> None:
-        """The rest of deliver: to another node, or into the store."""
-        if self.sessions.get(user_id) is None and await self._send_remote([user_id], delivery):
-            self.metrics.routed("cross-node")
-            return
-
-        def store(tx: Transaction) -> None:
-            if not known_user:  # a user's message, not the server's own notice
-                if tx.users.get(user_id) is None:
-                    raise UnknownUser()
-                if tx.messages.count(user_id) >= self.stored_limit:
-                    raise QuotaExceeded()
-            tx.messages.store(user_id, delivery)
-
-        await self.uow.run(store)
-        self.metrics.routed("stored")
-
-    async def deliver_to_many(self, user_ids: Sequence[int], delivery: Delivery) -> list[int]:
-        """Deliver one message to many users, storing for all who are away in one transaction.
-        Return those away whose stored messages are at the limit: skipped, so that one full
-        mailbox holds up nobody else."""
-        elsewhere = [uid for uid in user_ids if not self.deliver_here(uid, delivery)]
-        self.metrics.routed("local", len(user_ids) - len(elsewhere))
-        if not elsewhere:
-            return []
-        remote = [uid for uid in elsewhere if self.sessions.get(uid) is None]
-        delivered = set(await self._send_remote(remote, delivery)) if remote else set()
-        self.metrics.routed("cross-node", len(delivered))
-        away = [uid for uid in elsewhere if uid not in delivered]
-        if not away:
-            return []
-
-        def store(tx: Transaction) -> list[int]:
-            full = []
-            for uid in away:
-                if tx.messages.count(uid) >= self.stored_limit:
-                    full.append(uid)
-                else:
-                    tx.messages.store(uid, delivery)
-            return full
-
-        full = await self.uow.run(store)
-        self.metrics.routed("stored", len(away) - len(full))
-        return full
+    def push_local(self, write: InboxWrite) -> None:
+        """Push a write's entries to their users' sessions here (the writer calls this right
+        after the commit, in pos order)."""
+        own = write.own
+        local = 0
+        by_user = self.sessions.by_user
+        for (user_id, delivery), pos in zip(write.entries, write.positions, strict=True):
+            sessions = by_user.get(user_id)
+            if sessions:
+                kept = Kept(pos, delivery)
+                for session in sessions.values():
+                    if session is own:
+                        session.own(pos)
+                    else:
+                        session.push(kept)
+                        local += 1
+        if local:
+            self.metrics.routed("local", local)
 
     async def notify(self, user_ids: Sequence[int], notice: Notice) -> None:
-        """Tell users who are online; nobody else hears of it."""
-        remote = []
+        """Tell every session of users who are online; nobody else hears of it."""
         for uid in user_ids:
-            session = self.sessions.get(uid)
-            if session is None:
-                remote.append(uid)
-            else:
+            for session in list(self.sessions.of(uid).values()):
                 session.push(notice)
-        if remote:
-            await self._send_remote(remote, notice)
+        await self.notify_elsewhere(user_ids, notice)
+
+    async def notify_elsewhere(self, user_ids: Sequence[int], notice: Notice) -> None:
+        """Tell the sessions of users on other nodes."""
+        await self._send_by_node(list(user_ids), notice, None)
 
     def forget_location(self, user_id: int) -> None:
-        """user_id is not where this node last saw them: look them up next time."""
+        """Where user_id is must be looked up next time."""
         self._where.pop(user_id, None)
 
-    async def _locate(self, user_ids: Sequence[int]) -> dict[int, str]:
-        """Where users on other nodes are: remembered, or looked up (and remembered)."""
+    async def _send_remote(
+        self, entries: Sequence[tuple[int, Delivery]], positions: list[int]
+    ) -> None:
+        if not entries:
+            return
+        delivery = entries[0][1]
+        if all(d is delivery for _, d in entries):
+            user_ids = [uid for uid, _ in entries]
+            await self._send_by_node(user_ids, delivery, positions)
+            return
+        for (uid, one), pos in zip(entries, positions, strict=True):
+            await self._send_by_node([uid], one, [pos])
+
+    async def _send_by_node(
+        self, user_ids: list[int], event: Event, positions: list[int] | None
+    ) -> None:
+        """Hand event to the other nodes with sessions of user_ids: one bus message per node.
+        The bus failing costs no message (it is kept), so it is logged, not raised."""
+        try:
+            located = await self._locate(user_ids)
+            missed = await self._send(located, user_ids, event, positions)
+            if missed:
+                for uid in missed:
+                    self.forget_location(uid)
+                await self._send(await self._locate(missed), missed, event, positions)
+        except Unavailable as error:
+            log.warning("pushing to other nodes failed (kept, read later): %s", error)
+
+    async def _send(
+        self,
+        located: dict[int, frozenset[str]],
+        user_ids: list[int],
+        event: Event,
+        positions: list[int] | None,
+    ) -> list[int]:
+        by_node: dict[str, tuple[list[int], list[int]]] = {}
+        me = self.node_id
+        for index, uid in enumerate(user_ids):
+            for node in located.get(uid, _NOWHERE):
+                if node != me:
+                    uids, poss = by_node.setdefault(node, ([], []))
+                    uids.append(uid)
+                    if positions is not None:
+                        poss.append(positions[index])
+        missed: list[int] = []
+        for node, (uids, poss) in by_node.items():
+            if await self.bus.deliver(node, uids, event, poss if positions is not None else None):
+                self.metrics.routed("cross-node", len(uids))
+            else:
+                missed.extend(uids)
+        return missed
+
+    async def _locate(self, user_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+        """Where users are: remembered, or looked up (and remembered)."""
         now = time.monotonic()
         where = self._where
-        found = {}
+        found: dict[int, frozenset[str]] = {}
         unknown = []
         for uid in user_ids:
             seen = where.get(uid)
@@ -135,58 +157,11 @@ class Router:
                 unknown.append(uid)
         if unknown:
             located = await self.presence.locate(unknown)
-            if len(where) + len(located) > LOCATIONS_KEPT:
+            if len(where) + len(unknown) > LOCATIONS_KEPT:
                 where.clear()
             until = now + LOCATION_SECONDS
-            for uid, node in located.items():
-                if node != self.node_id:
-                    where[uid] = (node, until)
-            found.update(located)
+            for uid in unknown:
+                nodes = located.get(uid, _NOWHERE)
+                where[uid] = (nodes, until)
+                found[uid] = nodes
         return found
-
-    async def _locate_again(self, user_ids: Sequence[int]) -> dict[int, str]:
-        """Look up users whose node took nothing (it stopped or died since they were seen)."""
-        for uid in user_ids:
-            self.forget_location(uid)
-        return await self._locate(user_ids) if user_ids else {}
-
-    async def _send_remote(self, user_ids: Sequence[int], event: Event) -> list[int]:
-        """Hand event to those of user_ids on other nodes, one bus message per node (a group
-        message's copies for one node travel as one); return the users it reached. A delivery
-        is kept in custody until the other node confirms it."""
-        reached: list[int] = []
-        missed = await self._send_by_node(await self._locate(user_ids), event, reached)
-        if missed:
-            await self._send_by_node(await self._locate_again(missed), event, reached)
-        return reached
-
-    async def _send_by_node(
-        self, located: dict[int, str], event: Event, reached: list[int]
-    ) -> list[int]:
-        """Send to the users located, by node; add those reached to reached, return the rest."""
-        by_node: dict[str, list[int]] = {}
-        for uid, node in located.items():
-            if node != self.node_id:
-                by_node.setdefault(node, []).append(uid)
-        missed = []
-        for node, uids in by_node.items():
-            if await self._hand_over(node, uids, event):
-                reached.extend(uids)
-            else:
-                missed.extend(uids)
-        return missed
-
-    async def _hand_over(self, node: str, user_ids: list[int], event: Event) -> bool:
-        if not isinstance(event, DELIVERY_KINDS):
-            return await self.bus.deliver(node, user_ids, event)
-        # Kept before handing over: the confirmation may come back before deliver returns.
-        for uid in user_ids:
-            self.custody.keep(node, uid, event)
-        handed_over = False
-        try:
-            handed_over = await self.bus.deliver(node, user_ids, event)
-        finally:
-            if not handed_over:  # not taken, or the bus failed: not ours to keep
-                for uid in user_ids:
-                    self.custody.release(uid, [event.msg_id])
-        return handed_over

@@ -1,29 +1,36 @@
-"""Sessions: a logged-in user on one connection of this node, and the registry of them."""
+"""Sessions: a logged-in user on one connection of this node, and the registry of them.
 
-from collections.abc import Iterable
+A user may have one session per device (PROTOCOL.md Version 2, "Devices"). Every delivery
+reaches a session as Kept, at its pos in the user's inbox, and a session hands them to its
+client in pos order with no hole: one that arrives early waits until the ones before it
+have come (the gap filler reads them from the inbox if they are late).
+"""
 
+from collections.abc import Callable, Iterator
+
+import anyio
 from attrs import Factory, define
 
-from chatserver.domain.messages import (
-    CHAT_KINDS,
-    Delivery,
-    DirectMessage,
-    Event,
-    FriendAnswer,
-    GroupMessage,
-)
-from chatserver.domain.ports import Outbox
+from chatserver.domain.messages import CHAT_KINDS, Event, FriendAnswer, Kept
+from chatserver.domain.ports import DeviceMark, Outbox
 from chatserver.domain.users import User
 
-DELIVERY_KINDS = (DirectMessage, GroupMessage, FriendAnswer)
+# Early arrivals a session may hold while it waits for the ones before them.
+EARLY_LIMIT = 10_000
+# Positions receipted beyond a device's mark that are remembered (an unreceipted message
+# below them holds the mark back); past it the oldest are forgotten: they may come again.
+BEYOND_LIMIT = 1000
+# How long an ACK may wait for the pushes before its pos (holes are filled well within it).
+REACHED_WAIT_SECONDS = 5.0
 
 
 @define(eq=False)
 class Session:
-    """One login of a user on one connection.
+    """One login of a user's device on one connection.
 
-    A session with receipts keeps every delivery it was handed until the client receipts it;
-    whatever is still unreceipted when the session ends is stored for the next login.
+    Deliveries are pushed in pos order. The device's mark (how far it has got) follows:
+    everything before the lowest pos still waiting for a receipt (with receipts) or not
+    sent at all (to a legacy client, which takes chats only), and what was handled beyond.
     """
 
     user: User
@@ -31,97 +38,230 @@ class Session:
     receipts: bool
     notices: bool
     unreceipted_limit: int
+    device: str = "default"
+    started_ms: int = 0
     friend_ids: set[int] = Factory(set)
-    unreceipted: dict[int, Delivery] = Factory(dict)
-    # Stored msg_ids shown at login that the store still holds until receipted.
-    stored_shown: set[int] = Factory(set)
-    # Deliveries that another node keeps custody of until this session receipts them.
-    origins: dict[int, str] = Factory(dict)
-    # Events that arrive before the login reply is out wait here, to follow it.
+    # The next pos this session expects; None until the login has read the inbox.
+    next_pos: int | None = None
+    # Arrived before their turn, by pos; None for the session's own sends (nothing to push).
+    early: dict[int, Kept | None] = Factory(dict)
+    # msg_id -> pos of deliveries sent and not yet receipted, or (legacy) not sent at all.
+    pending: dict[int, int] = Factory(dict)
+    # Positions handled (receipted, or sent without receipts) above a pending one.
+    done_beyond: set[int] = Factory(set)
+    # Notices that arrive before the login reply is out wait here, to follow it.
     held: list[Event] | None = Factory(list)
     ended: bool = False
+    # Called when the session has a hole to fill (set by the node's gap filler).
+    on_gap: Callable[["Session"], None] | None = None
+    gap_queued: bool = False
+    _progress: anyio.Event | None = None
+
+    # --- pushing ------------------------------------------------------------------------
 
     def push(self, event: Event) -> bool:
-        """Hand an event to the client; False if a delivery must be stored instead."""
+        """Hand an event to the client (a Kept in its turn); False if the session is over."""
         if self.ended:
             return False
-        if not isinstance(event, CHAT_KINDS):  # chats, nearly all of it, pass one check
-            if not self.notices:
-                # Clients of the original server see chats only; answers wait for a modern login.
-                return not isinstance(event, FriendAnswer)
-            if isinstance(event, FriendAnswer) and event.accepted:
-                self.friend_ids.add(event.responder_id)
-        tracked = False
-        if self.receipts and isinstance(event, DELIVERY_KINDS):
-            if len(self.unreceipted) >= self.unreceipted_limit:
-                self.outbox.close()  # too far behind: end it, what it holds gets stored
-                return False
-            self.unreceipted[event.msg_id] = event
-            tracked = True
+        if type(event) is Kept:
+            self._take(event.pos, event)
+            return True
         if self.held is not None:
             self.held.append(event)
             return True
-        # Once tracked as unreceipted, the session has custody even if the connection fails.
-        return self.outbox.push(event) or tracked
+        return self.outbox.push(event)
+
+    def own(self, pos: int) -> None:
+        """This session's own send took pos in its user's inbox: its client has it."""
+        if not self.ended:
+            self._take(pos, None)
+
+    def _take(self, pos: int, kept: Kept | None) -> None:
+        expected = self.next_pos
+        if expected is not None and pos == expected and self.held is None:
+            self._emit(pos, kept)
+            self.next_pos = pos + 1
+            if self.early:
+                self._drain()
+            self._advanced()
+            return
+        if expected is not None and pos < expected:
+            return  # had it already (at login, or read to fill a hole)
+        if len(self.early) >= EARLY_LIMIT:
+            self.outbox.close()  # hopelessly behind: end it; the device's mark keeps the rest
+            return
+        self.early[pos] = kept
+        if self.held is None and self.on_gap is not None and not self.gap_queued:
+            self.on_gap(self)
+
+    def _drain(self) -> None:
+        early = self.early
+        pos = self.next_pos
+        assert pos is not None
+        while pos in early:
+            self._emit(pos, early.pop(pos))
+            pos += 1
+        self.next_pos = pos
+        if early and self.on_gap is not None and not self.gap_queued:
+            self.on_gap(self)
+
+    def _emit(self, pos: int, kept: Kept | None) -> None:
+        if kept is None:  # the session's own send
+            if self.pending:
+                self._handled(pos)
+            return
+        delivery = kept.delivery
+        if not isinstance(delivery, CHAT_KINDS):
+            if not self.notices:
+                # Clients of the original server see chats only: answers wait for a modern
+                # login, and the device's mark stays below them.
+                self.pending[delivery.msg_id] = pos
+                return
+            if isinstance(delivery, FriendAnswer) and delivery.accepted:
+                self.friend_ids.add(delivery.responder_id)
+        if self.receipts:
+            if len(self.pending) >= self.unreceipted_limit:
+                self.outbox.close()  # too far behind: end it; its mark keeps the rest
+                return
+            self.pending[delivery.msg_id] = pos
+        elif self.pending:
+            self._handled(pos)
+        self.outbox.push(kept)
+
+    def _handled(self, pos: int) -> None:
+        beyond = self.done_beyond
+        beyond.add(pos)
+        if len(beyond) > BEYOND_LIMIT:
+            beyond.discard(min(beyond))
+
+    def _advanced(self) -> None:
+        progress = self._progress
+        if progress is not None:
+            self._progress = None
+            progress.set()
+
+    def start(self, last_pos: int, shown: list[Kept]) -> None:
+        """The login read the inbox up to last_pos and shows these: live pushes follow."""
+        self.next_pos = last_pos + 1
+        for pos in [p for p in self.early if p <= last_pos]:
+            del self.early[pos]
+        for kept in shown:
+            delivery = kept.delivery
+            if self.receipts or (not self.notices and not isinstance(delivery, CHAT_KINDS)):
+                self.pending[delivery.msg_id] = kept.pos
 
     def open(self) -> None:
         """The login reply is out: release what arrived meanwhile, in order."""
         held, self.held = self.held or [], None
         for event in held:
             self.outbox.push(event)
+        if self.early and self.next_pos is not None:
+            self._drain()
+            self._advanced()
 
-    def receipt(self, msg_ids: tuple[int, ...]) -> list[int]:
-        """Forget receipted deliveries; return the stored ones the store may now delete."""
-        stored = []
+    def fill(self, entries: list[Kept], through: int) -> None:
+        """The gap filler read the inbox through pos `through` (entries): push what the hole
+        before the early arrivals holds, stepping over positions no longer kept (pruned)."""
+        if self.ended or self.next_pos is None or not self.early:
+            return
+        first_early = min(self.early)
+        for kept in entries:
+            if self.next_pos <= kept.pos < first_early:
+                self.next_pos = kept.pos
+                self._emit(kept.pos, kept)
+                self.next_pos = kept.pos + 1
+        self.next_pos = max(self.next_pos, min(first_early, through + 1))
+        self._drain()
+        self._advanced()
+
+    def hole(self) -> tuple[int, int] | None:
+        """The positions missing before the first early arrival: (after, up to), or None."""
+        if self.ended or self.next_pos is None or not self.early or self.held is not None:
+            return None
+        return self.next_pos - 1, min(self.early) - 1
+
+    async def reached(self, pos: int) -> None:
+        """Wait until everything up to pos has been pushed (so an ACK carrying pos follows
+        every push before it); bounded, as the gap filler fills holes within moments."""
+        if self.next_pos is None or self.next_pos > pos:
+            return
+        with anyio.move_on_after(REACHED_WAIT_SECONDS):
+            while not self.ended and self.next_pos is not None and self.next_pos <= pos:
+                if self._progress is None:
+                    self._progress = anyio.Event()
+                await self._progress.wait()
+
+    # --- receipts and the device's mark ---------------------------------------------------
+
+    def receipt(self, msg_ids: tuple[int, ...]) -> bool:
+        """Take receipts; True if the device's mark may have moved."""
+        moved = False
         for msg_id in msg_ids:
-            self.unreceipted.pop(msg_id, None)
-            if msg_id in self.stored_shown:
-                self.stored_shown.discard(msg_id)
-                stored.append(msg_id)
-        return stored
+            pos = self.pending.pop(msg_id, None)
+            if pos is not None:
+                self._handled(pos)
+                moved = True
+        if not self.pending:
+            self.done_beyond.clear()
+        return moved
 
-    def take_origins(self, msg_ids: Iterable[int]) -> dict[str, list[int]]:
-        """The nodes waiting to hear that these deliveries are safe, with their msg_ids."""
-        by_node: dict[str, list[int]] = {}
-        for msg_id in msg_ids:
-            node = self.origins.pop(msg_id, None)
-            if node is not None:
-                by_node.setdefault(node, []).append(msg_id)
-        return by_node
+    def mark(self) -> DeviceMark:
+        """How far this device has got."""
+        top = (self.next_pos or 1) - 1
+        if not self.pending:
+            return DeviceMark(top)
+        low = min(min(self.pending.values()) - 1, top)
+        return DeviceMark(low, frozenset(p for p in self.done_beyond if p > low))
 
-    def end(self) -> list[Delivery]:
-        """End the session; return the deliveries that must be stored for the next login."""
+    def end(self) -> DeviceMark:
+        """End the session; return the device's mark to keep."""
         self.ended = True
-        keep: dict[int, Delivery] = dict(self.unreceipted)
-        for event in self.held or ():
-            if isinstance(event, DELIVERY_KINDS):
-                keep.setdefault(event.msg_id, event)
-        self.unreceipted.clear()
         self.held = None
-        return [d for msg_id, d in keep.items() if msg_id not in self.stored_shown]
+        self.early.clear()
+        self._advanced()
+        return self.mark()
 
 
 @define
 class SessionRegistry:
-    """The sessions of this node, by user id."""
+    """The sessions of this node, by user id and device."""
 
-    by_user: dict[int, Session] = Factory(dict)
+    by_user: dict[int, dict[str, Session]] = Factory(dict)
 
-    def get(self, user_id: int) -> Session | None:
-        return self.by_user.get(user_id)
+    def of(self, user_id: int) -> dict[str, Session]:
+        """The sessions of user_id here, by device (empty if none)."""
+        return self.by_user.get(user_id) or _NONE
+
+    def get(self, user_id: int, device: str) -> Session | None:
+        sessions = self.by_user.get(user_id)
+        return None if sessions is None else sessions.get(device)
 
     def add(self, session: Session) -> None:
-        self.by_user[session.user.id] = session
+        self.by_user.setdefault(session.user.id, {})[session.device] = session
 
     def remove(self, session: Session) -> None:
-        if self.by_user.get(session.user.id) is session:
-            del self.by_user[session.user.id]
+        sessions = self.by_user.get(session.user.id)
+        if sessions is not None and sessions.get(session.device) is session:
+            del sessions[session.device]
+            if not sessions:
+                del self.by_user[session.user.id]
 
     def __len__(self) -> int:
-        return len(self.by_user)
+        return sum(len(s) for s in self.by_user.values())
+
+    def __iter__(self) -> Iterator[Session]:
+        for sessions in list(self.by_user.values()):
+            yield from list(sessions.values())
 
     def all(self) -> list[Session]:
-        return list(self.by_user.values())
+        return list(self)
 
     def user_ids(self) -> list[int]:
         return list(self.by_user)
+
+    def claims(self) -> list[tuple[int, str, int]]:
+        """(user, device, started_ms) of every session here: to claim them again."""
+        return [(s.user.id, s.device, s.started_ms) for s in self]
+
+
+_NONE: dict[str, Session] = {}

@@ -48,6 +48,14 @@ CHAT_KINDS = (DirectMessage, GroupMessage)
 
 
 @frozen
+class Kept:
+    """A delivery at its place in one user's inbox: what a session of that user is pushed."""
+
+    pos: int
+    delivery: Delivery
+
+
+@frozen
 class FriendRequestNotice:
     requester_id: int
     requester_name: str
@@ -64,9 +72,16 @@ class KickedNotice:
     reason: str = "logged in from somewhere else"
 
 
-Notice = FriendRequestNotice | PresenceNotice | KickedNotice
+@frozen
+class ReadNotice:
+    """The user read everything up to pos on another device."""
 
-Event = Delivery | Notice
+    pos: int
+
+
+Notice = FriendRequestNotice | PresenceNotice | KickedNotice | ReadNotice
+
+Event = Delivery | Notice | Kept
 
 
 def check_message_text(text: str) -> None:

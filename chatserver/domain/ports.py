@@ -11,7 +11,7 @@ from typing import Protocol, TypeVar
 from attrs import frozen
 
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery, Event
+from chatserver.domain.messages import Delivery, Event, Kept
 from chatserver.domain.users import Account, User
 
 T = TypeVar("T")
@@ -85,14 +85,6 @@ class MessageStore(Protocol):
     def delete(self, user_id: int, msg_ids: Iterable[int]) -> None: ...
 
     def count(self, user_id: int) -> int: ...
-
-
-@frozen
-class Kept:
-    """A delivery at its place in one user's inbox."""
-
-    pos: int
-    delivery: Delivery
 
 
 @frozen
@@ -248,19 +240,32 @@ class Outbox(Protocol):
         ...
 
 
+@frozen
+class DeviceSession:
+    """Where one device of a user is logged in, and since when (ms since the epoch)."""
+
+    node_id: str
+    started_ms: int
+
+
 class Presence(Protocol):
-    """Which node each online user is on, cluster-wide, and which nodes are alive."""
+    """Which nodes each online user's sessions are on (one per device), cluster-wide, and
+    which nodes are alive."""
 
-    async def claim(self, user_id: int, node_id: str) -> str | None:
-        """Mark user online on node_id; return the live node that held them before, if any."""
+    async def claim(
+        self, user_id: int, device: str, node_id: str, started_ms: int
+    ) -> dict[str, DeviceSession]:
+        """Mark user's device online on node_id; return the user's sessions on live nodes as
+        they were before, by device (the device's own previous session included)."""
         ...
 
-    async def release(self, user_id: int, node_id: str) -> None:
-        """Mark user offline, unless another node has claimed them since."""
+    async def release(self, user_id: int, device: str, node_id: str) -> bool:
+        """Mark user's device offline, unless another node has claimed it since; True if the
+        user still has a session on a live node."""
         ...
 
-    async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
-        """The node of every user in user_ids who is online on a live node."""
+    async def locate(self, user_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+        """The live nodes with a session of each user in user_ids who is online."""
         ...
 
     async def live_nodes(self, node_ids: Collection[str]) -> set[str]:
@@ -272,16 +277,12 @@ class BusHandler(Protocol):
     """What a node does with what other nodes send it."""
 
     async def deliver(self, user_id: int, event: Event, origin: str) -> None:
-        """Take over an event for user: push it to their session here or, for a delivery,
-        store it; confirm a delivery to origin once it is safe (stored or receipted)."""
+        """Push an event to user's sessions here (a delivery comes as Kept, with its pos in
+        the user's inbox, and is durable already); tell origin if the user is not here."""
         ...
 
-    async def kick(self, user_id: int) -> None:
-        """End user's session here because they logged in elsewhere."""
-        ...
-
-    async def confirm(self, user_id: int, msg_ids: Sequence[int]) -> None:
-        """Another node has made these deliveries to user safe: stop keeping them."""
+    async def kick(self, user_id: int, device: str) -> None:
+        """End the session of user's device here: it logged in again, or one device too many."""
         ...
 
     async def forget_group(self, group_id: int) -> None:
@@ -293,31 +294,34 @@ class BusHandler(Protocol):
         ...
 
     async def moved(self, user_id: int) -> None:
-        """user is not on the node this node sent them something to, any more."""
+        """Where user's sessions are has changed: look them up afresh next time."""
         ...
 
     async def catch_up(self) -> None:
         """This node may have missed events (the bus was down): push to its sessions what
-        was stored for them meanwhile."""
+        their users' inboxes got meanwhile."""
         ...
 
 
 class MessageBus(Protocol):
-    """Carries events between the nodes of a cluster."""
+    """Carries events between the nodes of a cluster. At most once: what must not be lost is
+    in the inbox before it is sent."""
 
-    async def deliver(self, node_id: str, user_ids: Sequence[int], event: Event) -> bool:
-        """Hand event to node_id for users (one message, however many they are); False if
-        that node was not listening.
-
-        For a delivery, the sender keeps custody until node_id confirms it.
-        """
+    async def deliver(
+        self,
+        node_id: str,
+        user_ids: Sequence[int],
+        event: Event,
+        positions: Sequence[int] | None = None,
+    ) -> bool:
+        """Hand event to node_id for users (one message, however many they are); with
+        positions, a delivery at positions[i] in user_ids[i]'s inbox. False if that node was
+        not listening."""
         ...
 
-    async def kick(self, node_id: str, user_id: int) -> None:
-        """End user's session on node_id, waiting a bounded time for it to be done."""
+    async def kick(self, node_id: str, user_id: int, device: str) -> None:
+        """End user's session of device on node_id, waiting a bounded time for it."""
         ...
-
-    async def confirm(self, node_id: str, user_id: int, msg_ids: Sequence[int]) -> None: ...
 
     async def forget_group(self, group_id: int) -> None:
         """Tell every node that the group's membership changed."""
@@ -327,6 +331,10 @@ class MessageBus(Protocol):
 
     async def moved(self, node_id: str, user_id: int) -> None:
         """Tell node_id that what it sent user came here, where user no longer is."""
+        ...
+
+    async def relocated(self, user_id: int) -> None:
+        """Tell every node that user has a new session: where they are is to be looked up."""
         ...
 
 

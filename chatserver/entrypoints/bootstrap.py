@@ -28,9 +28,9 @@ from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.application.accounts import end_session
 from chatserver.application.commands import Command
 from chatserver.application.connection import Connection
-from chatserver.application.custody import keep_custody
 from chatserver.application.inbound import NodeInbox
 from chatserver.application.node import Limits, Node, NoMetrics
+from chatserver.application.pruning import prune_history
 from chatserver.application.results import Result
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.messages import Event
@@ -159,17 +159,12 @@ class ChatApp:
         return EmbeddedClient(Connection(self.node, outbox), outbox)
 
     async def stop(self) -> None:
-        """Log every session out, and store what is held for other nodes."""
+        """Log every session out, keeping how far each device got."""
         for session in self.node.sessions.all():
             try:
                 await end_session(session, node=self.node, reason="server stopping")
             except Exception:
                 log.exception("logging out user %d failed", session.user.id)
-        try:
-            await self.node.custody.store_all()
-        except Exception:
-            log.exception("storing %d deliveries held for other nodes failed",
-                          len(self.node.custody))
 
 
 @define(eq=False)
@@ -208,7 +203,7 @@ class Cluster(Protocol):
     async def run(
         self,
         inbox: BusHandler,
-        local_users: Callable[[], list[int]],
+        local_users: Callable[[], list[tuple[int, str, int]]],
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None: ...
@@ -218,7 +213,7 @@ def open_cluster(config: Config, hub: InProcessHub | None) -> Cluster:
     if config.bus == "memory://":
         return InProcessCluster(hub or InProcessHub(), config.node_id)
     if config.bus.startswith("redis://"):
-        # A restarted node must not be taken for its former self: custody depends on it.
+        # A restarted node must not be taken for its former self: its sessions are gone.
         return RedisCluster(
             config.bus,
             f"{config.node_id}.{secrets.token_hex(3)}",
@@ -258,12 +253,12 @@ async def bootstrap(
         if isinstance(cluster, RedisCluster):
             cluster.observe_calls(metrics.dependency.labels("redis").observe)
     app = ChatApp(node, metrics)
-    every = config.limits.custody_check_seconds
     try:
         async with anyio.create_task_group() as background:
-            await background.start(cluster.run, NodeInbox(node), node.sessions.user_ids)
+            await background.start(cluster.run, NodeInbox(node), node.sessions.claims)
+            background.start_soon(node.gaps.run)
             background.start_soon(
-                partial(keep_custody, node.custody, node.router, every_seconds=every)
+                partial(prune_history, node.uow, node.clock, node.limits.history_days)
             )
             try:
                 yield app

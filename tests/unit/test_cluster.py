@@ -29,6 +29,7 @@ from chatserver.domain.messages import (
     Event,
     FriendAnswer,
     GroupMessage,
+    Kept,
     KickedNotice,
     PresenceNotice,
 )
@@ -38,10 +39,13 @@ from tests.unit.conftest import FAST_HASHER
 pytestmark = pytest.mark.anyio
 
 
+def unwrap(event: Event) -> Event:
+    """A delivery comes at its place in the user's inbox: the delivery itself."""
+    return event.delivery if isinstance(event, Kept) else event
+
+
 def config(database: str, node_id: str, bus: str = "memory://") -> Config:
-    return Config(
-        database=database, bus=bus, node_id=node_id, limits=Limits(custody_check_seconds=0.2)
-    )
+    return Config(database=database, bus=bus, node_id=node_id, limits=Limits())
 
 
 @pytest.fixture
@@ -103,10 +107,9 @@ async def test_chat_crosses_nodes(nodes: tuple[ChatApp, ChatApp]) -> None:
     alice, bob = await register(a, "alice"), await register(b, "bob")
     ca, cb = await online(a, alice), await online(b, bob)
     sent = await ca.request(SendDirectMessage(bob, "across"))
-    got = await cb.next_event()
+    got = unwrap(await cb.next_event())
     assert isinstance(sent, MessageAccepted) and isinstance(got, DirectMessage)
     assert (got.msg_id, got.text) == (sent.msg_id, "across")
-    await eventually(lambda: len(a.node.custody) == 0)  # no receipts: safe once pushed
 
 
 async def test_a_login_on_another_node_kicks_the_older_session(
@@ -121,10 +124,10 @@ async def test_a_login_on_another_node_kicks_the_older_session(
     new = b.connect()
     result = await new.request(Login("pw", bob, receipts=True))
     assert isinstance(result, LoggedIn)
-    assert [m.msg_id for m in result.waiting] == [sent.msg_id]
+    assert [m.delivery.msg_id for m in result.waiting] == [sent.msg_id]
     assert isinstance(old.outbox.events[-1], KickedNotice)
     await ca.request(SendDirectMessage(bob, "now on b"))
-    got = await new.next_event()
+    got = unwrap(await new.next_event())
     assert isinstance(got, DirectMessage) and got.text == "now on b"
 
 
@@ -133,12 +136,12 @@ async def test_presence_and_friend_answers_cross_nodes(nodes: tuple[ChatApp, Cha
     alice, bob = await register(a, "alice"), await register(a, "bob")
     ca, cb = await online(a, alice), await online(b, bob)
     await ca.request(AddFriend(bob))
-    await cb.next_event()  # the request
+    unwrap(await cb.next_event())  # the request
     await cb.request(AnswerFriend(alice, accept=True))
-    answer = await ca.next_event()
+    answer = unwrap(await ca.next_event())
     assert isinstance(answer, FriendAnswer) and answer.accepted
     await cb.close()
-    assert await ca.next_event() == PresenceNotice(bob, False)
+    assert unwrap(await ca.next_event()) == PresenceNotice(bob, False)
     await ca.request(RemoveFriend(bob))
     cb = await online(b, bob)
     await anyio.sleep(0.2)
@@ -155,10 +158,10 @@ async def test_group_membership_changes_reach_other_nodes(nodes: tuple[ChatApp, 
     await ca.request(SendGroupMessage(gid, "warm the roster cache on a"))
     await cb.request(JoinGroup(gid))
     await ca.request(SendGroupMessage(gid, "hello bob"))
-    got = await cb.next_event()
+    got = unwrap(await cb.next_event())
     assert isinstance(got, GroupMessage) and got.text == "hello bob"
     await cb.request(SendGroupMessage(gid, "warm it on b"))
-    await ca.next_event()
+    unwrap(await ca.next_event())
     await ca.request(LeaveGroup(gid))
     with pytest.raises(NotAMember):
         await ca.request(SendGroupMessage(gid, "gone"))
@@ -167,9 +170,11 @@ async def test_group_membership_changes_reach_other_nodes(nodes: tuple[ChatApp, 
     assert ca.outbox.events == []
 
 
-async def test_deliveries_held_for_a_dead_node_are_stored(
+async def test_a_message_acknowledged_before_the_recipients_node_died_waits_at_next_login(
     nodes: tuple[ChatApp, ChatApp], kill: Callable[[ChatApp], None]
 ) -> None:
+    """The ACK means the message is in the recipient's inbox: a node dying loses nothing,
+    and what the device receipted (its mark is kept at each receipt) does not come again."""
     a, b = nodes
     alice, bob = await register(a, "alice"), await register(a, "bob")
     ca = await online(a, alice)
@@ -178,32 +183,11 @@ async def test_deliveries_held_for_a_dead_node_are_stored(
     in_flight = await ca.request(SendDirectMessage(bob, "in flight when b died"))
     assert isinstance(receipted, MessageAccepted) and isinstance(in_flight, MessageAccepted)
     await cb.request(Receipt((receipted.msg_id,)))
-    await eventually(lambda: len(a.node.custody) == 1)
 
     kill(b)
-    orphans = await a.node.custody.take_orphans()
-    assert [(user, d.msg_id) for user, d in orphans] == [(bob, in_flight.msg_id)]
-    for user, delivery in orphans:
-        await a.node.router.deliver(user, delivery)  # what the custody task does
     result = await a.connect().request(Login("pw", bob, receipts=True))
     assert isinstance(result, LoggedIn)
-    assert [m.msg_id for m in result.waiting] == [in_flight.msg_id]
-
-
-async def test_a_node_routes_held_deliveries_again_when_their_node_dies(
-    nodes: tuple[ChatApp, ChatApp], kill: Callable[[ChatApp], None]
-) -> None:
-    a, b = nodes
-    alice, bob = await register(a, "alice"), await register(a, "bob")
-    ca = await online(a, alice)
-    await online(b, bob, receipts=True)
-    sent = await ca.request(SendDirectMessage(bob, "in flight"))
-    assert isinstance(sent, MessageAccepted)
-    kill(b)
-    cb = await online(a, bob, receipts=True)  # bob is back at once, on the live node
-    with anyio.fail_after(5):  # the custody task runs every custody_check_seconds
-        got = await cb.next_event()
-    assert isinstance(got, DirectMessage) and got.msg_id == sent.msg_id
+    assert [m.delivery.msg_id for m in result.waiting] == [in_flight.msg_id]
 
 
 async def test_messages_for_a_user_who_left_the_other_node_are_stored_there(
@@ -216,45 +200,32 @@ async def test_messages_for_a_user_who_left_the_other_node_are_stored_there(
     sent = await ca.request(SendDirectMessage(bob, "unreceipted at logout"))
     assert isinstance(sent, MessageAccepted)
     await cb.close()
-    await eventually(lambda: len(a.node.custody) == 0)  # b stored it and said so
     result = await a.connect().request(Login("pw", bob))
-    assert isinstance(result, LoggedIn) and [m.msg_id for m in result.waiting] == [sent.msg_id]
+    assert isinstance(result, LoggedIn)
+    assert [m.delivery.msg_id for m in result.waiting] == [sent.msg_id]
 
 
 async def test_a_message_follows_a_user_who_moved_since_the_sender_looked(
     three_nodes: tuple[ChatApp, ChatApp, ChatApp],
 ) -> None:
-    """Node a remembers bob on b; bob moves to c; b passes the message on to c (live, not
-    into the store), takes a's custody over, and tells a, which looks bob up next time."""
+    """Node a remembers bob on b; bob moves to c, which tells every node to look bob up
+    again: the next message goes straight to c, live."""
     a, b, c = three_nodes
     alice, bob = await register(a, "alice"), await register(a, "bob")
     ca = await online(a, alice)
     on_b = await online(b, bob)
     await ca.request(SendDirectMessage(bob, "to b"))
-    assert isinstance(await on_b.next_event(), DirectMessage)
+    assert isinstance(unwrap(await on_b.next_event()), DirectMessage)
     await on_b.close()
     on_c = await online(c, bob, receipts=True)
 
     sent = await ca.request(SendDirectMessage(bob, "to wherever bob is"))
     assert isinstance(sent, MessageAccepted)
     with anyio.fail_after(5):
-        got = await on_c.next_event()
+        got = unwrap(await on_c.next_event())
     assert isinstance(got, DirectMessage) and (got.msg_id, got.text) == (
         sent.msg_id, "to wherever bob is"
     )
-    await eventually(lambda: len(a.node.custody) == 0)  # b took it over...
-    assert len(b.node.custody) == 1  # ...and holds it until bob receipts it on c
-    await on_c.request(Receipt((sent.msg_id,)))
-    await eventually(lambda: len(b.node.custody) == 0)
-
-    again = await ca.request(SendDirectMessage(bob, "straight to c"))
-    assert isinstance(again, MessageAccepted)
-    with anyio.fail_after(5):
-        got = await on_c.next_event()
-    assert isinstance(got, DirectMessage) and got.msg_id == again.msg_id
-    await eventually(lambda: len(a.node.custody) == 1)  # held for c now, not b
-    assert [node for node, _ in a.node.custody.held.values()] == [c.node.node_id]
-    assert await a.node.uow.run(lambda tx: tx.messages.waiting(bob)) == []  # none was stored
 
 
 async def test_a_notice_follows_a_user_who_moved(
@@ -273,7 +244,7 @@ async def test_a_notice_follows_a_user_who_moved(
     await ca.close()  # alice goes offline: her friends hear it
     with anyio.fail_after(5):
         while True:
-            event = await on_c.next_event()
+            event = unwrap(await on_c.next_event())
             if isinstance(event, PresenceNotice):
                 break
     assert (event.user_id, event.online) == (alice, False)
@@ -286,9 +257,15 @@ class CountingBus:
         self.inner = inner
         self.sent: list[tuple[str, list[int], Event]] = []
 
-    async def deliver(self, node_id: str, user_ids: Sequence[int], event: Event) -> bool:
+    async def deliver(
+        self,
+        node_id: str,
+        user_ids: Sequence[int],
+        event: Event,
+        positions: Sequence[int] | None = None,
+    ) -> bool:
         self.sent.append((node_id, list(user_ids), event))
-        return bool(await self.inner.deliver(node_id, user_ids, event))
+        return bool(await self.inner.deliver(node_id, user_ids, event, positions))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -313,9 +290,6 @@ async def test_a_group_messages_copies_for_one_node_travel_as_one(
     assert isinstance(sent, MessageAccepted)
     assert [(node, sorted(users)) for node, users, _ in bus.sent] == [(b.node.node_id, members)]
     for client in on_b:
-        got = await client.next_event()
+        got = unwrap(await client.next_event())
         assert isinstance(got, GroupMessage) and got.msg_id == sent.msg_id
-    assert len(a.node.custody) == 5  # one per copy, until each member receipts it
-    for client in on_b:
-        await client.request(Receipt((sent.msg_id,)))
-    await eventually(lambda: len(a.node.custody) == 0)
+

@@ -21,20 +21,22 @@ from chatserver.adapters.wire.framing import FrameSplitter
 from chatserver.application.commands import SendDirectMessage, SendGroupMessage
 from chatserver.application.message_ids import MessageIdAllocator
 from chatserver.application.results import MessageAccepted
-from chatserver.domain.messages import DirectMessage, GroupMessage
+from chatserver.domain.messages import DirectMessage, GroupMessage, Kept
 from tests.unit.test_wire_framing import reference_split
 
 INT64 = st.integers(-(2**63), 2**64 - 1)  # as orjson reads them: up to an unsigned 64 bits
 
 
-@given(msgid=st.sampled_from([6, 10]), seq=st.none() | INT64, msg_id=INT64)
+@given(msgid=st.sampled_from([6, 10]), seq=st.none() | INT64, msg_id=INT64, pos=INT64)
 def test_the_formatted_chat_ack_is_what_orjson_writes(
-    msgid: int, seq: int | None, msg_id: int
+    msgid: int, seq: int | None, msg_id: int, pos: int
 ) -> None:
     command = SendDirectMessage(1, "x") if msgid == 6 else SendGroupMessage(1, "x")
     expected: dict[str, Any] = {"msgid": 11} if seq is None else {"msgid": 11, "seq": seq}
-    expected |= {"reply_to": msgid, "errno": 0, "msg_id": msg_id}
-    frames = encode_result(Request(msgid, seq, command), MessageAccepted(msg_id), Dialect.MODERN)
+    expected |= {"reply_to": msgid, "errno": 0, "msg_id": msg_id, "pos": pos}
+    frames = encode_result(
+        Request(msgid, seq, command), MessageAccepted(msg_id, pos=pos), Dialect.MODERN
+    )
     assert frames == [orjson.dumps(expected, option=orjson.OPT_APPEND_NEWLINE)]
 
 
@@ -43,10 +45,17 @@ def test_a_chat_ack_in_the_legacy_dialect_is_still_not_sent() -> None:
     assert encode_result(request, MessageAccepted(5), Dialect.LEGACY) == []
 
 
-def test_a_group_message_is_encoded_once_for_all_its_members() -> None:
+def test_a_group_message_is_encoded_once_for_all_its_members_each_at_its_pos() -> None:
+    from chatserver.adapters.wire import encoding
+
     message = GroupMessage(7, 1, 2, "bob", "hello", 1795735800000)
-    first = encode_event(message, Dialect.MODERN)
-    assert encode_event(message, Dialect.MODERN) is first
+    first = encode_event(Kept(3, message), Dialect.MODERN)
+    encoded_once = encoding._last_encoded[1]
+    second = encode_event(Kept(9, message), Dialect.MODERN)
+    assert encoding._last_encoded[1] is encoded_once  # the object was not encoded again
+    assert first is not None and second is not None
+    assert orjson.loads(first) == {**orjson.loads(second), "pos": 3}
+    assert orjson.loads(second)["pos"] == 9
 
 
 def test_an_equal_but_other_event_is_encoded_for_itself() -> None:

@@ -45,10 +45,12 @@ from chatserver.application.results import (
     GroupCreated,
     GroupMemberView,
     GroupView,
+    HistoryPage,
     LoggedIn,
     MessageAccepted,
     Registered,
     Result,
+    Synced,
 )
 from chatserver.domain import errors
 from chatserver.domain.groups import Group, Role
@@ -59,6 +61,7 @@ from chatserver.domain.messages import (
     FriendAnswer,
     FriendRequestNotice,
     GroupMessage,
+    Kept,
     KickedNotice,
     PresenceNotice,
 )
@@ -178,7 +181,7 @@ def test_a_client_cannot_choose_whether_it_gets_notices() -> None:
 def test_a_legacy_login_asks_for_chats_only() -> None:
     request = decode(frame(msgid=1, id=1, password="pw"), LEGACY)
     assert isinstance(request, Request)
-    assert request.command == Login(password="pw", user_id=1, notices=False)
+    assert request.command == Login(password="pw", user_id=1, notices=False, device="legacy")
 
 
 def test_length_rules_are_left_to_the_domain() -> None:
@@ -222,7 +225,7 @@ def test_a_seq_that_is_not_an_integer_is_malformed(seq: object) -> None:
     assert decode(frame(msgid=16, seq=seq)) == BadRequest(16, None, "seq: expected an integer")
 
 
-@pytest.mark.parametrize("msgid", [0, 2, 5, 11, 12, 14, 15, 20, 99, -1, 2**64 - 1])
+@pytest.mark.parametrize("msgid", [0, 2, 5, 11, 12, 14, 15, 35, 99, -1, 2**64 - 1])
 def test_an_unknown_msgid_is_named_in_the_reply(msgid: int) -> None:
     assert decode(frame(msgid=msgid, seq=1)) == BadRequest(msgid, 1, f"unknown msgid {msgid}")
 
@@ -388,7 +391,8 @@ def logged_in(
     groups: tuple[GroupView, ...] = (),
     friend_requests: tuple[User, ...] = (),
 ) -> LoggedIn:
-    return LoggedIn(ALICE, friends, groups, waiting, friend_requests)
+    kept = tuple(Kept(pos, d) for pos, d in enumerate(waiting, start=1))
+    return LoggedIn(ALICE, friends, groups, kept, friend_requests, last_pos=len(waiting))
 
 
 def test_register_reply_carries_the_new_id_and_the_seq() -> None:
@@ -397,15 +401,15 @@ def test_register_reply_carries_the_new_id_and_the_seq() -> None:
     ]
 
 
-def test_a_chat_ack_carries_the_msg_id() -> None:
-    assert encode_result(request(6, seq=3), MessageAccepted(1001), MODERN) == [
-        b'{"msgid":11,"seq":3,"reply_to":6,"errno":0,"msg_id":1001}\n'
+def test_a_chat_ack_carries_the_msg_id_and_its_pos_in_the_senders_inbox() -> None:
+    assert encode_result(request(6, seq=3), MessageAccepted(1001, pos=5), MODERN) == [
+        b'{"msgid":11,"seq":3,"reply_to":6,"errno":0,"msg_id":1001,"pos":5}\n'
     ]
 
 
 def test_a_group_chat_ack_lists_the_members_it_was_not_stored_for() -> None:
-    assert encode_result(request(10, seq=4), MessageAccepted(1002, (7, 9)), MODERN) == [
-        b'{"msgid":11,"seq":4,"reply_to":10,"errno":0,"msg_id":1002,"not_stored":[7,9]}\n'
+    assert encode_result(request(10, seq=4), MessageAccepted(1002, (7, 9), 3), MODERN) == [
+        b'{"msgid":11,"seq":4,"reply_to":10,"errno":0,"msg_id":1002,"pos":3,"not_stored":[7,9]}\n'
     ]
 
 
@@ -424,8 +428,8 @@ def test_other_requests_get_a_plain_ack_without_seq_when_none_was_sent() -> None
 
 def test_login_reply_lists_everything_even_when_empty() -> None:
     assert encode_result(request(1, seq=2), logged_in(), MODERN) == [
-        b'{"msgid":2,"seq":2,"errno":0,"id":1,"name":"alice","friends":[],"groups":[],'
-        b'"offlinemsg":[],"friend_requests":[]}\n'
+        b'{"msgid":2,"seq":2,"errno":0,"id":1,"name":"alice","last_pos":0,"read_pos":0,'
+        b'"friends":[],"groups":[],"offlinemsg":[],"friend_requests":[]}\n'
     ]
 
 
@@ -460,10 +464,12 @@ def test_login_reply_describes_friends_groups_waiting_messages_and_requests() ->
         }
     ]
     assert reply["offlinemsg"] == [
-        load(encode_event(CHAT, MODERN)),
-        load(encode_event(ANSWER, MODERN)),
-        load(encode_event(GROUP_CHAT, MODERN)),
+        load(encode_event(Kept(1, CHAT), MODERN)),
+        load(encode_event(Kept(2, ANSWER), MODERN)),
+        load(encode_event(Kept(3, GROUP_CHAT), MODERN)),
     ]
+    assert [m["pos"] for m in reply["offlinemsg"]] == [1, 2, 3]
+    assert (reply["last_pos"], reply["read_pos"]) == (3, 0)
     assert reply["friend_requests"] == [{"id": 4, "name": "carol"}]
     assert (reply["msgid"], reply["errno"], reply["id"], reply["name"]) == (2, 0, 1, "alice")
 
@@ -479,7 +485,9 @@ def test_at_most_200_waiting_messages_ride_in_the_login_reply_the_rest_follow_in
     reply = load(frames[0])
     assert [m["msg_id"] for m in reply["offlinemsg"]] == list(range(1, 201))
     assert [load(f)["msg_id"] for f in frames[1:]] == [201, 202, 203, 204, 205]
-    assert frames[1:] == [encode_event(m, MODERN) for m in waiting[200:]]
+    assert frames[1:] == [
+        encode_event(Kept(pos, m), MODERN) for pos, m in enumerate(waiting, start=1)
+    ][200:]
 
 
 def test_exactly_200_waiting_messages_all_ride_in_the_login_reply() -> None:
@@ -769,19 +777,25 @@ login_results = st.builds(
     users,
     st.lists(st.builds(Contact, users, st.booleans()), max_size=3).map(tuple),
     st.lists(group_views, max_size=2).map(tuple),
-    st.lists(deliveries, max_size=4).map(tuple),
+    st.lists(st.builds(Kept, ids, deliveries), max_size=4).map(tuple),
     st.lists(users, max_size=2).map(tuple),
+    ids,
+    ids,
 )
 results = st.one_of(
     st.builds(Done),
     st.builds(Registered, ids),
-    st.builds(MessageAccepted, ids),
+    st.builds(MessageAccepted, ids, pos=ids),
     st.builds(GroupCreated, ids),
     login_results,
+    st.builds(Synced, st.lists(st.builds(Kept, ids, deliveries), max_size=3).map(tuple), ids,
+              st.booleans()),
+    st.builds(HistoryPage, st.lists(st.builds(Kept, ids, deliveries), max_size=3).map(tuple),
+              st.booleans()),
 )
 dialects = st.sampled_from(Dialect)
 seqs = st.none() | st.integers(-(2**63), 2**64 - 1)
-msgids = st.sampled_from([1, 3, 4, 6, 7, 8, 9, 10, 13, 16, 17, 18, 19])
+msgids = st.sampled_from([1, 3, 4, 6, 7, 8, 9, 10, 13, 16, 17, 18, 19, 20, 21, 22])
 
 
 def assert_one_json_line(data: bytes) -> Any:
@@ -848,7 +862,7 @@ def test_texts_round_trip_through_the_legacy_login_reply(
     user = User(1, name)
     group = GroupView(Group(2, name, description), (GroupMemberView(user, Role.NORMAL, True),))
     chat = GroupMessage(9, 2, 1, name, text, TS)
-    result = LoggedIn(user, (Contact(user, True),), (group,), (chat,), ())
+    result = LoggedIn(user, (Contact(user, True),), (group,), (Kept(1, chat),), ())
     body = one(encode_result(request(1), result, LEGACY))
     assert orjson.loads(body["offlinemsg"][0])["msg"] == text
     assert orjson.loads(body["friends"][0])["name"] == name

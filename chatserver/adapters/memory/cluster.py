@@ -2,48 +2,70 @@
 several in a test. The Redis adapters do the same job between processes."""
 
 from collections.abc import Callable, Collection, Sequence
+from typing import cast
 
 import anyio
 from anyio.abc import TaskStatus
 from attrs import Factory, define, field
 
-from chatserver.domain.messages import Event
-from chatserver.domain.ports import BusHandler
+from chatserver.domain.messages import Delivery, Event, Kept
+from chatserver.domain.ports import BusHandler, DeviceSession
 
 
 @define
 class InProcessHub:
-    """Where the nodes of one process meet: who is online where, and each node's inbox."""
+    """Where the nodes of one process meet: where each user's devices are online, and each
+    node's inbox."""
 
-    locations: dict[int, str] = Factory(dict)
+    # user -> device -> where it is logged in
+    locations: dict[int, dict[str, DeviceSession]] = Factory(dict)
     inboxes: dict[str, BusHandler] = Factory(dict)
 
     def attach(self, node_id: str, inbox: BusHandler) -> None:
         self.inboxes[node_id] = inbox
 
     def detach(self, node_id: str) -> None:
-        """The node is gone, as if it had died: its users are offline."""
+        """The node is gone, as if it had died: its sessions are offline."""
         self.inboxes.pop(node_id, None)
-        for user_id in [u for u, n in self.locations.items() if n == node_id]:
-            del self.locations[user_id]
+        for user_id, devices in list(self.locations.items()):
+            for device in [d for d, where in devices.items() if where.node_id == node_id]:
+                del devices[device]
+            if not devices:
+                del self.locations[user_id]
+
+    def live_sessions(self, user_id: int) -> dict[str, DeviceSession]:
+        alive = self.inboxes
+        devices = self.locations.get(user_id, {})
+        return {d: where for d, where in devices.items() if where.node_id in alive}
 
 
 @define
 class InProcessPresence:
     hub: InProcessHub
 
-    async def claim(self, user_id: int, node_id: str) -> str | None:
-        previous = self.hub.locations.get(user_id)
-        self.hub.locations[user_id] = node_id
-        return previous if previous in self.hub.inboxes else None
+    async def claim(
+        self, user_id: int, device: str, node_id: str, started_ms: int
+    ) -> dict[str, DeviceSession]:
+        before = self.hub.live_sessions(user_id)
+        self.hub.locations.setdefault(user_id, {})[device] = DeviceSession(node_id, started_ms)
+        return before
 
-    async def release(self, user_id: int, node_id: str) -> None:
-        if self.hub.locations.get(user_id) == node_id:
-            del self.hub.locations[user_id]
+    async def release(self, user_id: int, device: str, node_id: str) -> bool:
+        devices = self.hub.locations.get(user_id, {})
+        where = devices.get(device)
+        if where is not None and where.node_id == node_id:
+            del devices[device]
+            if not devices:
+                del self.hub.locations[user_id]
+        return bool(self.hub.live_sessions(user_id))
 
-    async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
-        where, alive = self.hub.locations, self.hub.inboxes
-        return {uid: where[uid] for uid in user_ids if where.get(uid) in alive}
+    async def locate(self, user_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+        found = {}
+        for uid in user_ids:
+            nodes = frozenset(w.node_id for w in self.hub.live_sessions(uid).values())
+            if nodes:
+                found[uid] = nodes
+        return found
 
     async def live_nodes(self, node_ids: Collection[str]) -> set[str]:
         return {node for node in node_ids if node in self.hub.inboxes}
@@ -56,23 +78,25 @@ class InProcessBus:
     hub: InProcessHub
     node_id: str
 
-    async def deliver(self, node_id: str, user_ids: Sequence[int], event: Event) -> bool:
+    async def deliver(
+        self,
+        node_id: str,
+        user_ids: Sequence[int],
+        event: Event,
+        positions: Sequence[int] | None = None,
+    ) -> bool:
         inbox = self.hub.inboxes.get(node_id)
         if inbox is None:
             return False
-        for user_id in user_ids:
-            await inbox.deliver(user_id, event, self.node_id)
+        for index, user_id in enumerate(user_ids):
+            one = event if positions is None else Kept(positions[index], cast(Delivery, event))
+            await inbox.deliver(user_id, one, self.node_id)
         return True
 
-    async def kick(self, node_id: str, user_id: int) -> None:
+    async def kick(self, node_id: str, user_id: int, device: str) -> None:
         inbox = self.hub.inboxes.get(node_id)
         if inbox is not None:
-            await inbox.kick(user_id)
-
-    async def confirm(self, node_id: str, user_id: int, msg_ids: Sequence[int]) -> None:
-        inbox = self.hub.inboxes.get(node_id)
-        if inbox is not None:
-            await inbox.confirm(user_id, msg_ids)
+            await inbox.kick(user_id, device)
 
     async def forget_group(self, group_id: int) -> None:
         for node_id, inbox in list(self.hub.inboxes.items()):
@@ -88,6 +112,11 @@ class InProcessBus:
         inbox = self.hub.inboxes.get(node_id)
         if inbox is not None:
             await inbox.moved(user_id)
+
+    async def relocated(self, user_id: int) -> None:
+        for node_id, inbox in list(self.hub.inboxes.items()):
+            if node_id != self.node_id:
+                await inbox.moved(user_id)
 
 
 @define
@@ -106,7 +135,7 @@ class InProcessCluster:
     async def run(
         self,
         inbox: BusHandler,
-        local_users: Callable[[], list[int]],
+        local_users: Callable[[], list[tuple[int, str, int]]],
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:

@@ -42,6 +42,8 @@ class MemoryDatabase:
     waiting: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
     # user -> pos -> (kept_ms, delivery); a user's inbox, positions 1, 2, 3, ...
     inbox: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
+    # user -> a pos at or below their oldest entry (pruning raises it), to find that fast
+    inbox_floor: dict[int, int] = Factory(dict)
     # user -> the newest pos ever given them (never goes down, also when entries are pruned)
     last_pos: dict[int, int] = Factory(dict)
     read_pos: dict[int, int] = Factory(dict)
@@ -286,19 +288,20 @@ class MemoryInbox:
 
     def oldest_pos(self, user_id: int) -> int:
         entries = self._db.inbox.get(user_id)
-        return min(entries) if entries else self.last_pos(user_id) + 1
+        last = self.last_pos(user_id)
+        if not entries:
+            return last + 1
+        pos = self._db.inbox_floor.get(user_id, 1)
+        while pos not in entries:  # past what prune_user or a failed prune left behind
+            pos += 1
+        return pos
 
     def after(self, user_id: int, since: int, limit: int) -> list[Kept]:
         entries = self._db.inbox.get(user_id)
         if not entries or limit <= 0:
             return []
         last = self.last_pos(user_id)
-        pos = since + 1
-        if pos not in entries:
-            later = [p for p in entries if p > since]
-            if not later:
-                return []
-            pos = min(later)
+        pos = max(since + 1, self.oldest_pos(user_id))
         found: list[Kept] = []
         while pos <= last and len(found) < limit:
             entry = entries.get(pos)
@@ -311,7 +314,7 @@ class MemoryInbox:
         entries = self._db.inbox.get(user_id)
         if not entries:
             return 0
-        oldest = min(entries)
+        oldest = self.oldest_pos(user_id)
         last = self.last_pos(user_id)
         if len(entries) == last - oldest + 1:  # no hole: count by arithmetic
             return max(0, last - max(since, oldest - 1))
@@ -361,19 +364,35 @@ class MemoryInbox:
         self._log.put(self._db.marks[user_id], device, mark)
 
     def prune(self, kept_before_ms: int, limit: int) -> int:
+        # Each user's oldest entries first, up to the first one kept since: a batch costs the
+        # users and the entries that go, not the whole store. (An entry kept before an older
+        # one of the same user, if the clock went back, waits for that one to go first.)
+        db = self._db
         pruned = 0
-        for entries in self._db.inbox.values():
-            old = [pos for pos, (kept_ms, _) in entries.items() if kept_ms < kept_before_ms]
-            for pos in sorted(old)[: limit - pruned]:
-                self._log.pop(entries, pos)
-                pruned += 1
+        for user_id, entries in db.inbox.items():
             if pruned >= limit:
                 break
+            if not entries:
+                continue
+            pos = start = self.oldest_pos(user_id)
+            last = db.last_pos.get(user_id, 0)
+            while pos <= last and pruned < limit:
+                entry = entries.get(pos)
+                if entry is not None:
+                    if entry[0] >= kept_before_ms:
+                        break
+                    self._log.pop(entries, pos)
+                    pruned += 1
+                pos += 1
+            if pos != start:
+                self._log.put(db.inbox_floor, user_id, pos)
         return pruned
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:
         entries = self._db.inbox.get(user_id, {})
-        old = [pos for pos in entries if pos <= up_to_pos]
-        for pos in old:
-            self._log.pop(entries, pos)
-        return len(old)
+        pruned = 0
+        for pos in range(self.oldest_pos(user_id), min(up_to_pos, self.last_pos(user_id)) + 1):
+            pruned += self._log.pop(entries, pos)
+        if up_to_pos >= self._db.inbox_floor.get(user_id, 1):
+            self._log.put(self._db.inbox_floor, user_id, up_to_pos + 1)
+        return pruned

@@ -494,6 +494,7 @@ class MySqlInbox:
             (kept_before_ms, max(limit, 0)),
         )
         old = [(int(user_id), int(pos), int(msg_id)) for user_id, pos, msg_id in _rows(self._db)]
+        gone = 0
         for start in range(0, len(old), INBOX_CHUNK):
             chunk = old[start : start + INBOX_CHUNK]
             self._db.execute(
@@ -502,8 +503,10 @@ class MySqlInbox:
                 + ")",
                 [value for user_id, pos, _ in chunk for value in (user_id, pos)],
             )
+            # Counted as deleted, not as read: another node pruning at once may have taken some.
+            gone += self._db.rowcount
         self._forget_messages({msg_id for _, _, msg_id in old})
-        return len(old)
+        return gone
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:
         self._db.execute(

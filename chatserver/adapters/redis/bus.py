@@ -1,12 +1,12 @@
 """The bus on Redis pub/sub: one channel per node, and one that every node hears.
 
-Pub/sub is at-most-once; what must not be lost is covered by custody (the sender's node keeps
-each delivery until the recipient's node confirms it), not by Redis.
+Pub/sub is at-most-once; what must not be lost is in the recipients' inboxes before it is sent
+(a session that misses a push reads it from there), not in Redis.
 
 What is sent while a batch is on its way to Redis waits and goes in the next one, as one
 PUBLISH per channel carrying a JSON array (`send_batches`): under load a node pays one round
 trip for many messages instead of one each, and what goes to one node keeps its order.
-Confirmations and "moved" hints are not waited for.
+"moved" hints are not waited for.
 """
 
 import contextlib
@@ -24,7 +24,7 @@ from anyio.abc import TaskStatus
 from chatserver.adapters.redis.connection import FAILURES, Calls
 from chatserver.adapters.serialization import event_from_dict, event_to_dict
 from chatserver.domain.errors import Unavailable
-from chatserver.domain.messages import Event
+from chatserver.domain.messages import Delivery, Event, Kept
 from chatserver.domain.ports import BusHandler
 
 log = logging.getLogger("chatserver.redis")
@@ -45,9 +45,6 @@ class _Batch:
 
     def __init__(self) -> None:
         self.channels: dict[str, list[bytes]] = {}
-        # Confirmations in this batch (channel, node, message): sent as one "confirm" message
-        # per channel, and kept to send again if the batch fails.
-        self.confirms: list[tuple[str, str, dict[str, Any]]] = []
         self.heard: dict[str, int] = {}
         self.error: BaseException | None = None
         self.sent = anyio.Event()
@@ -57,11 +54,6 @@ class _Batch:
 
     def payloads(self) -> dict[str, bytes]:
         """What to publish on each channel."""
-        confirmed: dict[str, list[list[Any]]] = {}
-        for channel, _, message in self.confirms:
-            confirmed.setdefault(channel, []).append([message["u"], message["m"]])
-        for channel, pairs in confirmed.items():
-            self.add(channel, {"t": "confirm", "c": pairs})
         return {
             channel: messages[0] if len(messages) == 1 else b"[" + b",".join(messages) + b"]"
             for channel, messages in self.channels.items()
@@ -79,8 +71,6 @@ class RedisBus:
         self.broadcast_channel = f"{namespace}:bus:all"
         self._requests: dict[str, _Answers] = {}
         self.subscribed = False
-        # Bounded by what sessions may hold unreceipted: confirmations are that small.
-        self._unsent_confirms: list[tuple[str, dict[str, Any]]] = []
         self._batch = _Batch()
         self._batching = False  # send_batches is running
         self._waiting = anyio.Event()  # set when the batch has something in it
@@ -105,10 +95,6 @@ class RedisBus:
         self._wake_sender()
         return batch
 
-    def _queue_confirm(self, node_id: str, message: dict[str, Any]) -> None:
-        self._batch.confirms.append((self.channel(node_id), node_id, message))
-        self._wake_sender()
-
     def _wake_sender(self) -> None:
         if not self._waiting.is_set():
             self._waiting.set()
@@ -131,7 +117,6 @@ class RedisBus:
             batch = self._batch
             if not batch.sent.is_set():
                 batch.error = ConnectionError("the node is leaving the cluster")
-                self._keep_confirms(batch)
                 batch.sent.set()
 
     async def _send(self, batch: _Batch) -> None:
@@ -147,26 +132,31 @@ class RedisBus:
             }
         except Unavailable as error:
             batch.error = error.__cause__
-            self._keep_confirms(batch)
             log.warning("bus: publishing failed: %s", error.__cause__)
         except Exception as error:  # not Redis being away: say so, and go on batching
             batch.error = error
-            self._keep_confirms(batch)
             log.exception("bus: publishing failed")
         finally:
             batch.sent.set()
 
-    def _keep_confirms(self, batch: _Batch) -> None:
-        # The sender keeps custody meanwhile; a lost confirmation would keep it forever.
-        self._unsent_confirms.extend((node_id, message) for _, node_id, message in batch.confirms)
-        batch.confirms = []
-
-    async def deliver(self, node_id: str, user_ids: Sequence[int], event: Event) -> bool:
+    async def deliver(
+        self,
+        node_id: str,
+        user_ids: Sequence[int],
+        event: Event,
+        positions: Sequence[int] | None = None,
+    ) -> bool:
         message = {"t": "deliver", "us": user_ids, "o": self.node_id, "e": event_to_dict(event)}
+        if positions is not None:
+            message["ps"] = positions
         return await self._publish(self.channel(node_id), message) > 0
 
-    async def kick(self, node_id: str, user_id: int) -> None:
-        await self._ask(self.channel(node_id), {"t": "kick", "u": user_id})
+    async def kick(self, node_id: str, user_id: int, device: str) -> None:
+        await self._ask(self.channel(node_id), {"t": "kick", "u": user_id, "d": device})
+
+    async def relocated(self, user_id: int) -> None:
+        # Waits for every node, so a message sent anywhere after it looks the user up.
+        await self._ask(self.broadcast_channel, {"t": "relocated", "u": user_id})
 
     async def _ask(self, channel: str, message: dict[str, Any]) -> None:
         """Publish, then wait until every node that heard it answers it has done it.
@@ -184,18 +174,6 @@ class RedisBus:
         finally:
             del self._requests[request]
 
-    async def confirm(self, node_id: str, user_id: int, msg_ids: Sequence[int]) -> None:
-        """Tell node_id these deliveries are safe; kept to send again if Redis is down."""
-        message = {"t": "confirm", "u": user_id, "m": list(msg_ids)}
-        if self._batching:
-            self._queue_confirm(node_id, message)
-            return
-        try:
-            await self._publish(self.channel(node_id), message)
-        except Unavailable:
-            # The sender keeps custody meanwhile; a lost confirmation would keep it forever.
-            self._unsent_confirms.append((node_id, message))
-
     async def moved(self, node_id: str, user_id: int) -> None:
         message = {"t": "moved", "u": user_id}
         if self._batching:
@@ -203,12 +181,6 @@ class RedisBus:
             return
         with contextlib.suppress(Unavailable):  # only a hint: the sender looks again later
             await self._publish(self.channel(node_id), message)
-
-    async def send_unsent_confirms(self) -> None:
-        while self._unsent_confirms:
-            node_id, message = self._unsent_confirms[0]
-            await self._publish(self.channel(node_id), message)
-            self._unsent_confirms.pop(0)
 
     async def forget_group(self, group_id: int) -> None:
         # Waits for every node, so a message sent anywhere after the reply sees the change.
@@ -266,15 +238,20 @@ class RedisBus:
         try:
             if kind == "deliver":
                 event = event_from_dict(message["e"])
-                for user_id in message["us"] if "us" in message else (message["u"],):
-                    await inbox.deliver(user_id, event, message["o"])
-            elif kind == "confirm":
-                for user_id, msg_ids in message["c"] if "c" in message else [
-                    (message["u"], message["m"])
-                ]:
-                    await inbox.confirm(user_id, msg_ids)
+                positions = message.get("ps")
+                for index, user_id in enumerate(message["us"]):
+                    if positions is not None:  # a delivery, at its pos in each user's inbox
+                        await inbox.deliver(
+                            user_id, Kept(positions[index], cast(Delivery, event)), message["o"]
+                        )
+                    else:
+                        await inbox.deliver(user_id, event, message["o"])
             elif kind == "kick":
-                await inbox.kick(message["u"])
+                await inbox.kick(message["u"], message["d"])
+                await self._answer(message)
+            elif kind == "relocated":
+                if message["o"] != self.node_id:
+                    await inbox.moved(message["u"])
                 await self._answer(message)
             elif kind == "done":
                 waiting = self._requests.get(message["r"])

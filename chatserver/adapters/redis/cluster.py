@@ -41,7 +41,7 @@ class RedisCluster:
     async def run(
         self,
         inbox: BusHandler,
-        local_users: Callable[[], list[int]],
+        local_users: Callable[[], list[tuple[int, str, int]]],
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -78,7 +78,7 @@ class RedisCluster:
                 log.warning("bus: cannot renew this node's lease: %s", error.__cause__)
 
     async def _rejoin_when_asked(
-        self, inbox: BusHandler, local_users: Callable[[], list[int]]
+        self, inbox: BusHandler, local_users: Callable[[], list[tuple[int, str, int]]]
     ) -> None:
         """After Redis comes back: say again who is here, then fetch what others stored for
         them meanwhile (a second time a little later: a sender may have looked just before)."""
@@ -90,7 +90,6 @@ class RedisCluster:
                 try:
                     await self.presence.renew_lease()
                     await self.presence.claim_all(local_users())
-                    await self.bus.send_unsent_confirms()
                     await inbox.catch_up()
                     break
                 except Unavailable as error:

@@ -1,4 +1,5 @@
-"""Presence in Redis: `user:ID` names the node a user is on; `node:ID` is that node's lease.
+"""Presence in Redis: the hash `user:ID` names, for each device of a user that is online, the
+node its session is on and since when ("NODE<tab>STARTED_MS"); `node:ID` is that node's lease.
 
 A node renews its lease every few seconds. A node that dies stops renewing, and within the
 lease (10 s by default) its users count as offline everywhere: nothing waits on it after.
@@ -10,11 +11,21 @@ from collections.abc import Collection, Sequence
 import redis.asyncio as aioredis
 
 from chatserver.adapters.redis.connection import Calls
+from chatserver.domain.ports import DeviceSession
 
-# Delete the user's key only if it still names this node.
+# Set the device's session; return every session as it was before.
+_CLAIM = """
+local before = redis.call('HGETALL', KEYS[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return before
+"""
+# Delete the device's session only if it is still on this node; return the sessions left.
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+local where = redis.call('HGET', KEYS[1], ARGV[1])
+if where and string.sub(where, 1, #ARGV[2] + 1) == ARGV[2] .. '\t' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return redis.call('HVALS', KEYS[1])
 """
 
 
@@ -33,6 +44,7 @@ class RedisPresence:
         self.namespace = namespace
         self.node_id = node_id
         self.lease_seconds = lease_seconds
+        self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         # Which nodes were alive, and when that was read: a second of staleness is fine
         # against a lease of many seconds, and saves a round trip per message.
@@ -56,39 +68,51 @@ class RedisPresence:
         with self.calls.call():
             await self.client.delete(self.node_key(self.node_id))
 
-    async def claim_all(self, user_ids: Sequence[int]) -> None:
-        """Claim users again, e.g. after Redis restarted and forgot them."""
-        if not user_ids:
+    async def claim_all(self, sessions: Sequence[tuple[int, str, int]]) -> None:
+        """Claim (user, device, started_ms) sessions again, e.g. after Redis restarted."""
+        if not sessions:
             return
         with self.calls.call():
-            await self.client.mset({self.user_key(uid): self.node_id for uid in user_ids})
+            pipe = self.client.pipeline(transaction=False)
+            for user_id, device, started_ms in sessions:
+                pipe.hset(self.user_key(user_id), device, f"{self.node_id}\t{started_ms}")
+            await pipe.execute()
 
-    async def claim(self, user_id: int, node_id: str) -> str | None:
+    async def claim(
+        self, user_id: int, device: str, node_id: str, started_ms: int
+    ) -> dict[str, DeviceSession]:
         with self.calls.call():
-            previous = await self.client.set(self.user_key(user_id), node_id, get=True)
-        if not isinstance(previous, bytes):
-            return None
-        previous_node = previous.decode()
-        if previous_node == node_id or not await self.live_nodes([previous_node]):
-            return None
-        return previous_node
+            flat = await self._claim(
+                keys=[self.user_key(user_id)], args=[device, f"{node_id}\t{started_ms}"]
+            )
+        before = {
+            _text(flat[i]): _session(flat[i + 1]) for i in range(0, len(flat), 2)
+        }
+        alive = await self.live_nodes({where.node_id for where in before.values()})
+        return {device: where for device, where in before.items() if where.node_id in alive}
 
-    async def release(self, user_id: int, node_id: str) -> None:
+    async def release(self, user_id: int, device: str, node_id: str) -> bool:
         with self.calls.call():
-            await self._release(keys=[self.user_key(user_id)], args=[node_id])
+            left = await self._release(keys=[self.user_key(user_id)], args=[device, node_id])
+        nodes = {_session(value).node_id for value in left}
+        return bool(nodes and await self.live_nodes(nodes))
 
-    async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
+    async def locate(self, user_ids: Sequence[int]) -> dict[int, frozenset[str]]:
         if not user_ids:
             return {}
         with self.calls.call():
-            nodes = await self.client.mget([self.user_key(uid) for uid in user_ids])
+            pipe = self.client.pipeline(transaction=False)
+            for uid in user_ids:
+                pipe.hvals(self.user_key(uid))
+            answers = await pipe.execute()
         found = {
-            uid: node.decode()
-            for uid, node in zip(user_ids, nodes, strict=True)
-            if isinstance(node, bytes)
+            uid: {_session(value).node_id for value in values}
+            for uid, values in zip(user_ids, answers, strict=True)
+            if values
         }
-        alive = await self.live_nodes(set(found.values()))
-        return {uid: node for uid, node in found.items() if node in alive}
+        alive = await self.live_nodes({node for nodes in found.values() for node in nodes})
+        located = {uid: frozenset(nodes & alive) for uid, nodes in found.items()}
+        return {uid: nodes for uid, nodes in located.items() if nodes}
 
     async def live_nodes(self, node_ids: Collection[str]) -> set[str]:
         now = time.monotonic()
@@ -107,3 +131,12 @@ class RedisPresence:
                 else:
                     self._alive.pop(node, None)
         return alive
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _session(value: bytes | str) -> DeviceSession:
+    node_id, _, started = _text(value).rpartition("\t")
+    return DeviceSession(node_id, int(started) if started.isdigit() else 0)

@@ -51,7 +51,13 @@ COMMANDS: dict[int, tuple[type[Any], dict[str, str]]] = {
     protocol.LEAVE_GROUP: (commands.LeaveGroup, {"group_id": "groupid"}),
     protocol.REMOVE_FRIEND: (commands.RemoveFriend, {"friend_id": "friendid"}),
     protocol.RECEIPT: (commands.Receipt, {}),
+    protocol.SYNC: (commands.Sync, {}),
+    protocol.HISTORY: (commands.History, {"with_user": "with", "group_id": "groupid"}),
+    protocol.READ: (commands.Read, {}),
 }
+# The original server's clients speak version 1 only.
+VERSION_2_MSGIDS = frozenset({protocol.SYNC, protocol.HISTORY, protocol.READ})
+LEGACY_DEVICE = "legacy"
 
 # Attributes a client must not set: whether a session gets notices follows from its dialect.
 SERVER_SIDE_ATTRIBUTES = {Login: ("notices",)}
@@ -182,7 +188,7 @@ def decode(frame: bytes, dialect: Dialect = Dialect.MODERN) -> Request | BadRequ
         if command is not None:
             return _tuple_new(Request, (msgid, seq, command, claimed_id))
     entry = COMMANDS.get(msgid)
-    if entry is None:
+    if entry is None or (dialect is Dialect.LEGACY and msgid in VERSION_2_MSGIDS):
         return BadRequest(msgid, seq, f"unknown msgid {msgid}")
     claimed_id = None
     if msgid not in _ID_IN_COMMAND:
@@ -198,7 +204,7 @@ def decode(frame: bytes, dialect: Dialect = Dialect.MODERN) -> Request | BadRequ
         if command.user_id is None and command.name is None:
             return BadRequest(msgid, seq, "id or name: one of them is required")
         if dialect is Dialect.LEGACY:
-            command = attrs.evolve(command, notices=False)
+            command = attrs.evolve(command, notices=False, device=LEGACY_DEVICE, since=None)
     return Request(msgid, seq, command, claimed_id)
 
 

@@ -17,22 +17,25 @@ from chatserver.application.results import (
     Contact,
     GroupCreated,
     GroupView,
+    HistoryPage,
     LoggedIn,
     MessageAccepted,
     Registered,
     Result,
+    Synced,
 )
 from chatserver.domain.errors import RateLimited
 from chatserver.domain.messages import (
     CHAT_KINDS,
-    Delivery,
     DirectMessage,
     Event,
     FriendAnswer,
     FriendRequestNotice,
     GroupMessage,
+    Kept,
     KickedNotice,
     PresenceNotice,
+    ReadNotice,
 )
 
 MAX_OFFLINE_IN_LOGIN_ACK = 200
@@ -116,6 +119,10 @@ def _kicked(n: KickedNotice) -> JsonObject:
     return {"msgid": protocol.KICKED, "errmsg": n.reason}
 
 
+def _read(n: ReadNotice) -> JsonObject:
+    return {"msgid": protocol.READ, "pos": n.pos}
+
+
 EventObjects = dict[type[Any], Callable[[Any], JsonObject]]
 
 _EVENT_OBJECTS: EventObjects = {
@@ -125,6 +132,7 @@ _EVENT_OBJECTS: EventObjects = {
     FriendRequestNotice: _friend_request,
     PresenceNotice: _presence,
     KickedNotice: _kicked,
+    ReadNotice: _read,
 }
 # The original's clients understand chats only.
 _LEGACY_EVENT_OBJECTS: EventObjects = {kind: _EVENT_OBJECTS[kind] for kind in CHAT_KINDS}
@@ -145,18 +153,30 @@ _last_encoded: tuple[Event | None, bytes] = (None, b"")
 
 
 def encode_event(event: Event, dialect: Dialect) -> bytes | None:
-    """The frame that pushes ``event`` to a client; None if the dialect has no such message."""
+    """The frame that pushes ``event`` to a client; None if the dialect has no such message.
+    A delivery comes as Kept: the modern dialect adds its ``pos``, the legacy one does not."""
     global _last_encoded
+    if type(event) is not Kept:  # a notice (or a delivery kept nowhere: no pos)
+        if dialect is _LEGACY_DIALECT:
+            to_legacy = _LEGACY_EVENT_OBJECTS.get(type(event))
+            return None if to_legacy is None else orjson.dumps(to_legacy(event), option=_LEGACY)
+        return orjson.dumps(_EVENT_OBJECTS[type(event)](event), option=_MODERN)
+    delivery = event.delivery
     if dialect is _LEGACY_DIALECT:
-        to_object = _LEGACY_EVENT_OBJECTS.get(type(event))
-        if to_object is None:
-            return None
-        return orjson.dumps(to_object(event), option=_LEGACY)
+        to_object = _LEGACY_EVENT_OBJECTS.get(type(delivery))
+        return None if to_object is None else orjson.dumps(to_object(delivery), option=_LEGACY)
     last, frame = _last_encoded
-    if event is not last:
-        frame = orjson.dumps(_EVENT_OBJECTS[type(event)](event), option=_MODERN)
-        _last_encoded = (event, frame)
-    return frame
+    if delivery is not last:
+        frame = orjson.dumps(_EVENT_OBJECTS[type(delivery)](delivery), option=_MODERN)
+        _last_encoded = (delivery, frame)
+    # The delivery's object is the same for every member of a group: only pos differs.
+    return frame[:-2] + b',"pos":%d}\n' % event.pos
+
+
+def _kept_object(kept: Kept) -> JsonObject:
+    obj = _EVENT_OBJECTS[type(kept.delivery)](kept.delivery)
+    obj["pos"] = kept.pos
+    return obj
 
 
 # --- replies -----------------------------------------------------------------------------
@@ -190,8 +210,10 @@ def _error_reply(
 
 # The reply to a chat message, the commonest of all, formatted: the bytes orjson would write
 # for _ack(...) | {"errno": OK, "msg_id": ...}, in a fraction of the time.
-_ACCEPTED = b'{"msgid":%d,"reply_to":%%d,"errno":%d,"msg_id":%%d}\n' % (protocol.ACK, OK)
-_ACCEPTED_SEQ = b'{"msgid":%d,"seq":%%d,"reply_to":%%d,"errno":%d,"msg_id":%%d}\n' % (
+_ACCEPTED = b'{"msgid":%d,"reply_to":%%d,"errno":%d,"msg_id":%%d,"pos":%%d}\n' % (
+    protocol.ACK, OK
+)
+_ACCEPTED_SEQ = b'{"msgid":%d,"seq":%%d,"reply_to":%%d,"errno":%d,"msg_id":%%d,"pos":%%d}\n' % (
     protocol.ACK, OK
 )
 
@@ -202,14 +224,15 @@ def encode_result(request: Request, result: Result, dialect: Dialect) -> list[by
     if type(result) is MessageAccepted and not result.not_stored and dialect is _MODERN_DIALECT:
         seq = request.seq
         if seq is None:
-            return [_ACCEPTED % (request.msgid, result.msg_id)]
-        return [_ACCEPTED_SEQ % (seq, request.msgid, result.msg_id)]
+            return [_ACCEPTED % (request.msgid, result.msg_id, result.pos)]
+        return [_ACCEPTED_SEQ % (seq, request.msgid, result.msg_id, result.pos)]
     if dialect is _LEGACY_DIALECT and request.msgid not in _LEGACY_REPLIES:
         return []
     reply = _ack(request.msgid, request.seq)
     reply["errno"] = OK
     if type(result) is MessageAccepted:
         reply["msg_id"] = result.msg_id
+        reply["pos"] = result.pos
         if result.not_stored:  # group members away with a full store: they miss this one
             reply["not_stored"] = list(result.not_stored)
     elif type(result) is GroupCreated:
@@ -218,6 +241,13 @@ def encode_result(request: Request, result: Result, dialect: Dialect) -> list[by
         reply["id"] = result.user_id
     elif type(result) is LoggedIn:
         return _login_reply(reply, result, dialect)
+    elif type(result) is Synced:
+        reply["msgs"] = [_kept_object(k) for k in result.msgs]
+        reply["last_pos"] = result.last_pos
+        reply["truncated"] = result.truncated
+    elif type(result) is HistoryPage:
+        reply["msgs"] = [_kept_object(k) for k in result.msgs]
+        reply["more"] = result.more
     return [orjson.dumps(reply, option=_option(dialect))]
 
 
@@ -282,11 +312,17 @@ def _login_reply(reply: JsonObject, result: LoggedIn, dialect: Dialect) -> list[
     reply["id"] = result.user.id
     reply["name"] = result.user.name
     events = _event_objects(dialect)
-    waiting: list[Delivery] = [d for d in result.waiting if type(d) in events]
-    included = waiting[:MAX_OFFLINE_IN_LOGIN_ACK]
-    offline = [events[type(d)](d) for d in included]
+    waiting: list[Kept] = [k for k in result.waiting if type(k.delivery) in events]
+    waiting_objects = (
+        [_kept_object(k) for k in waiting]
+        if dialect is _MODERN_DIALECT
+        else [events[type(k.delivery)](k.delivery) for k in waiting]
+    )
+    offline = waiting_objects[:MAX_OFFLINE_IN_LOGIN_ACK]
     friends = [_contact(contact) for contact in result.friends]
     if dialect is _MODERN_DIALECT:
+        reply["last_pos"] = result.last_pos
+        reply["read_pos"] = result.read_pos
         reply["friends"] = friends
         reply["groups"] = [_group(view, _members(view)) for view in result.groups]
         reply["offlinemsg"] = offline
@@ -298,11 +334,8 @@ def _login_reply(reply: JsonObject, result: LoggedIn, dialect: Dialect) -> list[
             if objects:
                 reply[key] = _json_strings(objects)
     option = _option(dialect)
-    later = waiting[len(included) :]
-    return [
-        orjson.dumps(reply, option=option),
-        *(orjson.dumps(events[type(d)](d), option=option) for d in later),
-    ]
+    later = waiting_objects[len(offline) :]
+    return [orjson.dumps(reply, option=option), *(orjson.dumps(o, option=option) for o in later)]
 
 
 def _json_strings(objects: list[JsonObject]) -> list[str]:

@@ -21,6 +21,10 @@ PING = 16
 LEAVE_GROUP = 17
 REMOVE_FRIEND = 18
 RECEIPT = 19
+# Version 2
+SYNC = 20
+HISTORY = 21
+READ = 22
 
 
 class Dialect(enum.Enum):

@@ -1,0 +1,172 @@
+"""Group commit: what the node's use cases want kept in inboxes (and devices' marks) is
+written in one transaction per batch, never a transaction per message.
+
+The first writer of a batch leads it: it waits for the batch before to be written, lets the
+current loop turn's other writers join, then writes the batch. Under load a batch grows while
+the one before it is being written, so throughput grows with load instead of paying a commit
+per message. Right after the commit, while no other batch can commit, the leader pushes each
+entry to its user's sessions on this node, so that this node's pushes follow pos order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import anyio
+import anyio.lowlevel
+from attrs import Factory, define, field
+
+from chatserver.domain.errors import ChatError, Unavailable, UnknownUser
+from chatserver.domain.messages import Delivery
+from chatserver.domain.ports import Clock, DeviceMark, Transaction, UnitOfWork
+
+log = logging.getLogger("chatserver.inbox")
+
+# Users known to exist, so a message to them needs no check in the transaction.
+KNOWN_USERS_KEPT = 100_000
+
+
+@define(eq=False)
+class InboxWrite:
+    """Entries to keep for one request, and what came of it."""
+
+    entries: Sequence[tuple[int, Delivery]]
+    # A user the request names, who must exist (a one-to-one recipient): else UnknownUser.
+    check_user: int | None = None
+    # The sending session, which has its own copy already (its ACK carries the pos).
+    own: object | None = None
+    positions: list[int] = Factory(list)
+    error: ChatError | None = None
+
+
+@define(eq=False)
+class _Batch:
+    writes: list[InboxWrite] = Factory(list)
+    marks: dict[tuple[int, str], DeviceMark] = Factory(dict)
+    read: dict[int, int] = Factory(dict)
+    raised_read: set[int] = Factory(set)
+    done: anyio.Event = Factory(anyio.Event)
+    error: BaseException | None = None
+
+
+@define(eq=False)
+class InboxWriter:
+    uow: UnitOfWork
+    clock: Clock
+    # Called with each write, in order, right after its batch committed.
+    committed: Callable[[InboxWrite], None]
+    # 0: the history window is off: what every device of a user has had is deleted.
+    history_days: int = 30
+    batches: int = 0
+    _batch: _Batch | None = None
+    _lock: anyio.Lock = field(factory=anyio.Lock)
+    _known: set[int] = Factory(set)
+    # Observes each batch's size (entries), for metrics.
+    observe: Callable[[int], None] | None = None
+
+    def known(self, user_id: int) -> None:
+        """user_id exists (seen online, say): a message to them needs no check."""
+        if len(self._known) >= KNOWN_USERS_KEPT:
+            self._known.clear()
+        self._known.add(user_id)
+
+    async def append(self, write: InboxWrite) -> list[int]:
+        """Keep write's entries at their users' next positions; return the positions."""
+        batch, leader = self._join()
+        batch.writes.append(write)
+        await self._settle(batch, leader)
+        if write.error is not None:
+            raise write.error
+        return write.positions
+
+    async def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
+        batch, leader = self._join()
+        batch.marks[(user_id, device)] = mark
+        await self._settle(batch, leader)
+
+    async def set_read(self, user_id: int, pos: int) -> bool:
+        """Keep pos (at most the newest pos) as read; True if it was higher than the kept
+        one."""
+        batch, leader = self._join()
+        batch.read[user_id] = max(pos, batch.read.get(user_id, 0))
+        await self._settle(batch, leader)
+        return user_id in batch.raised_read and batch.read[user_id] == pos
+
+    def _join(self) -> tuple[_Batch, bool]:
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch()
+            return batch, True
+        return batch, False
+
+    async def _settle(self, batch: _Batch, leader: bool) -> None:
+        if leader:
+            # The batch is written whatever becomes of the request that started it.
+            with anyio.CancelScope(shield=True):
+                async with self._lock:  # the batch before is being written meanwhile
+                    await anyio.lowlevel.checkpoint()  # let this loop turn's writes join
+                    self._batch = None
+                    await self._write(batch)
+        else:
+            await batch.done.wait()
+        error = batch.error
+        if error is not None:
+            if isinstance(error, ChatError):
+                raise type(error)(error.message) from error
+            raise Unavailable() from error
+
+    async def _write(self, batch: _Batch) -> None:
+        now = self.clock.now_ms()
+        known = self._known
+        prune_below_marks = self.history_days == 0
+
+        def work(tx: Transaction) -> list[int]:
+            entries: list[tuple[int, Delivery]] = []
+            for write in batch.writes:
+                check = write.check_user
+                if check is not None and check not in known and tx.users.get(check) is None:
+                    write.error = UnknownUser()
+                    continue
+                entries.extend(write.entries)
+            positions = tx.inbox.append(entries, now) if entries else []
+            for (user_id, device), mark in batch.marks.items():
+                tx.inbox.set_mark(user_id, device, mark)
+            for user_id, pos in batch.read.items():
+                # Read beyond the newest pos would count messages still to come as read.
+                if tx.inbox.set_read_pos(user_id, min(pos, tx.inbox.last_pos(user_id))):
+                    batch.raised_read.add(user_id)
+            if prune_below_marks:
+                for user_id in {user_id for user_id, _ in batch.marks}:
+                    marks = tx.inbox.marks(user_id)
+                    if marks:
+                        tx.inbox.prune_user(user_id, min(m.pos for m in marks.values()))
+            return positions
+
+        try:
+            positions = await self.uow.run(work)
+        except BaseException as error:
+            if not isinstance(error, ChatError):
+                log.exception("writing %d inbox entries failed", len(batch.writes))
+            batch.error = error
+            batch.done.set()
+            if not isinstance(error, Exception):
+                raise
+            return
+        self.batches += 1
+        if self.observe is not None:
+            self.observe(len(positions))
+        start = 0
+        for write in batch.writes:
+            if write.error is not None:
+                continue
+            end = start + len(write.entries)
+            write.positions = positions[start:end]
+            start = end
+            if write.check_user is not None:
+                self.known(write.check_user)
+            try:
+                self.committed(write)
+            except Exception:
+                log.exception("pushing a kept message failed")
+        batch.done.set()
