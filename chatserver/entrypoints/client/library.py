@@ -1,8 +1,9 @@
 """An async client for the chatserver wire protocol (PROTOCOL.md), for bots, tests and the terminal.
 
     async with connect("127.0.0.1", 6000) as client:
-        await client.login("alice", "s3cret")
-        await client.send_chat(2, "hi bob")
+        login = await client.login("alice", "s3cret", device="laptop")
+        sent = await client.send_chat(2, "hi bob")  # the msg_id, with .pos
+        page = await client.history(with_user=2)  # the newest messages with user 2
         async for event in client.events():
             ...
 
@@ -29,6 +30,7 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_EVENT_BUFFER = 1024
 # A login reply carries up to 200 stored messages of up to 4,096 characters each.
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+DEFAULT_DEVICE = "default"
 
 
 class MsgId(IntEnum):
@@ -53,6 +55,9 @@ class MsgId(IntEnum):
     LEAVE_GROUP = 17
     REMOVE_FRIEND = 18
     RECEIPT = 19
+    SYNC = 20
+    HISTORY = 21
+    READ = 22
 
 
 REPLIES = frozenset({MsgId.LOGIN_ACK, MsgId.REGISTER_ACK, MsgId.ACK})
@@ -76,7 +81,9 @@ class ConnectionLost(ConnectionError):
 
 @frozen
 class DirectMessage:
-    """A one-to-one chat message sent to this user."""
+    """A one-to-one chat message to this user, or (``sender_id`` is this user's) one this user
+    sent from another device; ``pos`` is its place in this user's inbox (None from a server
+    that keeps no inbox)."""
 
     msg_id: int
     sender_id: int
@@ -85,11 +92,13 @@ class DirectMessage:
     text: str
     time: str
     sent_at_ms: int
+    pos: int | None = None
 
 
 @frozen
 class GroupMessage:
-    """A chat message sent to a group this user belongs to."""
+    """A chat message in a group this user belongs to (this user's own, from another device,
+    when ``sender_id`` is this user's); ``pos`` as for DirectMessage."""
 
     msg_id: int
     group_id: int
@@ -98,16 +107,18 @@ class GroupMessage:
     text: str
     time: str
     sent_at_ms: int
+    pos: int | None = None
 
 
 @frozen
 class FriendAnswer:
-    """Another user's answer to this user's friend request."""
+    """Another user's answer to this user's friend request; ``pos`` as for DirectMessage."""
 
     msg_id: int
     responder_id: int
     responder_name: str
     accepted: bool
+    pos: int | None = None
 
 
 @frozen
@@ -134,15 +145,81 @@ class Kicked:
 
 
 @frozen
+class ReadUpTo:
+    """Another session of this user has read everything up to ``pos`` (READ_MSG)."""
+
+    pos: int
+
+
+@frozen
 class UnknownFrame:
-    """A frame from the server that this library does not understand, kept as it came."""
+    """A frame from the server that this library does not understand, kept as it came.
+
+    Newer servers push objects this library does not know yet: ignore them. ``pos`` is their
+    place in the inbox when they have one (a GROUP_EVENT does), so that a client syncing by
+    position does not take them for a gap.
+    """
 
     frame: dict[str, Any]
 
+    @property
+    def pos(self) -> int | None:
+        pos = self.frame.get("pos")
+        return pos if type(pos) is int else None
+
 
 Delivery = DirectMessage | GroupMessage | FriendAnswer
-Notice = FriendRequest | Presence | Kicked
+Notice = FriendRequest | Presence | Kicked | ReadUpTo
 Event = Delivery | Notice | UnknownFrame
+Kept = Delivery | UnknownFrame  # what the inbox keeps: what LOGIN, SYNC and HISTORY return
+
+
+class Sent(int):
+    """What sending a chat returns: the message's msg_id, as an int (code written when the send
+    returned a plain int keeps working: it compares, hashes and prints as the msg_id), and
+    ``pos``, the message's place in the sender's own inbox (the ACK's ``pos``; None from a
+    server that keeps no inbox)."""
+
+    pos: int | None
+
+    def __new__(cls, msg_id: int, pos: int | None = None) -> Sent:
+        sent = super().__new__(cls, msg_id)
+        sent.pos = pos
+        return sent
+
+    @property
+    def msg_id(self) -> int:
+        return int(self)
+
+    def __str__(self) -> str:  # prints as the msg_id did
+        return str(int(self))
+
+    def __repr__(self) -> str:
+        return f"Sent(msg_id={int(self)}, pos={self.pos})"
+
+
+@frozen
+class SyncResult:
+    """SYNC's answer: the kept objects after ``since`` in pos order, the newest pos, and
+    ``truncated`` when some after ``since`` have left the history window."""
+
+    messages: tuple[Kept, ...]
+    last_pos: int
+    truncated: bool = False
+
+
+@frozen
+class HistoryPage:
+    """One page of a conversation, oldest first; ``more`` when older ones exist (ask again
+    with ``before`` set to the first one's pos)."""
+
+    messages: tuple[Kept, ...]
+    more: bool
+
+    @property
+    def first_pos(self) -> int | None:
+        """The pos to pass as ``before`` for the page older than this one."""
+        return pos_of(self.messages[0]) if self.messages else None
 
 
 @frozen
@@ -182,8 +259,21 @@ class LoginResult:
     name: str
     friends: tuple[Friend, ...]
     groups: tuple[Group, ...]
-    offline_messages: tuple[Delivery | UnknownFrame, ...]
+    offline_messages: tuple[Kept, ...]
     friend_requests: tuple[FriendRequest, ...]
+    # The newest pos in this user's inbox, and how far the user has read (READ); None from a
+    # server that keeps no inbox.
+    last_pos: int | None = None
+    read_pos: int | None = None
+
+
+def pos_of(event: Event) -> int | None:
+    """The event's place in this user's inbox, if it has one."""
+    return event.pos if isinstance(event, (*DELIVERY_TYPES, UnknownFrame)) else None
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if type(value) is int else None
 
 
 def _direct_message(frame: dict[str, Any]) -> DirectMessage:
@@ -195,6 +285,7 @@ def _direct_message(frame: dict[str, Any]) -> DirectMessage:
         text=frame["msg"],
         time=frame["time"],
         sent_at_ms=frame["ts"],
+        pos=_optional_int(frame.get("pos")),
     )
 
 
@@ -207,11 +298,13 @@ def _group_message(frame: dict[str, Any]) -> GroupMessage:
         text=frame["msg"],
         time=frame["time"],
         sent_at_ms=frame["ts"],
+        pos=_optional_int(frame.get("pos")),
     )
 
 
 def _friend_answer(frame: dict[str, Any]) -> FriendAnswer:
-    return FriendAnswer(frame["msg_id"], frame["id"], frame["name"], frame["accept"])
+    pos = _optional_int(frame.get("pos"))
+    return FriendAnswer(frame["msg_id"], frame["id"], frame["name"], frame["accept"], pos)
 
 
 EVENT_PARSERS: dict[int, Callable[[dict[str, Any]], Event]] = {
@@ -221,6 +314,7 @@ EVENT_PARSERS: dict[int, Callable[[dict[str, Any]], Event]] = {
     MsgId.FRIEND_REQUEST: lambda frame: FriendRequest(frame["id"], frame["name"]),
     MsgId.PRESENCE: lambda frame: Presence(frame["id"], frame["state"] == "online"),
     MsgId.KICKED: lambda frame: Kicked(frame.get("errmsg", "")),
+    MsgId.READ: lambda frame: ReadUpTo(frame["pos"]),
 }
 
 
@@ -233,9 +327,20 @@ def parse_event(frame: dict[str, Any]) -> Event:
         return UnknownFrame(frame)
 
 
-def _stored_delivery(frame: dict[str, Any]) -> Delivery | UnknownFrame:
+DELIVERY_TYPES = (DirectMessage, GroupMessage, FriendAnswer)
+
+
+def parse_kept(frame: Any) -> Kept:
+    """Turns an object kept in the inbox (in offlinemsg, SYNC, HISTORY) into a delivery."""
+    if not isinstance(frame, dict):
+        return UnknownFrame({"value": frame})
     event = parse_event(frame)
-    return event if isinstance(event, Delivery) else UnknownFrame(frame)
+    return event if isinstance(event, DELIVERY_TYPES) else UnknownFrame(frame)
+
+
+def _kept_list(reply: dict[str, Any]) -> tuple[Kept, ...]:
+    msgs = reply.get("msgs")
+    return tuple(parse_kept(m) for m in msgs) if isinstance(msgs, list) else ()
 
 
 def parse_login(reply: dict[str, Any]) -> LoginResult:
@@ -258,10 +363,12 @@ def parse_login(reply: dict[str, Any]) -> LoginResult:
             )
             for g in reply.get("groups", ())
         ),
-        offline_messages=tuple(_stored_delivery(m) for m in reply.get("offlinemsg", ())),
+        offline_messages=tuple(parse_kept(m) for m in reply.get("offlinemsg", ())),
         friend_requests=tuple(
             FriendRequest(r["id"], r["name"]) for r in reply.get("friend_requests", ())
         ),
+        last_pos=_optional_int(reply.get("last_pos")),
+        read_pos=_optional_int(reply.get("read_pos")),
     )
 
 
@@ -305,19 +412,35 @@ class ChatClient:
         reply = await self.request(MsgId.REGISTER, name=name, password=password)
         return int(reply["id"])
 
-    async def login(self, user: int | str, password: str, *, receipts: bool = True) -> LoginResult:
-        """Logs in by user id (int) or name; with receipts, the caller ``receipt``s deliveries."""
+    async def login(
+        self,
+        user: int | str,
+        password: str,
+        *,
+        receipts: bool = True,
+        device: str = DEFAULT_DEVICE,
+        since: int | None = None,
+    ) -> LoginResult:
+        """Logs in by user id (int) or name; with receipts, the caller ``receipt``s deliveries.
+
+        ``device`` names this install of the client program (1-64 characters): a login on the
+        same device takes over its session, sessions on other devices go on. With ``since``,
+        the device already has every pos up to it: ``offline_messages`` holds what follows.
+        """
         who = {"id": user} if isinstance(user, int) else {"name": user}
-        reply = await self.request(MsgId.LOGIN, **who, password=password, receipts=receipts)
+        fields: dict[str, Any] = {"password": password, "receipts": receipts, "device": device}
+        if since is not None:
+            fields["since"] = since
+        reply = await self.request(MsgId.LOGIN, **who, **fields)
         return parse_login(reply)
 
     async def logout(self) -> None:
         await self.request(MsgId.LOGOUT)
 
-    async def send_chat(self, to_id: int, text: str) -> int:
-        """Sends a one-to-one message and returns its msg_id."""
+    async def send_chat(self, to_id: int, text: str) -> Sent:
+        """Sends a one-to-one message; returns its msg_id (an int) with its ``pos``."""
         reply = await self.request(MsgId.ONE_CHAT, toid=to_id, msg=text)
-        return int(reply["msg_id"])
+        return Sent(int(reply["msg_id"]), _optional_int(reply.get("pos")))
 
     async def add_friend(self, friend_id: int) -> None:
         """Sends a friend request (or accepts theirs, if they already asked)."""
@@ -341,10 +464,60 @@ class ChatClient:
     async def leave_group(self, group_id: int) -> None:
         await self.request(MsgId.LEAVE_GROUP, groupid=group_id)
 
-    async def send_group_chat(self, group_id: int, text: str) -> int:
-        """Sends a message to every other member of a group and returns its msg_id."""
+    async def send_group_chat(self, group_id: int, text: str) -> Sent:
+        """Sends a message to every other member of a group; returns its msg_id (an int) with
+        its ``pos``."""
         reply = await self.request(MsgId.GROUP_CHAT, groupid=group_id, msg=text)
-        return int(reply["msg_id"])
+        return Sent(int(reply["msg_id"]), _optional_int(reply.get("pos")))
+
+    async def sync(self, since: int, limit: int = 200) -> SyncResult:
+        """The kept objects after pos ``since``, at most ``limit`` (1-500), and the newest pos."""
+        reply = await self.request(MsgId.SYNC, since=since, limit=limit)
+        return SyncResult(
+            messages=_kept_list(reply),
+            last_pos=int(reply["last_pos"]),
+            truncated=reply.get("truncated") is True,
+        )
+
+    async def sync_all(self, since: int, limit: int = 200) -> SyncResult:
+        """SYNCs page after page from ``since`` until it has the ``last_pos`` of the first
+        answer (what arrives after that comes live); ``truncated`` if any page said so."""
+        first = await self.sync(since, limit)
+        messages, truncated, target = list(first.messages), first.truncated, first.last_pos
+        page, reached = first, since
+        # Each page must end further on than the one before: a server that answered the same
+        # page again would otherwise be asked forever.
+        while page.messages and (newest := pos_of(page.messages[-1])) is not None:
+            if newest >= target or newest <= reached:
+                break
+            reached = newest
+            page = await self.sync(newest, limit)
+            messages.extend(page.messages)
+            truncated = truncated or page.truncated
+        return SyncResult(tuple(messages), target, truncated)
+
+    async def history(
+        self,
+        *,
+        with_user: int | None = None,
+        group_id: int | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> HistoryPage:
+        """One page of the conversation with a user or in a group (give one of the two): the
+        newest ``limit`` (1-100) kept objects with pos below ``before`` (all when None)."""
+        if (with_user is None) == (group_id is None):
+            raise ValueError("history needs either with_user or group_id")
+        fields: dict[str, Any] = {"limit": limit}
+        fields |= {"with": with_user} if with_user is not None else {"groupid": group_id}
+        if before is not None:
+            fields["before"] = before
+        reply = await self.request(MsgId.HISTORY, **fields)
+        return HistoryPage(_kept_list(reply), reply.get("more") is True)
+
+    async def read(self, pos: int) -> None:
+        """Tells the server (and so this user's other devices) everything up to ``pos`` is read."""
+        await self.request(MsgId.READ, pos=pos)
 
     async def ping(self) -> None:
         """Checks that the server answers (a heartbeat)."""
