@@ -475,7 +475,7 @@ class ChatClient:
         reply = await self.request(MsgId.SYNC, since=since, limit=limit)
         return SyncResult(
             messages=_kept_list(reply),
-            last_pos=int(reply["last_pos"]),
+            last_pos=_optional_int(reply.get("last_pos")) or 0,
             truncated=reply.get("truncated") is True,
         )
 
