@@ -15,6 +15,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.server import TcpServer
+from chatserver.application.node import Limits
 from chatserver.entrypoints.bootstrap import Config, bootstrap
 from chatserver.entrypoints.client.library import (
     ChatError,
@@ -485,9 +486,9 @@ async def test_sync_all_stops_when_a_server_answers_the_same_page_again() -> Non
 
 
 @asynccontextmanager
-async def node_on_tcp() -> AsyncIterator[int]:
+async def node_on_tcp(limits: Limits | None = None) -> AsyncIterator[int]:
     """A node on in-memory adapters served over TCP on a free port; yields the port."""
-    config = Config(database="memory://", node_id="test")
+    config = Config(database="memory://", node_id="test", limits=limits or Limits())
     async with bootstrap(config, hasher=FAST_HASHER) as app:
         server = TcpServer(app.node, "127.0.0.1", 0, TransportLimits())
         async with anyio.create_task_group() as task_group:

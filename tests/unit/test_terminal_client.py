@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -14,6 +14,8 @@ import pytest
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from chatserver.application.node import Limits
+from chatserver.entrypoints.client.library import DirectMessage, connect
 from chatserver.entrypoints.client.terminal import (
     COMMANDS,
     MENU,
@@ -22,6 +24,7 @@ from chatserver.entrypoints.client.terminal import (
     backoff_delays,
     parse_command,
 )
+from tests.unit.test_client_library import node_on_tcp
 
 pytestmark = pytest.mark.anyio
 
@@ -884,3 +887,85 @@ async def test_a_catch_up_that_finds_messages_gone_says_so() -> None:
         await console.shows("message at 800")
         await server.received(20, count=2)
     assert "some messages from while you were away are no longer kept" in console.shown
+
+
+class Relay:
+    """A TCP relay to a real node whose connections the test cuts, as a network would; while
+    ``down``, it hangs up on every new connection at once."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self.down = False
+        self.links: list[anyio.CancelScope] = []
+
+    async def serve(self, client: SocketStream) -> None:
+        async with client:
+            if self.down:
+                return
+            async with await anyio.connect_tcp("127.0.0.1", self.target) as upstream:
+                with anyio.CancelScope() as link:
+                    self.links.append(link)
+                    async with anyio.create_task_group() as pumps:
+                        pumps.start_soon(self._pump, client, upstream, link)
+                        pumps.start_soon(self._pump, upstream, client, link)
+
+    async def _pump(self, source: Any, sink: Any, link: anyio.CancelScope) -> None:
+        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            async for chunk in source:
+                await sink.send(chunk)
+        link.cancel()
+
+    def cut(self) -> None:
+        self.down = True
+        for link in self.links:
+            link.cancel()
+
+
+async def test_against_a_real_node_a_reconnect_shows_every_missed_message_once_in_order() -> None:
+    # The node gives a login at most 3 waiting messages (the newest): the rest come by SYNC.
+    async with (
+        node_on_tcp(Limits(stored_per_user=3)) as node_port,
+        connect("127.0.0.1", node_port) as bob,
+        connect("127.0.0.1", node_port) as phone,
+        anyio.create_task_group() as task_group,
+    ):
+        bob_id = await bob.register("bob", "pw")
+        alice_id = await phone.register("alice", "pw")
+        await bob.login(bob_id, "pw")
+        relay = Relay(node_port)
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        relay.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        task_group.start_soon(listener.serve, relay.serve)
+        console = FakeConsole()
+        shell = Terminal(
+            "127.0.0.1", relay.port, console, backoff_first=0.05, backoff_max=0.2, device="pc"
+        )
+        task_group.start_soon(shell.run)
+
+        console.type("1", str(alice_id), "pw")
+        await console.shows("current login user")
+        await bob.send_chat(alice_id, "before the cut")
+        await console.shows("before the cut")
+        console.type(f"chat:{bob_id}:typed on the pc")
+        assert isinstance(await bob.next_event(), DirectMessage)
+
+        relay.cut()
+        await console.shows("connection lost")
+        await phone.login(alice_id, "pw", device="phone")
+        for n in range(4):
+            await bob.send_chat(alice_id, f"missed {n}")
+        await phone.send_chat(bob_id, "sent from my phone")
+        for n in range(4, 6):
+            await bob.send_chat(alice_id, f"missed {n}")
+        relay.down = False
+        await console.shows("missed 5")
+        await anyio.sleep(0.3)  # anything shown twice would show by now
+        task_group.cancel_scope.cancel()
+    after = console.shown[console.shown.index("connection lost, reconnecting...") + 1 :]
+    assert [line.split(" ", 2)[2] for line in after[1:]] == [
+        *(f"[{bob_id}] bob said: missed {n}" for n in range(4)),
+        f"you -> [{bob_id}]: sent from my phone",
+        *(f"[{bob_id}] bob said: missed {n}" for n in range(4, 6)),
+    ]
+    assert shell.pos == 9 and not shell.later  # 1 before the cut, 2 typed, 3-9 missed

@@ -524,14 +524,22 @@ class Terminal:
         for request in login.friend_requests:
             if request.requester_id not in known_requests:
                 self._show(request)
-        if login.last_pos is not None and (self.pos is None or login.last_pos < self.pos):
+        last_pos = login.last_pos
+        if last_pos is not None and (self.pos is None or last_pos < self.pos):
             # A server that had no inbox, or lost it (a memory:// server restarted): start
             # from where it is now.
-            self.pos, self.later = login.last_pos, set()
-        for delivery in login.offline_messages:
-            self._show(delivery)
-        if login.last_pos is not None and self.pos is not None and self.pos < login.last_pos:
-            self.catch_up_to = login.last_pos
+            self.pos, self.later = last_pos, set()
+        if last_pos is None or self.pos is None or self.pos >= last_pos:
+            for delivery in login.offline_messages:
+                self._show(delivery)
+            return
+        self.catch_up_to = last_pos
+        first = min((pos_of(m) or 0 for m in login.offline_messages), default=0)
+        if first and first <= self.pos + 1:
+            for delivery in login.offline_messages:
+                self._show(delivery)
+        # Else what waited is the newest part only (the server's stored limit): the catch-up
+        # shows it with what came before it, in order. Until shown, it is not receipted.
 
     async def _catch_up(self, client: ChatClient, target: int) -> None:
         """SYNCs from the last pos this session has until ``target`` (the login's last_pos),
