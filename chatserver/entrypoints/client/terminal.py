@@ -544,11 +544,14 @@ class Terminal:
     async def _catch_up(self, client: ChatClient, target: int) -> None:
         """SYNCs from the last pos this session has until ``target`` (the login's last_pos),
         showing only what it has not shown; what comes after ``target`` arrives live."""
+        user_id = self.user_id
         with suppress(ChatError, TimeoutError, ConnectionLost):  # the next reconnect retries
             since = self.pos or 0
             told = False
             while since < target:
                 page = await client.sync(since, SYNC_PAGE)
+                if self.credentials is None or self.user_id != user_id:
+                    return  # logged out (or kicked) meanwhile: these are no longer to show
                 async with self.screen:
                     if page.truncated and not told:
                         told = True
