@@ -57,8 +57,9 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
         connection.session = None
     async with node.user_locks.hold(user.id):
         started_ms = clock.now_ms()
-        others = await _take_over(user.id, device, started_ms, node=node)
-        first = not others and not relogin
+        others, replaced = await _take_over(user.id, device, started_ms, node=node)
+        # Friends hear of the first session only: a takeover keeps the user online.
+        first = not others and not replaced and not relogin
         session = Session(
             user,
             connection.outbox,
@@ -166,17 +167,18 @@ async def kick(user_id: int, device: str, *, node: Node, takeover: bool = True) 
 
 async def _take_over(
     user_id: int, device: str, started_ms: int, *, node: Node
-) -> dict[str, DeviceSession]:
+) -> tuple[dict[str, DeviceSession], bool]:
     """Claim the device's session for this node: end the device's older session, and the
     user's longest-logged-in ones past the device limit. Return the user's other sessions
-    that go on."""
-    local = node.sessions.get(user_id, device)
-    if local is not None:
+    that go on, and whether the device had a session (replaced now)."""
+    replaced = node.sessions.get(user_id, device) is not None
+    if replaced:
         await kick(user_id, device, node=node)
     sessions = await node.presence.claim(user_id, device, node.node_id, started_ms)
     before = sessions.pop(device, None)
     if before is not None and before.node_id != node.node_id:
         await node.bus.kick(before.node_id, user_id, device)
+    replaced = replaced or before is not None
     excess = len(sessions) + 1 - node.limits.devices_per_user
     if excess > 0:
         oldest = sorted(sessions.items(), key=lambda item: item[1].started_ms)[:excess]
@@ -186,7 +188,7 @@ async def _take_over(
                 await kick(user_id, other, node=node, takeover=False)
             else:
                 await node.bus.kick(where.node_id, user_id, other)
-    return sessions
+    return sessions, replaced
 
 
 def _find_account(tx: Transaction, command: Login) -> Account | None:
@@ -223,7 +225,8 @@ class _LoginSnapshot:
 
 def _mark_at_login(marks: dict[str, DeviceMark], command: Login) -> DeviceMark:
     """How far the device has got: as LOGIN's since says, else its own mark, else (a device
-    not seen before) the lowest mark of the user's devices."""
+    not seen before) the lowest mark of the user's devices, with what that device had beyond
+    it (receipted out of order, or chats a legacy client had past a notice it cannot show)."""
     if command.since is not None:
         return DeviceMark(command.since)
     mark = marks.get(command.device)
@@ -231,4 +234,4 @@ def _mark_at_login(marks: dict[str, DeviceMark], command: Login) -> DeviceMark:
         return mark
     if not marks:
         return DeviceMark(0)
-    return DeviceMark(min(m.pos for m in marks.values()))
+    return min(marks.values(), key=lambda m: m.pos)

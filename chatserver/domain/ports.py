@@ -5,7 +5,7 @@ where blocking is allowed (a worker thread for a real database). Everything that
 the world (the unit of work, hashing, the cluster) is asynchronous.
 """
 
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol, TypeVar
 
 from attrs import frozen
@@ -71,20 +71,6 @@ class GroupRepository(Protocol):
     def members(self, group_id: int) -> list[Member]: ...
 
     def groups_of(self, user_id: int) -> list[Group]: ...
-
-
-class MessageStore(Protocol):
-    """Deliveries waiting for a user who was away, oldest first."""
-
-    def store(self, user_id: int, delivery: Delivery) -> None:
-        """Keep a delivery for user (idempotent on its msg_id)."""
-        ...
-
-    def waiting(self, user_id: int) -> list[Delivery]: ...
-
-    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None: ...
-
-    def count(self, user_id: int) -> int: ...
 
 
 @frozen
@@ -191,9 +177,6 @@ class Transaction(Protocol):
 
     @property
     def groups(self) -> GroupRepository: ...
-
-    @property
-    def messages(self) -> MessageStore: ...
 
     @property
     def inbox(self) -> Inbox: ...

@@ -150,7 +150,20 @@ _PUSH_FIELDS: dict[int, dict[str, Callable[[Any], bool]]] = {
     13: {"id": _pos_int, "name": _str, "accept": lambda v: type(v) is bool, "msg_id": _pos_int},
     14: {"id": _pos_int, "state": lambda v: v in _STATES},
     15: {"errmsg": lambda v: isinstance(v, str) and v != ""},
+    22: {"pos": lambda v: is_int(v) and v >= 0},  # READ_MSG S->C (version 2, modern only)
 }
+# Objects with a msg_id carry their pos in the user's inbox (version 2), except in the legacy
+# dialect, which keeps version 1's shape exactly.
+_KEPT_MSGIDS = (6, 10, 13)
+_VERSION_2_PUSHES = (22,)
+
+
+def _pos_problems(obj: Frame, legacy: bool, where: str) -> list[str]:
+    if obj.get("msgid") not in _KEPT_MSGIDS:
+        return []
+    if legacy:
+        return [f"{where} carries 'pos' (legacy dialect)"] if "pos" in obj else []
+    return [] if _pos_int(obj.get("pos")) else [f"{where} lacks a positive 'pos'"]
 _FRIEND = {"id": _pos_int, "name": _str, "state": lambda v: v in _STATES}
 _MEMBER = {
     "id": _pos_int,
@@ -183,6 +196,11 @@ def _decoded(item: Any, legacy: bool, where: str, problems: list[str]) -> Any:
 
 def _login_ack_problems(frame: Frame, legacy: bool) -> list[str]:
     problems = _check_fields(frame, {"id": _pos_int, "name": _str}, "LOGIN_MSG_ACK")
+    for key in ("last_pos", "read_pos"):
+        if legacy and key in frame:
+            problems.append(f"legacy LOGIN_MSG_ACK carries {key!r}")
+        elif not legacy and not (is_int(frame.get(key)) and frame[key] >= 0):
+            problems.append(f"LOGIN_MSG_ACK lacks a {key!r}")
     lists = ("friends", "groups", "offlinemsg") + (() if legacy else ("friend_requests",))
     for key in lists:
         if key not in frame:
@@ -221,6 +239,7 @@ def _login_ack_problems(frame: Frame, legacy: bool) -> list[str]:
             problems.append(f"offlinemsg[{i}] is not one of msgid {allowed}: {obj!r}")
             continue
         problems += _check_fields(obj, _PUSH_FIELDS[obj["msgid"]], f"offlinemsg[{i}]")
+        problems += _pos_problems(obj, legacy, f"offlinemsg[{i}]")
     for i, item in enumerate(frame.get("friend_requests") or []):
         problems += _check_fields(item, _REQUESTER, f"friend_requests[{i}]")
     return problems
@@ -249,8 +268,9 @@ def frame_problems(frame: Any, *, legacy: bool = False) -> list[str]:
             problems += _check_fields(frame, {"id": _pos_int}, "REG_MSG_ACK")
         elif msgid == 2 and frame["errno"] == 0:
             problems += _login_ack_problems(frame, legacy)
-    elif msgid in _PUSH_FIELDS:
+    elif msgid in _PUSH_FIELDS and not (legacy and msgid in _VERSION_2_PUSHES):
         problems += _check_fields(frame, _PUSH_FIELDS[msgid], f"msgid {msgid}")
+        problems += _pos_problems(frame, legacy, f"msgid {msgid}")
     else:
         problems.append(f"msgid {msgid} is not something the server sends")
     return problems

@@ -38,8 +38,6 @@ class MemoryDatabase:
     group_ids_by_name: dict[str, int] = Factory(dict)
     # group -> user -> (order of joining, role)
     members: dict[int, dict[int, tuple[int, Role]]] = Factory(dict)
-    # user -> msg_id -> (order of storing, delivery)
-    waiting: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
     # user -> pos -> (kept_ms, delivery); a user's inbox, positions 1, 2, 3, ...
     inbox: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
     # user -> a pos at or below their oldest entry (pruning raises it), to find that fast
@@ -87,6 +85,13 @@ class UndoLog:
         # Undone through the same tuple as a mapping change: items[slice] = [] cuts the list.
         self._undo.append((items, slice(len(items), None), []))  # type: ignore[arg-type]
         items.extend(more)
+
+    def drop_front(self, items: list[V], count: int) -> None:
+        """Remove a list's first count items; undone by putting them back in front."""
+        if count <= 0:
+            return
+        self._undo.append((items, slice(0, 0), items[:count]))  # type: ignore[arg-type]
+        del items[:count]
 
     def take(self, counter: Counter, count: int = 1) -> int:
         """Advance a counter by count; return the first of the values taken."""
@@ -218,30 +223,6 @@ class MemoryGroupRepository:
             for group_id, members in sorted(self._db.members.items())
             if user_id in members
         ]
-
-
-class MemoryMessageStore:
-    def __init__(self, log: UndoLog) -> None:
-        self._log = log
-        self._db = log.database
-
-    def store(self, user_id: int, delivery: Delivery) -> None:
-        _require_users(self._db, user_id)
-        waiting = self._db.waiting.setdefault(user_id, {})
-        if delivery.msg_id not in waiting:
-            self._log.put(waiting, delivery.msg_id, (self._log.take("order"), delivery))
-
-    def waiting(self, user_id: int) -> list[Delivery]:
-        waiting = sorted(self._db.waiting.get(user_id, {}).values(), key=lambda item: item[0])
-        return [delivery for _, delivery in waiting]
-
-    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None:
-        waiting = self._db.waiting.get(user_id, {})
-        for msg_id in msg_ids:
-            self._log.pop(waiting, msg_id)
-
-    def count(self, user_id: int) -> int:
-        return len(self._db.waiting.get(user_id, {}))
 
 
 class MemoryMessageIdSequence:
@@ -376,6 +357,7 @@ class MemoryInbox:
                 continue
             pos = start = self.oldest_pos(user_id)
             last = db.last_pos.get(user_id, 0)
+            touched: set[int] = set()
             while pos <= last and pruned < limit:
                 entry = entries.get(pos)
                 if entry is not None:
@@ -383,16 +365,35 @@ class MemoryInbox:
                         break
                     self._log.pop(entries, pos)
                     pruned += 1
+                    key = conversation_of(user_id, entry[1])
+                    if key is not None:
+                        touched.add(key)
                 pos += 1
             if pos != start:
                 self._log.put(db.inbox_floor, user_id, pos)
+                self._forget_positions(user_id, touched, pos)
         return pruned
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:
         entries = self._db.inbox.get(user_id, {})
         pruned = 0
+        touched: set[int] = set()
         for pos in range(self.oldest_pos(user_id), min(up_to_pos, self.last_pos(user_id)) + 1):
-            pruned += self._log.pop(entries, pos)
+            entry = entries.get(pos)
+            if entry is not None:
+                self._log.pop(entries, pos)
+                pruned += 1
+                key = conversation_of(user_id, entry[1])
+                if key is not None:
+                    touched.add(key)
         if up_to_pos >= self._db.inbox_floor.get(user_id, 1):
             self._log.put(self._db.inbox_floor, user_id, up_to_pos + 1)
+            self._forget_positions(user_id, touched, up_to_pos + 1)
         return pruned
+
+    def _forget_positions(self, user_id: int, conversations: Iterable[int], floor: int) -> None:
+        """Drop the positions below floor (pruned) from these conversations of user."""
+        for key in conversations:
+            positions = self._db.conversations.get((user_id, key))
+            if positions:
+                self._log.drop_front(positions, bisect_left(positions, floor))

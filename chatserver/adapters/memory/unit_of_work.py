@@ -11,7 +11,6 @@ from chatserver.adapters.memory.repositories import (
     MemoryGroupRepository,
     MemoryInbox,
     MemoryMessageIdSequence,
-    MemoryMessageStore,
     MemoryUserRepository,
     UndoLog,
 )
@@ -20,7 +19,6 @@ from chatserver.domain.ports import (
     GroupRepository,
     Inbox,
     MessageIdSequence,
-    MessageStore,
     Transaction,
     UserRepository,
 )
@@ -35,7 +33,6 @@ class MemoryTransaction:
         self.users: UserRepository = MemoryUserRepository(log)
         self.friends: FriendRepository = MemoryFriendRepository(log)
         self.groups: GroupRepository = MemoryGroupRepository(log)
-        self.messages: MessageStore = MemoryMessageStore(log)
         self.inbox: Inbox = MemoryInbox(log)
         self.message_ids: MessageIdSequence = MemoryMessageIdSequence(log)
 

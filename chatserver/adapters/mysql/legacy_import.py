@@ -295,11 +295,8 @@ def write(
             chats.append((user_id, chat))
     first = tx.message_ids.reserve(len(chats))
     waiting = [(user_id, chat(msg_id)) for msg_id, (user_id, chat) in enumerate(chats, start=first)]
-    # Each user's inbox, pos 1, 2, ... in the order they were stored, kept from now on; and,
-    # while version 1's store is still read, there as well.
+    # Each user's inbox, pos 1, 2, ... in the order they were stored, kept from now on.
     tx.inbox.append(waiting, now_ms)
-    for user_id, delivery in waiting:
-        tx.messages.store(user_id, delivery)
 
     return ImportReport(
         users=len(users),

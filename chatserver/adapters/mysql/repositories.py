@@ -30,7 +30,6 @@ DELIVERY_KINDS: dict[str, type[Delivery]] = {
 KIND_OF_DELIVERY = {cls: kind for kind, cls in DELIVERY_KINDS.items()}
 
 FOREIGN_KEY_ERRORS = (errorcode.ER_NO_REFERENCED_ROW_2, errorcode.ER_NO_REFERENCED_ROW)
-DELETE_BATCH = 500
 
 
 def dump_delivery(delivery: Delivery) -> tuple[str, str]:
@@ -259,39 +258,6 @@ class MySqlGroupRepository:
             (user_id,),
         )
         return _groups(self._db)
-
-
-class MySqlMessageStore:
-    def __init__(self, cursor: MySQLCursor) -> None:
-        self._db = cursor
-
-    def store(self, user_id: int, delivery: Delivery) -> None:
-        kind, body = dump_delivery(delivery)
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO offlinemessage (userid, msg_id, kind, body) VALUES (%s, %s, %s, %s)"
-                " ON DUPLICATE KEY UPDATE userid = userid",
-                (user_id, delivery.msg_id, kind, body),
-            )
-
-    def waiting(self, user_id: int) -> list[Delivery]:
-        self._db.execute(
-            "SELECT kind, body FROM offlinemessage WHERE userid = %s ORDER BY seq", (user_id,)
-        )
-        return [load_delivery(str(kind), str(body)) for kind, body in self._db.fetchall()]
-
-    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None:
-        remaining = iter(msg_ids)
-        while batch := list(islice(remaining, DELETE_BATCH)):
-            placeholders = ", ".join(["%s"] * len(batch))
-            self._db.execute(
-                f"DELETE FROM offlinemessage WHERE userid = %s AND msg_id IN ({placeholders})",
-                (user_id, *batch),
-            )
-
-    def count(self, user_id: int) -> int:
-        self._db.execute("SELECT count(*) FROM offlinemessage WHERE userid = %s", (user_id,))
-        return _single(self._db)
 
 
 class MySqlMessageIdSequence:

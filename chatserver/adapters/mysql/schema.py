@@ -155,6 +155,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             SELECT id, (SELECT count(*) FROM offlinemessage WHERE userid = user.id), 0
             FROM user""",
     ),
+    (
+        # Version 1's store of waiting deliveries: step 2 moved its rows into the inbox, and
+        # nothing reads it any more.
+        "DROP TABLE IF EXISTS offlinemessage",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

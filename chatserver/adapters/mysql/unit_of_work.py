@@ -23,7 +23,6 @@ from chatserver.adapters.mysql.repositories import (
     MySqlGroupRepository,
     MySqlInbox,
     MySqlMessageIdSequence,
-    MySqlMessageStore,
     MySqlUserRepository,
 )
 from chatserver.adapters.mysql.schema import LOCK_TIMEOUT_SECONDS, upgrade
@@ -34,7 +33,6 @@ from chatserver.domain.ports import (
     GroupRepository,
     Inbox,
     MessageIdSequence,
-    MessageStore,
     UserRepository,
 )
 
@@ -112,7 +110,6 @@ class MySqlTransaction:
         self.users: UserRepository = MySqlUserRepository(cursor)
         self.friends: FriendRepository = MySqlFriendRepository(cursor)
         self.groups: GroupRepository = MySqlGroupRepository(cursor)
-        self.messages: MessageStore = MySqlMessageStore(cursor)
         self.inbox: Inbox = MySqlInbox(cursor)
         self.message_ids: MessageIdSequence = MySqlMessageIdSequence(cursor)
 

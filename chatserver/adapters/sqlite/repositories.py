@@ -181,39 +181,6 @@ class SqliteGroupRepository:
         return [Group(*row) for row in rows]
 
 
-class SqliteMessageStore:
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
-
-    def store(self, user_id: int, delivery: Delivery) -> None:
-        kind, body = dump_delivery(delivery)
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO offlinemessage (userid, msg_id, kind, body) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (user_id, delivery.msg_id, kind, body),
-            )
-
-    def waiting(self, user_id: int) -> list[Delivery]:
-        rows = self._db.execute(
-            "SELECT kind, body FROM offlinemessage WHERE userid = ? ORDER BY seq", (user_id,)
-        )
-        return [load_delivery(kind, body) for kind, body in rows]
-
-    def delete(self, user_id: int, msg_ids: Iterable[int]) -> None:
-        self._db.executemany(
-            "DELETE FROM offlinemessage WHERE userid = ? AND msg_id = ?",
-            ((user_id, msg_id) for msg_id in msg_ids),
-        )
-
-    def count(self, user_id: int) -> int:
-        row = self._db.execute(
-            "SELECT count(*) FROM offlinemessage WHERE userid = ?", (user_id,)
-        ).fetchone()
-        count: int = row[0]
-        return count
-
-
 class SqliteMessageIdSequence:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection

@@ -16,7 +16,6 @@ from chatserver.adapters.sqlite.repositories import (
     SqliteGroupRepository,
     SqliteInbox,
     SqliteMessageIdSequence,
-    SqliteMessageStore,
     SqliteUserRepository,
 )
 from chatserver.adapters.sqlite.schema import connect, upgrade
@@ -26,7 +25,6 @@ from chatserver.domain.ports import (
     GroupRepository,
     Inbox,
     MessageIdSequence,
-    MessageStore,
     Transaction,
     UserRepository,
 )
@@ -43,7 +41,6 @@ class SqliteTransaction:
         self.users: UserRepository = SqliteUserRepository(connection)
         self.friends: FriendRepository = SqliteFriendRepository(connection)
         self.groups: GroupRepository = SqliteGroupRepository(connection)
-        self.messages: MessageStore = SqliteMessageStore(connection)
         self.inbox: Inbox = SqliteInbox(connection)
         self.message_ids: MessageIdSequence = SqliteMessageIdSequence(connection)
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from chatserver.adapters.memory.unit_of_work import MemoryUnitOfWork
 from chatserver.adapters.mysql.unit_of_work import open_mysql
 from chatserver.domain.errors import UnknownUser
 from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage, Kept
@@ -626,3 +627,69 @@ async def test_pruning_a_big_inbox_goes_in_short_batches_oldest_first(
         assert len(message_rows(persistent_opener, tmp_path)) == 15_000
     finally:
         await uow.aclose()
+
+
+async def test_a_rolled_back_prune_leaves_every_entry_and_conversation_as_it_was(
+    uow: UnitOfWork,
+) -> None:
+    await uow.run(lambda tx: users(tx, 3))
+    for day in range(3):
+
+        def append(tx: Transaction, day: int = day) -> None:
+            base = 10 * day
+            tx.inbox.append(
+                [(1, dm(base + 1, 2, 1)), (1, gm(base + 2, 7, 3)), (2, dm(base + 1, 2, 1))],
+                T0 + day * DAY_MS,
+            )
+
+        await uow.run(append)
+
+    def everything(tx: Transaction) -> tuple[object, ...]:
+        return tuple(
+            (
+                tx.inbox.after(u, 0, 100),
+                tx.inbox.oldest_pos(u),
+                tx.inbox.count_after(u, 0),
+                tx.inbox.conversation(u, peer_id=2 if u == 1 else 1, limit=100),
+                tx.inbox.conversation(u, group_id=7, limit=100),
+            )
+            for u in (1, 2)
+        )
+
+    before = await uow.run(everything)
+
+    def prune_then_fail(tx: Transaction) -> None:
+        assert tx.inbox.prune(T0 + 2 * DAY_MS, 100) == 6
+        assert tx.inbox.prune_user(1, 5) == 1
+        tx.inbox.append([(1, dm(99, 2, 1))], T0 + 3 * DAY_MS)
+        assert positions(tx.inbox.conversation(1, peer_id=2, limit=100)) == [7]
+        raise Boom()
+
+    with pytest.raises(Boom):
+        await uow.run(prune_then_fail)
+    assert await uow.run(everything) == before
+    # And committed, the same prune leaves the newest day.
+    await uow.run(lambda tx: (tx.inbox.prune(T0 + 2 * DAY_MS, 100), tx.inbox.prune_user(1, 5)))
+    assert await uow.run(
+        lambda tx: (
+            positions(tx.inbox.conversation(1, peer_id=2, limit=100)),
+            positions(tx.inbox.conversation(1, group_id=7, limit=100)),
+            positions(tx.inbox.conversation(2, peer_id=1, limit=100)),
+        )
+    ) == ([], [6], [3])
+
+
+async def test_the_memory_inbox_forgets_pruned_positions_of_its_conversations() -> None:
+    """The memory store's conversation index shrinks with pruning (no unbounded growth)."""
+    uow = MemoryUnitOfWork()
+    await uow.run(lambda tx: users(tx, 2))
+    for day in range(10):
+        await uow.run(
+            lambda tx, day=day: tx.inbox.append(
+                [(1, dm(10 * day + i, 2, 1)) for i in range(10)], T0 + day * DAY_MS
+            )
+        )
+    await uow.run(lambda tx: tx.inbox.prune(T0 + 8 * DAY_MS, 1000))
+    assert sum(len(p) for p in uow.database.conversations.values()) == 20
+    await uow.run(lambda tx: tx.inbox.prune_user(1, 95))
+    assert sum(len(p) for p in uow.database.conversations.values()) == 5

@@ -36,7 +36,6 @@ TABLES = {
     "friend_request",
     "allgroup",
     "groupuser",
-    "offlinemessage",
     "message_id_sequence",
     "id_sequence",
     "inbox_message",
@@ -178,15 +177,14 @@ async def test_chinese_and_emoji_round_trip_through_every_text_column(
         tx.users.add(f"{text}1", f"hash {text}")
         tx.users.add(f"{text}2", "hash")
         tx.groups.create(f"group {text}", f"about {text}", 1)
-        for delivery in deliveries:
-            tx.messages.store(1, delivery)
+        tx.inbox.append([(1, delivery) for delivery in deliveries], 0)
 
     def look(tx: Transaction) -> tuple[object, ...]:
         return (
             tx.users.account_by_name(f"{text}1"),
             tx.groups.groups_of(1)[0].name,
             tx.groups.groups_of(1)[0].description,
-            tx.messages.waiting(1),
+            [kept.delivery for kept in tx.inbox.after(1, 0, 10)],
         )
 
     await uow.run(store)
@@ -230,7 +228,7 @@ async def test_fifty_runs_at_once_queue_for_a_pool_of_eight(url: str) -> None:
         def work(tx: Transaction) -> int:
             user = tx.users.add(f"user {i}", "hash")
             first = tx.message_ids.reserve(1)
-            tx.messages.store(user.id, DirectMessage(first, 1, "x", user.id, "hi", 0))
+            tx.inbox.append([(user.id, DirectMessage(first, 1, "x", user.id, "hi", 0))], 0)
             return user.id
 
         results.append(await uow.run(work))

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery, DirectMessage
-from chatserver.domain.ports import Transaction
+from chatserver.domain.messages import DirectMessage, Kept
+from chatserver.domain.ports import DeviceMark, Transaction
 from chatserver.domain.users import Account, User
 
 from .adapters import Opener
@@ -21,7 +21,9 @@ def populate(tx: Transaction) -> None:
     tx.friends.add_request(carol.id, alice.id)
     group = tx.groups.create("friends", "", alice.id)
     tx.groups.add_member(group.id, carol.id, Role.NORMAL)
-    tx.messages.store(carol.id, DirectMessage(1, 1, "alice", 3, "hi 😀", 0))
+    tx.inbox.append([(carol.id, DirectMessage(1, 1, "alice", 3, "hi 😀", 0))], 5)
+    tx.inbox.set_read_pos(carol.id, 1)
+    tx.inbox.set_mark(carol.id, "phone", DeviceMark(1, frozenset({3})))
 
 
 def look(tx: Transaction) -> tuple[object, ...]:
@@ -31,7 +33,9 @@ def look(tx: Transaction) -> tuple[object, ...]:
         tx.friends.requesters_of(1),
         tx.groups.groups_of(3),
         tx.groups.members(1),
-        tx.messages.waiting(3),
+        tx.inbox.after(3, 0, 10),
+        tx.inbox.read_pos(3),
+        tx.inbox.marks(3),
     )
 
 
@@ -47,13 +51,14 @@ async def test_everything_is_still_there_after_reopening(
     added = await uow.run(lambda tx: (tx.users.add("dave", "hash"), tx.groups.create("b", "", 4)))
     await uow.aclose()
 
-    waiting: list[Delivery] = [DirectMessage(1, 1, "alice", 3, "hi 😀", 0)]
     assert found == (
         Account(User(3, "carol"), "hash"),
         [User(2, "bob")],
         [User(3, "carol")],
         [Group(1, "friends", "")],
         [Member(User(1, "alice"), Role.CREATOR), Member(User(3, "carol"), Role.NORMAL)],
-        waiting,
+        [Kept(1, DirectMessage(1, 1, "alice", 3, "hi 😀", 0))],
+        1,
+        {"phone": DeviceMark(1, frozenset({3}))},
     )
     assert added == (User(4, "dave"), Group(2, "b", ""))

@@ -21,7 +21,6 @@ TABLES = {
     "friend_request",
     "allgroup",
     "groupuser",
-    "offlinemessage",
     "message_id_sequence",
     "inbox_message",
     "inbox_head",

@@ -9,7 +9,7 @@ import pytest
 from chatserver.domain.errors import NameTaken
 from chatserver.domain.groups import Role
 from chatserver.domain.messages import DirectMessage, GroupMessage
-from chatserver.domain.ports import Transaction, UnitOfWork
+from chatserver.domain.ports import DeviceMark, Transaction, UnitOfWork
 from chatserver.domain.users import User
 
 from .sample import add_users
@@ -29,7 +29,17 @@ def everything(tx: Transaction) -> dict[str, Any]:
         "friends": [tx.friends.friends_of(i) for i in ids],
         "requests": [tx.friends.requesters_of(i) for i in ids],
         "groups": [(tx.groups.get(i), tx.groups.members(i), tx.groups.groups_of(i)) for i in ids],
-        "waiting": [tx.messages.waiting(i) for i in ids],
+        "inbox": [
+            (
+                tx.inbox.after(i, 0, 100),
+                tx.inbox.last_pos(i),
+                tx.inbox.oldest_pos(i),
+                tx.inbox.read_pos(i),
+                tx.inbox.marks(i),
+                tx.inbox.conversation(i, group_id=1, limit=100),
+            )
+            for i in ids
+        ],
         "next_msg_id": tx.message_ids.reserve(0),
     }
 
@@ -43,9 +53,12 @@ def populate(tx: Transaction) -> None:
     tx.groups.add_member(group.id, bob.id, Role.NORMAL)
     tx.groups.add_member(group.id, carol.id, Role.NORMAL)
     first = tx.message_ids.reserve(3)
-    tx.messages.store(carol.id, DirectMessage(first, 1, "alice", 3, "hi", 0))
-    tx.messages.store(carol.id, GroupMessage(first + 1, 1, 1, "alice", "hi all", 0))
-    tx.messages.store(bob.id, GroupMessage(first + 1, 1, 1, "alice", "hi all", 0))
+    to_carol = DirectMessage(first, 1, "alice", 3, "hi", 0)
+    to_all = GroupMessage(first + 1, 1, 1, "alice", "hi all", 0)
+    tx.inbox.append([(carol.id, to_carol), (alice.id, to_carol), (carol.id, to_all)], 0)
+    tx.inbox.append([(bob.id, to_all), (alice.id, to_all)], 1)
+    tx.inbox.set_read_pos(carol.id, 1)
+    tx.inbox.set_mark(carol.id, "phone", DeviceMark(1))
 
 
 def change_everything_then_fail(tx: Transaction) -> None:
@@ -60,9 +73,13 @@ def change_everything_then_fail(tx: Transaction) -> None:
     tx.groups.remove_member(1, 2)
     tx.groups.add_member(1, 2, Role.NORMAL)  # back in, but at the end
     tx.groups.add_member(1, erin.id, Role.CREATOR)
-    tx.messages.delete(3, [1])
-    tx.messages.store(3, DirectMessage(1, 1, "alice", 3, "hi", 0))  # back in, but at the end
-    tx.messages.store(dave.id, DirectMessage(9, 1, "alice", 4, "hello", 0))
+    tx.inbox.prune_user(3, 1)
+    tx.inbox.prune(1, 100)
+    tx.inbox.append([(3, DirectMessage(1, 1, "alice", 3, "hi", 0))], 2)  # back in, at the end
+    tx.inbox.append([(dave.id, DirectMessage(9, 1, "alice", 4, "hello", 0))], 2)
+    tx.inbox.set_read_pos(3, 5)
+    tx.inbox.set_mark(3, "phone", DeviceMark(3, frozenset({5})))
+    tx.inbox.set_mark(dave.id, "pc", DeviceMark(1))
     tx.message_ids.reserve(100)
     raise Boom()
 
@@ -127,7 +144,8 @@ async def test_many_tasks_at_once_each_get_a_whole_transaction(uow: UnitOfWork) 
         def work(tx: Transaction) -> int:
             user = tx.users.add(f"user {i}", "hash")
             first = tx.message_ids.reserve(3)
-            tx.messages.store(user.id, DirectMessage(first, user.id, user.name, user.id, "me", 0))
+            to_self = DirectMessage(first, user.id, user.name, user.id, "me", 0)
+            tx.inbox.append([(user.id, to_self)], 0)
             if i % 5 == 0:
                 raise Boom()
             return first
@@ -141,7 +159,7 @@ async def test_many_tasks_at_once_each_get_a_whole_transaction(uow: UnitOfWork) 
 
     def look(tx: Transaction) -> list[tuple[int, int]]:
         accounts = [tx.users.account(i) for i in range(1, tasks + 1)]
-        return [(a.user.id, tx.messages.count(a.user.id)) for a in accounts if a is not None]
+        return [(a.user.id, tx.inbox.count_after(a.user.id, 0)) for a in accounts if a is not None]
 
     users = await uow.run(look)
     assert users == [(i, 1) for i in range(1, len(firsts) + 1)]
@@ -154,7 +172,7 @@ async def test_cancelled_tasks_leave_whole_transactions_or_none(uow: UnitOfWork)
     async def one(i: int, scope: anyio.CancelScope) -> None:
         def work(tx: Transaction) -> None:
             user = tx.users.add(f"user {i}", "hash")
-            tx.messages.store(user.id, DirectMessage(i, user.id, user.name, user.id, "me", 0))
+            tx.inbox.append([(user.id, DirectMessage(i, user.id, user.name, user.id, "me", 0))], 0)
 
         await uow.run(work)
         nonlocal done
@@ -167,7 +185,7 @@ async def test_cancelled_tasks_leave_whole_transactions_or_none(uow: UnitOfWork)
             tg.start_soon(one, i, tg.cancel_scope)
 
     def look(tx: Transaction) -> list[int]:
-        return [tx.messages.count(user_id) for user_id in range(1, 201) if tx.users.get(user_id)]
+        return [tx.inbox.last_pos(user_id) for user_id in range(1, 201) if tx.users.get(user_id)]
 
     counts = await uow.run(look)
     assert 20 <= len(counts) < 200
