@@ -18,9 +18,11 @@ from chatserver.adapters.tcp.server import TcpServer
 from chatserver.application.node import Limits
 from chatserver.entrypoints.bootstrap import Config, bootstrap
 from chatserver.entrypoints.client.library import (
+    ChatClient,
     ChatError,
     ConnectionLost,
     DirectMessage,
+    Event,
     Friend,
     FriendAnswer,
     FriendRequest,
@@ -610,3 +612,40 @@ async def test_read_reaches_the_other_devices_and_comes_back_at_login() -> None:
         login = await pc.login(alice_id, "pw", device="pc")
     assert told == ReadUpTo(1)
     assert (login.read_pos, login.last_pos) == (1, 1)
+
+
+async def test_group_chats_and_friend_answers_carry_their_pos_on_every_device() -> None:
+    async with (
+        node_on_tcp() as port,
+        connect("127.0.0.1", port) as pc,
+        connect("127.0.0.1", port) as phone,
+        connect("127.0.0.1", port) as bob,
+    ):
+        alice_id = await pc.register("alice", "pw")
+        bob_id = await bob.register("bob", "pw")
+        await pc.login(alice_id, "pw", device="pc")
+        await phone.login(alice_id, "pw", device="phone")
+        await bob.login(bob_id, "pw")
+        await pc.add_friend(bob_id)
+        assert isinstance(await bob.next_event(), FriendRequest)
+        await bob.answer_friend(alice_id, accept=True)
+        answers = [await next_message(pc), await next_message(phone)]
+        group_id = await bob.create_group("team")
+        await pc.join_group(group_id)
+        sent = await pc.send_group_chat(group_id, "hello team")
+        carbon = await next_message(phone)
+        to_bob = await next_message(bob)
+    assert isinstance(answers[0], FriendAnswer) and answers[0] == answers[1]
+    assert answers[0] == FriendAnswer(answers[0].msg_id, bob_id, "bob", True, answers[0].pos)
+    assert isinstance(carbon, GroupMessage) and carbon.sender_id == alice_id
+    assert (carbon.msg_id, carbon.pos) == (sent.msg_id, sent.pos)
+    assert answers[0].pos is not None and sent.pos == answers[0].pos + 1  # alice's inbox
+    assert isinstance(to_bob, GroupMessage) and to_bob.msg_id == sent and to_bob.pos is not None
+
+
+async def next_message(client: ChatClient) -> Event:
+    """The next chat, group chat or friend answer, past notices and events of newer servers."""
+    while not isinstance(event := await client.next_event(), DirectMessage | GroupMessage):
+        if isinstance(event, FriendAnswer):
+            return event
+    return event
