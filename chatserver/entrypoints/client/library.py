@@ -269,7 +269,7 @@ class LoginResult:
 
 def pos_of(event: Event) -> int | None:
     """The event's place in this user's inbox, if it has one."""
-    return event.pos if isinstance(event, (*DELIVERY_TYPES, UnknownFrame)) else None
+    return event.pos if isinstance(event, Kept) else None
 
 
 def _optional_int(value: Any) -> int | None:
@@ -327,15 +327,12 @@ def parse_event(frame: dict[str, Any]) -> Event:
         return UnknownFrame(frame)
 
 
-DELIVERY_TYPES = (DirectMessage, GroupMessage, FriendAnswer)
-
-
 def parse_kept(frame: Any) -> Kept:
     """Turns an object kept in the inbox (in offlinemsg, SYNC, HISTORY) into a delivery."""
     if not isinstance(frame, dict):
         return UnknownFrame({"value": frame})
     event = parse_event(frame)
-    return event if isinstance(event, DELIVERY_TYPES) else UnknownFrame(frame)
+    return event if isinstance(event, Delivery) else UnknownFrame(frame)
 
 
 def _kept_list(reply: dict[str, Any]) -> tuple[Kept, ...]:
