@@ -797,7 +797,8 @@ async def test_own_messages_from_another_device_show_as_you() -> None:
 
 async def test_history_shows_the_newest_page_and_how_to_get_older_ones() -> None:
     page = [kept(5), kept(6, id=1, name="alice", toid=2, msg="my answer")]
-    pages = iter([{"msgs": page, "more": True}, {"msgs": [], "more": False}])
+    unknown = {"msgid": 99, "msg_id": 1, "pos": 3}  # a newer server's object: not shown
+    pages = iter([{"msgs": page, "more": True}, {"msgs": [unknown], "more": False}])
     server = FakeServer(msgid_21=lambda request: reply_to(request, **next(pages)))
     async with terminal(server) as (console, done):
         console.type("1", "alice", "pw", "history:2")
@@ -825,6 +826,8 @@ async def test_group_history_and_its_errors() -> None:
     def not_a_member(request: Frame) -> Frame:
         if request["groupid"] == 3:
             return reply_to(request, msgs=[kept(4, msgid=10, groupid=3, msg="hi all")], more=False)
+        if request["groupid"] == 5:  # only an object of a newer server, and older ones
+            return reply_to(request, msgs=[{"msgid": 29, "msg_id": 1, "pos": 40}], more=True)
         return reply_to(request, errno=6, errmsg="you are not a member of that group")
 
     server = FakeServer(msgid_21=not_a_member)
@@ -833,9 +836,12 @@ async def test_group_history_and_its_errors() -> None:
         await console.shows("hi all")
         console.type("ghistory:8")
         await console.shows("ghistory:")
+        console.type("ghistory:5")
+        await console.shows("older messages: ghistory:5:40")
         console.type("quit")
         await finished(done)
     assert "messages in group [3] grp:" in console.shown
+    assert not [line for line in console.shown if "no messages" in line]
     assert "  group[3] 2026-11-26 23:30:00 [2] bob said: hi all" in console.shown
     assert "ghistory: you are not a member of that group" in console.shown
 

@@ -659,12 +659,13 @@ class Terminal:
         """Shows one page of history, oldest first, and the command for the older page."""
         lines = [describe(m, self.friends, self.user_id) for m in page.messages]
         shown = [f"  {line}" for line in lines if line]
-        if not shown:
-            self.console.show(f"no {'older ' if before else ''}messages {what}")
-            return
-        self.console.show("\n".join([f"messages {what}:", *shown]))
+        if shown:
+            self.console.show("\n".join([f"messages {what}:", *shown]))
         if page.more and page.first_pos is not None:
+            # Also when nothing on this page could be shown (only events of a newer server).
             self.console.show(f"older messages: {older}:{page.first_pos}")
+        elif not shown:
+            self.console.show(f"no {'older ' if before else ''}messages {what}")
 
     def befriend(self, user_id: int, name: str) -> None:
         self.friends[user_id] = name
