@@ -107,6 +107,11 @@ class PrometheusMetrics:
             "chatserver_offline_queue_at_login", "Stored deliveries a login found waiting",
             buckets=(0, 1, 5, 20, 100, 200, 1000, 10000), registry=self.registry,
         )
+        self.inbox_batches = Histogram(
+            "chatserver_inbox_batch_entries",
+            "Inbox entries written by one transaction (group commit)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 2000, 10000), registry=self.registry,
+        )
         self.requests = HistogramByLabel(
             "chatserver_request_seconds", "Time to serve a request, by msgid", "msgid",
             LATENCY_BUCKETS, self.registry,
@@ -129,6 +134,9 @@ class PrometheusMetrics:
 
     def waiting_at_login(self, count: int) -> None:
         self.waiting.observe(count)
+
+    def inbox_batch(self, entries: int) -> None:
+        self.inbox_batches.observe(entries)
 
     # What the transport and the composition root report.
 

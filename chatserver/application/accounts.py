@@ -75,7 +75,8 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
         connection.session = session
         node.writer.known(user.id)
         try:
-            if first:  # other nodes may remember this user as nowhere
+            if all(where.node_id != node.node_id for where in others.values()):
+                # Other nodes may remember this user as elsewhere, or nowhere: not here.
                 await node.bus.relocated(user.id)
             snapshot = await node.uow.run(
                 lambda tx: _LoginSnapshot(tx, user, command, node.limits.stored_per_user)
@@ -130,8 +131,8 @@ async def end_session(
         return
     mark = session.end()
     log.info(
-        "session end user=%d device=%r reason=%r mark=%d",
-        session.user.id, session.device, reason, mark.pos,
+        "session end user=%d reason=%r device=%r mark=%d",
+        session.user.id, reason, session.device, mark.pos,
     )
     node.sessions.remove(session)
     user_id = session.user.id
@@ -152,8 +153,9 @@ async def end_session(
 
 
 async def kick(user_id: int, device: str, *, node: Node, takeover: bool = True) -> None:
-    """End this node's session of user's device: a newer login replaced it (takeover), or
-    the user logged in on one device too many (not a takeover: its device goes offline)."""
+    """End this node's session of user's device: a newer login of that device here replaced
+    it (takeover: presence already names the new session), or a login elsewhere did, of the
+    same device or of one device too many (its device is released, unless it moved)."""
     session = node.sessions.get(user_id, device)
     if session is None:
         return
@@ -161,7 +163,7 @@ async def kick(user_id: int, device: str, *, node: Node, takeover: bool = True) 
     if not session.notices:
         # The original client cannot show KICKED_MSG and would go on talking to a dead session.
         session.outbox.close()
-    reason = "replaced by a newer login" if takeover else "one device too many"
+    reason = "replaced by a newer login" if takeover else "a newer login elsewhere"
     await end_session(session, node=node, takeover=takeover, reason=reason)
 
 

@@ -73,6 +73,9 @@ class NoMetrics:
     def waiting_at_login(self, count: int) -> None:
         pass
 
+    def inbox_batch(self, entries: int) -> None:
+        pass
+
 
 @define(eq=False)
 class Node:
@@ -107,6 +110,7 @@ class Node:
         self.writer = InboxWriter(
             self.uow, self.clock, self._pushed_after_commit, history_days=limits.history_days
         )
+        self.writer.observe = self._observe_batch
         self.gaps = GapFiller(self.uow)
         self.router = Router(
             self.node_id, self.sessions, self.presence, self.bus, self.writer, self.metrics
@@ -116,3 +120,7 @@ class Node:
 
     def _pushed_after_commit(self, write: InboxWrite) -> None:
         self.router.push_local(write)
+
+    def _observe_batch(self, entries: int) -> None:
+        self.metrics.inbox_batch(entries)
+        self.metrics.routed("kept", entries)

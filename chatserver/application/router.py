@@ -26,6 +26,9 @@ log = logging.getLogger("chatserver.router")
 # How long where a user was seen is trusted without looking again. Being wrong costs a hop
 # or a late push (see the module's docstring), not a message.
 LOCATION_SECONDS = 30.0
+# That a user is nowhere is trusted for less: a node that rejoins after a Redis outage claims
+# its users again without telling anyone, and meanwhile its sessions are pushed nothing.
+NOWHERE_SECONDS = 1.0
 LOCATIONS_KEPT = 100_000
 
 _NOWHERE: frozenset[str] = frozenset()
@@ -159,9 +162,9 @@ class Router:
             located = await self.presence.locate(unknown)
             if len(where) + len(unknown) > LOCATIONS_KEPT:
                 where.clear()
-            until = now + LOCATION_SECONDS
+            until, until_nowhere = now + LOCATION_SECONDS, now + NOWHERE_SECONDS
             for uid in unknown:
                 nodes = located.get(uid, _NOWHERE)
-                where[uid] = (nodes, until)
+                where[uid] = (nodes, until if nodes else until_nowhere)
                 found[uid] = nodes
         return found

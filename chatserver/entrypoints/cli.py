@@ -103,9 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "RATE; default %(default)s; the protocol promises at least 50)")
     serve.add_argument("--stored-limit", type=int,
                        default=int(_env("STORED_LIMIT", str(defaults.limits.stored_per_user))),
-                       help="messages that may wait for one user who is away; past it a "
-                       "one-to-one sender gets errno 11 and a group message is not stored "
-                       "for that user (CHATSERVER_STORED_LIMIT; default %(default)s)")
+                       help="messages a login pushes at most to a device that fell behind "
+                       "(the newest of what waits for it; the rest stays readable with SYNC) "
+                       "(CHATSERVER_STORED_LIMIT; default %(default)s)")
+    serve.add_argument("--history-days", type=int,
+                       default=int(_env("HISTORY_DAYS", str(defaults.limits.history_days))),
+                       help="days messages are kept in users' inboxes, for SYNC and HISTORY; "
+                       "0: only until every device of the user has had them, as in version 1 "
+                       "(CHATSERVER_HISTORY_DAYS; default %(default)s)")
+    serve.add_argument("--devices-per-user", type=int,
+                       default=int(_env("DEVICES_PER_USER",
+                                        str(defaults.limits.devices_per_user))),
+                       help="devices a user may be logged in on at once; a login on one more "
+                       "ends the session logged in longest ago (CHATSERVER_DEVICES_PER_USER; "
+                       "default %(default)s)")
     serve.add_argument("--hash-cost", type=int,
                        default=int(_env("HASH_COST", str(defaults.hash_cost))),
                        help="scrypt's n for new password hashes, a power of 2 "
@@ -277,7 +288,11 @@ def _serve(args: argparse.Namespace) -> int:
         ws_port=args.ws_port,
         tls_key=args.tls_key,
         hash_cost=args.hash_cost,
-        limits=Limits(stored_per_user=args.stored_limit),
+        limits=Limits(
+            stored_per_user=args.stored_limit,
+            history_days=args.history_days,
+            devices_per_user=args.devices_per_user,
+        ),
         transport=TransportLimits(
             connections_per_address=args.connections_per_address,
             idle_timeout_seconds=args.idle_timeout,

@@ -36,12 +36,14 @@ def test_metrics_follow_sessions_messages_requests_and_errors(tmp_path: Path) ->
         chat.online(bob)
         for _ in range(3):
             ca.ok({"msgid": 6, "toid": bob.id, "msg": "live"})
-        ca.ok({"msgid": 6, "toid": carol.id, "msg": "stored"})
+        ca.ok({"msgid": 6, "toid": carol.id, "msg": "kept for later"})
         ca.err({"msgid": 6, "toid": 999_999, "msg": "nobody"}, 4)
         samples = scrape(metrics_port)
         assert samples["chatserver_sessions_online"] == 2
         assert samples['chatserver_messages_routed_total{outcome="local"}'] == 3
-        assert samples['chatserver_messages_routed_total{outcome="stored"}'] == 1
+        # every message in the recipient's inbox and the sender's: 4 messages, 8 entries
+        assert samples['chatserver_messages_routed_total{outcome="kept"}'] == 8
+        assert samples["chatserver_inbox_batch_entries_sum"] == 8
         assert samples['chatserver_request_seconds_count{msgid="6"}'] == 5
         assert samples['chatserver_errors_total{errno="4"}'] == 1
         assert samples['chatserver_dependency_seconds_count{dependency="database"}'] > 0

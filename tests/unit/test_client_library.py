@@ -31,7 +31,7 @@ from chatserver.entrypoints.client.library import (
     GroupMessage,
     Kicked,
     Presence,
-    ReadUpTo,
+    Read,
     UnknownFrame,
     connect,
     parse_event,
@@ -416,7 +416,7 @@ async def test_positions_come_with_pushes_and_unknown_pushes_stay_out_of_the_way
         DirectMessage(1001, 2, "bob", 1, "hi", "2026-11-26 23:30:00", 1795735800000, pos=7),
         GroupMessage(1002, 3, 2, "bob", "hi all", "2026-11-26 23:31:00", 1795735860000, pos=8),
         FriendAnswer(1003, 4, "dave", accepted=True, pos=9),
-        ReadUpTo(9),
+        Read(9),
     ]
     assert isinstance(events[4], UnknownFrame)
     assert [pos_of(event) for event in events] == [7, 8, 9, None, 10]
@@ -610,7 +610,7 @@ async def test_read_reaches_the_other_devices_and_comes_back_at_login() -> None:
         told = await phone.next_event()
         await pc.read(0)  # lower: changes nothing, tells nobody
         login = await pc.login(alice_id, "pw", device="pc")
-    assert told == ReadUpTo(1)
+    assert told == Read(1)
     assert (login.read_pos, login.last_pos) == (1, 1)
 
 

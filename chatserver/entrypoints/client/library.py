@@ -145,7 +145,7 @@ class Kicked:
 
 
 @frozen
-class ReadUpTo:
+class Read:
     """Another session of this user has read everything up to ``pos`` (READ_MSG)."""
 
     pos: int
@@ -169,7 +169,7 @@ class UnknownFrame:
 
 
 Delivery = DirectMessage | GroupMessage | FriendAnswer
-Notice = FriendRequest | Presence | Kicked | ReadUpTo
+Notice = FriendRequest | Presence | Kicked | Read
 Event = Delivery | Notice | UnknownFrame
 Kept = Delivery | UnknownFrame  # what the inbox keeps: what LOGIN, SYNC and HISTORY return
 
@@ -314,7 +314,7 @@ EVENT_PARSERS: dict[int, Callable[[dict[str, Any]], Event]] = {
     MsgId.FRIEND_REQUEST: lambda frame: FriendRequest(frame["id"], frame["name"]),
     MsgId.PRESENCE: lambda frame: Presence(frame["id"], frame["state"] == "online"),
     MsgId.KICKED: lambda frame: Kicked(frame.get("errmsg", "")),
-    MsgId.READ: lambda frame: ReadUpTo(frame["pos"]),
+    MsgId.READ: lambda frame: Read(frame["pos"]),
 }
 
 

@@ -5,9 +5,10 @@ marks and pruning."""
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import pytest
@@ -25,6 +26,8 @@ from .mysql_server import MYSQL
 from .sample import TRICKY_TEXT, add_users, per_example
 
 pytestmark = pytest.mark.anyio
+
+T = TypeVar("T")
 
 DAY_MS = 86_400_000
 T0 = 1_700_000_000_000
@@ -693,3 +696,291 @@ async def test_the_memory_inbox_forgets_pruned_positions_of_its_conversations() 
     assert sum(len(p) for p in uow.database.conversations.values()) == 20
     await uow.run(lambda tx: tx.inbox.prune_user(1, 95))
     assert sum(len(p) for p in uow.database.conversations.values()) == 5
+
+
+# --------------------------------------------------------------------------- any sequence
+
+
+Op = tuple[str, int, int, tuple[int, ...], bool]  # (kind, a, b, users, roll back)
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("append"),
+            st.integers(0, 2),  # days the clock moves on first
+            st.integers(1, 3),  # sender
+            st.lists(st.integers(1, 3), min_size=1, max_size=6).map(tuple),
+            st.booleans(),
+        ),
+        st.tuples(
+            st.just("prune"), st.integers(0, 6), st.integers(1, 5), st.just(()), st.booleans()
+        ),
+        st.tuples(
+            st.just("prune_user"), st.integers(1, 3), st.integers(0, 12), st.just(()), st.booleans()
+        ),
+        st.tuples(
+            st.just("read"), st.integers(1, 3), st.integers(0, 12), st.just(()), st.booleans()
+        ),
+    ),
+    max_size=14,
+)
+
+
+@per_example
+@given(operations=ops)
+async def test_any_sequence_of_appends_prunes_and_reads_keeps_every_promise(
+    new_uow: NewUnitOfWork, operations: list[Op]
+) -> None:
+    """Against a model: positions 1..n per user with no reuse; after, count_after, oldest_pos,
+    last_pos and conversations agree with what is kept; prune takes only entries older than
+    its time, at most limit, as many as there are up to limit; a rolled-back operation
+    changes nothing; the read pos only rises."""
+    uow = await new_uow()
+    await uow.run(lambda tx: users(tx, 3))
+    # user -> pos -> (msg_id, kept_ms, peer)
+    model: dict[int, dict[int, tuple[int, int, int]]] = {1: {}, 2: {}, 3: {}}
+    last = {1: 0, 2: 0, 3: 0}
+    read = {1: 0, 2: 0, 3: 0}
+    day = 0
+    msg_id = 0
+
+    async def run(work: Callable[[Transaction], T], roll_back: bool) -> T | None:
+        if not roll_back:
+            return await uow.run(work)
+
+        def fail(tx: Transaction) -> T:
+            work(tx)
+            raise Boom()
+
+        with pytest.raises(Boom):
+            await uow.run(fail)
+        return None
+
+    for kind, a, b, to, roll_back in operations:
+        if kind == "append":
+            day += a
+            entries: list[tuple[int, Delivery]] = []
+            for recipient in to:
+                msg_id += 1
+                entries.append((recipient, dm(msg_id, b, recipient)))
+            given = await run(
+                lambda tx, e=entries, d=day: tx.inbox.append(e, T0 + d * DAY_MS), roll_back
+            )
+            if given is not None:
+                for (user, delivery), pos in zip(entries, given, strict=True):
+                    assert pos == last[user] + 1
+                    last[user] = pos
+                    peer = b if user != b else user
+                    model[user][pos] = (delivery.msg_id, T0 + day * DAY_MS, peer)
+        elif kind == "prune":
+            cutoff = T0 + a * DAY_MS
+            gone = await run(lambda tx, c=cutoff, n=b: tx.inbox.prune(c, n), roll_back)
+            if gone is not None:
+                eligible = sum(1 for u in model for e in model[u].values() if e[1] < cutoff)
+                assert gone == min(b, eligible)
+                for user in model:
+                    kept = set(
+                        positions(await uow.run(lambda tx, u=user: tx.inbox.after(u, 0, 999)))
+                    )
+                    for pos in set(model[user]) - kept:
+                        assert model[user].pop(pos)[1] < cutoff
+        elif kind == "prune_user":
+            gone = await run(lambda tx, u=a, p=b: tx.inbox.prune_user(u, p), roll_back)
+            if gone is not None:
+                old = [pos for pos in model[a] if pos <= b]
+                assert gone == len(old)
+                for pos in old:
+                    del model[a][pos]
+        else:
+            raised = await run(lambda tx, u=a, p=b: tx.inbox.set_read_pos(u, p), roll_back)
+            if raised is not None:
+                assert raised == (b > read[a])
+                read[a] = max(read[a], b)
+
+        def look(tx: Transaction) -> dict[int, tuple[object, ...]]:
+            return {
+                u: (
+                    [(k.pos, k.delivery.msg_id) for k in tx.inbox.after(u, 0, 999)],
+                    tx.inbox.last_pos(u),
+                    tx.inbox.oldest_pos(u),
+                    [tx.inbox.count_after(u, since) for since in (0, 2, 5)],
+                    tx.inbox.read_pos(u),
+                    {
+                        peer: positions(tx.inbox.conversation(u, peer_id=peer, limit=999))
+                        for peer in (1, 2, 3)
+                    },
+                    positions(tx.inbox.conversation(u, peer_id=1, before=6, limit=2)),
+                )
+                for u in (1, 2, 3)
+            }
+
+        def expected(u: int) -> tuple[object, ...]:
+            kept = sorted(model[u].items())
+            with_1 = [pos for pos, e in kept if e[2] == 1]
+            return (
+                [(pos, e[0]) for pos, e in kept],
+                last[u],
+                kept[0][0] if kept else last[u] + 1,
+                [sum(1 for pos in model[u] if pos > since) for since in (0, 2, 5)],
+                read[u],
+                {peer: [pos for pos, e in kept if e[2] == peer] for peer in (1, 2, 3)},
+                [pos for pos in with_1 if pos < 6][-2:],
+            )
+
+        assert await uow.run(look) == {u: expected(u) for u in (1, 2, 3)}
+
+
+async def test_two_nodes_writing_marks_reads_and_prunes_at_once_never_deadlock() -> None:
+    """What the group commit of two nodes does at once on one MariaDB database: batches of
+    entries for overlapping users (listed in different orders), marks, read positions, and a
+    pruner; no transaction fails (a deadlock or a lock wait timeout would be errno 11 for the
+    senders of a whole batch), every user's positions are 1..n with none reused, and what
+    the pruner leaves is a run up to last_pos (the two nodes' batches carry kept times that
+    interleave, as two nodes' clocks would)."""
+    url = await anyio.to_thread.run_sync(MYSQL.new_database)
+    nodes = [await open_mysql(url, pool_size=4) for _ in range(2)]
+    try:
+        await nodes[0].run(lambda tx: users(tx, 6))
+        rounds = 30
+        appended: dict[int, int] = defaultdict(int)
+
+        async def node(number: int, uow: UnitOfWork) -> None:
+            async def one(i: int) -> None:
+                order = [1, 2, 3, 4, 5, 6] if (i + number) % 2 else [6, 5, 4, 3, 2, 1]
+                msg_id = 1 + 10 * (rounds * number + i)
+                entries: list[tuple[int, Delivery]] = [
+                    (user, dm(msg_id + k, 7 - user, user)) for k, user in enumerate(order)
+                ]
+
+                def work(tx: Transaction) -> list[int]:
+                    given = tx.inbox.append(entries, T0 + i)
+                    for user in reversed(order) if i % 3 else order:
+                        tx.inbox.set_mark(user, "phone", DeviceMark(i))
+                        tx.inbox.set_read_pos(user, i)
+                    return given
+
+                await uow.run(work)
+                for user in order:
+                    appended[user] += 1
+
+            async with anyio.create_task_group() as tg:
+                for i in range(rounds):
+                    tg.start_soon(one, i)
+
+        async def pruner() -> None:
+            for cutoff in range(0, rounds, 3):
+                await nodes[1].run(lambda tx, c=cutoff: tx.inbox.prune(T0 + c, 20))
+                await anyio.sleep(0.005)
+
+        async with anyio.create_task_group() as tg:
+            for number, uow in enumerate(nodes):
+                tg.start_soon(node, number, uow)
+            tg.start_soon(pruner)
+
+        def look(tx: Transaction) -> dict[int, tuple[int, bool]]:
+            found = {}
+            for user in range(1, 7):
+                kept = positions(tx.inbox.after(user, 0, 1000))
+                last = tx.inbox.last_pos(user)
+                tail = kept == list(range(last - len(kept) + 1, last + 1))
+                found[user] = (last, tail and len(kept) == tx.inbox.count_after(user, 0))
+            return found
+
+        assert await nodes[0].run(look) == {u: (2 * rounds, True) for u in range(1, 7)}
+        assert dict(appended) == {u: 2 * rounds for u in range(1, 7)}
+    finally:
+        for uow in nodes:
+            await uow.aclose()
+
+
+async def test_pruning_never_leaves_a_hole_when_kept_times_are_out_of_pos_order(
+    uow: UnitOfWork,
+) -> None:
+    """Two nodes whose clocks differ keep pos 1 at 10:00:05 and pos 2 at 10:00:00. A window
+    ending at 10:00:03 must not take pos 2 and leave pos 1: a session syncing from 0 would
+    see 1, 3 with nothing said about 2. Either both go or neither does."""
+    await uow.run(lambda tx: users(tx, 2))
+    await uow.run(lambda tx: tx.inbox.append([(1, dm(1, 2, 1)), (2, dm(1, 2, 1))], T0 + 5_000))
+    await uow.run(lambda tx: tx.inbox.append([(1, dm(2, 2, 1))], T0))
+    await uow.run(lambda tx: tx.inbox.append([(1, dm(3, 2, 1))], T0 + 9_000))
+    await uow.run(lambda tx: tx.inbox.prune(T0 + 3_000, 100))
+
+    def look(tx: Transaction) -> tuple[list[int], int, int, list[int]]:
+        return (
+            positions(tx.inbox.after(1, 0, 10)),
+            tx.inbox.oldest_pos(1),
+            tx.inbox.count_after(1, 0),
+            positions(tx.inbox.after(2, 0, 10)),
+        )
+
+    kept, oldest, count, others = await uow.run(look)
+    assert kept in ([1, 2, 3], [3])
+    assert (oldest, count) == (kept[0], len(kept))
+    assert others == [1]  # bob's copy of message 1 is younger than the window
+    # Once the window passes both, both go, and nothing else.
+    await uow.run(lambda tx: tx.inbox.prune(T0 + 6_000, 100))
+    assert await uow.run(lambda tx: positions(tx.inbox.after(1, 0, 10))) == [3]
+
+
+async def test_set_marks_keeps_many_marks_at_once_or_none_of_them(uow: UnitOfWork) -> None:
+    await uow.run(lambda tx: users(tx, 3))
+    await uow.run(lambda tx: tx.inbox.set_mark(1, "pc", DeviceMark(1)))
+    marks = {
+        (2, "phone"): DeviceMark(4, frozenset({6, 9})),
+        (1, "pc"): DeviceMark(7),
+        (1, "phone"): DeviceMark(2),
+        (3, "pc"): DeviceMark(0),
+    }
+    await uow.run(lambda tx: tx.inbox.set_marks(marks))
+    expected = (
+        {"pc": DeviceMark(7), "phone": DeviceMark(2)},
+        {"phone": DeviceMark(4, frozenset({6, 9}))},
+        {"pc": DeviceMark(0)},
+    )
+    look = lambda tx: tuple(tx.inbox.marks(u) for u in (1, 2, 3))  # noqa: E731
+
+    assert await uow.run(look) == expected
+
+    def with_a_stranger(tx: Transaction) -> None:
+        with pytest.raises(UnknownUser):
+            tx.inbox.set_marks({(1, "pc"): DeviceMark(9), (99, "pc"): DeviceMark(1)})
+
+    await uow.run(with_a_stranger)  # the transaction goes on without any of them
+    assert await uow.run(look) == expected
+    many = {(1 + i % 3, f"device {i}"): DeviceMark(i) for i in range(1_200)}
+    await uow.run(lambda tx: tx.inbox.set_marks(many))
+    assert await uow.run(lambda tx: sum(len(tx.inbox.marks(u)) for u in (1, 2, 3))) == 1_204
+    moved = {key: DeviceMark(5_000) for key in many}
+    with pytest.raises(UnknownUser):
+        await uow.run(lambda tx: tx.inbox.set_marks({**moved, (99, "x"): DeviceMark(1)}))
+
+    def unchanged(tx: Transaction) -> bool:
+        return all(
+            tx.inbox.marks(u)[device] == mark for (u, device), mark in list(many.items())[::97]
+        )
+
+    assert await uow.run(unchanged)
+
+
+async def test_an_unknown_user_after_thousands_of_others_keeps_nothing_of_the_batch(
+    uow: UnitOfWork,
+) -> None:
+    """A batch too big for one statement (the stores raise the users' heads in chunks): a
+    stranger in the last chunk undoes the chunks before it."""
+    count = 2_100
+    await uow.run(lambda tx: users(tx, count))
+    shared = gm(1, 7, 1)
+
+    def append_with_a_stranger(tx: Transaction) -> tuple[int, int, int, list[Kept]]:
+        entries: list[tuple[int, Delivery]] = [(u, shared) for u in range(1, count + 1)]
+        with pytest.raises(UnknownUser):
+            tx.inbox.append([*entries, (count + 50, shared)], T0)
+        return (
+            tx.inbox.last_pos(1),
+            tx.inbox.last_pos(count // 2),
+            tx.inbox.last_pos(count),
+            tx.inbox.after(count, 0, 10),
+        )
+
+    assert await uow.run(append_with_a_stranger) == (0, 0, 0, [])
+    assert await uow.run(lambda tx: tx.inbox.append([(1, shared), (count, shared)], T0)) == [1, 1]
