@@ -133,8 +133,8 @@ class InboxWriter:
                     continue
                 entries.extend(write.entries)
             positions = tx.inbox.append(entries, now) if entries else []
-            for (user_id, device), mark in batch.marks.items():
-                tx.inbox.set_mark(user_id, device, mark)
+            if batch.marks:
+                tx.inbox.set_marks(batch.marks)
             for user_id, pos in batch.read.items():
                 # Read beyond the newest pos would count messages still to come as read.
                 kept = min(pos, tx.inbox.last_pos(user_id))

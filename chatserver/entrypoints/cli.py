@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="server address (default %(default)s)")
     client.add_argument("--port", type=int, default=_env_int("PORT", str(defaults.port)),
                         help="server port (default %(default)s)")
+    client.add_argument("--device", default=None,
+                        help="the name this terminal logs in with, 1-64 characters: a login on "
+                        "the same device takes over its session, other devices stay logged in "
+                        "(default: this machine's host name)")
 
     cluster = commands.add_parser(
         "cluster", help="run N nodes with nginx in front, on this machine",
@@ -273,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "client":
             from chatserver.entrypoints.client.terminal import main as run_client
 
-            return run_client(args.host, args.port)
+            return run_client(args.host, args.port, args.device)
         if args.command == "db" and args.db_command == "import-legacy":
             from chatserver.adapters.mysql.legacy_import import LegacyImportError, import_legacy
 

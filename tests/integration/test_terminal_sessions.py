@@ -1,4 +1,4 @@
-"""Two people in two `chatserver client` processes, typing into pipes, against a real server."""
+"""People in `chatserver client` processes, typing into pipes, against a real server."""
 
 import queue
 import subprocess
@@ -19,9 +19,11 @@ pytestmark = pytest.mark.integration
 class Terminal:
     """A terminal client process: type lines, wait for text to appear."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, device: str | None = None) -> None:
+        command = [sys.executable, "-m", "chatserver", "client", "--host", HOST]
+        command += ["--port", str(port), *(["--device", device] if device else [])]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatserver", "client", "--host", HOST, "--port", str(port)],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -180,3 +182,53 @@ def test_terminals_reconnect_and_log_in_again_when_the_server_restarts(
     for terminal in (a, b):
         assert terminal.seen.count("connection lost, reconnecting...") == 1
     assert not [line for line in b.seen if "into the void" in line]
+
+
+def test_one_user_on_two_devices_sees_everything_on_both_and_history_after_restarts(
+    restartable_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = restartable_server
+    assert server.port is not None
+    alice_name, carol_name = unique_name("alice"), unique_name("carol")
+    pc, phone = Terminal(server.port, "pc"), Terminal(server.port, "phone")
+    c = Terminal(server.port)
+    later: Terminal | None = None
+    try:
+        alice, carol = register(pc, alice_name), register(c, carol_name)
+        for terminal in (pc, phone):
+            terminal.type("1", str(alice), "secret")
+            terminal.wait_for(f"id: {alice} name: {alice_name}")
+        c.type("1", str(carol), "secret")
+        c.wait_for(f"id: {carol} name: {carol_name}")
+
+        # A third user's message shows on both devices; what one device sends, the other shows.
+        c.type(f"chat:{alice}:hello both of you")
+        pc.wait_for(f"[{carol}] {carol_name} said: hello both of you")
+        phone.wait_for(f"[{carol}] {carol_name} said: hello both of you")
+        pc.type(f"chat:{carol}:hi from my pc")
+        c.wait_for(f"[{alice}] {alice_name} said: hi from my pc")
+        phone.wait_for(f"you -> [{carol}]: hi from my pc")
+        assert not [line for line in pc.seen if "you ->" in line]  # typed there, not echoed
+
+        restart_on_the_same_port(server, monkeypatch)
+        for terminal in (pc, phone, c):
+            terminal.wait_for("logged in again", timeout=30)
+        phone.type(f"history:{carol}")
+        phone.wait_for(f"messages with [{carol}]")
+        phone.wait_for(f"[{carol}] {carol_name} said: hello both of you")
+        phone.wait_for(f"you -> [{carol}]: hi from my pc")
+
+        # A new terminal process on the phone device: the conversation is still there.
+        assert phone.close() == 0
+        later = Terminal(server.port, "phone")
+        later.type("1", alice_name, "secret")
+        later.wait_for(f"id: {alice} name: {alice_name}")
+        later.type(f"history:{carol}")
+        later.wait_for(f"[{carol}] {carol_name} said: hello both of you")
+        later.wait_for(f"you -> [{carol}]: hi from my pc")
+        c.type(f"chat:{alice}:still here")
+        later.wait_for(f"[{carol}] {carol_name} said: still here")
+        pc.wait_for(f"[{carol}] {carol_name} said: still here")
+    finally:
+        for terminal in (pc, phone, c, *([later] if later else [])):
+            assert terminal.close() == 0

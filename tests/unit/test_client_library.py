@@ -1,4 +1,5 @@
-"""The async client library, against a tiny fake server inside the test."""
+"""The async client library: the wire against a tiny fake server inside the test, and version 2
+(devices, the inbox) against a real node served over TCP in-process."""
 
 from __future__ import annotations
 
@@ -12,10 +13,16 @@ import pytest
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.tcp.server import TcpServer
+from chatserver.application.node import Limits
+from chatserver.entrypoints.bootstrap import Config, bootstrap
 from chatserver.entrypoints.client.library import (
+    ChatClient,
     ChatError,
     ConnectionLost,
     DirectMessage,
+    Event,
     Friend,
     FriendAnswer,
     FriendRequest,
@@ -24,10 +31,13 @@ from chatserver.entrypoints.client.library import (
     GroupMessage,
     Kicked,
     Presence,
+    Read,
     UnknownFrame,
     connect,
     parse_event,
+    pos_of,
 )
+from tests.unit.conftest import FAST_HASHER
 
 pytestmark = pytest.mark.anyio
 
@@ -200,6 +210,7 @@ async def test_login_returns_friends_groups_waiting_messages_and_friend_requests
         "id": 1,
         "password": "s3cret",
         "receipts": True,
+        "device": "default",
         "seq": 1,
     }
     assert (login.user_id, login.name) == (1, "alice")
@@ -228,6 +239,7 @@ async def test_login_by_name_sends_the_name_and_the_receipts_choice() -> None:
         "name": "alice",
         "password": "pw",
         "receipts": False,
+        "device": "default",
         "seq": 1,
     }
 
@@ -352,3 +364,288 @@ async def test_connecting_to_a_closed_port_raises_os_error() -> None:
 def test_a_malformed_push_is_kept_as_an_unknown_frame() -> None:
     frame = {"msgid": 6, "id": 2}
     assert parse_event(frame) == UnknownFrame(frame)
+
+
+# --- version 2: devices and the inbox ------------------------------------------------------
+
+
+async def test_login_sends_the_device_and_since_and_returns_last_pos_and_read_pos() -> None:
+    async def inbox_login(server: FakeServer, request: Frame) -> None:
+        fields = {k: v for k, v in LOGIN_REPLY.items() if k != "msgid"}
+        await server.send(reply_to(request, **fields, last_pos=42, read_pos=40))
+
+    async with (
+        running(FakeServer(inbox_login)) as server,
+        connect("127.0.0.1", server.port) as client,
+    ):
+        login = await client.login(1, "pw", device="phone", since=37)
+    assert server.requests[0] | {"seq": 0} == {
+        "msgid": 1,
+        "id": 1,
+        "password": "pw",
+        "receipts": True,
+        "device": "phone",
+        "since": 37,
+        "seq": 0,
+    }
+    assert (login.last_pos, login.read_pos) == (42, 40)
+
+
+async def test_a_server_without_an_inbox_leaves_the_positions_none() -> None:
+    async with running(FakeServer()) as server, connect("127.0.0.1", server.port) as client:
+        login = await client.login(1, "pw")
+        sent = await client.send_chat(2, "hi")
+    assert (login.last_pos, login.read_pos) == (None, None)
+    assert all(m.pos is None for m in login.offline_messages)
+    assert sent == 2000 and sent.pos is None
+
+
+async def test_positions_come_with_pushes_and_unknown_pushes_stay_out_of_the_way() -> None:
+    pushes = [
+        CHAT | {"pos": 7},
+        GROUP_CHAT | {"pos": 8},
+        FRIEND_ANSWER | {"pos": 9},
+        {"msgid": 22, "pos": 9},
+        {"msgid": 29, "groupid": 3, "event": "joined", "msg_id": 1004, "pos": 10},
+    ]
+    async with running(FakeServer()) as server, connect("127.0.0.1", server.port) as client:
+        await client.ping()
+        await server.send(*pushes)
+        events = [await client.next_event() for _ in pushes]
+    assert events[:4] == [
+        DirectMessage(1001, 2, "bob", 1, "hi", "2026-11-26 23:30:00", 1795735800000, pos=7),
+        GroupMessage(1002, 3, 2, "bob", "hi all", "2026-11-26 23:31:00", 1795735860000, pos=8),
+        FriendAnswer(1003, 4, "dave", accepted=True, pos=9),
+        Read(9),
+    ]
+    assert isinstance(events[4], UnknownFrame)
+    assert [pos_of(event) for event in events] == [7, 8, 9, None, 10]
+
+
+async def test_a_send_returns_the_msg_id_as_an_int_that_also_carries_the_pos() -> None:
+    async def with_pos(server: FakeServer, request: Frame) -> None:
+        await server.send(reply_to(request, msg_id=2000 + request["seq"], pos=50 + request["seq"]))
+
+    async with (
+        running(FakeServer(with_pos)) as server,
+        connect("127.0.0.1", server.port) as client,
+    ):
+        direct = await client.send_chat(2, "hi")
+        group = await client.send_group_chat(3, "hi all")
+    assert isinstance(direct, int) and direct == 2001 and {direct: "x"}[2001] == "x"
+    assert f"{direct}" == "2001" and direct + 1 == 2002
+    assert (direct.msg_id, direct.pos) == (2001, 51)
+    assert (group.msg_id, group.pos) == (2002, 52)
+    assert repr(group) == "Sent(msg_id=2002, pos=52)"
+
+
+async def test_sync_history_and_read_send_the_protocol_fields() -> None:
+    kept = [CHAT | {"pos": 5}, GROUP_CHAT | {"pos": 6}]
+
+    async def inbox(server: FakeServer, request: Frame) -> None:
+        results = {20: {"msgs": kept, "last_pos": 6, "truncated": True}}
+        results[21] = {"msgs": kept, "more": True}
+        await server.send(reply_to(request, **results.get(request["msgid"], {})))
+
+    async with (
+        running(FakeServer(inbox)) as server,
+        connect("127.0.0.1", server.port) as client,
+    ):
+        synced = await client.sync(4, limit=10)
+        page = await client.history(with_user=2, before=9, limit=2)
+        await client.history(group_id=3)
+        await client.read(6)
+        with pytest.raises(ValueError):
+            await client.history()
+        with pytest.raises(ValueError):
+            await client.history(with_user=2, group_id=3)
+    sent = [{k: v for k, v in r.items() if k != "seq"} for r in server.requests]
+    assert sent == [
+        {"msgid": 20, "since": 4, "limit": 10},
+        {"msgid": 21, "with": 2, "before": 9, "limit": 2},
+        {"msgid": 21, "groupid": 3, "limit": 50},
+        {"msgid": 22, "pos": 6},
+    ]
+    assert [pos_of(m) for m in synced.messages] == [5, 6]
+    assert (synced.last_pos, synced.truncated) == (6, True)
+    assert isinstance(page.messages[0], DirectMessage) and page.more and page.first_pos == 5
+
+
+async def test_sync_all_stops_when_a_server_answers_the_same_page_again() -> None:
+    async def stuck(server: FakeServer, request: Frame) -> None:
+        await server.send(reply_to(request, msgs=[CHAT | {"pos": 5}], last_pos=99))
+
+    async with (
+        running(FakeServer(stuck)) as server,
+        connect("127.0.0.1", server.port) as client,
+    ):
+        synced = await client.sync_all(4)
+    assert [r["since"] for r in server.requests] == [4, 5]
+    assert synced.last_pos == 99
+
+
+# --- version 2 against a real node (in-process, over TCP) ----------------------------------
+
+
+@asynccontextmanager
+async def node_on_tcp(limits: Limits | None = None) -> AsyncIterator[int]:
+    """A node on in-memory adapters served over TCP on a free port; yields the port."""
+    config = Config(database="memory://", node_id="test", limits=limits or Limits())
+    async with bootstrap(config, hasher=FAST_HASHER) as app:
+        server = TcpServer(app.node, "127.0.0.1", 0, TransportLimits())
+        async with anyio.create_task_group() as task_group:
+            port = await task_group.start(server.serve)
+            yield port
+            await server.shutdown()
+            task_group.cancel_scope.cancel()
+
+
+async def test_two_devices_of_one_user_both_get_a_message_and_each_others_sends() -> None:
+    async with (
+        node_on_tcp() as port,
+        connect("127.0.0.1", port) as pc,
+        connect("127.0.0.1", port) as phone,
+        connect("127.0.0.1", port) as bob,
+    ):
+        alice_id = await pc.register("alice", "pw")
+        bob_id = await bob.register("bob", "pw")
+        await pc.login(alice_id, "pw", device="pc")
+        await phone.login("alice", "pw", device="phone")
+        await bob.login(bob_id, "pw")
+
+        sent = await bob.send_chat(alice_id, "hi alice")
+        on_pc, on_phone = await pc.next_event(), await phone.next_event()
+        mine = await pc.send_chat(bob_id, "hi bob")
+        carbon = await phone.next_event()
+        reply = await bob.next_event()
+    assert isinstance(on_pc, DirectMessage) and on_pc == on_phone
+    assert (on_pc.msg_id, on_pc.sender_id, on_pc.text) == (sent, bob_id, "hi alice")
+    assert isinstance(carbon, DirectMessage)
+    assert (carbon.msg_id, carbon.sender_id, carbon.recipient_id) == (mine, alice_id, bob_id)
+    assert on_pc.pos is not None and carbon.pos == mine.pos == on_pc.pos + 1
+    assert isinstance(reply, DirectMessage) and reply.msg_id == mine and reply.pos == sent.pos + 1
+
+
+async def test_sync_all_pages_through_the_inbox_in_pos_order_without_a_gap() -> None:
+    async with (
+        node_on_tcp() as port,
+        connect("127.0.0.1", port) as alice,
+        connect("127.0.0.1", port) as bob,
+    ):
+        alice_id = await alice.register("alice", "pw")
+        bob_id = await bob.register("bob", "pw")
+        await bob.login(bob_id, "pw")
+        await alice.login(alice_id, "pw")
+        sent = [await bob.send_chat(alice_id, f"message {n}") for n in range(12)]
+        login = await alice.login(alice_id, "pw", device="laptop")
+        synced = await alice.sync_all(0, limit=5)
+        tail = await alice.sync(login.last_pos or 0)
+    assert login.last_pos == 12
+    assert [pos_of(m) for m in synced.messages] == list(range(1, 13))
+    assert [m.msg_id for m in synced.messages if isinstance(m, DirectMessage)] == sent
+    assert (synced.last_pos, synced.truncated) == (12, False)
+    assert tail.messages == () and tail.last_pos == 12
+
+
+async def test_login_since_gives_only_what_follows_it() -> None:
+    async with (
+        node_on_tcp() as port,
+        connect("127.0.0.1", port) as alice,
+        connect("127.0.0.1", port) as bob,
+    ):
+        alice_id = await alice.register("alice", "pw")
+        bob_id = await bob.register("bob", "pw")
+        await bob.login(bob_id, "pw")
+        for n in range(5):
+            await bob.send_chat(alice_id, f"message {n}")
+        login = await alice.login(alice_id, "pw", device="tablet", since=3)
+    assert [(pos_of(m), getattr(m, "text", None)) for m in login.offline_messages] == [
+        (4, "message 3"),
+        (5, "message 4"),
+    ]
+
+
+async def test_history_pages_back_through_a_conversation_and_a_group() -> None:
+    async with (
+        node_on_tcp() as port,
+        connect("127.0.0.1", port) as alice,
+        connect("127.0.0.1", port) as bob,
+    ):
+        alice_id = await alice.register("alice", "pw")
+        bob_id = await bob.register("bob", "pw")
+        await alice.login(alice_id, "pw")
+        await bob.login(bob_id, "pw")
+        group_id = await alice.create_group("team")
+        await bob.join_group(group_id)
+        for n in range(3):
+            await alice.send_chat(bob_id, f"a{n}")
+            await bob.send_chat(alice_id, f"b{n}")
+        await bob.send_group_chat(group_id, "to the team")
+
+        newest = await alice.history(with_user=bob_id, limit=4)
+        older = await alice.history(with_user=bob_id, before=newest.first_pos, limit=4)
+        group = await alice.history(group_id=group_id)
+        with pytest.raises(ChatError) as not_a_user:
+            await alice.history(with_user=999_999)
+    texts = [getattr(m, "text", None) for m in (*older.messages, *newest.messages)]
+    assert texts == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    assert (newest.more, older.more) == (True, False)
+    assert [getattr(m, "text", None) for m in group.messages] == ["to the team"]
+    assert isinstance(group.messages[0], GroupMessage) and group.more is False
+    assert not_a_user.value.errno == 4
+
+
+async def test_read_reaches_the_other_devices_and_comes_back_at_login() -> None:
+    async with (
+        node_on_tcp() as port,
+        connect("127.0.0.1", port) as pc,
+        connect("127.0.0.1", port) as phone,
+    ):
+        alice_id = await pc.register("alice", "pw")
+        await pc.login(alice_id, "pw", device="pc")
+        await phone.login(alice_id, "pw", device="phone")
+        await pc.send_chat(alice_id, "a note to self")
+        assert isinstance(await phone.next_event(), DirectMessage)
+        await pc.read(1)
+        told = await phone.next_event()
+        await pc.read(0)  # lower: changes nothing, tells nobody
+        login = await pc.login(alice_id, "pw", device="pc")
+    assert told == Read(1)
+    assert (login.read_pos, login.last_pos) == (1, 1)
+
+
+async def test_group_chats_and_friend_answers_carry_their_pos_on_every_device() -> None:
+    async with (
+        node_on_tcp() as port,
+        connect("127.0.0.1", port) as pc,
+        connect("127.0.0.1", port) as phone,
+        connect("127.0.0.1", port) as bob,
+    ):
+        alice_id = await pc.register("alice", "pw")
+        bob_id = await bob.register("bob", "pw")
+        await pc.login(alice_id, "pw", device="pc")
+        await phone.login(alice_id, "pw", device="phone")
+        await bob.login(bob_id, "pw")
+        await pc.add_friend(bob_id)
+        assert isinstance(await bob.next_event(), FriendRequest)
+        await bob.answer_friend(alice_id, accept=True)
+        answers = [await next_message(pc), await next_message(phone)]
+        group_id = await bob.create_group("team")
+        await pc.join_group(group_id)
+        sent = await pc.send_group_chat(group_id, "hello team")
+        carbon = await next_message(phone)
+        to_bob = await next_message(bob)
+    assert isinstance(answers[0], FriendAnswer) and answers[0] == answers[1]
+    assert answers[0] == FriendAnswer(answers[0].msg_id, bob_id, "bob", True, answers[0].pos)
+    assert isinstance(carbon, GroupMessage) and carbon.sender_id == alice_id
+    assert (carbon.msg_id, carbon.pos) == (sent.msg_id, sent.pos)
+    assert answers[0].pos is not None and sent.pos == answers[0].pos + 1  # alice's inbox
+    assert isinstance(to_bob, GroupMessage) and to_bob.msg_id == sent and to_bob.pos is not None
+
+
+async def next_message(client: ChatClient) -> Event:
+    """The next chat, group chat or friend answer, past notices and events of newer servers."""
+    while not isinstance(event := await client.next_event(), DirectMessage | GroupMessage):
+        if isinstance(event, FriendAnswer):
+            return event
+    return event

@@ -16,7 +16,8 @@ def test_the_embedded_example_in_readme_runs() -> None:
         [sys.executable, "-c", match.group(1)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert re.fullmatch(r"alice said: hi bob \(msg_id \d+\)\n", done.stdout), done.stdout
+    expected = r"alice said: hi bob \(msg_id \d+\)\n#1 alice: hi bob\n#2 bob: hi alice\n"
+    assert re.fullmatch(expected, done.stdout), done.stdout
 
 
 def test_the_serving_example_in_readme_runs() -> None:

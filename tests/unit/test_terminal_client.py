@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -13,6 +14,8 @@ import pytest
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from chatserver.application.node import Limits
+from chatserver.entrypoints.client.library import DirectMessage, connect
 from chatserver.entrypoints.client.terminal import (
     COMMANDS,
     MENU,
@@ -21,6 +24,7 @@ from chatserver.entrypoints.client.terminal import (
     backoff_delays,
     parse_command,
 )
+from tests.unit.test_client_library import node_on_tcp
 
 pytestmark = pytest.mark.anyio
 
@@ -188,7 +192,11 @@ class FakeConsole:
 
 @asynccontextmanager
 async def terminal(
-    server: FakeServer, *, heartbeat_interval: float = 60.0, request_timeout: float = 10.0
+    server: FakeServer,
+    *,
+    heartbeat_interval: float = 60.0,
+    request_timeout: float = 10.0,
+    device: str = "default",
 ) -> AsyncIterator[tuple[FakeConsole, anyio.Event]]:
     """Runs a Terminal against ``server``; the event it yields is set when the terminal ends.
 
@@ -206,6 +214,7 @@ async def terminal(
             backoff_first=0.05,
             backoff_max=0.2,
             request_timeout=request_timeout,
+            device=device,
         )
         await shell.run()
         done.set()
@@ -375,17 +384,22 @@ async def test_commands_send_their_requests() -> None:
         assert request in sent
 
 
-async def session_lines(*commands: str, pushes: tuple[Frame, ...] = ()) -> list[str]:
+async def session_lines(
+    *commands: str, pushes: tuple[Frame, ...] = (), expect: int | None = None
+) -> list[str]:
     """What the terminal shows for ``commands`` typed after logging in as alice (LOGIN_REPLY:
-    friend [2] bob, group [3] grp, a request from [5] eve), after the server pushed ``pushes``."""
+    friend [2] bob, group [3] grp, a request from [5] eve), after the server pushed ``pushes``
+    (which show ``expect`` lines, one each unless told; with no commands, those lines)."""
     server = FakeServer()
     async with terminal(server) as (console, done):
         console.type("1", "alice", "pw")
         await server.received(19)
+        start = len(console.shown)
         if pushes:
             await server.send(*pushes)
-            await console.counts(len(console.shown) + len(pushes))  # one line each
-        start = len(console.shown)
+            await console.counts(start + (len(pushes) if expect is None else expect))
+        if commands:  # what the commands say; else what the pushes showed
+            start = len(console.shown)
         for command in commands:
             shown = len(console.shown)
             console.type(command)
@@ -717,6 +731,7 @@ async def test_main_reads_commands_from_a_pipe_and_prints_plain_lines() -> None:
     assert code == 0
     assert "current login user >> id: 1 name: alice" in output
     assert [r["msgid"] for r in server.requests if r["msgid"] != 19] == [1, 6, 3]
+    assert server.requests[0]["device"] == socket.gethostname()[:64]  # the default device
 
 
 async def test_main_reconnects_when_the_server_drops_it_and_exits_0_at_the_end_of_input() -> None:
@@ -733,3 +748,230 @@ def test_main_exits_with_1_when_it_cannot_connect(capsys: pytest.CaptureFixture[
 
     assert main("127.0.0.1", 1) == 1
     assert "cannot connect to 127.0.0.1:1" in capsys.readouterr().err
+
+
+# --- version 2: devices, history, catch-up -------------------------------------------------
+
+
+def kept(pos: int, **fields: Any) -> Frame:
+    """A chat from bob to alice at ``pos`` in alice's inbox, msg_id 5000 + pos."""
+    return {**CHAT, "msg": f"message at {pos}", "msg_id": 5000 + pos, "pos": pos, **fields}
+
+
+def test_history_commands_take_an_optional_position() -> None:
+    assert parse_command("history:2") == (COMMANDS["history"], [2, None])
+    assert parse_command("history:2:57") == (COMMANDS["history"], [2, 57])
+    assert parse_command("ghistory:3") == (COMMANDS["ghistory"], [3, None])
+    with pytest.raises(BadInput) as raised:
+        parse_command("history:2:older")
+    assert str(raised.value) == "usage: history:ID[:POS] (POS is a number)"
+
+
+async def test_the_terminal_logs_in_with_its_device_name() -> None:
+    server = FakeServer()
+    async with terminal(server, device="phone") as (console, _):
+        console.type("1", "alice", "pw")
+        await server.received(19)
+        await server.hang_up()
+        await console.shows("logged in again")
+    assert [r["device"] for r in server.requests if r["msgid"] == 1] == ["phone", "phone"]
+
+
+async def test_own_messages_from_another_device_show_as_you() -> None:
+    lines = await session_lines(
+        pushes=(
+            {**CHAT, "id": 1, "name": "alice", "toid": 2, "msg": "sent from my phone"},
+            {**GROUP_CHAT, "id": 1, "name": "alice", "msg": "to the group from my phone"},
+            {"msgid": 22, "pos": 3},  # read on another device: nothing to show
+            {"msgid": 29, "groupid": 3, "event": "joined", "msg_id": 1300},  # not known yet
+            {**CHAT, "msg": "still shown", "msg_id": 1301},
+        ),
+        expect=3,
+    )
+    assert lines == [
+        "2026-11-26 23:30:00 you -> [2] bob: sent from my phone",
+        "group[3] 2026-11-26 23:31:00 you said: to the group from my phone",
+        "2026-11-26 23:30:00 [2] bob said: still shown",
+    ]
+
+
+async def test_history_shows_the_newest_page_and_how_to_get_older_ones() -> None:
+    page = [kept(5), kept(6, id=1, name="alice", toid=2, msg="my answer")]
+    unknown = {"msgid": 99, "msg_id": 1, "pos": 3}  # a newer server's object: not shown
+    pages = iter([{"msgs": page, "more": True}, {"msgs": [unknown], "more": False}])
+    server = FakeServer(msgid_21=lambda request: reply_to(request, **next(pages)))
+    async with terminal(server) as (console, done):
+        console.type("1", "alice", "pw", "history:2")
+        await console.shows("older messages")
+        console.type("history:2:5")
+        await console.shows("no older messages")
+        console.type("quit")
+        await finished(done)
+    start = console.shown.index("messages with [2] bob:")
+    assert console.shown[start : start + 5] == [
+        "messages with [2] bob:",
+        "  2026-11-26 23:30:00 [2] bob said: message at 5",
+        "  2026-11-26 23:30:00 you -> [2] bob: my answer",
+        "older messages: history:2:5",
+        "no older messages with [2] bob",
+    ]
+    sent = [{k: v for k, v in r.items() if k != "seq"} for r in server.requests if r["msgid"] == 21]
+    assert sent == [
+        {"msgid": 21, "with": 2, "limit": 20},
+        {"msgid": 21, "with": 2, "before": 5, "limit": 20},
+    ]
+
+
+async def test_group_history_and_its_errors() -> None:
+    def not_a_member(request: Frame) -> Frame:
+        if request["groupid"] == 3:
+            return reply_to(request, msgs=[kept(4, msgid=10, groupid=3, msg="hi all")], more=False)
+        if request["groupid"] == 5:  # only an object of a newer server, and older ones
+            return reply_to(request, msgs=[{"msgid": 29, "msg_id": 1, "pos": 40}], more=True)
+        return reply_to(request, errno=6, errmsg="you are not a member of that group")
+
+    server = FakeServer(msgid_21=not_a_member)
+    async with terminal(server) as (console, done):
+        console.type("1", "alice", "pw", "ghistory:3")
+        await console.shows("hi all")
+        console.type("ghistory:8")
+        await console.shows("ghistory:")
+        console.type("ghistory:5")
+        await console.shows("older messages: ghistory:5:40")
+        console.type("quit")
+        await finished(done)
+    assert "messages in group [3] grp:" in console.shown
+    assert not [line for line in console.shown if "no messages" in line]
+    assert "  group[3] 2026-11-26 23:30:00 [2] bob said: hi all" in console.shown
+    assert "ghistory: you are not a member of that group" in console.shown
+
+
+async def test_after_a_reconnect_it_syncs_from_its_last_pos_and_shows_only_what_is_new() -> None:
+    first = {**LOGIN_REPLY, "last_pos": 10, "read_pos": 0}
+    again = {**LOGIN_REPLY, "offlinemsg": [kept(13)], "last_pos": 16, "read_pos": 0}
+    logins = iter([first, again])
+    own = {"id": 1, "name": "alice", "toid": 2, "msg": "my own", "msg_id": 2000}
+    synced = [kept(12, **own), kept(13), kept(14), kept(15), kept(16)]
+    pages = iter([{"msgs": synced[:3], "last_pos": 16}, {"msgs": synced[3:], "last_pos": 17}])
+    server = FakeServer(
+        msgid_1=lambda request: reply_to(request, **next(logins)),
+        msgid_6=lambda request: reply_to(request, msg_id=2000, pos=12),
+        msgid_20=lambda request: reply_to(request, **next(pages)),
+    )
+    async with terminal(server) as (console, _):
+        console.type("1", "alice", "pw")
+        await server.received(19)
+        await server.send(kept(11))
+        await console.shows("message at 11")
+        console.type("chat:2:my own", "addfriend:42")  # one command runs after the other
+        await console.shows("friend request sent to [42]")
+        await server.hang_up()
+        await console.shows("message at 16")
+        syncs = await server.received(20, count=2)
+    assert [(r["since"], r["limit"]) for r in syncs] == [(13, 200), (14, 200)]
+    after = console.shown[console.shown.index("connection lost, reconnecting...") + 1 :]
+    assert after == [
+        f"reconnected to 127.0.0.1:{server.port} and logged in again",
+        *(f"2026-11-26 23:30:00 [2] bob said: message at {pos}" for pos in (13, 14, 15, 16)),
+    ]
+
+
+async def test_a_catch_up_that_finds_messages_gone_says_so() -> None:
+    first = {**LOGIN_REPLY, "last_pos": 10}
+    again = {**LOGIN_REPLY, "offlinemsg": [], "last_pos": 900}
+    logins = iter([first, again])
+    page = {"msgs": [kept(800)], "last_pos": 900, "truncated": True}
+    pages = iter([page, {"msgs": [], "last_pos": 900}])
+    server = FakeServer(
+        msgid_1=lambda request: reply_to(request, **next(logins)),
+        msgid_20=lambda request: reply_to(request, **next(pages)),
+    )
+    async with terminal(server) as (console, _):
+        console.type("1", "alice", "pw")
+        await server.received(19)
+        await server.hang_up()
+        await console.shows("message at 800")
+        await server.received(20, count=2)
+    assert "some messages from while you were away are no longer kept" in console.shown
+
+
+class Relay:
+    """A TCP relay to a real node whose connections the test cuts, as a network would; while
+    ``down``, it hangs up on every new connection at once."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self.down = False
+        self.links: list[anyio.CancelScope] = []
+
+    async def serve(self, client: SocketStream) -> None:
+        async with client:
+            if self.down:
+                return
+            async with await anyio.connect_tcp("127.0.0.1", self.target) as upstream:
+                with anyio.CancelScope() as link:
+                    self.links.append(link)
+                    async with anyio.create_task_group() as pumps:
+                        pumps.start_soon(self._pump, client, upstream, link)
+                        pumps.start_soon(self._pump, upstream, client, link)
+
+    async def _pump(self, source: Any, sink: Any, link: anyio.CancelScope) -> None:
+        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            async for chunk in source:
+                await sink.send(chunk)
+        link.cancel()
+
+    def cut(self) -> None:
+        self.down = True
+        for link in self.links:
+            link.cancel()
+
+
+async def test_against_a_real_node_a_reconnect_shows_every_missed_message_once_in_order() -> None:
+    # The node gives a login at most 3 waiting messages (the newest): the rest come by SYNC.
+    async with (
+        node_on_tcp(Limits(stored_per_user=3)) as node_port,
+        connect("127.0.0.1", node_port) as bob,
+        connect("127.0.0.1", node_port) as phone,
+        anyio.create_task_group() as task_group,
+    ):
+        bob_id = await bob.register("bob", "pw")
+        alice_id = await phone.register("alice", "pw")
+        await bob.login(bob_id, "pw")
+        relay = Relay(node_port)
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        relay.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        task_group.start_soon(listener.serve, relay.serve)
+        console = FakeConsole()
+        shell = Terminal(
+            "127.0.0.1", relay.port, console, backoff_first=0.05, backoff_max=0.2, device="pc"
+        )
+        task_group.start_soon(shell.run)
+
+        console.type("1", str(alice_id), "pw")
+        await console.shows("current login user")
+        await bob.send_chat(alice_id, "before the cut")
+        await console.shows("before the cut")
+        console.type(f"chat:{bob_id}:typed on the pc")
+        assert isinstance(await bob.next_event(), DirectMessage)
+
+        relay.cut()
+        await console.shows("connection lost")
+        await phone.login(alice_id, "pw", device="phone")
+        for n in range(4):
+            await bob.send_chat(alice_id, f"missed {n}")
+        await phone.send_chat(bob_id, "sent from my phone")
+        for n in range(4, 6):
+            await bob.send_chat(alice_id, f"missed {n}")
+        relay.down = False
+        await console.shows("missed 5")
+        await anyio.sleep(0.3)  # anything shown twice would show by now
+        task_group.cancel_scope.cancel()
+    after = console.shown[console.shown.index("connection lost, reconnecting...") + 1 :]
+    assert [line.split(" ", 2)[2] for line in after[1:]] == [
+        *(f"[{bob_id}] bob said: missed {n}" for n in range(4)),
+        f"you -> [{bob_id}]: sent from my phone",
+        *(f"[{bob_id}] bob said: missed {n}" for n in range(4, 6)),
+    ]
+    assert shell.pos == 9 and not shell.later  # 1 before the cut, 2 typed, 3-9 missed

@@ -1,8 +1,9 @@
 """An async client for the chatserver wire protocol (PROTOCOL.md), for bots, tests and the terminal.
 
     async with connect("127.0.0.1", 6000) as client:
-        await client.login("alice", "s3cret")
-        await client.send_chat(2, "hi bob")
+        login = await client.login("alice", "s3cret", device="laptop")
+        sent = await client.send_chat(2, "hi bob")  # the msg_id, with .pos
+        page = await client.history(with_user=2)  # the newest messages with user 2
         async for event in client.events():
             ...
 
@@ -29,6 +30,7 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_EVENT_BUFFER = 1024
 # A login reply carries up to 200 stored messages of up to 4,096 characters each.
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+DEFAULT_DEVICE = "default"
 
 
 class MsgId(IntEnum):
@@ -79,7 +81,9 @@ class ConnectionLost(ConnectionError):
 
 @frozen
 class DirectMessage:
-    """A one-to-one chat message sent to this user."""
+    """A one-to-one chat message to this user, or (``sender_id`` is this user's) one this user
+    sent from another device; ``pos`` is its place in this user's inbox (None from a server
+    that keeps no inbox)."""
 
     msg_id: int
     sender_id: int
@@ -88,13 +92,13 @@ class DirectMessage:
     text: str
     time: str
     sent_at_ms: int
-    # Its place in this user's inbox (0 from a server that keeps none).
-    pos: int = 0
+    pos: int | None = None
 
 
 @frozen
 class GroupMessage:
-    """A chat message sent to a group this user belongs to."""
+    """A chat message in a group this user belongs to (this user's own, from another device,
+    when ``sender_id`` is this user's); ``pos`` as for DirectMessage."""
 
     msg_id: int
     group_id: int
@@ -103,18 +107,18 @@ class GroupMessage:
     text: str
     time: str
     sent_at_ms: int
-    pos: int = 0
+    pos: int | None = None
 
 
 @frozen
 class FriendAnswer:
-    """Another user's answer to this user's friend request."""
+    """Another user's answer to this user's friend request; ``pos`` as for DirectMessage."""
 
     msg_id: int
     responder_id: int
     responder_name: str
     accepted: bool
-    pos: int = 0
+    pos: int | None = None
 
 
 @frozen
@@ -142,21 +146,80 @@ class Kicked:
 
 @frozen
 class Read:
-    """Another device of this user read everything up to pos."""
+    """Another session of this user has read everything up to ``pos`` (READ_MSG)."""
 
     pos: int
 
 
 @frozen
 class UnknownFrame:
-    """A frame from the server that this library does not understand, kept as it came."""
+    """A frame from the server that this library does not understand, kept as it came.
+
+    Newer servers push objects this library does not know yet: ignore them. ``pos`` is their
+    place in the inbox when they have one (a GROUP_EVENT does), so that a client syncing by
+    position does not take them for a gap.
+    """
 
     frame: dict[str, Any]
+
+    @property
+    def pos(self) -> int | None:
+        pos = self.frame.get("pos")
+        return pos if type(pos) is int else None
 
 
 Delivery = DirectMessage | GroupMessage | FriendAnswer
 Notice = FriendRequest | Presence | Kicked | Read
 Event = Delivery | Notice | UnknownFrame
+Kept = Delivery | UnknownFrame  # what the inbox keeps: what LOGIN, SYNC and HISTORY return
+
+
+class Sent(int):
+    """What sending a chat returns: the message's msg_id, as an int (code written when the send
+    returned a plain int keeps working: it compares, hashes and prints as the msg_id), and
+    ``pos``, the message's place in the sender's own inbox (the ACK's ``pos``; None from a
+    server that keeps no inbox)."""
+
+    pos: int | None
+
+    def __new__(cls, msg_id: int, pos: int | None = None) -> Sent:
+        sent = super().__new__(cls, msg_id)
+        sent.pos = pos
+        return sent
+
+    @property
+    def msg_id(self) -> int:
+        return int(self)
+
+    def __str__(self) -> str:  # prints as the msg_id did
+        return str(int(self))
+
+    def __repr__(self) -> str:
+        return f"Sent(msg_id={int(self)}, pos={self.pos})"
+
+
+@frozen
+class SyncResult:
+    """SYNC's answer: the kept objects after ``since`` in pos order, the newest pos, and
+    ``truncated`` when some after ``since`` have left the history window."""
+
+    messages: tuple[Kept, ...]
+    last_pos: int
+    truncated: bool = False
+
+
+@frozen
+class HistoryPage:
+    """One page of a conversation, oldest first; ``more`` when older ones exist (ask again
+    with ``before`` set to the first one's pos)."""
+
+    messages: tuple[Kept, ...]
+    more: bool
+
+    @property
+    def first_pos(self) -> int | None:
+        """The pos to pass as ``before`` for the page older than this one."""
+        return pos_of(self.messages[0]) if self.messages else None
 
 
 @frozen
@@ -196,28 +259,21 @@ class LoginResult:
     name: str
     friends: tuple[Friend, ...]
     groups: tuple[Group, ...]
-    offline_messages: tuple[Delivery | UnknownFrame, ...]
+    offline_messages: tuple[Kept, ...]
     friend_requests: tuple[FriendRequest, ...]
-    # The newest pos in the user's inbox, and how far the user has read (READ).
-    last_pos: int = 0
-    read_pos: int = 0
+    # The newest pos in this user's inbox, and how far the user has read (READ); None from a
+    # server that keeps no inbox.
+    last_pos: int | None = None
+    read_pos: int | None = None
 
 
-@frozen
-class SyncResult:
-    """What followed a pos in the user's inbox (SYNC)."""
-
-    messages: tuple[Delivery | UnknownFrame, ...]
-    last_pos: int
-    truncated: bool
+def pos_of(event: Event) -> int | None:
+    """The event's place in this user's inbox, if it has one."""
+    return event.pos if isinstance(event, Kept) else None
 
 
-@frozen
-class HistoryPage:
-    """A page of one conversation, oldest first (HISTORY); more: older ones exist."""
-
-    messages: tuple[Delivery | UnknownFrame, ...]
-    more: bool
+def _optional_int(value: Any) -> int | None:
+    return value if type(value) is int else None
 
 
 def _direct_message(frame: dict[str, Any]) -> DirectMessage:
@@ -229,7 +285,7 @@ def _direct_message(frame: dict[str, Any]) -> DirectMessage:
         text=frame["msg"],
         time=frame["time"],
         sent_at_ms=frame["ts"],
-        pos=frame.get("pos", 0),
+        pos=_optional_int(frame.get("pos")),
     )
 
 
@@ -242,14 +298,13 @@ def _group_message(frame: dict[str, Any]) -> GroupMessage:
         text=frame["msg"],
         time=frame["time"],
         sent_at_ms=frame["ts"],
-        pos=frame.get("pos", 0),
+        pos=_optional_int(frame.get("pos")),
     )
 
 
 def _friend_answer(frame: dict[str, Any]) -> FriendAnswer:
-    return FriendAnswer(
-        frame["msg_id"], frame["id"], frame["name"], frame["accept"], frame.get("pos", 0)
-    )
+    pos = _optional_int(frame.get("pos"))
+    return FriendAnswer(frame["msg_id"], frame["id"], frame["name"], frame["accept"], pos)
 
 
 EVENT_PARSERS: dict[int, Callable[[dict[str, Any]], Event]] = {
@@ -272,9 +327,17 @@ def parse_event(frame: dict[str, Any]) -> Event:
         return UnknownFrame(frame)
 
 
-def _stored_delivery(frame: dict[str, Any]) -> Delivery | UnknownFrame:
+def parse_kept(frame: Any) -> Kept:
+    """Turns an object kept in the inbox (in offlinemsg, SYNC, HISTORY) into a delivery."""
+    if not isinstance(frame, dict):
+        return UnknownFrame({"value": frame})
     event = parse_event(frame)
     return event if isinstance(event, Delivery) else UnknownFrame(frame)
+
+
+def _kept_list(reply: dict[str, Any]) -> tuple[Kept, ...]:
+    msgs = reply.get("msgs")
+    return tuple(parse_kept(m) for m in msgs) if isinstance(msgs, list) else ()
 
 
 def parse_login(reply: dict[str, Any]) -> LoginResult:
@@ -297,12 +360,12 @@ def parse_login(reply: dict[str, Any]) -> LoginResult:
             )
             for g in reply.get("groups", ())
         ),
-        offline_messages=tuple(_stored_delivery(m) for m in reply.get("offlinemsg", ())),
+        offline_messages=tuple(parse_kept(m) for m in reply.get("offlinemsg", ())),
         friend_requests=tuple(
             FriendRequest(r["id"], r["name"]) for r in reply.get("friend_requests", ())
         ),
-        last_pos=reply.get("last_pos", 0),
-        read_pos=reply.get("read_pos", 0),
+        last_pos=_optional_int(reply.get("last_pos")),
+        read_pos=_optional_int(reply.get("read_pos")),
     )
 
 
@@ -352,27 +415,29 @@ class ChatClient:
         password: str,
         *,
         receipts: bool = True,
-        device: str | None = None,
+        device: str = DEFAULT_DEVICE,
         since: int | None = None,
     ) -> LoginResult:
         """Logs in by user id (int) or name; with receipts, the caller ``receipt``s deliveries.
-        ``device`` names this install (the server's default: "default"): a login on another
-        device leaves this one on. With ``since``, the stored messages start after that pos."""
-        fields: dict[str, Any] = {"id": user} if isinstance(user, int) else {"name": user}
-        if device is not None:
-            fields["device"] = device
+
+        ``device`` names this install of the client program (1-64 characters): a login on the
+        same device takes over its session, sessions on other devices go on. With ``since``,
+        the device already has every pos up to it: ``offline_messages`` holds what follows.
+        """
+        who = {"id": user} if isinstance(user, int) else {"name": user}
+        fields: dict[str, Any] = {"password": password, "receipts": receipts, "device": device}
         if since is not None:
             fields["since"] = since
-        reply = await self.request(MsgId.LOGIN, **fields, password=password, receipts=receipts)
+        reply = await self.request(MsgId.LOGIN, **who, **fields)
         return parse_login(reply)
 
     async def logout(self) -> None:
         await self.request(MsgId.LOGOUT)
 
-    async def send_chat(self, to_id: int, text: str) -> int:
-        """Sends a one-to-one message and returns its msg_id."""
+    async def send_chat(self, to_id: int, text: str) -> Sent:
+        """Sends a one-to-one message; returns its msg_id (an int) with its ``pos``."""
         reply = await self.request(MsgId.ONE_CHAT, toid=to_id, msg=text)
-        return int(reply["msg_id"])
+        return Sent(int(reply["msg_id"]), _optional_int(reply.get("pos")))
 
     async def add_friend(self, friend_id: int) -> None:
         """Sends a friend request (or accepts theirs, if they already asked)."""
@@ -396,28 +461,37 @@ class ChatClient:
     async def leave_group(self, group_id: int) -> None:
         await self.request(MsgId.LEAVE_GROUP, groupid=group_id)
 
-    async def send_group_chat(self, group_id: int, text: str) -> int:
-        """Sends a message to every other member of a group and returns its msg_id."""
+    async def send_group_chat(self, group_id: int, text: str) -> Sent:
+        """Sends a message to every other member of a group; returns its msg_id (an int) with
+        its ``pos``."""
         reply = await self.request(MsgId.GROUP_CHAT, groupid=group_id, msg=text)
-        return int(reply["msg_id"])
-
-    async def ping(self) -> None:
-        """Checks that the server answers (a heartbeat)."""
-        await self.request(MsgId.PING)
-
-    async def receipt(self, msg_ids: Iterable[int]) -> None:
-        """Tells the server these deliveries have reached the user, so it may forget them."""
-        await self.request(MsgId.RECEIPT, msg_ids=list(msg_ids))
+        return Sent(int(reply["msg_id"]), _optional_int(reply.get("pos")))
 
     async def sync(self, since: int, limit: int = 200) -> SyncResult:
-        """The messages after pos ``since`` in this user's inbox, at most ``limit`` (1-500);
-        call again from the last one's pos until it reaches ``last_pos``."""
+        """The kept objects after pos ``since``, at most ``limit`` (1-500), and the newest pos."""
         reply = await self.request(MsgId.SYNC, since=since, limit=limit)
         return SyncResult(
-            tuple(_stored_delivery(m) for m in reply["msgs"]),
-            reply["last_pos"],
-            reply.get("truncated", False),
+            messages=_kept_list(reply),
+            last_pos=_optional_int(reply.get("last_pos")) or 0,
+            truncated=reply.get("truncated") is True,
         )
+
+    async def sync_all(self, since: int, limit: int = 200) -> SyncResult:
+        """SYNCs page after page from ``since`` until it has the ``last_pos`` of the first
+        answer (what arrives after that comes live); ``truncated`` if any page said so."""
+        first = await self.sync(since, limit)
+        messages, truncated, target = list(first.messages), first.truncated, first.last_pos
+        page, reached = first, since
+        # Each page must end further on than the one before: a server that answered the same
+        # page again would otherwise be asked forever.
+        while page.messages and (newest := pos_of(page.messages[-1])) is not None:
+            if newest >= target or newest <= reached:
+                break
+            reached = newest
+            page = await self.sync(newest, limit)
+            messages.extend(page.messages)
+            truncated = truncated or page.truncated
+        return SyncResult(tuple(messages), target, truncated)
 
     async def history(
         self,
@@ -427,21 +501,28 @@ class ChatClient:
         before: int | None = None,
         limit: int = 50,
     ) -> HistoryPage:
-        """One conversation (with a user, or a group's), the newest ``limit`` (1-100) before
-        pos ``before`` (the newest page when None), oldest first."""
+        """One page of the conversation with a user or in a group (give one of the two): the
+        newest ``limit`` (1-100) kept objects with pos below ``before`` (all when None)."""
+        if (with_user is None) == (group_id is None):
+            raise ValueError("history needs either with_user or group_id")
         fields: dict[str, Any] = {"limit": limit}
-        if with_user is not None:
-            fields["with"] = with_user
-        if group_id is not None:
-            fields["groupid"] = group_id
+        fields |= {"with": with_user} if with_user is not None else {"groupid": group_id}
         if before is not None:
             fields["before"] = before
         reply = await self.request(MsgId.HISTORY, **fields)
-        return HistoryPage(tuple(_stored_delivery(m) for m in reply["msgs"]), reply["more"])
+        return HistoryPage(_kept_list(reply), reply.get("more") is True)
 
     async def read(self, pos: int) -> None:
-        """This user has read everything up to pos: the other devices are told."""
+        """Tells the server (and so this user's other devices) everything up to ``pos`` is read."""
         await self.request(MsgId.READ, pos=pos)
+
+    async def ping(self) -> None:
+        """Checks that the server answers (a heartbeat)."""
+        await self.request(MsgId.PING)
+
+    async def receipt(self, msg_ids: Iterable[int]) -> None:
+        """Tells the server these deliveries have reached the user, so it may forget them."""
+        await self.request(MsgId.RECEIPT, msg_ids=list(msg_ids))
 
     async def request(self, msgid: int, **fields: Any) -> dict[str, Any]:
         """Sends one request and returns its reply; raises ChatError if the reply has an errno."""

@@ -2,8 +2,9 @@
 
 Pushes from the server print as they arrive. On a terminal, prompt_toolkit keeps them from
 garbling the line being typed; when stdin is a pipe or a file, lines are read and printed plainly.
-When the connection is lost, the client reconnects by itself and logs in again, as the web page
-does; each command says only what the server did.
+When the connection is lost, the client reconnects by itself, logs in again, as the web page
+does, and syncs from the last inbox position it has, showing only what it has not shown; each
+command says only what the server did.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import codecs
 import os
 import random
+import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,6 +30,7 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from chatserver.entrypoints.client.library import (
+    DEFAULT_DEVICE,
     DEFAULT_REQUEST_TIMEOUT,
     ChatClient,
     ChatError,
@@ -38,10 +41,12 @@ from chatserver.entrypoints.client.library import (
     FriendAnswer,
     FriendRequest,
     GroupMessage,
+    HistoryPage,
     Kicked,
     LoginResult,
     Presence,
     connect,
+    pos_of,
 )
 
 HEARTBEAT_INTERVAL = 20.0
@@ -52,6 +57,10 @@ RETRY_LATER = frozenset({9, 11})  # errnos of a login again that may succeed lat
 MENU = "==========\n1. login\n2. register\n3. quit\n=========="
 RULE = "=" * 50
 CONNECTION_LOST = "connection lost, reconnecting..."
+HISTORY_PAGE = 20  # messages per history:ID page, a screenful
+SYNC_PAGE = 200  # messages per SYNC while catching up after a reconnect
+MAX_DEVICE = 64  # characters in a device name (PROTOCOL.md)
+TRUNCATED = "some messages from while you were away are no longer kept"
 
 
 class Console(Protocol):
@@ -142,7 +151,7 @@ class Command:
     params: tuple[str, ...]
     run: Callable[..., Awaitable[Step | None]]
     about: str
-    optional: int = 0  # how many trailing params may be left out (they become "")
+    optional: int = 0  # how many trailing params may be left out (they become "" or None)
 
     @property
     def usage(self) -> str:
@@ -151,8 +160,14 @@ class Command:
         return required + "".join(f"[:{param}]" for param in self.params[split:])
 
 
-def parse_command(line: str) -> tuple[Command, list[int | str]]:
-    """Splits a typed line into its command and arguments, or raises BadInput with a hint."""
+def _is_number(param: str) -> bool:
+    return param.endswith("ID") or param == "POS"
+
+
+def parse_command(line: str) -> tuple[Command, list[int | str | None]]:
+    """Splits a typed line into its command and arguments, or raises BadInput with a hint.
+
+    Params named ``*ID`` or ``POS`` are numbers; one left out (if optional) is None."""
     name, colon, rest = line.strip().partition(":")
     command = COMMANDS.get(name.strip().lower())
     if command is None:
@@ -163,9 +178,11 @@ def parse_command(line: str) -> tuple[Command, list[int | str]]:
     if len(texts) != len(params) or (rest and not params):
         raise BadInput(f"usage: {command.usage}")
     required = len(params) - command.optional
-    args: list[int | str] = []
+    args: list[int | str | None] = []
     for index, (param, text) in enumerate(zip(params, texts, strict=True)):
-        if param.endswith("ID"):
+        if not text and index >= required:
+            args.append(None if _is_number(param) else "")
+        elif _is_number(param):
             try:
                 args.append(int(text))
             except ValueError:
@@ -184,12 +201,18 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def describe(event: Event, names: dict[int, str]) -> str | None:
-    """The line that shows an event, or None for what is not worth showing."""
+def describe(event: Event, names: dict[int, str], me: int | None = None) -> str | None:
+    """The line that shows an event, or None for what is not worth showing; messages whose
+    sender is ``me`` (sent from another device, or found in the history) say "you"."""
     match event:
+        case DirectMessage(sender_id=sender_id) if sender_id == me:
+            to = labelled(event.recipient_id, names.get(event.recipient_id, ""))
+            return f"{event.time} you -> {to}: {printable(event.text)}"
         case DirectMessage():
             sender = f"[{event.sender_id}] {printable(event.sender_name)}"
             return f"{event.time} {sender} said: {printable(event.text)}"
+        case GroupMessage(sender_id=sender_id) if sender_id == me:
+            return f"group[{event.group_id}] {event.time} you said: {printable(event.text)}"
         case GroupMessage():
             sender = f"[{event.sender_id}] {printable(event.sender_name)}"
             return f"group[{event.group_id}] {event.time} {sender} said: {printable(event.text)}"
@@ -231,7 +254,10 @@ def describe_login(login: LoginResult) -> str:
             who = request.requester_id
             name = printable(request.requester_name)
             lines.append(f"  [{who}] {name}: accept:{who} or decline:{who}")
-    shown = [line for line in (describe(m, {}) for m in login.offline_messages) if line]
+    names = {friend.id: friend.name for friend in login.friends}
+    shown = [
+        line for line in (describe(m, names, login.user_id) for m in login.offline_messages) if line
+    ]
     if shown:
         lines.append("messages while you were away:")
         lines.extend(f"  {line}" for line in shown)
@@ -285,8 +311,10 @@ class Terminal:
         backoff_first: float = BACKOFF_FIRST,
         backoff_max: float = BACKOFF_MAX,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        device: str = DEFAULT_DEVICE,
     ) -> None:
         self.host = host
+        self.device = device
         self.port = port
         self.console = console
         self.heartbeat_interval = heartbeat_interval
@@ -295,7 +323,13 @@ class Terminal:
         self.request_timeout = request_timeout
         self.client: ChatClient | None = None  # None while disconnected or logging in again
         self.credentials: tuple[int, str] | None = None  # (user id, password) while logged in
+        self.user_id: int | None = None
         self.user_name = ""
+        # The inbox position up to which this session has every message (None: the server
+        # keeps no inbox), and the positions it has past a gap: a reconnect syncs from pos.
+        self.pos: int | None = None
+        self.later: set[int] = set()
+        self.catch_up_to: int | None = None  # set by a login again, done by _serve
         # What the server has told this session, so that each command can say what it did.
         self.friends: dict[int, str] = {}  # id -> name: at login, then answers and presence
         self.requests: dict[int, str] = {}  # friend requests waiting for this user's answer
@@ -371,7 +405,7 @@ class Terminal:
         user_id, password = self.credentials
         async with self.screen:
             try:
-                login = await client.login(user_id, password)
+                login = await client.login(user_id, password, device=self.device)
             except ChatError as error:
                 if error.errno in RETRY_LATER:
                     raise
@@ -389,6 +423,10 @@ class Terminal:
         """Shows what the server pushes, and pings it, until the connection is lost."""
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(self._heartbeat, client, task_group.cancel_scope)
+            if self.catch_up_to is not None:
+                # Beside reading the pushes: a SYNC reply waits behind every unread push.
+                task_group.start_soon(self._catch_up, client, self.catch_up_to)
+                self.catch_up_to = None
             async for event in client.events():
                 async with self.screen:
                     self._show(event)
@@ -453,13 +491,15 @@ class Terminal:
         async with self.screen:
             with self._errors_shown("login failed"):
                 client = self.connected_client()
-                login = await client.login(int(who) if who.isdigit() else who, password)
+                user = int(who) if who.isdigit() else who
+                login = await client.login(user, password, device=self.device)
                 self._begin(login, password)
         if login is None:
             return Step.MENU
         return await self._session()
 
     def _know(self, login: LoginResult) -> None:
+        self.user_id = login.user_id
         self.user_name = login.name
         self.friends = {friend.id: friend.name for friend in login.friends}
         self.requests = {r.requester_id: r.requester_name for r in login.friend_requests}
@@ -470,6 +510,8 @@ class Terminal:
         self._know(login)
         self.seen = set()
         self.unreceipted = []
+        # What came before this login is history (history:ID); what waited is shown now.
+        self.pos, self.later, self.catch_up_to = login.last_pos, set(), None
         self.console.show(describe_login(login))
         for delivery in login.offline_messages:
             self._shown(_msg_id(delivery))
@@ -482,8 +524,45 @@ class Terminal:
         for request in login.friend_requests:
             if request.requester_id not in known_requests:
                 self._show(request)
-        for delivery in login.offline_messages:
-            self._show(delivery)
+        last_pos = login.last_pos
+        if last_pos is not None and (self.pos is None or last_pos < self.pos):
+            # A server that had no inbox, or lost it (a memory:// server restarted): start
+            # from where it is now.
+            self.pos, self.later = last_pos, set()
+        if last_pos is None or self.pos is None or self.pos >= last_pos:
+            for delivery in login.offline_messages:
+                self._show(delivery)
+            return
+        self.catch_up_to = last_pos
+        first = min((pos_of(m) or 0 for m in login.offline_messages), default=0)
+        if first and first <= self.pos + 1:
+            for delivery in login.offline_messages:
+                self._show(delivery)
+        # Else what waited is the newest part only (the server's stored limit): the catch-up
+        # shows it with what came before it, in order. Until shown, it is not receipted.
+
+    async def _catch_up(self, client: ChatClient, target: int) -> None:
+        """SYNCs from the last pos this session has until ``target`` (the login's last_pos),
+        showing only what it has not shown; what comes after ``target`` arrives live."""
+        user_id = self.user_id
+        with suppress(ChatError, TimeoutError, ConnectionLost):  # the next reconnect retries
+            since = self.pos or 0
+            told = False
+            while since < target:
+                page = await client.sync(since, SYNC_PAGE)
+                if self.credentials is None or self.user_id != user_id:
+                    return  # logged out (or kicked) meanwhile: these are no longer to show
+                async with self.screen:
+                    if page.truncated and not told:
+                        told = True
+                        self.console.show(TRUNCATED)
+                    for message in page.messages:
+                        self._show(message)
+                newest = max((pos_of(m) or 0 for m in page.messages), default=0)
+                if newest <= since:
+                    break
+                since = newest
+            self._have_up_to(target)
 
     async def _session(self) -> Step:
         try:
@@ -534,10 +613,11 @@ class Terminal:
     def _show(self, event: Event) -> None:
         self._learn(event)
         msg_id = _msg_id(event)
-        line = describe(event, self.friends)
+        line = describe(event, self.friends, self.user_id)
         if line and msg_id not in self.seen:
             self.console.show(line)
         self._shown(msg_id)
+        self._has(pos_of(event))
         if isinstance(event, Kicked):
             self.unreceipted = []  # the server logged this session out: it keeps them for later
             self._end_session()
@@ -550,6 +630,42 @@ class Terminal:
                 self.requests[event.requester_id] = event.requester_name
             case Presence():
                 self.friends.setdefault(event.user_id, "")  # only friends' presence is sent
+
+    def _has(self, pos: int | None) -> None:
+        """Counts ``pos`` as had: pos advances over every position had without a gap."""
+        if not pos or self.pos is None or pos <= self.pos:
+            return
+        self.later.add(pos)
+        self._advance(self.pos)
+
+    def _have_up_to(self, pos: int) -> None:
+        """Everything up to ``pos`` is had (a catch-up reached it)."""
+        if self.pos is not None and pos > self.pos:
+            self.later = {later for later in self.later if later > pos}
+            self._advance(pos)
+
+    def _advance(self, pos: int) -> None:
+        while pos + 1 in self.later:
+            pos += 1
+            self.later.remove(pos)
+        self.pos = pos
+
+    def sent(self, msg_id: int, pos: int | None) -> None:
+        """This session's own message: never shown again when a sync brings it back."""
+        self.seen.add(msg_id)
+        self._has(pos)
+
+    def show_page(self, page: HistoryPage, what: str, older: str, before: int | None) -> None:
+        """Shows one page of history, oldest first, and the command for the older page."""
+        lines = [describe(m, self.friends, self.user_id) for m in page.messages]
+        shown = [f"  {line}" for line in lines if line]
+        if shown:
+            self.console.show("\n".join([f"messages {what}:", *shown]))
+        if page.more and page.first_pos is not None:
+            # Also when nothing on this page could be shown (only events of a newer server).
+            self.console.show(f"older messages: {older}:{page.first_pos}")
+        elif not shown:
+            self.console.show(f"no {'older ' if before else ''}messages {what}")
 
     def befriend(self, user_id: int, name: str) -> None:
         self.friends[user_id] = name
@@ -584,7 +700,8 @@ async def _help(terminal: Terminal) -> None:
 
 
 async def _chat(terminal: Terminal, to_id: int, text: str) -> None:
-    await terminal.connected_client().send_chat(to_id, text)
+    sent = await terminal.connected_client().send_chat(to_id, text)
+    terminal.sent(sent.msg_id, sent.pos)
 
 
 async def _add_friend(terminal: Terminal, friend_id: int) -> None:
@@ -642,7 +759,22 @@ async def _leave_group(terminal: Terminal, group_id: int) -> None:
 
 
 async def _group_chat(terminal: Terminal, group_id: int, text: str) -> None:
-    await terminal.connected_client().send_group_chat(group_id, text)
+    sent = await terminal.connected_client().send_group_chat(group_id, text)
+    terminal.sent(sent.msg_id, sent.pos)
+
+
+async def _history(terminal: Terminal, user_id: int, before: int | None) -> None:
+    client = terminal.connected_client()
+    page = await client.history(with_user=user_id, before=before, limit=HISTORY_PAGE)
+    who = labelled(user_id, terminal.friends.get(user_id, ""))
+    terminal.show_page(page, f"with {who}", f"history:{user_id}", before)
+
+
+async def _group_history(terminal: Terminal, group_id: int, before: int | None) -> None:
+    client = terminal.connected_client()
+    page = await client.history(group_id=group_id, before=before, limit=HISTORY_PAGE)
+    group = labelled(group_id, terminal.groups.get(group_id, ""))
+    terminal.show_page(page, f"in group {group}", f"ghistory:{group_id}", before)
 
 
 async def _logout(terminal: Terminal) -> Step:
@@ -675,27 +807,40 @@ COMMANDS = {
         Command("addgroup", ("GID",), _join_group, "join group GID"),
         Command("leavegroup", ("GID",), _leave_group, "leave group GID"),
         Command("groupchat", ("GID", "MESSAGE"), _group_chat, "send MESSAGE to group GID"),
+        Command(
+            "history", ("ID", "POS"), _history, "the latest messages with user ID (or before POS)",
+            optional=1,
+        ),
+        Command(
+            "ghistory", ("GID", "POS"), _group_history,
+            "the latest messages in group GID (or before POS)", optional=1,
+        ),
         Command("loginout", (), _logout, "log out and go back to the menu"),
         Command("quit", (), _quit, "log out and leave"),
     )
 }
 
 
-def main(host: str, port: int) -> int:
+def default_device() -> str:
+    """This machine's host name, which the terminal logs in with unless told a device."""
+    return socket.gethostname()[:MAX_DEVICE] or DEFAULT_DEVICE
+
+
+def main(host: str, port: int, device: str | None = None) -> int:
     """Runs the terminal client against a server and returns the process exit code."""
     try:
-        return anyio.run(_main, host, port)
+        return anyio.run(_main, host, port, device or default_device())
     except KeyboardInterrupt:
         return 130
 
 
-async def _main(host: str, port: int) -> int:
+async def _main(host: str, port: int, device: str) -> int:
     try:
         if not sys.stdin.isatty():
-            await Terminal(host, port, PipeConsole.start()).run()
+            await Terminal(host, port, PipeConsole.start(), device=device).run()
         else:
             with patch_stdout():
-                await Terminal(host, port, PromptConsole()).run()
+                await Terminal(host, port, PromptConsole(), device=device).run()
     except CannotConnect as error:
         print(error, file=sys.stderr)
         return 1
