@@ -128,6 +128,12 @@ def cross_node(args: argparse.Namespace, common: Common, extra: dict[str, int]) 
     return run_cross_node(args, common, extra)
 
 
+def sync(args: argparse.Namespace, common: Common, extra: dict[str, int]) -> Document:
+    from benchmarks.sync import run_sync
+
+    return run_sync(args, common, extra)
+
+
 def run_all(args: argparse.Namespace, common: Common, extra: dict[str, int]) -> Document:
     """The reduced set that fits in about three minutes."""
     parts: dict[str, Document] = {}
@@ -157,6 +163,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Common, dict[str, int]], Docume
     "login": login,
     "idle": idle,
     "cross-node": cross_node,
+    "sync": sync,
     "all": run_all,
 }
 
