@@ -1,11 +1,11 @@
 """No gap, ever, when a node dies (issue 12, PROTOCOL.md Version 2 "The inbox").
 
-Two `chatserver serve` processes on one MariaDB database and one Redis bus. One user is logged
-in on two devices with receipts, one device on each node; 50 senders, half on each node, send
-to that user as fast as their ACKs come back. Halfway through, one node is SIGKILLed: its
-senders and its device log in again on the surviving node, the device with `since` = the
-highest pos it has (what a client that trusts its pos would do). When the traffic stops, each
-device SYNCs from the highest pos it has up to `last_pos`.
+Two `chatserver serve` processes on one database (MariaDB, or a shared SQLite file) and one
+Redis bus. One user is logged in on two devices with receipts, one device on each node; 50
+senders, half on each node, send to that user as fast as their ACKs come back. Halfway
+through, one node is SIGKILLed: its senders and its device log in again on the surviving node,
+the device with `since` = the highest pos it has (what a client that trusts its pos would do).
+When the traffic stops, each device SYNCs from the highest pos it has up to `last_pos`.
 
 What must hold, for each device:
 - within each session, the pos of what it was sent (offlinemsg, then live) goes up by exactly
@@ -149,10 +149,18 @@ async def register(port: int, count: int) -> list[tuple[int, str]]:
     return users
 
 
+@pytest.fixture(params=["mysql", "sqlite"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """MariaDB, as a cluster is deployed; or one SQLite file both nodes share (WAL), which a
+    SIGKILL can leave mid-commit."""
+    if request.param == "mysql":
+        return MYSQL.new_database()
+    return f"sqlite:///{tmp_path / 'cluster.db'}"
+
+
 async def test_a_node_killed_mid_traffic_leaves_every_device_without_a_gap(
-    tmp_path: Path,
+    tmp_path: Path, database: str
 ) -> None:
-    database = MYSQL.new_database()
     bus = f"{REDIS}?namespace=kill-{secrets.token_hex(4)}"
     a = start_node(database, tmp_path, "a", bus)
     b = start_node(database, tmp_path, "b", bus)
