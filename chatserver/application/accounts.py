@@ -153,8 +153,9 @@ async def end_session(
 
 
 async def kick(user_id: int, device: str, *, node: Node, takeover: bool = True) -> None:
-    """End this node's session of user's device: a newer login replaced it (takeover), or
-    the user logged in on one device too many (not a takeover: its device goes offline)."""
+    """End this node's session of user's device: a newer login of that device here replaced
+    it (takeover: presence already names the new session), or a login elsewhere did, of the
+    same device or of one device too many (its device is released, unless it moved)."""
     session = node.sessions.get(user_id, device)
     if session is None:
         return
@@ -162,7 +163,7 @@ async def kick(user_id: int, device: str, *, node: Node, takeover: bool = True) 
     if not session.notices:
         # The original client cannot show KICKED_MSG and would go on talking to a dead session.
         session.outbox.close()
-    reason = "replaced by a newer login" if takeover else "one device too many"
+    reason = "replaced by a newer login" if takeover else "a newer login elsewhere"
     await end_session(session, node=node, takeover=takeover, reason=reason)
 
 

@@ -57,8 +57,9 @@ async def read(command: Read, *, connection: Connection) -> Done:
     session = connection.require_session()
     node = connection.node
     user_id = session.user.id
-    if await node.writer.set_read(user_id, command.pos):
-        notice = ReadNotice(command.pos)
+    kept = await node.writer.set_read(user_id, command.pos)
+    if kept is not None:
+        notice = ReadNotice(kept)
         for other in list(node.sessions.of(user_id).values()):
             if other is not session:
                 other.push(notice)

@@ -9,8 +9,10 @@ from chatserver.application.node import Node
 from chatserver.domain.messages import Event, Kept
 from chatserver.domain.ports import Transaction
 
-# Positions read at once per session after a bus outage; past it, a hole is filled on demand.
+# Positions read at once per session after a bus outage, and how many such pages at most;
+# past them, what is missing is read when the next push shows the hole (or with SYNC).
 CATCH_UP_LIMIT = 500
+CATCH_UP_PAGES = 20
 
 
 @define
@@ -33,7 +35,9 @@ class NodeInbox:
         self.node.router.forget_location(user_id)
 
     async def kick(self, user_id: int, device: str) -> None:
-        await kick(user_id, device, node=self.node)
+        # Its device is released here: if a login elsewhere took the device over, presence
+        # names that node now and stays; if it was one device too many, the device goes.
+        await kick(user_id, device, node=self.node, takeover=False)
 
     async def forget_group(self, group_id: int) -> None:
         self.node.groups.forget(group_id)
@@ -49,8 +53,12 @@ class NodeInbox:
         for session in node.sessions.all():
             if session.ended or session.held is not None or session.next_pos is None:
                 continue
-            for kept in await node.uow.run(partial(_after, session.user.id, session.next_pos - 1)):
-                session.push(kept)
+            for _ in range(CATCH_UP_PAGES):
+                missed = await node.uow.run(partial(_after, session.user.id, session.next_pos - 1))
+                for kept in missed:
+                    session.push(kept)
+                if len(missed) < CATCH_UP_LIMIT or session.ended or session.early:
+                    break
 
 
 def _after(user_id: int, pos: int, tx: Transaction) -> list[Kept]:

@@ -45,7 +45,8 @@ class _Batch:
     writes: list[InboxWrite] = Factory(list)
     marks: dict[tuple[int, str], DeviceMark] = Factory(dict)
     read: dict[int, int] = Factory(dict)
-    raised_read: set[int] = Factory(set)
+    # The read positions kept (those that were higher than before), by user.
+    raised_read: dict[int, int] = Factory(dict)
     done: anyio.Event = Factory(anyio.Event)
     error: BaseException | None = None
 
@@ -85,13 +86,15 @@ class InboxWriter:
         batch.marks[(user_id, device)] = mark
         await self._settle(batch, leader)
 
-    async def set_read(self, user_id: int, pos: int) -> bool:
-        """Keep pos (at most the newest pos) as read; True if it was higher than the kept
-        one."""
+    async def set_read(self, user_id: int, pos: int) -> int | None:
+        """Keep pos (at most the newest pos) as read; return what was kept if it was higher
+        than before, else None."""
         batch, leader = self._join()
         batch.read[user_id] = max(pos, batch.read.get(user_id, 0))
         await self._settle(batch, leader)
-        return user_id in batch.raised_read and batch.read[user_id] == pos
+        if batch.read[user_id] != pos:
+            return None  # a higher one in the same batch won
+        return batch.raised_read.get(user_id)
 
     def _join(self) -> tuple[_Batch, bool]:
         batch = self._batch
@@ -130,12 +133,13 @@ class InboxWriter:
                     continue
                 entries.extend(write.entries)
             positions = tx.inbox.append(entries, now) if entries else []
-            for (user_id, device), mark in batch.marks.items():
-                tx.inbox.set_mark(user_id, device, mark)
+            if batch.marks:
+                tx.inbox.set_marks(batch.marks)
             for user_id, pos in batch.read.items():
                 # Read beyond the newest pos would count messages still to come as read.
-                if tx.inbox.set_read_pos(user_id, min(pos, tx.inbox.last_pos(user_id))):
-                    batch.raised_read.add(user_id)
+                kept = min(pos, tx.inbox.last_pos(user_id))
+                if tx.inbox.set_read_pos(user_id, kept):
+                    batch.raised_read[user_id] = kept
             if prune_below_marks:
                 for user_id in {user_id for user_id, _ in batch.marks}:
                     marks = tx.inbox.marks(user_id)

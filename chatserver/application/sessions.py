@@ -126,7 +126,11 @@ class Session:
             self.pending[delivery.msg_id] = pos
         elif self.pending:
             self._handled(pos)
-        self.outbox.push(kept)
+        if not self.outbox.push(kept) and not self.receipts:
+            # Not written (the client is too far behind, its connection closing): the
+            # device's mark stays below it, so its next login brings it.
+            self.done_beyond.discard(pos)
+            self.pending[delivery.msg_id] = pos
 
     def _handled(self, pos: int) -> None:
         beyond = self.done_beyond

@@ -5,7 +5,7 @@ where blocking is allowed (a worker thread for a real database). Everything that
 the world (the unit of work, hashing, the cluster) is asynchronous.
 """
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from attrs import frozen
@@ -148,10 +148,18 @@ class Inbox(Protocol):
         """Remember how far device has got (creates the device on first use)."""
         ...
 
+    def set_marks(self, marks: Mapping[tuple[int, str], DeviceMark]) -> None:
+        """set_mark for every (user_id, device) in marks, in a few statements (a group
+        commit's marks: not a round trip each). Raises UnknownUser, keeping none of them, if
+        a user does not exist."""
+        ...
+
     def prune(self, kept_before_ms: int, limit: int) -> int:
-        """Delete at most limit entries (of any users) kept before kept_before_ms, and the
-        messages no entry refers to any more; return how many entries went. Meant to be
-        called in small batches, each its own short transaction."""
+        """Delete at most limit entries (of any users) kept before kept_before_ms, with each
+        such user's entries at lower positions (kept later only where two nodes' clocks
+        disagree: what is kept stays a run up to last_pos, never a hole), and the messages no
+        entry refers to any more; return how many entries went. Meant to be called in small
+        batches, each its own short transaction."""
         ...
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:

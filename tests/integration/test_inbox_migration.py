@@ -175,7 +175,8 @@ def query(url: str, statement: str) -> list[tuple[Any, ...]]:
 
 
 def kept_ms_of(url: str) -> set[int]:
-    return {int(row[0]) for row in query(url, "SELECT kept_ms FROM inbox")}
+    """When the entries were kept: their messages' time."""
+    return {int(row[0]) for row in query(url, "SELECT created_ms FROM inbox_message")}
 
 
 def has_offlinemessage(url: str) -> bool:

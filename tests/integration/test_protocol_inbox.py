@@ -253,3 +253,50 @@ def test_read_goes_to_the_other_devices_and_comes_back_at_login(chat):
     assert device(chat, alice, "tablet").ack["read_pos"] == 2
     pc.err({"msgid": 22, "pos": -1}, 7, field="pos")
     pc.err({"msgid": 22}, 7, field="pos")
+
+
+# --------------------------------------------------------------------------- abuse
+
+
+def test_logins_on_many_devices_keep_eight_and_cost_a_chatting_pair_nothing(chat):
+    """One account logging in on 30 devices in a row: only the 8 newest sessions stay, the
+    others are ended one by one (KICKED_MSG); a pair chatting beside it is served on time."""
+    import time
+
+    abuser, alice, bob = chat.users(3)
+    ca, cb = chat.online_all(alice, bob)
+    sessions = []
+    latencies = []
+    for i in range(30):
+        sessions.append(device(chat, abuser, f"device-{i}"))
+        started = time.monotonic()
+        ca.ok({"msgid": 6, "toid": bob.id, "msg": f"beside {i}"})
+        cb.expect({"msgid": 6, "msg": f"beside {i}"})
+        latencies.append(time.monotonic() - started)
+    for old in sessions[:-8]:
+        old.expect({"msgid": 15})
+    for live in sessions[-8:]:
+        live.ok({"msgid": 16})
+        live.assert_silent(0.05, pattern={"msgid": 15})
+    latencies.sort()
+    print(f"\nchat round trip beside 30 device logins: median {latencies[15] * 1000:.1f} ms, "
+          f"max {latencies[-1] * 1000:.1f} ms")
+    assert latencies[15] < 0.5
+
+
+def test_a_full_sync_page_of_500_is_served_quickly(chat):
+    import time
+
+    alice, *senders = chat.users(5)
+    for sender in chat.online_all(*senders):  # 150 each: within a connection's burst
+        for i in range(150):
+            sender.send({"msgid": 6, "toid": alice.id, "msg": f"m{i}", "seq": 100_000 + i})
+        for _ in range(150):
+            assert sender.expect({"msgid": 11})["errno"] == 0
+    ca = chat.online(alice)
+    started = time.monotonic()
+    page = ca.ok({"msgid": 20, "since": 0, "limit": 500})
+    elapsed = time.monotonic() - started
+    assert positions(page["msgs"]) == list(range(1, 501)) and page["last_pos"] == 600
+    print(f"\nSYNC of 500 messages: {elapsed * 1000:.1f} ms")
+    assert elapsed < 2.0

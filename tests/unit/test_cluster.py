@@ -293,3 +293,35 @@ async def test_a_group_messages_copies_for_one_node_travel_as_one(
         got = unwrap(await client.next_event())
         assert isinstance(got, GroupMessage) and got.msg_id == sent.msg_id
 
+
+
+async def test_one_device_too_many_on_another_node_ends_the_oldest_and_frees_its_place(
+    nodes: tuple[ChatApp, ChatApp], hub: InProcessHub
+) -> None:
+    a, b = nodes
+    alice = await register(a, "alice")
+    first = a.connect()
+    assert isinstance(await first.request(Login("pw", alice, device="d0")), LoggedIn)
+    for i in range(1, 8):
+        assert isinstance(await a.connect().request(Login("pw", alice, device=f"d{i}")), LoggedIn)
+    ninth = b.connect()
+    assert isinstance(await ninth.request(Login("pw", alice, device="d8")), LoggedIn)
+    assert isinstance(first.outbox.events[-1], KickedNotice)
+    assert sorted(hub.locations[alice]) == [f"d{i}" for i in range(1, 9)]
+    assert len(a.node.sessions.of(alice)) == 7 and len(b.node.sessions.of(alice)) == 1
+
+
+async def test_a_device_taken_over_on_another_node_stays_online_there(
+    nodes: tuple[ChatApp, ChatApp], hub: InProcessHub
+) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca = await online(a, alice)
+    cb = await online(b, bob)
+    await ca.request(AddFriend(bob))
+    await cb.request(AnswerFriend(alice, True))
+    cb.outbox.events.clear()
+    again = a.connect()
+    assert isinstance(await again.request(Login("pw", bob)), LoggedIn)  # bob's device moves
+    assert hub.locations[bob]["default"].node_id == a.node.node_id
+    assert not [e for e in ca.outbox.events if isinstance(e, PresenceNotice) and not e.online]

@@ -1,7 +1,7 @@
 """A hypothesis state machine for the inbox (PROTOCOL.md Version 2): users on several devices,
 on two nodes of an in-process cluster sharing one SQLite database, sending to each other and
 to a group, while pushes between nodes are lost at random (as when a node dies between keeping
-a message and pushing it) and sessions come and go.
+a message and pushing it), sessions come and go, and the second node may vanish (SIGKILL).
 
 What must hold: every session is pushed positions in increasing order with no hole (what it
 sent itself counts: its ACK carries the pos); a session that is behind at the end catches up
@@ -18,7 +18,7 @@ import anyio
 from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from chatserver.adapters.memory.cluster import InProcessHub
 from chatserver.application.commands import (
@@ -97,7 +97,8 @@ class InboxMachine(RuleBasedStateMachine):
         url = f"sqlite:///{Path(self._tmp.name) / 'chat.db'}"
         self._portal_cm = start_blocking_portal("asyncio")
         self.portal = self._portal_cm.__enter__()
-        hub = InProcessHub()
+        hub = self.hub = InProcessHub()
+        self.killed = False
         self._apps = [
             self.portal.wrap_async_context_manager(
                 bootstrap(Config(database=url, node_id=f"n{i}"), hub=hub, hasher=FAST_HASHER)
@@ -186,6 +187,8 @@ class InboxMachine(RuleBasedStateMachine):
     @rule(user=st.integers(0, USERS - 1), device=st.sampled_from(DEVICES),
           node=st.integers(0, NODES - 1))
     def login(self, user: int, device: str, node: int) -> None:
+        if self.killed:
+            node = 0
         uid = self.ids[user]
         old = self.sessions.pop((uid, device), None)
         if old is not None:
@@ -241,6 +244,18 @@ class InboxMachine(RuleBasedStateMachine):
     @rule()
     def wait(self) -> None:
         self.settle()
+
+    @precondition(lambda self: not self.killed)
+    @rule()
+    def kill_the_second_node(self) -> None:
+        """Node 1 vanishes from the cluster, as if SIGKILLed: its sessions are gone (what they
+        were pushed so far had no hole), and nobody pushes to it any more."""
+        self.killed = True
+        self.hub.detach(self.nodes[1].node.node_id)
+        for key in [k for k, seen in self.sessions.items() if seen.node == 1]:
+            seen = self.sessions.pop(key)
+            seen.take()
+            self.check_contiguous(seen)
 
     @invariant()
     def every_session_sees_positions_in_order_without_a_hole(self) -> None:

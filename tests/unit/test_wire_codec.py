@@ -929,3 +929,60 @@ def test_the_fast_paths_take_every_well_formed_request(text: str, some_id: int, 
     }
     for msgid, body in bodies.items():
         assert FAST_PATHS[msgid](body) is not None
+
+
+# --- version 2: devices, the inbox, SYNC, HISTORY, READ ----------------------------------------
+
+
+def test_login_takes_a_device_and_since() -> None:
+    request = decode(frame(msgid=1, id=1, password="pw", device="phone", since=7))
+    assert isinstance(request, Request)
+    assert request.command == Login(password="pw", user_id=1, device="phone", since=7)
+
+
+def test_sync_history_and_read_are_decoded_with_their_defaults() -> None:
+    from chatserver.application.commands import History, Read, Sync
+
+    assert decode(frame(msgid=20, since=3)) == Request(20, None, Sync(3), None)
+    assert decode(frame(msgid=21, groupid=5, before=9, limit=10)) == Request(
+        21, None, History(group_id=5, before=9, limit=10), None
+    )
+    assert decode(frame(msgid=21, **{"with": 4})) == Request(21, None, History(with_user=4), None)
+    assert decode(frame(msgid=22, pos=8)) == Request(22, None, Read(8), None)
+    assert decode(frame(msgid=20)) == BadRequest(20, None, "since: missing")
+    assert decode(frame(msgid=22, pos="8")) == BadRequest(22, None, "pos: expected an integer")
+
+
+@pytest.mark.parametrize("msgid", [20, 21, 22])
+def test_the_legacy_dialect_knows_no_version_2_msgid(msgid: int) -> None:
+    decoded = decode(frame(msgid=msgid, since=0, pos=0, groupid=1), LEGACY)
+    assert decoded == BadRequest(msgid, None, f"unknown msgid {msgid}")
+
+
+def test_a_legacy_login_is_always_the_legacy_device() -> None:
+    request = decode(frame(msgid=1, id=1, password="pw", device="pc", since=4), LEGACY)
+    assert isinstance(request, Request) and isinstance(request.command, Login)
+    assert (request.command.device, request.command.since) == ("legacy", None)
+
+
+def test_a_kept_push_carries_pos_in_the_modern_dialect_only() -> None:
+    modern = load(encode_event(Kept(12, CHAT), MODERN))
+    assert modern == {**load(encode_event(CHAT, MODERN)), "pos": 12}
+    legacy = encode_event(Kept(12, CHAT), LEGACY)
+    assert legacy == encode_event(CHAT, LEGACY) and b"pos" not in (legacy or b"")
+    assert encode_event(Kept(13, ANSWER), LEGACY) is None
+
+
+def test_read_is_pushed_to_modern_clients_only() -> None:
+    from chatserver.domain.messages import ReadNotice
+
+    assert encode_event(ReadNotice(5), MODERN) == b'{"msgid":22,"pos":5}\n'
+    assert encode_event(ReadNotice(5), LEGACY) is None
+
+
+def test_sync_and_history_replies_carry_kept_objects() -> None:
+    synced = one(encode_result(request(20, seq=1), Synced((Kept(4, CHAT),), 9, True), MODERN))
+    assert synced["msgs"] == [load(encode_event(Kept(4, CHAT), MODERN))]
+    assert (synced["last_pos"], synced["truncated"], synced["reply_to"]) == (9, True, 20)
+    page = one(encode_result(request(21), HistoryPage((Kept(2, GROUP_CHAT),), False), MODERN))
+    assert [m["pos"] for m in page["msgs"]] == [2] and page["more"] is False

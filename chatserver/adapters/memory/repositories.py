@@ -6,7 +6,7 @@ back where it was.
 """
 
 from bisect import bisect_left
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from attrs import Factory, define
@@ -273,7 +273,7 @@ class MemoryInbox:
         if not entries:
             return last + 1
         pos = self._db.inbox_floor.get(user_id, 1)
-        while pos not in entries:  # past what prune_user or a failed prune left behind
+        while pos not in entries:  # the floor is at or below the oldest entry
             pos += 1
         return pos
 
@@ -343,6 +343,11 @@ class MemoryInbox:
         if user_id not in self._db.marks:
             self._log.put(self._db.marks, user_id, {})
         self._log.put(self._db.marks[user_id], device, mark)
+
+    def set_marks(self, marks: Mapping[tuple[int, str], DeviceMark]) -> None:
+        _require_users(self._db, *{user_id for user_id, _ in marks})
+        for (user_id, device), mark in marks.items():
+            self.set_mark(user_id, device, mark)
 
     def prune(self, kept_before_ms: int, limit: int) -> int:
         # Each user's oldest entries first, up to the first one kept since: a batch costs the

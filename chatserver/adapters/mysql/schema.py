@@ -98,12 +98,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         "INSERT IGNORE INTO id_sequence (tablename, next) VALUES ('user', 1), ('allgroup', 1)",
     ),
     (
-        # Version 2, the inbox (PROTOCOL.md "The inbox"): each message once, ...
+        # Version 2, the inbox (PROTOCOL.md "The inbox"): each message once, with the time it
+        # was first kept, which is when each of its entries leaves the history window ...
         f"""CREATE TABLE IF NOT EXISTS inbox_message (
             msg_id BIGINT NOT NULL PRIMARY KEY,
             kind VARCHAR(16) NOT NULL,
             body MEDIUMTEXT NOT NULL,
-            created_ms BIGINT NOT NULL
+            created_ms BIGINT NOT NULL,
+            KEY inbox_message_by_time (created_ms)
         ) {TABLE_OPTIONS}""",
         # ... each user's newest pos and what they have read: a storing transaction raises
         # last_pos, and the row lock orders the writers of several nodes ...
@@ -121,11 +123,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             pos BIGINT NOT NULL,
             msg_id BIGINT NOT NULL,
             conversation BIGINT NULL,
-            kept_ms BIGINT NOT NULL,
             PRIMARY KEY (userid, pos),
             KEY inbox_by_conversation (userid, conversation, pos),
-            KEY inbox_by_message (msg_id),
-            KEY inbox_by_kept (kept_ms)
+            KEY inbox_by_message (msg_id)
         ) {TABLE_OPTIONS}""",
         f"""CREATE TABLE IF NOT EXISTS inbox_device (
             userid INT NOT NULL,
@@ -140,7 +140,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"""INSERT IGNORE INTO inbox_message (msg_id, kind, body, created_ms)
             SELECT msg_id, kind, body, {_NOW_MS} FROM offlinemessage
             WHERE seq IN (SELECT min(seq) FROM offlinemessage GROUP BY msg_id)""",
-        f"""INSERT IGNORE INTO inbox (userid, pos, msg_id, conversation, kept_ms)
+        f"""INSERT IGNORE INTO inbox (userid, pos, msg_id, conversation)
             SELECT userid, row_number() OVER (PARTITION BY userid ORDER BY seq), msg_id,
                 CASE kind
                     WHEN 'direct' THEN
@@ -148,8 +148,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                             THEN {_JSON_INT.format(field="recipient_id")}
                             ELSE {_JSON_INT.format(field="sender_id")} END
                     WHEN 'group' THEN -{_JSON_INT.format(field="group_id")}
-                END,
-                {_NOW_MS}
+                END
             FROM offlinemessage""",
         """INSERT IGNORE INTO inbox_head (userid, last_pos, read_pos)
             SELECT id, (SELECT count(*) FROM offlinemessage WHERE userid = user.id), 0

@@ -198,11 +198,17 @@ class SqliteMessageIdSequence:
 
 # Rows per statement: SQLite takes at most 32,766 parameters in one.
 INBOX_CHUNK = 2_000
+# Messages per DELETE when pruning.
+PRUNE_CHUNK = 500
 # A pos beyond every real one, for "before the newest".
 NO_POS = 2**62
 
 
 class SqliteInbox:
+    """Positions come from inbox_head: one multi-row upsert raises the last_pos of every user of
+    a batch and returns it, inside the unit of work's BEGIN IMMEDIATE transaction, whose write
+    lock makes the writers of every process (node) on the file take turns."""
+
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
 
@@ -212,14 +218,14 @@ class SqliteInbox:
         counts = Counter(user_id for user_id, _ in entries)
         next_pos = self._raise_heads(counts)
         positions: list[int] = []
-        rows: list[tuple[int, int, int, int | None, int]] = []
+        rows: list[tuple[int, int, int, int | None]] = []
         messages: dict[int, Delivery] = {}
         for user_id, delivery in entries:
             pos = next_pos[user_id]
             next_pos[user_id] = pos + 1
             positions.append(pos)
             msg_id = delivery.msg_id
-            rows.append((user_id, pos, msg_id, conversation_of(user_id, delivery), now_ms))
+            rows.append((user_id, pos, msg_id, conversation_of(user_id, delivery)))
             if msg_id not in messages:
                 messages[msg_id] = delivery
         self._db.executemany(
@@ -228,7 +234,7 @@ class SqliteInbox:
             [(msg_id, *dump_delivery(delivery), now_ms) for msg_id, delivery in messages.items()],
         )
         self._db.executemany(
-            "INSERT INTO inbox (userid, pos, msg_id, conversation, kept_ms) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO inbox (userid, pos, msg_id, conversation) VALUES (?, ?, ?, ?)",
             rows,
         )
         return positions
@@ -333,24 +339,73 @@ class SqliteInbox:
         }
 
     def set_mark(self, user_id: int, device: str, mark: DeviceMark) -> None:
+        self.set_marks({(user_id, device): mark})
+
+    def set_marks(self, marks: Mapping[tuple[int, str], DeviceMark]) -> None:
+        if not marks:
+            return
+        rows = [
+            (user_id, device, mark.pos, orjson.dumps(sorted(mark.beyond)).decode())
+            for (user_id, device), mark in sorted(marks.items())
+        ]
         with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO inbox_device (userid, device, pos, beyond) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (userid, device) DO UPDATE"
-                " SET pos = excluded.pos, beyond = excluded.beyond",
-                (user_id, device, mark.pos, orjson.dumps(sorted(mark.beyond)).decode()),
-            )
+            self._db.execute("SAVEPOINT set_marks")
+            try:
+                self._db.executemany(
+                    "INSERT INTO inbox_device (userid, device, pos, beyond) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (userid, device) DO UPDATE"
+                    " SET pos = excluded.pos, beyond = excluded.beyond",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK TO set_marks")
+                raise
+            finally:
+                self._db.execute("RELEASE set_marks")
 
     def prune(self, kept_before_ms: int, limit: int) -> int:
-        old = self._db.execute(
-            "SELECT userid, pos, msg_id FROM inbox WHERE kept_ms < ? ORDER BY kept_ms LIMIT ?",
-            (kept_before_ms, max(limit, 0)),
-        ).fetchall()
-        self._db.executemany(
-            "DELETE FROM inbox WHERE userid = ? AND pos = ?", [row[:2] for row in old]
+        # An entry is as old as its message (kept when the message first was): the oldest
+        # messages go with their entries, at most limit entries a batch; a message with more
+        # entries left goes in a later batch. Then each user's entries before the newest that
+        # went go too (see _close_holes).
+        if limit <= 0:
+            return 0
+        old = [
+            msg_id
+            for (msg_id,) in self._db.execute(
+                "SELECT msg_id FROM inbox_message WHERE created_ms < ? ORDER BY created_ms LIMIT ?",
+                (kept_before_ms, limit),
+            ).fetchall()
+        ]
+        gone: list[tuple[int, int]] = []
+        for start in range(0, len(old), PRUNE_CHUNK):
+            if len(gone) >= limit:
+                break
+            chunk = old[start : start + PRUNE_CHUNK]
+            gone += self._db.execute(
+                "DELETE FROM inbox WHERE (userid, pos) IN (SELECT userid, pos FROM inbox"
+                f" WHERE msg_id IN ({', '.join(['?'] * len(chunk))}) LIMIT ?)"
+                " RETURNING userid, pos",
+                (*chunk, limit - len(gone)),
+            ).fetchall()
+        closed = self._close_holes(gone)
+        self._forget_messages(old)
+        return len(gone) + closed
+
+    def _close_holes(self, gone: Iterable[tuple[int, int]]) -> int:
+        """Delete each user's entries before the newest of theirs that went, so that what is
+        kept is always a run up to last_pos: a session syncing from before it never meets a
+        hole. (Entries are pruned by their messages' time, and the batches of two nodes can
+        keep positions slightly out of time order, as their clocks differ.) Their messages,
+        if left without entries, go with the next batch."""
+        newest: dict[int, int] = {}
+        for user_id, pos in gone:
+            if pos > newest.get(user_id, 0):
+                newest[user_id] = pos
+        cursor = self._db.executemany(
+            "DELETE FROM inbox WHERE userid = ? AND pos < ?", list(newest.items())
         )
-        self._forget_messages({msg_id for _, _, msg_id in old})
-        return len(old)
+        return max(cursor.rowcount, 0)
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:
         gone = self._db.execute(

@@ -53,6 +53,9 @@ class MsgId(IntEnum):
     LEAVE_GROUP = 17
     REMOVE_FRIEND = 18
     RECEIPT = 19
+    SYNC = 20
+    HISTORY = 21
+    READ = 22
 
 
 REPLIES = frozenset({MsgId.LOGIN_ACK, MsgId.REGISTER_ACK, MsgId.ACK})
@@ -85,6 +88,8 @@ class DirectMessage:
     text: str
     time: str
     sent_at_ms: int
+    # Its place in this user's inbox (0 from a server that keeps none).
+    pos: int = 0
 
 
 @frozen
@@ -98,6 +103,7 @@ class GroupMessage:
     text: str
     time: str
     sent_at_ms: int
+    pos: int = 0
 
 
 @frozen
@@ -108,6 +114,7 @@ class FriendAnswer:
     responder_id: int
     responder_name: str
     accepted: bool
+    pos: int = 0
 
 
 @frozen
@@ -134,6 +141,13 @@ class Kicked:
 
 
 @frozen
+class Read:
+    """Another device of this user read everything up to pos."""
+
+    pos: int
+
+
+@frozen
 class UnknownFrame:
     """A frame from the server that this library does not understand, kept as it came."""
 
@@ -141,7 +155,7 @@ class UnknownFrame:
 
 
 Delivery = DirectMessage | GroupMessage | FriendAnswer
-Notice = FriendRequest | Presence | Kicked
+Notice = FriendRequest | Presence | Kicked | Read
 Event = Delivery | Notice | UnknownFrame
 
 
@@ -184,6 +198,26 @@ class LoginResult:
     groups: tuple[Group, ...]
     offline_messages: tuple[Delivery | UnknownFrame, ...]
     friend_requests: tuple[FriendRequest, ...]
+    # The newest pos in the user's inbox, and how far the user has read (READ).
+    last_pos: int = 0
+    read_pos: int = 0
+
+
+@frozen
+class SyncResult:
+    """What followed a pos in the user's inbox (SYNC)."""
+
+    messages: tuple[Delivery | UnknownFrame, ...]
+    last_pos: int
+    truncated: bool
+
+
+@frozen
+class HistoryPage:
+    """A page of one conversation, oldest first (HISTORY); more: older ones exist."""
+
+    messages: tuple[Delivery | UnknownFrame, ...]
+    more: bool
 
 
 def _direct_message(frame: dict[str, Any]) -> DirectMessage:
@@ -195,6 +229,7 @@ def _direct_message(frame: dict[str, Any]) -> DirectMessage:
         text=frame["msg"],
         time=frame["time"],
         sent_at_ms=frame["ts"],
+        pos=frame.get("pos", 0),
     )
 
 
@@ -207,11 +242,14 @@ def _group_message(frame: dict[str, Any]) -> GroupMessage:
         text=frame["msg"],
         time=frame["time"],
         sent_at_ms=frame["ts"],
+        pos=frame.get("pos", 0),
     )
 
 
 def _friend_answer(frame: dict[str, Any]) -> FriendAnswer:
-    return FriendAnswer(frame["msg_id"], frame["id"], frame["name"], frame["accept"])
+    return FriendAnswer(
+        frame["msg_id"], frame["id"], frame["name"], frame["accept"], frame.get("pos", 0)
+    )
 
 
 EVENT_PARSERS: dict[int, Callable[[dict[str, Any]], Event]] = {
@@ -221,6 +259,7 @@ EVENT_PARSERS: dict[int, Callable[[dict[str, Any]], Event]] = {
     MsgId.FRIEND_REQUEST: lambda frame: FriendRequest(frame["id"], frame["name"]),
     MsgId.PRESENCE: lambda frame: Presence(frame["id"], frame["state"] == "online"),
     MsgId.KICKED: lambda frame: Kicked(frame.get("errmsg", "")),
+    MsgId.READ: lambda frame: Read(frame["pos"]),
 }
 
 
@@ -262,6 +301,8 @@ def parse_login(reply: dict[str, Any]) -> LoginResult:
         friend_requests=tuple(
             FriendRequest(r["id"], r["name"]) for r in reply.get("friend_requests", ())
         ),
+        last_pos=reply.get("last_pos", 0),
+        read_pos=reply.get("read_pos", 0),
     )
 
 
@@ -305,10 +346,24 @@ class ChatClient:
         reply = await self.request(MsgId.REGISTER, name=name, password=password)
         return int(reply["id"])
 
-    async def login(self, user: int | str, password: str, *, receipts: bool = True) -> LoginResult:
-        """Logs in by user id (int) or name; with receipts, the caller ``receipt``s deliveries."""
-        who = {"id": user} if isinstance(user, int) else {"name": user}
-        reply = await self.request(MsgId.LOGIN, **who, password=password, receipts=receipts)
+    async def login(
+        self,
+        user: int | str,
+        password: str,
+        *,
+        receipts: bool = True,
+        device: str | None = None,
+        since: int | None = None,
+    ) -> LoginResult:
+        """Logs in by user id (int) or name; with receipts, the caller ``receipt``s deliveries.
+        ``device`` names this install (the server's default: "default"): a login on another
+        device leaves this one on. With ``since``, the stored messages start after that pos."""
+        fields: dict[str, Any] = {"id": user} if isinstance(user, int) else {"name": user}
+        if device is not None:
+            fields["device"] = device
+        if since is not None:
+            fields["since"] = since
+        reply = await self.request(MsgId.LOGIN, **fields, password=password, receipts=receipts)
         return parse_login(reply)
 
     async def logout(self) -> None:
@@ -353,6 +408,40 @@ class ChatClient:
     async def receipt(self, msg_ids: Iterable[int]) -> None:
         """Tells the server these deliveries have reached the user, so it may forget them."""
         await self.request(MsgId.RECEIPT, msg_ids=list(msg_ids))
+
+    async def sync(self, since: int, limit: int = 200) -> SyncResult:
+        """The messages after pos ``since`` in this user's inbox, at most ``limit`` (1-500);
+        call again from the last one's pos until it reaches ``last_pos``."""
+        reply = await self.request(MsgId.SYNC, since=since, limit=limit)
+        return SyncResult(
+            tuple(_stored_delivery(m) for m in reply["msgs"]),
+            reply["last_pos"],
+            reply.get("truncated", False),
+        )
+
+    async def history(
+        self,
+        *,
+        with_user: int | None = None,
+        group_id: int | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> HistoryPage:
+        """One conversation (with a user, or a group's), the newest ``limit`` (1-100) before
+        pos ``before`` (the newest page when None), oldest first."""
+        fields: dict[str, Any] = {"limit": limit}
+        if with_user is not None:
+            fields["with"] = with_user
+        if group_id is not None:
+            fields["groupid"] = group_id
+        if before is not None:
+            fields["before"] = before
+        reply = await self.request(MsgId.HISTORY, **fields)
+        return HistoryPage(tuple(_stored_delivery(m) for m in reply["msgs"]), reply["more"])
+
+    async def read(self, pos: int) -> None:
+        """This user has read everything up to pos: the other devices are told."""
+        await self.request(MsgId.READ, pos=pos)
 
     async def request(self, msgid: int, **fields: Any) -> dict[str, Any]:
         """Sends one request and returns its reply; raises ChatError if the reply has an errno."""

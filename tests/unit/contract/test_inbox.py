@@ -828,3 +828,159 @@ async def test_any_sequence_of_appends_prunes_and_reads_keeps_every_promise(
             )
 
         assert await uow.run(look) == {u: expected(u) for u in (1, 2, 3)}
+
+
+async def test_two_nodes_writing_marks_reads_and_prunes_at_once_never_deadlock() -> None:
+    """What the group commit of two nodes does at once on one MariaDB database: batches of
+    entries for overlapping users (listed in different orders), marks, read positions, and a
+    pruner; no transaction fails (a deadlock or a lock wait timeout would be errno 11 for the
+    senders of a whole batch), every user's positions are 1..n with none reused, and what
+    the pruner leaves is a run up to last_pos (the two nodes' batches carry kept times that
+    interleave, as two nodes' clocks would)."""
+    url = await anyio.to_thread.run_sync(MYSQL.new_database)
+    nodes = [await open_mysql(url, pool_size=4) for _ in range(2)]
+    try:
+        await nodes[0].run(lambda tx: users(tx, 6))
+        rounds = 30
+        appended: dict[int, int] = defaultdict(int)
+
+        async def node(number: int, uow: UnitOfWork) -> None:
+            async def one(i: int) -> None:
+                order = [1, 2, 3, 4, 5, 6] if (i + number) % 2 else [6, 5, 4, 3, 2, 1]
+                msg_id = 1 + 10 * (rounds * number + i)
+                entries: list[tuple[int, Delivery]] = [
+                    (user, dm(msg_id + k, 7 - user, user)) for k, user in enumerate(order)
+                ]
+
+                def work(tx: Transaction) -> list[int]:
+                    given = tx.inbox.append(entries, T0 + i)
+                    for user in reversed(order) if i % 3 else order:
+                        tx.inbox.set_mark(user, "phone", DeviceMark(i))
+                        tx.inbox.set_read_pos(user, i)
+                    return given
+
+                await uow.run(work)
+                for user in order:
+                    appended[user] += 1
+
+            async with anyio.create_task_group() as tg:
+                for i in range(rounds):
+                    tg.start_soon(one, i)
+
+        async def pruner() -> None:
+            for cutoff in range(0, rounds, 3):
+                await nodes[1].run(lambda tx, c=cutoff: tx.inbox.prune(T0 + c, 20))
+                await anyio.sleep(0.005)
+
+        async with anyio.create_task_group() as tg:
+            for number, uow in enumerate(nodes):
+                tg.start_soon(node, number, uow)
+            tg.start_soon(pruner)
+
+        def look(tx: Transaction) -> dict[int, tuple[int, bool]]:
+            found = {}
+            for user in range(1, 7):
+                kept = positions(tx.inbox.after(user, 0, 1000))
+                last = tx.inbox.last_pos(user)
+                tail = kept == list(range(last - len(kept) + 1, last + 1))
+                found[user] = (last, tail and len(kept) == tx.inbox.count_after(user, 0))
+            return found
+
+        assert await nodes[0].run(look) == {u: (2 * rounds, True) for u in range(1, 7)}
+        assert dict(appended) == {u: 2 * rounds for u in range(1, 7)}
+    finally:
+        for uow in nodes:
+            await uow.aclose()
+
+
+async def test_pruning_never_leaves_a_hole_when_kept_times_are_out_of_pos_order(
+    uow: UnitOfWork,
+) -> None:
+    """Two nodes whose clocks differ keep pos 1 at 10:00:05 and pos 2 at 10:00:00. A window
+    ending at 10:00:03 must not take pos 2 and leave pos 1: a session syncing from 0 would
+    see 1, 3 with nothing said about 2. Either both go or neither does."""
+    await uow.run(lambda tx: users(tx, 2))
+    await uow.run(lambda tx: tx.inbox.append([(1, dm(1, 2, 1)), (2, dm(1, 2, 1))], T0 + 5_000))
+    await uow.run(lambda tx: tx.inbox.append([(1, dm(2, 2, 1))], T0))
+    await uow.run(lambda tx: tx.inbox.append([(1, dm(3, 2, 1))], T0 + 9_000))
+    await uow.run(lambda tx: tx.inbox.prune(T0 + 3_000, 100))
+
+    def look(tx: Transaction) -> tuple[list[int], int, int, list[int]]:
+        return (
+            positions(tx.inbox.after(1, 0, 10)),
+            tx.inbox.oldest_pos(1),
+            tx.inbox.count_after(1, 0),
+            positions(tx.inbox.after(2, 0, 10)),
+        )
+
+    kept, oldest, count, others = await uow.run(look)
+    assert kept in ([1, 2, 3], [3])
+    assert (oldest, count) == (kept[0], len(kept))
+    assert others == [1]  # bob's copy of message 1 is younger than the window
+    # Once the window passes both, both go, and nothing else.
+    await uow.run(lambda tx: tx.inbox.prune(T0 + 6_000, 100))
+    assert await uow.run(lambda tx: positions(tx.inbox.after(1, 0, 10))) == [3]
+
+
+async def test_set_marks_keeps_many_marks_at_once_or_none_of_them(uow: UnitOfWork) -> None:
+    await uow.run(lambda tx: users(tx, 3))
+    await uow.run(lambda tx: tx.inbox.set_mark(1, "pc", DeviceMark(1)))
+    marks = {
+        (2, "phone"): DeviceMark(4, frozenset({6, 9})),
+        (1, "pc"): DeviceMark(7),
+        (1, "phone"): DeviceMark(2),
+        (3, "pc"): DeviceMark(0),
+    }
+    await uow.run(lambda tx: tx.inbox.set_marks(marks))
+    expected = (
+        {"pc": DeviceMark(7), "phone": DeviceMark(2)},
+        {"phone": DeviceMark(4, frozenset({6, 9}))},
+        {"pc": DeviceMark(0)},
+    )
+    look = lambda tx: tuple(tx.inbox.marks(u) for u in (1, 2, 3))  # noqa: E731
+
+    assert await uow.run(look) == expected
+
+    def with_a_stranger(tx: Transaction) -> None:
+        with pytest.raises(UnknownUser):
+            tx.inbox.set_marks({(1, "pc"): DeviceMark(9), (99, "pc"): DeviceMark(1)})
+
+    await uow.run(with_a_stranger)  # the transaction goes on without any of them
+    assert await uow.run(look) == expected
+    many = {(1 + i % 3, f"device {i}"): DeviceMark(i) for i in range(1_200)}
+    await uow.run(lambda tx: tx.inbox.set_marks(many))
+    assert await uow.run(lambda tx: sum(len(tx.inbox.marks(u)) for u in (1, 2, 3))) == 1_204
+    moved = {key: DeviceMark(5_000) for key in many}
+    with pytest.raises(UnknownUser):
+        await uow.run(lambda tx: tx.inbox.set_marks({**moved, (99, "x"): DeviceMark(1)}))
+
+    def unchanged(tx: Transaction) -> bool:
+        return all(
+            tx.inbox.marks(u)[device] == mark for (u, device), mark in list(many.items())[::97]
+        )
+
+    assert await uow.run(unchanged)
+
+
+async def test_an_unknown_user_after_thousands_of_others_keeps_nothing_of_the_batch(
+    uow: UnitOfWork,
+) -> None:
+    """A batch too big for one statement (the stores raise the users' heads in chunks): a
+    stranger in the last chunk undoes the chunks before it."""
+    count = 2_100
+    await uow.run(lambda tx: users(tx, count))
+    shared = gm(1, 7, 1)
+
+    def append_with_a_stranger(tx: Transaction) -> tuple[int, int, int, list[Kept]]:
+        entries: list[tuple[int, Delivery]] = [(u, shared) for u in range(1, count + 1)]
+        with pytest.raises(UnknownUser):
+            tx.inbox.append([*entries, (count + 50, shared)], T0)
+        return (
+            tx.inbox.last_pos(1),
+            tx.inbox.last_pos(count // 2),
+            tx.inbox.last_pos(count),
+            tx.inbox.after(count, 0, 10),
+        )
+
+    assert await uow.run(append_with_a_stranger) == (0, 0, 0, [])
+    assert await uow.run(lambda tx: tx.inbox.append([(1, shared), (count, shared)], T0)) == [1, 1]
