@@ -10,7 +10,7 @@ from typing import Any
 from benchmarks import procstat, report, servers
 from benchmarks.common import Common
 
-SCENARIOS = ["echo-baseline", "direct", "group", "login", "idle", "cross-node", "all"]
+SCENARIOS = ["echo-baseline", "direct", "group", "login", "idle", "cross-node", "sync", "all"]
 
 
 def _windows(text: str) -> list[int]:
@@ -156,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "is memory:// (default %(default)s)")
     # Messages through Redis can take seconds under this load: wait for them before counting.
     cross.set_defaults(drain=10.0)
+
+    sync = sub.add_parser("sync", parents=[common],
+                          help="a device catching up on N kept messages with SYNC")
+    sync.add_argument("--messages", type=_positive(int), default=10_000,
+                      help="messages kept for the user, then synced (default %(default)s)")
+    sync.add_argument("--limit", type=_positive(int), default=500,
+                      help="SYNC's limit, messages per request (default %(default)s, the "
+                      "protocol's most)")
+    sync.add_argument("--window", type=_positive(int), default=64,
+                      help="chats in flight while the inbox is filled (default %(default)s)")
 
     sub.add_parser("all", parents=[common],
                    help="echo-baseline, direct (W=1, W=8), group, login, reduced (~1.5 min)")

@@ -15,7 +15,8 @@ from benchmarks.measure import Meter, latency_summary, limit_of, median_of, per_
 
 TS_DIGITS = 20
 NUMBER_DIGITS = 10
-TARGET_US_PER_COPY = 5.0
+TARGET_US_PER_COPY = 5.0  # issue 5 (version 1: nothing kept)
+TARGET_US_PER_COPY_INBOX = 8.0  # issue 12: with history on, every copy kept before the ACK
 
 COLUMNS: list[report.Column] = [
     ("server", "label", "{}"),
@@ -253,6 +254,9 @@ def run_group(args: argparse.Namespace, common: Common, extra: dict[str, int]) -
         targets.append({"target": f"group W={row['window']}: <= {TARGET_US_PER_COPY} µs "
                         "server CPU per delivered copy", "measured": us,
                         "met": us is not None and us <= TARGET_US_PER_COPY})
+        targets.append({"target": f"group W={row['window']}, history on (issue 12): <= "
+                        f"{TARGET_US_PER_COPY_INBOX} µs server CPU per delivered copy",
+                        "measured": us, "met": us is not None and us <= TARGET_US_PER_COPY_INBOX})
     from benchmarks.scenarios import _options, print_targets
 
     print_targets(targets)

@@ -22,6 +22,7 @@ SCENARIOS = {
     "login": ["--users", "12", "--concurrency", "4"],
     "idle": ["--connections", "60", "--pairs", "2", "--rate", "20", "--idle-seconds", "1",
              *TINY],
+    "sync": ["--messages", "300", "--limit", "100", "--window", "8"],
     "cross-node": ["--pairs", "4", *TINY] + ([] if shutil.which("nginx") else ["--no-nginx"]),
 }
 

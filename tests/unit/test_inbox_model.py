@@ -87,6 +87,9 @@ class Seen:
         self.positions.extend(e.pos for e in events if isinstance(e, Kept))
 
     def sent(self, pos: int) -> None:
+        # What was pushed while the request waited (the ACK follows every push before its pos)
+        # comes before the ACK's own pos.
+        self.take()
         self.positions.append(pos)
 
 
