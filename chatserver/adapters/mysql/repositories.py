@@ -14,7 +14,7 @@ import orjson
 from mysql.connector import IntegrityError, errorcode
 from mysql.connector.cursor import MySQLCursor
 
-from chatserver.adapters.inbox_keys import conversation_key, conversation_of
+from chatserver.adapters.inbox_keys import conversation_key, place
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage, Kept
@@ -300,17 +300,7 @@ class MySqlInbox:
             return []
         counts = Counter(user_id for user_id, _ in entries)
         next_pos = self._raise_heads(counts)
-        positions: list[int] = []
-        rows: list[tuple[int, int, int, int | None]] = []
-        messages: dict[int, Delivery] = {}
-        for user_id, delivery in entries:
-            pos = next_pos[user_id]
-            next_pos[user_id] = pos + 1
-            positions.append(pos)
-            msg_id = delivery.msg_id
-            rows.append((user_id, pos, msg_id, conversation_of(user_id, delivery)))
-            if msg_id not in messages:
-                messages[msg_id] = delivery
+        positions, rows, messages = place(entries, next_pos)
         message_rows = [
             (msg_id, *dump_delivery(delivery), now_ms) for msg_id, delivery in messages.items()
         ]

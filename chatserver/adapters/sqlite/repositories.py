@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import orjson
 
-from chatserver.adapters.inbox_keys import conversation_key, conversation_of
+from chatserver.adapters.inbox_keys import conversation_key, place
 from chatserver.adapters.serialization import dump_delivery, load_delivery
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
@@ -217,17 +217,7 @@ class SqliteInbox:
             return []
         counts = Counter(user_id for user_id, _ in entries)
         next_pos = self._raise_heads(counts)
-        positions: list[int] = []
-        rows: list[tuple[int, int, int, int | None]] = []
-        messages: dict[int, Delivery] = {}
-        for user_id, delivery in entries:
-            pos = next_pos[user_id]
-            next_pos[user_id] = pos + 1
-            positions.append(pos)
-            msg_id = delivery.msg_id
-            rows.append((user_id, pos, msg_id, conversation_of(user_id, delivery)))
-            if msg_id not in messages:
-                messages[msg_id] = delivery
+        positions, rows, messages = place(entries, next_pos)
         self._db.executemany(
             "INSERT INTO inbox_message (msg_id, kind, body, created_ms) VALUES (?, ?, ?, ?)"
             " ON CONFLICT DO NOTHING",
