@@ -5,9 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from chatserver.application.commands import CreateGroup, JoinGroup, LeaveGroup
-from chatserver.application.results import Done, GroupCreated
+from chatserver.application.results import (
+    Done,
+    GroupCreated,
+    GroupJoined,
+    GroupMemberView,
+    GroupView,
+)
 from chatserver.domain.errors import NotAMember, RateLimited, UnknownGroup
-from chatserver.domain.groups import Group, Role
+from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.ports import Transaction
 
 if TYPE_CHECKING:
@@ -35,22 +41,31 @@ def _check_room(tx: Transaction, user_id: int, limit: int) -> None:
         raise RateLimited(f"already in {limit} groups: leave one first")
 
 
-async def join_group(command: JoinGroup, *, connection: Connection) -> Done:
+async def join_group(command: JoinGroup, *, connection: Connection) -> GroupJoined:
     me = connection.user
     group_id = command.group_id
+    node = connection.node
+    limit = node.limits.groups_per_user
 
-    limit = connection.node.limits.groups_per_user
-
-    def join(tx: Transaction) -> None:
-        if tx.groups.get(group_id) is None:
+    def join(tx: Transaction) -> tuple[Group, list[Member]]:
+        group = tx.groups.get(group_id)
+        if group is None:
             raise UnknownGroup()
-        if not any(m.user.id == me.id for m in tx.groups.members(group_id)):
+        members = tx.groups.members(group_id)
+        if not any(m.user.id == me.id for m in members):
             _check_room(tx, me.id, limit)
-        tx.groups.add_member(group_id, me.id, Role.NORMAL)
+            tx.groups.add_member(group_id, me.id, Role.NORMAL)
+            members = tx.groups.members(group_id)
+        return group, members
 
-    await connection.node.uow.run(join)
+    group, members = await node.uow.run(join)
     await _membership_changed(group_id, connection)
-    return Done()
+    located = await node.presence.locate([m.user.id for m in members])
+    online = set(located) | {me.id}
+    view = GroupView(
+        group, tuple(GroupMemberView(m.user, m.role, m.user.id in online) for m in members)
+    )
+    return GroupJoined(view)
 
 
 async def leave_group(command: LeaveGroup, *, connection: Connection) -> Done:

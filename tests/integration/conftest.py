@@ -863,6 +863,9 @@ class Chat:
         cb.expect({"msgid": 12, "id": a.id})
         cb.ok({"msgid": 13, "friendid": a.id, "accept": True})
         ca.expect({"msgid": 13, "id": b.id, "accept": True})
+        # A friendship starts: each hears the other's state (Version 2, "Small gaps").
+        ca.expect({"msgid": 14, "id": b.id, "state": "online"})
+        cb.expect({"msgid": 14, "id": a.id, "state": "online"})
 
     def make_group(self, owner: Client, *members: Client, desc: str = "") -> tuple[int, str]:
         name = unique_name("g")

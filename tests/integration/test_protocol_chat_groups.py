@@ -365,7 +365,18 @@ def test_joining_a_group(chat):
     gid, name = chat.make_group(ca, desc="d")
     reply = cb.ok({"msgid": 9, "groupid": gid})
     assert reply["reply_to"] == 9
-    cb.ok({"msgid": 9, "groupid": gid})  # joining twice is errno 0
+    # The ACK carries the group as LOGIN_MSG_ACK lists it (Version 2, "Small gaps").
+    assert reply["group"] == {
+        "id": gid,
+        "groupname": name,
+        "groupdesc": "d",
+        "users": [
+            {"id": alice.id, "name": alice.name, "state": "online", "role": "creator"},
+            {"id": bob.id, "name": bob.name, "state": "online", "role": "normal"},
+        ],
+    }
+    again = cb.ok({"msgid": 9, "groupid": gid})  # joining twice is errno 0
+    assert [u["id"] for u in again["group"]["users"]] == [alice.id, bob.id]
     cb.err({"msgid": 9, "groupid": UNKNOWN_ID}, 5)
     (group,) = chat.online(bob).ack["groups"]
     assert group["id"] == gid and group["groupname"] == name

@@ -17,7 +17,13 @@ from chatserver.application.commands import (
     SendDirectMessage,
     SendGroupMessage,
 )
-from chatserver.application.results import GroupCreated, LoggedIn, MessageAccepted, Registered
+from chatserver.application.results import (
+    GroupCreated,
+    GroupJoined,
+    LoggedIn,
+    MessageAccepted,
+    Registered,
+)
 from chatserver.domain.errors import (
     Forbidden,
     InvalidCredentials,
@@ -213,6 +219,9 @@ async def test_friend_request_accept_and_presence(chat: ChatApp) -> None:
     await b.request(AnswerFriend(alice, accept=True))
     answer = unwrap(await a.next_event())
     assert isinstance(answer, FriendAnswer) and answer.accepted and answer.responder_id == bob
+    # A friendship starts: each side hears the other's state at once.
+    assert unwrap(await a.next_event()) == PresenceNotice(bob, True)
+    assert unwrap(await b.next_event()) == PresenceNotice(alice, True)
     await b.request(Logout())
     assert unwrap(await a.next_event()) == PresenceNotice(bob, False)
     await login(b, bob)
@@ -230,6 +239,8 @@ async def test_asking_back_accepts_the_waiting_request(chat: ChatApp) -> None:
     await b.request(AddFriend(alice))
     answer = unwrap(await a.next_event())
     assert isinstance(answer, FriendAnswer) and answer.accepted
+    assert unwrap(await a.next_event()) == PresenceNotice(bob, True)
+    assert unwrap(await b.next_event()) == PresenceNotice(alice, True)
     assert [c.user.id for c in (await login(chat.connect(), bob)).friends] == [alice]
 
 
@@ -247,6 +258,29 @@ async def test_friend_errors(chat: ChatApp) -> None:
     with pytest.raises(UnknownUser):
         await a.request(RemoveFriend(999))
     await a.request(RemoveFriend(bob))  # no friendship: nothing to do, no error
+
+
+async def test_a_friendship_started_while_the_requester_is_away_tells_their_state(
+    chat: ChatApp,
+) -> None:
+    alice, bob = await register(chat, "alice"), await register(chat, "bob")
+    a = await online(chat, alice)
+    await a.request(AddFriend(bob))
+    await a.request(Logout())
+    b = await online(chat, bob)
+    await b.request(AnswerFriend(alice, accept=True))
+    assert unwrap(await b.next_event()) == PresenceNotice(alice, False)
+
+
+async def test_a_declined_request_tells_no_state(chat: ChatApp) -> None:
+    alice, bob = await register(chat, "alice"), await register(chat, "bob")
+    a, b = await online(chat, alice), await online(chat, bob)
+    await a.request(AddFriend(bob))
+    await b.next_event()
+    await b.request(AnswerFriend(alice, accept=False))
+    answer = unwrap(await a.next_event())
+    assert isinstance(answer, FriendAnswer) and not answer.accepted
+    assert a.outbox.events == [] and b.outbox.events == []
 
 
 async def test_declined_answer_waits_for_an_offline_requester(chat: ChatApp) -> None:
@@ -271,8 +305,16 @@ async def test_group_lifecycle_and_chat(chat: ChatApp) -> None:
         await b.request(CreateGroup("g"))
     with pytest.raises(NotAMember):
         await b.request(SendGroupMessage(gid, "let me in"))
-    await b.request(JoinGroup(gid))
-    await b.request(JoinGroup(gid))  # twice is fine
+    joined = await b.request(JoinGroup(gid))
+    assert isinstance(joined, GroupJoined)
+    assert (joined.view.group.id, joined.view.group.name, joined.view.group.description) == (
+        gid, "g", "desc"
+    )
+    assert [(m.user.id, m.role, m.online) for m in joined.view.members] == [
+        (alice, Role.CREATOR, True), (bob, Role.NORMAL, True)
+    ]
+    again = await b.request(JoinGroup(gid))  # twice is fine
+    assert isinstance(again, GroupJoined) and len(again.view.members) == 2
     c = chat.connect()
     await login(c, carol)
     await c.request(JoinGroup(gid))

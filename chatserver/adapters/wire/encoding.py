@@ -16,6 +16,7 @@ from chatserver.adapters.wire.protocol import Dialect
 from chatserver.application.results import (
     Contact,
     GroupCreated,
+    GroupJoined,
     GroupView,
     HistoryPage,
     LoggedIn,
@@ -265,6 +266,8 @@ def encode_result(request: Request, result: Result, dialect: Dialect) -> list[by
             reply["not_stored"] = list(result.not_stored)
     elif type(result) is GroupCreated:
         reply["groupid"] = result.group_id
+    elif type(result) is GroupJoined:
+        reply["group"] = _group(result.view, _members(result.view))
     elif type(result) is Registered:
         reply["id"] = result.user_id
     elif type(result) is LoggedIn:
