@@ -18,6 +18,7 @@ from chatserver.application.throttle import (
     LoginThrottle,
     RegistrationThrottle,
 )
+from chatserver.domain.groups import DEFAULT_MEMBER_LIMIT
 from chatserver.domain.ports import (
     Clock,
     MessageBus,
@@ -66,6 +67,8 @@ class Limits:
     # Messages a login pushes at most to a device that fell behind (the newest of what
     # waits for it); the older ones stay readable with SYNC within the history window.
     stored_per_user: int = 10_000
+    # Members one group may have; past it ADD_GROUP is errno 12 (0: no limit).
+    group_members: int = DEFAULT_MEMBER_LIMIT
 
 
 @define

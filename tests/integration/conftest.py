@@ -104,7 +104,7 @@ def free_port() -> int:
 
 TIME_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 _STATES = ("online", "offline")
-_ROLES = ("creator", "normal")
+_ROLES = ("creator", "admin", "normal")
 
 
 def _check_fields(obj: Any, spec: dict[str, Callable[[Any], bool]], where: str) -> list[str]:

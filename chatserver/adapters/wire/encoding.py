@@ -25,7 +25,7 @@ from chatserver.application.results import (
     Result,
     Synced,
 )
-from chatserver.domain.errors import RateLimited
+from chatserver.domain.errors import Muted, RateLimited
 from chatserver.domain.messages import (
     DirectMessage,
     Event,
@@ -227,13 +227,20 @@ def _ack(request_msgid: int, seq: int | None) -> JsonObject:
 
 
 def _error_reply(
-    msgid: int, seq: int | None, errno: int, errmsg: str, dialect: Dialect
+    msgid: int,
+    seq: int | None,
+    errno: int,
+    errmsg: str,
+    dialect: Dialect,
+    extra: JsonObject | None = None,
 ) -> bytes | None:
     if dialect is _LEGACY_DIALECT and msgid not in _LEGACY_REPLIES:
         return None
     reply = _ack(msgid, seq)
     reply["errno"] = errno
     reply["errmsg"] = errmsg
+    if extra:
+        reply.update(extra)
     return orjson.dumps(reply, option=_option(dialect))
 
 
@@ -289,7 +296,9 @@ def encode_error(
     is an internal error); None when the dialect sends no reply."""
     errno, errmsg = errno_and_message(error)
     msgid = request_or_bad.msgid if isinstance(request_or_bad, Request) else request_or_bad.reply_to
-    return _error_reply(msgid, request_or_bad.seq, errno, errmsg, dialect)
+    # A muted member's GROUP_CHAT says until when (errno 13).
+    extra = {"until": error.until_ms} if isinstance(error, Muted) else None
+    return _error_reply(msgid, request_or_bad.seq, errno, errmsg, dialect, extra)
 
 
 def encode_bad_request(bad: BadRequest, dialect: Dialect) -> bytes | None:

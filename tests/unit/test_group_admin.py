@@ -1,0 +1,314 @@
+"""Groups that can be run (PROTOCOL.md Version 2): roles, kick, transfer, dissolve, mute, update,
+the creator's leaving, and the member limit, through the core on in-memory adapters."""
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from attrs import define
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chatserver.application.commands import (
+    CreateGroup,
+    DissolveGroup,
+    JoinGroup,
+    KickMember,
+    LeaveGroup,
+    Login,
+    MuteMember,
+    Register,
+    SendGroupMessage,
+    SetMemberRole,
+    TransferGroup,
+    UpdateGroup,
+)
+from chatserver.application.node import Limits
+from chatserver.application.results import GroupCreated, GroupJoined, LoggedIn, Registered
+from chatserver.domain.errors import (
+    ChatError,
+    InvalidRequest,
+    Muted,
+    NameTaken,
+    NotAMember,
+    NotPermitted,
+    UnknownGroup,
+    UnknownUser,
+)
+from chatserver.domain.groups import PERMITTED, Action, Member, Role, permitted, successor
+from chatserver.domain.users import User
+from chatserver.entrypoints.bootstrap import ChatApp, Config, EmbeddedClient, bootstrap
+from tests.unit.conftest import FAST_HASHER
+
+pytestmark = pytest.mark.anyio
+
+START_MS = 1_795_735_800_000
+
+
+@define
+class FakeClock:
+    ms: int = START_MS
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
+async def register(chat: ChatApp, name: str) -> int:
+    result = await chat.connect().request(Register(name, "pw"))
+    assert isinstance(result, Registered)
+    return result.user_id
+
+
+async def online(chat: ChatApp, user_id: int) -> EmbeddedClient:
+    client = chat.connect()
+    assert isinstance(await client.request(Login("pw", user_id=user_id)), LoggedIn)
+    return client
+
+
+async def roles(chat: ChatApp, group_id: int) -> dict[int, Role]:
+    members = await chat.node.uow.run(lambda tx: tx.groups.members(group_id))
+    return {m.user.id: m.role for m in members}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def app(clock: FakeClock) -> AsyncIterator[ChatApp]:
+    config = Config(database="memory://", limits=Limits(group_members=5))
+    async with bootstrap(config, hasher=FAST_HASHER, clock=clock) as chat:
+        yield chat
+
+
+async def a_group(chat: ChatApp, *names: str) -> tuple[int, list[int], list[EmbeddedClient]]:
+    """A group made by the first user, joined by the others in order."""
+    ids = [await register(chat, n) for n in names]
+    clients = [await online(chat, i) for i in ids]
+    created = await clients[0].request(CreateGroup("g-" + "-".join(names)))
+    assert isinstance(created, GroupCreated)
+    for c in clients[1:]:
+        assert isinstance(await c.request(JoinGroup(created.group_id)), GroupJoined)
+    return created.group_id, ids, clients
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+def test_the_table_lets_a_role_act_only_on_lower_roles() -> None:
+    rank = {Role.CREATOR: 0, Role.ADMIN: 1, Role.NORMAL: 2}
+    for (actor, _), targets in PERMITTED.items():
+        for target in targets:
+            assert target is None or rank[actor] < rank[target]
+    assert not any(actor is Role.NORMAL for actor, _ in PERMITTED)
+    assert permitted(Role.ADMIN, Action.KICK, Role.NORMAL)
+    assert not permitted(Role.ADMIN, Action.KICK, Role.ADMIN)
+    assert not permitted(Role.ADMIN, Action.SET_ROLE, Role.NORMAL)
+    assert not permitted(Role.ADMIN, Action.DISSOLVE)
+    assert permitted(Role.ADMIN, Action.UPDATE)
+    assert not permitted(Role.NORMAL, Action.UPDATE)
+
+
+def test_the_successor_is_the_earliest_admin_else_the_earliest_member() -> None:
+    def m(i: int, role: Role) -> Member:
+        return Member(User(i, f"u{i}"), role)
+
+    creator = m(1, Role.CREATOR)
+    assert successor([creator, m(2, Role.NORMAL), m(3, Role.ADMIN), m(4, Role.ADMIN)], 1) == m(
+        3, Role.ADMIN
+    )
+    assert successor([creator, m(2, Role.NORMAL), m(3, Role.NORMAL)], 1) == m(2, Role.NORMAL)
+    assert successor([creator], 1) is None
+
+
+# --- use cases --------------------------------------------------------------------------------
+
+
+async def test_a_creator_or_admin_acts_on_lower_roles_only(app: ChatApp) -> None:
+    gid, (alice, bob, carol, dave), (ca, cb, cc, _cd) = await a_group(
+        app, "alice", "bob", "carol", "dave"
+    )
+    await ca.request(SetMemberRole(gid, bob, "admin"))
+    assert (await roles(app, gid))[bob] is Role.ADMIN
+    for client, command in (
+        (cc, KickMember(gid, dave)),  # a normal member kicks nobody
+        (cb, KickMember(gid, alice)),  # an admin does not kick the creator
+        (cb, SetMemberRole(gid, carol, "admin")),  # roles are the creator's
+        (cb, TransferGroup(gid, carol)),
+        (cb, DissolveGroup(gid)),
+        (cb, MuteMember(gid, alice, START_MS + 1000)),
+        (cc, UpdateGroup(gid, name="mine")),
+        (ca, KickMember(gid, alice)),  # nor does anyone act on themself
+        (ca, TransferGroup(gid, alice)),
+    ):
+        with pytest.raises(NotPermitted):
+            await client.request(command)
+    await cb.request(KickMember(gid, dave))  # an admin kicks a normal member
+    assert set(await roles(app, gid)) == {alice, bob, carol}
+    await ca.request(KickMember(gid, bob))  # the creator kicks an admin
+    assert set(await roles(app, gid)) == {alice, carol}
+
+
+async def test_the_errors_of_naming_groups_and_users(app: ChatApp) -> None:
+    gid, (_alice, bob), (ca, _cb) = await a_group(app, "alice", "bob")
+    stranger = await register(app, "stranger")
+    cs = await online(app, stranger)
+    with pytest.raises(UnknownGroup):
+        await ca.request(KickMember(999, bob))
+    with pytest.raises(NotAMember):  # a stranger can do nothing to a group
+        await cs.request(KickMember(gid, bob))
+    with pytest.raises(NotAMember):
+        await cs.request(DissolveGroup(gid))
+    with pytest.raises(UnknownUser):
+        await ca.request(KickMember(gid, 999))
+    with pytest.raises(NotAMember):  # a user who is not a member
+        await ca.request(MuteMember(gid, stranger, START_MS + 1))
+    with pytest.raises(InvalidRequest):
+        await ca.request(SetMemberRole(gid, bob, "creator"))
+    with pytest.raises(InvalidRequest):
+        await ca.request(UpdateGroup(gid))
+    with pytest.raises(InvalidRequest):
+        await ca.request(MuteMember(gid, bob, -1))
+
+
+async def test_transfer_makes_the_member_creator_and_the_old_creator_admin(app: ChatApp) -> None:
+    gid, (alice, bob, carol), (ca, _cb, _cc) = await a_group(app, "alice", "bob", "carol")
+    await ca.request(TransferGroup(gid, carol))
+    assert await roles(app, gid) == {alice: Role.ADMIN, bob: Role.NORMAL, carol: Role.CREATOR}
+    with pytest.raises(NotPermitted):
+        await ca.request(DissolveGroup(gid))
+    with pytest.raises(NotPermitted):  # the new creator is above the admin
+        await ca.request(KickMember(gid, carol))
+
+
+async def test_a_leaving_creator_passes_the_role_to_the_earliest_admin(app: ChatApp) -> None:
+    gid, (_alice, bob, carol, dave), (ca, _, cc, cd) = await a_group(
+        app, "alice", "bob", "carol", "dave"
+    )
+    await ca.request(SetMemberRole(gid, dave, "admin"))
+    await ca.request(SetMemberRole(gid, carol, "admin"))
+    await ca.request(LeaveGroup(gid))
+    assert await roles(app, gid) == {bob: Role.NORMAL, carol: Role.CREATOR, dave: Role.ADMIN}
+    await cc.request(LeaveGroup(gid))  # no admin but dave, who joined after bob
+    assert (await roles(app, gid))[dave] is Role.CREATOR
+    await cd.request(SetMemberRole(gid, bob, "normal"))
+    await cd.request(LeaveGroup(gid))  # no admin: the earliest member
+    assert await roles(app, gid) == {bob: Role.CREATOR}
+
+
+async def test_a_creator_alone_who_leaves_dissolves_the_group_and_frees_its_name(
+    app: ChatApp,
+) -> None:
+    gid, _, (ca,) = await a_group(app, "alice")
+    await ca.request(LeaveGroup(gid))
+    with pytest.raises(UnknownGroup):
+        await ca.request(JoinGroup(gid))
+    again = await ca.request(CreateGroup("g-alice"))
+    assert isinstance(again, GroupCreated) and again.group_id != gid
+
+
+async def test_dissolve_removes_the_group_for_everyone(app: ChatApp) -> None:
+    gid, (_, bob), (ca, cb) = await a_group(app, "alice", "bob")
+    with pytest.raises(NotPermitted):
+        await cb.request(DissolveGroup(gid))
+    await ca.request(DissolveGroup(gid))
+    with pytest.raises(UnknownGroup):
+        await cb.request(SendGroupMessage(gid, "anyone?"))
+    relogged = await app.connect().request(Login("pw", user_id=bob))
+    assert isinstance(relogged, LoggedIn) and relogged.groups == ()
+
+
+async def test_a_muted_member_cannot_chat_until_the_clock_passes_until(
+    app: ChatApp, clock: FakeClock
+) -> None:
+    gid, (_alice, bob), (ca, cb) = await a_group(app, "alice", "bob")
+    until = START_MS + 60_000
+    await ca.request(MuteMember(gid, bob, until))
+    with pytest.raises(Muted) as refused:
+        await cb.request(SendGroupMessage(gid, "let me speak"))
+    assert refused.value.until_ms == until
+    clock.ms = until - 1
+    with pytest.raises(Muted):
+        await cb.request(SendGroupMessage(gid, "now?"))
+    clock.ms = until
+    await cb.request(SendGroupMessage(gid, "free again"))
+    await ca.request(MuteMember(gid, bob, until + 10_000))
+    with pytest.raises(Muted):
+        await cb.request(SendGroupMessage(gid, "again muted"))
+    await ca.request(MuteMember(gid, bob, 0))  # 0 unmutes
+    await cb.request(SendGroupMessage(gid, "unmuted"))
+
+
+async def test_update_renames_and_describes_the_group(app: ChatApp) -> None:
+    gid, (_alice, bob), (ca, cb) = await a_group(app, "alice", "bob")
+    other = await ca.request(CreateGroup("taken"))
+    assert isinstance(other, GroupCreated)
+    await ca.request(SetMemberRole(gid, bob, "admin"))
+    await cb.request(UpdateGroup(gid, name="renamed"))
+    await ca.request(UpdateGroup(gid, description="about us"))
+    with pytest.raises(NameTaken):
+        await cb.request(UpdateGroup(gid, name="taken"))
+    group = await app.node.uow.run(lambda tx: tx.groups.get(gid))
+    assert group is not None and (group.name, group.description) == ("renamed", "about us")
+
+
+async def test_a_full_group_refuses_one_more_member_and_keeps_serving_its_members(
+    app: ChatApp,
+) -> None:
+    gid, _ids, clients = await a_group(app, "m1", "m2", "m3", "m4", "m5")  # the limit: 5
+    extra = await register(app, "extra")
+    ce = await online(app, extra)
+    for _ in range(200):  # the abuse: one more, again and again
+        with pytest.raises(NotPermitted):
+            await ce.request(JoinGroup(gid))
+    again = await clients[4].request(JoinGroup(gid))  # a member joining again is fine
+    assert isinstance(again, GroupJoined)
+    start = time.perf_counter()
+    await clients[1].request(SendGroupMessage(gid, "still served"))
+    elapsed_ms = (time.perf_counter() - start) * 1e3
+    print(f"a member's group message after 200 refused joins: {elapsed_ms:.2f} ms")
+    assert len(await roles(app, gid)) == 5
+    await clients[4].request(LeaveGroup(gid))
+    assert isinstance(await ce.request(JoinGroup(gid)), GroupJoined)
+
+
+# --- properties -------------------------------------------------------------------------------
+
+ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["kick", "admin", "normal", "transfer", "leave", "join", "dissolve"]),
+        st.integers(0, 3),
+        st.integers(0, 3),
+    ),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=ACTIONS)
+async def test_every_live_group_has_exactly_one_creator(steps: list[tuple[str, int, int]]) -> None:
+    async with bootstrap(Config(database="memory://"), hasher=FAST_HASHER) as chat:
+        gid, ids, clients = await a_group(chat, "a", "b", "c", "d")
+        for what, actor, target in steps:
+            client, user = clients[actor], ids[target]
+            command = {
+                "kick": KickMember(gid, user),
+                "admin": SetMemberRole(gid, user, "admin"),
+                "normal": SetMemberRole(gid, user, "normal"),
+                "transfer": TransferGroup(gid, user),
+                "leave": LeaveGroup(gid),
+                "join": JoinGroup(gid),
+                "dissolve": DissolveGroup(gid),
+            }[what]
+            with contextlib.suppress(ChatError):
+                await client.request(command)
+            group = await chat.node.uow.run(lambda tx: tx.groups.get(gid))
+            members = await chat.node.uow.run(lambda tx: tx.groups.members(gid))
+            if group is None:
+                assert members == []
+                break
+            assert [m.role for m in members].count(Role.CREATOR) == 1, members
