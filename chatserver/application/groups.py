@@ -41,6 +41,7 @@ from chatserver.domain.groups import (
     check_permitted,
     successor,
 )
+from chatserver.domain.messages import GroupEvent, GroupEventKind
 from chatserver.domain.ports import Transaction
 
 if TYPE_CHECKING:
@@ -75,21 +76,23 @@ async def join_group(command: JoinGroup, *, connection: Connection) -> GroupJoin
     limit = node.limits.groups_per_user
     member_limit = node.limits.group_members
 
-    def join(tx: Transaction) -> tuple[Group, list[Member]]:
+    def join(tx: Transaction) -> tuple[Group, list[Member], bool]:
         group = tx.groups.get(group_id)
         if group is None:
             raise UnknownGroup()
         members = tx.groups.members(group_id)
-        if not any(m.user.id == me.id for m in members):
-            if member_limit and len(members) >= member_limit:
-                raise NotPermitted(f"the group is full ({member_limit} members)")
-            _check_room(tx, me.id, limit)
-            tx.groups.add_member(group_id, me.id, Role.NORMAL)
-            members = tx.groups.members(group_id)
-        return group, members
+        if any(m.user.id == me.id for m in members):
+            return group, members, False
+        if member_limit and len(members) >= member_limit:
+            raise NotPermitted(f"the group is full ({member_limit} members)")
+        _check_room(tx, me.id, limit)
+        tx.groups.add_member(group_id, me.id, Role.NORMAL)
+        return group, tx.groups.members(group_id), True
 
-    group, members = await node.uow.run(join)
+    group, members, joined = await node.uow.run(join)
     await _membership_changed(group_id, connection)
+    if joined:
+        await _announce(connection, group_id, GroupEventKind.JOINED, me.id, _ids(members))
     located = await node.presence.locate([m.user.id for m in members])
     online = set(located) | {me.id}
     view = GroupView(
@@ -135,32 +138,54 @@ async def leave_group(command: LeaveGroup, *, connection: Connection) -> Done:
     me = connection.user
     group_id = command.group_id
 
-    def leave(tx: Transaction) -> None:
+    def leave(tx: Transaction) -> tuple[Member | None, list[int]]:
+        """The new creator if the role passed on, and who is left (nobody: dissolved)."""
         standing = _standing(tx, group_id, me.id, None)
+        heir = None
         if standing.actor.role is Role.CREATOR:
             heir = successor(standing.members, me.id)
             if heir is None:  # alone: the group goes
                 tx.groups.delete(group_id)
-                return
+                return None, []
             tx.groups.set_role(group_id, heir.user.id, Role.CREATOR)
         tx.groups.remove_member(group_id, me.id)
+        return heir, _ids(tx.groups.members(group_id))
 
-    await connection.node.uow.run(leave)
+    heir, left_behind = await connection.node.uow.run(leave)
     await _membership_changed(group_id, connection)
+    if not left_behind:
+        await _announce(connection, group_id, GroupEventKind.DISSOLVED, me.id, [me.id])
+        return Done()
+    if heir is not None:
+        await _announce(
+            connection,
+            group_id,
+            GroupEventKind.TRANSFER,
+            heir.user.id,
+            [*left_behind, me.id],
+            role=Role.CREATOR.value,
+        )
+    await _announce(connection, group_id, GroupEventKind.LEFT, me.id, [*left_behind, me.id])
     return Done()
 
 
 async def kick_member(command: KickMember, *, connection: Connection) -> Done:
     me = connection.user
 
-    def kick(tx: Transaction) -> None:
+    def kick(tx: Transaction) -> list[int]:
         standing = _standing(tx, command.group_id, me.id, command.user_id)
         assert standing.target is not None
         check_permitted(standing.actor.role, Action.KICK, standing.target.role)
         tx.groups.remove_member(command.group_id, command.user_id)
+        return _ids(tx.groups.members(command.group_id))
 
-    await connection.node.uow.run(kick)
+    members = await connection.node.uow.run(kick)
     await _membership_changed(command.group_id, connection)
+    # The kicked member hears of it too, last, so their other devices learn it.
+    recipients = [*members, command.user_id]
+    await _announce(
+        connection, command.group_id, GroupEventKind.KICKED, command.user_id, recipients
+    )
     return Done()
 
 
@@ -168,70 +193,147 @@ async def set_member_role(command: SetMemberRole, *, connection: Connection) -> 
     me = connection.user
     role = Role(command.role)
 
-    def give(tx: Transaction) -> None:
+    def give(tx: Transaction) -> list[int]:
         standing = _standing(tx, command.group_id, me.id, command.user_id)
         assert standing.target is not None
         check_permitted(standing.actor.role, Action.SET_ROLE, standing.target.role)
         tx.groups.set_role(command.group_id, command.user_id, role)
+        return _ids(standing.members)
 
-    await connection.node.uow.run(give)
+    members = await connection.node.uow.run(give)
     await _membership_changed(command.group_id, connection)
+    await _announce(
+        connection,
+        command.group_id,
+        GroupEventKind.ROLE,
+        command.user_id,
+        members,
+        role=role.value,
+    )
     return Done()
 
 
 async def transfer_group(command: TransferGroup, *, connection: Connection) -> Done:
     me = connection.user
 
-    def transfer(tx: Transaction) -> None:
+    def transfer(tx: Transaction) -> list[int]:
         standing = _standing(tx, command.group_id, me.id, command.user_id)
         assert standing.target is not None
         check_permitted(standing.actor.role, Action.TRANSFER, standing.target.role)
         tx.groups.set_role(command.group_id, command.user_id, Role.CREATOR)
         tx.groups.set_role(command.group_id, me.id, Role.ADMIN)
+        return _ids(standing.members)
 
-    await connection.node.uow.run(transfer)
+    members = await connection.node.uow.run(transfer)
     await _membership_changed(command.group_id, connection)
+    await _announce(
+        connection,
+        command.group_id,
+        GroupEventKind.TRANSFER,
+        command.user_id,
+        members,
+        role=Role.CREATOR.value,
+    )
     return Done()
 
 
 async def dissolve_group(command: DissolveGroup, *, connection: Connection) -> Done:
     me = connection.user
 
-    def dissolve(tx: Transaction) -> None:
+    def dissolve(tx: Transaction) -> list[int]:
         standing = _standing(tx, command.group_id, me.id, None)
         check_permitted(standing.actor.role, Action.DISSOLVE)
         tx.groups.delete(command.group_id)
+        return _ids(standing.members)
 
-    await connection.node.uow.run(dissolve)
+    had = await connection.node.uow.run(dissolve)
     await _membership_changed(command.group_id, connection)
+    # Every member the group had.
+    await _announce(connection, command.group_id, GroupEventKind.DISSOLVED, me.id, had)
     return Done()
 
 
 async def mute_member(command: MuteMember, *, connection: Connection) -> Done:
     me = connection.user
 
-    def mute(tx: Transaction) -> None:
+    def mute(tx: Transaction) -> list[int]:
         standing = _standing(tx, command.group_id, me.id, command.user_id)
         assert standing.target is not None
         check_permitted(standing.actor.role, Action.MUTE, standing.target.role)
         tx.groups.set_muted(command.group_id, command.user_id, command.until)
+        return _ids(standing.members)
 
-    await connection.node.uow.run(mute)
+    members = await connection.node.uow.run(mute)
     await _membership_changed(command.group_id, connection)
+    await _announce(
+        connection,
+        command.group_id,
+        GroupEventKind.MUTED,
+        command.user_id,
+        members,
+        until=command.until,
+    )
     return Done()
 
 
 async def update_group(command: UpdateGroup, *, connection: Connection) -> Done:
     me = connection.user
 
-    def update(tx: Transaction) -> None:
+    def update(tx: Transaction) -> tuple[Group, list[int]]:
         standing = _standing(tx, command.group_id, me.id, None)
         check_permitted(standing.actor.role, Action.UPDATE)
-        tx.groups.update(command.group_id, command.name, command.description)
+        group = tx.groups.update(command.group_id, command.name, command.description)
+        return group, _ids(standing.members)
 
-    await connection.node.uow.run(update)
+    group, members = await connection.node.uow.run(update)
     await _membership_changed(command.group_id, connection)
+    await _announce(
+        connection,
+        command.group_id,
+        GroupEventKind.UPDATED,
+        me.id,
+        members,
+        group_name=group.name,
+        group_description=group.description,
+    )
     return Done()
+
+
+def _ids(members: list[Member]) -> list[int]:
+    return [m.user.id for m in members]
+
+
+async def _announce(
+    connection: Connection,
+    group_id: int,
+    event: str,
+    user_id: int,
+    recipients: list[int],
+    *,
+    role: str | None = None,
+    until: int | None = None,
+    group_name: str | None = None,
+    group_description: str | None = None,
+) -> None:
+    """Keep a GROUP_EVENT in each recipient's inbox (like a message, through the inbox writer)
+    and push it to their sessions, the actor's own included."""
+    node = connection.node
+    msg_id = node.message_ids.take()
+    if msg_id is None:
+        msg_id = await node.message_ids.next()
+    happened = GroupEvent(
+        msg_id=msg_id,
+        group_id=group_id,
+        event=event,
+        user_id=user_id,
+        by=connection.user.id,
+        sent_at_ms=node.clock.now_ms(),
+        role=role,
+        until=until,
+        group_name=group_name,
+        group_description=group_description,
+    )
+    await node.router.deliver([(uid, happened) for uid in dict.fromkeys(recipients)])
 
 
 async def _membership_changed(group_id: int, connection: Connection) -> None:

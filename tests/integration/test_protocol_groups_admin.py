@@ -157,3 +157,103 @@ def test_the_legacy_dialect_has_no_group_administration(chat):
     legacy.assert_silent(0.5)
     (group,) = groups_seen_by(chat, alice)
     assert group["id"] == gid
+
+
+# --------------------------------------------------------------------------- GROUP_EVENT (29)
+
+
+def test_every_member_gets_each_event_with_its_fields_and_pos(chat):
+    alice, bob, carol = chat.users(3)
+    ca, cb, cc = chat.online_all(alice, bob, carol)
+    gid, _ = chat.make_group(ca, cb)
+    cc.ok({"msgid": 9, "groupid": gid})
+    for c in (ca, cb, cc):
+        joined = c.expect({"msgid": 29, "event": "joined", "userid": carol.id})
+        assert joined["by"] == carol.id and joined["groupid"] == gid and joined["pos"] > 0
+    until = int(time.time() * 1000) + 60_000
+    ca.ok({"msgid": 24, "groupid": gid, "userid": bob.id, "role": "admin"})
+    cb.ok({"msgid": 27, "groupid": gid, "userid": carol.id, "until": until})
+    cb.ok({"msgid": 28, "groupid": gid, "groupdesc": "rules"})
+    for c in (ca, cb, cc):
+        role = c.expect({"msgid": 29, "event": "role"})
+        assert (role["userid"], role["by"], role["role"]) == (bob.id, alice.id, "admin")
+        muted = c.expect({"msgid": 29, "event": "muted"})
+        assert (muted["userid"], muted["by"], muted["until"]) == (carol.id, bob.id, until)
+        updated = c.expect({"msgid": 29, "event": "updated"})
+        assert (updated["userid"], updated["by"], updated["groupdesc"]) == (bob.id, bob.id, "rules")
+        assert role["pos"] < muted["pos"] < updated["pos"]
+
+
+def test_a_kicked_member_is_told_and_then_hears_nothing_of_the_group(chat):
+    alice, bob, carol = chat.users(3)
+    ca, cb, cc = chat.online_all(alice, bob, carol)
+    gid, _ = chat.make_group(ca, cb, cc)
+    ca.ok({"msgid": 23, "groupid": gid, "userid": carol.id})
+    for c in (ca, cb, cc):
+        kicked = c.expect({"msgid": 29, "event": "kicked"})
+        assert (kicked["userid"], kicked["by"]) == (carol.id, alice.id)
+    cc.backlog.clear()  # what came before the kick (the joins)
+    sent = cb.ok({"msgid": 10, "groupid": gid, "msg": "carol is gone"})
+    ca.expect({"msgid": 10, "msg_id": sent["msg_id"]})
+    ca.ok({"msgid": 28, "groupid": gid, "groupname": unique_name("g")})
+    cc.assert_silent(0.5, pattern=lambda f: f.get("groupid") == gid and f["msgid"] in (10, 29))
+
+
+def test_dissolved_reaches_every_member_and_a_member_away_finds_it_at_login(chat):
+    alice, bob, carol = chat.users(3)
+    ca, cb, cc = chat.online_all(alice, bob, carol)
+    gid, _ = chat.make_group(ca, cb, cc)
+    cc.logout()
+    ca.ok({"msgid": 26, "groupid": gid})
+    for c in (ca, cb):
+        gone = c.expect({"msgid": 29, "event": "dissolved"})
+        assert (gone["groupid"], gone["userid"], gone["by"]) == (gid, alice.id, alice.id)
+    back = chat.online(carol)
+    waiting = [m for m in back.ack["offlinemsg"] if m["msgid"] == 29]
+    assert [(m["event"], m["groupid"]) for m in waiting] == [("dissolved", gid)]
+    assert back.ack["groups"] == []
+
+
+def test_a_creator_leaving_gives_transfer_then_left(chat):
+    alice, bob = chat.users(2)
+    ca, cb = chat.online_all(alice, bob)
+    gid, _ = chat.make_group(ca, cb)
+    ca.ok({"msgid": 17, "groupid": gid})
+    for c in (ca, cb):
+        transfer = c.expect({"msgid": 29, "event": "transfer"})
+        left = c.expect({"msgid": 29, "event": "left"})
+        assert (transfer["userid"], transfer["by"]) == (bob.id, alice.id)
+        assert transfer["role"] == "creator"
+        assert (left["userid"], left["by"]) == (alice.id, alice.id)
+        assert transfer["pos"] < left["pos"]
+
+
+def test_history_of_a_group_includes_its_events(chat):
+    alice, bob = chat.users(2)
+    ca, cb = chat.online_all(alice, bob)
+    gid, _ = chat.make_group(ca, cb)
+    ca.ok({"msgid": 10, "groupid": gid, "msg": "hello"})
+    ca.ok({"msgid": 27, "groupid": gid, "userid": bob.id, "until": 1})
+    page = cb.ok({"msgid": 21, "groupid": gid})
+    assert [m["msgid"] for m in page["msgs"]] == [29, 10, 29]
+    assert [m.get("event") for m in page["msgs"]] == ["joined", None, "muted"]
+
+
+def test_a_legacy_session_never_receives_a_group_event(chat):
+    alice, bob = chat.users(2)
+    ca = chat.online(alice)
+    gid, _ = chat.make_group(ca)
+    legacy = chat.online(bob, legacy=True)
+    legacy.send({"msgid": 9, "groupid": gid})  # the legacy dialect gets no ACK for it
+    ca.expect({"msgid": 29, "event": "joined", "userid": bob.id})
+    ca.ok({"msgid": 27, "groupid": gid, "userid": bob.id, "until": 1})
+    sent = ca.ok({"msgid": 10, "groupid": gid, "msg": "for the old client"})["msg_id"]
+    got = legacy.expect({"msgid": 10})
+    assert got["msg"] == "for the old client" and "msg_id" not in got and sent > 0
+    legacy.assert_silent(0.5)
+    legacy.close()
+    # the events wait for a modern login on that device
+    modern = chat.client()
+    ack = modern.login(bob, device="legacy")
+    events = [m["event"] for m in ack["offlinemsg"] if m["msgid"] == 29]
+    assert events == ["joined", "muted"]

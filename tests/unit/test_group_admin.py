@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from chatserver.application.commands import (
     CreateGroup,
     DissolveGroup,
+    History,
     JoinGroup,
     KickMember,
     LeaveGroup,
     Login,
+    Logout,
     MuteMember,
     Register,
     SendGroupMessage,
@@ -25,7 +27,13 @@ from chatserver.application.commands import (
     UpdateGroup,
 )
 from chatserver.application.node import Limits
-from chatserver.application.results import GroupCreated, GroupJoined, LoggedIn, Registered
+from chatserver.application.results import (
+    GroupCreated,
+    GroupJoined,
+    HistoryPage,
+    LoggedIn,
+    Registered,
+)
 from chatserver.domain.errors import (
     ChatError,
     InvalidRequest,
@@ -37,6 +45,7 @@ from chatserver.domain.errors import (
     UnknownUser,
 )
 from chatserver.domain.groups import PERMITTED, Action, Member, Role, permitted, successor
+from chatserver.domain.messages import GroupEvent, Kept
 from chatserver.domain.users import User
 from chatserver.entrypoints.bootstrap import ChatApp, Config, EmbeddedClient, bootstrap
 from tests.unit.conftest import FAST_HASHER
@@ -312,3 +321,186 @@ async def test_every_live_group_has_exactly_one_creator(steps: list[tuple[str, i
                 assert members == []
                 break
             assert [m.role for m in members].count(Role.CREATOR) == 1, members
+
+
+# --- GROUP_EVENT ------------------------------------------------------------------------------
+
+
+def group_events(client: EmbeddedClient, group_id: int | None = None) -> list[GroupEvent]:
+    """The GroupEvents pushed to client so far (taken out of its outbox), in order."""
+    events = [e.delivery if isinstance(e, Kept) else e for e in client.outbox.events]
+    client.outbox.events.clear()
+    return [
+        e for e in events
+        if isinstance(e, GroupEvent) and (group_id is None or e.group_id == group_id)
+    ]
+
+
+def of_group(client: EmbeddedClient, group_id: int) -> list[object]:
+    """Everything of the group pushed to client so far (messages and events)."""
+    events = [e.delivery if isinstance(e, Kept) else e for e in client.outbox.events]
+    return [e for e in events if getattr(e, "group_id", None) == group_id]
+
+
+async def test_every_change_is_an_event_for_every_member_with_its_fields(app: ChatApp) -> None:
+    gid, (alice, bob, carol), clients = await a_group(app, "alice", "bob", "carol")
+    ca, cb, _cc = clients
+    for c in clients:
+        group_events(c)
+    await ca.request(SetMemberRole(gid, bob, "admin"))
+    await cb.request(MuteMember(gid, carol, START_MS + 5))
+    await cb.request(UpdateGroup(gid, name="renamed"))
+    await ca.request(TransferGroup(gid, carol))
+    seen = [group_events(c, gid) for c in clients]
+    assert seen[0] == seen[1] == seen[2]  # the same events, in the same order, for everyone
+    assert [
+        (e.event, e.user_id, e.by, e.role, e.until, e.group_name) for e in seen[0]
+    ] == [
+        ("role", bob, alice, "admin", None, None),
+        ("muted", carol, bob, None, START_MS + 5, None),
+        ("updated", bob, bob, None, None, "renamed"),
+        ("transfer", carol, alice, "creator", None, None),
+    ]
+    assert seen[0][2].group_description == ""
+    assert len({e.msg_id for e in seen[0]}) == 4
+
+
+async def test_a_kicked_member_hears_it_last_and_nothing_of_the_group_afterwards(
+    app: ChatApp,
+) -> None:
+    gid, (alice, bob, carol), (ca, cb, cc) = await a_group(app, "alice", "bob", "carol")
+    for c in (ca, cb, cc):
+        group_events(c)
+    await ca.request(KickMember(gid, carol))
+    (kicked,) = group_events(cc, gid)
+    assert (kicked.event, kicked.user_id, kicked.by) == ("kicked", carol, alice)
+    assert group_events(ca, gid) == group_events(cb, gid) == [kicked]
+    await cb.request(SendGroupMessage(gid, "after carol"))
+    await ca.request(SetMemberRole(gid, bob, "admin"))
+    assert of_group(cc, gid) == []
+
+
+async def test_a_creator_leaving_gives_transfer_then_left_and_alone_dissolved(
+    app: ChatApp,
+) -> None:
+    gid, (alice, bob), (ca, cb) = await a_group(app, "alice", "bob")
+    for c in (ca, cb):
+        group_events(c)
+    await ca.request(LeaveGroup(gid))
+    expected = [("transfer", bob, alice, "creator"), ("left", alice, alice, None)]
+    for c in (ca, cb):
+        assert [(e.event, e.user_id, e.by, e.role) for e in group_events(c, gid)] == expected
+    await cb.request(LeaveGroup(gid))
+    assert [(e.event, e.user_id) for e in group_events(cb, gid)] == [("dissolved", bob)]
+    assert group_events(ca, gid) == []
+
+
+async def test_dissolved_reaches_every_member_the_group_had(app: ChatApp) -> None:
+    gid, (alice, _, _), clients = await a_group(app, "alice", "bob", "carol")
+    for c in clients:
+        group_events(c)
+    await clients[0].request(DissolveGroup(gid))
+    for c in clients:
+        assert [(e.event, e.user_id, e.by) for e in group_events(c, gid)] == [
+            ("dissolved", alice, alice)
+        ]
+
+
+async def test_events_wait_in_the_inbox_for_a_member_away_and_history_shows_them(
+    app: ChatApp,
+) -> None:
+    gid, (_alice, bob), (ca, cb) = await a_group(app, "alice", "bob")
+    await cb.request(Logout())
+    await ca.request(SendGroupMessage(gid, "hello"))
+    await ca.request(MuteMember(gid, bob, START_MS + 1))
+    back = await cb.request(Login("pw", user_id=bob))
+    assert isinstance(back, LoggedIn)
+    waiting = [k.delivery for k in back.waiting]
+    assert [type(d).__name__ for d in waiting] == ["GroupMessage", "GroupEvent"]
+    page = await cb.request(History(group_id=gid))
+    assert isinstance(page, HistoryPage)
+    kinds = [getattr(k.delivery, "event", "message") for k in page.msgs]
+    assert kinds == ["joined", "message", "muted"]
+
+
+async def test_a_legacy_session_is_sent_no_event_and_its_mark_does_not_pass_it(
+    app: ChatApp,
+) -> None:
+    gid, (_alice, bob), (ca, cb) = await a_group(app, "alice", "bob")
+    await cb.request(Logout())
+    legacy = app.connect()
+    result = await legacy.request(Login("pw", user_id=bob, notices=False, device="legacy"))
+    assert isinstance(result, LoggedIn)
+    await ca.request(MuteMember(gid, bob, START_MS + 1))
+    await ca.request(SendGroupMessage(gid, "a chat the legacy client shows"))
+    pushed = [e.delivery if isinstance(e, Kept) else e for e in legacy.outbox.events]
+    assert [type(e).__name__ for e in pushed] == ["GroupMessage"]
+    await legacy.request(Logout())
+    # a modern login on that device gets what the legacy one was not sent
+    modern = await app.connect().request(Login("pw", user_id=bob, device="legacy"))
+    assert isinstance(modern, LoggedIn)
+    events = [k.delivery for k in modern.waiting if isinstance(k.delivery, GroupEvent)]
+    assert [(e.event, e.until) for e in events] == [("muted", START_MS + 1)]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    before=st.lists(st.integers(0, 2), max_size=5),
+    after=st.lists(st.integers(0, 1), max_size=5),
+)
+async def test_property_a_kicked_member_receives_nothing_of_the_group_afterwards(
+    before: list[int], after: list[int]
+) -> None:
+    async with bootstrap(Config(database="memory://"), hasher=FAST_HASHER) as chat:
+        gid, ids, clients = await a_group(chat, "a", "b", "c")
+        for i in before:
+            await clients[i].request(SendGroupMessage(gid, f"before {i}"))
+        await clients[0].request(KickMember(gid, ids[2]))
+        for i in after:
+            await clients[i].request(SendGroupMessage(gid, f"after {i}"))
+            await clients[0].request(MuteMember(gid, ids[1], 0))
+        seen = of_group(clients[2], gid)
+        last = seen[-1]
+        assert isinstance(last, GroupEvent) and last.event == "kicked"
+        assert not any(isinstance(e, GroupEvent) and e.event == "kicked" for e in seen[:-1])
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(until_in=st.integers(1, 10_000), waited=st.integers(0, 20_000))
+async def test_property_a_muted_member_chats_only_once_the_clock_passes_until(
+    until_in: int, waited: int
+) -> None:
+    clock = FakeClock()
+    async with bootstrap(Config(database="memory://"), hasher=FAST_HASHER, clock=clock) as chat:
+        gid, ids, (ca, cb) = await a_group(chat, "a", "b")
+        await ca.request(MuteMember(gid, ids[1], START_MS + until_in))
+        clock.ms = START_MS + waited
+        if waited < until_in:
+            with pytest.raises(Muted):
+                await cb.request(SendGroupMessage(gid, "too early"))
+        else:
+            await cb.request(SendGroupMessage(gid, "on time"))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=st.text(min_size=1, max_size=50), by_leaving=st.booleans())
+async def test_property_a_dissolved_groups_name_can_be_taken_again(
+    name: str, by_leaving: bool
+) -> None:
+    async with bootstrap(Config(database="memory://"), hasher=FAST_HASHER) as chat:
+        alice, bob = await register(chat, "alice"), await register(chat, "bob")
+        ca, cb = await online(chat, alice), await online(chat, bob)
+        first = await ca.request(CreateGroup(name))
+        assert isinstance(first, GroupCreated)
+        with pytest.raises(NameTaken):
+            await cb.request(CreateGroup(name))
+        gid = first.group_id
+        await ca.request(LeaveGroup(gid) if by_leaving else DissolveGroup(gid))
+        again = await cb.request(CreateGroup(name))
+        assert isinstance(again, GroupCreated) and again.group_id != first.group_id

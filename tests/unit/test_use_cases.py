@@ -41,6 +41,7 @@ from chatserver.domain.messages import (
     Event,
     FriendAnswer,
     FriendRequestNotice,
+    GroupEvent,
     GroupMessage,
     Kept,
     KickedNotice,
@@ -319,6 +320,13 @@ async def test_group_lifecycle_and_chat(chat: ChatApp) -> None:
     await login(c, carol)
     await c.request(JoinGroup(gid))
     await c.request(Logout())
+    # each join was told to the members as a GROUP_EVENT: bob's (alice and bob) and carol's
+    joins = [unwrap(await a.next_event()) for _ in range(2)]
+    assert [(e.event, e.user_id) for e in joins if isinstance(e, GroupEvent)] == [
+        ("joined", bob), ("joined", carol)
+    ]
+    assert unwrap(await b.next_event()) == joins[0]
+    assert unwrap(await b.next_event()) == joins[1]
     sent = await a.request(SendGroupMessage(gid, "hi all"))
     assert isinstance(sent, MessageAccepted)
     got = unwrap(await b.next_event())

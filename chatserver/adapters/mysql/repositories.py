@@ -17,7 +17,14 @@ from mysql.connector.cursor import MySQLCursor
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage, Kept
+from chatserver.domain.messages import (
+    Delivery,
+    DirectMessage,
+    FriendAnswer,
+    GroupEvent,
+    GroupMessage,
+    Kept,
+)
 from chatserver.domain.ports import DeviceMark
 from chatserver.domain.users import Account, User
 
@@ -26,6 +33,7 @@ DELIVERY_KINDS: dict[str, type[Delivery]] = {
     "direct": DirectMessage,
     "group": GroupMessage,
     "friend_answer": FriendAnswer,
+    "group_event": GroupEvent,
 }
 KIND_OF_DELIVERY = {cls: kind for kind, cls in DELIVERY_KINDS.items()}
 

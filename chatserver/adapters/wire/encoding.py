@@ -31,6 +31,7 @@ from chatserver.domain.messages import (
     Event,
     FriendAnswer,
     FriendRequestNotice,
+    GroupEvent,
     GroupMessage,
     Kept,
     KickedNotice,
@@ -133,6 +134,28 @@ def _friend_answer(a: FriendAnswer) -> JsonObject:
     }
 
 
+def _group_event(e: GroupEvent) -> JsonObject:
+    obj: JsonObject = {
+        "msgid": protocol.GROUP_EVENT,
+        "groupid": e.group_id,
+        "event": e.event,
+        "userid": e.user_id,
+        "by": e.by,
+        "msg_id": e.msg_id,
+        "time": _time_texts.get(e.sent_at_ms // 1000) or _format_time(e.sent_at_ms // 1000),
+        "ts": e.sent_at_ms,
+    }
+    if e.role is not None:
+        obj["role"] = e.role
+    if e.until is not None:
+        obj["until"] = e.until
+    if e.group_name is not None:
+        obj["groupname"] = e.group_name
+    if e.group_description is not None:
+        obj["groupdesc"] = e.group_description
+    return obj
+
+
 def _friend_request(n: FriendRequestNotice) -> JsonObject:
     return {"msgid": protocol.FRIEND_REQUEST, "id": n.requester_id, "name": n.requester_name}
 
@@ -155,6 +178,7 @@ _EVENT_OBJECTS: EventObjects = {
     DirectMessage: _direct_message,
     GroupMessage: _group_message,
     FriendAnswer: _friend_answer,
+    GroupEvent: _group_event,
     FriendRequestNotice: _friend_request,
     PresenceNotice: _presence,
     KickedNotice: _kicked,
