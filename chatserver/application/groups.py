@@ -70,6 +70,7 @@ def _check_room(tx: Transaction, user_id: int, limit: int) -> None:
 
 
 async def join_group(command: JoinGroup, *, connection: Connection) -> GroupJoined:
+    _check_changes(connection)
     me = connection.user
     group_id = command.group_id
     node = connection.node
@@ -135,6 +136,7 @@ def _standing(tx: Transaction, group_id: int, actor_id: int, target_id: int | No
 
 
 async def leave_group(command: LeaveGroup, *, connection: Connection) -> Done:
+    _check_changes(connection)
     me = connection.user
     group_id = command.group_id
 
@@ -170,6 +172,7 @@ async def leave_group(command: LeaveGroup, *, connection: Connection) -> Done:
 
 
 async def kick_member(command: KickMember, *, connection: Connection) -> Done:
+    _check_changes(connection)
     me = connection.user
 
     def kick(tx: Transaction) -> list[int]:
@@ -190,6 +193,7 @@ async def kick_member(command: KickMember, *, connection: Connection) -> Done:
 
 
 async def set_member_role(command: SetMemberRole, *, connection: Connection) -> Done:
+    _check_changes(connection)
     me = connection.user
     role = Role(command.role)
 
@@ -214,6 +218,7 @@ async def set_member_role(command: SetMemberRole, *, connection: Connection) -> 
 
 
 async def transfer_group(command: TransferGroup, *, connection: Connection) -> Done:
+    _check_changes(connection)
     me = connection.user
 
     def transfer(tx: Transaction) -> list[int]:
@@ -238,6 +243,7 @@ async def transfer_group(command: TransferGroup, *, connection: Connection) -> D
 
 
 async def dissolve_group(command: DissolveGroup, *, connection: Connection) -> Done:
+    _check_changes(connection)
     me = connection.user
 
     def dissolve(tx: Transaction) -> list[int]:
@@ -254,6 +260,7 @@ async def dissolve_group(command: DissolveGroup, *, connection: Connection) -> D
 
 
 async def mute_member(command: MuteMember, *, connection: Connection) -> Done:
+    _check_changes(connection)
     me = connection.user
 
     def mute(tx: Transaction) -> list[int]:
@@ -277,6 +284,7 @@ async def mute_member(command: MuteMember, *, connection: Connection) -> Done:
 
 
 async def update_group(command: UpdateGroup, *, connection: Connection) -> Done:
+    _check_changes(connection)
     me = connection.user
 
     def update(tx: Transaction) -> tuple[Group, list[int]]:
@@ -297,6 +305,15 @@ async def update_group(command: UpdateGroup, *, connection: Connection) -> Done:
         group_description=group.description,
     )
     return Done()
+
+
+def _check_changes(connection: Connection) -> None:
+    """Each group change tells every member (an entry in each inbox): a user may make
+    Limits.group_changes_per_minute of them (errno 9 past it). Refused requests change
+    nothing and tell nobody: they do not count."""
+    node = connection.node
+    if node.group_changes.blocked(str(connection.user.id), node.clock.now_ms() / 1000):
+        raise RateLimited("too many group changes: try again in a minute")
 
 
 def _ids(members: list[Member]) -> list[int]:
@@ -337,5 +354,7 @@ async def _announce(
 
 
 async def _membership_changed(group_id: int, connection: Connection) -> None:
+    node = connection.node
+    node.group_changes.fail(str(connection.user.id), node.clock.now_ms() / 1000)
     connection.node.groups.forget(group_id)
     await connection.node.bus.forget_group(group_id)

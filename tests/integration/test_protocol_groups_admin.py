@@ -257,3 +257,21 @@ def test_a_legacy_session_never_receives_a_group_event(chat):
     ack = modern.login(bob, device="legacy")
     events = [m["event"] for m in ack["offlinemsg"] if m["msgid"] == 29]
     assert events == ["joined", "muted"]
+
+
+def test_abuse_joining_and_leaving_at_full_speed_is_capped_and_members_keep_service(chat):
+    alice, bob, spammer = chat.users(3)
+    ca, cb, cs = chat.online_all(alice, bob, spammer)
+    gid, _ = chat.make_group(ca, cb)
+    # Each join or leave puts a GROUP_EVENT in every member's inbox: 60 a minute, then errno 9.
+    for i in range(60):
+        cs.ok({"msgid": 9 if i % 2 == 0 else 17, "groupid": gid})
+    for _ in range(20):
+        cs.err({"msgid": 9, "groupid": gid}, 9)
+    start = time.perf_counter()
+    sent = cb.ok({"msgid": 10, "groupid": gid, "msg": "still here"})
+    ca.expect({"msgid": 10, "msg_id": sent["msg_id"]})
+    print(f"a member's group message beside a capped join/leave spammer: "
+          f"{(time.perf_counter() - start) * 1000:.1f} ms")
+    told = [f for f in ca.drain(0.3) if f.get("msgid") == 29 and f["userid"] == spammer.id]
+    assert len(told) == 60  # every change that was made was told, and no refused one

@@ -41,6 +41,7 @@ from chatserver.domain.errors import (
     NameTaken,
     NotAMember,
     NotPermitted,
+    RateLimited,
     UnknownGroup,
     UnknownUser,
 )
@@ -504,3 +505,30 @@ async def test_property_a_dissolved_groups_name_can_be_taken_again(
         await ca.request(LeaveGroup(gid) if by_leaving else DissolveGroup(gid))
         again = await cb.request(CreateGroup(name))
         assert isinstance(again, GroupCreated) and again.group_id != first.group_id
+
+
+async def test_abuse_group_changes_past_the_limit_are_refused_and_other_members_keep_service(
+    clock: FakeClock,
+) -> None:
+    config = Config(database="memory://", limits=Limits(group_changes_per_minute=60))
+    async with bootstrap(config, hasher=FAST_HASHER, clock=clock) as chat:
+        gid, (_, bob), (ca, cb) = await a_group(chat, "alice", "bob")
+        spammer = await register(chat, "spammer")
+        cs = await online(chat, spammer)
+        # Joining and leaving tells every member each time: the abuse is doing it at full speed.
+        refused = 0
+        for i in range(200):
+            try:
+                await cs.request(JoinGroup(gid) if i % 2 == 0 else LeaveGroup(gid))
+            except RateLimited:
+                refused += 1
+        assert refused == 200 - 60
+        events = [e for e in group_events(cb, gid) if e.user_id == spammer]
+        assert len(events) == 60  # every change told, and no more than the limit
+        start = time.perf_counter()
+        await ca.request(SetMemberRole(gid, bob, "admin"))
+        await cb.request(SendGroupMessage(gid, "still served"))
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        print(f"a change and a message beside a spammer refused 140 times: {elapsed_ms:.2f} ms")
+        clock.ms += 61_000  # a minute later the spammer may change again
+        await cs.request(JoinGroup(gid))
