@@ -7,7 +7,7 @@ that belongs to no conversation (a FriendAnswer) has none.
 
 from collections.abc import Sequence
 
-from chatserver.domain.messages import Delivery, DirectMessage, GroupMessage
+from chatserver.domain.messages import Delivery, DirectMessage, GroupEvent, GroupMessage
 
 # An inbox row as the SQL stores write it: (user, pos, msg_id, conversation).
 InboxRow = tuple[int, int, int, int | None]
@@ -15,10 +15,11 @@ InboxRow = tuple[int, int, int, int | None]
 
 def conversation_of(user_id: int, delivery: Delivery) -> int | None:
     """The conversation a delivery belongs to in user's inbox, if any: for a DirectMessage the
-    other user (user themself for a message to oneself), for a GroupMessage its group."""
+    other user (user themself for a message to oneself), for a GroupMessage or GroupEvent
+    its group."""
     if isinstance(delivery, DirectMessage):
         return delivery.recipient_id if delivery.sender_id == user_id else delivery.sender_id
-    if isinstance(delivery, GroupMessage):
+    if isinstance(delivery, GroupMessage | GroupEvent):  # a group's history has its events
         return -delivery.group_id
     return None
 

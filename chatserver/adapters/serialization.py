@@ -15,6 +15,7 @@ from chatserver.domain.messages import (
     Event,
     FriendAnswer,
     FriendRequestNotice,
+    GroupEvent,
     GroupMessage,
     KickedNotice,
     PresenceNotice,
@@ -25,6 +26,7 @@ EVENT_KINDS: dict[str, type[Event]] = {
     "direct": DirectMessage,
     "group": GroupMessage,
     "friend_answer": FriendAnswer,
+    "group_event": GroupEvent,
     "friend_request": FriendRequestNotice,
     "presence": PresenceNotice,
     "kicked": KickedNotice,
@@ -35,6 +37,7 @@ DELIVERY_KINDS: dict[str, type[Delivery]] = {
     "direct": DirectMessage,
     "group": GroupMessage,
     "friend_answer": FriendAnswer,
+    "group_event": GroupEvent,
 }
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from chatserver.application.commands import Receipt, SendDirectMessage, SendGroupMessage
 from chatserver.application.results import Done, MessageAccepted
-from chatserver.domain.errors import NotAMember
+from chatserver.domain.errors import Muted, NotAMember
 from chatserver.domain.messages import DirectMessage, GroupMessage
 
 if TYPE_CHECKING:
@@ -57,8 +57,11 @@ async def send_group_message(
     me = session.user
     node = connection.node
     roster = await node.groups.roster(command.group_id)
-    if me.id not in roster.members:
+    member = roster.members.get(me.id)
+    if member is None:
         raise NotAMember()
+    if member.muted_until and member.muted_until > node.clock.now_ms():
+        raise Muted(member.muted_until)
     msg_id = node.message_ids.take()
     if msg_id is None:
         msg_id = await node.message_ids.next()

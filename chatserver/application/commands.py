@@ -6,7 +6,11 @@ A command with a ``validate()`` checks its own values; that runs before anything
 from attrs import field, frozen
 
 from chatserver.domain.errors import InvalidRequest
-from chatserver.domain.groups import check_group_description, check_group_name
+from chatserver.domain.groups import (
+    ASSIGNABLE_ROLES,
+    check_group_description,
+    check_group_name,
+)
 from chatserver.domain.messages import check_message_text
 from chatserver.domain.users import check_name, check_password
 
@@ -15,6 +19,7 @@ SYNC_LIMIT = 500
 SYNC_DEFAULT = 200
 HISTORY_LIMIT = 100
 HISTORY_DEFAULT = 50
+ASSIGNABLE_ROLE_NAMES = frozenset(role.value for role in ASSIGNABLE_ROLES)
 
 
 @frozen
@@ -100,6 +105,62 @@ class LeaveGroup:
 
 
 @frozen
+class KickMember:
+    group_id: int
+    user_id: int
+
+
+@frozen
+class SetMemberRole:
+    group_id: int
+    user_id: int
+    role: str
+
+    def validate(self) -> None:
+        if self.role not in ASSIGNABLE_ROLE_NAMES:
+            raise InvalidRequest('role: "admin" or "normal"')
+
+
+@frozen
+class TransferGroup:
+    group_id: int
+    user_id: int
+
+
+@frozen
+class DissolveGroup:
+    group_id: int
+
+
+@frozen
+class MuteMember:
+    """Mute a member until `until` (ms since the epoch); 0 unmutes."""
+
+    group_id: int
+    user_id: int
+    until: int
+
+    def validate(self) -> None:
+        if self.until < 0:
+            raise InvalidRequest("until: must not be negative")
+
+
+@frozen
+class UpdateGroup:
+    group_id: int
+    name: str | None = None
+    description: str | None = None
+
+    def validate(self) -> None:
+        if self.name is None and self.description is None:
+            raise InvalidRequest("groupname or groupdesc: at least one is required")
+        if self.name is not None:
+            check_group_name(self.name)
+        if self.description is not None:
+            check_group_description(self.description)
+
+
+@frozen
 class SendGroupMessage:
     group_id: int
     text: str
@@ -173,6 +234,12 @@ Command = (
     | JoinGroup
     | LeaveGroup
     | SendGroupMessage
+    | KickMember
+    | SetMemberRole
+    | TransferGroup
+    | DissolveGroup
+    | MuteMember
+    | UpdateGroup
     | Ping
     | Receipt
     | Sync

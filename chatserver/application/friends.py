@@ -8,7 +8,7 @@ from chatserver.application.commands import AddFriend, AnswerFriend, RemoveFrien
 from chatserver.application.results import Done
 from chatserver.domain.errors import UnknownUser
 from chatserver.domain.friends import RequestOutcome, check_answer, outcome_of_request
-from chatserver.domain.messages import FriendAnswer, FriendRequestNotice
+from chatserver.domain.messages import FriendAnswer, FriendRequestNotice, PresenceNotice
 from chatserver.domain.ports import Transaction
 from chatserver.domain.users import User
 
@@ -42,6 +42,7 @@ async def add_friend(command: AddFriend, *, connection: Connection) -> Done:
         await node.router.notify([friend_id], FriendRequestNotice(me.id, me.name))
     elif outcome is RequestOutcome.ACCEPTS_THEIRS:
         await _tell_requester(friend_id, me, accepted=True, connection=connection)
+        await _tell_presence(me.id, friend_id, connection=connection)
     return Done()
 
 
@@ -58,6 +59,8 @@ async def answer_friend(command: AnswerFriend, *, connection: Connection) -> Don
 
     await connection.node.uow.run(answer)
     await _tell_requester(requester_id, me, accepted=command.accept, connection=connection)
+    if command.accept:
+        await _tell_presence(me.id, requester_id, connection=connection)
     return Done()
 
 
@@ -93,3 +96,13 @@ async def _tell_requester(
             session.friend_ids.add(requester_id)
     answer = FriendAnswer(await node.message_ids.next(), me.id, me.name, accepted)
     await node.router.deliver([(requester_id, answer)])
+
+
+async def _tell_presence(me_id: int, other_id: int, *, connection: Connection) -> None:
+    """A friendship started: each of the two hears the other's current state (PROTOCOL.md
+    Version 2, "Small gaps of version 1, closed"), so no client lists a friend of unknown state."""
+    node = connection.node
+    located = await node.presence.locate([me_id, other_id])
+    online = {user_id for user_id, nodes in located.items() if nodes} | {me_id}
+    await node.router.notify([me_id], PresenceNotice(other_id, other_id in online))
+    await node.router.notify([other_id], PresenceNotice(me_id, True))

@@ -18,6 +18,7 @@ from chatserver.application.throttle import (
     LoginThrottle,
     RegistrationThrottle,
 )
+from chatserver.domain.groups import DEFAULT_MEMBER_LIMIT
 from chatserver.domain.ports import (
     Clock,
     MessageBus,
@@ -66,6 +67,11 @@ class Limits:
     # Messages a login pushes at most to a device that fell behind (the newest of what
     # waits for it); the older ones stay readable with SYNC within the history window.
     stored_per_user: int = 10_000
+    # Members one group may have; past it ADD_GROUP is errno 12 (0: no limit).
+    group_members: int = DEFAULT_MEMBER_LIMIT
+    # Group changes (joining, leaving and every administration request) one user may make
+    # within a minute: each tells every member (a GROUP_EVENT in each inbox). Past it: errno 9.
+    group_changes_per_minute: int = 60
 
 
 @define
@@ -125,6 +131,7 @@ class Node:
     registrations: RegistrationThrottle = field(init=False)
     hashing: HashQueue = field(init=False)
     group_creations: FailureWindow = field(init=False)
+    group_changes: FailureWindow = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         limits = self.limits
@@ -158,6 +165,7 @@ class Node:
         )
         self.groups = GroupDirectory(self.uow, self.limits.rosters_cached)
         self.group_creations = FailureWindow(self.limits.groups_created_per_hour, 3600.0)
+        self.group_changes = FailureWindow(self.limits.group_changes_per_minute, 60.0)
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)
 
     def _pushed_after_commit(self, write: InboxWrite) -> None:

@@ -53,6 +53,13 @@ class GroupView:
 
 
 @frozen
+class GroupJoined:
+    """ADD_GROUP's answer: the group as LOGIN_MSG_ACK lists it."""
+
+    view: GroupView
+
+
+@frozen
 class LoggedIn:
     user: User
     friends: tuple[Contact, ...]
@@ -76,4 +83,13 @@ class HistoryPage:
     more: bool
 
 
-Result = Done | Registered | MessageAccepted | GroupCreated | LoggedIn | Synced | HistoryPage
+Result = (
+    Done
+    | Registered
+    | MessageAccepted
+    | GroupCreated
+    | GroupJoined
+    | LoggedIn
+    | Synced
+    | HistoryPage
+)

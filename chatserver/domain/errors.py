@@ -61,3 +61,19 @@ class QuotaExceeded(ChatError):
 
 class Unavailable(ChatError):
     default_message = "server busy or a dependency is down: try again"
+
+
+class NotPermitted(ChatError):
+    """The user's role does not allow this (a group's roles), or a limit forbids it."""
+
+    default_message = "not permitted"
+
+
+class Muted(ChatError):
+    """A muted member's group message: refused until `until` (ms since the epoch)."""
+
+    default_message = "you are muted in this group"
+
+    def __init__(self, until_ms: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.until_ms = until_ms

@@ -42,7 +42,38 @@ class FriendAnswer:
     accepted: bool
 
 
-Delivery = DirectMessage | GroupMessage | FriendAnswer
+class GroupEventKind:
+    """The `event` of a GroupEvent (PROTOCOL.md Version 2, GROUP_EVENT_MSG)."""
+
+    JOINED = "joined"
+    LEFT = "left"
+    KICKED = "kicked"
+    ROLE = "role"
+    TRANSFER = "transfer"
+    MUTED = "muted"
+    UPDATED = "updated"
+    DISSOLVED = "dissolved"
+
+
+@frozen
+class GroupEvent:
+    """Something that happened to a group, kept in every member's inbox like a message: by is
+    who acted, user_id whom it concerns (the actor for updated and dissolved). role, until,
+    group_name and group_description are there where the event has them."""
+
+    msg_id: int
+    group_id: int
+    event: str
+    user_id: int
+    by: int
+    sent_at_ms: int
+    role: str | None = None
+    until: int | None = None
+    group_name: str | None = None
+    group_description: str | None = None
+
+
+Delivery = DirectMessage | GroupMessage | FriendAnswer | GroupEvent
 
 CHAT_KINDS = (DirectMessage, GroupMessage)
 

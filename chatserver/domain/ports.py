@@ -72,6 +72,24 @@ class GroupRepository(Protocol):
 
     def groups_of(self, user_id: int) -> list[Group]: ...
 
+    def set_role(self, group_id: int, user_id: int, role: Role) -> bool:
+        """Give a member a role; False if they are not a member."""
+        ...
+
+    def set_muted(self, group_id: int, user_id: int, until_ms: int) -> bool:
+        """Mute a member until until_ms (0: unmute); False if they are not a member."""
+        ...
+
+    def update(self, group_id: int, name: str | None, description: str | None) -> Group:
+        """Rename a group and/or change its description (None: unchanged); raises NameTaken
+        for a name another group has, UnknownGroup."""
+        ...
+
+    def delete(self, group_id: int) -> bool:
+        """Dissolve a group: it and its members are gone, its name free (its id is never
+        used again); False if there was no such group."""
+        ...
+
 
 @frozen
 class DeviceMark:

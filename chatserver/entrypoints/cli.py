@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="devices a user may be logged in on at once; a login on one more "
                        "ends the session logged in longest ago (CHATSERVER_DEVICES_PER_USER; "
                        "default %(default)s)")
+    serve.add_argument("--group-member-limit", type=int,
+                       default=_env_int("GROUP_MEMBER_LIMIT",
+                                        str(defaults.limits.group_members)),
+                       help="members one group may have; past it ADD_GROUP is errno 12; 0: no "
+                       "limit (CHATSERVER_GROUP_MEMBER_LIMIT; default %(default)s)")
     serve.add_argument("--registrations-per-minute", type=int,
                        default=_env_int("REGISTRATIONS_PER_MINUTE",
                                         str(defaults.limits.registrations_per_minute)),
@@ -459,6 +464,7 @@ def _serve(args: argparse.Namespace) -> int:
             stored_per_user=args.stored_limit,
             history_days=args.history_days,
             devices_per_user=args.devices_per_user,
+            group_members=args.group_member_limit,
             registrations_per_minute=args.registrations_per_minute,
             registrations_per_hour=args.registrations_per_hour,
             # REG requests of any outcome (a taken name too): six times the accounts.

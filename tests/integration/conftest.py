@@ -104,7 +104,7 @@ def free_port() -> int:
 
 TIME_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 _STATES = ("online", "offline")
-_ROLES = ("creator", "normal")
+_ROLES = ("creator", "admin", "normal")
 
 
 def _check_fields(obj: Any, spec: dict[str, Callable[[Any], bool]], where: str) -> list[str]:
@@ -151,11 +151,23 @@ _PUSH_FIELDS: dict[int, dict[str, Callable[[Any], bool]]] = {
     14: {"id": _pos_int, "state": lambda v: v in _STATES},
     15: {"errmsg": lambda v: isinstance(v, str) and v != ""},
     22: {"pos": lambda v: is_int(v) and v >= 0},  # READ_MSG S->C (version 2, modern only)
+    29: {  # GROUP_EVENT_MSG (version 2, modern only)
+        "groupid": _pos_int,
+        "event": lambda v: v in _GROUP_EVENTS,
+        "userid": _pos_int,
+        "by": _pos_int,
+        "msg_id": _pos_int,
+        "time": lambda v: isinstance(v, str) and bool(TIME_FORMAT.match(v)),
+        "ts": is_int,
+    },
 }
+_GROUP_EVENTS = (
+    "joined", "left", "kicked", "role", "transfer", "muted", "updated", "dissolved"
+)
 # Objects with a msg_id carry their pos in the user's inbox (version 2), except in the legacy
 # dialect, which keeps version 1's shape exactly.
-_KEPT_MSGIDS = (6, 10, 13)
-_VERSION_2_PUSHES = (22,)
+_KEPT_MSGIDS = (6, 10, 13, 29)
+_VERSION_2_PUSHES = (22, 29)
 
 
 def _pos_problems(obj: Frame, legacy: bool, where: str) -> list[str]:
@@ -256,7 +268,7 @@ def _login_ack_problems(frame: Frame, legacy: bool) -> list[str]:
         obj = _decoded(item, legacy, f"offlinemsg[{i}]", problems)
         if obj is None:
             continue
-        allowed = (6, 10) if legacy else (6, 10, 13)
+        allowed = (6, 10) if legacy else (6, 10, 13, 29)
         if not isinstance(obj, dict) or obj.get("msgid") not in allowed:
             problems.append(f"offlinemsg[{i}] is not one of msgid {allowed}: {obj!r}")
             continue
@@ -863,6 +875,9 @@ class Chat:
         cb.expect({"msgid": 12, "id": a.id})
         cb.ok({"msgid": 13, "friendid": a.id, "accept": True})
         ca.expect({"msgid": 13, "id": b.id, "accept": True})
+        # A friendship starts: each hears the other's state (Version 2, "Small gaps").
+        ca.expect({"msgid": 14, "id": b.id, "state": "online"})
+        cb.expect({"msgid": 14, "id": a.id, "state": "online"})
 
     def make_group(self, owner: Client, *members: Client, desc: str = "") -> tuple[int, str]:
         name = unique_name("g")

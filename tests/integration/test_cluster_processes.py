@@ -50,6 +50,9 @@ def test_every_kind_of_event_crosses_nodes(nodes: tuple[Chat, Chat]) -> None:
     cb.expect({"msgid": 12, "id": alice.id})
     cb.ok({"msgid": 13, "friendid": alice.id, "accept": True})
     ca.expect({"msgid": 13, "id": bob.id, "accept": True})
+    # The friendship started: each hears the other's state (Version 2), across nodes too.
+    ca.expect({"msgid": 14, "id": bob.id, "state": "online"})
+    cb.expect({"msgid": 14, "id": alice.id, "state": "online"})
 
     sent = ca.ok({"msgid": 6, "toid": bob.id, "msg": "across nodes"})["msg_id"]
     cb.expect({"msgid": 6, "msg_id": sent, "msg": "across nodes", "id": alice.id})
@@ -58,6 +61,7 @@ def test_every_kind_of_event_crosses_nodes(nodes: tuple[Chat, Chat]) -> None:
 
     gid = ca.ok({"msgid": 8, "groupname": f"g-{secrets.token_hex(3)}"})["groupid"]
     cb.ok({"msgid": 9, "groupid": gid})
+    ca.expect({"msgid": 29, "event": "joined", "userid": bob.id})  # a GROUP_EVENT across nodes
     group_msg = ca.ok({"msgid": 10, "groupid": gid, "msg": "to the group"})["msg_id"]
     cb.expect({"msgid": 10, "groupid": gid, "msg_id": group_msg})
 

@@ -365,7 +365,18 @@ def test_joining_a_group(chat):
     gid, name = chat.make_group(ca, desc="d")
     reply = cb.ok({"msgid": 9, "groupid": gid})
     assert reply["reply_to"] == 9
-    cb.ok({"msgid": 9, "groupid": gid})  # joining twice is errno 0
+    # The ACK carries the group as LOGIN_MSG_ACK lists it (Version 2, "Small gaps").
+    assert reply["group"] == {
+        "id": gid,
+        "groupname": name,
+        "groupdesc": "d",
+        "users": [
+            {"id": alice.id, "name": alice.name, "state": "online", "role": "creator"},
+            {"id": bob.id, "name": bob.name, "state": "online", "role": "normal"},
+        ],
+    }
+    again = cb.ok({"msgid": 9, "groupid": gid})  # joining twice is errno 0
+    assert [u["id"] for u in again["group"]["users"]] == [alice.id, bob.id]
     cb.err({"msgid": 9, "groupid": UNKNOWN_ID}, 5)
     (group,) = chat.online(bob).ack["groups"]
     assert group["id"] == gid and group["groupname"] == name
@@ -436,24 +447,26 @@ def test_leaving_a_group(chat):
     assert sorted(u["id"] for u in group["users"]) == sorted([alice.id, carol.id])
 
 
-def test_a_creator_who_leaves_and_rejoins_is_normal_and_nobody_is_promoted(chat):
+def test_a_creator_who_leaves_passes_the_role_on_and_rejoins_as_normal(chat):
+    # Version 2 (changed): the creator's LEAVE_GROUP passes the role to the admin, else the
+    # member, who joined earliest (test_protocol_groups_admin.py has the rest).
     alice, bob, carol = chat.users(3)
     ca, cb, cc = chat.online_all(alice, bob, carol)
     gid, name = chat.make_group(ca, cb, cc)
     ca.ok({"msgid": 17, "groupid": gid})
     # the group stays: its name is still taken and the others still talk
     cb.err({"msgid": 8, "groupname": name}, 1)
-    ack = cb.ok({"msgid": 10, "groupid": gid, "msg": "no boss"})
+    ack = cb.ok({"msgid": 10, "groupid": gid, "msg": "new boss"})
     cc.expect({"msgid": 10, "msg_id": ack["msg_id"]})
     ca.assert_silent(pattern={"msgid": 10})
     (group,) = chat.online(carol).ack["groups"]
     assert sorted((u["id"], u["role"]) for u in group["users"]) == sorted(
-        [(bob.id, "normal"), (carol.id, "normal")]
+        [(bob.id, "creator"), (carol.id, "normal")]
     )
     ca.ok({"msgid": 9, "groupid": gid})
     (group,) = chat.online(alice).ack["groups"]
     roles = {u["id"]: u["role"] for u in group["users"]}
-    assert roles == {alice.id: "normal", bob.id: "normal", carol.id: "normal"}
+    assert roles == {alice.id: "normal", bob.id: "creator", carol.id: "normal"}
 
 
 def test_groups_list_in_the_login_ack_has_users_state_and_role(chat):

@@ -56,6 +56,9 @@ def test_accepting_makes_both_friends_and_tells_the_requester_live(chat):
     assert told["id"] == bob.id and told["name"] == bob.name and told["accept"] is True, told
     assert type(told["msg_id"]) is int and told["msg_id"] > 0
 
+    # A friendship starts: each side is told the other's current state.
+    ca.expect({"msgid": 14, "id": bob.id, "state": "online"})
+    cb.expect({"msgid": 14, "id": alice.id, "state": "online"})
     a2 = chat.online(alice)
     assert a2.ack["friends"] == [{"id": bob.id, "name": bob.name, "state": "online"}]
     assert a2.ack["offlinemsg"] == []  # it was delivered live
@@ -306,3 +309,20 @@ def test_live_friend_response_to_a_receipts_session_is_kept_until_receipted(chat
     ca.logout()
     ca.login(alice, receipts=True)
     assert responses(ca.ack) == []
+
+
+def test_a_friendship_started_by_crossing_requests_tells_both_states(chat):
+    alice, bob, carol = chat.users(3)
+    ca = chat.online(alice)
+    ca.ok({"msgid": 7, "friendid": bob.id})
+    ca.logout()
+    cb = chat.online(bob)
+    cb.ok({"msgid": 7, "friendid": alice.id})  # crossing: the friendship starts now
+    cb.expect({"msgid": 14, "id": alice.id, "state": "offline"})
+    # a third user's request and answer tell nobody else anything
+    cc = chat.online(carol)
+    cc.ok({"msgid": 7, "friendid": bob.id})
+    cb.expect({"msgid": 12, "id": carol.id})
+    cb.ok({"msgid": 13, "friendid": carol.id, "accept": False})
+    cb.assert_silent(pattern={"msgid": 14})
+    cc.assert_silent(pattern={"msgid": 14})

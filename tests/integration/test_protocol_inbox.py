@@ -113,11 +113,15 @@ def test_every_user_numbers_what_reaches_them_1_2_3_without_gaps(chat):
         cc.ok({"msgid": 6, "toid": bob.id, "msg": "two"}),
         ca.ok({"msgid": 10, "groupid": gid, "msg": "three"}),
     ]
+    # The joins came first: GROUP_EVENTs kept like messages (bob's and carol's for alice and
+    # bob, carol's own for carol).
+    joins = [cb.expect({"msgid": 29, "event": "joined"}) for _ in range(2)]
+    assert positions(joins) == [1, 2]
     got = [cb.expect({"msgid": m}) for m in (6, 6, 10)]
     assert [g["msg"] for g in got] == ["one", "two", "three"]
-    assert positions(got) == [1, 2, 3]
-    assert [a["pos"] for a in acks] == [1, 1, 2]  # in alice's, carol's, alice's inbox
-    assert cc.expect({"msgid": 10, "msg": "three"})["pos"] == 2
+    assert positions(got) == [3, 4, 5]
+    assert [a["pos"] for a in acks] == [3, 2, 4]  # in alice's, carol's, alice's inbox
+    assert cc.expect({"msgid": 10, "msg": "three"})["pos"] == 3
 
 
 def test_a_message_to_yourself_takes_one_pos(chat):
@@ -225,7 +229,9 @@ def test_history_of_a_group_and_its_errors(chat):
     ca.ok({"msgid": 10, "groupid": gid, "msg": "g1"})
     cb.ok({"msgid": 10, "groupid": gid, "msg": "g2"})
     page = cb.ok({"msgid": 21, "groupid": gid})
-    assert [m["msg"] for m in page["msgs"]] == ["g1", "g2"] and page["more"] is False
+    # A group's history has its events too (Version 2, GROUP_EVENT): bob's join first.
+    assert [m.get("msg", m.get("event")) for m in page["msgs"]] == ["joined", "g1", "g2"]
+    assert page["more"] is False
     co.err({"msgid": 21, "groupid": gid}, 6)
     co.err({"msgid": 21, "groupid": 999_999_999}, 5)
     co.err({"msgid": 21, "with": 999_999_999}, 4)

@@ -10,7 +10,7 @@ from attrs import evolve
 from chatserver.adapters.security import ScryptHasher
 from chatserver.application.commands import Command, Login, Register
 from chatserver.application.node import Limits
-from chatserver.application.results import LoggedIn, Registered
+from chatserver.application.results import GroupJoined, LoggedIn, Registered
 from chatserver.application.throttle import FailureWindow, HashQueue
 from chatserver.domain.errors import (
     ChatError,
@@ -371,7 +371,7 @@ async def test_group_creation_is_limited_per_user_per_hour() -> None:
 
 async def test_groups_per_user_are_capped_for_creating_and_joining() -> None:
     from chatserver.application.commands import CreateGroup, JoinGroup
-    from chatserver.application.results import Done, GroupCreated
+    from chatserver.application.results import GroupCreated
 
     limits = Limits(groups_per_user=2, groups_created_per_hour=0)
     async with bootstrap(Config(database="memory://", limits=limits), hasher=FAST_HASHER) as chat:
@@ -383,9 +383,9 @@ async def test_groups_per_user_are_capped_for_creating_and_joining() -> None:
             assert isinstance(created, GroupCreated)
             ids.append(created.group_id)
         assert await outcome(bob, CreateGroup("b2")) is RateLimited
-        assert isinstance(await alice.request(JoinGroup(ids[0])), Done)
-        assert isinstance(await alice.request(JoinGroup(ids[1])), Done)
-        assert isinstance(await alice.request(JoinGroup(ids[1])), Done)  # again: still fine
+        assert isinstance(await alice.request(JoinGroup(ids[0])), GroupJoined)
+        assert isinstance(await alice.request(JoinGroup(ids[1])), GroupJoined)
+        assert isinstance(await alice.request(JoinGroup(ids[1])), GroupJoined)  # again: still fine
         assert await outcome(alice, CreateGroup("a0")) is RateLimited
 
 

@@ -31,7 +31,7 @@ from chatserver.application.commands import (
 )
 from chatserver.application.results import GroupCreated, LoggedIn, MessageAccepted, Registered
 from chatserver.domain.errors import NotAMember, UnknownUser
-from chatserver.domain.messages import DirectMessage, FriendAnswer, GroupMessage, Kept
+from chatserver.domain.messages import DirectMessage, FriendAnswer, GroupEvent, GroupMessage, Kept
 from chatserver.entrypoints.bootstrap import Config, EmbeddedClient, bootstrap
 from tests.unit.conftest import FAST_HASHER
 
@@ -111,8 +111,10 @@ class ChatMachine(RuleBasedStateMachine):
         msg_ids = [e.msg_id for e in events if isinstance(e, DELIVERIES)]
         self.seen[uid].extend(msg_ids)
         self.answers_seen[uid].update(e.msg_id for e in events if isinstance(e, FriendAnswer))
-        if msg_ids:
-            self.call(client, Receipt(tuple(msg_ids)))
+        # A group's changes come as GroupEvents: a well-behaved client receipts them too.
+        group_events = [e.msg_id for e in events if isinstance(e, GroupEvent)]
+        if msg_ids or group_events:
+            self.call(client, Receipt(tuple(msg_ids + group_events)))
 
     def online(self, index: int) -> tuple[int, EmbeddedClient] | None:
         uid = self.ids[index]
@@ -228,6 +230,8 @@ class ChatMachine(RuleBasedStateMachine):
         elif uid in self.groups[gid]:
             self.call(client, LeaveGroup(gid))
             self.groups[gid].discard(uid)
+            if not self.groups[gid]:  # the last member leaving dissolves the group
+                del self.groups[gid]
         else:
             with pytest.raises(NotAMember):
                 self.call(client, LeaveGroup(gid))

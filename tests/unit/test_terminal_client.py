@@ -313,6 +313,24 @@ async def test_pushes_are_shown_as_they_arrive_and_deliveries_are_receipted() ->
     assert sorted(receipts[1]["msg_ids"]) == [1001, 1001, 1002, 1003]
 
 
+async def test_group_events_are_shown_and_receipted() -> None:
+    server = FakeServer()
+    async with terminal(server) as (console, _):
+        console.type("1", "alice", "pw")
+        await server.received(19)
+        await server.send(
+            {
+                "msgid": 29, "groupid": 3, "event": "muted", "userid": 2, "by": 1,
+                "until": 1796420976810, "msg_id": 1004, "pos": 9,
+                "time": "2026-11-26 23:32:00", "ts": 1796420976000,
+            },
+        )
+        receipts = await server.received(19, count=2)
+        await console.shows("muted")
+    assert "group[3] muted: [2] by [1] (until 1796420976810)" in console.shown
+    assert receipts[1]["msg_ids"] == [1004]
+
+
 async def test_bad_input_prints_a_hint_and_the_next_command_still_works() -> None:
     server = FakeServer()
     async with terminal(server) as (console, _):

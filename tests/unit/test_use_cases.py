@@ -17,7 +17,13 @@ from chatserver.application.commands import (
     SendDirectMessage,
     SendGroupMessage,
 )
-from chatserver.application.results import GroupCreated, LoggedIn, MessageAccepted, Registered
+from chatserver.application.results import (
+    GroupCreated,
+    GroupJoined,
+    LoggedIn,
+    MessageAccepted,
+    Registered,
+)
 from chatserver.domain.errors import (
     Forbidden,
     InvalidCredentials,
@@ -35,6 +41,7 @@ from chatserver.domain.messages import (
     Event,
     FriendAnswer,
     FriendRequestNotice,
+    GroupEvent,
     GroupMessage,
     Kept,
     KickedNotice,
@@ -213,6 +220,9 @@ async def test_friend_request_accept_and_presence(chat: ChatApp) -> None:
     await b.request(AnswerFriend(alice, accept=True))
     answer = unwrap(await a.next_event())
     assert isinstance(answer, FriendAnswer) and answer.accepted and answer.responder_id == bob
+    # A friendship starts: each side hears the other's state at once.
+    assert unwrap(await a.next_event()) == PresenceNotice(bob, True)
+    assert unwrap(await b.next_event()) == PresenceNotice(alice, True)
     await b.request(Logout())
     assert unwrap(await a.next_event()) == PresenceNotice(bob, False)
     await login(b, bob)
@@ -230,6 +240,8 @@ async def test_asking_back_accepts_the_waiting_request(chat: ChatApp) -> None:
     await b.request(AddFriend(alice))
     answer = unwrap(await a.next_event())
     assert isinstance(answer, FriendAnswer) and answer.accepted
+    assert unwrap(await a.next_event()) == PresenceNotice(bob, True)
+    assert unwrap(await b.next_event()) == PresenceNotice(alice, True)
     assert [c.user.id for c in (await login(chat.connect(), bob)).friends] == [alice]
 
 
@@ -247,6 +259,29 @@ async def test_friend_errors(chat: ChatApp) -> None:
     with pytest.raises(UnknownUser):
         await a.request(RemoveFriend(999))
     await a.request(RemoveFriend(bob))  # no friendship: nothing to do, no error
+
+
+async def test_a_friendship_started_while_the_requester_is_away_tells_their_state(
+    chat: ChatApp,
+) -> None:
+    alice, bob = await register(chat, "alice"), await register(chat, "bob")
+    a = await online(chat, alice)
+    await a.request(AddFriend(bob))
+    await a.request(Logout())
+    b = await online(chat, bob)
+    await b.request(AnswerFriend(alice, accept=True))
+    assert unwrap(await b.next_event()) == PresenceNotice(alice, False)
+
+
+async def test_a_declined_request_tells_no_state(chat: ChatApp) -> None:
+    alice, bob = await register(chat, "alice"), await register(chat, "bob")
+    a, b = await online(chat, alice), await online(chat, bob)
+    await a.request(AddFriend(bob))
+    await b.next_event()
+    await b.request(AnswerFriend(alice, accept=False))
+    answer = unwrap(await a.next_event())
+    assert isinstance(answer, FriendAnswer) and not answer.accepted
+    assert a.outbox.events == [] and b.outbox.events == []
 
 
 async def test_declined_answer_waits_for_an_offline_requester(chat: ChatApp) -> None:
@@ -271,12 +306,27 @@ async def test_group_lifecycle_and_chat(chat: ChatApp) -> None:
         await b.request(CreateGroup("g"))
     with pytest.raises(NotAMember):
         await b.request(SendGroupMessage(gid, "let me in"))
-    await b.request(JoinGroup(gid))
-    await b.request(JoinGroup(gid))  # twice is fine
+    joined = await b.request(JoinGroup(gid))
+    assert isinstance(joined, GroupJoined)
+    assert (joined.view.group.id, joined.view.group.name, joined.view.group.description) == (
+        gid, "g", "desc"
+    )
+    assert [(m.user.id, m.role, m.online) for m in joined.view.members] == [
+        (alice, Role.CREATOR, True), (bob, Role.NORMAL, True)
+    ]
+    again = await b.request(JoinGroup(gid))  # twice is fine
+    assert isinstance(again, GroupJoined) and len(again.view.members) == 2
     c = chat.connect()
     await login(c, carol)
     await c.request(JoinGroup(gid))
     await c.request(Logout())
+    # each join was told to the members as a GROUP_EVENT: bob's (alice and bob) and carol's
+    joins = [unwrap(await a.next_event()) for _ in range(2)]
+    assert [(e.event, e.user_id) for e in joins if isinstance(e, GroupEvent)] == [
+        ("joined", bob), ("joined", carol)
+    ]
+    assert unwrap(await b.next_event()) == joins[0]
+    assert unwrap(await b.next_event()) == joins[1]
     sent = await a.request(SendGroupMessage(gid, "hi all"))
     assert isinstance(sent, MessageAccepted)
     got = unwrap(await b.next_event())
@@ -293,7 +343,8 @@ async def test_group_lifecycle_and_chat(chat: ChatApp) -> None:
         await a.request(SendGroupMessage(gid, "gone"))
     await a.request(JoinGroup(gid))
     roles = {m.user.id: m.role for m in (await login(chat.connect(), alice)).groups[0].members}
-    assert roles[alice] is Role.NORMAL
+    # the creator's leaving passed the role on to the member who joined earliest
+    assert roles == {alice: Role.NORMAL, bob: Role.CREATOR, carol: Role.NORMAL}
     with pytest.raises(UnknownGroup):
         await b.request(JoinGroup(999))
     with pytest.raises(UnknownGroup):

@@ -36,8 +36,8 @@ class MemoryDatabase:
     requests: dict[int, dict[int, int]] = Factory(dict)
     groups: dict[int, Group] = Factory(dict)
     group_ids_by_name: dict[str, int] = Factory(dict)
-    # group -> user -> (order of joining, role)
-    members: dict[int, dict[int, tuple[int, Role]]] = Factory(dict)
+    # group -> user -> (order of joining, role, muted until in ms: 0 for not muted)
+    members: dict[int, dict[int, tuple[int, Role, int]]] = Factory(dict)
     # user -> pos -> (kept_ms, delivery); a user's inbox, positions 1, 2, 3, ...
     inbox: dict[int, dict[int, tuple[int, Delivery]]] = Factory(dict)
     # user -> a pos at or below their oldest entry (pruning raises it), to find that fast
@@ -207,7 +207,7 @@ class MemoryGroupRepository:
         members = self._db.members.setdefault(group_id, {})
         if user_id in members:
             return False
-        self._log.put(members, user_id, (self._log.take("order"), role))
+        self._log.put(members, user_id, (self._log.take("order"), role, 0))
         return True
 
     def remove_member(self, group_id: int, user_id: int) -> bool:
@@ -215,7 +215,53 @@ class MemoryGroupRepository:
 
     def members(self, group_id: int) -> list[Member]:
         members = sorted(self._db.members.get(group_id, {}).items(), key=lambda item: item[1])
-        return [Member(self._db.accounts[i].user, role) for i, (_, role) in members]
+        return [
+            Member(self._db.accounts[i].user, role, muted)
+            for i, (_, role, muted) in members
+        ]
+
+    def set_role(self, group_id: int, user_id: int, role: Role) -> bool:
+        members = self._db.members.get(group_id, {})
+        if user_id not in members:
+            return False
+        order, _, muted = members[user_id]
+        self._log.put(members, user_id, (order, role, muted))
+        return True
+
+    def set_muted(self, group_id: int, user_id: int, until_ms: int) -> bool:
+        members = self._db.members.get(group_id, {})
+        if user_id not in members:
+            return False
+        order, role, _ = members[user_id]
+        self._log.put(members, user_id, (order, role, until_ms))
+        return True
+
+    def update(self, group_id: int, name: str | None, description: str | None) -> Group:
+        group = self._db.groups.get(group_id)
+        if group is None:
+            raise UnknownGroup()
+        names = self._db.group_ids_by_name
+        if name is not None and name != group.name:
+            if name in names:
+                raise NameTaken()
+            self._log.pop(names, group.name)
+            self._log.put(names, name, group_id)
+        changed = Group(
+            group_id,
+            group.name if name is None else name,
+            group.description if description is None else description,
+        )
+        self._log.put(self._db.groups, group_id, changed)
+        return changed
+
+    def delete(self, group_id: int) -> bool:
+        group = self._db.groups.get(group_id)
+        if group is None:
+            return False
+        self._log.pop(self._db.members, group_id)
+        self._log.pop(self._db.group_ids_by_name, group.name)
+        self._log.pop(self._db.groups, group_id)
+        return True
 
     def groups_of(self, user_id: int) -> list[Group]:
         return [

@@ -17,7 +17,14 @@ from mysql.connector.cursor import MySQLCursor
 from chatserver.adapters.inbox_keys import conversation_key, place
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage, Kept
+from chatserver.domain.messages import (
+    Delivery,
+    DirectMessage,
+    FriendAnswer,
+    GroupEvent,
+    GroupMessage,
+    Kept,
+)
 from chatserver.domain.ports import DeviceMark
 from chatserver.domain.users import Account, User
 
@@ -26,6 +33,7 @@ DELIVERY_KINDS: dict[str, type[Delivery]] = {
     "direct": DirectMessage,
     "group": GroupMessage,
     "friend_answer": FriendAnswer,
+    "group_event": GroupEvent,
 }
 KIND_OF_DELIVERY = {cls: kind for kind, cls in DELIVERY_KINDS.items()}
 
@@ -242,14 +250,60 @@ class MySqlGroupRepository:
 
     def members(self, group_id: int) -> list[Member]:
         self._db.execute(
-            "SELECT u.id, u.name, g.grouprole FROM groupuser g JOIN user u ON u.id = g.userid"
+            "SELECT u.id, u.name, g.grouprole, coalesce(m.until_ms, 0) FROM groupuser g"
+            " JOIN user u ON u.id = g.userid LEFT JOIN groupmute m"
+            " ON m.groupid = g.groupid AND m.userid = g.userid"
             " WHERE g.groupid = %s ORDER BY g.seq",
             (group_id,),
         )
         return [
-            Member(User(int(user_id), str(name)), Role(role))
-            for user_id, name, role in _rows(self._db)
+            Member(User(int(user_id), str(name)), Role(role), int(muted))
+            for user_id, name, role, muted in _rows(self._db)
         ]
+
+    def _member_exists(self, group_id: int, user_id: int) -> bool:
+        self._db.execute(
+            "SELECT 1 FROM groupuser WHERE groupid = %s AND userid = %s", (group_id, user_id)
+        )
+        return self._db.fetchone() is not None
+
+    def set_role(self, group_id: int, user_id: int, role: Role) -> bool:
+        # rowcount counts changed rows only: a role given again counts 0, so ask first.
+        if not self._member_exists(group_id, user_id):
+            return False
+        self._db.execute(
+            "UPDATE groupuser SET grouprole = %s WHERE groupid = %s AND userid = %s",
+            (role.value, group_id, user_id),
+        )
+        return True
+
+    def set_muted(self, group_id: int, user_id: int, until_ms: int) -> bool:
+        if not self._member_exists(group_id, user_id):
+            return False
+        self._db.execute(
+            "INSERT INTO groupmute (groupid, userid, until_ms) VALUES (%s, %s, %s)"
+            " ON DUPLICATE KEY UPDATE until_ms = VALUES(until_ms)",
+            (group_id, user_id, until_ms),
+        )
+        return True
+
+    def update(self, group_id: int, name: str | None, description: str | None) -> Group:
+        with constraints_as(unique=NameTaken):
+            self._db.execute(
+                "UPDATE allgroup SET groupname = coalesce(%s, groupname),"
+                " groupdesc = coalesce(%s, groupdesc) WHERE id = %s",
+                (name, description, group_id),
+            )
+        group = self.get(group_id)
+        if group is None:
+            raise UnknownGroup()
+        return group
+
+    def delete(self, group_id: int) -> bool:
+        self._db.execute("DELETE FROM groupmute WHERE groupid = %s", (group_id,))
+        self._db.execute("DELETE FROM groupuser WHERE groupid = %s", (group_id,))
+        self._db.execute("DELETE FROM allgroup WHERE id = %s", (group_id,))
+        return self._db.rowcount > 0
 
     def groups_of(self, user_id: int) -> list[Group]:
         self._db.execute(

@@ -161,6 +161,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         # nothing reads it any more.
         "DROP TABLE IF EXISTS offlinemessage",
     ),
+    (
+        # Version 2, groups that can be run: the admin role (MODIFY is safe to run again) ...
+        """ALTER TABLE groupuser
+            MODIFY grouprole ENUM('creator', 'admin', 'normal') NOT NULL""",
+        # ... and mutes, one row per muted member (gone with the membership). A table rather
+        # than a column: MySQL has no ADD COLUMN IF NOT EXISTS, and a step must be safe to run
+        # again.
+        f"""CREATE TABLE IF NOT EXISTS groupmute (
+            groupid INT NOT NULL,
+            userid INT NOT NULL,
+            until_ms BIGINT NOT NULL,
+            PRIMARY KEY (groupid, userid),
+            FOREIGN KEY (groupid, userid) REFERENCES groupuser (groupid, userid)
+                ON DELETE CASCADE
+        ) {TABLE_OPTIONS}""",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

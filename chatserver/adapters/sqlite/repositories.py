@@ -166,11 +166,45 @@ class SqliteGroupRepository:
 
     def members(self, group_id: int) -> list[Member]:
         rows = self._db.execute(
-            "SELECT u.id, u.name, g.grouprole FROM groupuser g JOIN user u ON u.id = g.userid"
-            " WHERE g.groupid = ? ORDER BY g.seq",
+            "SELECT u.id, u.name, g.grouprole, g.muted_until FROM groupuser g"
+            " JOIN user u ON u.id = g.userid WHERE g.groupid = ? ORDER BY g.seq",
             (group_id,),
         )
-        return [Member(User(user_id, name), Role(role)) for user_id, name, role in rows]
+        return [
+            Member(User(user_id, name), Role(role), muted)
+            for user_id, name, role, muted in rows
+        ]
+
+    def set_role(self, group_id: int, user_id: int, role: Role) -> bool:
+        cursor = self._db.execute(
+            "UPDATE groupuser SET grouprole = ? WHERE groupid = ? AND userid = ?",
+            (role.value, group_id, user_id),
+        )
+        return cursor.rowcount > 0
+
+    def set_muted(self, group_id: int, user_id: int, until_ms: int) -> bool:
+        cursor = self._db.execute(
+            "UPDATE groupuser SET muted_until = ? WHERE groupid = ? AND userid = ?",
+            (until_ms, group_id, user_id),
+        )
+        return cursor.rowcount > 0
+
+    def update(self, group_id: int, name: str | None, description: str | None) -> Group:
+        with constraints_as(unique=NameTaken):
+            self._db.execute(
+                "UPDATE allgroup SET groupname = coalesce(?, groupname),"
+                " groupdesc = coalesce(?, groupdesc) WHERE id = ?",
+                (name, description, group_id),
+            )
+        group = self.get(group_id)
+        if group is None:
+            raise UnknownGroup()
+        return group
+
+    def delete(self, group_id: int) -> bool:
+        self._db.execute("DELETE FROM groupuser WHERE groupid = ?", (group_id,))
+        cursor = self._db.execute("DELETE FROM allgroup WHERE id = ?", (group_id,))
+        return cursor.rowcount > 0
 
     def groups_of(self, user_id: int) -> list[Group]:
         rows = self._db.execute(

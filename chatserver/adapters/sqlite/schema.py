@@ -124,6 +124,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         # nothing reads it any more.
         "DROP TABLE offlinemessage",
     ),
+    (
+        # Version 2, groups that can be run: the admin role and mutes. SQLite cannot change a
+        # CHECK constraint, so the table is rebuilt (nothing refers to it), keeping seq: the
+        # order members joined in, which decides who succeeds a leaving creator.
+        """CREATE TABLE groupuser_v4 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            groupid INTEGER NOT NULL REFERENCES allgroup(id),
+            userid INTEGER NOT NULL REFERENCES user(id),
+            grouprole TEXT NOT NULL CHECK (grouprole IN ('creator', 'admin', 'normal')),
+            muted_until INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (groupid, userid)
+        )""",
+        """INSERT INTO groupuser_v4 (seq, groupid, userid, grouprole)
+            SELECT seq, groupid, userid, grouprole FROM groupuser""",
+        "DROP TABLE groupuser",
+        "ALTER TABLE groupuser_v4 RENAME TO groupuser",
+        "CREATE INDEX groupuser_by_user ON groupuser (userid)",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

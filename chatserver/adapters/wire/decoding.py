@@ -54,9 +54,33 @@ COMMANDS: dict[int, tuple[type[Any], dict[str, str]]] = {
     protocol.SYNC: (commands.Sync, {}),
     protocol.HISTORY: (commands.History, {"with_user": "with", "group_id": "groupid"}),
     protocol.READ: (commands.Read, {}),
+    protocol.GROUP_KICK: (commands.KickMember, {"group_id": "groupid", "user_id": "userid"}),
+    protocol.GROUP_ROLE: (commands.SetMemberRole, {"group_id": "groupid", "user_id": "userid"}),
+    protocol.GROUP_TRANSFER: (
+        commands.TransferGroup,
+        {"group_id": "groupid", "user_id": "userid"},
+    ),
+    protocol.GROUP_DISSOLVE: (commands.DissolveGroup, {"group_id": "groupid"}),
+    protocol.GROUP_MUTE: (commands.MuteMember, {"group_id": "groupid", "user_id": "userid"}),
+    protocol.GROUP_UPDATE: (
+        commands.UpdateGroup,
+        {"group_id": "groupid", "name": "groupname", "description": "groupdesc"},
+    ),
 }
 # The original server's clients speak version 1 only.
-VERSION_2_MSGIDS = frozenset({protocol.SYNC, protocol.HISTORY, protocol.READ})
+VERSION_2_MSGIDS = frozenset(
+    {
+        protocol.SYNC,
+        protocol.HISTORY,
+        protocol.READ,
+        protocol.GROUP_KICK,
+        protocol.GROUP_ROLE,
+        protocol.GROUP_TRANSFER,
+        protocol.GROUP_DISSOLVE,
+        protocol.GROUP_MUTE,
+        protocol.GROUP_UPDATE,
+    }
+)
 LEGACY_DEVICE = "legacy"
 
 # Attributes a client must not set: whether a session gets notices follows from its dialect.

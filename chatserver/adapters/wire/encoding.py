@@ -16,6 +16,7 @@ from chatserver.adapters.wire.protocol import Dialect
 from chatserver.application.results import (
     Contact,
     GroupCreated,
+    GroupJoined,
     GroupView,
     HistoryPage,
     LoggedIn,
@@ -24,12 +25,13 @@ from chatserver.application.results import (
     Result,
     Synced,
 )
-from chatserver.domain.errors import RateLimited
+from chatserver.domain.errors import Muted, RateLimited
 from chatserver.domain.messages import (
     DirectMessage,
     Event,
     FriendAnswer,
     FriendRequestNotice,
+    GroupEvent,
     GroupMessage,
     Kept,
     KickedNotice,
@@ -132,6 +134,28 @@ def _friend_answer(a: FriendAnswer) -> JsonObject:
     }
 
 
+def _group_event(e: GroupEvent) -> JsonObject:
+    obj: JsonObject = {
+        "msgid": protocol.GROUP_EVENT,
+        "groupid": e.group_id,
+        "event": e.event,
+        "userid": e.user_id,
+        "by": e.by,
+        "msg_id": e.msg_id,
+        "time": _time_texts.get(e.sent_at_ms // 1000) or _format_time(e.sent_at_ms // 1000),
+        "ts": e.sent_at_ms,
+    }
+    if e.role is not None:
+        obj["role"] = e.role
+    if e.until is not None:
+        obj["until"] = e.until
+    if e.group_name is not None:
+        obj["groupname"] = e.group_name
+    if e.group_description is not None:
+        obj["groupdesc"] = e.group_description
+    return obj
+
+
 def _friend_request(n: FriendRequestNotice) -> JsonObject:
     return {"msgid": protocol.FRIEND_REQUEST, "id": n.requester_id, "name": n.requester_name}
 
@@ -154,6 +178,7 @@ _EVENT_OBJECTS: EventObjects = {
     DirectMessage: _direct_message,
     GroupMessage: _group_message,
     FriendAnswer: _friend_answer,
+    GroupEvent: _group_event,
     FriendRequestNotice: _friend_request,
     PresenceNotice: _presence,
     KickedNotice: _kicked,
@@ -226,13 +251,20 @@ def _ack(request_msgid: int, seq: int | None) -> JsonObject:
 
 
 def _error_reply(
-    msgid: int, seq: int | None, errno: int, errmsg: str, dialect: Dialect
+    msgid: int,
+    seq: int | None,
+    errno: int,
+    errmsg: str,
+    dialect: Dialect,
+    extra: JsonObject | None = None,
 ) -> bytes | None:
     if dialect is _LEGACY_DIALECT and msgid not in _LEGACY_REPLIES:
         return None
     reply = _ack(msgid, seq)
     reply["errno"] = errno
     reply["errmsg"] = errmsg
+    if extra:
+        reply.update(extra)
     return orjson.dumps(reply, option=_option(dialect))
 
 
@@ -265,6 +297,8 @@ def encode_result(request: Request, result: Result, dialect: Dialect) -> list[by
             reply["not_stored"] = list(result.not_stored)
     elif type(result) is GroupCreated:
         reply["groupid"] = result.group_id
+    elif type(result) is GroupJoined:
+        reply["group"] = _group(result.view, _members(result.view))
     elif type(result) is Registered:
         reply["id"] = result.user_id
     elif type(result) is LoggedIn:
@@ -286,7 +320,9 @@ def encode_error(
     is an internal error); None when the dialect sends no reply."""
     errno, errmsg = errno_and_message(error)
     msgid = request_or_bad.msgid if isinstance(request_or_bad, Request) else request_or_bad.reply_to
-    return _error_reply(msgid, request_or_bad.seq, errno, errmsg, dialect)
+    # A muted member's GROUP_CHAT says until when (errno 13).
+    extra = {"until": error.until_ms} if isinstance(error, Muted) else None
+    return _error_reply(msgid, request_or_bad.seq, errno, errmsg, dialect, extra)
 
 
 def encode_bad_request(bad: BadRequest, dialect: Dialect) -> bytes | None:

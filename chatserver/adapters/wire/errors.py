@@ -5,9 +5,11 @@ from chatserver.domain.errors import (
     Forbidden,
     InvalidCredentials,
     InvalidRequest,
+    Muted,
     NameTaken,
     NotAMember,
     NotLoggedIn,
+    NotPermitted,
     QuotaExceeded,
     RateLimited,
     Unavailable,
@@ -33,6 +35,8 @@ ERRNO_OF: dict[type[ChatError], int] = {
     Forbidden: 10,
     QuotaExceeded: 11,
     Unavailable: 11,
+    NotPermitted: 12,
+    Muted: 13,
 }
 
 

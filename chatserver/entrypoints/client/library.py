@@ -58,6 +58,7 @@ class MsgId(IntEnum):
     SYNC = 20
     HISTORY = 21
     READ = 22
+    GROUP_EVENT = 29
 
 
 REPLIES = frozenset({MsgId.LOGIN_ACK, MsgId.REGISTER_ACK, MsgId.ACK})
@@ -122,6 +123,23 @@ class FriendAnswer:
 
 
 @frozen
+class GroupEvent:
+    """Something that happened to one of the user's groups (GROUP_EVENT_MSG): `event` is one of
+    joined, left, kicked, role, transfer, muted, updated, dissolved; `by` acted on `user_id`."""
+
+    msg_id: int
+    group_id: int
+    event: str
+    user_id: int
+    by: int
+    pos: int = 0
+    role: str | None = None
+    until: int | None = None
+    group_name: str | None = None
+    group_description: str | None = None
+
+
+@frozen
 class FriendRequest:
     """A user asking to become this user's friend."""
 
@@ -168,7 +186,7 @@ class UnknownFrame:
         return pos if type(pos) is int else None
 
 
-Delivery = DirectMessage | GroupMessage | FriendAnswer
+Delivery = DirectMessage | GroupMessage | FriendAnswer | GroupEvent
 Notice = FriendRequest | Presence | Kicked | Read
 Event = Delivery | Notice | UnknownFrame
 Kept = Delivery | UnknownFrame  # what the inbox keeps: what LOGIN, SYNC and HISTORY return
@@ -307,10 +325,26 @@ def _friend_answer(frame: dict[str, Any]) -> FriendAnswer:
     return FriendAnswer(frame["msg_id"], frame["id"], frame["name"], frame["accept"], pos)
 
 
+def _group_event(frame: dict[str, Any]) -> GroupEvent:
+    return GroupEvent(
+        frame["msg_id"],
+        frame["groupid"],
+        frame["event"],
+        frame["userid"],
+        frame["by"],
+        frame.get("pos", 0),
+        frame.get("role"),
+        frame.get("until"),
+        frame.get("groupname"),
+        frame.get("groupdesc"),
+    )
+
+
 EVENT_PARSERS: dict[int, Callable[[dict[str, Any]], Event]] = {
     MsgId.ONE_CHAT: _direct_message,
     MsgId.GROUP_CHAT: _group_message,
     MsgId.FRIEND_RESPONSE: _friend_answer,
+    MsgId.GROUP_EVENT: _group_event,
     MsgId.FRIEND_REQUEST: lambda frame: FriendRequest(frame["id"], frame["name"]),
     MsgId.PRESENCE: lambda frame: Presence(frame["id"], frame["state"] == "online"),
     MsgId.KICKED: lambda frame: Kicked(frame.get("errmsg", "")),

@@ -40,6 +40,7 @@ from chatserver.entrypoints.client.library import (
     Event,
     FriendAnswer,
     FriendRequest,
+    GroupEvent,
     GroupMessage,
     HistoryPage,
     Kicked,
@@ -232,7 +233,24 @@ def describe(event: Event, names: dict[int, str], me: int | None = None) -> str 
             return f"friend {who} is {'online' if event.online else 'offline'}"
         case Kicked():
             return f"logged out: {printable(event.reason) or 'your account logged in elsewhere'}"
+        case GroupEvent():
+            return _describe_group_event(event)
     return None
+
+
+def _describe_group_event(event: GroupEvent) -> str:
+    details = [
+        f"{name} {printable(str(value))}"
+        for name, value in (
+            ("role", event.role),
+            ("until", event.until),
+            ("name", event.group_name),
+            ("description", event.group_description),
+        )
+        if value is not None
+    ]
+    extra = f" ({', '.join(details)})" if details else ""
+    return f"group[{event.group_id}] {event.event}: [{event.user_id}] by [{event.by}]{extra}"
 
 
 def describe_login(login: LoginResult) -> str:

@@ -184,3 +184,114 @@ async def test_group_names_and_descriptions_round_trip_unchanged(
 
     group = await uow.run(create)
     assert await uow.run(lambda tx: tx.groups.groups_of(1)) == [Group(group.id, name, description)]
+
+
+# --- Version 2: roles, mutes, renaming, dissolving ----------------------------------------
+
+
+async def test_roles_and_mutes_are_kept_per_member_in_joining_order(uow: UnitOfWork) -> None:
+    def change(tx: Transaction) -> tuple[list[Member], bool, bool]:
+        alice, bob, carol = add_users(tx, "alice", "bob", "carol")
+        group = tx.groups.create("g", "", alice.id)
+        tx.groups.add_member(group.id, bob.id, Role.NORMAL)
+        tx.groups.add_member(group.id, carol.id, Role.NORMAL)
+        tx.groups.set_role(group.id, carol.id, Role.ADMIN)
+        tx.groups.set_role(group.id, carol.id, Role.ADMIN)  # again: still a member
+        tx.groups.set_muted(group.id, bob.id, 1_700_000_000_123)
+        return (
+            tx.groups.members(group.id),
+            tx.groups.set_role(group.id, 999, Role.ADMIN),
+            tx.groups.set_muted(group.id, 999, 5),
+        )
+
+    members, role_of_stranger, mute_of_stranger = await uow.run(change)
+    assert members == [
+        Member(User(1, "alice"), Role.CREATOR),
+        Member(User(2, "bob"), Role.NORMAL, 1_700_000_000_123),
+        Member(User(3, "carol"), Role.ADMIN),
+    ]
+    assert not role_of_stranger and not mute_of_stranger
+    assert await uow.run(lambda tx: tx.groups.set_muted(1, 2, 0))
+    assert (await uow.run(lambda tx: tx.groups.members(1)))[1].muted_until == 0
+
+
+async def test_a_mute_goes_with_the_membership(uow: UnitOfWork) -> None:
+    def mute_and_leave(tx: Transaction) -> list[Member]:
+        alice, bob = add_users(tx, "alice", "bob")
+        tx.groups.create("g", "", alice.id)
+        tx.groups.add_member(1, bob.id, Role.NORMAL)
+        tx.groups.set_muted(1, bob.id, 99)
+        tx.groups.remove_member(1, bob.id)
+        tx.groups.add_member(1, bob.id, Role.NORMAL)
+        return tx.groups.members(1)
+
+    assert [m.muted_until for m in await uow.run(mute_and_leave)] == [0, 0]
+
+
+async def test_update_renames_and_describes_and_keeps_names_unique(uow: UnitOfWork) -> None:
+    def setup(tx: Transaction) -> None:
+        (alice,) = add_users(tx, "alice")
+        tx.groups.create("one", "first", alice.id)
+        tx.groups.create("two", "second", alice.id)
+
+    await uow.run(setup)
+    assert await uow.run(lambda tx: tx.groups.update(1, "uno", None)) == Group(1, "uno", "first")
+    assert await uow.run(lambda tx: tx.groups.update(1, None, TRICKY_TEXT)) == Group(
+        1, "uno", TRICKY_TEXT
+    )
+    assert await uow.run(lambda tx: tx.groups.update(1, "uno", "")) == Group(1, "uno", "")
+    with pytest.raises(NameTaken):
+        await uow.run(lambda tx: tx.groups.update(1, "two", None))
+    with pytest.raises(UnknownGroup):
+        await uow.run(lambda tx: tx.groups.update(99, "x", None))
+    # the old name is free again
+    assert (await uow.run(lambda tx: tx.groups.create("one", "", 1))).name == "one"
+
+
+async def test_a_deleted_group_is_gone_its_name_free_and_its_id_never_reused(
+    uow: UnitOfWork,
+) -> None:
+    def setup(tx: Transaction) -> None:
+        alice, bob = add_users(tx, "alice", "bob")
+        tx.groups.create("g", "", alice.id)
+        tx.groups.add_member(1, bob.id, Role.NORMAL)
+        tx.groups.set_muted(1, bob.id, 42)
+
+    await uow.run(setup)
+    assert await uow.run(lambda tx: tx.groups.delete(1))
+    assert not await uow.run(lambda tx: tx.groups.delete(1))
+
+    def look(tx: Transaction) -> tuple[Group | None, list[Member], list[Group], Group]:
+        return tx.groups.get(1), tx.groups.members(1), tx.groups.groups_of(2), tx.groups.create(
+            "g", "again", 2
+        )
+
+    gone, members, of_bob, again = await uow.run(look)
+    assert (gone, members, of_bob) == (None, [], [])
+    assert again.id == 2 and again.name == "g"
+    with pytest.raises(UnknownGroup):
+        await uow.run(lambda tx: tx.groups.add_member(1, 1, Role.NORMAL))
+
+
+async def test_a_rolled_back_delete_leaves_the_group_as_it_was(uow: UnitOfWork) -> None:
+    def setup(tx: Transaction) -> None:
+        alice, bob = add_users(tx, "alice", "bob")
+        tx.groups.create("g", "d", alice.id)
+        tx.groups.add_member(1, bob.id, Role.ADMIN)
+
+    await uow.run(setup)
+
+    def delete_then_fail(tx: Transaction) -> None:
+        tx.groups.delete(1)
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        await uow.run(delete_then_fail)
+
+    def look(tx: Transaction) -> tuple[Group | None, list[Member]]:
+        return tx.groups.get(1), tx.groups.members(1)
+
+    assert await uow.run(look) == (
+        Group(1, "g", "d"),
+        [Member(User(1, "alice"), Role.CREATOR), Member(User(2, "bob"), Role.ADMIN)],
+    )

@@ -37,6 +37,7 @@ TABLES = {
     "friend_request",
     "allgroup",
     "groupuser",
+    "groupmute",
     "message_id_sequence",
     "id_sequence",
     "inbox_message",

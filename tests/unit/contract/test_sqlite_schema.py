@@ -144,3 +144,28 @@ async def test_a_closed_unit_of_work_refuses_work(tmp_path: Path) -> None:
     await uow.aclose()
     with pytest.raises(anyio.ClosedResourceError):
         await uow.run(lambda tx: tx.users.get(1))
+
+
+async def test_step_4_keeps_every_member_their_role_and_joining_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "chat.sqlite3"
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
+    monkeypatch.setattr(schema, "LATEST_VERSION", 3)
+    with connect(path) as connection:
+        schema.upgrade(connection)
+        connection.executescript(
+            """INSERT INTO user (id, name, password) VALUES (1, 'a', 'x'), (2, 'b', 'x'),
+                (3, 'c', 'x');
+            INSERT INTO allgroup (id, groupname) VALUES (1, 'g');
+            INSERT INTO groupuser (seq, groupid, userid, grouprole) VALUES
+                (5, 1, 3, 'normal'), (7, 1, 1, 'creator'), (9, 1, 2, 'normal');"""
+        )
+    monkeypatch.undo()
+    assert upgrade_sqlite(path) == LATEST_VERSION
+    uow = await open_sqlite(path)
+    members = await uow.run(lambda tx: tx.groups.members(1))
+    await uow.aclose()
+    assert [(m.user.id, m.role.value, m.muted_until) for m in members] == [
+        (3, "normal", 0), (1, "creator", 0), (2, "normal", 0)
+    ]
