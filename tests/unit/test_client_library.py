@@ -590,8 +590,11 @@ async def test_history_pages_back_through_a_conversation_and_a_group() -> None:
     texts = [getattr(m, "text", None) for m in (*older.messages, *newest.messages)]
     assert texts == ["a0", "b0", "a1", "b1", "a2", "b2"]
     assert (newest.more, older.more) == (True, False)
-    assert [getattr(m, "text", None) for m in group.messages] == ["to the team"]
-    assert isinstance(group.messages[0], GroupMessage) and group.more is False
+    # a group's history holds its events too (Version 2): bob's joining, then his message
+    assert [(type(m).__name__, getattr(m, "event", None) or m.text) for m in group.messages] == [
+        ("GroupEvent", "joined"), ("GroupMessage", "to the team")
+    ]
+    assert isinstance(group.messages[-1], GroupMessage) and group.more is False
     assert not_a_user.value.errno == 4
 
 
@@ -639,7 +642,8 @@ async def test_group_chats_and_friend_answers_carry_their_pos_on_every_device() 
     assert answers[0] == FriendAnswer(answers[0].msg_id, bob_id, "bob", True, answers[0].pos)
     assert isinstance(carbon, GroupMessage) and carbon.sender_id == alice_id
     assert (carbon.msg_id, carbon.pos) == (sent.msg_id, sent.pos)
-    assert answers[0].pos is not None and sent.pos == answers[0].pos + 1  # alice's inbox
+    # alice's inbox: the answer, then her joining the group (a GROUP_EVENT), then her message
+    assert answers[0].pos is not None and sent.pos == answers[0].pos + 2
     assert isinstance(to_bob, GroupMessage) and to_bob.msg_id == sent and to_bob.pos is not None
 
 
