@@ -30,6 +30,7 @@ from chatserver.domain.errors import (
     NotAMember,
     NotPermitted,
     RateLimited,
+    Unavailable,
     UnknownGroup,
     UnknownUser,
 )
@@ -149,7 +150,9 @@ async def leave_group(command: LeaveGroup, *, connection: Connection) -> Done:
             if heir is None:  # alone: the group goes
                 tx.groups.delete(group_id)
                 return None, []
-            tx.groups.set_role(group_id, heir.user.id, Role.CREATOR)
+            if not tx.groups.set_role(group_id, heir.user.id, Role.CREATOR):
+                # The heir left meanwhile (another node): nothing is changed, try again.
+                raise Unavailable("the group changed meanwhile: try again")
         tx.groups.remove_member(group_id, me.id)
         return heir, _ids(tx.groups.members(group_id))
 
@@ -225,7 +228,8 @@ async def transfer_group(command: TransferGroup, *, connection: Connection) -> D
         standing = _standing(tx, command.group_id, me.id, command.user_id)
         assert standing.target is not None
         check_permitted(standing.actor.role, Action.TRANSFER, standing.target.role)
-        tx.groups.set_role(command.group_id, command.user_id, Role.CREATOR)
+        if not tx.groups.set_role(command.group_id, command.user_id, Role.CREATOR):
+            raise Unavailable("the group changed meanwhile: try again")  # they left meanwhile
         tx.groups.set_role(command.group_id, me.id, Role.ADMIN)
         return _ids(standing.members)
 

@@ -263,7 +263,9 @@ class MySqlGroupRepository:
 
     def _member_exists(self, group_id: int, user_id: int) -> bool:
         self._db.execute(
-            "SELECT 1 FROM groupuser WHERE groupid = %s AND userid = %s", (group_id, user_id)
+            # A locking read: the row as committed now, held until the change commits.
+            "SELECT 1 FROM groupuser WHERE groupid = %s AND userid = %s FOR UPDATE",
+            (group_id, user_id),
         )
         return self._db.fetchone() is not None
 
