@@ -1,6 +1,6 @@
 """A client connection as the core sees it: who is logged in on it, and what it asks for."""
 
-from attrs import define
+from attrs import Factory, define
 
 from chatserver.application.accounts import end_session
 from chatserver.application.commands import ANONYMOUS_COMMANDS, Command
@@ -8,6 +8,7 @@ from chatserver.application.dispatch import HANDLERS
 from chatserver.application.node import Node
 from chatserver.application.results import Result
 from chatserver.application.sessions import Session
+from chatserver.application.turns import Turns
 from chatserver.domain.errors import Forbidden, NotLoggedIn
 from chatserver.domain.ports import Outbox
 from chatserver.domain.users import User
@@ -22,6 +23,8 @@ class Connection:
     # Where the client connects from, for limits per address.
     address: str = "local"
     session: Session | None = None
+    # The order in which its chats join the inbox queue (they may be served concurrently).
+    turns: Turns = Factory(Turns)
 
     def _live_session(self) -> Session | None:
         session = self.session

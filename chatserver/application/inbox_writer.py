@@ -11,7 +11,8 @@ entry to its user's sessions on this node, so that this node's pushes follow pos
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -74,8 +75,16 @@ class InboxWriter:
 
     async def append(self, write: InboxWrite) -> list[int]:
         """Keep write's entries at their users' next positions; return the positions."""
+        return await self.enqueue(write)
+
+    def enqueue(self, write: InboxWrite) -> Coroutine[Any, Any, list[int]]:
+        """append(write), whose place in the queue is taken now, before the first await: what
+        is enqueued first takes the lower positions. Await what it returns."""
         batch, leader = self._join()
         batch.writes.append(write)
+        return self._appended(write, batch, leader)
+
+    async def _appended(self, write: InboxWrite, batch: _Batch, leader: bool) -> list[int]:
         await self._settle(batch, leader)
         if write.error is not None:
             raise write.error

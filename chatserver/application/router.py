@@ -11,7 +11,8 @@ the device's mark at the next login).
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from attrs import Factory, define
 
@@ -45,18 +46,26 @@ class Router:
     # Where users were seen (the nodes with a session of theirs, maybe none), and until when.
     _where: dict[int, tuple[frozenset[str], float]] = Factory(dict)
 
-    async def deliver(
+    def deliver(
         self,
         entries: Sequence[tuple[int, Delivery]],
         *,
         own: Session | None = None,
         check_user: int | None = None,
-    ) -> list[int]:
+    ) -> Coroutine[Any, Any, list[int]]:
         """Keep each (user, delivery) in that user's inbox, then push it to their sessions;
         return the positions. own is the sending session (it has its copy); check_user a
-        user who must exist (UnknownUser otherwise, and nothing is kept)."""
+        user who must exist (UnknownUser otherwise, and nothing is kept). The entries take
+        their place in the inbox queue now (InboxWriter.enqueue); await what is returned."""
         write = InboxWrite(entries, check_user=check_user, own=own)
-        positions = await self.writer.append(write)
+        return self._delivered(entries, self.writer.enqueue(write))
+
+    async def _delivered(
+        self,
+        entries: Sequence[tuple[int, Delivery]],
+        appended: Coroutine[Any, Any, list[int]],
+    ) -> list[int]:
+        positions = await appended
         await self._send_remote(entries, positions)
         return positions
 

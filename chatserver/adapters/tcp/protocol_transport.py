@@ -115,6 +115,11 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._requests_done = self.loop.create_future()  # the worker left its loop
         self.done = self.loop.create_future()
+        self._start_serving()
+
+    def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]],
+               *args: Any) -> "asyncio.Task[None]":
+        return self.loop.create_task(function(*args))
 
     # The Outbox port.
 
@@ -439,7 +444,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                                                self._check_silence)
             return
         now = self.loop.time()
-        if self._busy or self._frames or not self._reading:
+        if self._busy or self._frames or self._slots or not self._reading:
             self._last_activity = now  # a request in progress, or replies piling up
         if now - self._last_activity < silence:
             self._arm_timer(silence)
@@ -497,6 +502,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                     self._wakeup = self.loop.create_future()
                     await self._wakeup
                 self._busy = False
+                await self._in_flight_answered()  # pipelined requests: answered, then ended
                 self._settle_requests()
                 if self._shutting_down and self._released is not None:
                     await self._wait(self._released, self.limits.close_grace_seconds)
@@ -565,7 +571,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self.close_reason = "frame too large"
         reply = encode_frame_too_large(self.dialect)
         if reply is not None:
-            self._queue(reply)
+            self._reply_behind(reply)
 
     # Writing: one transport.write per connection per loop iteration.
 
