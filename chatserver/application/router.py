@@ -45,6 +45,10 @@ class Router:
     metrics: Metrics
     # Where users were seen (the nodes with a session of theirs, maybe none), and until when.
     _where: dict[int, tuple[frozenset[str], float]] = Factory(dict)
+    _here: frozenset[str] = frozenset()  # {node_id}
+
+    def __attrs_post_init__(self) -> None:
+        self._here = frozenset({self.node_id})
 
     def deliver(
         self,
@@ -66,8 +70,21 @@ class Router:
         appended: Coroutine[Any, Any, list[int]],
     ) -> list[int]:
         positions = await appended
-        await self._send_remote(entries, positions)
+        if not self._only_here(entries):
+            await self._send_remote(entries, positions)
         return positions
+
+    def _only_here(self, entries: Sequence[tuple[int, Delivery]]) -> bool:
+        """Whether every user of entries is known, for now, to be on no other node: then
+        _send_remote has nothing to send (the common case on one node), and costs nothing."""
+        now = time.monotonic()
+        where = self._where
+        here = self._here
+        for user_id, _ in entries:
+            seen = where.get(user_id)
+            if seen is None or seen[1] <= now or not seen[0] <= here:
+                return False
+        return True
 
     def push_local(self, write: InboxWrite) -> None:
         """Push a write's entries to their users' sessions here (the writer calls this right
