@@ -39,6 +39,9 @@ class InboxWrite:
     own: object | None = None
     positions: list[int] = Factory(list)
     error: ChatError | None = None
+    # Called right after the commit (or with error set, when it failed) instead of waking a
+    # coroutine (join_gathering); what it returns, if anything, the batch's writer awaits.
+    then: Callable[[InboxWrite], Coroutine[Any, Any, None] | None] | None = None
 
 
 @define(eq=False)
@@ -50,6 +53,9 @@ class _Batch:
     raised_read: dict[int, int] = Factory(dict)
     done: anyio.Event = Factory(anyio.Event)
     error: BaseException | None = None
+    callbacks: int = 0  # writes with a then
+    # What those callbacks left to do (pushing to other nodes, say), awaited by the leader.
+    rest: list[Coroutine[Any, Any, None]] = Factory(list)
 
 
 @define(eq=False)
@@ -105,6 +111,22 @@ class InboxWriter:
             return None  # a higher one in the same batch won
         return batch.raised_read.get(user_id)
 
+    @property
+    def gathering(self) -> bool:
+        """A batch is being gathered (join_gathering would take a write)."""
+        return self._batch is not None
+
+    def join_gathering(self, write: InboxWrite) -> bool:
+        """Add write, whose then is set, to the batch being gathered, if there is one (its
+        leader will write it): no coroutine waits for it. False (nothing done) if there is
+        none: append() is the way then."""
+        batch = self._batch
+        if batch is None:
+            return False
+        batch.writes.append(write)
+        batch.callbacks += 1
+        return True
+
     def _join(self) -> tuple[_Batch, bool]:
         batch = self._batch
         if batch is None:
@@ -120,6 +142,11 @@ class InboxWriter:
                     await anyio.lowlevel.checkpoint()  # let this loop turn's writes join
                     self._batch = None
                     await self._write(batch)
+                    for rest in batch.rest:
+                        try:
+                            await rest
+                        except Exception:
+                            log.exception("finishing a kept message failed")
         else:
             await batch.done.wait()
         error = batch.error
@@ -163,6 +190,13 @@ class InboxWriter:
                 log.exception("writing %d inbox entries failed", len(batch.writes))
             batch.error = error
             batch.done.set()
+            if batch.callbacks:
+                failed = (type(error)(error.message) if isinstance(error, ChatError)
+                          else Unavailable())
+                for write in batch.writes:
+                    if write.then is not None:
+                        write.error = failed
+                        self._call_then(batch, write)
             if not isinstance(error, Exception):
                 raise
             return
@@ -172,6 +206,8 @@ class InboxWriter:
         start = 0
         for write in batch.writes:
             if write.error is not None:
+                if write.then is not None:
+                    self._call_then(batch, write)
                 continue
             end = start + len(write.entries)
             write.positions = positions[start:end]
@@ -182,4 +218,17 @@ class InboxWriter:
                 self.committed(write)
             except Exception:
                 log.exception("pushing a kept message failed")
+            if write.then is not None:
+                self._call_then(batch, write)
         batch.done.set()
+
+    @staticmethod
+    def _call_then(batch: _Batch, write: InboxWrite) -> None:
+        assert write.then is not None
+        try:
+            rest = write.then(write)
+        except Exception:
+            log.exception("answering for a kept message failed")
+            return
+        if rest is not None:
+            batch.rest.append(rest)

@@ -70,13 +70,13 @@ class Router:
         appended: Coroutine[Any, Any, list[int]],
     ) -> list[int]:
         positions = await appended
-        if not self._only_here(entries):
-            await self._send_remote(entries, positions)
+        if not self.only_here(entries):
+            await self.send_remote(entries, positions)
         return positions
 
-    def _only_here(self, entries: Sequence[tuple[int, Delivery]]) -> bool:
+    def only_here(self, entries: Sequence[tuple[int, Delivery]]) -> bool:
         """Whether every user of entries is known, for now, to be on no other node: then
-        _send_remote has nothing to send (the common case on one node), and costs nothing."""
+        send_remote has nothing to send (the common case on one node), and costs nothing."""
         now = time.monotonic()
         where = self._where
         here = self._here
@@ -120,7 +120,7 @@ class Router:
         """Where user_id is must be looked up next time."""
         self._where.pop(user_id, None)
 
-    async def _send_remote(
+    async def send_remote(
         self, entries: Sequence[tuple[int, Delivery]], positions: list[int]
     ) -> None:
         if not entries:

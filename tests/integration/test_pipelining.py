@@ -182,3 +182,40 @@ def test_a_refused_frame_among_pipelined_chats_is_answered_in_its_place(
         assert [r["errno"] for r in replies] == [0, 7, 0, 0]
 
     asyncio.run(scenario(transport, tmp_path / "chat.db", body))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_chats_that_come_while_a_batch_gathers_join_it_without_a_task_each(
+    transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_tasks: list[int] = []
+    pipelined = requests.RequestServing._pipelined
+
+    async def counting(self: requests.RequestServing, slot: Any, request: Any,
+                       started: float) -> None:
+        in_tasks.append(request.seq)
+        await pipelined(self, slot, request, started)
+
+    monkeypatch.setattr(requests.RequestServing, "_pipelined", counting)
+
+    async def body(app: chatserver.ChatApp, alice: Wire, bob_id: int) -> None:
+        writer = app.node.writer
+        before = writer.batches
+        async with writer._lock:  # as if the batch before were being written
+            await alice.send(chats(bob_id, 1))
+            for _ in range(5000):  # its task leads the next batch, which gathers meanwhile
+                if writer.gathering:
+                    break
+                await asyncio.sleep(0.001)
+            assert writer.gathering
+            await alice.send(chats(bob_id, 8, first_seq=2))
+            await asyncio.sleep(0.2)  # read and served meanwhile: waiting for the commit
+        acks = await alice.replies(9)
+        assert [a["seq"] for a in acks] == list(range(1, 10))
+        assert all(a["errno"] == 0 for a in acks)
+        positions = [a["pos"] for a in acks]
+        assert positions == list(range(positions[0], positions[0] + 9))
+        assert writer.batches - before == 1
+        assert in_tasks == [1]  # the other eight joined the batch: no task, no coroutine
+
+    asyncio.run(scenario(transport, tmp_path / "chat.db", body))

@@ -129,6 +129,8 @@ class RequestServing:
     # Requests in flight, oldest first (empty while none is); where replies go meanwhile.
     _slots: "deque[_Slot]"
     _answering: _Slot | None = None
+    # Pipelined requests handed to a task that has not run yet.
+    _unstarted: int = 0
     _slots_moved: anyio.Event | None = None
 
     def _queue(self, frame: bytes) -> None:
@@ -173,9 +175,47 @@ class RequestServing:
         if type(request.command) in PIPELINED and _PIPELINE:
             slot = _Slot()
             self._slots.append(slot)
-            slot.task = self._spawn(self._pipelined, slot, request, started)
+            self._pipeline(slot, request, started)
             return None
         return self._serve_decoded(request, started)
+
+    def _pipeline(self, slot: _Slot, request: Request, started: float) -> None:
+        """Serve a PIPELINED request: joining the inbox batch being gathered when it can (no
+        task: answered by that batch's writer after the commit), else in a task of its own."""
+        if not self._unstarted:  # else an earlier chat might still take its place after this
+            try:
+                joined = self.connection.handle_joining(
+                    request.command, request.claimed_id,
+                    lambda outcome: self._answer_joined(slot, request, started, outcome))
+            except ChatError as error:
+                self._answering = slot
+                self._failed(request, error, started)
+                self._answering = None
+                self._slot_answered(slot)
+                return
+            except Exception:
+                self._answering = slot
+                self._crashed(request, started)
+                self._answering = None
+                self._slot_answered(slot)
+                return
+            if joined:
+                return
+        self._unstarted += 1
+        slot.task = self._spawn(self._pipelined, slot, request, started)
+
+    def _answer_joined(self, slot: _Slot, request: Request, started: float,
+                       outcome: Result | ChatError) -> None:
+        """A request that joined a batch is answered (called by that batch's writer)."""
+        self._answering = slot
+        try:
+            if isinstance(outcome, ChatError):
+                self._failed(request, outcome, started)
+            else:
+                self._answer(request, outcome, started)
+        finally:
+            self._answering = None
+            self._slot_answered(slot)
 
     def _serve_decoded(self, request: Request,
                        started: float) -> Coroutine[Any, Any, None] | None:
@@ -219,7 +259,7 @@ class RequestServing:
             return self._serve_after(slot, request, started)
         if len(self._slots) > IN_FLIGHT_LIMIT:
             return self._pipeline_later(slot, request, started)
-        slot.task = self._spawn(self._pipelined, slot, request, started)
+        self._pipeline(slot, request, started)
         return None
 
     async def _serve_after(self, slot: _Slot, request: Request, started: float) -> None:
@@ -236,10 +276,11 @@ class RequestServing:
         """Too many in flight: this connection's next frames wait until one is answered."""
         while len(self._slots) > IN_FLIGHT_LIMIT:
             await self._slots_moving()
-        slot.task = self._spawn(self._pipelined, slot, request, started)
+        self._pipeline(slot, request, started)
 
     async def _pipelined(self, slot: _Slot, request: Request, started: float) -> None:
         """A PIPELINED request, in a task of its own: serve it, then answer in request order."""
+        self._unstarted -= 1  # and the use case takes its turn (Turns) in this same step
         try:
             try:
                 result = await self.connection.handle(request.command, request.claimed_id)
