@@ -64,20 +64,31 @@ Answer = Callable[[MessageAccepted | ChatError], None]
 
 
 def send_direct_message_joining(
-    command: SendDirectMessage, *, connection: Connection, answer: Answer
+    command: SendDirectMessage,
+    *,
+    connection: Connection,
+    answer: Answer,
+    lead: Callable[[Coroutine[Any, Any, None]], None] | None = None,
 ) -> bool:
     """send_direct_message without a coroutine of its own, when that can be done now: the
     message joins the inbox batch being gathered, whose writer calls answer with the result
     right after its commit (one task per batch, not per chat). False, with nothing done, when
     it cannot: no batch being gathered, no message id at hand, or an earlier chat of the
-    connection not yet in the inbox queue. The session is checked by the caller."""
+    connection not yet in the inbox queue. With lead, a batch is started when none is
+    gathering, and lead is handed its leader's work to run in a task of its own (not one that
+    ends with the connection). The session is checked by the caller."""
     node = connection.node
     turns = connection.turns
-    if not node.writer.gathering or turns.issued != turns.passed:
+    writer = node.writer
+    if turns.issued != turns.passed or (lead is None and not writer.gathering):
         return False
     msg_id = node.message_ids.take()
     if msg_id is None:
         return False
+    if lead is not None and not writer.gathering:
+        leading = writer.open_batch()
+        assert leading is not None
+        lead(leading)
     session = connection.require_session()
     me = session.user
     recipient_id = command.recipient_id

@@ -1,6 +1,7 @@
 """A client connection as the core sees it: who is logged in on it, and what it asks for."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from attrs import Factory, define
 
@@ -66,12 +67,18 @@ class Connection:
             raise Forbidden()
         return await HANDLERS[type(command)](command, connection=self)
 
-    def handle_joining(self, command: Command, claimed_id: int | None,
-                       answer: Callable[[Result | ChatError], None]) -> bool:
+    def handle_joining(
+        self,
+        command: Command,
+        claimed_id: int | None,
+        answer: Callable[[Result | ChatError], None],
+        lead: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+    ) -> bool:
         """handle(), without a coroutine, for the commands that can join the inbox batch being
         gathered (JOINING): True once it has, and answer is called right after its commit;
-        False, with nothing done, when handle() is the way. Faults are raised as handle()
-        raises them, in the same order."""
+        False, with nothing done, when handle() is the way. lead, if given, runs a batch's
+        leader in a task of its own (then a batch is started when none is gathering). Faults
+        are raised as handle() raises them, in the same order."""
         joining = JOINING.get(type(command))
         if joining is None:
             return False
@@ -85,7 +92,7 @@ class Connection:
             raise NotLoggedIn()
         if claimed_id is not None and claimed_id != session.user.id:
             raise Forbidden()
-        return joining(command, connection=self, answer=answer)
+        return joining(command, connection=self, answer=answer, lead=lead)
 
     def replied(self) -> None:
         """The reply to the last request is queued: a new session may now receive events."""

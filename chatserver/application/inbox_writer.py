@@ -134,19 +134,31 @@ class InboxWriter:
             return batch, True
         return batch, False
 
+    def open_batch(self) -> Coroutine[Any, Any, None] | None:
+        """Start gathering a batch if none is, and return its leader's work (waiting for the
+        batch before, letting this loop turn's writes join, writing), for the caller to run
+        in a task that nothing cancels; None (nothing done) if a batch is gathering already."""
+        if self._batch is not None:
+            return None
+        batch = self._batch = _Batch()
+        return self._lead(batch)
+
+    async def _lead(self, batch: _Batch) -> None:
+        # The batch is written whatever becomes of the request that started it.
+        with anyio.CancelScope(shield=True):
+            async with self._lock:  # the batch before is being written meanwhile
+                await anyio.lowlevel.checkpoint()  # let this loop turn's writes join
+                self._batch = None
+                await self._write(batch)
+                for rest in batch.rest:
+                    try:
+                        await rest
+                    except Exception:
+                        log.exception("finishing a kept message failed")
+
     async def _settle(self, batch: _Batch, leader: bool) -> None:
         if leader:
-            # The batch is written whatever becomes of the request that started it.
-            with anyio.CancelScope(shield=True):
-                async with self._lock:  # the batch before is being written meanwhile
-                    await anyio.lowlevel.checkpoint()  # let this loop turn's writes join
-                    self._batch = None
-                    await self._write(batch)
-                    for rest in batch.rest:
-                        try:
-                            await rest
-                        except Exception:
-                            log.exception("finishing a kept message failed")
+            await self._lead(batch)
         else:
             await batch.done.wait()
         error = batch.error

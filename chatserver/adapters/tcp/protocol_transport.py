@@ -121,6 +121,9 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                *args: Any) -> "asyncio.Task[None]":
         return self.loop.create_task(function(*args))
 
+    def _lead(self, leading: Coroutine[Any, Any, None]) -> None:
+        self.server.run_batch(leading)
+
     # The Outbox port.
 
     def push(self, event: Event) -> bool:
@@ -681,6 +684,7 @@ class ProtocolServer:
         self.receive_buffer = memoryview(bytearray(limits.read_chunk))
         # Clients with output queued, written by one callback at the end of the loop iteration.
         self._unflushed: list[ProtocolClient] = []
+        self._batch_tasks: set[asyncio.Task[None]] = set()  # run_batch's
         self._flush_handle: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -722,6 +726,13 @@ class ProtocolServer:
             if client.transport is not None:
                 client.transport.abort()
         await log_out_everyone(self.clients, self.limits.request_grace_seconds)
+
+    def run_batch(self, leading: Coroutine[Any, Any, None]) -> None:
+        """Run an inbox batch's leader in a task of its own, which no connection's end
+        cancels (the batch holds other connections' chats); kept until it is done."""
+        task = self.loop.create_task(leading)
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
 
     def flush_soon(self, client: ProtocolClient) -> None:
         """Have client's output written once this loop iteration's callbacks have run, with

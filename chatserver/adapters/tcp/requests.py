@@ -140,6 +140,10 @@ class RequestServing:
         """Run function(*args) in a task of the connection's; return a handle to keep."""
         raise NotImplementedError
 
+    # Runs an inbox batch's leader in a task that outlives the connection (None: the
+    # transport has none, and a chat that finds no batch gathering gets a task of its own).
+    _lead: Callable[[Coroutine[Any, Any, None]], None] | None = None
+
     def _start_serving(self) -> None:
         self._slots = deque()
 
@@ -186,7 +190,8 @@ class RequestServing:
             try:
                 joined = self.connection.handle_joining(
                     request.command, request.claimed_id,
-                    lambda outcome: self._answer_joined(slot, request, started, outcome))
+                    lambda outcome: self._answer_joined(slot, request, started, outcome),
+                    self._lead)
             except ChatError as error:
                 self._answering = slot
                 self._failed(request, error, started)
