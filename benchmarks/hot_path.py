@@ -33,12 +33,14 @@ class CountingTransport(asyncio.Transport):
         super().__init__()
         self.written = 0
         self.writes = 0
+        self.frames = 0  # LF-ended frames written
         self.last = b""
         self.closed = False
 
     def write(self, data: Any) -> None:
         self.written += len(data)
         self.writes += 1
+        self.frames += data.count(b"\n")
         self.last = data
 
     def get_write_buffer_size(self) -> int:
@@ -150,13 +152,19 @@ async def measure(window: int, messages: int, rounds: int, profile: bool,
         best = float("inf")
         profiler = cProfile.Profile() if profile else None
         gc.collect()
+        a_transport = a.transport
+        assert isinstance(a_transport, CountingTransport)
         for _ in range(rounds):
+            acked = a_transport.frames + batches * window  # A's ACKs at the end of the round
             started = time.process_time()
             if profiler is not None:
                 profiler.enable()
             for _ in range(batches):
                 feed(a, batch)
                 await asyncio.sleep(0)  # the flushes of A's replies and B's pushes
+            # With the inbox a chat is answered after its commit: the round ends when every
+            # one is (A's own pushes, carbons to other devices, are none here).
+            await until(lambda acked=acked: a_transport.frames >= acked)  # type: ignore[misc]
             if profiler is not None:
                 profiler.disable()
             best = min(best, time.process_time() - started)

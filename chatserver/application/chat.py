@@ -7,12 +7,14 @@ devices) before the sender's ACK, which carries its pos in the sender's inbox.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from chatserver.application.commands import Receipt, SendDirectMessage, SendGroupMessage
+from chatserver.application.inbox_writer import InboxWrite
 from chatserver.application.results import Done, MessageAccepted
-from chatserver.domain.errors import Muted, NotAMember
-from chatserver.domain.messages import DirectMessage, GroupMessage
+from chatserver.domain.errors import ChatError, Muted, NotAMember
+from chatserver.domain.messages import Delivery, DirectMessage, GroupMessage
 
 if TYPE_CHECKING:
     from chatserver.application.connection import Connection
@@ -26,9 +28,69 @@ async def send_direct_message(
     session = connection.require_session()
     me = session.user
     node = connection.node
+    turns = connection.turns
+    ticket = turns.take()
+    try:
+        msg_id = node.message_ids.take()
+        if msg_id is None:
+            msg_id = await node.message_ids.next()
+        recipient_id = command.recipient_id
+        message = DirectMessage(
+            msg_id=msg_id,
+            sender_id=me.id,
+            sender_name=me.name,
+            recipient_id=recipient_id,
+            text=command.text,
+            sent_at_ms=node.clock.now_ms(),
+        )
+        if not turns.mine(ticket):
+            await turns.wait(ticket)
+        if recipient_id == me.id:  # a message to yourself takes one pos
+            own_index = 0
+            delivered = node.router.deliver([(me.id, message)], own=session)
+        else:
+            own_index = 1
+            delivered = node.router.deliver(
+                [(recipient_id, message), (me.id, message)], own=session, check_user=recipient_id
+            )
+    finally:
+        turns.done(ticket)
+    own_pos = (await delivered)[own_index]
+    await session.reached(own_pos)
+    return MessageAccepted(msg_id, pos=own_pos)
+
+
+Answer = Callable[[MessageAccepted | ChatError], None]
+
+
+def send_direct_message_joining(
+    command: SendDirectMessage,
+    *,
+    connection: Connection,
+    answer: Answer,
+    lead: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+) -> bool:
+    """send_direct_message without a coroutine of its own, when that can be done now: the
+    message joins the inbox batch being gathered, whose writer calls answer with the result
+    right after its commit (one task per batch, not per chat). False, with nothing done, when
+    it cannot: no batch being gathered, no message id at hand, or an earlier chat of the
+    connection not yet in the inbox queue. With lead, a batch is started when none is
+    gathering, and lead is handed its leader's work to run in a task of its own (not one that
+    ends with the connection). The session is checked by the caller."""
+    node = connection.node
+    turns = connection.turns
+    writer = node.writer
+    if turns.issued != turns.passed or (lead is None and not writer.gathering):
+        return False
     msg_id = node.message_ids.take()
     if msg_id is None:
-        msg_id = await node.message_ids.next()
+        return False
+    if lead is not None and not writer.gathering:
+        leading = writer.open_batch()
+        assert leading is not None
+        lead(leading)
+    session = connection.require_session()
+    me = session.user
     recipient_id = command.recipient_id
     message = DirectMessage(
         msg_id=msg_id,
@@ -38,16 +100,33 @@ async def send_direct_message(
         text=command.text,
         sent_at_ms=node.clock.now_ms(),
     )
+    entries: list[tuple[int, Delivery]]
     if recipient_id == me.id:  # a message to yourself takes one pos
-        entries = [(me.id, message)]
-        positions = await node.router.deliver(entries, own=session)
-        own_pos = positions[0]
+        own_index, check_user, entries = 0, None, [(me.id, message)]
     else:
+        own_index, check_user = 1, recipient_id
         entries = [(recipient_id, message), (me.id, message)]
-        positions = await node.router.deliver(entries, own=session, check_user=recipient_id)
-        own_pos = positions[1]
-    await session.reached(own_pos)
-    return MessageAccepted(msg_id, pos=own_pos)
+    router = node.router
+
+    def committed(write: InboxWrite) -> Coroutine[Any, Any, None] | None:
+        if write.error is not None:
+            answer(write.error)
+            return None
+        own_pos = write.positions[own_index]
+        if router.only_here(entries) and session.has_reached(own_pos):
+            answer(MessageAccepted(msg_id, pos=own_pos))
+            return None
+        return pushed(write.positions, own_pos)
+
+    async def pushed(positions: list[int], own_pos: int) -> None:
+        await router.send_remote(entries, positions)
+        await session.reached(own_pos)
+        answer(MessageAccepted(msg_id, pos=own_pos))
+
+    write = InboxWrite(entries, check_user=check_user, own=session, then=committed)
+    joined = node.writer.join_gathering(write)
+    assert joined  # gathering was checked above, and nothing has awaited since
+    return True
 
 
 async def send_group_message(
@@ -56,27 +135,34 @@ async def send_group_message(
     session = connection.require_session()
     me = session.user
     node = connection.node
-    roster = await node.groups.roster(command.group_id)
-    member = roster.members.get(me.id)
-    if member is None:
-        raise NotAMember()
-    if member.muted_until and member.muted_until > node.clock.now_ms():
-        raise Muted(member.muted_until)
-    msg_id = node.message_ids.take()
-    if msg_id is None:
-        msg_id = await node.message_ids.next()
-    message = GroupMessage(
-        msg_id=msg_id,
-        group_id=command.group_id,
-        sender_id=me.id,
-        sender_name=me.name,
-        text=command.text,
-        sent_at_ms=node.clock.now_ms(),
-    )
-    entries = [(uid, message) for uid in roster.members if uid != me.id]
-    entries.append((me.id, message))
-    positions = await node.router.deliver(entries, own=session)
-    own_pos = positions[-1]
+    turns = connection.turns
+    ticket = turns.take()
+    try:
+        roster = await node.groups.roster(command.group_id)
+        member = roster.members.get(me.id)
+        if member is None:
+            raise NotAMember()
+        if member.muted_until and member.muted_until > node.clock.now_ms():
+            raise Muted(member.muted_until)
+        msg_id = node.message_ids.take()
+        if msg_id is None:
+            msg_id = await node.message_ids.next()
+        message = GroupMessage(
+            msg_id=msg_id,
+            group_id=command.group_id,
+            sender_id=me.id,
+            sender_name=me.name,
+            text=command.text,
+            sent_at_ms=node.clock.now_ms(),
+        )
+        entries = [(uid, message) for uid in roster.members if uid != me.id]
+        entries.append((me.id, message))
+        if not turns.mine(ticket):
+            await turns.wait(ticket)
+        delivered = node.router.deliver(entries, own=session)
+    finally:
+        turns.done(ticket)
+    own_pos = (await delivered)[-1]
     await session.reached(own_pos)
     return MessageAccepted(message.msg_id, pos=own_pos)
 

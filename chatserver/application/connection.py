@@ -1,14 +1,18 @@
 """A client connection as the core sees it: who is logged in on it, and what it asks for."""
 
-from attrs import define
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from attrs import Factory, define
 
 from chatserver.application.accounts import end_session
 from chatserver.application.commands import ANONYMOUS_COMMANDS, Command
-from chatserver.application.dispatch import HANDLERS
+from chatserver.application.dispatch import HANDLERS, JOINING
 from chatserver.application.node import Node
 from chatserver.application.results import Result
 from chatserver.application.sessions import Session
-from chatserver.domain.errors import Forbidden, NotLoggedIn
+from chatserver.application.turns import Turns
+from chatserver.domain.errors import ChatError, Forbidden, NotLoggedIn
 from chatserver.domain.ports import Outbox
 from chatserver.domain.users import User
 
@@ -22,6 +26,8 @@ class Connection:
     # Where the client connects from, for limits per address.
     address: str = "local"
     session: Session | None = None
+    # The order in which its chats join the inbox queue (they may be served concurrently).
+    turns: Turns = Factory(Turns)
 
     def _live_session(self) -> Session | None:
         session = self.session
@@ -60,6 +66,33 @@ class Connection:
         elif claimed_id is not None and claimed_id != session.user.id:
             raise Forbidden()
         return await HANDLERS[type(command)](command, connection=self)
+
+    def handle_joining(
+        self,
+        command: Command,
+        claimed_id: int | None,
+        answer: Callable[[Result | ChatError], None],
+        lead: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+    ) -> bool:
+        """handle(), without a coroutine, for the commands that can join the inbox batch being
+        gathered (JOINING): True once it has, and answer is called right after its commit;
+        False, with nothing done, when handle() is the way. lead, if given, runs a batch's
+        leader in a task of its own (then a batch is started when none is gathering). Faults
+        are raised as handle() raises them, in the same order."""
+        joining = JOINING.get(type(command))
+        if joining is None:
+            return False
+        validate = getattr(command, "validate", None)
+        if validate is not None:
+            validate()
+        session = self.session
+        if session is not None and session.ended:
+            self.session = session = None
+        if session is None:
+            raise NotLoggedIn()
+        if claimed_id is not None and claimed_id != session.user.id:
+            raise Forbidden()
+        return joining(command, connection=self, answer=answer, lead=lead)
 
     def replied(self) -> None:
         """The reply to the last request is queued: a new session may now receive events."""

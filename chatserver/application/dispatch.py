@@ -66,3 +66,9 @@ HANDLERS: dict[type[Any], UseCase] = {
     History: history.history,
     Read: history.read,
 }
+
+# Use cases that can serve a command without a coroutine of their own, by joining the inbox
+# batch being gathered (Connection.handle_joining); they return False when they cannot.
+JOINING: dict[type[Any], Callable[..., bool]] = {
+    SendDirectMessage: chat.send_direct_message_joining,
+}

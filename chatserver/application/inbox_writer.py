@@ -11,7 +11,8 @@ entry to its user's sessions on this node, so that this node's pushes follow pos
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -38,6 +39,9 @@ class InboxWrite:
     own: object | None = None
     positions: list[int] = Factory(list)
     error: ChatError | None = None
+    # Called right after the commit (or with error set, when it failed) instead of waking a
+    # coroutine (join_gathering); what it returns, if anything, the batch's writer awaits.
+    then: Callable[[InboxWrite], Coroutine[Any, Any, None] | None] | None = None
 
 
 @define(eq=False)
@@ -49,6 +53,9 @@ class _Batch:
     raised_read: dict[int, int] = Factory(dict)
     done: anyio.Event = Factory(anyio.Event)
     error: BaseException | None = None
+    callbacks: int = 0  # writes with a then
+    # What those callbacks left to do (pushing to other nodes, say), awaited by the leader.
+    rest: list[Coroutine[Any, Any, None]] = Factory(list)
 
 
 @define(eq=False)
@@ -74,8 +81,16 @@ class InboxWriter:
 
     async def append(self, write: InboxWrite) -> list[int]:
         """Keep write's entries at their users' next positions; return the positions."""
+        return await self.enqueue(write)
+
+    def enqueue(self, write: InboxWrite) -> Coroutine[Any, Any, list[int]]:
+        """append(write), whose place in the queue is taken now, before the first await: what
+        is enqueued first takes the lower positions. Await what it returns."""
         batch, leader = self._join()
         batch.writes.append(write)
+        return self._appended(write, batch, leader)
+
+    async def _appended(self, write: InboxWrite, batch: _Batch, leader: bool) -> list[int]:
         await self._settle(batch, leader)
         if write.error is not None:
             raise write.error
@@ -96,6 +111,22 @@ class InboxWriter:
             return None  # a higher one in the same batch won
         return batch.raised_read.get(user_id)
 
+    @property
+    def gathering(self) -> bool:
+        """A batch is being gathered (join_gathering would take a write)."""
+        return self._batch is not None
+
+    def join_gathering(self, write: InboxWrite) -> bool:
+        """Add write, whose then is set, to the batch being gathered, if there is one (its
+        leader will write it): no coroutine waits for it. False (nothing done) if there is
+        none: append() is the way then."""
+        batch = self._batch
+        if batch is None:
+            return False
+        batch.writes.append(write)
+        batch.callbacks += 1
+        return True
+
     def _join(self) -> tuple[_Batch, bool]:
         batch = self._batch
         if batch is None:
@@ -103,14 +134,31 @@ class InboxWriter:
             return batch, True
         return batch, False
 
+    def open_batch(self) -> Coroutine[Any, Any, None] | None:
+        """Start gathering a batch if none is, and return its leader's work (waiting for the
+        batch before, letting this loop turn's writes join, writing), for the caller to run
+        in a task that nothing cancels; None (nothing done) if a batch is gathering already."""
+        if self._batch is not None:
+            return None
+        batch = self._batch = _Batch()
+        return self._lead(batch)
+
+    async def _lead(self, batch: _Batch) -> None:
+        # The batch is written whatever becomes of the request that started it.
+        with anyio.CancelScope(shield=True):
+            async with self._lock:  # the batch before is being written meanwhile
+                await anyio.lowlevel.checkpoint()  # let this loop turn's writes join
+                self._batch = None
+                await self._write(batch)
+                for rest in batch.rest:
+                    try:
+                        await rest
+                    except Exception:
+                        log.exception("finishing a kept message failed")
+
     async def _settle(self, batch: _Batch, leader: bool) -> None:
         if leader:
-            # The batch is written whatever becomes of the request that started it.
-            with anyio.CancelScope(shield=True):
-                async with self._lock:  # the batch before is being written meanwhile
-                    await anyio.lowlevel.checkpoint()  # let this loop turn's writes join
-                    self._batch = None
-                    await self._write(batch)
+            await self._lead(batch)
         else:
             await batch.done.wait()
         error = batch.error
@@ -154,6 +202,13 @@ class InboxWriter:
                 log.exception("writing %d inbox entries failed", len(batch.writes))
             batch.error = error
             batch.done.set()
+            if batch.callbacks:
+                failed = (type(error)(error.message) if isinstance(error, ChatError)
+                          else Unavailable())
+                for write in batch.writes:
+                    if write.then is not None:
+                        write.error = failed
+                        self._call_then(batch, write)
             if not isinstance(error, Exception):
                 raise
             return
@@ -163,6 +218,8 @@ class InboxWriter:
         start = 0
         for write in batch.writes:
             if write.error is not None:
+                if write.then is not None:
+                    self._call_then(batch, write)
                 continue
             end = start + len(write.entries)
             write.positions = positions[start:end]
@@ -173,4 +230,17 @@ class InboxWriter:
                 self.committed(write)
             except Exception:
                 log.exception("pushing a kept message failed")
+            if write.then is not None:
+                self._call_then(batch, write)
         batch.done.set()
+
+    @staticmethod
+    def _call_then(batch: _Batch, write: InboxWrite) -> None:
+        assert write.then is not None
+        try:
+            rest = write.then(write)
+        except Exception:
+            log.exception("answering for a kept message failed")
+            return
+        if rest is not None:
+            batch.rest.append(rest)

@@ -11,7 +11,8 @@ the device's mark at the next login).
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from attrs import Factory, define
 
@@ -44,21 +45,46 @@ class Router:
     metrics: Metrics
     # Where users were seen (the nodes with a session of theirs, maybe none), and until when.
     _where: dict[int, tuple[frozenset[str], float]] = Factory(dict)
+    _here: frozenset[str] = frozenset()  # {node_id}
 
-    async def deliver(
+    def __attrs_post_init__(self) -> None:
+        self._here = frozenset({self.node_id})
+
+    def deliver(
         self,
         entries: Sequence[tuple[int, Delivery]],
         *,
         own: Session | None = None,
         check_user: int | None = None,
-    ) -> list[int]:
+    ) -> Coroutine[Any, Any, list[int]]:
         """Keep each (user, delivery) in that user's inbox, then push it to their sessions;
         return the positions. own is the sending session (it has its copy); check_user a
-        user who must exist (UnknownUser otherwise, and nothing is kept)."""
+        user who must exist (UnknownUser otherwise, and nothing is kept). The entries take
+        their place in the inbox queue now (InboxWriter.enqueue); await what is returned."""
         write = InboxWrite(entries, check_user=check_user, own=own)
-        positions = await self.writer.append(write)
-        await self._send_remote(entries, positions)
+        return self._delivered(entries, self.writer.enqueue(write))
+
+    async def _delivered(
+        self,
+        entries: Sequence[tuple[int, Delivery]],
+        appended: Coroutine[Any, Any, list[int]],
+    ) -> list[int]:
+        positions = await appended
+        if not self.only_here(entries):
+            await self.send_remote(entries, positions)
         return positions
+
+    def only_here(self, entries: Sequence[tuple[int, Delivery]]) -> bool:
+        """Whether every user of entries is known, for now, to be on no other node: then
+        send_remote has nothing to send (the common case on one node), and costs nothing."""
+        now = time.monotonic()
+        where = self._where
+        here = self._here
+        for user_id, _ in entries:
+            seen = where.get(user_id)
+            if seen is None or seen[1] <= now or not seen[0] <= here:
+                return False
+        return True
 
     def push_local(self, write: InboxWrite) -> None:
         """Push a write's entries to their users' sessions here (the writer calls this right
@@ -94,7 +120,7 @@ class Router:
         """Where user_id is must be looked up next time."""
         self._where.pop(user_id, None)
 
-    async def _send_remote(
+    async def send_remote(
         self, entries: Sequence[tuple[int, Delivery]], positions: list[int]
     ) -> None:
         if not entries:

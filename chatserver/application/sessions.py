@@ -191,6 +191,10 @@ class Session:
             return None
         return self.next_pos - 1, min(self.early) - 1
 
+    def has_reached(self, pos: int) -> bool:
+        """Whether reached(pos) would return at once."""
+        return self.next_pos is None or self.next_pos > pos
+
     async def reached(self, pos: int) -> None:
         """Wait until everything up to pos has been pushed (so an ACK carrying pos follows
         every push before it); bounded, as the gap filler fills holes within moments."""

@@ -30,9 +30,13 @@ def test_a_request_waiting_on_the_database_is_answered_before_the_server_stops(
     lock = sqlite3.connect(db, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")
     try:
-        first, second = ca.next_seq(), ca.next_seq()
+        # Chats are pipelined (both wait for the commit); the PING waits for them to be
+        # answered before it is served; the chat after it is read but not started.
+        first, also, ping, second = (ca.next_seq() for _ in range(4))
         ca.send_raw(
             f'{{"msgid":6,"toid":{bob.id},"msg":"in flight","seq":{first}}}\n'
+            f'{{"msgid":6,"toid":{bob.id},"msg":"also in flight","seq":{also}}}\n'
+            f'{{"msgid":16,"seq":{ping}}}\n'
             f'{{"msgid":6,"toid":{bob.id},"msg":"not started","seq":{second}}}\n'.encode()
         )
         time.sleep(0.5)
@@ -47,6 +51,9 @@ def test_a_request_waiting_on_the_database_is_answered_before_the_server_stops(
 
     in_flight = ca.expect({"msgid": 11, "seq": first})
     assert in_flight["errno"] == 0 and in_flight["msg_id"] > 0
+    also_in_flight = ca.expect({"msgid": 11, "seq": also})
+    assert also_in_flight["errno"] == 0 and also_in_flight["pos"] == in_flight["pos"] + 1
+    assert ca.expect({"seq": ping})["errno"] == 0
     not_started = ca.expect({"msgid": 11, "seq": second})
     assert not_started["errno"] == 11 and "stopping" in not_started["errmsg"]
     assert server.proc.wait(timeout=15) == 0
@@ -57,7 +64,7 @@ def test_a_request_waiting_on_the_database_is_answered_before_the_server_stops(
     try:
         ack = restarted.online(bob).ack
         assert ack is not None
-        assert [m["msg"] for m in ack["offlinemsg"]] == ["before", "in flight"]
+        assert [m["msg"] for m in ack["offlinemsg"]] == ["before", "in flight", "also in flight"]
         assert ack["offlinemsg"][1]["msg_id"] == in_flight["msg_id"]
     finally:
         restarted.close_all()

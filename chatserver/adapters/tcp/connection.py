@@ -210,7 +210,7 @@ class TcpClient(StreamingClient):
             self.close_reason = "frame too large"
             reply = encode_frame_too_large(self.dialect)
             if reply is not None:
-                self._queue(reply)
+                self._reply_behind(reply)
             return False
         if self._pending_bytes > self.limits.reply_backlog_bytes:
             await self._drained.wait()

@@ -115,6 +115,14 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._requests_done = self.loop.create_future()  # the worker left its loop
         self.done = self.loop.create_future()
+        self._start_serving()
+
+    def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]],
+               *args: Any) -> "asyncio.Task[None]":
+        return self.loop.create_task(function(*args))
+
+    def _lead(self, leading: Coroutine[Any, Any, None]) -> None:
+        self.server.run_batch(leading)
 
     # The Outbox port.
 
@@ -439,7 +447,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                                                self._check_silence)
             return
         now = self.loop.time()
-        if self._busy or self._frames or not self._reading:
+        if self._busy or self._frames or self._slots or not self._reading:
             self._last_activity = now  # a request in progress, or replies piling up
         if now - self._last_activity < silence:
             self._arm_timer(silence)
@@ -497,6 +505,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                     self._wakeup = self.loop.create_future()
                     await self._wakeup
                 self._busy = False
+                await self._in_flight_answered()  # pipelined requests: answered, then ended
                 self._settle_requests()
                 if self._shutting_down and self._released is not None:
                     await self._wait(self._released, self.limits.close_grace_seconds)
@@ -565,7 +574,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self.close_reason = "frame too large"
         reply = encode_frame_too_large(self.dialect)
         if reply is not None:
-            self._queue(reply)
+            self._reply_behind(reply)
 
     # Writing: one transport.write per connection per loop iteration.
 
@@ -675,6 +684,7 @@ class ProtocolServer:
         self.receive_buffer = memoryview(bytearray(limits.read_chunk))
         # Clients with output queued, written by one callback at the end of the loop iteration.
         self._unflushed: list[ProtocolClient] = []
+        self._batch_tasks: set[asyncio.Task[None]] = set()  # run_batch's
         self._flush_handle: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -716,6 +726,13 @@ class ProtocolServer:
             if client.transport is not None:
                 client.transport.abort()
         await log_out_everyone(self.clients, self.limits.request_grace_seconds)
+
+    def run_batch(self, leading: Coroutine[Any, Any, None]) -> None:
+        """Run an inbox batch's leader in a task of its own, which no connection's end
+        cancels (the batch holds other connections' chats); kept until it is done."""
+        task = self.loop.create_task(leading)
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
 
     def flush_soon(self, client: ProtocolClient) -> None:
         """Have client's output written once this loop iteration's callbacks have run, with

@@ -1,8 +1,10 @@
 """Serving one request frame, the same on every transport: decode, budget, use case, reply."""
 
 import logging
+import os
 import time
 import types
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -20,6 +22,7 @@ from chatserver.adapters.wire.codec import (
     encode_result,
 )
 from chatserver.adapters.wire.errors import BAD_REQUEST, errno_and_message
+from chatserver.application.commands import Read, Receipt, SendDirectMessage, SendGroupMessage
 from chatserver.application.connection import Connection
 from chatserver.application.results import Result
 from chatserver.domain.errors import ChatError, RateLimited, Unavailable
@@ -80,9 +83,39 @@ FAILURE_LOG = LogBudget(20.0, 100)
 REFUSAL_LOG = LogBudget(10.0, 50)
 
 
+# Requests that may be served while the ones before them on their connection still wait
+# (pipelining): they wait for a group commit, and nothing the connection does next depends on
+# their outcome. Every other request waits until each one before it is answered.
+PIPELINED: frozenset[type[Any]] = frozenset({SendDirectMessage, SendGroupMessage, Receipt, Read})
+# Requests of one connection in flight past which its next frames are not served (nor, once
+# the transport's queue is full, read) until the oldest is answered: backpressure, no error.
+IN_FLIGHT_LIMIT = 64
+# CHATSERVER_PIPELINE=0 serves each connection's requests one at a time (for comparisons).
+_PIPELINE = os.environ.get("CHATSERVER_PIPELINE", "1") != "0"
+
+
+class _Slot:
+    """One request in flight: its replies wait here until every earlier one's have gone."""
+
+    __slots__ = ("done", "replies", "task")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.replies: list[bytes] = []
+        self.task: Any = None  # the transport's handle on the task serving it, kept alive
+
+
 class RequestServing:
     """What a transport's client object mixes in to serve frames; it provides the attributes
-    below and _queue(frame)."""
+    below, _queue(frame) and _spawn(function, *args).
+
+    Pipelining: a request in PIPELINED is served by a task of its own, and the connection goes
+    on with its next frames meanwhile (so one connection's chats share a group commit).
+    Replies still go out in request order: a request served while earlier ones are in flight
+    has a slot in _slots, and its replies wait there. Any other request waits, before it is
+    served, until every earlier one is answered (_serve_now returns that wait), so what
+    PROTOCOL.md says of frames handled in order holds (a LOGOUT after chats, a LOGIN after
+    them). The budget is charged as each frame is taken, as before."""
 
     connection: Connection
     dialect: Dialect
@@ -93,8 +126,26 @@ class RequestServing:
     close_reason: str
     _refused: int
 
+    # Requests in flight, oldest first (empty while none is); where replies go meanwhile.
+    _slots: "deque[_Slot]"
+    _answering: _Slot | None = None
+    # Pipelined requests handed to a task that has not run yet.
+    _unstarted: int = 0
+    _slots_moved: anyio.Event | None = None
+
     def _queue(self, frame: bytes) -> None:
         raise NotImplementedError
+
+    def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> Any:
+        """Run function(*args) in a task of the connection's; return a handle to keep."""
+        raise NotImplementedError
+
+    # Runs an inbox batch's leader in a task that outlives the connection (None: the
+    # transport has none, and a chat that finds no batch gathering gets a task of its own).
+    _lead: Callable[[Coroutine[Any, Any, None]], None] | None = None
+
+    def _start_serving(self) -> None:
+        self._slots = deque()
 
     async def _handle(self, frame: bytes) -> None:
         rest = self._serve_now(frame)
@@ -102,9 +153,13 @@ class RequestServing:
             await rest
 
     def _serve_now(self, frame: bytes) -> Coroutine[Any, Any, None] | None:
-        """Serve one request as far as it goes without waiting: None once it is answered, else
-        the rest of it, a coroutine to await (the use case has begun and waits for something).
-        Most requests never wait, and cost no coroutine of the transport's this way."""
+        """Serve one request as far as it goes without waiting: None once it is answered (or
+        handed to a task of its own, PIPELINED), else the rest of it, a coroutine to await
+        before the next frame is served (the use case has begun and waits for something, or
+        the request waits for those before it). Most requests never wait, and cost no
+        coroutine of the transport's this way."""
+        if self._slots:
+            return self._serve_behind(frame)
         budget = self.budget
         # Every frame is charged, a malformed one too, before it is even decoded: a flood of
         # bad frames is refused and cut off like any other (in the legacy dialect as well,
@@ -121,6 +176,54 @@ class RequestServing:
             return None
         # The clock is read for the request histogram only.
         started = time.perf_counter() if self.metrics is not None else 0.0
+        if type(request.command) in PIPELINED and _PIPELINE:
+            slot = _Slot()
+            self._slots.append(slot)
+            self._pipeline(slot, request, started)
+            return None
+        return self._serve_decoded(request, started)
+
+    def _pipeline(self, slot: _Slot, request: Request, started: float) -> None:
+        """Serve a PIPELINED request: joining the inbox batch being gathered when it can (no
+        task: answered by that batch's writer after the commit), else in a task of its own."""
+        if not self._unstarted:  # else an earlier chat might still take its place after this
+            try:
+                joined = self.connection.handle_joining(
+                    request.command, request.claimed_id,
+                    lambda outcome: self._answer_joined(slot, request, started, outcome),
+                    self._lead)
+            except ChatError as error:
+                self._answering = slot
+                self._failed(request, error, started)
+                self._answering = None
+                self._slot_answered(slot)
+                return
+            except Exception:
+                self._answering = slot
+                self._crashed(request, started)
+                self._answering = None
+                self._slot_answered(slot)
+                return
+            if joined:
+                return
+        self._unstarted += 1
+        slot.task = self._spawn(self._pipelined, slot, request, started)
+
+    def _answer_joined(self, slot: _Slot, request: Request, started: float,
+                       outcome: Result | ChatError) -> None:
+        """A request that joined a batch is answered (called by that batch's writer)."""
+        self._answering = slot
+        try:
+            if isinstance(outcome, ChatError):
+                self._failed(request, outcome, started)
+            else:
+                self._answer(request, outcome, started)
+        finally:
+            self._answering = None
+            self._slot_answered(slot)
+
+    def _serve_decoded(self, request: Request,
+                       started: float) -> Coroutine[Any, Any, None] | None:
         handling = self.connection.handle(request.command, request.claimed_id)
         try:
             waiting_for = handling.send(None)
@@ -133,6 +236,104 @@ class RequestServing:
         else:
             return self._go_on(request, handling, waiting_for, started)
         return None
+
+    def _serve_behind(self, frame: bytes) -> Coroutine[Any, Any, None] | None:
+        """_serve_now while earlier requests are in flight: this one's replies wait behind
+        theirs; a request that is not PIPELINED waits for them to be answered first."""
+        slot = _Slot()
+        self._slots.append(slot)
+        self._answering = slot
+        try:
+            budget = self.budget
+            if not budget.spend():
+                self._refuse(frame)
+                self._slot_answered(slot)
+                return None
+            if self._refused and budget.tokens >= budget.burst - 1:
+                self._refused = 0
+            request = decode(frame, self.dialect)
+            if isinstance(request, BadRequest):
+                self._reply_error(encode_bad_request(request, self.dialect), 0, BAD_REQUEST,
+                                  0.0)
+                self._slot_answered(slot)
+                return None
+        finally:
+            self._answering = None
+        started = time.perf_counter() if self.metrics is not None else 0.0
+        if type(request.command) not in PIPELINED or not _PIPELINE:
+            return self._serve_after(slot, request, started)
+        if len(self._slots) > IN_FLIGHT_LIMIT:
+            return self._pipeline_later(slot, request, started)
+        self._pipeline(slot, request, started)
+        return None
+
+    async def _serve_after(self, slot: _Slot, request: Request, started: float) -> None:
+        """A request that is not pipelined: served once every earlier one is answered."""
+        slots = self._slots
+        while slots[0] is not slot:
+            await self._slots_moving()
+        slots.popleft()  # nothing is in flight now, and nothing is read meanwhile
+        rest = self._serve_decoded(request, started)
+        if rest is not None:
+            await rest
+
+    async def _pipeline_later(self, slot: _Slot, request: Request, started: float) -> None:
+        """Too many in flight: this connection's next frames wait until one is answered."""
+        while len(self._slots) > IN_FLIGHT_LIMIT:
+            await self._slots_moving()
+        self._pipeline(slot, request, started)
+
+    async def _pipelined(self, slot: _Slot, request: Request, started: float) -> None:
+        """A PIPELINED request, in a task of its own: serve it, then answer in request order."""
+        self._unstarted -= 1  # and the use case takes its turn (Turns) in this same step
+        try:
+            try:
+                result = await self.connection.handle(request.command, request.claimed_id)
+            except ChatError as error:
+                self._answering = slot
+                self._failed(request, error, started)
+            except Exception:
+                self._answering = slot
+                self._crashed(request, started)
+            else:
+                self._answering = slot
+                self._answer(request, result, started)
+        finally:
+            self._answering = None
+            self._slot_answered(slot)
+
+    def _slot_answered(self, slot: _Slot) -> None:
+        """slot's request is answered: send every reply that no earlier request holds up."""
+        slot.done = True
+        slot.task = None
+        slots = self._slots
+        if slots[0] is not slot:
+            return
+        queue = self._queue
+        while slots and slots[0].done:
+            for reply in slots.popleft().replies:
+                queue(reply)
+        moved = self._slots_moved
+        if moved is not None:
+            self._slots_moved = None
+            moved.set()
+
+    async def _slots_moving(self) -> None:
+        if self._slots_moved is None:
+            self._slots_moved = anyio.Event()
+        await self._slots_moved.wait()
+
+    async def _in_flight_answered(self) -> None:
+        """Until every request in flight on this connection is answered."""
+        while self._slots:
+            await self._slots_moving()
+
+    def _reply(self, frame: bytes) -> None:
+        slot = self._answering
+        if slot is None:
+            self._queue(frame)
+        else:
+            slot.replies.append(frame)
 
     def _refuse(self, frame: bytes) -> None:
         """Over the budget: errno 9 (with the msgid and seq of the frame, if it has them)."""
@@ -159,7 +360,7 @@ class RequestServing:
 
     def _answer(self, request: Request, result: Result, started: float) -> None:
         for reply in encode_result(request, result, self.dialect):
-            self._queue(reply)
+            self._reply(reply)
         self.connection.replied()
         if self.metrics is not None:
             self.metrics.request(request.msgid, 0, time.perf_counter() - started)
@@ -190,6 +391,16 @@ class RequestServing:
         else:
             reply = encode_error(request, Unavailable(STOPPING), self.dialect)
         if reply is not None:
+            self._reply_behind(reply)
+
+    def _reply_behind(self, reply: bytes) -> None:
+        """A reply to a frame not served (shutdown): behind those of requests in flight."""
+        if self._slots:
+            slot = _Slot()
+            slot.replies.append(reply)
+            self._slots.append(slot)
+            self._slot_answered(slot)
+        else:
             self._queue(reply)
 
     def _flooding(self) -> bool:
@@ -204,7 +415,7 @@ class RequestServing:
 
     def _reply_error(self, reply: bytes | None, msgid: int, errno: int, seconds: float) -> None:
         if reply is not None:
-            self._queue(reply)
+            self._reply(reply)
         if self.metrics is not None:
             self.metrics.request(msgid, errno, seconds)
 

@@ -4,8 +4,8 @@ the session, close). Each transport reads (_read_loop), writes (_send) and close
 (_close_transport) in its own way."""
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -58,6 +58,11 @@ class StreamingClient(RequestServing):
         self._read_scope = anyio.CancelScope()
         self._reading_done = anyio.Event()
         self._task_group: TaskGroup | None = None
+        self._start_serving()
+
+    def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        assert self._task_group is not None
+        self._task_group.start_soon(function, *args)
 
     # What each transport does its own way.
 
@@ -125,6 +130,7 @@ class StreamingClient(RequestServing):
                 try:
                     with self._read_scope:
                         await self._read_loop()
+                    await self._in_flight_answered()  # pipelined requests
                 finally:
                     self._reading_done.set()
                 if self._shutting_down:

@@ -80,7 +80,7 @@ class WebSocketClient(StreamingClient):
                 self.close_code = CloseCode.MESSAGE_TOO_BIG
                 reply = encode_frame_too_large(self.dialect)
                 if reply is not None:
-                    self._queue(reply)
+                    self._reply_behind(reply)
                 return
             await self._serve(frame)
             if self._shutting_down:
