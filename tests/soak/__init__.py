@@ -56,6 +56,7 @@ from chatserver.entrypoints.client.library import (
     Event,
     FriendAnswer,
     FriendRequest,
+    GroupEvent,
     GroupMessage,
     Kicked,
     LoginResult,
@@ -220,6 +221,10 @@ class SoakClient:
             ledger.notices.add(event.msg_id)
             if event.accepted:
                 self.friends.add(event.responder_id)
+            return event.msg_id
+        if isinstance(event, GroupEvent):  # Version 2: kept and receipted like a message
+            ledger.deliver(self.uid, event.msg_id, self.session, None)
+            ledger.notices.add(event.msg_id)
             return event.msg_id
         if isinstance(event, FriendRequest):
             self.pending_requests.add(event.requester_id)
