@@ -82,7 +82,8 @@ class Session:
 
     def _take(self, pos: int, kept: Kept | None) -> None:
         expected = self.next_pos
-        if expected is not None and pos == expected and self.held is None:
+        if (expected is not None and pos == expected and self.held is None
+                and (kept is None or not self._full())):
             self._emit(pos, kept)
             self.next_pos = pos + 1
             if self.early:
@@ -95,19 +96,25 @@ class Session:
             self.outbox.close()  # hopelessly behind: end it; the device's mark keeps the rest
             return
         self.early[pos] = kept
-        if self.held is None and self.on_gap is not None and not self.gap_queued:
+        if self.on_gap is not None and not self.gap_queued and self.hole() is not None:
             self.on_gap(self)
 
     def _drain(self) -> None:
         early = self.early
         pos = self.next_pos
         assert pos is not None
-        while pos in early:
+        while pos in early and (early[pos] is None or not self._full()):
             self._emit(pos, early.pop(pos))
             pos += 1
         self.next_pos = pos
-        if early and self.on_gap is not None and not self.gap_queued:
+        if early and self.on_gap is not None and not self.gap_queued and self.hole() is not None:
             self.on_gap(self)
+
+    def _full(self) -> bool:
+        """A receipting session holds as many unreceipted deliveries as it may: what comes next
+        waits (in order, as early arrivals) until the client receipts, instead of ending the
+        session, so a flood of messages cannot disconnect a client that keeps up."""
+        return self.receipts and len(self.pending) >= self.unreceipted_limit
 
     def _emit(self, pos: int, kept: Kept | None) -> None:
         if kept is None:  # the session's own send
@@ -178,10 +185,18 @@ class Session:
         first_early = min(self.early)
         for kept in entries:
             if self.next_pos <= kept.pos < first_early:
+                if self._full():  # the rest waits for receipts, at its place
+                    self.next_pos = min(self.next_pos, kept.pos)
+                    self.early[kept.pos] = kept
+                    continue
                 self.next_pos = kept.pos
                 self._emit(kept.pos, kept)
                 self.next_pos = kept.pos + 1
-        self.next_pos = max(self.next_pos, min(first_early, through + 1))
+        if self._full() and min(self.early) <= self.next_pos:
+            self._advanced()
+            return
+        # Positions read and not found were pruned: step over them (to what waits, if sooner).
+        self.next_pos = max(self.next_pos, min(min(self.early), through + 1))
         self._drain()
         self._advanced()
 
@@ -189,7 +204,10 @@ class Session:
         """The positions missing before the first early arrival: (after, up to), or None."""
         if self.ended or self.next_pos is None or not self.early or self.held is not None:
             return None
-        return self.next_pos - 1, min(self.early) - 1
+        first = min(self.early)
+        if first <= self.next_pos:
+            return None  # no hole: the session waits for receipts (_full)
+        return self.next_pos - 1, first - 1
 
     def has_reached(self, pos: int) -> bool:
         """Whether reached(pos) would return at once."""
@@ -218,6 +236,9 @@ class Session:
                 moved = True
         if not self.pending:
             self.done_beyond.clear()
+        if self.early and self.next_pos is not None and self.held is None:
+            self._drain()  # what waited for these receipts goes out now
+            self._advanced()
         return moved
 
     def mark(self) -> DeviceMark:

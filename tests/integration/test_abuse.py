@@ -637,3 +637,33 @@ def test_one_user_creates_only_so_many_groups(chat: Chat) -> None:
     started = time.perf_counter()
     other.ok({"msgid": 8, "groupname": f"mine-{stamp}", "groupdesc": ""})
     print(f"another user's CREATE_GROUP: {(time.perf_counter() - started) * 1000:.1f} ms")
+
+
+def test_strangers_flooding_a_receipting_user_do_not_disconnect_them(chat: Chat) -> None:
+    """Issue 16.5: ten accounts, each within its own budget, sent more at once than the
+    unreceipted bound (1,000) to a user who receipts everything at once: the bound ended the
+    victim's session, again and again. Now what exceeds it waits for the receipts."""
+    victim, bystander, *flooders = chat.users(12)
+    target = chat.online(victim, receipts=True)
+    beside = chat.online(bystander)
+    senders = [chat.online(user) for user in flooders]
+    for sender in senders:  # 150 each, within a connection's burst of 200: 1,500 in all
+        for n in range(150):
+            sender.send({"msgid": 6, "toid": victim.id, "msg": f"flood {n}"})
+    positions: list[int] = []
+    latencies: list[float] = []
+    deadline = time.monotonic() + 60
+    while len(positions) < 1500 and time.monotonic() < deadline:
+        chats = [f for f in target.drain(0.1) if f.get("msgid") == 6]
+        if chats:
+            positions += [f["pos"] for f in chats]
+            target.send({"msgid": 19, "msg_ids": [f["msg_id"] for f in chats]})
+        started = time.monotonic()
+        beside.ok({"msgid": 16})
+        latencies.append(time.monotonic() - started)
+    print(f"victim got {len(positions)} of 1500; a bystander's PING: median "
+          f"{sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms, max "
+          f"{max(latencies) * 1000:.1f} ms over {len(latencies)}")
+    assert positions == list(range(1, 1501))  # all of it, in order, once
+    target.ok({"msgid": 16})  # and still connected
+    assert max(latencies) < 2.0

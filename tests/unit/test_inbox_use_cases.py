@@ -4,8 +4,16 @@ adapters, one node or two in one process."""
 import pytest
 
 from chatserver.adapters.memory.cluster import InProcessHub
-from chatserver.application.commands import History, Login, Read, Register, SendDirectMessage
+from chatserver.application.commands import (
+    History,
+    Login,
+    Read,
+    Receipt,
+    Register,
+    SendDirectMessage,
+)
 from chatserver.application.inbound import NodeInbox
+from chatserver.application.node import Limits
 from chatserver.application.results import HistoryPage, LoggedIn, MessageAccepted, Registered
 from chatserver.domain.messages import Kept, ReadNotice
 from chatserver.entrypoints.bootstrap import ChatApp, Config, EmbeddedClient, bootstrap
@@ -87,3 +95,31 @@ async def test_what_a_session_without_receipts_could_not_write_comes_at_its_next
     again = await cb.request(Login("pw", user_id=bob))
     assert isinstance(again, LoggedIn)
     assert [k.pos for k in again.waiting] == [2, 3]
+
+
+async def test_a_flood_waits_for_receipts_instead_of_disconnecting_a_client_that_keeps_up(
+) -> None:
+    """Issue 16.5: strangers sending faster than a receipting client can receipt made the
+    unreceipted bound end its session, again and again. Past the bound the rest now waits, in
+    order, until the client receipts: nothing is lost, nothing comes twice, nobody is cut off."""
+    limits = Limits(unreceipted_per_session=5)
+    async with bootstrap(
+        Config(database="memory://", node_id="a", limits=limits), hasher=FAST_HASHER
+    ) as chat:
+        victim, flooder = await register(chat, "victim"), await register(chat, "flooder")
+        client = chat.connect()
+        assert isinstance(
+            await client.request(Login("pw", user_id=victim, receipts=True)), LoggedIn
+        )
+        sender = await on(chat, flooder)
+        for n in range(23):
+            await sender.request(SendDirectMessage(victim, f"flood {n}"))
+        seen: list[int] = []
+        while len(seen) < 23:
+            batch = [e for e in client.outbox.events if isinstance(e, Kept)]
+            client.outbox.events.clear()
+            assert 0 < len(batch) <= 5, f"{len(batch)} unreceipted at once after {seen}"
+            seen += [k.pos for k in batch]
+            await client.request(Receipt(tuple(k.delivery.msg_id for k in batch)))
+        assert seen == list(range(1, 24))
+        assert not client.outbox.closed
