@@ -48,6 +48,17 @@ from chatserver.application.commands import (
     TransferGroup,
     UpdateGroup,
 )
+from chatserver.application.hooks import (
+    AccountCreated,
+    AfterEvent,
+    Allow,
+    Authenticator,
+    BeforeSend,
+    HookEvent,
+    Hooks,
+    Outgoing,
+    Reject,
+)
 from chatserver.application.node import Limits
 from chatserver.application.results import (
     Contact,
@@ -110,8 +121,13 @@ except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "AccountCreated",
     "AddFriend",
+    "AfterEvent",
+    "Allow",
     "AnswerFriend",
+    "Authenticator",
+    "BeforeSend",
     "ChatApp",
     "ChatError",
     "Clock",
@@ -137,6 +153,8 @@ __all__ = [
     "GroupView",
     "History",
     "HistoryPage",
+    "HookEvent",
+    "Hooks",
     "InProcessHub",
     "InvalidCredentials",
     "InvalidRequest",
@@ -157,6 +175,7 @@ __all__ = [
     "NotAMember",
     "NotLoggedIn",
     "NotPermitted",
+    "Outgoing",
     "PasswordHasher",
     "Ping",
     "PresenceNotice",
@@ -167,6 +186,7 @@ __all__ = [
     "Receipt",
     "Register",
     "Registered",
+    "Reject",
     "RemoveFriend",
     "Result",
     "Role",
