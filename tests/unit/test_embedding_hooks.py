@@ -122,24 +122,40 @@ async def test_a_token_flood_hits_the_login_throttle_while_a_bystander_logs_in()
     limits = Limits(failed_logins_per_account_and_address=10, failed_logins_per_address=100)
     config = Config(database="memory://", authenticator=app_token_check, limits=limits)
     async with open_node(config, hasher=FAST_HASHER) as app:
-        attacker = app.connect()
         refused = throttled = 0
-        for n in range(200):
-            try:
-                await attacker.request(Login(token=f"guess-{n}"))
-            except InvalidCredentials:
-                refused += 1
-            except RateLimited:
-                throttled += 1
-        assert refused == 10 and throttled == 190
-        started = time.perf_counter()
-        bystander = app.connect()
-        bystander.connection.address = "10.0.0.2"
-        assert isinstance(await bystander.request(Login(token="tok-bob")), LoggedIn)
-        latency_ms = (time.perf_counter() - started) * 1000
-        print(f"token flood: {refused} refused, {throttled} throttled; "
-              f"bystander's token login took {latency_ms:.1f} ms")
-        assert latency_ms < 1000
+        latencies_ms: list[float] = []
+
+        async def flood(worker: int) -> None:
+            nonlocal refused, throttled
+            attacker = app.connect()
+            attacker.connection.address = "10.0.0.66"
+            for n in range(100):
+                try:
+                    await attacker.request(Login(token=f"guess-{worker}-{n}"))
+                except InvalidCredentials:
+                    refused += 1
+                except RateLimited:
+                    throttled += 1
+
+        async def bystander() -> None:
+            for _ in range(20):
+                client = app.connect()
+                client.connection.address = "10.0.0.2"
+                started = time.perf_counter()
+                assert isinstance(await client.request(Login(token="tok-bob")), LoggedIn)
+                latencies_ms.append((time.perf_counter() - started) * 1000)
+                await client.close()
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tasks:
+            for worker in range(4):
+                tasks.start_soon(flood, worker)
+            tasks.start_soon(bystander)
+        worst = max(latencies_ms)
+        print(f"token flood of 400 from one address: {refused} refused, {throttled} throttled; "
+              f"bystander's 20 token logins meanwhile: worst {worst:.2f} ms")
+        assert refused == 10 and throttled == 390
+        assert worst < 1000
 
 
 async def test_provisioning_from_code_uses_the_protocols_rules(node: ChatApp) -> None:
