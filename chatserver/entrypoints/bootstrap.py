@@ -476,6 +476,19 @@ class ChatApp:
             self.node.events.emit(AccountCreated(user))
         return user
 
+    async def set_password(self, user_id: int, password: str) -> None:
+        """Give the user a new password from code (a token-only account gets one too).
+        Sessions already logged in go on.
+
+        Raises:
+            UnknownUser: no such user.
+            InvalidRequest: the password breaks the rules REG has.
+        """
+        check_password(password)
+        stored = await self.node.hasher.hash(password)
+        if not await self.node.uow.run(lambda tx: tx.users.set_password_hash(user_id, stored)):
+            raise UnknownUser()
+
     async def create_group(self, creator_id: int, name: str, description: str = "") -> int:
         """Make a group of creator_id's from code, through CREATE_GROUP's use case (with its
         limits for that user); return its id.

@@ -297,3 +297,23 @@ async def test_a_slow_or_failing_after_event_never_slows_the_senders() -> None:
               f"delivered {feed.delivered}, failed {feed.failed}, dropped {feed.dropped}")
         assert feed.dropped > 0 and feed.failed > 0
         assert len(feed) <= 50
+
+
+@pytest.mark.parametrize("database", ["memory://", "sqlite"])
+async def test_set_password_from_code_replaces_the_old_one(database: str, tmp_path: object) -> None:
+    url = database if database == "memory://" else f"sqlite:///{tmp_path}/chat.db"
+    async with open_node(Config(database=url), hasher=FAST_HASHER) as app:
+        user = await app.create_user("erin", "old-secret")
+        await app.set_password(user.id, "new-secret")
+        with pytest.raises(InvalidCredentials):
+            await app.connect().request(Login("old-secret", user_id=user.id))
+        assert isinstance(await app.connect().request(Login("new-secret", name="erin")), LoggedIn)
+        token_only = await app.create_user("frank")
+        await app.set_password(token_only.id, "now-a-password")
+        assert isinstance(
+            await app.connect().request(Login("now-a-password", user_id=token_only.id)), LoggedIn
+        )
+        from chatserver import UnknownUser
+
+        with pytest.raises(UnknownUser):
+            await app.set_password(9999, "whatever")
