@@ -49,8 +49,6 @@ async def register(command: Register, *, connection: Connection) -> Registered:
     except BaseException:
         registrations.release(address, reserved)  # no account was made: it does not count
         raise
-    if node.events is not None:
-        node.events.emit(AccountCreated(user))
     return Registered(user.id)
 
 

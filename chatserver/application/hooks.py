@@ -14,7 +14,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from attrs import define, field, frozen
@@ -22,6 +22,9 @@ from attrs import define, field, frozen
 from chatserver.domain.errors import NotPermitted
 from chatserver.domain.messages import Delivery, check_message_text
 from chatserver.domain.users import User
+
+if TYPE_CHECKING:
+    from chatserver.application.connection import Connection
 
 log = logging.getLogger("chatserver.hooks")
 
@@ -63,9 +66,35 @@ class AccountCreated:
     user: User
 
 
-# What after_event hears: a kept delivery (chat, friend request or answer, friend removed,
-# group event, read position...) or an account change.
-HookEvent = Delivery | AccountCreated
+@frozen
+class FriendRequested:
+    """user_id asked friend_id to be friends (ADD_FRIEND accepted; when friend_id had asked
+    first they are friends now, and a FriendAnswer follows)."""
+
+    user_id: int
+    friend_id: int
+
+
+@frozen
+class FriendRemoved:
+    """user_id ended the friendship with friend_id."""
+
+    user_id: int
+    friend_id: int
+
+
+@frozen
+class GroupFounded:
+    """creator_id made a group (its later changes come as GroupEvent)."""
+
+    group_id: int
+    creator_id: int
+    name: str
+
+
+# What after_event hears: a kept delivery (a chat, a friend answer, a group event), or one of
+# the changes above.
+HookEvent = Delivery | AccountCreated | FriendRequested | FriendRemoved | GroupFounded
 AfterEvent = Callable[[HookEvent], Awaitable[None]]
 
 
@@ -149,3 +178,37 @@ class EventFeed:
             except Exception:
                 self.failed += 1
                 log.exception("after_event failed")
+
+
+UseCase = Callable[..., Awaitable[Any]]
+# What a use case's success tells after_event: from its command, connection and result.
+Telling = Callable[[Any, "Connection", Any], HookEvent]
+
+
+def telling(use_case: UseCase, event_of: Telling) -> UseCase:
+    """use_case, then (when after_event is set) the event its success makes."""
+
+    async def told(command: Any, *, connection: Connection) -> Any:
+        result = await use_case(command, connection=connection)
+        events = connection.node.events
+        if events is not None:
+            events.emit(event_of(command, connection, result))
+        return result
+
+    return told
+
+
+def account_created(command: Any, connection: Connection, result: Any) -> HookEvent:
+    return AccountCreated(User(result.user_id, command.name))
+
+
+def friend_requested(command: Any, connection: Connection, result: Any) -> HookEvent:
+    return FriendRequested(connection.user.id, command.friend_id)
+
+
+def friend_removed(command: Any, connection: Connection, result: Any) -> HookEvent:
+    return FriendRemoved(connection.user.id, command.friend_id)
+
+
+def group_founded(command: Any, connection: Connection, result: Any) -> HookEvent:
+    return GroupFounded(result.group_id, connection.user.id, command.name)

@@ -11,10 +11,15 @@ import anyio.lowlevel
 import pytest
 
 from chatserver import (
+    AddFriend,
+    AnswerFriend,
     Config,
     CreateGroup,
     DirectMessage,
+    FriendRemoved,
+    FriendRequested,
     GroupEvent,
+    GroupFounded,
     GroupMessage,
     InvalidCredentials,
     InvalidRequest,
@@ -25,6 +30,7 @@ from chatserver import (
     NotPermitted,
     RateLimited,
     Register,
+    RemoveFriend,
     SendDirectMessage,
     SendGroupMessage,
     open_node,
@@ -259,8 +265,11 @@ async def test_after_event_hears_accounts_messages_and_group_changes_once_each()
     async with open_node(
         Config(database="memory://", hooks=Hooks(after_event=record)), hasher=FAST_HASHER
     ) as app:
-        a, _ida, _b, idb = await two_users(app)
+        a, ida, b, idb = await two_users(app)
         await a.request(SendDirectMessage(idb, "hi"))  # type: ignore[attr-defined]
+        await a.request(AddFriend(idb))  # type: ignore[attr-defined]
+        await b.request(AnswerFriend(ida, True))  # type: ignore[attr-defined]
+        await b.request(RemoveFriend(ida))  # type: ignore[attr-defined]
         group_id = (await a.request(CreateGroup("g"))).group_id  # type: ignore[attr-defined]
         await app.add_member(group_id, idb)
         await a.request(SendGroupMessage(group_id, "all"))  # type: ignore[attr-defined]
@@ -270,6 +279,9 @@ async def test_after_event_hears_accounts_messages_and_group_changes_once_each()
     assert kinds.count("AccountCreated") == 2
     assert kinds.count("DirectMessage") == 1  # kept in two inboxes, heard once
     assert kinds.count("GroupMessage") == 1
+    assert FriendRequested(ida, idb) in heard and FriendRemoved(idb, ida) in heard
+    assert kinds.count("FriendAnswer") == 1
+    assert GroupFounded(group_id, ida, "g") in heard
     assert any(isinstance(e, GroupEvent) and e.event == "joined" for e in heard)
     assert all(isinstance(e, AccountCreated) for e in heard[:2])
 
