@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from chatserver.application.commands import Login, Logout, Register
+from chatserver.application.hooks import AccountCreated, Authenticator
 from chatserver.application.results import (
     Contact,
     Done,
@@ -15,10 +16,15 @@ from chatserver.application.results import (
     Registered,
 )
 from chatserver.application.sessions import Session
-from chatserver.domain.errors import InvalidCredentials, NameTaken, Unavailable
+from chatserver.domain.errors import (
+    InvalidCredentials,
+    InvalidRequest,
+    NameTaken,
+    Unavailable,
+)
 from chatserver.domain.messages import KickedNotice, PresenceNotice, is_chat
 from chatserver.domain.ports import DeviceMark, DeviceSession, Transaction
-from chatserver.domain.users import Account, User
+from chatserver.domain.users import Account, User, check_name
 
 if TYPE_CHECKING:
     from chatserver.application.connection import Connection
@@ -48,26 +54,13 @@ async def register(command: Register, *, connection: Connection) -> Registered:
 
 async def login(command: Login, *, connection: Connection) -> LoggedIn:
     node = connection.node
-    throttle, clock = node.login_throttle, node.clock
-    account = await node.uow.run(lambda tx: _find_account(tx, command))
-    # By id or by name, one account is one key; unknown accounts are throttled too.
-    key = str(account.user.id) if account else f"?{command.user_id}:{command.name}"
-    # Counted as a failure before hashing (parallel guesses cannot all pass), taken back
-    # if the password is right.
-    attempt = await throttle.attempt(key, connection.address, clock)
-    stored_hash = account.password_hash if account else None
-    hashed = False
-    try:
-        async with node.hashing.slot("login", connection.address):
-            hashed = True
-            right = await node.hasher.verify(command.password, stored_hash)
-    except BaseException:
-        if not hashed:  # refused by the hash queue, or gone while waiting: nothing was spent
-            attempt.released()
-        raise
-    if not right or account is None:
-        raise InvalidCredentials()
-    attempt.succeeded()
+    clock = node.clock
+    if command.token is not None and node.authenticator is not None:
+        account = await _token_account(command, command.token, node.authenticator, connection)
+    elif command.password is None:
+        raise InvalidRequest("token: this server takes passwords only")
+    else:
+        account = await _password_account(command, command.password, connection)
     user = account.user
     device = command.device
     # Logging in again as the same user and device on the same connection is a quiet takeover.
@@ -210,6 +203,76 @@ async def _take_over(
             else:
                 await node.bus.kick(where.node_id, user_id, other)
     return sessions, replaced
+
+
+async def _password_account(command: Login, password: str, connection: Connection) -> Account:
+    """The account whose password this is, or InvalidCredentials (counted by the throttle)."""
+    node = connection.node
+    throttle, clock = node.login_throttle, node.clock
+    account = await node.uow.run(lambda tx: _find_account(tx, command))
+    # By id or by name, one account is one key; unknown accounts are throttled too.
+    key = str(account.user.id) if account else f"?{command.user_id}:{command.name}"
+    # Counted as a failure before hashing (parallel guesses cannot all pass), taken back
+    # if the password is right.
+    attempt = await throttle.attempt(key, connection.address, clock)
+    stored_hash = account.password_hash if account else None
+    hashed = False
+    try:
+        async with node.hashing.slot("login", connection.address):
+            hashed = True
+            right = await node.hasher.verify(password, stored_hash)
+    except BaseException:
+        if not hashed:  # refused by the hash queue, or gone while waiting: nothing was spent
+            attempt.released()
+        raise
+    if not right or account is None:
+        raise InvalidCredentials()
+    attempt.succeeded()
+    return account
+
+
+# A token login's account never logs in with a password: no scrypt hash parses as this.
+TOKEN_ONLY_HASH = "!token"
+
+
+async def _token_account(
+    command: Login, token: str, authenticator: Authenticator, connection: Connection
+) -> Account:
+    """The account the embedder's authenticator names for token, created on first sight.
+    A refused token (or one naming another user than id or name) is InvalidCredentials,
+    counted by the same throttle as a wrong password."""
+    node = connection.node
+    named = command.user_id is not None or command.name is not None
+    key = f"?{command.user_id}:{command.name}" if named else "?token"
+    attempt = await node.login_throttle.attempt(key, connection.address, node.clock)
+    try:
+        name = await authenticator(token)
+    except BaseException as error:
+        attempt.released()
+        if isinstance(error, Exception):
+            log.exception("the authenticator failed")
+            raise Unavailable("the login service failed: try again") from error
+        raise
+    if name is None:
+        raise InvalidCredentials()
+    check_name(name)
+
+    def find_or_create(tx: Transaction) -> tuple[Account, bool]:
+        account = tx.users.account_by_name(name)
+        if account is not None:
+            return account, False
+        return Account(tx.users.add(name, TOKEN_ONLY_HASH), TOKEN_ONLY_HASH), True
+
+    account, created = await node.uow.run(find_or_create)
+    user = account.user
+    if (command.user_id is not None and command.user_id != user.id) or (
+        command.name is not None and command.name != user.name
+    ):
+        raise InvalidCredentials()
+    attempt.succeeded()
+    if created and node.events is not None:
+        node.events.emit(AccountCreated(user))
+    return account
 
 
 def _find_account(tx: Transaction, command: Login) -> Account | None:

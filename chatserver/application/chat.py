@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from chatserver.application.commands import Receipt, SendDirectMessage, SendGroupMessage
+from chatserver.application.hooks import Outgoing, check_before_send
 from chatserver.application.inbox_writer import InboxWrite
 from chatserver.application.results import Done, MessageAccepted
 from chatserver.domain.errors import ChatError, Muted, NotAMember
@@ -31,16 +32,21 @@ async def send_direct_message(
     turns = connection.turns
     ticket = turns.take()
     try:
+        recipient_id = command.recipient_id
+        text = command.text
+        before_send = node.before_send
+        if before_send is not None:
+            outgoing = Outgoing(me, text, recipient_id=recipient_id)
+            text = await check_before_send(node.hooks, before_send, outgoing)
         msg_id = node.message_ids.take()
         if msg_id is None:
             msg_id = await node.message_ids.next()
-        recipient_id = command.recipient_id
         message = DirectMessage(
             msg_id=msg_id,
             sender_id=me.id,
             sender_name=me.name,
             recipient_id=recipient_id,
-            text=command.text,
+            text=text,
             sent_at_ms=node.clock.now_ms(),
         )
         if not turns.mine(ticket):
@@ -80,7 +86,11 @@ def send_direct_message_joining(
     node = connection.node
     turns = connection.turns
     writer = node.writer
-    if turns.issued != turns.passed or (lead is None and not writer.gathering):
+    if (
+        turns.issued != turns.passed
+        or (lead is None and not writer.gathering)
+        or node.before_send is not None  # the hook is awaited: send_direct_message does it
+    ):
         return False
     msg_id = node.message_ids.take()
     if msg_id is None:
@@ -144,6 +154,11 @@ async def send_group_message(
             raise NotAMember()
         if member.muted_until and member.muted_until > node.clock.now_ms():
             raise Muted(member.muted_until)
+        text = command.text
+        before_send = node.before_send
+        if before_send is not None:
+            outgoing = Outgoing(me, text, group_id=command.group_id)
+            text = await check_before_send(node.hooks, before_send, outgoing)
         msg_id = node.message_ids.take()
         if msg_id is None:
             msg_id = await node.message_ids.next()
@@ -152,7 +167,7 @@ async def send_group_message(
             group_id=command.group_id,
             sender_id=me.id,
             sender_name=me.name,
-            text=command.text,
+            text=text,
             sent_at_ms=node.clock.now_ms(),
         )
         entries = [(uid, message) for uid in roster.members if uid != me.id]

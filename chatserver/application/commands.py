@@ -15,6 +15,7 @@ from chatserver.domain.messages import check_message_text
 from chatserver.domain.users import check_name, check_password
 
 MAX_DEVICE_LENGTH = 64
+MAX_TOKEN_LENGTH = 4096
 SYNC_LIMIT = 500
 SYNC_DEFAULT = 200
 HISTORY_LIMIT = 100
@@ -34,9 +35,10 @@ class Register:
 
 @frozen
 class Login:
-    """Log in by id, or by name when no id is given."""
+    """Log in by id, or by name when no id is given; or with a token from the embedding
+    application (`Config.authenticator`), which names the user."""
 
-    password: str = field(repr=False)
+    password: str | None = field(default=None, repr=False)
     user_id: int | None = None
     name: str | None = None
     receipts: bool = False
@@ -46,8 +48,14 @@ class Login:
     device: str = "default"
     # The device has every pos up to since: what waited for it starts after it.
     since: int | None = None
+    # The embedding application's token (PROTOCOL.md Version 2, "Tokens"), instead of password.
+    token: str | None = field(default=None, repr=False)
 
     def validate(self) -> None:
+        if self.token is not None and not 1 <= len(self.token) <= MAX_TOKEN_LENGTH:
+            raise InvalidRequest(f"token: 1 to {MAX_TOKEN_LENGTH} characters")
+        if self.password is None and self.token is None:
+            raise InvalidRequest("password: missing")
         if not 1 <= len(self.device) <= MAX_DEVICE_LENGTH:
             raise InvalidRequest(f"device: 1 to {MAX_DEVICE_LENGTH} characters")
         if self.since is not None and self.since < 0:

@@ -30,6 +30,13 @@ from chatserver.application.commands import (
     TransferGroup,
     UpdateGroup,
 )
+from chatserver.application.hooks import (
+    account_created,
+    friend_removed,
+    friend_requested,
+    group_founded,
+    telling,
+)
 from chatserver.application.results import Done, Result
 
 if TYPE_CHECKING:
@@ -43,17 +50,17 @@ async def ping(command: Ping, *, connection: Connection) -> Done:
 
 
 HANDLERS: dict[type[Any], UseCase] = {
-    Register: accounts.register,
+    Register: telling(accounts.register, account_created),
     Login: accounts.login,
     Logout: accounts.logout,
     Ping: ping,
     SendDirectMessage: chat.send_direct_message,
     SendGroupMessage: chat.send_group_message,
     Receipt: chat.receipt,
-    AddFriend: friends.add_friend,
+    AddFriend: telling(friends.add_friend, friend_requested),
     AnswerFriend: friends.answer_friend,
-    RemoveFriend: friends.remove_friend,
-    CreateGroup: groups.create_group,
+    RemoveFriend: telling(friends.remove_friend, friend_removed),
+    CreateGroup: telling(groups.create_group, group_founded),
     JoinGroup: groups.join_group,
     LeaveGroup: groups.leave_group,
     KickMember: groups.kick_member,

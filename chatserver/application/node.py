@@ -8,6 +8,7 @@ from attrs import Factory, define, field
 
 from chatserver.application.gaps import GapFiller
 from chatserver.application.groups_directory import GroupDirectory
+from chatserver.application.hooks import Authenticator, BeforeSend, EventFeed, Hooks
 from chatserver.application.inbox_writer import InboxWrite, InboxWriter
 from chatserver.application.message_ids import MessageIdAllocator
 from chatserver.application.router import Router
@@ -122,6 +123,11 @@ class Node:
     metrics: Metrics = Factory(NoMetrics)
     sessions: SessionRegistry = Factory(SessionRegistry)
     user_locks: UserLocks = Factory(UserLocks)
+    # The embedder's: who a LOGIN's token names (None: tokens are errno 7), and its hooks.
+    authenticator: Authenticator | None = None
+    hooks: Hooks = Factory(Hooks)
+    before_send: BeforeSend | None = field(init=False)
+    events: EventFeed | None = field(init=False)
     writer: InboxWriter = field(init=False)
     gaps: GapFiller = field(init=False)
     router: Router = field(init=False)
@@ -167,9 +173,24 @@ class Node:
         self.group_creations = FailureWindow(self.limits.groups_created_per_hour, 3600.0)
         self.group_changes = FailureWindow(self.limits.group_changes_per_minute, 60.0)
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)
+        hooks = self.hooks
+        self.before_send = hooks.before_send
+        self.events = (
+            EventFeed(hooks.after_event, hooks.after_event_queue, hooks.after_event_seconds)
+            if hooks.after_event is not None
+            else None
+        )
 
     def _pushed_after_commit(self, write: InboxWrite) -> None:
         self.router.push_local(write)
+        events = self.events
+        if events is not None:
+            # One event per delivery, however many inboxes keep it.
+            seen: set[int] = set()
+            for _, delivery in write.entries:
+                if id(delivery) not in seen:
+                    seen.add(id(delivery))
+                    events.emit(delivery)
 
     def _observe_batch(self, entries: int) -> None:
         self.metrics.inbox_batch(entries)

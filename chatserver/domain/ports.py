@@ -28,6 +28,10 @@ class UserRepository(Protocol):
 
     def account_by_name(self, name: str) -> Account | None: ...
 
+    def set_password_hash(self, user_id: int, password_hash: str) -> bool:
+        """Replace the user's password hash; False when there is no such user."""
+        ...
+
 
 class FriendRepository(Protocol):
     def friends_of(self, user_id: int) -> list[User]: ...

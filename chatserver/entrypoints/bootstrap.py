@@ -33,14 +33,16 @@ from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.proxy_header import LOOPBACK, check_cidrs
 from chatserver.adapters.tcp.server import TcpServer
-from chatserver.application.accounts import end_session
-from chatserver.application.commands import Command
+from chatserver.application.accounts import TOKEN_ONLY_HASH, end_session
+from chatserver.application.commands import Command, CreateGroup, JoinGroup
 from chatserver.application.connection import Connection
+from chatserver.application.hooks import AccountCreated, Authenticator, Hooks
 from chatserver.application.inbound import NodeInbox
 from chatserver.application.node import Limits, Node, NoMetrics
 from chatserver.application.pruning import prune_history
-from chatserver.application.results import Result
-from chatserver.domain.errors import Unavailable
+from chatserver.application.results import GroupCreated, Result
+from chatserver.application.sessions import Session
+from chatserver.domain.errors import Unavailable, UnknownUser
 from chatserver.domain.messages import Event
 from chatserver.domain.ports import (
     BusHandler,
@@ -50,6 +52,7 @@ from chatserver.domain.ports import (
     Presence,
     UnitOfWork,
 )
+from chatserver.domain.users import User, check_name, check_password
 
 log = logging.getLogger("chatserver")
 
@@ -84,6 +87,10 @@ class Config:
         tls_key: the PEM private key for tls_cert.
         metrics_port: serve Prometheus metrics at http://host:metrics_port/metrics; None: off.
         ws_port: serve the web page and the WebSocket endpoint (/ws) here; None: off.
+        authenticator: the embedder's `async (token) -> user name | None`: a LOGIN may carry
+            `token` instead of `password`; the account of the name it returns is created on
+            first sight; None refuses the token (errno 1). Not set: tokens are errno 7.
+        hooks: the embedder's `before_send` and `after_event` (see `Hooks`).
     """
 
     host: str = "127.0.0.1"
@@ -114,6 +121,8 @@ class Config:
     ws_port: int | None = None
     # Origins whose pages may open /ws ("*": any); empty: the page's own origin only.
     allowed_origins: tuple[str, ...] = ()
+    authenticator: Authenticator | None = None
+    hooks: Hooks = field(factory=Hooks)
 
     def transport_limits(self) -> TransportLimits:
         if self.proxy_protocol and (self.tls_cert or self.tls_key):
@@ -447,6 +456,75 @@ class ChatApp:
                 await serving.done.wait()
             self._serving = None
 
+    async def create_user(self, name: str, password: str | None = None) -> User:
+        """Make an account from code, as REG does (without REG's limits per address).
+
+        Without a password the account logs in with a token only (`Config.authenticator`).
+        `after_event` hears of it.
+
+        Raises:
+            NameTaken: the name is in use.
+            InvalidRequest: the name or the password breaks the rules REG has.
+        """
+        check_name(name)
+        stored = TOKEN_ONLY_HASH
+        if password is not None:
+            check_password(password)
+            stored = await self.node.hasher.hash(password)
+        user = await self.node.uow.run(lambda tx: tx.users.add(name, stored))
+        if self.node.events is not None:
+            self.node.events.emit(AccountCreated(user))
+        return user
+
+    async def set_password(self, user_id: int, password: str) -> None:
+        """Give the user a new password from code (a token-only account gets one too).
+        Sessions already logged in go on.
+
+        Raises:
+            UnknownUser: no such user.
+            InvalidRequest: the password breaks the rules REG has.
+        """
+        check_password(password)
+        stored = await self.node.hasher.hash(password)
+        if not await self.node.uow.run(lambda tx: tx.users.set_password_hash(user_id, stored)):
+            raise UnknownUser()
+
+    async def create_group(self, creator_id: int, name: str, description: str = "") -> int:
+        """Make a group of creator_id's from code, through CREATE_GROUP's use case (with its
+        limits for that user); return its id.
+
+        Raises:
+            UnknownUser: no such user.
+            InvalidRequest, RateLimited: as CREATE_GROUP.
+        """
+        result = await (await self._acting(creator_id)).request(CreateGroup(name, description))
+        assert isinstance(result, GroupCreated)
+        return result.group_id
+
+    async def add_member(self, group_id: int, user_id: int) -> None:
+        """Put user_id into the group from code, through JOIN_GROUP's use case: the members
+        get a GROUP_EVENT `joined`, as when the user joins.
+
+        Raises:
+            UnknownUser, UnknownGroup: no such user or group.
+            NotPermitted, RateLimited: as JOIN_GROUP (a full group, too many groups).
+        """
+        await (await self._acting(user_id)).request(JoinGroup(group_id))
+
+    async def _acting(self, user_id: int) -> "EmbeddedClient":
+        """A client acting as user_id without a login: no session is registered, nobody is
+        told the user came online, and what is pushed goes to the user's real sessions."""
+        node = self.node
+        user = await node.uow.run(lambda tx: tx.users.get(user_id))
+        if user is None:
+            raise UnknownUser()
+        client = self.connect()
+        client.connection.session = Session(
+            user, client.outbox, receipts=False, notices=False,
+            unreceipted_limit=node.limits.unreceipted_per_session, device="provisioning",
+        )
+        return client
+
     async def _end_sessions(self) -> None:
         """Log every session out, keeping how far each device got (the end of the open_node
         block)."""
@@ -561,6 +639,8 @@ async def open_node(
         bus=cluster.bus,
         limits=config.node_limits(),
         metrics=metrics or NoMetrics(),
+        authenticator=config.authenticator,
+        hooks=config.hooks,
     )
     if metrics is not None:
         metrics.count_sessions(lambda: len(node.sessions))
@@ -575,6 +655,8 @@ async def open_node(
             except Unavailable as error:
                 raise bus_error(config.bus, error.__cause__ or error) from error
             background.start_soon(node.gaps.run)
+            if node.events is not None:
+                background.start_soon(node.events.run)
             background.start_soon(
                 partial(prune_history, node.uow, node.clock, node.limits.history_days)
             )

@@ -134,6 +134,12 @@ class MySqlUserRepository:
         self._db.execute("SELECT id, name, password FROM user WHERE name = %s", (name,))
         return self._account()
 
+    def set_password_hash(self, user_id: int, password_hash: str) -> bool:
+        self._db.execute(
+            "UPDATE user SET password = %s WHERE id = %s", (password_hash, user_id)
+        )
+        return bool(self._db.rowcount)
+
     def _account(self) -> Account | None:
         row = _row(self._db)
         if row is None:

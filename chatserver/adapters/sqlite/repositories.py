@@ -53,6 +53,12 @@ class SqliteUserRepository:
         ).fetchone()
         return None if row is None else Account(User(row[0], row[1]), row[2])
 
+    def set_password_hash(self, user_id: int, password_hash: str) -> bool:
+        cursor = self._db.execute(
+            "UPDATE user SET password = ? WHERE id = ?", (password_hash, user_id)
+        )
+        return cursor.rowcount > 0
+
     def account_by_name(self, name: str) -> Account | None:
         row = self._db.execute(
             "SELECT id, name, password FROM user WHERE name = ?", (name,)

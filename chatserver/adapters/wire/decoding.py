@@ -225,7 +225,9 @@ def decode(frame: bytes, dialect: Dialect = Dialect.MODERN) -> Request | BadRequ
     except (WrongType, KeyError):
         return BadRequest(msgid, seq, _describe_fault(body, command_class, renames))
     if type(command) is Login:
-        if command.user_id is None and command.name is None:
+        if command.password is None and command.token is None:
+            return BadRequest(msgid, seq, "password: missing")
+        if command.user_id is None and command.name is None and command.token is None:
             return BadRequest(msgid, seq, "id or name: one of them is required")
         if dialect is Dialect.LEGACY:
             command = attrs.evolve(command, notices=False, device=LEGACY_DEVICE, since=None)

@@ -80,3 +80,18 @@ async def test_distinct_names_stay_distinct(new_uow: NewUnitOfWork, names: list[
     users = await uow.run(lambda tx: [tx.users.add(name, name) for name in names])
     found = await uow.run(lambda tx: [tx.users.account_by_name(name) for name in names])
     assert found == [Account(user, user.name) for user in users]
+
+
+async def test_a_password_hash_is_replaced_and_an_unknown_user_is_false(uow: UnitOfWork) -> None:
+    alice = await uow.run(lambda tx: tx.users.add("alice", "old hash"))
+
+    def replace(tx: Transaction) -> tuple[bool, bool]:
+        return tx.users.set_password_hash(alice.id, "new hash"), tx.users.set_password_hash(
+            alice.id + 1, "x"
+        )
+
+    assert await uow.run(replace) == (True, False)
+    found = await uow.run(
+        lambda tx: (tx.users.account(alice.id), tx.users.account_by_name("alice"))
+    )
+    assert found == (Account(alice, "new hash"), Account(alice, "new hash"))
