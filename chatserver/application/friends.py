@@ -8,12 +8,18 @@ from chatserver.application.commands import AddFriend, AnswerFriend, RemoveFrien
 from chatserver.application.results import Done
 from chatserver.domain.errors import UnknownUser
 from chatserver.domain.friends import RequestOutcome, check_answer, outcome_of_request
-from chatserver.domain.messages import FriendAnswer, FriendRequestNotice, PresenceNotice
+from chatserver.domain.messages import (
+    FriendAnswer,
+    FriendRemovedNotice,
+    FriendRequestNotice,
+    PresenceNotice,
+)
 from chatserver.domain.ports import Transaction
 from chatserver.domain.users import User
 
 if TYPE_CHECKING:
     from chatserver.application.connection import Connection
+    from chatserver.application.node import Node
 
 
 async def add_friend(command: AddFriend, *, connection: Connection) -> Done:
@@ -69,22 +75,33 @@ async def remove_friend(command: RemoveFriend, *, connection: Connection) -> Don
     friend_id = command.friend_id
     node = connection.node
 
-    def remove(tx: Transaction) -> None:
+    def remove(tx: Transaction) -> bool:
         if tx.users.get(friend_id) is None:
             raise UnknownUser()
+        were_friends = tx.friends.are_friends(me.id, friend_id)
         tx.friends.unfriend(me.id, friend_id)
+        return were_friends
 
-    await node.uow.run(remove)
-    for session in node.sessions.of(me.id).values():
-        session.friend_ids.discard(friend_id)
-    for session in node.sessions.of(friend_id).values():
-        session.friend_ids.discard(me.id)
-    located = await node.presence.locate([me.id, friend_id])
-    for user_id, other_id in ((friend_id, me.id), (me.id, friend_id)):
-        for other_node in located.get(user_id, ()):
-            if other_node != node.node_id:
-                await node.bus.forget_friend(other_node, user_id, other_id)
+    if await node.uow.run(remove):
+        await tell_friendship_ended(node, me.id, friend_id)
     return Done()
+
+
+async def tell_friendship_ended(node: Node, user_id: int, other_id: int) -> None:
+    """A friendship between the two ended (stored already): every node forgets it for their
+    sessions, and each user's sessions get FRIEND_REMOVED_MSG naming the other (PROTOCOL.md
+    Version 2, "People who can protect themselves"), without saying why."""
+    for session in node.sessions.of(user_id).values():
+        session.friend_ids.discard(other_id)
+    for session in node.sessions.of(other_id).values():
+        session.friend_ids.discard(user_id)
+    located = await node.presence.locate([user_id, other_id])
+    for user, other in ((other_id, user_id), (user_id, other_id)):
+        for other_node in located.get(user, ()):
+            if other_node != node.node_id:
+                await node.bus.forget_friend(other_node, user, other)
+    await node.router.notify([user_id], FriendRemovedNotice(other_id))
+    await node.router.notify([other_id], FriendRemovedNotice(user_id))
 
 
 async def _tell_requester(

@@ -28,6 +28,7 @@ from chatserver.domain.messages import (
     DirectMessage,
     Event,
     FriendAnswer,
+    FriendRemovedNotice,
     GroupEvent,
     GroupMessage,
     Kept,
@@ -147,9 +148,29 @@ async def test_presence_and_friend_answers_cross_nodes(nodes: tuple[ChatApp, Cha
     await cb.close()
     assert unwrap(await ca.next_event()) == PresenceNotice(bob, False)
     await ca.request(RemoveFriend(bob))
+    assert unwrap(await ca.next_event()) == FriendRemovedNotice(bob)
     cb = await online(b, bob)
     await anyio.sleep(0.2)
     assert ca.outbox.events == []  # no longer friends: no presence
+
+
+async def test_friend_removed_reaches_every_device_on_both_nodes(
+    nodes: tuple[ChatApp, ChatApp],
+) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca, cb = await online(a, alice), await online(b, bob)
+    await ca.request(AddFriend(bob))
+    unwrap(await cb.next_event())  # the request
+    await cb.request(AnswerFriend(alice, accept=True))
+    ca_phone = b.connect()
+    assert isinstance(await ca_phone.request(Login("pw", alice, device="phone")), LoggedIn)
+    await anyio.sleep(0.1)
+    ca.outbox.events.clear()
+    cb.outbox.events.clear()
+    await cb.request(RemoveFriend(alice))
+    for client, other in ((ca, bob), (ca_phone, bob), (cb, alice)):
+        assert unwrap(await client.next_event()) == FriendRemovedNotice(other)
 
 
 async def next_chat(client: EmbeddedClient) -> Event:

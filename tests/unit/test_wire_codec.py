@@ -983,6 +983,13 @@ def test_read_is_pushed_to_modern_clients_only() -> None:
     assert encode_event(ReadNotice(5), LEGACY) is None
 
 
+def test_friend_removed_is_pushed_to_modern_clients_only() -> None:
+    from chatserver.domain.messages import FriendRemovedNotice
+
+    assert encode_event(FriendRemovedNotice(7), MODERN) == b'{"msgid":31,"id":7}\n'
+    assert encode_event(FriendRemovedNotice(7), LEGACY) is None
+
+
 def test_sync_and_history_replies_carry_kept_objects() -> None:
     synced = one(encode_result(request(20, seq=1), Synced((Kept(4, CHAT),), 9, True), MODERN))
     assert synced["msgs"] == [load(encode_event(Kept(4, CHAT), MODERN))]

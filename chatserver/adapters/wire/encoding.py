@@ -30,6 +30,7 @@ from chatserver.domain.messages import (
     DirectMessage,
     Event,
     FriendAnswer,
+    FriendRemovedNotice,
     FriendRequestNotice,
     GroupEvent,
     GroupMessage,
@@ -172,6 +173,10 @@ def _read(n: ReadNotice) -> JsonObject:
     return {"msgid": protocol.READ, "pos": n.pos}
 
 
+def _friend_removed(n: FriendRemovedNotice) -> JsonObject:
+    return {"msgid": protocol.FRIEND_REMOVED, "id": n.user_id}
+
+
 EventObjects = dict[type[Any], Callable[[Any], JsonObject]]
 
 _EVENT_OBJECTS: EventObjects = {
@@ -183,6 +188,7 @@ _EVENT_OBJECTS: EventObjects = {
     PresenceNotice: _presence,
     KickedNotice: _kicked,
     ReadNotice: _read,
+    FriendRemovedNotice: _friend_removed,
 }
 # The original's clients understand chats only.
 _LEGACY_EVENT_OBJECTS: EventObjects = {
