@@ -54,6 +54,24 @@ class FriendRepository(Protocol):
         """Users waiting for addressee's answer, oldest request first."""
         ...
 
+    def block(self, blocker_id: int, blocked_id: int) -> bool:
+        """blocker blocks blocked (BLOCK_MSG); False if they already did. Raises UnknownUser."""
+        ...
+
+    def unblock(self, blocker_id: int, blocked_id: int) -> bool:
+        """False if blocker did not block blocked."""
+        ...
+
+    def is_blocked(self, blocker_id: int, blocked_id: int) -> bool: ...
+
+    def blocked_by(self, blocker_id: int) -> list[int]:
+        """The users blocker blocks, ascending."""
+        ...
+
+    def blockers_of(self, blocked_id: int) -> list[int]:
+        """The users who block blocked, ascending."""
+        ...
+
 
 class GroupRepository(Protocol):
     def create(self, name: str, description: str, creator_id: int) -> Group:
