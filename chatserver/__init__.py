@@ -26,6 +26,7 @@ from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.application.commands import (
     AddFriend,
     AnswerFriend,
+    BlockUser,
     Command,
     CreateGroup,
     DissolveGroup,
@@ -113,6 +114,7 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 __all__ = [
     "AddFriend",
     "AnswerFriend",
+    "BlockUser",
     "ChatApp",
     "ChatError",
     "Clock",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from chatserver.application.commands import Receipt, SendDirectMessage, SendGroupMessage
 from chatserver.application.inbox_writer import InboxWrite
 from chatserver.application.results import Done, MessageAccepted
-from chatserver.domain.errors import ChatError, Muted, NotAMember
+from chatserver.domain.errors import ChatError, Muted, NotAMember, NotPermitted
 from chatserver.domain.messages import Delivery, DirectMessage, GroupMessage
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ async def send_direct_message(
     command: SendDirectMessage, *, connection: Connection
 ) -> MessageAccepted:
     session = connection.require_session()
+    if command.recipient_id in session.blocked_by:
+        raise NotPermitted()
     me = session.user
     node = connection.node
     turns = connection.turns
@@ -82,6 +84,8 @@ def send_direct_message_joining(
     writer = node.writer
     if turns.issued != turns.passed or (lead is None and not writer.gathering):
         return False
+    if command.recipient_id in connection.require_session().blocked_by:
+        return False  # refused by send_direct_message
     msg_id = node.message_ids.take()
     if msg_id is None:
         return False

@@ -85,6 +85,14 @@ class RemoveFriend:
 
 
 @frozen
+class BlockUser:
+    """Block a user (block=True) or unblock them (PROTOCOL.md Version 2, BLOCK_MSG)."""
+
+    user_id: int
+    block: bool
+
+
+@frozen
 class CreateGroup:
     name: str
     description: str = ""
@@ -230,6 +238,7 @@ Command = (
     | AddFriend
     | AnswerFriend
     | RemoveFriend
+    | BlockUser
     | CreateGroup
     | JoinGroup
     | LeaveGroup

@@ -9,6 +9,7 @@ from chatserver.application import accounts, chat, friends, groups, history
 from chatserver.application.commands import (
     AddFriend,
     AnswerFriend,
+    BlockUser,
     CreateGroup,
     DissolveGroup,
     History,
@@ -53,6 +54,7 @@ HANDLERS: dict[type[Any], UseCase] = {
     AddFriend: friends.add_friend,
     AnswerFriend: friends.answer_friend,
     RemoveFriend: friends.remove_friend,
+    BlockUser: friends.block_user,
     CreateGroup: groups.create_group,
     JoinGroup: groups.join_group,
     LeaveGroup: groups.leave_group,

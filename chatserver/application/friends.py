@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chatserver.application.commands import AddFriend, AnswerFriend, RemoveFriend
+from chatserver.application.commands import AddFriend, AnswerFriend, BlockUser, RemoveFriend
 from chatserver.application.results import Done
-from chatserver.domain.errors import UnknownUser
+from chatserver.domain.errors import InvalidRequest, NotPermitted, RateLimited, UnknownUser
 from chatserver.domain.friends import RequestOutcome, check_answer, outcome_of_request
 from chatserver.domain.messages import (
     FriendAnswer,
@@ -27,9 +27,14 @@ async def add_friend(command: AddFriend, *, connection: Connection) -> Done:
     node = connection.node
     friend_id = command.friend_id
 
-    def ask(tx: Transaction) -> RequestOutcome:
+    def ask(tx: Transaction) -> RequestOutcome | None:
         if friend_id != me.id and tx.users.get(friend_id) is None:
             raise UnknownUser()
+        if friend_id != me.id:
+            if tx.friends.is_blocked(friend_id, me.id):
+                return None  # errno 0 and it reaches nobody (PROTOCOL.md, BLOCK_MSG)
+            if tx.friends.is_blocked(me.id, friend_id):
+                raise NotPermitted("you block that user: unblock them first")
         outcome = outcome_of_request(
             me.id,
             friend_id,
@@ -44,6 +49,8 @@ async def add_friend(command: AddFriend, *, connection: Connection) -> Done:
         return outcome
 
     outcome = await node.uow.run(ask)
+    if outcome is None:
+        return Done()
     if outcome is RequestOutcome.SENT:
         await node.router.notify([friend_id], FriendRequestNotice(me.id, me.name))
     elif outcome is RequestOutcome.ACCEPTS_THEIRS:
@@ -85,6 +92,54 @@ async def remove_friend(command: RemoveFriend, *, connection: Connection) -> Don
     if await node.uow.run(remove):
         await tell_friendship_ended(node, me.id, friend_id)
     return Done()
+
+
+async def block_user(command: BlockUser, *, connection: Connection) -> Done:
+    """BLOCK_MSG (PROTOCOL.md Version 2): blocking ends a friendship with the user and drops
+    the requests between the two; unblocking only lifts the block. Changes are capped per user
+    (Limits.block_changes_per_minute, errno 9); a request that changes nothing does not count."""
+    me = connection.user
+    node = connection.node
+    other_id = command.user_id
+    if other_id == me.id:
+        raise InvalidRequest("userid: you cannot block yourself")
+    key, now = str(me.id), node.clock.now_ms() / 1000
+    if node.block_changes.blocked(key, now):
+        raise RateLimited("too many blocks and unblocks: try again in a minute")
+
+    def change(tx: Transaction) -> tuple[bool, bool]:
+        if tx.users.get(other_id) is None:
+            raise UnknownUser()
+        if not command.block:
+            return tx.friends.unblock(me.id, other_id), False
+        changed = tx.friends.block(me.id, other_id)
+        were_friends = tx.friends.are_friends(me.id, other_id)
+        tx.friends.unfriend(me.id, other_id)
+        tx.friends.remove_request(me.id, other_id)
+        tx.friends.remove_request(other_id, me.id)
+        return changed, were_friends
+
+    changed, were_friends = await node.uow.run(change)
+    if changed:
+        node.block_changes.fail(key, now)
+        # The blocked user's sessions refuse their chats to me on their own node.
+        note_blocked(node, other_id, me.id, command.block)
+        located = await node.presence.locate([other_id])
+        for other_node in located.get(other_id, ()):
+            if other_node != node.node_id:
+                await node.bus.blocked(other_node, other_id, me.id, command.block)
+    if were_friends:
+        await tell_friendship_ended(node, me.id, other_id)
+    return Done()
+
+
+def note_blocked(node: Node, user_id: int, by_id: int, blocked: bool) -> None:
+    """by blocked (or unblocked) user: user's sessions on this node learn it."""
+    for session in node.sessions.of(user_id).values():
+        if blocked:
+            session.blocked_by.add(by_id)
+        else:
+            session.blocked_by.discard(by_id)
 
 
 async def tell_friendship_ended(node: Node, user_id: int, other_id: int) -> None:

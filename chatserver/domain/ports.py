@@ -320,6 +320,10 @@ class BusHandler(Protocol):
         """user and friend are no longer friends."""
         ...
 
+    async def blocked(self, user_id: int, by_id: int, blocked: bool) -> None:
+        """by blocked user (or, blocked False, unblocked them)."""
+        ...
+
     async def moved(self, user_id: int) -> None:
         """Where user's sessions are has changed: look them up afresh next time."""
         ...
@@ -355,6 +359,10 @@ class MessageBus(Protocol):
         ...
 
     async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None: ...
+
+    async def blocked(self, node_id: str, user_id: int, by_id: int, blocked: bool) -> None:
+        """Tell node_id, where user has sessions, that by blocked (or unblocked) them."""
+        ...
 
     async def moved(self, node_id: str, user_id: int) -> None:
         """Tell node_id that what it sent user came here, where user no longer is."""

@@ -3,6 +3,8 @@ BLOCK_MSG (30), ACCOUNT_MSG (32)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -46,3 +48,69 @@ def test_a_legacy_session_is_not_sent_friend_removed(chat):
     ca.ok({"msgid": 18, "friendid": bob.id})
     ca.expect({"msgid": 31, "id": bob.id})
     old.assert_silent(pattern={"msgid": 31})
+
+
+# --------------------------------------------------------------------------- BLOCK
+
+
+def test_blocking_ends_the_friendship_and_is_listed_at_login(chat):
+    alice, bob = chat.users(2)
+    ca, cb = chat.online_all(alice, bob)
+    chat.befriend(ca, cb)
+    assert ca.ack["blocked"] == []
+    ack = ca.ok({"msgid": 30, "userid": bob.id, "block": True})
+    assert ack["reply_to"] == 30
+    ca.expect({"msgid": 31, "id": bob.id})
+    cb.expect({"msgid": 31, "id": alice.id})
+    again = chat.online(alice)
+    assert again.ack["blocked"] == [bob.id] and again.ack["friends"] == []
+    # bob hears nothing of alice any more: no PRESENCE when she goes (ca was taken over)
+    again.logout()
+    cb.assert_silent(pattern={"msgid": 14})
+
+
+def test_a_blocked_users_chat_is_errno_12_and_their_request_reaches_nobody(chat):
+    alice, bob = chat.users(2)
+    ca, cb = chat.online_all(alice, bob)
+    ca.ok({"msgid": 30, "userid": bob.id, "block": True})
+    cb.err({"msgid": 6, "toid": alice.id, "msg": "hello?"}, 12)
+    cb.ok({"msgid": 7, "friendid": alice.id})
+    ca.assert_silent(pattern=lambda f: f["msgid"] in (6, 12))
+    assert phone(chat, alice).ack["friend_requests"] == []
+    # alice still reaches bob; groups are not affected
+    ca.ok({"msgid": 6, "toid": bob.id, "msg": "bye"})
+    cb.expect({"msgid": 6, "id": alice.id})
+    gid, _ = chat.make_group(ca, cb)
+    cb.ok({"msgid": 10, "groupid": gid, "msg": "in the group"})
+    ca.expect({"msgid": 10, "groupid": gid, "msg": "in the group"})
+    # unblocked: chat again
+    ca.ok({"msgid": 30, "userid": bob.id, "block": False})
+    cb.ok({"msgid": 6, "toid": alice.id, "msg": "again"})
+    ca.expect({"msgid": 6, "msg": "again"})
+
+
+def test_block_errors(chat):
+    alice, bob = chat.users(2)
+    ca = chat.online(alice)
+    ca.err({"msgid": 30, "userid": 2_000_000_000, "block": True}, 4)
+    ca.err({"msgid": 30, "userid": alice.id, "block": True}, 7)
+    ca.err({"msgid": 30, "userid": bob.id, "block": "yes"}, 7)
+    ca.err({"msgid": 30, "userid": bob.id}, 7)
+
+
+def test_a_block_flood_is_rate_limited_and_a_well_behaved_user_keeps_service(chat):
+    alice, bob, carol, dave = chat.users(4)
+    ca, cc, cd = chat.online_all(alice, carol, dave)
+    refused = 0
+    for i in range(50):
+        reply = ca.request({"msgid": 30, "userid": bob.id, "block": i % 2 == 0})
+        if reply["errno"] == 9:
+            refused += 1
+        else:
+            assert reply["errno"] == 0, reply
+    assert refused == 20  # 30 changes a minute
+    started = time.perf_counter()
+    cc.ok({"msgid": 6, "toid": dave.id, "msg": "still served"})
+    cd.expect({"msgid": 6, "msg": "still served"})
+    print(f"carol's chat to dave during alice's BLOCK flood: "
+          f"{(time.perf_counter() - started) * 1000:.1f} ms")

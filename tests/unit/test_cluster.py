@@ -11,6 +11,7 @@ from chatserver.adapters.memory.cluster import InProcessHub
 from chatserver.application.commands import (
     AddFriend,
     AnswerFriend,
+    BlockUser,
     CreateGroup,
     JoinGroup,
     LeaveGroup,
@@ -23,7 +24,7 @@ from chatserver.application.commands import (
 )
 from chatserver.application.node import Limits
 from chatserver.application.results import GroupCreated, LoggedIn, MessageAccepted, Registered
-from chatserver.domain.errors import NotAMember
+from chatserver.domain.errors import NotAMember, NotPermitted
 from chatserver.domain.messages import (
     DirectMessage,
     Event,
@@ -360,3 +361,16 @@ async def test_a_device_taken_over_on_another_node_stays_online_there(
     assert isinstance(await again.request(Login("pw", bob)), LoggedIn)  # bob's device moves
     assert hub.locations[bob]["default"].node_id == a.node.node_id
     assert not [e for e in ca.outbox.events if isinstance(e, PresenceNotice) and not e.online]
+
+
+async def test_a_block_reaches_the_blocked_users_sessions_on_another_node(
+    nodes: tuple[ChatApp, ChatApp],
+) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca, cb = await online(a, alice), await online(b, bob)
+    await ca.request(BlockUser(bob, block=True))
+    with pytest.raises(NotPermitted):
+        await cb.request(SendDirectMessage(alice, "refused on bob's own node"))
+    await ca.request(BlockUser(bob, block=False))
+    assert isinstance(await cb.request(SendDirectMessage(alice, "again")), MessageAccepted)

@@ -108,6 +108,11 @@ class InProcessBus:
         if inbox is not None:
             await inbox.forget_friend(user_id, friend_id)
 
+    async def blocked(self, node_id: str, user_id: int, by_id: int, blocked: bool) -> None:
+        inbox = self.hub.inboxes.get(node_id)
+        if inbox is not None:
+            await inbox.blocked(user_id, by_id, blocked)
+
     async def moved(self, node_id: str, user_id: int) -> None:
         inbox = self.hub.inboxes.get(node_id)
         if inbox is not None:

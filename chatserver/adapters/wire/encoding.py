@@ -397,6 +397,7 @@ def _login_reply(reply: JsonObject, result: LoggedIn, dialect: Dialect) -> list[
         reply["groups"] = [_group(view, _members(view)) for view in result.groups]
         reply["offlinemsg"] = offline
         reply["friend_requests"] = [{"id": u.id, "name": u.name} for u in result.friend_requests]
+        reply["blocked"] = list(result.blocked)
     else:
         groups = [_group(view, _json_strings(_members(view))) for view in result.groups]
         # The original sent its lists as arrays of JSON texts, and left out the empty ones.
