@@ -24,6 +24,7 @@ from importlib.metadata import version as _version
 from chatserver.adapters.memory.cluster import InProcessHub
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.application.commands import (
+    AccountChange,
     AddFriend,
     AnswerFriend,
     BlockUser,
@@ -112,6 +113,7 @@ except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "AccountChange",
     "AddFriend",
     "AnswerFriend",
     "BlockUser",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from chatserver.application import accounts, chat, friends, groups, history
+from chatserver.application import account_changes, accounts, chat, friends, groups, history
 from chatserver.application.commands import (
+    AccountChange,
     AddFriend,
     AnswerFriend,
     BlockUser,
@@ -55,6 +56,7 @@ HANDLERS: dict[type[Any], UseCase] = {
     AnswerFriend: friends.answer_friend,
     RemoveFriend: friends.remove_friend,
     BlockUser: friends.block_user,
+    AccountChange: account_changes.change_account,
     CreateGroup: groups.create_group,
     JoinGroup: groups.join_group,
     LeaveGroup: groups.leave_group,

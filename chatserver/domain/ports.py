@@ -28,6 +28,10 @@ class UserRepository(Protocol):
 
     def account_by_name(self, name: str) -> Account | None: ...
 
+    def set_password(self, user_id: int, password_hash: str) -> bool:
+        """Replace the user's password hash; False if there is no such user."""
+        ...
+
 
 class FriendRepository(Protocol):
     def friends_of(self, user_id: int) -> list[User]: ...
@@ -293,6 +297,10 @@ class Presence(Protocol):
 
     async def locate(self, user_ids: Sequence[int]) -> dict[int, frozenset[str]]:
         """The live nodes with a session of each user in user_ids who is online."""
+        ...
+
+    async def sessions(self, user_id: int) -> dict[str, DeviceSession]:
+        """The user's sessions on live nodes, by device."""
         ...
 
     async def live_nodes(self, node_ids: Collection[str]) -> set[str]:

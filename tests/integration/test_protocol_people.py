@@ -114,3 +114,51 @@ def test_a_block_flood_is_rate_limited_and_a_well_behaved_user_keeps_service(cha
     cd.expect({"msgid": 6, "msg": "still served"})
     print(f"carol's chat to dave during alice's BLOCK flood: "
           f"{(time.perf_counter() - started) * 1000:.1f} ms")
+
+
+# --------------------------------------------------------------------------- ACCOUNT
+
+
+def test_changing_the_password_kicks_the_other_devices_and_the_new_one_works(chat):
+    (alice,) = chat.users(1)
+    ca = chat.online(alice)
+    other = phone(chat, alice)
+    reply = ca.ok({"msgid": 32, "action": "password", "password": alice.password,
+                   "new_password": "a new secret"})
+    assert reply["reply_to"] == 32
+    other.expect({"msgid": 15})
+    ca.ok({"msgid": 16})  # the asking session goes on
+    ca.ok({"msgid": 6, "toid": alice.id, "msg": "still logged in"})
+    fresh = chat.client()
+    old = fresh.request({"msgid": 1, "id": alice.id, "password": alice.password})
+    assert old["errno"] == 1, old
+    new = fresh.request({"msgid": 1, "id": alice.id, "password": "a new secret",
+                         "device": "tablet"})
+    assert new["errno"] == 0, new
+
+
+def test_account_errors(chat):
+    (alice,) = chat.users(1)
+    ca = chat.online(alice)
+    ca.err({"msgid": 32, "action": "password", "password": "wrong", "new_password": "x2345678"}, 1)
+    ca.err({"msgid": 32, "action": "password", "password": alice.password}, 7)
+    ca.err({"msgid": 32, "action": "rename", "password": alice.password}, 7)
+    ca.err({"msgid": 32, "action": "password", "password": 5, "new_password": "x2345678"}, 7)
+
+
+def test_password_guessing_through_account_is_throttled_and_others_keep_service(chat):
+    alice, bob, carol = chat.users(3)
+    ca, cb, cc = chat.online_all(alice, bob, carol)
+    errnos = []
+    for _ in range(15):
+        reply = ca.request({"msgid": 32, "action": "password", "password": "guess",
+                            "new_password": "x2345678"}, timeout=30)
+        errnos.append(reply["errno"])
+        if reply["errno"] == 9:
+            break
+    assert errnos[-1] == 9 and set(errnos[:-1]) == {1}, errnos
+    started = time.perf_counter()
+    cb.ok({"msgid": 6, "toid": carol.id, "msg": "still served"})
+    cc.expect({"msgid": 6, "msg": "still served"})
+    print(f"bob's chat to carol after alice's guesses: "
+          f"{(time.perf_counter() - started) * 1000:.1f} ms")

@@ -9,6 +9,7 @@ import pytest
 
 from chatserver.adapters.memory.cluster import InProcessHub
 from chatserver.application.commands import (
+    AccountChange,
     AddFriend,
     AnswerFriend,
     BlockUser,
@@ -374,3 +375,16 @@ async def test_a_block_reaches_the_blocked_users_sessions_on_another_node(
         await cb.request(SendDirectMessage(alice, "refused on bob's own node"))
     await ca.request(BlockUser(bob, block=False))
     assert isinstance(await cb.request(SendDirectMessage(alice, "again")), MessageAccepted)
+
+
+async def test_a_password_change_ends_the_users_sessions_on_another_node(
+    nodes: tuple[ChatApp, ChatApp],
+) -> None:
+    a, b = nodes
+    alice = await register(a, "alice")
+    here = await online(a, alice)
+    there = b.connect()
+    assert isinstance(await there.request(Login("pw", alice, device="phone")), LoggedIn)
+    await here.request(AccountChange("password", "pw", "new secret"))
+    assert isinstance(unwrap(await there.next_event()), KickedNotice)
+    assert isinstance(await here.request(SendDirectMessage(alice, "still on")), MessageAccepted)

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from chatserver.application.commands import (
+    AccountChange,
     AddFriend,
     AnswerFriend,
     BlockUser,
@@ -17,12 +18,20 @@ from chatserver.application.commands import (
     SendGroupMessage,
 )
 from chatserver.application.results import Done, GroupCreated, LoggedIn, MessageAccepted
-from chatserver.domain.errors import InvalidRequest, NotPermitted, RateLimited, UnknownUser
+from chatserver.domain.errors import (
+    InvalidCredentials,
+    InvalidRequest,
+    NotLoggedIn,
+    NotPermitted,
+    RateLimited,
+    UnknownUser,
+)
 from chatserver.domain.messages import (
     DirectMessage,
     FriendRemovedNotice,
     FriendRequestNotice,
     GroupMessage,
+    KickedNotice,
 )
 from chatserver.entrypoints.bootstrap import ChatApp, EmbeddedClient
 from tests.unit.test_use_cases import online, register, unwrap
@@ -163,3 +172,51 @@ async def test_a_block_unblock_flood_is_rate_limited_and_others_keep_service(
     assert isinstance(await c.request(SendDirectMessage(bob, "still fine")), MessageAccepted)
     await c.request(BlockUser(bob, block=True))  # another user's blocks are their own
     print(f"carol's chat during alice's flood: {(time.perf_counter() - started) * 1000:.2f} ms")
+
+
+# --------------------------------------------------------------------------- ACCOUNT
+
+
+async def test_changing_the_password_ends_the_other_sessions_and_the_new_one_logs_in(
+    chat: ChatApp,
+) -> None:
+    alice = await register(chat, "alice")
+    a = await online(chat, alice)
+    a_phone = await device(chat, alice, "phone")
+    assert await a.request(AccountChange("password", "pw", "new secret")) == Done()
+    assert isinstance(unwrap(await a_phone.next_event()), KickedNotice)
+    with pytest.raises(NotLoggedIn):
+        await a_phone.request(SendDirectMessage(alice, "still here?"))
+    assert isinstance(await a.request(SendDirectMessage(alice, "I stay")), MessageAccepted)
+    with pytest.raises(InvalidCredentials):
+        await chat.connect().request(Login("pw", user_id=alice))
+    assert isinstance(
+        await chat.connect().request(Login("new secret", user_id=alice, device="x")), LoggedIn
+    )
+
+
+async def test_a_wrong_password_is_refused_and_counted_by_the_login_throttle(
+    chat: ChatApp,
+) -> None:
+    alice = await register(chat, "alice")
+    a = await online(chat, alice)
+    refused = 0
+    for _ in range(30):
+        try:
+            await a.request(AccountChange("password", "guess", "new secret"))
+        except InvalidCredentials:
+            refused += 1
+        except RateLimited:
+            break
+    assert 0 < refused < 30  # the throttle stepped in before 30 guesses
+    with pytest.raises(RateLimited):
+        await a.request(AccountChange("password", "pw", "new secret"))
+
+
+async def test_account_requests_are_checked(chat: ChatApp) -> None:
+    alice = await register(chat, "alice")
+    a = await online(chat, alice)
+    with pytest.raises(InvalidRequest):
+        await a.request(AccountChange("password", "pw"))
+    with pytest.raises(InvalidRequest):
+        await a.request(AccountChange("rename", "pw"))

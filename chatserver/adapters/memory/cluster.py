@@ -70,6 +70,9 @@ class InProcessPresence:
     async def live_nodes(self, node_ids: Collection[str]) -> set[str]:
         return {node for node in node_ids if node in self.hub.inboxes}
 
+    async def sessions(self, user_id: int) -> dict[str, DeviceSession]:
+        return dict(self.hub.live_sessions(user_id))
+
 
 @define
 class InProcessBus:

@@ -140,6 +140,13 @@ class MemoryUserRepository:
         user_id = self._db.user_ids_by_name.get(name)
         return None if user_id is None else self._db.accounts[user_id]
 
+    def set_password(self, user_id: int, password_hash: str) -> bool:
+        account = self._db.accounts.get(user_id)
+        if account is None:
+            return False
+        self._log.put(self._db.accounts, user_id, Account(account.user, password_hash))
+        return True
+
 
 def _require_users(db: MemoryDatabase, *user_ids: int) -> None:
     accounts = db.accounts

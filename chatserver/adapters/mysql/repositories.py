@@ -134,6 +134,13 @@ class MySqlUserRepository:
         self._db.execute("SELECT id, name, password FROM user WHERE name = %s", (name,))
         return self._account()
 
+    def set_password(self, user_id: int, password_hash: str) -> bool:
+        self._db.execute("SELECT 1 FROM user WHERE id = %s FOR UPDATE", (user_id,))
+        if self._db.fetchone() is None:
+            return False
+        self._db.execute("UPDATE user SET password = %s WHERE id = %s", (password_hash, user_id))
+        return True
+
     def _account(self) -> Account | None:
         row = _row(self._db)
         if row is None:

@@ -59,6 +59,12 @@ class SqliteUserRepository:
         ).fetchone()
         return None if row is None else Account(User(row[0], row[1]), row[2])
 
+    def set_password(self, user_id: int, password_hash: str) -> bool:
+        cursor = self._db.execute(
+            "UPDATE user SET password = ? WHERE id = ?", (password_hash, user_id)
+        )
+        return cursor.rowcount > 0
+
 
 class SqliteFriendRepository:
     def __init__(self, connection: sqlite3.Connection) -> None:

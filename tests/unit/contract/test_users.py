@@ -80,3 +80,15 @@ async def test_distinct_names_stay_distinct(new_uow: NewUnitOfWork, names: list[
     users = await uow.run(lambda tx: [tx.users.add(name, name) for name in names])
     found = await uow.run(lambda tx: [tx.users.account_by_name(name) for name in names])
     assert found == [Account(user, user.name) for user in users]
+
+
+async def test_set_password_replaces_the_hash_and_says_whether_the_user_exists(
+    uow: UnitOfWork,
+) -> None:
+    def change(tx: Transaction) -> tuple[bool, bool]:
+        user = tx.users.add("alice", "old-hash")
+        return tx.users.set_password(user.id, "new-hash"), tx.users.set_password(999, "x")
+
+    assert await uow.run(change) == (True, False)
+    account = await uow.run(lambda tx: tx.users.account_by_name("alice"))
+    assert account is not None and account.password_hash == "new-hash"
