@@ -190,7 +190,9 @@ class RedisBus:
         await self._publish(self.channel(node_id), {"t": "unfriend", "u": user_id, "f": friend_id})
 
     async def blocked(self, node_id: str, user_id: int, by_id: int, blocked: bool) -> None:
-        await self._publish(
+        # Waits for the node, so a chat the blocked user sends there after the BLOCK's reply
+        # is refused.
+        await self._ask(
             self.channel(node_id), {"t": "block", "u": user_id, "b": by_id, "on": blocked}
         )
 
@@ -271,6 +273,7 @@ class RedisBus:
                 await inbox.forget_friend(message["u"], message["f"])
             elif kind == "block":
                 await inbox.blocked(message["u"], message["b"], message["on"])
+                await self._answer(message)
             elif kind == "moved":
                 await inbox.moved(message["u"])
         except Unavailable as error:
