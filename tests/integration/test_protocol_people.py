@@ -61,7 +61,9 @@ def test_blocking_ends_the_friendship_and_is_listed_at_login(chat):
     ack = ca.ok({"msgid": 30, "userid": bob.id, "block": True})
     assert ack["reply_to"] == 30
     ca.expect({"msgid": 31, "id": bob.id})
-    cb.expect({"msgid": 31, "id": alice.id})
+    # the blocked one learns the friendship ended, not why
+    assert cb.expect({"msgid": 31}) == {"msgid": 31, "id": alice.id}
+    assert "blocked" not in cb.ack or cb.ack["blocked"] == []
     again = chat.online(alice)
     assert again.ack["blocked"] == [bob.id] and again.ack["friends"] == []
     # bob hears nothing of alice any more: no PRESENCE when she goes (ca was taken over)
@@ -74,7 +76,11 @@ def test_a_blocked_users_chat_is_errno_12_and_their_request_reaches_nobody(chat)
     ca, cb = chat.online_all(alice, bob)
     ca.ok({"msgid": 30, "userid": bob.id, "block": True})
     cb.err({"msgid": 6, "toid": alice.id, "msg": "hello?"}, 12)
-    cb.ok({"msgid": 7, "friendid": alice.id})
+    # a blocked user's ADD_FRIEND is answered like any that was sent
+    carol = chat.users(1)[0]
+    normal = cb.ok({"msgid": 7, "friendid": carol.id})
+    swallowed = cb.ok({"msgid": 7, "friendid": alice.id})
+    assert set(swallowed) == set(normal), (swallowed, normal)
     ca.assert_silent(pattern=lambda f: f["msgid"] in (6, 12))
     assert phone(chat, alice).ack["friend_requests"] == []
     # alice still reaches bob; groups are not affected
