@@ -24,8 +24,10 @@ from importlib.metadata import version as _version
 from chatserver.adapters.memory.cluster import InProcessHub
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.application.commands import (
+    AccountChange,
     AddFriend,
     AnswerFriend,
+    BlockUser,
     Command,
     CreateGroup,
     DissolveGroup,
@@ -98,6 +100,7 @@ from chatserver.domain.messages import (
     DirectMessage,
     Event,
     FriendAnswer,
+    FriendRemovedNotice,
     FriendRequestNotice,
     GroupEvent,
     GroupMessage,
@@ -124,6 +127,7 @@ except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "AccountChange",
     "AccountCreated",
     "AddFriend",
     "AfterEvent",
@@ -131,6 +135,7 @@ __all__ = [
     "AnswerFriend",
     "Authenticator",
     "BeforeSend",
+    "BlockUser",
     "ChatApp",
     "ChatError",
     "Clock",
@@ -147,6 +152,7 @@ __all__ = [
     "Forbidden",
     "FriendAnswer",
     "FriendRemoved",
+    "FriendRemovedNotice",
     "FriendRequestNotice",
     "FriendRequested",
     "Group",

@@ -14,6 +14,7 @@ from chatserver.domain.messages import (
     DirectMessage,
     Event,
     FriendAnswer,
+    FriendRemovedNotice,
     FriendRequestNotice,
     GroupEvent,
     GroupMessage,
@@ -31,6 +32,7 @@ EVENT_KINDS: dict[str, type[Event]] = {
     "presence": PresenceNotice,
     "kicked": KickedNotice,
     "read": ReadNotice,
+    "friend_removed": FriendRemovedNotice,
 }
 KIND_OF_EVENT = {cls: kind for kind, cls in EVENT_KINDS.items()}
 DELIVERY_KINDS: dict[str, type[Delivery]] = {

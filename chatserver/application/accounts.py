@@ -105,6 +105,7 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
         shown = [k for k in snapshot.waiting if command.notices or is_chat(k.delivery)]
         node.metrics.waiting_at_login(len(shown))
         session.friend_ids = {f.id for f in snapshot.friends}
+        session.blocked_by = set(snapshot.blockers)
         session.start(snapshot.last_pos, snapshot.waiting)
         if first:
             await node.router.notify(sorted(session.friend_ids), PresenceNotice(user.id, True))
@@ -127,6 +128,7 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
         friend_requests=tuple(snapshot.requests),
         last_pos=snapshot.last_pos,
         read_pos=snapshot.read_pos,
+        blocked=tuple(snapshot.blocked),
     )
 
 
@@ -288,6 +290,8 @@ class _LoginSnapshot:
         self.friends = tx.friends.friends_of(user.id)
         self.groups = [(g, tx.groups.members(g.id)) for g in tx.groups.groups_of(user.id)]
         self.requests = tx.friends.requesters_of(user.id)
+        self.blocked = tx.friends.blocked_by(user.id)
+        self.blockers = tx.friends.blockers_of(user.id)
         inbox = tx.inbox
         self.last_pos = inbox.last_pos(user.id)
         self.read_pos = inbox.read_pos(user.id)

@@ -14,7 +14,7 @@ from chatserver.application.commands import Receipt, SendDirectMessage, SendGrou
 from chatserver.application.hooks import Outgoing, check_before_send
 from chatserver.application.inbox_writer import InboxWrite
 from chatserver.application.results import Done, MessageAccepted
-from chatserver.domain.errors import ChatError, Muted, NotAMember
+from chatserver.domain.errors import ChatError, Muted, NotAMember, NotPermitted
 from chatserver.domain.messages import Delivery, DirectMessage, GroupMessage
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ async def send_direct_message(
     command: SendDirectMessage, *, connection: Connection
 ) -> MessageAccepted:
     session = connection.require_session()
+    if command.recipient_id in session.blocked_by:
+        raise NotPermitted()
     me = session.user
     node = connection.node
     turns = connection.turns
@@ -92,6 +94,8 @@ def send_direct_message_joining(
         or node.before_send is not None  # the hook is awaited: send_direct_message does it
     ):
         return False
+    if command.recipient_id in connection.require_session().blocked_by:
+        return False  # refused by send_direct_message
     msg_id = node.message_ids.take()
     if msg_id is None:
         return False

@@ -93,6 +93,34 @@ class RemoveFriend:
 
 
 @frozen
+class BlockUser:
+    """Block a user (block=True) or unblock them (PROTOCOL.md Version 2, BLOCK_MSG)."""
+
+    user_id: int
+    block: bool
+
+
+@frozen
+class AccountChange:
+    """ACCOUNT_MSG (PROTOCOL.md Version 2): action "password" changes the password to
+    new_password; "delete" deletes the account (not implemented yet: errno 7)."""
+
+    action: str
+    password: str = field(repr=False)
+    new_password: str | None = field(default=None, repr=False)
+
+    def validate(self) -> None:
+        if self.action == "password":
+            if self.new_password is None:
+                raise InvalidRequest("new_password: required to change the password")
+            check_password(self.new_password)
+        elif self.action == "delete":
+            raise InvalidRequest("action: deleting an account is not implemented yet")
+        else:
+            raise InvalidRequest('action: "password" or "delete"')
+
+
+@frozen
 class CreateGroup:
     name: str
     description: str = ""
@@ -238,6 +266,8 @@ Command = (
     | AddFriend
     | AnswerFriend
     | RemoveFriend
+    | BlockUser
+    | AccountChange
     | CreateGroup
     | JoinGroup
     | LeaveGroup

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from chatserver.application import accounts, chat, friends, groups, history
+from chatserver.application import account_changes, accounts, chat, friends, groups, history
 from chatserver.application.commands import (
+    AccountChange,
     AddFriend,
     AnswerFriend,
+    BlockUser,
     CreateGroup,
     DissolveGroup,
     History,
@@ -60,6 +62,8 @@ HANDLERS: dict[type[Any], UseCase] = {
     AddFriend: telling(friends.add_friend, friend_requested),
     AnswerFriend: friends.answer_friend,
     RemoveFriend: telling(friends.remove_friend, friend_removed),
+    BlockUser: friends.block_user,
+    AccountChange: account_changes.change_account,
     CreateGroup: telling(groups.create_group, group_founded),
     JoinGroup: groups.join_group,
     LeaveGroup: groups.leave_group,

@@ -5,6 +5,7 @@ from functools import partial
 from attrs import define
 
 from chatserver.application.accounts import kick
+from chatserver.application.friends import note_blocked
 from chatserver.application.node import Node
 from chatserver.domain.messages import Event, Kept
 from chatserver.domain.ports import Transaction
@@ -45,6 +46,9 @@ class NodeInbox:
     async def forget_friend(self, user_id: int, friend_id: int) -> None:
         for session in self.node.sessions.of(user_id).values():
             session.friend_ids.discard(friend_id)
+
+    async def blocked(self, user_id: int, by_id: int, blocked: bool) -> None:
+        note_blocked(self.node, user_id, by_id, blocked)
 
     async def catch_up(self) -> None:
         """Pushes from other nodes may have been lost while the bus was down: each session

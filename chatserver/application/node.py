@@ -73,6 +73,9 @@ class Limits:
     # Group changes (joining, leaving and every administration request) one user may make
     # within a minute: each tells every member (a GROUP_EVENT in each inbox). Past it: errno 9.
     group_changes_per_minute: int = 60
+    # BLOCK requests that change something, per user and minute (each may end a friendship
+    # and tells other nodes). Past it: errno 9.
+    block_changes_per_minute: int = 30
 
 
 @define
@@ -138,6 +141,7 @@ class Node:
     hashing: HashQueue = field(init=False)
     group_creations: FailureWindow = field(init=False)
     group_changes: FailureWindow = field(init=False)
+    block_changes: FailureWindow = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         limits = self.limits
@@ -172,6 +176,7 @@ class Node:
         self.groups = GroupDirectory(self.uow, self.limits.rosters_cached)
         self.group_creations = FailureWindow(self.limits.groups_created_per_hour, 3600.0)
         self.group_changes = FailureWindow(self.limits.group_changes_per_minute, 60.0)
+        self.block_changes = FailureWindow(self.limits.block_changes_per_minute, 60.0)
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)
         hooks = self.hooks
         self.before_send = hooks.before_send

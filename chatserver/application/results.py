@@ -68,6 +68,8 @@ class LoggedIn:
     friend_requests: tuple[User, ...]
     last_pos: int = 0
     read_pos: int = 0
+    # The users this user blocks (BLOCK_MSG).
+    blocked: tuple[int, ...] = ()
 
 
 @frozen

@@ -41,6 +41,9 @@ class Session:
     device: str = "default"
     started_ms: int = 0
     friend_ids: set[int] = Factory(set)
+    # The users who block this user (loaded at login, kept by BLOCK on any node): a chat to
+    # them is refused here, on the sender's node, without a database round trip.
+    blocked_by: set[int] = Factory(set)
     # The next pos this session expects; None until the login has read the inbox.
     next_pos: int | None = None
     # Arrived before their turn, by pos; None for the session's own sends (nothing to push).

@@ -110,7 +110,14 @@ class ReadNotice:
     pos: int
 
 
-Notice = FriendRequestNotice | PresenceNotice | KickedNotice | ReadNotice
+@frozen
+class FriendRemovedNotice:
+    """The friendship with user_id ended (removed, blocked or an account deleted: not said)."""
+
+    user_id: int
+
+
+Notice = FriendRequestNotice | PresenceNotice | KickedNotice | ReadNotice | FriendRemovedNotice
 
 Event = Delivery | Notice | Kept
 

@@ -58,6 +58,24 @@ class FriendRepository(Protocol):
         """Users waiting for addressee's answer, oldest request first."""
         ...
 
+    def block(self, blocker_id: int, blocked_id: int) -> bool:
+        """blocker blocks blocked (BLOCK_MSG); False if they already did. Raises UnknownUser."""
+        ...
+
+    def unblock(self, blocker_id: int, blocked_id: int) -> bool:
+        """False if blocker did not block blocked."""
+        ...
+
+    def is_blocked(self, blocker_id: int, blocked_id: int) -> bool: ...
+
+    def blocked_by(self, blocker_id: int) -> list[int]:
+        """The users blocker blocks, ascending."""
+        ...
+
+    def blockers_of(self, blocked_id: int) -> list[int]:
+        """The users who block blocked, ascending."""
+        ...
+
 
 class GroupRepository(Protocol):
     def create(self, name: str, description: str, creator_id: int) -> Group:
@@ -281,6 +299,10 @@ class Presence(Protocol):
         """The live nodes with a session of each user in user_ids who is online."""
         ...
 
+    async def sessions(self, user_id: int) -> dict[str, DeviceSession]:
+        """The user's sessions on live nodes, by device."""
+        ...
+
     async def live_nodes(self, node_ids: Collection[str]) -> set[str]:
         """Those of node_ids that are still alive (their lease is current)."""
         ...
@@ -304,6 +326,10 @@ class BusHandler(Protocol):
 
     async def forget_friend(self, user_id: int, friend_id: int) -> None:
         """user and friend are no longer friends."""
+        ...
+
+    async def blocked(self, user_id: int, by_id: int, blocked: bool) -> None:
+        """by blocked user (or, blocked False, unblocked them)."""
         ...
 
     async def moved(self, user_id: int) -> None:
@@ -341,6 +367,10 @@ class MessageBus(Protocol):
         ...
 
     async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None: ...
+
+    async def blocked(self, node_id: str, user_id: int, by_id: int, blocked: bool) -> None:
+        """Tell node_id, where user has sessions, that by blocked (or unblocked) them."""
+        ...
 
     async def moved(self, node_id: str, user_id: int) -> None:
         """Tell node_id that what it sent user came here, where user no longer is."""

@@ -160,6 +160,7 @@ _PUSH_FIELDS: dict[int, dict[str, Callable[[Any], bool]]] = {
         "time": lambda v: isinstance(v, str) and bool(TIME_FORMAT.match(v)),
         "ts": is_int,
     },
+    31: {"id": _pos_int},  # FRIEND_REMOVED_MSG (version 2, modern only)
 }
 _GROUP_EVENTS = (
     "joined", "left", "kicked", "role", "transfer", "muted", "updated", "dissolved"
@@ -167,7 +168,7 @@ _GROUP_EVENTS = (
 # Objects with a msg_id carry their pos in the user's inbox (version 2), except in the legacy
 # dialect, which keeps version 1's shape exactly.
 _KEPT_MSGIDS = (6, 10, 13, 29)
-_VERSION_2_PUSHES = (22, 29)
+_VERSION_2_PUSHES = (22, 29, 31)
 
 
 def _pos_problems(obj: Frame, legacy: bool, where: str) -> list[str]:

@@ -55,6 +55,7 @@ from chatserver.entrypoints.client.library import (
     DirectMessage,
     Event,
     FriendAnswer,
+    FriendRemoved,
     FriendRequest,
     GroupEvent,
     GroupMessage,
@@ -230,6 +231,8 @@ class SoakClient:
             self.pending_requests.add(event.requester_id)
         elif isinstance(event, Kicked):
             ledger.error("kicked", f"user {self.uid}: {event.reason}")
+        elif isinstance(event, FriendRemoved):  # Version 2: a friend removed this user
+            self.friends.discard(event.user_id)
         elif isinstance(event, UnknownFrame):
             ledger.error("unknown frame", repr(event.frame)[:300])
         elif not isinstance(event, Presence):

@@ -653,3 +653,9 @@ async def next_message(client: ChatClient) -> Event:
         if isinstance(event, FriendAnswer):
             return event
     return event
+
+
+def test_friend_removed_is_parsed_as_an_event() -> None:
+    from chatserver.entrypoints.client.library import FriendRemoved, parse_event
+
+    assert parse_event({"msgid": 31, "id": 5}) == FriendRemoved(5)

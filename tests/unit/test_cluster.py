@@ -9,8 +9,10 @@ import pytest
 
 from chatserver.adapters.memory.cluster import InProcessHub
 from chatserver.application.commands import (
+    AccountChange,
     AddFriend,
     AnswerFriend,
+    BlockUser,
     CreateGroup,
     JoinGroup,
     LeaveGroup,
@@ -23,11 +25,12 @@ from chatserver.application.commands import (
 )
 from chatserver.application.node import Limits
 from chatserver.application.results import GroupCreated, LoggedIn, MessageAccepted, Registered
-from chatserver.domain.errors import NotAMember
+from chatserver.domain.errors import NotAMember, NotPermitted
 from chatserver.domain.messages import (
     DirectMessage,
     Event,
     FriendAnswer,
+    FriendRemovedNotice,
     GroupEvent,
     GroupMessage,
     Kept,
@@ -147,9 +150,29 @@ async def test_presence_and_friend_answers_cross_nodes(nodes: tuple[ChatApp, Cha
     await cb.close()
     assert unwrap(await ca.next_event()) == PresenceNotice(bob, False)
     await ca.request(RemoveFriend(bob))
+    assert unwrap(await ca.next_event()) == FriendRemovedNotice(bob)
     cb = await online(b, bob)
     await anyio.sleep(0.2)
     assert ca.outbox.events == []  # no longer friends: no presence
+
+
+async def test_friend_removed_reaches_every_device_on_both_nodes(
+    nodes: tuple[ChatApp, ChatApp],
+) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca, cb = await online(a, alice), await online(b, bob)
+    await ca.request(AddFriend(bob))
+    unwrap(await cb.next_event())  # the request
+    await cb.request(AnswerFriend(alice, accept=True))
+    ca_phone = b.connect()
+    assert isinstance(await ca_phone.request(Login("pw", alice, device="phone")), LoggedIn)
+    await anyio.sleep(0.1)
+    ca.outbox.events.clear()
+    cb.outbox.events.clear()
+    await cb.request(RemoveFriend(alice))
+    for client, other in ((ca, bob), (ca_phone, bob), (cb, alice)):
+        assert unwrap(await client.next_event()) == FriendRemovedNotice(other)
 
 
 async def next_chat(client: EmbeddedClient) -> Event:
@@ -339,3 +362,29 @@ async def test_a_device_taken_over_on_another_node_stays_online_there(
     assert isinstance(await again.request(Login("pw", bob)), LoggedIn)  # bob's device moves
     assert hub.locations[bob]["default"].node_id == a.node.node_id
     assert not [e for e in ca.outbox.events if isinstance(e, PresenceNotice) and not e.online]
+
+
+async def test_a_block_reaches_the_blocked_users_sessions_on_another_node(
+    nodes: tuple[ChatApp, ChatApp],
+) -> None:
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca, cb = await online(a, alice), await online(b, bob)
+    await ca.request(BlockUser(bob, block=True))
+    with pytest.raises(NotPermitted):
+        await cb.request(SendDirectMessage(alice, "refused on bob's own node"))
+    await ca.request(BlockUser(bob, block=False))
+    assert isinstance(await cb.request(SendDirectMessage(alice, "again")), MessageAccepted)
+
+
+async def test_a_password_change_ends_the_users_sessions_on_another_node(
+    nodes: tuple[ChatApp, ChatApp],
+) -> None:
+    a, b = nodes
+    alice = await register(a, "alice")
+    here = await online(a, alice)
+    there = b.connect()
+    assert isinstance(await there.request(Login("pw", alice, device="phone")), LoggedIn)
+    await here.request(AccountChange("password", "pw", "new secret"))
+    assert isinstance(unwrap(await there.next_event()), KickedNotice)
+    assert isinstance(await here.request(SendDirectMessage(alice, "still on")), MessageAccepted)

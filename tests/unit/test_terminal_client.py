@@ -993,3 +993,10 @@ async def test_against_a_real_node_a_reconnect_shows_every_missed_message_once_i
         *(f"[{bob_id}] bob said: missed {n}" for n in range(4, 6)),
     ]
     assert shell.pos == 9 and not shell.later  # 1 before the cut, 2 typed, 3-9 missed
+
+
+def test_a_removed_friend_is_described_by_name() -> None:
+    from chatserver.entrypoints.client.library import FriendRemoved
+    from chatserver.entrypoints.client.terminal import describe
+
+    assert describe(FriendRemoved(2), {2: "bob"}) == "[2] bob is no longer your friend"

@@ -390,9 +390,12 @@ def logged_in(
     friends: tuple[Contact, ...] = (),
     groups: tuple[GroupView, ...] = (),
     friend_requests: tuple[User, ...] = (),
+    blocked: tuple[int, ...] = (),
 ) -> LoggedIn:
     kept = tuple(Kept(pos, d) for pos, d in enumerate(waiting, start=1))
-    return LoggedIn(ALICE, friends, groups, kept, friend_requests, last_pos=len(waiting))
+    return LoggedIn(
+        ALICE, friends, groups, kept, friend_requests, last_pos=len(waiting), blocked=blocked
+    )
 
 
 def test_register_reply_carries_the_new_id_and_the_seq() -> None:
@@ -429,8 +432,22 @@ def test_other_requests_get_a_plain_ack_without_seq_when_none_was_sent() -> None
 def test_login_reply_lists_everything_even_when_empty() -> None:
     assert encode_result(request(1, seq=2), logged_in(), MODERN) == [
         b'{"msgid":2,"seq":2,"errno":0,"id":1,"name":"alice","last_pos":0,"read_pos":0,'
-        b'"friends":[],"groups":[],"offlinemsg":[],"friend_requests":[]}\n'
+        b'"friends":[],"groups":[],"offlinemsg":[],"friend_requests":[],"blocked":[]}\n'
     ]
+
+
+def test_login_reply_lists_the_users_one_blocks_to_modern_clients_only() -> None:
+    assert one(encode_result(request(1), logged_in(blocked=(3, 4)), MODERN))["blocked"] == [3, 4]
+    legacy = one(encode_result(request(1), logged_in(blocked=(3, 4)), LEGACY))
+    assert "blocked" not in legacy
+
+
+def test_block_is_decoded_with_a_boolean_block() -> None:
+    from chatserver.application.commands import BlockUser
+
+    decoded = decode(b'{"msgid":30,"seq":1,"userid":3,"block":true}')
+    assert not isinstance(decoded, BadRequest) and decoded.command == BlockUser(3, True)
+    assert isinstance(decode(b'{"msgid":30,"userid":3,"block":1}'), BadRequest)
 
 
 def test_login_reply_describes_friends_groups_waiting_messages_and_requests() -> None:
@@ -981,6 +998,13 @@ def test_read_is_pushed_to_modern_clients_only() -> None:
 
     assert encode_event(ReadNotice(5), MODERN) == b'{"msgid":22,"pos":5}\n'
     assert encode_event(ReadNotice(5), LEGACY) is None
+
+
+def test_friend_removed_is_pushed_to_modern_clients_only() -> None:
+    from chatserver.domain.messages import FriendRemovedNotice
+
+    assert encode_event(FriendRemovedNotice(7), MODERN) == b'{"msgid":31,"id":7}\n'
+    assert encode_event(FriendRemovedNotice(7), LEGACY) is None
 
 
 def test_sync_and_history_replies_carry_kept_objects() -> None:

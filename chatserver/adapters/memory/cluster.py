@@ -70,6 +70,9 @@ class InProcessPresence:
     async def live_nodes(self, node_ids: Collection[str]) -> set[str]:
         return {node for node in node_ids if node in self.hub.inboxes}
 
+    async def sessions(self, user_id: int) -> dict[str, DeviceSession]:
+        return dict(self.hub.live_sessions(user_id))
+
 
 @define
 class InProcessBus:
@@ -107,6 +110,11 @@ class InProcessBus:
         inbox = self.hub.inboxes.get(node_id)
         if inbox is not None:
             await inbox.forget_friend(user_id, friend_id)
+
+    async def blocked(self, node_id: str, user_id: int, by_id: int, blocked: bool) -> None:
+        inbox = self.hub.inboxes.get(node_id)
+        if inbox is not None:
+            await inbox.blocked(user_id, by_id, blocked)
 
     async def moved(self, node_id: str, user_id: int) -> None:
         inbox = self.hub.inboxes.get(node_id)

@@ -34,6 +34,9 @@ class MemoryDatabase:
     friends: dict[int, dict[int, None]] = Factory(dict)
     # addressee -> requester -> order of the request
     requests: dict[int, dict[int, int]] = Factory(dict)
+    # blocker -> the users they block; blocked -> the users who block them (dicts as sets)
+    blocks: dict[int, dict[int, None]] = Factory(dict)
+    blockers: dict[int, dict[int, None]] = Factory(dict)
     groups: dict[int, Group] = Factory(dict)
     group_ids_by_name: dict[str, int] = Factory(dict)
     # group -> user -> (order of joining, role, muted until in ms: 0 for not muted)
@@ -187,6 +190,27 @@ class MemoryFriendRepository:
     def requesters_of(self, addressee_id: int) -> list[User]:
         waiting = self._db.requests.get(addressee_id, {})
         return [self._db.accounts[i].user for i in sorted(waiting, key=waiting.__getitem__)]
+
+    def block(self, blocker_id: int, blocked_id: int) -> bool:
+        _require_users(self._db, blocker_id, blocked_id)
+        if self.is_blocked(blocker_id, blocked_id):
+            return False
+        self._log.put(self._db.blocks.setdefault(blocker_id, {}), blocked_id, None)
+        self._log.put(self._db.blockers.setdefault(blocked_id, {}), blocker_id, None)
+        return True
+
+    def unblock(self, blocker_id: int, blocked_id: int) -> bool:
+        self._log.pop(self._db.blockers.get(blocked_id, {}), blocker_id)
+        return self._log.pop(self._db.blocks.get(blocker_id, {}), blocked_id)
+
+    def is_blocked(self, blocker_id: int, blocked_id: int) -> bool:
+        return blocked_id in self._db.blocks.get(blocker_id, ())
+
+    def blocked_by(self, blocker_id: int) -> list[int]:
+        return sorted(self._db.blocks.get(blocker_id, ()))
+
+    def blockers_of(self, blocked_id: int) -> list[int]:
+        return sorted(self._db.blockers.get(blocked_id, ()))
 
 
 class MemoryGroupRepository:

@@ -135,10 +135,11 @@ class MySqlUserRepository:
         return self._account()
 
     def set_password_hash(self, user_id: int, password_hash: str) -> bool:
-        self._db.execute(
-            "UPDATE user SET password = %s WHERE id = %s", (password_hash, user_id)
-        )
-        return bool(self._db.rowcount)
+        self._db.execute("SELECT 1 FROM user WHERE id = %s FOR UPDATE", (user_id,))
+        if self._db.fetchone() is None:
+            return False
+        self._db.execute("UPDATE user SET password = %s WHERE id = %s", (password_hash, user_id))
+        return True
 
     def _account(self) -> Account | None:
         row = _row(self._db)
@@ -210,6 +211,42 @@ class MySqlFriendRepository:
             (addressee_id,),
         )
         return _users(self._db)
+
+    def block(self, blocker_id: int, blocked_id: int) -> bool:
+        if self.is_blocked(blocker_id, blocked_id):
+            return False
+        # Not INSERT IGNORE: that would also swallow the foreign key errors.
+        with constraints_as(foreign_key=UnknownUser):
+            self._db.execute(
+                "INSERT INTO userblock (blocker, blocked) VALUES (%s, %s)"
+                " ON DUPLICATE KEY UPDATE blocker = blocker",
+                (blocker_id, blocked_id),
+            )
+        return True
+
+    def unblock(self, blocker_id: int, blocked_id: int) -> bool:
+        self._db.execute(
+            "DELETE FROM userblock WHERE blocker = %s AND blocked = %s", (blocker_id, blocked_id)
+        )
+        return self._db.rowcount > 0
+
+    def is_blocked(self, blocker_id: int, blocked_id: int) -> bool:
+        self._db.execute(
+            "SELECT 1 FROM userblock WHERE blocker = %s AND blocked = %s", (blocker_id, blocked_id)
+        )
+        return self._db.fetchone() is not None
+
+    def blocked_by(self, blocker_id: int) -> list[int]:
+        self._db.execute(
+            "SELECT blocked FROM userblock WHERE blocker = %s ORDER BY blocked", (blocker_id,)
+        )
+        return [int(cast(Any, row)[0]) for row in self._db.fetchall()]
+
+    def blockers_of(self, blocked_id: int) -> list[int]:
+        self._db.execute(
+            "SELECT blocker FROM userblock WHERE blocked = %s ORDER BY blocker", (blocked_id,)
+        )
+        return [int(cast(Any, row)[0]) for row in self._db.fetchall()]
 
 
 class MySqlGroupRepository:

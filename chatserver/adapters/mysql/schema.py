@@ -177,6 +177,18 @@ MIGRATIONS: tuple[Migration, ...] = (
                 ON DELETE CASCADE
         ) {TABLE_OPTIONS}""",
     ),
+    (
+        # Version 2, people who can protect themselves: who blocks whom (BLOCK_MSG). Read by
+        # blocker at login (LOGIN's `blocked`) and by blocked user (whose chats to them fail).
+        f"""CREATE TABLE IF NOT EXISTS userblock (
+            blocker INT NOT NULL,
+            blocked INT NOT NULL,
+            PRIMARY KEY (blocker, blocked),
+            KEY userblock_by_blocked (blocked),
+            FOREIGN KEY (blocker) REFERENCES user (id),
+            FOREIGN KEY (blocked) REFERENCES user (id)
+        ) {TABLE_OPTIONS}""",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

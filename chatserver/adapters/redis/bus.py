@@ -189,6 +189,13 @@ class RedisBus:
     async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None:
         await self._publish(self.channel(node_id), {"t": "unfriend", "u": user_id, "f": friend_id})
 
+    async def blocked(self, node_id: str, user_id: int, by_id: int, blocked: bool) -> None:
+        # Waits for the node, so a chat the blocked user sends there after the BLOCK's reply
+        # is refused.
+        await self._ask(
+            self.channel(node_id), {"t": "block", "u": user_id, "b": by_id, "on": blocked}
+        )
+
     async def listen(
         self,
         inbox: BusHandler,
@@ -264,6 +271,9 @@ class RedisBus:
                 await self._answer(message)
             elif kind == "unfriend":
                 await inbox.forget_friend(message["u"], message["f"])
+            elif kind == "block":
+                await inbox.blocked(message["u"], message["b"], message["on"])
+                await self._answer(message)
             elif kind == "moved":
                 await inbox.moved(message["u"])
         except Unavailable as error:

@@ -114,6 +114,13 @@ class RedisPresence:
         located = {uid: frozenset(nodes & alive) for uid, nodes in found.items()}
         return {uid: nodes for uid, nodes in located.items() if nodes}
 
+    async def sessions(self, user_id: int) -> dict[str, DeviceSession]:
+        with self.calls.call():
+            flat = await self.client.hgetall(self.user_key(user_id))
+        found = {_text(device): _session(value) for device, value in flat.items()}
+        alive = await self.live_nodes({where.node_id for where in found.values()})
+        return {device: where for device, where in found.items() if where.node_id in alive}
+
     async def live_nodes(self, node_ids: Collection[str]) -> set[str]:
         now = time.monotonic()
         alive = {n for n in node_ids if n == self.node_id or now - self._alive.get(n, -9) < 1.0}

@@ -129,6 +129,38 @@ class SqliteFriendRepository:
         )
         return [User(*row) for row in rows]
 
+    def block(self, blocker_id: int, blocked_id: int) -> bool:
+        with constraints_as(foreign_key=UnknownUser):
+            cursor = self._db.execute(
+                "INSERT INTO userblock (blocker, blocked) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (blocker_id, blocked_id),
+            )
+        return cursor.rowcount > 0
+
+    def unblock(self, blocker_id: int, blocked_id: int) -> bool:
+        cursor = self._db.execute(
+            "DELETE FROM userblock WHERE blocker = ? AND blocked = ?", (blocker_id, blocked_id)
+        )
+        return cursor.rowcount > 0
+
+    def is_blocked(self, blocker_id: int, blocked_id: int) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM userblock WHERE blocker = ? AND blocked = ?", (blocker_id, blocked_id)
+        ).fetchone()
+        return row is not None
+
+    def blocked_by(self, blocker_id: int) -> list[int]:
+        rows = self._db.execute(
+            "SELECT blocked FROM userblock WHERE blocker = ? ORDER BY blocked", (blocker_id,)
+        )
+        return [row[0] for row in rows]
+
+    def blockers_of(self, blocked_id: int) -> list[int]:
+        rows = self._db.execute(
+            "SELECT blocker FROM userblock WHERE blocked = ? ORDER BY blocker", (blocked_id,)
+        )
+        return [row[0] for row in rows]
+
 
 class SqliteGroupRepository:
     def __init__(self, connection: sqlite3.Connection) -> None:

@@ -142,6 +142,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE groupuser_v4 RENAME TO groupuser",
         "CREATE INDEX groupuser_by_user ON groupuser (userid)",
     ),
+    (
+        # Version 2, people who can protect themselves: who blocks whom (BLOCK_MSG). Read by
+        # blocker at login (LOGIN's `blocked`) and by blocked user (whose chats to them fail).
+        """CREATE TABLE userblock (
+            blocker INTEGER NOT NULL REFERENCES user(id),
+            blocked INTEGER NOT NULL REFERENCES user(id),
+            PRIMARY KEY (blocker, blocked)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX userblock_by_blocked ON userblock (blocked)",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -50,6 +50,8 @@ COMMANDS: dict[int, tuple[type[Any], dict[str, str]]] = {
     protocol.PING: (commands.Ping, {}),
     protocol.LEAVE_GROUP: (commands.LeaveGroup, {"group_id": "groupid"}),
     protocol.REMOVE_FRIEND: (commands.RemoveFriend, {"friend_id": "friendid"}),
+    protocol.BLOCK: (commands.BlockUser, {"user_id": "userid"}),
+    protocol.ACCOUNT: (commands.AccountChange, {}),
     protocol.RECEIPT: (commands.Receipt, {}),
     protocol.SYNC: (commands.Sync, {}),
     protocol.HISTORY: (commands.History, {"with_user": "with", "group_id": "groupid"}),
@@ -79,6 +81,8 @@ VERSION_2_MSGIDS = frozenset(
         protocol.GROUP_DISSOLVE,
         protocol.GROUP_MUTE,
         protocol.GROUP_UPDATE,
+        protocol.BLOCK,
+        protocol.ACCOUNT,
     }
 )
 LEGACY_DEVICE = "legacy"

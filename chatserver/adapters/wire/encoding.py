@@ -30,6 +30,7 @@ from chatserver.domain.messages import (
     DirectMessage,
     Event,
     FriendAnswer,
+    FriendRemovedNotice,
     FriendRequestNotice,
     GroupEvent,
     GroupMessage,
@@ -172,6 +173,10 @@ def _read(n: ReadNotice) -> JsonObject:
     return {"msgid": protocol.READ, "pos": n.pos}
 
 
+def _friend_removed(n: FriendRemovedNotice) -> JsonObject:
+    return {"msgid": protocol.FRIEND_REMOVED, "id": n.user_id}
+
+
 EventObjects = dict[type[Any], Callable[[Any], JsonObject]]
 
 _EVENT_OBJECTS: EventObjects = {
@@ -183,6 +188,7 @@ _EVENT_OBJECTS: EventObjects = {
     PresenceNotice: _presence,
     KickedNotice: _kicked,
     ReadNotice: _read,
+    FriendRemovedNotice: _friend_removed,
 }
 # The original's clients understand chats only.
 _LEGACY_EVENT_OBJECTS: EventObjects = {
@@ -391,6 +397,7 @@ def _login_reply(reply: JsonObject, result: LoggedIn, dialect: Dialect) -> list[
         reply["groups"] = [_group(view, _members(view)) for view in result.groups]
         reply["offlinemsg"] = offline
         reply["friend_requests"] = [{"id": u.id, "name": u.name} for u in result.friend_requests]
+        reply["blocked"] = list(result.blocked)
     else:
         groups = [_group(view, _json_strings(_members(view))) for view in result.groups]
         # The original sent its lists as arrays of JSON texts, and left out the empty ones.

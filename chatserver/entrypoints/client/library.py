@@ -59,6 +59,9 @@ class MsgId(IntEnum):
     HISTORY = 21
     READ = 22
     GROUP_EVENT = 29
+    BLOCK = 30
+    FRIEND_REMOVED = 31
+    ACCOUNT = 32
 
 
 REPLIES = frozenset({MsgId.LOGIN_ACK, MsgId.REGISTER_ACK, MsgId.ACK})
@@ -170,6 +173,13 @@ class Read:
 
 
 @frozen
+class FriendRemoved:
+    """The friendship with ``user_id`` ended (FRIEND_REMOVED_MSG, Version 2)."""
+
+    user_id: int
+
+
+@frozen
 class UnknownFrame:
     """A frame from the server that this library does not understand, kept as it came.
 
@@ -187,7 +197,7 @@ class UnknownFrame:
 
 
 Delivery = DirectMessage | GroupMessage | FriendAnswer | GroupEvent
-Notice = FriendRequest | Presence | Kicked | Read
+Notice = FriendRequest | Presence | Kicked | Read | FriendRemoved
 Event = Delivery | Notice | UnknownFrame
 Kept = Delivery | UnknownFrame  # what the inbox keeps: what LOGIN, SYNC and HISTORY return
 
@@ -349,6 +359,7 @@ EVENT_PARSERS: dict[int, Callable[[dict[str, Any]], Event]] = {
     MsgId.PRESENCE: lambda frame: Presence(frame["id"], frame["state"] == "online"),
     MsgId.KICKED: lambda frame: Kicked(frame.get("errmsg", "")),
     MsgId.READ: lambda frame: Read(frame["pos"]),
+    MsgId.FRIEND_REMOVED: lambda frame: FriendRemoved(frame["id"]),
 }
 
 

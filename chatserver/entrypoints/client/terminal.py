@@ -39,6 +39,7 @@ from chatserver.entrypoints.client.library import (
     DirectMessage,
     Event,
     FriendAnswer,
+    FriendRemoved,
     FriendRequest,
     GroupEvent,
     GroupMessage,
@@ -231,6 +232,10 @@ def describe(event: Event, names: dict[int, str], me: int | None = None) -> str 
             name = names.get(event.user_id)
             who = f"[{event.user_id}] {printable(name)}" if name else f"[{event.user_id}]"
             return f"friend {who} is {'online' if event.online else 'offline'}"
+        case FriendRemoved():
+            name = names.get(event.user_id)
+            who = f"[{event.user_id}] {printable(name)}" if name else f"[{event.user_id}]"
+            return f"{who} is no longer your friend"
         case Kicked():
             return f"logged out: {printable(event.reason) or 'your account logged in elsewhere'}"
         case GroupEvent():
@@ -648,6 +653,8 @@ class Terminal:
                 self.requests[event.requester_id] = event.requester_name
             case Presence():
                 self.friends.setdefault(event.user_id, "")  # only friends' presence is sent
+            case FriendRemoved():
+                self.friends.pop(event.user_id, None)
 
     def _has(self, pos: int | None) -> None:
         """Counts ``pos`` as had: pos advances over every position had without a gap."""

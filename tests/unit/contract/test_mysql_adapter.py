@@ -38,6 +38,7 @@ TABLES = {
     "allgroup",
     "groupuser",
     "groupmute",
+    "userblock",
     "message_id_sequence",
     "id_sequence",
     "inbox_message",

@@ -26,6 +26,7 @@ TABLES = {
     "inbox_head",
     "inbox",
     "inbox_device",
+    "userblock",
 }
 
 
