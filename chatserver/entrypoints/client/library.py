@@ -58,6 +58,12 @@ class MsgId(IntEnum):
     SYNC = 20
     HISTORY = 21
     READ = 22
+    GROUP_KICK = 23
+    GROUP_ROLE = 24
+    GROUP_TRANSFER = 25
+    GROUP_DISSOLVE = 26
+    GROUP_MUTE = 27
+    GROUP_UPDATE = 28
     GROUP_EVENT = 29
     BLOCK = 30
     FRIEND_REMOVED = 31
@@ -68,12 +74,14 @@ REPLIES = frozenset({MsgId.LOGIN_ACK, MsgId.REGISTER_ACK, MsgId.ACK})
 
 
 class ChatError(Exception):
-    """The server answered a request with a non-zero errno."""
+    """The server answered a request with a non-zero errno; ``until`` (ms since the epoch) is
+    when a mute ends, for errno 13 (muted in that group)."""
 
-    def __init__(self, errno: int, errmsg: str) -> None:
+    def __init__(self, errno: int, errmsg: str, until: int | None = None) -> None:
         super().__init__(errno, errmsg)
         self.errno = errno
         self.errmsg = errmsg
+        self.until = until
 
     def __str__(self) -> str:
         return f"{self.errmsg} (errno {self.errno})"
@@ -261,7 +269,7 @@ class Friend:
 
 @frozen
 class GroupMember:
-    """A member of a group as listed at login; ``role`` is "creator" or "normal"."""
+    """A member of a group as listed at login; ``role`` is "creator", "admin" or "normal"."""
 
     id: int
     name: str
@@ -293,6 +301,7 @@ class LoginResult:
     # server that keeps no inbox.
     last_pos: int | None = None
     read_pos: int | None = None
+    blocked: tuple[int, ...] = ()  # the users this user has blocked (BLOCK, Version 2)
 
 
 def pos_of(event: Event) -> int | None:
@@ -411,6 +420,7 @@ def parse_login(reply: dict[str, Any]) -> LoginResult:
         ),
         last_pos=_optional_int(reply.get("last_pos")),
         read_pos=_optional_int(reply.get("read_pos")),
+        blocked=tuple(u for u in reply.get("blocked", ()) if type(u) is int),
     )
 
 
@@ -512,6 +522,60 @@ class ChatClient:
         reply = await self.request(MsgId.GROUP_CHAT, groupid=group_id, msg=text)
         return Sent(int(reply["msg_id"]), _optional_int(reply.get("pos")))
 
+    async def kick(self, group_id: int, user_id: int) -> None:
+        """Removes a member of a lower role from the group (creator or admin)."""
+        await self.request(MsgId.GROUP_KICK, groupid=group_id, userid=user_id)
+
+    async def set_role(self, group_id: int, user_id: int, role: str) -> None:
+        """Makes a member "admin" or "normal" again (creator only)."""
+        await self.request(MsgId.GROUP_ROLE, groupid=group_id, userid=user_id, role=role)
+
+    async def transfer_group(self, group_id: int, user_id: int) -> None:
+        """Hands the group to a member, who becomes its creator; this user becomes an admin."""
+        await self.request(MsgId.GROUP_TRANSFER, groupid=group_id, userid=user_id)
+
+    async def dissolve_group(self, group_id: int) -> None:
+        """Ends the group for every member and frees its name (creator only)."""
+        await self.request(MsgId.GROUP_DISSOLVE, groupid=group_id)
+
+    async def mute(self, group_id: int, user_id: int, until_ms: int) -> None:
+        """Keeps a member of a lower role from chatting in the group until ``until_ms`` (ms since
+        the epoch); 0 unmutes."""
+        await self.request(MsgId.GROUP_MUTE, groupid=group_id, userid=user_id, until=until_ms)
+
+    async def unmute(self, group_id: int, user_id: int) -> None:
+        await self.mute(group_id, user_id, 0)
+
+    async def update_group(
+        self, group_id: int, *, name: str | None = None, description: str | None = None
+    ) -> None:
+        """Renames the group or changes its description, or both (creator or admin)."""
+        if name is None and description is None:
+            raise ValueError("update_group needs a name or a description")
+        fields: dict[str, Any] = {"groupid": group_id}
+        if name is not None:
+            fields["groupname"] = name
+        if description is not None:
+            fields["groupdesc"] = description
+        await self.request(MsgId.GROUP_UPDATE, **fields)
+
+    async def block(self, user_id: int) -> None:
+        """Blocks a user: ends any friendship, and their chats and requests no longer arrive."""
+        await self.request(MsgId.BLOCK, userid=user_id, block=True)
+
+    async def unblock(self, user_id: int) -> None:
+        await self.request(MsgId.BLOCK, userid=user_id, block=False)
+
+    async def change_password(self, password: str, new_password: str) -> None:
+        """Changes this user's password; the user's other sessions end (KICKED)."""
+        await self.request(
+            MsgId.ACCOUNT, action="password", password=password, new_password=new_password
+        )
+
+    async def delete_account(self, password: str) -> None:
+        """Deletes this user's account for good; this session is then logged out."""
+        await self.request(MsgId.ACCOUNT, action="delete", password=password)
+
     async def sync(self, since: int, limit: int = 200) -> SyncResult:
         """The kept objects after pos ``since``, at most ``limit`` (1-500), and the newest pos."""
         reply = await self.request(MsgId.SYNC, since=since, limit=limit)
@@ -583,7 +647,8 @@ class ChatClient:
             raise ConnectionLost("the connection closed before the reply came")
         errno = waiter.reply.get("errno", 0)
         if errno != 0:
-            raise ChatError(errno, str(waiter.reply.get("errmsg", "")))
+            until = _optional_int(waiter.reply.get("until"))
+            raise ChatError(errno, str(waiter.reply.get("errmsg", "")), until)
         return waiter.reply
 
     def events(self) -> AsyncIterator[Event]:
