@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -15,7 +16,13 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from chatserver.application.node import Limits
-from chatserver.entrypoints.client.library import DirectMessage, connect
+from chatserver.entrypoints.client.library import (
+    ChatClient,
+    ChatError,
+    DirectMessage,
+    GroupEvent,
+    connect,
+)
 from chatserver.entrypoints.client.terminal import (
     COMMANDS,
     MENU,
@@ -320,9 +327,16 @@ async def test_group_events_are_shown_and_receipted() -> None:
         await server.received(19)
         await server.send(
             {
-                "msgid": 29, "groupid": 3, "event": "muted", "userid": 2, "by": 1,
-                "until": 1796420976810, "msg_id": 1004, "pos": 9,
-                "time": "2026-11-26 23:32:00", "ts": 1796420976000,
+                "msgid": 29,
+                "groupid": 3,
+                "event": "muted",
+                "userid": 2,
+                "by": 1,
+                "until": 1796420976810,
+                "msg_id": 1004,
+                "pos": 9,
+                "time": "2026-11-26 23:32:00",
+                "ts": 1796420976000,
             },
         )
         receipts = await server.received(19, count=2)
@@ -493,7 +507,10 @@ async def test_help_lists_every_command() -> None:
     async with terminal(FakeServer()) as (console, _):
         console.type("1", "alice", "pw", "help")
         await console.shows("log out and leave")
-    for usage in ["chat:ID:MESSAGE", "creategroup:NAME[:DESC]", "groupchat:GID:MESSAGE", "quit"]:
+    usages = ["chat:ID:MESSAGE", "creategroup:NAME[:DESC]", "groupchat:GID:MESSAGE", "quit"]
+    usages += ["kick:GID:ID", "mute:GID:ID[:MINUTES]", "role:GID:ID:ROLE", "dissolve:GID"]
+    usages += ["block:ID", "unblock:ID", "password", "deleteaccount", "groupdesc:GID[:DESC]"]
+    for usage in usages:
         assert any(line.startswith(usage) for line in console.shown)
 
 
@@ -1000,3 +1017,140 @@ def test_a_removed_friend_is_described_by_name() -> None:
     from chatserver.entrypoints.client.terminal import describe
 
     assert describe(FriendRemoved(2), {2: "bob"}) == "[2] bob is no longer your friend"
+
+
+# --- group administration, blocking and the account (Version 2) ------------------------------
+
+
+async def test_group_admin_block_and_account_commands_send_their_requests() -> None:
+    server = FakeServer()
+    async with terminal(server) as (console, done):
+        console.type("1", "alice", "pw")
+        console.type("kick:3:2", "mute:3:2:10", "mute:3:4", "unmute:3:2", "role:3:2:Admin")
+        console.type("transfer:3:2", "renamegroup:3:new name", "groupdesc:3:all about: it")
+        console.type("groupdesc:3", "block:2", "unblock:2", "dissolve:3", "yes")
+        console.type("password", "pw", "pw2")
+        await server.received(32)
+        await console.shows("password changed")
+        console.type("quit")
+        await finished(done)
+    sent = [{k: v for k, v in r.items() if k != "seq"} for r in server.requests]
+    mutes = [r for r in sent if r["msgid"] == 27]
+    now_ms = time.time() * 1000
+    assert [r["until"] for r in mutes][2] == 0
+    assert 9 * 60_000 < mutes[0]["until"] - now_ms <= 10 * 60_000
+    assert 59 * 60_000 < mutes[1]["until"] - now_ms <= 60 * 60_000  # an hour by default
+    for request in [
+        {"msgid": 23, "groupid": 3, "userid": 2},
+        {"msgid": 24, "groupid": 3, "userid": 2, "role": "admin"},
+        {"msgid": 25, "groupid": 3, "userid": 2},
+        {"msgid": 28, "groupid": 3, "groupname": "new name"},
+        {"msgid": 28, "groupid": 3, "groupdesc": "all about: it"},
+        {"msgid": 28, "groupid": 3, "groupdesc": ""},
+        {"msgid": 30, "userid": 2, "block": True},
+        {"msgid": 30, "userid": 2, "block": False},
+        {"msgid": 26, "groupid": 3},
+        {"msgid": 32, "action": "password", "password": "pw", "new_password": "pw2"},
+    ]:
+        assert request in sent
+    # the passwords were asked for as secrets, and never shown
+    assert ("current password: ", True) in console.prompts
+    assert ("new password: ", True) in console.prompts
+    assert not [line for line in console.shown if "pw2" in line]
+    for line in [
+        "removed [2] from group [3] grp",
+        "[2] is now admin in group [3] grp",
+        "[2] is now the creator of group [3] grp; you are an admin",
+        "group [3] is now called new name",
+        "blocked [2] bob",
+        "unblocked [2]",
+        "dissolved group [3] new name",
+    ]:
+        assert line in console.shown
+
+
+async def test_a_dissolve_not_confirmed_and_a_bad_role_send_nothing() -> None:
+    server = FakeServer()
+    async with terminal(server) as (console, done):
+        console.type("1", "alice", "pw", "role:3:2:creator", "dissolve:3", "no", "mute:3:2:0")
+        await console.shows("stays")
+        await console.shows("MINUTES above 0")
+        console.type("quit")
+        await finished(done)
+    assert "usage: role:GID:ID:ROLE (ROLE is admin or normal)" in console.shown
+    assert "group [3] grp stays" in console.shown
+    assert not [r for r in server.requests if r["msgid"] in (24, 26, 27)]
+
+
+async def test_deleteaccount_asks_for_the_password_and_goes_back_to_the_menu() -> None:
+    server = FakeServer()
+    async with terminal(server) as (console, done):
+        console.type("1", "alice", "pw", "deleteaccount", "pw")
+        await console.shows("your account was deleted")
+        console.type("3")
+        await finished(done)
+    assert {"msgid": 32, "action": "delete", "password": "pw"} in [
+        {k: v for k, v in r.items() if k != "seq"} for r in server.requests
+    ]
+    assert ("type your password to confirm: ", True) in console.prompts
+    assert console.shown.count("1. login") == 2
+
+
+async def test_a_wrong_password_leaves_the_account_and_says_so() -> None:
+    def wrong(request: Frame) -> Frame:
+        return reply_to(request, errno=1, errmsg="wrong password")
+
+    server = FakeServer(msgid_32=wrong)
+    async with terminal(server) as (console, done):
+        console.type("1", "alice", "pw", "deleteaccount", "nope")
+        assert await console.shows("deleteaccount:") == "deleteaccount: wrong password"
+        console.type("quit")
+        await finished(done)
+    assert console.shown.count("1. login") == 1
+
+
+async def test_against_a_real_node_a_creator_kicks_and_blocks_from_the_terminal() -> None:
+    async with (
+        node_on_tcp() as port,
+        connect("127.0.0.1", port) as bob,
+        anyio.create_task_group() as task_group,
+    ):
+        alice_id = await bob.register("alice", "pw")
+        bob_id = await bob.register("bob", "pw")
+        await bob.login(bob_id, "pw")
+        console = FakeConsole()
+        shell = Terminal("127.0.0.1", port, console, device="pc")
+        task_group.start_soon(shell.run)
+        console.type("1", str(alice_id), "pw", "creategroup:team")
+        group_line = await console.shows("created group")
+        group_id = int(group_line.split("[")[1].split("]")[0])
+        await bob.join_group(group_id)
+        await console.shows(f"group[{group_id}] joined: [{bob_id}]")
+
+        console.type(f"kick:{group_id}:{bob_id}")
+        kicked = await next_group_event(bob, "kicked")
+        await console.shows(f"group[{group_id}] kicked: [{bob_id}] by [{alice_id}]")
+        with pytest.raises(ChatError) as gone:
+            await bob.send_group_chat(group_id, "still here?")
+
+        console.type(f"block:{bob_id}")
+        await console.shows(f"blocked [{bob_id}]")
+        with pytest.raises(ChatError) as blocked:
+            await bob.send_chat(alice_id, "let me in")
+        console.type(f"unblock:{bob_id}")
+        await console.shows(f"unblocked [{bob_id}]")
+        await bob.send_chat(alice_id, "thanks")
+        await console.shows("said: thanks")
+        task_group.cancel_scope.cancel()
+    assert (kicked.event, kicked.user_id, kicked.by) == ("kicked", bob_id, alice_id)
+    assert gone.value.errno == 6
+    assert blocked.value.errno == 12
+    assert f"removed [{bob_id}] from group [{group_id}] team" in console.shown
+
+
+async def next_group_event(client: ChatClient, kind: str) -> GroupEvent:
+    """The next GROUP_EVENT of this kind (past the client's own "joined" and the like)."""
+    while True:
+        event = await client.next_event()
+        if isinstance(event, GroupEvent) and event.event == kind:
+            return event

@@ -15,6 +15,7 @@ import random
 import socket
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from enum import Enum, auto
@@ -63,6 +64,11 @@ HISTORY_PAGE = 20  # messages per history:ID page, a screenful
 SYNC_PAGE = 200  # messages per SYNC while catching up after a reconnect
 MAX_DEVICE = 64  # characters in a device name (PROTOCOL.md)
 TRUNCATED = "some messages from while you were away are no longer kept"
+MUTE_MINUTES = 60  # mute:GID:ID without MINUTES
+ROLES = ("admin", "normal")  # what role:GID:ID:ROLE may set (the creator changes by transfer)
+# GROUP_EVENTs after which this user is no longer in the group, when the user is ``userid``
+# (dissolved: whoever it names).
+GROUP_ENDS = frozenset({"kicked", "left"})
 
 
 class Console(Protocol):
@@ -163,7 +169,7 @@ class Command:
 
 
 def _is_number(param: str) -> bool:
-    return param.endswith("ID") or param == "POS"
+    return param.endswith("ID") or param in ("POS", "MINUTES")
 
 
 def parse_command(line: str) -> tuple[Command, list[int | str | None]]:
@@ -271,6 +277,8 @@ def describe_login(login: LoginResult) -> str:
         for member in group.members:
             state = "online" if member.online else "offline"
             lines.append(f"      [{member.id}] {printable(member.name)} {state} {member.role}")
+    if login.blocked:
+        lines.append(f"blocked: {' '.join(f'[{user}]' for user in login.blocked)}")
     if login.friend_requests:
         lines.append("friend requests:")
         for request in login.friend_requests:
@@ -624,6 +632,8 @@ class Terminal:
     def _errors_shown(self, what: str) -> Iterator[None]:
         try:
             yield
+        except BadInput as hint:  # a value the command line could not check by its shape
+            self.console.show(str(hint))
         except ChatError as error:
             self.console.show(f"{what}: {printable(error.errmsg) or f'errno {error.errno}'}")
         except TimeoutError:
@@ -655,6 +665,12 @@ class Terminal:
                 self.friends.setdefault(event.user_id, "")  # only friends' presence is sent
             case FriendRemoved():
                 self.friends.pop(event.user_id, None)
+            case GroupEvent(event="dissolved"):
+                self.groups.pop(event.group_id, None)
+            case GroupEvent() if event.event in GROUP_ENDS and event.user_id == self.user_id:
+                self.groups.pop(event.group_id, None)
+            case GroupEvent(event="updated", group_name=str(name)) if event.group_id in self.groups:
+                self.groups[event.group_id] = name
 
     def _has(self, pos: int | None) -> None:
         """Counts ``pos`` as had: pos advances over every position had without a gap."""
@@ -802,6 +818,105 @@ async def _group_history(terminal: Terminal, group_id: int, before: int | None) 
     terminal.show_page(page, f"in group {group}", f"ghistory:{group_id}", before)
 
 
+def _group(terminal: Terminal, group_id: int) -> str:
+    return f"group {labelled(group_id, terminal.groups.get(group_id, ''))}"
+
+
+async def _kick(terminal: Terminal, group_id: int, user_id: int) -> None:
+    await terminal.connected_client().kick(group_id, user_id)
+    terminal.console.show(f"removed [{user_id}] from {_group(terminal, group_id)}")
+
+
+async def _mute(terminal: Terminal, group_id: int, user_id: int, minutes: int | None) -> None:
+    minutes = MUTE_MINUTES if minutes is None else minutes
+    if minutes <= 0:
+        raise BadInput("usage: mute:GID:ID[:MINUTES] (MINUTES above 0; unmute:GID:ID unmutes)")
+    until_ms = int(time.time() * 1000) + minutes * 60_000
+    await terminal.connected_client().mute(group_id, user_id, until_ms)
+    until = time.strftime("%Y-%m-%d %H:%M", time.localtime(until_ms / 1000))
+    terminal.console.show(f"muted [{user_id}] in {_group(terminal, group_id)} until {until}")
+
+
+async def _unmute(terminal: Terminal, group_id: int, user_id: int) -> None:
+    await terminal.connected_client().unmute(group_id, user_id)
+    terminal.console.show(f"unmuted [{user_id}] in {_group(terminal, group_id)}")
+
+
+async def _role(terminal: Terminal, group_id: int, user_id: int, role: str) -> None:
+    role = role.strip().lower()
+    if role not in ROLES:
+        raise BadInput("usage: role:GID:ID:ROLE (ROLE is admin or normal)")
+    await terminal.connected_client().set_role(group_id, user_id, role)
+    terminal.console.show(f"[{user_id}] is now {role} in {_group(terminal, group_id)}")
+
+
+async def _transfer(terminal: Terminal, group_id: int, user_id: int) -> None:
+    await terminal.connected_client().transfer_group(group_id, user_id)
+    terminal.console.show(
+        f"[{user_id}] is now the creator of {_group(terminal, group_id)}; you are an admin"
+    )
+
+
+async def _dissolve(terminal: Terminal, group_id: int) -> None:
+    group = _group(terminal, group_id)
+    answer = await terminal.console.read_line(f"dissolve {group} for every member? (yes/no) ")
+    if (answer or "").strip().lower() != "yes":
+        terminal.console.show(f"{group} stays")
+        return
+    await terminal.connected_client().dissolve_group(group_id)
+    terminal.groups.pop(group_id, None)
+    terminal.console.show(f"dissolved {group}")
+
+
+async def _rename_group(terminal: Terminal, group_id: int, name: str) -> None:
+    await terminal.connected_client().update_group(group_id, name=name)
+    terminal.groups[group_id] = name
+    terminal.console.show(f"group [{group_id}] is now called {printable(name)}")
+
+
+async def _describe_group(terminal: Terminal, group_id: int, description: str) -> None:
+    await terminal.connected_client().update_group(group_id, description=description)
+    terminal.console.show(f"changed the description of {_group(terminal, group_id)}")
+
+
+async def _block(terminal: Terminal, user_id: int) -> None:
+    await terminal.connected_client().block(user_id)
+    name = terminal.friends.pop(user_id, None) or terminal.requests.pop(user_id, None) or ""
+    terminal.console.show(f"blocked {labelled(user_id, name)}")
+
+
+async def _unblock(terminal: Terminal, user_id: int) -> None:
+    await terminal.connected_client().unblock(user_id)
+    terminal.console.show(f"unblocked [{user_id}]")
+
+
+async def _password(terminal: Terminal) -> None:
+    console = terminal.console
+    password = await console.read_line("current password: ", secret=True)
+    new_password = await console.read_line("new password: ", secret=True)
+    if not password or not new_password:
+        console.show("password: not changed (a password must not be empty)")
+        return
+    await terminal.connected_client().change_password(password, new_password)
+    if terminal.credentials is not None:  # a login again after a drop uses the new one
+        terminal.credentials = (terminal.credentials[0], new_password)
+    console.show("password changed; your other devices were logged out")
+
+
+async def _delete_account(terminal: Terminal) -> Step | None:
+    console = terminal.console
+    console.show("this deletes your account, friends, groups and messages for good")
+    password = await console.read_line("type your password to confirm: ", secret=True)
+    if not password:
+        console.show("deleteaccount: nothing was deleted")
+        return None
+    await terminal.connected_client().delete_account(password)
+    terminal.credentials = None  # the server has logged this session out
+    terminal.unreceipted = []
+    console.show("your account was deleted")
+    return Step.MENU
+
+
 async def _logout(terminal: Terminal) -> Step:
     client = terminal.connected_client()
     await terminal.flush_receipts()
@@ -833,12 +948,57 @@ COMMANDS = {
         Command("leavegroup", ("GID",), _leave_group, "leave group GID"),
         Command("groupchat", ("GID", "MESSAGE"), _group_chat, "send MESSAGE to group GID"),
         Command(
-            "history", ("ID", "POS"), _history, "the latest messages with user ID (or before POS)",
+            "history",
+            ("ID", "POS"),
+            _history,
+            "the latest messages with user ID (or before POS)",
             optional=1,
         ),
         Command(
-            "ghistory", ("GID", "POS"), _group_history,
-            "the latest messages in group GID (or before POS)", optional=1,
+            "ghistory",
+            ("GID", "POS"),
+            _group_history,
+            "the latest messages in group GID (or before POS)",
+            optional=1,
+        ),
+        Command("kick", ("GID", "ID"), _kick, "remove member ID from group GID (creator, admin)"),
+        Command(
+            "mute",
+            ("GID", "ID", "MINUTES"),
+            _mute,
+            f"keep member ID from chatting in GID for MINUTES (default {MUTE_MINUTES})",
+            optional=1,
+        ),
+        Command("unmute", ("GID", "ID"), _unmute, "let member ID chat in group GID again"),
+        Command(
+            "role",
+            ("GID", "ID", "ROLE"),
+            _role,
+            "make member ID admin or normal in group GID (creator)",
+        ),
+        Command(
+            "transfer",
+            ("GID", "ID"),
+            _transfer,
+            "make member ID the creator of group GID; you become an admin",
+        ),
+        Command("dissolve", ("GID",), _dissolve, "end group GID for every member (creator)"),
+        Command("renamegroup", ("GID", "NAME"), _rename_group, "rename group GID"),
+        Command(
+            "groupdesc",
+            ("GID", "DESC"),
+            _describe_group,
+            "change (or, without DESC, clear) the description of group GID",
+            optional=1,
+        ),
+        Command("block", ("ID",), _block, "block user ID: no chats or requests from them"),
+        Command("unblock", ("ID",), _unblock, "unblock user ID"),
+        Command("password", (), _password, "change your password (asks for both)"),
+        Command(
+            "deleteaccount",
+            (),
+            _delete_account,
+            "delete your account for good (asks for the password)",
         ),
         Command("loginout", (), _logout, "log out and go back to the menu"),
         Command("quit", (), _quit, "log out and leave"),
