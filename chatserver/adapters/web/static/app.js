@@ -26,7 +26,9 @@
     LOGIN: 1, LOGIN_ACK: 2, LOGOUT: 3, REG: 4, REG_ACK: 5, ONE_CHAT: 6, ADD_FRIEND: 7,
     CREATE_GROUP: 8, ADD_GROUP: 9, GROUP_CHAT: 10, ACK: 11, FRIEND_REQUEST: 12,
     FRIEND_RESPONSE: 13, PRESENCE: 14, KICKED: 15, PING: 16, LEAVE_GROUP: 17, REMOVE_FRIEND: 18,
-    RECEIPT: 19, SYNC: 20, HISTORY: 21, READ: 22,
+    RECEIPT: 19, SYNC: 20, HISTORY: 21, READ: 22, GROUP_KICK: 23, GROUP_ROLE: 24,
+    GROUP_TRANSFER: 25, GROUP_DISSOLVE: 26, GROUP_MUTE: 27, GROUP_UPDATE: 28, GROUP_EVENT: 29,
+    BLOCK: 30, FRIEND_REMOVED: 31, ACCOUNT: 32,
   };
   const REPLIES = new Set([MSG.LOGIN_ACK, MSG.REG_ACK, MSG.ACK]);
 
@@ -49,6 +51,9 @@
   const SAVED_CONVERSATIONS = 100; // conversations remembered per user across reloads
   const SAVE_DELAY_MS = 300;
   const READ_DELAY_MS = 300; // a busy open chat sends a READ_MSG at once, then one per this
+  const MUTE_MS = 60 * 60 * 1000; // "Mute" silences a member for an hour (muting again extends)
+  // Who may act on whom in a group (PROTOCOL.md Version 2): a higher rank on a lower one.
+  const RANK = { creator: 3, admin: 2, normal: 1 };
 
   // What each errno means to a person (PROTOCOL.md's table). Errno 1 depends on the request.
   const ERRNO_TEXT = {
@@ -63,12 +68,18 @@
     9: "Too many requests: slow down and try again in a moment.",
     10: "Not allowed: that request names another user.",
     11: "The server is busy or one of its services is down: try again shortly.",
+    12: "Not permitted.",
+    13: "You are muted in this group.",
+    14: "That is over a size limit or quota.",
   };
   const ERRNO_TEXT_BY_REQUEST = {
     [MSG.LOGIN]: { 1: "Wrong name, id or password." },
     [MSG.REG]: { 1: "That name is already taken." },
     [MSG.CREATE_GROUP]: { 1: "A group with that name already exists." },
     [MSG.FRIEND_RESPONSE]: { 4: "That friend request no longer exists." },
+    [MSG.ONE_CHAT]: { 12: "Not permitted: this user does not take your messages." },
+    [MSG.GROUP_UPDATE]: { 1: "A group with that name already exists." },
+    [MSG.ACCOUNT]: { 1: "The password is wrong." },
   };
 
   // ------------------------------------------------------------------ page state
@@ -87,7 +98,11 @@
     requests: new Map(), // id -> {id, name}: requests waiting for my answer
     removing: null, // id of the friend whose "Remove?" confirmation is open
     removalBusy: false, // a REMOVE_FRIEND waits for its reply
-    groups: new Map(), // id -> {id, groupname, groupdesc, users: [{id, name, state, role}]}
+    // id -> {id, groupname, groupdesc, users: [{id, name, state, role, mutedUntil}]}; a group
+    // the user is no longer in (kicked, left, dissolved) is not here: its chat stays read-only.
+    groups: new Map(),
+    blocked: new Map(), // id -> name (or null when unknown) of the users this user blocked
+    confirming: null, // {text, run}: the group action waiting for "Yes"
     conversations: new Map(), // "u:ID" | "g:ID" -> conversation
     active: null, // key of the conversation on screen
     seen: new Set(), // msg_ids already shown: the server may send one again (at-least-once)
@@ -133,8 +148,11 @@
       const why = String(reply.errmsg || "no reply from the server");
       return `${why.charAt(0).toUpperCase()}${why.slice(1)}.`;
     }
-    const human = (ERRNO_TEXT_BY_REQUEST[requestMsgid] || {})[reply.errno]
+    let human = (ERRNO_TEXT_BY_REQUEST[requestMsgid] || {})[reply.errno]
       || ERRNO_TEXT[reply.errno] || `Error ${reply.errno}.`;
+    if (reply.errno === 13 && Number.isInteger(reply.until)) {
+      human = `You are muted in this group until ${new Date(reply.until).toLocaleString()}.`;
+    }
     const server = typeof reply.errmsg === "string" ? reply.errmsg.trim() : "";
     return server ? `${human} (server: ${server})` : human;
   }
@@ -374,6 +392,8 @@
     [MSG.PRESENCE]: onPresence,
     [MSG.KICKED]: onKicked,
     [MSG.READ]: onRead,
+    [MSG.GROUP_EVENT]: onGroupEvent,
+    [MSG.FRIEND_REMOVED]: onFriendRemoved,
   };
 
   /**
@@ -423,7 +443,10 @@
     const fresh = !context.synced && !context.history;
     // Old messages (SYNC, HISTORY) may come from a group the user has left since.
     const group = fresh ? knownGroup(frame.groupid) : state.groups.get(frame.groupid);
-    if (group && !group.users.some((user) => user.id === frame.id)) {
+    const sender = group ? group.users.find((user) => user.id === frame.id) : undefined;
+    if (sender !== undefined && fresh) {
+      sender.name = frame.name; // a member who joined live came without a name (GROUP_EVENT)
+    } else if (group && sender === undefined) {
       // A sender we did not know about is a member: show them until the next login says more.
       group.users.push({ id: frame.id, name: frame.name, state: "unknown", role: "normal" });
     }
@@ -485,6 +508,127 @@
   function onRead(frame) {
     if (!Number.isInteger(frame.pos)) return;
     if (raiseReadPos(frame.pos)) renderConversations();
+  }
+
+  /** Someone's name as this page knows it: a friend, a member of a group, a conversation. */
+  function nameOf(userId, group) {
+    if (state.me && userId === state.me.id) return "You";
+    const member = group ? group.users.find((user) => user.id === userId) : undefined;
+    if (member && member.name) return member.name;
+    const friend = state.friends.get(userId);
+    if (friend) return friend.name;
+    const conv = state.conversations.get(`u:${userId}`);
+    return (conv && conv.nameHint) || `User ${userId}`;
+  }
+
+  /** The line a GROUP_EVENT shows in the group's conversation. */
+  function groupEventText(frame, group) {
+    const who = nameOf(frame.userid, group);
+    const by = nameOf(frame.by, group);
+    switch (frame.event) {
+      case "joined": return `${who} joined the group.`;
+      case "left": return `${who} left the group.`;
+      case "kicked": return `${who} ${who === "You" ? "were" : "was"} removed from the group by ${by}.`;
+      case "role": return `${by} made ${who} ${frame.role === "admin" ? "an admin" : "a member"}.`;
+      case "transfer": return `${by} handed the group over to ${who}.`;
+      case "muted":
+        return Number.isInteger(frame.until) && frame.until > 0
+          ? `${by} muted ${who} until ${new Date(frame.until).toLocaleString()}.`
+          : `${by} unmuted ${who}.`;
+      case "updated": {
+        const changes = [];
+        if (typeof frame.groupname === "string") changes.push(`renamed it “${frame.groupname}”`);
+        if (typeof frame.groupdesc === "string") changes.push("changed its description");
+        return `${by} ${changes.join(" and ") || "changed the group"}.`;
+      }
+      case "dissolved": return `${by} dissolved the group.`;
+      default: return `Group event “${String(frame.event)}”.`;
+    }
+  }
+
+  /**
+   * GROUP_EVENT_MSG: a line in the group's conversation, always; a live one also changes the
+   * members, roles, name, or (kicked, left, dissolved) ends the user's membership: the
+   * conversation stays, read-only. One that waited, synced or came in a HISTORY page is only a
+   * line: the login's group list is newer than it.
+   */
+  function onGroupEvent(frame, context) {
+    if (!Number.isInteger(frame.groupid) || !Number.isInteger(frame.userid)) return;
+    const live = !context.stored && !context.synced && !context.history;
+    const group = state.groups.get(frame.groupid);
+    const me = frame.userid === state.me.id;
+    // Leaving on this page closed the group's conversation: the event does not bring it back.
+    if (me && frame.event === "left" && !state.conversations.has(`g:${frame.groupid}`)) return;
+    const text = groupEventText(frame, group);
+    addMessage(groupConversation(frame.groupid), { system: true, text, ts: frame.ts,
+      msgId: frame.msg_id, pos: frame.pos }, context);
+    if (!live) return;
+    const ends = frame.event === "dissolved" || (me && ["kicked", "left"].includes(frame.event));
+    if (ends) {
+      const name = group ? group.groupname : `Group ${frame.groupid}`;
+      state.groups.delete(frame.groupid);
+      if (state.confirming && state.confirming.groupId === frame.groupid) state.confirming = null;
+      if (frame.event === "kicked") {
+        notify(`You were removed from “${name}” by ${nameOf(frame.by, group)}.`, "alert",
+          { testid: "group-kicked-notice" });
+      } else if (frame.event === "dissolved" && frame.by !== state.me.id) {
+        notify(`“${name}” was dissolved by ${nameOf(frame.by, group)}.`, "alert");
+      }
+    } else {
+      applyGroupEvent(frame, me ? knownGroup(frame.groupid) : group);
+      if (me && frame.event === "muted" && frame.by !== state.me.id) notify(text);
+    }
+    renderGroups();
+    renderConversation();
+  }
+
+  function applyGroupEvent(frame, group) {
+    if (group === undefined) return;
+    const member = (id) => group.users.find((user) => user.id === id);
+    switch (frame.event) {
+      case "joined":
+        if (!member(frame.userid)) {
+          // The event has no name: the member's first message (or the next login) tells it.
+          const me = frame.userid === state.me.id;
+          group.users.push({ id: frame.userid, name: me ? state.me.name : nameOf(frame.userid),
+            state: me ? "online" : "unknown", role: "normal" });
+        }
+        break;
+      case "left":
+      case "kicked":
+        group.users = group.users.filter((user) => user.id !== frame.userid);
+        break;
+      case "role":
+        if (member(frame.userid)) member(frame.userid).role = frame.role;
+        break;
+      case "transfer":
+        if (member(frame.userid)) member(frame.userid).role = "creator";
+        if (member(frame.by)) member(frame.by).role = "admin";
+        break;
+      case "muted":
+        if (member(frame.userid)) member(frame.userid).mutedUntil = frame.until || 0;
+        break;
+      case "updated":
+        if (typeof frame.groupname === "string") group.groupname = frame.groupname;
+        if (typeof frame.groupdesc === "string") group.groupdesc = frame.groupdesc;
+        $("rename-group-form").dataset.groupId = ""; // shows the new ones
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** FRIEND_REMOVED_MSG: the friendship ended (removed or blocked, here or on another device,
+   * or by them). Their conversation stays, under their name. */
+  function onFriendRemoved(frame) {
+    const friend = state.friends.get(frame.id);
+    if (friend === undefined) return; // this page removed them itself: it has said so
+    const conv = state.conversations.get(`u:${frame.id}`);
+    if (conv) conv.nameHint = friend.name;
+    state.friends.delete(frame.id);
+    if (state.removing === frame.id) state.removing = null;
+    renderFriends();
+    notify(`${friend.name} is no longer your friend.`);
   }
 
   // ------------------------------------------------------------------ receipts
@@ -549,6 +693,14 @@
     }
   }
 
+  /** A group as LOGIN_MSG_ACK (and ADD_GROUP's ACK) lists it. */
+  function groupEntry(g) {
+    return {
+      id: g.id, groupname: g.groupname, groupdesc: g.groupdesc,
+      users: (g.users || []).map((u) => ({ id: u.id, name: u.name, state: u.state, role: u.role })),
+    };
+  }
+
   function startSession(ack, password) {
     const resumed = state.me !== null && state.me.id === ack.id; // a re-login after a drop
     if (!resumed) resetConversations();
@@ -559,10 +711,10 @@
     state.friends = byId((ack.friends || []).map((f) => friendEntry(f.id, f.name, f.state)));
     state.requests = byId((ack.friend_requests || []).map((r) => ({ id: r.id, name: r.name })));
     state.removing = null;
-    state.groups = byId((ack.groups || []).map((g) => ({
-      id: g.id, groupname: g.groupname, groupdesc: g.groupdesc,
-      users: (g.users || []).map((u) => ({ id: u.id, name: u.name, state: u.state, role: u.role })),
-    })));
+    state.confirming = null;
+    state.blocked = new Map((Array.isArray(ack.blocked) ? ack.blocked : [])
+      .filter(Number.isInteger).map((id) => [id, blockedName(id)]));
+    state.groups = byId((ack.groups || []).map(groupEntry));
     const wasInbox = state.inbox;
     state.inbox = Number.isInteger(ack.last_pos) && ack.last_pos >= 0;
     state.sessionNumber += 1;
@@ -618,7 +770,9 @@
     state.friends.clear();
     state.requests.clear();
     state.removing = null;
+    state.confirming = null;
     state.groups.clear();
+    state.blocked.clear();
     showLoginView();
   }
 
@@ -1013,6 +1167,7 @@
   function renderAll() {
     renderRequests();
     renderFriends();
+    renderBlocked();
     renderGroups();
     renderConversations();
     renderConversation();
@@ -1066,6 +1221,9 @@
     const conv = state.conversations.get(state.active);
     $("conversation-title").textContent = conv ? conversationTitle(conv) : "Pick a chat";
     $("leave-group-button").hidden = !(conv && conv.kind === "g" && state.groups.has(conv.id));
+    const other = conv && conv.kind === "u" && state.me && conv.id !== state.me.id;
+    $("block-button").hidden = !other;
+    if (other) $("block-button").textContent = state.blocked.has(conv.id) ? "Unblock" : "Block";
     renderMessages({ keepPosition: false });
     renderMembers();
     renderComposer();
@@ -1105,17 +1263,50 @@
     $("group-desc").textContent = description;
     $("group-desc").hidden = description === "";
     $("members").hidden = group === undefined;
+    renderConfirm(group);
     if (group === undefined) return;
     $("members-summary").textContent = `Members (${group.users.length})`;
-    $("members-list").replaceChildren(...group.users.map(memberItem));
+    const mine = myRole(group);
+    $("members-list").replaceChildren(...group.users.map((user) => memberItem(user, group, mine)));
+    const form = $("rename-group-form");
+    const mayEdit = RANK[mine] >= RANK.admin;
+    if (mayEdit && form.dataset.groupId !== String(group.id)) {
+      form.dataset.groupId = String(group.id);
+      $("rename-group-name").value = group.groupname;
+      $("rename-group-desc").value = group.groupdesc || "";
+    }
+    form.hidden = !mayEdit;
+    $("dissolve-row").hidden = mine !== "creator";
+  }
+
+  function myRole(group) {
+    const me = group.users.find((user) => state.me && user.id === state.me.id);
+    return me ? me.role : "normal";
+  }
+
+  /** "Kick NAME?" and the like, under the members; cleared when another group opens. */
+  function renderConfirm(group) {
+    const asking = state.confirming;
+    const shown = asking !== null && group !== undefined && asking.groupId === group.id;
+    $("group-confirm").hidden = !shown;
+    $("group-confirm-text").textContent = shown ? asking.text : "";
+    $("group-confirm-yes").disabled = shown && Boolean(asking.busy);
+    $("group-confirm-no").disabled = shown && Boolean(asking.busy);
   }
 
   function renderComposer() {
     const composer = $("composer");
     composer.hidden = state.active === null;
     const usable = state.loggedIn && isOpen();
-    $("message-input").disabled = !usable;
-    composer.querySelector("button").disabled = !usable;
+    // A group the user is no longer in (kicked, left on another device, dissolved): read only.
+    const conv = state.conversations.get(state.active);
+    const gone = Boolean(conv && conv.kind === "g" && state.loggedIn && !state.groups.has(conv.id));
+    $("composer-closed").textContent = gone ? "You are not a member of this group." : "";
+    $("composer-closed").hidden = !gone;
+    $("message-input").hidden = gone;
+    composer.querySelector("button").hidden = gone;
+    $("message-input").disabled = !usable || gone;
+    composer.querySelector("button").disabled = !usable || gone;
   }
 
   function appendMessageElement(message) {
@@ -1212,14 +1403,44 @@
         : null);
   }
 
-  function memberItem(user) {
+  /** A member, their role, and the actions the viewer's role allows on them. */
+  function memberItem(user, group, mine) {
     // Presence is pushed for friends only; for others the login's snapshot is all we know.
     const friend = state.friends.get(user.id);
     const presence = friend ? friend.state : user.state;
-    const role = user.role === "creator" ? " · creator" : "";
+    const muted = Number.isInteger(user.mutedUntil) && user.mutedUntil > Date.now();
+    const role = `${user.role || "normal"}${muted ? " · muted" : ""}`;
+    const me = state.me && user.id === state.me.id;
+    const mayAct = !me && (RANK[mine] || 0) > (RANK[user.role] || 1);
+    const button = (action, label, run, danger = false) => el("button", {
+      type: "button", class: danger ? "small danger" : "small",
+      testid: `${action}-${user.id}`, "aria-label": `${label}: ${user.name}`, onclick: run,
+    }, label);
+    const actions = [];
+    if (mayAct) {
+      actions.push(button("kick", "Kick", () => askGroup(group, `Remove ${user.name} from the group?`,
+        { msgid: MSG.GROUP_KICK, groupid: group.id, userid: user.id }), true));
+      actions.push(muted
+        ? button("unmute", "Unmute", () => groupAction(
+          { msgid: MSG.GROUP_MUTE, groupid: group.id, userid: user.id, until: 0 }))
+        : button("mute", "Mute 1 h", () => groupAction(
+          { msgid: MSG.GROUP_MUTE, groupid: group.id, userid: user.id,
+            until: Date.now() + MUTE_MS })));
+    }
+    if (mayAct && mine === "creator") {
+      const admin = user.role === "admin";
+      actions.push(button(admin ? "make-normal" : "make-admin", admin ? "Make member" : "Make admin",
+        () => groupAction({ msgid: MSG.GROUP_ROLE, groupid: group.id, userid: user.id,
+          role: admin ? "normal" : "admin" })));
+      actions.push(button("transfer", "Hand over", () => askGroup(group,
+        `Make ${user.name} the group's creator? You become an admin.`,
+        { msgid: MSG.GROUP_TRANSFER, groupid: group.id, userid: user.id })));
+    }
     return el("li", { class: "item", testid: `member-${user.id}` },
-      nameWithId(user.name, `id ${user.id}${role}`),
-      presence === "unknown" ? null : presenceBadge(presence));
+      nameWithId(user.name, `id ${user.id}`),
+      el("span", { class: "role", testid: `member-role-${user.id}` }, role),
+      presence === "unknown" ? null : presenceBadge(presence),
+      actions.length ? el("span", { class: "actions" }, ...actions) : null);
   }
 
   function messageItem(message) {
@@ -1332,11 +1553,17 @@
   async function joinGroup(groupId) {
     const reply = await request({ msgid: MSG.ADD_GROUP, groupid: groupId });
     if (reply.errno !== 0) throw new Error(errorText(reply, MSG.ADD_GROUP));
-    const group = knownGroup(groupId);
-    if (!group.users.some((user) => user.id === state.me.id)) {
-      group.users.push({ id: state.me.id, name: state.me.name, state: "online", role: "normal" });
+    const shown = reply.group; // Version 2: the group as LOGIN lists it
+    if (shown && typeof shown === "object" && Array.isArray(shown.users)) {
+      state.groups.set(groupId, groupEntry(shown));
+      notify(`Joined “${shown.groupname}”.`);
+    } else {
+      const group = knownGroup(groupId);
+      if (!group.users.some((user) => user.id === state.me.id)) {
+        group.users.push({ id: state.me.id, name: state.me.name, state: "online", role: "normal" });
+      }
+      notify(`Joined group ${groupId}. Its name and members show in full at your next login.`);
     }
-    notify(`Joined group ${groupId}. Its name and members show in full at your next login.`);
     renderGroups();
     openConversation(groupConversation(groupId).key);
   }
@@ -1355,6 +1582,141 @@
     closeConversation();
     renderGroups();
     notify(`You left “${name}”.`);
+  }
+
+  /** A group admin request (kick, role, transfer, mute, rename, dissolve). What it changes
+   * comes back as a GROUP_EVENT, to this page too: the page changes then, not here. */
+  async function groupAction(frame) {
+    const reply = await request(frame).catch(noReply);
+    if (reply.errno !== 0) {
+      notify(`That did not work: ${errorText(reply, frame.msgid)}`, "error");
+      return false;
+    }
+    return true;
+  }
+
+  function askGroup(group, text, frame) {
+    state.confirming = { groupId: group.id, text, frame, busy: false };
+    renderConfirm(group);
+    $("group-confirm-no").focus(); // Cancel first: a double click does not kick anybody
+  }
+
+  async function confirmGroup() {
+    const asking = state.confirming;
+    if (asking === null || asking.busy) return;
+    asking.busy = true;
+    renderConfirm(state.groups.get(asking.groupId));
+    await groupAction(asking.frame);
+    if (state.confirming === asking) state.confirming = null;
+    renderConfirm(state.groups.get(asking.groupId));
+  }
+
+  function cancelGroup() {
+    const asking = state.confirming;
+    state.confirming = null;
+    if (asking) renderConfirm(state.groups.get(asking.groupId));
+  }
+
+  async function renameGroup() {
+    const conv = state.conversations.get(state.active);
+    const group = conv && conv.kind === "g" ? state.groups.get(conv.id) : undefined;
+    if (group === undefined) return;
+    const frame = { msgid: MSG.GROUP_UPDATE, groupid: group.id };
+    const name = $("rename-group-name").value.trim();
+    const desc = $("rename-group-desc").value.trim();
+    if (name && name !== group.groupname) frame.groupname = name;
+    if (desc !== (group.groupdesc || "")) frame.groupdesc = desc;
+    if (frame.groupname === undefined && frame.groupdesc === undefined) return;
+    if (await groupAction(frame)) notify("Saved.");
+  }
+
+  function dissolveGroup() {
+    const conv = state.conversations.get(state.active);
+    const group = conv && conv.kind === "g" ? state.groups.get(conv.id) : undefined;
+    if (group === undefined) return;
+    askGroup(group, `Dissolve “${group.groupname}” for every member? This cannot be undone.`,
+      { msgid: MSG.GROUP_DISSOLVE, groupid: group.id });
+  }
+
+  // ---- blocking and the account
+
+  function blockedName(userId) {
+    const friend = state.friends.get(userId);
+    const conv = state.conversations.get(`u:${userId}`);
+    return (friend && friend.name) || (conv && conv.nameHint) || null;
+  }
+
+  function renderBlocked() {
+    const items = [...state.blocked.entries()].sort((a, b) => a[0] - b[0]).map(([id, name]) =>
+      el("li", { class: "item", testid: `blocked-${id}` },
+        nameWithId(name || `User ${id}`, `id ${id}`),
+        el("span", { class: "actions" },
+          el("button", { type: "button", class: "small", testid: `unblock-${id}`,
+            "aria-label": `Unblock ${name || id}`, onclick: () => setBlocked(id, false) },
+          "Unblock"))));
+    $("blocked").replaceChildren(...items);
+    $("blocked-empty").hidden = items.length > 0;
+  }
+
+  /** BLOCK_MSG: blocking ends a friendship and drops requests between the two (the server
+   * also tells this user's sessions by FRIEND_REMOVED); unblocking only lets them in again. */
+  async function setBlocked(userId, block) {
+    if (state.me !== null && userId === state.me.id) throw new Error("You cannot block yourself.");
+    const name = blockedName(userId) || state.blocked.get(userId) || null;
+    const reply = await request({ msgid: MSG.BLOCK, userid: userId, block }).catch(noReply);
+    if (reply.errno !== 0) {
+      notify(`${block ? "Blocking" : "Unblocking"} failed: ${errorText(reply, MSG.BLOCK)}`,
+        "error");
+      return;
+    }
+    if (block) {
+      state.blocked.set(userId, name);
+      state.requests.delete(userId);
+      if (state.friends.delete(userId)) {
+        const conv = state.conversations.get(`u:${userId}`);
+        if (conv) conv.nameHint = name;
+      }
+    } else {
+      state.blocked.delete(userId);
+    }
+    notify(`${name || `User ${userId}`} is ${block ? "blocked" : "no longer blocked"}.`);
+    renderRequests();
+    renderFriends();
+    renderBlocked();
+    renderConversation();
+  }
+
+  async function changePassword() {
+    const password = $("old-password").value;
+    const newPassword = $("new-password").value;
+    if (!password || !newPassword) throw new Error("Type the current and the new password.");
+    const reply = await request({ msgid: MSG.ACCOUNT, action: "password", password,
+      new_password: newPassword });
+    if (reply.errno !== 0) throw new Error(errorText(reply, MSG.ACCOUNT));
+    $("old-password").value = "";
+    $("new-password").value = "";
+    // A re-login after a dropped connection uses the new one.
+    if (state.credentials) state.credentials.password = newPassword;
+    notify("Password changed. Your other devices were logged out.");
+  }
+
+  /** ACCOUNT delete: the server logs this session out after its ACK; nothing of the user is
+   * left in this browser either. */
+  async function deleteAccount() {
+    const password = $("delete-password").value;
+    if (!password) throw new Error("Type your password to delete your account.");
+    const reply = await request({ msgid: MSG.ACCOUNT, action: "delete", password });
+    if (reply.errno !== 0) throw new Error(errorText(reply, MSG.ACCOUNT));
+    $("delete-password").value = "";
+    const me = state.me;
+    state.credentials = null;
+    endSession();
+    if (me !== null) {
+      keep(`conversations.${me.id}`, null);
+      keep(`pos.${me.id}`, null);
+      keep(`id.${me.name}`, null);
+    }
+    notify("Your account was deleted.", "alert", { sticky: true, testid: "deleted-notice" });
   }
 
   /** A form whose submit runs `action(form)`; its errors become notices. */
@@ -1407,6 +1769,16 @@
     $("logout-button").addEventListener("click", () => logOut());
     $("back-button").addEventListener("click", closeConversation);
     $("leave-group-button").addEventListener("click", () => leaveGroup());
+    $("block-button").addEventListener("click", () => {
+      const conv = state.conversations.get(state.active);
+      if (conv && conv.kind === "u") setBlocked(conv.id, !state.blocked.has(conv.id));
+    });
+    $("dissolve-group-button").addEventListener("click", dissolveGroup);
+    $("group-confirm-yes").addEventListener("click", () => confirmGroup());
+    $("group-confirm-no").addEventListener("click", cancelGroup);
+    $("group-confirm").addEventListener("keydown", (event) => {
+      if (event.key === "Escape") cancelGroup();
+    });
     $("older-button").addEventListener("click", loadOlder);
     $("messages").addEventListener("scroll", () => {
       if ($("messages").scrollTop <= 0) loadOlder();
@@ -1425,6 +1797,13 @@
       await joinGroup(idFrom("join-group-id"));
       $("join-group-id").value = "";
     });
+    onSubmit("rename-group-form", renameGroup);
+    onSubmit("block-form", async () => {
+      await setBlocked(idFrom("block-id"), true);
+      $("block-id").value = "";
+    });
+    onSubmit("password-form", changePassword);
+    onSubmit("delete-account-form", deleteAccount);
     onSubmit("create-group-form", async () => {
       await createGroup($("create-group-name").value.trim(), $("create-group-desc").value.trim());
       $("create-group-name").value = "";
