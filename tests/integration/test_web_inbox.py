@@ -227,7 +227,8 @@ def test_a_group_on_two_devices_its_history_and_what_each_device_sent(
     pc.expect_text("conversation-title", group_name)
     expect_texts(pc, said[-30:])  # HISTORY of the group, newest page
     pc.scroll_messages_to_top()
-    expect_texts(pc, said)
+    # the group's history starts with the user's joining it (a GROUP_EVENT, a line of its own)
+    expect_texts(pc, ["You joined the group.", *said])
 
     pc.send("pc to the group")
     assert tcp_carol.expect({"msgid": 10, "id": me.id})["msg"] == "pc to the group"
