@@ -525,16 +525,19 @@
   function groupEventText(frame, group) {
     const who = nameOf(frame.userid, group);
     const by = nameOf(frame.by, group);
+    const whom = who === "You" ? "you" : who; // inside a sentence
+    const byWhom = by === "You" ? "you" : by;
     switch (frame.event) {
       case "joined": return `${who} joined the group.`;
       case "left": return `${who} left the group.`;
-      case "kicked": return `${who} ${who === "You" ? "were" : "was"} removed from the group by ${by}.`;
-      case "role": return `${by} made ${who} ${frame.role === "admin" ? "an admin" : "a member"}.`;
-      case "transfer": return `${by} handed the group over to ${who}.`;
+      case "kicked":
+        return `${who} ${who === "You" ? "were" : "was"} removed from the group by ${byWhom}.`;
+      case "role": return `${by} made ${whom} ${frame.role === "admin" ? "an admin" : "a member"}.`;
+      case "transfer": return `${by} handed the group over to ${whom}.`;
       case "muted":
         return Number.isInteger(frame.until) && frame.until > 0
-          ? `${by} muted ${who} until ${new Date(frame.until).toLocaleString()}.`
-          : `${by} unmuted ${who}.`;
+          ? `${by} muted ${whom} until ${new Date(frame.until).toLocaleString()}.`
+          : `${by} unmuted ${whom}.`;
       case "updated": {
         const changes = [];
         if (typeof frame.groupname === "string") changes.push(`renamed it “${frame.groupname}”`);
@@ -566,6 +569,7 @@
     const ends = frame.event === "dissolved" || (me && ["kicked", "left"].includes(frame.event));
     if (ends) {
       const name = group ? group.groupname : `Group ${frame.groupid}`;
+      groupConversation(frame.groupid).nameHint = name; // its conversation keeps the name
       state.groups.delete(frame.groupid);
       if (state.confirming && state.confirming.groupId === frame.groupid) state.confirming = null;
       if (frame.event === "kicked") {
@@ -993,7 +997,7 @@
   function conversationTitle(conv) {
     if (conv.kind === "g") {
       const group = state.groups.get(conv.id);
-      return group ? group.groupname : `Group ${conv.id}`;
+      return group ? group.groupname : conv.nameHint || `Group ${conv.id}`;
     }
     const friend = state.friends.get(conv.id);
     if (friend) return friend.name;
@@ -1277,6 +1281,7 @@
     }
     form.hidden = !mayEdit;
     $("dissolve-row").hidden = mine !== "creator";
+    $("group-settings").hidden = !mayEdit;
   }
 
   function myRole(group) {
@@ -1510,8 +1515,8 @@
     focusInFriends(`remove-friend-${friendId}`);
   }
 
-  /** REMOVE_FRIEND: the friendship ends on both sides (the other side sees it at its next
-   * login: nothing is pushed). The conversation with them stays, under their name. */
+  /** REMOVE_FRIEND: the friendship ends on both sides (a version 2 server tells the other
+   * side's sessions by FRIEND_REMOVED). The conversation with them stays, under their name. */
   async function removeFriend(friend) {
     if (state.removalBusy) return;
     const me = state.me;
