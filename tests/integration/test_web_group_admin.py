@@ -148,6 +148,8 @@ def test_a_user_changes_the_password_from_the_page(open_page: OpenPage) -> None:
     page = open_page()
     name = unique_name("erin")
     me = page.register(name, "old-pw")
+    other_device = open_page()
+    other_device.log_in(me, "old-pw")
     page.by("account").locator("summary").click()
     page.by("old-password").fill("wrong")
     page.by("new-password").fill("new-pw")
@@ -156,6 +158,12 @@ def test_a_user_changes_the_password_from_the_page(open_page: OpenPage) -> None:
     page.by("old-password").fill("old-pw")
     page.by("password-button").click()
     expect(page.by("notices")).to_contain_text("Password changed.", timeout=WAIT_MS)
+    # the user's other devices are logged out, and told why
+    expect(other_device.by("kicked-notice")).to_contain_text(
+        "the password was changed", timeout=WAIT_MS
+    )
+    expect(other_device.by("login-view")).to_be_visible(timeout=WAIT_MS)
+    expect(page.by("chat-view")).to_be_visible()
     page.log_out()
     page.log_in(me, "new-pw")
 

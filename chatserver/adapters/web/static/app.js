@@ -497,11 +497,11 @@
     // The account logged in elsewhere: do not log in again by ourselves, that would kick back.
     state.credentials = null;
     endSession();
-    const server = typeof frame.errmsg === "string" && frame.errmsg
-      ? ` (server: ${frame.errmsg})` : "";
-    notify(`You were logged out: this account logged in somewhere else${server}.`, "alert",
-      { sticky: true, testid: "kicked-notice" });
-    showLoginError("You were logged out because this account logged in somewhere else.");
+    // The server says why (a login elsewhere, a password changed on another device, ...).
+    const why = typeof frame.errmsg === "string" && frame.errmsg
+      ? frame.errmsg : "this account logged in somewhere else";
+    notify(`You were logged out: ${why}.`, "alert", { sticky: true, testid: "kicked-notice" });
+    showLoginError(`You were logged out: ${why}.`);
   }
 
   /** Another device of the user read up to `pos`: what is at or below it is read here too. */
