@@ -102,7 +102,7 @@
     // the user is no longer in (kicked, left, dissolved) is not here: its chat stays read-only.
     groups: new Map(),
     blocked: new Map(), // id -> name (or null when unknown) of the users this user blocked
-    confirming: null, // {text, run}: the group action waiting for "Yes"
+    confirming: null, // {groupId, text, frame, busy}: the group request waiting for "Yes"
     conversations: new Map(), // "u:ID" | "g:ID" -> conversation
     active: null, // key of the conversation on screen
     seen: new Set(), // msg_ids already shown: the server may send one again (at-least-once)
