@@ -10,12 +10,13 @@ stranger from the page and unblocks them; a password is changed and an account d
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Browser, expect
 
 from tests.integration import test_web_browser as web_browser
-from tests.integration.conftest import Chat, User, unique_name
+from tests.integration.conftest import HOST, Chat, ClusterProcess, User, unique_name
 from tests.integration.test_web_browser import OpenPage
 from tests.integration.web_helpers import CHROMIUM, WAIT_MS, ChatPage
 
@@ -186,3 +187,41 @@ def test_a_user_deletes_the_account_after_typing_the_password(
     expect(page.by("login-view")).to_be_visible(timeout=WAIT_MS)
     # the name is free again
     chat.register(name, "someone else")
+
+
+def test_a_kick_reaches_a_member_watching_on_another_node_of_a_cluster(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """The creator's page is served by node 1, the member's by node 2: the GROUP_EVENT crosses
+    the bus, and the member's page closes its composer."""
+    cluster = ClusterProcess(tmp_path, tmp_path / "cluster.log", web=True).start()
+    contexts = []
+    try:
+        pages = []
+        for node in range(2):
+            context = browser.new_context(viewport={"width": 1000, "height": 700})
+            context.set_default_timeout(WAIT_MS)
+            contexts.append(context)
+            url = f"http://{HOST}:{cluster.node_port + cluster.nodes + node}/"
+            pages.append(ChatPage(context.new_page(), url).open())
+        boss, member = pages
+        boss.register(unique_name("boss"), "pw-boss")
+        member_id = member.register(unique_name("memb"), "pw-memb")
+        group_id = boss.create_group(unique_name("g"))
+        member.join_group(group_id)
+        member.open_conversation("g", group_id)
+        member.send("hello from node 2")
+        boss.expect_message("hello from node 2")
+        boss.by("group-members").locator("summary").first.click()
+        boss.by(f"kick-{member_id}").click()
+        boss.by("group-confirm-yes").click()
+        expect(member.by("group-kicked-notice")).to_be_visible(timeout=WAIT_MS)
+        expect(member.by("message-input")).to_be_disabled(timeout=WAIT_MS)
+        expect(boss.by(f"member-{member_id}")).to_have_count(0, timeout=WAIT_MS)
+        for page in pages:
+            page.assert_healthy()
+    finally:
+        for context in contexts:
+            context.close()
+        cluster.stop()
+        cluster.assert_no_traceback()
