@@ -111,12 +111,25 @@ def test_roles_renaming_and_dissolving_show_on_every_members_page(
     member.expect_text(f"member-role-{member_user.id}", "admin")
     member.send("thanks")
 
-    boss.by("group-settings").locator("summary").click()
-    boss.by("dissolve-group-button").click()
+    # the creator hands the group over: the roles swap, and so do the buttons
+    boss.by(f"transfer-{member_user.id}").click()
+    expect(boss.by("group-confirm-text")).to_contain_text(member_user.name, timeout=WAIT_MS)
     boss.by("group-confirm-yes").click()
+    member.expect_text(f"member-role-{member_user.id}", "creator")
+    member.expect_text(f"member-role-{boss_user.id}", "admin")
+    boss.expect_text(f"member-role-{member_user.id}", "creator")
+    expect(boss.by(f"kick-{member_user.id}")).to_have_count(0, timeout=WAIT_MS)
+    expect(member.by(f"kick-{boss_user.id}")).to_have_count(1, timeout=WAIT_MS)
+    expect(boss.by("dissolve-group-button")).to_be_hidden()
+
+    member.by("dissolve-group-button").click()
+    expect(member.by("group-confirm-text")).to_contain_text("Dissolve", timeout=WAIT_MS)
+    member.by("group-confirm-yes").click()
     member.expect_text("composer-closed", "You are not a member of this group.")
     boss.expect_text("composer-closed", "You are not a member of this group.")
+    expect(boss.by("notices")).to_contain_text("was dissolved by", timeout=WAIT_MS)
     expect(member.by(f"group-{group_id}")).to_have_count(0, timeout=WAIT_MS)
+    expect(boss.by(f"group-{group_id}")).to_have_count(0, timeout=WAIT_MS)
 
 
 def test_a_user_blocks_a_stranger_from_the_page_and_unblocks_them(
