@@ -47,6 +47,8 @@ def two_in_a_group(open_page: OpenPage) -> tuple[ChatPage, ChatPage, User, User,
     member.open_conversation("g", group_id)
     member.send("hello everybody")
     boss.expect_message("hello everybody")
+    # the GROUP_EVENT names nobody: the line gets the member's name once the page has seen it
+    boss.expect_message(f"{member_name} joined the group.")
     boss.by("group-members").locator("summary").first.click()
     expect(boss.by(f"member-{member_user.id}")).to_contain_text(member_name, timeout=WAIT_MS)
     return boss, member, boss_user, member_user, group_id

@@ -102,6 +102,9 @@
     // the user is no longer in (kicked, left, dissolved) is not here: its chat stays read-only.
     groups: new Map(),
     blocked: new Map(), // id -> name (or null when unknown) of the users this user blocked
+    // id -> name of every user this session has seen named (GROUP_EVENT names nobody: a member
+    // who joined live is "User N" until they are seen, and their lines are drawn again then).
+    names: new Map(),
     confirming: null, // {groupId, text, frame, busy}: the group request waiting for "Yes"
     conversations: new Map(), // "u:ID" | "g:ID" -> conversation
     active: null, // key of the conversation on screen
@@ -420,6 +423,7 @@
    * HISTORY page, or from another device: a carbon, whose `id` is the user). */
   function onOneChat(frame, context) {
     const mine = frame.id === state.me.id;
+    if (!mine) learnName(frame.id, frame.name);
     const peer = mine ? frame.toid : frame.id;
     if (!Number.isInteger(peer) || typeof frame.msg !== "string") return;
     const conv = directConversation(peer, mine ? null : frame.name);
@@ -443,6 +447,7 @@
     const fresh = !context.synced && !context.history;
     // Old messages (SYNC, HISTORY) may come from a group the user has left since.
     const group = fresh ? knownGroup(frame.groupid) : state.groups.get(frame.groupid);
+    const news = learnName(frame.id, frame.name);
     const sender = group ? group.users.find((user) => user.id === frame.id) : undefined;
     if (sender !== undefined && fresh) {
       sender.name = frame.name; // a member who joined live came without a name (GROUP_EVENT)
@@ -456,9 +461,13 @@
       msgId: frame.msg_id, pos: frame.pos, status: mine ? "sent" : undefined,
     }, context);
     if (fresh) renderGroups();
+    if (news && state.active === `g:${frame.groupid}` && fresh) {
+      renderMessages({ keepPosition: false }); // "User N joined" gets the name
+    }
   }
 
   function onFriendRequest(frame) {
+    learnName(frame.id, frame.name);
     state.requests.set(frame.id, { id: frame.id, name: frame.name, live: true });
     notify(`${frame.name} (id ${frame.id}) wants to be your friend.`);
     renderRequests();
@@ -517,8 +526,23 @@
     if (member && member.name) return member.name;
     const friend = state.friends.get(userId);
     if (friend) return friend.name;
+    if (state.names.has(userId)) return state.names.get(userId);
     const conv = state.conversations.get(`u:${userId}`);
     return (conv && conv.nameHint) || `User ${userId}`;
+  }
+
+  /** Remembers a user's name; true when it is news (lines naming them are drawn again). */
+  function learnName(userId, name) {
+    if (!Number.isInteger(userId) || typeof name !== "string" || !name) return false;
+    if (state.names.get(userId) === name) return false;
+    state.names.set(userId, name);
+    return true;
+  }
+
+  /** A message's text: a group event's is made when drawn, with the names known by then. */
+  function messageText(message) {
+    if (!message.groupEvent) return message.text;
+    return groupEventText(message.groupEvent, state.groups.get(message.groupEvent.groupid));
   }
 
   /** The line a GROUP_EVENT shows in the group's conversation. */
@@ -563,8 +587,8 @@
     // Leaving on this page closed the group's conversation: the event does not bring it back.
     if (me && frame.event === "left" && !state.conversations.has(`g:${frame.groupid}`)) return;
     const text = groupEventText(frame, group);
-    addMessage(groupConversation(frame.groupid), { system: true, text, ts: frame.ts,
-      msgId: frame.msg_id, pos: frame.pos }, context);
+    addMessage(groupConversation(frame.groupid), { system: true, text, groupEvent: frame,
+      ts: frame.ts, msgId: frame.msg_id, pos: frame.pos }, context);
     if (!live) return;
     const ends = frame.event === "dissolved" || (me && ["kicked", "left"].includes(frame.event));
     if (ends) {
@@ -719,6 +743,10 @@
     state.blocked = new Map((Array.isArray(ack.blocked) ? ack.blocked : [])
       .filter(Number.isInteger).map((id) => [id, blockedName(id)]));
     state.groups = byId((ack.groups || []).map(groupEntry));
+    state.names.clear();
+    for (const group of state.groups.values()) {
+      for (const user of group.users) learnName(user.id, user.name);
+    }
     const wasInbox = state.inbox;
     state.inbox = Number.isInteger(ack.last_pos) && ack.last_pos >= 0;
     state.sessionNumber += 1;
@@ -777,6 +805,7 @@
     state.confirming = null;
     state.groups.clear();
     state.blocked.clear();
+    state.names.clear();
     showLoginView();
   }
 
@@ -1401,7 +1430,7 @@
       el("button", { type: "button", class: "link", "aria-current": current ? "true" : null,
         onclick: () => openConversation(conv.key) },
       el("span", { class: "name" }, conv.kind === "g" ? "# " : "", conversationTitle(conv)),
-      el("span", { class: "preview muted" }, last ? last.text : "")),
+      el("span", { class: "preview muted" }, last ? messageText(last) : "")),
       unread > 0
         ? el("span", { class: "unread", testid: `unread-${testid}`,
           "aria-label": `${unread} unread` }, String(unread))
@@ -1449,7 +1478,7 @@
   }
 
   function messageItem(message) {
-    const text = el("p", { class: "text", testid: "message-text" }, message.text);
+    const text = el("p", { class: "text", testid: "message-text" }, messageText(message));
     if (message.system) return el("li", { class: "message system", testid: "message" }, text);
     const classes = ["message", message.mine ? "mine" : "", message.failed ? "failed" : ""];
     return el("li", { class: classes.filter(Boolean).join(" "), testid: "message",
@@ -1561,6 +1590,7 @@
     const shown = reply.group; // Version 2: the group as LOGIN lists it
     if (shown && typeof shown === "object" && Array.isArray(shown.users)) {
       state.groups.set(groupId, groupEntry(shown));
+      for (const user of state.groups.get(groupId).users) learnName(user.id, user.name);
       notify(`Joined “${shown.groupname}”.`);
     } else {
       const group = knownGroup(groupId);
