@@ -1154,3 +1154,20 @@ async def next_group_event(client: ChatClient, kind: str) -> GroupEvent:
         event = await client.next_event()
         if isinstance(event, GroupEvent) and event.event == kind:
             return event
+
+
+def test_what_another_member_did_to_you_is_said_in_words() -> None:
+    from chatserver.entrypoints.client.terminal import describe
+
+    def event(kind: str, user_id: int, by: int, until: int | None = None) -> GroupEvent:
+        return GroupEvent(1004, 3, kind, user_id, by, 9, until=until)
+
+    assert (
+        describe(event("kicked", 1, 2), {}, 1) == "group[3] you were removed from the group by [2]"
+    )
+    assert describe(event("kicked", 2, 1), {}, 1) == "group[3] kicked: [2] by [1]"
+    assert describe(event("muted", 1, 2, 0), {}, 1) == (
+        "group[3] you may chat again (unmuted by [2])"
+    )
+    muted = describe(event("muted", 1, 2, 1796420976810), {}, 1)
+    assert muted is not None and muted.startswith("group[3] you are muted until 2026-")

@@ -245,11 +245,20 @@ def describe(event: Event, names: dict[int, str], me: int | None = None) -> str 
         case Kicked():
             return f"logged out: {printable(event.reason) or 'your account logged in elsewhere'}"
         case GroupEvent():
-            return _describe_group_event(event)
+            return _describe_group_event(event, me)
     return None
 
 
-def _describe_group_event(event: GroupEvent) -> str:
+def _describe_group_event(event: GroupEvent, me: int | None = None) -> str:
+    group = f"group[{event.group_id}]"
+    if event.user_id == me and event.by != me:  # what another member did to this user
+        if event.event == "kicked":
+            return f"{group} you were removed from the group by [{event.by}]"
+        if event.event == "muted" and event.until:
+            until = time.strftime("%Y-%m-%d %H:%M", time.localtime(event.until / 1000))
+            return f"{group} you are muted until {until} (by [{event.by}])"
+        if event.event == "muted":
+            return f"{group} you may chat again (unmuted by [{event.by}])"
     details = [
         f"{name} {printable(str(value))}"
         for name, value in (
