@@ -1,0 +1,245 @@
+"""Durable webhooks: every event after_event hears, POSTed to the embedder's URL at least once.
+
+Events are written to the webhook outbox (`WebhookOutbox`) in the transaction that keeps them
+(an inbox batch's, for chats, friend answers and group events), so a crash loses none. One node
+at a time delivers (`WebhookDeliverer`): the one holding the lease in the database, renewed every
+round. It takes the oldest rows, POSTs each conversation's in order (conversations side by side),
+deletes what the receiver took (a 2xx) and backs a conversation off, exponentially with jitter,
+when its oldest row fails: later events of that conversation wait behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import anyio
+from attrs import Factory, define, field, frozen
+
+from chatserver.application.hooks import (
+    AccountCreated,
+    FriendRemoved,
+    FriendRequested,
+    GroupFounded,
+    HookEvent,
+)
+from chatserver.domain.messages import DirectMessage, FriendAnswer, GroupEvent, GroupMessage
+from chatserver.domain.ports import Clock, Transaction, UnitOfWork, WebhookRow
+
+log = logging.getLogger("chatserver.webhooks")
+
+# (event_id, event) -> the JSON body to POST (an adapter's: the application knows no JSON).
+Encode = Callable[[str, HookEvent], str]
+
+# Conversations excluded by name while they back off; past it the whole round waits instead.
+MAX_EXCLUDED = 500
+
+
+class WebhookSender(Protocol):
+    """POSTs one body to the receiver."""
+
+    async def send(self, body: str) -> bool:
+        """True if the receiver took it (a 2xx); False or an exception: try again later."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def conversation_of(event: HookEvent) -> str:
+    """The conversation whose events are delivered in order: a pair of users, a group, a user."""
+    if isinstance(event, DirectMessage):
+        return _pair(event.sender_id, event.recipient_id)
+    if isinstance(event, GroupMessage | GroupEvent | GroupFounded):
+        return f"group:{event.group_id}"
+    if isinstance(event, FriendAnswer):
+        return f"user:{event.responder_id}"
+    if isinstance(event, FriendRequested | FriendRemoved):
+        return _pair(event.user_id, event.friend_id)
+    assert isinstance(event, AccountCreated)
+    return f"user:{event.user.id}"
+
+
+def _pair(a: int, b: int) -> str:
+    return f"users:{min(a, b)}:{max(a, b)}"
+
+
+@define
+class WebhookRecorder:
+    """Turns events into outbox rows: a fresh event_id each, and their conversation."""
+
+    encode: Encode
+    # Called after a commit that wrote rows: the deliverer wakes.
+    written: Callable[[], None] = lambda: None
+
+    def rows(self, events: Iterable[HookEvent]) -> list[tuple[str, str]]:
+        return [(conversation_of(e), self.encode(uuid.uuid4().hex, e)) for e in events]
+
+    async def record(self, uow: UnitOfWork, clock: Clock, event: HookEvent) -> None:
+        """Write one event that no inbox batch carries (an account, a friend request, a group
+        founded) in a transaction of its own, right after the one that made it."""
+        rows = self.rows([event])
+        now = clock.now_ms()
+
+        def work(tx: Transaction) -> None:
+            tx.webhooks.add(rows, now)
+
+        await uow.run(work)
+        self.written()
+
+
+@frozen
+class WebhookLimits:
+    """How webhooks are delivered (`Config.webhook_limits`)."""
+
+    # Seconds one POST may take, connecting included.
+    timeout_seconds: float = 10.0
+    # The first retry of a conversation waits about this long, doubling up to retry_max_seconds
+    # (each wait is drawn between half and all of it: jitter).
+    retry_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+    # Rows taken per round, and conversations POSTed to at once.
+    batch: int = 200
+    concurrency: int = 8
+    # How long a delivering node's lease lasts; it renews it every round.
+    lease_seconds: float = 30.0
+    # How often a node that does not hold the lease checks it (and the outbox's depth).
+    poll_seconds: float = 5.0
+
+
+@define
+class _Backoff:
+    attempts: int = 0
+    due: float = 0.0  # anyio.current_time()
+
+
+@define(eq=False)
+class WebhookDeliverer:
+    """The task that empties the outbox into the receiver (a task of the node)."""
+
+    uow: UnitOfWork
+    clock: Clock
+    sender: WebhookSender
+    owner: str
+    limits: WebhookLimits = Factory(WebhookLimits)
+    random: Callable[[], float] = random.random
+    # What the metrics read: rows waiting and the oldest's time (as of the last look), and
+    # counts of POSTs.
+    depth: int = 0
+    oldest_ms: int | None = None
+    delivered: int = 0
+    failed: int = 0
+    leading: bool = False
+    _backoff: dict[str, _Backoff] = Factory(dict)
+    _wake: anyio.Event = field(factory=anyio.Event)
+
+    def wake(self) -> None:
+        """Rows were written: look now rather than at the next poll."""
+        self._wake.set()
+
+    def oldest_age_seconds(self) -> float:
+        if self.oldest_ms is None:
+            return 0.0
+        return max(0.0, (self.clock.now_ms() - self.oldest_ms) / 1000)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                more = await self.deliver_once()
+            except Exception:
+                log.exception("delivering webhooks failed")
+                more = False
+            if not more:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        wait = self.limits.poll_seconds
+        if self.leading and self._backoff:
+            wait = min(
+                wait, max(0.0, min(b.due for b in self._backoff.values()) - anyio.current_time())
+            )
+        with anyio.move_on_after(wait):
+            await self._wake.wait()
+        self._wake = anyio.Event()
+
+    async def deliver_once(self) -> bool:
+        """One round: take the lease, the oldest rows, POST them, delete those taken. True when
+        some were taken (more may wait)."""
+        limits = self.limits
+        started = anyio.current_time()
+        excluding = [c for c, b in self._backoff.items() if b.due > started]
+        if len(excluding) > MAX_EXCLUDED:
+            return False  # most conversations are failing: the receiver is down; wait
+        now = self.clock.now_ms()
+        until = now + int(limits.lease_seconds * 1000)
+
+        def take(tx: Transaction) -> tuple[bool, list[WebhookRow], tuple[int, int | None]]:
+            if not tx.webhooks.take_lease(self.owner, now, until):
+                return False, [], tx.webhooks.stats()
+            return True, tx.webhooks.pending(limits.batch, excluding), tx.webhooks.stats()
+
+        self.leading, rows, (self.depth, self.oldest_ms) = await self.uow.run(take)
+        if not rows:
+            return False
+        conversations: dict[str, list[WebhookRow]] = {}
+        for row in rows:
+            conversations.setdefault(row.conversation, []).append(row)
+        # Stop starting POSTs well before the lease ends, so no other node takes over meanwhile.
+        deadline = started + limits.lease_seconds / 2
+        taken: list[int] = []
+        slots = anyio.CapacityLimiter(limits.concurrency)
+        async with anyio.create_task_group() as posting:
+            for name, queue in conversations.items():
+                posting.start_soon(self._post_in_order, name, queue, taken, slots, deadline)
+        if taken:
+            await self.uow.run(lambda tx: tx.webhooks.delete(taken))
+            self.depth = max(0, self.depth - len(taken))
+        return bool(taken)
+
+    async def _post_in_order(
+        self,
+        conversation: str,
+        rows: list[WebhookRow],
+        taken: list[int],
+        slots: anyio.CapacityLimiter,
+        deadline: float,
+    ) -> None:
+        async with slots:
+            for row in rows:
+                if anyio.current_time() > deadline:
+                    return
+                if not await self._post(row):
+                    self._back_off(conversation)
+                    return
+                taken.append(row.id)
+            self._backoff.pop(conversation, None)
+
+    async def _post(self, row: WebhookRow) -> bool:
+        try:
+            with anyio.fail_after(self.limits.timeout_seconds + 1):
+                ok = await self.sender.send(row.body)
+        except Exception as error:
+            log.debug("webhook POST failed: %r", error)
+            ok = False
+        if ok:
+            self.delivered += 1
+        else:
+            self.failed += 1
+        return ok
+
+    def _back_off(self, conversation: str) -> None:
+        limits = self.limits
+        backoff = self._backoff.setdefault(conversation, _Backoff())
+        backoff.attempts += 1
+        ceiling = min(
+            limits.retry_max_seconds, limits.retry_seconds * 2 ** min(backoff.attempts - 1, 30)
+        )
+        backoff.due = anyio.current_time() + ceiling * (0.5 + self.random() / 2)
+        if backoff.attempts == 1 or backoff.attempts.bit_count() == 1:
+            log.warning(
+                "webhook receiver refused %s's oldest event %d times; retrying",
+                conversation,
+                backoff.attempts,
+            )
