@@ -3,12 +3,14 @@ is up, every event_id arrives (duplicates allowed, none missing), in order per c
 every signature verifies, and the outbox is empty. On SQLite and on MySQL."""
 
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import orjson
 import pytest
 import uvicorn
@@ -158,3 +160,79 @@ async def test_a_receiver_down_while_1000_messages_are_sent_gets_every_event_onc
             if mine and data["msg_id"] not in arrived:
                 arrived.append(data["msg_id"])
         assert arrived == msg_ids
+
+
+async def hang_up_never(stream: anyio.abc.SocketStream) -> None:
+    """A receiver that takes the connection and the request, and never answers."""
+    async with stream:
+        await anyio.sleep_forever()
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in text.splitlines())
+        if not name.startswith("#")
+    }
+
+
+async def test_a_receiver_that_never_answers_costs_the_chat_nothing_and_shows_in_metrics() -> None:
+    """The abuse: the receiver accepts connections and never replies. Each POST times out; the
+    conversation backs off; messages are still accepted at once, and the metrics show the
+    outbox growing old."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    limits = chatserver.WebhookLimits(timeout_seconds=0.5, retry_seconds=0.5)
+    heard: list[chatserver.HookEvent] = []
+
+    async def after_event(event: chatserver.HookEvent) -> None:
+        heard.append(event)
+
+    config = chatserver.Config(
+        database="memory://",
+        port=0,
+        metrics_port=free_port(),
+        webhook=f"http://127.0.0.1:{port}/hook",
+        webhook_secret=SECRET,
+        webhook_limits=limits,
+        hooks=chatserver.Hooks(after_event=after_event),
+    )
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, hang_up_never)
+        async with chatserver.open_node(config, hasher=FAST_HASHER) as app:
+            listening = await app.start_serving()
+            alice, bob = (
+                await app.create_user("alice", "password"),
+                await app.create_user("bob", "password"),
+            )
+            client = app.connect()
+            await client.request(chatserver.Login("password", user_id=alice.id))
+            latencies = []
+            for n in range(200):
+                started = time.perf_counter()
+                await client.request(chatserver.SendDirectMessage(bob.id, f"m{n}"))
+                latencies.append(time.perf_counter() - started)
+                if n % 50 == 0:
+                    await anyio.sleep(0.3)  # let POSTs hang meanwhile
+            await anyio.sleep(1.0)
+            assert listening.metrics_port is not None
+            samples = await anyio.to_thread.run_sync(scrape, listening.metrics_port)
+            await client.close()
+        tasks.cancel_scope.cancel()
+    latencies.sort()
+    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+    print(
+        f"\nwith a receiver that never answers: chat p50 {p50 * 1000:.2f} ms, "
+        f"p99 {p99 * 1000:.2f} ms; outbox {samples['chatserver_webhook_outbox_rows']:.0f} rows, "
+        f"oldest {samples['chatserver_webhook_outbox_oldest_seconds']:.1f} s"
+    )
+    assert p99 < 0.5
+    assert samples["chatserver_webhook_outbox_rows"] == 202  # 2 accounts, 200 messages
+    assert samples["chatserver_webhook_outbox_oldest_seconds"] > 1.0
+    assert samples['chatserver_webhook_posts_total{outcome="failed"}'] >= 1
+    assert samples['chatserver_webhook_posts_total{outcome="delivered"}'] == 0
+    assert samples["chatserver_after_event_queue"] == 0  # after_event kept up meanwhile
+    assert samples['chatserver_after_event_lost_total{reason="dropped"}'] == 0
+    assert len(heard) == 202
