@@ -103,8 +103,10 @@ class WebhookLimits:
     # Rows taken per round, and conversations POSTed to at once.
     batch: int = 200
     concurrency: int = 8
-    # How long a delivering node's lease lasts; it renews it every round.
-    lease_seconds: float = 30.0
+    # How long a delivering node's lease lasts; it renews it every round (and at least every
+    # poll_seconds), and gives it up when it stops cleanly. A node that dies holding it is
+    # replaced once it lapses.
+    lease_seconds: float = 20.0
     # How often a node that does not hold the lease checks it (and the outbox's depth).
     poll_seconds: float = 5.0
 
@@ -145,14 +147,28 @@ class WebhookDeliverer:
         return max(0.0, (self.clock.now_ms() - self.oldest_ms) / 1000)
 
     async def run(self) -> None:
-        while True:
-            try:
-                more = await self.deliver_once()
-            except Exception:
-                log.exception("delivering webhooks failed")
-                more = False
-            if not more:
-                await self._idle()
+        try:
+            while True:
+                try:
+                    more = await self.deliver_once()
+                except Exception:
+                    log.exception("delivering webhooks failed")
+                    more = False
+                if not more:
+                    await self._idle()
+        finally:
+            if self.leading:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await self._give_up_lease()
+
+    async def _give_up_lease(self) -> None:
+        """Let another node take over at once (a lease that ends now has lapsed)."""
+        now = self.clock.now_ms()
+        try:
+            await self.uow.run(lambda tx: tx.webhooks.take_lease(self.owner, now, now))
+        except Exception:
+            log.exception("giving up the webhook lease failed: another node waits for it")
+        self.leading = False
 
     async def _idle(self) -> None:
         wait = self.limits.poll_seconds
@@ -186,8 +202,11 @@ class WebhookDeliverer:
         conversations: dict[str, list[WebhookRow]] = {}
         for row in rows:
             conversations.setdefault(row.conversation, []).append(row)
-        # Stop starting POSTs well before the lease ends, so no other node takes over meanwhile.
-        deadline = started + limits.lease_seconds / 2
+        # Stop starting POSTs in time for the last to end (it may take timeout_seconds) before
+        # the lease does, so that no other node takes over meanwhile.
+        deadline = started + max(
+            limits.lease_seconds / 4, limits.lease_seconds - limits.timeout_seconds - 2
+        )
         taken: list[int] = []
         slots = anyio.CapacityLimiter(limits.concurrency)
         async with anyio.create_task_group() as posting:

@@ -120,6 +120,21 @@ async def test_one_node_of_several_delivers_and_another_takes_over_when_it_stops
     assert not await nodes["a"].deliver_once()  # b holds it now
 
 
+async def test_a_node_that_stops_cleanly_gives_the_lease_up_at_once() -> None:
+    database, clock = MemoryDatabase(), ManualClock()
+    a = WebhookDeliverer(MemoryUnitOfWork(database), clock, Receiver(), "a", FAST)
+    b = WebhookDeliverer(MemoryUnitOfWork(database), clock, Receiver(), "b", FAST)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(a.run)
+        with anyio.fail_after(5):
+            while not a.leading:  # noqa: ASYNC110 (polled state)
+                await anyio.sleep(0.01)
+        assert not await b.deliver_once() and not b.leading
+        tasks.cancel_scope.cancel()
+    await b.deliver_once()
+    assert b.leading and not a.leading
+
+
 async def test_retries_double_with_jitter_up_to_the_ceiling() -> None:
     limits = WebhookLimits(retry_seconds=1.0, retry_max_seconds=8.0)
     for draw, share in ((0.0, 0.5), (1.0, 1.0)):
