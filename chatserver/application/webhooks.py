@@ -11,6 +11,7 @@ when its oldest row fails: later events of that conversation wait behind it.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import uuid
 from collections.abc import Callable, Iterable
@@ -36,6 +37,9 @@ Encode = Callable[[str, HookEvent], str]
 
 # Conversations excluded by name while they back off; past it the whole round waits instead.
 MAX_EXCLUDED = 500
+# Seconds between the starts of rounds: while rows go out, and when none did.
+ROUND_GAP = 0.02
+IDLE_GAP = 0.5
 
 
 class WebhookSender(Protocol):
@@ -71,8 +75,8 @@ class WebhookRecorder:
     """Turns events into outbox rows: a fresh event_id each, and their conversation."""
 
     encode: Encode
-    # Called after a commit that wrote rows: the deliverer wakes.
-    written: Callable[[], None] = lambda: None
+    # Called with how many rows a commit wrote: the deliverer wakes.
+    written: Callable[[int], None] = lambda rows: None
 
     def rows(self, events: Iterable[HookEvent]) -> list[tuple[str, str]]:
         return [(conversation_of(e), self.encode(uuid.uuid4().hex, e)) for e in events]
@@ -87,7 +91,7 @@ class WebhookRecorder:
             tx.webhooks.add(rows, now)
 
         await uow.run(work)
-        self.written()
+        self.written(len(rows))
 
 
 @frozen
@@ -136,9 +140,15 @@ class WebhookDeliverer:
     leading: bool = False
     _backoff: dict[str, _Backoff] = Factory(dict)
     _wake: anyio.Event = field(factory=anyio.Event)
+    _receiver_down: bool = False  # the last round's POSTs all failed
+    _looked: float = -math.inf  # when the rows were last counted
 
-    def wake(self) -> None:
-        """Rows were written: look now rather than at the next poll."""
+    def wake(self, rows: int = 1) -> None:
+        """rows were written here: look now rather than at the next poll (and count them
+        until the next count of the table)."""
+        self.depth += rows
+        if self.oldest_ms is None:
+            self.oldest_ms = self.clock.now_ms()
         self._wake.set()
 
     def oldest_age_seconds(self) -> float:
@@ -149,13 +159,13 @@ class WebhookDeliverer:
     async def run(self) -> None:
         try:
             while True:
+                started = anyio.current_time()
                 try:
-                    more = await self.deliver_once()
+                    delivered = await self.deliver_once()
                 except Exception:
                     log.exception("delivering webhooks failed")
-                    more = False
-                if not more:
-                    await self._idle()
+                    delivered = False
+                await self._pause(started, delivered)
         finally:
             if self.leading:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -170,15 +180,23 @@ class WebhookDeliverer:
             log.exception("giving up the webhook lease failed: another node waits for it")
         self.leading = False
 
-    async def _idle(self) -> None:
-        wait = self.limits.poll_seconds
+    async def _pause(self, started: float, delivered: bool) -> None:
+        """Wait before the next round. Rounds cost a transaction (and a scan of the rows that
+        wait), so they are spaced: by ROUND_GAP while rows go out (what came meanwhile joins the
+        next round), by IDLE_GAP when nothing went; while every POST fails (the receiver is
+        down) new rows do not wake the node, only the first retry that is due."""
+        if delivered:
+            await _sleep_until(started + ROUND_GAP)
+            return
+        wait_until = started + self.limits.poll_seconds
         if self.leading and self._backoff:
-            wait = min(
-                wait, max(0.0, min(b.due for b in self._backoff.values()) - anyio.current_time())
-            )
-        with anyio.move_on_after(wait):
+            wait_until = min(wait_until, min(b.due for b in self._backoff.values()))
+        with anyio.move_on_after(max(0.0, wait_until - anyio.current_time())):
+            if self.leading and self._receiver_down:
+                await anyio.sleep_forever()  # until a retry is due, or the next poll
             await self._wake.wait()
         self._wake = anyio.Event()
+        await _sleep_until(started + IDLE_GAP)
 
     async def deliver_once(self) -> bool:
         """One round: take the lease, the oldest rows, POST them, delete those taken. True when
@@ -191,12 +209,20 @@ class WebhookDeliverer:
         now = self.clock.now_ms()
         until = now + int(limits.lease_seconds * 1000)
 
-        def take(tx: Transaction) -> tuple[bool, list[WebhookRow], tuple[int, int | None]]:
-            if not tx.webhooks.take_lease(self.owner, now, until):
-                return False, [], tx.webhooks.stats()
-            return True, tx.webhooks.pending(limits.batch, excluding), tx.webhooks.stats()
+        # Counting the rows costs a scan: once per poll_seconds.
+        look = started - self._looked >= limits.poll_seconds
 
-        self.leading, rows, (self.depth, self.oldest_ms) = await self.uow.run(take)
+        def take(tx: Transaction) -> tuple[bool, list[WebhookRow], tuple[int, int | None] | None]:
+            outbox = tx.webhooks
+            stats = outbox.stats() if look else None
+            if not outbox.take_lease(self.owner, now, until):
+                return False, [], stats
+            return True, outbox.pending(limits.batch, excluding), stats
+
+        self.leading, rows, stats = await self.uow.run(take)
+        if stats is not None:
+            self._looked = started
+            self.depth, self.oldest_ms = stats
         if not rows:
             return False
         conversations: dict[str, list[WebhookRow]] = {}
@@ -212,9 +238,12 @@ class WebhookDeliverer:
         async with anyio.create_task_group() as posting:
             for name, queue in conversations.items():
                 posting.start_soon(self._post_in_order, name, queue, taken, slots, deadline)
+        self._receiver_down = not taken
         if taken:
             await self.uow.run(lambda tx: tx.webhooks.delete(taken))
             self.depth = max(0, self.depth - len(taken))
+            if self.depth == 0:
+                self.oldest_ms = None
         return bool(taken)
 
     async def _post_in_order(
@@ -262,3 +291,7 @@ class WebhookDeliverer:
                 conversation,
                 backoff.attempts,
             )
+
+
+async def _sleep_until(deadline: float) -> None:
+    await anyio.sleep(max(0.0, deadline - anyio.current_time()))

@@ -150,8 +150,9 @@ async def test_retries_double_with_jitter_up_to_the_ceiling() -> None:
         for _ in range(6):
             before = anyio.current_time()
             deliverer._back_off("c")
-            waits.append(round(deliverer._backoff["c"].due - before, 2))
-        assert waits == [share * s for s in (1, 2, 4, 8, 8, 8)]
+            waits.append(deliverer._backoff["c"].due - before)
+        # Time passes between reading the clock here and there: a loaded machine's few ms.
+        assert waits == pytest.approx([share * s for s in (1, 2, 4, 8, 8, 8)], abs=0.05)
 
 
 async def test_the_deliverer_reports_the_outbox_depth_and_the_oldest_age() -> None:
