@@ -1,6 +1,6 @@
 """The webhook's wire: each event as a JSON body, signed with HMAC-SHA256, POSTed with httpx.
 
-The body: `{"event_id": "<32 hex>", "type": "<kind>", "data": {...}}` (README, "Webhooks").
+The body: `{"event_id": "<16 hex>-<hex>", "type": "<kind>", "data": {...}}` (README, "Webhooks").
 The header `X-Chatserver-Signature: sha256=<hex>` is HMAC-SHA256 of the body's exact bytes under
 the shared secret; a receiver recomputes it (`verify`) before trusting the body, and dedupes by
 event_id (delivery is at least once).

@@ -10,11 +10,12 @@ when its oldest row fails: later events of that conversation wait behind it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
-import uuid
-from collections.abc import Callable, Iterable
+import secrets
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import anyio
@@ -78,8 +79,14 @@ class WebhookRecorder:
     # Called with how many rows a commit wrote: the deliverer wakes.
     written: Callable[[int], None] = lambda rows: None
 
+    # event_ids: this process's random prefix and a count (an os.urandom call each would cost
+    # several times the rest of a row).
+    _prefix: str = field(factory=lambda: secrets.token_hex(8) + "-", init=False)
+    _count: Iterator[int] = field(factory=itertools.count, init=False)
+
     def rows(self, events: Iterable[HookEvent]) -> list[tuple[str, str]]:
-        return [(conversation_of(e), self.encode(uuid.uuid4().hex, e)) for e in events]
+        prefix, count = self._prefix, self._count
+        return [(conversation_of(e), self.encode(f"{prefix}{next(count):x}", e)) for e in events]
 
     async def record(self, uow: UnitOfWork, clock: Clock, event: HookEvent) -> None:
         """Write one event that no inbox batch carries (an account, a friend request, a group
