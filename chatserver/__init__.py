@@ -23,6 +23,7 @@ from importlib.metadata import version as _version
 
 from chatserver.adapters.memory.cluster import InProcessHub
 from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.webhook import verify as verify_webhook
 from chatserver.application.commands import (
     AccountChange,
     AddFriend,
@@ -79,6 +80,7 @@ from chatserver.application.results import (
     Result,
     Synced,
 )
+from chatserver.application.webhooks import WebhookLimits
 from chatserver.domain.errors import (
     ChatError,
     Forbidden,
@@ -214,7 +216,9 @@ __all__ = [
     "UnknownUser",
     "UpdateGroup",
     "User",
+    "WebhookLimits",
     "__version__",
     "open_node",
     "upgrade_database",
+    "verify_webhook",
 ]

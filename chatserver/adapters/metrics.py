@@ -85,6 +85,22 @@ class HistogramByLabel(Collector):
         yield family
 
 
+class CountedBy(Collector):
+    """A counter with one label whose values are read from callables at each scrape (counts
+    kept by the core, which knows no Prometheus)."""
+
+    def __init__(self, name: str, documentation: str, label: str,
+                 counts: dict[str, Callable[[], float]], registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.label, self.counts = name, documentation, label, counts
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for label_value, count in self.counts.items():
+            family.add_metric([label_value], count())
+        yield family
+
+
 def _created() -> bool:
     """Whether _created series are exported (PROMETHEUS_DISABLE_CREATED_SERIES unset)."""
     return bool(getattr(prometheus_client.metrics, "_use_created", True))
@@ -148,6 +164,27 @@ class PrometheusMetrics:
 
     def count_sessions(self, sessions: Callable[[], int]) -> None:
         self.sessions.set_function(lambda: float(sessions()))
+
+    def watch_webhooks(self, depth: Callable[[], float], oldest_age: Callable[[], float],
+                       delivered: Callable[[], float], failed: Callable[[], float]) -> None:
+        """The webhook outbox: rows waiting and the oldest's age (as of the deliverer's last
+        look), and POSTs taken and failed."""
+        Gauge("chatserver_webhook_outbox_rows", "Events waiting in the webhook outbox",
+              registry=self.registry).set_function(depth)
+        Gauge("chatserver_webhook_outbox_oldest_seconds",
+              "Age of the oldest event waiting in the webhook outbox (0: none waits)",
+              registry=self.registry).set_function(oldest_age)
+        CountedBy("chatserver_webhook_posts", "Webhook POSTs, by outcome", "outcome",
+                  {"delivered": delivered, "failed": failed}, self.registry)
+
+    def watch_after_event(self, queued: Callable[[], float], dropped: Callable[[], float],
+                          failed: Callable[[], float]) -> None:
+        """The in-memory queue of after_event: its length, and events dropped (queue full)
+        or failed (the hook raised or took too long)."""
+        Gauge("chatserver_after_event_queue", "Events waiting for after_event",
+              registry=self.registry).set_function(queued)
+        CountedBy("chatserver_after_event_lost", "Events after_event did not take, by reason",
+                  "reason", {"dropped": dropped, "failed": failed}, self.registry)
 
 
 class TimedUnitOfWork:

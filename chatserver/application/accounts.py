@@ -272,8 +272,8 @@ async def _token_account(
     ):
         raise InvalidCredentials()
     attempt.succeeded()
-    if created and node.events is not None:
-        node.events.emit(AccountCreated(user))
+    if created:
+        await node.tell(AccountCreated(user))
     return account
 
 

@@ -186,13 +186,13 @@ Telling = Callable[[Any, "Connection", Any], HookEvent]
 
 
 def telling(use_case: UseCase, event_of: Telling) -> UseCase:
-    """use_case, then (when after_event is set) the event its success makes."""
+    """use_case, then (when after_event or a webhook is set) the event its success makes."""
 
     async def told(command: Any, *, connection: Connection) -> Any:
         result = await use_case(command, connection=connection)
-        events = connection.node.events
-        if events is not None:
-            events.emit(event_of(command, connection, result))
+        node = connection.node
+        if node.events is not None or node.webhooks is not None:
+            await node.tell(event_of(command, connection, result))
         return result
 
     return told

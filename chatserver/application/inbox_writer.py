@@ -72,6 +72,10 @@ class InboxWriter:
     _known: set[int] = Factory(set)
     # Observes each batch's size (entries), for metrics.
     observe: Callable[[int], None] | None = None
+    # Webhook outbox rows for the deliveries of a batch, written in its transaction (None: off).
+    webhook_rows: Callable[[list[Delivery]], list[tuple[str, str]]] | None = None
+    # Called with how many webhook rows a batch wrote, after it committed.
+    webhooks_written: Callable[[int], None] | None = None
 
     def known(self, user_id: int) -> None:
         """user_id exists (seen online, say): a message to them needs no check."""
@@ -171,6 +175,8 @@ class InboxWriter:
         now = self.clock.now_ms()
         known = self._known
         prune_below_marks = self.history_days == 0
+        webhook_rows = self.webhook_rows
+        rows_written = [0]
 
         def work(tx: Transaction) -> list[int]:
             entries: list[tuple[int, Delivery]] = []
@@ -181,6 +187,12 @@ class InboxWriter:
                     continue
                 entries.extend(write.entries)
             positions = tx.inbox.append(entries, now) if entries else []
+            if webhook_rows is not None and entries:
+                # One event per delivery, however many inboxes keep it; in the same commit.
+                unique = list({id(d): d for _, d in entries}.values())
+                rows = webhook_rows(unique)
+                tx.webhooks.add(rows, now)
+                rows_written[0] = len(rows)
             if batch.marks:
                 tx.inbox.set_marks(batch.marks)
             for user_id, pos in batch.read.items():
@@ -213,6 +225,8 @@ class InboxWriter:
                 raise
             return
         self.batches += 1
+        if self.webhooks_written is not None and rows_written[0]:
+            self.webhooks_written(rows_written[0])
         if self.observe is not None:
             self.observe(len(positions))
         start = 0

@@ -1,5 +1,6 @@
 """A node: one server process's collaborators and the sessions it holds."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -8,7 +9,7 @@ from attrs import Factory, define, field
 
 from chatserver.application.gaps import GapFiller
 from chatserver.application.groups_directory import GroupDirectory
-from chatserver.application.hooks import Authenticator, BeforeSend, EventFeed, Hooks
+from chatserver.application.hooks import Authenticator, BeforeSend, EventFeed, HookEvent, Hooks
 from chatserver.application.inbox_writer import InboxWrite, InboxWriter
 from chatserver.application.message_ids import MessageIdAllocator
 from chatserver.application.router import Router
@@ -19,6 +20,7 @@ from chatserver.application.throttle import (
     LoginThrottle,
     RegistrationThrottle,
 )
+from chatserver.application.webhooks import WebhookRecorder
 from chatserver.domain.groups import DEFAULT_MEMBER_LIMIT
 from chatserver.domain.ports import (
     Clock,
@@ -28,6 +30,8 @@ from chatserver.domain.ports import (
     Presence,
     UnitOfWork,
 )
+
+log = logging.getLogger("chatserver")
 
 
 @define
@@ -129,6 +133,8 @@ class Node:
     # The embedder's: who a LOGIN's token names (None: tokens are errno 7), and its hooks.
     authenticator: Authenticator | None = None
     hooks: Hooks = Factory(Hooks)
+    # Writes events to the webhook outbox (None: no webhook).
+    webhooks: WebhookRecorder | None = None
     before_send: BeforeSend | None = field(init=False)
     events: EventFeed | None = field(init=False)
     writer: InboxWriter = field(init=False)
@@ -169,6 +175,9 @@ class Node:
             self.uow, self.clock, self._pushed_after_commit, history_days=limits.history_days
         )
         self.writer.observe = self._observe_batch
+        if self.webhooks is not None:
+            self.writer.webhook_rows = self.webhooks.rows
+            self.writer.webhooks_written = self.webhooks.written
         self.gaps = GapFiller(self.uow)
         self.router = Router(
             self.node_id, self.sessions, self.presence, self.bus, self.writer, self.metrics
@@ -185,6 +194,17 @@ class Node:
             if hooks.after_event is not None
             else None
         )
+
+    async def tell(self, event: HookEvent) -> None:
+        """A change no inbox batch carries (an account, a friend request, a group) was
+        committed: after_event hears of it, and the webhook outbox keeps it."""
+        if self.events is not None:
+            self.events.emit(event)
+        if self.webhooks is not None:
+            try:
+                await self.webhooks.record(self.uow, self.clock, event)
+            except Exception:
+                log.exception("writing a webhook event failed: it is lost")
 
     def _pushed_after_commit(self, write: InboxWrite) -> None:
         self.router.push_local(write)

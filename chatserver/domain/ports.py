@@ -214,6 +214,41 @@ class MessageIdSequence(Protocol):
         ...
 
 
+@frozen
+class WebhookRow:
+    """One event waiting in the webhook outbox: its conversation (events of one conversation
+    are delivered in id order), the JSON body to POST, and when it was written (ms)."""
+
+    id: int
+    conversation: str
+    body: str
+    created_ms: int
+
+
+class WebhookOutbox(Protocol):
+    """Events for the webhook, written in the transaction that keeps them, deleted once the
+    receiver took them. Ids grow in the order of the commits of each conversation."""
+
+    def add(self, rows: Sequence[tuple[str, str]], now_ms: int) -> None:
+        """Keep each (conversation, body), in order: a few statements, not one per row."""
+        ...
+
+    def pending(self, limit: int, excluding: Collection[str] = ()) -> list[WebhookRow]:
+        """The oldest limit rows (by id) of every conversation except those excluded."""
+        ...
+
+    def delete(self, ids: Collection[int]) -> None: ...
+
+    def stats(self) -> tuple[int, int | None]:
+        """How many rows wait, and when the oldest was written (None: none waits)."""
+        ...
+
+    def take_lease(self, owner: str, now_ms: int, until_ms: int) -> bool:
+        """Make owner the one node that delivers, until until_ms, if no other node holds a
+        lease that lasts past now_ms (or owner holds it: renewed); True if owner holds it."""
+        ...
+
+
 class Transaction(Protocol):
     """The repositories of one transaction."""
 
@@ -231,6 +266,9 @@ class Transaction(Protocol):
 
     @property
     def message_ids(self) -> MessageIdSequence: ...
+
+    @property
+    def webhooks(self) -> WebhookOutbox: ...
 
 
 class UnitOfWork(Protocol):

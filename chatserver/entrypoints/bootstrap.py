@@ -33,6 +33,7 @@ from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.proxy_header import LOOPBACK, check_cidrs
 from chatserver.adapters.tcp.server import TcpServer
+from chatserver.adapters.webhook import HttpWebhookSender, encode_event
 from chatserver.application.accounts import TOKEN_ONLY_HASH, end_session
 from chatserver.application.commands import Command, CreateGroup, JoinGroup
 from chatserver.application.connection import Connection
@@ -42,6 +43,7 @@ from chatserver.application.node import Limits, Node, NoMetrics
 from chatserver.application.pruning import prune_history
 from chatserver.application.results import GroupCreated, Result
 from chatserver.application.sessions import Session
+from chatserver.application.webhooks import WebhookDeliverer, WebhookLimits, WebhookRecorder
 from chatserver.domain.errors import Unavailable, UnknownUser
 from chatserver.domain.messages import Event
 from chatserver.domain.ports import (
@@ -91,6 +93,11 @@ class Config:
             `token` instead of `password`; the account of the name it returns is created on
             first sight; None refuses the token (errno 1). Not set: tokens are errno 7.
         hooks: the embedder's `before_send` and `after_event` (see `Hooks`).
+        webhook: POST every event after_event hears to this URL, durably (README, "Webhooks");
+            None: off.
+        webhook_secret: the HMAC-SHA256 key of the `X-Chatserver-Signature` header; required
+            with webhook.
+        webhook_limits: timeouts, retries and batches of webhook delivery.
     """
 
     host: str = "127.0.0.1"
@@ -123,6 +130,9 @@ class Config:
     allowed_origins: tuple[str, ...] = ()
     authenticator: Authenticator | None = None
     hooks: Hooks = field(factory=Hooks)
+    webhook: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_limits: WebhookLimits = field(factory=WebhookLimits)
 
     def transport_limits(self) -> TransportLimits:
         if self.proxy_protocol and (self.tls_cert or self.tls_key):
@@ -472,8 +482,7 @@ class ChatApp:
             check_password(password)
             stored = await self.node.hasher.hash(password)
         user = await self.node.uow.run(lambda tx: tx.users.add(name, stored))
-        if self.node.events is not None:
-            self.node.events.emit(AccountCreated(user))
+        await self.node.tell(AccountCreated(user))
         return user
 
     async def set_password(self, user_id: int, password: str) -> None:
@@ -627,23 +636,37 @@ async def open_node(
     Raises:
         ConfigError: the database or the bus cannot be opened or reached.
     """
+    check_webhook(config)
     cluster = open_cluster(config, hub)
     uow = await open_database(config.database)
     metrics = PrometheusMetrics() if config.metrics_port is not None else None
+    timed_uow = TimedUnitOfWork(uow, metrics) if metrics else uow
+    the_clock = clock or SystemClock()
+    deliverer: WebhookDeliverer | None = None
+    recorder: WebhookRecorder | None = None
+    if config.webhook is not None and config.webhook_secret is not None:
+        limits = config.webhook_limits
+        sender = HttpWebhookSender(config.webhook, config.webhook_secret,
+                                   timeout_seconds=limits.timeout_seconds,
+                                   connections=limits.concurrency)
+        deliverer = WebhookDeliverer(timed_uow, the_clock, sender, cluster.node_id, limits)
+        recorder = WebhookRecorder(encode_event, deliverer.wake)
     node = Node(
         node_id=cluster.node_id,
-        uow=TimedUnitOfWork(uow, metrics) if metrics else uow,
+        uow=timed_uow,
         hasher=hasher or ScryptHasher(n=config.hash_cost),
-        clock=clock or SystemClock(),
+        clock=the_clock,
         presence=cluster.presence,
         bus=cluster.bus,
         limits=config.node_limits(),
         metrics=metrics or NoMetrics(),
         authenticator=config.authenticator,
         hooks=config.hooks,
+        webhooks=recorder,
     )
     if metrics is not None:
         metrics.count_sessions(lambda: len(node.sessions))
+        watch_hooks(metrics, node, deliverer)
         if isinstance(cluster, RedisCluster):
             cluster.observe_calls(metrics.dependency.labels("redis").observe)
     app = ChatApp(node, metrics, config)
@@ -657,6 +680,8 @@ async def open_node(
             background.start_soon(node.gaps.run)
             if node.events is not None:
                 background.start_soon(node.events.run)
+            if deliverer is not None:
+                background.start_soon(deliverer.run)
             background.start_soon(
                 partial(prune_history, node.uow, node.clock, node.limits.history_days)
             )
@@ -676,7 +701,34 @@ async def open_node(
         raise
     finally:
         with anyio.CancelScope(shield=True):
+            if deliverer is not None:
+                await deliverer.sender.aclose()
             await uow.aclose()
+
+
+def check_webhook(config: Config) -> None:
+    """A webhook needs an http(s) URL and a secret to sign with."""
+    if config.webhook is None:
+        return
+    if not config.webhook.startswith(("http://", "https://")):
+        raise ConfigError(f"--webhook must be an http:// or https:// URL, not {config.webhook!r}")
+    if not config.webhook_secret:
+        raise ConfigError(
+            "--webhook needs a secret to sign with: set CHATSERVER_WEBHOOK_SECRET "
+            "(or --webhook-secret)"
+        )
+
+
+def watch_hooks(metrics: PrometheusMetrics, node: Node, deliverer: WebhookDeliverer | None) -> None:
+    """Export the after_event queue and the webhook outbox, when they are on."""
+    events = node.events
+    if events is not None:
+        metrics.watch_after_event(lambda: float(len(events)), lambda: float(events.dropped),
+                                  lambda: float(events.failed))
+    if deliverer is not None:
+        metrics.watch_webhooks(lambda: float(deliverer.depth), deliverer.oldest_age_seconds,
+                               lambda: float(deliverer.delivered),
+                               lambda: float(deliverer.failed))
 
 
 # The name open_node had first; tests and older embedders import it.

@@ -194,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "403); clients that send no Origin (not browsers) are let in "
                        "(CHATSERVER_ALLOWED_ORIGINS, comma-separated; default: the page's own "
                        "origin only)")
+    serve.add_argument("--webhook", metavar="URL", default=_env("WEBHOOK", "") or None,
+                       help="POST every event (chats, friendships, groups, accounts) to this "
+                       "URL as signed JSON, durably: at least once, in order per conversation "
+                       "(CHATSERVER_WEBHOOK; default: off; needs a secret)")
+    serve.add_argument("--webhook-secret", metavar="SECRET",
+                       default=_env("WEBHOOK_SECRET", "") or None,
+                       help="the HMAC-SHA256 key of the X-Chatserver-Signature header "
+                       "(CHATSERVER_WEBHOOK_SECRET, better than the command line, which other "
+                       "users of the machine can see)")
     serve.add_argument("--frame-limit", type=int,
                        default=_env_int("FRAME_LIMIT", str(defaults.frame_limit)),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
@@ -460,6 +469,8 @@ def _serve(args: argparse.Namespace) -> int:
         ws_port=args.ws_port,
         tls_key=args.tls_key,
         hash_cost=args.hash_cost,
+        webhook=args.webhook,
+        webhook_secret=args.webhook_secret,
         limits=Limits(
             stored_per_user=args.stored_limit,
             history_days=args.history_days,

@@ -6,7 +6,7 @@ back where it was.
 """
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from attrs import Factory, define
@@ -15,13 +15,13 @@ from chatserver.adapters.inbox_keys import conversation_key, conversation_of
 from chatserver.domain.errors import NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Kept
-from chatserver.domain.ports import DeviceMark
+from chatserver.domain.ports import DeviceMark, WebhookRow
 from chatserver.domain.users import Account, User
 
 K = TypeVar("K")
 V = TypeVar("V")
 
-Counter = Literal["user", "group", "message", "order"]
+Counter = Literal["user", "group", "message", "order", "webhook"]
 
 
 @define
@@ -54,8 +54,11 @@ class MemoryDatabase:
     conversations: dict[tuple[int, int], list[int]] = Factory(dict)
     # user -> device -> mark
     marks: dict[int, dict[str, DeviceMark]] = Factory(dict)
+    # webhook outbox: id -> (conversation, body, created_ms); the delivering node's lease
+    webhooks: dict[int, tuple[str, str, int]] = Factory(dict)
+    webhook_lease: dict[str, tuple[str, int]] = Factory(dict)
     counters: dict[Counter, int] = Factory(
-        lambda: {"user": 0, "group": 0, "message": 0, "order": 0}
+        lambda: {"user": 0, "group": 0, "message": 0, "order": 0, "webhook": 0}
     )
 
 
@@ -310,6 +313,46 @@ class MemoryMessageIdSequence:
         if count < 0:
             raise ValueError("cannot reserve a negative number of message ids")
         return self._log.take("message", count)
+
+
+class MemoryWebhookOutbox:
+    def __init__(self, log: UndoLog) -> None:
+        self._log = log
+        self._db = log.database
+
+    def add(self, rows: Sequence[tuple[str, str]], now_ms: int) -> None:
+        for conversation, body in rows:
+            self._log.put(
+                self._db.webhooks, self._log.take("webhook"), (conversation, body, now_ms)
+            )
+
+    def pending(self, limit: int, excluding: Collection[str] = ()) -> list[WebhookRow]:
+        skipped = set(excluding)
+        found: list[WebhookRow] = []
+        for row_id in sorted(self._db.webhooks):
+            if len(found) >= limit:
+                break
+            conversation, body, created_ms = self._db.webhooks[row_id]
+            if conversation not in skipped:
+                found.append(WebhookRow(row_id, conversation, body, created_ms))
+        return found
+
+    def delete(self, ids: Collection[int]) -> None:
+        for row_id in ids:
+            self._log.pop(self._db.webhooks, row_id)
+
+    def stats(self) -> tuple[int, int | None]:
+        rows = self._db.webhooks
+        if not rows:
+            return 0, None
+        return len(rows), min(created_ms for _, _, created_ms in rows.values())
+
+    def take_lease(self, owner: str, now_ms: int, until_ms: int) -> bool:
+        holder = self._db.webhook_lease.get("deliver")
+        if holder is not None and holder[0] != owner and holder[1] > now_ms:
+            return False
+        self._log.put(self._db.webhook_lease, "deliver", (owner, until_ms))
+        return True
 
 
 class MemoryInbox:

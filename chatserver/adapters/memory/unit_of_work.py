@@ -12,6 +12,7 @@ from chatserver.adapters.memory.repositories import (
     MemoryInbox,
     MemoryMessageIdSequence,
     MemoryUserRepository,
+    MemoryWebhookOutbox,
     UndoLog,
 )
 from chatserver.domain.ports import (
@@ -21,6 +22,7 @@ from chatserver.domain.ports import (
     MessageIdSequence,
     Transaction,
     UserRepository,
+    WebhookOutbox,
 )
 
 T = TypeVar("T")
@@ -35,6 +37,7 @@ class MemoryTransaction:
         self.groups: GroupRepository = MemoryGroupRepository(log)
         self.inbox: Inbox = MemoryInbox(log)
         self.message_ids: MessageIdSequence = MemoryMessageIdSequence(log)
+        self.webhooks: WebhookOutbox = MemoryWebhookOutbox(log)
 
 
 class MemoryUnitOfWork:

@@ -4,7 +4,7 @@ Every value travels as a parameter (%s); only placeholders are ever built into S
 """
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any, cast
@@ -25,7 +25,7 @@ from chatserver.domain.messages import (
     GroupMessage,
     Kept,
 )
-from chatserver.domain.ports import DeviceMark
+from chatserver.domain.ports import DeviceMark, WebhookRow
 from chatserver.domain.users import Account, User
 
 # The adapter's private format for waiting deliveries: a kind, and the fields as JSON.
@@ -373,6 +373,64 @@ class MySqlMessageIdSequence:
         )
         assert self._db.lastrowid is not None
         return self._db.lastrowid - count
+
+
+class MySqlWebhookOutbox:
+    def __init__(self, cursor: MySQLCursor) -> None:
+        self._db = cursor
+
+    def add(self, rows: Sequence[tuple[str, str]], now_ms: int) -> None:
+        listed = [(conversation, body, now_ms) for conversation, body in rows]
+        for start in range(0, len(listed), INBOX_CHUNK):
+            chunk = listed[start : start + INBOX_CHUNK]
+            # One multi-row INSERT per chunk: its ids follow the order of the rows.
+            self._db.execute(
+                "INSERT INTO webhook_outbox (conversation, body, created_ms) VALUES "
+                + _placeholders_rows(len(chunk), 3),
+                [value for row in chunk for value in row],
+            )
+
+    def pending(self, limit: int, excluding: Collection[str] = ()) -> list[WebhookRow]:
+        skipped = list(excluding)
+        where = f"WHERE conversation NOT IN ({_placeholders(len(skipped))})" if skipped else ""
+        self._db.execute(
+            f"SELECT id, conversation, body, created_ms FROM webhook_outbox {where}"
+            " ORDER BY id LIMIT %s",
+            (*skipped, limit),
+        )
+        rows: list[Any] = self._db.fetchall()
+        return [WebhookRow(int(i), str(c), str(b), int(ms)) for i, c, b, ms in rows]
+
+    def delete(self, ids: Collection[int]) -> None:
+        listed = list(ids)
+        for start in range(0, len(listed), INBOX_CHUNK):
+            chunk = listed[start : start + INBOX_CHUNK]
+            self._db.execute(
+                f"DELETE FROM webhook_outbox WHERE id IN ({_placeholders(len(chunk))})", chunk
+            )
+
+    def stats(self) -> tuple[int, int | None]:
+        self._db.execute("SELECT count(*) FROM webhook_outbox")
+        count: Any = self._db.fetchone()
+        self._db.execute("SELECT created_ms FROM webhook_outbox ORDER BY id LIMIT 1")
+        oldest: Any = self._db.fetchone()
+        return int(count[0]), None if oldest is None else int(oldest[0])
+
+    def take_lease(self, owner: str, now_ms: int, until_ms: int) -> bool:
+        # The UPDATE reads the newest committed row (a locking read) and holds it to the end.
+        self._db.execute(
+            "UPDATE webhook_lease SET owner = %s, until_ms = %s"
+            " WHERE name = 'deliver' AND (owner = %s OR until_ms <= %s)",
+            (owner, until_ms, owner, now_ms),
+        )
+        self._db.execute("SELECT owner FROM webhook_lease WHERE name = 'deliver' FOR UPDATE")
+        row: Any = self._db.fetchone()
+        return row is not None and str(row[0]) == owner
+
+
+def _placeholders_rows(rows: int, columns: int) -> str:
+    one = f"({_placeholders(columns)})"
+    return ", ".join([one] * rows)
 
 
 # Rows per statement, well within max_allowed_packet (a row of a long message is ~17 kB).

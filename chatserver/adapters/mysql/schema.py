@@ -189,6 +189,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             FOREIGN KEY (blocked) REFERENCES user (id)
         ) {TABLE_OPTIONS}""",
     ),
+    (
+        # Durable webhooks: events written with the transaction that keeps them, delivered in
+        # id order per conversation and deleted once the receiver took them ...
+        f"""CREATE TABLE IF NOT EXISTS webhook_outbox (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            conversation VARCHAR(100) NOT NULL,
+            body MEDIUMTEXT NOT NULL,
+            created_ms BIGINT NOT NULL
+        ) {TABLE_OPTIONS}""",
+        # ... by one node at a time: the one whose lease lasts.
+        f"""CREATE TABLE IF NOT EXISTS webhook_lease (
+            name VARCHAR(20) NOT NULL PRIMARY KEY,
+            owner VARCHAR(255) NOT NULL,
+            until_ms BIGINT NOT NULL
+        ) {TABLE_OPTIONS}""",
+        "INSERT IGNORE INTO webhook_lease (name, owner, until_ms) VALUES ('deliver', '', 0)",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

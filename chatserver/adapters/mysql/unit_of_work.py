@@ -24,6 +24,7 @@ from chatserver.adapters.mysql.repositories import (
     MySqlInbox,
     MySqlMessageIdSequence,
     MySqlUserRepository,
+    MySqlWebhookOutbox,
 )
 from chatserver.adapters.mysql.schema import (
     LOCK_TIMEOUT_SECONDS,
@@ -40,6 +41,7 @@ from chatserver.domain.ports import (
     Inbox,
     MessageIdSequence,
     UserRepository,
+    WebhookOutbox,
 )
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,7 @@ class MySqlTransaction:
         self.groups: GroupRepository = MySqlGroupRepository(cursor)
         self.inbox: Inbox = MySqlInbox(cursor)
         self.message_ids: MessageIdSequence = MySqlMessageIdSequence(cursor)
+        self.webhooks: WebhookOutbox = MySqlWebhookOutbox(cursor)
 
 
 class MySqlUnitOfWork(Generic[Tx]):

@@ -2,7 +2,7 @@
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import orjson
@@ -12,7 +12,7 @@ from chatserver.adapters.serialization import dump_delivery, load_delivery
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Kept
-from chatserver.domain.ports import DeviceMark
+from chatserver.domain.ports import DeviceMark, WebhookRow
 from chatserver.domain.users import Account, User
 
 
@@ -266,6 +266,51 @@ class SqliteMessageIdSequence:
         ).fetchall()
         first: int = rows[0][0]
         return first
+
+
+class SqliteWebhookOutbox:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+
+    def add(self, rows: Sequence[tuple[str, str]], now_ms: int) -> None:
+        self._db.executemany(
+            "INSERT INTO webhook_outbox (conversation, body, created_ms) VALUES (?, ?, ?)",
+            [(conversation, body, now_ms) for conversation, body in rows],
+        )
+
+    def pending(self, limit: int, excluding: Collection[str] = ()) -> list[WebhookRow]:
+        skipped = list(excluding)
+        where = f"WHERE conversation NOT IN ({', '.join('?' * len(skipped))})" if skipped else ""
+        rows = self._db.execute(
+            f"SELECT id, conversation, body, created_ms FROM webhook_outbox {where}"
+            " ORDER BY id LIMIT ?",
+            (*skipped, limit),
+        ).fetchall()
+        return [WebhookRow(*row) for row in rows]
+
+    def delete(self, ids: Collection[int]) -> None:
+        listed = list(ids)
+        for start in range(0, len(listed), INBOX_CHUNK):
+            chunk = listed[start : start + INBOX_CHUNK]
+            self._db.execute(
+                f"DELETE FROM webhook_outbox WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+            )
+
+    def stats(self) -> tuple[int, int | None]:
+        (count,) = self._db.execute("SELECT count(*) FROM webhook_outbox").fetchone()
+        oldest = self._db.execute(
+            "SELECT created_ms FROM webhook_outbox ORDER BY id LIMIT 1"
+        ).fetchone()
+        return count, None if oldest is None else oldest[0]
+
+    def take_lease(self, owner: str, now_ms: int, until_ms: int) -> bool:
+        self._db.execute(
+            "UPDATE webhook_lease SET owner = ?, until_ms = ?"
+            " WHERE name = 'deliver' AND (owner = ? OR until_ms <= ?)",
+            (owner, until_ms, owner, now_ms),
+        )
+        row = self._db.execute("SELECT owner FROM webhook_lease WHERE name = 'deliver'").fetchone()
+        return row is not None and row[0] == owner
 
 
 # Rows per statement: SQLite takes at most 32,766 parameters in one.

@@ -152,6 +152,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX userblock_by_blocked ON userblock (blocked)",
     ),
+    (
+        # Durable webhooks: events written with the transaction that keeps them, delivered in
+        # id order per conversation and deleted once the receiver took them ...
+        """CREATE TABLE webhook_outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_ms INTEGER NOT NULL
+        )""",
+        # ... by one node at a time: the one whose lease lasts.
+        """CREATE TABLE webhook_lease (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            until_ms INTEGER NOT NULL
+        )""",
+        "INSERT INTO webhook_lease (name, owner, until_ms) VALUES ('deliver', '', 0)",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -17,6 +17,7 @@ from chatserver.adapters.sqlite.repositories import (
     SqliteInbox,
     SqliteMessageIdSequence,
     SqliteUserRepository,
+    SqliteWebhookOutbox,
 )
 from chatserver.adapters.sqlite.schema import connect, upgrade
 from chatserver.domain.errors import Unavailable
@@ -27,6 +28,7 @@ from chatserver.domain.ports import (
     MessageIdSequence,
     Transaction,
     UserRepository,
+    WebhookOutbox,
 )
 
 T = TypeVar("T")
@@ -43,6 +45,7 @@ class SqliteTransaction:
         self.groups: GroupRepository = SqliteGroupRepository(connection)
         self.inbox: Inbox = SqliteInbox(connection)
         self.message_ids: MessageIdSequence = SqliteMessageIdSequence(connection)
+        self.webhooks: WebhookOutbox = SqliteWebhookOutbox(connection)
 
 
 class SqliteUnitOfWork:

@@ -19,7 +19,7 @@ SERVER_URL = os.environ.get("CHATSERVER_TEST_MYSQL", "mysql://root@127.0.0.1:330
 PREFIX = "chatserver_test_"
 STALE_SECONDS = 3 * 3600  # databases left behind by killed runs (CI runs stop at 90 min)
 TABLES_CHILDREN_FIRST = (
-    "inbox_device", "inbox", "inbox_message", "inbox_head",
+    "webhook_outbox", "inbox_device", "inbox", "inbox_message", "inbox_head",
     "userblock", "friend_request", "friend", "groupuser", "allgroup", "user"
 )
 
@@ -60,6 +60,7 @@ class MySqlTestServer:
                 cursor.execute(f"DELETE FROM `{table}`")
             cursor.execute("UPDATE id_sequence SET next = 1")
             cursor.execute("UPDATE message_id_sequence SET next = 1")
+            cursor.execute("UPDATE webhook_lease SET owner = '', until_ms = 0")
             self._admin.commit()
 
     def execute(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -39,6 +39,8 @@ TABLES = {
     "groupuser",
     "groupmute",
     "userblock",
+    "webhook_outbox",
+    "webhook_lease",
     "message_id_sequence",
     "id_sequence",
     "inbox_message",

@@ -27,6 +27,8 @@ TABLES = {
     "inbox",
     "inbox_device",
     "userblock",
+    "webhook_outbox",
+    "webhook_lease",
 }
 
 
