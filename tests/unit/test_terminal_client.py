@@ -745,7 +745,8 @@ async def run_main(server: FakeServer, stdin: bytes, *, hang_up: bool = False) -
     """Runs ``main`` in a child process whose stdin is a pipe fed with ``stdin``."""
     code = "import sys; from chatserver.entrypoints.client.terminal import main; "
     code += f"sys.exit(main('127.0.0.1', {server.port}))"
-    with anyio.fail_after(10):
+    # Generous: a child Python's start-up plus a reconnect's back-off on a loaded machine.
+    with anyio.fail_after(30):
         async with await anyio.open_process([sys.executable, "-c", code]) as process:
             assert process.stdin is not None and process.stdout is not None
             await process.stdin.send(stdin)
