@@ -35,10 +35,10 @@ class NodeInbox:
     async def moved(self, user_id: int) -> None:
         self.node.router.forget_location(user_id)
 
-    async def kick(self, user_id: int, device: str) -> None:
+    async def kick(self, user_id: int, device: str, reason: str | None = None) -> None:
         # Its device is released here: if a login elsewhere took the device over, presence
         # names that node now and stays; if it was one device too many, the device goes.
-        await kick(user_id, device, node=self.node, takeover=False)
+        await kick(user_id, device, node=self.node, takeover=False, reason=reason)
 
     async def forget_group(self, group_id: int) -> None:
         self.node.groups.forget(group_id)

@@ -151,8 +151,13 @@ class RedisBus:
             message["ps"] = positions
         return await self._publish(self.channel(node_id), message) > 0
 
-    async def kick(self, node_id: str, user_id: int, device: str) -> None:
-        await self._ask(self.channel(node_id), {"t": "kick", "u": user_id, "d": device})
+    async def kick(
+        self, node_id: str, user_id: int, device: str, reason: str | None = None
+    ) -> None:
+        message: dict[str, Any] = {"t": "kick", "u": user_id, "d": device}
+        if reason is not None:
+            message["why"] = reason
+        await self._ask(self.channel(node_id), message)
 
     async def relocated(self, user_id: int) -> None:
         # Waits for every node, so a message sent anywhere after it looks the user up.
@@ -254,7 +259,7 @@ class RedisBus:
                     else:
                         await inbox.deliver(user_id, event, message["o"])
             elif kind == "kick":
-                await inbox.kick(message["u"], message["d"])
+                await inbox.kick(message["u"], message["d"], message.get("why"))
                 await self._answer(message)
             elif kind == "relocated":
                 if message["o"] != self.node_id:
