@@ -111,7 +111,10 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
         shown = [k for k in snapshot.waiting if command.notices or is_chat(k.delivery)]
         node.metrics.waiting_at_login(len(shown))
         session.friend_ids = {f.id for f in snapshot.friends}
-        session.blocked_by = set(snapshot.blockers)
+        # Added to, not replaced: a BLOCK answered while the snapshot was on its way has
+        # already told this session (note_blocked), and must not be lost. (An unblock in that
+        # window is: the block holds until the next login, failing closed.)
+        session.blocked_by |= set(snapshot.blockers)
         session.start(snapshot.last_pos, snapshot.waiting)
         if first:
             await node.router.notify(sorted(session.friend_ids), PresenceNotice(user.id, True))

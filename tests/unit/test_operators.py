@@ -3,6 +3,7 @@ suspension, password reset, deletion, export and import, dissolving a group."""
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -343,3 +344,51 @@ def test_until_takes_durations_and_iso_times() -> None:
     for bad in ("soon", "5y", "2026-12-31"):
         with pytest.raises(ConfigError):
             parse_until(bad, now)
+
+
+# --------------------------------------------------------------------------- races with a login
+
+
+class PausedHasher:
+    """The node's hasher, holding the next password check until released: a LOGIN in flight."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.reached = anyio.Event()
+        self.release = anyio.Event()
+
+    async def hash(self, password: str) -> str:
+        return str(await self.inner.hash(password))
+
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        self.reached.set()
+        await self.release.wait()
+        return bool(await self.inner.verify(password, password_hash))
+
+
+async def test_a_suspension_committed_while_a_login_is_in_flight_stops_that_login(
+    chat: ChatApp,
+) -> None:
+    alice = await register(chat, "alice")
+    node = chat.node
+    paused = PausedHasher(node.hasher)
+    node.hasher = paused
+    client = chat.connect()
+    outcome: list[object] = []
+
+    async def log_in() -> None:
+        try:
+            outcome.append(await client.request(Login("pw", user_id=alice)))
+        except NotPermitted as error:
+            outcome.append(error)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(log_in)
+        await paused.reached.wait()  # the account (not suspended yet) was read already
+        assert await operators.suspend_user(alice, INDEFINITELY_MS, node=node) == 0
+        paused.release.set()
+    assert isinstance(outcome[0], NotPermitted), outcome
+    assert node.sessions.of(alice) == {}
+    assert await node.presence.sessions(alice) == {}
+    with pytest.raises(NotLoggedIn):
+        await client.request(SendDirectMessage(alice, "in?"))
