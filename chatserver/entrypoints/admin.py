@@ -129,7 +129,9 @@ def run(args: argparse.Namespace, *, stdin: TextIO = sys.stdin, out: TextIO = sy
     except ChatError as error:
         print(f"chatserver admin: {error.message}", file=sys.stderr)
         return 1
-    _print(result, as_json=args.json, out=out)
+    # An export is a JSON document whether or not --json was given.
+    exporting = args.admin_kind == "users" and args.admin_command == "export"
+    _print(result, as_json=args.json or exporting, out=out)
     return 0
 
 
@@ -352,7 +354,9 @@ def _print(result: Any, *, as_json: bool, out: TextIO) -> None:
         out.write(_table(result))
         return
     for key, value in result.items():
-        if isinstance(value, list) and value and isinstance(value[0], dict):
+        if isinstance(value, dict):  # the account of `users show`: its fields, one a line
+            _print(value, as_json=False, out=out)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
             out.write(f"{key}:\n")
             out.write("".join("  " + line + "\n" for line in _table(value).splitlines()))
         else:
