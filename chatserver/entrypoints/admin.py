@@ -24,7 +24,7 @@ import anyio
 
 from chatserver.adapters.serialization import event_from_dict, event_to_dict
 from chatserver.application import account_changes, operators
-from chatserver.application.node import Node
+from chatserver.application.node import Limits, Node
 from chatserver.domain.errors import ChatError
 from chatserver.domain.groups import Group, Role
 from chatserver.domain.messages import Delivery, Kept
@@ -122,7 +122,12 @@ def run(args: argparse.Namespace, *, stdin: TextIO = sys.stdin, out: TextIO = sy
     if args.admin_kind == "users" and args.admin_command == "import":
         document = _read_document(args.file, stdin)
     config = Config(
-        database=args.database, bus=args.bus, node_id=f"admin-{socket.gethostname()}-{os.getpid()}"
+        database=args.database,
+        bus=args.bus,
+        node_id=f"admin-{socket.gethostname()}-{os.getpid()}",
+        # The serving nodes prune by their own --history-days; this node, which does not know
+        # it and has no sessions (no device marks), must prune nothing.
+        limits=Limits(history_days=0),
     )
     try:
         result = anyio.run(_act, config, args, password, until_ms, document)

@@ -1,6 +1,7 @@
 """An operator's actions (`chatserver admin`) and ACCOUNT delete, on in-memory nodes:
 suspension, password reset, deletion, export and import, dissolving a group."""
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from chatserver.application.commands import (
     SendGroupMessage,
     Sync,
 )
+from chatserver.application.node import Limits
 from chatserver.application.results import (
     Done,
     GroupCreated,
@@ -36,6 +38,7 @@ from chatserver.domain.errors import (
     InvalidCredentials,
     NotLoggedIn,
     NotPermitted,
+    RateLimited,
     UnknownGroup,
     UnknownUser,
 )
@@ -392,3 +395,44 @@ async def test_a_suspension_committed_while_a_login_is_in_flight_stops_that_logi
     assert await node.presence.sessions(alice) == {}
     with pytest.raises(NotLoggedIn):
         await client.request(SendDirectMessage(alice, "in?"))
+
+
+async def test_guessing_the_password_through_delete_is_throttled_and_others_keep_service(
+    chat: ChatApp,
+) -> None:
+    alice, bob = await register(chat, "alice"), await register(chat, "bob")
+    a, b = await online(chat, alice), await online(chat, bob)
+    refused = 0
+    for _ in range(30):
+        try:
+            await a.request(AccountChange("delete", "guess"))
+        except InvalidCredentials:
+            refused += 1
+        except RateLimited:
+            break
+    assert 0 < refused < 30  # the login throttle stepped in
+    started = time.perf_counter()
+    assert isinstance(await b.request(SendDirectMessage(alice, "hi")), MessageAccepted)
+    print(f"bob's chat after alice's guesses: {(time.perf_counter() - started) * 1000:.2f} ms")
+    assert (await operators.show_user(alice, node=chat.node)).account.user.id == alice
+
+
+async def test_an_account_in_more_groups_than_a_minutes_changes_is_deleted_whole() -> None:
+    config = Config(
+        database="memory://", node_id="small", limits=Limits(group_changes_per_minute=3)
+    )
+    async with bootstrap(config, hasher=FAST_HASHER) as chat:
+        alice, bob = await register(chat, "alice"), await register(chat, "bob")
+        a, b = await online(chat, alice), await online(chat, bob)
+        groups = []
+        for name in ("g1", "g2", "g3", "g4", "g5"):
+            created = await b.request(CreateGroup(name))
+            assert isinstance(created, GroupCreated)
+            groups.append(created.group_id)
+        for group_id in groups:
+            chat.node.group_changes.forget(str(alice))
+            await a.request(JoinGroup(group_id))
+        await delete_account(alice, node=chat.node)
+        for group_id in groups:
+            details = await operators.show_group(group_id, node=chat.node)
+            assert [m.user.id for m in details.members] == [bob]
