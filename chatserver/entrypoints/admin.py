@@ -293,7 +293,9 @@ def _group(details: operators.GroupDetails) -> dict[str, Any]:
 def _time(ms: int) -> str:
     if ms >= INDEFINITELY_MS:
         return "indefinitely"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    # Milliseconds only when there are some, so an export gives back the very same time.
+    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else f"{text}Z"
 
 
 def _parse_time(text: str | None) -> int | None:
@@ -301,7 +303,7 @@ def _parse_time(text: str | None) -> int | None:
         return None
     if text == "indefinitely":
         return INDEFINITELY_MS
-    return int(datetime.fromisoformat(text).timestamp() * 1000)
+    return round(datetime.fromisoformat(text).timestamp() * 1000)
 
 
 def parse_until(text: str | None, now: datetime) -> int | None:

@@ -436,3 +436,12 @@ async def test_an_account_in_more_groups_than_a_minutes_changes_is_deleted_whole
         for group_id in groups:
             details = await operators.show_group(group_id, node=chat.node)
             assert [m.user.id for m in details.members] == [bob]
+
+
+def test_times_in_an_export_come_back_to_the_millisecond() -> None:
+    from chatserver.entrypoints.admin import _parse_time, _time
+
+    for ms in (1_800_000_000_000, 1_800_000_000_500, 1_800_000_000_007, INDEFINITELY_MS):
+        assert _parse_time(_time(ms)) == ms
+    assert _time(1_800_000_000_000) == "2027-01-15T08:00:00Z"
+    assert _time(INDEFINITELY_MS) == "indefinitely"
