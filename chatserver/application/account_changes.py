@@ -14,7 +14,13 @@ from chatserver.application.friends import tell_friendship_ended
 from chatserver.application.groups import leave_group
 from chatserver.application.results import Done
 from chatserver.application.sessions import Session
-from chatserver.domain.errors import InvalidCredentials, NotAMember, UnknownGroup, UnknownUser
+from chatserver.domain.errors import (
+    InvalidCredentials,
+    NotAMember,
+    Unavailable,
+    UnknownGroup,
+    UnknownUser,
+)
 from chatserver.domain.messages import Event, KickedNotice
 from chatserver.domain.ports import Transaction
 from chatserver.domain.users import User
@@ -119,9 +125,12 @@ async def delete_account(user_id: int, *, node: Node, asking: Connection | None 
         return friends
 
     friends = await node.uow.run(erase)
-    # Chats to the id are errno 4 from now on, here; another node that saw the user may take
-    # one into the deleted row's inbox until its cache of known users turns over.
+    # Chats to the id are errno 4 from now on, on every node (each remembered the user).
     node.writer.forget(user_id)
+    try:
+        await node.bus.forget_user(user_id)
+    except Unavailable as error:  # deleted already: a node may keep a chat to the id meanwhile
+        log.warning("telling the nodes that user %d is gone failed: %s", user_id, error)
     log.info("account deleted user=%d friends=%d groups=%d", user_id, len(friends), len(groups))
     for friend_id in friends:
         await tell_friendship_ended(node, user_id, friend_id)

@@ -43,6 +43,10 @@ class NodeInbox:
     async def forget_group(self, group_id: int) -> None:
         self.node.groups.forget(group_id)
 
+    async def forget_user(self, user_id: int) -> None:
+        self.node.writer.forget(user_id)
+        self.node.router.forget_location(user_id)
+
     async def forget_friend(self, user_id: int, friend_id: int) -> None:
         for session in self.node.sessions.of(user_id).values():
             session.friend_ids.discard(friend_id)

@@ -366,6 +366,10 @@ class BusHandler(Protocol):
         """The group's membership changed: drop any cached roster."""
         ...
 
+    async def forget_user(self, user_id: int) -> None:
+        """The user's account was deleted: nothing here may take it for a user any more."""
+        ...
+
     async def forget_friend(self, user_id: int, friend_id: int) -> None:
         """user and friend are no longer friends."""
         ...
@@ -412,6 +416,10 @@ class MessageBus(Protocol):
         ...
 
     async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None: ...
+
+    async def forget_user(self, user_id: int) -> None:
+        """Tell every node that the user's account was deleted, waiting a bounded time."""
+        ...
 
     async def blocked(self, node_id: str, user_id: int, by_id: int, blocked: bool) -> None:
         """Tell node_id, where user has sessions, that by blocked (or unblocked) them."""

@@ -224,3 +224,22 @@ def test_suspending_a_user_ends_their_sessions_on_both_nodes(
 
     admin_json(database, "users", "unsuspend", str(alice.id), bus=bus)
     on_b.client().login(alice, device="phone")
+
+
+def test_deleting_a_user_ends_their_sessions_on_both_nodes_and_tells_their_friend(
+    cluster: tuple[Chat, Chat, str], bus: str
+) -> None:
+    on_a, on_b, database = cluster
+    alice, bob = on_a.users(2)
+    pc = on_a.client()
+    pc.login(alice, device="pc")
+    friend = on_b.online(bob)
+    on_a.befriend(pc, friend)
+    phone = on_b.client()
+    phone.login(alice, device="phone")
+    assert admin_json(database, "users", "delete", str(alice.id), bus=bus) == {"deleted": alice.id}
+    for client in (pc, phone):
+        assert client.expect({"msgid": 15})["errmsg"] == "the account was deleted"
+    assert friend.expect({"msgid": 31}) == {"msgid": 31, "id": alice.id}
+    friend.err({"msgid": 6, "toid": alice.id, "msg": "hello?"}, 4)
+    assert on_b.register(alice.name, "a newcomer") != alice.id

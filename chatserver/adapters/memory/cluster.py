@@ -108,6 +108,11 @@ class InProcessBus:
             if node_id != self.node_id:
                 await inbox.forget_group(group_id)
 
+    async def forget_user(self, user_id: int) -> None:
+        for node_id, inbox in list(self.hub.inboxes.items()):
+            if node_id != self.node_id:
+                await inbox.forget_user(user_id)
+
     async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None:
         inbox = self.hub.inboxes.get(node_id)
         if inbox is not None:

@@ -191,6 +191,10 @@ class RedisBus:
         # Waits for every node, so a message sent anywhere after the reply sees the change.
         await self._ask(self.broadcast_channel, {"t": "group", "g": group_id})
 
+    async def forget_user(self, user_id: int) -> None:
+        # Waits for every node, so a chat sent anywhere after it finds no such user.
+        await self._ask(self.broadcast_channel, {"t": "gone", "u": user_id})
+
     async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None:
         await self._publish(self.channel(node_id), {"t": "unfriend", "u": user_id, "f": friend_id})
 
@@ -264,6 +268,10 @@ class RedisBus:
             elif kind == "relocated":
                 if message["o"] != self.node_id:
                     await inbox.moved(message["u"])
+                await self._answer(message)
+            elif kind == "gone":
+                if message["o"] != self.node_id:
+                    await inbox.forget_user(message["u"])
                 await self._answer(message)
             elif kind == "done":
                 waiting = self._requests.get(message["r"])
