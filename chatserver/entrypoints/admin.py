@@ -28,7 +28,7 @@ from chatserver.application.node import Limits, Node
 from chatserver.domain.errors import ChatError
 from chatserver.domain.groups import Group, Role
 from chatserver.domain.messages import Delivery, Kept
-from chatserver.domain.users import INDEFINITELY_MS, Account, User
+from chatserver.domain.users import INDEFINITELY_MS, Account, User, check_name
 from chatserver.entrypoints.bootstrap import Config, ConfigError, open_node
 
 EXPORT_FORMAT = "chatserver-user-export/1"
@@ -111,16 +111,13 @@ def add_parser(commands: Any, env: Callable[[str, str], str], defaults: Config) 
 
 
 def run(args: argparse.Namespace, *, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
-    """Carry out one admin command; the exit status."""
-    password = None
-    if args.admin_kind == "users" and args.admin_command == "reset-password":
-        password = read_password(stdin)
+    """Carry out one admin command; the exit status (1: the user or group does not exist, or
+    the database refuses the change; a mistake in the command raises ConfigError)."""
+    command = f"{args.admin_kind} {args.admin_command}"
+    password = read_password(stdin) if command == "users reset-password" else None
     until_ms = None
-    if args.admin_kind == "users" and args.admin_command == "suspend":
+    if command == "users suspend":
         until_ms = parse_until(args.until, datetime.now(UTC))
-    document = None
-    if args.admin_kind == "users" and args.admin_command == "import":
-        document = _read_document(args.file, stdin)
     config = Config(
         database=args.database,
         bus=args.bus,
@@ -130,7 +127,10 @@ def run(args: argparse.Namespace, *, stdin: TextIO = sys.stdin, out: TextIO = sy
         limits=Limits(history_days=0),
     )
     try:
-        result = anyio.run(_act, config, args, password, until_ms, document)
+        exported = None
+        if command == "users import":
+            exported = parse_export(_read_document(args.file, stdin))
+        result = anyio.run(_act, config, args, password, until_ms, exported)
     except ChatError as error:
         print(f"chatserver admin: {error.message}", file=sys.stderr)
         return 1
@@ -145,7 +145,7 @@ async def _act(
     args: argparse.Namespace,
     password: str | None,
     until_ms: int | None,
-    document: dict[str, Any] | None,
+    exported: operators.Exported | None,
 ) -> Any:
     async with open_node(config) as app:
         node = app.node
@@ -161,9 +161,9 @@ async def _act(
             records = await operators.list_users(node=node, online_only=args.online)
             return [_account(r.account, r.online_devices) for r in records]
         if command == "users import":
-            assert document is not None
-            user_id = await import_user(document, node=node)
-            return {"imported": user_id}
+            assert exported is not None
+            await operators.import_account(exported, node=node)
+            return {"imported": exported.account.user.id}
         account = await operators.find_user(args.user, node=node)
         user_id = account.user.id
         act: dict[str, Callable[[], Awaitable[Any]]] = {
@@ -227,17 +227,26 @@ async def _delete(user_id: int, node: Node) -> dict[str, Any]:
     return {"deleted": user_id}
 
 
-async def import_user(document: dict[str, Any], *, node: Node) -> int:
-    """Create the exported account in this database (see operators.import_account)."""
+def parse_export(document: dict[str, Any]) -> operators.Exported:
+    """A `users export` document as the account to import. Raises ConfigError."""
     if document.get("format") != EXPORT_FORMAT:
         raise ConfigError(f"not a `users export` document ({EXPORT_FORMAT})")
+    try:
+        exported = _exported(document)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ConfigError(f"a broken `users export` document: {error!r}") from None
+    check_name(exported.account.user.name)
+    return exported
+
+
+def _exported(document: dict[str, Any]) -> operators.Exported:
     user = document["user"]
     kept = []
     for message in document["messages"]:
         entry = dict(message)
         pos = int(entry.pop("pos"))
         kept.append(Kept(pos, cast(Delivery, event_from_dict(entry))))
-    imported = operators.Exported(
+    return operators.Exported(
         account=Account(
             User(int(user["id"]), str(user["name"])),
             str(user["password_hash"]),
@@ -258,8 +267,6 @@ async def import_user(document: dict[str, Any], *, node: Node) -> int:
         read_pos=int(document["read_pos"]),
         kept=tuple(kept),
     )
-    await operators.import_account(imported, node=node)
-    return imported.account.user.id
 
 
 def _account(account: Account, devices: Sequence[str]) -> dict[str, Any]:
