@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from chatserver.application.commands import Login, Logout, Register
@@ -20,11 +21,12 @@ from chatserver.domain.errors import (
     InvalidCredentials,
     InvalidRequest,
     NameTaken,
+    NotPermitted,
     Unavailable,
 )
 from chatserver.domain.messages import KickedNotice, PresenceNotice, is_chat
 from chatserver.domain.ports import DeviceMark, DeviceSession, Transaction
-from chatserver.domain.users import Account, User, check_name
+from chatserver.domain.users import INDEFINITELY_MS, Account, User, check_name
 
 if TYPE_CHECKING:
     from chatserver.application.connection import Connection
@@ -61,6 +63,8 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
         raise InvalidRequest("token: this server takes passwords only")
     else:
         account = await _password_account(command, command.password, connection)
+    # After the password: whether an account is suspended is no stranger's business.
+    check_not_suspended(account, clock.now_ms())
     user = account.user
     device = command.device
     # Logging in again as the same user and device on the same connection is a quiet takeover.
@@ -94,7 +98,9 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
                 # Other nodes may remember this user as elsewhere, or nowhere: not here.
                 await node.bus.relocated(user.id)
             snapshot = await node.uow.run(
-                lambda tx: _LoginSnapshot(tx, user, command, node.limits.stored_per_user)
+                lambda tx: _LoginSnapshot(
+                    tx, user, command, node.limits.stored_per_user, clock.now_ms()
+                )
             )
             located = await node.presence.locate(snapshot.contact_ids())
         except BaseException:
@@ -105,7 +111,10 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
         shown = [k for k in snapshot.waiting if command.notices or is_chat(k.delivery)]
         node.metrics.waiting_at_login(len(shown))
         session.friend_ids = {f.id for f in snapshot.friends}
-        session.blocked_by = set(snapshot.blockers)
+        # Added to, not replaced: a BLOCK answered while the snapshot was on its way has
+        # already told this session (note_blocked), and must not be lost. (An unblock in that
+        # window is: the block holds until the next login, failing closed.)
+        session.blocked_by |= set(snapshot.blockers)
         session.start(snapshot.last_pos, snapshot.waiting)
         if first:
             await node.router.notify(sorted(session.friend_ids), PresenceNotice(user.id, True))
@@ -169,15 +178,20 @@ async def end_session(
         log.warning("user %d logged out while the cluster was unreachable: %s", user_id, error)
 
 
-async def kick(user_id: int, device: str, *, node: Node, takeover: bool = True) -> None:
+async def kick(
+    user_id: int, device: str, *, node: Node, takeover: bool = True, reason: str | None = None
+) -> None:
     """End this node's session of user's device: a newer login of that device here replaced
     it (takeover: presence already names the new session), or a login elsewhere did, of the
-    same device or of one device too many (its device is released, unless it moved)."""
+    same device or of one device too many (its device is released, unless it moved), or
+    what reason says (a suspension, a deletion: the KICKED_MSG says it)."""
     session = node.sessions.get(user_id, device)
     if session is None:
         return
-    session.push(KickedNotice())  # a legacy session's connection closes once it is out
-    reason = "replaced by a newer login" if takeover else "a newer login elsewhere"
+    # A legacy session's connection closes once it is out.
+    session.push(KickedNotice() if reason is None else KickedNotice(reason))
+    if reason is None:
+        reason = "replaced by a newer login" if takeover else "a newer login elsewhere"
     await end_session(session, node=node, takeover=takeover, reason=reason)
 
 
@@ -285,8 +299,32 @@ def _find_account(tx: Transaction, command: Login) -> Account | None:
     return None
 
 
+def suspension_message(until_ms: int) -> str:
+    """The errmsg of a suspended user's LOGIN, and of their KICKED_MSG: until when, in UTC."""
+    if until_ms >= INDEFINITELY_MS:
+        return "this account is suspended"
+    until = datetime.fromtimestamp(until_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"this account is suspended until {until}"
+
+
+def check_not_suspended(account: Account | None, now_ms: int) -> None:
+    """A suspended account's LOGIN is errno 12, saying until when (PROTOCOL.md Version 2)."""
+    if account is not None and account.suspended_at(now_ms):
+        assert account.suspended_until_ms is not None
+        raise NotPermitted(suspension_message(account.suspended_until_ms))
+
+
 class _LoginSnapshot:
-    def __init__(self, tx: Transaction, user: User, command: Login, stored_limit: int) -> None:
+    def __init__(
+        self, tx: Transaction, user: User, command: Login, stored_limit: int, now_ms: int
+    ) -> None:
+        # Read again after the session was claimed: a suspension or deletion that committed
+        # before this read stops the login here; one committed after it finds the session in
+        # presence and ends it (application.account_changes.end_sessions).
+        account = tx.users.account(user.id)
+        if account is None:
+            raise InvalidCredentials()
+        check_not_suspended(account, now_ms)
         self.friends = tx.friends.friends_of(user.id)
         self.groups = [(g, tx.groups.members(g.id)) for g in tx.groups.groups_of(user.id)]
         self.requests = tx.friends.requesters_of(user.id)

@@ -103,7 +103,7 @@ class BlockUser:
 @frozen
 class AccountChange:
     """ACCOUNT_MSG (PROTOCOL.md Version 2): action "password" changes the password to
-    new_password; "delete" deletes the account (not implemented yet: errno 7)."""
+    new_password; "delete" deletes the account."""
 
     action: str
     password: str = field(repr=False)
@@ -114,9 +114,7 @@ class AccountChange:
             if self.new_password is None:
                 raise InvalidRequest("new_password: required to change the password")
             check_password(self.new_password)
-        elif self.action == "delete":
-            raise InvalidRequest("action: deleting an account is not implemented yet")
-        else:
+        elif self.action != "delete":
             raise InvalidRequest('action: "password" or "delete"')
 
 

@@ -35,13 +35,17 @@ class NodeInbox:
     async def moved(self, user_id: int) -> None:
         self.node.router.forget_location(user_id)
 
-    async def kick(self, user_id: int, device: str) -> None:
+    async def kick(self, user_id: int, device: str, reason: str | None = None) -> None:
         # Its device is released here: if a login elsewhere took the device over, presence
         # names that node now and stays; if it was one device too many, the device goes.
-        await kick(user_id, device, node=self.node, takeover=False)
+        await kick(user_id, device, node=self.node, takeover=False, reason=reason)
 
     async def forget_group(self, group_id: int) -> None:
         self.node.groups.forget(group_id)
+
+    async def forget_user(self, user_id: int) -> None:
+        self.node.writer.forget(user_id)
+        self.node.router.forget_location(user_id)
 
     async def forget_friend(self, user_id: int, friend_id: int) -> None:
         for session in self.node.sessions.of(user_id).values():

@@ -83,6 +83,10 @@ class InboxWriter:
             self._known.clear()
         self._known.add(user_id)
 
+    def forget(self, user_id: int) -> None:
+        """user_id no longer exists (the account was deleted): check again."""
+        self._known.discard(user_id)
+
     async def append(self, write: InboxWrite) -> list[int]:
         """Keep write's entries at their users' next positions; return the positions."""
         return await self.enqueue(write)

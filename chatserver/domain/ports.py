@@ -32,6 +32,26 @@ class UserRepository(Protocol):
         """Replace the user's password hash; False when there is no such user."""
         ...
 
+    def set_suspended(self, user_id: int, until_ms: int | None) -> bool:
+        """Suspend the user until until_ms (None: lift it); False when there is no such user."""
+        ...
+
+    def accounts(self, after_id: int, limit: int) -> list[Account]:
+        """The accounts with ids above after_id, ascending, at most limit of them."""
+        ...
+
+    def restore(self, account: Account) -> None:
+        """Create the account with its own id (importing it); ids handed out later are above
+        it. Raises NameTaken if its id or its name is in use."""
+        ...
+
+    def delete(self, user_id: int) -> bool:
+        """Delete the account: its friendships, requests, blocks (both ways), memberships,
+        inbox, devices and read mark go, and its name is free; its id never names a user
+        again. Messages it sent that others keep show DELETED_USER_NAME as their sender.
+        False when there is no such user."""
+        ...
+
 
 class FriendRepository(Protocol):
     def friends_of(self, user_id: int) -> list[User]: ...
@@ -110,6 +130,15 @@ class GroupRepository(Protocol):
     def delete(self, group_id: int) -> bool:
         """Dissolve a group: it and its members are gone, its name free (its id is never
         used again); False if there was no such group."""
+        ...
+
+    def restore(self, group: Group) -> None:
+        """Create the group, without members, with its own id (importing it); ids handed out
+        later are above it. Raises NameTaken if its id or its name is in use."""
+        ...
+
+    def all(self, after_id: int, limit: int) -> list[Group]:
+        """The groups with ids above after_id, ascending, at most limit of them."""
         ...
 
 
@@ -202,6 +231,14 @@ class Inbox(Protocol):
         batches, each its own short transaction."""
         ...
 
+    def restore(
+        self, user_id: int, kept: Sequence[Kept], last_pos: int, read_pos: int, now_ms: int
+    ) -> None:
+        """Fill user's empty inbox (importing it): each entry at its own pos (ascending), the
+        newest pos last_pos and the read mark read_pos; messages already kept (another
+        member's copy of a group message) are shared. Raises UnknownUser."""
+        ...
+
     def prune_user(self, user_id: int, up_to_pos: int) -> int:
         """Delete user's entries with pos <= up_to_pos (the history window 0: what every
         device has had goes); return how many went."""
@@ -211,6 +248,10 @@ class Inbox(Protocol):
 class MessageIdSequence(Protocol):
     def reserve(self, count: int) -> int:
         """Reserve count fresh message ids, never handed out before; return the first."""
+        ...
+
+    def advance_past(self, msg_id: int) -> None:
+        """Hand out only ids above msg_id from now on (imported messages keep theirs)."""
         ...
 
 
@@ -354,12 +395,17 @@ class BusHandler(Protocol):
         the user's inbox, and is durable already); tell origin if the user is not here."""
         ...
 
-    async def kick(self, user_id: int, device: str) -> None:
-        """End the session of user's device here: it logged in again, or one device too many."""
+    async def kick(self, user_id: int, device: str, reason: str | None = None) -> None:
+        """End the session of user's device here: it logged in again, or one device too many,
+        or (reason says) the account was suspended, deleted or its password changed."""
         ...
 
     async def forget_group(self, group_id: int) -> None:
         """The group's membership changed: drop any cached roster."""
+        ...
+
+    async def forget_user(self, user_id: int) -> None:
+        """The user's account was deleted: nothing here may take it for a user any more."""
         ...
 
     async def forget_friend(self, user_id: int, friend_id: int) -> None:
@@ -396,8 +442,11 @@ class MessageBus(Protocol):
         not listening."""
         ...
 
-    async def kick(self, node_id: str, user_id: int, device: str) -> None:
-        """End user's session of device on node_id, waiting a bounded time for it."""
+    async def kick(
+        self, node_id: str, user_id: int, device: str, reason: str | None = None
+    ) -> None:
+        """End user's session of device on node_id, waiting a bounded time for it; reason,
+        when given, is what its KICKED_MSG says."""
         ...
 
     async def forget_group(self, group_id: int) -> None:
@@ -405,6 +454,10 @@ class MessageBus(Protocol):
         ...
 
     async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None: ...
+
+    async def forget_user(self, user_id: int) -> None:
+        """Tell every node that the user's account was deleted, waiting a bounded time."""
+        ...
 
     async def blocked(self, node_id: str, user_id: int, by_id: int, blocked: bool) -> None:
         """Tell node_id, where user has sessions, that by blocked (or unblocked) them."""

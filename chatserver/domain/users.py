@@ -20,10 +20,21 @@ class User:
 
 @frozen
 class Account:
-    """A user together with the stored hash of their password."""
+    """A user together with the stored hash of their password, and until when (ms since the
+    epoch) an operator suspended them, if they did."""
 
     user: User
     password_hash: str
+    suspended_until_ms: int | None = None
+
+    def suspended_at(self, now_ms: int) -> bool:
+        return self.suspended_until_ms is not None and now_ms < self.suspended_until_ms
+
+
+# A suspension without an end: the last millisecond of the year 9999.
+INDEFINITELY_MS = 253_402_300_799_999
+# What others' kept messages from a deleted account show as its sender (PROTOCOL.md, ACCOUNT).
+DELETED_USER_NAME = "deleted user"
 
 
 # Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned characters:

@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "`set names gbk`: text is read back the same way, as the "
                                "original did) or utf8 (a server changed to `set names utf8`) "
                                "(default %(default)s)")
+    from chatserver.entrypoints import admin
+
+    admin.add_parser(commands, _env, defaults)
     return parser
 
 
@@ -288,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "cluster":
             return _cluster(args)
+        if args.command == "admin":
+            from chatserver.entrypoints import admin
+
+            return admin.run(args)
         if args.command == "client":
             from chatserver.entrypoints.client.terminal import main as run_client
 

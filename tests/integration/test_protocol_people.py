@@ -143,6 +143,33 @@ def test_changing_the_password_kicks_the_other_devices_and_the_new_one_works(cha
     assert new["errno"] == 0, new
 
 
+def test_deleting_the_account_acks_then_logs_out_tells_friends_and_frees_the_name(chat):
+    alice, bob = chat.users(2)
+    ca, cb = chat.online_all(alice, bob)
+    chat.befriend(ca, cb)
+    gid, _ = chat.make_group(ca, cb)
+    ca.ok({"msgid": 6, "toid": bob.id, "msg": "remember me"})
+    cb.expect({"msgid": 6, "msg": "remember me"})
+    other = phone(chat, alice)
+    ca.err({"msgid": 32, "action": "delete", "password": "wrong"}, 1)
+    reply = ca.ok({"msgid": 32, "action": "delete", "password": alice.password})
+    assert reply["reply_to"] == 32
+    other.expect({"msgid": 15})
+    ca.err({"msgid": 6, "toid": bob.id, "msg": "am I gone?"}, 3)  # logged out after the ACK
+    assert cb.expect({"msgid": 31}) == {"msgid": 31, "id": alice.id}
+    # bob inherits the group (alice was its creator), and the left event says so
+    left = cb.expect({"msgid": 29, "groupid": gid, "event": "left"})
+    assert left["userid"] == alice.id, left
+    cb.err({"msgid": 6, "toid": alice.id, "msg": "hello?"}, 4)
+    fresh = chat.client()
+    assert fresh.request({"msgid": 1, "id": alice.id, "password": alice.password})["errno"] == 1
+    assert chat.register(alice.name, "someone else") != alice.id  # the name is free again
+    # what alice sent stays in bob's inbox, under "deleted user"
+    synced = cb.ok({"msgid": 20, "since": 0})
+    sent = [m for m in synced["msgs"] if m.get("msg") == "remember me"]
+    assert sent and sent[0]["name"] == "deleted user", synced
+
+
 def test_account_errors(chat):
     (alice,) = chat.users(1)
     ca = chat.online(alice)

@@ -184,7 +184,6 @@ def test_a_user_changes_the_password_from_the_page(open_page: OpenPage) -> None:
     page.log_in(me, "new-pw")
 
 
-@pytest.mark.xfail(reason="ACCOUNT delete is being built on the server in another branch")
 def test_a_user_deletes_the_account_after_typing_the_password(
     chat: Chat, open_page: OpenPage
 ) -> None:

@@ -780,7 +780,6 @@ async def test_block_unblock_and_a_new_password_through_the_library() -> None:
     assert again.user_id == alice_id and again.blocked == ()
 
 
-@pytest.mark.xfail(reason="ACCOUNT delete is being built on the server in another branch")
 async def test_delete_account_frees_the_name_and_tells_friends() -> None:
     async with (
         node_on_tcp() as port,

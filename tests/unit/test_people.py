@@ -2,7 +2,9 @@
 on the in-memory node."""
 
 import time
+from typing import Any
 
+import anyio
 import pytest
 
 from chatserver.application.commands import (
@@ -220,3 +222,52 @@ async def test_account_requests_are_checked(chat: ChatApp) -> None:
         await a.request(AccountChange("password", "pw"))
     with pytest.raises(InvalidRequest):
         await a.request(AccountChange("rename", "pw"))
+
+
+# --------------------------------------------------------------------------- BLOCK racing a LOGIN
+
+
+class PausedUnitOfWork:
+    """The node's unit of work, holding the result of its pause_at-th transaction from now
+    until released: a LOGIN whose snapshot was read but not yet taken in."""
+
+    def __init__(self, inner: Any, pause_at: int) -> None:
+        self.inner = inner
+        self.pause_at = pause_at
+        self.calls = 0
+        self.reached = anyio.Event()
+        self.release = anyio.Event()
+
+    async def run(self, work: Any) -> Any:
+        call = self.calls
+        self.calls += 1
+        result = await self.inner.run(work)
+        if call == self.pause_at:
+            self.reached.set()
+            await self.release.wait()
+        return result
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_block_arriving_while_the_blocked_users_login_is_in_flight_takes_effect(
+    chat: ChatApp,
+) -> None:
+    alice, bob = await register(chat, "alice"), await register(chat, "bob")
+    b = await online(chat, bob)
+    node = chat.node
+    real = node.uow
+    paused = PausedUnitOfWork(real, pause_at=1)  # a LOGIN: the account, then the snapshot
+    node.uow = paused
+    a = chat.connect()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(login, a, alice)
+        await paused.reached.wait()  # alice's snapshot says nobody blocks her
+        assert await b.request(BlockUser(alice, block=True)) == Done()
+        paused.release.set()
+    node.uow = real
+    with pytest.raises(NotPermitted):
+        await a.request(SendDirectMessage(bob, "let me in"))
+    await b.outbox.flush()
+    assert not any(isinstance(unwrap(e), DirectMessage) for e in b.outbox.events)

@@ -96,15 +96,22 @@ class InProcessBus:
             await inbox.deliver(user_id, one, self.node_id)
         return True
 
-    async def kick(self, node_id: str, user_id: int, device: str) -> None:
+    async def kick(
+        self, node_id: str, user_id: int, device: str, reason: str | None = None
+    ) -> None:
         inbox = self.hub.inboxes.get(node_id)
         if inbox is not None:
-            await inbox.kick(user_id, device)
+            await inbox.kick(user_id, device, reason)
 
     async def forget_group(self, group_id: int) -> None:
         for node_id, inbox in list(self.hub.inboxes.items()):
             if node_id != self.node_id:
                 await inbox.forget_group(group_id)
+
+    async def forget_user(self, user_id: int) -> None:
+        for node_id, inbox in list(self.hub.inboxes.items()):
+            if node_id != self.node_id:
+                await inbox.forget_user(user_id)
 
     async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None:
         inbox = self.hub.inboxes.get(node_id)

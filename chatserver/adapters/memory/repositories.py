@@ -9,14 +9,14 @@ from bisect import bisect_left
 from collections.abc import Collection, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Literal, TypeVar
 
-from attrs import Factory, define
+from attrs import Factory, define, evolve
 
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of
 from chatserver.domain.errors import NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
-from chatserver.domain.messages import Delivery, Kept
+from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage, Kept
 from chatserver.domain.ports import DeviceMark, WebhookRow
-from chatserver.domain.users import Account, User
+from chatserver.domain.users import DELETED_USER_NAME, Account, User
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -29,6 +29,8 @@ class MemoryDatabase:
     """Everything the memory adapter keeps; each counter holds the last value handed out."""
 
     accounts: dict[int, Account] = Factory(dict)
+    # Deleted accounts: still in accounts (what refers to their ids stays valid), never read.
+    deleted: dict[int, None] = Factory(dict)
     user_ids_by_name: dict[str, int] = Factory(dict)
     # user -> their friends (a dict used as a set, so that UndoLog.put and pop serve)
     friends: dict[int, dict[int, None]] = Factory(dict)
@@ -133,10 +135,12 @@ class MemoryUserRepository:
         return user
 
     def get(self, user_id: int) -> User | None:
-        account = self._db.accounts.get(user_id)
+        account = self.account(user_id)
         return account.user if account else None
 
     def account(self, user_id: int) -> Account | None:
+        if user_id in self._db.deleted:
+            return None
         return self._db.accounts.get(user_id)
 
     def account_by_name(self, name: str) -> Account | None:
@@ -147,8 +151,76 @@ class MemoryUserRepository:
         account = self._db.accounts.get(user_id)
         if account is None:
             return False
-        self._log.put(self._db.accounts, user_id, Account(account.user, password_hash))
+        self._log.put(self._db.accounts, user_id, evolve(account, password_hash=password_hash))
         return True
+
+    def set_suspended(self, user_id: int, until_ms: int | None) -> bool:
+        account = self.account(user_id)
+        if account is None:
+            return False
+        self._log.put(self._db.accounts, user_id, evolve(account, suspended_until_ms=until_ms))
+        return True
+
+    def accounts(self, after_id: int, limit: int) -> list[Account]:
+        db = self._db
+        ids = sorted(i for i in db.accounts if i > after_id and i not in db.deleted)
+        return [db.accounts[i] for i in ids[:limit]]
+
+    def restore(self, account: Account) -> None:
+        user = account.user
+        if user.id in self._db.accounts or user.name in self._db.user_ids_by_name:
+            raise NameTaken()
+        self._log.put(self._db.accounts, user.id, account)
+        self._log.put(self._db.user_ids_by_name, user.name, user.id)
+        _advance(self._log, "user", user.id)
+
+    def delete(self, user_id: int) -> bool:
+        db, log = self._db, self._log
+        account = self.account(user_id)
+        if account is None:
+            return False
+        log.put(db.deleted, user_id, None)
+        log.pop(db.user_ids_by_name, account.user.name)
+        for other in list(db.friends.get(user_id, ())):
+            log.pop(db.friends[other], user_id)
+        log.pop(db.friends, user_id)
+        for waiting in db.requests.values():
+            log.pop(waiting, user_id)
+        log.pop(db.requests, user_id)
+        for mine, theirs in ((db.blocks, db.blockers), (db.blockers, db.blocks)):
+            for other in list(mine.get(user_id, ())):
+                log.pop(theirs[other], user_id)
+            log.pop(mine, user_id)
+        for members in db.members.values():
+            log.pop(members, user_id)
+        log.pop(db.inbox, user_id)
+        log.pop(db.inbox_floor, user_id)
+        log.pop(db.read_pos, user_id)
+        log.pop(db.marks, user_id)
+        for key in [key for key in db.conversations if key[0] == user_id]:
+            log.pop(db.conversations, key)
+        for entries in db.inbox.values():
+            for pos, (kept_ms, delivery) in list(entries.items()):
+                renamed = _without_sender_name(delivery, user_id)
+                if renamed is not None:
+                    log.put(entries, pos, (kept_ms, renamed))
+        return True
+
+
+def _advance(log: UndoLog, counter: Counter, used: int) -> None:
+    """The counter hands out values above used from now on."""
+    behind = used - log.database.counters[counter]
+    if behind > 0:
+        log.take(counter, behind)
+
+
+def _without_sender_name(delivery: Delivery, user_id: int) -> Delivery | None:
+    """The delivery with DELETED_USER_NAME for user_id as its sender; None if not theirs."""
+    if isinstance(delivery, DirectMessage | GroupMessage) and delivery.sender_id == user_id:
+        return evolve(delivery, sender_name=DELETED_USER_NAME)
+    if isinstance(delivery, FriendAnswer) and delivery.responder_id == user_id:
+        return evolve(delivery, responder_name=DELETED_USER_NAME)
+    return None
 
 
 def _require_users(db: MemoryDatabase, *user_ids: int) -> None:
@@ -297,6 +369,17 @@ class MemoryGroupRepository:
         self._log.pop(self._db.groups, group_id)
         return True
 
+    def restore(self, group: Group) -> None:
+        if group.id in self._db.groups or group.name in self._db.group_ids_by_name:
+            raise NameTaken()
+        self._log.put(self._db.groups, group.id, group)
+        self._log.put(self._db.group_ids_by_name, group.name, group.id)
+        _advance(self._log, "group", group.id)
+
+    def all(self, after_id: int, limit: int) -> list[Group]:
+        ids = sorted(i for i in self._db.groups if i > after_id)
+        return [self._db.groups[i] for i in ids[:limit]]
+
     def groups_of(self, user_id: int) -> list[Group]:
         return [
             self._db.groups[group_id]
@@ -313,6 +396,9 @@ class MemoryMessageIdSequence:
         if count < 0:
             raise ValueError("cannot reserve a negative number of message ids")
         return self._log.take("message", count)
+
+    def advance_past(self, msg_id: int) -> None:
+        _advance(self._log, "message", msg_id)
 
 
 class MemoryWebhookOutbox:
@@ -498,6 +584,24 @@ class MemoryInbox:
                 self._log.put(db.inbox_floor, user_id, pos)
                 self._forget_positions(user_id, touched, pos)
         return pruned
+
+    def restore(
+        self, user_id: int, kept: Sequence[Kept], last_pos: int, read_pos: int, now_ms: int
+    ) -> None:
+        db, log = self._db, self._log
+        _require_users(db, user_id)
+        entries = db.inbox.setdefault(user_id, {})
+        for k in kept:
+            log.put(entries, k.pos, (now_ms, k.delivery))
+            key = conversation_of(user_id, k.delivery)
+            if key is not None:
+                if (user_id, key) not in db.conversations:
+                    log.put(db.conversations, (user_id, key), [])
+                log.extend(db.conversations[(user_id, key)], [k.pos])
+        if kept:
+            log.put(db.inbox_floor, user_id, kept[0].pos)
+        log.put(db.last_pos, user_id, last_pos)
+        log.put(db.read_pos, user_id, read_pos)
 
     def prune_user(self, user_id: int, up_to_pos: int) -> int:
         entries = self._db.inbox.get(user_id, {})

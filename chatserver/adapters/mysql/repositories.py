@@ -14,7 +14,7 @@ import orjson
 from mysql.connector import IntegrityError, errorcode
 from mysql.connector.cursor import MySQLCursor
 
-from chatserver.adapters.inbox_keys import conversation_key, place
+from chatserver.adapters.inbox_keys import conversation_key, conversation_of, place
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import (
@@ -26,7 +26,7 @@ from chatserver.domain.messages import (
     Kept,
 )
 from chatserver.domain.ports import DeviceMark, WebhookRow
-from chatserver.domain.users import Account, User
+from chatserver.domain.users import DELETED_USER_NAME, Account, User
 
 # The adapter's private format for waiting deliveries: a kind, and the fields as JSON.
 DELIVERY_KINDS: dict[str, type[Delivery]] = {
@@ -80,6 +80,14 @@ def insert_with_next_id(
     return new_id
 
 
+def follow_id_sequence(cursor: MySQLCursor, table: str, used_id: int) -> None:
+    """New rows of table get ids after used_id (a row imported with its own id)."""
+    cursor.execute(
+        "UPDATE id_sequence SET next = GREATEST(next, %s) WHERE tablename = %s",
+        (used_id + 1, table),
+    )
+
+
 def _rows(cursor: MySQLCursor) -> list[tuple[Any, ...]]:
     """The cursor's rows, typed loosely: the driver's own annotations change between releases
     (a type: ignore that fits one release is an error under the next)."""
@@ -122,31 +130,103 @@ class MySqlUserRepository:
         return User(user_id, name)
 
     def get(self, user_id: int) -> User | None:
-        self._db.execute("SELECT id, name FROM user WHERE id = %s", (user_id,))
+        self._db.execute("SELECT id, name FROM user WHERE id = %s AND deleted = 0", (user_id,))
         users = _users(self._db)
         return users[0] if users else None
 
     def account(self, user_id: int) -> Account | None:
-        self._db.execute("SELECT id, name, password FROM user WHERE id = %s", (user_id,))
+        self._db.execute(f"{_ACCOUNT} WHERE id = %s AND deleted = 0", (user_id,))
         return self._account()
 
     def account_by_name(self, name: str) -> Account | None:
-        self._db.execute("SELECT id, name, password FROM user WHERE name = %s", (name,))
+        self._db.execute(f"{_ACCOUNT} WHERE name = %s AND deleted = 0", (name,))
         return self._account()
 
     def set_password_hash(self, user_id: int, password_hash: str) -> bool:
-        self._db.execute("SELECT 1 FROM user WHERE id = %s FOR UPDATE", (user_id,))
+        return self._set(user_id, "password = %s", password_hash)
+
+    def set_suspended(self, user_id: int, until_ms: int | None) -> bool:
+        return self._set(user_id, "suspended_until = %s", until_ms)
+
+    def _set(self, user_id: int, assignment: str, value: str | int | None) -> bool:
+        # Read first: an UPDATE that changes nothing counts no row on MySQL.
+        self._db.execute("SELECT 1 FROM user WHERE id = %s AND deleted = 0 FOR UPDATE", (user_id,))
         if self._db.fetchone() is None:
             return False
-        self._db.execute("UPDATE user SET password = %s WHERE id = %s", (password_hash, user_id))
+        self._db.execute(f"UPDATE user SET {assignment} WHERE id = %s", (value, user_id))
+        return True
+
+    def accounts(self, after_id: int, limit: int) -> list[Account]:
+        self._db.execute(
+            f"{_ACCOUNT} WHERE id > %s AND deleted = 0 ORDER BY id LIMIT %s", (after_id, limit)
+        )
+        return [_to_account(row) for row in _rows(self._db)]
+
+    def restore(self, account: Account) -> None:
+        user = account.user
+        with constraints_as(unique=NameTaken):
+            self._db.execute(
+                "INSERT INTO user (id, name, password, suspended_until) VALUES (%s, %s, %s, %s)",
+                (user.id, user.name, account.password_hash, account.suspended_until_ms),
+            )
+        follow_id_sequence(self._db, "user", user.id)
+
+    def delete(self, user_id: int) -> bool:
+        db = self._db
+        db.execute("SELECT 1 FROM user WHERE id = %s AND deleted = 0 FOR UPDATE", (user_id,))
+        if db.fetchone() is None:
+            return False
+        db.execute(
+            "UPDATE user SET deleted = 1, name = %s, password = '!deleted',"
+            " suspended_until = NULL WHERE id = %s",
+            (DELETED_ROW_NAME.format(user_id), user_id),
+        )
+        for statement in (
+            "DELETE FROM friend WHERE userid = %s OR friendid = %s",
+            "DELETE FROM friend_request WHERE requester = %s OR addressee = %s",
+            "DELETE FROM userblock WHERE blocker = %s OR blocked = %s",
+        ):
+            db.execute(statement, (user_id, user_id))
+        db.execute("DELETE FROM groupuser WHERE userid = %s", (user_id,))
+        db.execute("DELETE FROM inbox_device WHERE userid = %s", (user_id,))
+        db.execute("SELECT DISTINCT msg_id FROM inbox WHERE userid = %s", (user_id,))
+        msg_ids = [(int(row[0]),) for row in _rows(db)]
+        db.execute("DELETE FROM inbox WHERE userid = %s", (user_id,))
+        db.execute("UPDATE inbox_head SET read_pos = 0 WHERE userid = %s", (user_id,))
+        if msg_ids:
+            db.executemany(
+                "DELETE FROM inbox_message WHERE msg_id = %s AND NOT EXISTS"
+                " (SELECT 1 FROM inbox WHERE inbox.msg_id = inbox_message.msg_id)",
+                msg_ids,
+            )
+        for field, kinds, sender in (
+            ("$.sender_name", "kind IN ('direct', 'group')", "$.sender_id"),
+            ("$.responder_name", "kind = 'friend_answer'", "$.responder_id"),
+        ):
+            db.execute(
+                f"UPDATE inbox_message SET body = JSON_SET(body, '{field}', %s)"
+                f" WHERE {kinds} AND JSON_EXTRACT(body, '{sender}') = %s",
+                (DELETED_USER_NAME, user_id),
+            )
         return True
 
     def _account(self) -> Account | None:
         row = _row(self._db)
-        if row is None:
-            return None
-        user_id, name, password_hash = row
-        return Account(User(int(user_id), str(name)), str(password_hash))
+        return None if row is None else _to_account(row)
+
+
+_ACCOUNT = "SELECT id, name, password, suspended_until FROM user"
+# What a deleted account's row is renamed to: no name REG accepts has a control character.
+DELETED_ROW_NAME = "\x01deleted {}"
+
+
+def _to_account(row: Sequence[object]) -> Account:
+    user_id, name, password_hash, until = row
+    return Account(
+        User(int(str(user_id)), str(name)),
+        str(password_hash),
+        None if until is None else int(str(until)),
+    )
 
 
 class MySqlFriendRepository:
@@ -350,6 +430,21 @@ class MySqlGroupRepository:
         self._db.execute("DELETE FROM allgroup WHERE id = %s", (group_id,))
         return self._db.rowcount > 0
 
+    def restore(self, group: Group) -> None:
+        with constraints_as(unique=NameTaken):
+            self._db.execute(
+                "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (%s, %s, %s)",
+                (group.id, group.name, group.description),
+            )
+        follow_id_sequence(self._db, "allgroup", group.id)
+
+    def all(self, after_id: int, limit: int) -> list[Group]:
+        self._db.execute(
+            "SELECT id, groupname, groupdesc FROM allgroup WHERE id > %s ORDER BY id LIMIT %s",
+            (after_id, limit),
+        )
+        return _groups(self._db)
+
     def groups_of(self, user_id: int) -> list[Group]:
         self._db.execute(
             "SELECT a.id, a.groupname, a.groupdesc FROM groupuser g JOIN allgroup a"
@@ -373,6 +468,11 @@ class MySqlMessageIdSequence:
         )
         assert self._db.lastrowid is not None
         return self._db.lastrowid - count
+
+    def advance_past(self, msg_id: int) -> None:
+        self._db.execute(
+            "UPDATE message_id_sequence SET next = GREATEST(next, %s) WHERE id = 1", (msg_id + 1,)
+        )
 
 
 class MySqlWebhookOutbox:
@@ -474,6 +574,30 @@ class MySqlInbox:
                 rows[start : start + INBOX_CHUNK],
             )
         return positions
+
+    def restore(
+        self, user_id: int, kept: Sequence[Kept], last_pos: int, read_pos: int, now_ms: int
+    ) -> None:
+        with constraints_as(foreign_key=UnknownUser):
+            self._db.execute(
+                "INSERT INTO inbox_head (userid, last_pos, read_pos) VALUES (%s, %s, %s)"
+                " ON DUPLICATE KEY UPDATE last_pos = VALUES(last_pos), read_pos = VALUES(read_pos)",
+                (user_id, last_pos, read_pos),
+            )
+        if not kept:
+            return
+        self._db.executemany(
+            "INSERT INTO inbox_message (msg_id, kind, body, created_ms)"
+            " VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE msg_id = msg_id",
+            [(k.delivery.msg_id, *dump_delivery(k.delivery), now_ms) for k in kept],
+        )
+        self._db.executemany(
+            "INSERT INTO inbox (userid, pos, msg_id, conversation) VALUES (%s, %s, %s, %s)",
+            [
+                (user_id, k.pos, k.delivery.msg_id, conversation_of(user_id, k.delivery))
+                for k in kept
+            ],
+        )
 
     def _raise_heads(self, counts: Mapping[int, int]) -> dict[int, int]:
         """Raise each user's last_pos by their count; return the first new pos of each."""

@@ -190,6 +190,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) {TABLE_OPTIONS}""",
     ),
     (
+        # Version 2, an operator's suspension (ms since the epoch; NULL: not suspended) and a
+        # deleted account's row, kept (deleted = 1, its name freed) so that what refers to its
+        # id (others' kept messages, a write in flight) stays valid; it is never read as a user.
+        # One statement: MySQL commits each DDL at once, and this one is all or nothing.
+        "ALTER TABLE user ADD COLUMN suspended_until BIGINT NULL,"
+        " ADD COLUMN deleted TINYINT NOT NULL DEFAULT 0",
+    ),
+    (
         # Durable webhooks: events written with the transaction that keeps them, delivered in
         # id order per conversation and deleted once the receiver took them ...
         f"""CREATE TABLE IF NOT EXISTS webhook_outbox (

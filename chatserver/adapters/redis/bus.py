@@ -151,8 +151,13 @@ class RedisBus:
             message["ps"] = positions
         return await self._publish(self.channel(node_id), message) > 0
 
-    async def kick(self, node_id: str, user_id: int, device: str) -> None:
-        await self._ask(self.channel(node_id), {"t": "kick", "u": user_id, "d": device})
+    async def kick(
+        self, node_id: str, user_id: int, device: str, reason: str | None = None
+    ) -> None:
+        message: dict[str, Any] = {"t": "kick", "u": user_id, "d": device}
+        if reason is not None:
+            message["why"] = reason
+        await self._ask(self.channel(node_id), message)
 
     async def relocated(self, user_id: int) -> None:
         # Waits for every node, so a message sent anywhere after it looks the user up.
@@ -185,6 +190,10 @@ class RedisBus:
     async def forget_group(self, group_id: int) -> None:
         # Waits for every node, so a message sent anywhere after the reply sees the change.
         await self._ask(self.broadcast_channel, {"t": "group", "g": group_id})
+
+    async def forget_user(self, user_id: int) -> None:
+        # Waits for every node, so a chat sent anywhere after it finds no such user.
+        await self._ask(self.broadcast_channel, {"t": "gone", "u": user_id})
 
     async def forget_friend(self, node_id: str, user_id: int, friend_id: int) -> None:
         await self._publish(self.channel(node_id), {"t": "unfriend", "u": user_id, "f": friend_id})
@@ -254,11 +263,15 @@ class RedisBus:
                     else:
                         await inbox.deliver(user_id, event, message["o"])
             elif kind == "kick":
-                await inbox.kick(message["u"], message["d"])
+                await inbox.kick(message["u"], message["d"], message.get("why"))
                 await self._answer(message)
             elif kind == "relocated":
                 if message["o"] != self.node_id:
                     await inbox.moved(message["u"])
+                await self._answer(message)
+            elif kind == "gone":
+                if message["o"] != self.node_id:
+                    await inbox.forget_user(message["u"])
                 await self._answer(message)
             elif kind == "done":
                 waiting = self._requests.get(message["r"])

@@ -7,25 +7,40 @@ from contextlib import contextmanager
 
 import orjson
 
-from chatserver.adapters.inbox_keys import conversation_key, place
+from chatserver.adapters.inbox_keys import conversation_key, conversation_of, place
 from chatserver.adapters.serialization import dump_delivery, load_delivery
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Kept
 from chatserver.domain.ports import DeviceMark, WebhookRow
-from chatserver.domain.users import Account, User
+from chatserver.domain.users import DELETED_USER_NAME, Account, User
+
+# What a deleted account's row is renamed to: no name REG accepts has a control character.
+DELETED_ROW_NAME = "\x01deleted {}"
+# Rewrites the sender's name in every kept message a deleted account sent (a full scan of the
+# messages: deleting an account is rare, and done once).
+RENAME_SENDER = (
+    ("json_set(body, '$.sender_name', ?)", "kind IN ('direct', 'group')", "$.sender_id"),
+    ("json_set(body, '$.responder_name', ?)", "kind = 'friend_answer'", "$.responder_id"),
+)
 
 
 @contextmanager
 def constraints_as(
-    *, unique: type[ChatError] | None = None, foreign_key: type[ChatError] | None = None
+    *,
+    unique: type[ChatError] | None = None,
+    foreign_key: type[ChatError] | None = None,
+    primary_key: type[ChatError] | None = None,
 ) -> Iterator[None]:
-    """Turn a broken UNIQUE or FOREIGN KEY constraint into the domain error that explains it."""
+    """Turn a broken UNIQUE, FOREIGN KEY or PRIMARY KEY constraint into the domain error that
+    explains it."""
     try:
         yield
     except sqlite3.IntegrityError as error:
         if unique and error.sqlite_errorname == "SQLITE_CONSTRAINT_UNIQUE":
             raise unique() from error
+        if primary_key and error.sqlite_errorname == "SQLITE_CONSTRAINT_PRIMARYKEY":
+            raise primary_key() from error
         if foreign_key and error.sqlite_errorname == "SQLITE_CONSTRAINT_FOREIGNKEY":
             raise foreign_key() from error
         raise
@@ -44,26 +59,87 @@ class SqliteUserRepository:
         return User(cursor.lastrowid, name)
 
     def get(self, user_id: int) -> User | None:
-        row = self._db.execute("SELECT id, name FROM user WHERE id = ?", (user_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT id, name FROM user WHERE id = ? AND deleted = 0", (user_id,)
+        ).fetchone()
         return None if row is None else User(*row)
 
     def account(self, user_id: int) -> Account | None:
         row = self._db.execute(
-            "SELECT id, name, password FROM user WHERE id = ?", (user_id,)
+            "SELECT id, name, password, suspended_until FROM user WHERE id = ? AND deleted = 0",
+            (user_id,),
         ).fetchone()
-        return None if row is None else Account(User(row[0], row[1]), row[2])
+        return None if row is None else Account(User(row[0], row[1]), row[2], row[3])
 
     def set_password_hash(self, user_id: int, password_hash: str) -> bool:
         cursor = self._db.execute(
-            "UPDATE user SET password = ? WHERE id = ?", (password_hash, user_id)
+            "UPDATE user SET password = ? WHERE id = ? AND deleted = 0", (password_hash, user_id)
         )
         return cursor.rowcount > 0
 
     def account_by_name(self, name: str) -> Account | None:
         row = self._db.execute(
-            "SELECT id, name, password FROM user WHERE name = ?", (name,)
+            "SELECT id, name, password, suspended_until FROM user WHERE name = ? AND deleted = 0",
+            (name,),
         ).fetchone()
-        return None if row is None else Account(User(row[0], row[1]), row[2])
+        return None if row is None else Account(User(row[0], row[1]), row[2], row[3])
+
+    def set_suspended(self, user_id: int, until_ms: int | None) -> bool:
+        cursor = self._db.execute(
+            "UPDATE user SET suspended_until = ? WHERE id = ? AND deleted = 0", (until_ms, user_id)
+        )
+        return cursor.rowcount > 0
+
+    def accounts(self, after_id: int, limit: int) -> list[Account]:
+        rows = self._db.execute(
+            "SELECT id, name, password, suspended_until FROM user WHERE id > ? AND deleted = 0"
+            " ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [Account(User(i, name), password, until) for i, name, password, until in rows]
+
+    def restore(self, account: Account) -> None:
+        user = account.user
+        with constraints_as(unique=NameTaken, primary_key=NameTaken):
+            self._db.execute(
+                "INSERT INTO user (id, name, password, suspended_until) VALUES (?, ?, ?, ?)",
+                (user.id, user.name, account.password_hash, account.suspended_until_ms),
+            )
+
+    def delete(self, user_id: int) -> bool:
+        db = self._db
+        cursor = db.execute(
+            "UPDATE user SET deleted = 1, name = ?, password = '!deleted', suspended_until = NULL"
+            " WHERE id = ? AND deleted = 0",
+            (DELETED_ROW_NAME.format(user_id), user_id),
+        )
+        if cursor.rowcount == 0:
+            return False
+        for statement in (
+            "DELETE FROM friend WHERE userid = ? OR friendid = ?",
+            "DELETE FROM friend_request WHERE requester = ? OR addressee = ?",
+            "DELETE FROM userblock WHERE blocker = ? OR blocked = ?",
+        ):
+            db.execute(statement, (user_id, user_id))
+        db.execute("DELETE FROM groupuser WHERE userid = ?", (user_id,))
+        db.execute("DELETE FROM inbox_device WHERE userid = ?", (user_id,))
+        msg_ids = [row[0] for row in db.execute(
+            "SELECT DISTINCT msg_id FROM inbox WHERE userid = ?", (user_id,)
+        )]
+        db.execute("DELETE FROM inbox WHERE userid = ?", (user_id,))
+        db.execute("UPDATE inbox_head SET read_pos = 0 WHERE userid = ?", (user_id,))
+        db.executemany(
+            "DELETE FROM inbox_message WHERE msg_id = ?"
+            " AND NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.msg_id = inbox_message.msg_id)",
+            [(msg_id,) for msg_id in msg_ids],
+        )
+        for new_body, kinds, sender in RENAME_SENDER:
+            db.execute(
+                f"UPDATE inbox_message SET body = {new_body}"
+                f" WHERE {kinds} AND json_extract(body, '{sender}') = ?",
+                (DELETED_USER_NAME, user_id),
+            )
+        return True
 
 
 class SqliteFriendRepository:
@@ -244,6 +320,20 @@ class SqliteGroupRepository:
         cursor = self._db.execute("DELETE FROM allgroup WHERE id = ?", (group_id,))
         return cursor.rowcount > 0
 
+    def restore(self, group: Group) -> None:
+        with constraints_as(unique=NameTaken, primary_key=NameTaken):
+            self._db.execute(
+                "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (?, ?, ?)",
+                (group.id, group.name, group.description),
+            )
+
+    def all(self, after_id: int, limit: int) -> list[Group]:
+        rows = self._db.execute(
+            "SELECT id, groupname, groupdesc FROM allgroup WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [Group(*row) for row in rows]
+
     def groups_of(self, user_id: int) -> list[Group]:
         rows = self._db.execute(
             "SELECT a.id, a.groupname, a.groupdesc FROM groupuser g JOIN allgroup a"
@@ -266,6 +356,9 @@ class SqliteMessageIdSequence:
         ).fetchall()
         first: int = rows[0][0]
         return first
+
+    def advance_past(self, msg_id: int) -> None:
+        self._db.execute("UPDATE message_id_sequence SET next = max(next, ?)", (msg_id + 1,))
 
 
 class SqliteWebhookOutbox:
@@ -345,6 +438,27 @@ class SqliteInbox:
             rows,
         )
         return positions
+
+    def restore(
+        self, user_id: int, kept: Sequence[Kept], last_pos: int, read_pos: int, now_ms: int
+    ) -> None:
+        with constraints_as(foreign_key=UnknownUser):
+            self._db.execute(
+                "INSERT INTO inbox_head (userid, last_pos, read_pos) VALUES (?, ?, ?)"
+                " ON CONFLICT (userid) DO UPDATE"
+                " SET last_pos = excluded.last_pos, read_pos = excluded.read_pos",
+                (user_id, last_pos, read_pos),
+            )
+        self._db.executemany(
+            "INSERT INTO inbox_message (msg_id, kind, body, created_ms) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            [(k.delivery.msg_id, *dump_delivery(k.delivery), now_ms) for k in kept],
+        )
+        self._db.executemany(
+            "INSERT INTO inbox (userid, pos, msg_id, conversation) VALUES (?, ?, ?, ?)",
+            [(user_id, k.pos, k.delivery.msg_id, conversation_of(user_id, k.delivery))
+             for k in kept],
+        )
 
     def _raise_heads(self, counts: Mapping[int, int]) -> dict[int, int]:
         """Raise each user's last_pos by their count; return the first new pos of each."""

@@ -153,6 +153,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX userblock_by_blocked ON userblock (blocked)",
     ),
     (
+        # Version 2, an operator's suspension (ms since the epoch; NULL: not suspended) and a
+        # deleted account's row, kept (deleted = 1, its name freed) so that what refers to its
+        # id (others' kept messages, a write in flight) stays valid; it is never read as a user.
+        "ALTER TABLE user ADD COLUMN suspended_until INTEGER",
+        "ALTER TABLE user ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
         # Durable webhooks: events written with the transaction that keeps them, delivered in
         # id order per conversation and deleted once the receiver took them ...
         """CREATE TABLE webhook_outbox (
