@@ -12,6 +12,7 @@ from attrs import frozen
 
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Event, Kept
+from chatserver.domain.names import NamedId
 from chatserver.domain.users import Account, User
 
 T = TypeVar("T")
@@ -19,7 +20,7 @@ T = TypeVar("T")
 
 class UserRepository(Protocol):
     def add(self, name: str, password_hash: str) -> User:
-        """Create a user; raises NameTaken if the name is in use."""
+        """Create a user; raises NameTaken if the name, or one with its name_key, is in use."""
         ...
 
     def get(self, user_id: int) -> User | None: ...
@@ -30,6 +31,10 @@ class UserRepository(Protocol):
 
     def set_password_hash(self, user_id: int, password_hash: str) -> bool:
         """Replace the user's password hash; False when there is no such user."""
+        ...
+
+    def names(self) -> list[NamedId]:
+        """Every user's id and name, and whether the name holds its key (for reports)."""
         ...
 
 
@@ -110,6 +115,10 @@ class GroupRepository(Protocol):
     def delete(self, group_id: int) -> bool:
         """Dissolve a group: it and its members are gone, its name free (its id is never
         used again); False if there was no such group."""
+        ...
+
+    def names(self) -> list[NamedId]:
+        """Every group's id and name, and whether the name holds its key (for reports)."""
         ...
 
 

@@ -24,6 +24,7 @@ from chatserver.entrypoints.bootstrap import (
     Config,
     ConfigError,
     check_bus,
+    check_names,
     listen_error,
     open_node,
     tls_context,
@@ -254,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         "upgrade", help="create or migrate the schema (safe to run again)")
     upgrade.add_argument("--database", default=_env("DATABASE", defaults.database),
                          help="database URL (CHATSERVER_DATABASE; default %(default)s)")
+    names = db_commands.add_parser(
+        "check-names", help="list the user and group names that break today's rules for names",
+        description="Names registered before the rules (NFKC form, no control or format "
+        "characters, no spaces at either end, something visible, no mixed-script look-alikes, "
+        "unique ignoring case) keep working; this lists them, a line each, with the rules "
+        "they break. Exit code 1 when there are any.")
+    names.add_argument("--database", default=_env("DATABASE", defaults.database),
+                       help="database URL (CHATSERVER_DATABASE; default %(default)s)")
     import_legacy = db_commands.add_parser(
         "import-legacy", help="copy a database of the original C++ server into an empty one",
         description="Copy users (with their ids and old passwords, now hashed), friendships, "
@@ -292,10 +301,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"chatserver: import failed: {error}", file=sys.stderr)
                 return 1
             return 0
+        if args.command == "db" and args.db_command == "check-names":
+            upgrade_database(args.database)
+            lines = anyio.run(check_names, args.database)
+            for line in lines:
+                print(line)
+            print(f"{len(lines)} names break today's rules (they keep working)")
+            return 1 if lines else 0
         if args.command == "db":
             _log_to_stderr("INFO")  # says so when it creates the database
             version = upgrade_database(args.database)
             print(f"schema at version {version}")
+            _report_names(args.database)
             return 0
     except ConfigError as error:
         print(f"chatserver: {error}", file=sys.stderr)
@@ -308,6 +325,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chatserver: {mistake}", file=sys.stderr)
         return 2
     return 2
+
+
+def _report_names(url: str, shown: int = 20) -> None:
+    """After an upgrade: the names that break today's rules, the first few of them."""
+    lines = anyio.run(check_names, url)
+    for line in lines[:shown]:
+        print(line)
+    if lines:
+        more = f" ({len(lines) - shown} more)" if len(lines) > shown else ""
+        print(
+            f"{len(lines)} names break today's rules and keep working{more}: "
+            "`chatserver db check-names` lists them all"
+        )
 
 
 def _only_config_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | None:

@@ -667,3 +667,58 @@ def test_strangers_flooding_a_receipting_user_do_not_disconnect_them(chat: Chat)
     assert positions == list(range(1, 1501))  # all of it, in order, once
     target.ok({"msgid": 16})  # and still connected
     assert max(latencies) < 2.0
+
+
+def test_names_that_differ_only_in_case_form_or_script_are_refused_for_users_and_groups(
+    chat: Chat,
+) -> None:
+    """Issue 16.10, the rest: a case variant of a user's or group's name is taken (errno 1); a
+    Cyrillic look-alike, a full-width or NFD copy, and the names of the issue's list are refused
+    (errno 7) as group names too, when created and when renamed. None of them can then log in
+    or be found, so nothing a page shows can pass for the victim."""
+    victim = chat.user("Victim")
+    owner = chat.online(chat.user("owner"))
+    group_name = f"Club{victim.id}"
+    club = owner.ok({"msgid": 8, "groupname": group_name})
+    other = owner.ok({"msgid": 8, "groupname": f"other{victim.id}"})
+    spoofs = {
+        "case": [victim.name.upper(), victim.name.lower()],
+        "form": [
+            victim.name.replace("V", "\uff36"),  # full-width V
+            victim.name.replace("V", "\u2164"),  # Roman numeral five
+        ],
+        "look-alike": [victim.name.replace("i", "\u0456"), victim.name.replace("c", "\u0441")],
+        "hidden": [
+            victim.name + " ", victim.name + "\u200b", "\u202e" + victim.name[::-1],
+            "\u200b\u200b", "\u3164", "ev\x1bil", "ev\nil", "ev\x00il",
+        ],
+    }
+    c = chat.client()
+    started = time.perf_counter()
+    tried = 0
+    for kind, names in spoofs.items():
+        for name in names:
+            expected = 1 if kind == "case" else 7
+            reply = c.request({"msgid": 4, "name": name, "password": "pw"})
+            assert reply["errno"] == expected, (kind, name, reply)
+            login = c.request({"msgid": 1, "name": name, "password": "pw"})
+            assert login["errno"] == 1, (kind, name, login)
+            group_spoof = name.replace(victim.name, group_name) if victim.name in name else name
+            if kind == "case":
+                group_spoof = group_name.upper()
+            for request in (
+                {"msgid": 8, "groupname": group_spoof},
+                {"msgid": 28, "groupid": other["groupid"], "groupname": group_spoof},
+            ):
+                reply = owner.request(request)
+                assert reply["errno"] == expected, (kind, group_spoof, request, reply)
+            tried += 1
+    elapsed = time.perf_counter() - started
+    # The victim and the group are untouched: the victim logs in under their own name.
+    me = chat.online(victim)
+    assert me.ack["name"] == victim.name
+    latency = time.perf_counter()
+    me.ok({"msgid": 16})
+    print(f"{tried} spoofed names refused as users and groups in {elapsed:.2f} s; "
+          f"the victim's PING {1000 * (time.perf_counter() - latency):.1f} ms; "
+          f"group {club['groupid']} untouched")

@@ -15,6 +15,7 @@ from chatserver.adapters.inbox_keys import conversation_key, conversation_of
 from chatserver.domain.errors import NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Kept
+from chatserver.domain.names import NamedId, name_key
 from chatserver.domain.ports import DeviceMark
 from chatserver.domain.users import Account, User
 
@@ -30,6 +31,8 @@ class MemoryDatabase:
 
     accounts: dict[int, Account] = Factory(dict)
     user_ids_by_name: dict[str, int] = Factory(dict)
+    # name_key (NFKC, case folded) -> the user or group holding it
+    user_ids_by_key: dict[str, int] = Factory(dict)
     # user -> their friends (a dict used as a set, so that UndoLog.put and pop serve)
     friends: dict[int, dict[int, None]] = Factory(dict)
     # addressee -> requester -> order of the request
@@ -39,6 +42,7 @@ class MemoryDatabase:
     blockers: dict[int, dict[int, None]] = Factory(dict)
     groups: dict[int, Group] = Factory(dict)
     group_ids_by_name: dict[str, int] = Factory(dict)
+    group_ids_by_key: dict[str, int] = Factory(dict)
     # group -> user -> (order of joining, role, muted until in ms: 0 for not muted)
     members: dict[int, dict[int, tuple[int, Role, int]]] = Factory(dict)
     # user -> pos -> (kept_ms, delivery); a user's inbox, positions 1, 2, 3, ...
@@ -122,11 +126,13 @@ class MemoryUserRepository:
         self._db = log.database
 
     def add(self, name: str, password_hash: str) -> User:
-        if name in self._db.user_ids_by_name:
+        key = name_key(name)
+        if name in self._db.user_ids_by_name or key in self._db.user_ids_by_key:
             raise NameTaken()
         user = User(self._log.take("user"), name)
         self._log.put(self._db.accounts, user.id, Account(user, password_hash))
         self._log.put(self._db.user_ids_by_name, name, user.id)
+        self._log.put(self._db.user_ids_by_key, key, user.id)
         return user
 
     def get(self, user_id: int) -> User | None:
@@ -146,6 +152,13 @@ class MemoryUserRepository:
             return False
         self._log.put(self._db.accounts, user_id, Account(account.user, password_hash))
         return True
+
+    def names(self) -> list[NamedId]:
+        keyed = set(self._db.user_ids_by_key.values())
+        return [
+            NamedId(user_id, account.user.name, user_id in keyed)
+            for user_id, account in sorted(self._db.accounts.items())
+        ]
 
 
 def _require_users(db: MemoryDatabase, *user_ids: int) -> None:
@@ -220,11 +233,13 @@ class MemoryGroupRepository:
 
     def create(self, name: str, description: str, creator_id: int) -> Group:
         _require_users(self._db, creator_id)
-        if name in self._db.group_ids_by_name:
+        key = name_key(name)
+        if name in self._db.group_ids_by_name or key in self._db.group_ids_by_key:
             raise NameTaken()
         group = Group(self._log.take("group"), name, description)
         self._log.put(self._db.groups, group.id, group)
         self._log.put(self._db.group_ids_by_name, name, group.id)
+        self._log.put(self._db.group_ids_by_key, key, group.id)
         self.add_member(group.id, creator_id, Role.CREATOR)
         return group
 
@@ -271,12 +286,15 @@ class MemoryGroupRepository:
         group = self._db.groups.get(group_id)
         if group is None:
             raise UnknownGroup()
-        names = self._db.group_ids_by_name
+        names, keys = self._db.group_ids_by_name, self._db.group_ids_by_key
         if name is not None and name != group.name:
-            if name in names:
+            key = name_key(name)
+            if name in names or keys.get(key, group_id) != group_id:
                 raise NameTaken()
             self._log.pop(names, group.name)
+            self._log.pop(keys, name_key(group.name))
             self._log.put(names, name, group_id)
+            self._log.put(keys, key, group_id)
         changed = Group(
             group_id,
             group.name if name is None else name,
@@ -291,8 +309,17 @@ class MemoryGroupRepository:
             return False
         self._log.pop(self._db.members, group_id)
         self._log.pop(self._db.group_ids_by_name, group.name)
+        if self._db.group_ids_by_key.get(name_key(group.name)) == group_id:
+            self._log.pop(self._db.group_ids_by_key, name_key(group.name))
         self._log.pop(self._db.groups, group_id)
         return True
+
+    def names(self) -> list[NamedId]:
+        keyed = set(self._db.group_ids_by_key.values())
+        return [
+            NamedId(group_id, group.name, group_id in keyed)
+            for group_id, group in sorted(self._db.groups.items())
+        ]
 
     def groups_of(self, user_id: int) -> list[Group]:
         return [

@@ -25,6 +25,7 @@ from chatserver.domain.messages import (
     GroupMessage,
     Kept,
 )
+from chatserver.domain.names import NamedId, name_key
 from chatserver.domain.ports import DeviceMark
 from chatserver.domain.users import Account, User
 
@@ -119,6 +120,10 @@ class MySqlUserRepository:
                 "INSERT INTO user (id, name, password) VALUES (%s, %s, %s)",
                 (name, password_hash),
             )
+            self._db.execute(
+                "INSERT INTO user_name_key (name_key, userid) VALUES (%s, %s)",
+                (name_key(name), user_id),
+            )
         return User(user_id, name)
 
     def get(self, user_id: int) -> User | None:
@@ -140,6 +145,16 @@ class MySqlUserRepository:
             return False
         self._db.execute("UPDATE user SET password = %s WHERE id = %s", (password_hash, user_id))
         return True
+
+    def names(self) -> list[NamedId]:
+        self._db.execute(
+            "SELECT u.id, u.name, k.name_key IS NOT NULL FROM user u"
+            " LEFT JOIN user_name_key k ON k.userid = u.id ORDER BY u.id"
+        )
+        return [
+            NamedId(int(row_id), str(name), bool(keyed))
+            for row_id, name, keyed in _rows(self._db)
+        ]
 
     def _account(self) -> Account | None:
         row = _row(self._db)
@@ -265,6 +280,10 @@ class MySqlGroupRepository:
                 "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (%s, %s, %s)",
                 (name, description),
             )
+            self._db.execute(
+                "INSERT INTO group_name_key (name_key, groupid) VALUES (%s, %s)",
+                (name_key(name), group_id),
+            )
         self.add_member(group_id, creator_id, Role.CREATOR)
         return Group(group_id, name, description)
 
@@ -334,6 +353,13 @@ class MySqlGroupRepository:
 
     def update(self, group_id: int, name: str | None, description: str | None) -> Group:
         with constraints_as(unique=NameTaken):
+            if name is not None:
+                self._db.execute("DELETE FROM group_name_key WHERE groupid = %s", (group_id,))
+                self._db.execute(
+                    "INSERT INTO group_name_key (name_key, groupid)"
+                    " SELECT %s, id FROM allgroup WHERE id = %s",
+                    (name_key(name), group_id),
+                )
             self._db.execute(
                 "UPDATE allgroup SET groupname = coalesce(%s, groupname),"
                 " groupdesc = coalesce(%s, groupdesc) WHERE id = %s",
@@ -347,6 +373,7 @@ class MySqlGroupRepository:
     def delete(self, group_id: int) -> bool:
         self._db.execute("DELETE FROM groupmute WHERE groupid = %s", (group_id,))
         self._db.execute("DELETE FROM groupuser WHERE groupid = %s", (group_id,))
+        self._db.execute("DELETE FROM group_name_key WHERE groupid = %s", (group_id,))
         self._db.execute("DELETE FROM allgroup WHERE id = %s", (group_id,))
         return self._db.rowcount > 0
 
@@ -357,6 +384,16 @@ class MySqlGroupRepository:
             (user_id,),
         )
         return _groups(self._db)
+
+    def names(self) -> list[NamedId]:
+        self._db.execute(
+            "SELECT a.id, a.groupname, k.name_key IS NOT NULL FROM allgroup a"
+            " LEFT JOIN group_name_key k ON k.groupid = a.id ORDER BY a.id"
+        )
+        return [
+            NamedId(int(row_id), str(name), bool(keyed))
+            for row_id, name, keyed in _rows(self._db)
+        ]
 
 
 class MySqlMessageIdSequence:
@@ -658,6 +695,11 @@ class MySqlImportRepository:
                 "INSERT INTO user (id, name, password) VALUES (%s, %s, %s)",
                 (user_id, name, password_hash),
             )
+        # A name that differs only in case from an earlier one is imported without its key.
+        self._db.execute(
+            "INSERT IGNORE INTO user_name_key (name_key, userid) VALUES (%s, %s)",
+            (name_key(name), user_id),
+        )
         self._follow("user", user_id)
 
     def add_group(self, group_id: int, name: str, description: str) -> None:
@@ -666,6 +708,10 @@ class MySqlImportRepository:
                 "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (%s, %s, %s)",
                 (group_id, name, description),
             )
+        self._db.execute(
+            "INSERT IGNORE INTO group_name_key (name_key, groupid) VALUES (%s, %s)",
+            (name_key(name), group_id),
+        )
         self._follow("allgroup", group_id)
 
     def _follow(self, table: str, used_id: int) -> None:

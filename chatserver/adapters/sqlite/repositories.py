@@ -12,6 +12,7 @@ from chatserver.adapters.serialization import dump_delivery, load_delivery
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Kept
+from chatserver.domain.names import NamedId, name_key
 from chatserver.domain.ports import DeviceMark
 from chatserver.domain.users import Account, User
 
@@ -40,7 +41,11 @@ class SqliteUserRepository:
             cursor = self._db.execute(
                 "INSERT INTO user (name, password) VALUES (?, ?)", (name, password_hash)
             )
-        assert cursor.lastrowid is not None
+            assert cursor.lastrowid is not None
+            self._db.execute(
+                "INSERT INTO user_name_key (name_key, userid) VALUES (?, ?)",
+                (name_key(name), cursor.lastrowid),
+            )
         return User(cursor.lastrowid, name)
 
     def get(self, user_id: int) -> User | None:
@@ -64,6 +69,13 @@ class SqliteUserRepository:
             "SELECT id, name, password FROM user WHERE name = ?", (name,)
         ).fetchone()
         return None if row is None else Account(User(row[0], row[1]), row[2])
+
+    def names(self) -> list[NamedId]:
+        rows = self._db.execute(
+            "SELECT u.id, u.name, k.name_key IS NOT NULL FROM user u"
+            " LEFT JOIN user_name_key k ON k.userid = u.id ORDER BY u.id"
+        )
+        return [NamedId(row_id, name, bool(keyed)) for row_id, name, keyed in rows]
 
 
 class SqliteFriendRepository:
@@ -174,7 +186,11 @@ class SqliteGroupRepository:
             cursor = self._db.execute(
                 "INSERT INTO allgroup (groupname, groupdesc) VALUES (?, ?)", (name, description)
             )
-        assert cursor.lastrowid is not None
+            assert cursor.lastrowid is not None
+            self._db.execute(
+                "INSERT INTO group_name_key (name_key, groupid) VALUES (?, ?)",
+                (name_key(name), cursor.lastrowid),
+            )
         group = Group(cursor.lastrowid, name, description)
         self.add_member(group.id, creator_id, Role.CREATOR)
         return group
@@ -229,6 +245,13 @@ class SqliteGroupRepository:
 
     def update(self, group_id: int, name: str | None, description: str | None) -> Group:
         with constraints_as(unique=NameTaken):
+            if name is not None:
+                self._db.execute("DELETE FROM group_name_key WHERE groupid = ?", (group_id,))
+                self._db.execute(
+                    "INSERT INTO group_name_key (name_key, groupid)"
+                    " SELECT ?, id FROM allgroup WHERE id = ?",
+                    (name_key(name), group_id),
+                )
             self._db.execute(
                 "UPDATE allgroup SET groupname = coalesce(?, groupname),"
                 " groupdesc = coalesce(?, groupdesc) WHERE id = ?",
@@ -241,6 +264,7 @@ class SqliteGroupRepository:
 
     def delete(self, group_id: int) -> bool:
         self._db.execute("DELETE FROM groupuser WHERE groupid = ?", (group_id,))
+        self._db.execute("DELETE FROM group_name_key WHERE groupid = ?", (group_id,))
         cursor = self._db.execute("DELETE FROM allgroup WHERE id = ?", (group_id,))
         return cursor.rowcount > 0
 
@@ -251,6 +275,13 @@ class SqliteGroupRepository:
             (user_id,),
         )
         return [Group(*row) for row in rows]
+
+    def names(self) -> list[NamedId]:
+        rows = self._db.execute(
+            "SELECT a.id, a.groupname, k.name_key IS NOT NULL FROM allgroup a"
+            " LEFT JOIN group_name_key k ON k.groupid = a.id ORDER BY a.id"
+        )
+        return [NamedId(row_id, name, bool(keyed)) for row_id, name, keyed in rows]
 
 
 class SqliteMessageIdSequence:

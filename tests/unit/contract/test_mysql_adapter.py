@@ -39,6 +39,8 @@ TABLES = {
     "groupuser",
     "groupmute",
     "userblock",
+    "user_name_key",
+    "group_name_key",
     "message_id_sequence",
     "id_sequence",
     "inbox_message",

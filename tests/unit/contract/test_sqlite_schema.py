@@ -27,6 +27,8 @@ TABLES = {
     "inbox",
     "inbox_device",
     "userblock",
+    "user_name_key",
+    "group_name_key",
 }
 
 
