@@ -78,7 +78,7 @@ class Limits:
     # and tells other nodes). Past it: errno 9.
     block_changes_per_minute: int = 30
     # Messages to one user not online on this node from strangers (not friends, no group in
-    # common), all of them together: a burst, then per minute. Past it: errno 9.
+    # common), all of them together: a burst, then per minute (0: no limit). Past it: errno 9.
     stranger_messages_burst: int = 1000
     stranger_messages_per_minute: int = 600
     # Strangers' messages are refused (errno 14) while this many wait for the recipient that
@@ -86,7 +86,8 @@ class Limits:
     # stored_per_user strangers may fill. 0: no share.
     stranger_stored_share: int = 1000
     # Inbox entries one group's messages may write (one per member): a burst, then per second.
-    # Past it GROUP_CHAT is errno 9. A group bigger than the burst sends when it is full.
+    # Past it GROUP_CHAT is errno 9 (0 per second: no limit). A group bigger than the burst
+    # sends when it is full.
     group_entries_burst: int = 20_000
     group_entries_per_second: int = 20_000
 
@@ -195,12 +196,14 @@ class Node:
         limits = self.limits
         self.strangers = StrangerGate(
             TokenBuckets(
-                limits.stranger_messages_burst, limits.stranger_messages_per_minute / 60.0
+                limits.stranger_messages_burst if limits.stranger_messages_per_minute else 0,
+                limits.stranger_messages_per_minute / 60.0,
             ),
             limits.stranger_stored_share,
         )
         self.group_entries = TokenBuckets(
-            self.limits.group_entries_burst, self.limits.group_entries_per_second
+            limits.group_entries_burst if limits.group_entries_per_second else 0,
+            limits.group_entries_per_second,
         )
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)
         hooks = self.hooks

@@ -161,6 +161,26 @@ def build_parser() -> argparse.ArgumentParser:
                                         str(defaults.limits.group_members)),
                        help="members one group may have; past it ADD_GROUP is errno 12; 0: no "
                        "limit (CHATSERVER_GROUP_MEMBER_LIMIT; default %(default)s)")
+    serve.add_argument("--stranger-messages-per-minute", type=int,
+                       default=_env_int("STRANGER_MESSAGES_PER_MINUTE",
+                                        str(defaults.limits.stranger_messages_per_minute)),
+                       help="messages strangers (not friends, no group in common) may send, "
+                       "all together, to one user who is not online on the node, per minute "
+                       f"after a burst of {defaults.limits.stranger_messages_burst}; errno 9 "
+                       "past it; 0: no limit (CHATSERVER_STRANGER_MESSAGES_PER_MINUTE; default "
+                       "%(default)s)")
+    serve.add_argument("--stranger-share", type=int,
+                       default=_env_int("STRANGER_SHARE",
+                                        str(defaults.limits.stranger_stored_share)),
+                       help="strangers' messages are refused (errno 14) while this many wait "
+                       "for the recipient that none of their devices has had; friends' never "
+                       "are; 0: no share (CHATSERVER_STRANGER_SHARE; default %(default)s)")
+    serve.add_argument("--group-entries-per-second", type=int,
+                       default=_env_int("GROUP_ENTRIES_PER_SECOND",
+                                        str(defaults.limits.group_entries_per_second)),
+                       help="inbox entries (one per member) one group's messages may write at "
+                       "once and then per second; GROUP_CHAT is errno 9 past it; 0: no limit "
+                       "(CHATSERVER_GROUP_ENTRIES_PER_SECOND; default %(default)s)")
     serve.add_argument("--registrations-per-minute", type=int,
                        default=_env_int("REGISTRATIONS_PER_MINUTE",
                                         str(defaults.limits.registrations_per_minute)),
@@ -366,6 +386,9 @@ def check_settings(args: argparse.Namespace) -> None:
         ("--request-burst", args.request_burst, 1), ("--request-rate", args.request_rate, 0.001),
         ("--node-lease", args.node_lease, 0.001), ("--stored-limit", args.stored_limit, 0),
         ("--connections-per-address", args.connections_per_address, 0),
+        ("--stranger-messages-per-minute", args.stranger_messages_per_minute, 0),
+        ("--stranger-share", args.stranger_share, 0),
+        ("--group-entries-per-second", args.group_entries_per_second, 0),
     ):
         if value < lowest:
             must = "0 or more" if lowest == 0 else "more than 0"
@@ -495,6 +518,10 @@ def _serve(args: argparse.Namespace) -> int:
             history_days=args.history_days,
             devices_per_user=args.devices_per_user,
             group_members=args.group_member_limit,
+            stranger_messages_per_minute=args.stranger_messages_per_minute,
+            stranger_stored_share=args.stranger_share,
+            group_entries_per_second=args.group_entries_per_second,
+            group_entries_burst=args.group_entries_per_second,
             registrations_per_minute=args.registrations_per_minute,
             registrations_per_hour=args.registrations_per_hour,
             # REG requests of any outcome (a taken name too): six times the accounts.
