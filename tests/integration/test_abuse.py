@@ -722,3 +722,65 @@ def test_names_that_differ_only_in_case_form_or_script_are_refused_for_users_and
     print(f"{tried} spoofed names refused as users and groups in {elapsed:.2f} s; "
           f"the victim's PING {1000 * (time.perf_counter() - latency):.1f} ms; "
           f"group {club['groupid']} untouched")
+
+
+def test_strangers_cannot_fill_an_away_users_inbox_and_a_friends_message_still_arrives(
+    tmp_path: Path,
+) -> None:
+    """Issue 16.6: 25 stranger accounts stored 10,000 messages for an away user in 6 s, and then
+    the user's friends got errno 11. Now strangers get errno 9 or 14 past the share, and the
+    friend's message is kept and delivered at the next login."""
+    server = ServerProcess(f"sqlite:///{tmp_path / 'chat.db'}", tmp_path / "server.log").start()
+    chat = Chat(server)
+    try:
+        victim, friend, *strangers = chat.users(27, "flood")
+        cv, cf = chat.online(victim), chat.online(friend)
+        chat.befriend(cf, cv)
+        cv.close()
+        per_stranger = 150  # within one connection's burst: only the stranger limits refuse
+        counts: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def flood_from(user: User) -> None:
+            frames = [{"msgid": 1, "id": user.id, "password": user.password, "seq": 0}]
+            frames += [{"msgid": 6, "toid": victim.id, "msg": f"spam {n}", "seq": n + 1}
+                       for n in range(per_stranger)]
+            with socket.create_connection((HOST, server.port or 0), timeout=30) as sock:
+                sock.sendall(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+                data = b""
+                while data.count(b"\n") < len(frames):
+                    chunk = sock.recv(65536)
+                    assert chunk, "closed during the flood"
+                    data += chunk
+            replies = frames_of(data)[1:]
+            with lock:
+                for reply in replies:
+                    errno = int(reply["errno"])  # type: ignore[call-overload]
+                    counts[errno] = counts.get(errno, 0) + 1
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=flood_from, args=(u,)) for u in strangers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        flood_seconds = time.perf_counter() - started
+        sent = time.perf_counter()
+        kept = cf.ok({"msgid": 6, "toid": victim.id, "msg": "are you there?"})
+        friend_ms = (time.perf_counter() - sent) * 1000
+        back = chat.client()
+        login = back.login(victim)
+        waiting = list(login["offlinemsg"])
+        waiting += back.drain(1.0)
+        texts = [m.get("msg") for m in waiting if m.get("msgid") == 6]
+        print(f"25 strangers x {per_stranger} in {flood_seconds:.2f} s: replies by errno "
+              f"{dict(sorted(counts.items()))}; the friend's message kept in {friend_ms:.1f} ms "
+              f"(msg_id {kept['msg_id']}); {len(texts)} chats waiting at login")
+        assert sum(counts.values()) == 25 * per_stranger
+        assert counts.get(0, 0) <= 1000 + 25  # the share, and what was in flight
+        assert set(counts) <= {0, 9, 14} and counts.get(14, 0) + counts.get(9, 0) > 2000
+        assert texts[-1] == "are you there?"
+    finally:
+        chat.close_all()
+        server.stop()
+        server.assert_no_traceback()
