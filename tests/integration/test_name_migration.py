@@ -6,11 +6,14 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from chatserver.adapters.mysql import schema as mysql_schema
+from chatserver.adapters.security import ScryptHasher
 from chatserver.adapters.sqlite import schema as sqlite_schema
 from chatserver.domain.errors import NameTaken
+from tests.integration.conftest import Client, ServerProcess
 from tests.integration.test_inbox_migration import raw_mysql, run_cli, store_at
 from tests.unit.contract.mysql_server import MYSQL
 
@@ -20,6 +23,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 # name, a Cyrillic look-alike, a trailing space; and two groups that differ only in case.
 OLD_USERS = ["Bob", "bob", "Jose\u0301", "José", "\u202ebob", "\u0430lice", "carol "]
 OLD_GROUPS = ["Chess", "chess"]
+PASSWORD = "old password"
+HASH = anyio.run(ScryptHasher(n=2, r=1, p=1).hash, PASSWORD)
 
 
 def before_names(migrations: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -37,7 +42,7 @@ def sqlite_before(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         with closing(sqlite_schema.connect(path)) as connection:
             sqlite_schema.upgrade(connection)
             for name in OLD_USERS:
-                connection.execute("INSERT INTO user (name, password) VALUES (?, 'x')", (name,))
+                connection.execute("INSERT INTO user (name, password) VALUES (?, ?)", (name, HASH))
             for name in OLD_GROUPS:
                 connection.execute("INSERT INTO allgroup (groupname) VALUES (?)", (name,))
 
@@ -51,7 +56,9 @@ def mysql_before(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         cursor = connection.cursor()
         for i, name in enumerate(OLD_USERS, start=1):
-            cursor.execute("INSERT INTO user (id, name, password) VALUES (%s, %s, 'x')", (i, name))
+            cursor.execute(
+                "INSERT INTO user (id, name, password) VALUES (%s, %s, %s)", (i, name, HASH)
+            )
         for i, name in enumerate(OLD_GROUPS, start=1):
             cursor.execute("INSERT INTO allgroup (id, groupname) VALUES (%s, %s)", (i, name))
         cursor.execute("UPDATE id_sequence SET next = 100")
@@ -113,3 +120,22 @@ async def test_the_upgrade_keeps_every_old_name_and_reports_those_that_break_the
         assert renamed.name == "Chess club"
         names = await uow.run(lambda tx: tx.groups.names())
         assert [(n.name, n.keyed) for n in names] == [("Chess", True), ("Chess club", True)]
+
+
+def test_every_old_name_still_logs_in_by_name_after_the_upgrade(
+    old_url: str, tmp_path: Path
+) -> None:
+    """Over the wire: "Bob" and "bob" (one key), the NFD and the bidi name all log in."""
+    server = ServerProcess(old_url, tmp_path / "server.log").start()
+    try:
+        assert server.port is not None
+        client = Client(server.port)
+        for user_id, name in enumerate(OLD_USERS, start=1):
+            reply = client.request({"msgid": 1, "name": name, "password": PASSWORD})
+            assert reply["errno"] == 0 and reply["id"] == user_id, (name, reply)
+        reply = client.request({"msgid": 4, "name": "BOB", "password": "pw"})
+        assert reply["errno"] == 1, reply
+        client.close()
+    finally:
+        server.stop()
+        server.assert_no_traceback()
