@@ -182,6 +182,12 @@ def automatic_server_args() -> list[str]:
     # logged, per message: the figures would measure that instead of storing.
     if chatserver_supports("--stored-limit"):
         args += ["--stored-limit", "1000000000"]
+    # `sync` keeps 10,000 chats for a user away, from a sender who is a stranger to them, and
+    # `group` writes an inbox entry per member as fast as it can: both measure storing.
+    if chatserver_supports("--stranger-share"):
+        args += ["--stranger-share", "0", "--stranger-messages-per-minute", "0"]
+    if chatserver_supports("--group-entries-per-second"):
+        args += ["--group-entries-per-second", "0"]
     # Thousands of users are registered from one address during set-up.
     if chatserver_supports("--registrations-per-minute"):
         args += ["--registrations-per-minute", "0", "--registrations-per-hour", "0"]

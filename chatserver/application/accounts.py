@@ -271,12 +271,12 @@ async def _token_account(
         raise
     if name is None:
         raise InvalidCredentials()
-    check_name(name)
 
     def find_or_create(tx: Transaction) -> tuple[Account, bool]:
         account = tx.users.account_by_name(name)
-        if account is not None:
+        if account is not None:  # a name from before today's rules keeps working
             return account, False
+        check_name(name)
         return Account(tx.users.add(name, TOKEN_ONLY_HASH), TOKEN_ONLY_HASH), True
 
     account, created = await node.uow.run(find_or_create)

@@ -14,6 +14,7 @@ from chatserver.application.commands import Receipt, SendDirectMessage, SendGrou
 from chatserver.application.hooks import Outgoing, check_before_send
 from chatserver.application.inbox_writer import InboxWrite
 from chatserver.application.results import Done, MessageAccepted
+from chatserver.application.strangers import check_group_fan_out, check_stranger
 from chatserver.domain.errors import ChatError, Muted, NotAMember, NotPermitted
 from chatserver.domain.messages import Delivery, DirectMessage, GroupMessage
 
@@ -35,6 +36,8 @@ async def send_direct_message(
     ticket = turns.take()
     try:
         recipient_id = command.recipient_id
+        if recipient_id not in session.friend_ids:
+            await check_stranger(connection, recipient_id)
         text = command.text
         before_send = node.before_send
         if before_send is not None:
@@ -94,8 +97,18 @@ def send_direct_message_joining(
         or node.before_send is not None  # the hook is awaited: send_direct_message does it
     ):
         return False
-    if command.recipient_id in connection.require_session().blocked_by:
+    session = connection.require_session()
+    if command.recipient_id in session.blocked_by:
         return False  # refused by send_direct_message
+    recipient_id = command.recipient_id
+    if (
+        recipient_id not in session.friend_ids
+        and not node.sessions.of(recipient_id)
+        and not node.strangers.known_contact(
+            session.user.id, recipient_id, node.clock.now_ms() / 1000
+        )
+    ):
+        return False  # checked by send_direct_message
     msg_id = node.message_ids.take()
     if msg_id is None:
         return False
@@ -176,6 +189,7 @@ async def send_group_message(
         )
         entries = [(uid, message) for uid in roster.members if uid != me.id]
         entries.append((me.id, message))
+        check_group_fan_out(connection, command.group_id, len(entries))
         if not turns.mine(ticket):
             await turns.wait(ticket)
         delivered = node.router.deliver(entries, own=session)

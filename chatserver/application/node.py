@@ -14,6 +14,7 @@ from chatserver.application.inbox_writer import InboxWrite, InboxWriter
 from chatserver.application.message_ids import MessageIdAllocator
 from chatserver.application.router import Router
 from chatserver.application.sessions import SessionRegistry
+from chatserver.application.strangers import StrangerGate, TokenBuckets
 from chatserver.application.throttle import (
     FailureWindow,
     HashQueue,
@@ -80,6 +81,19 @@ class Limits:
     # BLOCK requests that change something, per user and minute (each may end a friendship
     # and tells other nodes). Past it: errno 9.
     block_changes_per_minute: int = 30
+    # Messages to one user not online on this node from strangers (not friends, no group in
+    # common), all of them together: a burst, then per minute (0: no limit). Past it: errno 9.
+    stranger_messages_burst: int = 1000
+    stranger_messages_per_minute: int = 600
+    # Strangers' messages are refused (errno 14) while this many wait for the recipient that
+    # none of their devices has received (friends' messages never are): the share of
+    # stored_per_user strangers may fill. 0: no share.
+    stranger_stored_share: int = 1000
+    # Inbox entries one group's messages may write (one per member): a burst, then per second.
+    # Past it GROUP_CHAT is errno 9 (0 per second: no limit). A group bigger than the burst
+    # sends when it is full.
+    group_entries_burst: int = 20_000
+    group_entries_per_second: int = 20_000
 
 
 @define
@@ -148,6 +162,8 @@ class Node:
     group_creations: FailureWindow = field(init=False)
     group_changes: FailureWindow = field(init=False)
     block_changes: FailureWindow = field(init=False)
+    strangers: StrangerGate = field(init=False)
+    group_entries: TokenBuckets = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         limits = self.limits
@@ -186,6 +202,18 @@ class Node:
         self.group_creations = FailureWindow(self.limits.groups_created_per_hour, 3600.0)
         self.group_changes = FailureWindow(self.limits.group_changes_per_minute, 60.0)
         self.block_changes = FailureWindow(self.limits.block_changes_per_minute, 60.0)
+        limits = self.limits
+        self.strangers = StrangerGate(
+            TokenBuckets(
+                limits.stranger_messages_burst if limits.stranger_messages_per_minute else 0,
+                limits.stranger_messages_per_minute / 60.0,
+            ),
+            limits.stranger_stored_share,
+        )
+        self.group_entries = TokenBuckets(
+            limits.group_entries_burst if limits.group_entries_per_second else 0,
+            limits.group_entries_per_second,
+        )
         self.message_ids = MessageIdAllocator(self.uow, self.limits.message_id_block)
         hooks = self.hooks
         self.before_send = hooks.before_send

@@ -54,7 +54,8 @@ class RateLimited(ChatError):
 
 
 class QuotaExceeded(ChatError):
-    """The recipient's store of waiting messages is full."""
+    """Over a size limit or quota: the share of a recipient's waiting messages that strangers
+    may fill (errno 14)."""
 
     default_message = "the recipient has too many waiting messages"
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from attrs import frozen
 
 from chatserver.domain.errors import InvalidRequest, NotPermitted
+from chatserver.domain.names import check_display_name
 from chatserver.domain.users import User
 
 MAX_GROUP_NAME_LENGTH = 50
@@ -86,8 +87,8 @@ def successor(members: Sequence[Member], leaving_id: int) -> Member | None:
 
 
 def check_group_name(name: str) -> None:
-    if not 1 <= len(name) <= MAX_GROUP_NAME_LENGTH:
-        raise InvalidRequest(f"groupname must be 1 to {MAX_GROUP_NAME_LENGTH} characters")
+    """A new group name: 1-50 characters and the rules of chatserver.domain.names."""
+    check_display_name(name, field="groupname", max_length=MAX_GROUP_NAME_LENGTH)
 
 
 def check_group_description(description: str) -> None:

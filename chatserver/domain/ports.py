@@ -12,6 +12,7 @@ from attrs import frozen
 
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Event, Kept
+from chatserver.domain.names import NamedId
 from chatserver.domain.users import Account, User
 
 T = TypeVar("T")
@@ -19,7 +20,7 @@ T = TypeVar("T")
 
 class UserRepository(Protocol):
     def add(self, name: str, password_hash: str) -> User:
-        """Create a user; raises NameTaken if the name is in use."""
+        """Create a user; raises NameTaken if the name, or one with its name_key, is in use."""
         ...
 
     def get(self, user_id: int) -> User | None: ...
@@ -50,6 +51,10 @@ class UserRepository(Protocol):
         inbox, devices and read mark go, and its name is free; its id never names a user
         again. Messages it sent that others keep show DELETED_USER_NAME as their sender.
         False when there is no such user."""
+        ...
+
+    def names(self) -> list[NamedId]:
+        """Every user's id and name, and whether the name holds its key (for reports)."""
         ...
 
 
@@ -139,6 +144,10 @@ class GroupRepository(Protocol):
 
     def all(self, after_id: int, limit: int) -> list[Group]:
         """The groups with ids above after_id, ascending, at most limit of them."""
+        ...
+
+    def names(self) -> list[NamedId]:
+        """Every group's id and name, and whether the name holds its key (for reports)."""
         ...
 
 

@@ -39,6 +39,7 @@ from chatserver.application.commands import Command, CreateGroup, JoinGroup
 from chatserver.application.connection import Connection
 from chatserver.application.hooks import AccountCreated, Authenticator, Hooks
 from chatserver.application.inbound import NodeInbox
+from chatserver.application.name_report import names_breaking_the_rules
 from chatserver.application.node import Limits, Node, NoMetrics
 from chatserver.application.pruning import prune_history
 from chatserver.application.results import GroupCreated, Result
@@ -249,6 +250,15 @@ async def open_database(url: str) -> UnitOfWork:
         f"unsupported database URL {redact_password(url)!r}: "
         "use sqlite:///FILE, mysql://USER:PASSWORD@HOST:PORT/DATABASE or memory://"
     )
+
+
+async def check_names(url: str) -> list[str]:
+    """The users and groups whose names break today's rules, a line each (after upgrading)."""
+    uow = await open_database(url)
+    try:
+        return await uow.run(names_breaking_the_rules)
+    finally:
+        await uow.aclose()
 
 
 def upgrade_database(url: str) -> int:

@@ -24,6 +24,7 @@ from chatserver.entrypoints.bootstrap import (
     Config,
     ConfigError,
     check_bus,
+    check_names,
     listen_error,
     open_node,
     tls_context,
@@ -160,6 +161,26 @@ def build_parser() -> argparse.ArgumentParser:
                                         str(defaults.limits.group_members)),
                        help="members one group may have; past it ADD_GROUP is errno 12; 0: no "
                        "limit (CHATSERVER_GROUP_MEMBER_LIMIT; default %(default)s)")
+    serve.add_argument("--stranger-messages-per-minute", type=int,
+                       default=_env_int("STRANGER_MESSAGES_PER_MINUTE",
+                                        str(defaults.limits.stranger_messages_per_minute)),
+                       help="messages strangers (not friends, no group in common) may send, "
+                       "all together, to one user who is not online on the node, per minute "
+                       f"after a burst of {defaults.limits.stranger_messages_burst}; errno 9 "
+                       "past it; 0: no limit (CHATSERVER_STRANGER_MESSAGES_PER_MINUTE; default "
+                       "%(default)s)")
+    serve.add_argument("--stranger-share", type=int,
+                       default=_env_int("STRANGER_SHARE",
+                                        str(defaults.limits.stranger_stored_share)),
+                       help="strangers' messages are refused (errno 14) while this many wait "
+                       "for the recipient that none of their devices has had; friends' never "
+                       "are; 0: no share (CHATSERVER_STRANGER_SHARE; default %(default)s)")
+    serve.add_argument("--group-entries-per-second", type=int,
+                       default=_env_int("GROUP_ENTRIES_PER_SECOND",
+                                        str(defaults.limits.group_entries_per_second)),
+                       help="inbox entries (one per member) one group's messages may write at "
+                       "once and then per second; GROUP_CHAT is errno 9 past it; 0: no limit "
+                       "(CHATSERVER_GROUP_ENTRIES_PER_SECOND; default %(default)s)")
     serve.add_argument("--registrations-per-minute", type=int,
                        default=_env_int("REGISTRATIONS_PER_MINUTE",
                                         str(defaults.limits.registrations_per_minute)),
@@ -263,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
         "upgrade", help="create or migrate the schema (safe to run again)")
     upgrade.add_argument("--database", default=_env("DATABASE", defaults.database),
                          help="database URL (CHATSERVER_DATABASE; default %(default)s)")
+    names = db_commands.add_parser(
+        "check-names", help="list the user and group names that break today's rules for names",
+        description="Names registered before the rules (NFKC form, no control or format "
+        "characters, no spaces at either end, something visible, no mixed-script look-alikes, "
+        "unique ignoring case) keep working; this lists them, a line each, with the rules "
+        "they break. Exit code 1 when there are any.")
+    names.add_argument("--database", default=_env("DATABASE", defaults.database),
+                       help="database URL (CHATSERVER_DATABASE; default %(default)s)")
     import_legacy = db_commands.add_parser(
         "import-legacy", help="copy a database of the original C++ server into an empty one",
         description="Copy users (with their ids and old passwords, now hashed), friendships, "
@@ -308,10 +337,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"chatserver: import failed: {error}", file=sys.stderr)
                 return 1
             return 0
+        if args.command == "db" and args.db_command == "check-names":
+            upgrade_database(args.database)
+            lines = anyio.run(check_names, args.database)
+            for line in lines:
+                print(line)
+            print(f"{len(lines)} names break today's rules (they keep working)")
+            return 1 if lines else 0
         if args.command == "db":
             _log_to_stderr("INFO")  # says so when it creates the database
             version = upgrade_database(args.database)
             print(f"schema at version {version}")
+            _report_names(args.database)
             return 0
     except ConfigError as error:
         print(f"chatserver: {error}", file=sys.stderr)
@@ -324,6 +361,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chatserver: {mistake}", file=sys.stderr)
         return 2
     return 2
+
+
+def _report_names(url: str, shown: int = 20) -> None:
+    """After an upgrade: the names that break today's rules, the first few of them."""
+    lines = anyio.run(check_names, url)
+    for line in lines[:shown]:
+        print(line)
+    if lines:
+        more = f" ({len(lines) - shown} more)" if len(lines) > shown else ""
+        print(
+            f"{len(lines)} names break today's rules and keep working{more}: "
+            "`chatserver db check-names` lists them all"
+        )
 
 
 def _only_config_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | None:
@@ -352,6 +402,9 @@ def check_settings(args: argparse.Namespace) -> None:
         ("--request-burst", args.request_burst, 1), ("--request-rate", args.request_rate, 0.001),
         ("--node-lease", args.node_lease, 0.001), ("--stored-limit", args.stored_limit, 0),
         ("--connections-per-address", args.connections_per_address, 0),
+        ("--stranger-messages-per-minute", args.stranger_messages_per_minute, 0),
+        ("--stranger-share", args.stranger_share, 0),
+        ("--group-entries-per-second", args.group_entries_per_second, 0),
     ):
         if value < lowest:
             must = "0 or more" if lowest == 0 else "more than 0"
@@ -483,6 +536,10 @@ def _serve(args: argparse.Namespace) -> int:
             history_days=args.history_days,
             devices_per_user=args.devices_per_user,
             group_members=args.group_member_limit,
+            stranger_messages_per_minute=args.stranger_messages_per_minute,
+            stranger_stored_share=args.stranger_share,
+            group_entries_per_second=args.group_entries_per_second,
+            group_entries_burst=args.group_entries_per_second,
             registrations_per_minute=args.registrations_per_minute,
             registrations_per_hour=args.registrations_per_hour,
             # REG requests of any outcome (a taken name too): six times the accounts.

@@ -667,3 +667,120 @@ def test_strangers_flooding_a_receipting_user_do_not_disconnect_them(chat: Chat)
     assert positions == list(range(1, 1501))  # all of it, in order, once
     target.ok({"msgid": 16})  # and still connected
     assert max(latencies) < 2.0
+
+
+def test_names_that_differ_only_in_case_form_or_script_are_refused_for_users_and_groups(
+    chat: Chat,
+) -> None:
+    """Issue 16.10, the rest: a case variant of a user's or group's name is taken (errno 1); a
+    Cyrillic look-alike, a full-width or NFD copy, and the names of the issue's list are refused
+    (errno 7) as group names too, when created and when renamed. None of them can then log in
+    or be found, so nothing a page shows can pass for the victim."""
+    victim = chat.user("Victim")
+    owner = chat.online(chat.user("owner"))
+    group_name = f"Club{victim.id}"
+    club = owner.ok({"msgid": 8, "groupname": group_name})
+    other = owner.ok({"msgid": 8, "groupname": f"other{victim.id}"})
+    spoofs = {
+        "case": [victim.name.upper(), victim.name.lower()],
+        "form": [
+            victim.name.replace("V", "\uff36"),  # full-width V
+            victim.name.replace("V", "\u2164"),  # Roman numeral five
+        ],
+        "look-alike": [victim.name.replace("i", "\u0456"), victim.name.replace("c", "\u0441")],
+        "hidden": [
+            victim.name + " ", victim.name + "\u200b", "\u202e" + victim.name[::-1],
+            "\u200b\u200b", "\u3164", "ev\x1bil", "ev\nil", "ev\x00il",
+        ],
+    }
+    c = chat.client()
+    started = time.perf_counter()
+    tried = 0
+    for kind, names in spoofs.items():
+        for name in names:
+            expected = 1 if kind == "case" else 7
+            reply = c.request({"msgid": 4, "name": name, "password": "pw"})
+            assert reply["errno"] == expected, (kind, name, reply)
+            login = c.request({"msgid": 1, "name": name, "password": "pw"})
+            assert login["errno"] == 1, (kind, name, login)
+            group_spoof = name.replace(victim.name, group_name) if victim.name in name else name
+            if kind == "case":
+                group_spoof = group_name.upper()
+            for request in (
+                {"msgid": 8, "groupname": group_spoof},
+                {"msgid": 28, "groupid": other["groupid"], "groupname": group_spoof},
+            ):
+                reply = owner.request(request)
+                assert reply["errno"] == expected, (kind, group_spoof, request, reply)
+            tried += 1
+    elapsed = time.perf_counter() - started
+    # The victim and the group are untouched: the victim logs in under their own name.
+    me = chat.online(victim)
+    assert me.ack["name"] == victim.name
+    latency = time.perf_counter()
+    me.ok({"msgid": 16})
+    print(f"{tried} spoofed names refused as users and groups in {elapsed:.2f} s; "
+          f"the victim's PING {1000 * (time.perf_counter() - latency):.1f} ms; "
+          f"group {club['groupid']} untouched")
+
+
+def test_strangers_cannot_fill_an_away_users_inbox_and_a_friends_message_still_arrives(
+    tmp_path: Path,
+) -> None:
+    """Issue 16.6: 25 stranger accounts stored 10,000 messages for an away user in 6 s, and then
+    the user's friends got errno 11. Now strangers get errno 9 or 14 past the share, and the
+    friend's message is kept and delivered at the next login."""
+    server = ServerProcess(f"sqlite:///{tmp_path / 'chat.db'}", tmp_path / "server.log").start()
+    chat = Chat(server)
+    try:
+        victim, friend, *strangers = chat.users(27, "flood")
+        cv, cf = chat.online(victim), chat.online(friend)
+        chat.befriend(cf, cv)
+        cv.close()
+        per_stranger = 150  # within one connection's burst: only the stranger limits refuse
+        counts: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def flood_from(user: User) -> None:
+            frames = [{"msgid": 1, "id": user.id, "password": user.password, "seq": 0}]
+            frames += [{"msgid": 6, "toid": victim.id, "msg": f"spam {n}", "seq": n + 1}
+                       for n in range(per_stranger)]
+            with socket.create_connection((HOST, server.port or 0), timeout=30) as sock:
+                sock.sendall(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+                data = b""
+                while data.count(b"\n") < len(frames):
+                    chunk = sock.recv(65536)
+                    assert chunk, "closed during the flood"
+                    data += chunk
+            replies = frames_of(data)[1:]
+            with lock:
+                for reply in replies:
+                    errno = int(reply["errno"])  # type: ignore[call-overload]
+                    counts[errno] = counts.get(errno, 0) + 1
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=flood_from, args=(u,)) for u in strangers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        flood_seconds = time.perf_counter() - started
+        sent = time.perf_counter()
+        kept = cf.ok({"msgid": 6, "toid": victim.id, "msg": "are you there?"})
+        friend_ms = (time.perf_counter() - sent) * 1000
+        back = chat.client()
+        login = back.login(victim)
+        waiting = list(login["offlinemsg"])
+        waiting += back.drain(1.0)
+        texts = [m.get("msg") for m in waiting if m.get("msgid") == 6]
+        print(f"25 strangers x {per_stranger} in {flood_seconds:.2f} s: replies by errno "
+              f"{dict(sorted(counts.items()))}; the friend's message kept in {friend_ms:.1f} ms "
+              f"(msg_id {kept['msg_id']}); {len(texts)} chats waiting at login")
+        assert sum(counts.values()) == 25 * per_stranger
+        assert counts.get(0, 0) <= 1000 + 25  # the share, and what was in flight
+        assert set(counts) <= {0, 9, 14} and counts.get(14, 0) + counts.get(9, 0) > 2000
+        assert texts[-1] == "are you there?"
+    finally:
+        chat.close_all()
+        server.stop()
+        server.assert_no_traceback()

@@ -3,7 +3,7 @@ MariaDB: every delivery waiting in `offlinemessage` becomes an entry of its user
 order it was stored, at pos 1..n, kept from the time of the upgrade; nothing is lost.
 
 The version 1 database is built by applying only the migration steps version 1 shipped and
-filling it with rows as a version 1 server wrote them (users through the repositories, waiting
+filling it with rows as a version 1 server wrote them (users by SQL, waiting
 deliveries as version 1's MessageStore stored them: kind and the attrs fields as JSON).
 """
 
@@ -22,11 +22,9 @@ import mysql.connector
 import pytest
 
 from chatserver.adapters.mysql import schema as mysql_schema
-from chatserver.adapters.mysql.repositories import MySqlUserRepository
 from chatserver.adapters.mysql.unit_of_work import open_mysql
 from chatserver.adapters.serialization import dump_delivery
 from chatserver.adapters.sqlite import schema as sqlite_schema
-from chatserver.adapters.sqlite.repositories import SqliteUserRepository
 from chatserver.adapters.sqlite.unit_of_work import open_sqlite
 from chatserver.domain.messages import (
     Delivery,
@@ -35,7 +33,7 @@ from chatserver.domain.messages import (
     GroupMessage,
     Kept,
 )
-from chatserver.domain.ports import Transaction, UnitOfWork, UserRepository
+from chatserver.domain.ports import Transaction, UnitOfWork
 from tests.unit.contract.mysql_server import MYSQL
 from tests.unit.contract.sample import TRICKY_TEXT
 
@@ -62,9 +60,12 @@ def in_order(user_id: int) -> list[Delivery]:
     return [delivery for user, delivery in WAITING if user == user_id]
 
 
-def fill_version_1(users: UserRepository, insert_waiting: Callable[[Any], object]) -> None:
-    for name in NAMES:
-        users.add(name, "hash")
+def fill_version_1(
+    insert_user: Callable[[Any], object], insert_waiting: Callable[[Any], object]
+) -> None:
+    # As version 1 wrote them (today's repositories write tables version 1 did not have).
+    for user_id, name in enumerate(NAMES, start=1):
+        insert_user((user_id, name, "hash"))
     # One at a time: version 1 stored each as it came, and seq keeps that order.
     for user_id, delivery in WAITING:
         insert_waiting((user_id, delivery.msg_id, *dump_delivery(delivery)))
@@ -77,7 +78,7 @@ def sqlite_version_1(path: Path) -> None:
         connection.execute(f"PRAGMA user_version = {VERSION_1}")
         connection.execute("BEGIN")
         fill_version_1(
-            SqliteUserRepository(connection),
+            partial(connection.execute, "INSERT INTO user (id, name, password) VALUES (?, ?, ?)"),
             partial(
                 connection.execute,
                 "INSERT INTO offlinemessage (userid, msg_id, kind, body) VALUES (?, ?, ?, ?)",
@@ -95,8 +96,11 @@ def mysql_version_1(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     connection = raw_mysql(url)
     try:
         cursor = connection.cursor()
+        cursor.execute(
+            "UPDATE id_sequence SET next = %s WHERE tablename = 'user'", (len(NAMES) + 1,)
+        )
         fill_version_1(
-            MySqlUserRepository(cursor),
+            partial(cursor.execute, "INSERT INTO user (id, name, password) VALUES (%s, %s, %s)"),
             partial(
                 cursor.execute,
                 "INSERT INTO offlinemessage (userid, msg_id, kind, body) VALUES (%s, %s, %s, %s)",

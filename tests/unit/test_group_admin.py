@@ -490,7 +490,20 @@ async def test_property_a_muted_member_chats_only_once_the_clock_passes_until(
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(name=st.text(min_size=1, max_size=50), by_leaving=st.booleans())
+def _allowed_group_name(name: str) -> bool:
+    from chatserver.domain.errors import InvalidRequest
+    from chatserver.domain.groups import check_group_name
+
+    try:
+        check_group_name(name)
+    except InvalidRequest:
+        return False
+    return True
+
+
+@given(
+    name=st.text(min_size=1, max_size=50).filter(_allowed_group_name), by_leaving=st.booleans()
+)
 async def test_property_a_dissolved_groups_name_can_be_taken_again(
     name: str, by_leaving: bool
 ) -> None:

@@ -600,7 +600,7 @@ def test_legacy_clients_get_no_ack(msgid: int, result: Result) -> None:
         (errors.InvalidRequest("msg must not be empty"), 7),
         (errors.RateLimited(), 9),
         (errors.Forbidden(), 10),
-        (errors.QuotaExceeded(), 11),
+        (errors.QuotaExceeded(), 14),
         (errors.Unavailable(), 11),
     ],
 )

@@ -15,6 +15,7 @@ from chatserver.adapters.inbox_keys import conversation_key, conversation_of
 from chatserver.domain.errors import NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage, Kept
+from chatserver.domain.names import NamedId, name_key
 from chatserver.domain.ports import DeviceMark, WebhookRow
 from chatserver.domain.users import DELETED_USER_NAME, Account, User
 
@@ -32,6 +33,8 @@ class MemoryDatabase:
     # Deleted accounts: still in accounts (what refers to their ids stays valid), never read.
     deleted: dict[int, None] = Factory(dict)
     user_ids_by_name: dict[str, int] = Factory(dict)
+    # name_key (NFKC, case folded) -> the user or group holding it
+    user_ids_by_key: dict[str, int] = Factory(dict)
     # user -> their friends (a dict used as a set, so that UndoLog.put and pop serve)
     friends: dict[int, dict[int, None]] = Factory(dict)
     # addressee -> requester -> order of the request
@@ -41,6 +44,7 @@ class MemoryDatabase:
     blockers: dict[int, dict[int, None]] = Factory(dict)
     groups: dict[int, Group] = Factory(dict)
     group_ids_by_name: dict[str, int] = Factory(dict)
+    group_ids_by_key: dict[str, int] = Factory(dict)
     # group -> user -> (order of joining, role, muted until in ms: 0 for not muted)
     members: dict[int, dict[int, tuple[int, Role, int]]] = Factory(dict)
     # user -> pos -> (kept_ms, delivery); a user's inbox, positions 1, 2, 3, ...
@@ -127,11 +131,13 @@ class MemoryUserRepository:
         self._db = log.database
 
     def add(self, name: str, password_hash: str) -> User:
-        if name in self._db.user_ids_by_name:
+        key = name_key(name)
+        if name in self._db.user_ids_by_name or key in self._db.user_ids_by_key:
             raise NameTaken()
         user = User(self._log.take("user"), name)
         self._log.put(self._db.accounts, user.id, Account(user, password_hash))
         self._log.put(self._db.user_ids_by_name, name, user.id)
+        self._log.put(self._db.user_ids_by_key, key, user.id)
         return user
 
     def get(self, user_id: int) -> User | None:
@@ -154,6 +160,14 @@ class MemoryUserRepository:
         self._log.put(self._db.accounts, user_id, evolve(account, password_hash=password_hash))
         return True
 
+    def names(self) -> list[NamedId]:
+        keyed = set(self._db.user_ids_by_key.values())
+        return [
+            NamedId(user_id, account.user.name, user_id in keyed)
+            for user_id, account in sorted(self._db.accounts.items())
+            if user_id not in self._db.deleted
+        ]
+
     def set_suspended(self, user_id: int, until_ms: int | None) -> bool:
         account = self.account(user_id)
         if account is None:
@@ -170,8 +184,11 @@ class MemoryUserRepository:
         user = account.user
         if user.id in self._db.accounts or user.name in self._db.user_ids_by_name:
             raise NameTaken()
+        if name_key(user.name) in self._db.user_ids_by_key:
+            raise NameTaken()
         self._log.put(self._db.accounts, user.id, account)
         self._log.put(self._db.user_ids_by_name, user.name, user.id)
+        self._log.put(self._db.user_ids_by_key, name_key(user.name), user.id)
         _advance(self._log, "user", user.id)
 
     def delete(self, user_id: int) -> bool:
@@ -181,6 +198,8 @@ class MemoryUserRepository:
             return False
         log.put(db.deleted, user_id, None)
         log.pop(db.user_ids_by_name, account.user.name)
+        if db.user_ids_by_key.get(name_key(account.user.name)) == user_id:
+            log.pop(db.user_ids_by_key, name_key(account.user.name))
         for other in list(db.friends.get(user_id, ())):
             log.pop(db.friends[other], user_id)
         log.pop(db.friends, user_id)
@@ -295,11 +314,13 @@ class MemoryGroupRepository:
 
     def create(self, name: str, description: str, creator_id: int) -> Group:
         _require_users(self._db, creator_id)
-        if name in self._db.group_ids_by_name:
+        key = name_key(name)
+        if name in self._db.group_ids_by_name or key in self._db.group_ids_by_key:
             raise NameTaken()
         group = Group(self._log.take("group"), name, description)
         self._log.put(self._db.groups, group.id, group)
         self._log.put(self._db.group_ids_by_name, name, group.id)
+        self._log.put(self._db.group_ids_by_key, key, group.id)
         self.add_member(group.id, creator_id, Role.CREATOR)
         return group
 
@@ -321,10 +342,7 @@ class MemoryGroupRepository:
 
     def members(self, group_id: int) -> list[Member]:
         members = sorted(self._db.members.get(group_id, {}).items(), key=lambda item: item[1])
-        return [
-            Member(self._db.accounts[i].user, role, muted)
-            for i, (_, role, muted) in members
-        ]
+        return [Member(self._db.accounts[i].user, role, muted) for i, (_, role, muted) in members]
 
     def set_role(self, group_id: int, user_id: int, role: Role) -> bool:
         members = self._db.members.get(group_id, {})
@@ -346,12 +364,15 @@ class MemoryGroupRepository:
         group = self._db.groups.get(group_id)
         if group is None:
             raise UnknownGroup()
-        names = self._db.group_ids_by_name
+        names, keys = self._db.group_ids_by_name, self._db.group_ids_by_key
         if name is not None and name != group.name:
-            if name in names:
+            key = name_key(name)
+            if name in names or keys.get(key, group_id) != group_id:
                 raise NameTaken()
             self._log.pop(names, group.name)
+            self._log.pop(keys, name_key(group.name))
             self._log.put(names, name, group_id)
+            self._log.put(keys, key, group_id)
         changed = Group(
             group_id,
             group.name if name is None else name,
@@ -366,19 +387,32 @@ class MemoryGroupRepository:
             return False
         self._log.pop(self._db.members, group_id)
         self._log.pop(self._db.group_ids_by_name, group.name)
+        if self._db.group_ids_by_key.get(name_key(group.name)) == group_id:
+            self._log.pop(self._db.group_ids_by_key, name_key(group.name))
         self._log.pop(self._db.groups, group_id)
         return True
 
     def restore(self, group: Group) -> None:
+        key = name_key(group.name)
         if group.id in self._db.groups or group.name in self._db.group_ids_by_name:
+            raise NameTaken()
+        if key in self._db.group_ids_by_key:
             raise NameTaken()
         self._log.put(self._db.groups, group.id, group)
         self._log.put(self._db.group_ids_by_name, group.name, group.id)
+        self._log.put(self._db.group_ids_by_key, key, group.id)
         _advance(self._log, "group", group.id)
 
     def all(self, after_id: int, limit: int) -> list[Group]:
         ids = sorted(i for i in self._db.groups if i > after_id)
         return [self._db.groups[i] for i in ids[:limit]]
+
+    def names(self) -> list[NamedId]:
+        keyed = set(self._db.group_ids_by_key.values())
+        return [
+            NamedId(group_id, group.name, group_id in keyed)
+            for group_id, group in sorted(self._db.groups.items())
+        ]
 
     def groups_of(self, user_id: int) -> list[Group]:
         return [

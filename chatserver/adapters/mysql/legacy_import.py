@@ -37,6 +37,7 @@ from chatserver.adapters.sqlite.unit_of_work import SqliteTransaction
 from chatserver.domain.errors import NameTaken, Unavailable, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Role
 from chatserver.domain.messages import Delivery, DirectMessage, GroupMessage
+from chatserver.domain.names import name_key
 from chatserver.domain.ports import Transaction
 
 T = TypeVar("T")
@@ -383,6 +384,11 @@ class SqliteImportRepository:
                 "INSERT INTO user (id, name, password) VALUES (?, ?, ?)",
                 (user_id, name, password_hash),
             )
+        # A name that differs only in case from an earlier one is imported without its key.
+        self._db.execute(
+            "INSERT OR IGNORE INTO user_name_key (name_key, userid) VALUES (?, ?)",
+            (name_key(name), user_id),
+        )
 
     def add_group(self, group_id: int, name: str, description: str) -> None:
         with constraints_as(unique=NameTaken):
@@ -390,6 +396,10 @@ class SqliteImportRepository:
                 "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (?, ?, ?)",
                 (group_id, name, description),
             )
+        self._db.execute(
+            "INSERT OR IGNORE INTO group_name_key (name_key, groupid) VALUES (?, ?)",
+            (name_key(name), group_id),
+        )
 
 
 class SqliteImportTransaction(SqliteTransaction):

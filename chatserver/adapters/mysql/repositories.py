@@ -25,6 +25,7 @@ from chatserver.domain.messages import (
     GroupMessage,
     Kept,
 )
+from chatserver.domain.names import NamedId, name_key
 from chatserver.domain.ports import DeviceMark, WebhookRow
 from chatserver.domain.users import DELETED_USER_NAME, Account, User
 
@@ -127,6 +128,10 @@ class MySqlUserRepository:
                 "INSERT INTO user (id, name, password) VALUES (%s, %s, %s)",
                 (name, password_hash),
             )
+            self._db.execute(
+                "INSERT INTO user_name_key (name_key, userid) VALUES (%s, %s)",
+                (name_key(name), user_id),
+            )
         return User(user_id, name)
 
     def get(self, user_id: int) -> User | None:
@@ -169,6 +174,10 @@ class MySqlUserRepository:
                 "INSERT INTO user (id, name, password, suspended_until) VALUES (%s, %s, %s, %s)",
                 (user.id, user.name, account.password_hash, account.suspended_until_ms),
             )
+            self._db.execute(
+                "INSERT INTO user_name_key (name_key, userid) VALUES (%s, %s)",
+                (name_key(user.name), user.id),
+            )
         follow_id_sequence(self._db, "user", user.id)
 
     def delete(self, user_id: int) -> bool:
@@ -181,6 +190,7 @@ class MySqlUserRepository:
             " suspended_until = NULL WHERE id = %s",
             (DELETED_ROW_NAME.format(user_id), user_id),
         )
+        db.execute("DELETE FROM user_name_key WHERE userid = %s", (user_id,))
         for statement in (
             "DELETE FROM friend WHERE userid = %s OR friendid = %s",
             "DELETE FROM friend_request WHERE requester = %s OR addressee = %s",
@@ -209,6 +219,15 @@ class MySqlUserRepository:
                 (DELETED_USER_NAME, user_id),
             )
         return True
+
+    def names(self) -> list[NamedId]:
+        self._db.execute(
+            "SELECT u.id, u.name, k.name_key IS NOT NULL FROM user u"
+            " LEFT JOIN user_name_key k ON k.userid = u.id WHERE u.deleted = 0 ORDER BY u.id"
+        )
+        return [
+            NamedId(int(row_id), str(name), bool(keyed)) for row_id, name, keyed in _rows(self._db)
+        ]
 
     def _account(self) -> Account | None:
         row = _row(self._db)
@@ -345,6 +364,10 @@ class MySqlGroupRepository:
                 "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (%s, %s, %s)",
                 (name, description),
             )
+            self._db.execute(
+                "INSERT INTO group_name_key (name_key, groupid) VALUES (%s, %s)",
+                (name_key(name), group_id),
+            )
         self.add_member(group_id, creator_id, Role.CREATOR)
         return Group(group_id, name, description)
 
@@ -414,6 +437,13 @@ class MySqlGroupRepository:
 
     def update(self, group_id: int, name: str | None, description: str | None) -> Group:
         with constraints_as(unique=NameTaken):
+            if name is not None:
+                self._db.execute("DELETE FROM group_name_key WHERE groupid = %s", (group_id,))
+                self._db.execute(
+                    "INSERT INTO group_name_key (name_key, groupid)"
+                    " SELECT %s, id FROM allgroup WHERE id = %s",
+                    (name_key(name), group_id),
+                )
             self._db.execute(
                 "UPDATE allgroup SET groupname = coalesce(%s, groupname),"
                 " groupdesc = coalesce(%s, groupdesc) WHERE id = %s",
@@ -427,6 +457,7 @@ class MySqlGroupRepository:
     def delete(self, group_id: int) -> bool:
         self._db.execute("DELETE FROM groupmute WHERE groupid = %s", (group_id,))
         self._db.execute("DELETE FROM groupuser WHERE groupid = %s", (group_id,))
+        self._db.execute("DELETE FROM group_name_key WHERE groupid = %s", (group_id,))
         self._db.execute("DELETE FROM allgroup WHERE id = %s", (group_id,))
         return self._db.rowcount > 0
 
@@ -435,6 +466,10 @@ class MySqlGroupRepository:
             self._db.execute(
                 "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (%s, %s, %s)",
                 (group.id, group.name, group.description),
+            )
+            self._db.execute(
+                "INSERT INTO group_name_key (name_key, groupid) VALUES (%s, %s)",
+                (name_key(group.name), group.id),
             )
         follow_id_sequence(self._db, "allgroup", group.id)
 
@@ -452,6 +487,15 @@ class MySqlGroupRepository:
             (user_id,),
         )
         return _groups(self._db)
+
+    def names(self) -> list[NamedId]:
+        self._db.execute(
+            "SELECT a.id, a.groupname, k.name_key IS NOT NULL FROM allgroup a"
+            " LEFT JOIN group_name_key k ON k.groupid = a.id ORDER BY a.id"
+        )
+        return [
+            NamedId(int(row_id), str(name), bool(keyed)) for row_id, name, keyed in _rows(self._db)
+        ]
 
 
 class MySqlMessageIdSequence:
@@ -840,6 +884,11 @@ class MySqlImportRepository:
                 "INSERT INTO user (id, name, password) VALUES (%s, %s, %s)",
                 (user_id, name, password_hash),
             )
+        # A name that differs only in case from an earlier one is imported without its key.
+        self._db.execute(
+            "INSERT IGNORE INTO user_name_key (name_key, userid) VALUES (%s, %s)",
+            (name_key(name), user_id),
+        )
         self._follow("user", user_id)
 
     def add_group(self, group_id: int, name: str, description: str) -> None:
@@ -848,6 +897,10 @@ class MySqlImportRepository:
                 "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (%s, %s, %s)",
                 (group_id, name, description),
             )
+        self._db.execute(
+            "INSERT IGNORE INTO group_name_key (name_key, groupid) VALUES (%s, %s)",
+            (name_key(name), group_id),
+        )
         self._follow("allgroup", group_id)
 
     def _follow(self, table: str, used_id: int) -> None:

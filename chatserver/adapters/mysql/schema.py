@@ -9,6 +9,7 @@ The table names are the original C++ server's; the columns are what correctness 
 pairs, a password hash, an order and a msg_id for stored deliveries, friend requests.
 """
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from mysql.connector import Error
@@ -17,8 +18,11 @@ from mysql.connector.cursor import MySQLCursor
 
 from chatserver.adapters.mysql.url import quote_name
 from chatserver.domain.errors import Unavailable
+from chatserver.domain.names import name_key
 
-Migration = tuple[str, ...]
+# A step's statements; a callable among them is run with a cursor (what SQL cannot do) and must
+# be safe to run again too.
+Migration = tuple[str | Callable[[MySQLCursor], None], ...]
 
 # Milliseconds since the Unix epoch, and an integer field of a JSON body, in SQL.
 _NOW_MS = "CAST(UNIX_TIMESTAMP(CURRENT_TIMESTAMP(3)) * 1000 AS SIGNED)"
@@ -214,12 +218,50 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) {TABLE_OPTIONS}""",
         "INSERT IGNORE INTO webhook_lease (name, owner, until_ms) VALUES ('deliver', '', 0)",
     ),
+    (
+        # Names compared case-insensitively (issue 16.10): each name's key (NFKC, case
+        # folded: chatserver.domain.names.name_key) is unique. Tables rather than columns, so
+        # that the step is safe to run again. Existing names take theirs in id order; a later
+        # name with the same key as an earlier one ("bob" after "Bob") keeps working without one
+        # (`chatserver db check-names` lists it).
+        f"""CREATE TABLE IF NOT EXISTS user_name_key (
+            name_key VARCHAR(255) NOT NULL PRIMARY KEY,
+            userid INT NOT NULL,
+            UNIQUE KEY user_name_key_by_user (userid),
+            FOREIGN KEY (userid) REFERENCES user (id)
+        ) {TABLE_OPTIONS}""",
+        f"""CREATE TABLE IF NOT EXISTS group_name_key (
+            name_key VARCHAR(255) NOT NULL PRIMARY KEY,
+            groupid INT NOT NULL,
+            UNIQUE KEY group_name_key_by_group (groupid),
+            FOREIGN KEY (groupid) REFERENCES allgroup (id)
+        ) {TABLE_OPTIONS}""",
+        lambda cursor: key_existing_names(cursor, "user", "name", "user_name_key", "userid"),
+        lambda cursor: key_existing_names(
+            cursor, "allgroup", "groupname", "group_name_key", "groupid"
+        ),
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)
 
 # Access denied to a database, and to an operation (CREATE DATABASE without the privilege).
 DENIED_ERRNOS = (1044, 1227)
+
+
+def key_existing_names(cursor: MySQLCursor, table: str, column: str, keys: str, owner: str) -> None:
+    """Give every name without a key its key, the earliest first; a duplicate key is left out
+    (also used after `db import-legacy`)."""
+    cursor.execute(
+        f"SELECT t.id, t.{column} FROM {table} t LEFT JOIN {keys} k ON k.{owner} = t.id"
+        " WHERE k.name_key IS NULL ORDER BY t.id"
+    )
+    rows: list[Any] = cursor.fetchall()
+    for row_id, name in rows:
+        cursor.execute(
+            f"INSERT IGNORE INTO {keys} (name_key, {owner}) VALUES (%s, %s)",
+            (name_key(str(name)), int(row_id)),
+        )
 
 
 def create_database_statement(name: str) -> str:
@@ -309,7 +351,10 @@ def _migrate(connection: MySQLConnectionAbstract, cursor: MySQLCursor) -> int:
         if version >= step:
             continue
         for statement in migration:
-            cursor.execute(statement.format(collation=collation))
+            if callable(statement):
+                statement(cursor)
+            else:
+                cursor.execute(statement.format(collation=collation))
         cursor.execute("UPDATE schema_version SET version = %s WHERE id = 1", (step,))
         connection.commit()
         version = step

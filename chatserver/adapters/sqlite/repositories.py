@@ -12,6 +12,7 @@ from chatserver.adapters.serialization import dump_delivery, load_delivery
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Kept
+from chatserver.domain.names import NamedId, name_key
 from chatserver.domain.ports import DeviceMark, WebhookRow
 from chatserver.domain.users import DELETED_USER_NAME, Account, User
 
@@ -55,7 +56,11 @@ class SqliteUserRepository:
             cursor = self._db.execute(
                 "INSERT INTO user (name, password) VALUES (?, ?)", (name, password_hash)
             )
-        assert cursor.lastrowid is not None
+            assert cursor.lastrowid is not None
+            self._db.execute(
+                "INSERT INTO user_name_key (name_key, userid) VALUES (?, ?)",
+                (name_key(name), cursor.lastrowid),
+            )
         return User(cursor.lastrowid, name)
 
     def get(self, user_id: int) -> User | None:
@@ -105,6 +110,10 @@ class SqliteUserRepository:
                 "INSERT INTO user (id, name, password, suspended_until) VALUES (?, ?, ?, ?)",
                 (user.id, user.name, account.password_hash, account.suspended_until_ms),
             )
+            self._db.execute(
+                "INSERT INTO user_name_key (name_key, userid) VALUES (?, ?)",
+                (name_key(user.name), user.id),
+            )
 
     def delete(self, user_id: int) -> bool:
         db = self._db
@@ -115,6 +124,7 @@ class SqliteUserRepository:
         )
         if cursor.rowcount == 0:
             return False
+        db.execute("DELETE FROM user_name_key WHERE userid = ?", (user_id,))
         for statement in (
             "DELETE FROM friend WHERE userid = ? OR friendid = ?",
             "DELETE FROM friend_request WHERE requester = ? OR addressee = ?",
@@ -123,9 +133,10 @@ class SqliteUserRepository:
             db.execute(statement, (user_id, user_id))
         db.execute("DELETE FROM groupuser WHERE userid = ?", (user_id,))
         db.execute("DELETE FROM inbox_device WHERE userid = ?", (user_id,))
-        msg_ids = [row[0] for row in db.execute(
-            "SELECT DISTINCT msg_id FROM inbox WHERE userid = ?", (user_id,)
-        )]
+        msg_ids = [
+            row[0]
+            for row in db.execute("SELECT DISTINCT msg_id FROM inbox WHERE userid = ?", (user_id,))
+        ]
         db.execute("DELETE FROM inbox WHERE userid = ?", (user_id,))
         db.execute("UPDATE inbox_head SET read_pos = 0 WHERE userid = ?", (user_id,))
         db.executemany(
@@ -140,6 +151,13 @@ class SqliteUserRepository:
                 (DELETED_USER_NAME, user_id),
             )
         return True
+
+    def names(self) -> list[NamedId]:
+        rows = self._db.execute(
+            "SELECT u.id, u.name, k.name_key IS NOT NULL FROM user u"
+            " LEFT JOIN user_name_key k ON k.userid = u.id WHERE u.deleted = 0 ORDER BY u.id"
+        )
+        return [NamedId(row_id, name, bool(keyed)) for row_id, name, keyed in rows]
 
 
 class SqliteFriendRepository:
@@ -250,7 +268,11 @@ class SqliteGroupRepository:
             cursor = self._db.execute(
                 "INSERT INTO allgroup (groupname, groupdesc) VALUES (?, ?)", (name, description)
             )
-        assert cursor.lastrowid is not None
+            assert cursor.lastrowid is not None
+            self._db.execute(
+                "INSERT INTO group_name_key (name_key, groupid) VALUES (?, ?)",
+                (name_key(name), cursor.lastrowid),
+            )
         group = Group(cursor.lastrowid, name, description)
         self.add_member(group.id, creator_id, Role.CREATOR)
         return group
@@ -285,8 +307,7 @@ class SqliteGroupRepository:
             (group_id,),
         )
         return [
-            Member(User(user_id, name), Role(role), muted)
-            for user_id, name, role, muted in rows
+            Member(User(user_id, name), Role(role), muted) for user_id, name, role, muted in rows
         ]
 
     def set_role(self, group_id: int, user_id: int, role: Role) -> bool:
@@ -305,6 +326,13 @@ class SqliteGroupRepository:
 
     def update(self, group_id: int, name: str | None, description: str | None) -> Group:
         with constraints_as(unique=NameTaken):
+            if name is not None:
+                self._db.execute("DELETE FROM group_name_key WHERE groupid = ?", (group_id,))
+                self._db.execute(
+                    "INSERT INTO group_name_key (name_key, groupid)"
+                    " SELECT ?, id FROM allgroup WHERE id = ?",
+                    (name_key(name), group_id),
+                )
             self._db.execute(
                 "UPDATE allgroup SET groupname = coalesce(?, groupname),"
                 " groupdesc = coalesce(?, groupdesc) WHERE id = ?",
@@ -317,6 +345,7 @@ class SqliteGroupRepository:
 
     def delete(self, group_id: int) -> bool:
         self._db.execute("DELETE FROM groupuser WHERE groupid = ?", (group_id,))
+        self._db.execute("DELETE FROM group_name_key WHERE groupid = ?", (group_id,))
         cursor = self._db.execute("DELETE FROM allgroup WHERE id = ?", (group_id,))
         return cursor.rowcount > 0
 
@@ -325,6 +354,10 @@ class SqliteGroupRepository:
             self._db.execute(
                 "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (?, ?, ?)",
                 (group.id, group.name, group.description),
+            )
+            self._db.execute(
+                "INSERT INTO group_name_key (name_key, groupid) VALUES (?, ?)",
+                (name_key(group.name), group.id),
             )
 
     def all(self, after_id: int, limit: int) -> list[Group]:
@@ -341,6 +374,13 @@ class SqliteGroupRepository:
             (user_id,),
         )
         return [Group(*row) for row in rows]
+
+    def names(self) -> list[NamedId]:
+        rows = self._db.execute(
+            "SELECT a.id, a.groupname, k.name_key IS NOT NULL FROM allgroup a"
+            " LEFT JOIN group_name_key k ON k.groupid = a.id ORDER BY a.id"
+        )
+        return [NamedId(row_id, name, bool(keyed)) for row_id, name, keyed in rows]
 
 
 class SqliteMessageIdSequence:
@@ -456,8 +496,10 @@ class SqliteInbox:
         )
         self._db.executemany(
             "INSERT INTO inbox (userid, pos, msg_id, conversation) VALUES (?, ?, ?, ?)",
-            [(user_id, k.pos, k.delivery.msg_id, conversation_of(user_id, k.delivery))
-             for k in kept],
+            [
+                (user_id, k.pos, k.delivery.msg_id, conversation_of(user_id, k.delivery))
+                for k in kept
+            ],
         )
 
     def _raise_heads(self, counts: Mapping[int, int]) -> dict[int, int]:

@@ -6,9 +6,13 @@ append a step to MIGRATIONS; never edit a step that has shipped.
 
 import sqlite3
 import time
+from collections.abc import Callable
 from os import PathLike
 
-Migration = tuple[str, ...]
+from chatserver.domain.names import name_key
+
+# A step's statements; a callable among them is run with the connection (what SQL cannot do).
+Migration = tuple[str | Callable[[sqlite3.Connection], None], ...]
 
 # Milliseconds since the Unix epoch, in SQL (unixepoch('subsec') needs SQLite 3.42).
 _NOW_MS = "CAST(round((julianday('now') - 2440587.5) * 86400000) AS INTEGER)"
@@ -176,6 +180,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "INSERT INTO webhook_lease (name, owner, until_ms) VALUES ('deliver', '', 0)",
     ),
+    (
+        # Names compared case-insensitively (issue 16.10): each name's key (NFKC, case
+        # folded: chatserver.domain.names.name_key) is unique. Existing names take theirs in id
+        # order; a later name with the same key as an earlier one ("bob" after "Bob") keeps
+        # working without one (`chatserver db check-names` lists it).
+        """CREATE TABLE user_name_key (
+            userid INTEGER PRIMARY KEY REFERENCES user(id),
+            name_key TEXT NOT NULL UNIQUE
+        )""",
+        """CREATE TABLE group_name_key (
+            groupid INTEGER PRIMARY KEY REFERENCES allgroup(id),
+            name_key TEXT NOT NULL UNIQUE
+        )""",
+        lambda db: _key_existing_names(db, "user", "name", "user_name_key", "userid"),
+        lambda db: _key_existing_names(db, "allgroup", "groupname", "group_name_key", "groupid"),
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)
@@ -187,6 +207,17 @@ BUSY_TIMEOUT_SECONDS = 10.0
 # (200 users, batches of 200 entries, 60k-120k entries kept; docs/performance.md). The WAL
 # file grows to about 40 MiB of 4 KiB pages.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
+
+
+def _key_existing_names(
+    connection: sqlite3.Connection, table: str, column: str, keys: str, owner: str
+) -> None:
+    """Give every existing name its key, the earliest first; a duplicate key is left out."""
+    rows = connection.execute(f"SELECT id, {column} FROM {table} ORDER BY id").fetchall()
+    connection.executemany(
+        f"INSERT OR IGNORE INTO {keys} (name_key, {owner}) VALUES (?, ?)",
+        [(name_key(name), row_id) for row_id, name in rows],
+    )
 
 
 class SchemaTooNew(RuntimeError):
@@ -236,7 +267,10 @@ def upgrade(connection: sqlite3.Connection) -> int:
         try:
             if version_of(connection) < version:
                 for statement in migration:
-                    connection.execute(statement)
+                    if callable(statement):
+                        statement(connection)
+                    else:
+                        connection.execute(statement)
                 connection.execute(f"PRAGMA user_version = {version:d}")
             connection.execute("COMMIT")
         except BaseException:

@@ -33,7 +33,7 @@ ERRNO_OF: dict[type[ChatError], int] = {
     InvalidRequest: BAD_REQUEST,
     RateLimited: 9,
     Forbidden: 10,
-    QuotaExceeded: 11,
+    QuotaExceeded: 14,
     Unavailable: 11,
     NotPermitted: 12,
     Muted: 13,

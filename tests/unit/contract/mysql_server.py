@@ -20,7 +20,8 @@ PREFIX = "chatserver_test_"
 STALE_SECONDS = 3 * 3600  # databases left behind by killed runs (CI runs stop at 90 min)
 TABLES_CHILDREN_FIRST = (
     "webhook_outbox", "inbox_device", "inbox", "inbox_message", "inbox_head",
-    "userblock", "friend_request", "friend", "groupuser", "allgroup", "user"
+    "userblock", "friend_request", "friend", "groupuser", "group_name_key", "allgroup",
+    "user_name_key", "user"
 )
 
 

@@ -295,3 +295,20 @@ async def test_a_rolled_back_delete_leaves_the_group_as_it_was(uow: UnitOfWork) 
         Group(1, "g", "d"),
         [Member(User(1, "alice"), Role.CREATOR), Member(User(2, "bob"), Role.ADMIN)],
     )
+
+
+async def test_group_names_are_unique_ignoring_case_also_when_renamed(uow: UnitOfWork) -> None:
+    def make(tx: Transaction) -> tuple[int, int]:
+        owner = tx.users.add("owner", "hash")
+        return tx.groups.create("Chess", "", owner.id).id, tx.groups.create("Go", "", owner.id).id
+
+    chess, go = await uow.run(make)
+    with pytest.raises(NameTaken):
+        await uow.run(lambda tx: tx.groups.create("CHESS", "", 1))
+    with pytest.raises(NameTaken):
+        await uow.run(lambda tx: tx.groups.update(go, "chess", None))
+    await uow.run(lambda tx: tx.groups.update(chess, "CHESS", None))  # its own key: fine
+    await uow.run(lambda tx: tx.groups.delete(chess))
+    again = await uow.run(lambda tx: tx.groups.create("chess", "", 1))
+    names = await uow.run(lambda tx: tx.groups.names())
+    assert [(n.id, n.name, n.keyed) for n in names] == [(go, "Go", True), (again.id, "chess", True)]

@@ -41,6 +41,8 @@ TABLES = {
     "userblock",
     "webhook_outbox",
     "webhook_lease",
+    "user_name_key",
+    "group_name_key",
     "message_id_sequence",
     "id_sequence",
     "inbox_message",

@@ -29,6 +29,8 @@ TABLES = {
     "userblock",
     "webhook_outbox",
     "webhook_lease",
+    "user_name_key",
+    "group_name_key",
 }
 
 

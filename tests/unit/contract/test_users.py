@@ -95,3 +95,18 @@ async def test_a_password_hash_is_replaced_and_an_unknown_user_is_false(uow: Uni
         lambda tx: (tx.users.account(alice.id), tx.users.account_by_name("alice"))
     )
     assert found == (Account(alice, "new hash"), Account(alice, "new hash"))
+
+
+@pytest.mark.parametrize("other", ["bob", "BOB", "bOB"])
+async def test_a_name_differing_only_in_case_is_taken_and_the_first_keeps_working(
+    uow: UnitOfWork, other: str
+) -> None:
+    bob = await uow.run(lambda tx: tx.users.add("Bob", "hash"))
+    with pytest.raises(NameTaken):
+        await uow.run(lambda tx: tx.users.add(other, "hash"))
+    found = await uow.run(lambda tx: tx.users.account_by_name("Bob"))
+    assert found is not None and found.user == bob
+    assert await uow.run(lambda tx: tx.users.account_by_name(other)) is None
+    assert [(n.id, n.name, n.keyed) for n in await uow.run(lambda tx: tx.users.names())] == [
+        (bob.id, "Bob", True)
+    ]
