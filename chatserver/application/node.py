@@ -22,6 +22,7 @@ from chatserver.application.throttle import (
 from chatserver.domain.groups import DEFAULT_MEMBER_LIMIT
 from chatserver.domain.ports import (
     Clock,
+    FileLinks,
     MessageBus,
     Metrics,
     PasswordHasher,
@@ -76,6 +77,12 @@ class Limits:
     # BLOCK requests that change something, per user and minute (each may end a friendship
     # and tells other nodes). Past it: errno 9.
     block_changes_per_minute: int = 30
+    # Files (PROTOCOL.md Version 2, "Files"): bytes per file, and bytes a user may upload in
+    # any 24 hours; past them FILE_UPLOAD is errno 14. Signed upload and download paths last
+    # file_link_seconds.
+    file_bytes: int = 20 * 1024 * 1024
+    file_bytes_per_day: int = 1024 * 1024 * 1024
+    file_link_seconds: int = 600
 
 
 @define
@@ -129,6 +136,9 @@ class Node:
     # The embedder's: who a LOGIN's token names (None: tokens are errno 7), and its hooks.
     authenticator: Authenticator | None = None
     hooks: Hooks = Factory(Hooks)
+    # Where files are uploaded and downloaded (the web port's signed paths); None: no web port,
+    # FILE_UPLOAD and FILE_URL are errno 11.
+    file_links: FileLinks | None = None
     before_send: BeforeSend | None = field(init=False)
     events: EventFeed | None = field(init=False)
     writer: InboxWriter = field(init=False)

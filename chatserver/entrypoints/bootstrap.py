@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -121,6 +121,11 @@ class Config:
     ws_port: int | None = None
     # Origins whose pages may open /ws ("*": any); empty: the page's own origin only.
     allowed_origins: tuple[str, ...] = ()
+    # Files shared in chats (served on the web port): the folder that keeps them (None: beside
+    # a SQLite database, else off), and the key that signs their links (None: random, which
+    # only a single node can use).
+    files: str | None = None
+    file_key: str | None = None
     authenticator: Authenticator | None = None
     hooks: Hooks = field(factory=Hooks)
 
@@ -357,6 +362,7 @@ class ChatApp:
     config: Config = field(factory=Config)
     _tasks: TaskGroup | None = field(default=None, init=False)
     _serving: _Serving | None = field(default=None, init=False)
+    _files: Any = field(default=None, init=False)  # the web port's FileTransfers, if any
 
     def connect(self) -> "EmbeddedClient":
         """A client without a socket: requests go straight to the use cases."""
@@ -410,6 +416,7 @@ class ChatApp:
                 per_address=per_address,
                 forwarded_for=config.behind_proxy or config.proxy_protocol,
                 allowed_origins=config.allowed_origins,
+                files=self._files,
             )))
         if self.metrics is not None and config.metrics_port is not None:
             from chatserver.adapters.web.metrics_server import MetricsServer
@@ -601,6 +608,38 @@ def open_cluster(config: Config, hub: InProcessHub | None) -> Cluster:
     raise ConfigError(f"unsupported bus URL {config.bus!r}: use memory:// or redis://HOST:PORT/DB")
 
 
+def files_folder(config: Config) -> Path | None:
+    """Where files are kept: --files, else a folder beside a SQLite database."""
+    if config.files is not None:
+        if config.files.startswith("s3://"):
+            raise ConfigError("--files s3://... is not supported yet: use a folder")
+        return Path(config.files)
+    if config.database.startswith("sqlite:///"):
+        database = sqlite_path(config.database)
+        return database.with_name(database.stem + "-files")
+    return None
+
+
+def open_files(config: Config, clock: Clock) -> tuple[Any, Any]:
+    """The file store and the signer of links, when the web port serves files; else Nones."""
+    folder = files_folder(config)
+    if folder is None or config.ws_port is None:
+        return None, None
+    from chatserver.adapters.web.files import FolderStore, SignedLinks
+
+    store = FolderStore(folder)
+    try:
+        store.prepare()
+    except OSError as error:
+        raise ConfigError(f"--files {folder}: {error.strerror or error}") from error
+    key = config.file_key
+    if key is None:
+        if config.bus != "memory://":
+            log.warning("no --file-key: file links signed here are refused by other nodes")
+        key = secrets.token_hex(32)
+    return store, SignedLinks(key.encode(), clock)
+
+
 @asynccontextmanager
 async def open_node(
     config: Config,
@@ -630,23 +669,30 @@ async def open_node(
     cluster = open_cluster(config, hub)
     uow = await open_database(config.database)
     metrics = PrometheusMetrics() if config.metrics_port is not None else None
+    clock = clock or SystemClock()
+    store, links = open_files(config, clock)
     node = Node(
         node_id=cluster.node_id,
         uow=TimedUnitOfWork(uow, metrics) if metrics else uow,
         hasher=hasher or ScryptHasher(n=config.hash_cost),
-        clock=clock or SystemClock(),
+        clock=clock,
         presence=cluster.presence,
         bus=cluster.bus,
         limits=config.node_limits(),
         metrics=metrics or NoMetrics(),
         authenticator=config.authenticator,
         hooks=config.hooks,
+        file_links=links,
     )
     if metrics is not None:
         metrics.count_sessions(lambda: len(node.sessions))
         if isinstance(cluster, RedisCluster):
             cluster.observe_calls(metrics.dependency.labels("redis").observe)
     app = ChatApp(node, metrics, config)
+    if store is not None and links is not None:
+        from chatserver.adapters.web.files import FileTransfers
+
+        app._files = FileTransfers(node, store, links)
     try:
         async with anyio.create_task_group() as background:
             app._tasks = background
@@ -658,7 +704,8 @@ async def open_node(
             if node.events is not None:
                 background.start_soon(node.events.run)
             background.start_soon(
-                partial(prune_history, node.uow, node.clock, node.limits.history_days)
+                partial(prune_history, node.uow, node.clock, node.limits.history_days,
+                        files=store)
             )
             try:
                 yield app

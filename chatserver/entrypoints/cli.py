@@ -194,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "403); clients that send no Origin (not browsers) are let in "
                        "(CHATSERVER_ALLOWED_ORIGINS, comma-separated; default: the page's own "
                        "origin only)")
+    serve.add_argument("--files", metavar="DIR", default=_env("FILES", "") or None,
+                       help="folder where files shared in chats are kept, by content "
+                       "(CHATSERVER_FILES; default: a folder NAME-files beside a SQLite "
+                       "database NAME.db; with another database, files are off unless given)")
+    serve.add_argument("--file-key", metavar="KEY", default=_env("FILE_KEY", "") or None,
+                       help="secret that signs upload and download links, the same on every "
+                       "node (CHATSERVER_FILE_KEY, preferred: a command line is visible to "
+                       "other users; default: a random key per process)")
+    serve.add_argument("--file-limit", type=int, metavar="BYTES",
+                       default=_env_int("FILE_LIMIT", str(defaults.limits.file_bytes)),
+                       help="largest file in bytes (CHATSERVER_FILE_LIMIT; default %(default)s)")
+    serve.add_argument("--file-quota", type=int, metavar="BYTES",
+                       default=_env_int("FILE_QUOTA", str(defaults.limits.file_bytes_per_day)),
+                       help="bytes one user may upload in 24 hours (CHATSERVER_FILE_QUOTA; "
+                       "default %(default)s)")
     serve.add_argument("--frame-limit", type=int,
                        default=_env_int("FRAME_LIMIT", str(defaults.frame_limit)),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
@@ -458,6 +473,8 @@ def _serve(args: argparse.Namespace) -> int:
             if o.strip()
         ),
         ws_port=args.ws_port,
+        files=args.files,
+        file_key=args.file_key,
         tls_key=args.tls_key,
         hash_cost=args.hash_cost,
         limits=Limits(
@@ -465,6 +482,8 @@ def _serve(args: argparse.Namespace) -> int:
             history_days=args.history_days,
             devices_per_user=args.devices_per_user,
             group_members=args.group_member_limit,
+            file_bytes=args.file_limit,
+            file_bytes_per_day=args.file_quota,
             registrations_per_minute=args.registrations_per_minute,
             registrations_per_hour=args.registrations_per_hour,
             # REG requests of any outcome (a taken name too): six times the accounts.

@@ -7,6 +7,7 @@ from anyio.lowlevel import checkpoint
 
 from chatserver.adapters.memory.repositories import (
     MemoryDatabase,
+    MemoryFileRepository,
     MemoryFriendRepository,
     MemoryGroupRepository,
     MemoryInbox,
@@ -15,6 +16,7 @@ from chatserver.adapters.memory.repositories import (
     UndoLog,
 )
 from chatserver.domain.ports import (
+    FileRepository,
     FriendRepository,
     GroupRepository,
     Inbox,
@@ -35,6 +37,7 @@ class MemoryTransaction:
         self.groups: GroupRepository = MemoryGroupRepository(log)
         self.inbox: Inbox = MemoryInbox(log)
         self.message_ids: MessageIdSequence = MemoryMessageIdSequence(log)
+        self.files: FileRepository = MemoryFileRepository(log)
 
 
 class MemoryUnitOfWork:

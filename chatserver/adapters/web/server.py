@@ -25,6 +25,7 @@ from chatserver.adapters.tcp.proxy_header import TrustedProxies
 from chatserver.adapters.tcp.requests import REFUSAL_LOG, log_out_everyone
 from chatserver.adapters.tcp.server import TOO_MANY_CONNECTIONS
 from chatserver.adapters.web.client import WebSocketClient, peer_address
+from chatserver.adapters.web.files import FileTransfers
 from chatserver.application.node import Node
 from chatserver.application.throttle import address_key
 
@@ -54,6 +55,7 @@ SERVER_HEADER = "chatserver"
 # A connection must send a complete request within this time (and a WebSocket handshake
 # finish within it), or it is closed.
 OPEN_TIMEOUT_SECONDS = 10.0
+READ_BUFFER = 512 * 1024
 
 
 class StaticFiles:
@@ -151,6 +153,7 @@ class WebSocketServer:
         page: StaticFiles | None = None,
         forwarded_for: bool = False,
         allowed_origins: tuple[str, ...] = (),
+        files: FileTransfers | None = None,
     ) -> None:
         self.node = node
         self.host = host
@@ -159,6 +162,7 @@ class WebSocketServer:
         self.tls = tls
         self.metrics = metrics
         self.page = page if page is not None else StaticFiles()
+        self.files = files
         # Behind a reverse proxy (nginx) that sets X-Forwarded-For: the client's address is
         # the last one in it (the one the proxy saw), not the proxy's.
         self.forwarded_for = forwarded_for
@@ -188,6 +192,9 @@ class WebSocketServer:
             loop=loop,
             # Also the time a connection has to send its first request: no slow headers.
             keepalive_timeout=OPEN_TIMEOUT_SECONDS,
+            # What a connection's body may hold unread before reading pauses: big enough that
+            # an upload streams without a pause per few packets.
+            read_bufsize=READ_BUFFER,
             access_log=None,
             logger=_library_log,
         )
@@ -222,6 +229,8 @@ class WebSocketServer:
         path = request.raw_path.split("?", 1)[0]
         if path == WEBSOCKET_PATH:
             return await self._websocket(request)
+        if self.files is not None and self.files.handles(path):
+            return await self.files.handle(request, path)
         if request.method not in ("GET", "HEAD"):
             return plain(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed\n")
         response = self.page.response(path)

@@ -19,7 +19,7 @@ SERVER_URL = os.environ.get("CHATSERVER_TEST_MYSQL", "mysql://root@127.0.0.1:330
 PREFIX = "chatserver_test_"
 STALE_SECONDS = 3 * 3600  # databases left behind by killed runs (CI runs stop at 90 min)
 TABLES_CHILDREN_FIRST = (
-    "inbox_device", "inbox", "inbox_message", "inbox_head",
+    "chat_file_ref", "chat_file", "inbox_device", "inbox", "inbox_message", "inbox_head",
     "userblock", "friend_request", "friend", "groupuser", "allgroup", "user"
 )
 

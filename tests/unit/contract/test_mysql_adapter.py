@@ -39,6 +39,8 @@ TABLES = {
     "groupuser",
     "groupmute",
     "userblock",
+    "chat_file",
+    "chat_file_ref",
     "message_id_sequence",
     "id_sequence",
     "inbox_message",

@@ -27,6 +27,8 @@ TABLES = {
     "inbox",
     "inbox_device",
     "userblock",
+    "chat_file",
+    "chat_file_ref",
 }
 
 
