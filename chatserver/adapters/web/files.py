@@ -170,6 +170,14 @@ class FileTransfers:
         digest = hashlib.sha256()
         received = 0
         out = await anyio.to_thread.run_sync(upload.open, "wb")
+
+        def write(batch: list[bytes]) -> None:
+            # In a worker thread: hashlib lets go of the GIL, so hashing and writing overlap
+            # with the event loop receiving the next batch.
+            for chunk in batch:
+                digest.update(chunk)
+            out.writelines(batch)
+
         try:
             batch: list[bytes] = []
             batched = 0
@@ -177,14 +185,13 @@ class FileTransfers:
                 received += len(chunk)
                 if received > size:
                     return None
-                digest.update(chunk)
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched >= WRITE_BATCH:
-                    await anyio.to_thread.run_sync(out.writelines, batch)
+                    await anyio.to_thread.run_sync(write, batch)
                     batch, batched = [], 0
             if batch:
-                await anyio.to_thread.run_sync(out.writelines, batch)
+                await anyio.to_thread.run_sync(write, batch)
         finally:
             await anyio.to_thread.run_sync(out.close)
         return digest.hexdigest() if received == size else None
