@@ -1,0 +1,73 @@
+"""The client library's send_file() and download() (issue 14) against an in-process node on
+loopback with a folder for files: a picture to a friend and a file to a group, streamed from
+disk and back, checked by sha256; progress is reported; a non-member cannot download."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+import chatserver
+from chatserver.entrypoints.client.library import (
+    ChatError,
+    DirectMessage,
+    GroupMessage,
+    connect,
+)
+from tests.unit.conftest import FAST_HASHER
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_send_file_and_download_to_a_friend_and_a_group(tmp_path: Path) -> None:
+    config = chatserver.Config(database="memory://", port=0, ws_port=0,
+                               files=str(tmp_path / "files"))
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300_000))
+    big = tmp_path / "notes.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    async with chatserver.open_node(config, hasher=FAST_HASHER) as node:
+        listening = await node.start_serving()
+        assert listening.web_port is not None
+        ports = {"web_port": listening.web_port}
+        async with connect("127.0.0.1", listening.port, **ports) as alice, connect(
+            "127.0.0.1", listening.port, **ports
+        ) as bob, connect("127.0.0.1", listening.port, **ports) as carol:
+            ids = [await c.register(n, "pw") for c, n in
+                   ((alice, "alice"), (bob, "bob"), (carol, "carol"))]
+            for client, user_id in zip((alice, bob, carol), ids, strict=True):
+                await client.login(user_id, "pw", receipts=False)
+            group = await alice.create_group("hikers")
+            await bob.join_group(group)
+            seen: list[tuple[int, int]] = []
+            await alice.send_file(picture, to_id=ids[1], text="look",
+                                  progress=lambda done, total: seen.append((done, total)))
+            assert seen[-1] == (picture.stat().st_size,) * 2
+            await alice.send_file(big, group_id=group)
+            received: list[DirectMessage | GroupMessage] = []
+            with anyio.fail_after(5):
+                while len(received) < 2:
+                    event = await bob.next_event()
+                    if isinstance(event, DirectMessage | GroupMessage) and event.file:
+                        received.append(event)
+            direct, in_group = received
+            assert direct.text == "look" and direct.file is not None
+            assert direct.file.mime == "image/png" and direct.file.name == "cat.png"
+            for message, original in ((direct, picture), (in_group, big)):
+                assert message.file is not None
+                saved = await bob.download(message.file, tmp_path / "bob")
+                assert hashlib.sha256(saved.read_bytes()).hexdigest() == hashlib.sha256(
+                    original.read_bytes()).hexdigest()
+            assert in_group.file is not None
+            with pytest.raises(ChatError) as refused:
+                await carol.download(in_group.file, tmp_path)
+            assert refused.value.errno == 12
