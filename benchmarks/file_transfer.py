@@ -103,7 +103,8 @@ def main(rounds: int) -> None:
             print(f"{rounds} rounds of 20 MiB on loopback: upload median "
                   f"{statistics.median(ups):.0f} MB/s (best {max(ups):.0f}), download median "
                   f"{statistics.median(downs):.0f} MB/s (best {max(downs):.0f}); server RSS "
-                  f"{rss_start / 1024:.1f} MiB before, peak +{(rss_peak - rss_start) / 1024:.1f} MiB; "
+                  f"{rss_start / 1024:.1f} MiB before, "
+                  f"peak +{(rss_peak - rss_start) / 1024:.1f} MiB; "
                   f"server CPU per 20 MiB: upload {statistics.median(up_cpu) * 1000:.0f} ms, "
                   f"download {statistics.median(down_cpu) * 1000:.0f} ms")
         finally:
