@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the name this terminal logs in with, 1-64 characters: a login on "
                         "the same device takes over its session, other devices stay logged in "
                         "(default: this machine's host name)")
+    client.add_argument("--web-port", type=int, default=_env_int("WS_PORT", "0") or None,
+                        help="the server's web port (its --ws-port), where sendfile: and "
+                        "download: move files (CHATSERVER_WS_PORT; default: files off)")
 
     cluster = commands.add_parser(
         "cluster", help="run N nodes with nginx in front, on this machine",
@@ -297,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "client":
             from chatserver.entrypoints.client.terminal import main as run_client
 
-            return run_client(args.host, args.port, args.device)
+            return run_client(args.host, args.port, args.device, args.web_port)
         if args.command == "db" and args.db_command == "import-legacy":
             from chatserver.adapters.mysql.legacy_import import LegacyImportError, import_legacy
 

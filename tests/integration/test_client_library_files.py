@@ -71,3 +71,44 @@ async def test_send_file_and_download_to_a_friend_and_a_group(tmp_path: Path) ->
             with pytest.raises(ChatError) as refused:
                 await carol.download(in_group.file, tmp_path)
             assert refused.value.errno == 12
+
+
+async def test_the_terminal_shows_a_file_downloads_it_and_sends_one_with_a_progress_bar(
+    tmp_path: Path,
+) -> None:
+    from chatserver.entrypoints.client.terminal import Terminal
+    from tests.unit.test_terminal_client import FakeConsole
+
+    config = chatserver.Config(database="memory://", port=0, ws_port=0,
+                               files=str(tmp_path / "files"))
+    report = tmp_path / "report.pdf"
+    report.write_bytes(os.urandom(700_000))
+    async with chatserver.open_node(config, hasher=FAST_HASHER) as node:
+        listening = await node.start_serving()
+        async with connect("127.0.0.1", listening.port, web_port=listening.web_port) as alice:
+            alice_id = await alice.register("alice", "pw")
+            await alice.login(alice_id, "pw", receipts=False)
+            console = FakeConsole()
+            shell = Terminal("127.0.0.1", listening.port, console, web_port=listening.web_port)
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(shell.run)
+                console.type("2", "bob", "pw")  # register
+                bob_id = int((await console.shows("your user id is")).split()[-1].strip("!.:"))
+                console.type("1", str(bob_id), "pw")
+                await console.shows("current login user")
+                sent = await alice.send_file(report, to_id=bob_id, text="the report")
+                line = await console.shows("download:")
+                assert f"[file report.pdf, 700,000 bytes: download:{int(sent)}]" in line
+                console.type(f"download:{int(sent)}:{tmp_path / 'inbox'}")
+                assert "sha256 checked" in await console.shows("saved ")
+                assert (tmp_path / "inbox" / "report.pdf").read_bytes() == report.read_bytes()
+                console.type(f"sendfile:{alice_id}:{report}")
+                with anyio.fail_after(5):
+                    while True:
+                        event = await alice.next_event()
+                        if isinstance(event, DirectMessage) and event.file is not None:
+                            break
+                assert await console.shows("100%")
+                print("\n".join(line for line in console.shown if "bytes" in line))
+                console.type("quit")
+                task_group.cancel_scope.cancel()
