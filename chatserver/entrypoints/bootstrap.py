@@ -7,6 +7,7 @@ import secrets
 import socket
 import sqlite3
 import ssl
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -611,8 +612,6 @@ def open_cluster(config: Config, hub: InProcessHub | None) -> Cluster:
 def files_folder(config: Config) -> Path | None:
     """Where files are kept: --files, else a folder beside a SQLite database."""
     if config.files is not None:
-        if config.files.startswith("s3://"):
-            raise ConfigError("--files s3://... is not supported yet: use a folder")
         return Path(config.files)
     if config.database.startswith("sqlite:///"):
         database = sqlite_path(config.database)
@@ -622,16 +621,29 @@ def files_folder(config: Config) -> Path | None:
 
 def open_files(config: Config, clock: Clock) -> tuple[Any, Any]:
     """The file store and the signer of links, when the web port serves files; else Nones."""
-    folder = files_folder(config)
-    if folder is None or config.ws_port is None:
+    if config.ws_port is None:
         return None, None
     from chatserver.adapters.web.files import FolderStore, SignedLinks
 
-    store = FolderStore(folder)
-    try:
-        store.prepare()
-    except OSError as error:
-        raise ConfigError(f"--files {folder}: {error.strerror or error}") from error
+    store: Any
+    if config.files is not None and config.files.startswith("s3://"):
+        from chatserver.adapters.web.s3_store import S3Store
+
+        staging = Path(tempfile.gettempdir()) / f"chatserver-uploads-{os.getpid()}"
+        try:
+            store = S3Store(config.files, staging)
+            store.prepare()
+        except Exception as error:  # boto3's errors: no credentials, no bucket, no endpoint
+            raise ConfigError(f"--files {redact_password(config.files)}: {error}") from error
+    else:
+        folder = files_folder(config)
+        if folder is None:
+            return None, None
+        store = FolderStore(folder)
+        try:
+            store.prepare()
+        except OSError as error:
+            raise ConfigError(f"--files {folder}: {error.strerror or error}") from error
     key = config.file_key
     if key is None:
         if config.bus != "memory://":

@@ -10,6 +10,7 @@ import os
 import secrets
 from http import HTTPStatus
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 import anyio
@@ -73,6 +74,29 @@ class FolderStore:
 
         await anyio.to_thread.run_sync(remove)
 
+    async def response(
+        self, request: web.BaseRequest, sha256: str, headers: dict[str, str]
+    ) -> web.StreamResponse | None:
+        """The bytes as an HTTP answer (Range included); None if they are not here."""
+        path = self.path(sha256)
+        if not await anyio.Path(path).exists():
+            return None
+        return web.FileResponse(path, chunk_size=READ_CHUNK, headers=headers)
+
+
+class Store(Protocol):
+    """Where the web port keeps files' bytes: a folder, or an S3-compatible bucket."""
+
+    def new_upload(self) -> Path: ...
+
+    def keep(self, upload: Path, sha256: str) -> None: ...
+
+    async def delete(self, sha256: str) -> None: ...
+
+    async def response(
+        self, request: web.BaseRequest, sha256: str, headers: dict[str, str]
+    ) -> web.StreamResponse | None: ...
+
 
 class SignedLinks:
     """Upload and download paths signed with HMAC-SHA256 under a key every node shares
@@ -104,7 +128,7 @@ class SignedLinks:
 class FileTransfers:
     """The HTTP side of files: PUT of an upload, GET (and HEAD) of a download."""
 
-    def __init__(self, node: Node, store: FolderStore, links: SignedLinks) -> None:
+    def __init__(self, node: Node, store: Store, links: SignedLinks) -> None:
         self.node = node
         self.store = store
         self.links = links
@@ -129,7 +153,7 @@ class FileTransfers:
             query, "down", file_id, int(user)
         ):
             return _plain(HTTPStatus.FORBIDDEN, "not a valid download link\n")
-        return await self._download(file_id)
+        return await self._download(request, file_id)
 
     async def _upload(self, request: web.BaseRequest, file_id: int) -> web.StreamResponse:
         stored = await files.stored_file(self.node, file_id)
@@ -196,12 +220,9 @@ class FileTransfers:
             await anyio.to_thread.run_sync(out.close)
         return digest.hexdigest() if received == size else None
 
-    async def _download(self, file_id: int) -> web.StreamResponse:
+    async def _download(self, request: web.BaseRequest, file_id: int) -> web.StreamResponse:
         stored = await files.stored_file(self.node, file_id)
         if stored is None or stored.sha256 is None:
-            return _plain(HTTPStatus.NOT_FOUND, "no such file\n")
-        path = self.store.path(stored.sha256)
-        if not path.exists():
             return _plain(HTTPStatus.NOT_FOUND, "no such file\n")
         headers = dict(_DOWNLOAD_HEADERS)
         name = quote(stored.name, safe="")
@@ -213,7 +234,9 @@ class FileTransfers:
             # Everything else (HTML and SVG too) is saved, never shown in the page's origin.
             headers["Content-Type"] = "application/octet-stream"
             headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{name}"
-        response = web.FileResponse(path, chunk_size=READ_CHUNK, headers=headers)
+        response = await self.store.response(request, stored.sha256, headers)
+        if response is None:
+            return _plain(HTTPStatus.NOT_FOUND, "no such file\n")
         response.force_close()
         return response
 
