@@ -140,3 +140,64 @@ def test_the_store_deletes_what_collection_hands_it(s3_endpoint: str, aws: None,
         b"bytes")
     anyio.run(store.delete, sha)
     assert store.client.list_objects_v2(Bucket=f"{BUCKET}-2").get("KeyCount") == 0
+
+
+def test_two_nodes_on_mariadb_redis_and_the_bucket_share_files(
+    tmp_path: Path, s3_endpoint: str, aws: None
+) -> None:
+    """The cluster case of the issue's "Done when" (without nginx, which is not installed on
+    this machine: each node's ports are used directly): an upload through node A, a group
+    member away meanwhile who logs in on node B and downloads 20 MiB there, sha256 equal; a
+    link signed by one node is good on the other (one --file-key)."""
+    import secrets
+
+    import mysql.connector
+
+    database = f"chatserver_test_files_{secrets.token_hex(4)}"
+    admin = mysql.connector.connect(host="127.0.0.1", port=3306, user="root")
+    admin.cursor().execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
+    bucket = f"cluster-{secrets.token_hex(4)}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket)
+    bus = f"redis://127.0.0.1:6379/0?namespace=test-files-{secrets.token_hex(4)}"
+    servers: list[ServerProcess] = []
+    web_ports = [free_port(), free_port()]
+    try:
+        for name, web_port in zip("ab", web_ports, strict=True):
+            servers.append(ServerProcess(
+                f"mysql://root@127.0.0.1:3306/{database}", tmp_path / f"node-{name}.log",
+                ["--ws-port", str(web_port), "--file-key", FILE_KEY, "--bus", bus,
+                 "--node-id", f"files-{name}",
+                 "--files", f"s3://{bucket}/shared?endpoint={s3_endpoint}"],
+            ).start())
+        on_a, on_b = Chat(servers[0]), Chat(servers[1])
+        alice, bob = on_a.users(2)
+        ca = on_a.online(alice)
+        cb = on_b.online(bob)
+        group_id, _ = on_a.make_group(ca)
+        cb.ok({"msgid": 9, "groupid": group_id})
+        cb.close()  # bob is away for the upload
+        data = payload(20 * 1024 * 1024, 11)
+        expected = hashlib.sha256(data).hexdigest()
+        ack = ca.ok({"msgid": 33, "name": "film.bin", "size": len(data),
+                     "mime": "application/octet-stream"})
+        assert http(web_ports[0], "PUT", ack["upload_url"], data)[0] == 201
+        ca.ok({"msgid": 10, "groupid": group_id, "msg": "", "file": ack["file_id"]})
+        cb = on_b.online(bob)
+        assert cb.ack is not None
+        assert [m["file"]["sha256"] for m in cb.ack["offlinemsg"] if "file" in m] == [expected]
+        url = cb.ok({"msgid": 34, "file_id": ack["file_id"]})["url"]
+        status, _, got = http(web_ports[1], "GET", url)
+        assert status == 200 and hashlib.sha256(got).hexdigest() == expected
+        # Signed by node B, good on node A too.
+        status, _, part = http(web_ports[0], "GET", url, headers={"Range": "bytes=0-99"})
+        assert status == 206 and part == data[:100]
+        on_a.close_all()
+        on_b.close_all()
+    finally:
+        for server in servers:
+            server.stop()
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
+        admin.close()
+        for server in servers:
+            server.assert_no_traceback()

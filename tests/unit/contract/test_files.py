@@ -94,3 +94,15 @@ async def test_a_file_goes_with_the_last_kept_message_that_carries_it(uow: UnitO
     assert await collect_files(uow, clock, store) == 1
     assert store.deleted == [SHA_B, SHA_A]
     assert await uow.run(rows) == (True, True, True)
+
+
+async def test_a_chat_with_a_file_comes_back_from_the_inbox_with_it(uow: UnitOfWork) -> None:
+    def work(tx: Transaction) -> list[object]:
+        alice, bob = add_users(tx, "alice", "bob")
+        ref = FileRef(3, "cat.png", 10, "image/png", SHA_A)
+        tx.inbox.append([(bob.id, DirectMessage(1, alice.id, "alice", bob.id, "", 5, file=ref)),
+                         (bob.id, GroupMessage(2, 9, alice.id, "alice", "x", 6, file=ref))], 6)
+        return [kept.delivery.file for kept in tx.inbox.after(bob.id, 0, 10)]  # type: ignore[union-attr]
+
+    ref = FileRef(3, "cat.png", 10, "image/png", SHA_A)
+    assert await uow.run(work) == [ref, ref]
