@@ -96,7 +96,9 @@ class S3Store:
         try:
             while chunk := await anyio.to_thread.run_sync(body.read, READ_CHUNK):
                 await response.write(chunk)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away mid-download: nothing more to do
         finally:
             body.close()
-        await response.write_eof()
         return response
