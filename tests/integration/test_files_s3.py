@@ -9,6 +9,7 @@ import hashlib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_a_member_away_during_an_upload_to_the_bucket_downloads_it(
         print(f"9 MiB through moto's S3 on loopback: upload {SIZE / up / 1e6:.0f} MB/s, "
               f"download {SIZE / down / 1e6:.0f} MB/s")
         assert server.proc is not None
-        staging = Path("/tmp") / f"chatserver-uploads-{server.proc.pid}"
+        staging = Path(tempfile.gettempdir()) / f"chatserver-uploads-{server.proc.pid}"
         assert not any(staging.iterdir())  # the staged upload went once in the bucket
     finally:
         chat.close_all()
