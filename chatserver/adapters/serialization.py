@@ -13,6 +13,7 @@ from chatserver.domain.messages import (
     Delivery,
     DirectMessage,
     Event,
+    FileRef,
     FriendAnswer,
     FriendRemovedNotice,
     FriendRequestNotice,
@@ -48,7 +49,15 @@ def dump_delivery(delivery: Delivery) -> tuple[str, str]:
 
 
 def load_delivery(kind: str, body: str | bytes) -> Delivery:
-    return DELIVERY_KINDS[kind](**orjson.loads(body))
+    return DELIVERY_KINDS[kind](**_with_file(orjson.loads(body)))
+
+
+def _with_file(data: dict[str, Any]) -> dict[str, Any]:
+    """A chat's attached file, kept as a plain object, made a FileRef again."""
+    attached = data.get("file")
+    if isinstance(attached, dict):
+        data["file"] = FileRef(**attached)
+    return data
 
 
 # Every event's fields are plain values: read by name, without attrs.asdict's recursion.
@@ -60,10 +69,13 @@ def event_to_dict(event: Event) -> dict[str, Any]:
     data: dict[str, Any] = {"kind": KIND_OF_EVENT[cls]}
     for name in _FIELDS[cls]:
         data[name] = getattr(event, name)
+    attached = data.get("file")
+    if attached is not None:
+        data["file"] = attrs.asdict(attached)
     return data
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
     """The event of event_to_dict's form. data is used up (its "kind" is taken out)."""
     kind = data.pop("kind")
-    return EVENT_KINDS[str(kind)](**data)
+    return EVENT_KINDS[str(kind)](**_with_file(data))

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from chatserver.application import files
 from chatserver.application.commands import Receipt, SendDirectMessage, SendGroupMessage
 from chatserver.application.hooks import Outgoing, check_before_send
 from chatserver.application.inbox_writer import InboxWrite
@@ -43,6 +44,9 @@ async def send_direct_message(
         if before_send is not None:
             outgoing = Outgoing(me, text, recipient_id=recipient_id)
             text = await check_before_send(node.hooks, before_send, outgoing)
+        attached = None
+        if command.file_id is not None:
+            attached = await files.attachment(node, me.id, command.file_id)
         msg_id = node.message_ids.take()
         if msg_id is None:
             msg_id = await node.message_ids.next()
@@ -53,7 +57,10 @@ async def send_direct_message(
             recipient_id=recipient_id,
             text=text,
             sent_at_ms=node.clock.now_ms(),
+            file=attached,
         )
+        if attached is not None:
+            await files.refer(node, attached, msg_id, recipient_id=recipient_id)
         if not turns.mine(ticket):
             await turns.wait(ticket)
         if recipient_id == me.id:  # a message to yourself takes one pos
@@ -95,6 +102,7 @@ def send_direct_message_joining(
         turns.issued != turns.passed
         or (lead is None and not writer.gathering)
         or node.before_send is not None  # the hook is awaited: send_direct_message does it
+        or command.file_id is not None  # the file is looked up: send_direct_message does it
     ):
         return False
     session = connection.require_session()
@@ -176,6 +184,9 @@ async def send_group_message(
         if before_send is not None:
             outgoing = Outgoing(me, text, group_id=command.group_id)
             text = await check_before_send(node.hooks, before_send, outgoing)
+        attached = None
+        if command.file_id is not None:
+            attached = await files.attachment(node, me.id, command.file_id)
         msg_id = node.message_ids.take()
         if msg_id is None:
             msg_id = await node.message_ids.next()
@@ -186,7 +197,10 @@ async def send_group_message(
             sender_name=me.name,
             text=text,
             sent_at_ms=node.clock.now_ms(),
+            file=attached,
         )
+        if attached is not None:
+            await files.refer(node, attached, msg_id, group_id=command.group_id)
         entries = [(uid, message) for uid in roster.members if uid != me.id]
         entries.append((me.id, message))
         check_group_fan_out(connection, command.group_id, len(entries))

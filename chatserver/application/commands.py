@@ -6,6 +6,7 @@ A command with a ``validate()`` checks its own values; that runs before anything
 from attrs import field, frozen
 
 from chatserver.domain.errors import InvalidRequest
+from chatserver.domain.files import check_file
 from chatserver.domain.groups import (
     ASSIGNABLE_ROLES,
     check_group_description,
@@ -71,9 +72,12 @@ class Logout:
 class SendDirectMessage:
     recipient_id: int
     text: str
+    # A file whose upload completed; the text may then be empty.
+    file_id: int | None = None
 
     def validate(self) -> None:
-        check_message_text(self.text)
+        if self.file_id is None or self.text:
+            check_message_text(self.text)
 
 
 @frozen
@@ -198,9 +202,11 @@ class UpdateGroup:
 class SendGroupMessage:
     group_id: int
     text: str
+    file_id: int | None = None
 
     def validate(self) -> None:
-        check_message_text(self.text)
+        if self.file_id is None or self.text:
+            check_message_text(self.text)
 
 
 @frozen
@@ -256,6 +262,25 @@ class Read:
             raise InvalidRequest("pos: must not be negative")
 
 
+@frozen
+class UploadFile:
+    """Ask to upload a file: the answer is where to PUT its bytes."""
+
+    name: str
+    size: int
+    mime: str
+
+    def validate(self) -> None:
+        check_file(self.name, self.size, self.mime)
+
+
+@frozen
+class FileUrl:
+    """Ask where to download a file one sent or received."""
+
+    file_id: int
+
+
 Command = (
     Register
     | Login
@@ -281,6 +306,8 @@ Command = (
     | Sync
     | History
     | Read
+    | UploadFile
+    | FileUrl
 )
 
 # Commands that anyone may send before logging in.

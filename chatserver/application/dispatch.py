@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from chatserver.application import account_changes, accounts, chat, friends, groups, history
+from chatserver.application import (
+    account_changes,
+    accounts,
+    chat,
+    files,
+    friends,
+    groups,
+    history,
+)
 from chatserver.application.commands import (
     AccountChange,
     AddFriend,
@@ -13,6 +21,7 @@ from chatserver.application.commands import (
     BlockUser,
     CreateGroup,
     DissolveGroup,
+    FileUrl,
     History,
     JoinGroup,
     KickMember,
@@ -31,6 +40,7 @@ from chatserver.application.commands import (
     Sync,
     TransferGroup,
     UpdateGroup,
+    UploadFile,
 )
 from chatserver.application.hooks import (
     account_created,
@@ -76,6 +86,8 @@ HANDLERS: dict[type[Any], UseCase] = {
     Sync: history.sync,
     History: history.history,
     Read: history.read,
+    UploadFile: files.upload_file,
+    FileUrl: files.file_url,
 }
 
 # Use cases that can serve a command without a coroutine of their own, by joining the inbox

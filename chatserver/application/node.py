@@ -25,6 +25,7 @@ from chatserver.application.webhooks import WebhookRecorder
 from chatserver.domain.groups import DEFAULT_MEMBER_LIMIT
 from chatserver.domain.ports import (
     Clock,
+    FileLinks,
     MessageBus,
     Metrics,
     PasswordHasher,
@@ -94,6 +95,12 @@ class Limits:
     # sends when it is full.
     group_entries_burst: int = 20_000
     group_entries_per_second: int = 20_000
+    # Files (PROTOCOL.md Version 2, "Files"): bytes per file, and bytes a user may upload in
+    # any 24 hours; past them FILE_UPLOAD is errno 14. Signed upload and download paths last
+    # file_link_seconds.
+    file_bytes: int = 20 * 1024 * 1024
+    file_bytes_per_day: int = 1024 * 1024 * 1024
+    file_link_seconds: int = 600
 
 
 @define
@@ -149,6 +156,9 @@ class Node:
     hooks: Hooks = Factory(Hooks)
     # Writes events to the webhook outbox (None: no webhook).
     webhooks: WebhookRecorder | None = None
+    # Where files are uploaded and downloaded (the web port's signed paths); None: no web port,
+    # FILE_UPLOAD and FILE_URL are errno 11.
+    file_links: FileLinks | None = None
     before_send: BeforeSend | None = field(init=False)
     events: EventFeed | None = field(init=False)
     writer: InboxWriter = field(init=False)

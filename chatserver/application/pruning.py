@@ -7,13 +7,30 @@ import anyio
 import anyio.lowlevel
 
 from chatserver.domain.errors import Unavailable
-from chatserver.domain.ports import Clock, UnitOfWork
+from chatserver.domain.ports import Clock, FileStore, UnitOfWork
 
 log = logging.getLogger("chatserver.pruning")
 
 DAY_MS = 86_400_000
 PRUNE_BATCH = 500
 PRUNE_EVERY_SECONDS = 60.0
+# A file no message refers to is kept this long after it was asked for (its upload, then
+# the chat that carries it, come within it); a reference is checked this long after it was
+# made (its message is stored right after it).
+UNSENT_FILE_MS = DAY_MS
+REFERENCE_SETTLE_MS = 60_000
+
+
+async def collect_files(uow: UnitOfWork, clock: Clock, store: FileStore) -> int:
+    """Forget files that no kept message refers to any more, rows and bytes; return how many
+    stored contents went."""
+    now = clock.now_ms()
+    unused = await uow.run(
+        lambda tx: tx.files.collect(now - REFERENCE_SETTLE_MS, now - UNSENT_FILE_MS)
+    )
+    for sha256 in unused:
+        await store.delete(sha256)
+    return len(unused)
 
 
 async def prune_once(
@@ -34,14 +51,20 @@ async def prune_once(
 
 
 async def prune_history(
-    uow: UnitOfWork, clock: Clock, history_days: int, *, every_seconds: float = PRUNE_EVERY_SECONDS
+    uow: UnitOfWork, clock: Clock, history_days: int, *, every_seconds: float = PRUNE_EVERY_SECONDS,
+    files: FileStore | None = None,
 ) -> None:
-    """Run for the node's lifetime: prune now and then."""
+    """Run for the node's lifetime: prune now and then, and with it the files no kept message
+    refers to any more."""
     while True:
         try:
             gone = await prune_once(uow, clock, history_days)
             if gone:
                 log.info("pruned %d inbox entries older than %d days", gone, history_days)
+            if files is not None:
+                removed = await collect_files(uow, clock, files)
+                if removed:
+                    log.info("removed %d files no kept message refers to", removed)
         except Unavailable as error:
             log.warning("pruning postponed: %s", error)
         await anyio.sleep(every_seconds)

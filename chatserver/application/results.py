@@ -85,6 +85,19 @@ class HistoryPage:
     more: bool
 
 
+@frozen
+class UploadGranted:
+    """Where to PUT the file's bytes (a path on the web port, signed, for a while)."""
+
+    file_id: int
+    upload_url: str
+
+
+@frozen
+class DownloadGranted:
+    url: str
+
+
 Result = (
     Done
     | Registered
@@ -94,4 +107,6 @@ Result = (
     | LoggedIn
     | Synced
     | HistoryPage
+    | UploadGranted
+    | DownloadGranted
 )

@@ -60,6 +60,12 @@ class QuotaExceeded(ChatError):
     default_message = "the recipient has too many waiting messages"
 
 
+class TooLarge(ChatError):
+    """A file over the size limit, or an upload over the user's daily quota (errno 14)."""
+
+    default_message = "over a size limit or quota"
+
+
 class Unavailable(ChatError):
     default_message = "server busy or a dependency is down: try again"
 

@@ -13,6 +13,18 @@ MAX_MESSAGE_LENGTH = 4096
 
 
 @frozen
+class FileRef:
+    """A file attached to a chat message (PROTOCOL.md Version 2, "Files"): its bytes are
+    stored once by their sha256."""
+
+    id: int
+    name: str
+    size: int
+    mime: str
+    sha256: str
+
+
+@frozen
 class DirectMessage:
     msg_id: int
     sender_id: int
@@ -20,6 +32,7 @@ class DirectMessage:
     recipient_id: int
     text: str
     sent_at_ms: int
+    file: FileRef | None = None
 
 
 @frozen
@@ -30,6 +43,7 @@ class GroupMessage:
     sender_name: str
     text: str
     sent_at_ms: int
+    file: FileRef | None = None
 
 
 @frozen

@@ -10,6 +10,7 @@ from typing import Protocol, TypeVar
 
 from attrs import frozen
 
+from chatserver.domain.files import StoredFile
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Event, Kept
 from chatserver.domain.names import NamedId
@@ -254,6 +255,40 @@ class Inbox(Protocol):
         ...
 
 
+class FileRepository(Protocol):
+    """Files shared in chats (PROTOCOL.md Version 2, "Files"): one row per upload, and which
+    kept messages refer to it."""
+
+    def add(self, owner_id: int, name: str, size: int, mime: str, now_ms: int) -> StoredFile:
+        """A file about to be uploaded (no sha256 yet)."""
+        ...
+
+    def get(self, file_id: int) -> StoredFile | None: ...
+
+    def complete(self, file_id: int, sha256: str) -> bool:
+        """Its bytes are stored under sha256; False if there is no such file any more."""
+        ...
+
+    def uploaded_since(self, owner_id: int, since_ms: int) -> int:
+        """Bytes of the files the owner asked to upload since since_ms (their quota)."""
+        ...
+
+    def refer(self, file_id: int, msg_id: int, group_id: int | None,
+              recipient_id: int | None, now_ms: int) -> None:
+        """Message msg_id carries the file, to a group or to one user."""
+        ...
+
+    def readers(self, file_id: int) -> tuple[frozenset[int], frozenset[int]]:
+        """The users, and the groups, kept messages with the file went to."""
+        ...
+
+    def collect(self, referred_before_ms: int, unsent_before_ms: int) -> list[str]:
+        """Forget references made before referred_before_ms whose message is no longer kept,
+        then files no message refers to that were asked for before unsent_before_ms; return
+        the sha256 of the bytes no file names any more (to be deleted from the store)."""
+        ...
+
+
 class MessageIdSequence(Protocol):
     def reserve(self, count: int) -> int:
         """Reserve count fresh message ids, never handed out before; return the first."""
@@ -320,6 +355,9 @@ class Transaction(Protocol):
     @property
     def webhooks(self) -> WebhookOutbox: ...
 
+    @property
+    def files(self) -> FileRepository: ...
+
 
 class UnitOfWork(Protocol):
     async def run(self, work: Callable[[Transaction], T]) -> T:
@@ -334,6 +372,22 @@ class PasswordHasher(Protocol):
 
     async def verify(self, password: str, password_hash: str | None) -> bool:
         """True if password matches; takes as long for a missing hash as for a wrong one."""
+        ...
+
+
+class FileLinks(Protocol):
+    """Signed, expiring paths on the web port for one file's upload or download."""
+
+    def upload_url(self, file_id: int, expires_ms: int) -> str: ...
+
+    def download_url(self, file_id: int, user_id: int, expires_ms: int) -> str: ...
+
+
+class FileStore(Protocol):
+    """Where files' bytes are kept, by their sha256."""
+
+    async def delete(self, sha256: str) -> None:
+        """Forget these bytes (nothing happens if they are not there)."""
         ...
 
 

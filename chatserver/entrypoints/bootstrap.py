@@ -7,11 +7,12 @@ import secrets
 import socket
 import sqlite3
 import ssl
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -129,6 +130,11 @@ class Config:
     ws_port: int | None = None
     # Origins whose pages may open /ws ("*": any); empty: the page's own origin only.
     allowed_origins: tuple[str, ...] = ()
+    # Files shared in chats (served on the web port): the folder that keeps them (None: beside
+    # a SQLite database, else off), and the key that signs their links (None: random, which
+    # only a single node can use).
+    files: str | None = None
+    file_key: str | None = None
     authenticator: Authenticator | None = None
     hooks: Hooks = field(factory=Hooks)
     webhook: str | None = None
@@ -377,6 +383,7 @@ class ChatApp:
     config: Config = field(factory=Config)
     _tasks: TaskGroup | None = field(default=None, init=False)
     _serving: _Serving | None = field(default=None, init=False)
+    _files: Any = field(default=None, init=False)  # the web port's FileTransfers, if any
 
     def connect(self) -> "EmbeddedClient":
         """A client without a socket: requests go straight to the use cases."""
@@ -430,6 +437,7 @@ class ChatApp:
                 per_address=per_address,
                 forwarded_for=config.behind_proxy or config.proxy_protocol,
                 allowed_origins=config.allowed_origins,
+                files=self._files,
             )))
         if self.metrics is not None and config.metrics_port is not None:
             from chatserver.adapters.web.metrics_server import MetricsServer
@@ -620,6 +628,49 @@ def open_cluster(config: Config, hub: InProcessHub | None) -> Cluster:
     raise ConfigError(f"unsupported bus URL {config.bus!r}: use memory:// or redis://HOST:PORT/DB")
 
 
+def files_folder(config: Config) -> Path | None:
+    """Where files are kept: --files, else a folder beside a SQLite database."""
+    if config.files is not None:
+        return Path(config.files)
+    if config.database.startswith("sqlite:///"):
+        database = sqlite_path(config.database)
+        return database.with_name(database.stem + "-files")
+    return None
+
+
+def open_files(config: Config, clock: Clock) -> tuple[Any, Any]:
+    """The file store and the signer of links, when the web port serves files; else Nones."""
+    if config.ws_port is None:
+        return None, None
+    from chatserver.adapters.web.files import FolderStore, SignedLinks
+
+    store: Any
+    if config.files is not None and config.files.startswith("s3://"):
+        from chatserver.adapters.web.s3_store import S3Store
+
+        staging = Path(tempfile.gettempdir()) / f"chatserver-uploads-{os.getpid()}"
+        try:
+            store = S3Store(config.files, staging)
+            store.prepare()
+        except Exception as error:  # boto3's errors: no credentials, no bucket, no endpoint
+            raise ConfigError(f"--files {redact_password(config.files)}: {error}") from error
+    else:
+        folder = files_folder(config)
+        if folder is None:
+            return None, None
+        store = FolderStore(folder)
+        try:
+            store.prepare()
+        except OSError as error:
+            raise ConfigError(f"--files {folder}: {error.strerror or error}") from error
+    key = config.file_key
+    if key is None:
+        if config.bus != "memory://":
+            log.warning("no --file-key: file links signed here are refused by other nodes")
+        key = secrets.token_hex(32)
+    return store, SignedLinks(key.encode(), clock)
+
+
 @asynccontextmanager
 async def open_node(
     config: Config,
@@ -661,6 +712,7 @@ async def open_node(
                                    connections=limits.concurrency)
         deliverer = WebhookDeliverer(timed_uow, the_clock, sender, cluster.node_id, limits)
         recorder = WebhookRecorder(encode_event, deliverer.wake)
+    store, links = open_files(config, the_clock)
     node = Node(
         node_id=cluster.node_id,
         uow=timed_uow,
@@ -673,6 +725,7 @@ async def open_node(
         authenticator=config.authenticator,
         hooks=config.hooks,
         webhooks=recorder,
+        file_links=links,
     )
     if metrics is not None:
         metrics.count_sessions(lambda: len(node.sessions))
@@ -680,6 +733,10 @@ async def open_node(
         if isinstance(cluster, RedisCluster):
             cluster.observe_calls(metrics.dependency.labels("redis").observe)
     app = ChatApp(node, metrics, config)
+    if store is not None and links is not None:
+        from chatserver.adapters.web.files import FileTransfers
+
+        app._files = FileTransfers(node, store, links)
     try:
         async with anyio.create_task_group() as background:
             app._tasks = background
@@ -693,7 +750,8 @@ async def open_node(
             if deliverer is not None:
                 background.start_soon(deliverer.run)
             background.start_soon(
-                partial(prune_history, node.uow, node.clock, node.limits.history_days)
+                partial(prune_history, node.uow, node.clock, node.limits.history_days,
+                        files=store)
             )
             try:
                 yield app

@@ -224,6 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the HMAC-SHA256 key of the X-Chatserver-Signature header "
                        "(CHATSERVER_WEBHOOK_SECRET, better than the command line, which other "
                        "users of the machine can see)")
+    serve.add_argument("--files", metavar="DIR", default=_env("FILES", "") or None,
+                       help="folder where files shared in chats are kept, by content "
+                       "(CHATSERVER_FILES; default: a folder NAME-files beside a SQLite "
+                       "database NAME.db; with another database, files are off unless given)")
+    serve.add_argument("--file-key", metavar="KEY", default=_env("FILE_KEY", "") or None,
+                       help="secret that signs upload and download links, the same on every "
+                       "node (CHATSERVER_FILE_KEY, preferred: a command line is visible to "
+                       "other users; default: a random key per process)")
+    serve.add_argument("--file-limit", type=int, metavar="BYTES",
+                       default=_env_int("FILE_LIMIT", str(defaults.limits.file_bytes)),
+                       help="largest file in bytes (CHATSERVER_FILE_LIMIT; default %(default)s)")
+    serve.add_argument("--file-quota", type=int, metavar="BYTES",
+                       default=_env_int("FILE_QUOTA", str(defaults.limits.file_bytes_per_day)),
+                       help="bytes one user may upload in 24 hours (CHATSERVER_FILE_QUOTA; "
+                       "default %(default)s)")
     serve.add_argument("--frame-limit", type=int,
                        default=_env_int("FRAME_LIMIT", str(defaults.frame_limit)),
                        help="largest frame in bytes (CHATSERVER_FRAME_LIMIT; "
@@ -252,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the name this terminal logs in with, 1-64 characters: a login on "
                         "the same device takes over its session, other devices stay logged in "
                         "(default: this machine's host name)")
+    client.add_argument("--web-port", type=int, default=_env_int("WS_PORT", "0") or None,
+                        help="the server's web port (its --ws-port), where sendfile: and "
+                        "download: move files (CHATSERVER_WS_PORT; default: files off)")
 
     cluster = commands.add_parser(
         "cluster", help="run N nodes with nginx in front, on this machine",
@@ -327,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "client":
             from chatserver.entrypoints.client.terminal import main as run_client
 
-            return run_client(args.host, args.port, args.device)
+            return run_client(args.host, args.port, args.device, args.web_port)
         if args.command == "db" and args.db_command == "import-legacy":
             from chatserver.adapters.mysql.legacy_import import LegacyImportError, import_legacy
 
@@ -527,6 +545,8 @@ def _serve(args: argparse.Namespace) -> int:
             if o.strip()
         ),
         ws_port=args.ws_port,
+        files=args.files,
+        file_key=args.file_key,
         tls_key=args.tls_key,
         hash_cost=args.hash_cost,
         webhook=args.webhook,
@@ -540,6 +560,8 @@ def _serve(args: argparse.Namespace) -> int:
             stranger_stored_share=args.stranger_share,
             group_entries_per_second=args.group_entries_per_second,
             group_entries_burst=args.group_entries_per_second,
+            file_bytes=args.file_limit,
+            file_bytes_per_day=args.file_quota,
             registrations_per_minute=args.registrations_per_minute,
             registrations_per_hour=args.registrations_per_hour,
             # REG requests of any outcome (a taken name too): six times the accounts.

@@ -13,6 +13,7 @@ from attrs import Factory, define, evolve
 
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of
 from chatserver.domain.errors import NameTaken, UnknownGroup, UnknownUser
+from chatserver.domain.files import StoredFile
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage, Kept
 from chatserver.domain.names import NamedId, name_key
@@ -22,7 +23,7 @@ from chatserver.domain.users import DELETED_USER_NAME, Account, User
 K = TypeVar("K")
 V = TypeVar("V")
 
-Counter = Literal["user", "group", "message", "order", "webhook"]
+Counter = Literal["user", "group", "message", "order", "webhook", "file"]
 
 
 @define
@@ -64,8 +65,11 @@ class MemoryDatabase:
     webhooks: dict[int, tuple[str, str, int]] = Factory(dict)
     webhook_lease: dict[str, tuple[str, int]] = Factory(dict)
     counters: dict[Counter, int] = Factory(
-        lambda: {"user": 0, "group": 0, "message": 0, "order": 0, "webhook": 0}
+        lambda: {"user": 0, "group": 0, "message": 0, "order": 0, "webhook": 0, "file": 0}
     )
+    files: dict[int, StoredFile] = Factory(dict)
+    # (file, msg_id) -> (group or None, recipient or None, when referred)
+    file_refs: dict[tuple[int, int], tuple[int | None, int | None, int]] = Factory(dict)
 
 
 _ABSENT = object()  # a key the mapping did not hold
@@ -661,3 +665,51 @@ class MemoryInbox:
             positions = self._db.conversations.get((user_id, key))
             if positions:
                 self._log.drop_front(positions, bisect_left(positions, floor))
+
+
+class MemoryFileRepository:
+    def __init__(self, log: UndoLog) -> None:
+        self._log = log
+        self._db = log.database
+
+    def add(self, owner_id: int, name: str, size: int, mime: str, now_ms: int) -> StoredFile:
+        stored = StoredFile(self._log.take("file"), owner_id, name, size, mime, now_ms)
+        self._log.put(self._db.files, stored.id, stored)
+        return stored
+
+    def get(self, file_id: int) -> StoredFile | None:
+        return self._db.files.get(file_id)
+
+    def complete(self, file_id: int, sha256: str) -> bool:
+        stored = self._db.files.get(file_id)
+        if stored is None:
+            return False
+        self._log.put(self._db.files, file_id, evolve(stored, sha256=sha256))
+        return True
+
+    def uploaded_since(self, owner_id: int, since_ms: int) -> int:
+        return sum(f.size for f in self._db.files.values()
+                   if f.owner_id == owner_id and f.created_ms >= since_ms)
+
+    def refer(self, file_id: int, msg_id: int, group_id: int | None,
+              recipient_id: int | None, now_ms: int) -> None:
+        self._log.put(self._db.file_refs, (file_id, msg_id), (group_id, recipient_id, now_ms))
+
+    def readers(self, file_id: int) -> tuple[frozenset[int], frozenset[int]]:
+        refs = [v for (f, _), v in self._db.file_refs.items() if f == file_id]
+        return (frozenset(u for _, u, _ in refs if u is not None),
+                frozenset(g for g, _, _ in refs if g is not None))
+
+    def collect(self, referred_before_ms: int, unsent_before_ms: int) -> list[str]:
+        db = self._db
+        kept = {d.msg_id for entries in db.inbox.values() for _, d in entries.values()}
+        for key, (_, _, referred_ms) in list(db.file_refs.items()):
+            if referred_ms < referred_before_ms and key[1] not in kept:
+                self._log.pop(db.file_refs, key)
+        referred = {file_id for file_id, _ in db.file_refs}
+        gone = [f for f in db.files.values()
+                if f.created_ms < unsent_before_ms and f.id not in referred]
+        for stored in gone:
+            self._log.pop(db.files, stored.id)
+        named = {f.sha256 for f in db.files.values()}
+        return sorted({f.sha256 for f in gone if f.sha256 is not None} - named)

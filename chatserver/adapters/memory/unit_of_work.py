@@ -7,6 +7,7 @@ from anyio.lowlevel import checkpoint
 
 from chatserver.adapters.memory.repositories import (
     MemoryDatabase,
+    MemoryFileRepository,
     MemoryFriendRepository,
     MemoryGroupRepository,
     MemoryInbox,
@@ -16,6 +17,7 @@ from chatserver.adapters.memory.repositories import (
     UndoLog,
 )
 from chatserver.domain.ports import (
+    FileRepository,
     FriendRepository,
     GroupRepository,
     Inbox,
@@ -38,6 +40,7 @@ class MemoryTransaction:
         self.inbox: Inbox = MemoryInbox(log)
         self.message_ids: MessageIdSequence = MemoryMessageIdSequence(log)
         self.webhooks: WebhookOutbox = MemoryWebhookOutbox(log)
+        self.files: FileRepository = MemoryFileRepository(log)
 
 
 class MemoryUnitOfWork:

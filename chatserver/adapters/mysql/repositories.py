@@ -14,6 +14,7 @@ import orjson
 from mysql.connector import IntegrityError, errorcode
 from mysql.connector.cursor import MySQLCursor
 
+from chatserver.adapters import serialization
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of, place
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
@@ -46,7 +47,8 @@ def dump_delivery(delivery: Delivery) -> tuple[str, str]:
 
 
 def load_delivery(kind: str, body: str) -> Delivery:
-    return DELIVERY_KINDS[kind](**orjson.loads(body))
+    # The shared reader: it makes a chat's attached file a FileRef again.
+    return serialization.load_delivery(kind, body)
 
 
 @contextmanager

@@ -241,6 +241,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             cursor, "allgroup", "groupname", "group_name_key", "groupid"
         ),
     ),
+    (
+        # Version 2, files (PROTOCOL.md "Files"): one row per upload (sha256 once its bytes
+        # are stored, by that content address), and the kept messages that carry it.
+        f"""CREATE TABLE IF NOT EXISTS chat_file (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            owner INT NOT NULL,
+            name VARCHAR(255) NOT NULL,
+            size BIGINT NOT NULL,
+            mime VARCHAR(127) NOT NULL,
+            created_ms BIGINT NOT NULL,
+            sha256 CHAR(64) NULL,
+            KEY chat_file_by_owner (owner, created_ms),
+            KEY chat_file_by_sha256 (sha256)
+        ) {TABLE_OPTIONS}""",
+        f"""CREATE TABLE IF NOT EXISTS chat_file_ref (
+            file_id BIGINT NOT NULL,
+            msg_id BIGINT NOT NULL,
+            groupid INT NULL,
+            userid INT NULL,
+            created_ms BIGINT NOT NULL,
+            PRIMARY KEY (file_id, msg_id),
+            KEY chat_file_ref_by_message (msg_id),
+            FOREIGN KEY (file_id) REFERENCES chat_file (id) ON DELETE CASCADE
+        ) {TABLE_OPTIONS}""",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -8,7 +8,7 @@ most. Connections are opened as they are first needed, so a quiet node holds few
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any, Generic, TypeVar
 
@@ -18,6 +18,7 @@ from mysql.connector import Error, errorcode
 from mysql.connector.cursor import MySQLCursor
 from mysql.connector.pooling import MySQLConnectionPool, PooledMySQLConnection
 
+from chatserver.adapters.file_rows import SqlFileRepository
 from chatserver.adapters.mysql.repositories import (
     MySqlFriendRepository,
     MySqlGroupRepository,
@@ -36,6 +37,7 @@ from chatserver.adapters.mysql.schema import (
 from chatserver.adapters.mysql.url import MySqlUrl, parse_mysql_url, quote_name
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.ports import (
+    FileRepository,
     FriendRepository,
     GroupRepository,
     Inbox,
@@ -121,6 +123,17 @@ class MySqlTransaction:
         self.inbox: Inbox = MySqlInbox(cursor)
         self.message_ids: MessageIdSequence = MySqlMessageIdSequence(cursor)
         self.webhooks: WebhookOutbox = MySqlWebhookOutbox(cursor)
+        self._cursor = cursor
+        self.files: FileRepository = SqlFileRepository(self._execute, self._last_id)
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        self._cursor.execute(sql, tuple(params))
+        return list(self._cursor.fetchall()) if self._cursor.with_rows else []
+
+    def _last_id(self) -> int:
+        row_id = self._cursor.lastrowid
+        assert row_id is not None
+        return int(row_id)
 
 
 class MySqlUnitOfWork(Generic[Tx]):

@@ -196,6 +196,30 @@ MIGRATIONS: tuple[Migration, ...] = (
         lambda db: _key_existing_names(db, "user", "name", "user_name_key", "userid"),
         lambda db: _key_existing_names(db, "allgroup", "groupname", "group_name_key", "groupid"),
     ),
+    (
+        # Version 2, files (PROTOCOL.md "Files"): one row per upload (sha256 once its bytes
+        # are stored, by that content address), and the kept messages that carry it.
+        """CREATE TABLE chat_file (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            owner INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mime TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            sha256 TEXT
+        )""",
+        "CREATE INDEX chat_file_by_owner ON chat_file (owner, created_ms)",
+        "CREATE INDEX chat_file_by_sha256 ON chat_file (sha256)",
+        """CREATE TABLE chat_file_ref (
+            file_id INTEGER NOT NULL REFERENCES chat_file(id) ON DELETE CASCADE,
+            msg_id INTEGER NOT NULL,
+            groupid INTEGER,
+            userid INTEGER,
+            created_ms INTEGER NOT NULL,
+            PRIMARY KEY (file_id, msg_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX chat_file_ref_by_message ON chat_file_ref (msg_id)",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -5,12 +5,13 @@ anyway; a CapacityLimiter of 1 makes every transaction take its turn, off the ev
 """
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from os import PathLike
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from anyio import CapacityLimiter, ClosedResourceError, to_thread
 
+from chatserver.adapters.file_rows import SqlFileRepository
 from chatserver.adapters.sqlite.repositories import (
     SqliteFriendRepository,
     SqliteGroupRepository,
@@ -22,6 +23,7 @@ from chatserver.adapters.sqlite.repositories import (
 from chatserver.adapters.sqlite.schema import connect, upgrade
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.ports import (
+    FileRepository,
     FriendRepository,
     GroupRepository,
     Inbox,
@@ -46,6 +48,16 @@ class SqliteTransaction:
         self.inbox: Inbox = SqliteInbox(connection)
         self.message_ids: MessageIdSequence = SqliteMessageIdSequence(connection)
         self.webhooks: WebhookOutbox = SqliteWebhookOutbox(connection)
+        self._cursor = connection.cursor()
+        self.files: FileRepository = SqlFileRepository(self._execute, self._last_id)
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._cursor.execute(sql.replace("%s", "?"), params).fetchall()
+
+    def _last_id(self) -> int:
+        row_id = self._cursor.lastrowid
+        assert row_id is not None
+        return row_id
 
 
 class SqliteUnitOfWork:

@@ -1,23 +1,22 @@
 """The web listener: the chat page over HTTP at `/`, and the protocol over WebSocket at `/ws`.
 
-WebSocket framing and the HTTP handshake are the `websockets` library's; what is ours is the
-same request serving, limits and shutdown as the TCP listener.
+HTTP and WebSocket are aiohttp's (its low-level server: no hand-written parsing); what is ours
+is the routing, the same request serving, limits and shutdown as the TCP listener, and the
+counting of connections from the moment they are accepted.
 """
 
 import asyncio
 import logging
 import mimetypes
 import ssl
-from email.utils import formatdate
 from http import HTTPStatus
 from importlib import resources
+from typing import Any
 
 import anyio
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.web_protocol import RequestHandler
 from anyio.abc import TaskStatus
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.frames import CloseCode
-from websockets.http11 import Request, Response
 
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
@@ -26,6 +25,7 @@ from chatserver.adapters.tcp.proxy_header import TrustedProxies
 from chatserver.adapters.tcp.requests import REFUSAL_LOG, log_out_everyone
 from chatserver.adapters.tcp.server import TOO_MANY_CONNECTIONS
 from chatserver.adapters.web.client import WebSocketClient, peer_address
+from chatserver.adapters.web.files import FileTransfers
 from chatserver.application.node import Node
 from chatserver.application.throttle import address_key
 
@@ -34,7 +34,7 @@ log = logging.getLogger("chatserver.web")
 WEBSOCKET_PATH = "/ws"
 
 # The library logs every connection and HTTP response at INFO: ours are the lines that count.
-_library_log = logging.getLogger("chatserver.web.websockets")
+_library_log = logging.getLogger("chatserver.web.aiohttp")
 if _library_log.level == logging.NOTSET:
     _library_log.setLevel(logging.WARNING)
 
@@ -48,6 +48,14 @@ _PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+
+# aiohttp names itself and its version in a Server header unless one is set.
+SERVER_HEADER = "chatserver"
+
+# A connection must send a complete request within this time (and a WebSocket handshake
+# finish within it), or it is closed.
+OPEN_TIMEOUT_SECONDS = 10.0
+READ_BUFFER = 512 * 1024
 
 
 class StaticFiles:
@@ -66,18 +74,16 @@ class StaticFiles:
         if "/index.html" in self.files:
             self.files["/"] = self.files["/index.html"]
 
-    def response(self, request: Request) -> Response:
-        path = request.path.split("?", 1)[0]
+    def response(self, path: str) -> web.Response:
         found = self.files.get(path)
         if found is None:
-            return _plain(HTTPStatus.NOT_FOUND, "not found\n")
+            return plain(HTTPStatus.NOT_FOUND, "not found\n")
         body, kind = found
-        headers = Headers(_PAGE_HEADERS)
-        headers["Content-Type"] = kind
-        headers["Content-Length"] = str(len(body))
-        headers["Date"] = formatdate(usegmt=True)
-        headers["Connection"] = "close"
-        return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
+        response = web.Response(body=body, headers=_PAGE_HEADERS)
+        response.headers["Content-Type"] = kind
+        response.headers["Server"] = SERVER_HEADER
+        response.force_close()
+        return response
 
 
 def _same_origin(origin: str, host: str | None) -> bool:
@@ -101,19 +107,34 @@ def _split_host(host: str, default_port: str | None) -> tuple[str, str | None]:
     return (name, port) if colon and port.isdigit() else (host, default_port)
 
 
-def _plain(status: HTTPStatus, text: str) -> Response:
-    body = text.encode()
-    headers = Headers({
-        "Content-Type": "text/plain; charset=utf-8",
-        "Content-Length": str(len(body)),
-        "Connection": "close",
-    })
-    return Response(status.value, status.phrase, headers, body)
+def plain(status: HTTPStatus, text: str) -> web.Response:
+    """A short text answer; the connection closes after it (one request per connection)."""
+    response = web.Response(status=status.value, text=text, content_type="text/plain",
+                            headers={"Server": SERVER_HEADER,
+                                     "X-Content-Type-Options": "nosniff"})
+    response.force_close()
+    return response
 
 
 # Connections over their address's limit let through the handshake at once, per address, to
 # be told errno 9; more are closed as soon as they are accepted.
 OVER_LIMIT_TOLD = 8
+
+
+class _CountingServer(web.Server):
+    """aiohttp's low-level server, telling its owner of every connection accepted and lost."""
+
+    def __init__(self, owner: "WebSocketServer", **kwargs: Any) -> None:
+        super().__init__(owner._handle, **kwargs)
+        self.owner = owner
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.owner._accepted(handler, transport)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self.owner._release(handler)
+        super().connection_lost(handler, exc)
 
 
 class WebSocketServer:
@@ -132,6 +153,7 @@ class WebSocketServer:
         page: StaticFiles | None = None,
         forwarded_for: bool = False,
         allowed_origins: tuple[str, ...] = (),
+        files: FileTransfers | None = None,
     ) -> None:
         self.node = node
         self.host = host
@@ -140,6 +162,7 @@ class WebSocketServer:
         self.tls = tls
         self.metrics = metrics
         self.page = page if page is not None else StaticFiles()
+        self.files = files
         # Behind a reverse proxy (nginx) that sets X-Forwarded-For: the client's address is
         # the last one in it (the one the proxy saw), not the proxy's.
         self.forwarded_for = forwarded_for
@@ -151,46 +174,49 @@ class WebSocketServer:
         self.per_address = per_address or ConnectionsPerAddress(
             limits.connections_per_address
         )
-        self._pending: set[ServerConnection] = set()  # accepted, handshake not done
-        self._counted: dict[ServerConnection, str] = {}  # the address each is counted under
+        # Accepted connections that are not (yet) WebSocket clients: plain HTTP requests and
+        # handshakes in progress.
+        self._pending: set[RequestHandler] = set()
+        self._counted: dict[RequestHandler, str] = {}  # the address each is counted under
         # Over their address's limit when accepted, let through to be told errno 9.
-        self._over: dict[ServerConnection, str] = {}
+        self._over: dict[RequestHandler, str] = {}
         self._over_by_address: dict[str, int] = {}
         self._stop = anyio.Event()
         self._all_gone = anyio.Event()
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until shutdown() has ended every connection."""
-        async with serve(
-            self._serve_client,
-            self.host,
-            self.port,
-            process_request=self._route,
-            ssl=self.tls,
-            # Frames a little over the limit are read so that they get errno 8 as on TCP;
-            # bigger ones are refused by the library (close code 1009) before we see them.
-            max_size=2 * self.limits.frame_bytes + 1024,
-            # The protocol has its own heartbeat (PING_MSG); this one finds dead peers.
-            ping_interval=20,
-            ping_timeout=20,
-            open_timeout=10,
-            create_connection=self._connection_class(),
-            # The TLS handshake happens before a connection is counted: keep it short.
-            ssl_handshake_timeout=10 if self.tls is not None else None,
-            close_timeout=self.limits.close_grace_seconds,
-            compression=None,
-            server_header=None,
+        loop = asyncio.get_running_loop()
+        http = _CountingServer(
+            self,
+            loop=loop,
+            # Also the time a connection has to send its first request: no slow headers.
+            keepalive_timeout=OPEN_TIMEOUT_SECONDS,
+            # What a connection's body may hold unread before reading pauses: big enough that
+            # an upload streams without a pause per few packets.
+            read_bufsize=READ_BUFFER,
+            access_log=None,
             logger=_library_log,
-        ) as server:
+        )
+        server = await loop.create_server(
+            http, self.host, self.port, ssl=self.tls, reuse_address=True,
+            # The TLS handshake happens before a connection is counted: keep it short.
+            ssl_handshake_timeout=OPEN_TIMEOUT_SECONDS if self.tls is not None else None,
+        )
+        try:
             sockets = server.sockets
             port = sockets[0].getsockname()[1] if sockets else self.port
             task_status.started(port)
             await self._stop.wait()
             # Stop accepting; the connections end through their own shutdown path.
-            server.close(close_connections=False)
+            server.close()
             if self.clients:
                 with anyio.move_on_after(self.limits.close_grace_seconds + 1):
                     await self._all_gone.wait()
+        finally:
+            server.close()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await http.shutdown(timeout=0.5)
 
     async def shutdown(self) -> None:
         """Stop accepting and reading, let requests being served finish and be answered (for
@@ -198,27 +224,53 @@ class WebSocketServer:
         self._stop.set()
         await log_out_everyone(self.clients, self.limits.request_grace_seconds)
 
-    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Plain HTTP for the page; the handshake goes on only on /ws."""
-        if request.path.split("?", 1)[0] == WEBSOCKET_PATH:
-            if self._stop.is_set():
-                return _plain(HTTPStatus.SERVICE_UNAVAILABLE, "server stopping\n")
-            if self._spoofed(connection, request):
-                return _plain(HTTPStatus.FORBIDDEN, "X-Forwarded-For from an untrusted peer\n")
-            if not self._origin_allowed(request):
-                if REFUSAL_LOG.allow():
-                    log.warning("refusing %s: WebSocket from origin %r (--allowed-origin)%s",
-                                peer_address(connection)[0], request.headers.get("Origin"),
-                                REFUSAL_LOG.skipped())
-                return _plain(HTTPStatus.FORBIDDEN, "origin not allowed\n")
-            return None
-        response = self.page.response(request)
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Plain HTTP for the page; the WebSocket handshake on /ws only."""
+        path = request.raw_path.split("?", 1)[0]
+        if path == WEBSOCKET_PATH:
+            return await self._websocket(request)
+        if self.files is not None and self.files.handles(path):
+            return await self.files.handle(request, path)
+        if request.method not in ("GET", "HEAD"):
+            return plain(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed\n")
+        response = self.page.response(path)
         if self.tls is not None:
             # Served over TLS: browsers are to come back over TLS only, for a year.
             response.headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
 
-    def _origin_allowed(self, request: Request) -> bool:
+    async def _websocket(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._stop.is_set():
+            return plain(HTTPStatus.SERVICE_UNAVAILABLE, "server stopping\n")
+        if self._spoofed(request):
+            return plain(HTTPStatus.FORBIDDEN, "X-Forwarded-For from an untrusted peer\n")
+        if not self._origin_allowed(request):
+            if REFUSAL_LOG.allow():
+                log.warning("refusing %s: WebSocket from origin %r (--allowed-origin)%s",
+                            _peer(request)[0], request.headers.get("Origin"),
+                            REFUSAL_LOG.skipped())
+            return plain(HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        websocket = web.WebSocketResponse(
+            # Frames a little over the limit are read so that they get errno 8 as on TCP;
+            # bigger ones are refused by the library (close code 1009) before we see them.
+            max_msg_size=2 * self.limits.frame_bytes + 1024,
+            # The protocol has its own heartbeat (PING_MSG); this one finds dead peers.
+            heartbeat=20,
+            compress=False,
+            timeout=self.limits.close_grace_seconds,
+            decode_text=False,
+        )
+        if not websocket.can_prepare(request).ok:
+            return plain(HTTPStatus.UPGRADE_REQUIRED, "WebSocket only\n")
+        websocket.headers["Server"] = SERVER_HEADER
+        await websocket.prepare(request)
+        handler, transport = request.protocol, request.transport
+        assert transport is not None
+        self._pending.discard(handler)
+        await self._serve_client(handler, transport, websocket, self._forwarded(request))
+        return websocket
+
+    def _origin_allowed(self, request: web.BaseRequest) -> bool:
         """A browser names the page that opens /ws in Origin: by default only this server's own
         page may (another site's page cannot use its visitors' network position to reach this
         server); --allowed-origin lists others ("*": any). Clients that are not browsers send
@@ -231,11 +283,11 @@ class WebSocketServer:
             return "*" in self.allowed_origins or origin in self.allowed_origins
         return _same_origin(origin, request.headers.get("Host"))
 
-    def _spoofed(self, connection: ServerConnection, request: Request) -> bool:
+    def _spoofed(self, request: web.BaseRequest) -> bool:
         """X-Forwarded-For from a peer that is not a trusted proxy: refused, and logged."""
         if not self.forwarded_for or "X-Forwarded-For" not in request.headers:
             return False
-        peer, address = peer_address(connection)
+        peer, address = _peer(request)
         if address in self.trusted:
             return False
         if REFUSAL_LOG.allow():
@@ -243,35 +295,41 @@ class WebSocketServer:
                         "(--trusted-proxy %s)%s", peer, self.trusted, REFUSAL_LOG.skipped())
         return True
 
-    def _forwarded(self, websocket: ServerConnection) -> str | None:
+    def _forwarded(self, request: web.BaseRequest) -> str | None:
         """The client's address as the trusted proxy in front says (the last hop, which that
         proxy added); None when there is no proxy in front."""
-        if not self.forwarded_for or websocket.request is None:
+        if not self.forwarded_for:
             return None
-        if peer_address(websocket)[1] not in self.trusted:
-            return None  # no X-Forwarded-For (_route refused any): a client of its own
-        hops = ",".join(websocket.request.headers.get_all("X-Forwarded-For")).split(",")
+        if _peer(request)[1] not in self.trusted:
+            return None  # no X-Forwarded-For (_spoofed refused any): a client of its own
+        hops = ",".join(request.headers.getall("X-Forwarded-For", [])).split(",")
         last = hops[-1].strip()
         return last or None
 
-    async def _serve_client(self, websocket: ServerConnection) -> None:
-        self._pending.discard(websocket)
+    async def _serve_client(
+        self,
+        handler: RequestHandler,
+        transport: asyncio.Transport,
+        websocket: web.WebSocketResponse,
+        forwarded: str | None,
+    ) -> None:
         client = WebSocketClient(
-            websocket, self.node, self.limits, self.metrics, address=self._forwarded(websocket)
+            websocket, transport, self.node, self.limits, self.metrics, address=forwarded
         )
-        counted = self._counted.get(websocket)
+        counted = self._counted.get(handler)
         # Not counted at accept: from a trusted proxy, the client's address was learnt from
         # X-Forwarded-For (or the address was over its limit: refused below).
-        if (counted is None and not self._forget_over(websocket)
+        if (counted is None and not self._forget_over(handler)
                 and self.per_address.admit(client.address)):
-            self._counted[websocket] = counted = client.address
+            self._counted[handler] = counted = client.address
         if counted is None:
             if REFUSAL_LOG.allow():
                 log.warning("refusing %s: already %d connections from there%s", client.peer,
                             self.per_address.limit, REFUSAL_LOG.skipped())
             with anyio.move_on_after(1):
-                await websocket.send(TOO_MANY_CONNECTIONS[:-1], text=True)
-                await websocket.close(CloseCode.TRY_AGAIN_LATER, "too many connections")
+                await websocket.send_frame(TOO_MANY_CONNECTIONS[:-1], WSMsgType.TEXT)
+                await websocket.close(code=WSCloseCode.TRY_AGAIN_LATER,
+                                      message=b"too many connections")
             return
         self.clients.add(client)
         try:
@@ -280,52 +338,46 @@ class WebSocketServer:
             log.exception("websocket client %s failed", client.peer)
         finally:
             self.clients.discard(client)
-            self._release(websocket)
+            self._release(handler)
             if self._stop.is_set() and not self.clients:
                 self._all_gone.set()
 
     # Connections are counted from the moment they are accepted, not once their handshake is
     # done: a client cannot hold more descriptors by never finishing its handshake.
 
-    def _accepted(self, connection: ServerConnection, transport: asyncio.BaseTransport) -> None:
+    def _accepted(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         """A TCP connection was accepted (after TLS, if any): count it against the cap on
-        handshakes in progress and against its address, unless it is a trusted proxy whose
-        clients are counted by the address it names."""
-        peer, host = peer_address(connection)
+        connections not yet clients and against its address, unless it is a trusted proxy
+        whose clients are counted by the address it names."""
+        peer, host = peer_address(transport)
         if len(self._pending) >= self.limits.pending_connections:
             if REFUSAL_LOG.allow():
                 log.warning("refusing %s: %d WebSocket handshakes in progress%s", peer,
                             len(self._pending), REFUSAL_LOG.skipped())
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.abort()
-            else:
-                transport.close()
+            _abort_soon(transport)
             return
-        self._pending.add(connection)
+        self._pending.add(handler)
         if self.forwarded_for and host in self.trusted:
             return
         if self.per_address.admit(host):
-            self._counted[connection] = host
+            self._counted[handler] = host
         elif self._over_by_address.get(host := address_key(host), 0) < OVER_LIMIT_TOLD:
             # Let a few through the handshake to be told errno 9; the rest are cut at once.
-            self._over[connection] = host
+            self._over[handler] = host
             self._over_by_address[host] = self._over_by_address.get(host, 0) + 1
         else:
-            self._pending.discard(connection)
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.abort()
-            else:
-                transport.close()
+            self._pending.discard(handler)
+            _abort_soon(transport)
 
-    def _release(self, connection: ServerConnection) -> None:
-        self._pending.discard(connection)
-        self._forget_over(connection)
-        counted = self._counted.pop(connection, None)
+    def _release(self, handler: RequestHandler) -> None:
+        self._pending.discard(handler)
+        self._forget_over(handler)
+        counted = self._counted.pop(handler, None)
         if counted is not None:
             self.per_address.leave(counted)
 
-    def _forget_over(self, connection: ServerConnection) -> bool:
-        host = self._over.pop(connection, None)
+    def _forget_over(self, handler: RequestHandler) -> bool:
+        host = self._over.pop(handler, None)
         if host is None:
             return False
         left = self._over_by_address[host] - 1
@@ -335,16 +387,15 @@ class WebSocketServer:
             del self._over_by_address[host]
         return True
 
-    def _connection_class(self) -> type[ServerConnection]:
-        server = self
 
-        class CountedConnection(ServerConnection):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                super().connection_made(transport)
-                server._accepted(self, transport)
+def _peer(request: web.BaseRequest) -> tuple[str, str]:
+    transport = request.transport
+    if transport is None:
+        return "?", "?"
+    return peer_address(transport)
 
-            def connection_lost(self, exc: Exception | None) -> None:
-                server._release(self)
-                super().connection_lost(exc)
 
-        return CountedConnection
+def _abort_soon(transport: asyncio.Transport) -> None:
+    """Cut a connection just accepted, once aiohttp has started its handler (cut at once, the
+    handler would start on a connection already forgotten)."""
+    asyncio.get_running_loop().call_soon(transport.abort)

@@ -38,14 +38,20 @@ COMMANDS: dict[int, tuple[type[Any], dict[str, str]]] = {
     protocol.LOGIN: (Login, {"user_id": "id"}),
     protocol.LOGOUT: (commands.Logout, {}),
     protocol.REGISTER: (commands.Register, {}),
-    protocol.ONE_CHAT: (commands.SendDirectMessage, {"recipient_id": "toid", "text": "msg"}),
+    protocol.ONE_CHAT: (
+        commands.SendDirectMessage,
+        {"recipient_id": "toid", "text": "msg", "file_id": "file"},
+    ),
     protocol.ADD_FRIEND: (commands.AddFriend, {"friend_id": "friendid"}),
     protocol.CREATE_GROUP: (
         commands.CreateGroup,
         {"name": "groupname", "description": "groupdesc"},
     ),
     protocol.ADD_GROUP: (commands.JoinGroup, {"group_id": "groupid"}),
-    protocol.GROUP_CHAT: (commands.SendGroupMessage, {"group_id": "groupid", "text": "msg"}),
+    protocol.GROUP_CHAT: (
+        commands.SendGroupMessage,
+        {"group_id": "groupid", "text": "msg", "file_id": "file"},
+    ),
     protocol.FRIEND_RESPONSE: (commands.AnswerFriend, {"requester_id": "friendid"}),
     protocol.PING: (commands.Ping, {}),
     protocol.LEAVE_GROUP: (commands.LeaveGroup, {"group_id": "groupid"}),
@@ -68,6 +74,8 @@ COMMANDS: dict[int, tuple[type[Any], dict[str, str]]] = {
         commands.UpdateGroup,
         {"group_id": "groupid", "name": "groupname", "description": "groupdesc"},
     ),
+    protocol.FILE_UPLOAD: (commands.UploadFile, {}),
+    protocol.FILE_URL: (commands.FileUrl, {}),
 }
 # The original server's clients speak version 1 only.
 VERSION_2_MSGIDS = frozenset(
@@ -83,6 +91,8 @@ VERSION_2_MSGIDS = frozenset(
         protocol.GROUP_UPDATE,
         protocol.BLOCK,
         protocol.ACCOUNT,
+        protocol.FILE_UPLOAD,
+        protocol.FILE_URL,
     }
 )
 LEGACY_DEVICE = "legacy"
@@ -162,14 +172,16 @@ def _int64(value: Any) -> bool:
 
 def _one_chat(body: dict[str, Any]) -> Command | None:
     recipient_id, text = body.get("toid"), body.get("msg")
-    if type(recipient_id) is int and _INT64_MIN <= recipient_id < _INT64_END and type(text) is str:
+    if (type(recipient_id) is int and _INT64_MIN <= recipient_id < _INT64_END
+            and type(text) is str and "file" not in body):
         return commands.SendDirectMessage(recipient_id, text)
     return None
 
 
 def _group_chat(body: dict[str, Any]) -> Command | None:
     group_id, text = body.get("groupid"), body.get("msg")
-    if type(group_id) is int and _INT64_MIN <= group_id < _INT64_END and type(text) is str:
+    if (type(group_id) is int and _INT64_MIN <= group_id < _INT64_END
+            and type(text) is str and "file" not in body):
         return commands.SendGroupMessage(group_id, text)
     return None
 

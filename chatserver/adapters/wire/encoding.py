@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from attrs import evolve
 
 from chatserver.adapters.wire import protocol
 from chatserver.adapters.wire.decoding import BadRequest, Request
@@ -15,6 +16,7 @@ from chatserver.adapters.wire.errors import BAD_REQUEST, FRAME_TOO_LARGE, OK, er
 from chatserver.adapters.wire.protocol import Dialect
 from chatserver.application.results import (
     Contact,
+    DownloadGranted,
     GroupCreated,
     GroupJoined,
     GroupView,
@@ -24,6 +26,7 @@ from chatserver.application.results import (
     Registered,
     Result,
     Synced,
+    UploadGranted,
 )
 from chatserver.domain.errors import Muted, RateLimited
 from chatserver.domain.messages import (
@@ -73,7 +76,17 @@ def _state(online: bool) -> str:
 # --- events ------------------------------------------------------------------------------
 
 
+def _file(m: DirectMessage | GroupMessage, obj: JsonObject) -> JsonObject:
+    attached = m.file
+    if attached is not None:
+        obj["file"] = {"id": attached.id, "name": attached.name, "size": attached.size,
+                       "mime": attached.mime, "sha256": attached.sha256}
+    return obj
+
+
 def _direct_message(m: DirectMessage) -> JsonObject:
+    if m.file is not None:
+        return _file(m, _direct_message(evolve(m, file=None)))
     return {
         "msgid": protocol.ONE_CHAT,
         "id": m.sender_id,
@@ -87,6 +100,8 @@ def _direct_message(m: DirectMessage) -> JsonObject:
 
 
 def _group_message(m: GroupMessage) -> JsonObject:
+    if m.file is not None:
+        return _file(m, _group_message(evolve(m, file=None)))
     return {
         "msgid": protocol.GROUP_CHAT,
         "groupid": m.group_id,
@@ -316,6 +331,11 @@ def encode_result(request: Request, result: Result, dialect: Dialect) -> list[by
     elif type(result) is HistoryPage:
         reply["msgs"] = [_kept_object(k) for k in result.msgs]
         reply["more"] = result.more
+    elif type(result) is UploadGranted:
+        reply["file_id"] = result.file_id
+        reply["upload_url"] = result.upload_url
+    elif type(result) is DownloadGranted:
+        reply["url"] = result.url
     return [orjson.dumps(reply, option=_option(dialect))]
 
 

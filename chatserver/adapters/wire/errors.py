@@ -12,6 +12,7 @@ from chatserver.domain.errors import (
     NotPermitted,
     QuotaExceeded,
     RateLimited,
+    TooLarge,
     Unavailable,
     UnknownGroup,
     UnknownUser,
@@ -37,6 +38,7 @@ ERRNO_OF: dict[type[ChatError], int] = {
     Unavailable: 11,
     NotPermitted: 12,
     Muted: 13,
+    TooLarge: 14,
 }
 
 

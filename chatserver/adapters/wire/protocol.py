@@ -35,6 +35,8 @@ GROUP_EVENT = 29
 BLOCK = 30
 FRIEND_REMOVED = 31
 ACCOUNT = 32
+FILE_UPLOAD = 33
+FILE_URL = 34
 
 
 class Dialect(enum.Enum):

@@ -14,12 +14,17 @@ waiters and everything else, parsed into the event classes below, to ``events()`
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import mimetypes
+import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import orjson
 from anyio.abc import ByteStream
@@ -68,6 +73,8 @@ class MsgId(IntEnum):
     BLOCK = 30
     FRIEND_REMOVED = 31
     ACCOUNT = 32
+    FILE_UPLOAD = 33
+    FILE_URL = 34
 
 
 REPLIES = frozenset({MsgId.LOGIN_ACK, MsgId.REGISTER_ACK, MsgId.ACK})
@@ -92,6 +99,17 @@ class ConnectionLost(ConnectionError):
 
 
 @frozen
+class Attachment:
+    """A file a chat message carries: ``download(id, ...)`` fetches it."""
+
+    id: int
+    name: str
+    size: int
+    mime: str
+    sha256: str
+
+
+@frozen
 class DirectMessage:
     """A one-to-one chat message to this user, or (``sender_id`` is this user's) one this user
     sent from another device; ``pos`` is its place in this user's inbox (None from a server
@@ -105,6 +123,7 @@ class DirectMessage:
     time: str
     sent_at_ms: int
     pos: int | None = None
+    file: Attachment | None = None
 
 
 @frozen
@@ -120,6 +139,7 @@ class GroupMessage:
     time: str
     sent_at_ms: int
     pos: int | None = None
+    file: Attachment | None = None
 
 
 @frozen
@@ -323,7 +343,14 @@ def _direct_message(frame: dict[str, Any]) -> DirectMessage:
         time=frame["time"],
         sent_at_ms=frame["ts"],
         pos=_optional_int(frame.get("pos")),
+        file=_attachment(frame.get("file")),
     )
+
+
+def _attachment(value: Any) -> Attachment | None:
+    if not isinstance(value, dict):
+        return None
+    return Attachment(value["id"], value["name"], value["size"], value["mime"], value["sha256"])
 
 
 def _group_message(frame: dict[str, Any]) -> GroupMessage:
@@ -336,6 +363,7 @@ def _group_message(frame: dict[str, Any]) -> GroupMessage:
         time=frame["time"],
         sent_at_ms=frame["ts"],
         pos=_optional_int(frame.get("pos")),
+        file=_attachment(frame.get("file")),
     )
 
 
@@ -442,8 +470,11 @@ class ChatClient:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         event_buffer: int = DEFAULT_EVENT_BUFFER,
         max_frame: int = DEFAULT_MAX_FRAME,
+        web_url: str | None = None,
     ) -> None:
         self.request_timeout = request_timeout
+        # The server's web port (http://host:port), where files go up and come down.
+        self.web_url = web_url
         self._stream = stream
         self._max_frame = max_frame
         self._send_lock = anyio.Lock()
@@ -575,6 +606,91 @@ class ChatClient:
     async def delete_account(self, password: str) -> None:
         """Deletes this user's account for good; this session is then logged out."""
         await self.request(MsgId.ACCOUNT, action="delete", password=password)
+
+    async def send_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        to_id: int | None = None,
+        group_id: int | None = None,
+        text: str = "",
+        mime: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Sent:
+        """Uploads a file (streamed from disk) and sends it in a chat to ``to_id`` or to the
+        group ``group_id``, with ``text`` beside it; returns the chat's msg_id with its pos.
+        ``progress(sent, total)`` is called as the bytes go. Needs ``web_url``."""
+        if (to_id is None) == (group_id is None):
+            raise ValueError("send_file: give to_id or group_id")
+        file = Path(path)
+        size = (await anyio.Path(file).stat()).st_size
+        kind = mime or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        granted = await self.request(MsgId.FILE_UPLOAD, name=file.name, size=size, mime=kind)
+        await self._put(str(granted["upload_url"]), file, size, progress)
+        attached = {"msg": text, "file": granted["file_id"]}
+        if to_id is not None:
+            reply = await self.request(MsgId.ONE_CHAT, toid=to_id, **attached)
+        else:
+            reply = await self.request(MsgId.GROUP_CHAT, groupid=group_id, **attached)
+        return Sent(int(reply["msg_id"]), _optional_int(reply.get("pos")))
+
+    async def download(
+        self,
+        file: Attachment,
+        directory: str | os.PathLike[str] = ".",
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Path:
+        """Downloads a file a chat carried into ``directory`` (under its name, made safe),
+        streamed to disk and checked against its sha256; returns where it went."""
+        granted = await self.request(MsgId.FILE_URL, file_id=file.id)
+        await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+        target = Path(directory) / (Path(file.name).name.lstrip(".") or f"file-{file.id}")
+        partial = target.with_name(target.name + ".part")
+        digest = hashlib.sha256()
+        done = 0
+        async with aiohttp.ClientSession(self._web_url()) as http, http.get(
+            str(granted["url"])
+        ) as response:
+            if response.status != 200:
+                raise ChatError(14 if response.status == 413 else 11,
+                                f"download failed: HTTP {response.status}")
+            async with await anyio.open_file(partial, "wb") as out:
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    digest.update(chunk)
+                    await out.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, file.size)
+        if digest.hexdigest() != file.sha256:
+            await anyio.Path(partial).unlink()
+            raise ChatError(11, "download failed: the bytes are not the file's (sha256)")
+        await anyio.Path(partial).replace(target)
+        return target
+
+    def _web_url(self) -> str:
+        if self.web_url is None:
+            raise ValueError("files need the server's web port: connect(..., web_port=...)")
+        return self.web_url
+
+    async def _put(
+        self, url: str, file: Path, size: int, progress: Callable[[int, int], None] | None
+    ) -> None:
+        async def chunks() -> AsyncIterator[bytes]:
+            sent = 0
+            async with await anyio.open_file(file, "rb") as source:
+                while chunk := await source.read(256 * 1024):
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent, size)
+                    yield chunk
+
+        headers = {"Content-Length": str(size)}
+        async with aiohttp.ClientSession(self._web_url()) as http, http.put(
+            url, data=chunks(), headers=headers
+        ) as response:
+            if response.status != 201:
+                raise ChatError(11, f"upload failed: HTTP {response.status}")
 
     async def sync(self, since: int, limit: int = 200) -> SyncResult:
         """The kept objects after pos ``since``, at most ``limit`` (1-500), and the newest pos."""
@@ -724,12 +840,15 @@ async def connect(
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     event_buffer: int = DEFAULT_EVENT_BUFFER,
     max_frame: int = DEFAULT_MAX_FRAME,
+    web_port: int | None = None,
 ) -> AsyncIterator[ChatClient]:
-    """Connects to a chat server for the length of an ``async with`` block."""
+    """Connects to a chat server for the length of an ``async with`` block; ``web_port`` (the
+    server's ``--ws-port``) is where files go up and come down."""
     with anyio.fail_after(request_timeout):
         stream = await anyio.connect_tcp(host, port)
     client = ChatClient(
-        stream, request_timeout=request_timeout, event_buffer=event_buffer, max_frame=max_frame
+        stream, request_timeout=request_timeout, event_buffer=event_buffer, max_frame=max_frame,
+        web_url=None if web_port is None else f"http://{host}:{web_port}",
     )
     error: Exception | None = None
     async with stream, anyio.create_task_group() as task_group:

@@ -33,6 +33,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from chatserver.entrypoints.client.library import (
     DEFAULT_DEVICE,
     DEFAULT_REQUEST_TIMEOUT,
+    Attachment,
     ChatClient,
     ChatError,
     ConnectionLost,
@@ -215,15 +216,17 @@ def describe(event: Event, names: dict[int, str], me: int | None = None) -> str 
     match event:
         case DirectMessage(sender_id=sender_id) if sender_id == me:
             to = labelled(event.recipient_id, names.get(event.recipient_id, ""))
-            return f"{event.time} you -> {to}: {printable(event.text)}"
+            return f"{event.time} you -> {to}: {printable(event.text)}{_file_note(event)}"
         case DirectMessage():
             sender = f"[{event.sender_id}] {printable(event.sender_name)}"
-            return f"{event.time} {sender} said: {printable(event.text)}"
+            return f"{event.time} {sender} said: {printable(event.text)}{_file_note(event)}"
         case GroupMessage(sender_id=sender_id) if sender_id == me:
-            return f"group[{event.group_id}] {event.time} you said: {printable(event.text)}"
+            text = printable(event.text) + _file_note(event)
+            return f"group[{event.group_id}] {event.time} you said: {text}"
         case GroupMessage():
             sender = f"[{event.sender_id}] {printable(event.sender_name)}"
-            return f"group[{event.group_id}] {event.time} {sender} said: {printable(event.text)}"
+            text = printable(event.text) + _file_note(event)
+            return f"group[{event.group_id}] {event.time} {sender} said: {text}"
         case FriendAnswer():
             answer = "accepted" if event.accepted else "declined"
             who = f"[{event.responder_id}] {printable(event.responder_name)}"
@@ -247,6 +250,22 @@ def describe(event: Event, names: dict[int, str], me: int | None = None) -> str 
         case GroupEvent():
             return _describe_group_event(event, me)
     return None
+
+
+def _file_note(message: DirectMessage | GroupMessage) -> str:
+    """What a message's file looks like on screen, with the command that fetches it."""
+    attached = message.file
+    if attached is None:
+        return ""
+    return (f" [file {printable(attached.name)}, {attached.size:,} bytes: "
+            f"download:{message.msg_id}]")
+
+
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+    """``[#####---------------]  25%  1,024/4,096 bytes``"""
+    share = done / total if total else 1.0
+    filled = round(share * width)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {share:4.0%}  {done:,}/{total:,} bytes"
 
 
 def _describe_group_event(event: GroupEvent, me: int | None = None) -> str:
@@ -352,6 +371,7 @@ class Terminal:
         backoff_max: float = BACKOFF_MAX,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         device: str = DEFAULT_DEVICE,
+        web_port: int | None = None,
     ) -> None:
         self.host = host
         self.device = device
@@ -379,6 +399,10 @@ class Terminal:
         self.receipts_due = anyio.Event()
         self.screen = anyio.Lock()  # keeps the login block ahead of the pushes that follow it
         self.session_scope: CancelScope | None = None
+        # Files in the messages shown, by msg_id, for download:MSGID; the web port they come
+        # from (None: the server's own --port + 1 is not guessed, files are off).
+        self.attachments: dict[int, Attachment] = {}
+        self.web_port = web_port
 
     @property
     def address(self) -> str:
@@ -410,7 +434,8 @@ class Terminal:
         while True:
             try:
                 async with connect(
-                    self.host, self.port, request_timeout=self.request_timeout
+                    self.host, self.port, request_timeout=self.request_timeout,
+                    web_port=self.web_port,
                 ) as client:
                     if started:
                         await self._connected_again(client)
@@ -666,6 +691,9 @@ class Terminal:
 
     def _learn(self, event: Event) -> None:
         match event:
+            case DirectMessage(file=Attachment()) | GroupMessage(file=Attachment()):
+                assert event.file is not None
+                self.attachments[event.msg_id] = event.file
             case FriendAnswer(accepted=True):
                 self.friends[event.responder_id] = event.responder_name
             case FriendRequest():
@@ -752,6 +780,51 @@ async def _help(terminal: Terminal) -> None:
 async def _chat(terminal: Terminal, to_id: int, text: str) -> None:
     sent = await terminal.connected_client().send_chat(to_id, text)
     terminal.sent(sent.msg_id, sent.pos)
+
+
+class _Progress:
+    """Shows a transfer's progress bar every tenth of the way (a line each: the console may
+    be a pipe)."""
+
+    def __init__(self, terminal: Terminal) -> None:
+        self.terminal = terminal
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        step = 10 * done // total if total else 10
+        if step > self.shown:
+            self.shown = step
+            self.terminal.console.show(progress_bar(done, total))
+
+
+def _local(path: str) -> str:
+    """A path as typed, ~ expanded (no I/O)."""
+    return os.path.expanduser(path)
+
+
+async def _send_file(terminal: Terminal, to_id: int, path: str) -> None:
+    sent = await terminal.connected_client().send_file(
+        _local(path), to_id=to_id, progress=_Progress(terminal)
+    )
+    terminal.sent(sent.msg_id, sent.pos)
+
+
+async def _send_group_file(terminal: Terminal, group_id: int, path: str) -> None:
+    sent = await terminal.connected_client().send_file(
+        _local(path), group_id=group_id, progress=_Progress(terminal)
+    )
+    terminal.sent(sent.msg_id, sent.pos)
+
+
+async def _download(terminal: Terminal, msg_id: int, directory: str) -> None:
+    attached = terminal.attachments.get(msg_id)
+    if attached is None:
+        terminal.console.show(f"message {msg_id} has no file this terminal has shown")
+        return
+    saved = await terminal.connected_client().download(
+        attached, _local(directory or "."), progress=_Progress(terminal)
+    )
+    terminal.console.show(f"saved {saved} ({attached.size:,} bytes, sha256 checked)")
 
 
 async def _add_friend(terminal: Terminal, friend_id: int) -> None:
@@ -956,6 +1029,11 @@ COMMANDS = {
         Command("addgroup", ("GID",), _join_group, "join group GID"),
         Command("leavegroup", ("GID",), _leave_group, "leave group GID"),
         Command("groupchat", ("GID", "MESSAGE"), _group_chat, "send MESSAGE to group GID"),
+        Command("sendfile", ("ID", "PATH"), _send_file, "send the file at PATH to user ID"),
+        Command("gsendfile", ("GID", "PATH"), _send_group_file,
+                "send the file at PATH to group GID"),
+        Command("download", ("MSGID", "DIR"), _download,
+                "save the file of message MSGID (into DIR, default here)", optional=1),
         Command(
             "history",
             ("ID", "POS"),
@@ -1020,21 +1098,23 @@ def default_device() -> str:
     return socket.gethostname()[:MAX_DEVICE] or DEFAULT_DEVICE
 
 
-def main(host: str, port: int, device: str | None = None) -> int:
+def main(host: str, port: int, device: str | None = None, web_port: int | None = None) -> int:
     """Runs the terminal client against a server and returns the process exit code."""
     try:
-        return anyio.run(_main, host, port, device or default_device())
+        return anyio.run(_main, host, port, device or default_device(), web_port)
     except KeyboardInterrupt:
         return 130
 
 
-async def _main(host: str, port: int, device: str) -> int:
+async def _main(host: str, port: int, device: str, web_port: int | None) -> int:
     try:
         if not sys.stdin.isatty():
-            await Terminal(host, port, PipeConsole.start(), device=device).run()
+            await Terminal(host, port, PipeConsole.start(), device=device,
+                           web_port=web_port).run()
         else:
             with patch_stdout():
-                await Terminal(host, port, PromptConsole(), device=device).run()
+                await Terminal(host, port, PromptConsole(), device=device,
+                               web_port=web_port).run()
     except CannotConnect as error:
         print(error, file=sys.stderr)
         return 1

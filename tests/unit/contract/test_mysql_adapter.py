@@ -43,6 +43,8 @@ TABLES = {
     "webhook_lease",
     "user_name_key",
     "group_name_key",
+    "chat_file",
+    "chat_file_ref",
     "message_id_sequence",
     "id_sequence",
     "inbox_message",

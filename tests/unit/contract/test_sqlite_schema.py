@@ -31,6 +31,8 @@ TABLES = {
     "webhook_lease",
     "user_name_key",
     "group_name_key",
+    "chat_file",
+    "chat_file_ref",
 }
 
 

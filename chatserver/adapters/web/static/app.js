@@ -28,8 +28,10 @@
     FRIEND_RESPONSE: 13, PRESENCE: 14, KICKED: 15, PING: 16, LEAVE_GROUP: 17, REMOVE_FRIEND: 18,
     RECEIPT: 19, SYNC: 20, HISTORY: 21, READ: 22, GROUP_KICK: 23, GROUP_ROLE: 24,
     GROUP_TRANSFER: 25, GROUP_DISSOLVE: 26, GROUP_MUTE: 27, GROUP_UPDATE: 28, GROUP_EVENT: 29,
-    BLOCK: 30, FRIEND_REMOVED: 31, ACCOUNT: 32,
+    BLOCK: 30, FRIEND_REMOVED: 31, ACCOUNT: 32, FILE_UPLOAD: 33, FILE_URL: 34,
   };
+  // Pictures the server shows inline (the others it serves as attachments).
+  const INLINE_TYPES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
   const REPLIES = new Set([MSG.LOGIN_ACK, MSG.REG_ACK, MSG.ACK]);
 
   const PING_EVERY_MS = 20000;
@@ -439,7 +441,15 @@
     addMessage(conv, {
       from: frame.name, mine, text: frame.msg, ts: frame.ts, time: frame.time,
       msgId: frame.msg_id, pos: frame.pos, status: mine ? "sent" : undefined,
+      file: attachedFile(frame),
     }, context);
+  }
+
+  /** The file a chat frame carries, if it is well formed. */
+  function attachedFile(frame) {
+    const file = frame.file;
+    if (!file || !Number.isInteger(file.id) || typeof file.name !== "string") return undefined;
+    return { id: file.id, name: file.name, size: file.size, mime: String(file.mime || "") };
   }
 
   function onGroupChat(frame, context) {
@@ -459,6 +469,7 @@
     addMessage(groupConversation(frame.groupid), {
       from: frame.name, mine, text: frame.msg, ts: frame.ts, time: frame.time,
       msgId: frame.msg_id, pos: frame.pos, status: mine ? "sent" : undefined,
+      file: attachedFile(frame),
     }, context);
     if (fresh) renderGroups();
     if (news && state.active === `g:${frame.groupid}` && fresh) {
@@ -1118,6 +1129,81 @@
     }
   }
 
+  /** Upload a file (PUT to the link FILE_UPLOAD gives) and send it in the open conversation. */
+  async function sendFile(file) {
+    const conv = state.conversations.get(state.active);
+    if (conv === undefined || !file) return;
+    const mime = file.type || "application/octet-stream";
+    const message = addMessage(conv, {
+      from: state.me.name, mine: true, text: "", ts: Date.now(), status: "uploading…",
+      waiting: true, file: { id: null, name: file.name, size: file.size, mime },
+    });
+    const fail = (text) => {
+      message.waiting = false;
+      setMessageStatus(message, text, true);
+    };
+    try {
+      const granted = await request({
+        msgid: MSG.FILE_UPLOAD, name: file.name, size: file.size, mime,
+      });
+      if (granted.errno !== 0) {
+        fail(`not sent: ${errorText(granted, MSG.FILE_UPLOAD)}`);
+        return;
+      }
+      const put = await fetch(granted.upload_url, { method: "PUT", body: file });
+      if (put.status !== 201) {
+        fail(`not sent: the upload failed (HTTP ${put.status})`);
+        return;
+      }
+      message.file.id = granted.file_id;
+      const frame = conv.kind === "u"
+        ? { msgid: MSG.ONE_CHAT, toid: conv.id, msg: "", file: granted.file_id }
+        : { msgid: MSG.GROUP_CHAT, groupid: conv.id, msg: "", file: granted.file_id };
+      const ack = await request(frame);
+      if (ack.errno !== 0) {
+        fail(`not sent: ${errorText(ack, frame.msgid)}`);
+        return;
+      }
+      if (message.waiting) confirmSent(conv, message, ack.msg_id, ack.pos);
+      if (conv.key === state.active) renderMessages({ keepPosition: true });
+    } catch (error) {
+      fail(`not confirmed: ${error.message}`);
+    }
+  }
+
+  // Download links last 10 minutes: each is asked for when a message with a file is drawn.
+  const fileUrls = new Map(); // file id -> {url, until}
+
+  async function fileUrl(fileId) {
+    const known = fileUrls.get(fileId);
+    if (known && known.until > Date.now()) return known.url;
+    const reply = await request({ msgid: MSG.FILE_URL, file_id: fileId });
+    if (reply.errno !== 0) throw new Error(errorText(reply, MSG.FILE_URL));
+    fileUrls.set(fileId, { url: reply.url, until: Date.now() + 9 * 60 * 1000 });
+    return reply.url;
+  }
+
+  function sizeText(size) {
+    if (!Number.isFinite(size)) return "";
+    if (size < 1024) return `${size} B`;
+    if (size < 1024 * 1024) return `${(size / 1024).toFixed(0)} KiB`;
+    return `${(size / 1024 / 1024).toFixed(1)} MiB`;
+  }
+
+  /** A picture as a thumbnail, any other file as a link with its name and size. */
+  function fileItem(file) {
+    const label = `${file.name} (${sizeText(file.size)})`;
+    if (!Number.isInteger(file.id)) return el("span", { class: "file" }, label);
+    if (INLINE_TYPES.has(file.mime.toLowerCase())) {
+      const image = el("img", { class: "thumb", testid: "message-image", alt: file.name });
+      fileUrl(file.id).then((url) => { image.src = url; }).catch(() => { image.alt = label; });
+      return image;
+    }
+    const link = el("a", { class: "file", testid: "message-file", download: file.name }, label);
+    fileUrl(file.id).then((url) => { link.href = url; }).catch(() => {});
+    return link;
+  }
+
   /** Our message is accepted: its msg_id (a copy of it is no news) and its pos in our inbox
    * (messages that came meanwhile may have lower ones: the list is put in order). */
   function confirmSent(conv, message, msgId, pos) {
@@ -1487,6 +1573,7 @@
       el("span", { class: "from", testid: "message-from" }, message.mine ? "You" : message.from),
       el("time", { title: message.time || "" }, clockTime(message.ts))),
     text,
+    message.file ? fileItem(message.file) : null,
     message.mine
       ? el("span", { class: "delivery", testid: "message-status" }, message.status || "")
       : null);
@@ -1853,6 +1940,25 @@
       input.value = "";
       sendMessage(text);
     });
+    $("attach-button").addEventListener("click", () => $("file-input").click());
+    $("file-input").addEventListener("change", () => {
+      const input = $("file-input");
+      for (const file of input.files) sendFile(file);
+      input.value = "";
+    });
+    // A file dropped on the composer or the messages is sent too.
+    for (const target of [$("composer"), $("messages")]) {
+      target.addEventListener("dragover", (event) => {
+        event.preventDefault();
+        $("composer").classList.add("dropping");
+      });
+      target.addEventListener("dragleave", () => $("composer").classList.remove("dropping"));
+      target.addEventListener("drop", (event) => {
+        event.preventDefault();
+        $("composer").classList.remove("dropping");
+        for (const file of event.dataTransfer.files) sendFile(file);
+      });
+    }
     $("message-input").addEventListener("keydown", (event) => {
       // Enter sends; Shift+Enter is a new line; Enter while composing (IME, e.g. Chinese) is not.
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {

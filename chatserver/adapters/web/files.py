@@ -1,0 +1,252 @@
+"""Files over the web port (PROTOCOL.md Version 2, "Files"): signed, expiring upload and
+download paths, the bytes kept in a folder by their sha256, uploads streamed to disk while
+hashed, downloads with Range (aiohttp's FileResponse, sendfile underneath)."""
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from http import HTTPStatus
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote
+
+import anyio
+from aiohttp import web
+
+from chatserver.application import files
+from chatserver.application.node import Node
+from chatserver.domain.files import served_inline
+from chatserver.domain.ports import Clock
+
+log = logging.getLogger("chatserver.files")
+
+UPLOAD_PREFIX = "/files/upload/"
+DOWNLOAD_PREFIX = "/files/"
+# Bytes read from an upload before they are written out (in a worker thread) at once: what
+# one upload may hold in memory.
+WRITE_BATCH = 1024 * 1024
+READ_CHUNK = 256 * 1024
+
+# A download is never a page: no script, no plugin, nothing it may load.
+_DOWNLOAD_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "private, max-age=600",
+    "Server": "chatserver",
+}
+
+
+class FolderStore:
+    """Files' bytes in a folder, each once, at ab/abcdef... (its sha256); uploads are written
+    beside them in .incoming and moved into place once their hash is known."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.incoming = self.root / ".incoming"
+
+    def prepare(self) -> None:
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        # What an upload cut short by a crash left behind.
+        for leftover in self.incoming.iterdir():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def new_upload(self) -> Path:
+        return self.incoming / secrets.token_hex(16)
+
+    def keep(self, upload: Path, sha256: str) -> None:
+        """Move a finished upload to its content address (the same bytes are kept once)."""
+        target = self.path(sha256)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(upload, target)
+
+    async def delete(self, sha256: str) -> None:
+        def remove() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path(sha256).unlink()
+
+        await anyio.to_thread.run_sync(remove)
+
+    async def response(
+        self, request: web.BaseRequest, sha256: str, headers: dict[str, str]
+    ) -> web.StreamResponse | None:
+        """The bytes as an HTTP answer (Range included); None if they are not here."""
+        path = self.path(sha256)
+        if not await anyio.Path(path).exists():
+            return None
+        return web.FileResponse(path, chunk_size=READ_CHUNK, headers=headers)
+
+
+class Store(Protocol):
+    """Where the web port keeps files' bytes: a folder, or an S3-compatible bucket."""
+
+    def new_upload(self) -> Path: ...
+
+    def keep(self, upload: Path, sha256: str) -> None: ...
+
+    async def delete(self, sha256: str) -> None: ...
+
+    async def response(
+        self, request: web.BaseRequest, sha256: str, headers: dict[str, str]
+    ) -> web.StreamResponse | None: ...
+
+
+class SignedLinks:
+    """Upload and download paths signed with HMAC-SHA256 under a key every node shares
+    (--file-key), valid until the time they carry."""
+
+    def __init__(self, key: bytes, clock: Clock) -> None:
+        self.key = key
+        self.clock = clock
+
+    def _sign(self, *parts: object) -> str:
+        text = ":".join(str(part) for part in parts).encode()
+        return hmac.new(self.key, text, hashlib.sha256).hexdigest()
+
+    def upload_url(self, file_id: int, expires_ms: int) -> str:
+        return f"{UPLOAD_PREFIX}{file_id}?e={expires_ms}&s={self._sign('up', file_id, expires_ms)}"
+
+    def download_url(self, file_id: int, user_id: int, expires_ms: int) -> str:
+        signature = self._sign("down", file_id, user_id, expires_ms)
+        return f"{DOWNLOAD_PREFIX}{file_id}?u={user_id}&e={expires_ms}&s={signature}"
+
+    def valid(self, query: dict[str, str], *parts: object) -> bool:
+        """Whether the query's signature is ours for these parts and not expired."""
+        expires, signature = query.get("e", ""), query.get("s", "")
+        if not expires.isdigit() or int(expires) < self.clock.now_ms():
+            return False
+        return hmac.compare_digest(self._sign(*parts, int(expires)), signature)
+
+
+class FileTransfers:
+    """The HTTP side of files: PUT of an upload, GET (and HEAD) of a download."""
+
+    def __init__(self, node: Node, store: Store, links: SignedLinks) -> None:
+        self.node = node
+        self.store = store
+        self.links = links
+
+    def handles(self, path: str) -> bool:
+        return path.startswith(DOWNLOAD_PREFIX)
+
+    async def handle(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        query = dict(request.query)
+        if path.startswith(UPLOAD_PREFIX):
+            file_id = _id(path[len(UPLOAD_PREFIX):])
+            if request.method != "PUT":
+                return _plain(HTTPStatus.METHOD_NOT_ALLOWED, "PUT the file's bytes\n")
+            if file_id is None or not self.links.valid(query, "up", file_id):
+                return _plain(HTTPStatus.FORBIDDEN, "not a valid upload link\n")
+            return await self._upload(request, file_id)
+        file_id = _id(path[len(DOWNLOAD_PREFIX):])
+        if request.method not in ("GET", "HEAD"):
+            return _plain(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed\n")
+        user = query.get("u", "")
+        if file_id is None or not user.isdigit() or not self.links.valid(
+            query, "down", file_id, int(user)
+        ):
+            return _plain(HTTPStatus.FORBIDDEN, "not a valid download link\n")
+        return await self._download(request, file_id)
+
+    async def _upload(self, request: web.BaseRequest, file_id: int) -> web.StreamResponse:
+        stored = await files.stored_file(self.node, file_id)
+        if stored is None:
+            return _plain(HTTPStatus.NOT_FOUND, "no such upload\n")
+        if stored.complete:
+            return _plain(HTTPStatus.CONFLICT, "already uploaded\n")
+        length = request.content_length
+        if length is None:
+            return _plain(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required\n")
+        if length != stored.size:
+            return _plain(HTTPStatus.BAD_REQUEST,
+                          f"the upload was announced with {stored.size} bytes\n")
+        upload = self.store.new_upload()
+        try:
+            try:
+                sha256 = await self._receive(request, upload, stored.size)
+            except (ConnectionError, ValueError, web.HTTPException) as error:
+                log.info("upload of file %d cut short: %s", file_id, error or type(error).__name__)
+                return _plain(HTTPStatus.BAD_REQUEST, "upload cut short\n")
+            if sha256 is None:
+                return _plain(HTTPStatus.BAD_REQUEST, "the body is not the announced size\n")
+            await anyio.to_thread.run_sync(self.store.keep, upload, sha256)
+        finally:
+            # Cut short (the client went away, or the size was wrong): nothing is left.
+            with contextlib.suppress(FileNotFoundError):
+                await anyio.to_thread.run_sync(upload.unlink)
+        if not await files.complete_upload(self.node, file_id, sha256):
+            return _plain(HTTPStatus.NOT_FOUND, "no such upload\n")
+        response = web.json_response({"file_id": file_id, "sha256": sha256},
+                                     status=HTTPStatus.CREATED, headers={"Server": "chatserver"})
+        response.force_close()
+        return response
+
+    async def _receive(self, request: web.BaseRequest, upload: Path, size: int) -> str | None:
+        """Write the body to upload while hashing it, a batch at a time (memory holds one
+        batch); its sha256, or None if it was not size bytes."""
+        digest = hashlib.sha256()
+        received = 0
+        out = await anyio.to_thread.run_sync(upload.open, "wb")
+
+        def write(batch: list[bytes]) -> None:
+            # In a worker thread: hashlib lets go of the GIL, so hashing and writing overlap
+            # with the event loop receiving the next batch.
+            for chunk in batch:
+                digest.update(chunk)
+            out.writelines(batch)
+
+        try:
+            batch: list[bytes] = []
+            batched = 0
+            async for chunk in request.content.iter_any():
+                received += len(chunk)
+                if received > size:
+                    return None
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= WRITE_BATCH:
+                    await anyio.to_thread.run_sync(write, batch)
+                    batch, batched = [], 0
+            if batch:
+                await anyio.to_thread.run_sync(write, batch)
+        finally:
+            await anyio.to_thread.run_sync(out.close)
+        return digest.hexdigest() if received == size else None
+
+    async def _download(self, request: web.BaseRequest, file_id: int) -> web.StreamResponse:
+        stored = await files.stored_file(self.node, file_id)
+        if stored is None or stored.sha256 is None:
+            return _plain(HTTPStatus.NOT_FOUND, "no such file\n")
+        headers = dict(_DOWNLOAD_HEADERS)
+        name = quote(stored.name, safe="")
+        if served_inline(stored.mime):
+            # A picture a browser shows and does not run: its own type, shown in place.
+            headers["Content-Type"] = stored.mime.lower()
+            headers["Content-Disposition"] = f"inline; filename*=UTF-8''{name}"
+        else:
+            # Everything else (HTML and SVG too) is saved, never shown in the page's origin.
+            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{name}"
+        response = await self.store.response(request, stored.sha256, headers)
+        if response is None:
+            return _plain(HTTPStatus.NOT_FOUND, "no such file\n")
+        response.force_close()
+        return response
+
+
+def _id(text: str) -> int | None:
+    return int(text) if text.isdigit() and len(text) < 19 else None
+
+
+def _plain(status: HTTPStatus, text: str) -> web.Response:
+    response = web.Response(status=status.value, text=text, content_type="text/plain",
+                            headers={"Server": "chatserver", "X-Content-Type-Options": "nosniff"})
+    response.force_close()
+    return response
