@@ -183,6 +183,7 @@ def test_the_body_carries_the_event_id_its_type_and_fields_and_the_signature_ver
             "recipient_id": 8,
             "text": "hi",
             "sent_at_ms": 0,
+            "file": None,  # a chat's attached file (PROTOCOL.md "Files"), null without one
         },
     }
     assert orjson.loads(bodies["account_created"])["data"] == {"user_id": 7, "name": "alice"}
