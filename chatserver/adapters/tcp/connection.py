@@ -10,11 +10,10 @@ from typing import Any
 
 import anyio
 from anyio.abc import ByteStream
-from attrs import define
 
+from chatserver.adapters.connection_core import TransportLimits as TransportLimits
 from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.proxy_header import (
-    LOOPBACK,
+from chatserver.adapters.proxy_header import (
     ProxyHeaderError,
     ProxyHeaderReader,
     TrustedProxies,
@@ -26,42 +25,6 @@ from chatserver.adapters.wire.framing import FrameSplitter
 from chatserver.application.node import Node
 
 log = logging.getLogger("chatserver.tcp")
-
-
-@define
-class TransportLimits:
-    frame_bytes: int = 65536
-    # Past this much unsent output the client is too far behind: the connection ends.
-    outbound_bytes: int = 4 * 1024 * 1024
-    # A client whose replies pile up past this is not read from until they drain.
-    reply_backlog_bytes: int = 256 * 1024
-    read_chunk: int = 65536
-    close_grace_seconds: float = 5.0
-    # Requests per connection: a burst, then a rate (PROTOCOL.md's floor is 100 and 50/s).
-    request_burst: int = 200
-    requests_per_second: float = 100.0
-    # A client refused this many requests without slowing down enough for its budget to
-    # refill is flooding: it is disconnected.
-    refused_before_disconnect: int = 200
-    # Silence allowed before login, and after (clients PING every 20 s or so); see
-    # allowed_silence for the clients these do not apply to.
-    login_timeout_seconds: float = 30.0
-    idle_timeout_seconds: float = 300.0
-    # Open connections from one address (0: no limit, e.g. behind nginx, where all share one).
-    connections_per_address: int = 512
-    # Every connection starts with a PROXY protocol header (nginx `proxy_protocol on;`) naming
-    # the real client, which must arrive within this time.
-    proxy_protocol: bool = False
-    proxy_header_seconds: float = 5.0
-    # The proxies (CIDR blocks) whose PROXY header, or X-Forwarded-For on the web port, is
-    # believed; a connection from elsewhere that sends one is refused (--trusted-proxy).
-    trusted_proxies: tuple[str, ...] = LOOPBACK
-    # Connections accepted but not yet clients (in the TLS or WebSocket handshake, waiting
-    # for a PROXY header), all addresses together; they count against their address too.
-    pending_connections: int = 1024
-    # At shutdown, requests already being handled get this long to finish and be answered
-    # before sessions are logged out (half of serve's grace; the rest is for logging out).
-    request_grace_seconds: float = 5.0
 
 
 def allowed_silence(limits: TransportLimits, splitter: FrameSplitter, logged_in: bool) -> float:

@@ -25,13 +25,13 @@ import anyio
 from anyio.abc import TaskStatus
 
 from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.budget import ConnectionsPerAddress, RequestBudget
-from chatserver.adapters.tcp.connection import TransportLimits, allowed_silence, set_keepalive
-from chatserver.adapters.tcp.proxy_header import (
+from chatserver.adapters.proxy_header import (
     ProxyHeaderError,
     ProxyHeaderReader,
     TrustedProxies,
 )
+from chatserver.adapters.tcp.budget import ConnectionsPerAddress, RequestBudget
+from chatserver.adapters.tcp.connection import TransportLimits, allowed_silence, set_keepalive
 from chatserver.adapters.tcp.requests import REFUSAL_LOG, RequestServing, log_out_everyone
 from chatserver.adapters.wire.codec import (
     Dialect,

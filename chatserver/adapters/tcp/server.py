@@ -9,9 +9,9 @@ from anyio.abc import ByteStream, Listener, TaskStatus
 from anyio.streams.tls import TLSStream
 
 from chatserver.adapters.metrics import PrometheusMetrics
+from chatserver.adapters.proxy_header import TrustedProxies
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TcpClient, TransportLimits
-from chatserver.adapters.tcp.proxy_header import TrustedProxies
 from chatserver.adapters.tcp.requests import REFUSAL_LOG, log_out_everyone
 from chatserver.adapters.wire.codec import encode_refusal
 from chatserver.application.node import Node
