@@ -115,9 +115,9 @@ class TcpServer:
 
     async def _serve_counted(self, stream: ByteStream, counted: str | None = None) -> None:
         """Serve a client; counted: the address it is already counted under, if it is."""
-        client = TcpClient(stream, self.node, self.limits, self.metrics)
+        client = TcpClient(stream, self.node, self.limits, self.metrics, self.trusted)
         if self.limits.proxy_protocol and (
-            not await client.read_proxy_header(self.trusted) or self._stopping
+            not await client.read_proxy_header() or self._stopping
         ):
             await anyio.aclose_forcefully(stream)
             return
