@@ -265,3 +265,30 @@ def test_a_request_waiting_on_the_database_holds_later_frames_and_replies_stay_i
         assert replies[5]["errno"] != 0  # no such group: answered, in its place
 
     asyncio.run(scenario(transport, tmp_path / "chat.db", body))
+
+
+@pytest.mark.parametrize("transport", ["asyncio", "anyio"])
+def test_a_connection_the_server_ends_is_logged_with_the_servers_reason(
+    transport: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16.5's log said "connection closed by the client" when the server had ended the
+    connection (the unreceipted bound): the session's end now gives the server's reason, and
+    "closed by the client" only when the client did close."""
+
+    bob: list[int] = []
+
+    async def body(app: chatserver.ChatApp, alice: Wire, bob_id: int) -> None:
+        bob.append(bob_id)
+        (bob_session,) = app.node.sessions.of(bob_id).values()
+        bob_session.outbox.close("over 1000 deliveries unreceipted")
+        await asyncio.sleep(0.3)
+        await alice.close()  # the client's own close
+        await asyncio.sleep(0.3)
+
+    caplog.set_level("INFO", logger="chatserver")
+    asyncio.run(scenario(transport, tmp_path / "chat.db", body))
+    ends = [r.getMessage() for r in caplog.records if r.getMessage().startswith("session end")]
+    print(*ends, sep="\n")
+    assert any(f"user={bob[0]} reason='over 1000 deliveries unreceipted'" in line
+               for line in ends)
+    assert any("reason='connection closed by the client'" in line for line in ends)
