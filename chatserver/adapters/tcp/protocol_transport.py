@@ -29,16 +29,12 @@ from chatserver.adapters.connection_core import (
     CLOSED_BY_SERVER,
     ConnectionCore,
     Refused,
-    TransportLimits,
 )
-from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.proxy_header import TrustedProxies
-from chatserver.adapters.tcp.budget import ConnectionsPerAddress
+from chatserver.adapters.tcp.budget import TcpSettings
 from chatserver.adapters.tcp.connection import log_close, set_keepalive
 from chatserver.adapters.tcp.requests import REFUSAL_LOG, RequestServing, log_out_everyone
 from chatserver.adapters.wire.codec import Dialect, encode_event, encode_refusal
 from chatserver.application.connection import Connection
-from chatserver.application.node import Node
 from chatserver.domain.messages import Event
 
 log = logging.getLogger("chatserver.tcp")
@@ -609,33 +605,14 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             self._callback_task = None
 
 
-class ProtocolServer:
+class ProtocolServer(TcpSettings):
     """TcpServer on asyncio Protocols: the same constructor, serve() and shutdown()."""
 
-    def __init__(
-        self,
-        node: Node,
-        host: str,
-        port: int,
-        limits: TransportLimits,
-        *,
-        tls: ssl.SSLContext | None = None,
-        metrics: PrometheusMetrics | None = None,
-        per_address: ConnectionsPerAddress | None = None,
-    ) -> None:
-        self.node = node
-        self.tls = tls
-        self.metrics = metrics
-        self.host = host
-        self.port = port
-        self.limits = limits
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.clients: set[ProtocolClient] = set()
-        # Shared with the node's other listeners, when given: the limit is per client.
-        self.per_address = per_address or ConnectionsPerAddress(
-            limits.connections_per_address
-        )
+        limits = self.limits
         self.shutting_down = False
-        self.trusted = TrustedProxies(limits.trusted_proxies)
         self.receive_buffer = memoryview(bytearray(limits.read_chunk))
         # Clients with output queued, written by one callback at the end of the loop iteration.
         self._unflushed: list[ProtocolClient] = []
