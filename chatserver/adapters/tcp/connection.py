@@ -3,7 +3,6 @@ buffer drained by a single writer, bounded so a client that stops reading cannot
 
 import contextlib
 import logging
-import math
 import socket
 import ssl
 from typing import Any
@@ -17,22 +16,9 @@ from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.proxy_header import TrustedProxies
 from chatserver.adapters.tcp.requests import REFUSAL_LOG
 from chatserver.adapters.tcp.streaming import StreamingClient
-from chatserver.adapters.wire.framing import FrameSplitter
 from chatserver.application.node import Node
 
 log = logging.getLogger("chatserver.tcp")
-
-
-def allowed_silence(limits: TransportLimits, splitter: FrameSplitter, logged_in: bool) -> float:
-    """How long a TCP client may now stay silent before it is disconnected (inf: no limit).
-
-    A client of the original server never PINGs, and sends nothing before its user types
-    (PROTOCOL.md, legacy dialect (d)): neither it nor a connection that has not sent a byte yet
-    (which may be one, at its menu) is closed for silence. TCP keepalive (set_keepalive) finds
-    the dead ones; connections per address bound the rest."""
-    if splitter.legacy or not splitter.heard:
-        return math.inf
-    return limits.idle_timeout_seconds if logged_in else limits.login_timeout_seconds
 
 
 # A peer that stops answering is found within KEEPALIVE_IDLE + KEEPALIVE_COUNT * INTERVAL s.
