@@ -166,5 +166,5 @@ class _Nowhere:
     def after_flush(self, callback: Callable[[], Awaitable[None]]) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, reason: str = "closed by the server") -> None:
         pass

@@ -96,7 +96,8 @@ class Session:
         if expected is not None and pos < expected:
             return  # had it already (at login, or read to fill a hole)
         if len(self.early) >= EARLY_LIMIT:
-            self.outbox.close()  # hopelessly behind: end it; the device's mark keeps the rest
+            # Hopelessly behind: end it; the device's mark keeps the rest.
+            self.outbox.close(f"over {EARLY_LIMIT} deliveries waiting for an earlier one")
             return
         self.early[pos] = kept
         if self.on_gap is not None and not self.gap_queued and self.hole() is not None:
@@ -135,7 +136,8 @@ class Session:
                 self.friend_ids.add(delivery.responder_id)
         if self.receipts:
             if len(self.pending) >= self.unreceipted_limit:
-                self.outbox.close()  # too far behind: end it; its mark keeps the rest
+                # Too far behind: end it; its mark keeps the rest.
+                self.outbox.close(f"over {self.unreceipted_limit} deliveries unreceipted")
                 return
             self.pending[delivery.msg_id] = pos
         elif self.pending:
@@ -169,7 +171,7 @@ class Session:
                 self.pending[delivery.msg_id] = kept.pos
 
     async def _close_outbox(self) -> None:
-        self.outbox.close()
+        self.outbox.close("logged in elsewhere (an original client cannot be told)")
 
     def open(self) -> None:
         """The login reply is out: release what arrived meanwhile, in order."""

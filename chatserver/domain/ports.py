@@ -408,8 +408,9 @@ class Outbox(Protocol):
         """Run callback once everything queued so far has been written to the client."""
         ...
 
-    def close(self) -> None:
-        """End the connection (the transport then disconnects the session)."""
+    def close(self, reason: str = "closed by the server") -> None:
+        """End the connection (the transport then disconnects the session); reason is what
+        the log and the session's end say."""
         ...
 
 

@@ -25,6 +25,7 @@ from chatserver.adapters.memory.unit_of_work import MemoryUnitOfWork
 from chatserver.adapters.metrics import PrometheusMetrics, TimedUnitOfWork
 from chatserver.adapters.mysql.unit_of_work import open_mysql, upgrade_mysql
 from chatserver.adapters.mysql.url import InvalidMySqlUrl, redact_password
+from chatserver.adapters.proxy_header import LOOPBACK, check_cidrs
 from chatserver.adapters.redis.cluster import DEFAULT_LEASE_SECONDS, RedisCluster
 from chatserver.adapters.redis.connection import FAILURES as REDIS_FAILURES
 from chatserver.adapters.redis.connection import open_redis, split_url
@@ -32,7 +33,6 @@ from chatserver.adapters.security import DEFAULT_COST, ScryptHasher
 from chatserver.adapters.sqlite.unit_of_work import open_sqlite, upgrade_sqlite
 from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
-from chatserver.adapters.tcp.proxy_header import LOOPBACK, check_cidrs
 from chatserver.adapters.tcp.server import TcpServer
 from chatserver.adapters.webhook import HttpWebhookSender, encode_event
 from chatserver.application.accounts import TOKEN_ONLY_HASH, end_session

@@ -224,3 +224,71 @@ def test_chats_that_come_while_a_batch_gathers_join_it_without_a_task_each(
         assert in_tasks == ([] if transport == "asyncio" else [1])
 
     asyncio.run(scenario(transport, tmp_path / "chat.db", body))
+
+
+@pytest.mark.parametrize("transport", ["asyncio", "anyio"])
+def test_a_request_waiting_on_the_database_holds_later_frames_and_replies_stay_in_order(
+    transport: str, tmp_path: Path
+) -> None:
+    """The waiting path: a request whose use case waits on the database is served by the
+    connection's task (an ordinary one, no private asyncio API); frames that arrive meanwhile
+    wait behind it, and every reply goes out in request order once the database answers."""
+
+    async def body(app: chatserver.ChatApp, alice: Wire, bob_id: int) -> None:
+        uow = app.node.uow
+        gate = asyncio.Event()
+        entered = asyncio.Event()
+        original = uow.run
+
+        async def gated_run(work: Any) -> Any:
+            uow.run = original  # only the first call waits
+            entered.set()
+            await gate.wait()
+            return await original(work)
+
+        uow.run = gated_run
+        started = time.perf_counter()
+        await alice.send([{"msgid": 8, "groupname": "slow", "seq": 1}, {"msgid": 16, "seq": 2}])
+        await asyncio.wait_for(entered.wait(), 5)
+        # More frames arrive while the first request waits on the database.
+        await alice.send([{"msgid": 16, "seq": 3}, *chats(bob_id, 1, first_seq=4),
+                          {"msgid": 16, "seq": 5}, {"msgid": 17, "groupid": 999999, "seq": 6}])
+        with pytest.raises(TimeoutError):  # nothing overtakes the waiting request
+            await asyncio.wait_for(alice.next_frame(), 0.3)
+        gate.set()
+        replies = await alice.replies(6)
+        took = time.perf_counter() - started
+        print(f"{transport}: a request held 0.3 s by the database, 5 frames behind it: "
+              f"all 6 answered {took * 1000:.0f} ms after the first was sent")
+        assert [r["seq"] for r in replies] == [1, 2, 3, 4, 5, 6]
+        assert [r["errno"] for r in replies][:5] == [0, 0, 0, 0, 0]
+        assert replies[5]["errno"] != 0  # no such group: answered, in its place
+
+    asyncio.run(scenario(transport, tmp_path / "chat.db", body))
+
+
+@pytest.mark.parametrize("transport", ["asyncio", "anyio"])
+def test_a_connection_the_server_ends_is_logged_with_the_servers_reason(
+    transport: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16.5's log said "connection closed by the client" when the server had ended the
+    connection (the unreceipted bound): the session's end now gives the server's reason, and
+    "closed by the client" only when the client did close."""
+
+    bob: list[int] = []
+
+    async def body(app: chatserver.ChatApp, alice: Wire, bob_id: int) -> None:
+        bob.append(bob_id)
+        (bob_session,) = app.node.sessions.of(bob_id).values()
+        bob_session.outbox.close("over 1000 deliveries unreceipted")
+        await asyncio.sleep(0.3)
+        await alice.close()  # the client's own close
+        await asyncio.sleep(0.3)
+
+    caplog.set_level("INFO", logger="chatserver")
+    asyncio.run(scenario(transport, tmp_path / "chat.db", body))
+    ends = [r.getMessage() for r in caplog.records if r.getMessage().startswith("session end")]
+    print(*ends, sep="\n")
+    assert any(f"user={bob[0]} reason='over 1000 deliveries unreceipted'" in line
+               for line in ends)
+    assert any("reason='connection closed by the client'" in line for line in ends)

@@ -7,7 +7,6 @@ import re
 from typing import Any
 
 import orjson
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -15,7 +14,6 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 
 from chatserver.adapters.memory.unit_of_work import MemoryUnitOfWork
 from chatserver.adapters.metrics import LATENCY_BUCKETS, PrometheusMetrics
-from chatserver.adapters.tcp.requests import resume
 from chatserver.adapters.wire.codec import Dialect, Request, decode, encode_event, encode_result
 from chatserver.adapters.wire.framing import FrameSplitter
 from chatserver.application.commands import SendDirectMessage, SendGroupMessage
@@ -94,32 +92,6 @@ def test_an_id_is_taken_without_waiting_until_a_reservation_is_due() -> None:
     assert ids.take() is None  # the block is used up: next() moves to the spare one
     following = asyncio.run(next_id())
     assert following > rest[-1] and ids.take() == following + 1
-
-
-def test_a_request_resumed_by_hand_returns_what_it_returns() -> None:
-    async def use_case() -> str:
-        await asyncio.sleep(0)
-        return "done"
-
-    async def serve() -> str:
-        handling = use_case()
-        waiting_for = handling.send(None)
-        return await resume(handling, waiting_for)
-
-    assert asyncio.run(serve()) == "done"
-
-
-def test_a_request_resumed_by_hand_raises_what_it_raises() -> None:
-    async def use_case() -> None:
-        await asyncio.sleep(0)
-        raise LookupError("gone")
-
-    async def serve() -> None:
-        handling = use_case()
-        await resume(handling, handling.send(None))
-
-    with pytest.raises(LookupError, match="gone"):
-        asyncio.run(serve())
 
 
 def test_a_decoded_chat_is_a_request_like_any_other() -> None:

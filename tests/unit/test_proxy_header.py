@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatserver.adapters.tcp.proxy_header import (
+from chatserver.adapters.proxy_header import (
     V1_MAX_BYTES,
     V2_MAX_BYTES,
     V2_SIGNATURE,

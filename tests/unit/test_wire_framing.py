@@ -6,7 +6,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatserver.adapters.tcp.connection import TransportLimits, allowed_silence
+from chatserver.adapters.connection_core import ConnectionCore, TransportLimits
 from chatserver.adapters.wire.framing import FrameSplitter
 
 
@@ -228,13 +228,15 @@ def test_a_splitter_has_heard_something_once_a_frame_has_begun() -> None:
 
 def test_only_modern_clients_that_have_spoken_are_timed_out_for_silence() -> None:
     limits = TransportLimits(login_timeout_seconds=30, idle_timeout_seconds=300)
-    silent, partial, modern, legacy = (FrameSplitter() for _ in range(4))
-    partial.feed(b'{"msgid"')
-    modern.feed(b'{"msgid":16}\n')
-    legacy.feed(b'{"msgid":1}\0')
-    assert allowed_silence(limits, silent, logged_in=False) == math.inf
-    assert allowed_silence(limits, partial, logged_in=False) == 30
-    assert allowed_silence(limits, modern, logged_in=False) == 30
-    assert allowed_silence(limits, modern, logged_in=True) == 300
-    assert allowed_silence(limits, legacy, logged_in=False) == math.inf
-    assert allowed_silence(limits, legacy, logged_in=True) == math.inf
+    silent, partial, modern, legacy = (
+        ConnectionCore(limits, "?", "?", 0.0) for _ in range(4)
+    )
+    partial.receive(b'{"msgid"', 0.0)
+    modern.receive(b'{"msgid":16}\n', 0.0)
+    legacy.receive(b'{"msgid":1}\0', 0.0)
+    assert silent.allowed_silence(logged_in=False) == math.inf
+    assert partial.allowed_silence(logged_in=False) == 30
+    assert modern.allowed_silence(logged_in=False) == 30
+    assert modern.allowed_silence(logged_in=True) == 300
+    assert legacy.allowed_silence(logged_in=False) == math.inf
+    assert legacy.allowed_silence(logged_in=True) == math.inf

@@ -15,6 +15,7 @@ class MemoryOutbox:
     events: list[Event] = Factory(list)
     limit: int = 10_000
     closed: bool = False
+    close_reason: str | None = None  # why the server closed it, once it has
     _arrived: anyio.Event = Factory(anyio.Event)
     _after_flush: list[Callable[[], Awaitable[None]]] = Factory(list)
 
@@ -29,8 +30,9 @@ class MemoryOutbox:
         # Nothing is in flight in memory: what is queued counts as written.
         self._after_flush.append(callback)
 
-    def close(self) -> None:
+    def close(self, reason: str = "closed by the server") -> None:
         self.closed = True
+        self.close_reason = reason
         self._arrived.set()
 
     async def flush(self) -> None:

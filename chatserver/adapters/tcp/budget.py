@@ -1,27 +1,29 @@
-"""Budgets of a client: requests per second, and connections per address."""
+"""Budgets of a client (requests per second, connections per address), and the settings
+both TCP servers share."""
 
+import ssl
 import time
 
+from chatserver.adapters.connection_core import TokenBucket, TransportLimits
+from chatserver.adapters.metrics import PrometheusMetrics
+from chatserver.adapters.proxy_header import TrustedProxies
+from chatserver.application.node import Node
 from chatserver.application.throttle import address_key
 
 
-class RequestBudget:
-    def __init__(self, per_second: float, burst: int) -> None:
-        self.per_second = per_second
-        self.burst = burst
-        self.tokens = float(burst)
-        self.updated = time.monotonic()
+class RequestBudget(TokenBucket):
+    """A TokenBucket that reads the clock itself, only when it runs dry (for budgets kept
+    outside a ConnectionCore: log lines, the WebSocket client's frames)."""
 
-    def spend(self) -> bool:
+    def __init__(self, per_second: float, burst: int) -> None:
+        super().__init__(per_second, burst, time.monotonic())
+
+    def spend(self, now: float | None = None) -> bool:
         """Take one request's token; False if none is left (the request is refused)."""
-        if self.tokens < 1:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.per_second)
-            self.updated = now
-            if self.tokens < 1:
-                return False
-        self.tokens -= 1
-        return True
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return super().spend(time.monotonic() if now is None else now)
 
 
 class ConnectionsPerAddress:
@@ -48,3 +50,28 @@ class ConnectionsPerAddress:
             self.open[address] = count
         else:
             del self.open[address]
+
+
+class TcpSettings:
+    """What either TCP server is built with: the node, where to listen, the limits, TLS,
+    metrics, and the count of connections per address (shared with the node's other
+    listeners when given: the limit is per client)."""
+
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        port: int,
+        limits: TransportLimits,
+        *,
+        tls: ssl.SSLContext | None = None,
+        metrics: PrometheusMetrics | None = None,
+        per_address: ConnectionsPerAddress | None = None,
+    ) -> None:
+        self.node = node
+        self.host, self.port = host, port
+        self.limits = limits
+        self.tls = tls
+        self.metrics = metrics
+        self.per_address = per_address or ConnectionsPerAddress(limits.connections_per_address)
+        self.trusted = TrustedProxies(limits.trusted_proxies)

@@ -3,77 +3,22 @@ buffer drained by a single writer, bounded so a client that stops reading cannot
 
 import contextlib
 import logging
-import math
 import socket
 import ssl
 from typing import Any
 
 import anyio
 from anyio.abc import ByteStream
-from attrs import define
 
+from chatserver.adapters.connection_core import CLOSED_BY_CLIENT, Close, ConnectionCore, Refused
+from chatserver.adapters.connection_core import TransportLimits as TransportLimits
 from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.proxy_header import (
-    LOOPBACK,
-    ProxyHeaderError,
-    ProxyHeaderReader,
-    TrustedProxies,
-)
+from chatserver.adapters.proxy_header import TrustedProxies
 from chatserver.adapters.tcp.requests import REFUSAL_LOG
 from chatserver.adapters.tcp.streaming import StreamingClient
-from chatserver.adapters.wire.codec import Dialect, encode_frame_too_large
-from chatserver.adapters.wire.framing import FrameSplitter
 from chatserver.application.node import Node
 
 log = logging.getLogger("chatserver.tcp")
-
-
-@define
-class TransportLimits:
-    frame_bytes: int = 65536
-    # Past this much unsent output the client is too far behind: the connection ends.
-    outbound_bytes: int = 4 * 1024 * 1024
-    # A client whose replies pile up past this is not read from until they drain.
-    reply_backlog_bytes: int = 256 * 1024
-    read_chunk: int = 65536
-    close_grace_seconds: float = 5.0
-    # Requests per connection: a burst, then a rate (PROTOCOL.md's floor is 100 and 50/s).
-    request_burst: int = 200
-    requests_per_second: float = 100.0
-    # A client refused this many requests without slowing down enough for its budget to
-    # refill is flooding: it is disconnected.
-    refused_before_disconnect: int = 200
-    # Silence allowed before login, and after (clients PING every 20 s or so); see
-    # allowed_silence for the clients these do not apply to.
-    login_timeout_seconds: float = 30.0
-    idle_timeout_seconds: float = 300.0
-    # Open connections from one address (0: no limit, e.g. behind nginx, where all share one).
-    connections_per_address: int = 512
-    # Every connection starts with a PROXY protocol header (nginx `proxy_protocol on;`) naming
-    # the real client, which must arrive within this time.
-    proxy_protocol: bool = False
-    proxy_header_seconds: float = 5.0
-    # The proxies (CIDR blocks) whose PROXY header, or X-Forwarded-For on the web port, is
-    # believed; a connection from elsewhere that sends one is refused (--trusted-proxy).
-    trusted_proxies: tuple[str, ...] = LOOPBACK
-    # Connections accepted but not yet clients (in the TLS or WebSocket handshake, waiting
-    # for a PROXY header), all addresses together; they count against their address too.
-    pending_connections: int = 1024
-    # At shutdown, requests already being handled get this long to finish and be answered
-    # before sessions are logged out (half of serve's grace; the rest is for logging out).
-    request_grace_seconds: float = 5.0
-
-
-def allowed_silence(limits: TransportLimits, splitter: FrameSplitter, logged_in: bool) -> float:
-    """How long a TCP client may now stay silent before it is disconnected (inf: no limit).
-
-    A client of the original server never PINGs, and sends nothing before its user types
-    (PROTOCOL.md, legacy dialect (d)): neither it nor a connection that has not sent a byte yet
-    (which may be one, at its menu) is closed for silence. TCP keepalive (set_keepalive) finds
-    the dead ones; connections per address bound the rest."""
-    if splitter.legacy or not splitter.heard:
-        return math.inf
-    return limits.idle_timeout_seconds if logged_in else limits.login_timeout_seconds
 
 
 # A peer that stops answering is found within KEEPALIVE_IDLE + KEEPALIVE_COUNT * INTERVAL s.
@@ -96,9 +41,20 @@ def set_keepalive(sock: Any) -> None:
         log.debug("no TCP keepalive: %s", error)
 
 
+def log_close(peer: str, closing: Close | None) -> None:
+    """Log why the server ends a connection (a client's own close is not news)."""
+    if closing is None or closing.reason == CLOSED_BY_CLIENT:
+        return
+    if not closing.warning:
+        log.info("closing %s: %s", peer, closing.reason)
+    elif REFUSAL_LOG.allow():
+        log.warning("closing %s: %s%s", peer, closing.reason, REFUSAL_LOG.skipped())
+
+
 class TcpClient(StreamingClient):
-    """One TCP client on an anyio stream: frames split from the bytes read, replies and pushes
-    joined into one write."""
+    """One TCP client on an anyio stream, a thin driver of ConnectionCore: what is read goes
+    to the core, the frames it hands out are served in order, replies and pushes are joined
+    into one write."""
 
     def __init__(
         self,
@@ -106,11 +62,13 @@ class TcpClient(StreamingClient):
         node: Node,
         limits: TransportLimits,
         metrics: PrometheusMetrics | None = None,
+        trusted: TrustedProxies | None = None,
     ) -> None:
         self.stream = stream
-        super().__init__(node, limits, metrics, *_peer(stream))
-        self.splitter = FrameSplitter(limits.frame_bytes)
-        self._early = b""  # what came right after the PROXY header: the first request bytes
+        peer, address = _peer(stream)
+        super().__init__(node, limits, metrics, peer, address)
+        self.core = ConnectionCore(limits, peer, address, anyio.current_time(), trusted)
+        self._early: list[bytes | Refused] = []  # frames that came with the PROXY header
         with contextlib.suppress(anyio.TypedAttributeLookupError):
             set_keepalive(stream.extra(anyio.abc.SocketAttribute.raw_socket))
 
@@ -127,90 +85,94 @@ class TcpClient(StreamingClient):
         except (OSError, ssl.SSLError, anyio.BrokenResourceError) as error:
             log.debug("closing %s: %s", self.peer, error)
 
-    async def read_proxy_header(self, trusted: TrustedProxies) -> bool:
+    def _verdict(self) -> None:
+        """The core decided the connection ends: log it and give the session that reason."""
+        closing = self.core.closing
+        if closing is not None and not self._reason_final:
+            log_close(self.peer, closing)
+            self.close_reason, self._reason_final = closing.reason, True
+
+    async def read_proxy_header(self) -> bool:
         """--proxy-protocol: take the client's real address from the header the proxy sends
         first. False (and logged) if the peer is not a trusted proxy, or no valid header came
         within the limits."""
-        if self.address not in trusted:
-            if REFUSAL_LOG.allow():
-                log.warning("closing %s: not a trusted proxy (--trusted-proxy %s)%s",
-                            self.peer, trusted, REFUSAL_LOG.skipped())
-            return False
-        reader = ProxyHeaderReader()
+        core = self.core
         try:
-            with anyio.fail_after(self.limits.proxy_header_seconds):
-                parsed = None
-                while parsed is None:
-                    parsed = reader.feed(await self.stream.receive(self.limits.read_chunk))
-        except ProxyHeaderError as error:
-            log.info("closing %s: %s", self.peer, error)
-            return False
-        except TimeoutError:
-            log.info("closing %s: no PROXY header within %.0f s", self.peer,
-                     self.limits.proxy_header_seconds)
-            return False
+            while core.awaiting_proxy_header:
+                with anyio.move_on_after(core.deadline(False) - anyio.current_time()):
+                    data = await self.stream.receive(self.limits.read_chunk)
+                    self._early += core.receive(data, anyio.current_time())
+                    continue
+                core.check(anyio.current_time(), False)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
                 OSError):
             # A port probe (a health check, a load balancer's) looks just like this.
             log.debug("closing %s: gone before its PROXY header", self.peer)
             return False
-        header, self._early = parsed
-        if header.source is not None:
-            proxy = self.peer
-            host, port = header.source
-            self.peer, self.address = f"{host}:{port}", host
-            self.connection.address = host
-            log.debug("connection from %s through %s", self.peer, proxy)
+        if core.closing is not None:
+            self._verdict()
+            return False
+        if core.address != self.address:
+            log.debug("connection from %s through %s", core.peer, self.peer)
+        self.peer, self.address = core.peer, core.address
+        self.connection.address = core.address
         return True
 
     async def _read_loop(self) -> None:
-        if self._early and not await self._take(self._early):
+        early, self._early = self._early, []
+        if (early or self.core.closing is not None) and not await self._take(early):
             return
-        self._early = b""
+        core = self.core
         while not self._closing:
             data = await self._receive()
-            if data is None or not await self._take(data):
+            if data is None or not await self._take(core.receive(data, anyio.current_time())):
                 return
-
-    def _allowed_silence(self) -> float:
-        return allowed_silence(self.limits, self.splitter, self.connection.logged_in)
 
     async def _receive(self) -> bytes | None:
         """The next bytes from the client; None when it is gone or has been silent too long."""
-        silence = self._allowed_silence()
-        try:
-            with anyio.fail_after(silence):
-                return await self.stream.receive(self.limits.read_chunk)
-        except TimeoutError:
-            self._silent_too_long(silence)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                OSError):
-            pass
-        return None
+        core = self.core
+        # Silence is counted from now: the time a request took to serve is not the client's.
+        core.check(anyio.current_time(), self.connection.logged_in, busy=True)
+        while True:
+            deadline = core.deadline(self.connection.logged_in)
+            try:
+                with anyio.fail_after(deadline - anyio.current_time()):
+                    return await self.stream.receive(self.limits.read_chunk)
+            except TimeoutError:
+                if core.check(anyio.current_time(), self.connection.logged_in) is not None:
+                    self._verdict()
+                    return None
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                    OSError):
+                core.receive_eof()
+                return None
 
-    async def _take(self, data: bytes) -> bool:
-        """Serve every frame in data; False when the connection is to stop reading."""
-        frames = self.splitter.feed(data)
-        if frames and self.splitter.legacy:
-            self.dialect = Dialect.LEGACY
-        refused_limit = self.limits.refused_before_disconnect
-        for frame in frames:
+    async def _take(self, items: list[bytes | Refused]) -> bool:
+        """Serve every frame the core handed out; False when the connection is to stop
+        reading."""
+        core = self.core
+        self.dialect = core.dialect
+        if not core.refused:
+            self._refused = 0
+        for item in items:
             if self._shutting_down:
-                self._refuse_stopping(frame)
+                if type(item) is bytes:
+                    self._refuse_stopping(item)
                 continue
-            await self._serve(frame)
-            if self._refused > refused_limit:
-                break  # flooding: the rest of what was read is not served
+            self._handling = True
+            try:
+                rest = self._serve_item(item)
+                if rest is not None:
+                    await rest
+            finally:
+                self._handling = False
         if self._shutting_down:
             return False
-        if self._flooding():
-            return False
-        if self.splitter.too_large:
-            log.info("closing %s: frame over %d bytes", self.peer, self.limits.frame_bytes)
-            self.close_reason = "frame too large"
-            reply = encode_frame_too_large(self.dialect)
-            if reply is not None:
-                self._reply_behind(reply)
+        closing = core.closing
+        if closing is not None:
+            self._verdict()
+            if closing.reply is not None:
+                self._reply_behind(closing.reply)
             return False
         if self._pending_bytes > self.limits.reply_backlog_bytes:
             await self._drained.wait()

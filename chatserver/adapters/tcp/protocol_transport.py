@@ -1,11 +1,13 @@
-"""The same transport as TcpServer/TcpClient, on asyncio Protocols instead of anyio streams.
+"""The TCP transport on asyncio Protocols: a thin driver of ConnectionCore.
 
-Behaviour and limits are those of ``connection.py`` and ``server.py``; what differs is the cost
-per message. Bytes arrive in ``buffer_updated`` (into one receive buffer shared by the whole
-server: the loop hands it out and takes it back within one callback), are cut into frames, and
-the frames go to one task per connection, created on the first frame and woken once per read.
-Output is appended to a list and written with one ``transport.write`` per connection per loop
-iteration. Silence is watched by one timer per connection that is re-armed only when it fires.
+Bytes arrive in ``buffer_updated`` (into one receive buffer shared by the whole server: the
+loop hands it out and takes it back within one callback) and go to the connection's
+``ConnectionCore``, which cuts them into frames and says when the connection is to end and why.
+Frames are served right there when they need not wait (most chats join the inbox batch being
+gathered, without a task); the first that must wait, and every frame behind it, go to the
+connection's task, an ordinary asyncio task that awaits them in order. Output is appended to a
+list and written with one ``transport.write`` per connection per loop iteration. Silence is
+watched by one timer per connection, re-armed only when it fires. Public asyncio API only.
 
 Runs inside ``anyio.run`` on the asyncio backend (with or without uvloop).
 """
@@ -14,9 +16,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import ssl
-from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
@@ -24,24 +24,17 @@ from typing import Any, cast
 import anyio
 from anyio.abc import TaskStatus
 
-from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.budget import ConnectionsPerAddress, RequestBudget
-from chatserver.adapters.tcp.connection import TransportLimits, allowed_silence, set_keepalive
-from chatserver.adapters.tcp.proxy_header import (
-    ProxyHeaderError,
-    ProxyHeaderReader,
-    TrustedProxies,
+from chatserver.adapters.connection_core import (
+    CLOSED_BY_CLIENT,
+    CLOSED_BY_SERVER,
+    ConnectionCore,
+    Refused,
 )
+from chatserver.adapters.tcp.budget import TcpSettings
+from chatserver.adapters.tcp.connection import log_close, set_keepalive
 from chatserver.adapters.tcp.requests import REFUSAL_LOG, RequestServing, log_out_everyone
-from chatserver.adapters.wire.codec import (
-    Dialect,
-    encode_event,
-    encode_frame_too_large,
-    encode_refusal,
-)
-from chatserver.adapters.wire.framing import FrameSplitter
+from chatserver.adapters.wire.codec import Dialect, encode_event, encode_refusal
 from chatserver.application.connection import Connection
-from chatserver.application.node import Node
 from chatserver.domain.messages import Event
 
 log = logging.getLogger("chatserver.tcp")
@@ -54,17 +47,6 @@ TOO_MANY_CONNECTIONS = encode_refusal("too many connections from your address")
 _QUEUED_FRAMES_LIMIT = 256
 
 
-class _TooLarge:
-    """Marks, in a connection's frame queue, where the frame that was too long began."""
-
-
-_TOO_LARGE = _TooLarge()
-
-# Handle requests right in the read callback, as the connection's (parked) task, and hand one
-# to that task only if it has to wait for something; CHATSERVER_ASYNCIO_INLINE=0 turns it off.
-_INLINE = os.environ.get("CHATSERVER_ASYNCIO_INLINE", "1") != "0"
-
-
 class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     """Outbox of one TCP client, fed by the event loop's callbacks."""
 
@@ -75,11 +57,9 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.peer = self.address = "?"
+        self.core = ConnectionCore(limits, "?", "?", self.loop.time())  # until the peer is known
         self.connection = Connection(server.node, self, self.address)
-        self.budget = RequestBudget(limits.requests_per_second, limits.request_burst)
         self._refused = 0
-        self.close_reason = "connection closed by the client"
-        self.splitter = FrameSplitter(limits.frame_bytes)
         self.dialect = Dialect.MODERN
         # Output not yet handed to the transport, and whether the server will hand it over.
         self._out: list[bytes] = []
@@ -92,13 +72,14 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self._ready_callbacks: deque[Callback] = deque()
         self._callback_task: asyncio.Task[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
-        # Frames waiting for the worker task, which is started by the first one.
-        self._frames: deque[bytes | _TooLarge] = deque()
+        # Frames for the connection's task (it is started when first needed), and the rest of
+        # a request begun in the read callback that has to wait.
+        self._frames: deque[bytes | Refused] = deque()
+        self._waiting: Coroutine[Any, Any, None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
-        self._busy = False
-        # A request started in the read callback that has to wait: the task goes on with it.
-        self._suspended: Coroutine[Any, Any, None] | None = None
+        self._busy = False  # the task is awaiting a request
+        self._tasks: set[asyncio.Task[None]] = set()  # pipelined requests' (RequestServing)
         self._closing = False  # no more requests are read
         self._closed = False  # nothing more is written (close(): what is unsent is dropped)
         self._lost = False  # the socket is gone
@@ -108,18 +89,26 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self._backlogged = False
         self._registered = False
         self.counted = False  # against its address, in the server's per_address
-        self._last_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        # --proxy-protocol: the header is read before anything else, within a time limit.
-        self._proxy_reader: ProxyHeaderReader | None = None
-        self._header_timer: asyncio.TimerHandle | None = None
         self._requests_done = self.loop.create_future()  # the worker left its loop
         self.done = self.loop.create_future()
         self._start_serving()
 
+    @property
+    def close_reason(self) -> str:
+        closing = self.core.closing
+        return closing.reason if closing is not None else CLOSED_BY_CLIENT
+
+    @close_reason.setter
+    def close_reason(self, reason: str) -> None:
+        self.core.close(reason)
+
     def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]],
                *args: Any) -> "asyncio.Task[None]":
-        return self.loop.create_task(function(*args))
+        task = self.loop.create_task(function(*args))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _lead(self, leading: Coroutine[Any, Any, None]) -> None:
         self.server.run_batch(leading)
@@ -134,9 +123,8 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             return True
         out_bytes = self._out_bytes + len(frame)
         if out_bytes + self._buffered > self.limits.outbound_bytes:
-            unsent = self._out_bytes + self._buffered
-            log.warning("closing %s: %d bytes unsent, client not reading", self.peer, unsent)
-            self.close_reason = "client not reading"
+            self.core.over_outbound(out_bytes + self._buffered)
+            self._log_close()
             self.close()
             return False
         # _queue(frame), inline: a group message comes here once per member.
@@ -151,10 +139,13 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self._callbacks.append(callback)
         self._flush_soon()
 
-    def close(self) -> None:
+    def close(self, reason: str = CLOSED_BY_SERVER) -> None:
         """End the connection at once: what is unsent is dropped, the session ends."""
         if self._closed:
             return
+        if self.core.closing is None:
+            self.core.close(reason, abort=True)
+            self._log_close()
         self._closing = self._closed = True
         self._out.clear()
         self._out_bytes = 0
@@ -169,6 +160,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     def stop_reading(self) -> None:
         """Take no more requests; stay open until release() to hear the rest."""
         self._shutting_down = True
+        self.core.close("server stopping")
         if self._released is None:
             self._released = self.loop.create_future()
         self._end_reading()
@@ -192,31 +184,25 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         self.peer, self.address = _peer(transport.get_extra_info("peername"))
         self.connection.address = self.address
+        server = self.server
+        self.core = core = ConnectionCore(self.limits, self.peer, self.address,
+                                          self.loop.time(), server.trusted)
         set_keepalive(transport.get_extra_info("socket"))
-        if self.server.tls is not None:
+        if server.tls is not None:
             # Counted from now on, against its address and the cap on handshakes in progress:
             # a client cannot hold more descriptors by never finishing its handshake.
-            if not self.server.admit_pending(self, count_address=True):
+            if not server.admit_pending(self, count_address=True):
                 self._refuse_pending(transport, "TLS handshake")
                 return
             transport.pause_reading()
-            self.loop.create_task(self._start_tls(transport, self.server.tls))
-        elif self.limits.proxy_protocol:
-            if self.address not in self.server.trusted:
-                if REFUSAL_LOG.allow():
-                    log.warning("closing %s: not a trusted proxy (--trusted-proxy %s)%s",
-                                self.peer, self.server.trusted, REFUSAL_LOG.skipped())
-                self._lost = self._closed = self._closing = True
-                transport.abort()
-                self.done.set_result(None)
-                return
-            if not self.server.admit_pending(self, count_address=False):
+            self._spawn(self._start_tls, transport, server.tls)
+        elif core.closing is not None:  # --proxy-protocol, and not from a trusted proxy
+            self._abort_unopened()
+        elif core.awaiting_proxy_header:
+            if not server.admit_pending(self, count_address=False):
                 self._refuse_pending(transport, "PROXY header")
                 return
-            self._proxy_reader = ProxyHeaderReader()
-            self._header_timer = self.loop.call_later(
-                self.limits.proxy_header_seconds, self._no_proxy_header
-            )
+            self._arm_timer()
         else:
             self._open()
 
@@ -225,53 +211,22 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             log.warning("refusing %s: too many connections from there or waiting for a %s "
                         "(%d at most)%s", self.peer, waiting_for,
                         self.limits.pending_connections, REFUSAL_LOG.skipped())
-        self._lost = self._closed = self._closing = True
-        transport.abort()
-        self.done.set_result(None)
+        self.core.close(f"too many connections waiting for a {waiting_for}", abort=True)
+        self._abort_unopened(logged=True)
 
-    def _read_proxy_header(self, data: bytes) -> None:
-        """--proxy-protocol: the client's real address comes first, from the proxy."""
-        assert self._proxy_reader is not None
-        try:
-            parsed = self._proxy_reader.feed(data)
-        except ProxyHeaderError as error:
-            self._refuse_unproxied(str(error))
-            return
-        if parsed is None:
-            return
-        self._stop_waiting_for_header()
-        header, rest = parsed
-        if header.source is not None:
-            proxy = self.peer
-            host, port = header.source
-            self.peer, self.address = f"{host}:{port}", host
-            self.connection.address = host
-            log.debug("connection from %s through %s", self.peer, proxy)
-        self._open()
-        if rest and self._registered and not self._closing:
-            self._take(rest)
-
-    def _no_proxy_header(self) -> None:
-        self._header_timer = None
-        if self._proxy_reader is not None:
-            self._refuse_unproxied(
-                f"no PROXY header within {self.limits.proxy_header_seconds:.0f} s"
-            )
-
-    def _stop_waiting_for_header(self) -> None:
-        self._proxy_reader = None
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _refuse_unproxied(self, reason: str) -> None:
-        log.info("closing %s: %s", self.peer, reason)
-        self._stop_waiting_for_header()
+    def _abort_unopened(self, logged: bool = False) -> None:
+        """Never a client (not a trusted proxy, no valid PROXY header, too many): drop it."""
+        if not logged:
+            self._log_close()
+        self._stop_timer()
         self._lost = self._closed = self._closing = True
         if self.transport is not None:
             self.transport.abort()
         if not self.done.done():
             self.done.set_result(None)
+
+    def _log_close(self) -> None:
+        log_close(self.peer, self.core.closing)
 
     async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
         try:
@@ -309,12 +264,11 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self._registered = True
         # Told when the kernel has taken every byte: that is when after_flush callbacks run.
         transport.set_write_buffer_limits(high=0, low=0)
-        self._last_activity = self.loop.time()
-        self._arm_timer(min(self.limits.login_timeout_seconds, self.limits.idle_timeout_seconds))
+        self._arm_timer()
         if self.server.shutting_down:
             self.stop_reading()
             self.release()
-        elif self._frames:
+        elif self._frames or self.core.closing is not None:
             # Read before it was open: a TLS client's first request can come with the end of
             # the handshake, before start_tls() returns; no worker was woken for it then.
             self._wake()
@@ -323,73 +277,78 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         return self.server.receive_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._proxy_reader is not None:
-            self._read_proxy_header(bytes(self.server.receive_buffer[:nbytes]))
+        core = self.core
+        data = bytes(self.server.receive_buffer[:nbytes])
+        if core.awaiting_proxy_header:
+            items = core.receive(data, self.loop.time())
+            if core.closing is not None:
+                self._abort_unopened()
+            elif not core.awaiting_proxy_header:
+                self._stop_timer()
+                if core.address != self.address:
+                    log.debug("connection from %s through %s", core.peer, self.peer)
+                self.peer, self.address = core.peer, core.address
+                self.connection.address = core.address
+                self._open()
+                if self._registered and not self._closing:
+                    self._take(items)
             return
-        if self._closing:
-            return
-        self._take(bytes(self.server.receive_buffer[:nbytes]))
+        if not self._closing:
+            self._take(core.receive(data, self.loop.time()))
 
-    def _take(self, data: bytes) -> None:
-        """Cut what was read into frames and serve them (now, or by the worker task)."""
-        self._last_activity = self.loop.time()
-        splitter = self.splitter
-        frames = splitter.feed(data)
-        if frames and splitter.legacy:
-            self.dialect = Dialect.LEGACY
-        if (frames and not self._frames and not splitter.too_large and _INLINE
-                and self._wakeup is not None and self._suspended is None):
-            self._handle_inline(frames)
-            return
-        self._frames.extend(frames)
-        if splitter.too_large:
-            self._frames.append(_TOO_LARGE)
-            self._end_reading()
-        elif len(self._frames) > _QUEUED_FRAMES_LIMIT:
-            self._update_reading()
-        if self._frames:
-            self._wake()
-
-    def _handle_inline(self, frames: list[bytes]) -> None:
-        """Handle what was read now, as the connection's task (parked, waiting for frames);
-        what is left when one has to wait, or must not be served yet, goes to the task."""
-        worker = self._worker
-        assert worker is not None
-        refused_limit = self.limits.refused_before_disconnect
-        served = 0
-        _enter_task(self.loop, worker)
-        try:
-            for frame in frames:
-                if self._closed:
-                    break
-                served += 1
-                rest = self._serve_now(frame)
-                if rest is not None:
-                    self._suspended = rest
-                    self._busy = True
-                    break
-                if self._refused > refused_limit:
-                    break
-        finally:
-            _leave_task(self.loop, worker)
-        if served < len(frames):
-            self._frames.extend(frames[served:])
+    def _take(self, items: "list[bytes | Refused]") -> None:
+        """Serve what the core handed out: now, as far as nothing has to wait, the rest by
+        the connection's task, in order."""
+        core = self.core
+        self.dialect = core.dialect
+        if not core.refused:
+            self._refused = 0
+        if items:
+            if (not self._frames and self._waiting is None and not self._busy
+                    and self._registered):
+                served = self._serve_inline(items)
+                if served < len(items):
+                    self._frames.extend(items[served:])
+            else:
+                self._frames.extend(items)
             if len(self._frames) > _QUEUED_FRAMES_LIMIT:
                 self._update_reading()
-        if (self._frames or self._suspended is not None or self._closing or self._closed
-                or self._refused > refused_limit):
-            self._wake()
+            if self._frames:
+                self._wake()
+        if core.closing is not None:
+            self._log_close()
+            self._end_reading()
+
+    def _serve_inline(self, items: "list[bytes | Refused]") -> int:
+        """Serve items in the read callback until one has to wait: that one is handed to the
+        connection's task. How many were taken."""
+        for taken, item in enumerate(items, 1):
+            if self._closed:
+                return len(items)
+            rest = self._serve_item(item)
+            if rest is not None:
+                self._waiting = rest
+                self._busy = True
+                self._wake()
+                return taken
+        return len(items)
 
     def eof_received(self) -> bool:
-        if self._proxy_reader is not None:
-            return False  # gone before its PROXY header (a port probe): closed at once
+        core = self.core
+        unopened = core.awaiting_proxy_header
+        core.receive_eof()
+        if unopened:
+            log.debug("closing %s: gone before its PROXY header", self.peer)  # a port probe
+            self._abort_unopened(logged=True)
+            return False
         self._end_reading()
         return True  # half closed: the replies to what was read still go out
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._proxy_reader is not None:
+        if self.core.awaiting_proxy_header:
             log.debug("closing %s: gone before its PROXY header", self.peer)  # a port probe
-            self._stop_waiting_for_header()
+        self.core.receive_eof()
+        self._stop_timer()
         self._lost = True
         self._buffered = 0
         self._flush_wanted = False
@@ -414,9 +373,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self._wake()
 
     def _stop_reading(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         if self._reading and self.transport is not None and not self._lost:
             self._reading = False
             self.transport.pause_reading()
@@ -433,31 +390,33 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             else:
                 self.transport.pause_reading()
 
-    def _arm_timer(self, delay: float) -> None:
-        self._timer = self.loop.call_at(self._last_activity + delay, self._check_silence)
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm_timer(self) -> None:
+        deadline = self.core.deadline(self.connection.logged_in)
+        if deadline == math.inf:  # looked at again later: a client that speaks may lose that
+            deadline = self.loop.time() + self.limits.login_timeout_seconds
+        self._timer = self.loop.call_at(deadline, self._check_silence)
 
     def _check_silence(self) -> None:
         self._timer = None
-        if self._closing:
+        core = self.core
+        unopened = core.awaiting_proxy_header
+        if self._closing and not unopened:
             return
-        logged_in = self.connection.logged_in
-        silence = allowed_silence(self.limits, self.splitter, logged_in)
-        if silence == math.inf:  # looked at again later: a client that speaks may lose that
-            self._timer = self.loop.call_later(self.limits.login_timeout_seconds,
-                                               self._check_silence)
-            return
-        now = self.loop.time()
-        if self._busy or self._frames or self._slots or not self._reading:
-            self._last_activity = now  # a request in progress, or replies piling up
-        if now - self._last_activity < silence:
-            self._arm_timer(silence)
-            return
-        what = "idle" if logged_in else "not logged in"
-        log.info("closing %s: %s for %.0f s", self.peer, what, silence)
-        self.close_reason = f"{what} for {silence:.0f} s"
-        self._end_reading()
+        busy = self._busy or bool(self._frames or self._slots) or not self._reading
+        if core.check(self.loop.time(), self.connection.logged_in, busy) is None:
+            self._arm_timer()
+        elif unopened:
+            self._abort_unopened()
+        else:
+            self._log_close()
+            self._end_reading()
 
-    # Handling requests: one task per connection, woken when frames arrive.
+    # Handling requests: the frames that have to wait, by one task per connection.
 
     def _wake(self) -> None:
         wakeup = self._wakeup
@@ -471,40 +430,10 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     async def _work(self) -> None:
         try:
             try:
-                while True:
-                    frames = self._frames
-                    if self._suspended is not None:
-                        try:
-                            await self._suspended
-                        finally:
-                            self._suspended = None
-                            self._busy = False
-                    if self._flooding():
-                        frames.clear()
-                        self._end_reading()
-                    while frames and not self._closed:
-                        if self._shutting_down:
-                            self._refuse_queued()
-                            break
-                        frame = frames.popleft()
-                        if frame is _TOO_LARGE:
-                            self._frame_too_large()
-                            frames.clear()
-                            break
-                        assert isinstance(frame, bytes)
-                        self._busy = True
-                        await self._handle(frame)
-                        self._busy = False
-                        if self._flooding():
-                            frames.clear()
-                            self._end_reading()
-                    if self._closing or self._closed:
-                        break
-                    if not self._reading:
-                        self._update_reading()
-                    self._wakeup = self.loop.create_future()
-                    await self._wakeup
-                self._busy = False
+                await self._serve_waiting()
+                closing = self.core.closing
+                if closing is not None and closing.reply is not None and not self._closed:
+                    self._reply_behind(closing.reply)  # errno 8, behind every other reply
                 await self._in_flight_answered()  # pipelined requests: answered, then ended
                 self._settle_requests()
                 if self._shutting_down and self._released is not None:
@@ -519,12 +448,41 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                     log.exception("ending the session of %s failed", self.peer)
                 self._close_transport()
         finally:
-            if self._suspended is not None:  # cancelled before going on with it
-                self._suspended.close()
-                self._suspended = None
+            if self._waiting is not None:  # cancelled before going on with it
+                self._waiting.close()
+                self._waiting = None
             self._settle_requests()
             if not self.done.done():
                 self.done.set_result(None)
+
+    async def _serve_waiting(self) -> None:
+        """Await, in order, what the read callback could not serve, until reading ends."""
+        frames = self._frames
+        while True:
+            waiting = self._waiting
+            if waiting is not None:
+                self._waiting = None
+                try:
+                    await waiting
+                finally:
+                    self._busy = False
+            while frames and not self._closed:
+                if self._shutting_down:
+                    self._refuse_queued()
+                    break
+                rest = self._serve_item(frames.popleft())
+                if rest is not None:
+                    self._busy = True
+                    try:
+                        await rest
+                    finally:
+                        self._busy = False
+            if self._closing or self._closed:
+                return
+            if not self._reading:
+                self._update_reading()
+            self._wakeup = self.loop.create_future()
+            await self._wakeup
 
     def _settle_requests(self) -> None:
         if not self._requests_done.done():
@@ -532,9 +490,9 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
 
     def _refuse_queued(self) -> None:
         """Server shutdown: requests read but not started are answered errno 11."""
-        for frame in self._frames:
-            if isinstance(frame, bytes):
-                self._refuse_stopping(frame)
+        for item in self._frames:
+            if type(item) is bytes:
+                self._refuse_stopping(item)
         self._frames.clear()
 
     async def _wait(self, future: "asyncio.Future[None]", seconds: float) -> None:
@@ -568,13 +526,6 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             if self._out:
                 self._flush_now()
             transport.close()
-
-    def _frame_too_large(self) -> None:
-        log.info("closing %s: frame over %d bytes", self.peer, self.limits.frame_bytes)
-        self.close_reason = "frame too large"
-        reply = encode_frame_too_large(self.dialect)
-        if reply is not None:
-            self._reply_behind(reply)
 
     # Writing: one transport.write per connection per loop iteration.
 
@@ -654,33 +605,14 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             self._callback_task = None
 
 
-class ProtocolServer:
+class ProtocolServer(TcpSettings):
     """TcpServer on asyncio Protocols: the same constructor, serve() and shutdown()."""
 
-    def __init__(
-        self,
-        node: Node,
-        host: str,
-        port: int,
-        limits: TransportLimits,
-        *,
-        tls: ssl.SSLContext | None = None,
-        metrics: PrometheusMetrics | None = None,
-        per_address: ConnectionsPerAddress | None = None,
-    ) -> None:
-        self.node = node
-        self.tls = tls
-        self.metrics = metrics
-        self.host = host
-        self.port = port
-        self.limits = limits
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.clients: set[ProtocolClient] = set()
-        # Shared with the node's other listeners, when given: the limit is per client.
-        self.per_address = per_address or ConnectionsPerAddress(
-            limits.connections_per_address
-        )
+        limits = self.limits
         self.shutting_down = False
-        self.trusted = TrustedProxies(limits.trusted_proxies)
         self.receive_buffer = memoryview(bytearray(limits.read_chunk))
         # Clients with output queued, written by one callback at the end of the loop iteration.
         self._unflushed: list[ProtocolClient] = []

@@ -3,13 +3,13 @@
 import logging
 import os
 import time
-import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from chatserver.adapters.connection_core import Refused
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import RequestBudget
 from chatserver.adapters.wire.codec import (
@@ -33,28 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatserver.tcp")
 
 STOPPING = "server stopping: try again on a new connection"
-
-T = TypeVar("T")
-
-
-@types.coroutine
-def resume(coro: Coroutine[Any, Any, T], waiting_for: Any) -> Generator[Any, Any, T]:
-    """Go on with a coroutine that was started by hand (``send(None)``) and is waiting for
-    ``waiting_for``, as if it had been awaited from the start; return what it returns."""
-    while True:
-        try:
-            sent = yield waiting_for
-        except BaseException as error:  # handed on to the coroutine
-            try:
-                waiting_for = coro.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            continue
-        try:
-            waiting_for = coro.send(sent)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
 
 class LogBudget:
     """Lines of one kind logged per second, over the whole process: a flood of failing
@@ -153,35 +131,76 @@ class RequestServing:
             await rest
 
     def _serve_now(self, frame: bytes) -> Coroutine[Any, Any, None] | None:
-        """Serve one request as far as it goes without waiting: None once it is answered (or
-        handed to a task of its own, PIPELINED), else the rest of it, a coroutine to await
-        before the next frame is served (the use case has begun and waits for something, or
-        the request waits for those before it). Most requests never wait, and cost no
-        coroutine of the transport's this way."""
-        if self._slots:
-            return self._serve_behind(frame)
+        """Charge frame to this connection's own budget, then _serve_frame (a transport that
+        has no ConnectionCore to charge it). Every frame is charged, a malformed one too,
+        before it is even decoded: a flood of bad frames is refused and cut off like any
+        other (in the legacy dialect as well, where neither is answered)."""
         budget = self.budget
-        # Every frame is charged, a malformed one too, before it is even decoded: a flood of
-        # bad frames is refused and cut off like any other (in the legacy dialect as well,
-        # where neither is answered).
         if not budget.spend():
-            self._refuse(frame)
+            self._refuse_in_order(frame)
             return None
         if self._refused and budget.tokens >= budget.burst - 1:
             # Quiet long enough to refill: whatever it did before is forgiven.
             self._refused = 0
+        return self._serve_frame(frame)
+
+    def _serve_item(self, item: "bytes | Refused") -> Coroutine[Any, Any, None] | None:
+        """_serve_frame for what a ConnectionCore handed out (already charged): a frame to
+        serve, or one refused for being over the budget (errno 9, in order)."""
+        if type(item) is bytes:
+            return self._serve_frame(item)
+        assert isinstance(item, Refused)
+        self._refuse_in_order(item.frame)
+        return None
+
+    def _serve_frame(self, frame: bytes) -> Coroutine[Any, Any, None] | None:
+        """Serve one request as far as it goes without a task: None once it is answered (or
+        has joined an inbox batch, or been handed to a task of its own, PIPELINED), else the
+        rest of it, a coroutine the connection's task awaits before the next frame is served
+        (the request waits for a use case, or for those before it)."""
         request = decode(frame, self.dialect)
         if isinstance(request, BadRequest):
-            self._reply_error(encode_bad_request(request, self.dialect), 0, BAD_REQUEST, 0.0)
+            reply = encode_bad_request(request, self.dialect)
+            self._in_order(lambda: self._reply_error(reply, 0, BAD_REQUEST, 0.0))
             return None
         # The clock is read for the request histogram only.
         started = time.perf_counter() if self.metrics is not None else 0.0
-        if type(request.command) in PIPELINED and _PIPELINE:
+        pipelined = type(request.command) in PIPELINED and _PIPELINE
+        if self._slots:
+            # Earlier requests are in flight: this one's replies wait behind theirs, and a
+            # request that is not PIPELINED waits for them to be answered first.
+            slot = _Slot()
+            self._slots.append(slot)
+            if not pipelined:
+                return self._serve_after(slot, request, started)
+            if len(self._slots) > IN_FLIGHT_LIMIT:
+                return self._pipeline_later(slot, request, started)
+            self._pipeline(slot, request, started)
+            return None
+        if pipelined:
             slot = _Slot()
             self._slots.append(slot)
             self._pipeline(slot, request, started)
             return None
-        return self._serve_decoded(request, started)
+        return self._serve_request(request, started)
+
+    def _in_order(self, reply: Callable[[], None]) -> None:
+        """Call reply (which queues replies) so that they go out behind those of every
+        request in flight."""
+        if not self._slots:
+            reply()
+            return
+        slot = _Slot()
+        self._slots.append(slot)
+        self._answering = slot
+        try:
+            reply()
+        finally:
+            self._answering = None
+        self._slot_answered(slot)
+
+    def _refuse_in_order(self, frame: bytes) -> None:
+        self._in_order(lambda: self._refuse(frame))
 
     def _pipeline(self, slot: _Slot, request: Request, started: float) -> None:
         """Serve a PIPELINED request: joining the inbox batch being gathered when it can (no
@@ -222,50 +241,16 @@ class RequestServing:
             self._answering = None
             self._slot_answered(slot)
 
-    def _serve_decoded(self, request: Request,
-                       started: float) -> Coroutine[Any, Any, None] | None:
-        handling = self.connection.handle(request.command, request.claimed_id)
+    async def _serve_request(self, request: Request, started: float) -> None:
+        """A request that is not PIPELINED, awaited by the connection's task."""
         try:
-            waiting_for = handling.send(None)
-        except StopIteration as done:
-            self._answer(request, done.value, started)
+            result = await self.connection.handle(request.command, request.claimed_id)
         except ChatError as error:
             self._failed(request, error, started)
         except Exception:
             self._crashed(request, started)
         else:
-            return self._go_on(request, handling, waiting_for, started)
-        return None
-
-    def _serve_behind(self, frame: bytes) -> Coroutine[Any, Any, None] | None:
-        """_serve_now while earlier requests are in flight: this one's replies wait behind
-        theirs; a request that is not PIPELINED waits for them to be answered first."""
-        slot = _Slot()
-        self._slots.append(slot)
-        self._answering = slot
-        try:
-            budget = self.budget
-            if not budget.spend():
-                self._refuse(frame)
-                self._slot_answered(slot)
-                return None
-            if self._refused and budget.tokens >= budget.burst - 1:
-                self._refused = 0
-            request = decode(frame, self.dialect)
-            if isinstance(request, BadRequest):
-                self._reply_error(encode_bad_request(request, self.dialect), 0, BAD_REQUEST,
-                                  0.0)
-                self._slot_answered(slot)
-                return None
-        finally:
-            self._answering = None
-        started = time.perf_counter() if self.metrics is not None else 0.0
-        if type(request.command) not in PIPELINED or not _PIPELINE:
-            return self._serve_after(slot, request, started)
-        if len(self._slots) > IN_FLIGHT_LIMIT:
-            return self._pipeline_later(slot, request, started)
-        self._pipeline(slot, request, started)
-        return None
+            self._answer(request, result, started)
 
     async def _serve_after(self, slot: _Slot, request: Request, started: float) -> None:
         """A request that is not pipelined: served once every earlier one is answered."""
@@ -273,9 +258,7 @@ class RequestServing:
         while slots[0] is not slot:
             await self._slots_moving()
         slots.popleft()  # nothing is in flight now, and nothing is read meanwhile
-        rest = self._serve_decoded(request, started)
-        if rest is not None:
-            await rest
+        await self._serve_request(request, started)
 
     async def _pipeline_later(self, slot: _Slot, request: Request, started: float) -> None:
         """Too many in flight: this connection's next frames wait until one is answered."""
@@ -345,18 +328,6 @@ class RequestServing:
         error: ChatError = RateLimited()
         reply = encode_error(request, error, self.dialect)
         self._reply_error(reply, msgid, errno_and_message(error)[0], 0.0)
-
-    async def _go_on(self, request: Request, handling: Coroutine[Any, Any, Result],
-                     waiting_for: Any, started: float) -> None:
-        """The rest of a request whose use case waits: see it through, then answer."""
-        try:
-            result = await resume(handling, waiting_for)
-        except ChatError as error:
-            self._failed(request, error, started)
-        except Exception:
-            self._crashed(request, started)
-        else:
-            self._answer(request, result, started)
 
     def _answer(self, request: Request, result: Result, started: float) -> None:
         for reply in encode_result(request, result, self.dialect):

@@ -8,13 +8,10 @@ import anyio
 from anyio.abc import ByteStream, Listener, TaskStatus
 from anyio.streams.tls import TLSStream
 
-from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.budget import ConnectionsPerAddress
-from chatserver.adapters.tcp.connection import TcpClient, TransportLimits
-from chatserver.adapters.tcp.proxy_header import TrustedProxies
+from chatserver.adapters.tcp.budget import TcpSettings
+from chatserver.adapters.tcp.connection import TcpClient
 from chatserver.adapters.tcp.requests import REFUSAL_LOG, log_out_everyone
 from chatserver.adapters.wire.codec import encode_refusal
-from chatserver.application.node import Node
 
 log = logging.getLogger("chatserver.tcp")
 
@@ -22,30 +19,12 @@ TLS_HANDSHAKE_SECONDS = 30.0
 TOO_MANY_CONNECTIONS = encode_refusal("too many connections from your address")
 
 
-class TcpServer:
-    def __init__(
-        self,
-        node: Node,
-        host: str,
-        port: int,
-        limits: TransportLimits,
-        *,
-        tls: ssl.SSLContext | None = None,
-        metrics: PrometheusMetrics | None = None,
-        per_address: ConnectionsPerAddress | None = None,
-    ) -> None:
-        self.node = node
-        self.tls = tls
-        self.metrics = metrics
-        self.host = host
-        self.port = port
-        self.limits = limits
+class TcpServer(TcpSettings):
+    """The TCP listener on anyio streams: one task per client."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.clients: set[TcpClient] = set()
-        # Shared with the node's other listeners, when given: the limit is per client.
-        self.per_address = per_address or ConnectionsPerAddress(
-            limits.connections_per_address
-        )
-        self.trusted = TrustedProxies(limits.trusted_proxies)
         self._handshakes = 0  # connections in their TLS handshake
         self._accepting = anyio.CancelScope()
         self._stopping = False
@@ -115,9 +94,9 @@ class TcpServer:
 
     async def _serve_counted(self, stream: ByteStream, counted: str | None = None) -> None:
         """Serve a client; counted: the address it is already counted under, if it is."""
-        client = TcpClient(stream, self.node, self.limits, self.metrics)
+        client = TcpClient(stream, self.node, self.limits, self.metrics, self.trusted)
         if self.limits.proxy_protocol and (
-            not await client.read_proxy_header(self.trusted) or self._stopping
+            not await client.read_proxy_header() or self._stopping
         ):
             await anyio.aclose_forcefully(stream)
             return

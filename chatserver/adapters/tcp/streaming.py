@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
+from chatserver.adapters.connection_core import CLOSED_BY_CLIENT, CLOSED_BY_SERVER
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.tcp.budget import RequestBudget
 from chatserver.adapters.tcp.requests import RequestServing
@@ -43,7 +44,8 @@ class StreamingClient(RequestServing):
         self.connection = Connection(node, self, address)
         self.budget = RequestBudget(limits.requests_per_second, limits.request_burst)
         self._refused = 0
-        self.close_reason = "connection closed by the client"
+        self.close_reason = CLOSED_BY_CLIENT
+        self._reason_final = False  # close_reason is the true one (the first given holds)
         self.dialect = Dialect.MODERN
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -87,8 +89,7 @@ class StreamingClient(RequestServing):
         if self._pending_bytes + len(frame) > self.limits.outbound_bytes:
             log.warning("closing %s: %d bytes unsent, client not reading", self.peer,
                         self._pending_bytes)
-            self.close_reason = "client not reading"
-            self.close()
+            self.close(f"client not reading ({self._pending_bytes} bytes unsent)")
             return False
         self._queue(frame)
         return True
@@ -97,8 +98,10 @@ class StreamingClient(RequestServing):
         self._callbacks.append(callback)
         self._wake.set()
 
-    def close(self) -> None:
+    def close(self, reason: str = CLOSED_BY_SERVER) -> None:
         """End the connection at once: what is unsent is dropped, the session ends."""
+        if not self._reason_final and not self._closed:
+            self.close_reason, self._reason_final = reason, True
         self._closing = self._closed = True
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
@@ -109,6 +112,8 @@ class StreamingClient(RequestServing):
         """Take no more requests (one being served goes on), stay open until release() to
         hear the rest."""
         self._closing = self._shutting_down = True
+        if not self._reason_final:
+            self.close_reason, self._reason_final = "server stopping", True
         if not self._handling:
             self._read_scope.cancel()
 
