@@ -1132,7 +1132,8 @@
   /** Upload a file (PUT to the link FILE_UPLOAD gives) and send it in the open conversation. */
   async function sendFile(file) {
     const conv = state.conversations.get(state.active);
-    if (conv === undefined || !file) return;
+    // Nothing to send to: a group the user left, or logged out (renderComposer's state).
+    if (conv === undefined || !file || $("attach-button").disabled) return;
     const mime = file.type || "application/octet-stream";
     const message = addMessage(conv, {
       from: state.me.name, mine: true, text: "", ts: Date.now(), status: "uploading…",
@@ -1423,10 +1424,11 @@
     const gone = Boolean(conv && conv.kind === "g" && state.loggedIn && !state.groups.has(conv.id));
     $("composer-closed").textContent = gone ? "You are not a member of this group." : "";
     $("composer-closed").hidden = !gone;
-    $("message-input").hidden = gone;
-    composer.querySelector("button").hidden = gone;
-    $("message-input").disabled = !usable || gone;
-    composer.querySelector("button").disabled = !usable || gone;
+    // The text, Attach and Send: hidden in a group the user left, disabled while logged out.
+    for (const id of ["message-input", "attach-button", "send-button"]) {
+      $(id).hidden = gone;
+      $(id).disabled = !usable || gone;
+    }
   }
 
   function appendMessageElement(message) {
