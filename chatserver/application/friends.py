@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 from chatserver.application.commands import AddFriend, AnswerFriend, BlockUser, RemoveFriend
 from chatserver.application.results import Done
 from chatserver.domain.errors import InvalidRequest, NotPermitted, RateLimited, UnknownUser
-from chatserver.domain.friends import RequestOutcome, check_answer, outcome_of_request
+from chatserver.domain.friends import (
+    ASK_AGAIN_AFTER_DECLINE_MS,
+    RequestOutcome,
+    check_answer,
+    outcome_of_request,
+)
 from chatserver.domain.messages import (
     FriendAnswer,
     FriendRemovedNotice,
@@ -26,6 +31,7 @@ async def add_friend(command: AddFriend, *, connection: Connection) -> Done:
     me = connection.user
     node = connection.node
     friend_id = command.friend_id
+    now_ms = node.clock.now_ms()
 
     def ask(tx: Transaction) -> RequestOutcome | None:
         if friend_id != me.id and tx.users.get(friend_id) is None:
@@ -40,12 +46,15 @@ async def add_friend(command: AddFriend, *, connection: Connection) -> Done:
             friend_id,
             are_friends=tx.friends.are_friends(me.id, friend_id),
             they_asked_first=tx.friends.has_request(friend_id, me.id),
+            declined_at_ms=tx.friends.declined_at(me.id, friend_id),
+            now_ms=now_ms,
         )
         if outcome is RequestOutcome.SENT:
             tx.friends.add_request(me.id, friend_id)
         elif outcome is RequestOutcome.ACCEPTS_THEIRS:
             tx.friends.remove_request(friend_id, me.id)
             tx.friends.befriend(me.id, friend_id)
+            tx.friends.forget_declines(me.id, friend_id)
         return outcome
 
     outcome = await node.uow.run(ask)
@@ -63,12 +72,19 @@ async def answer_friend(command: AnswerFriend, *, connection: Connection) -> Don
     me = connection.user
     requester_id = command.requester_id
     check_answer(me.id, requester_id)
+    now_ms = connection.node.clock.now_ms()
 
     def answer(tx: Transaction) -> None:
         if not tx.friends.remove_request(requester_id, me.id):
             raise UnknownUser("no friend request from that user")
         if command.accept:
             tx.friends.befriend(me.id, requester_id)
+            tx.friends.forget_declines(me.id, requester_id)
+        else:
+            # The requester may ask again a day later (issue 13.4); older declines go.
+            tx.friends.note_decline(
+                requester_id, me.id, now_ms, forget_before_ms=now_ms - ASK_AGAIN_AFTER_DECLINE_MS
+            )
 
     await connection.node.uow.run(answer)
     await _tell_requester(requester_id, me, accepted=command.accept, connection=connection)

@@ -102,6 +102,21 @@ class FriendRepository(Protocol):
         """The users who block blocked, ascending."""
         ...
 
+    def declined_at(self, requester_id: int, addressee_id: int) -> int | None:
+        """When (ms) addressee last declined requester's request; None if never or forgotten."""
+        ...
+
+    def note_decline(
+        self, requester_id: int, addressee_id: int, at_ms: int, *, forget_before_ms: int
+    ) -> None:
+        """Remember that addressee declined requester at at_ms (replacing an older decline of
+        theirs), and forget every decline, of anyone, made before forget_before_ms."""
+        ...
+
+    def forget_declines(self, a: int, b: int) -> None:
+        """Forget the declines between a and b, both ways (they became friends)."""
+        ...
+
 
 class GroupRepository(Protocol):
     def create(self, name: str, description: str, creator_id: int) -> Group:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -81,6 +83,34 @@ def test_declining_drops_the_request_and_tells_the_requester(chat):
     assert b2.ack["friends"] == [] and b2.ack["friend_requests"] == []
     a2 = chat.online(alice)
     assert a2.ack["friends"] == []
+
+
+def test_a_declined_requester_asking_again_the_same_day_is_errno_9(chat):
+    # Issue 13.4: once a day, so friend requests cannot be used to pester.
+    alice, bob, carol = chat.users(3)
+    ca, cb, cc = chat.online_all(alice, bob, carol)
+    ca.ok({"msgid": 7, "friendid": bob.id})
+    cb.expect({"msgid": 12, "id": alice.id})
+    cb.ok({"msgid": 13, "friendid": alice.id, "accept": False})
+    ca.expect({"msgid": 13, "id": bob.id, "accept": False})
+    started = time.perf_counter()
+    for _ in range(20):
+        reply = ca.err({"msgid": 7, "friendid": bob.id}, 9)
+        assert "declined" in reply["errmsg"], reply
+    pester_ms = (time.perf_counter() - started) * 1000
+    cb.assert_silent(pattern={"msgid": 12})
+    # a well-behaved user still reaches bob, and bob may still ask alice himself
+    started = time.perf_counter()
+    cc.ok({"msgid": 7, "friendid": bob.id})
+    cb.expect({"msgid": 12, "id": carol.id})
+    print(
+        f"\n20 pestering requests refused in {pester_ms:.1f} ms; carol's request reached bob"
+        f" in {(time.perf_counter() - started) * 1000:.1f} ms"
+    )
+    cb.ok({"msgid": 7, "friendid": alice.id})
+    ca.expect({"msgid": 12, "id": bob.id})
+    # nothing of alice's waits for bob either
+    assert chat.online(bob).ack["friend_requests"] == [{"id": carol.id, "name": carol.name}]
 
 
 @pytest.mark.parametrize("accept", [True, False])

@@ -123,6 +123,22 @@ def test_legacy_connection_gets_no_reply_to_anything_but_login_and_reg(chat):
     assert member == {"id": luser.id, "name": luser.name, "state": "online", "role": "creator"}
 
 
+def test_a_declined_legacy_requester_asking_again_reaches_nobody(chat):
+    # Issue 13.4: the errno 9 reply is not sent to a legacy session (it gets none but to LOGIN
+    # and REG); the request reaches nobody, and the connection goes on.
+    luser, bob = chat.users(2)
+    cb = chat.online(bob)
+    cl = chat.online(luser, legacy=True)
+    cl.send({"msgid": 7, "id": luser.id, "friendid": bob.id})
+    cb.expect({"msgid": 12, "id": luser.id})
+    cb.ok({"msgid": 13, "friendid": luser.id, "accept": False})
+    cl.send({"msgid": 7, "id": luser.id, "friendid": bob.id})
+    cl.assert_silent(0.5)
+    cb.assert_silent(pattern={"msgid": 12})
+    legacy_chat(cl, bob.id, "still served")
+    cb.expect({"msgid": 6, "msg": "still served"})
+
+
 def test_legacy_login_ack_holds_json_strings_and_only_chats(chat):
     luser, friend, asker, answerer = chat.users(4)
     cl, cf = chat.online_all(luser, friend)

@@ -30,7 +30,7 @@ from chatserver.application.commands import (
     SendGroupMessage,
 )
 from chatserver.application.results import GroupCreated, LoggedIn, MessageAccepted, Registered
-from chatserver.domain.errors import NotAMember, UnknownUser
+from chatserver.domain.errors import NotAMember, RateLimited, UnknownUser
 from chatserver.domain.messages import DirectMessage, FriendAnswer, GroupEvent, GroupMessage, Kept
 from chatserver.entrypoints.bootstrap import Config, EmbeddedClient, bootstrap
 from tests.unit.conftest import FAST_HASHER
@@ -60,6 +60,8 @@ class ChatMachine(RuleBasedStateMachine):
         self.clients: dict[int, EmbeddedClient | None] = dict.fromkeys(self.ids)
         self.friends: set[frozenset[int]] = set()
         self.requests: set[tuple[int, int]] = set()
+        # (requester, addressee) declined within the day (issue 13.4); the run is shorter
+        self.declined: set[tuple[int, int]] = set()
         self.groups: dict[int, set[int]] = {}
         self.expected: dict[int, set[int]] = {uid: set() for uid in self.ids}
         self.seen: dict[int, list[int]] = {uid: [] for uid in self.ids}
@@ -167,12 +169,18 @@ class ChatMachine(RuleBasedStateMachine):
             return
         uid, client = me
         oid = self.ids[other]
-        self.call(client, AddFriend(oid))
-        if frozenset((uid, oid)) in self.friends:
+        friends, theirs = frozenset((uid, oid)) in self.friends, (oid, uid) in self.requests
+        if not friends and not theirs and (uid, oid) in self.declined:
+            with pytest.raises(RateLimited):
+                self.call(client, AddFriend(oid))
             return
-        if (oid, uid) in self.requests:
+        self.call(client, AddFriend(oid))
+        if friends:
+            return
+        if theirs:
             self.requests.discard((oid, uid))
             self.friends.add(frozenset((uid, oid)))
+            self.declined -= {(uid, oid), (oid, uid)}
             self.expect_answer(oid)
         else:
             self.requests.add((uid, oid))
@@ -191,6 +199,9 @@ class ChatMachine(RuleBasedStateMachine):
         self.requests.discard((oid, uid))
         if accept:
             self.friends.add(frozenset((uid, oid)))
+            self.declined -= {(uid, oid), (oid, uid)}
+        else:
+            self.declined.add((oid, uid))
         self.expect_answer(oid)
 
     def expect_answer(self, requester: int) -> None:

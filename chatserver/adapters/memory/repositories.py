@@ -43,6 +43,8 @@ class MemoryDatabase:
     # blocker -> the users they block; blocked -> the users who block them (dicts as sets)
     blocks: dict[int, dict[int, None]] = Factory(dict)
     blockers: dict[int, dict[int, None]] = Factory(dict)
+    # (requester, addressee) -> when addressee last declined requester (ms)
+    declines: dict[tuple[int, int], int] = Factory(dict)
     groups: dict[int, Group] = Factory(dict)
     group_ids_by_name: dict[str, int] = Factory(dict)
     group_ids_by_key: dict[str, int] = Factory(dict)
@@ -214,6 +216,8 @@ class MemoryUserRepository:
             for other in list(mine.get(user_id, ())):
                 log.pop(theirs[other], user_id)
             log.pop(mine, user_id)
+        for pair in [pair for pair in db.declines if user_id in pair]:
+            log.pop(db.declines, pair)
         for members in db.members.values():
             log.pop(members, user_id)
         log.pop(db.inbox, user_id)
@@ -309,6 +313,21 @@ class MemoryFriendRepository:
 
     def blockers_of(self, blocked_id: int) -> list[int]:
         return sorted(self._db.blockers.get(blocked_id, ()))
+
+    def declined_at(self, requester_id: int, addressee_id: int) -> int | None:
+        return self._db.declines.get((requester_id, addressee_id))
+
+    def note_decline(
+        self, requester_id: int, addressee_id: int, at_ms: int, *, forget_before_ms: int
+    ) -> None:
+        declines = self._db.declines
+        for pair in [pair for pair, when in declines.items() if when < forget_before_ms]:
+            self._log.pop(declines, pair)
+        self._log.put(declines, (requester_id, addressee_id), at_ms)
+
+    def forget_declines(self, a: int, b: int) -> None:
+        self._log.pop(self._db.declines, (a, b))
+        self._log.pop(self._db.declines, (b, a))
 
 
 class MemoryGroupRepository:

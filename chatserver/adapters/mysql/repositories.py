@@ -197,6 +197,7 @@ class MySqlUserRepository:
             "DELETE FROM friend WHERE userid = %s OR friendid = %s",
             "DELETE FROM friend_request WHERE requester = %s OR addressee = %s",
             "DELETE FROM userblock WHERE blocker = %s OR blocked = %s",
+            "DELETE FROM friend_decline WHERE requester = %s OR addressee = %s",
         ):
             db.execute(statement, (user_id, user_id))
         db.execute("DELETE FROM groupuser WHERE userid = %s", (user_id,))
@@ -348,6 +349,32 @@ class MySqlFriendRepository:
             "SELECT blocker FROM userblock WHERE blocked = %s ORDER BY blocker", (blocked_id,)
         )
         return [int(cast(Any, row)[0]) for row in self._db.fetchall()]
+
+    def declined_at(self, requester_id: int, addressee_id: int) -> int | None:
+        self._db.execute(
+            "SELECT declined_ms FROM friend_decline WHERE requester = %s AND addressee = %s",
+            (requester_id, addressee_id),
+        )
+        row = self._db.fetchone()
+        return None if row is None else int(cast(Any, row)[0])
+
+    def note_decline(
+        self, requester_id: int, addressee_id: int, at_ms: int, *, forget_before_ms: int
+    ) -> None:
+        self._db.execute("DELETE FROM friend_decline WHERE declined_ms < %s", (forget_before_ms,))
+        with constraints_as(foreign_key=UnknownUser):
+            self._db.execute(
+                "INSERT INTO friend_decline (requester, addressee, declined_ms)"
+                " VALUES (%s, %s, %s) ON DUPLICATE KEY UPDATE declined_ms = VALUES(declined_ms)",
+                (requester_id, addressee_id, at_ms),
+            )
+
+    def forget_declines(self, a: int, b: int) -> None:
+        self._db.execute(
+            "DELETE FROM friend_decline WHERE (requester = %s AND addressee = %s)"
+            " OR (requester = %s AND addressee = %s)",
+            (a, b, b, a),
+        )
 
 
 class MySqlGroupRepository:

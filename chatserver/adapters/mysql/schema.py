@@ -266,6 +266,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             FOREIGN KEY (file_id) REFERENCES chat_file (id) ON DELETE CASCADE
         ) {TABLE_OPTIONS}""",
     ),
+    (
+        # Issue 13.4: when an addressee last declined a requester (ms since the epoch), so
+        # that the requester may ask again only a day later. Declines older than a day are
+        # forgotten whenever a new one is written.
+        f"""CREATE TABLE IF NOT EXISTS friend_decline (
+            requester INT NOT NULL,
+            addressee INT NOT NULL,
+            declined_ms BIGINT NOT NULL,
+            PRIMARY KEY (requester, addressee),
+            KEY friend_decline_by_time (declined_ms),
+            FOREIGN KEY (requester) REFERENCES user (id),
+            FOREIGN KEY (addressee) REFERENCES user (id)
+        ) {TABLE_OPTIONS}""",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

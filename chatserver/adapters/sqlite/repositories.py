@@ -129,6 +129,7 @@ class SqliteUserRepository:
             "DELETE FROM friend WHERE userid = ? OR friendid = ?",
             "DELETE FROM friend_request WHERE requester = ? OR addressee = ?",
             "DELETE FROM userblock WHERE blocker = ? OR blocked = ?",
+            "DELETE FROM friend_decline WHERE requester = ? OR addressee = ?",
         ):
             db.execute(statement, (user_id, user_id))
         db.execute("DELETE FROM groupuser WHERE userid = ?", (user_id,))
@@ -254,6 +255,32 @@ class SqliteFriendRepository:
             "SELECT blocker FROM userblock WHERE blocked = ? ORDER BY blocker", (blocked_id,)
         )
         return [row[0] for row in rows]
+
+    def declined_at(self, requester_id: int, addressee_id: int) -> int | None:
+        row = self._db.execute(
+            "SELECT declined_ms FROM friend_decline WHERE requester = ? AND addressee = ?",
+            (requester_id, addressee_id),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def note_decline(
+        self, requester_id: int, addressee_id: int, at_ms: int, *, forget_before_ms: int
+    ) -> None:
+        self._db.execute("DELETE FROM friend_decline WHERE declined_ms < ?", (forget_before_ms,))
+        with constraints_as(foreign_key=UnknownUser):
+            self._db.execute(
+                "INSERT INTO friend_decline (requester, addressee, declined_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (requester, addressee)"
+                " DO UPDATE SET declined_ms = excluded.declined_ms",
+                (requester_id, addressee_id, at_ms),
+            )
+
+    def forget_declines(self, a: int, b: int) -> None:
+        self._db.execute(
+            "DELETE FROM friend_decline"
+            " WHERE (requester = ? AND addressee = ?) OR (requester = ? AND addressee = ?)",
+            (a, b, b, a),
+        )
 
 
 class SqliteGroupRepository:

@@ -220,6 +220,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX chat_file_ref_by_message ON chat_file_ref (msg_id)",
     ),
+    (
+        # Issue 13.4: when an addressee last declined a requester (ms since the epoch), so
+        # that the requester may ask again only a day later. Declines older than a day are
+        # forgotten whenever a new one is written.
+        """CREATE TABLE friend_decline (
+            requester INTEGER NOT NULL REFERENCES user(id),
+            addressee INTEGER NOT NULL REFERENCES user(id),
+            declined_ms INTEGER NOT NULL,
+            PRIMARY KEY (requester, addressee)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX friend_decline_by_time ON friend_decline (declined_ms)",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

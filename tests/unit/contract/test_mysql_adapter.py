@@ -39,6 +39,7 @@ TABLES = {
     "groupuser",
     "groupmute",
     "userblock",
+    "friend_decline",
     "webhook_outbox",
     "webhook_lease",
     "user_name_key",

@@ -27,6 +27,7 @@ TABLES = {
     "inbox",
     "inbox_device",
     "userblock",
+    "friend_decline",
     "webhook_outbox",
     "webhook_lease",
     "user_name_key",
