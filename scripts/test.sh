@@ -28,10 +28,26 @@ docs_site=$(mktemp -d)
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$docs_site"
 rm -rf "$docs_site"
 echo "== pytest"
-.venv/bin/python -m pytest "$@"
-echo "== the protocol suite again, against two nodes behind nginx"
-CHATSERVER_TEST_CLUSTER=1 .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py
-echo "== the protocol suite again, on the anyio-streams transport (serve --transport anyio)"
-CHATSERVER_TEST_TRANSPORT=anyio .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py
-echo "== the protocol suite again, every client over WebSocket (serve --ws-port, /ws)"
-CHATSERVER_TEST_TRANSPORT=websocket .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py
+.venv/bin/python -m pytest --durations=30 "$@"
+# The protocol suite again three ways, side by side: each run waits on sockets far more than it
+# computes, and each has its own servers, ports, database and bus namespace. Each run's output
+# is kept in a file and shown whole once all three are done.
+reruns=$(mktemp -d)
+trap 'rm -rf "$reruns"' EXIT
+CHATSERVER_TEST_CLUSTER=1 .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py \
+    > "$reruns/cluster" 2>&1 & cluster=$!
+CHATSERVER_TEST_TRANSPORT=anyio .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py \
+    > "$reruns/anyio" 2>&1 & anyio=$!
+CHATSERVER_TEST_TRANSPORT=websocket .venv/bin/python -m pytest "$@" \
+    tests/integration/test_protocol_*.py > "$reruns/websocket" 2>&1 & websocket=$!
+failed=0
+for run in cluster anyio websocket; do
+    case $run in
+        cluster) echo "== the protocol suite again, against two nodes behind nginx" ;;
+        anyio) echo "== the protocol suite again, on the anyio-streams transport (serve --transport anyio)" ;;
+        websocket) echo "== the protocol suite again, every client over WebSocket (serve --ws-port, /ws)" ;;
+    esac
+    wait "${!run}" || failed=1
+    cat "$reruns/$run"
+done
+exit $failed
