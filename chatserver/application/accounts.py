@@ -47,11 +47,18 @@ async def register(command: Register, *, connection: Connection) -> Registered:
     try:
         async with node.hashing.slot("register", address):
             password_hash = await node.hasher.hash(command.password)
-        user = await node.uow.run(lambda tx: tx.users.add(command.name, password_hash))
+
+        def add(tx: Transaction) -> AccountCreated:
+            created = AccountCreated(tx.users.add(command.name, password_hash))
+            node.record(tx, created)  # the webhook's row rides in the same commit
+            return created
+
+        created = await node.uow.run(add)
     except BaseException:
         registrations.release(address, reserved)  # no account was made: it does not count
         raise
-    return Registered(user.id)
+    node.tell(created)
+    return Registered(created.user.id)
 
 
 async def login(command: Login, *, connection: Connection) -> LoggedIn:
@@ -277,17 +284,19 @@ async def _token_account(
         if account is not None:  # a name from before today's rules keeps working
             return account, False
         check_name(name)
-        return Account(tx.users.add(name, TOKEN_ONLY_HASH), TOKEN_ONLY_HASH), True
+        user = tx.users.add(name, TOKEN_ONLY_HASH)
+        node.record(tx, AccountCreated(user))
+        return Account(user, TOKEN_ONLY_HASH), True
 
     account, created = await node.uow.run(find_or_create)
     user = account.user
+    if created:  # made, whatever the rest of the LOGIN says
+        node.tell(AccountCreated(user))
     if (command.user_id is not None and command.user_id != user.id) or (
         command.name is not None and command.name != user.name
     ):
         raise InvalidCredentials()
     attempt.succeeded()
-    if created:
-        await node.tell(AccountCreated(user))
     return account
 
 

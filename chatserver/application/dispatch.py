@@ -42,13 +42,6 @@ from chatserver.application.commands import (
     UpdateGroup,
     UploadFile,
 )
-from chatserver.application.hooks import (
-    account_created,
-    friend_removed,
-    friend_requested,
-    group_founded,
-    telling,
-)
 from chatserver.application.results import Done, Result
 
 if TYPE_CHECKING:
@@ -62,19 +55,19 @@ async def ping(command: Ping, *, connection: Connection) -> Done:
 
 
 HANDLERS: dict[type[Any], UseCase] = {
-    Register: telling(accounts.register, account_created),
+    Register: accounts.register,
     Login: accounts.login,
     Logout: accounts.logout,
     Ping: ping,
     SendDirectMessage: chat.send_direct_message,
     SendGroupMessage: chat.send_group_message,
     Receipt: chat.receipt,
-    AddFriend: telling(friends.add_friend, friend_requested),
+    AddFriend: friends.add_friend,
     AnswerFriend: friends.answer_friend,
-    RemoveFriend: telling(friends.remove_friend, friend_removed),
+    RemoveFriend: friends.remove_friend,
     BlockUser: friends.block_user,
     AccountChange: account_changes.change_account,
-    CreateGroup: telling(groups.create_group, group_founded),
+    CreateGroup: groups.create_group,
     JoinGroup: groups.join_group,
     LeaveGroup: groups.leave_group,
     KickMember: groups.kick_member,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from chatserver.application.commands import AddFriend, AnswerFriend, BlockUser, RemoveFriend
+from chatserver.application.hooks import FriendRemoved, FriendRequested
 from chatserver.application.results import Done
 from chatserver.domain.errors import InvalidRequest, NotPermitted, RateLimited, UnknownUser
 from chatserver.domain.friends import (
@@ -36,6 +37,7 @@ async def add_friend(command: AddFriend, *, connection: Connection) -> Done:
     def ask(tx: Transaction) -> RequestOutcome | None:
         if friend_id != me.id and tx.users.get(friend_id) is None:
             raise UnknownUser()
+        node.record(tx, FriendRequested(me.id, friend_id))  # raising below: rolled back
         if friend_id != me.id:
             if tx.friends.is_blocked(friend_id, me.id):
                 return None  # errno 0 and it reaches nobody (PROTOCOL.md, BLOCK_MSG)
@@ -58,6 +60,7 @@ async def add_friend(command: AddFriend, *, connection: Connection) -> Done:
         return outcome
 
     outcome = await node.uow.run(ask)
+    node.tell(FriendRequested(me.id, friend_id))
     if outcome is None:
         return Done()
     if outcome is RequestOutcome.SENT:
@@ -103,9 +106,12 @@ async def remove_friend(command: RemoveFriend, *, connection: Connection) -> Don
             raise UnknownUser()
         were_friends = tx.friends.are_friends(me.id, friend_id)
         tx.friends.unfriend(me.id, friend_id)
+        node.record(tx, FriendRemoved(me.id, friend_id))
         return were_friends
 
-    if await node.uow.run(remove):
+    were_friends = await node.uow.run(remove)
+    node.tell(FriendRemoved(me.id, friend_id))
+    if were_friends:
         await tell_friendship_ended(node, me.id, friend_id)
     return Done()
 

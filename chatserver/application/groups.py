@@ -19,6 +19,7 @@ from chatserver.application.commands import (
     TransferGroup,
     UpdateGroup,
 )
+from chatserver.application.hooks import GroupFounded
 from chatserver.application.results import (
     Done,
     GroupCreated,
@@ -57,12 +58,16 @@ async def create_group(command: CreateGroup, *, connection: Connection) -> Group
     node.group_creations.fail(key, now)
     limit = node.limits.groups_per_user
 
-    def create(tx: Transaction) -> Group:
+    def create(tx: Transaction) -> GroupFounded:
         _check_room(tx, me.id, limit)
-        return tx.groups.create(command.name, command.description, me.id)
+        group = tx.groups.create(command.name, command.description, me.id)
+        founded = GroupFounded(group.id, me.id, command.name)
+        node.record(tx, founded)  # the webhook's row rides in the same commit
+        return founded
 
-    group = await node.uow.run(create)
-    return GroupCreated(group.id)
+    founded = await node.uow.run(create)
+    node.tell(founded)
+    return GroupCreated(founded.group_id)
 
 
 def _check_room(tx: Transaction, user_id: int, limit: int) -> None:

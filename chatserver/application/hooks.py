@@ -14,7 +14,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import anyio
 from attrs import define, field, frozen
@@ -22,9 +22,6 @@ from attrs import define, field, frozen
 from chatserver.domain.errors import NotPermitted
 from chatserver.domain.messages import Delivery, check_message_text
 from chatserver.domain.users import User
-
-if TYPE_CHECKING:
-    from chatserver.application.connection import Connection
 
 log = logging.getLogger("chatserver.hooks")
 
@@ -178,37 +175,3 @@ class EventFeed:
             except Exception:
                 self.failed += 1
                 log.exception("after_event failed")
-
-
-UseCase = Callable[..., Awaitable[Any]]
-# What a use case's success tells after_event: from its command, connection and result.
-Telling = Callable[[Any, "Connection", Any], HookEvent]
-
-
-def telling(use_case: UseCase, event_of: Telling) -> UseCase:
-    """use_case, then (when after_event or a webhook is set) the event its success makes."""
-
-    async def told(command: Any, *, connection: Connection) -> Any:
-        result = await use_case(command, connection=connection)
-        node = connection.node
-        if node.events is not None or node.webhooks is not None:
-            await node.tell(event_of(command, connection, result))
-        return result
-
-    return told
-
-
-def account_created(command: Any, connection: Connection, result: Any) -> HookEvent:
-    return AccountCreated(User(result.user_id, command.name))
-
-
-def friend_requested(command: Any, connection: Connection, result: Any) -> HookEvent:
-    return FriendRequested(connection.user.id, command.friend_id)
-
-
-def friend_removed(command: Any, connection: Connection, result: Any) -> HookEvent:
-    return FriendRemoved(connection.user.id, command.friend_id)
-
-
-def group_founded(command: Any, connection: Connection, result: Any) -> HookEvent:
-    return GroupFounded(result.group_id, connection.user.id, command.name)

@@ -30,6 +30,7 @@ from chatserver.domain.ports import (
     Metrics,
     PasswordHasher,
     Presence,
+    Transaction,
     UnitOfWork,
 )
 
@@ -233,16 +234,20 @@ class Node:
             else None
         )
 
-    async def tell(self, event: HookEvent) -> None:
-        """A change no inbox batch carries (an account, a friend request, a group) was
-        committed: after_event hears of it, and the webhook outbox keeps it."""
+    def record(self, tx: Transaction, event: HookEvent) -> None:
+        """Write event, a change no inbox batch carries (an account, a friend request or
+        removal, a group founded), to the webhook outbox in tx, the transaction making the
+        change: one commit keeps both. Nothing without a webhook. `tell` it once committed."""
+        if self.webhooks is not None:
+            self.webhooks.add(tx, self.clock.now_ms(), event)
+
+    def tell(self, event: HookEvent) -> None:
+        """event (`record`ed in its transaction) was committed: after_event hears of it and the
+        webhook deliverer wakes."""
         if self.events is not None:
             self.events.emit(event)
         if self.webhooks is not None:
-            try:
-                await self.webhooks.record(self.uow, self.clock, event)
-            except Exception:
-                log.exception("writing a webhook event failed: it is lost")
+            self.webhooks.written(1)
 
     def _pushed_after_commit(self, write: InboxWrite) -> None:
         self.router.push_local(write)

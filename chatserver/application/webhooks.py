@@ -1,7 +1,8 @@
 """Durable webhooks: every event after_event hears, POSTed to the embedder's URL at least once.
 
 Events are written to the webhook outbox (`WebhookOutbox`) in the transaction that keeps them
-(an inbox batch's, for chats, friend answers and group events), so a crash loses none. One node
+(an inbox batch's, for chats, friend answers and group events; the change's own for an account,
+a friend request or removal and a group founded), so a crash loses none. One node
 at a time delivers (`WebhookDeliverer`): the one holding the lease in the database, renewed every
 round. It takes the oldest rows, POSTs each conversation's in order (conversations side by side),
 deletes what the receiver took (a 2xx) and backs a conversation off, exponentially with jitter,
@@ -88,17 +89,11 @@ class WebhookRecorder:
         prefix, count = self._prefix, self._count
         return [(conversation_of(e), self.encode(f"{prefix}{next(count):x}", e)) for e in events]
 
-    async def record(self, uow: UnitOfWork, clock: Clock, event: HookEvent) -> None:
-        """Write one event that no inbox batch carries (an account, a friend request, a group
-        founded) in a transaction of its own, right after the one that made it."""
-        rows = self.rows([event])
-        now = clock.now_ms()
-
-        def work(tx: Transaction) -> None:
-            tx.webhooks.add(rows, now)
-
-        await uow.run(work)
-        self.written(len(rows))
+    def add(self, tx: Transaction, now_ms: int, event: HookEvent) -> None:
+        """Write one event that no inbox batch carries (an account, a friend request or removal,
+        a group founded) in tx: the transaction of the change that made it, so one commit keeps
+        both or neither. Call `written(1)` once tx committed."""
+        tx.webhooks.add(self.rows([event]), now_ms)
 
 
 @frozen

@@ -54,6 +54,7 @@ from chatserver.domain.ports import (
     MessageBus,
     PasswordHasher,
     Presence,
+    Transaction,
     UnitOfWork,
 )
 from chatserver.domain.users import User, check_name, check_password
@@ -499,8 +500,15 @@ class ChatApp:
         if password is not None:
             check_password(password)
             stored = await self.node.hasher.hash(password)
-        user = await self.node.uow.run(lambda tx: tx.users.add(name, stored))
-        await self.node.tell(AccountCreated(user))
+        node = self.node
+
+        def add(tx: Transaction) -> User:
+            user = tx.users.add(name, stored)
+            node.record(tx, AccountCreated(user))
+            return user
+
+        user = await node.uow.run(add)
+        node.tell(AccountCreated(user))
         return user
 
     async def set_password(self, user_id: int, password: str) -> None:
