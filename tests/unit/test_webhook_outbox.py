@@ -14,9 +14,12 @@ from chatserver import (
     AnswerFriend,
     Config,
     CreateGroup,
+    EmbeddedClient,
+    GroupCreated,
     Login,
     NotPermitted,
     Register,
+    Registered,
     RemoveFriend,
     open_node,
 )
@@ -45,6 +48,12 @@ def outbox(app: ChatApp) -> list[dict[str, object]]:
     return [orjson.loads(body) for _, body, _ in uow.database.webhooks.values()]
 
 
+async def register(client: EmbeddedClient, name: str) -> int:
+    registered = await client.request(Register(name, "secret"))
+    assert isinstance(registered, Registered)
+    return registered.user_id
+
+
 def kinds(app: ChatApp) -> list[object]:
     return [row["type"] for row in outbox(app)]
 
@@ -67,8 +76,8 @@ async def test_a_transaction_that_fails_after_its_change_leaves_no_outbox_row(
 
 async def test_a_use_case_refused_after_recording_leaves_no_outbox_row(app: ChatApp) -> None:
     a, b = app.connect(), app.connect()
-    ida = (await a.request(Register("alice", "secret"))).user_id  # type: ignore[attr-defined]
-    idb = (await b.request(Register("bob", "secret"))).user_id  # type: ignore[attr-defined]
+    ida = await register(a, "alice")
+    idb = await register(b, "bob")
     await a.request(Login("secret", user_id=ida))
     await a.request(BlockUser(idb, True))
     before = kinds(app)
@@ -81,9 +90,9 @@ async def test_each_kind_of_event_is_in_the_outbox_when_its_use_case_returns(
     app: ChatApp,
 ) -> None:
     a, b = app.connect(), app.connect()
-    ida = (await a.request(Register("alice", "secret"))).user_id  # type: ignore[attr-defined]
+    ida = await register(a, "alice")
     assert kinds(app) == ["account_created"]
-    idb = (await b.request(Register("bob", "secret"))).user_id  # type: ignore[attr-defined]
+    idb = await register(b, "bob")
     await a.request(Login("secret", user_id=ida))
     await b.request(Login("secret", user_id=idb))
     await a.request(AddFriend(idb))
@@ -92,7 +101,9 @@ async def test_each_kind_of_event_is_in_the_outbox_when_its_use_case_returns(
     assert kinds(app)[-1] == "friend_answer"
     await b.request(RemoveFriend(ida))
     assert kinds(app)[-1] == "friend_removed"
-    group_id = (await a.request(CreateGroup("g"))).group_id  # type: ignore[attr-defined]
+    created = await a.request(CreateGroup("g"))
+    assert isinstance(created, GroupCreated)
+    group_id = created.group_id
     assert outbox(app)[-1] == {
         "event_id": outbox(app)[-1]["event_id"],
         "type": "group_founded",
