@@ -27,13 +27,15 @@ echo "== docs (mkdocs build --strict, into a throw-away folder)"
 docs_site=$(mktemp -d)
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$docs_site"
 rm -rf "$docs_site"
-echo "== pytest"
-.venv/bin/python -m pytest --durations=30 "$@"
+echo "== pytest: the integration tests (real sockets, services, processes, Chromium)"
+.venv/bin/python -m pytest --durations=30 "$@" tests/integration
 # The protocol suite again three ways, side by side: each run waits on sockets far more than it
 # computes, and each has its own servers, ports, database and bus namespace. Each run's output
 # is kept in a file and shown whole once all three are done.
+# The unit tests (in-process, CPU-bound) run beside them.
 reruns=$(mktemp -d)
 trap 'rm -rf "$reruns"' EXIT
+.venv/bin/python -m pytest "$@" tests/unit > "$reruns/unit" 2>&1 & unit=$!
 CHATSERVER_TEST_CLUSTER=1 .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py \
     > "$reruns/cluster" 2>&1 & cluster=$!
 CHATSERVER_TEST_TRANSPORT=anyio .venv/bin/python -m pytest "$@" tests/integration/test_protocol_*.py \
@@ -41,8 +43,9 @@ CHATSERVER_TEST_TRANSPORT=anyio .venv/bin/python -m pytest "$@" tests/integratio
 CHATSERVER_TEST_TRANSPORT=websocket .venv/bin/python -m pytest "$@" \
     tests/integration/test_protocol_*.py > "$reruns/websocket" 2>&1 & websocket=$!
 failed=0
-for run in cluster anyio websocket; do
+for run in unit cluster anyio websocket; do
     case $run in
+        unit) echo "== pytest: the unit tests (in-process: use cases, adapters' contracts, models)" ;;
         cluster) echo "== the protocol suite again, against two nodes behind nginx" ;;
         anyio) echo "== the protocol suite again, on the anyio-streams transport (serve --transport anyio)" ;;
         websocket) echo "== the protocol suite again, every client over WebSocket (serve --ws-port, /ws)" ;;
