@@ -259,6 +259,12 @@ async def test_a_real_hasher_behind_the_queue_keeps_a_login_fast_during_a_regist
         me = await client_at(chat, "10.0.0.9").request(Register("me", "pw"))
         assert isinstance(me, Registered)
         latencies: list[float] = []
+        quiet: list[float] = []  # a login with nothing else going on, in this same run
+        for _ in range(3):
+            started = time.perf_counter()
+            assert isinstance(await client_at(chat, "10.0.0.9").request(
+                Login("pw", user_id=me.user_id)), LoggedIn)
+            quiet.append(time.perf_counter() - started)
 
         async def flood(n: int) -> None:
             await outcome(client_at(chat, f"10.2.{n // 250}.{n % 250}"), Register(f"f{n}", "pw"))
@@ -274,8 +280,12 @@ async def test_a_real_hasher_behind_the_queue_keeps_a_login_fast_during_a_regist
                 latencies.append(time.perf_counter() - started)
         print("login latencies during a registration flood:",
               ", ".join(f"{s * 1000:.0f} ms" for s in latencies))
-        # Behind the registrations in a first-come queue it would wait seconds (200 hashes).
-        assert sorted(latencies)[2] < 0.3 and max(latencies) < 1.0
+        # Behind the registrations in a first-come queue it would wait 200 hashes (seconds). CI
+        # runs this beside other suites on 2 cores, so the bounds (0.3 s median, 1 s slowest on
+        # a quiet machine) scale with the quiet login measured above: still far below 200.
+        scale = max(1.0, sorted(quiet)[1] / 0.03)
+        print(f"quiet login {sorted(quiet)[1] * 1000:.0f} ms: bounds x{scale:.1f}")
+        assert sorted(latencies)[2] < 0.3 * scale and max(latencies) < 1.0 * scale
 
 
 async def test_a_program_embedding_the_chat_registers_without_the_address_limit() -> None:
