@@ -166,14 +166,18 @@ class PrometheusMetrics:
         self.sessions.set_function(lambda: float(sessions()))
 
     def watch_webhooks(self, depth: Callable[[], float], oldest_age: Callable[[], float],
-                       delivered: Callable[[], float], failed: Callable[[], float]) -> None:
+                       delivered: Callable[[], float], failed: Callable[[], float],
+                       dead: Callable[[], float] = lambda: 0.0) -> None:
         """The webhook outbox: rows waiting and the oldest's age (as of the deliverer's last
-        look), and POSTs taken and failed."""
+        look), POSTs taken and failed, and dead letters (events set aside)."""
         Gauge("chatserver_webhook_outbox_rows", "Events waiting in the webhook outbox",
               registry=self.registry).set_function(depth)
         Gauge("chatserver_webhook_outbox_oldest_seconds",
               "Age of the oldest event waiting in the webhook outbox (0: none waits)",
               registry=self.registry).set_function(oldest_age)
+        Gauge("chatserver_webhook_dead_letters",
+              "Events the receiver kept refusing, set aside (chatserver admin webhooks dead)",
+              registry=self.registry).set_function(dead)
         CountedBy("chatserver_webhook_posts", "Webhook POSTs, by outcome", "outcome",
                   {"delivered": delivered, "failed": failed}, self.registry)
 

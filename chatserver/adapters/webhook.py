@@ -21,9 +21,12 @@ from chatserver.application.hooks import (
     GroupFounded,
     HookEvent,
 )
+from chatserver.application.webhooks import WebhookRejected
 
 SIGNATURE_HEADER = "X-Chatserver-Signature"
 EVENT_ID_HEADER = "X-Chatserver-Event-Id"
+# Client errors that say "later" rather than "never": timeout, too early, too many requests.
+RETRIED_4XX = frozenset({408, 425, 429})
 
 
 def encode_event(event_id: str, event: HookEvent) -> str:
@@ -80,6 +83,9 @@ class HttpWebhookSender:
             },
         )
         await response.aclose()
+        status = response.status_code
+        if 400 <= status < 500 and status not in RETRIED_4XX:
+            raise WebhookRejected(f"HTTP {status}")
         return response.is_success
 
     async def aclose(self) -> None:

@@ -6,7 +6,10 @@ a friend request or removal and a group founded), so a crash loses none. One nod
 at a time delivers (`WebhookDeliverer`): the one holding the lease in the database, renewed every
 round. It takes the oldest rows, POSTs each conversation's in order (conversations side by side),
 deletes what the receiver took (a 2xx) and backs a conversation off, exponentially with jitter,
-when its oldest row fails: later events of that conversation wait behind it.
+when its oldest row fails: later events of that conversation wait behind it. A row the receiver
+keeps refusing (`WebhookRejected`: a 4xx but 408, 425, 429), or that fails for a day while the
+receiver takes other events, is set aside as a dead letter, so that its conversation goes on; an
+operator lists, retries or drops dead letters (`chatserver admin webhooks`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import math
 import random
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Protocol
 
 import anyio
@@ -30,7 +33,7 @@ from chatserver.application.hooks import (
     HookEvent,
 )
 from chatserver.domain.messages import DirectMessage, FriendAnswer, GroupEvent, GroupMessage
-from chatserver.domain.ports import Clock, Transaction, UnitOfWork, WebhookRow
+from chatserver.domain.ports import Clock, DeadWebhook, Transaction, UnitOfWork, WebhookRow
 
 log = logging.getLogger("chatserver.webhooks")
 
@@ -44,11 +47,17 @@ ROUND_GAP = 0.02
 IDLE_GAP = 0.5
 
 
+class WebhookRejected(Exception):
+    """Raised by a sender when the receiver refused this event itself (an HTTP 4xx but 408,
+    425 and 429): sent again as it is, it would be refused again."""
+
+
 class WebhookSender(Protocol):
     """POSTs one body to the receiver."""
 
     async def send(self, body: str) -> bool:
-        """True if the receiver took it (a 2xx); False or an exception: try again later."""
+        """True if the receiver took it (a 2xx); False or an exception: try again later
+        (`WebhookRejected`: the receiver refused this event)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -115,11 +124,19 @@ class WebhookLimits:
     lease_seconds: float = 20.0
     # How often a node that does not hold the lease checks it (and the outbox's depth).
     poll_seconds: float = 5.0
+    # A row is set aside as a dead letter (its conversation goes on) once the receiver refused
+    # it this many times (WebhookRejected), or once it has failed for dead_after_seconds while
+    # the receiver took other events (a receiver that is down sets nothing aside).
+    dead_after_rejections: int = 5
+    dead_after_seconds: float = 86400.0
 
 
 @define
 class _Backoff:
+    since: float  # anyio.current_time() of the first failure
+    delivered_then: int  # WebhookDeliverer.delivered at the first failure
     attempts: int = 0
+    rejections: int = 0
     due: float = 0.0  # anyio.current_time()
 
 
@@ -139,6 +156,8 @@ class WebhookDeliverer:
     oldest_ms: int | None = None
     delivered: int = 0
     failed: int = 0
+    # Dead letters (as of the last look, plus those set aside since).
+    dead: int = 0
     leading: bool = False
     _backoff: dict[str, _Backoff] = Factory(dict)
     _wake: anyio.Event = field(factory=anyio.Event)
@@ -214,9 +233,9 @@ class WebhookDeliverer:
         # Counting the rows costs a scan: once per poll_seconds.
         look = started - self._looked >= limits.poll_seconds
 
-        def take(tx: Transaction) -> tuple[bool, list[WebhookRow], tuple[int, int | None] | None]:
+        def take(tx: Transaction) -> tuple[bool, list[WebhookRow], _Stats | None]:
             outbox = tx.webhooks
-            stats = outbox.stats() if look else None
+            stats = (*outbox.stats(), outbox.dead_count()) if look else None
             if not outbox.take_lease(self.owner, now, until):
                 return False, [], stats
             return True, outbox.pending(limits.batch, excluding), stats
@@ -224,7 +243,7 @@ class WebhookDeliverer:
         self.leading, rows, stats = await self.uow.run(take)
         if stats is not None:
             self._looked = started
-            self.depth, self.oldest_ms = stats
+            self.depth, self.oldest_ms, self.dead = stats
         if not rows:
             return False
         conversations: dict[str, list[WebhookRow]] = {}
@@ -236,53 +255,92 @@ class WebhookDeliverer:
             limits.lease_seconds / 4, limits.lease_seconds - limits.timeout_seconds - 2
         )
         taken: list[int] = []
+        buried: list[tuple[WebhookRow, str]] = []
         slots = anyio.CapacityLimiter(limits.concurrency)
         async with anyio.create_task_group() as posting:
             for name, queue in conversations.items():
-                posting.start_soon(self._post_in_order, name, queue, taken, slots, deadline)
+                posting.start_soon(
+                    self._post_in_order, name, queue, (taken, buried), slots, deadline
+                )
         self._receiver_down = not taken
-        if taken:
-            await self.uow.run(lambda tx: tx.webhooks.delete(taken))
-            self.depth = max(0, self.depth - len(taken))
+        if taken or buried:
+            died_ms = self.clock.now_ms()
+
+            def settle(tx: Transaction) -> None:
+                tx.webhooks.delete(taken)
+                for row, reason in buried:
+                    tx.webhooks.bury(row, died_ms, reason)
+
+            await self.uow.run(settle)
+            self.dead += len(buried)
+            self.depth = max(0, self.depth - len(taken) - len(buried))
             if self.depth == 0:
                 self.oldest_ms = None
-        return bool(taken)
+        return bool(taken or buried)
 
     async def _post_in_order(
         self,
         conversation: str,
         rows: list[WebhookRow],
-        taken: list[int],
+        outcome: tuple[list[int], list[tuple[WebhookRow, str]]],
         slots: anyio.CapacityLimiter,
         deadline: float,
     ) -> None:
+        taken, buried = outcome
         async with slots:
             for row in rows:
                 if anyio.current_time() > deadline:
                     return
-                if not await self._post(row):
-                    self._back_off(conversation)
+                failure = await self._post(row)
+                if failure is None:
+                    taken.append(row.id)
+                    continue
+                reason = self._back_off(conversation, *failure)
+                if reason is None:
                     return
-                taken.append(row.id)
+                log.warning("webhook event %d of %s set aside: %s", row.id, conversation, reason)
+                buried.append((row, reason))
             self._backoff.pop(conversation, None)
 
-    async def _post(self, row: WebhookRow) -> bool:
+    async def _post(self, row: WebhookRow) -> tuple[bool, str] | None:
+        """None if the receiver took row, else (whether it refused it, what happened)."""
+        failure: tuple[bool, str] | None = None
         try:
             with anyio.fail_after(self.limits.timeout_seconds + 1):
-                ok = await self.sender.send(row.body)
+                if not await self.sender.send(row.body):
+                    failure = (False, "not taken")
+        except WebhookRejected as refused:
+            failure = (True, str(refused) or "refused")
         except Exception as error:
             log.debug("webhook POST failed: %r", error)
-            ok = False
-        if ok:
+            failure = (False, type(error).__name__)
+        if failure is None:
             self.delivered += 1
         else:
             self.failed += 1
-        return ok
+        return failure
 
-    def _back_off(self, conversation: str) -> None:
+    def _back_off(self, conversation: str, rejected: bool, what: str) -> str | None:
+        """Count a failure of the conversation's oldest row: the reason to set the row aside,
+        or None (the conversation waits)."""
         limits = self.limits
-        backoff = self._backoff.setdefault(conversation, _Backoff())
+        now = anyio.current_time()
+        backoff = self._backoff.get(conversation)
+        if backoff is None:
+            backoff = self._backoff[conversation] = _Backoff(now, self.delivered)
         backoff.attempts += 1
+        backoff.rejections += rejected
+        reason = None
+        if backoff.rejections >= limits.dead_after_rejections:
+            reason = f"refused {backoff.rejections} times (last: {what})"
+        elif now - backoff.since >= limits.dead_after_seconds and (
+            self.delivered > backoff.delivered_then
+        ):
+            hours = (now - backoff.since) / 3600
+            reason = f"failed for {hours:.1f} h while others went through (last: {what})"
+        if reason is not None:
+            del self._backoff[conversation]
+            return reason
         ceiling = min(
             limits.retry_max_seconds, limits.retry_seconds * 2 ** min(backoff.attempts - 1, 30)
         )
@@ -293,6 +351,26 @@ class WebhookDeliverer:
                 conversation,
                 backoff.attempts,
             )
+        return None
+
+
+# (rows waiting, the oldest's created_ms, dead letters)
+_Stats = tuple[int, int | None, int]
+
+
+async def list_dead(uow: UnitOfWork, limit: int = 1000, after_id: int = 0) -> list[DeadWebhook]:
+    """The dead letters, oldest first (`chatserver admin webhooks dead`)."""
+    return await uow.run(lambda tx: tx.webhooks.dead(limit, after_id))
+
+
+async def retry_dead(uow: UnitOfWork, ids: Collection[int] | None) -> int:
+    """Put dead letters (every one: None) back in the outbox, after what waits there now."""
+    return await uow.run(lambda tx: tx.webhooks.revive(ids))
+
+
+async def drop_dead(uow: UnitOfWork, ids: Collection[int] | None) -> int:
+    """Forget dead letters (every one: None)."""
+    return await uow.run(lambda tx: tx.webhooks.drop_dead(ids))
 
 
 async def _sleep_until(deadline: float) -> None:

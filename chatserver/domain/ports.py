@@ -325,6 +325,20 @@ class WebhookRow:
     created_ms: int
 
 
+@frozen
+class DeadWebhook:
+    """An event the receiver kept refusing, set aside so that its conversation goes on (the
+    dead letters: `chatserver admin webhooks dead`, `retry`, `drop`)."""
+
+    id: int
+    conversation: str
+    body: str
+    created_ms: int
+    # When it was set aside (ms), and why ("refused 5 times (HTTP 400)", ...).
+    died_ms: int
+    reason: str
+
+
 class WebhookOutbox(Protocol):
     """Events for the webhook, written in the transaction that keeps them, deleted once the
     receiver took them. Ids grow in the order of the commits of each conversation."""
@@ -346,6 +360,25 @@ class WebhookOutbox(Protocol):
     def take_lease(self, owner: str, now_ms: int, until_ms: int) -> bool:
         """Make owner the one node that delivers, until until_ms, if no other node holds a
         lease that lasts past now_ms (or owner holds it: renewed); True if owner holds it."""
+        ...
+
+    def bury(self, row: WebhookRow, now_ms: int, reason: str) -> None:
+        """Move a waiting row to the dead letters (same id), with when and why."""
+        ...
+
+    def dead(self, limit: int, after_id: int = 0) -> list[DeadWebhook]:
+        """The dead letters with ids above after_id, oldest first, at most limit."""
+        ...
+
+    def dead_count(self) -> int: ...
+
+    def revive(self, ids: Collection[int] | None) -> int:
+        """Put dead letters (all of them: None) back at the end of the outbox, as new rows of
+        their conversations; how many."""
+        ...
+
+    def drop_dead(self, ids: Collection[int] | None) -> int:
+        """Forget dead letters (all of them: None); how many."""
         ...
 
 

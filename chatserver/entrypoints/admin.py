@@ -23,7 +23,7 @@ from typing import Any, TextIO, cast
 import anyio
 
 from chatserver.adapters.serialization import event_from_dict, event_to_dict
-from chatserver.application import account_changes, operators
+from chatserver.application import account_changes, operators, webhooks
 from chatserver.application.node import Limits, Node
 from chatserver.domain.errors import ChatError
 from chatserver.domain.groups import Group, Role
@@ -54,7 +54,7 @@ def add_parser(commands: Any, env: Callable[[str, str], str], defaults: Config) 
     common.add_argument("--json", action="store_true", help="print JSON, for scripts")
     admin = commands.add_parser(
         "admin",
-        help="an operator's commands: users and groups",
+        help="an operator's commands: users, groups and webhook dead letters",
         description="Act on the accounts and groups of a database, and through --bus on the "
         "nodes serving it: suspend, reset a password, delete, export, dissolve.",
     )
@@ -109,6 +109,21 @@ def add_parser(commands: Any, env: Callable[[str, str], str], defaults: Config) 
             "group", metavar="ID", type=int
         )
 
+    webhooks = kinds.add_parser("webhooks", help="webhook dead letters").add_subparsers(
+        dest="admin_command", required=True
+    )
+    webhooks.add_parser(
+        "dead", parents=[common], help="the events the receiver kept refusing, set aside"
+    ).add_argument("--limit", type=int, default=1000, help="at most this many (%(default)s)")
+    for name, help_text in (
+        ("retry", "send dead letters again, after what waits in the outbox now"),
+        ("drop", "forget dead letters"),
+    ):
+        chosen = webhooks.add_parser(name, parents=[common], help=help_text)
+        which = chosen.add_mutually_exclusive_group(required=True)
+        which.add_argument("ids", metavar="ID", type=int, nargs="*", default=[])
+        which.add_argument("--all", action="store_true", help="every dead letter")
+
 
 def run(args: argparse.Namespace, *, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
     """Carry out one admin command; the exit status (1: the user or group does not exist, or
@@ -157,6 +172,8 @@ async def _act(
         if command == "groups dissolve":
             members = await operators.dissolve_group_as_operator(args.group, node=node)
             return {"dissolved": args.group, "members": members}
+        if args.admin_kind == "webhooks":
+            return await _webhooks(args, node)
         if command == "users list":
             records = await operators.list_users(node=node, online_only=args.online)
             return [_account(r.account, r.online_devices) for r in records]
@@ -175,6 +192,25 @@ async def _act(
             "users delete": lambda: _delete(user_id, node),
         }
         return await act[command]()
+
+
+async def _webhooks(args: argparse.Namespace, node: Node) -> Any:
+    if args.admin_command == "dead":
+        return [
+            {
+                "id": dead.id,
+                "conversation": dead.conversation,
+                "written": _time(dead.created_ms),
+                "set_aside": _time(dead.died_ms),
+                "reason": dead.reason,
+                "body": dead.body,
+            }
+            for dead in await webhooks.list_dead(node.uow, args.limit)
+        ]
+    ids = None if args.all else args.ids
+    if args.admin_command == "retry":
+        return {"retried": await webhooks.retry_dead(node.uow, ids)}
+    return {"dropped": await webhooks.drop_dead(node.uow, ids)}
 
 
 async def _details(user_id: int, node: Node, *, with_inbox: bool) -> dict[str, Any]:

@@ -804,7 +804,8 @@ def watch_hooks(metrics: PrometheusMetrics, node: Node, deliverer: WebhookDelive
     if deliverer is not None:
         metrics.watch_webhooks(lambda: float(deliverer.depth), deliverer.oldest_age_seconds,
                                lambda: float(deliverer.delivered),
-                               lambda: float(deliverer.failed))
+                               lambda: float(deliverer.failed),
+                               lambda: float(deliverer.dead))
 
 
 # The name open_node had first; tests and older embedders import it.

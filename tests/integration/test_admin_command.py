@@ -243,3 +243,38 @@ def test_deleting_a_user_ends_their_sessions_on_both_nodes_and_tells_their_frien
     assert friend.expect({"msgid": 31}) == {"msgid": 31, "id": alice.id}
     friend.err({"msgid": 6, "toid": alice.id, "msg": "hello?"}, 4)
     assert on_b.register(alice.name, "a newcomer") != alice.id
+
+
+def test_the_operator_lists_retries_and_drops_webhook_dead_letters(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'chat.db'}"
+
+    async def set_aside() -> None:
+        async with bootstrap(Config(database=database), hasher=FAST_HASHER) as app:
+            bodies = [("users:1:2", '{"event_id":"a"}'), ("group:3", '{"event_id":"b"}')]
+            await app.node.uow.run(lambda tx: tx.webhooks.add(bodies, 1_000))
+            rows = await app.node.uow.run(lambda tx: tx.webhooks.pending(10))
+
+            def bury(tx: Any) -> None:
+                for row in rows:
+                    tx.webhooks.bury(row, 2_000, "refused 5 times (last: HTTP 400)")
+
+            await app.node.uow.run(bury)
+
+    anyio.run(set_aside)
+    dead = admin_json(database, "webhooks", "dead")
+    assert [(d["conversation"], d["body"], d["reason"]) for d in dead] == [
+        ("users:1:2", '{"event_id":"a"}', "refused 5 times (last: HTTP 400)"),
+        ("group:3", '{"event_id":"b"}', "refused 5 times (last: HTTP 400)"),
+    ]
+    assert admin_json(database, "webhooks", "retry", str(dead[0]["id"])) == {"retried": 1}
+    assert admin_json(database, "webhooks", "drop", "--all") == {"dropped": 1}
+    assert admin_json(database, "webhooks", "dead") == []
+    refused = admin("webhooks", "retry", "--database", database)
+    assert refused.returncode == 2 and "one of the arguments ID --all is required" in refused.stderr
+
+    async def waiting() -> list[str]:
+        async with bootstrap(Config(database=database), hasher=FAST_HASHER) as app:
+            rows = await app.node.uow.run(lambda tx: tx.webhooks.pending(10))
+            return [row.body for row in rows]
+
+    assert anyio.run(waiting) == ['{"event_id":"a"}']

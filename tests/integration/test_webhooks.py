@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 
 import chatserver
+from chatserver.application.webhooks import list_dead
 from chatserver.domain.ports import Transaction
 from tests.integration.conftest import free_port
 from tests.unit.conftest import FAST_HASHER
@@ -236,3 +237,69 @@ async def test_a_receiver_that_never_answers_costs_the_chat_nothing_and_shows_in
     assert samples["chatserver_after_event_queue"] == 0  # after_event kept up meanwhile
     assert samples['chatserver_after_event_lost_total{reason="dropped"}'] == 0
     assert len(heard) == 202
+
+
+class Refusing(Receiver):
+    """Answers 422 to every event whose message says "poison"; takes the rest."""
+
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        message = await receive()
+        if b"poison" in message.get("body", b""):
+            await send({"type": "http.response.start", "status": 422, "headers": []})
+            await send({"type": "http.response.body", "body": b"no"})
+            return
+
+        async def again() -> Any:
+            return message
+
+        await super().__call__(scope, again, send)
+
+
+async def test_an_event_the_receiver_keeps_refusing_is_set_aside_and_the_chat_goes_on(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    limits = chatserver.WebhookLimits(
+        retry_seconds=0.05, retry_max_seconds=0.1, dead_after_rejections=3
+    )
+    config = chatserver.Config(
+        database=f"sqlite:///{tmp_path / 'chat.db'}",
+        port=0,
+        webhook=f"http://127.0.0.1:{port}/hook",
+        webhook_secret=SECRET,
+        webhook_limits=limits,
+    )
+    receiver = Refusing()
+    async with serving(receiver, port), chatserver.open_node(config, hasher=FAST_HASHER) as app:
+        alice = await app.create_user("alice", "password")
+        bob = await app.create_user("bob", "password")
+        client = app.connect()
+        await client.request(chatserver.Login("password", user_id=alice.id))
+        for text in ("first", "poison", "second"):
+            await client.request(chatserver.SendDirectMessage(bob.id, text))
+        started = time.perf_counter()
+        with anyio.fail_after(20):
+            while not any(b'"second"' in body for body, _ in receiver.posts):
+                await receiver.arrived.wait()
+                receiver.arrived = anyio.Event()
+        waited = time.perf_counter() - started
+        with anyio.fail_after(10):
+            while await waiting_rows(app):  # noqa: ASYNC110 (polling the database)
+                await anyio.sleep(0.05)
+        dead = await list_dead(app.node.uow)
+        await client.close()
+
+    texts = [
+        orjson.loads(body)["data"]["text"]
+        for body, _ in receiver.posts
+        if orjson.loads(body)["type"] == "direct"
+    ]
+    print(f"\nthe event after the refused one arrived {waited:.2f} s after the sends")
+    assert texts == ["first", "second"]
+    assert [orjson.loads(d.body)["data"]["text"] for d in dead] == ["poison"]
+    assert dead[0].reason == "refused 3 times (last: HTTP 422)"

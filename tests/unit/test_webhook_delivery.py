@@ -15,7 +15,11 @@ from chatserver.application.webhooks import (
     WebhookDeliverer,
     WebhookLimits,
     WebhookRecorder,
+    WebhookRejected,
     conversation_of,
+    drop_dead,
+    list_dead,
+    retry_dead,
 )
 from chatserver.domain.messages import DirectMessage, GroupMessage
 from chatserver.domain.users import User
@@ -149,7 +153,7 @@ async def test_retries_double_with_jitter_up_to_the_ceiling() -> None:
         waits = []
         for _ in range(6):
             before = anyio.current_time()
-            deliverer._back_off("c")
+            assert deliverer._back_off("c", False, "not taken") is None
             waits.append(deliverer._backoff["c"].due - before)
         # Time passes between reading the clock here and there: a loaded machine's few ms.
         assert waits == pytest.approx([share * s for s in (1, 2, 4, 8, 8, 8)], abs=0.05)
@@ -163,6 +167,77 @@ async def test_the_deliverer_reports_the_outbox_depth_and_the_oldest_age() -> No
     clock.ms = 5 + 2_500
     assert not await deliverer.deliver_once()
     assert (deliverer.depth, deliverer.oldest_age_seconds()) == (3, 2.5)
+
+
+class Refuser(Receiver):
+    """Refuses (a 4xx) every POST of one msg_id; takes the rest."""
+
+    def __init__(self, msg_id: int) -> None:
+        super().__init__()
+        self.msg_id = msg_id
+
+    async def send(self, body: str) -> bool:
+        if orjson.loads(body)["msg_id"] == self.msg_id:
+            self.attempts += 1
+            raise WebhookRejected("HTTP 422")
+        return await super().send(body)
+
+
+async def test_an_event_refused_again_and_again_is_set_aside_and_its_conversation_goes_on() -> None:
+    uow = MemoryUnitOfWork()
+    await write(uow, [chat(n, 1, 2) for n in range(1, 11)])  # one conversation
+    receiver = Refuser(msg_id=3)
+    limits = WebhookLimits(retry_seconds=0.01, retry_max_seconds=0.02, dead_after_rejections=4)
+    deliverer = WebhookDeliverer(uow, ManualClock(), receiver, "a", limits)
+
+    await deliver_all(deliverer, uow)
+
+    assert [m["msg_id"] for m in receiver.taken] == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+    assert receiver.attempts == 9 + 4
+    dead = await list_dead(uow)
+    assert [orjson.loads(d.body)["msg_id"] for d in dead] == [3]
+    assert dead[0].reason == "refused 4 times (last: HTTP 422)"
+    assert deliverer.dead == 1 and deliverer.depth == 0
+
+    # The operator fixed the receiver and retries it: it goes out, after the rest.
+    receiver.msg_id = -1
+    assert await retry_dead(uow, None) == 1
+    await deliver_all(deliverer, uow)
+    assert [m["msg_id"] for m in receiver.taken][-1] == 3
+    assert await list_dead(uow) == [] and await drop_dead(uow, None) == 0
+
+
+async def test_a_receiver_that_is_down_sets_nothing_aside() -> None:
+    uow, clock = MemoryUnitOfWork(), ManualClock()
+    await write(uow, [chat(n, 1, 2) for n in range(1, 4)])
+    receiver = Receiver(refuse="users:1:2", refusals=1_000)  # a 5xx or a timeout, every time
+    limits = WebhookLimits(retry_seconds=0.001, retry_max_seconds=0.001, dead_after_seconds=0.05)
+    deliverer = WebhookDeliverer(uow, clock, receiver, "a", limits)
+    with anyio.move_on_after(0.3):
+        while True:
+            await deliverer.deliver_once()
+            await anyio.sleep(0.002)
+    assert receiver.attempts > 20 and await list_dead(uow) == []
+    assert len(await uow.run(lambda tx: tx.webhooks.pending(10))) == 3
+
+
+async def test_an_event_failing_for_long_while_others_go_through_is_set_aside() -> None:
+    uow = MemoryUnitOfWork()
+    await write(uow, [chat(1, 1, 2), chat(2, 1, 2), chat(3, 5, 6)])
+    receiver = Receiver(refuse="users:1:2", refusals=1)  # msg 1 fails once, then would pass
+    limits = WebhookLimits(retry_seconds=0.2, retry_max_seconds=0.2, dead_after_seconds=0.0)
+    deliverer = WebhookDeliverer(uow, ManualClock(), receiver, "a", limits)
+
+    # Others went through (msg 3) since msg 1 first failed: at its next failure it goes aside.
+    assert await deliverer.deliver_once()
+    assert [m["msg_id"] for m in receiver.taken] == [3]
+    receiver.refusals = 1
+    deliverer._backoff["users:1:2"].due = 0.0
+    await deliver_all(deliverer, uow)
+    assert [m["msg_id"] for m in receiver.taken] == [3, 2]
+    dead = await list_dead(uow)
+    assert [orjson.loads(d.body)["msg_id"] for d in dead] == [1]
+    assert dead[0].reason.startswith("failed for 0.0 h while others went through")
 
 
 def test_the_body_carries_the_event_id_its_type_and_fields_and_the_signature_verifies() -> None:

@@ -17,7 +17,7 @@ from chatserver.domain.files import StoredFile
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, DirectMessage, FriendAnswer, GroupMessage, Kept
 from chatserver.domain.names import NamedId, name_key
-from chatserver.domain.ports import DeviceMark, WebhookRow
+from chatserver.domain.ports import DeadWebhook, DeviceMark, WebhookRow
 from chatserver.domain.users import DELETED_USER_NAME, Account, User
 
 K = TypeVar("K")
@@ -66,6 +66,7 @@ class MemoryDatabase:
     # webhook outbox: id -> (conversation, body, created_ms); the delivering node's lease
     webhooks: dict[int, tuple[str, str, int]] = Factory(dict)
     webhook_lease: dict[str, tuple[str, int]] = Factory(dict)
+    webhook_dead: dict[int, DeadWebhook] = Factory(dict)
     counters: dict[Counter, int] = Factory(
         lambda: {"user": 0, "group": 0, "message": 0, "order": 0, "webhook": 0, "file": 0}
     )
@@ -496,6 +497,37 @@ class MemoryWebhookOutbox:
             return False
         self._log.put(self._db.webhook_lease, "deliver", (owner, until_ms))
         return True
+
+    def bury(self, row: WebhookRow, now_ms: int, reason: str) -> None:
+        self._log.pop(self._db.webhooks, row.id)
+        dead = DeadWebhook(row.id, row.conversation, row.body, row.created_ms, now_ms, reason)
+        self._log.put(self._db.webhook_dead, row.id, dead)
+
+    def dead(self, limit: int, after_id: int = 0) -> list[DeadWebhook]:
+        found = sorted(i for i in self._db.webhook_dead if i > after_id)[:limit]
+        return [self._db.webhook_dead[i] for i in found]
+
+    def dead_count(self) -> int:
+        return len(self._db.webhook_dead)
+
+    def revive(self, ids: Collection[int] | None) -> int:
+        chosen = self._chosen(ids)
+        for dead in chosen:
+            self._log.pop(self._db.webhook_dead, dead.id)
+            row = (dead.conversation, dead.body, dead.created_ms)
+            self._log.put(self._db.webhooks, self._log.take("webhook"), row)
+        return len(chosen)
+
+    def drop_dead(self, ids: Collection[int] | None) -> int:
+        chosen = self._chosen(ids)
+        for dead in chosen:
+            self._log.pop(self._db.webhook_dead, dead.id)
+        return len(chosen)
+
+    def _chosen(self, ids: Collection[int] | None) -> list[DeadWebhook]:
+        everything = self._db.webhook_dead
+        wanted = sorted(everything) if ids is None else sorted(set(ids) & everything.keys())
+        return [everything[i] for i in wanted]
 
 
 class MemoryInbox:

@@ -280,6 +280,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             FOREIGN KEY (addressee) REFERENCES user (id)
         ) {TABLE_OPTIONS}""",
     ),
+    (
+        # Webhook dead letters: events the receiver kept refusing, set aside (same id) so
+        # that their conversations go on; an operator lists, retries or drops them.
+        f"""CREATE TABLE IF NOT EXISTS webhook_dead (
+            id BIGINT NOT NULL PRIMARY KEY,
+            conversation VARCHAR(100) NOT NULL,
+            body MEDIUMTEXT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            died_ms BIGINT NOT NULL,
+            reason VARCHAR(255) NOT NULL
+        ) {TABLE_OPTIONS}""",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

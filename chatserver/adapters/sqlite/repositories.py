@@ -13,7 +13,7 @@ from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, Unknown
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Kept
 from chatserver.domain.names import NamedId, name_key
-from chatserver.domain.ports import DeviceMark, WebhookRow
+from chatserver.domain.ports import DeadWebhook, DeviceMark, WebhookRow
 from chatserver.domain.users import DELETED_USER_NAME, Account, User
 
 # What a deleted account's row is renamed to: no name REG accepts has a control character.
@@ -472,6 +472,48 @@ class SqliteWebhookOutbox:
         row = self._db.execute("SELECT owner FROM webhook_lease WHERE name = 'deliver'").fetchone()
         return row is not None and row[0] == owner
 
+    def bury(self, row: WebhookRow, now_ms: int, reason: str) -> None:
+        self._db.execute("DELETE FROM webhook_outbox WHERE id = ?", (row.id,))
+        self._db.execute(
+            "INSERT INTO webhook_dead (id, conversation, body, created_ms, died_ms, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (row.id, row.conversation, row.body, row.created_ms, now_ms, reason),
+        )
+
+    def dead(self, limit: int, after_id: int = 0) -> list[DeadWebhook]:
+        rows = self._db.execute(
+            f"SELECT {DEAD_COLUMNS} FROM webhook_dead WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+        return [DeadWebhook(*row) for row in rows]
+
+    def dead_count(self) -> int:
+        (count,) = self._db.execute("SELECT count(*) FROM webhook_dead").fetchone()
+        return int(count)
+
+    def revive(self, ids: Collection[int] | None) -> int:
+        return self._move_dead(ids, revive=True)
+
+    def drop_dead(self, ids: Collection[int] | None) -> int:
+        return self._move_dead(ids, revive=False)
+
+    def _move_dead(self, ids: Collection[int] | None, *, revive: bool) -> int:
+        chunks = [None] if ids is None else _chunks(sorted(ids))
+        moved = 0
+        for chunk in chunks:
+            where = "" if chunk is None else f"WHERE id IN ({', '.join('?' * len(chunk))})"
+            values = () if chunk is None else chunk
+            if revive:
+                self._db.execute(
+                    "INSERT INTO webhook_outbox (conversation, body, created_ms)"
+                    f" SELECT conversation, body, created_ms FROM webhook_dead {where}"
+                    " ORDER BY id",
+                    values,
+                )
+            moved += self._db.execute(f"DELETE FROM webhook_dead {where}", values).rowcount
+        return moved
+
+
 
 # Rows per statement: SQLite takes at most 32,766 parameters in one.
 INBOX_CHUNK = 2_000
@@ -712,3 +754,10 @@ class SqliteInbox:
             " AND NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.msg_id = inbox_message.msg_id)",
             [(msg_id,) for msg_id in msg_ids],
         )
+
+
+DEAD_COLUMNS = "id, conversation, body, created_ms, died_ms, reason"
+
+
+def _chunks(ids: list[int]) -> list[list[int]]:
+    return [ids[start : start + INBOX_CHUNK] for start in range(0, len(ids), INBOX_CHUNK)]

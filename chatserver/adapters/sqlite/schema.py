@@ -232,6 +232,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX friend_decline_by_time ON friend_decline (declined_ms)",
     ),
+    (
+        # Webhook dead letters: events the receiver kept refusing, set aside (same id) so
+        # that their conversations go on; an operator lists, retries or drops them.
+        """CREATE TABLE webhook_dead (
+            id INTEGER PRIMARY KEY,
+            conversation TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            died_ms INTEGER NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

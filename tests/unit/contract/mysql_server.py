@@ -19,9 +19,9 @@ SERVER_URL = os.environ.get("CHATSERVER_TEST_MYSQL", "mysql://root@127.0.0.1:330
 PREFIX = "chatserver_test_"
 STALE_SECONDS = 3 * 3600  # databases left behind by killed runs (CI runs stop at 90 min)
 TABLES_CHILDREN_FIRST = (
-    "chat_file_ref", "chat_file", "webhook_outbox", "inbox_device", "inbox", "inbox_message",
-    "inbox_head", "friend_decline", "userblock", "friend_request", "friend", "groupuser",
-    "group_name_key", "allgroup", "user_name_key", "user"
+    "chat_file_ref", "chat_file", "webhook_dead", "webhook_outbox", "inbox_device", "inbox",
+    "inbox_message", "inbox_head", "friend_decline", "userblock", "friend_request", "friend",
+    "groupuser", "group_name_key", "allgroup", "user_name_key", "user"
 )
 
 

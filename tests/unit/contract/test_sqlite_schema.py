@@ -29,6 +29,7 @@ TABLES = {
     "userblock",
     "friend_decline",
     "webhook_outbox",
+    "webhook_dead",
     "webhook_lease",
     "user_name_key",
     "group_name_key",

@@ -59,3 +59,55 @@ async def test_one_node_holds_the_lease_until_it_lapses(uow: UnitOfWork) -> None
     assert not await take("b", 1_149)
     assert await take("b", 1_150)  # a stopped renewing
     assert not await take("a", 1_200)
+
+
+async def test_a_buried_row_leaves_the_outbox_for_the_dead_letters_and_can_come_back(
+    uow: UnitOfWork,
+) -> None:
+    rows = [("c1", "a"), ("c1", "b"), ("c2", "c"), ("c1", "d")]
+    await uow.run(lambda tx: tx.webhooks.add(rows, 1_000))
+    first, second, third, fourth = await uow.run(lambda tx: tx.webhooks.pending(10))
+
+    def bury(tx: Transaction) -> None:
+        tx.webhooks.bury(first, 5_000, "refused 5 times (last: HTTP 400)")
+        tx.webhooks.bury(third, 6_000, "refused")
+
+    await uow.run(bury)
+    assert await uow.run(lambda tx: tx.webhooks.pending(10)) == [second, fourth]
+    assert await uow.run(lambda tx: tx.webhooks.stats()) == (2, 1_000)
+    assert await uow.run(lambda tx: tx.webhooks.dead_count()) == 2
+    dead = await uow.run(lambda tx: tx.webhooks.dead(10))
+    assert [(d.id, d.conversation, d.body, d.created_ms, d.died_ms) for d in dead] == [
+        (first.id, "c1", "a", 1_000, 5_000),
+        (third.id, "c2", "c", 1_000, 6_000),
+    ]
+    assert dead[0].reason == "refused 5 times (last: HTTP 400)"
+    assert [d.id for d in await uow.run(lambda tx: tx.webhooks.dead(10, first.id))] == [third.id]
+    assert [d.id for d in await uow.run(lambda tx: tx.webhooks.dead(1))] == [first.id]
+
+    # Retried: back at the end of the outbox, under a new id, with its body and age.
+    assert await uow.run(lambda tx: tx.webhooks.revive([first.id, 999_999])) == 1
+    pending = await uow.run(lambda tx: tx.webhooks.pending(10))
+    assert [r.body for r in pending] == ["b", "d", "a"]
+    assert pending[-1].id > fourth.id and pending[-1].created_ms == 1_000
+    assert await uow.run(lambda tx: tx.webhooks.dead_count()) == 1
+
+    assert await uow.run(lambda tx: tx.webhooks.drop_dead(None)) == 1
+    assert await uow.run(lambda tx: tx.webhooks.dead(10)) == []
+    assert await uow.run(lambda tx: tx.webhooks.revive(None)) == 0
+
+
+async def test_reviving_every_dead_letter_keeps_their_order(uow: UnitOfWork) -> None:
+    await uow.run(lambda tx: tx.webhooks.add([("c", str(n)) for n in range(5)], 1))
+    rows = await uow.run(lambda tx: tx.webhooks.pending(10))
+
+    def bury_all(tx: Transaction) -> None:
+        for row in rows:
+            tx.webhooks.bury(row, 2, "refused")
+
+    await uow.run(bury_all)
+    assert await uow.run(lambda tx: tx.webhooks.drop_dead([rows[1].id])) == 1
+    assert await uow.run(lambda tx: tx.webhooks.revive(None)) == 4
+    assert [r.body for r in await uow.run(lambda tx: tx.webhooks.pending(10))] == [
+        "0", "2", "3", "4"
+    ]
