@@ -27,6 +27,7 @@ from tests.unit.test_cluster import (  # noqa: F401  (collected here, run on Red
     test_group_membership_changes_reach_other_nodes,
     test_messages_for_a_user_who_left_the_other_node_are_stored_there,
     test_presence_and_friend_answers_cross_nodes,
+    test_two_sessions_ending_at_once_on_two_nodes_still_say_offline,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]

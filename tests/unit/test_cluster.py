@@ -388,3 +388,30 @@ async def test_a_password_change_ends_the_users_sessions_on_another_node(
     await here.request(AccountChange("password", "pw", "new secret"))
     assert isinstance(unwrap(await there.next_event()), KickedNotice)
     assert isinstance(await here.request(SendDirectMessage(alice, "still on")), MessageAccepted)
+
+
+async def test_two_sessions_ending_at_once_on_two_nodes_still_say_offline(
+    nodes: tuple[ChatApp, ChatApp],
+) -> None:
+    """alice on a device at each node, both closed at the same moment, 10 times: each time her
+    friend hears exactly one offline PRESENCE (neither node thinks the other still has her)."""
+    a, b = nodes
+    alice, bob = await register(a, "alice"), await register(a, "bob")
+    ca, cb = await online(a, alice), await online(a, bob)
+    await ca.request(AddFriend(bob))
+    unwrap(await cb.next_event())  # the request
+    await cb.request(AnswerFriend(alice, accept=True))
+    await ca.close()
+    await anyio.sleep(0.2)
+    cb.outbox.events.clear()
+    for _ in range(10):
+        pc, phone = a.connect(), b.connect()
+        assert isinstance(await pc.request(Login("pw", alice, device="pc")), LoggedIn)
+        assert isinstance(await phone.request(Login("pw", alice, device="phone")), LoggedIn)
+        assert unwrap(await cb.next_event()) == PresenceNotice(alice, True)
+        async with anyio.create_task_group() as closing:
+            closing.start_soon(pc.close)
+            closing.start_soon(phone.close)
+        assert unwrap(await cb.next_event()) == PresenceNotice(alice, False)
+        await anyio.sleep(0.05)
+        assert cb.outbox.events == []  # one offline, and no second online
