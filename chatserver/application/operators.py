@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from chatserver.application.account_changes import acting_as, end_sessions
 from chatserver.application.accounts import suspension_message
@@ -48,6 +48,11 @@ class UserDetails:
     last_pos: int
     read_pos: int
     kept: tuple[Kept, ...] = ()
+    # Pending friend requests it received (oldest first) and sent (ascending id), and the
+    # declines it is in, either side: (requester, addressee, declined_ms).
+    requests_from: tuple[int, ...] = ()
+    requests_to: tuple[int, ...] = ()
+    declines: tuple[tuple[int, int, int], ...] = ()
 
 
 @frozen
@@ -118,21 +123,14 @@ async def show_user(user_id: int, *, node: Node, with_inbox: bool = False) -> Us
             last,
             inbox.read_pos(user_id),
             tuple(kept),
+            tuple(u.id for u in tx.friends.requesters_of(user_id)),
+            tuple(tx.friends.requested_by(user_id)),
+            tuple(tx.friends.declines_of(user_id)),
         )
 
     details = await node.uow.run(read)
     devices = tuple(sorted(await node.presence.sessions(user_id)))
-    return UserDetails(
-        details.account,
-        devices,
-        details.friends,
-        details.groups,
-        details.blocks,
-        details.blocked_by,
-        details.last_pos,
-        details.read_pos,
-        details.kept,
-    )
+    return evolve(details, online_devices=devices)
 
 
 async def suspend_user(user_id: int, until_ms: int, *, node: Node) -> int:
@@ -215,6 +213,9 @@ class Exported:
     last_pos: int
     read_pos: int
     kept: tuple[Kept, ...]
+    requests_from: tuple[int, ...] = ()
+    requests_to: tuple[int, ...] = ()
+    declines: tuple[tuple[int, int, int], ...] = ()
 
 
 async def import_account(exported: Exported, *, node: Node) -> None:
@@ -236,6 +237,19 @@ async def import_account(exported: Exported, *, node: Node) -> None:
         for blocker_id in exported.blocked_by:
             if tx.users.get(blocker_id) is not None:
                 tx.friends.block(blocker_id, user_id)
+        for requester_id in exported.requests_from:
+            if tx.users.get(requester_id) is not None:
+                tx.friends.add_request(requester_id, user_id)
+        for addressee_id in exported.requests_to:
+            if tx.users.get(addressee_id) is not None:
+                tx.friends.add_request(user_id, addressee_id)
+        for requester_id, addressee_id, declined_ms in exported.declines:
+            other = addressee_id if requester_id == user_id else requester_id
+            if tx.users.get(other) is not None:
+                # Forgets nothing (declines are forgotten a day after, when the next is noted).
+                tx.friends.note_decline(
+                    requester_id, addressee_id, declined_ms, forget_before_ms=0
+                )
         for group, role, muted_until in exported.groups:
             if tx.groups.get(group.id) is None:
                 tx.groups.restore(group)

@@ -84,6 +84,10 @@ class FriendRepository(Protocol):
         """Users waiting for addressee's answer, oldest request first."""
         ...
 
+    def requested_by(self, requester_id: int) -> list[int]:
+        """The users requester waits on (pending requests it sent), ascending."""
+        ...
+
     def block(self, blocker_id: int, blocked_id: int) -> bool:
         """blocker blocks blocked (BLOCK_MSG); False if they already did. Raises UnknownUser."""
         ...
@@ -115,6 +119,11 @@ class FriendRepository(Protocol):
 
     def forget_declines(self, a: int, b: int) -> None:
         """Forget the declines between a and b, both ways (they became friends)."""
+        ...
+
+    def declines_of(self, user_id: int) -> list[tuple[int, int, int]]:
+        """Every remembered decline user_id is in, either side, as (requester, addressee,
+        declined_ms), ascending."""
         ...
 
 

@@ -230,6 +230,12 @@ async def _details(user_id: int, node: Node, *, with_inbox: bool) -> dict[str, A
         ],
         "blocks": list(details.blocks),
         "blocked_by": list(details.blocked_by),
+        "requests_from": list(details.requests_from),
+        "requests_to": list(details.requests_to),
+        "declines": [
+            {"requester": requester, "addressee": addressee, "declined_ms": when}
+            for requester, addressee, when in details.declines
+        ],
         "last_pos": details.last_pos,
         "read_pos": details.read_pos,
     }
@@ -299,6 +305,13 @@ def _exported(document: dict[str, Any]) -> operators.Exported:
         ),
         blocks=tuple(int(i) for i in document["blocks"]),
         blocked_by=tuple(int(i) for i in document["blocked_by"]),
+        # Absent from documents written before they were exported.
+        requests_from=tuple(int(i) for i in document.get("requests_from", ())),
+        requests_to=tuple(int(i) for i in document.get("requests_to", ())),
+        declines=tuple(
+            (int(d["requester"]), int(d["addressee"]), int(d["declined_ms"]))
+            for d in document.get("declines", ())
+        ),
         last_pos=int(document["last_pos"]),
         read_pos=int(document["read_pos"]),
         kept=tuple(kept),

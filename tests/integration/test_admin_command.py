@@ -65,7 +65,8 @@ def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
 
 
 async def populate(database: str) -> dict[str, int]:
-    """alice and bob are friends in alice's group; alice blocks carol; alice wrote to bob."""
+    """alice and bob are friends in alice's group; alice blocks carol; alice wrote to bob; bob
+    declined carol's friend request, and his own to carol waits."""
     async with bootstrap(Config(database=database, node_id="setup"), hasher=FAST_HASHER) as app:
         ids = {}
         for name in ("alice", "bob", "carol"):
@@ -82,6 +83,11 @@ async def populate(database: str) -> dict[str, int]:
         await b.request(JoinGroup(group.group_id))
         await a.request(BlockUser(ids["carol"], block=True))
         await a.request(SendDirectMessage(ids["bob"], "hello bob"))
+        c = app.connect()
+        await c.request(Login("pw", ids["carol"]))
+        await c.request(AddFriend(ids["bob"]))
+        await b.request(AnswerFriend(ids["carol"], accept=False))
+        await b.request(AddFriend(ids["carol"]))
         ids["team"] = group.group_id
         return ids
 
@@ -118,6 +124,10 @@ def test_the_admin_command_on_a_database(databases: tuple[str, str], tmp_path: P
     assert [(g["name"], g["role"]) for g in shown["groups"]] == [("team", "creator")]
     assert shown["blocks"] == [carol]
     assert "password_hash" not in shown["user"]
+    shown = admin_json(db, "users", "show", "bob")
+    assert (shown["requests_from"], shown["requests_to"]) == ([], [carol])
+    assert [(d["requester"], d["addressee"]) for d in shown["declines"]] == [(carol, bob)]
+    assert admin_json(db, "users", "show", "carol")["requests_from"] == [bob]
 
     suspended = admin_json(db, "users", "suspend", str(alice), "--until", "2h")
     assert suspended["suspended"] == alice and suspended["sessions_ended"] == 0
@@ -143,6 +153,7 @@ def test_the_admin_command_on_a_database(databases: tuple[str, str], tmp_path: P
         assert admin_json(other, "users", "import", str(path)) == {"imported": uid}
     for uid, document in exported.items():
         assert admin_json(other, "users", "export", str(uid)) == document
+    assert exported[carol]["declines"] == exported[bob]["declines"] != []
     again = admin("users", "import", str(tmp_path / f"{alice}.json"), "--database", other)
     assert again.returncode == 1 and "taken" in again.stderr
 

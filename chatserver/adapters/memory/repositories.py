@@ -294,6 +294,9 @@ class MemoryFriendRepository:
         waiting = self._db.requests.get(addressee_id, {})
         return [self._db.accounts[i].user for i in sorted(waiting, key=waiting.__getitem__)]
 
+    def requested_by(self, requester_id: int) -> list[int]:
+        return sorted(a for a, waiting in self._db.requests.items() if requester_id in waiting)
+
     def block(self, blocker_id: int, blocked_id: int) -> bool:
         _require_users(self._db, blocker_id, blocked_id)
         if self.is_blocked(blocker_id, blocked_id):
@@ -325,6 +328,13 @@ class MemoryFriendRepository:
         for pair in [pair for pair, when in declines.items() if when < forget_before_ms]:
             self._log.pop(declines, pair)
         self._log.put(declines, (requester_id, addressee_id), at_ms)
+
+    def declines_of(self, user_id: int) -> list[tuple[int, int, int]]:
+        return sorted(
+            (requester, addressee, when)
+            for (requester, addressee), when in self._db.declines.items()
+            if user_id in (requester, addressee)
+        )
 
     def forget_declines(self, a: int, b: int) -> None:
         self._log.pop(self._db.declines, (a, b))

@@ -314,6 +314,23 @@ class MySqlFriendRepository:
         )
         return _users(self._db)
 
+    def requested_by(self, requester_id: int) -> list[int]:
+        self._db.execute(
+            "SELECT addressee FROM friend_request WHERE requester = %s ORDER BY addressee",
+            (requester_id,),
+        )
+        rows: list[Any] = self._db.fetchall()
+        return [int(addressee) for (addressee,) in rows]
+
+    def declines_of(self, user_id: int) -> list[tuple[int, int, int]]:
+        self._db.execute(
+            "SELECT requester, addressee, declined_ms FROM friend_decline"
+            " WHERE requester = %s OR addressee = %s ORDER BY requester, addressee",
+            (user_id, user_id),
+        )
+        rows: list[Any] = self._db.fetchall()
+        return [(int(r), int(a), int(ms)) for r, a, ms in rows]
+
     def block(self, blocker_id: int, blocked_id: int) -> bool:
         if self.is_blocked(blocker_id, blocked_id):
             return False

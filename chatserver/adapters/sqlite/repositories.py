@@ -224,6 +224,21 @@ class SqliteFriendRepository:
         )
         return [User(*row) for row in rows]
 
+    def requested_by(self, requester_id: int) -> list[int]:
+        rows = self._db.execute(
+            "SELECT addressee FROM friend_request WHERE requester = ? ORDER BY addressee",
+            (requester_id,),
+        )
+        return [int(addressee) for (addressee,) in rows]
+
+    def declines_of(self, user_id: int) -> list[tuple[int, int, int]]:
+        rows = self._db.execute(
+            "SELECT requester, addressee, declined_ms FROM friend_decline"
+            " WHERE requester = ? OR addressee = ? ORDER BY requester, addressee",
+            (user_id, user_id),
+        )
+        return [(int(r), int(a), int(ms)) for r, a, ms in rows]
+
     def block(self, blocker_id: int, blocked_id: int) -> bool:
         with constraints_as(foreign_key=UnknownUser):
             cursor = self._db.execute(

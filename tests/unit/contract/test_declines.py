@@ -94,3 +94,27 @@ async def test_a_decline_rolls_back_with_its_transaction(uow: UnitOfWork) -> Non
     with pytest.raises(UnknownUser):
         await uow.run(decline)
     assert await uow.run(lambda tx: tx.friends.declined_at(1, 2)) is None
+
+
+async def test_the_declines_and_requests_of_a_user_either_side(uow: UnitOfWork) -> None:
+    def read(tx: Transaction) -> list[object]:
+        alice, bob, carol = add_users(tx, "alice", "bob", "carol")
+        tx.friends.note_decline(alice.id, bob.id, 10, forget_before_ms=0)
+        tx.friends.note_decline(carol.id, alice.id, 20, forget_before_ms=0)
+        tx.friends.note_decline(bob.id, carol.id, 30, forget_before_ms=0)
+        tx.friends.add_request(alice.id, carol.id)
+        tx.friends.add_request(alice.id, bob.id)
+        tx.friends.add_request(carol.id, bob.id)
+        return [
+            tx.friends.declines_of(alice.id),
+            tx.friends.declines_of(bob.id),
+            tx.friends.requested_by(alice.id),
+            tx.friends.requested_by(bob.id),
+        ]
+
+    assert await uow.run(read) == [
+        [(1, 2, 10), (3, 1, 20)],
+        [(1, 2, 10), (2, 3, 30)],
+        [2, 3],
+        [],
+    ]
