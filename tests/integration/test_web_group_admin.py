@@ -103,8 +103,14 @@ def test_roles_renaming_and_dissolving_show_on_every_members_page(
     expect(member.by(f"kick-{boss_user.id}")).to_have_count(0)
     expect(member.by("dissolve-group-button")).to_be_hidden()
 
+    # muted for a day, as the boss picked (the event says until when)
+    boss.by(f"mute-for-{member_user.id}").select_option("1 day")
     boss.by(f"mute-{member_user.id}").click()
     member.expect_text(f"member-role-{member_user.id}", "admin · muted")
+    tomorrow = member.page.evaluate(
+        "new Date(Date.now() + 86400000).toLocaleString().split(',')[0]"
+    )
+    expect(member.by("messages")).to_contain_text(f"until {tomorrow}", timeout=WAIT_MS)
     member.by("message-input").fill("may I speak?")
     member.by("message-input").press("Enter")
     refused = member.by("messages").locator(".message.mine").filter(has_text="may I speak?")

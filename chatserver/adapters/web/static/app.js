@@ -53,7 +53,12 @@
   const SAVED_CONVERSATIONS = 100; // conversations remembered per user across reloads
   const SAVE_DELAY_MS = 300;
   const READ_DELAY_MS = 300; // a busy open chat sends a READ_MSG at once, then one per this
-  const MUTE_MS = 60 * 60 * 1000; // "Mute" silences a member for an hour (muting again extends)
+  // How long "Mute" silences a member: the viewer picks one (muting again sets a new end).
+  const MUTE_CHOICES = [
+    ["10 min", 10 * 60 * 1000], ["1 h", 60 * 60 * 1000], ["8 h", 8 * 60 * 60 * 1000],
+    ["1 day", 24 * 60 * 60 * 1000], ["1 week", 7 * 24 * 60 * 60 * 1000],
+  ];
+  const MUTE_DEFAULT = "1 h";
   // Who may act on whom in a group (PROTOCOL.md Version 2): a higher rank on a lower one.
   const RANK = { creator: 3, admin: 2, normal: 1 };
 
@@ -1542,12 +1547,19 @@
     if (mayAct) {
       actions.push(button("kick", "Kick", () => askGroup(group, `Remove ${user.name} from the group?`,
         { msgid: MSG.GROUP_KICK, groupid: group.id, userid: user.id }), true));
-      actions.push(muted
-        ? button("unmute", "Unmute", () => groupAction(
-          { msgid: MSG.GROUP_MUTE, groupid: group.id, userid: user.id, until: 0 }))
-        : button("mute", "Mute 1 h", () => groupAction(
+      if (muted) {
+        actions.push(button("unmute", "Unmute", () => groupAction(
+          { msgid: MSG.GROUP_MUTE, groupid: group.id, userid: user.id, until: 0 })));
+      } else {
+        const howLong = el("select", { class: "small", testid: `mute-for-${user.id}`,
+          "aria-label": `Mute ${user.name} for` },
+        ...MUTE_CHOICES.map(([label]) => el("option",
+          { value: label, selected: label === MUTE_DEFAULT }, label)));
+        const span = () => new Map(MUTE_CHOICES).get(howLong.value) || MUTE_CHOICES[1][1];
+        actions.push(howLong, button("mute", "Mute", () => groupAction(
           { msgid: MSG.GROUP_MUTE, groupid: group.id, userid: user.id,
-            until: Date.now() + MUTE_MS })));
+            until: Date.now() + span() })));
+      }
     }
     if (mayAct && mine === "creator") {
       const admin = user.role === "admin";
