@@ -15,6 +15,7 @@ from mysql.connector import IntegrityError, errorcode
 from mysql.connector.cursor import MySQLCursor
 
 from chatserver.adapters import serialization
+from chatserver.adapters.friend_rows import Dialect
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of, place
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
@@ -67,6 +68,16 @@ def constraints_as(
         if foreign_key and error.errno in FOREIGN_KEY_ERRORS:
             raise foreign_key() from error
         raise
+
+
+# What MySQL says its own way, for the statements written once for both databases. Not
+# INSERT IGNORE to keep a row that exists: that would also swallow the foreign key errors.
+MYSQL = Dialect(
+    placeholder="%s",
+    keep_existing=" ON DUPLICATE KEY UPDATE {column} = {column}",
+    update_existing=" ON DUPLICATE KEY UPDATE {column} = VALUES({column})",
+    constraints_as=constraints_as,
+)
 
 
 def insert_with_next_id(
@@ -249,132 +260,6 @@ def _to_account(row: Sequence[object]) -> Account:
         str(password_hash),
         None if until is None else int(str(until)),
     )
-
-
-class MySqlFriendRepository:
-    def __init__(self, cursor: MySQLCursor) -> None:
-        self._db = cursor
-
-    def friends_of(self, user_id: int) -> list[User]:
-        self._db.execute(
-            "SELECT u.id, u.name FROM friend f JOIN user u ON u.id = f.friendid"
-            " WHERE f.userid = %s ORDER BY u.id",
-            (user_id,),
-        )
-        return _users(self._db)
-
-    def are_friends(self, a: int, b: int) -> bool:
-        self._db.execute("SELECT 1 FROM friend WHERE userid = %s AND friendid = %s", (a, b))
-        return self._db.fetchone() is not None
-
-    def befriend(self, a: int, b: int) -> None:
-        low, high = sorted((a, b))  # one order for every writer: fewer deadlocks
-        # Not INSERT IGNORE: that would also swallow the foreign key errors.
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend (userid, friendid) VALUES (%s, %s), (%s, %s)"
-                " ON DUPLICATE KEY UPDATE userid = userid",
-                (low, high, high, low),
-            )
-
-    def unfriend(self, a: int, b: int) -> None:
-        self._db.execute(
-            "DELETE FROM friend"
-            " WHERE (userid = %s AND friendid = %s) OR (userid = %s AND friendid = %s)",
-            (a, b, b, a),
-        )
-
-    def add_request(self, requester_id: int, addressee_id: int) -> None:
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend_request (requester, addressee) VALUES (%s, %s)"
-                " ON DUPLICATE KEY UPDATE requester = requester",
-                (requester_id, addressee_id),
-            )
-
-    def has_request(self, requester_id: int, addressee_id: int) -> bool:
-        self._db.execute(
-            "SELECT 1 FROM friend_request WHERE requester = %s AND addressee = %s",
-            (requester_id, addressee_id),
-        )
-        return self._db.fetchone() is not None
-
-    def remove_request(self, requester_id: int, addressee_id: int) -> bool:
-        self._db.execute(
-            "DELETE FROM friend_request WHERE requester = %s AND addressee = %s",
-            (requester_id, addressee_id),
-        )
-        return self._db.rowcount > 0
-
-    def requesters_of(self, addressee_id: int) -> list[User]:
-        self._db.execute(
-            "SELECT u.id, u.name FROM friend_request r JOIN user u ON u.id = r.requester"
-            " WHERE r.addressee = %s ORDER BY r.seq",
-            (addressee_id,),
-        )
-        return _users(self._db)
-
-    def block(self, blocker_id: int, blocked_id: int) -> bool:
-        if self.is_blocked(blocker_id, blocked_id):
-            return False
-        # Not INSERT IGNORE: that would also swallow the foreign key errors.
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO userblock (blocker, blocked) VALUES (%s, %s)"
-                " ON DUPLICATE KEY UPDATE blocker = blocker",
-                (blocker_id, blocked_id),
-            )
-        return True
-
-    def unblock(self, blocker_id: int, blocked_id: int) -> bool:
-        self._db.execute(
-            "DELETE FROM userblock WHERE blocker = %s AND blocked = %s", (blocker_id, blocked_id)
-        )
-        return self._db.rowcount > 0
-
-    def is_blocked(self, blocker_id: int, blocked_id: int) -> bool:
-        self._db.execute(
-            "SELECT 1 FROM userblock WHERE blocker = %s AND blocked = %s", (blocker_id, blocked_id)
-        )
-        return self._db.fetchone() is not None
-
-    def blocked_by(self, blocker_id: int) -> list[int]:
-        self._db.execute(
-            "SELECT blocked FROM userblock WHERE blocker = %s ORDER BY blocked", (blocker_id,)
-        )
-        return [int(cast(Any, row)[0]) for row in self._db.fetchall()]
-
-    def blockers_of(self, blocked_id: int) -> list[int]:
-        self._db.execute(
-            "SELECT blocker FROM userblock WHERE blocked = %s ORDER BY blocker", (blocked_id,)
-        )
-        return [int(cast(Any, row)[0]) for row in self._db.fetchall()]
-
-    def declined_at(self, requester_id: int, addressee_id: int) -> int | None:
-        self._db.execute(
-            "SELECT declined_ms FROM friend_decline WHERE requester = %s AND addressee = %s",
-            (requester_id, addressee_id),
-        )
-        row = self._db.fetchone()
-        return None if row is None else int(cast(Any, row)[0])
-
-    def note_decline(
-        self, requester_id: int, addressee_id: int, at_ms: int, *, forget_before_ms: int
-    ) -> None:
-        self._db.execute("DELETE FROM friend_decline WHERE declined_ms < %s", (forget_before_ms,))
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend_decline (requester, addressee, declined_ms)"
-                " VALUES (%s, %s, %s) ON DUPLICATE KEY UPDATE declined_ms = VALUES(declined_ms)",
-                (requester_id, addressee_id, at_ms),
-            )
-
-    def forget_declines(self, a: int, b: int) -> None:
-        self._db.execute(
-            "DELETE FROM friend_decline WHERE (requester = %s AND addressee = %s)"
-            " OR (requester = %s AND addressee = %s)",
-            (a, b, b, a),
-        )
 
 
 class MySqlGroupRepository:

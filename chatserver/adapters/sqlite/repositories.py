@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import orjson
 
+from chatserver.adapters.friend_rows import Dialect
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of, place
 from chatserver.adapters.serialization import dump_delivery, load_delivery
 from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
@@ -45,6 +46,15 @@ def constraints_as(
         if foreign_key and error.sqlite_errorname == "SQLITE_CONSTRAINT_FOREIGNKEY":
             raise foreign_key() from error
         raise
+
+
+# What SQLite says its own way, for the statements written once for both databases.
+SQLITE = Dialect(
+    placeholder="?",
+    keep_existing=" ON CONFLICT DO NOTHING",
+    update_existing=" ON CONFLICT ({key}) DO UPDATE SET {column} = excluded.{column}",
+    constraints_as=constraints_as,
+)
 
 
 class SqliteUserRepository:
@@ -159,128 +169,6 @@ class SqliteUserRepository:
             " LEFT JOIN user_name_key k ON k.userid = u.id WHERE u.deleted = 0 ORDER BY u.id"
         )
         return [NamedId(row_id, name, bool(keyed)) for row_id, name, keyed in rows]
-
-
-class SqliteFriendRepository:
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
-
-    def friends_of(self, user_id: int) -> list[User]:
-        rows = self._db.execute(
-            "SELECT u.id, u.name FROM friend f JOIN user u ON u.id = f.friendid"
-            " WHERE f.userid = ? ORDER BY u.id",
-            (user_id,),
-        )
-        return [User(*row) for row in rows]
-
-    def are_friends(self, a: int, b: int) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM friend WHERE userid = ? AND friendid = ?", (a, b)
-        ).fetchone()
-        return row is not None
-
-    def befriend(self, a: int, b: int) -> None:
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend (userid, friendid) VALUES (?, ?), (?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (a, b, b, a),
-            )
-
-    def unfriend(self, a: int, b: int) -> None:
-        self._db.execute(
-            "DELETE FROM friend"
-            " WHERE (userid = ? AND friendid = ?) OR (userid = ? AND friendid = ?)",
-            (a, b, b, a),
-        )
-
-    def add_request(self, requester_id: int, addressee_id: int) -> None:
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend_request (requester, addressee) VALUES (?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (requester_id, addressee_id),
-            )
-
-    def has_request(self, requester_id: int, addressee_id: int) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM friend_request WHERE requester = ? AND addressee = ?",
-            (requester_id, addressee_id),
-        ).fetchone()
-        return row is not None
-
-    def remove_request(self, requester_id: int, addressee_id: int) -> bool:
-        cursor = self._db.execute(
-            "DELETE FROM friend_request WHERE requester = ? AND addressee = ?",
-            (requester_id, addressee_id),
-        )
-        return cursor.rowcount > 0
-
-    def requesters_of(self, addressee_id: int) -> list[User]:
-        rows = self._db.execute(
-            "SELECT u.id, u.name FROM friend_request r JOIN user u ON u.id = r.requester"
-            " WHERE r.addressee = ? ORDER BY r.seq",
-            (addressee_id,),
-        )
-        return [User(*row) for row in rows]
-
-    def block(self, blocker_id: int, blocked_id: int) -> bool:
-        with constraints_as(foreign_key=UnknownUser):
-            cursor = self._db.execute(
-                "INSERT INTO userblock (blocker, blocked) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (blocker_id, blocked_id),
-            )
-        return cursor.rowcount > 0
-
-    def unblock(self, blocker_id: int, blocked_id: int) -> bool:
-        cursor = self._db.execute(
-            "DELETE FROM userblock WHERE blocker = ? AND blocked = ?", (blocker_id, blocked_id)
-        )
-        return cursor.rowcount > 0
-
-    def is_blocked(self, blocker_id: int, blocked_id: int) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM userblock WHERE blocker = ? AND blocked = ?", (blocker_id, blocked_id)
-        ).fetchone()
-        return row is not None
-
-    def blocked_by(self, blocker_id: int) -> list[int]:
-        rows = self._db.execute(
-            "SELECT blocked FROM userblock WHERE blocker = ? ORDER BY blocked", (blocker_id,)
-        )
-        return [row[0] for row in rows]
-
-    def blockers_of(self, blocked_id: int) -> list[int]:
-        rows = self._db.execute(
-            "SELECT blocker FROM userblock WHERE blocked = ? ORDER BY blocker", (blocked_id,)
-        )
-        return [row[0] for row in rows]
-
-    def declined_at(self, requester_id: int, addressee_id: int) -> int | None:
-        row = self._db.execute(
-            "SELECT declined_ms FROM friend_decline WHERE requester = ? AND addressee = ?",
-            (requester_id, addressee_id),
-        ).fetchone()
-        return None if row is None else int(row[0])
-
-    def note_decline(
-        self, requester_id: int, addressee_id: int, at_ms: int, *, forget_before_ms: int
-    ) -> None:
-        self._db.execute("DELETE FROM friend_decline WHERE declined_ms < ?", (forget_before_ms,))
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend_decline (requester, addressee, declined_ms) VALUES (?, ?, ?)"
-                " ON CONFLICT (requester, addressee)"
-                " DO UPDATE SET declined_ms = excluded.declined_ms",
-                (requester_id, addressee_id, at_ms),
-            )
-
-    def forget_declines(self, a: int, b: int) -> None:
-        self._db.execute(
-            "DELETE FROM friend_decline"
-            " WHERE (requester = ? AND addressee = ?) OR (requester = ? AND addressee = ?)",
-            (a, b, b, a),
-        )
 
 
 class SqliteGroupRepository:
