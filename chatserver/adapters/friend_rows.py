@@ -1,80 +1,20 @@
 """The friend, friend request, block and decline rows in SQL, one implementation for SQLite and
-MySQL/MariaDB (as file_rows.py is for files): each statement is written once, with %s
-placeholders, and a Dialect says what differs: the placeholder, how an INSERT leaves a row
-whose key exists alone or updates it, and which errors mean a broken constraint."""
+MySQL/MariaDB (sql_dialect.py says how)."""
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
-from attrs import field, frozen
-
-from chatserver.domain.errors import ChatError, UnknownUser
+from chatserver.adapters.sql_dialect import SqlRows
+from chatserver.domain.errors import UnknownUser
 from chatserver.domain.users import User
 
 
-class Cursor(Protocol):
-    """What both sqlite3.Cursor and mysql.connector's MySQLCursor offer."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    def execute(self, sql: str, params: Sequence[Any], /) -> Any: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> Sequence[Any]: ...
-
-
-@frozen
-class Dialect:
-    """What a database says its own way.
-
-    placeholder: "?" (SQLite) or "%s" (MySQL).
-    keep_existing: the end of an INSERT that leaves a row whose key exists as it is (without
-        swallowing a broken foreign key); {column} is one of the key's columns.
-    update_existing: the end of an INSERT that updates {column} of a row whose key ({key})
-        exists to the value inserted.
-    constraints_as: a context manager that turns a broken FOREIGN KEY (foreign_key=...) into
-        the domain error given.
-    """
-
-    placeholder: str
-    keep_existing: str
-    update_existing: str
-    constraints_as: Callable[..., AbstractContextManager[None]]
-    _statements: dict[str, str] = field(factory=dict, init=False, eq=False)
-
-    def sql(self, statement: str) -> str:
-        """The statement with this dialect's placeholders (rewritten once, then remembered)."""
-        text = self._statements.get(statement)
-        if text is None:
-            text = self._statements[statement] = statement.replace("%s", self.placeholder)
-        return text
-
-    def foreign_key(self, error: type[ChatError]) -> AbstractContextManager[None]:
-        return self.constraints_as(foreign_key=error)
-
-
-class SqlFriendRepository:
-    def __init__(self, cursor: Cursor, dialect: Dialect) -> None:
-        self._db = cursor
-        self._dialect = dialect
-
-    def _run(self, statement: str, params: Sequence[Any]) -> None:
-        self._db.execute(self._dialect.sql(statement), params)
-
-    def _exists(self, statement: str, params: Sequence[Any]) -> bool:
-        self._run(statement, params)
-        return self._db.fetchone() is not None
-
+class SqlFriendRepository(SqlRows):
     def _users(self, statement: str, params: Sequence[Any]) -> list[User]:
-        self._run(statement, params)
-        return [User(int(user_id), str(name)) for user_id, name in self._db.fetchall()]
+        return [User(int(user_id), str(name)) for user_id, name in self._rows(statement, params)]
 
     def _ids(self, statement: str, params: Sequence[Any]) -> list[int]:
-        self._run(statement, params)
-        return [int(row[0]) for row in self._db.fetchall()]
+        return [int(row[0]) for row in self._rows(statement, params)]
 
     def friends_of(self, user_id: int) -> list[User]:
         return self._users(

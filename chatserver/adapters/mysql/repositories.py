@@ -15,9 +15,10 @@ from mysql.connector import IntegrityError, errorcode
 from mysql.connector.cursor import MySQLCursor
 
 from chatserver.adapters import serialization
-from chatserver.adapters.friend_rows import Dialect
+from chatserver.adapters.group_rows import SqlGroupRows
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of, place
-from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
+from chatserver.adapters.sql_dialect import Dialect
+from chatserver.domain.errors import ChatError, NameTaken, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import (
     Delivery,
@@ -120,13 +121,6 @@ def _single(cursor: MySQLCursor) -> int:
 
 def _users(cursor: MySQLCursor) -> list[User]:
     return [User(int(user_id), str(name)) for user_id, name in _rows(cursor)]
-
-
-def _groups(cursor: MySQLCursor) -> list[Group]:
-    return [
-        Group(int(group_id), str(name), str(description))
-        for group_id, name, description in _rows(cursor)
-    ]
 
 
 class MySqlUserRepository:
@@ -262,9 +256,10 @@ def _to_account(row: Sequence[object]) -> Account:
     )
 
 
-class MySqlGroupRepository:
+class MySqlGroupRepository(SqlGroupRows):
     def __init__(self, cursor: MySQLCursor) -> None:
-        self._db = cursor
+        super().__init__(cursor, MYSQL)
+        self._db: MySQLCursor = cursor
 
     def create(self, name: str, description: str, creator_id: int) -> Group:
         # Checked first, so that a failure leaves no group without its creator.
@@ -284,29 +279,6 @@ class MySqlGroupRepository:
             )
         self.add_member(group_id, creator_id, Role.CREATOR)
         return Group(group_id, name, description)
-
-    def get(self, group_id: int) -> Group | None:
-        self._db.execute("SELECT id, groupname, groupdesc FROM allgroup WHERE id = %s", (group_id,))
-        groups = _groups(self._db)
-        return groups[0] if groups else None
-
-    def add_member(self, group_id: int, user_id: int, role: Role) -> bool:
-        if self.get(group_id) is None:
-            raise UnknownGroup()
-        with constraints_as(foreign_key=UnknownUser):
-            # A row left as it was counts 0: "already a member".
-            self._db.execute(
-                "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (%s, %s, %s)"
-                " ON DUPLICATE KEY UPDATE groupid = groupid",
-                (group_id, user_id, role.value),
-            )
-        return self._db.rowcount > 0
-
-    def remove_member(self, group_id: int, user_id: int) -> bool:
-        self._db.execute(
-            "DELETE FROM groupuser WHERE groupid = %s AND userid = %s", (group_id, user_id)
-        )
-        return self._db.rowcount > 0
 
     def members(self, group_id: int) -> list[Member]:
         self._db.execute(
@@ -349,25 +321,6 @@ class MySqlGroupRepository:
         )
         return True
 
-    def update(self, group_id: int, name: str | None, description: str | None) -> Group:
-        with constraints_as(unique=NameTaken):
-            if name is not None:
-                self._db.execute("DELETE FROM group_name_key WHERE groupid = %s", (group_id,))
-                self._db.execute(
-                    "INSERT INTO group_name_key (name_key, groupid)"
-                    " SELECT %s, id FROM allgroup WHERE id = %s",
-                    (name_key(name), group_id),
-                )
-            self._db.execute(
-                "UPDATE allgroup SET groupname = coalesce(%s, groupname),"
-                " groupdesc = coalesce(%s, groupdesc) WHERE id = %s",
-                (name, description, group_id),
-            )
-        group = self.get(group_id)
-        if group is None:
-            raise UnknownGroup()
-        return group
-
     def delete(self, group_id: int) -> bool:
         self._db.execute("DELETE FROM groupmute WHERE groupid = %s", (group_id,))
         self._db.execute("DELETE FROM groupuser WHERE groupid = %s", (group_id,))
@@ -386,30 +339,6 @@ class MySqlGroupRepository:
                 (name_key(group.name), group.id),
             )
         follow_id_sequence(self._db, "allgroup", group.id)
-
-    def all(self, after_id: int, limit: int) -> list[Group]:
-        self._db.execute(
-            "SELECT id, groupname, groupdesc FROM allgroup WHERE id > %s ORDER BY id LIMIT %s",
-            (after_id, limit),
-        )
-        return _groups(self._db)
-
-    def groups_of(self, user_id: int) -> list[Group]:
-        self._db.execute(
-            "SELECT a.id, a.groupname, a.groupdesc FROM groupuser g JOIN allgroup a"
-            " ON a.id = g.groupid WHERE g.userid = %s ORDER BY a.id",
-            (user_id,),
-        )
-        return _groups(self._db)
-
-    def names(self) -> list[NamedId]:
-        self._db.execute(
-            "SELECT a.id, a.groupname, k.name_key IS NOT NULL FROM allgroup a"
-            " LEFT JOIN group_name_key k ON k.groupid = a.id ORDER BY a.id"
-        )
-        return [
-            NamedId(int(row_id), str(name), bool(keyed)) for row_id, name, keyed in _rows(self._db)
-        ]
 
 
 class MySqlMessageIdSequence:

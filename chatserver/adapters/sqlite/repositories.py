@@ -7,10 +7,11 @@ from contextlib import contextmanager
 
 import orjson
 
-from chatserver.adapters.friend_rows import Dialect
+from chatserver.adapters.group_rows import SqlGroupRows
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of, place
 from chatserver.adapters.serialization import dump_delivery, load_delivery
-from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
+from chatserver.adapters.sql_dialect import Dialect
+from chatserver.domain.errors import ChatError, NameTaken, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Kept
 from chatserver.domain.names import NamedId, name_key
@@ -171,49 +172,26 @@ class SqliteUserRepository:
         return [NamedId(row_id, name, bool(keyed)) for row_id, name, keyed in rows]
 
 
-class SqliteGroupRepository:
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
+class SqliteGroupRepository(SqlGroupRows):
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        super().__init__(cursor, SQLITE)
+        self._db: sqlite3.Cursor = cursor
 
     def create(self, name: str, description: str, creator_id: int) -> Group:
         # Checked first, so that a failure leaves no group without its creator.
         if self._db.execute("SELECT 1 FROM user WHERE id = ?", (creator_id,)).fetchone() is None:
             raise UnknownUser()
         with constraints_as(unique=NameTaken):
-            cursor = self._db.execute(
+            group_id = self._db.execute(
                 "INSERT INTO allgroup (groupname, groupdesc) VALUES (?, ?)", (name, description)
-            )
-            assert cursor.lastrowid is not None
+            ).lastrowid
+            assert group_id is not None
             self._db.execute(
                 "INSERT INTO group_name_key (name_key, groupid) VALUES (?, ?)",
-                (name_key(name), cursor.lastrowid),
+                (name_key(name), group_id),
             )
-        group = Group(cursor.lastrowid, name, description)
-        self.add_member(group.id, creator_id, Role.CREATOR)
-        return group
-
-    def get(self, group_id: int) -> Group | None:
-        row = self._db.execute(
-            "SELECT id, groupname, groupdesc FROM allgroup WHERE id = ?", (group_id,)
-        ).fetchone()
-        return None if row is None else Group(*row)
-
-    def add_member(self, group_id: int, user_id: int, role: Role) -> bool:
-        if self.get(group_id) is None:
-            raise UnknownGroup()
-        with constraints_as(foreign_key=UnknownUser):
-            cursor = self._db.execute(
-                "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (group_id, user_id, role.value),
-            )
-        return cursor.rowcount > 0
-
-    def remove_member(self, group_id: int, user_id: int) -> bool:
-        cursor = self._db.execute(
-            "DELETE FROM groupuser WHERE groupid = ? AND userid = ?", (group_id, user_id)
-        )
-        return cursor.rowcount > 0
+        self.add_member(group_id, creator_id, Role.CREATOR)
+        return Group(group_id, name, description)
 
     def members(self, group_id: int) -> list[Member]:
         rows = self._db.execute(
@@ -239,25 +217,6 @@ class SqliteGroupRepository:
         )
         return cursor.rowcount > 0
 
-    def update(self, group_id: int, name: str | None, description: str | None) -> Group:
-        with constraints_as(unique=NameTaken):
-            if name is not None:
-                self._db.execute("DELETE FROM group_name_key WHERE groupid = ?", (group_id,))
-                self._db.execute(
-                    "INSERT INTO group_name_key (name_key, groupid)"
-                    " SELECT ?, id FROM allgroup WHERE id = ?",
-                    (name_key(name), group_id),
-                )
-            self._db.execute(
-                "UPDATE allgroup SET groupname = coalesce(?, groupname),"
-                " groupdesc = coalesce(?, groupdesc) WHERE id = ?",
-                (name, description, group_id),
-            )
-        group = self.get(group_id)
-        if group is None:
-            raise UnknownGroup()
-        return group
-
     def delete(self, group_id: int) -> bool:
         self._db.execute("DELETE FROM groupuser WHERE groupid = ?", (group_id,))
         self._db.execute("DELETE FROM group_name_key WHERE groupid = ?", (group_id,))
@@ -274,28 +233,6 @@ class SqliteGroupRepository:
                 "INSERT INTO group_name_key (name_key, groupid) VALUES (?, ?)",
                 (name_key(group.name), group.id),
             )
-
-    def all(self, after_id: int, limit: int) -> list[Group]:
-        rows = self._db.execute(
-            "SELECT id, groupname, groupdesc FROM allgroup WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        )
-        return [Group(*row) for row in rows]
-
-    def groups_of(self, user_id: int) -> list[Group]:
-        rows = self._db.execute(
-            "SELECT a.id, a.groupname, a.groupdesc FROM groupuser g JOIN allgroup a"
-            " ON a.id = g.groupid WHERE g.userid = ? ORDER BY a.id",
-            (user_id,),
-        )
-        return [Group(*row) for row in rows]
-
-    def names(self) -> list[NamedId]:
-        rows = self._db.execute(
-            "SELECT a.id, a.groupname, k.name_key IS NOT NULL FROM allgroup a"
-            " LEFT JOIN group_name_key k ON k.groupid = a.id ORDER BY a.id"
-        )
-        return [NamedId(row_id, name, bool(keyed)) for row_id, name, keyed in rows]
 
 
 class SqliteMessageIdSequence:

@@ -46,7 +46,7 @@ class SqliteTransaction:
         self._cursor = connection.cursor()
         self.users: UserRepository = SqliteUserRepository(connection)
         self.friends: FriendRepository = SqlFriendRepository(self._cursor, SQLITE)
-        self.groups: GroupRepository = SqliteGroupRepository(connection)
+        self.groups: GroupRepository = SqliteGroupRepository(self._cursor)
         self.inbox: Inbox = SqliteInbox(connection)
         self.message_ids: MessageIdSequence = SqliteMessageIdSequence(connection)
         self.webhooks: WebhookOutbox = SqliteWebhookOutbox(connection)
