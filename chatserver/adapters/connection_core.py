@@ -62,6 +62,9 @@ class TransportLimits:
     # At shutdown, requests already being handled get this long to finish and be answered
     # before sessions are logged out (half of serve's grace; the rest is for logging out).
     request_grace_seconds: float = 5.0
+    # Chats, receipts and READ are served while those before them on their connection still
+    # wait (pipelining); False serves each connection's requests one at a time (comparisons).
+    pipeline: bool = True
 
 
 @frozen

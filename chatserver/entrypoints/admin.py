@@ -29,6 +29,7 @@ from chatserver.domain.errors import ChatError
 from chatserver.domain.groups import Group, Role
 from chatserver.domain.messages import Delivery, Kept
 from chatserver.domain.users import INDEFINITELY_MS, Account, User, check_name
+from chatserver.entrypoints import options
 from chatserver.entrypoints.bootstrap import Config, ConfigError, open_node
 
 EXPORT_FORMAT = "chatserver-user-export/1"
@@ -36,21 +37,12 @@ _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def add_parser(commands: Any, env: Callable[[str, str], str], defaults: Config) -> None:
+def add_parser(commands: Any) -> None:
     """The `admin` subcommand and its own subcommands, on the `chatserver` parser."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--database",
-        default=env("DATABASE", defaults.database),
-        help="the cluster's database (CHATSERVER_DATABASE; default %(default)s)",
-    )
-    common.add_argument(
-        "--bus",
-        default=env("BUS", defaults.bus),
-        help="the cluster's bus, redis://HOST:PORT/DB[?namespace=NAME], so that "
-        "sessions on running nodes end; memory:// for a database no node serves "
-        "(CHATSERVER_BUS; default %(default)s)",
-    )
+    options.add(common, "--database", help="the cluster's database")
+    options.add(common, "--bus", help="the cluster's bus, redis://HOST:PORT/DB[?namespace=NAME], "
+                "so that sessions on running nodes end; memory:// for a database no node serves")
     common.add_argument("--json", action="store_true", help="print JSON, for scripts")
     admin = commands.add_parser(
         "admin",

@@ -101,6 +101,12 @@ class Config:
         webhook_secret: the HMAC-SHA256 key of the `X-Chatserver-Signature` header; required
             with webhook.
         webhook_limits: timeouts, retries and batches of webhook delivery.
+        driver: how `chatserver serve` drives its TCP connections: `"asyncio"` (asyncio
+            Protocols) or `"anyio"` (anyio streams).
+        event_loop: the event loop `chatserver serve` runs on: `"asyncio"` or `"uvloop"`.
+        log_level: the threshold of the lines `chatserver serve` logs to stderr.
+        gc: `"freeze"`: `chatserver serve` keeps the garbage collector off long-lived objects
+            (entrypoints/collector.py); `"default"`: the collector as CPython sets it.
     """
 
     host: str = "127.0.0.1"
@@ -141,6 +147,14 @@ class Config:
     webhook: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_limits: WebhookLimits = field(factory=WebhookLimits)
+    # How `chatserver serve` runs (start_serving takes the driver as its argument).
+    driver: Literal["asyncio", "anyio"] = field(
+        default="asyncio", validator=lambda _c, _a, value: _one_of("--transport", value))
+    event_loop: Literal["asyncio", "uvloop"] = field(
+        default="asyncio", validator=lambda _c, _a, value: _one_of("--loop", value))
+    log_level: str = field(default="INFO", validator=lambda _c, _a, value: _check_level(value))
+    gc: Literal["freeze", "default"] = field(
+        default="freeze", validator=lambda _c, _a, value: _one_of("--gc", value))
 
     def transport_limits(self) -> TransportLimits:
         if self.proxy_protocol and (self.tls_cert or self.tls_key):
@@ -176,6 +190,25 @@ class Config:
 
 class ConfigError(ValueError):
     """A setting that cannot be used, with a message for the operator."""
+
+
+# The values of the settings that name a choice, by the option that sets them.
+CHOICES = {
+    "--transport": ("asyncio", "anyio"),
+    "--loop": ("asyncio", "uvloop"),
+    "--gc": ("freeze", "default"),
+}
+
+
+def _one_of(option: str, value: str) -> None:
+    if value not in CHOICES[option]:
+        raise ConfigError(f"{option} {value!r} is not one of: {', '.join(CHOICES[option])}")
+
+
+def _check_level(level: str) -> None:
+    if not isinstance(logging.getLevelName(level.upper()), int):
+        raise ConfigError(f"--log-level {level!r} is not a level: use DEBUG, INFO, WARNING "
+                          "or ERROR")
 
 
 def listen_error(option: str, host: str, port: int, error: OSError) -> ConfigError:

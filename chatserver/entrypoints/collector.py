@@ -16,12 +16,12 @@ as after the last thaw, and no sooner than THAW_AT_MOST_EVERY_SECONDS after it (
 start-up), everything is thawed, collected in one full pass and frozen again. That pass stalls
 the loop for about a second per million objects, so it is kept that rare; the garbage it finds
 stays below the larger of what is alive and what ten minutes of closed connections left.
-CHATSERVER_GC=default leaves the collector as CPython sets it (for comparisons).
+`serve --gc default` (CHATSERVER_GC=default, Config.gc) leaves the collector as CPython sets it
+(for comparisons).
 """
 
 import gc
 import logging
-import os
 import sys
 import time
 
@@ -32,10 +32,6 @@ log = logging.getLogger("chatserver.gc")
 FREEZE_EVERY_SECONDS = 1.0
 THAW_AT_MOST_EVERY_SECONDS = 600.0
 LONG_PAUSE_SECONDS = 0.05  # collections that took longer are logged
-
-
-def enabled() -> bool:
-    return os.environ.get("CHATSERVER_GC", "freeze") != "default"
 
 
 async def keep_long_lived_frozen(

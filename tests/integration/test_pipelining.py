@@ -85,9 +85,10 @@ async def logged_in(transport: str, listening: chatserver.Listening, name: str
     return wire, user_id
 
 
-async def scenario(transport: str, database: Path, body: Any) -> Any:
+async def scenario(transport: str, database: Path, body: Any, *, pipeline: bool = True) -> Any:
     config = chatserver.Config(database=f"sqlite:///{database}", port=0,
-                               ws_port=0 if transport == "websocket" else None)
+                               ws_port=0 if transport == "websocket" else None,
+                               transport=chatserver.TransportLimits(pipeline=pipeline))
     async with chatserver.open_node(config, hasher=FAST_HASHER) as app:
         listening = await app.start_serving("anyio" if transport == "anyio" else "asyncio")
         alice, _ = await logged_in(transport, listening, "alice")
@@ -125,6 +126,26 @@ def test_eight_pipelined_chats_share_a_commit_and_are_acked_in_order(
         assert transactions in (1, 2), transactions  # not one per chat
 
     asyncio.run(scenario(transport, tmp_path / "chat.db", body))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_without_pipelining_each_chat_is_served_after_the_one_before_is_answered(
+    transport: str, tmp_path: Path
+) -> None:
+    """`serve --no-pipeline` (CHATSERVER_PIPELINE=0): one transaction per chat, for
+    comparisons; the answers are the same."""
+
+    async def body(app: chatserver.ChatApp, alice: Wire, bob_id: int) -> None:
+        before = app.node.writer.batches
+        await alice.send(chats(bob_id, 8))
+        acks = await alice.replies(8)
+        transactions = app.node.writer.batches - before
+        print(f"{transport}, no pipelining: 8 chats in {transactions} transactions")
+        assert [a["seq"] for a in acks] == list(range(1, 9))
+        assert all(a["errno"] == 0 for a in acks)
+        assert transactions == 8, transactions
+
+    asyncio.run(scenario(transport, tmp_path / "chat.db", body, pipeline=False))
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -15,8 +15,10 @@ from mysql.connector import IntegrityError, errorcode
 from mysql.connector.cursor import MySQLCursor
 
 from chatserver.adapters import serialization
+from chatserver.adapters.group_rows import SqlGroupRows
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of, place
-from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
+from chatserver.adapters.sql_dialect import Dialect
+from chatserver.domain.errors import ChatError, NameTaken, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import (
     Delivery,
@@ -69,6 +71,16 @@ def constraints_as(
         raise
 
 
+# What MySQL says its own way, for the statements written once for both databases. Not
+# INSERT IGNORE to keep a row that exists: that would also swallow the foreign key errors.
+MYSQL = Dialect(
+    placeholder="%s",
+    keep_existing=" ON DUPLICATE KEY UPDATE {column} = {column}",
+    update_existing=" ON DUPLICATE KEY UPDATE {column} = VALUES({column})",
+    constraints_as=constraints_as,
+)
+
+
 def insert_with_next_id(
     cursor: MySQLCursor, table: str, insert: str, values: tuple[str, ...]
 ) -> int:
@@ -109,13 +121,6 @@ def _single(cursor: MySQLCursor) -> int:
 
 def _users(cursor: MySQLCursor) -> list[User]:
     return [User(int(user_id), str(name)) for user_id, name in _rows(cursor)]
-
-
-def _groups(cursor: MySQLCursor) -> list[Group]:
-    return [
-        Group(int(group_id), str(name), str(description))
-        for group_id, name, description in _rows(cursor)
-    ]
 
 
 class MySqlUserRepository:
@@ -251,152 +256,10 @@ def _to_account(row: Sequence[object]) -> Account:
     )
 
 
-class MySqlFriendRepository:
+class MySqlGroupRepository(SqlGroupRows):
     def __init__(self, cursor: MySQLCursor) -> None:
-        self._db = cursor
-
-    def friends_of(self, user_id: int) -> list[User]:
-        self._db.execute(
-            "SELECT u.id, u.name FROM friend f JOIN user u ON u.id = f.friendid"
-            " WHERE f.userid = %s ORDER BY u.id",
-            (user_id,),
-        )
-        return _users(self._db)
-
-    def are_friends(self, a: int, b: int) -> bool:
-        self._db.execute("SELECT 1 FROM friend WHERE userid = %s AND friendid = %s", (a, b))
-        return self._db.fetchone() is not None
-
-    def befriend(self, a: int, b: int) -> None:
-        low, high = sorted((a, b))  # one order for every writer: fewer deadlocks
-        # Not INSERT IGNORE: that would also swallow the foreign key errors.
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend (userid, friendid) VALUES (%s, %s), (%s, %s)"
-                " ON DUPLICATE KEY UPDATE userid = userid",
-                (low, high, high, low),
-            )
-
-    def unfriend(self, a: int, b: int) -> None:
-        self._db.execute(
-            "DELETE FROM friend"
-            " WHERE (userid = %s AND friendid = %s) OR (userid = %s AND friendid = %s)",
-            (a, b, b, a),
-        )
-
-    def add_request(self, requester_id: int, addressee_id: int) -> None:
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend_request (requester, addressee) VALUES (%s, %s)"
-                " ON DUPLICATE KEY UPDATE requester = requester",
-                (requester_id, addressee_id),
-            )
-
-    def has_request(self, requester_id: int, addressee_id: int) -> bool:
-        self._db.execute(
-            "SELECT 1 FROM friend_request WHERE requester = %s AND addressee = %s",
-            (requester_id, addressee_id),
-        )
-        return self._db.fetchone() is not None
-
-    def remove_request(self, requester_id: int, addressee_id: int) -> bool:
-        self._db.execute(
-            "DELETE FROM friend_request WHERE requester = %s AND addressee = %s",
-            (requester_id, addressee_id),
-        )
-        return self._db.rowcount > 0
-
-    def requesters_of(self, addressee_id: int) -> list[User]:
-        self._db.execute(
-            "SELECT u.id, u.name FROM friend_request r JOIN user u ON u.id = r.requester"
-            " WHERE r.addressee = %s ORDER BY r.seq",
-            (addressee_id,),
-        )
-        return _users(self._db)
-
-    def requested_by(self, requester_id: int) -> list[int]:
-        self._db.execute(
-            "SELECT addressee FROM friend_request WHERE requester = %s ORDER BY addressee",
-            (requester_id,),
-        )
-        rows: list[Any] = self._db.fetchall()
-        return [int(addressee) for (addressee,) in rows]
-
-    def declines_of(self, user_id: int) -> list[tuple[int, int, int]]:
-        self._db.execute(
-            "SELECT requester, addressee, declined_ms FROM friend_decline"
-            " WHERE requester = %s OR addressee = %s ORDER BY requester, addressee",
-            (user_id, user_id),
-        )
-        rows: list[Any] = self._db.fetchall()
-        return [(int(r), int(a), int(ms)) for r, a, ms in rows]
-
-    def block(self, blocker_id: int, blocked_id: int) -> bool:
-        if self.is_blocked(blocker_id, blocked_id):
-            return False
-        # Not INSERT IGNORE: that would also swallow the foreign key errors.
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO userblock (blocker, blocked) VALUES (%s, %s)"
-                " ON DUPLICATE KEY UPDATE blocker = blocker",
-                (blocker_id, blocked_id),
-            )
-        return True
-
-    def unblock(self, blocker_id: int, blocked_id: int) -> bool:
-        self._db.execute(
-            "DELETE FROM userblock WHERE blocker = %s AND blocked = %s", (blocker_id, blocked_id)
-        )
-        return self._db.rowcount > 0
-
-    def is_blocked(self, blocker_id: int, blocked_id: int) -> bool:
-        self._db.execute(
-            "SELECT 1 FROM userblock WHERE blocker = %s AND blocked = %s", (blocker_id, blocked_id)
-        )
-        return self._db.fetchone() is not None
-
-    def blocked_by(self, blocker_id: int) -> list[int]:
-        self._db.execute(
-            "SELECT blocked FROM userblock WHERE blocker = %s ORDER BY blocked", (blocker_id,)
-        )
-        return [int(cast(Any, row)[0]) for row in self._db.fetchall()]
-
-    def blockers_of(self, blocked_id: int) -> list[int]:
-        self._db.execute(
-            "SELECT blocker FROM userblock WHERE blocked = %s ORDER BY blocker", (blocked_id,)
-        )
-        return [int(cast(Any, row)[0]) for row in self._db.fetchall()]
-
-    def declined_at(self, requester_id: int, addressee_id: int) -> int | None:
-        self._db.execute(
-            "SELECT declined_ms FROM friend_decline WHERE requester = %s AND addressee = %s",
-            (requester_id, addressee_id),
-        )
-        row = self._db.fetchone()
-        return None if row is None else int(cast(Any, row)[0])
-
-    def note_decline(
-        self, requester_id: int, addressee_id: int, at_ms: int, *, forget_before_ms: int
-    ) -> None:
-        self._db.execute("DELETE FROM friend_decline WHERE declined_ms < %s", (forget_before_ms,))
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend_decline (requester, addressee, declined_ms)"
-                " VALUES (%s, %s, %s) ON DUPLICATE KEY UPDATE declined_ms = VALUES(declined_ms)",
-                (requester_id, addressee_id, at_ms),
-            )
-
-    def forget_declines(self, a: int, b: int) -> None:
-        self._db.execute(
-            "DELETE FROM friend_decline WHERE (requester = %s AND addressee = %s)"
-            " OR (requester = %s AND addressee = %s)",
-            (a, b, b, a),
-        )
-
-
-class MySqlGroupRepository:
-    def __init__(self, cursor: MySQLCursor) -> None:
-        self._db = cursor
+        super().__init__(cursor, MYSQL)
+        self._db: MySQLCursor = cursor
 
     def create(self, name: str, description: str, creator_id: int) -> Group:
         # Checked first, so that a failure leaves no group without its creator.
@@ -416,29 +279,6 @@ class MySqlGroupRepository:
             )
         self.add_member(group_id, creator_id, Role.CREATOR)
         return Group(group_id, name, description)
-
-    def get(self, group_id: int) -> Group | None:
-        self._db.execute("SELECT id, groupname, groupdesc FROM allgroup WHERE id = %s", (group_id,))
-        groups = _groups(self._db)
-        return groups[0] if groups else None
-
-    def add_member(self, group_id: int, user_id: int, role: Role) -> bool:
-        if self.get(group_id) is None:
-            raise UnknownGroup()
-        with constraints_as(foreign_key=UnknownUser):
-            # A row left as it was counts 0: "already a member".
-            self._db.execute(
-                "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (%s, %s, %s)"
-                " ON DUPLICATE KEY UPDATE groupid = groupid",
-                (group_id, user_id, role.value),
-            )
-        return self._db.rowcount > 0
-
-    def remove_member(self, group_id: int, user_id: int) -> bool:
-        self._db.execute(
-            "DELETE FROM groupuser WHERE groupid = %s AND userid = %s", (group_id, user_id)
-        )
-        return self._db.rowcount > 0
 
     def members(self, group_id: int) -> list[Member]:
         self._db.execute(
@@ -481,25 +321,6 @@ class MySqlGroupRepository:
         )
         return True
 
-    def update(self, group_id: int, name: str | None, description: str | None) -> Group:
-        with constraints_as(unique=NameTaken):
-            if name is not None:
-                self._db.execute("DELETE FROM group_name_key WHERE groupid = %s", (group_id,))
-                self._db.execute(
-                    "INSERT INTO group_name_key (name_key, groupid)"
-                    " SELECT %s, id FROM allgroup WHERE id = %s",
-                    (name_key(name), group_id),
-                )
-            self._db.execute(
-                "UPDATE allgroup SET groupname = coalesce(%s, groupname),"
-                " groupdesc = coalesce(%s, groupdesc) WHERE id = %s",
-                (name, description, group_id),
-            )
-        group = self.get(group_id)
-        if group is None:
-            raise UnknownGroup()
-        return group
-
     def delete(self, group_id: int) -> bool:
         self._db.execute("DELETE FROM groupmute WHERE groupid = %s", (group_id,))
         self._db.execute("DELETE FROM groupuser WHERE groupid = %s", (group_id,))
@@ -518,30 +339,6 @@ class MySqlGroupRepository:
                 (name_key(group.name), group.id),
             )
         follow_id_sequence(self._db, "allgroup", group.id)
-
-    def all(self, after_id: int, limit: int) -> list[Group]:
-        self._db.execute(
-            "SELECT id, groupname, groupdesc FROM allgroup WHERE id > %s ORDER BY id LIMIT %s",
-            (after_id, limit),
-        )
-        return _groups(self._db)
-
-    def groups_of(self, user_id: int) -> list[Group]:
-        self._db.execute(
-            "SELECT a.id, a.groupname, a.groupdesc FROM groupuser g JOIN allgroup a"
-            " ON a.id = g.groupid WHERE g.userid = %s ORDER BY a.id",
-            (user_id,),
-        )
-        return _groups(self._db)
-
-    def names(self) -> list[NamedId]:
-        self._db.execute(
-            "SELECT a.id, a.groupname, k.name_key IS NOT NULL FROM allgroup a"
-            " LEFT JOIN group_name_key k ON k.groupid = a.id ORDER BY a.id"
-        )
-        return [
-            NamedId(int(row_id), str(name), bool(keyed)) for row_id, name, keyed in _rows(self._db)
-        ]
 
 
 class MySqlMessageIdSequence:

@@ -19,8 +19,9 @@ from mysql.connector.cursor import MySQLCursor
 from mysql.connector.pooling import MySQLConnectionPool, PooledMySQLConnection
 
 from chatserver.adapters.file_rows import SqlFileRepository
+from chatserver.adapters.friend_rows import SqlFriendRepository
 from chatserver.adapters.mysql.repositories import (
-    MySqlFriendRepository,
+    MYSQL,
     MySqlGroupRepository,
     MySqlInbox,
     MySqlMessageIdSequence,
@@ -118,7 +119,7 @@ class MySqlTransaction:
 
     def __init__(self, cursor: MySQLCursor) -> None:
         self.users: UserRepository = MySqlUserRepository(cursor)
-        self.friends: FriendRepository = MySqlFriendRepository(cursor)
+        self.friends: FriendRepository = SqlFriendRepository(cursor, MYSQL)
         self.groups: GroupRepository = MySqlGroupRepository(cursor)
         self.inbox: Inbox = MySqlInbox(cursor)
         self.message_ids: MessageIdSequence = MySqlMessageIdSequence(cursor)

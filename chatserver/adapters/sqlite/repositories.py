@@ -7,9 +7,11 @@ from contextlib import contextmanager
 
 import orjson
 
+from chatserver.adapters.group_rows import SqlGroupRows
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of, place
 from chatserver.adapters.serialization import dump_delivery, load_delivery
-from chatserver.domain.errors import ChatError, NameTaken, UnknownGroup, UnknownUser
+from chatserver.adapters.sql_dialect import Dialect
+from chatserver.domain.errors import ChatError, NameTaken, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Kept
 from chatserver.domain.names import NamedId, name_key
@@ -45,6 +47,15 @@ def constraints_as(
         if foreign_key and error.sqlite_errorname == "SQLITE_CONSTRAINT_FOREIGNKEY":
             raise foreign_key() from error
         raise
+
+
+# What SQLite says its own way, for the statements written once for both databases.
+SQLITE = Dialect(
+    placeholder="?",
+    keep_existing=" ON CONFLICT DO NOTHING",
+    update_existing=" ON CONFLICT ({key}) DO UPDATE SET {column} = excluded.{column}",
+    constraints_as=constraints_as,
+)
 
 
 class SqliteUserRepository:
@@ -161,186 +172,26 @@ class SqliteUserRepository:
         return [NamedId(row_id, name, bool(keyed)) for row_id, name, keyed in rows]
 
 
-class SqliteFriendRepository:
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
-
-    def friends_of(self, user_id: int) -> list[User]:
-        rows = self._db.execute(
-            "SELECT u.id, u.name FROM friend f JOIN user u ON u.id = f.friendid"
-            " WHERE f.userid = ? ORDER BY u.id",
-            (user_id,),
-        )
-        return [User(*row) for row in rows]
-
-    def are_friends(self, a: int, b: int) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM friend WHERE userid = ? AND friendid = ?", (a, b)
-        ).fetchone()
-        return row is not None
-
-    def befriend(self, a: int, b: int) -> None:
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend (userid, friendid) VALUES (?, ?), (?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (a, b, b, a),
-            )
-
-    def unfriend(self, a: int, b: int) -> None:
-        self._db.execute(
-            "DELETE FROM friend"
-            " WHERE (userid = ? AND friendid = ?) OR (userid = ? AND friendid = ?)",
-            (a, b, b, a),
-        )
-
-    def add_request(self, requester_id: int, addressee_id: int) -> None:
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend_request (requester, addressee) VALUES (?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (requester_id, addressee_id),
-            )
-
-    def has_request(self, requester_id: int, addressee_id: int) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM friend_request WHERE requester = ? AND addressee = ?",
-            (requester_id, addressee_id),
-        ).fetchone()
-        return row is not None
-
-    def remove_request(self, requester_id: int, addressee_id: int) -> bool:
-        cursor = self._db.execute(
-            "DELETE FROM friend_request WHERE requester = ? AND addressee = ?",
-            (requester_id, addressee_id),
-        )
-        return cursor.rowcount > 0
-
-    def requesters_of(self, addressee_id: int) -> list[User]:
-        rows = self._db.execute(
-            "SELECT u.id, u.name FROM friend_request r JOIN user u ON u.id = r.requester"
-            " WHERE r.addressee = ? ORDER BY r.seq",
-            (addressee_id,),
-        )
-        return [User(*row) for row in rows]
-
-    def requested_by(self, requester_id: int) -> list[int]:
-        rows = self._db.execute(
-            "SELECT addressee FROM friend_request WHERE requester = ? ORDER BY addressee",
-            (requester_id,),
-        )
-        return [int(addressee) for (addressee,) in rows]
-
-    def declines_of(self, user_id: int) -> list[tuple[int, int, int]]:
-        rows = self._db.execute(
-            "SELECT requester, addressee, declined_ms FROM friend_decline"
-            " WHERE requester = ? OR addressee = ? ORDER BY requester, addressee",
-            (user_id, user_id),
-        )
-        return [(int(r), int(a), int(ms)) for r, a, ms in rows]
-
-    def block(self, blocker_id: int, blocked_id: int) -> bool:
-        with constraints_as(foreign_key=UnknownUser):
-            cursor = self._db.execute(
-                "INSERT INTO userblock (blocker, blocked) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (blocker_id, blocked_id),
-            )
-        return cursor.rowcount > 0
-
-    def unblock(self, blocker_id: int, blocked_id: int) -> bool:
-        cursor = self._db.execute(
-            "DELETE FROM userblock WHERE blocker = ? AND blocked = ?", (blocker_id, blocked_id)
-        )
-        return cursor.rowcount > 0
-
-    def is_blocked(self, blocker_id: int, blocked_id: int) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM userblock WHERE blocker = ? AND blocked = ?", (blocker_id, blocked_id)
-        ).fetchone()
-        return row is not None
-
-    def blocked_by(self, blocker_id: int) -> list[int]:
-        rows = self._db.execute(
-            "SELECT blocked FROM userblock WHERE blocker = ? ORDER BY blocked", (blocker_id,)
-        )
-        return [row[0] for row in rows]
-
-    def blockers_of(self, blocked_id: int) -> list[int]:
-        rows = self._db.execute(
-            "SELECT blocker FROM userblock WHERE blocked = ? ORDER BY blocker", (blocked_id,)
-        )
-        return [row[0] for row in rows]
-
-    def declined_at(self, requester_id: int, addressee_id: int) -> int | None:
-        row = self._db.execute(
-            "SELECT declined_ms FROM friend_decline WHERE requester = ? AND addressee = ?",
-            (requester_id, addressee_id),
-        ).fetchone()
-        return None if row is None else int(row[0])
-
-    def note_decline(
-        self, requester_id: int, addressee_id: int, at_ms: int, *, forget_before_ms: int
-    ) -> None:
-        self._db.execute("DELETE FROM friend_decline WHERE declined_ms < ?", (forget_before_ms,))
-        with constraints_as(foreign_key=UnknownUser):
-            self._db.execute(
-                "INSERT INTO friend_decline (requester, addressee, declined_ms) VALUES (?, ?, ?)"
-                " ON CONFLICT (requester, addressee)"
-                " DO UPDATE SET declined_ms = excluded.declined_ms",
-                (requester_id, addressee_id, at_ms),
-            )
-
-    def forget_declines(self, a: int, b: int) -> None:
-        self._db.execute(
-            "DELETE FROM friend_decline"
-            " WHERE (requester = ? AND addressee = ?) OR (requester = ? AND addressee = ?)",
-            (a, b, b, a),
-        )
-
-
-class SqliteGroupRepository:
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
+class SqliteGroupRepository(SqlGroupRows):
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        super().__init__(cursor, SQLITE)
+        self._db: sqlite3.Cursor = cursor
 
     def create(self, name: str, description: str, creator_id: int) -> Group:
         # Checked first, so that a failure leaves no group without its creator.
         if self._db.execute("SELECT 1 FROM user WHERE id = ?", (creator_id,)).fetchone() is None:
             raise UnknownUser()
         with constraints_as(unique=NameTaken):
-            cursor = self._db.execute(
+            group_id = self._db.execute(
                 "INSERT INTO allgroup (groupname, groupdesc) VALUES (?, ?)", (name, description)
-            )
-            assert cursor.lastrowid is not None
+            ).lastrowid
+            assert group_id is not None
             self._db.execute(
                 "INSERT INTO group_name_key (name_key, groupid) VALUES (?, ?)",
-                (name_key(name), cursor.lastrowid),
+                (name_key(name), group_id),
             )
-        group = Group(cursor.lastrowid, name, description)
-        self.add_member(group.id, creator_id, Role.CREATOR)
-        return group
-
-    def get(self, group_id: int) -> Group | None:
-        row = self._db.execute(
-            "SELECT id, groupname, groupdesc FROM allgroup WHERE id = ?", (group_id,)
-        ).fetchone()
-        return None if row is None else Group(*row)
-
-    def add_member(self, group_id: int, user_id: int, role: Role) -> bool:
-        if self.get(group_id) is None:
-            raise UnknownGroup()
-        with constraints_as(foreign_key=UnknownUser):
-            cursor = self._db.execute(
-                "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (group_id, user_id, role.value),
-            )
-        return cursor.rowcount > 0
-
-    def remove_member(self, group_id: int, user_id: int) -> bool:
-        cursor = self._db.execute(
-            "DELETE FROM groupuser WHERE groupid = ? AND userid = ?", (group_id, user_id)
-        )
-        return cursor.rowcount > 0
+        self.add_member(group_id, creator_id, Role.CREATOR)
+        return Group(group_id, name, description)
 
     def members(self, group_id: int) -> list[Member]:
         rows = self._db.execute(
@@ -366,25 +217,6 @@ class SqliteGroupRepository:
         )
         return cursor.rowcount > 0
 
-    def update(self, group_id: int, name: str | None, description: str | None) -> Group:
-        with constraints_as(unique=NameTaken):
-            if name is not None:
-                self._db.execute("DELETE FROM group_name_key WHERE groupid = ?", (group_id,))
-                self._db.execute(
-                    "INSERT INTO group_name_key (name_key, groupid)"
-                    " SELECT ?, id FROM allgroup WHERE id = ?",
-                    (name_key(name), group_id),
-                )
-            self._db.execute(
-                "UPDATE allgroup SET groupname = coalesce(?, groupname),"
-                " groupdesc = coalesce(?, groupdesc) WHERE id = ?",
-                (name, description, group_id),
-            )
-        group = self.get(group_id)
-        if group is None:
-            raise UnknownGroup()
-        return group
-
     def delete(self, group_id: int) -> bool:
         self._db.execute("DELETE FROM groupuser WHERE groupid = ?", (group_id,))
         self._db.execute("DELETE FROM group_name_key WHERE groupid = ?", (group_id,))
@@ -401,28 +233,6 @@ class SqliteGroupRepository:
                 "INSERT INTO group_name_key (name_key, groupid) VALUES (?, ?)",
                 (name_key(group.name), group.id),
             )
-
-    def all(self, after_id: int, limit: int) -> list[Group]:
-        rows = self._db.execute(
-            "SELECT id, groupname, groupdesc FROM allgroup WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        )
-        return [Group(*row) for row in rows]
-
-    def groups_of(self, user_id: int) -> list[Group]:
-        rows = self._db.execute(
-            "SELECT a.id, a.groupname, a.groupdesc FROM groupuser g JOIN allgroup a"
-            " ON a.id = g.groupid WHERE g.userid = ? ORDER BY a.id",
-            (user_id,),
-        )
-        return [Group(*row) for row in rows]
-
-    def names(self) -> list[NamedId]:
-        rows = self._db.execute(
-            "SELECT a.id, a.groupname, k.name_key IS NOT NULL FROM allgroup a"
-            " LEFT JOIN group_name_key k ON k.groupid = a.id ORDER BY a.id"
-        )
-        return [NamedId(row_id, name, bool(keyed)) for row_id, name, keyed in rows]
 
 
 class SqliteMessageIdSequence:

@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 from anyio import CapacityLimiter, ClosedResourceError, to_thread
 
 from chatserver.adapters.file_rows import SqlFileRepository
+from chatserver.adapters.friend_rows import SqlFriendRepository
 from chatserver.adapters.sqlite.repositories import (
-    SqliteFriendRepository,
+    SQLITE,
     SqliteGroupRepository,
     SqliteInbox,
     SqliteMessageIdSequence,
@@ -42,13 +43,13 @@ class SqliteTransaction:
     """The repositories, all speaking through the unit of work's one connection."""
 
     def __init__(self, connection: sqlite3.Connection) -> None:
+        self._cursor = connection.cursor()
         self.users: UserRepository = SqliteUserRepository(connection)
-        self.friends: FriendRepository = SqliteFriendRepository(connection)
-        self.groups: GroupRepository = SqliteGroupRepository(connection)
+        self.friends: FriendRepository = SqlFriendRepository(self._cursor, SQLITE)
+        self.groups: GroupRepository = SqliteGroupRepository(self._cursor)
         self.inbox: Inbox = SqliteInbox(connection)
         self.message_ids: MessageIdSequence = SqliteMessageIdSequence(connection)
         self.webhooks: WebhookOutbox = SqliteWebhookOutbox(connection)
-        self._cursor = connection.cursor()
         self.files: FileRepository = SqlFileRepository(self._execute, self._last_id)
 
     def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:

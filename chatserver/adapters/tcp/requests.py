@@ -1,7 +1,6 @@
 """Serving one request frame, the same on every transport: decode, budget, use case, reply."""
 
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -68,8 +67,6 @@ PIPELINED: frozenset[type[Any]] = frozenset({SendDirectMessage, SendGroupMessage
 # Requests of one connection in flight past which its next frames are not served (nor, once
 # the transport's queue is full, read) until the oldest is answered: backpressure, no error.
 IN_FLIGHT_LIMIT = 64
-# CHATSERVER_PIPELINE=0 serves each connection's requests one at a time (for comparisons).
-_PIPELINE = os.environ.get("CHATSERVER_PIPELINE", "1") != "0"
 
 
 class _Slot:
@@ -165,7 +162,7 @@ class RequestServing:
             return None
         # The clock is read for the request histogram only.
         started = time.perf_counter() if self.metrics is not None else 0.0
-        pipelined = type(request.command) in PIPELINED and _PIPELINE
+        pipelined = type(request.command) in PIPELINED and self.limits.pipeline
         if self._slots:
             # Earlier requests are in flight: this one's replies wait behind theirs, and a
             # request that is not PIPELINED waits for them to be answered first.

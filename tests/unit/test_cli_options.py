@@ -1,0 +1,141 @@
+"""The command line comes from one table (entrypoints/options.py): every option has an
+environment variable, README's configuration table lists them all, and what `serve` parses is
+the Config it runs with."""
+
+import re
+from pathlib import Path
+
+import pytest
+from attrs import fields
+
+from chatserver.entrypoints.bootstrap import Config, ConfigError
+from chatserver.entrypoints.cli import build_parser, main
+from chatserver.entrypoints.options import OPTIONS, config_from
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(autouse=True)
+def no_settings_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for option in OPTIONS.values():
+        monkeypatch.delenv(option.variable, raising=False)
+
+
+def serve_config(*argv: str) -> Config:
+    return config_from(build_parser().parse_args(["serve", *argv]))
+
+
+def readme_rows() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### Configuration of `serve`"):]
+    table = section[: section.index("\n\n", section.index("| option |"))]
+    return [row for row in table.splitlines() if row.startswith("| `--")]
+
+
+def test_every_option_has_an_environment_variable_of_its_own() -> None:
+    variables = [option.variable for option in OPTIONS.values()]
+    assert len(set(variables)) == len(variables)
+    for option in OPTIONS.values():
+        assert re.fullmatch(r"CHATSERVER_[A-Z_]+", option.variable), option.flag
+
+
+def test_the_variables_that_worked_before_the_table_still_do() -> None:
+    variables = {option.variable for option in OPTIONS.values()}
+    assert {"CHATSERVER_TRUSTED_PROXIES", "CHATSERVER_ALLOWED_ORIGINS", "CHATSERVER_GC",
+            "CHATSERVER_PIPELINE", "CHATSERVER_TRANSPORT", "CHATSERVER_LOOP",
+            "CHATSERVER_LOG_LEVEL", "CHATSERVER_WS_PORT", "CHATSERVER_NODE_LEASE"} <= variables
+
+
+def test_readme_lists_every_option_with_its_variable_and_no_other() -> None:
+    rows = readme_rows()
+    listed = {flag for row in rows for flag in re.findall(r"`(--[a-z-]+)", row.split("|")[1])}
+    missing, unknown = sorted(set(OPTIONS) - listed), sorted(listed - set(OPTIONS))
+    assert missing == unknown == [], f"README lacks {missing}, lists unknown {unknown}"
+    for option in OPTIONS.values():
+        row = next(row for row in rows
+                   if re.search(rf"`{re.escape(option.flag)}[` ]", row.split("|")[1]))
+        assert option.variable in row.split("|")[2], f"README's row of {option.flag}: {row}"
+
+
+def test_serve_help_names_every_option_and_its_variable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", "--help"])
+    assert stopped.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    for option in OPTIONS.values():
+        assert option.flag in text and option.variable in text, option.flag
+
+
+def test_no_options_give_configs_defaults() -> None:
+    config, default = serve_config(), Config()
+    different = [f.name for f in fields(Config)
+                 if f.name != "node_id" and getattr(config, f.name) != getattr(default, f.name)]
+    assert different == []
+
+
+def test_the_environment_sets_every_kind_of_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in [("PORT", "7001"), ("REQUEST_RATE", "7.5"), ("STORED_LIMIT", "12"),
+                        ("BEHIND_PROXY", "1"), ("PIPELINE", "0"), ("GC", "default"),
+                        ("TRUSTED_PROXIES", "10.0.0.0/8, 10.1.0.0/16,"), ("WS_PORT", "0"),
+                        ("TRANSPORT", "anyio"), ("LOG_LEVEL", "warning"),
+                        ("REGISTRATIONS_PER_MINUTE", "3")]:
+        monkeypatch.setenv(f"CHATSERVER_{name}", value)
+    config = serve_config()
+    assert (config.port, config.transport.requests_per_second, config.limits.stored_per_user) \
+        == (7001, 7.5, 12)
+    assert config.behind_proxy and not config.transport.pipeline and config.gc == "default"
+    assert config.trusted_proxies == ("10.0.0.0/8", "10.1.0.0/16")
+    assert config.ws_port is None  # 0 in the environment: off
+    assert (config.driver, config.log_level) == ("anyio", "warning")
+    assert config.limits.registration_attempts_per_minute == 18  # six times the accounts
+
+
+def test_the_command_line_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATSERVER_PORT", "7001")
+    monkeypatch.setenv("CHATSERVER_PIPELINE", "0")
+    monkeypatch.setenv("CHATSERVER_ALLOWED_ORIGINS", "https://a.example,https://b.example")
+    config = serve_config("--port", "7002", "--pipeline", "--allowed-origin", "https://c.example",
+                          "--allowed-origin", "https://d.example")
+    assert config.port == 7002 and config.transport.pipeline
+    assert config.allowed_origins == ("https://c.example", "https://d.example")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [("CHATSERVER_TRANSPORT", "trio", "--transport 'trio' is not one of: asyncio, anyio"),
+     ("CHATSERVER_LOOP", "tokio", "--loop 'tokio' is not one of: asyncio, uvloop"),
+     ("CHATSERVER_GC", "off", "--gc 'off' is not one of: freeze, default"),
+     ("CHATSERVER_BEHIND_PROXY", "maybe", "CHATSERVER_BEHIND_PROXY='maybe' is not 1 or 0"),
+     ("CHATSERVER_NODE_LEASE", "soon", "CHATSERVER_NODE_LEASE='soon' is not a number"),
+     ("CHATSERVER_LOG_LEVEL", "LOUD", "--log-level 'LOUD' is not a level")],
+)
+def test_a_setting_that_cannot_work_is_one_line_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    variable: str, value: str, says: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["serve", "--port", "0", "--database", "memory://"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and says in lines[0], lines
+
+
+def test_config_itself_refuses_a_choice_it_does_not_know() -> None:
+    with pytest.raises(ConfigError, match="--transport 'uv' is not one of"):
+        Config(driver="uv")  # type: ignore[arg-type]
+
+
+def test_the_other_commands_take_the_shared_options_from_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHATSERVER_DATABASE", "sqlite:///shared.db")
+    monkeypatch.setenv("CHATSERVER_BUS", "redis://127.0.0.1:6379/9")
+    parser = build_parser()
+    for argv in (["cluster"], ["admin", "users", "list"], ["db", "upgrade"],
+                 ["db", "check-names"], ["db", "import-legacy", "--from", "mysql://x/chat"]):
+        assert parser.parse_args(argv).database == "sqlite:///shared.db", argv
+    assert parser.parse_args(["cluster"]).bus == "redis://127.0.0.1:6379/9"
+    assert parser.parse_args(["admin", "groups", "list"]).bus == "redis://127.0.0.1:6379/9"
+    monkeypatch.delenv("CHATSERVER_BUS")
+    assert build_parser().parse_args(["cluster"]).bus == "redis://127.0.0.1:6379/0"
