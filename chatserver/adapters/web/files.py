@@ -8,6 +8,7 @@ import hmac
 import logging
 import os
 import secrets
+import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol
@@ -168,6 +169,7 @@ class FileTransfers:
             return _plain(HTTPStatus.BAD_REQUEST,
                           f"the upload was announced with {stored.size} bytes\n")
         upload = self.store.new_upload()
+        started = time.perf_counter()
         try:
             try:
                 sha256 = await self._receive(request, upload, stored.size)
@@ -183,6 +185,8 @@ class FileTransfers:
                 await anyio.to_thread.run_sync(upload.unlink)
         if not await files.complete_upload(self.node, file_id, sha256):
             return _plain(HTTPStatus.NOT_FOUND, "no such upload\n")
+        log.info("file %d uploaded: %d bytes in %.3f s", file_id, stored.size,
+                 time.perf_counter() - started)
         response = web.json_response({"file_id": file_id, "sha256": sha256},
                                      status=HTTPStatus.CREATED, headers={"Server": "chatserver"})
         response.force_close()
