@@ -2,13 +2,16 @@
 download paths, the bytes kept in a folder by their sha256, uploads streamed to disk while
 hashed, downloads with Range (aiohttp's FileResponse, sendfile underneath)."""
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
 import os
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol
@@ -26,8 +29,8 @@ log = logging.getLogger("chatserver.files")
 
 UPLOAD_PREFIX = "/files/upload/"
 DOWNLOAD_PREFIX = "/files/"
-# Bytes read from an upload before they are written out (in a worker thread) at once: what
-# one upload may hold in memory.
+# Bytes read from an upload before they are hashed and written out (in the upload's thread)
+# at once: one upload holds two such batches in memory at most, besides aiohttp's buffer.
 WRITE_BATCH = 1024 * 1024
 READ_CHUNK = 256 * 1024
 
@@ -193,19 +196,27 @@ class FileTransfers:
         return response
 
     async def _receive(self, request: web.BaseRequest, upload: Path, size: int) -> str | None:
-        """Write the body to upload while hashing it, a batch at a time (memory holds one
-        batch); its sha256, or None if it was not size bytes."""
+        """Write the body to upload while hashing it; its sha256, or None if it was not size
+        bytes. The chunks aiohttp read (no copy) are gathered into batches; a thread of the
+        upload's own hashes and writes one batch while the event loop receives the next, so
+        memory holds two batches and reading never waits for the disk unless it is behind."""
         digest = hashlib.sha256()
         received = 0
-        out = await anyio.to_thread.run_sync(upload.open, "wb")
+        # One thread, so batches are hashed and written in order, and the file is closed
+        # after the last write even if this coroutine is cancelled meanwhile.
+        worker = ThreadPoolExecutor(1, thread_name_prefix="upload")
+        loop = asyncio.get_running_loop()
+        fd = await loop.run_in_executor(
+            worker, functools.partial(os.open, upload, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        )
 
         def write(batch: list[bytes]) -> None:
-            # In a worker thread: hashlib lets go of the GIL, so hashing and writing overlap
-            # with the event loop receiving the next batch.
+            # hashlib lets go of the GIL, so hashing overlaps with the event loop's reading.
             for chunk in batch:
                 digest.update(chunk)
-            out.writelines(batch)
+            _write_all(fd, batch)
 
+        writing: asyncio.Future[None] | None = None
         try:
             batch: list[bytes] = []
             batched = 0
@@ -216,12 +227,21 @@ class FileTransfers:
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched >= WRITE_BATCH:
-                    await anyio.to_thread.run_sync(write, batch)
+                    if writing is not None:
+                        await writing  # the disk is behind: one batch waits, reading pauses
+                    writing = loop.run_in_executor(worker, write, batch)
                     batch, batched = [], 0
+            if writing is not None:
+                await writing
             if batch:
-                await anyio.to_thread.run_sync(write, batch)
+                await loop.run_in_executor(worker, write, batch)
         finally:
-            await anyio.to_thread.run_sync(out.close)
+            if writing is not None and not writing.done():
+                # Left behind by an error or a cancellation: its own error is not wanted.
+                writing.add_done_callback(lambda done: done.cancelled() or done.exception())
+            closed = loop.run_in_executor(worker, os.close, fd)
+            worker.shutdown(wait=False)
+            await closed
         return digest.hexdigest() if received == size else None
 
     async def _download(self, request: web.BaseRequest, file_id: int) -> web.StreamResponse:
@@ -243,6 +263,17 @@ class FileTransfers:
             return _plain(HTTPStatus.NOT_FOUND, "no such file\n")
         response.force_close()
         return response
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """All of chunks to fd, in one system call when it takes them all."""
+    views = [memoryview(chunk) for chunk in chunks]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if views:
+            views[0] = views[0][written:]
 
 
 def _id(text: str) -> int | None:
