@@ -133,10 +133,12 @@ def main(rounds: int, baseline: Path | None) -> None:
             if baseline is not None:
                 servers[f"before ({baseline})"] = Server(f"{directory}/b", baseline)
             servers["this tree"] = Server(f"{directory}/a", repo)
-            data = os.urandom(SIZE)
-            expected = hashlib.sha256(data).hexdigest()
+            base = os.urandom(SIZE)
             load = os.getloadavg()[0]
-            for _ in range(rounds):
+            for n in range(rounds):
+                # New bytes each round: the same again would be stored once, not written.
+                data = n.to_bytes(8, "big") + base[8:]
+                expected = hashlib.sha256(data).hexdigest()
                 for server in servers.values():
                     server.round(data, expected)
             print(f"{rounds} rounds of 20 MiB on loopback (load average {load:.1f} before, "

@@ -251,3 +251,23 @@ def test_an_upload_cut_short_leaves_nothing_and_cannot_be_sent(
     assert files_server.http("PUT", ack["upload_url"], b"y" * (4 * MIB))[0] == 201
     cb = chat.online(bob)
     cb.err({"msgid": 6, "toid": alice.id, "msg": "mine now", "file": ack["file_id"]}, 7)
+
+
+def test_the_same_bytes_uploaded_twice_are_kept_once(
+    files_server: FileServer, chat: Chat
+) -> None:
+    """Two users upload the same 3 MiB (three batches of the upload's threads): one copy in
+    the folder, nothing left in .incoming, each downloads them whole."""
+    alice, bob = chat.users(2)
+    ca, cb = chat.online_all(alice, bob)
+    data = payload(3 * MIB + 5, 23)
+    expected = hashlib.sha256(data).hexdigest()
+    before = files_server.stored()
+    ids = [upload(files_server, client, "twice.bin", data, "application/octet-stream")
+           for client in (ca, cb)]
+    added = [p for p in files_server.stored() if p not in before]
+    assert [p.name for p in added] == [expected]
+    for client, file_id in zip((ca, cb), ids, strict=True):
+        url = client.ok({"msgid": 34, "file_id": file_id})["url"]
+        status, _, got = files_server.http("GET", url)
+        assert status == 200 and hashlib.sha256(got).hexdigest() == expected

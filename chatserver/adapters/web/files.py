@@ -66,8 +66,11 @@ class FolderStore:
         return self.incoming / secrets.token_hex(16)
 
     def keep(self, upload: Path, sha256: str) -> None:
-        """Move a finished upload to its content address (the same bytes are kept once)."""
+        """Move a finished upload to its content address (the same bytes are kept once: if
+        they are there already, the upload is left for the caller to remove)."""
         target = self.path(sha256)
+        if target.exists():
+            return  # and no rename over it, which would make ext4 flush the upload first
         target.parent.mkdir(exist_ok=True)
         os.replace(upload, target)
 
@@ -197,50 +200,59 @@ class FileTransfers:
 
     async def _receive(self, request: web.BaseRequest, upload: Path, size: int) -> str | None:
         """Write the body to upload while hashing it; its sha256, or None if it was not size
-        bytes. The chunks aiohttp read (no copy) are gathered into batches; a thread of the
-        upload's own hashes and writes one batch while the event loop receives the next, so
-        memory holds two batches and reading never waits for the disk unless it is behind."""
+        bytes. The chunks aiohttp parsed are gathered into batches (no copy); a thread of the
+        upload's own hashes one batch and another writes it while the event loop receives the
+        next, so memory holds two batches, and reading waits only for a hash or a disk that
+        is behind."""
         digest = hashlib.sha256()
         received = 0
-        # One thread, so batches are hashed and written in order, and the file is closed
-        # after the last write even if this coroutine is cancelled meanwhile.
-        worker = ThreadPoolExecutor(1, thread_name_prefix="upload")
+        # One thread each, so batches are hashed and written in order, and the file is
+        # closed after the last write even if this coroutine is cancelled meanwhile.
+        hasher = ThreadPoolExecutor(1, thread_name_prefix="upload-hash")
+        writer = ThreadPoolExecutor(1, thread_name_prefix="upload-write")
         loop = asyncio.get_running_loop()
         fd = await loop.run_in_executor(
-            worker, functools.partial(os.open, upload, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            writer, functools.partial(os.open, upload, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         )
 
-        def write(batch: list[bytes]) -> None:
-            # hashlib lets go of the GIL, so hashing overlaps with the event loop's reading.
+        def hash_batch(batch: list[bytes]) -> None:
             for chunk in batch:
-                digest.update(chunk)
-            _write_all(fd, batch)
+                digest.update(chunk)  # hashlib lets go of the GIL for big chunks
 
-        writing: asyncio.Future[None] | None = None
+        def batch_done(batch: list[bytes]) -> asyncio.Future[tuple[None, None]]:
+            return asyncio.gather(loop.run_in_executor(hasher, hash_batch, batch),
+                                  loop.run_in_executor(writer, _write_all, fd, batch))
+
+        busy: asyncio.Future[tuple[None, None]] | None = None
         try:
             batch: list[bytes] = []
             batched = 0
-            async for chunk in request.content.iter_any():
+            # Each chunk as the parser made it: iter_any() would join what arrived meanwhile
+            # into a new bytes object, a copy of much of the upload (the body has a
+            # Content-Length, so no chunk of the transfer encoding ends in between).
+            async for chunk, _ in request.content.iter_chunks():
                 received += len(chunk)
                 if received > size:
                     return None
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched >= WRITE_BATCH:
-                    if writing is not None:
-                        await writing  # the disk is behind: one batch waits, reading pauses
-                    writing = loop.run_in_executor(worker, write, batch)
+                    if busy is not None:
+                        await busy  # hashing or the disk is behind: reading pauses
+                    busy = batch_done(batch)
                     batch, batched = [], 0
-            if writing is not None:
-                await writing
+            if busy is not None:
+                await busy
+                busy = None
             if batch:
-                await loop.run_in_executor(worker, write, batch)
+                await batch_done(batch)
         finally:
-            if writing is not None and not writing.done():
+            if busy is not None and not busy.done():
                 # Left behind by an error or a cancellation: its own error is not wanted.
-                writing.add_done_callback(lambda done: done.cancelled() or done.exception())
-            closed = loop.run_in_executor(worker, os.close, fd)
-            worker.shutdown(wait=False)
+                busy.add_done_callback(lambda done: done.cancelled() or done.exception())
+            closed = loop.run_in_executor(writer, os.close, fd)
+            hasher.shutdown(wait=False)
+            writer.shutdown(wait=False)
             await closed
         return digest.hexdigest() if received == size else None
 
