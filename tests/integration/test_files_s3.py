@@ -28,6 +28,18 @@ BUCKET = "chat-files"
 SIZE = 9 * 1024 * 1024
 
 
+def wait_listening(port: int, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((HOST, port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} does not listen on {port}") from None
+            time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
@@ -38,15 +50,10 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stdout=out, stderr=out,
         )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection((HOST, port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(log.read_text()[-2000:]) from None
-                time.sleep(0.1)
+        try:
+            wait_listening(port, "moto's S3 server")
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}: {log.read_text()[-2000:]}") from None
         yield f"http://{HOST}:{port}"
     finally:
         moto.terminate()
@@ -141,18 +148,6 @@ def test_the_store_deletes_what_collection_hands_it(s3_endpoint: str, aws: None,
         b"bytes")
     anyio.run(store.delete, sha)
     assert store.client.list_objects_v2(Bucket=f"{BUCKET}-2").get("KeyCount") == 0
-
-
-def wait_listening(port: int, what: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            socket.create_connection((HOST, port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} does not listen on {port}") from None
-            time.sleep(0.1)
 
 
 def test_two_nodes_behind_nginx_on_mariadb_redis_and_the_bucket_share_files(
