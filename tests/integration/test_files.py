@@ -271,3 +271,61 @@ def test_the_same_bytes_uploaded_twice_are_kept_once(
         url = client.ok({"msgid": 34, "file_id": file_id})["url"]
         status, _, got = files_server.http("GET", url)
         assert status == 200 and hashlib.sha256(got).hexdigest() == expected
+
+
+def test_many_uploads_at_once_share_the_threads_and_a_quiet_one_goes_through(
+    files_server: FileServer, chat: Chat
+) -> None:
+    """Uploads are hashed and written by a few threads that all of them share (UPLOAD_THREADS):
+    8 uploads of 3 MiB at once (more than the threads can take together) and 4 more that stop
+    halfway and hang on; each of the 8 is kept whole, the 4 leave nothing, and a 1 MiB upload
+    beside them is not held up for long."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from chatserver.adapters.web.files import UPLOAD_THREADS
+
+    alice, bob, carol = chat.users(3)
+    ca, cb, cc = chat.online_all(alice, bob, carol)
+    size = 3 * MIB
+    before = files_server.stored()
+    grants = [ca.ok({"msgid": 33, "name": f"bulk-{n}", "size": size,
+                     "mime": "application/octet-stream"}) for n in range(8)]
+    stalled_grants = [cb.ok({"msgid": 33, "name": f"stall-{n}", "size": size,
+                             "mime": "application/octet-stream"}) for n in range(4)]
+    datas = [payload(size, 100 + n) for n in range(8)]
+    stalled = []
+    for grant in stalled_grants:
+        sock = socket.create_connection((HOST, files_server.web_port))
+        sock.sendall(f"PUT {grant['upload_url']} HTTP/1.1\r\nHost: x\r\n"
+                     f"Content-Length: {size}\r\n\r\n".encode() + b"s" * (size // 2))
+        stalled.append(sock)
+    try:
+        with ThreadPoolExecutor(len(grants)) as pool:
+            quiet = payload(MIB, 99)
+            grant = cc.ok({"msgid": 33, "name": "quiet", "size": MIB, "mime": "text/plain"})
+            bulk = [pool.submit(files_server.http, "PUT", g["upload_url"], d)
+                    for g, d in zip(grants, datas, strict=True)]
+            started = time.perf_counter()  # while the 8 are under way
+            status, _, body = files_server.http("PUT", grant["upload_url"], quiet)
+            quiet_seconds = time.perf_counter() - started
+            unfinished = sum(not f.done() for f in bulk)
+            answers = [f.result() for f in bulk]
+        assert status == 201, body
+        assert [a[0] for a in answers] == [201] * len(grants), answers
+        kept = {p.name for p in files_server.stored() if p not in before}
+        wanted = {hashlib.sha256(d).hexdigest() for d in [*datas, quiet]}
+        print(f"8 uploads of 3 MiB at once and 4 stalled halfway, {UPLOAD_THREADS} threads: "
+              f"a 1 MiB upload beside them took {quiet_seconds * 1000:.0f} ms ({unfinished} of "
+              f"the 8 still under way when it was done)")
+        assert quiet_seconds < 5
+    finally:
+        for sock in stalled:
+            sock.close()
+    # The stalled uploads leave nothing once their connections go; the others are all there.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        kept = {p.name for p in files_server.stored() if p not in before}
+        if kept == wanted:
+            break
+        time.sleep(0.05)
+    assert kept == wanted

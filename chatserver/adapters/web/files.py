@@ -4,14 +4,13 @@ hashed, downloads with Range (aiohttp's FileResponse, sendfile underneath)."""
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import hmac
 import logging
 import os
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol
@@ -29,9 +28,11 @@ log = logging.getLogger("chatserver.files")
 
 UPLOAD_PREFIX = "/files/upload/"
 DOWNLOAD_PREFIX = "/files/"
-# Bytes read from an upload before they are hashed and written out (in the upload's thread)
-# at once: one upload holds two such batches in memory at most, besides aiohttp's buffer.
+# Bytes read from an upload before they are hashed and written out (in worker threads) at
+# once: one upload holds two such batches in memory at most, besides aiohttp's buffer.
 WRITE_BATCH = 1024 * 1024
+# The threads that hash and write uploads, shared by all of them (two busy per upload).
+UPLOAD_THREADS = 8
 READ_CHUNK = 256 * 1024
 
 # A download is never a page: no script, no plugin, nothing it may load.
@@ -138,6 +139,9 @@ class FileTransfers:
     def __init__(self, node: Node, store: Store, links: SignedLinks) -> None:
         self.node = node
         self.store = store
+        # Where uploads are hashed and written, two threads per upload at most (started when
+        # needed): however many uploads arrive, the threads stay this few.
+        self.threads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload")
         self.links = links
 
     def handles(self, path: str) -> bool:
@@ -200,30 +204,31 @@ class FileTransfers:
 
     async def _receive(self, request: web.BaseRequest, upload: Path, size: int) -> str | None:
         """Write the body to upload while hashing it; its sha256, or None if it was not size
-        bytes. The chunks aiohttp parsed are gathered into batches (no copy); a thread of the
-        upload's own hashes one batch and another writes it while the event loop receives the
-        next, so memory holds two batches, and reading waits only for a hash or a disk that
-        is behind."""
+        bytes. The chunks aiohttp parsed are gathered into batches (no copy); one thread
+        hashes a batch and another writes it while the event loop receives the next, so memory
+        holds two batches, and reading waits only for a hash or a disk that is behind."""
         digest = hashlib.sha256()
         received = 0
-        # One thread each, so batches are hashed and written in order, and the file is
-        # closed after the last write even if this coroutine is cancelled meanwhile.
-        hasher = ThreadPoolExecutor(1, thread_name_prefix="upload-hash")
-        writer = ThreadPoolExecutor(1, thread_name_prefix="upload-write")
         loop = asyncio.get_running_loop()
         fd = await loop.run_in_executor(
-            writer, functools.partial(os.open, upload, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self.threads, os.open, upload, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
         )
 
         def hash_batch(batch: list[bytes]) -> None:
             for chunk in batch:
                 digest.update(chunk)  # hashlib lets go of the GIL for big chunks
 
-        def batch_done(batch: list[bytes]) -> asyncio.Future[tuple[None, None]]:
-            return asyncio.gather(loop.run_in_executor(hasher, hash_batch, batch),
-                                  loop.run_in_executor(writer, _write_all, fd, batch))
-
+        # A batch is handed on only when the one before is hashed and written: each upload's
+        # batches go in order, one at a time, whichever threads take them.
+        writing: Future[None] | None = None
         busy: asyncio.Future[tuple[None, None]] | None = None
+
+        def hand_on(batch: list[bytes]) -> asyncio.Future[tuple[None, None]]:
+            nonlocal writing
+            writing = self.threads.submit(_write_all, fd, batch)
+            hashing = self.threads.submit(hash_batch, batch)
+            return asyncio.gather(asyncio.wrap_future(hashing), asyncio.wrap_future(writing))
+
         try:
             batch: list[bytes] = []
             batched = 0
@@ -239,21 +244,23 @@ class FileTransfers:
                 if batched >= WRITE_BATCH:
                     if busy is not None:
                         await busy  # hashing or the disk is behind: reading pauses
-                    busy = batch_done(batch)
+                    busy = hand_on(batch)
                     batch, batched = [], 0
             if busy is not None:
                 await busy
-                busy = None
             if batch:
-                await batch_done(batch)
+                busy = hand_on(batch)
+                await busy
         finally:
             if busy is not None and not busy.done():
                 # Left behind by an error or a cancellation: its own error is not wanted.
                 busy.add_done_callback(lambda done: done.cancelled() or done.exception())
-            closed = loop.run_in_executor(writer, os.close, fd)
-            hasher.shutdown(wait=False)
-            writer.shutdown(wait=False)
-            await closed
+            if writing is not None and not writing.done():
+                # A write still under way: the file is closed after it, by its thread (never
+                # before: the descriptor's number could be another file's by then).
+                writing.add_done_callback(lambda _: os.close(fd))
+            else:
+                os.close(fd)
         return digest.hexdigest() if received == size else None
 
     async def _download(self, request: web.BaseRequest, file_id: int) -> web.StreamResponse:
