@@ -4,6 +4,8 @@ For demos and tests. Ctrl+C (SIGINT) or SIGTERM stops nginx, then each node clea
 """
 
 import logging
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -14,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from attrs import define
+from attrs import define, field
 
 from chatserver.adapters.mysql.url import redact_password as redact
 from chatserver.entrypoints.bootstrap import ConfigError
@@ -147,6 +149,7 @@ class LocalCluster:
     # The web page and WebSocket through nginx on this port; the nodes' own web ports follow
     # their TCP ports. 0: off.
     ws_port: int = 0
+    file_key: str = field(factory=lambda: secrets.token_hex(32), repr=False)
 
     def node_ports(self) -> list[int]:
         first = self.first_node_port or self.port + 1
@@ -214,7 +217,11 @@ class LocalCluster:
         ]
 
     def _start_node(self, index: int, port: int, run_dir: Path) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.node_command(index, port))
+        # One key signs the file links of every node (a link one node hands out is used on
+        # whichever node nginx picks): CHATSERVER_FILE_KEY if set, else one for this run.
+        env = dict(os.environ)
+        env.setdefault("CHATSERVER_FILE_KEY", self.file_key)
+        return subprocess.Popen(self.node_command(index, port), env=env)
 
     def _start_nginx(self, run_dir: Path) -> subprocess.Popen[bytes]:
         return start_nginx(run_dir, nginx_config(

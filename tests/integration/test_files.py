@@ -28,6 +28,18 @@ FILE_KEY = "a-test-key-every-node-shares"
 QUOTA = 45 * MIB  # two 20 MiB files a day, not three
 
 
+def http_request(port: int, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request on its own connection: status, headers, body."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
 class FileServer:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -50,13 +62,7 @@ class FileServer:
 
     def http(self, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(HOST, self.web_port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
+        return http_request(self.web_port, method, path, body, headers)
 
     def stored(self) -> list[Path]:
         """Every file in the folder (the uploads in progress too)."""
@@ -329,3 +335,33 @@ def test_many_uploads_at_once_share_the_threads_and_a_quiet_one_goes_through(
             break
         time.sleep(0.05)
     assert kept == wanted
+
+
+def test_a_local_cluster_signs_file_links_with_one_key(tmp_path: Path) -> None:
+    """`chatserver cluster --ws-port` (two nodes behind nginx, SQLite and the folder beside
+    it): an upload through nginx, and the link one node hands out is good on each node (the
+    run's one file key; a key per node refused a link on the other node: HTTP 403)."""
+    import shutil
+
+    from tests.integration.conftest import ClusterProcess
+
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed")
+    cluster = ClusterProcess(tmp_path, tmp_path / "cluster.log", web=True).start()
+    assert isinstance(cluster, ClusterProcess) and cluster.ws_port is not None
+    chat = Chat(cluster)
+    try:
+        ca = chat.online(chat.user("a"))
+        data = payload(2 * MIB + 1, 5)
+        ack = ca.ok({"msgid": 33, "name": "c.bin", "size": len(data),
+                     "mime": "application/octet-stream"})
+        status, _, body = http_request(cluster.ws_port, "PUT", ack["upload_url"], data)
+        assert status == 201, body
+        url = ca.ok({"msgid": 34, "file_id": ack["file_id"]})["url"]
+        for node in range(cluster.nodes):
+            status, _, got = http_request(cluster.node_port + cluster.nodes + node, "GET", url)
+            assert status == 200 and got == data, (node, status)
+    finally:
+        chat.close_all()
+        cluster.stop()
+        cluster.assert_no_traceback()

@@ -18,6 +18,7 @@ import pytest
 
 from tests.integration.conftest import HOST, Chat, ServerProcess, free_port
 from tests.integration.test_files import FILE_KEY, payload
+from tests.integration.test_files import http_request as http
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto.server")
@@ -65,19 +66,6 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                         ("AWS_DEFAULT_REGION", "us-east-1")):
         monkeypatch.setenv(name, value)
-
-
-def http(port: int, method: str, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    import http.client
-
-    conn = http.client.HTTPConnection(HOST, port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
 
 
 def test_a_member_away_during_an_upload_to_the_bucket_downloads_it(
