@@ -1,6 +1,8 @@
 """A 20 MiB file up and down over loopback (issue 14): a server process on SQLite and a folder,
 FILE_UPLOAD then PUT, FILE_URL then GET, several rounds; MB/s each way and the server's RSS
-before and after. Run: .venv/bin/python -m benchmarks.file_transfer [ROUNDS]"""
+before and after. Run: .venv/bin/python -m benchmarks.file_transfer [ROUNDS] [--chatserver-dir
+DIR] (DIR: another checkout, e.g. the commit before a change, measured round for round beside
+this tree)."""
 
 from __future__ import annotations
 
@@ -52,65 +54,108 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main(rounds: int) -> None:
-    with tempfile.TemporaryDirectory() as directory:
-        port, web = free_port(), free_port()
+class Server:
+    """One chatserver process (from the checkout in cwd) on SQLite and a folder, a user
+    logged in on it."""
+
+    def __init__(self, directory: str, cwd: Path) -> None:
+        self.port, self.web = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "chatserver", "serve", "--host", HOST, "--port", str(port),
-             "--ws-port", str(web), "--database", f"sqlite:///{directory}/chat.db",
-             "--hash-cost", "2", "--log-level", "WARNING"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chatserver", "serve", "--host", HOST, "--port",
+             str(self.port), "--ws-port", str(self.web), "--database",
+             f"sqlite:///{directory}/chat.db", "--hash-cost", "2", "--log-level", "WARNING"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd,
         )
+        for _ in range(100):
+            try:
+                socket.create_connection((HOST, self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.line = Line(self.port)
+        user = self.line.request({"msgid": 4, "name": "bench", "password": "pw"})["id"]
+        self.line.request({"msgid": 1, "id": user, "password": "pw"})
+        self.rss_start = self.rss_peak = rss_kib(self.proc.pid)
+        self.ups: list[float] = []
+        self.downs: list[float] = []
+        self.up_cpu = self.down_cpu = 0.0
+
+    def round(self, data: bytes, expected: str) -> None:
+        pid = self.proc.pid
+        ack = self.line.request({"msgid": 33, "name": "f.bin", "size": len(data),
+                                 "mime": "application/octet-stream"})
+        conn = http.client.HTTPConnection(HOST, self.web, timeout=60)
+        cpu = cpu_seconds(pid)
+        started = time.perf_counter()
+        conn.request("PUT", str(ack["upload_url"]), body=data)
+        response = conn.getresponse()
+        assert response.status == 201 and response.read()
+        self.ups.append(len(data) / (time.perf_counter() - started) / 1e6)
+        self.up_cpu += cpu_seconds(pid) - cpu
+        conn.close()
+        self.rss_peak = max(self.rss_peak, rss_kib(pid))
+        url = self.line.request({"msgid": 34, "file_id": ack["file_id"]})["url"]
+        conn = http.client.HTTPConnection(HOST, self.web, timeout=60)
+        cpu = cpu_seconds(pid)
+        started = time.perf_counter()
+        conn.request("GET", str(url))
+        got = conn.getresponse().read()
+        self.downs.append(len(data) / (time.perf_counter() - started) / 1e6)
+        self.down_cpu += cpu_seconds(pid) - cpu
+        conn.close()
+        assert hashlib.sha256(got).hexdigest() == expected
+        self.rss_peak = max(self.rss_peak, rss_kib(pid))
+
+    def report(self, name: str) -> str:
+        rounds = len(self.ups)
+        return (f"{name}: upload median {statistics.median(self.ups):.0f} MB/s (best "
+                f"{max(self.ups):.0f}), download median {statistics.median(self.downs):.0f} "
+                f"MB/s (best {max(self.downs):.0f}); server RSS {self.rss_start / 1024:.1f} MiB "
+                f"before, peak +{(self.rss_peak - self.rss_start) / 1024:.1f} MiB; server CPU "
+                f"per 20 MiB (mean): upload {self.up_cpu / rounds * 1000:.0f} ms, download "
+                f"{self.down_cpu / rounds * 1000:.0f} ms")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def main(rounds: int, baseline: Path | None) -> None:
+    """rounds of each; with baseline (a checkout, e.g. `git archive` of the commit before a
+    change), a server from there too, the two taking turns round by round."""
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as directory:
+        Path(directory, "a").mkdir()
+        Path(directory, "b").mkdir()
+        servers: dict[str, Server] = {}
         try:
-            for _ in range(100):
-                try:
-                    socket.create_connection((HOST, port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            line = Line(port)
-            user = line.request({"msgid": 4, "name": "bench", "password": "pw"})["id"]
-            line.request({"msgid": 1, "id": user, "password": "pw"})
-            data = os.urandom(SIZE)
-            expected = hashlib.sha256(data).hexdigest()
-            rss_start = rss_kib(server.pid)
-            rss_peak = rss_start
-            ups, downs, up_cpu, down_cpu = [], [], [], []
-            for _ in range(rounds):
-                ack = line.request({"msgid": 33, "name": "f.bin", "size": SIZE,
-                                    "mime": "application/octet-stream"})
-                conn = http.client.HTTPConnection(HOST, web, timeout=60)
-                cpu = cpu_seconds(server.pid)
-                started = time.perf_counter()
-                conn.request("PUT", str(ack["upload_url"]), body=data)
-                assert conn.getresponse().read() and True
-                ups.append(SIZE / (time.perf_counter() - started) / 1e6)
-                up_cpu.append(cpu_seconds(server.pid) - cpu)
-                conn.close()
-                rss_peak = max(rss_peak, rss_kib(server.pid))
-                url = line.request({"msgid": 34, "file_id": ack["file_id"]})["url"]
-                conn = http.client.HTTPConnection(HOST, web, timeout=60)
-                cpu = cpu_seconds(server.pid)
-                started = time.perf_counter()
-                conn.request("GET", str(url))
-                got = conn.getresponse().read()
-                downs.append(SIZE / (time.perf_counter() - started) / 1e6)
-                down_cpu.append(cpu_seconds(server.pid) - cpu)
-                conn.close()
-                assert hashlib.sha256(got).hexdigest() == expected
-                rss_peak = max(rss_peak, rss_kib(server.pid))
-            print(f"{rounds} rounds of 20 MiB on loopback: upload median "
-                  f"{statistics.median(ups):.0f} MB/s (best {max(ups):.0f}), download median "
-                  f"{statistics.median(downs):.0f} MB/s (best {max(downs):.0f}); server RSS "
-                  f"{rss_start / 1024:.1f} MiB before, "
-                  f"peak +{(rss_peak - rss_start) / 1024:.1f} MiB; "
-                  f"server CPU per 20 MiB: upload {statistics.median(up_cpu) * 1000:.0f} ms, "
-                  f"download {statistics.median(down_cpu) * 1000:.0f} ms")
+            if baseline is not None:
+                servers[f"before ({baseline})"] = Server(f"{directory}/b", baseline)
+            servers["this tree"] = Server(f"{directory}/a", repo)
+            base = os.urandom(SIZE)
+            load = os.getloadavg()[0]
+            for n in range(rounds):
+                # New bytes each round: the same again would be stored once, not written.
+                data = n.to_bytes(8, "big") + base[8:]
+                expected = hashlib.sha256(data).hexdigest()
+                for server in servers.values():
+                    server.round(data, expected)
+            print(f"{rounds} rounds of 20 MiB on loopback (load average {load:.1f} before, "
+                  f"{os.getloadavg()[0]:.1f} after):")
+            for name, server in servers.items():
+                print("  " + server.report(name))
         finally:
-            server.terminate()
-            server.wait(10)
+            for server in servers.values():
+                server.stop()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("rounds", type=int, nargs="?", default=5)
+    parser.add_argument("--chatserver-dir", type=Path, default=None, metavar="DIR",
+                        help="a checkout to measure beside this tree, round for round")
+    args = parser.parse_args()
+    main(args.rounds, args.chatserver_dir)

@@ -4,6 +4,8 @@ For demos and tests. Ctrl+C (SIGINT) or SIGTERM stops nginx, then each node clea
 """
 
 import logging
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -11,9 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from attrs import define
+from attrs import define, field
 
 from chatserver.adapters.mysql.url import redact_password as redact
 from chatserver.entrypoints.bootstrap import ConfigError
@@ -84,9 +87,55 @@ http {{
             proxy_read_timeout 120s;
             proxy_send_timeout 120s;
         }}
+        # Files go up and come down here (their links are paths on this origin). Bodies of any
+        # size are passed on: a node refuses a PUT whose Content-Length is not the size its
+        # FILE_UPLOAD granted (within --file-limit) before reading it. Both ways stream,
+        # neither kept whole in nginx's memory or temporary files first.
+        location /files/ {{
+            proxy_pass http://chatserver_web;
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            client_max_body_size 0;
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_connect_timeout 1s;
+            proxy_read_timeout 120s;
+            proxy_send_timeout 120s;
+        }}
     }}
 }}
 """
+
+
+def nginx_config(run_dir: Path, node_ports: Sequence[int], host: str, port: int,
+                 web_ports: Sequence[int] = (), ws_port: int = 0) -> str:
+    """nginx's configuration: the nodes' chat ports behind host:port (PROXY headers on), and
+    with ws_port their web ports (page, /ws, files) behind host:ws_port."""
+    servers = "\n".join(
+        f"        server {NODE_HOST}:{node} max_fails=3 fail_timeout=10s;" for node in node_ports
+    )
+    load = f"load_module {NGINX_STREAM_MODULE};" if NGINX_STREAM_MODULE.exists() else ""
+    http = ""
+    if ws_port:
+        web_servers = "\n".join(
+            f"        server {NODE_HOST}:{node} max_fails=3 fail_timeout=10s;"
+            for node in web_ports
+        )
+        http = NGINX_HTTP_CONFIG.format(run_dir=run_dir, servers=web_servers, host=host,
+                                        port=ws_port)
+    return NGINX_CONFIG.format(load_module=load, run_dir=run_dir, servers=servers, host=host,
+                               port=port, http=http)
+
+
+def start_nginx(run_dir: Path, config: str) -> subprocess.Popen[bytes]:
+    """nginx in the foreground with this configuration, its files in run_dir."""
+    path = run_dir / "nginx.conf"
+    path.write_text(config)
+    return subprocess.Popen([
+        "nginx", "-c", str(path), "-p", str(run_dir), "-e", str(run_dir / "nginx-error.log"),
+        "-g", "daemon off;",
+    ])
 
 
 @define
@@ -100,6 +149,7 @@ class LocalCluster:
     # The web page and WebSocket through nginx on this port; the nodes' own web ports follow
     # their TCP ports. 0: off.
     ws_port: int = 0
+    file_key: str = field(factory=lambda: secrets.token_hex(32), repr=False)
 
     def node_ports(self) -> list[int]:
         first = self.first_node_port or self.port + 1
@@ -167,32 +217,16 @@ class LocalCluster:
         ]
 
     def _start_node(self, index: int, port: int, run_dir: Path) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.node_command(index, port))
+        # One key signs the file links of every node (a link one node hands out is used on
+        # whichever node nginx picks): CHATSERVER_FILE_KEY if set, else one for this run.
+        env = dict(os.environ)
+        env.setdefault("CHATSERVER_FILE_KEY", self.file_key)
+        return subprocess.Popen(self.node_command(index, port), env=env)
 
     def _start_nginx(self, run_dir: Path) -> subprocess.Popen[bytes]:
-        servers = "\n".join(
-            f"        server {NODE_HOST}:{port} max_fails=3 fail_timeout=10s;"
-            for port in self.node_ports()
-        )
-        load = f"load_module {NGINX_STREAM_MODULE};" if NGINX_STREAM_MODULE.exists() else ""
-        http = ""
-        if self.ws_port:
-            web_servers = "\n".join(
-                f"        server {NODE_HOST}:{port} max_fails=3 fail_timeout=10s;"
-                for port in self.node_web_ports()
-            )
-            http = NGINX_HTTP_CONFIG.format(
-                run_dir=run_dir, servers=web_servers, host=self.host, port=self.ws_port
-            )
-        config = run_dir / "nginx.conf"
-        config.write_text(NGINX_CONFIG.format(
-            load_module=load, run_dir=run_dir, servers=servers, host=self.host, port=self.port,
-            http=http,
+        return start_nginx(run_dir, nginx_config(
+            run_dir, self.node_ports(), self.host, self.port, self.node_web_ports(), self.ws_port
         ))
-        return subprocess.Popen([
-            "nginx", "-c", str(config), "-p", str(run_dir), "-e", str(run_dir / "nginx-error.log"),
-            "-g", "daemon off;",
-        ])
 
 
 class _StopSignal:

@@ -28,6 +28,18 @@ FILE_KEY = "a-test-key-every-node-shares"
 QUOTA = 45 * MIB  # two 20 MiB files a day, not three
 
 
+def http_request(port: int, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request on its own connection: status, headers, body."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
 class FileServer:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -50,13 +62,7 @@ class FileServer:
 
     def http(self, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(HOST, self.web_port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
+        return http_request(self.web_port, method, path, body, headers)
 
     def stored(self) -> list[Path]:
         """Every file in the folder (the uploads in progress too)."""
@@ -251,3 +257,111 @@ def test_an_upload_cut_short_leaves_nothing_and_cannot_be_sent(
     assert files_server.http("PUT", ack["upload_url"], b"y" * (4 * MIB))[0] == 201
     cb = chat.online(bob)
     cb.err({"msgid": 6, "toid": alice.id, "msg": "mine now", "file": ack["file_id"]}, 7)
+
+
+def test_the_same_bytes_uploaded_twice_are_kept_once(
+    files_server: FileServer, chat: Chat
+) -> None:
+    """Two users upload the same 3 MiB (three batches of the upload's threads): one copy in
+    the folder, nothing left in .incoming, each downloads them whole."""
+    alice, bob = chat.users(2)
+    ca, cb = chat.online_all(alice, bob)
+    data = payload(3 * MIB + 5, 23)
+    expected = hashlib.sha256(data).hexdigest()
+    before = files_server.stored()
+    ids = [upload(files_server, client, "twice.bin", data, "application/octet-stream")
+           for client in (ca, cb)]
+    added = [p for p in files_server.stored() if p not in before]
+    assert [p.name for p in added] == [expected]
+    for client, file_id in zip((ca, cb), ids, strict=True):
+        url = client.ok({"msgid": 34, "file_id": file_id})["url"]
+        status, _, got = files_server.http("GET", url)
+        assert status == 200 and hashlib.sha256(got).hexdigest() == expected
+
+
+def test_many_uploads_at_once_share_the_threads_and_a_quiet_one_goes_through(
+    files_server: FileServer, chat: Chat
+) -> None:
+    """Uploads are hashed and written by a few threads that all of them share (UPLOAD_THREADS):
+    8 uploads of 3 MiB at once (more than the threads can take together) and 4 more that stop
+    halfway and hang on; each of the 8 is kept whole, the 4 leave nothing, and a 1 MiB upload
+    beside them is not held up for long."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from chatserver.adapters.web.files import UPLOAD_THREADS
+
+    alice, bob, carol = chat.users(3)
+    ca, cb, cc = chat.online_all(alice, bob, carol)
+    size = 3 * MIB
+    before = files_server.stored()
+    grants = [ca.ok({"msgid": 33, "name": f"bulk-{n}", "size": size,
+                     "mime": "application/octet-stream"}) for n in range(8)]
+    stalled_grants = [cb.ok({"msgid": 33, "name": f"stall-{n}", "size": size,
+                             "mime": "application/octet-stream"}) for n in range(4)]
+    datas = [payload(size, 100 + n) for n in range(8)]
+    stalled = []
+    for grant in stalled_grants:
+        sock = socket.create_connection((HOST, files_server.web_port))
+        sock.sendall(f"PUT {grant['upload_url']} HTTP/1.1\r\nHost: x\r\n"
+                     f"Content-Length: {size}\r\n\r\n".encode() + b"s" * (size // 2))
+        stalled.append(sock)
+    try:
+        with ThreadPoolExecutor(len(grants)) as pool:
+            quiet = payload(MIB, 99)
+            grant = cc.ok({"msgid": 33, "name": "quiet", "size": MIB, "mime": "text/plain"})
+            bulk = [pool.submit(files_server.http, "PUT", g["upload_url"], d)
+                    for g, d in zip(grants, datas, strict=True)]
+            started = time.perf_counter()  # while the 8 are under way
+            status, _, body = files_server.http("PUT", grant["upload_url"], quiet)
+            quiet_seconds = time.perf_counter() - started
+            unfinished = sum(not f.done() for f in bulk)
+            answers = [f.result() for f in bulk]
+        assert status == 201, body
+        assert [a[0] for a in answers] == [201] * len(grants), answers
+        kept = {p.name for p in files_server.stored() if p not in before}
+        wanted = {hashlib.sha256(d).hexdigest() for d in [*datas, quiet]}
+        print(f"8 uploads of 3 MiB at once and 4 stalled halfway, {UPLOAD_THREADS} threads: "
+              f"a 1 MiB upload beside them took {quiet_seconds * 1000:.0f} ms ({unfinished} of "
+              f"the 8 still under way when it was done)")
+        assert quiet_seconds < 5
+    finally:
+        for sock in stalled:
+            sock.close()
+    # The stalled uploads leave nothing once their connections go; the others are all there.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        kept = {p.name for p in files_server.stored() if p not in before}
+        if kept == wanted:
+            break
+        time.sleep(0.05)
+    assert kept == wanted
+
+
+def test_a_local_cluster_signs_file_links_with_one_key(tmp_path: Path) -> None:
+    """`chatserver cluster --ws-port` (two nodes behind nginx, SQLite and the folder beside
+    it): an upload through nginx, and the link one node hands out is good on each node (the
+    run's one file key; a key per node refused a link on the other node: HTTP 403)."""
+    import shutil
+
+    from tests.integration.conftest import ClusterProcess
+
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed")
+    cluster = ClusterProcess(tmp_path, tmp_path / "cluster.log", web=True).start()
+    assert isinstance(cluster, ClusterProcess) and cluster.ws_port is not None
+    chat = Chat(cluster)
+    try:
+        ca = chat.online(chat.user("a"))
+        data = payload(2 * MIB + 1, 5)
+        ack = ca.ok({"msgid": 33, "name": "c.bin", "size": len(data),
+                     "mime": "application/octet-stream"})
+        status, _, body = http_request(cluster.ws_port, "PUT", ack["upload_url"], data)
+        assert status == 201, body
+        url = ca.ok({"msgid": 34, "file_id": ack["file_id"]})["url"]
+        for node in range(cluster.nodes):
+            status, _, got = http_request(cluster.node_port + cluster.nodes + node, "GET", url)
+            assert status == 200 and got == data, (node, status)
+    finally:
+        chat.close_all()
+        cluster.stop()
+        cluster.assert_no_traceback()

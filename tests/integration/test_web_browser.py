@@ -12,12 +12,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
+from tests.integration import web_helpers
 from tests.integration.conftest import Chat, User, unique_name
 from tests.integration.test_terminal_sessions import Terminal
 from tests.integration.test_terminal_sessions import register as register_in_terminal
-from tests.integration.web_helpers import CHROMIUM, WAIT_MS, ChatPage, WebServer
+from tests.integration.web_helpers import CHROMIUM, WAIT_MS, ChatPage, WebServer, new_context
+
+# The fixtures the browser tests share.
+browser, chat, web = web_helpers.browser, web_helpers.chat, web_helpers.web
 
 pytestmark = [
     pytest.mark.integration,
@@ -32,39 +36,13 @@ UNKNOWN_ID = 2_000_000_000  # no user or group has it
 OpenPage = Callable[..., ChatPage]
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
-def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
-    server = WebServer(tmp_path_factory.mktemp("web"))
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def chat(web: WebServer) -> Iterator[Chat]:
-    """Raw TCP clients on the same server (the third party)."""
-    harness = Chat(web.current)
-    yield harness
-    harness.close_all()
-
-
 @pytest.fixture
 def open_page(browser: Browser, web: WebServer) -> Iterator[OpenPage]:
     """Opens the page in a fresh browser context (its own cookies, its own socket)."""
     pages: list[ChatPage] = []
 
     def open_(width: int = 1000, height: int = 700, url: str | None = None) -> ChatPage:
-        context = browser.new_context(viewport={"width": width, "height": height})
-        context.set_default_timeout(WAIT_MS)
-        page = ChatPage(context.new_page(), url or web.url)
+        page = ChatPage(new_context(browser, width, height).new_page(), url or web.url)
         pages.append(page)
         return page.open()
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
+from tests.integration import web_helpers
 from tests.integration.conftest import unique_name
-from tests.integration.web_helpers import CHROMIUM, WAIT_MS, ChatPage, WebServer
+from tests.integration.web_helpers import CHROMIUM, WAIT_MS, ChatPage, WebServer, new_context
+
+# The fixtures the browser tests share.
+browser, web = web_helpers.browser, web_helpers.web
 
 pytestmark = [
     pytest.mark.integration,
@@ -33,26 +36,8 @@ def png(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
-def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
-    server = WebServer(tmp_path_factory.mktemp("webfiles"))
-    server.start()
-    yield server
-    server.close()
-
-
 def open_page(browser: Browser, web: WebServer) -> ChatPage:
-    context = browser.new_context(viewport={"width": 1000, "height": 700})
-    context.set_default_timeout(WAIT_MS)
-    return ChatPage(context.new_page(), web.url).open()
+    return ChatPage(new_context(browser).new_page(), web.url).open()
 
 
 def test_one_page_attaches_a_picture_the_other_shows_it_inline(

@@ -16,17 +16,14 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from tests.integration import test_web_browser as web_browser
-from tests.integration.conftest import HOST, Chat, ClusterProcess, User, unique_name
+from tests.integration import web_helpers
+from tests.integration.conftest import Chat, User, unique_name
 from tests.integration.test_web_browser import OpenPage
-from tests.integration.web_helpers import CHROMIUM, WAIT_MS, ChatPage
+from tests.integration.web_helpers import CHROMIUM, WAIT_MS, ChatPage, cluster_pages
 
-# The browser, the server and the page openers of the other browser tests.
-browser, web, chat, open_page = (
-    web_browser.browser,
-    web_browser.web,
-    web_browser.chat,
-    web_browser.open_page,
-)
+# The fixtures the browser tests share, and the page opener of test_web_browser.
+browser, chat, web = web_helpers.browser, web_helpers.chat, web_helpers.web
+open_page = web_browser.open_page
 
 pytestmark = [
     pytest.mark.integration,
@@ -214,17 +211,7 @@ def test_a_kick_reaches_a_member_watching_on_another_node_of_a_cluster(
 ) -> None:
     """The creator's page is served by node 1, the member's by node 2: the GROUP_EVENT crosses
     the bus, and the member's page closes its composer."""
-    cluster = ClusterProcess(tmp_path, tmp_path / "cluster.log", web=True).start()
-    contexts = []
-    try:
-        pages = []
-        for node in range(2):
-            context = browser.new_context(viewport={"width": 1000, "height": 700})
-            context.set_default_timeout(WAIT_MS)
-            contexts.append(context)
-            url = f"http://{HOST}:{cluster.node_port + cluster.nodes + node}/"
-            pages.append(ChatPage(context.new_page(), url).open())
-        boss, member = pages
+    with cluster_pages(browser, tmp_path) as (_, boss, member):
         boss.register(unique_name("boss"), "pw-boss")
         member_id = member.register(unique_name("memb"), "pw-memb")
         group_id = boss.create_group(unique_name("g"))
@@ -238,10 +225,3 @@ def test_a_kick_reaches_a_member_watching_on_another_node_of_a_cluster(
         expect(member.by("group-kicked-notice")).to_be_visible(timeout=WAIT_MS)
         expect(member.by("message-input")).to_be_disabled(timeout=WAIT_MS)
         expect(boss.by(f"member-{member_id}")).to_have_count(0, timeout=WAIT_MS)
-        for page in pages:
-            page.assert_healthy()
-    finally:
-        for context in contexts:
-            context.close()
-        cluster.stop()
-        cluster.assert_no_traceback()

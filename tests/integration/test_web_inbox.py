@@ -19,11 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, WebSocketRoute, expect, sync_playwright
+from playwright.sync_api import Browser, WebSocketRoute, expect
 
-from tests.integration.conftest import HOST, Chat, Client, ClusterProcess, User
+from tests.integration import web_helpers
+from tests.integration.conftest import Chat, Client, User
 from tests.integration.web_fake_inbox import FakeInbox
-from tests.integration.web_helpers import CHROMIUM, WAIT_MS, ChatPage, WebServer
+from tests.integration.web_helpers import (
+    CHROMIUM,
+    WAIT_MS,
+    ChatPage,
+    WebServer,
+    cluster_pages,
+    new_context,
+)
+
+# The fixtures the browser tests share.
+browser, chat, web = web_helpers.browser, web_helpers.chat, web_helpers.web
 
 pytestmark = [
     pytest.mark.integration,
@@ -34,29 +45,6 @@ TRICKY = '<img src=x onerror="document.title=1"> & \'quotes\' 你好 😀'
 DEVICE = re.compile(r"web-[0-9a-f]{20}")
 
 OpenPage = Callable[..., ChatPage]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
-def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
-    server = WebServer(tmp_path_factory.mktemp("web-inbox"))
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def chat(web: WebServer) -> Iterator[Chat]:
-    harness = Chat(web.current)
-    yield harness
-    harness.close_all()
 
 
 @pytest.fixture
@@ -71,8 +59,7 @@ def open_page(browser: Browser, web: WebServer, fake: FakeInbox) -> Iterator[Ope
     pages: list[ChatPage] = []
 
     def open_(scripted: bool = False) -> ChatPage:
-        context = browser.new_context(viewport={"width": 1000, "height": 700})
-        context.set_default_timeout(WAIT_MS)
+        context = new_context(browser)
         if scripted:
             fake.attach(context)
         page = ChatPage(context.new_page(), web.url)
@@ -307,20 +294,10 @@ def test_two_devices_on_different_nodes_of_a_cluster(
 ) -> None:
     """The pc's page is served by node 1, the laptop's by node 2; carol is a TCP user through
     nginx. Carbons and READ cross the nodes."""
-    cluster = ClusterProcess(tmp_path, tmp_path / "cluster.log", web=True).start()
-    contexts = []
-    try:
+    with cluster_pages(browser, tmp_path) as (cluster, pc, laptop):
         chat = Chat(cluster)
         carol, me = chat.user("carol"), chat.user("me")
         tcp = chat.online(carol)
-        pages = []
-        for node in range(2):
-            context = browser.new_context(viewport={"width": 1000, "height": 700})
-            context.set_default_timeout(WAIT_MS)
-            contexts.append(context)
-            url = f"http://{HOST}:{cluster.node_port + cluster.nodes + node}/"
-            pages.append(ChatPage(context.new_page(), url).open())
-        pc, laptop = pages
         pc.log_in(me.id, me.password)
         laptop.log_in(me.id, me.password)
 
@@ -337,14 +314,7 @@ def test_two_devices_on_different_nodes_of_a_cluster(
         laptop.reload().log_in(me.id, me.password)
         laptop.open_conversation("u", carol.id)
         expect_texts(laptop, ["to both nodes", "sent on node 1"])
-        for page in pages:
-            page.assert_healthy()
         chat.close_all()
-    finally:
-        for context in contexts:
-            context.close()
-        cluster.stop()
-        cluster.assert_no_traceback()
 
 
 # --------------------------------------------------------------------------- the scripted peer

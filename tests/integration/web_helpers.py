@@ -1,5 +1,6 @@
 """What the browser tests of the web page need: a server with --ws-port that can be stopped and
-started again on the same ports, and a page object that drives the page by its data-testids.
+started again on the same ports, a page object that drives the page by its data-testids, and
+the fixtures the test modules share (import them: `browser`, `web`, `chat`).
 
 Every wait is bounded (WAIT_MS). The page is only touched as a person would: typing, clicking,
 pressing Enter, reading what is on screen.
@@ -7,14 +8,25 @@ pressing Enter, reading what is on screen.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-from playwright.sync_api import ConsoleMessage, Locator, Page, expect
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Locator,
+    Page,
+    expect,
+    sync_playwright,
+)
 
-from tests.integration.conftest import HOST, ServerProcess, free_port
+from tests.integration.conftest import HOST, Chat, ClusterProcess, ServerProcess, free_port
 
 WAIT_MS = 10_000  # the longest any single expectation waits
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's browser; Playwright must not download one
@@ -77,6 +89,64 @@ class WebServer:
             server.stop()
         for server in self.processes:
             server.assert_no_traceback()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, for one test module."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
+    """A WebServer for one test module (its files in the default folder beside chat.db)."""
+    server = WebServer(tmp_path_factory.mktemp("web"))
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def chat(web: WebServer) -> Iterator[Chat]:
+    """Raw TCP clients on the same server (the third party)."""
+    harness = Chat(web.current)
+    yield harness
+    harness.close_all()
+
+
+def new_context(browser: Browser, width: int = 1000, height: int = 700) -> BrowserContext:
+    """A fresh browser context (its own cookies, localStorage and socket), waits bounded."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.set_default_timeout(WAIT_MS)
+    return context
+
+
+@contextlib.contextmanager
+def cluster_pages(browser: Browser, directory: Path) -> Iterator[tuple[ServerProcess, ChatPage,
+                                                                      ChatPage]]:
+    """`chatserver cluster --ws-port` (two nodes behind nginx) and a page served by each node
+    directly, in contexts of their own; on the way out the pages are healthy (if the block
+    went well), closed, and the cluster stopped without a traceback in its log."""
+    cluster = ClusterProcess(directory, directory / "cluster.log", web=True).start()
+    assert isinstance(cluster, ClusterProcess)
+    contexts: list[BrowserContext] = []
+    try:
+        pages = []
+        for node in range(2):
+            contexts.append(new_context(browser))
+            url = f"http://{HOST}:{cluster.node_port + cluster.nodes + node}/"
+            pages.append(ChatPage(contexts[-1].new_page(), url).open())
+        yield cluster, pages[0], pages[1]
+        for page in pages:
+            page.assert_healthy()
+    finally:
+        for context in contexts:
+            context.close()
+        cluster.stop()
+        cluster.assert_no_traceback()
 
 
 class ChatPage:

@@ -2,12 +2,15 @@
 download paths, the bytes kept in a folder by their sha256, uploads streamed to disk while
 hashed, downloads with Range (aiohttp's FileResponse, sendfile underneath)."""
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import secrets
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol
@@ -25,9 +28,11 @@ log = logging.getLogger("chatserver.files")
 
 UPLOAD_PREFIX = "/files/upload/"
 DOWNLOAD_PREFIX = "/files/"
-# Bytes read from an upload before they are written out (in a worker thread) at once: what
-# one upload may hold in memory.
+# Bytes read from an upload before they are hashed and written out (in worker threads) at
+# once: one upload holds two such batches in memory at most, besides aiohttp's buffer.
 WRITE_BATCH = 1024 * 1024
+# The threads that hash and write uploads, shared by all of them (two busy per upload).
+UPLOAD_THREADS = 8
 READ_CHUNK = 256 * 1024
 
 # A download is never a page: no script, no plugin, nothing it may load.
@@ -62,8 +67,11 @@ class FolderStore:
         return self.incoming / secrets.token_hex(16)
 
     def keep(self, upload: Path, sha256: str) -> None:
-        """Move a finished upload to its content address (the same bytes are kept once)."""
+        """Move a finished upload to its content address (the same bytes are kept once: if
+        they are there already, the upload is left for the caller to remove)."""
         target = self.path(sha256)
+        if target.exists():
+            return  # and no rename over it, which would make ext4 flush the upload first
         target.parent.mkdir(exist_ok=True)
         os.replace(upload, target)
 
@@ -131,6 +139,9 @@ class FileTransfers:
     def __init__(self, node: Node, store: Store, links: SignedLinks) -> None:
         self.node = node
         self.store = store
+        # Where uploads are hashed and written, two threads per upload at most (started when
+        # needed): however many uploads arrive, the threads stay this few.
+        self.threads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload")
         self.links = links
 
     def handles(self, path: str) -> bool:
@@ -168,6 +179,7 @@ class FileTransfers:
             return _plain(HTTPStatus.BAD_REQUEST,
                           f"the upload was announced with {stored.size} bytes\n")
         upload = self.store.new_upload()
+        started = time.perf_counter()
         try:
             try:
                 sha256 = await self._receive(request, upload, stored.size)
@@ -183,41 +195,72 @@ class FileTransfers:
                 await anyio.to_thread.run_sync(upload.unlink)
         if not await files.complete_upload(self.node, file_id, sha256):
             return _plain(HTTPStatus.NOT_FOUND, "no such upload\n")
+        log.info("file %d uploaded: %d bytes in %.3f s", file_id, stored.size,
+                 time.perf_counter() - started)
         response = web.json_response({"file_id": file_id, "sha256": sha256},
                                      status=HTTPStatus.CREATED, headers={"Server": "chatserver"})
         response.force_close()
         return response
 
     async def _receive(self, request: web.BaseRequest, upload: Path, size: int) -> str | None:
-        """Write the body to upload while hashing it, a batch at a time (memory holds one
-        batch); its sha256, or None if it was not size bytes."""
+        """Write the body to upload while hashing it; its sha256, or None if it was not size
+        bytes. The chunks aiohttp parsed are gathered into batches (no copy); one thread
+        hashes a batch and another writes it while the event loop receives the next, so memory
+        holds two batches, and reading waits only for a hash or a disk that is behind."""
         digest = hashlib.sha256()
         received = 0
-        out = await anyio.to_thread.run_sync(upload.open, "wb")
+        loop = asyncio.get_running_loop()
+        fd = await loop.run_in_executor(
+            self.threads, os.open, upload, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+        )
 
-        def write(batch: list[bytes]) -> None:
-            # In a worker thread: hashlib lets go of the GIL, so hashing and writing overlap
-            # with the event loop receiving the next batch.
+        def hash_batch(batch: list[bytes]) -> None:
             for chunk in batch:
-                digest.update(chunk)
-            out.writelines(batch)
+                digest.update(chunk)  # hashlib lets go of the GIL for big chunks
+
+        # A batch is handed on only when the one before is hashed and written: each upload's
+        # batches go in order, one at a time, whichever threads take them.
+        writing: Future[None] | None = None
+        busy: asyncio.Future[tuple[None, None]] | None = None
+
+        def hand_on(batch: list[bytes]) -> asyncio.Future[tuple[None, None]]:
+            nonlocal writing
+            writing = self.threads.submit(_write_all, fd, batch)
+            hashing = self.threads.submit(hash_batch, batch)
+            return asyncio.gather(asyncio.wrap_future(hashing), asyncio.wrap_future(writing))
 
         try:
             batch: list[bytes] = []
             batched = 0
-            async for chunk in request.content.iter_any():
+            # Each chunk as the parser made it: iter_any() would join what arrived meanwhile
+            # into a new bytes object, a copy of much of the upload (the body has a
+            # Content-Length, so no chunk of the transfer encoding ends in between).
+            async for chunk, _ in request.content.iter_chunks():
                 received += len(chunk)
                 if received > size:
                     return None
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched >= WRITE_BATCH:
-                    await anyio.to_thread.run_sync(write, batch)
+                    if busy is not None:
+                        await busy  # hashing or the disk is behind: reading pauses
+                    busy = hand_on(batch)
                     batch, batched = [], 0
+            if busy is not None:
+                await busy
             if batch:
-                await anyio.to_thread.run_sync(write, batch)
+                busy = hand_on(batch)
+                await busy
         finally:
-            await anyio.to_thread.run_sync(out.close)
+            if busy is not None and not busy.done():
+                # Left behind by an error or a cancellation: its own error is not wanted.
+                busy.add_done_callback(lambda done: done.cancelled() or done.exception())
+            if writing is not None and not writing.done():
+                # A write still under way: the file is closed after it, by its thread (never
+                # before: the descriptor's number could be another file's by then).
+                writing.add_done_callback(lambda _: os.close(fd))
+            else:
+                os.close(fd)
         return digest.hexdigest() if received == size else None
 
     async def _download(self, request: web.BaseRequest, file_id: int) -> web.StreamResponse:
@@ -239,6 +282,17 @@ class FileTransfers:
             return _plain(HTTPStatus.NOT_FOUND, "no such file\n")
         response.force_close()
         return response
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """All of chunks to fd, in one system call when it takes them all."""
+    views = [memoryview(chunk) for chunk in chunks]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if views:
+            views[0] = views[0][written:]
 
 
 def _id(text: str) -> int | None:
