@@ -126,9 +126,7 @@ def send_direct_message_joining(
         leading = writer.open_batch()
         assert leading is not None
         lead(leading)
-    session = connection.require_session()
     me = session.user
-    recipient_id = command.recipient_id
     message = DirectMessage(
         msg_id=msg_id,
         sender_id=me.id,
