@@ -97,18 +97,20 @@ class Router:
             write = InboxWrite(entries, check_user=check_user, own=own)
             return self._delivered(entries, self.writer.enqueue(write))
 
-        def committed(write: InboxWrite) -> Coroutine[Any, Any, None] | None:
-            if write.error is not None:
-                return then(write.error)
-            if self.only_here(entries):
-                return then(write.positions)
-            return self._then_pushed(entries, write.positions, then)
-
         joined = self.writer.join_gathering(
-            InboxWrite(entries, check_user=check_user, own=own, then=committed)
+            InboxWrite(entries, check_user, own, then=self._committed, delivered=then)
         )
         assert joined, "deliver(then=...) needs a batch being gathered"
         return None
+
+    def _committed(self, write: InboxWrite) -> Coroutine[Any, Any, None] | None:
+        then = write.delivered
+        assert then is not None
+        if write.error is not None:
+            return then(write.error)
+        if self.only_here(write.entries):
+            return then(write.positions)
+        return self._then_pushed(write.entries, write.positions, then)
 
     async def _then_pushed(
         self, entries: Sequence[tuple[int, Delivery]], positions: list[int], then: Then
