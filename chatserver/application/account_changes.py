@@ -1,6 +1,6 @@
 """ACCOUNT_MSG (PROTOCOL.md Version 2, "People who can protect themselves"): a user changes
-their own password or deletes their account; and ending every session of a user, on every
-node, which those and an operator's suspension share."""
+their own password or deletes their account (ending the user's sessions on every node:
+application.lifecycle.end_sessions)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from chatserver.application.accounts import end_session
 from chatserver.application.commands import AccountChange, LeaveGroup
 from chatserver.application.friends import tell_friendship_ended
 from chatserver.application.groups import leave_group
+from chatserver.application.lifecycle import end_connection_session, end_sessions
 from chatserver.application.results import Done
 from chatserver.application.sessions import Session
 from chatserver.domain.errors import (
@@ -21,7 +21,7 @@ from chatserver.domain.errors import (
     UnknownGroup,
     UnknownUser,
 )
-from chatserver.domain.messages import Event, KickedNotice
+from chatserver.domain.messages import Event
 from chatserver.domain.ports import Transaction
 from chatserver.domain.users import User
 
@@ -78,24 +78,6 @@ async def _check_password(password: str, connection: Connection) -> None:
     attempt.succeeded()
 
 
-async def end_sessions(
-    user_id: int, *, node: Node, reason: str, keep_device: str | None = None
-) -> int:
-    """End every session of the user (but keep_device's on this node), here and on other
-    nodes, each told by KICKED_MSG saying reason; return how many there were."""
-    ended = 0
-    for device, other in list(node.sessions.of(user_id).items()):
-        if device != keep_device:
-            other.push(KickedNotice(reason))
-            await end_session(other, node=node, reason=reason)
-            ended += 1
-    for device, where in (await node.presence.sessions(user_id)).items():
-        if where.node_id != node.node_id:
-            await node.bus.kick(where.node_id, user_id, device, reason)
-            ended += 1
-    return ended
-
-
 async def delete_account(user_id: int, *, node: Node, asking: Connection | None = None) -> None:
     """Delete the account (PROTOCOL.md, ACCOUNT delete): its sessions end on every node (the
     asking connection's without KICKED_MSG: it gets its ACK), its groups are left as by
@@ -106,9 +88,8 @@ async def delete_account(user_id: int, *, node: Node, asking: Connection | None 
     if user is None:
         raise UnknownUser()
     # Sessions first, so that nothing the user does races the deletion.
-    if asking is not None and asking.session is not None:
-        await end_session(asking.session, node=node, reason=ACCOUNT_DELETED)
-        asking.session = None
+    if asking is not None:
+        await end_connection_session(asking, ACCOUNT_DELETED)
     await end_sessions(user_id, node=node, reason=ACCOUNT_DELETED)
     acting = acting_as(node, user)
     groups = await node.uow.run(lambda tx: tx.groups.groups_of(user_id))

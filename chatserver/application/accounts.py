@@ -1,4 +1,4 @@
-"""Accounts and sessions: register, log in (taking over an older session), log out."""
+"""Accounts: register, log in (the session's life is application.lifecycle's), log out."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from chatserver.application import lifecycle
 from chatserver.application.commands import Login, Logout, Register
 from chatserver.application.hooks import AccountCreated, Authenticator
 from chatserver.application.results import (
@@ -16,7 +17,6 @@ from chatserver.application.results import (
     LoggedIn,
     Registered,
 )
-from chatserver.application.sessions import Session
 from chatserver.domain.errors import (
     InvalidCredentials,
     InvalidRequest,
@@ -24,13 +24,12 @@ from chatserver.domain.errors import (
     NotPermitted,
     Unavailable,
 )
-from chatserver.domain.messages import KickedNotice, PresenceNotice, is_chat
-from chatserver.domain.ports import DeviceMark, DeviceSession, Transaction
+from chatserver.domain.messages import Kept, is_chat
+from chatserver.domain.ports import DeviceMark, Transaction
 from chatserver.domain.users import INDEFINITELY_MS, Account, User, check_name
 
 if TYPE_CHECKING:
     from chatserver.application.connection import Connection
-    from chatserver.application.node import Node
 
 log = logging.getLogger("chatserver.sessions")
 
@@ -63,7 +62,43 @@ async def register(command: Register, *, connection: Connection) -> Registered:
 
 async def login(command: Login, *, connection: Connection) -> LoggedIn:
     node = connection.node
-    clock = node.clock
+    user = (await _authenticate(command, connection)).user
+    device = command.device
+    # Logging in again as the same user and device on the same connection is a quiet takeover.
+    relogin = await lifecycle.end_previous(connection, user.id, device)
+    async with node.user_locks.hold(user.id):
+        starting = await lifecycle.claim(
+            connection, user, device=device, receipts=command.receipts,
+            notices=command.notices, quiet=relogin,
+        )
+        try:
+            snapshot = await node.uow.run(
+                lambda tx: _LoginSnapshot(
+                    tx, user, command, node.limits.stored_per_user, node.clock.now_ms()
+                )
+            )
+            located = await node.presence.locate(snapshot.contact_ids())
+        except BaseException:
+            await lifecycle.abandon(connection, starting)
+            raise
+        shown = [k for k in snapshot.waiting if command.notices or is_chat(k.delivery)]
+        node.metrics.waiting_at_login(len(shown))
+        await lifecycle.start(
+            node, starting, friend_ids={f.id for f in snapshot.friends},
+            blocked_by=set(snapshot.blockers), last_pos=snapshot.last_pos,
+            waiting=snapshot.waiting,
+        )
+    log.info(
+        "session start user=%d device=%r address=%s receipts=%s devices=%d waiting=%d",
+        user.id, device, connection.address, command.receipts, len(starting.others) + 1,
+        len(shown),
+    )
+    return _logged_in(user, snapshot, set(located) | {user.id}, shown)
+
+
+async def _authenticate(command: Login, connection: Connection) -> Account:
+    """The account a LOGIN proves to be, by token or by password, if it is not suspended."""
+    node = connection.node
     if command.token is not None and node.authenticator is not None:
         account = await _token_account(command, command.token, node.authenticator, connection)
     elif command.password is None:
@@ -71,65 +106,15 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
     else:
         account = await _password_account(command, command.password, connection)
     # After the password: whether an account is suspended is no stranger's business.
-    check_not_suspended(account, clock.now_ms())
-    user = account.user
-    device = command.device
-    # Logging in again as the same user and device on the same connection is a quiet takeover.
-    previous = connection.session
-    relogin = previous is not None and previous.user.id == user.id and previous.device == device
-    if previous is not None:
-        reason = "logged in again" if relogin else "logged in as another user"
-        await end_session(previous, node=node, takeover=relogin, reason=reason)
-        connection.session = None
-    async with node.user_locks.hold(user.id):
-        started_ms = clock.now_ms()
-        others, replaced = await _take_over(user.id, device, started_ms, node=node)
-        # Friends hear of the first session only: a takeover keeps the user online.
-        first = not others and not replaced and not relogin
-        session = Session(
-            user,
-            connection.outbox,
-            receipts=command.receipts,
-            notices=command.notices,
-            unreceipted_limit=node.limits.unreceipted_per_session,
-            device=device,
-            started_ms=started_ms,
-            on_gap=node.gaps.notice,
-        )
-        # Registered before the inbox is read: from here on, pushes wait in the session.
-        node.sessions.add(session)
-        connection.session = session
-        node.writer.known(user.id)
-        try:
-            if all(where.node_id != node.node_id for where in others.values()):
-                # Other nodes may remember this user as elsewhere, or nowhere: not here.
-                await node.bus.relocated(user.id)
-            snapshot = await node.uow.run(
-                lambda tx: _LoginSnapshot(
-                    tx, user, command, node.limits.stored_per_user, clock.now_ms()
-                )
-            )
-            located = await node.presence.locate(snapshot.contact_ids())
-        except BaseException:
-            # The login fails as a whole; the device's mark is as it was.
-            connection.session = None
-            await end_session(session, node=node, takeover=bool(others), reason="login failed")
-            raise
-        shown = [k for k in snapshot.waiting if command.notices or is_chat(k.delivery)]
-        node.metrics.waiting_at_login(len(shown))
-        session.friend_ids = {f.id for f in snapshot.friends}
-        # Added to, not replaced: a BLOCK answered while the snapshot was on its way has
-        # already told this session (note_blocked), and must not be lost. (An unblock in that
-        # window is: the block holds until the next login, failing closed.)
-        session.blocked_by |= set(snapshot.blockers)
-        session.start(snapshot.last_pos, snapshot.waiting)
-        if first:
-            await node.router.notify(sorted(session.friend_ids), PresenceNotice(user.id, True))
-    log.info(
-        "session start user=%d device=%r address=%s receipts=%s devices=%d waiting=%d",
-        user.id, device, connection.address, command.receipts, len(others) + 1, len(shown),
-    )
-    online = set(located) | {user.id}
+    check_not_suspended(account, node.clock.now_ms())
+    return account
+
+
+def _logged_in(
+    user: User, snapshot: _LoginSnapshot, online: set[int], shown: list[Kept]
+) -> LoggedIn:
+    """LOGIN's reply: the user's contacts and groups (with who of them is online), and what
+    waits for the device."""
     return LoggedIn(
         user=user,
         friends=tuple(Contact(f, f.id in online) for f in snapshot.friends),
@@ -149,83 +134,8 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
 
 
 async def logout(command: Logout, *, connection: Connection) -> Done:
-    if connection.session is not None:
-        await end_session(connection.session, node=connection.node, reason="logout")
-        connection.session = None
+    await lifecycle.end_connection_session(connection, "logout")
     return Done()
-
-
-async def end_session(
-    session: Session, *, node: Node, reason: str, takeover: bool = False
-) -> None:
-    """End a session: keep how far its device got, and tell friends when the user's last
-    session ended (a takeover replaces it: the user stays online)."""
-    if session.ended:
-        return
-    mark = session.end()
-    log.info(
-        "session end user=%d reason=%r device=%r mark=%d",
-        session.user.id, reason, session.device, mark.pos,
-    )
-    node.sessions.remove(session)
-    user_id = session.user.id
-    try:
-        if session.next_pos is not None:  # the login read the inbox: the mark means something
-            await node.writer.set_mark(user_id, session.device, mark)
-    except Unavailable as error:
-        # The device's mark stays where it was: what it had comes again at its next login.
-        log.warning("keeping the mark of user %d failed: %s", user_id, error)
-    if takeover:
-        return
-    try:
-        if not await node.presence.release(user_id, session.device, node.node_id):
-            await node.router.notify(sorted(session.friend_ids), PresenceNotice(user_id, False))
-    except Unavailable as error:
-        # A user still listed here is found gone when the node's lease lapses.
-        log.warning("user %d logged out while the cluster was unreachable: %s", user_id, error)
-
-
-async def kick(
-    user_id: int, device: str, *, node: Node, takeover: bool = True, reason: str | None = None
-) -> None:
-    """End this node's session of user's device: a newer login of that device here replaced
-    it (takeover: presence already names the new session), or a login elsewhere did, of the
-    same device or of one device too many (its device is released, unless it moved), or
-    what reason says (a suspension, a deletion: the KICKED_MSG says it)."""
-    session = node.sessions.get(user_id, device)
-    if session is None:
-        return
-    # A legacy session's connection closes once it is out.
-    session.push(KickedNotice() if reason is None else KickedNotice(reason))
-    if reason is None:
-        reason = "replaced by a newer login" if takeover else "a newer login elsewhere"
-    await end_session(session, node=node, takeover=takeover, reason=reason)
-
-
-async def _take_over(
-    user_id: int, device: str, started_ms: int, *, node: Node
-) -> tuple[dict[str, DeviceSession], bool]:
-    """Claim the device's session for this node: end the device's older session, and the
-    user's longest-logged-in ones past the device limit. Return the user's other sessions
-    that go on, and whether the device had a session (replaced now)."""
-    replaced = node.sessions.get(user_id, device) is not None
-    if replaced:
-        await kick(user_id, device, node=node)
-    sessions = await node.presence.claim(user_id, device, node.node_id, started_ms)
-    before = sessions.pop(device, None)
-    if before is not None and before.node_id != node.node_id:
-        await node.bus.kick(before.node_id, user_id, device)
-    replaced = replaced or before is not None
-    excess = len(sessions) + 1 - node.limits.devices_per_user
-    if excess > 0:
-        oldest = sorted(sessions.items(), key=lambda item: item[1].started_ms)[:excess]
-        for other, where in oldest:
-            del sessions[other]
-            if where.node_id == node.node_id:
-                await kick(user_id, other, node=node, takeover=False)
-            else:
-                await node.bus.kick(where.node_id, user_id, other)
-    return sessions, replaced
 
 
 async def _password_account(command: Login, password: str, connection: Connection) -> Account:

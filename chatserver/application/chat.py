@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from chatserver.application import files
 from chatserver.application.commands import Receipt, SendDirectMessage, SendGroupMessage
 from chatserver.application.hooks import Outgoing, check_before_send
-from chatserver.application.inbox_writer import InboxWrite
 from chatserver.application.results import Done, MessageAccepted
 from chatserver.application.strangers import check_group_fan_out, check_stranger
 from chatserver.domain.errors import ChatError, Muted, NotAMember, NotPermitted
@@ -38,7 +37,10 @@ async def send_direct_message(
     try:
         recipient_id = command.recipient_id
         if recipient_id not in session.friend_ids:
-            await check_stranger(connection, recipient_id)
+            await check_stranger(
+                session, recipient_id, gate=node.strangers, here=node.sessions, uow=node.uow,
+                clock=node.clock,
+            )
         text = command.text
         before_send = node.before_send
         if before_send is not None:
@@ -124,9 +126,7 @@ def send_direct_message_joining(
         leading = writer.open_batch()
         assert leading is not None
         lead(leading)
-    session = connection.require_session()
     me = session.user
-    recipient_id = command.recipient_id
     message = DirectMessage(
         msg_id=msg_id,
         sender_id=me.id,
@@ -141,26 +141,22 @@ def send_direct_message_joining(
     else:
         own_index, check_user = 1, recipient_id
         entries = [(recipient_id, message), (me.id, message)]
-    router = node.router
 
-    def committed(write: InboxWrite) -> Coroutine[Any, Any, None] | None:
-        if write.error is not None:
-            answer(write.error)
+    def delivered(outcome: list[int] | ChatError) -> Coroutine[Any, Any, None] | None:
+        if isinstance(outcome, ChatError):
+            answer(outcome)
             return None
-        own_pos = write.positions[own_index]
-        if router.only_here(entries) and session.has_reached(own_pos):
+        own_pos = outcome[own_index]
+        if session.has_reached(own_pos):
             answer(MessageAccepted(msg_id, pos=own_pos))
             return None
-        return pushed(write.positions, own_pos)
+        return reached(own_pos)
 
-    async def pushed(positions: list[int], own_pos: int) -> None:
-        await router.send_remote(entries, positions)
+    async def reached(own_pos: int) -> None:
         await session.reached(own_pos)
         answer(MessageAccepted(msg_id, pos=own_pos))
 
-    write = InboxWrite(entries, check_user=check_user, own=session, then=committed)
-    joined = node.writer.join_gathering(write)
-    assert joined  # gathering was checked above, and nothing has awaited since
+    node.router.deliver(entries, own=session, check_user=check_user, then=delivered)
     return True
 
 
@@ -203,7 +199,9 @@ async def send_group_message(
             await files.refer(node, attached, msg_id, group_id=command.group_id)
         entries = [(uid, message) for uid in roster.members if uid != me.id]
         entries.append((me.id, message))
-        check_group_fan_out(connection, command.group_id, len(entries))
+        check_group_fan_out(
+            node.group_entries, command.group_id, len(entries), node.clock.now_ms() / 1000
+        )
         if not turns.mine(ticket):
             await turns.wait(ticket)
         delivered = node.router.deliver(entries, own=session)

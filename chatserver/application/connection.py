@@ -1,13 +1,13 @@
 """A client connection as the core sees it: who is logged in on it, and what it asks for."""
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from attrs import Factory, define
+from attrs import Factory, define, field
 
-from chatserver.application.accounts import end_session
+from chatserver.application import lifecycle
 from chatserver.application.commands import ANONYMOUS_COMMANDS, Command
-from chatserver.application.dispatch import HANDLERS, JOINING
+from chatserver.application.handling import JoiningUseCase, UseCase
 from chatserver.application.node import Node
 from chatserver.application.results import Result
 from chatserver.application.sessions import Session
@@ -19,7 +19,9 @@ from chatserver.domain.users import User
 
 @define(eq=False)
 class Connection:
-    """One client's link to this node; the transport makes one per accepted connection."""
+    """One client's link to this node; the transport makes one per accepted connection.
+
+    Requests go to the node's use cases (Node.handlers, attached at bootstrap)."""
 
     node: Node
     outbox: Outbox
@@ -28,6 +30,13 @@ class Connection:
     session: Session | None = None
     # The order in which its chats join the inbox queue (they may be served concurrently).
     turns: Turns = Factory(Turns)
+    _use_cases: Mapping[type[Any], UseCase] = field(init=False)
+    _joining: Mapping[type[Any], JoiningUseCase] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        handlers = self.node.handlers
+        self._use_cases = handlers.use_cases
+        self._joining = handlers.joining
 
     def _live_session(self) -> Session | None:
         session = self.session
@@ -65,7 +74,7 @@ class Connection:
                 raise NotLoggedIn()
         elif claimed_id is not None and claimed_id != session.user.id:
             raise Forbidden()
-        return await HANDLERS[type(command)](command, connection=self)
+        return await self._use_cases[type(command)](command, connection=self)
 
     def handle_joining(
         self,
@@ -75,11 +84,11 @@ class Connection:
         lead: Callable[[Coroutine[Any, Any, None]], None] | None = None,
     ) -> bool:
         """handle(), without a coroutine, for the commands that can join the inbox batch being
-        gathered (JOINING): True once it has, and answer is called right after its commit;
+        gathered (Handlers.joining): True once it has, and answer is called right after its commit;
         False, with nothing done, when handle() is the way. lead, if given, runs a batch's
         leader in a task of its own (then a batch is started when none is gathering). Faults
         are raised as handle() raises them, in the same order."""
-        joining = JOINING.get(type(command))
+        joining = self._joining.get(type(command))
         if joining is None:
             return False
         validate = getattr(command, "validate", None)
@@ -95,14 +104,10 @@ class Connection:
         return joining(command, connection=self, answer=answer, lead=lead)
 
     def replied(self) -> None:
-        """The reply to the last request is queued: a new session may now receive events."""
-        session = self.session
-        if session is None or session.held is None:
-            return
-        session.open()
+        """The hook after LOGIN: call it once the reply to a LOGIN is queued (no other request
+        needs it), so that the new session may receive events. Harmless at any other time."""
+        lifecycle.login_replied(self.session)
 
     async def disconnect(self, reason: str = "connection closed") -> None:
         """The connection is gone: end its session as a logout would."""
-        if self.logged_in and self.session is not None:
-            await end_session(self.session, node=self.node, reason=reason)
-        self.session = None
+        await lifecycle.end_connection_session(self, reason)

@@ -1,8 +1,10 @@
-"""Dispatch is data: one table from command type to the use case that serves it."""
+"""Dispatch is data: one table from command type to the use case that serves it.
+
+Bootstrap hands HANDLERS to the node (Node.handlers), where each Connection finds them:
+nothing in the application imports this module, so the connection imports no use case."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from chatserver.application import (
@@ -42,19 +44,18 @@ from chatserver.application.commands import (
     UpdateGroup,
     UploadFile,
 )
-from chatserver.application.results import Done, Result
+from chatserver.application.handling import Handlers, JoiningUseCase, UseCase
+from chatserver.application.results import Done
 
 if TYPE_CHECKING:
     from chatserver.application.connection import Connection
-
-UseCase = Callable[..., Awaitable[Result]]
 
 
 async def ping(command: Ping, *, connection: Connection) -> Done:
     return Done()
 
 
-HANDLERS: dict[type[Any], UseCase] = {
+USE_CASES: dict[type[Any], UseCase] = {
     Register: accounts.register,
     Login: accounts.login,
     Logout: accounts.logout,
@@ -85,6 +86,8 @@ HANDLERS: dict[type[Any], UseCase] = {
 
 # Use cases that can serve a command without a coroutine of their own, by joining the inbox
 # batch being gathered (Connection.handle_joining); they return False when they cannot.
-JOINING: dict[type[Any], Callable[..., bool]] = {
+JOINING: dict[type[Any], JoiningUseCase] = {
     SendDirectMessage: chat.send_direct_message_joining,
 }
+
+HANDLERS = Handlers(USE_CASES, JOINING)

@@ -4,8 +4,8 @@ from functools import partial
 
 from attrs import define
 
-from chatserver.application.accounts import kick
 from chatserver.application.friends import note_blocked
+from chatserver.application.lifecycle import kick
 from chatserver.application.node import Node
 from chatserver.domain.messages import Event, Kept
 from chatserver.domain.ports import Transaction

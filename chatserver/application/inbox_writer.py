@@ -42,6 +42,9 @@ class InboxWrite:
     # Called right after the commit (or with error set, when it failed) instead of waking a
     # coroutine (join_gathering); what it returns, if anything, the batch's writer awaits.
     then: Callable[[InboxWrite], Coroutine[Any, Any, None] | None] | None = None
+    # Where then hands the positions or the error on (the `then` of Router.deliver's caller):
+    # kept here, so that no closure is made per message.
+    delivered: Callable[[Any], Coroutine[Any, Any, None] | None] | None = None
 
 
 @define(eq=False)

@@ -9,6 +9,7 @@ from attrs import Factory, define, field
 
 from chatserver.application.gaps import GapFiller
 from chatserver.application.groups_directory import GroupDirectory
+from chatserver.application.handling import Handlers
 from chatserver.application.hooks import Authenticator, BeforeSend, EventFeed, HookEvent, Hooks
 from chatserver.application.inbox_writer import InboxWrite, InboxWriter
 from chatserver.application.message_ids import MessageIdAllocator
@@ -160,6 +161,9 @@ class Node:
     # Where files are uploaded and downloaded (the web port's signed paths); None: no web port,
     # FILE_UPLOAD and FILE_URL are errno 11.
     file_links: FileLinks | None = None
+    # The use cases that serve its connections' requests (bootstrap attaches
+    # application.dispatch.HANDLERS; none by default).
+    handlers: Handlers = Factory(Handlers)
     before_send: BeforeSend | None = field(init=False)
     events: EventFeed | None = field(init=False)
     writer: InboxWriter = field(init=False)

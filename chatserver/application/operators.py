@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 
 from attrs import evolve, frozen
 
-from chatserver.application.account_changes import acting_as, end_sessions
+from chatserver.application.account_changes import acting_as
 from chatserver.application.accounts import suspension_message
 from chatserver.application.commands import DissolveGroup
 from chatserver.application.groups import dissolve_group
+from chatserver.application.lifecycle import end_sessions
 from chatserver.domain.errors import UnknownGroup, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Kept

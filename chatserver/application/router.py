@@ -11,14 +11,14 @@ the device's mark at the next login).
 
 import logging
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, overload
 
 from attrs import Factory, define
 
 from chatserver.application.inbox_writer import InboxWrite, InboxWriter
 from chatserver.application.sessions import Session, SessionRegistry
-from chatserver.domain.errors import Unavailable
+from chatserver.domain.errors import ChatError, Unavailable
 from chatserver.domain.messages import Delivery, Event, Kept, Notice
 from chatserver.domain.ports import MessageBus, Metrics, Presence
 
@@ -33,6 +33,10 @@ NOWHERE_SECONDS = 1.0
 LOCATIONS_KEPT = 100_000
 
 _NOWHERE: frozenset[str] = frozenset()
+
+# What a delivery without a coroutine calls once done (Router.deliver): with the positions,
+# or the error; it may return what is left to await.
+Then = Callable[[list[int] | ChatError], Coroutine[Any, Any, None] | None]
 
 
 @define
@@ -50,19 +54,71 @@ class Router:
     def __attrs_post_init__(self) -> None:
         self._here = frozenset({self.node_id})
 
+    @overload
     def deliver(
         self,
         entries: Sequence[tuple[int, Delivery]],
         *,
         own: Session | None = None,
         check_user: int | None = None,
-    ) -> Coroutine[Any, Any, list[int]]:
-        """Keep each (user, delivery) in that user's inbox, then push it to their sessions;
-        return the positions. own is the sending session (it has its copy); check_user a
-        user who must exist (UnknownUser otherwise, and nothing is kept). The entries take
-        their place in the inbox queue now (InboxWriter.enqueue); await what is returned."""
-        write = InboxWrite(entries, check_user=check_user, own=own)
-        return self._delivered(entries, self.writer.enqueue(write))
+        then: None = None,
+    ) -> Coroutine[Any, Any, list[int]]: ...
+
+    @overload
+    def deliver(
+        self,
+        entries: Sequence[tuple[int, Delivery]],
+        *,
+        own: Session | None = None,
+        check_user: int | None = None,
+        then: Then,
+    ) -> None: ...
+
+    def deliver(
+        self,
+        entries: Sequence[tuple[int, Delivery]],
+        *,
+        own: Session | None = None,
+        check_user: int | None = None,
+        then: Then | None = None,
+    ) -> Coroutine[Any, Any, list[int]] | None:
+        """Keep each (user, delivery) in that user's inbox, then push it to their sessions,
+        here and on other nodes: the one way every use case delivers. own is the sending
+        session (it has its copy); check_user a user who must exist (UnknownUser otherwise,
+        and nothing is kept). The entries take their place in the inbox queue now
+        (InboxWriter.enqueue).
+
+        Without then: await what is returned, the positions (or the error raised).
+        With then: no coroutine waits; the entries join the batch being gathered (the
+        caller sees that one is: InboxWriter.gathering, open_batch), and then is called with
+        the positions once they are pushed, or with the ChatError; what it returns, if
+        anything, the batch's writer awaits."""
+        if then is None:
+            write = InboxWrite(entries, check_user=check_user, own=own)
+            return self._delivered(entries, self.writer.enqueue(write))
+
+        joined = self.writer.join_gathering(
+            InboxWrite(entries, check_user, own, then=self._committed, delivered=then)
+        )
+        assert joined, "deliver(then=...) needs a batch being gathered"
+        return None
+
+    def _committed(self, write: InboxWrite) -> Coroutine[Any, Any, None] | None:
+        then = write.delivered
+        assert then is not None
+        if write.error is not None:
+            return then(write.error)
+        if self.only_here(write.entries):
+            return then(write.positions)
+        return self._then_pushed(write.entries, write.positions, then)
+
+    async def _then_pushed(
+        self, entries: Sequence[tuple[int, Delivery]], positions: list[int], then: Then
+    ) -> None:
+        await self.send_remote(entries, positions)
+        rest = then(positions)
+        if rest is not None:
+            await rest
 
     async def _delivered(
         self,

@@ -12,15 +12,11 @@ budget of entries per second, so a big group cannot write tens of thousands a se
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from attrs import Factory, define
 
+from chatserver.application.sessions import Session, SessionRegistry
 from chatserver.domain.errors import QuotaExceeded, RateLimited
-from chatserver.domain.ports import Transaction
-
-if TYPE_CHECKING:
-    from chatserver.application.connection import Connection
+from chatserver.domain.ports import Clock, Transaction, UnitOfWork
 
 # Keys a bucket table or the contacts cache keeps at most (the oldest tenth go past it).
 _MAX_KEYS = 100_000
@@ -82,22 +78,28 @@ def _look(sender_id: int, recipient_id: int, tx: Transaction) -> tuple[bool, int
     return False, tx.inbox.last_pos(recipient_id) - furthest
 
 
-async def check_stranger(connection: Connection, recipient_id: int) -> None:
-    """Raise RateLimited (errno 9) or QuotaExceeded (errno 14) for a message to recipient_id
-    from a stranger past the limits; nothing for a friend or a fellow member of a group."""
-    session = connection.require_session()
+async def check_stranger(
+    session: Session,
+    recipient_id: int,
+    *,
+    gate: StrangerGate,
+    here: SessionRegistry,
+    uow: UnitOfWork,
+    clock: Clock,
+) -> None:
+    """Raise RateLimited (errno 9) or QuotaExceeded (errno 14) for a message from session's
+    user to recipient_id from a stranger past the limits (gate: the node's, here: its
+    sessions); nothing for a friend or a fellow member of a group."""
     me = session.user.id
-    node = connection.node
-    if recipient_id == me or recipient_id in session.friend_ids or node.sessions.of(recipient_id):
+    if recipient_id == me or recipient_id in session.friend_ids or here.of(recipient_id):
         return  # a recipient online here takes it live (and slows a flood: issue 16.5)
-    gate = node.strangers
-    now = node.clock.now_ms() / 1000
+    now = clock.now_ms() / 1000
     if gate.known_contact(me, recipient_id, now):
         return
     seen = gate.contacts.get((me, recipient_id))
     if seen is not None and seen[1] > now and not gate.per_recipient.take(recipient_id, 1, now):
         raise RateLimited("too many messages to this user from people they do not know")
-    shared, waiting = await node.uow.run(lambda tx: _look(me, recipient_id, tx))
+    shared, waiting = await uow.run(lambda tx: _look(me, recipient_id, tx))
     gate.remember(me, recipient_id, shared, now)
     if shared:
         return
@@ -110,8 +112,8 @@ async def check_stranger(connection: Connection, recipient_id: int) -> None:
         )
 
 
-def check_group_fan_out(connection: Connection, group_id: int, entries: int) -> None:
-    """Raise RateLimited (errno 9) when the group has written its budget of inbox entries."""
-    node = connection.node
-    if not node.group_entries.take(group_id, entries, node.clock.now_ms() / 1000):
+def check_group_fan_out(budget: TokenBuckets, group_id: int, entries: int, now: float) -> None:
+    """Raise RateLimited (errno 9) when the group has written its budget of inbox entries
+    (budget: the node's, per group)."""
+    if not budget.take(group_id, entries, now):
         raise RateLimited("this group's messages are arriving too fast: slow down")

@@ -35,15 +35,17 @@ from chatserver.adapters.tcp.budget import ConnectionsPerAddress
 from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.server import TcpServer
 from chatserver.adapters.webhook import HttpWebhookSender, encode_event
-from chatserver.application.accounts import TOKEN_ONLY_HASH, end_session
+from chatserver.application.accounts import TOKEN_ONLY_HASH
 from chatserver.application.commands import Command, CreateGroup, JoinGroup
 from chatserver.application.connection import Connection
+from chatserver.application.dispatch import HANDLERS
 from chatserver.application.hooks import AccountCreated, Authenticator, Hooks
 from chatserver.application.inbound import NodeInbox
+from chatserver.application.lifecycle import end_session
 from chatserver.application.name_report import names_breaking_the_rules
 from chatserver.application.node import Limits, Node, NoMetrics
 from chatserver.application.pruning import prune_history
-from chatserver.application.results import GroupCreated, Result
+from chatserver.application.results import GroupCreated, LoggedIn, Result
 from chatserver.application.sessions import Session
 from chatserver.application.webhooks import WebhookDeliverer, WebhookLimits, WebhookRecorder
 from chatserver.domain.errors import Unavailable, UnknownUser
@@ -622,7 +624,8 @@ class EmbeddedClient:
                 `NotAMember`, `NameTaken`, ...).
         """
         result = await self.connection.handle(command)
-        self.connection.replied()
+        if type(result) is LoggedIn:
+            self.connection.replied()
         await self.outbox.flush()
         return result
 
@@ -767,6 +770,7 @@ async def open_node(
         hooks=config.hooks,
         webhooks=recorder,
         file_links=links,
+        handlers=HANDLERS,
     )
     if metrics is not None:
         metrics.count_sessions(lambda: len(node.sessions))

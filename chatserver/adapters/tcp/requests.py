@@ -23,7 +23,7 @@ from chatserver.adapters.wire.codec import (
 from chatserver.adapters.wire.errors import BAD_REQUEST, errno_and_message
 from chatserver.application.commands import Read, Receipt, SendDirectMessage, SendGroupMessage
 from chatserver.application.connection import Connection
-from chatserver.application.results import Result
+from chatserver.application.results import LoggedIn, Result
 from chatserver.domain.errors import ChatError, RateLimited, Unavailable
 
 if TYPE_CHECKING:
@@ -329,7 +329,8 @@ class RequestServing:
     def _answer(self, request: Request, result: Result, started: float) -> None:
         for reply in encode_result(request, result, self.dialect):
             self._reply(reply)
-        self.connection.replied()
+        if type(result) is LoggedIn:  # the hook after LOGIN: the new session may now hear
+            self.connection.replied()
         if self.metrics is not None:
             self.metrics.request(request.msgid, 0, time.perf_counter() - started)
 
