@@ -2,6 +2,7 @@
 shows that a well-behaved user beside it keeps its service, printing that user's latency."""
 
 import json
+import os
 import selectors
 import socket
 import threading
@@ -26,10 +27,12 @@ def frames_of(data: bytes) -> list[dict[str, object]]:
     return [json.loads(line) for line in data.split(b"\n") if line.strip()]
 
 
-def timed_login(port: int, user: User) -> float:
-    """Seconds for a fresh connection to log user in (asserting success)."""
+def timed_login(port: int, user: User, source: str | None = None) -> float:
+    """Seconds for a fresh connection (from the loopback address source, if given) to log
+    user in (asserting success)."""
     started = time.perf_counter()
-    with socket.create_connection((HOST, port), timeout=15) as sock:
+    with socket.create_connection((HOST, port), timeout=15,
+                                  source_address=None if source is None else (source, 0)) as sock:
         sock.sendall(json.dumps({"msgid": 1, "id": user.id, "password": user.password}).encode()
                      + b"\n")
         data = b""
@@ -51,10 +54,11 @@ def latency_report(what: str, latencies: list[float]) -> str:
 
 @contextmanager
 def flood(port: int, connections: int, frame: bytes, *, per_round: int = 5,
-          pause: float = 0.0) -> Iterator[dict[str, int]]:
+          pause: float = 0.0, reconnect: bool = False) -> Iterator[dict[str, int]]:
     """`connections` sockets re-sending `frame` (per_round at a time) and reading whatever comes
-    back, from a thread, until the block ends. Yields counts: replies by errno, closed."""
-    counts: dict[str, int] = {"sent": 0, "replies": 0, "closed": 0}
+    back, from a thread, until the block ends; reconnect: each one closed is opened again (at
+    most 50 a round). Yields counts: replies by errno, closed, reconnected."""
+    counts: dict[str, int] = {"sent": 0, "replies": 0, "closed": 0, "reconnected": 0}
     socks = [socket.create_connection((HOST, port), timeout=5) for _ in range(connections)]
     stop = threading.Event()
 
@@ -64,7 +68,17 @@ def flood(port: int, connections: int, frame: bytes, *, per_round: int = 5,
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ)
         live = set(socks)
-        while not stop.is_set() and live:
+        while not stop.is_set() and (live or reconnect):
+            for _ in range(min(50, connections - len(live)) if reconnect else 0):
+                try:
+                    sock = socket.create_connection((HOST, port), timeout=5)
+                except OSError:
+                    break
+                counts["reconnected"] += 1
+                socks.append(sock)
+                sock.setblocking(False)
+                selector.register(sock, selectors.EVENT_READ)
+                live.add(sock)
             for sock in list(live):
                 try:
                     sock.send(frame * per_round)
@@ -75,6 +89,7 @@ def flood(port: int, connections: int, frame: bytes, *, per_round: int = 5,
                     counts["closed"] += 1
                     selector.unregister(sock)
                     live.discard(sock)
+                    sock.close()
             for key, _ in selector.select(timeout=0.01):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
@@ -90,6 +105,7 @@ def flood(port: int, connections: int, frame: bytes, *, per_round: int = 5,
                     counts["closed"] += 1
                     selector.unregister(sock)
                     live.discard(sock)
+                    sock.close()
                     continue
                 for line in data.split(b"\n"):
                     if b'"errno":' in line:
@@ -164,34 +180,57 @@ def test_the_limit_of_waiting_messages_is_set_by_stored_limit(tmp_path: Path) ->
         server.assert_no_traceback()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process pid so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_a_registration_flood_for_a_taken_name_leaves_logins_fast(tmp_path: Path) -> None:
     """Issue 16.1: 300 connections re-sending REG for a taken name used to run a full scrypt
     each and push another user's login to 5-8 s. REG requests are now limited per address
-    (60 a minute, whatever their outcome) and the name is checked before hashing."""
+    (60 a minute, whatever their outcome) and the name is checked before hashing; that left
+    the event loop answering each refused REG, 16,000-20,000 a second, and a login beside them
+    took 0.2-1.2 s (median), up to 6.4 s. Now requests refused by a limit count against the
+    connection (50, then 1 a second) and against the address (200, then 4 a second, over all
+    its connections); past either the connection is cut off, at its next refusal while its
+    address floods, and what it sent that was not served yet is dropped. The attacker here
+    reconnects as it is cut off, to keep 300 connections flooding."""
     server = ServerProcess("memory://", tmp_path / "reg.log", REGISTRATION_LIMITS).start()
-    assert server.port is not None
+    assert server.port is not None and server.proc is not None
     chat = Chat(server)
+    elsewhere = "127.0.0.2"  # the bystander's address: not the attacker's
     try:
         taken, bystander = chat.user("taken"), chat.user("bystander")
-        quiet = [timed_login(server.port, bystander) for _ in range(5)]
+        quiet = [timed_login(server.port, bystander, elsewhere) for _ in range(5)]
         print(latency_report("before the flood", quiet))
         reg = json.dumps({"msgid": 4, "name": taken.name, "password": "x"}).encode() + b"\n"
-        with flood(server.port, 300, reg, per_round=2, pause=0.02) as counts:
-            time.sleep(1.0)
-            during = [timed_login(server.port, bystander) for _ in range(20)]
+        with flood(server.port, 300, reg, per_round=2, pause=0.02, reconnect=True) as counts:
+            time.sleep(0.2)
+            cpu, started = cpu_seconds(server.proc.pid), time.perf_counter()
+            during = [timed_login(server.port, bystander, elsewhere) for _ in range(20)]
+            busy = (cpu_seconds(server.proc.pid) - cpu) / (time.perf_counter() - started)
+        after = [timed_login(server.port, bystander, elsewhere) for _ in range(5)]
         print(latency_report("during 300 connections re-sending REG of a taken name", during))
-        print(f"flood: {counts}")
-        # The attack ran: "name taken" for the first 60 a minute, errno 9 for the rest.
-        assert counts["replies"] > 10_000
-        assert set(counts) - {"sent", "replies", "closed"} <= {"errno 1", "errno 9"}
-        # It used to be 5-8 s (median), and past the client library's 10 s timeout at the
-        # connection cap. The issue asks for 0.5 s at p99; on this 2-core machine, with the
-        # flood's own client on the same cores, the median measured 0.19-1.15 s and the
-        # slowest login up to 6.4 s (on the tree before this session's merges too): the issue
-        # stays open on that. What is held here: the flood no longer makes logins take
-        # seconds as a rule, and none reaches the 10 s timeout.
-        assert sorted(during)[len(during) // 2] < 2.5
-        assert max(during) < 10.0
+        print(latency_report("after the flood", after))
+        print(f"flood: {counts}; the server's CPU during the logins: {busy:.0%} of a core")
+        assert set(counts) - {"sent", "replies", "closed", "reconnected"} <= {"errno 1",
+                                                                              "errno 9"}
+        # The attack ran, and was cut off: of what it sent, the server answered a few
+        # hundred refusals and then one per new connection (it used to answer every one).
+        assert counts["sent"] > 20_000 and counts["reconnected"] > 1_000
+        assert counts["replies"] < counts["sent"] / 4
+        # The event loop is not saturated (it was: 100% of a core answering refusals)...
+        assert busy < 0.8
+        # ...so what slows a login down is the machine's CPU, shared by the hash threads, the
+        # attacker's client and its connections: the hash itself took 2-4 times longer during
+        # the flood on this 2-core machine (0.35-0.75 s for 0.12-0.17 s), its scheduler shared
+        # with other work that comes and goes (the quiet login took 0.06 s before one flood and
+        # 0.2 s after it). The issue asks for 0.5 s at p99, where a quiet login takes 0.05 s;
+        # held here: ten times the quiet login, measured before and after in the same run.
+        quiet_median = max(sorted(quiet)[len(quiet) // 2], sorted(after)[len(after) // 2])
+        p99 = sorted(during)[int(len(during) * 0.99)]
+        assert p99 <= max(0.5, 10 * quiet_median)
         # Each refused REG used to write a log line: 17 MB in 3 s. Now 20 lines a second.
         log_bytes = server.log_size()
         print(f"server log: {log_bytes} bytes")
@@ -743,6 +782,7 @@ def test_strangers_cannot_fill_an_away_users_inbox_and_a_friends_message_still_a
         cv.close()
         per_stranger = 150  # within one connection's burst: only the stranger limits refuse
         counts: dict[int, int] = {}
+        closed: list[int] = []
         lock = threading.Lock()
 
         def flood_from(user: User) -> None:
@@ -750,11 +790,17 @@ def test_strangers_cannot_fill_an_away_users_inbox_and_a_friends_message_still_a
             frames += [{"msgid": 6, "toid": victim.id, "msg": f"spam {n}", "seq": n + 1}
                        for n in range(per_stranger)]
             with socket.create_connection((HOST, server.port or 0), timeout=30) as sock:
-                sock.sendall(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+                with suppress(ConnectionResetError, BrokenPipeError):
+                    sock.sendall(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
                 data = b""
                 while data.count(b"\n") < len(frames):
-                    chunk = sock.recv(65536)
-                    assert chunk, "closed during the flood"
+                    try:
+                        chunk = sock.recv(65536)
+                    except ConnectionResetError:
+                        chunk = b""
+                    if not chunk:  # cut off for flooding: past the refusals it was allowed
+                        closed.append(user.id)
+                        break
                     data += chunk
             replies = frames_of(data)[1:]
             with lock:
@@ -778,11 +824,17 @@ def test_strangers_cannot_fill_an_away_users_inbox_and_a_friends_message_still_a
         waiting += back.drain(1.0)
         texts = [m.get("msg") for m in waiting if m.get("msgid") == 6]
         print(f"25 strangers x {per_stranger} in {flood_seconds:.2f} s: replies by errno "
-              f"{dict(sorted(counts.items()))}; the friend's message kept in {friend_ms:.1f} ms "
-              f"(msg_id {kept['msg_id']}); {len(texts)} chats waiting at login")
-        assert sum(counts.values()) == 25 * per_stranger
+              f"{dict(sorted(counts.items()))}, {len(closed)} cut off; the friend's message "
+              f"kept in {friend_ms:.1f} ms (msg_id {kept['msg_id']}); {len(texts)} chats "
+              "waiting at login")
         assert counts.get(0, 0) <= 1000 + 25  # the share, and what was in flight
-        assert set(counts) <= {0, 9, 14} and counts.get(14, 0) + counts.get(9, 0) > 2000
+        assert set(counts) <= {0, 9, 14}
+        # What was not taken was refused (errno 9 past the rate, 14 past the share), until
+        # the strangers' address had been refused 200 times: from then on each of them was
+        # cut off at its next refusal (issue 16.1), the rest of what it sent dropped.
+        refused = counts.get(14, 0) + counts.get(9, 0)
+        assert refused + counts.get(0, 0) == 25 * per_stranger or (
+            closed and refused >= 200 and "from an address that is flooding" in server.log_text())
         assert texts[-1] == "are you there?"
     finally:
         chat.close_all()
