@@ -25,6 +25,12 @@ from chatserver.adapters.wire.codec import Dialect, encode_frame_too_large
 from chatserver.adapters.wire.framing import FrameSplitter
 
 CLOSED_BY_CLIENT = "connection closed by the client"
+# Requests refused errno 9 by a limit of the server's (registrations per address, failed logins,
+# strangers' messages...): past this many, less what refills at the rate below, the client is not
+# waiting as told but flooding (a REG of a taken name resent 20,000 times a second over 300
+# connections): it is disconnected, as past TransportLimits.refused_before_disconnect.
+LIMITED_BEFORE_DISCONNECT = 50
+LIMITED_PER_SECOND = 1.0
 CLOSED_BY_SERVER = "closed by the server"
 
 
@@ -43,12 +49,6 @@ class TransportLimits:
     # A client refused this many requests without slowing down enough for its budget to
     # refill is flooding: it is disconnected.
     refused_before_disconnect: int = 200
-    # Requests refused errno 9 by a limit of the server's (registrations per address, failed
-    # logins, strangers' messages...): past this many, less what refills at the rate below, the
-    # client is not waiting as told but flooding (a REG of a taken name resent 20,000 times a
-    # second over 300 connections): it is disconnected, as for refused_before_disconnect.
-    limited_before_disconnect: int = 50
-    limited_per_second: float = 1.0
     # Silence allowed before login, and after (clients PING every 20 s or so); see
     # ConnectionCore.allowed_silence for the clients these do not apply to.
     login_timeout_seconds: float = 30.0
@@ -125,8 +125,7 @@ class ConnectionCore:
         self.budget = TokenBucket(limits.requests_per_second, limits.request_burst, now)
         self.refused = 0  # requests refused since the budget last refilled
         # Requests refused by a limit of the server's (limited()), as a bucket that refills.
-        self.limits_left = TokenBucket(limits.limited_per_second,
-                                       limits.limited_before_disconnect, now)
+        self.limits_left = TokenBucket(LIMITED_PER_SECOND, LIMITED_BEFORE_DISCONNECT, now)
         self.closing: Close | None = None
         self.last_heard = now
         self._proxy: ProxyHeaderReader | None = None
@@ -188,8 +187,8 @@ class ConnectionCore:
     def limited(self, now: float, address_flooded: bool = False) -> bool:
         """A request was refused errno 9 by a limit of the server's rather than the budget
         ("too many new accounts from your address: try again later"). True (and closing) when
-        the client has had more of those than limited_before_disconnect, less what refilled
-        at limited_per_second: it does not wait as it is told but floods, and is cut off; at
+        the client has had more of those than LIMITED_BEFORE_DISCONNECT, less what refilled
+        at LIMITED_PER_SECOND: it does not wait as it is told but floods, and is cut off; at
         once if address_flooded (another connection from its address was cut off lately)."""
         if self.closing is not None:
             return False
@@ -198,8 +197,8 @@ class ConnectionCore:
         elif self.limits_left.spend(now):
             return False
         else:
-            reason = (f"still flooding after {self.limits.limited_before_disconnect} requests"
-                      " refused by a limit")
+            reason = (f"still flooding after {LIMITED_BEFORE_DISCONNECT} requests refused by"
+                      " a limit")
         self.closing = Close(reason, warning=True, flooding=True)
         return True
 

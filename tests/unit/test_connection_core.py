@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from chatserver.adapters.connection_core import (
     CLOSED_BY_CLIENT,
+    LIMITED_BEFORE_DISCONNECT,
     Close,
     ConnectionCore,
     Refused,
@@ -124,14 +125,15 @@ def test_requests_refused_by_a_limit_cut_a_flooder_off_and_a_patient_client_is_n
     """Issue 16.1: a REG refused errno 9 ("too many new accounts from your address") and sent
     again at once, thousands of times, cost a reply each; past limited_before_disconnect of
     those (less one a second refilled) the client is cut off."""
-    limits = TransportLimits(limited_before_disconnect=3, limited_per_second=1.0)
-    flooder, patient = core(limits), core(limits)
-    assert [flooder.limited(0.0) for _ in range(4)] == [False, False, False, True]
+    flooder, patient = core(), core()
+    cuts = [flooder.limited(0.0) for _ in range(LIMITED_BEFORE_DISCONNECT + 1)]
+    assert cuts == [False] * LIMITED_BEFORE_DISCONNECT + [True]
     assert flooder.closing is not None and flooder.closing.flooding
-    assert "still flooding after 3 requests refused by a limit" in flooder.closing.reason
+    assert f"still flooding after {LIMITED_BEFORE_DISCONNECT} requests refused by a limit" in (
+        flooder.closing.reason)
     assert flooder.receive(b"more\n", 0.1) == []
     # One refusal a second, for a minute: waiting as told.
-    assert not any(patient.limited(float(second)) for second in range(60))
+    assert not any(patient.limited(float(second)) for second in range(600))
     assert patient.closing is None
 
 
