@@ -7,6 +7,7 @@ import selectors
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -667,6 +668,29 @@ def test_a_stranger_cannot_lock_the_owner_out(tmp_path: Path) -> None:
     finally:
         server.stop()
         server.assert_no_traceback()
+
+
+def test_a_whole_script_look_alike_of_a_taken_name_is_refused(chat: Chat) -> None:
+    """Issue 16.10: a name in Cyrillic (or Greek) look-alikes of every letter of a taken Latin
+    name registered: one script, so the mixed-script rule let it in. Names are now keyed by
+    their TR 39 skeleton; the victim, online meanwhile, is served as before."""
+    stamp = uuid.uuid4().int % 10**8
+    latin, cyrillic = f"scope {stamp}", f"\u0455\u0441\u043e\u0440\u0435 {stamp}"  # ѕсоре
+    greek_latin, greek = f"opa {stamp}", f"\u03bf\u03c1\u03b1 {stamp}"  # ορα
+    victim = chat.register(latin, "pw")
+    client = chat.online(User(victim, latin, "pw"))
+    attacker = chat.client()
+    reply = attacker.request({"msgid": 4, "name": cyrillic, "password": "pw"})
+    assert reply["errno"] == 1 and reply["errmsg"] == "name already taken", reply
+    # Whichever comes first holds the name: the Greek one first, then the Latin one.
+    assert attacker.request({"msgid": 4, "name": greek, "password": "pw"})["errno"] == 0
+    assert attacker.request({"msgid": 4, "name": greek_latin, "password": "pw"})["errno"] == 1
+    # Names that only share letters are not look-alikes.
+    assert attacker.request({"msgid": 4, "name": f"scopes {stamp}", "password": "pw"}
+                            )["errno"] == 0
+    started = time.perf_counter()
+    assert client.request({"msgid": 16})["errno"] == 0
+    print(f"the victim's PING beside it: {(time.perf_counter() - started) * 1000:.1f} ms")
 
 
 def test_one_user_creates_only_so_many_groups(chat: Chat) -> None:
