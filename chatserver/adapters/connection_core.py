@@ -25,6 +25,12 @@ from chatserver.adapters.wire.codec import Dialect, encode_frame_too_large
 from chatserver.adapters.wire.framing import FrameSplitter
 
 CLOSED_BY_CLIENT = "connection closed by the client"
+# Requests refused errno 9 by a limit of the server's (registrations per address, failed logins,
+# strangers' messages...): past this many, less what refills at the rate below, the client is not
+# waiting as told but flooding (a REG of a taken name resent 20,000 times a second over 300
+# connections): it is disconnected, as past TransportLimits.refused_before_disconnect.
+LIMITED_BEFORE_DISCONNECT = 50
+LIMITED_PER_SECOND = 1.0
 CLOSED_BY_SERVER = "closed by the server"
 
 
@@ -77,6 +83,8 @@ class Close:
     abort: bool = False
     # Logged at warning level (an abuse) rather than info.
     warning: bool = False
+    # Closed for flooding (what was read and not yet served is dropped).
+    flooding: bool = False
 
 
 @frozen
@@ -119,6 +127,8 @@ class ConnectionCore:
         self.dialect = Dialect.MODERN
         self.budget = TokenBucket(limits.requests_per_second, limits.request_burst, now)
         self.refused = 0  # requests refused since the budget last refilled
+        # Requests refused by a limit of the server's (limited()), as a bucket that refills.
+        self.limits_left = TokenBucket(LIMITED_PER_SECOND, LIMITED_BEFORE_DISCONNECT, now)
         self.closing: Close | None = None
         self.last_heard = now
         self._proxy: ProxyHeaderReader | None = None
@@ -172,10 +182,28 @@ class ConnectionCore:
             self.refused += 1
             if self.refused > self.limits.refused_before_disconnect:
                 self.closing = Close(f"still flooding after {self.refused} refused requests",
-                                     warning=True)
+                                     warning=True, flooding=True)
                 return out
             out.append(Refused(frame))
         return frames if out is None else out  # type: ignore[return-value]
+
+    def limited(self, now: float, address_flooded: bool = False) -> bool:
+        """A request was refused errno 9 by a limit of the server's rather than the budget
+        ("too many new accounts from your address: try again later"). True (and closing) when
+        the client has had more of those than LIMITED_BEFORE_DISCONNECT, less what refilled
+        at LIMITED_PER_SECOND: it does not wait as it is told but floods, and is cut off; at
+        once if address_flooded (another connection from its address was cut off lately)."""
+        if self.closing is not None:
+            return False
+        if address_flooded:
+            reason = "refused by a limit, from an address that is flooding"
+        elif self.limits_left.spend(now):
+            return False
+        else:
+            reason = (f"still flooding after {LIMITED_BEFORE_DISCONNECT} requests refused by"
+                      " a limit")
+        self.closing = Close(reason, warning=True, flooding=True)
+        return True
 
     def _read_proxy_header(self, data: bytes) -> bytes:
         """--proxy-protocol: the client's real address comes first, from the proxy. What

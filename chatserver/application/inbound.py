@@ -54,6 +54,9 @@ class NodeInbox:
     async def blocked(self, user_id: int, by_id: int, blocked: bool) -> None:
         note_blocked(self.node, user_id, by_id, blocked)
 
+    def cluster_size(self, nodes: int) -> None:
+        self.node.share_cluster_rates(nodes)
+
     async def catch_up(self) -> None:
         """Pushes from other nodes may have been lost while the bus was down: each session
         reads what its user's inbox got after the last pos it has."""

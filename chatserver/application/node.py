@@ -238,6 +238,15 @@ class Node:
             else None
         )
 
+    def share_cluster_rates(self, nodes: int) -> None:
+        """The cluster has `nodes` nodes (this one included; told by the bus now and then):
+        the strangers' rate per recipient and a group's inbox entries per second, kept in
+        memory by each node, are enforced here at 1/nodes each, so that the cluster as a
+        whole lets through what the limits say (README, after the Limits table)."""
+        share = 1.0 / max(1, nodes)
+        self.strangers.per_recipient.share = share
+        self.group_entries.share = share
+
     def record(self, tx: Transaction, event: HookEvent) -> None:
         """Write event, a change no inbox batch carries (an account, a friend request or
         removal, a group founded), to the webhook outbox in tx, the transaction making the

@@ -3,7 +3,7 @@
 A stranger is a sender who is not the recipient's friend and shares no group with them.
 Strangers' messages to one recipient who is not online on this node (a recipient online here
 takes them live, and a flood of them waits for the client: issue 16.5) have a rate (all
-strangers together, counted per node), and are refused
+strangers together, for the whole cluster: each node enforces its share), and are refused
 while the recipient already has many messages that none of their devices has received: the
 stored limit's share that strangers may fill, so that friends' messages, never refused, always
 fit in what a login pushes. A group message writes one inbox entry per member: each group has a
@@ -27,19 +27,22 @@ _STRANGER_SECONDS = 5.0
 
 @define
 class TokenBuckets:
-    """Per key: up to `burst` at once, then `rate` per second (burst 0: no limit)."""
+    """Per key: up to `burst` at once, then `rate` per second (burst 0: no limit); of which
+    this node enforces its `share` (1/nodes in a cluster: Node.share_cluster_rates)."""
 
     burst: float
     rate: float
     levels: dict[int, tuple[float, float]] = Factory(dict)
+    share: float = 1.0
 
     def take(self, key: int, amount: float, now: float) -> bool:
         if not self.burst:
             return True
-        level, at = self.levels.pop(key, (self.burst, now))
-        level = min(self.burst, level + (now - at) * self.rate)
+        burst = self.burst * self.share
+        level, at = self.levels.pop(key, (burst, now))
+        level = min(burst, level + (now - at) * self.rate * self.share)
         # More than a full bucket (a group bigger than the burst) passes when it is full.
-        passed = level >= min(amount, self.burst)
+        passed = level >= min(amount, burst)
         self.levels[key] = (level - amount if passed else level, now)
         if len(self.levels) > _MAX_KEYS:
             for stale in list(self.levels)[: _MAX_KEYS // 10]:

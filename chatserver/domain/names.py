@@ -4,10 +4,14 @@ A name is shown to other people beside messages, so it must not be able to pass 
 one: it is refused (not silently changed, so LOGIN by name stays exact) when it is not in NFKC
 form, holds control or format characters (bidi overrides, zero-width characters), begins or
 ends with a space, shows nothing, or mixes scripts with look-alike letters (a Cyrillic "а" in
-a Latin "alice"). Two names with the same key ("Bob", "bob", "BOB") cannot both be taken.
+a Latin "alice"). Two names with the same key cannot both be taken: "Bob", "bob" and "BOB",
+and also names that look alike letter for letter, "paypal" and "раураl" written all in
+Cyrillic, "bill" and "bi11" (the skeleton of Unicode TR 39).
 """
 
+import hashlib
 import unicodedata
+from functools import lru_cache
 
 from attrs import frozen
 from confusable_homoglyphs import categories, confusables
@@ -44,10 +48,62 @@ class NamedId:
     keyed: bool
 
 
+# Keys longer than this (a name of 50 characters that each stand for several letters: "ﷺ" is
+# 18) are stored as their digest: the key columns hold 255 characters.
+_KEY_CHARACTERS = 190
+
+
 def name_key(name: str) -> str:
-    """What a name is compared by for uniqueness: NFKC with case folded ("Bob", "bob", "ＢＯＢ"
-    and "BOB" share one key)."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    """What a name is compared by for uniqueness: its skeleton (Unicode TR 39: each character
+    replaced by the one it is confusable with, "а" by "a", "0" by "O", "m" by "rn") with case
+    folded, taken of the name in NFKC with case folded. So "Bob", "bob", "ＢＯＢ" and "BOB" share
+    one key, and so do "admin" and "аdmin" (Cyrillic а), "paypal" and "раураl" (all
+    Cyrillic), "bill" and "bi11". Look-alikes in capitals only ("I" and "l") are not caught:
+    the case is folded first, so that names differing in case always share their key."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    if folded.isascii() and folded.isalpha() and "m" not in folded:
+        return folded  # the common case: ASCII letters stand for themselves (all but m)
+    key = skeleton(folded).casefold()
+    if len(key) > _KEY_CHARACTERS:
+        return "#" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return key
+
+
+def skeleton(text: str) -> str:
+    """Unicode TR 39's skeleton: NFD, each character replaced by its prototype in the
+    confusables data, NFD again. Two strings with the same skeleton look alike."""
+    prototypes = _prototypes()
+    decomposed = unicodedata.normalize("NFD", text)
+    return unicodedata.normalize("NFD", "".join(prototypes.get(c, c) for c in decomposed))
+
+
+@lru_cache(maxsize=1)
+def _prototypes() -> dict[str, str]:
+    """Each confusable character's prototype, from confusable-homoglyphs' copy of TR 39's
+    confusables.txt. That copy lists each pair both ways (source to prototype, prototype to
+    each of its sources), so the direction is read back: a character listed with several
+    look-alikes, or with a look-alike that has several, is the prototype; a character paired
+    with a string of several characters is the source (sources are single characters). A
+    pair alone both ways maps both to the lower of the two: the same skeleton either way."""
+    data: dict[str, list[str]] = {
+        _clean(char): [_clean(entry["c"]) for entry in entries]
+        for char, entries in confusables.confusables_data.items()
+    }
+    prototypes: dict[str, str] = {}
+    for char, alikes in data.items():
+        if len(char) != 1 or len(alikes) != 1 or alikes[0] == char:
+            continue
+        (alike,) = alikes
+        if len(alike) != 1 or len(data.get(alike, ())) > 1:
+            prototypes[char] = alike
+        else:
+            prototypes[char] = min(char, alike)
+    return prototypes
+
+
+def _clean(text: str) -> str:
+    """Without the left-to-right marks that confusable-homoglyphs puts around RTL letters."""
+    return text.replace("\u200e", "")
 
 
 def check_display_name(name: str, *, field: str, max_length: int) -> None:
@@ -100,5 +156,7 @@ def name_problems(named: NamedId, *, field: str, max_length: int) -> list[str]:
     except InvalidRequest as error:
         problems.append(error.message)
     if not named.keyed:
-        problems.append(f"{field} differs only in case or form from an earlier one")
+        problems.append(
+            f"{field} differs only in case, form or look-alike letters from an earlier one"
+        )
     return problems

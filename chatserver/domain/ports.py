@@ -546,6 +546,12 @@ class BusHandler(Protocol):
         their users' inboxes got meanwhile."""
         ...
 
+    def cluster_size(self, nodes: int) -> None:
+        """The cluster has this many nodes now, this one included: the rates a node keeps in
+        memory for the whole cluster (strangers' messages per recipient, a group's inbox
+        entries) are enforced here at their share, 1/nodes of each."""
+        ...
+
 
 class MessageBus(Protocol):
     """Carries events between the nodes of a cluster. At most once: what must not be lost is

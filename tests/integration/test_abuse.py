@@ -2,10 +2,12 @@
 shows that a well-behaved user beside it keeps its service, printing that user's latency."""
 
 import json
+import os
 import selectors
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -26,10 +28,12 @@ def frames_of(data: bytes) -> list[dict[str, object]]:
     return [json.loads(line) for line in data.split(b"\n") if line.strip()]
 
 
-def timed_login(port: int, user: User) -> float:
-    """Seconds for a fresh connection to log user in (asserting success)."""
+def timed_login(port: int, user: User, source: str | None = None) -> float:
+    """Seconds for a fresh connection (from the loopback address source, if given) to log
+    user in (asserting success)."""
     started = time.perf_counter()
-    with socket.create_connection((HOST, port), timeout=15) as sock:
+    with socket.create_connection((HOST, port), timeout=15,
+                                  source_address=None if source is None else (source, 0)) as sock:
         sock.sendall(json.dumps({"msgid": 1, "id": user.id, "password": user.password}).encode()
                      + b"\n")
         data = b""
@@ -51,10 +55,11 @@ def latency_report(what: str, latencies: list[float]) -> str:
 
 @contextmanager
 def flood(port: int, connections: int, frame: bytes, *, per_round: int = 5,
-          pause: float = 0.0) -> Iterator[dict[str, int]]:
+          pause: float = 0.0, reconnect: bool = False) -> Iterator[dict[str, int]]:
     """`connections` sockets re-sending `frame` (per_round at a time) and reading whatever comes
-    back, from a thread, until the block ends. Yields counts: replies by errno, closed."""
-    counts: dict[str, int] = {"sent": 0, "replies": 0, "closed": 0}
+    back, from a thread, until the block ends; reconnect: each one closed is opened again (at
+    most 50 a round). Yields counts: replies by errno, closed, reconnected."""
+    counts: dict[str, int] = {"sent": 0, "replies": 0, "closed": 0, "reconnected": 0}
     socks = [socket.create_connection((HOST, port), timeout=5) for _ in range(connections)]
     stop = threading.Event()
 
@@ -64,7 +69,17 @@ def flood(port: int, connections: int, frame: bytes, *, per_round: int = 5,
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ)
         live = set(socks)
-        while not stop.is_set() and live:
+        while not stop.is_set() and (live or reconnect):
+            for _ in range(min(50, connections - len(live)) if reconnect else 0):
+                try:
+                    sock = socket.create_connection((HOST, port), timeout=5)
+                except OSError:
+                    break
+                counts["reconnected"] += 1
+                socks.append(sock)
+                sock.setblocking(False)
+                selector.register(sock, selectors.EVENT_READ)
+                live.add(sock)
             for sock in list(live):
                 try:
                     sock.send(frame * per_round)
@@ -75,6 +90,7 @@ def flood(port: int, connections: int, frame: bytes, *, per_round: int = 5,
                     counts["closed"] += 1
                     selector.unregister(sock)
                     live.discard(sock)
+                    sock.close()
             for key, _ in selector.select(timeout=0.01):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
@@ -90,6 +106,7 @@ def flood(port: int, connections: int, frame: bytes, *, per_round: int = 5,
                     counts["closed"] += 1
                     selector.unregister(sock)
                     live.discard(sock)
+                    sock.close()
                     continue
                 for line in data.split(b"\n"):
                     if b'"errno":' in line:
@@ -164,34 +181,62 @@ def test_the_limit_of_waiting_messages_is_set_by_stored_limit(tmp_path: Path) ->
         server.assert_no_traceback()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time so far of process pid's main thread, where the server's event
+    loop runs (not its password hash threads) (Linux)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_a_registration_flood_for_a_taken_name_leaves_logins_fast(tmp_path: Path) -> None:
     """Issue 16.1: 300 connections re-sending REG for a taken name used to run a full scrypt
     each and push another user's login to 5-8 s. REG requests are now limited per address
-    (60 a minute, whatever their outcome) and the name is checked before hashing."""
+    (60 a minute, whatever their outcome) and the name is checked before hashing; that left
+    the event loop answering each refused REG, 16,000-20,000 a second, and a login beside them
+    took 0.2-1.2 s (median), up to 6.4 s. Now requests refused by a limit count against the
+    connection (50, then 1 a second) and against the address (200, then 4 a second, over all
+    its connections); past either the connection is cut off, at its next refusal while its
+    address floods, and what it sent that was not served yet is dropped. The attacker here
+    reconnects as it is cut off, to keep 300 connections flooding."""
     server = ServerProcess("memory://", tmp_path / "reg.log", REGISTRATION_LIMITS).start()
-    assert server.port is not None
+    assert server.port is not None and server.proc is not None
     chat = Chat(server)
+    elsewhere = "127.0.0.2"  # the bystander's address: not the attacker's
     try:
         taken, bystander = chat.user("taken"), chat.user("bystander")
-        quiet = [timed_login(server.port, bystander) for _ in range(5)]
+        quiet = [timed_login(server.port, bystander, elsewhere) for _ in range(5)]
         print(latency_report("before the flood", quiet))
         reg = json.dumps({"msgid": 4, "name": taken.name, "password": "x"}).encode() + b"\n"
-        with flood(server.port, 300, reg, per_round=2, pause=0.02) as counts:
-            time.sleep(1.0)
-            during = [timed_login(server.port, bystander) for _ in range(20)]
+        with flood(server.port, 300, reg, per_round=2, pause=0.02, reconnect=True) as counts:
+            time.sleep(0.2)
+            cpu, started = cpu_seconds(server.proc.pid), time.perf_counter()
+            during = [timed_login(server.port, bystander, elsewhere) for _ in range(20)]
+            busy = (cpu_seconds(server.proc.pid) - cpu) / (time.perf_counter() - started)
+        after = [timed_login(server.port, bystander, elsewhere) for _ in range(5)]
         print(latency_report("during 300 connections re-sending REG of a taken name", during))
-        print(f"flood: {counts}")
-        # The attack ran: "name taken" for the first 60 a minute, errno 9 for the rest.
-        assert counts["replies"] > 10_000
-        assert set(counts) - {"sent", "replies", "closed"} <= {"errno 1", "errno 9"}
-        # It used to be 5-8 s (median), and past the client library's 10 s timeout at the
-        # connection cap. The issue asks for 0.5 s at p99; on this 2-core machine, with the
-        # flood's own client on the same cores, the median measured 0.19-1.15 s and the
-        # slowest login up to 6.4 s (on the tree before this session's merges too): the issue
-        # stays open on that. What is held here: the flood no longer makes logins take
-        # seconds as a rule, and none reaches the 10 s timeout.
-        assert sorted(during)[len(during) // 2] < 2.5
-        assert max(during) < 10.0
+        print(latency_report("after the flood", after))
+        print(f"flood: {counts}; the server's event loop during the logins: {busy:.0%} of a "
+              "core")
+        assert set(counts) - {"sent", "replies", "closed", "reconnected"} <= {"errno 1",
+                                                                              "errno 9"}
+        # The attack ran, and was cut off: of what it sent, the server answered the first 60
+        # (errno 1), the address's 200 refusals, then one refusal per connection, each cut
+        # off at it, the rest dropped (it used to answer every frame: 181,000 of 183,000).
+        assert counts["sent"] > 10_000 and counts["reconnected"] > 1_000
+        assert counts["replies"] <= counts["reconnected"] + 1_000
+        # The event loop is not saturated (it was: 100% of a core answering refusals; now
+        # 34-37% on an idle machine, most of it accepting the attacker's new connections)...
+        assert busy < 0.9
+        # ...so what slows a login down is the machine's CPU, shared by the hash threads, the
+        # attacker's client and its connections. Idle (quiet login 0.055 s), p99 measured
+        # 0.14 s: the issue's 0.5 s holds. Loaded by other work that comes and goes (load 7,
+        # the quiet login 0.06 s before one flood and 0.2 s after it) the hash itself took 2-4
+        # times longer during the flood (0.35-0.75 s for 0.12-0.17 s) and p99 reached 1.1 s:
+        # the bound is the issue's 0.5 s or ten times the quiet login measured before and
+        # after in the same run, whichever is larger.
+        quiet_median = max(sorted(quiet)[len(quiet) // 2], sorted(after)[len(after) // 2])
+        p99 = sorted(during)[int(len(during) * 0.99)]
+        assert p99 <= max(0.5, 10 * quiet_median)
         # Each refused REG used to write a log line: 17 MB in 3 s. Now 20 lines a second.
         log_bytes = server.log_size()
         print(f"server log: {log_bytes} bytes")
@@ -630,6 +675,29 @@ def test_a_stranger_cannot_lock_the_owner_out(tmp_path: Path) -> None:
         server.assert_no_traceback()
 
 
+def test_a_whole_script_look_alike_of_a_taken_name_is_refused(chat: Chat) -> None:
+    """Issue 16.10: a name in Cyrillic (or Greek) look-alikes of every letter of a taken Latin
+    name registered: one script, so the mixed-script rule let it in. Names are now keyed by
+    their TR 39 skeleton; the victim, online meanwhile, is served as before."""
+    stamp = uuid.uuid4().int % 10**8
+    latin, cyrillic = f"scope {stamp}", f"\u0455\u0441\u043e\u0440\u0435 {stamp}"  # ѕсоре
+    greek_latin, greek = f"opa {stamp}", f"\u03bf\u03c1\u03b1 {stamp}"  # ορα
+    victim = chat.register(latin, "pw")
+    client = chat.online(User(victim, latin, "pw"))
+    attacker = chat.client()
+    reply = attacker.request({"msgid": 4, "name": cyrillic, "password": "pw"})
+    assert reply["errno"] == 1 and reply["errmsg"] == "name already taken", reply
+    # Whichever comes first holds the name: the Greek one first, then the Latin one.
+    assert attacker.request({"msgid": 4, "name": greek, "password": "pw"})["errno"] == 0
+    assert attacker.request({"msgid": 4, "name": greek_latin, "password": "pw"})["errno"] == 1
+    # Names that only share letters are not look-alikes.
+    assert attacker.request({"msgid": 4, "name": f"scopes {stamp}", "password": "pw"}
+                            )["errno"] == 0
+    started = time.perf_counter()
+    assert client.request({"msgid": 16})["errno"] == 0
+    print(f"the victim's PING beside it: {(time.perf_counter() - started) * 1000:.1f} ms")
+
+
 def test_one_user_creates_only_so_many_groups(chat: Chat) -> None:
     """Issue 16.12: CREATE_GROUP was unlimited. 20 groups a user an hour, 500 in all."""
     spammer = chat.online(chat.user("spammer"))
@@ -743,6 +811,7 @@ def test_strangers_cannot_fill_an_away_users_inbox_and_a_friends_message_still_a
         cv.close()
         per_stranger = 150  # within one connection's burst: only the stranger limits refuse
         counts: dict[int, int] = {}
+        closed: list[int] = []
         lock = threading.Lock()
 
         def flood_from(user: User) -> None:
@@ -750,11 +819,17 @@ def test_strangers_cannot_fill_an_away_users_inbox_and_a_friends_message_still_a
             frames += [{"msgid": 6, "toid": victim.id, "msg": f"spam {n}", "seq": n + 1}
                        for n in range(per_stranger)]
             with socket.create_connection((HOST, server.port or 0), timeout=30) as sock:
-                sock.sendall(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+                with suppress(ConnectionResetError, BrokenPipeError):
+                    sock.sendall(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
                 data = b""
                 while data.count(b"\n") < len(frames):
-                    chunk = sock.recv(65536)
-                    assert chunk, "closed during the flood"
+                    try:
+                        chunk = sock.recv(65536)
+                    except ConnectionResetError:
+                        chunk = b""
+                    if not chunk:  # cut off for flooding: past the refusals it was allowed
+                        closed.append(user.id)
+                        break
                     data += chunk
             replies = frames_of(data)[1:]
             with lock:
@@ -778,11 +853,17 @@ def test_strangers_cannot_fill_an_away_users_inbox_and_a_friends_message_still_a
         waiting += back.drain(1.0)
         texts = [m.get("msg") for m in waiting if m.get("msgid") == 6]
         print(f"25 strangers x {per_stranger} in {flood_seconds:.2f} s: replies by errno "
-              f"{dict(sorted(counts.items()))}; the friend's message kept in {friend_ms:.1f} ms "
-              f"(msg_id {kept['msg_id']}); {len(texts)} chats waiting at login")
-        assert sum(counts.values()) == 25 * per_stranger
+              f"{dict(sorted(counts.items()))}, {len(closed)} cut off; the friend's message "
+              f"kept in {friend_ms:.1f} ms (msg_id {kept['msg_id']}); {len(texts)} chats "
+              "waiting at login")
         assert counts.get(0, 0) <= 1000 + 25  # the share, and what was in flight
-        assert set(counts) <= {0, 9, 14} and counts.get(14, 0) + counts.get(9, 0) > 2000
+        assert set(counts) <= {0, 9, 14}
+        # What was not taken was refused (errno 9 past the rate, 14 past the share), until
+        # the strangers' address had been refused 200 times: from then on each of them was
+        # cut off at its next refusal (issue 16.1), the rest of what it sent dropped.
+        refused = counts.get(14, 0) + counts.get(9, 0)
+        assert refused + counts.get(0, 0) == 25 * per_stranger or (
+            closed and refused >= 200 and "from an address that is flooding" in server.log_text())
         assert texts[-1] == "are you there?"
     finally:
         chat.close_all()

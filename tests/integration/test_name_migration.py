@@ -90,16 +90,19 @@ async def test_the_upgrade_keeps_every_old_name_and_reports_those_that_break_the
     lines = checked.stdout.splitlines()
     assert lines[-1] == "7 names break today's rules (they keep working)"
     assert lines[:-1] == [
-        "user 2 'bob': name differs only in case or form from an earlier one",
+        "user 2 'bob': name differs only in case, form or look-alike letters from an earlier"
+        " one",
         "user 3 'Jose\u0301': name must be in Unicode NFKC form (no decomposed accents, no"
         " full-width letters): try 'Jos\u00e9'",
-        "user 4 'José': name differs only in case or form from an earlier one",
+        "user 4 'José': name differs only in case, form or look-alike letters from an earlier"
+        " one",
         "user 5 '\\u202ebob': name must not contain control, format (bidi, zero-width) or"
         " unassigned characters",
         "user 6 'аlice': name must not mix scripts with look-alike letters (such as a Cyrillic"
         " or Greek letter among Latin ones)",
         "user 7 'carol ': name must not begin or end with a space",
-        "group 2 'chess': groupname differs only in case or form from an earlier one",
+        "group 2 'chess': groupname differs only in case, form or look-alike letters from an"
+        " earlier one",
     ]
     async with store_at(old_url) as uow:
         # Every old name is still found exactly, so LOGIN by name works for each.
@@ -139,3 +142,82 @@ def test_every_old_name_still_logs_in_by_name_after_the_upgrade(
     finally:
         server.stop()
         server.assert_no_traceback()
+
+
+# Keyed before look-alikes shared a key: "scope", then "ѕсоре" all in Cyrillic, then "Scope".
+LOOK_ALIKE_USERS = ["scope", "\u0455\u0441\u043e\u0440\u0435"]
+
+
+def _before_rekey(migrations: tuple[Any, ...], step: Any) -> tuple[Any, ...]:
+    return migrations[: migrations.index(step)]
+
+
+def _old_key(name: str) -> str:
+    """The key before the look-alike step: NFKC with case folded."""
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def look_alike_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "keys.sqlite3"
+        with monkeypatch.context() as patched:
+            steps = _before_rekey(sqlite_schema.MIGRATIONS, sqlite_schema.REKEY_NAMES)
+            patched.setattr(sqlite_schema, "MIGRATIONS", steps)
+            patched.setattr(sqlite_schema, "LATEST_VERSION", len(steps))
+            with closing(sqlite_schema.connect(path)) as connection:
+                sqlite_schema.upgrade(connection)
+                for name in LOOK_ALIKE_USERS:
+                    row = connection.execute(
+                        "INSERT INTO user (name, password) VALUES (?, ?)", (name, HASH))
+                    connection.execute(
+                        "INSERT INTO user_name_key (name_key, userid) VALUES (?, ?)",
+                        (_old_key(name), row.lastrowid))
+                connection.commit()
+        return f"sqlite:///{path}"
+    url = MYSQL.new_database()
+    with monkeypatch.context() as patched:
+        steps = _before_rekey(mysql_schema.MIGRATIONS, mysql_schema.REKEY_NAMES)
+        patched.setattr(mysql_schema, "MIGRATIONS", steps)
+        patched.setattr(mysql_schema, "LATEST_VERSION", len(steps))
+        mysql_schema.upgrade(raw_mysql(url))
+    connection = raw_mysql(url)
+    try:
+        cursor = connection.cursor()
+        for i, name in enumerate(LOOK_ALIKE_USERS, start=1):
+            cursor.execute(
+                "INSERT INTO user (id, name, password) VALUES (%s, %s, %s)", (i, name, HASH))
+            cursor.execute("INSERT INTO user_name_key (name_key, userid) VALUES (%s, %s)",
+                           (_old_key(name), i))
+        cursor.execute("UPDATE id_sequence SET next = 100")
+        connection.commit()
+    finally:
+        connection.close()
+    return url
+
+
+async def test_the_look_alike_step_rekeys_names_and_keeps_both_working(
+    look_alike_url: str,
+) -> None:
+    """Issue 16.10: "scope" and the all-Cyrillic "ѕсоре" both registered before names were
+    keyed by their skeleton. After the step the earlier keeps its key, the later works
+    without one and is reported; a third look-alike is refused."""
+    upgraded = run_cli("db", "upgrade", "--database", look_alike_url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    checked = run_cli("db", "check-names", "--database", look_alike_url)
+    print(checked.stdout)
+    assert checked.stdout.splitlines()[:-1] == [
+        "user 2 '\u0455\u0441\u043e\u0440\u0435': name differs only in case, form or look-alike"
+        " letters from an earlier one",
+    ]
+    async with store_at(look_alike_url) as uow:
+        for name in LOOK_ALIKE_USERS:
+            account = await uow.run(lambda tx, name=name: tx.users.account_by_name(name))
+            assert account is not None and account.user.name == name
+        for taken in ["SCOPE", "\u0455c\u043e\u0440\u0435"]:
+            with pytest.raises(NameTaken):
+                await uow.run(lambda tx, taken=taken: tx.users.add(taken, "x"))

@@ -16,6 +16,8 @@ from tests.unit.test_cluster import (  # noqa: F401  (collected here, run on Red
     config,
     online,
     register,
+    stranger_limited_nodes,
+    strangers_spread_over_two_nodes,
     test_a_block_reaches_the_blocked_users_sessions_on_another_node,
     test_a_group_messages_copies_for_one_node_travel_as_one,
     test_a_login_on_another_node_kicks_the_older_session,
@@ -105,3 +107,13 @@ async def test_what_is_sent_meanwhile_goes_to_redis_in_one_batch_in_order(
     assert [e.msg_id for e in got if isinstance(e, DirectMessage)] == [
         m.msg_id for m in messages
     ]
+
+
+async def test_strangers_spread_over_two_nodes_get_the_clusters_rate_over_redis(
+    tmp_path: Path,
+) -> None:
+    """Each node counts the nodes on the bus (PUBSUB NUMSUB of the broadcast channel, at the
+    lease's pace) and enforces its share of the strangers' rate."""
+    bus = f"{REDIS}?namespace=test-{secrets.token_hex(4)}"
+    async with stranger_limited_nodes(f"sqlite:///{tmp_path / 'cluster.db'}", bus) as (a, b):
+        await strangers_spread_over_two_nodes(a, b)

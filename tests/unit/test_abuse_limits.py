@@ -357,6 +357,22 @@ async def test_ipv6_addresses_are_limited_by_their_64() -> None:
                              Login("wrong", user_id=6000)) is InvalidCredentials
 
 
+def test_an_address_floods_when_its_connections_together_are_refused_too_often() -> None:
+    """Issue 16.1: 300 connections each resending a refused REG a few times a second stay
+    under any one connection's count; the address's count over all of them is what shows the
+    flood (ConnectionsPerAddress.limited)."""
+    from chatserver.adapters.tcp.budget import ConnectionsPerAddress
+
+    per_address = ConnectionsPerAddress(512, limited_burst=5, limited_per_second=0.001)
+    assert [per_address.limited("192.0.2.1") for _ in range(6)] == [False] * 5 + [True]
+    assert per_address.limited("192.0.2.1")  # still flooding
+    assert not per_address.limited("192.0.2.2")  # another address is not
+    assert not per_address.limited("2001:db8::1") and per_address.limited("192.0.2.1")
+    # Behind a proxy (no per-address limits) everyone shares an address: none is counted.
+    shared = ConnectionsPerAddress(0, limited_burst=1)
+    assert not any(shared.limited("127.0.0.1") for _ in range(10))
+
+
 async def logged_in_client(chat: ChatApp, name: str) -> tuple[EmbeddedClient, int]:
     client = client_at(chat, "10.0.0.1")
     registered = await client.request(Register(name, "pw"))

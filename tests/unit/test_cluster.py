@@ -1,6 +1,8 @@
 """Several nodes in one process, sharing a hub and a database: what crosses between nodes."""
 
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from chatserver.application.commands import (
 )
 from chatserver.application.node import Limits
 from chatserver.application.results import GroupCreated, LoggedIn, MessageAccepted, Registered
-from chatserver.domain.errors import NotAMember, NotPermitted
+from chatserver.domain.errors import NotAMember, NotPermitted, RateLimited
 from chatserver.domain.messages import (
     DirectMessage,
     Event,
@@ -415,3 +417,59 @@ async def test_two_sessions_ending_at_once_on_two_nodes_still_say_offline(
         assert unwrap(await cb.next_event()) == PresenceNotice(alice, False)
         await anyio.sleep(0.05)
         assert cb.outbox.events == []  # one offline, and no second online
+# Strangers' messages per recipient, for the whole cluster: a burst of 10 (and 1 a minute).
+STRANGER_LIMITS = Limits(stranger_messages_burst=10, stranger_messages_per_minute=1,
+                         stranger_stored_share=0)
+
+
+@asynccontextmanager
+async def stranger_limited_nodes(
+    url: str, bus: str = "memory://", hub: InProcessHub | None = None
+) -> AsyncIterator[tuple[ChatApp, ChatApp]]:
+    def limited(node_id: str) -> Config:
+        return Config(database=url, bus=bus, node_id=node_id, limits=STRANGER_LIMITS)
+
+    async with (
+        bootstrap(limited("a"), hub=hub, hasher=FAST_HASHER) as a,
+        bootstrap(limited("b"), hub=hub, hasher=FAST_HASHER) as b,
+    ):
+        yield a, b
+
+
+async def strangers_spread_over_two_nodes(a: ChatApp, b: ChatApp) -> None:
+    """Issue 16.6, in a cluster: the strangers' rate per recipient was each node's, so
+    strangers on N nodes got N times it through. Each node now enforces its share, 1/N, told
+    by the bus how many nodes there are: the cluster lets through the rate, not twice it. The
+    recipient's friend is not refused, and the figures are printed."""
+    await eventually(lambda: a.node.strangers.per_recipient.share == 0.5
+                     and b.node.strangers.per_recipient.share == 0.5, 15.0)
+    victim, friend = await register(a, "victim"), await register(a, "friend")
+    cv, cf = await online(a, victim), await online(b, friend)
+    await cf.request(AddFriend(victim))
+    unwrap(await cv.next_event())  # the request
+    await cv.request(AnswerFriend(friend, accept=True))
+    await cv.close()  # away: strangers' messages are counted (not taken live)
+    strangers = [await register(node, f"stranger{n}") for n, node in enumerate([a, a, b, b])]
+    clients = [await online(node, s) for node, s in zip([a, a, b, b], strangers, strict=True)]
+    outcomes: list[str] = []
+    for client in clients:
+        for n in range(5):
+            try:
+                await client.request(SendDirectMessage(victim, f"spam {n}"))
+                outcomes.append("kept")
+            except RateLimited:
+                outcomes.append("errno 9")
+    started = time.perf_counter()
+    assert isinstance(await cf.request(SendDirectMessage(victim, "are you there?")),
+                      MessageAccepted)
+    print(f"20 strangers' messages over two nodes: {outcomes.count('kept')} kept, "
+          f"{outcomes.count('errno 9')} errno 9; the friend's message kept in "
+          f"{(time.perf_counter() - started) * 1000:.1f} ms")
+    assert outcomes.count("kept") == 10  # the burst, for the cluster (was 10 on each node)
+
+
+async def test_strangers_spread_over_two_nodes_get_the_clusters_rate(
+    tmp_path: Path, hub: InProcessHub
+) -> None:
+    async with stranger_limited_nodes(f"sqlite:///{tmp_path / 'cluster.db'}", hub=hub) as (a, b):
+        await strangers_spread_over_two_nodes(a, b)

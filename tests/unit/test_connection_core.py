@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from chatserver.adapters.connection_core import (
     CLOSED_BY_CLIENT,
+    LIMITED_BEFORE_DISCONNECT,
     Close,
     ConnectionCore,
     Refused,
@@ -118,6 +119,36 @@ def test_a_client_that_slows_down_is_forgiven() -> None:
     assert connection.receive(b"7\n", 4.0) == [b"7"]
     assert connection.refused == 0
     assert connection.closing is None
+
+
+def test_requests_refused_by_a_limit_cut_a_flooder_off_and_a_patient_client_is_not() -> None:
+    """Issue 16.1: a REG refused errno 9 ("too many new accounts from your address") and sent
+    again at once, thousands of times, cost a reply each; past limited_before_disconnect of
+    those (less one a second refilled) the client is cut off."""
+    flooder, patient = core(), core()
+    cuts = [flooder.limited(0.0) for _ in range(LIMITED_BEFORE_DISCONNECT + 1)]
+    assert cuts == [False] * LIMITED_BEFORE_DISCONNECT + [True]
+    assert flooder.closing is not None and flooder.closing.flooding
+    assert f"still flooding after {LIMITED_BEFORE_DISCONNECT} requests refused by a limit" in (
+        flooder.closing.reason)
+    assert flooder.receive(b"more\n", 0.1) == []
+    # One refusal a second, for a minute: waiting as told.
+    assert not any(patient.limited(float(second)) for second in range(600))
+    assert patient.closing is None
+
+
+def test_a_refusal_while_the_address_floods_cuts_the_connection_off_at_once() -> None:
+    connection = core()
+    assert connection.limited(0.0, address_flooded=True)
+    assert connection.closing is not None and connection.closing.flooding
+    assert not connection.limited(0.0, address_flooded=True)  # the first reason holds
+    assert "from an address that is flooding" in connection.closing.reason
+
+
+def test_a_budget_flood_is_flagged_flooding() -> None:
+    connection = core()
+    connection.receive(b"1\n2\n3\n4\n5\n6\n7\n8\n9\n", 0.0)
+    assert connection.closing is not None and connection.closing.flooding
 
 
 def test_bad_frames_cost_as_much_as_good_ones() -> None:

@@ -139,7 +139,7 @@ def test_mixed_script_look_alikes_are_refused(name: str) -> None:
 def test_a_report_names_every_rule_an_existing_name_breaks() -> None:
     assert name_problems(NamedId(1, "Bob", True), field="name", max_length=50) == []
     assert name_problems(NamedId(2, "bob", False), field="name", max_length=50) == [
-        "name differs only in case or form from an earlier one"
+        "name differs only in case, form or look-alike letters from an earlier one"
     ]
     problems = name_problems(NamedId(3, "b\u043eb ", False), field="name", max_length=50)
     assert len(problems) == 2 and "space" in problems[0]
@@ -188,3 +188,37 @@ async def test_names_made_from_code_follow_the_rules(chat: ChatApp) -> None:
         await chat.create_user("car\u200bol", "pw")
     with pytest.raises(InvalidRequest):
         await chat.create_user("C\u0430rol")
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=1,
+               max_size=20))
+def test_the_key_of_an_ascii_word_is_its_skeleton_with_case_folded(name: str) -> None:
+    """name_key's shortcut for ASCII letters gives what the skeleton gives."""
+    from chatserver.domain.names import skeleton
+
+    assert name_key(name) == skeleton(name.casefold()).casefold()
+    assert name_key(name) == name_key(name.upper()) == name_key(name.lower())
+
+
+@given(st.text(alphabet="aeopcxijsy", min_size=1, max_size=12))
+def test_a_word_spelled_in_cyrillic_look_alikes_has_the_latin_words_key(word: str) -> None:
+    """Issue 16.10: mixed scripts were refused, a whole-script look-alike was not; it now
+    shares the key of the Latin word, so whichever comes second is taken."""
+    cyrillic = "".join(LOOK_ALIKES[c] for c in word)
+    assert not is_mixed_script_confusable(cyrillic)  # one script: the old rule let it in
+    assert name_key(cyrillic) == name_key(word)
+
+
+def test_keys_of_names_that_stand_for_many_letters_fit_the_key_columns() -> None:
+    key = name_key("\ufdfa" * 50)  # one character that TR 39 spells with 18
+    assert len(key) <= 190 and key == name_key("\ufdfa" * 50)
+    assert name_key("\ufdfa" * 49) != key
+
+
+async def test_registering_a_whole_script_look_alike_of_a_taken_name_is_name_taken(
+    chat: ChatApp,
+) -> None:
+    client = chat.connect()
+    assert isinstance(await client.request(Register("scope", "pw")), Registered)
+    with pytest.raises(NameTaken):  # "ѕсоре", every letter Cyrillic
+        await client.request(Register("\u0455\u0441\u043e\u0440\u0435", "pw"))

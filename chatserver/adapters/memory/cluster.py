@@ -23,15 +23,21 @@ class InProcessHub:
 
     def attach(self, node_id: str, inbox: BusHandler) -> None:
         self.inboxes[node_id] = inbox
+        self._tell_size()
 
     def detach(self, node_id: str) -> None:
         """The node is gone, as if it had died: its sessions are offline."""
         self.inboxes.pop(node_id, None)
+        self._tell_size()
         for user_id, devices in list(self.locations.items()):
             for device in [d for d, where in devices.items() if where.node_id == node_id]:
                 del devices[device]
             if not devices:
                 del self.locations[user_id]
+
+    def _tell_size(self) -> None:
+        for inbox in self.inboxes.values():
+            inbox.cluster_size(len(self.inboxes))
 
     def live_sessions(self, user_id: int) -> dict[str, DeviceSession]:
         alive = self.inboxes

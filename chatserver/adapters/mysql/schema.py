@@ -35,6 +35,17 @@ TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
 # The first of these the server knows is used: NO PAD on MariaDB, then MySQL 8, then PAD SPACE.
 EXACT_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb4_bin")
 
+# Issue 16.10: a name's key is now its look-alike skeleton (Unicode TR 39) with case folded, so
+# "ѕсоре" in Cyrillic takes the key of "scope". Every keyed name is keyed again, the earliest
+# first; a later one that looks like an earlier one keeps working without its key (`chatserver
+# db check-names` lists it). DML only: one transaction. A step of MIGRATIONS (named for
+# tests/integration/test_name_migration.py).
+REKEY_NAMES: Migration = (
+    lambda cursor: rekey_names(cursor, "user", "name", "user_name_key", "userid"),
+    lambda cursor: rekey_names(cursor, "allgroup", "groupname", "group_name_key", "groupid"),
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     (
         # Ids come from id_sequence, not AUTO_INCREMENT: InnoDB never gives back an
@@ -292,6 +303,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             reason VARCHAR(255) NOT NULL
         ) {TABLE_OPTIONS}""",
     ),
+    REKEY_NAMES,
 )
 
 LATEST_VERSION = len(MIGRATIONS)
@@ -308,6 +320,21 @@ def key_existing_names(cursor: MySQLCursor, table: str, column: str, keys: str, 
         " WHERE k.name_key IS NULL ORDER BY t.id"
     )
     rows: list[Any] = cursor.fetchall()
+    for row_id, name in rows:
+        cursor.execute(
+            f"INSERT IGNORE INTO {keys} (name_key, {owner}) VALUES (%s, %s)",
+            (name_key(str(name)), int(row_id)),
+        )
+
+
+def rekey_names(cursor: MySQLCursor, table: str, column: str, keys: str, owner: str) -> None:
+    """Give every name that has a key today's key, the earliest first; one whose key an
+    earlier name took is left without (it keeps working)."""
+    cursor.execute(
+        f"SELECT t.id, t.{column} FROM {keys} k JOIN {table} t ON t.id = k.{owner} ORDER BY t.id"
+    )
+    rows: list[Any] = cursor.fetchall()
+    cursor.execute(f"DELETE FROM {keys}")
     for row_id, name in rows:
         cursor.execute(
             f"INSERT IGNORE INTO {keys} (name_key, {owner}) VALUES (%s, %s)",

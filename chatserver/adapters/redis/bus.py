@@ -78,6 +78,15 @@ class RedisBus:
     def channel(self, node_id: str) -> str:
         return f"{self.namespace}:bus:{node_id}"
 
+    async def node_count(self) -> int:
+        """How many nodes listen to the bus now (each subscribes to the broadcast channel)."""
+        try:
+            with self.calls.call():
+                counts = await self.client.pubsub_numsub(self.broadcast_channel)
+        except FAILURES as error:
+            raise Unavailable("the message bus is down") from error
+        return max(1, int(counts[0][1])) if counts else 1
+
     async def _publish(self, channel: str, message: dict[str, Any]) -> int:
         """Publish; how many nodes heard it."""
         if not self._batching:

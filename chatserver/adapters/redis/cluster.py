@@ -54,6 +54,7 @@ class RedisCluster:
                 await tg.start(self.bus.listen, inbox, self._ask_to_rejoin)
                 tg.start_soon(self._keep_lease)
                 tg.start_soon(self._rejoin_when_asked, inbox, local_users)
+                tg.start_soon(self._count_nodes, inbox)
                 task_status.started()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -76,6 +77,22 @@ class RedisCluster:
                     self._rejoin.set()  # Redis lost our lease: it restarted, or we stalled
             except Unavailable as error:
                 log.warning("bus: cannot renew this node's lease: %s", error.__cause__)
+
+    async def _count_nodes(self, inbox: BusHandler) -> None:
+        """Tell the node how many nodes the cluster has, at the lease's pace: limits kept per
+        node enforce their share (BusHandler.cluster_size). Redis down: the last count holds."""
+        told = 1
+        while True:
+            if self.bus.subscribed:
+                try:
+                    nodes = await self.bus.node_count()
+                except Unavailable:
+                    nodes = told
+                if nodes != told:
+                    log.info("bus: %d nodes in the cluster", nodes)
+                    inbox.cluster_size(nodes)
+                    told = nodes
+            await anyio.sleep(self.lease_seconds / 4)
 
     async def _rejoin_when_asked(
         self, inbox: BusHandler, local_users: Callable[[], list[tuple[int, str, int]]]

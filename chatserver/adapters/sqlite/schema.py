@@ -17,6 +17,17 @@ Migration = tuple[str | Callable[[sqlite3.Connection], None], ...]
 # Milliseconds since the Unix epoch, in SQL (unixepoch('subsec') needs SQLite 3.42).
 _NOW_MS = "CAST(round((julianday('now') - 2440587.5) * 86400000) AS INTEGER)"
 
+# Issue 16.10: a name's key is now its look-alike skeleton (Unicode TR 39) with case folded, so
+# "ѕсоре" in Cyrillic takes the key of "scope". Every keyed name is keyed again, the earliest
+# first; a later one that looks like an earlier one keeps working without its key (`chatserver
+# db check-names` lists it). A step of MIGRATIONS (named for tests/integration/
+# test_name_migration.py).
+REKEY_NAMES: Migration = (
+    lambda db: _rekey_names(db, "user", "name", "user_name_key", "userid"),
+    lambda db: _rekey_names(db, "allgroup", "groupname", "group_name_key", "groupid"),
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     (
         # AUTOINCREMENT everywhere: an id, once used, is never used again.
@@ -244,6 +255,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             reason TEXT NOT NULL
         )""",
     ),
+    REKEY_NAMES,
 )
 
 LATEST_VERSION = len(MIGRATIONS)
@@ -262,6 +274,21 @@ def _key_existing_names(
 ) -> None:
     """Give every existing name its key, the earliest first; a duplicate key is left out."""
     rows = connection.execute(f"SELECT id, {column} FROM {table} ORDER BY id").fetchall()
+    connection.executemany(
+        f"INSERT OR IGNORE INTO {keys} (name_key, {owner}) VALUES (?, ?)",
+        [(name_key(name), row_id) for row_id, name in rows],
+    )
+
+
+def _rekey_names(
+    connection: sqlite3.Connection, table: str, column: str, keys: str, owner: str
+) -> None:
+    """Give every name that has a key today's key, the earliest first; one whose key an
+    earlier name took is left without (it keeps working)."""
+    rows = connection.execute(
+        f"SELECT t.id, t.{column} FROM {keys} k JOIN {table} t ON t.id = k.{owner} ORDER BY t.id"
+    ).fetchall()
+    connection.execute(f"DELETE FROM {keys}")
     connection.executemany(
         f"INSERT OR IGNORE INTO {keys} (name_key, {owner}) VALUES (?, ?)",
         [(name_key(name), row_id) for row_id, name in rows],

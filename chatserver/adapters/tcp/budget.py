@@ -27,11 +27,18 @@ class RequestBudget(TokenBucket):
 
 
 class ConnectionsPerAddress:
-    """Open connections counted by client address, against a limit (0: no limit)."""
+    """Open connections counted by client address, against a limit (0: no limit, and no
+    count of refusals either: behind a proxy, where all share one address); and requests
+    refused by a limit of the server's, over all the connections of an address (limited())."""
 
-    def __init__(self, limit: int) -> None:
+    _MAX_KEYS = 100_000  # bounded: under attack from everywhere the oldest are forgotten
+
+    def __init__(self, limit: int, *, limited_burst: int = 200,
+                 limited_per_second: float = 4.0) -> None:
         self.limit = limit
         self.open: dict[str, int] = {}
+        self.limited_burst, self.limited_per_second = limited_burst, limited_per_second
+        self._limited: dict[str, TokenBucket] = {}
 
     def admit(self, address: str) -> bool:
         """Count one more connection from address; False (and not counted) if over the limit.
@@ -50,6 +57,27 @@ class ConnectionsPerAddress:
             self.open[address] = count
         else:
             del self.open[address]
+
+    def limited(self, address: str) -> bool:
+        """One more request from address was refused by a limit of the server's (errno 9,
+        "try again later"). True while the address is flooding: it has had more of those
+        than limited_burst, less what refills at limited_per_second, over all its connections
+        (300 connections resending a refused REG a few times a second each, or reconnecting
+        to resend it). Its connections are then cut off at their next such refusal
+        (ConnectionCore.limited), while its requests that are served stay served."""
+        if not self.limit:
+            return False
+        key = address_key(address)
+        now = time.monotonic()
+        buckets = self._limited
+        bucket = buckets.get(key)
+        if bucket is None:
+            if len(buckets) >= self._MAX_KEYS:
+                for stale in list(buckets)[: self._MAX_KEYS // 10]:
+                    del buckets[stale]
+            bucket = buckets[key] = TokenBucket(self.limited_per_second, self.limited_burst,
+                                                now)
+        return not bucket.spend(now)
 
 
 class TcpSettings:

@@ -69,6 +69,7 @@ class TcpClient(StreamingClient):
         super().__init__(node, limits, metrics, peer, address)
         self.core = ConnectionCore(limits, peer, address, anyio.current_time(), trusted)
         self._early: list[bytes | Refused] = []  # frames that came with the PROXY header
+        self._cut_off = False  # for flooding, by a refusal (_limited)
         with contextlib.suppress(anyio.TypedAttributeLookupError):
             set_keepalive(stream.extra(anyio.abc.SocketAttribute.raw_socket))
 
@@ -147,6 +148,10 @@ class TcpClient(StreamingClient):
                 core.receive_eof()
                 return None
 
+    def _limited(self) -> None:
+        if self.core.limited(anyio.current_time()):
+            self._cut_off = True  # _take serves no more of what was read
+
     async def _take(self, items: list[bytes | Refused]) -> bool:
         """Serve every frame the core handed out; False when the connection is to stop
         reading."""
@@ -155,6 +160,8 @@ class TcpClient(StreamingClient):
         if not core.refused:
             self._refused = 0
         for item in items:
+            if self._cut_off:
+                break  # (ConnectionCore.limited): the rest is dropped
             if self._shutting_down:
                 if type(item) is bytes:
                     self._refuse_stopping(item)

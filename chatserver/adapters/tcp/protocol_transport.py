@@ -319,6 +319,12 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             self._log_close()
             self._end_reading()
 
+    def _limited(self) -> None:
+        flooding = self.server.per_address.limited(self.address)
+        if self.core.limited(self.loop.time(), flooding):
+            self._frames.clear()
+            self._take([])  # logged, and no more is read
+
     def _serve_inline(self, items: "list[bytes | Refused]") -> int:
         """Serve items in the read callback until one has to wait: that one is handed to the
         connection's task. How many were taken."""

@@ -341,6 +341,13 @@ class RequestServing:
         reply = encode_error(request, error, self.dialect)
         errno = errno_and_message(error)[0]
         self._reply_error(reply, request.msgid, errno, self._since(started))
+        if type(error) is RateLimited:
+            self._limited()
+
+    def _limited(self) -> None:
+        """A request was refused errno 9 by a limit of the server's ("try again later"): the
+        transport counts it against the connection (ConnectionCore.limited) and its address,
+        and cuts a flooder off, dropping what it sent that is not served yet."""
 
     def _crashed(self, request: Request, started: float) -> None:
         log.exception("request msgid=%d from %s user=%s failed", request.msgid, self.peer,

@@ -297,6 +297,19 @@ async def test_a_rolled_back_delete_leaves_the_group_as_it_was(uow: UnitOfWork) 
     )
 
 
+async def test_group_names_are_unique_by_look_also_when_renamed(uow: UnitOfWork) -> None:
+    """Issue 16.10: a group named in Cyrillic look-alikes of a Latin group's name."""
+    def make(tx: Transaction) -> tuple[int, int]:
+        owner = tx.users.add("owner", "hash")
+        return tx.groups.create("chess", "", owner.id).id, tx.groups.create("go", "", owner.id).id
+
+    _chess, go = await uow.run(make)
+    with pytest.raises(NameTaken):
+        await uow.run(lambda tx: tx.groups.create("\u0441h\u0435ss", "", 1))  # с, е Cyrillic
+    with pytest.raises(NameTaken):
+        await uow.run(lambda tx: tx.groups.update(go, "\u0441hess", None))
+
+
 async def test_group_names_are_unique_ignoring_case_also_when_renamed(uow: UnitOfWork) -> None:
     def make(tx: Transaction) -> tuple[int, int]:
         owner = tx.users.add("owner", "hash")

@@ -7,6 +7,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from chatserver.domain.errors import NameTaken
+from chatserver.domain.names import name_key
 from chatserver.domain.ports import Transaction, UnitOfWork
 from chatserver.domain.users import Account, User
 
@@ -74,7 +75,7 @@ async def test_names_and_hashes_round_trip_unchanged(
 
 
 @per_example
-@given(names=st.lists(st.text(), min_size=2, max_size=5, unique=True))
+@given(names=st.lists(st.text(), min_size=2, max_size=5, unique_by=name_key))
 async def test_distinct_names_stay_distinct(new_uow: NewUnitOfWork, names: list[str]) -> None:
     uow = await new_uow()
     users = await uow.run(lambda tx: [tx.users.add(name, name) for name in names])
@@ -95,6 +96,31 @@ async def test_a_password_hash_is_replaced_and_an_unknown_user_is_false(uow: Uni
         lambda tx: (tx.users.account(alice.id), tx.users.account_by_name("alice"))
     )
     assert found == (Account(alice, "new hash"), Account(alice, "new hash"))
+
+
+@pytest.mark.parametrize(("first", "other"), [
+    ("paypal", "\u0440\u0430\u0443\u0440\u0430l"),  # "раураl": every letter Cyrillic but the l
+    ("admin", "\u0430dmin"),  # a Cyrillic а: also refused as mixed-script by the use case
+    ("\u0441\u0430\u0440", "cap"),  # the Cyrillic name first, then the Latin look-alike
+    ("opa", "\u03bf\u03c1\u03b1"),  # Greek
+    ("bill", "BI11"),
+    ("modern", "rnodern"),
+])
+async def test_a_name_that_looks_like_a_taken_one_is_taken(
+    uow: UnitOfWork, first: str, other: str
+) -> None:
+    """Issue 16.10: a whole-script look-alike passed the mixed-script rule; names are now
+    keyed by their skeleton (Unicode TR 39), on every store."""
+    taken = await uow.run(lambda tx: tx.users.add(first, "hash"))
+    with pytest.raises(NameTaken):
+        await uow.run(lambda tx: tx.users.add(other, "hash"))
+    assert await uow.run(lambda tx: tx.users.account_by_name(other)) is None
+    found = await uow.run(lambda tx: tx.users.account_by_name(first))
+    assert found is not None and found.user == taken
+    # Names that merely share letters are not look-alikes.
+    await uow.run(lambda tx: tx.users.add(f"{first}s", "hash"))
+    await uow.run(lambda tx: tx.users.add("\u0438\u0432\u0430\u043d", "hash"))  # иван, beside...
+    await uow.run(lambda tx: tx.users.add("ivan", "hash"))  # ...ivan: they do not look alike
 
 
 @pytest.mark.parametrize("other", ["bob", "BOB", "bOB"])
