@@ -38,9 +38,10 @@ async def register(command: Register, *, connection: Connection) -> Registered:
     node, address = connection.node, connection.address
     registrations = node.registrations
     registrations.attempt(address, node.clock.now_ms() / 1000)
-    # The name before the hash: a taken name costs no hash. This tells nothing that the
-    # reply to a REG does not (the name is taken either way).
-    if await node.uow.run(lambda tx: tx.users.account_by_name(command.name)) is not None:
+    # The name before the hash: a taken name (or a case variant or look-alike of one) costs
+    # no hash. This tells nothing that the reply to a REG does not (the name is taken either
+    # way).
+    if await node.uow.run(lambda tx: tx.users.name_in_use(command.name)):
         raise NameTaken()
     reserved = registrations.reserve(address, node.clock.now_ms() / 1000)
     try:

@@ -30,6 +30,11 @@ class UserRepository(Protocol):
 
     def account_by_name(self, name: str) -> Account | None: ...
 
+    def name_in_use(self, name: str) -> bool:
+        """Whether add(name) would raise NameTaken: the name, or one with its name_key, is
+        held by a user (deleted accounts' names are free)."""
+        ...
+
     def set_password_hash(self, user_id: int, password_hash: str) -> bool:
         """Replace the user's password hash; False when there is no such user."""
         ...

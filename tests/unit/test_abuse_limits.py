@@ -63,7 +63,11 @@ async def test_a_taken_name_is_refused_without_hashing() -> None:
         assert hasher.hashes == 1
         for _ in range(50):
             assert await outcome(client_at(chat, "10.0.0.2"), Register("alice", "x")) is NameTaken
-        assert hasher.hashes == 1
+        # Nor its case variants, nor look-alikes (an all-Cyrillic "ѕсоре" for "scope").
+        await client_at(chat, "10.0.0.1").request(Register("scope", "pw"))
+        for name in ("ALICE", "Alice", "\u0455\u0441\u043e\u0440\u0435"):
+            assert await outcome(client_at(chat, "10.0.0.3"), Register(name, "x")) is NameTaken
+        assert hasher.hashes == 2
 
 
 async def test_registrations_per_address_are_limited_per_minute_and_others_go_on() -> None:

@@ -137,9 +137,12 @@ class MemoryUserRepository:
         self._log = log
         self._db = log.database
 
+    def name_in_use(self, name: str) -> bool:
+        return name in self._db.user_ids_by_name or name_key(name) in self._db.user_ids_by_key
+
     def add(self, name: str, password_hash: str) -> User:
         key = name_key(name)
-        if name in self._db.user_ids_by_name or key in self._db.user_ids_by_key:
+        if self.name_in_use(name):
             raise NameTaken()
         user = User(self._log.take("user"), name)
         self._log.put(self._db.accounts, user.id, Account(user, password_hash))

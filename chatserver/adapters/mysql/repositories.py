@@ -154,6 +154,14 @@ class MySqlUserRepository:
         self._db.execute(f"{_ACCOUNT} WHERE name = %s AND deleted = 0", (name,))
         return self._account()
 
+    def name_in_use(self, name: str) -> bool:
+        self._db.execute(
+            "SELECT 1 FROM user WHERE name = %s AND deleted = 0"
+            " UNION ALL SELECT 1 FROM user_name_key WHERE name_key = %s LIMIT 1",
+            (name, name_key(name)),
+        )
+        return bool(self._db.fetchall())
+
     def set_password_hash(self, user_id: int, password_hash: str) -> bool:
         return self._set(user_id, "password = %s", password_hash)
 

@@ -100,6 +100,14 @@ class SqliteUserRepository:
         ).fetchone()
         return None if row is None else Account(User(row[0], row[1]), row[2], row[3])
 
+    def name_in_use(self, name: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM user WHERE name = ? AND deleted = 0"
+            " UNION ALL SELECT 1 FROM user_name_key WHERE name_key = ? LIMIT 1",
+            (name, name_key(name)),
+        ).fetchone()
+        return row is not None
+
     def set_suspended(self, user_id: int, until_ms: int | None) -> bool:
         cursor = self._db.execute(
             "UPDATE user SET suspended_until = ? WHERE id = ? AND deleted = 0", (until_ms, user_id)

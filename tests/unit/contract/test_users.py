@@ -136,3 +136,16 @@ async def test_a_name_differing_only_in_case_is_taken_and_the_first_keeps_workin
     assert [(n.id, n.name, n.keyed) for n in await uow.run(lambda tx: tx.users.names())] == [
         (bob.id, "Bob", True)
     ]
+
+
+async def test_a_name_is_in_use_by_itself_its_case_variants_and_look_alikes(
+    uow: UnitOfWork,
+) -> None:
+    await uow.run(lambda tx: tx.users.add("Scope", "hash"))
+    found = await uow.run(
+        lambda tx: [
+            tx.users.name_in_use(name)
+            for name in ("Scope", "scope", "SCOPE", "\u0455\u0441\u043e\u0440\u0435", "scopes")
+        ]
+    )
+    assert found == [True, True, True, True, False]
