@@ -156,6 +156,7 @@ async def measure(window: int, messages: int, rounds: int, profile: bool,
         batches = max(1, messages // window)
         best = float("inf")
         best_loop = float("inf")  # the event loop's thread alone, in the best round
+        transactions = 0  # inbox batches written in the best round
         profiler = cProfile.Profile() if profile else None
         gc.collect()
         if collector.enabled():  # as serve does (every second; here once, after the set-up)
@@ -164,6 +165,7 @@ async def measure(window: int, messages: int, rounds: int, profile: bool,
         assert isinstance(a_transport, CountingTransport)
         for _ in range(rounds):
             acked = a_transport.frames + batches * window  # A's ACKs at the end of the round
+            batches_before = app.node.writer.batches
             started = time.process_time()
             loop_started = time.thread_time()
             if profiler is not None:
@@ -179,6 +181,7 @@ async def measure(window: int, messages: int, rounds: int, profile: bool,
             spent = time.process_time() - started
             if spent < best:
                 best, best_loop = spent, time.thread_time() - loop_started
+                transactions = app.node.writer.batches - batches_before
         await settle()
         assert a.transport is not None and b.transport is not None
         if profiler is not None:
@@ -188,6 +191,7 @@ async def measure(window: int, messages: int, rounds: int, profile: bool,
         return {"window": window, "messages": batches * window, "copies": copies,
                 "us_per_message": round(1e6 * best / (batches * window), 2),
                 "loop_us_per_message": round(1e6 * best_loop / (batches * window), 2),
+                "messages_per_transaction": round(batches * window / max(transactions, 1), 1),
                 "us_per_copy": round(1e6 * best / (batches * window * copies), 2)}
 
 
@@ -235,7 +239,8 @@ def main() -> None:
                   f"{result['messages']:,})")
             continue
         print(f"W={result['window']}: {result['us_per_message']:.2f} µs of the server's CPU "
-              f"per message, {result['loop_us_per_message']:.2f} of it the event loop's thread "
+              f"per message, {result['loop_us_per_message']:.2f} of it the event loop's thread; "
+              f"{result['messages_per_transaction']:g} messages per inbox transaction "
               f"(best of {args.rounds} rounds of {result['messages']:,})")
 
 
