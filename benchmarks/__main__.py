@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     echo = sub.add_parser("echo-baseline", parents=[common],
                           help="pairs traffic against the cheapest router (the floor)")
     pairs_options(echo, 10.0)
-    echo.add_argument("--loop", choices=["asyncio", "uvloop", "both"], default="asyncio",
+    echo.add_argument("--loop", choices=["asyncio", "uvloop", "both"], default="uvloop",
                       help="event loop of the echo server (default %(default)s)")
 
     direct = sub.add_parser("direct", parents=[common],
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     pairs_options(direct, 10.0)
     direct.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="do not run the echo baseline in the same run")
-    direct.add_argument("--baseline-loop", choices=["asyncio", "uvloop"], default="asyncio",
+    direct.add_argument("--baseline-loop", choices=["asyncio", "uvloop"], default="uvloop",
                         help="event loop of the echo baseline (default %(default)s)")
 
     group = sub.add_parser("group", parents=[common],

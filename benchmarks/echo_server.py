@@ -1,13 +1,17 @@
 """The echo baseline: the cheapest router of the benchmark's traffic, to measure the floor.
 
-An asyncio Protocol server with LF framing: REG assigns an id (no hashing), LOGIN binds the id
-to the connection (no password check), ONE_CHAT is relayed to the recipient's connection and
-ACKed, PING and LOGINOUT are ACKed. It sends exactly the frames chatserver sends for that
-traffic (same fields, orjson, LF-terminated) and writes once per connection per read batch.
-No database, no validation, no sessions: what is left is JSON, syscalls, the event loop and
-loopback TCP.
+An asyncio Protocol server on uvloop (the default; ``--asyncio`` for the standard loop) with
+orjson: frames end with LF or NUL (a partial frame is kept for the next read), REG assigns an
+id (no hashing), LOGIN binds the id to the connection (no password check), ONE_CHAT's fields
+are checked (``toid`` an integer, ``msg`` a string), stamped (``id``, ``name``, ``time``,
+``ts``, ``msg_id``), relayed to the recipient's connection and ACKed; PING and LOGINOUT are
+ACKed. It sends exactly the frames chatserver sends for that traffic (same fields,
+LF-terminated) and writes once per connection per read batch. No database, no sessions: what
+is left is JSON, syscalls, the event loop and loopback TCP. This is issue 15's "cheapest
+Python router"; docs/performance.md says why its loop matters (the standard loop's costs ~2x
+as much per message at W = 1).
 
-    python -m benchmarks.echo_server --port 0 [--uvloop]
+    python -m benchmarks.echo_server --port 0 [--asyncio]
 
 logs ``listening on HOST:PORT`` to stderr and stops on SIGTERM or SIGINT.
 """
@@ -82,6 +86,8 @@ class EchoProtocol(asyncio.BufferedProtocol):
         data = READ_BUFFER[:nbytes].tobytes()
         if self.buffer:
             data = self.buffer + data
+        if b"\0" in data:  # the legacy dialect's frames end with NUL
+            data = data.replace(b"\0", b"\n")
         frames = data.split(b"\n")
         self.buffer = frames.pop()
         router = self.router
@@ -98,11 +104,14 @@ class EchoProtocol(asyncio.BufferedProtocol):
         msgid = request.get("msgid")
         seq = request.get("seq")
         router = self.router
-        if msgid == ONE_CHAT and self.user_id:
+        to_id, text = request.get("toid"), request.get("msg")
+        if msgid == ONE_CHAT and (not isinstance(to_id, int) or not isinstance(text, str)):
+            reply = {"msgid": ACK, "reply_to": ONE_CHAT, "errno": 2,
+                     "errmsg": "toid and msg are required"}
+        elif msgid == ONE_CHAT and self.user_id:
             msg_id = router.next_msg_id
             router.next_msg_id += 1
             now_ms = time.time_ns() // 1_000_000
-            to_id = request["toid"]
             peer = router.online.get(to_id)
             if peer is not None:
                 peer.queue(orjson.dumps({
@@ -110,7 +119,7 @@ class EchoProtocol(asyncio.BufferedProtocol):
                     "id": self.user_id,
                     "name": router.names.get(self.user_id, ""),
                     "toid": to_id,
-                    "msg": request["msg"],
+                    "msg": text,
                     "time": _time_text(now_ms // 1000),
                     "ts": now_ms,
                     "msg_id": msg_id,
@@ -169,7 +178,11 @@ def main() -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    loop = parser.add_mutually_exclusive_group()
+    loop.add_argument("--uvloop", dest="uvloop", action="store_true", default=True,
+                      help="run on uvloop (the default)")
+    loop.add_argument("--asyncio", dest="uvloop", action="store_false",
+                      help="run on the standard asyncio loop instead")
     args = parser.parse_args()
     if args.uvloop:
         import uvloop

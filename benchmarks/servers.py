@@ -214,9 +214,7 @@ def start_chatserver(
 
 def start_echo_server(log_path: Path, *, uvloop: bool) -> ServerProcess:
     command = [sys.executable, "-m", "benchmarks.echo_server", "--host", "127.0.0.1",
-               "--port", "0"]
-    if uvloop:
-        command.append("--uvloop")
+               "--port", "0", "--uvloop" if uvloop else "--asyncio"]
     return _start("echo-baseline", command, log_path, {})
 
 
