@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from attrs import define, evolve, field, frozen
 
 from chatserver.adapters.clock import SystemClock
+from chatserver.adapters.connection_core import TransportLimits
 from chatserver.adapters.memory.cluster import InProcessCluster, InProcessHub
 from chatserver.adapters.memory.outbox import MemoryOutbox
 from chatserver.adapters.memory.unit_of_work import MemoryUnitOfWork
@@ -30,9 +31,8 @@ from chatserver.adapters.redis.cluster import DEFAULT_LEASE_SECONDS, RedisCluste
 from chatserver.adapters.redis.connection import FAILURES as REDIS_FAILURES
 from chatserver.adapters.redis.connection import open_redis, split_url
 from chatserver.adapters.security import DEFAULT_COST, ScryptHasher
+from chatserver.adapters.serving.settings import ConnectionsPerAddress
 from chatserver.adapters.sqlite.unit_of_work import open_sqlite, upgrade_sqlite
-from chatserver.adapters.tcp.budget import ConnectionsPerAddress
-from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.server import TcpServer
 from chatserver.adapters.webhook import HttpWebhookSender, encode_event
 from chatserver.application.accounts import TOKEN_ONLY_HASH, end_session

@@ -5,13 +5,18 @@ import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import anyio
 
-from chatserver.adapters.connection_core import Refused
+from chatserver.adapters.connection_core import (
+    CLOSED_BY_CLIENT,
+    Close,
+    Refused,
+    TransportLimits,
+)
 from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.budget import RequestBudget
+from chatserver.adapters.serving.settings import RequestBudget
 from chatserver.adapters.wire.codec import (
     BadRequest,
     Dialect,
@@ -26,9 +31,6 @@ from chatserver.application.commands import Read, Receipt, SendDirectMessage, Se
 from chatserver.application.connection import Connection
 from chatserver.application.results import Result
 from chatserver.domain.errors import ChatError, RateLimited, Unavailable
-
-if TYPE_CHECKING:
-    from chatserver.adapters.tcp.connection import TransportLimits
 
 log = logging.getLogger("chatserver.tcp")
 
@@ -59,6 +61,16 @@ FAILURE_LOG = LogBudget(20.0, 100)
 # Lines about connections refused before their first request (not a trusted proxy, too many
 # from one address): 10 a second after a burst of 50.
 REFUSAL_LOG = LogBudget(10.0, 50)
+
+
+def log_close(peer: str, closing: Close | None) -> None:
+    """Log why the server ends a connection (a client's own close is not news)."""
+    if closing is None or closing.reason == CLOSED_BY_CLIENT:
+        return
+    if not closing.warning:
+        log.info("closing %s: %s", peer, closing.reason)
+    elif REFUSAL_LOG.allow():
+        log.warning("closing %s: %s%s", peer, closing.reason, REFUSAL_LOG.skipped())
 
 
 # Requests that may be served while the ones before them on their connection still wait
@@ -97,10 +109,9 @@ class RequestServing:
 
     connection: Connection
     dialect: Dialect
-    budget: RequestBudget
     metrics: PrometheusMetrics | None
     peer: str
-    limits: "TransportLimits"
+    limits: TransportLimits
     close_reason: str
     _refused: int
 
@@ -125,28 +136,10 @@ class RequestServing:
     def _start_serving(self) -> None:
         self._slots = deque()
 
-    async def _handle(self, frame: bytes) -> None:
-        rest = self._serve_now(frame)
-        if rest is not None:
-            await rest
-
-    def _serve_now(self, frame: bytes) -> Coroutine[Any, Any, None] | None:
-        """Charge frame to this connection's own budget, then _serve_frame (a transport that
-        has no ConnectionCore to charge it). Every frame is charged, a malformed one too,
-        before it is even decoded: a flood of bad frames is refused and cut off like any
-        other (in the legacy dialect as well, where neither is answered)."""
-        budget = self.budget
-        if not budget.spend():
-            self._refuse_in_order(frame)
-            return None
-        if self._refused and budget.tokens >= budget.burst - 1:
-            # Quiet long enough to refill: whatever it did before is forgiven.
-            self._refused = 0
-        return self._serve_frame(frame)
-
     def _serve_item(self, item: "bytes | Refused") -> Coroutine[Any, Any, None] | None:
-        """_serve_frame for what a ConnectionCore handed out (already charged): a frame to
-        serve, or one refused for being over the budget (errno 9, in order)."""
+        """_serve_frame for what the ConnectionCore handed out (already charged to the
+        request budget): a frame to serve, or one refused for being over the budget (errno 9,
+        in order)."""
         if type(item) is bytes:
             return self._serve_frame(item)
         assert isinstance(item, Refused)
@@ -373,16 +366,6 @@ class RequestServing:
             self._slot_answered(slot)
         else:
             self._queue(reply)
-
-    def _flooding(self) -> bool:
-        """True (logged, and the close reason set) once the client has been refused more than
-        the limit without slowing down enough for its budget to refill: it is cut off."""
-        if self._refused <= self.limits.refused_before_disconnect:
-            return False
-        log.warning("closing %s: still flooding after %d refused requests", self.peer,
-                    self._refused)
-        self.close_reason = "flooding"
-        return True
 
     def _reply_error(self, reply: bytes | None, msgid: int, errno: int, seconds: float) -> None:
         if reply is not None:

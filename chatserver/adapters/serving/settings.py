@@ -1,5 +1,5 @@
 """Budgets of a client (requests per second, connections per address), and the settings
-both TCP servers share."""
+every listener is built with (TCP on asyncio or anyio, WebSocket)."""
 
 import ssl
 import time
@@ -7,8 +7,12 @@ import time
 from chatserver.adapters.connection_core import TokenBucket, TransportLimits
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.proxy_header import TrustedProxies
+from chatserver.adapters.wire.codec import encode_refusal
 from chatserver.application.node import Node
 from chatserver.application.throttle import address_key
+
+# What a client over its address's connection limit is told before it is closed.
+TOO_MANY_CONNECTIONS = encode_refusal("too many connections from your address")
 
 
 class RequestBudget(TokenBucket):
@@ -52,8 +56,8 @@ class ConnectionsPerAddress:
             del self.open[address]
 
 
-class TcpSettings:
-    """What either TCP server is built with: the node, where to listen, the limits, TLS,
+class ListenerSettings:
+    """What every listener is built with: the node, where to listen, the limits, TLS,
     metrics, and the count of connections per address (shared with the node's other
     listeners when given: the limit is per client)."""
 

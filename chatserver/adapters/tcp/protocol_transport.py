@@ -30,18 +30,21 @@ from chatserver.adapters.connection_core import (
     ConnectionCore,
     Refused,
 )
-from chatserver.adapters.tcp.budget import TcpSettings
-from chatserver.adapters.tcp.connection import log_close, set_keepalive
-from chatserver.adapters.tcp.requests import REFUSAL_LOG, RequestServing, log_out_everyone
-from chatserver.adapters.wire.codec import Dialect, encode_event, encode_refusal
+from chatserver.adapters.serving.requests import (
+    REFUSAL_LOG,
+    RequestServing,
+    log_close,
+    log_out_everyone,
+)
+from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, ListenerSettings
+from chatserver.adapters.tcp.connection import set_keepalive
+from chatserver.adapters.wire.codec import Dialect, encode_event
 from chatserver.application.connection import Connection
 from chatserver.domain.messages import Event
 
 log = logging.getLogger("chatserver.tcp")
 
 Callback = Callable[[], Awaitable[None]]
-
-TOO_MANY_CONNECTIONS = encode_refusal("too many connections from your address")
 
 # Frames read but not yet handled past which the client is not read from (a slow request).
 _QUEUED_FRAMES_LIMIT = 256
@@ -605,7 +608,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             self._callback_task = None
 
 
-class ProtocolServer(TcpSettings):
+class ProtocolServer(ListenerSettings):
     """TcpServer on asyncio Protocols: the same constructor, serve() and shutdown()."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
