@@ -11,7 +11,9 @@ import anyio
 
 from chatserver.adapters.connection_core import (
     CLOSED_BY_CLIENT,
+    CLOSED_BY_SERVER,
     Close,
+    ConnectionCore,
     Refused,
     TransportLimits,
 )
@@ -24,6 +26,7 @@ from chatserver.adapters.wire.codec import (
     decode,
     encode_bad_request,
     encode_error,
+    encode_event,
     encode_result,
 )
 from chatserver.adapters.wire.errors import BAD_REQUEST, errno_and_message
@@ -31,8 +34,11 @@ from chatserver.application.commands import Read, Receipt, SendDirectMessage, Se
 from chatserver.application.connection import Connection
 from chatserver.application.results import Result
 from chatserver.domain.errors import ChatError, RateLimited, Unavailable
+from chatserver.domain.messages import Event
 
 log = logging.getLogger("chatserver.tcp")
+
+Callback = Callable[[], Awaitable[None]]
 
 STOPPING = "server stopping: try again on a new connection"
 
@@ -96,14 +102,16 @@ class _Slot:
 
 
 class RequestServing:
-    """What a transport's client object mixes in to serve frames; it provides the attributes
-    below, _queue(frame) and _spawn(function, *args).
+    """What every transport's client object shares around its ConnectionCore: the Outbox port
+    (push, bounded by the core), why the connection ends (close_reason, logged once), and
+    serving the frames the core hands out. The transport provides the attributes below,
+    _queue(frame), _unsent(), close(reason) and _spawn(function, *args).
 
     Pipelining: a request in PIPELINED is served by a task of its own, and the connection goes
     on with its next frames meanwhile (so one connection's chats share a group commit).
     Replies still go out in request order: a request served while earlier ones are in flight
     has a slot in _slots, and its replies wait there. Any other request waits, before it is
-    served, until every earlier one is answered (_serve_now returns that wait), so what
+    served, until every earlier one is answered (_serve_frame returns that wait), so what
     PROTOCOL.md says of frames handled in order holds (a LOGOUT after chats, a LOGIN after
     them). The budget is charged as each frame is taken, as before."""
 
@@ -112,8 +120,54 @@ class RequestServing:
     metrics: PrometheusMetrics | None
     peer: str
     limits: TransportLimits
-    close_reason: str
+    core: ConnectionCore
     _refused: int
+    _closed: bool  # nothing more is written
+    _logged: bool = False  # the core's verdict is logged
+
+    def _unsent(self) -> int:
+        """Bytes queued or held by the transport, not yet taken by the kernel."""
+        raise NotImplementedError
+
+    def close(self, reason: str = CLOSED_BY_SERVER) -> None:
+        raise NotImplementedError
+
+    # The Outbox port.
+
+    def push(self, event: Event) -> bool:
+        if self._closed:
+            return False
+        frame = encode_event(event, self.dialect)
+        if frame is None:
+            return True
+        if self.core.over_outbound(self._unsent() + len(frame)):
+            self._verdict()
+            self.close()
+            return False
+        self._queue(frame)
+        return True
+
+    def _abort(self, reason: str) -> None:
+        """close(): the server's reason, unless the core has one; what is unsent is dropped."""
+        if self.core.closing is None:
+            self.core.close(reason, abort=True)
+            self._verdict()
+
+    @property
+    def close_reason(self) -> str:
+        """Why the connection ends, as the core has it (the first reason given holds)."""
+        closing = self.core.closing
+        return closing.reason if closing is not None else CLOSED_BY_CLIENT
+
+    @close_reason.setter
+    def close_reason(self, reason: str) -> None:
+        self.core.close(reason)
+
+    def _verdict(self) -> None:
+        """The connection is to end: log why (once)."""
+        if not self._logged and self.core.closing is not None:
+            self._logged = True
+            log_close(self.peer, self.core.closing)
 
     # Requests in flight, oldest first (empty while none is); where replies go meanwhile.
     _slots: "deque[_Slot]"

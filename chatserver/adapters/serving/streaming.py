@@ -6,14 +6,13 @@ released, drain, end the session, close). Each transport reads (_read), feeds th
 (_feed), writes (_send) and closes (_close_transport) in its own way."""
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from chatserver.adapters.connection_core import (
-    CLOSED_BY_CLIENT,
     CLOSED_BY_SERVER,
     ConnectionCore,
     Refused,
@@ -21,15 +20,12 @@ from chatserver.adapters.connection_core import (
 )
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.proxy_header import TrustedProxies
-from chatserver.adapters.serving.requests import RequestServing, log_close
-from chatserver.adapters.wire.codec import Dialect, encode_event
+from chatserver.adapters.serving.requests import Callback, RequestServing
+from chatserver.adapters.wire.codec import Dialect
 from chatserver.application.connection import Connection
 from chatserver.application.node import Node
-from chatserver.domain.messages import Event
 
 log = logging.getLogger("chatserver.tcp")
-
-Callback = Callable[[], Awaitable[None]]
 
 
 class StreamingClient(RequestServing):
@@ -55,7 +51,6 @@ class StreamingClient(RequestServing):
                                    messages=messages)
         self.connection = Connection(node, self, address)
         self._refused = 0
-        self._logged = False  # the core's verdict is logged
         self.dialect = Dialect.MODERN
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -71,16 +66,6 @@ class StreamingClient(RequestServing):
         self._reading_done = anyio.Event()
         self._task_group: TaskGroup | None = None
         self._start_serving()
-
-    @property
-    def close_reason(self) -> str:
-        """Why the connection ends, as the core has it (the first reason given holds)."""
-        closing = self.core.closing
-        return closing.reason if closing is not None else CLOSED_BY_CLIENT
-
-    @close_reason.setter
-    def close_reason(self, reason: str) -> None:
-        self.core.close(reason)
 
     def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         assert self._task_group is not None
@@ -103,20 +88,10 @@ class StreamingClient(RequestServing):
     async def _close_transport(self) -> None:
         raise NotImplementedError
 
-    # The Outbox port.
+    # The Outbox port (push: RequestServing's).
 
-    def push(self, event: Event) -> bool:
-        if self._closed:
-            return False
-        frame = encode_event(event, self.dialect)
-        if frame is None:
-            return True
-        if self.core.over_outbound(self._pending_bytes + len(frame)):
-            self._verdict()
-            self.close()
-            return False
-        self._queue(frame)
-        return True
+    def _unsent(self) -> int:
+        return self._pending_bytes
 
     def after_flush(self, callback: Callback) -> None:
         self._callbacks.append(callback)
@@ -126,18 +101,10 @@ class StreamingClient(RequestServing):
         """End the connection at once: what is unsent is dropped, the session ends."""
         if self._closed:
             return
-        if self.core.closing is None:
-            self.core.close(reason, abort=True)
-            self._verdict()
+        self._abort(reason)
         self._closing = self._closed = True
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
-
-    def _verdict(self) -> None:
-        """The connection is to end: log why, once."""
-        if not self._logged and self.core.closing is not None:
-            self._logged = True
-            log_close(self.peer, self.core.closing)
 
     # Server shutdown.
 

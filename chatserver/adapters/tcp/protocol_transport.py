@@ -18,33 +18,29 @@ import logging
 import math
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import anyio
 from anyio.abc import TaskStatus
 
 from chatserver.adapters.connection_core import (
-    CLOSED_BY_CLIENT,
     CLOSED_BY_SERVER,
     ConnectionCore,
     Refused,
 )
 from chatserver.adapters.serving.requests import (
     REFUSAL_LOG,
+    Callback,
     RequestServing,
-    log_close,
     log_out_everyone,
 )
 from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, ListenerSettings
 from chatserver.adapters.tcp.connection import set_keepalive
-from chatserver.adapters.wire.codec import Dialect, encode_event
+from chatserver.adapters.wire.codec import Dialect
 from chatserver.application.connection import Connection
-from chatserver.domain.messages import Event
 
 log = logging.getLogger("chatserver.tcp")
-
-Callback = Callable[[], Awaitable[None]]
 
 # Frames read but not yet handled past which the client is not read from (a slow request).
 _QUEUED_FRAMES_LIMIT = 256
@@ -97,15 +93,6 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self.done = self.loop.create_future()
         self._start_serving()
 
-    @property
-    def close_reason(self) -> str:
-        closing = self.core.closing
-        return closing.reason if closing is not None else CLOSED_BY_CLIENT
-
-    @close_reason.setter
-    def close_reason(self, reason: str) -> None:
-        self.core.close(reason)
-
     def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]],
                *args: Any) -> "asyncio.Task[None]":
         task = self.loop.create_task(function(*args))
@@ -116,27 +103,10 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     def _lead(self, leading: Coroutine[Any, Any, None]) -> None:
         self.server.run_batch(leading)
 
-    # The Outbox port.
+    # The Outbox port (push: RequestServing's).
 
-    def push(self, event: Event) -> bool:
-        if self._closed:
-            return False
-        frame = encode_event(event, self.dialect)
-        if frame is None:
-            return True
-        out_bytes = self._out_bytes + len(frame)
-        if out_bytes + self._buffered > self.limits.outbound_bytes:
-            self.core.over_outbound(out_bytes + self._buffered)
-            self._log_close()
-            self.close()
-            return False
-        # _queue(frame), inline: a group message comes here once per member.
-        self._out.append(frame)
-        self._out_bytes = out_bytes
-        if not self._flush_wanted:
-            self._flush_wanted = True
-            self.server.flush_soon(self)
-        return True
+    def _unsent(self) -> int:
+        return self._out_bytes + self._buffered
 
     def after_flush(self, callback: Callback) -> None:
         self._callbacks.append(callback)
@@ -146,9 +116,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         """End the connection at once: what is unsent is dropped, the session ends."""
         if self._closed:
             return
-        if self.core.closing is None:
-            self.core.close(reason, abort=True)
-            self._log_close()
+        self._abort(reason)
         self._closing = self._closed = True
         self._out.clear()
         self._out_bytes = 0
@@ -220,16 +188,13 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     def _abort_unopened(self, logged: bool = False) -> None:
         """Never a client (not a trusted proxy, no valid PROXY header, too many): drop it."""
         if not logged:
-            self._log_close()
+            self._verdict()
         self._stop_timer()
         self._lost = self._closed = self._closing = True
         if self.transport is not None:
             self.transport.abort()
         if not self.done.done():
             self.done.set_result(None)
-
-    def _log_close(self) -> None:
-        log_close(self.peer, self.core.closing)
 
     async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
         try:
@@ -319,7 +284,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             if self._frames:
                 self._wake()
         if core.closing is not None:
-            self._log_close()
+            self._verdict()
             self._end_reading()
 
     def _serve_inline(self, items: "list[bytes | Refused]") -> int:
@@ -416,7 +381,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         elif unopened:
             self._abort_unopened()
         else:
-            self._log_close()
+            self._verdict()
             self._end_reading()
 
     # Handling requests: the frames that have to wait, by one task per connection.
