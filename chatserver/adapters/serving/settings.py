@@ -3,6 +3,7 @@ every listener is built with (TCP on asyncio or anyio, WebSocket)."""
 
 import ssl
 import time
+from typing import Any
 
 from chatserver.adapters.connection_core import TokenBucket, TransportLimits
 from chatserver.adapters.metrics import PrometheusMetrics
@@ -13,6 +14,16 @@ from chatserver.application.throttle import address_key
 
 # What a client over its address's connection limit is told before it is closed.
 TOO_MANY_CONNECTIONS = encode_refusal("too many connections from your address")
+
+
+def peer_and_host(address: Any) -> tuple[str, str]:
+    """A socket's peer address as the client's host:port for logs, and its host for limits
+    per address ("?" when the socket does not say)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}", str(address[0])
+    if address is None:
+        return "?", "?"
+    return str(address), str(address)
 
 
 class RequestBudget(TokenBucket):

@@ -14,6 +14,7 @@ from chatserver.adapters.connection_core import Refused
 from chatserver.adapters.connection_core import TransportLimits as TransportLimits
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.proxy_header import TrustedProxies
+from chatserver.adapters.serving.settings import peer_and_host
 from chatserver.adapters.serving.streaming import StreamingClient
 from chatserver.application.node import Node
 
@@ -113,12 +114,9 @@ class TcpClient(StreamingClient):
             return None
 
 
+
 def _peer(stream: ByteStream) -> tuple[str, str]:
-    """The client's host:port for logs, and its host for limits per address."""
     try:
-        address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        return peer_and_host(stream.extra(anyio.abc.SocketAttribute.remote_address))
     except anyio.TypedAttributeLookupError:
         return "?", "?"
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}", str(address[0])
-    return str(address), str(address)

@@ -35,7 +35,11 @@ from chatserver.adapters.serving.requests import (
     RequestServing,
     log_out_everyone,
 )
-from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, ListenerSettings
+from chatserver.adapters.serving.settings import (
+    TOO_MANY_CONNECTIONS,
+    ListenerSettings,
+    peer_and_host,
+)
 from chatserver.adapters.tcp.connection import set_keepalive
 from chatserver.adapters.wire.codec import Dialect
 from chatserver.application.connection import Connection
@@ -153,7 +157,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = transport = cast(asyncio.Transport, transport)
-        self.peer, self.address = _peer(transport.get_extra_info("peername"))
+        self.peer, self.address = peer_and_host(transport.get_extra_info("peername"))
         self.connection.address = self.address
         server = self.server
         self.core = core = ConnectionCore(self.limits, self.peer, self.address,
@@ -688,11 +692,3 @@ class ProtocolServer(ListenerSettings):
             client.counted = False
             self.per_address.leave(client.address)
 
-
-def _peer(address: Any) -> tuple[str, str]:
-    """The client's host:port for logs, and its host for limits per address."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}", str(address[0])
-    if address is None:
-        return "?", "?"
-    return str(address), str(address)

@@ -14,6 +14,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatserver.adapters.connection_core import CLOSED_BY_CLIENT, Refused, TransportLimits
 from chatserver.adapters.metrics import PrometheusMetrics
+from chatserver.adapters.serving.settings import peer_and_host
 from chatserver.adapters.serving.streaming import StreamingClient
 from chatserver.application.node import Node
 
@@ -111,9 +112,7 @@ def _reset(transport: asyncio.BaseTransport) -> None:
         transport.close()
 
 
+
 def peer_address(transport: asyncio.BaseTransport) -> tuple[str, str]:
     """The client's host:port for logs, and its host for limits per address."""
-    address = transport.get_extra_info("peername")
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}", str(address[0])
-    return str(address), str(address)
+    return peer_and_host(transport.get_extra_info("peername"))
