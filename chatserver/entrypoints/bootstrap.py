@@ -422,7 +422,7 @@ class ChatApp:
         per_address = ConnectionsPerAddress(limits.connections_per_address)
         tcp_class = TcpServer
         if transport == "asyncio":
-            from chatserver.adapters.tcp.protocol_transport import ProtocolServer
+            from chatserver.adapters.tcp.protocol_server import ProtocolServer
 
             tcp_class = ProtocolServer  # type: ignore[assignment]
         listeners: list[tuple[str, int, _Listener]] = [(
