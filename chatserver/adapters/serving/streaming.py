@@ -222,6 +222,7 @@ class StreamingClient(RequestServing):
             frames, callbacks = self._pending, self._callbacks
             self._pending, self._pending_bytes, self._callbacks = [], 0, []
             if frames and not await self._send(frames):
+                self.core.receive_eof()  # the peer is gone: its end, not the server's
                 self.close()
                 return
             if not self._pending:
