@@ -23,7 +23,8 @@ import orjson
 
 from chatserver.adapters.security import ScryptHasher
 from chatserver.adapters.tcp.connection import TransportLimits
-from chatserver.adapters.tcp.protocol_transport import ProtocolClient, ProtocolServer
+from chatserver.adapters.tcp.protocol_server import ProtocolServer
+from chatserver.adapters.tcp.protocol_transport import ProtocolClient
 from chatserver.application.node import Limits
 from chatserver.entrypoints import collector
 from chatserver.entrypoints.bootstrap import Config, bootstrap

@@ -1,8 +1,9 @@
 """The per-connection protocol as one plain object, in the manner of h11: no socket, no loop,
 no clock of its own.
 
-A driver (asyncio Protocol, anyio stream, later the WebSocket endpoint) hands a
-``ConnectionCore`` the bytes it reads and the time (``receive``), asks it when to look again
+A driver (asyncio Protocol, anyio stream) hands a ``ConnectionCore`` the bytes it reads and
+the time (``receive``); the WebSocket endpoint, whose messages are whole frames, hands it each
+message (``receive_message``). The driver asks it when to look again
 (``deadline``) and whether silence has lasted too long (``check``). Back come the frames to
 serve, in order, each either to be served or refused (over the request budget), and once the
 connection is to end a ``Close``: its reason (true for the log and the session's end), a last
@@ -120,8 +121,11 @@ class ConnectionCore:
     """One connection's protocol state: bytes and time in, frames and verdicts out."""
 
     def __init__(self, limits: TransportLimits, peer: str, address: str, now: float,
-                 trusted: TrustedProxies | None = None) -> None:
+                 trusted: TrustedProxies | None = None, *, messages: bool = False) -> None:
+        """messages: the transport brings whole frames, one per message (WebSocket): they are
+        given to receive_message, and there is no PROXY header and no legacy dialect."""
         self.limits = limits
+        self.messages = messages
         self.peer, self.address = peer, address  # host:port for logs, host for limits
         self.splitter = FrameSplitter(limits.frame_bytes)
         self.dialect = Dialect.MODERN
@@ -133,7 +137,7 @@ class ConnectionCore:
         self.last_heard = now
         self._proxy: ProxyHeaderReader | None = None
         self._header_deadline = math.inf
-        if limits.proxy_protocol:
+        if limits.proxy_protocol and not messages:
             if trusted is not None and address not in trusted:
                 self.closing = Close(f"not a trusted proxy (--trusted-proxy {trusted})",
                                      abort=True, warning=True)
@@ -164,6 +168,18 @@ class ConnectionCore:
         if splitter.too_large and self.closing is None:
             self.closing = Close("frame too large", encode_frame_too_large(self.dialect))
         return frames  # type: ignore[return-value]
+
+    def receive_message(self, frame: bytes, now: float) -> list[bytes | Refused]:
+        """Take one whole frame (a WebSocket message): the same budget, frame limit and
+        verdicts as receive, without cutting; the frame itself, or refused, or nothing (once
+        closing is set)."""
+        if self.closing is not None:
+            return []
+        self.last_heard = now
+        if len(frame) > self.limits.frame_bytes:
+            self.closing = Close("frame too large", encode_frame_too_large(self.dialect))
+            return []
+        return self._charge([frame], now)
 
     def _charge(self, frames: list[bytes], now: float) -> list[bytes | Refused]:
         """Every frame, good or bad, costs one token; past the budget it is refused, and past
@@ -241,9 +257,11 @@ class ConnectionCore:
         """How long the client may now stay silent (inf: no limit). A client of the original
         server never PINGs and sends nothing before its user types (PROTOCOL.md, legacy
         dialect (d)): neither it nor a connection that has not sent a byte yet (which may be
-        one, at its menu) is closed for silence; TCP keepalive finds the dead ones."""
+        one, at its menu) is closed for silence; TCP keepalive finds the dead ones. Whole
+        messages (WebSocket) come from modern clients only: their silence counts from the
+        start."""
         splitter = self.splitter
-        if splitter.legacy or not splitter.heard:
+        if not self.messages and (splitter.legacy or not splitter.heard):
             return math.inf
         limits = self.limits
         return limits.idle_timeout_seconds if logged_in else limits.login_timeout_seconds

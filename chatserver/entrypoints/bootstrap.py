@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from attrs import define, evolve, field, frozen
 
 from chatserver.adapters.clock import SystemClock
+from chatserver.adapters.connection_core import TransportLimits
 from chatserver.adapters.memory.cluster import InProcessCluster, InProcessHub
 from chatserver.adapters.memory.outbox import MemoryOutbox
 from chatserver.adapters.memory.unit_of_work import MemoryUnitOfWork
@@ -30,9 +31,9 @@ from chatserver.adapters.redis.cluster import DEFAULT_LEASE_SECONDS, RedisCluste
 from chatserver.adapters.redis.connection import FAILURES as REDIS_FAILURES
 from chatserver.adapters.redis.connection import open_redis, split_url
 from chatserver.adapters.security import DEFAULT_COST, ScryptHasher
+from chatserver.adapters.serving.settings import ConnectionsPerAddress
 from chatserver.adapters.sqlite.unit_of_work import open_sqlite, upgrade_sqlite
-from chatserver.adapters.tcp.budget import ConnectionsPerAddress
-from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.adapters.tcp.protocol_server import ProtocolServer
 from chatserver.adapters.tcp.server import TcpServer
 from chatserver.adapters.webhook import HttpWebhookSender, encode_event
 from chatserver.application.accounts import TOKEN_ONLY_HASH
@@ -371,6 +372,43 @@ class _Listener(Protocol):
     async def shutdown(self) -> None: ...
 
 
+def assemble_listeners(
+    config: Config,
+    node: Node,
+    metrics: PrometheusMetrics | None,
+    tls: ssl.SSLContext | None,
+    transport: Literal["asyncio", "anyio"],
+    files: Any,
+) -> list[tuple[str, int, _Listener]]:
+    """A node's listeners, each with the option that names its port: TCP (on asyncio Protocols
+    or anyio streams), the web page and WebSocket when `ws_port` is set, the metrics when
+    `metrics_port` is. The TCP and web listeners are built from the same settings, and share
+    one count of connections per client address (TCP and WebSocket together)."""
+    limits = config.transport_limits()
+    per_address = ConnectionsPerAddress(limits.connections_per_address)
+    settings: dict[str, Any] = {"tls": tls, "metrics": metrics, "per_address": per_address}
+    tcp_class: type[TcpServer | ProtocolServer] = TcpServer
+    if transport == "asyncio":
+        tcp_class = ProtocolServer
+    tcp = tcp_class(node, config.host, config.port, limits, **settings)
+    listeners: list[tuple[str, int, _Listener]] = [("--port", config.port, tcp)]
+    if config.ws_port is not None:
+        from chatserver.adapters.web.server import WebSocketServer
+
+        listeners.append(("--ws-port", config.ws_port, WebSocketServer(
+            node, config.host, config.ws_port, limits, **settings,
+            forwarded_for=config.behind_proxy or config.proxy_protocol,
+            allowed_origins=config.allowed_origins, files=files,
+        )))
+    if metrics is not None and config.metrics_port is not None:
+        from chatserver.adapters.web.metrics_server import MetricsServer
+
+        listeners.append(("--metrics-port", config.metrics_port, MetricsServer(
+            metrics.registry, config.metrics_host, config.metrics_port
+        )))
+    return listeners
+
+
 @define(eq=False)
 class _Serving:
     """The listeners started by one start_serving(), run by one task of the node's."""
@@ -452,35 +490,8 @@ class ChatApp:
             raise RuntimeError("this node is already serving: stop_serving() first")
         config = self.config
         tls = tls_context(config.tls_cert, config.tls_key)
-        limits = config.transport_limits()
-        # One count of connections per client address, over TCP and WebSocket together.
-        per_address = ConnectionsPerAddress(limits.connections_per_address)
-        tcp_class = TcpServer
-        if transport == "asyncio":
-            from chatserver.adapters.tcp.protocol_transport import ProtocolServer
-
-            tcp_class = ProtocolServer  # type: ignore[assignment]
-        listeners: list[tuple[str, int, _Listener]] = [(
-            "--port", config.port,
-            tcp_class(self.node, config.host, config.port, limits, tls=tls,
-                      metrics=self.metrics, per_address=per_address),
-        )]
-        if config.ws_port is not None:
-            from chatserver.adapters.web.server import WebSocketServer
-
-            listeners.append(("--ws-port", config.ws_port, WebSocketServer(
-                self.node, config.host, config.ws_port, limits, tls=tls, metrics=self.metrics,
-                per_address=per_address,
-                forwarded_for=config.behind_proxy or config.proxy_protocol,
-                allowed_origins=config.allowed_origins,
-                files=self._files,
-            )))
-        if self.metrics is not None and config.metrics_port is not None:
-            from chatserver.adapters.web.metrics_server import MetricsServer
-
-            listeners.append(("--metrics-port", config.metrics_port, MetricsServer(
-                self.metrics.registry, config.metrics_host, config.metrics_port
-            )))
+        listeners = assemble_listeners(config, self.node, self.metrics, tls, transport,
+                                       self._files)
         serving = _Serving(listeners)
         ports: list[int] = await self._tasks.start(serving.run, config.host)
         self._serving = serving

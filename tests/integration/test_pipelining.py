@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 import chatserver
-from chatserver.adapters.tcp import requests
+from chatserver.adapters.serving import requests
 from tests.unit.conftest import FAST_HASHER
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ from anyio.from_thread import start_blocking_portal
 
 from chatserver.adapters.proxy_header import V2_SIGNATURE
 from chatserver.adapters.tcp.connection import TransportLimits
-from chatserver.adapters.tcp.protocol_transport import ProtocolServer
+from chatserver.adapters.tcp.protocol_server import ProtocolServer
 from chatserver.adapters.tcp.server import TcpServer
 from chatserver.application.node import Limits
 from chatserver.entrypoints.bootstrap import Config, bootstrap

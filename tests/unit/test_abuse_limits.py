@@ -340,7 +340,7 @@ async def test_ordinary_names_in_any_script_register(chat: ChatApp, name: str) -
 
 
 async def test_ipv6_addresses_are_limited_by_their_64() -> None:
-    from chatserver.adapters.tcp.budget import ConnectionsPerAddress
+    from chatserver.adapters.serving.settings import ConnectionsPerAddress
     from chatserver.application.throttle import address_key
 
     assert address_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"

@@ -205,3 +205,37 @@ def test_a_client_that_stops_reading_is_dropped_with_that_reason() -> None:
     assert connection.over_outbound(101)
     assert connection.closing is not None and connection.closing.abort
     assert connection.closing.reason.startswith("client not reading")
+
+
+# Whole messages (WebSocket): one frame each, no terminator, never empty here (a stream skips
+# empty frames; a message is served as it is).
+MESSAGES = st.lists(st.sampled_from([b"a", b"{}", b"x" * 15, b"y" * 16, b"z" * 17]),
+                    max_size=12)
+
+
+def message_outcome(limits: TransportLimits, messages: list[bytes]) -> tuple[object, ...]:
+    connection = ConnectionCore(limits, "127.0.0.1:4000", "127.0.0.1", 0.0, messages=True)
+    items: list[bytes | Refused] = []
+    for message in messages:
+        items += connection.receive_message(message, 0.0)
+    return items, connection.closing, connection.dialect, connection.address
+
+
+@given(MESSAGES)
+def test_whole_messages_get_the_frames_and_verdict_of_the_same_frames_in_a_stream(
+    messages: list[bytes],
+) -> None:
+    """The WebSocket endpoint's budget, frame limit and close reasons are the TCP ones."""
+    stream = b"".join(message + b"\n" for message in messages)
+    assert message_outcome(LIMITS, messages) == outcome(LIMITS, [stream])
+
+
+def test_whole_messages_have_no_proxy_header_and_their_silence_counts_from_the_start() -> None:
+    limits = TransportLimits(proxy_protocol=True, login_timeout_seconds=30.0)
+    connection = ConnectionCore(limits, "10.0.0.9:4000", "10.0.0.9", 5.0, TrustedProxies(),
+                                messages=True)
+    assert connection.closing is None and not connection.awaiting_proxy_header
+    assert connection.deadline(False) == 35.0  # a browser is no original client
+    assert connection.receive_message(b"PROXY UNKNOWN", 6.0) == [b"PROXY UNKNOWN"]
+    assert connection.check(36.0, False) == Close("not logged in for 30 s")
+    assert connection.receive_message(b"{}", 37.0) == []  # closing: nothing more is served

@@ -1,4 +1,5 @@
-"""The TCP transport on asyncio Protocols: a thin driver of ConnectionCore.
+"""The TCP transport on asyncio Protocols: one connection, driving its ConnectionCore (the
+listener is protocol_server.py).
 
 Bytes arrive in ``buffer_updated`` (into one receive buffer shared by the whole server: the
 loop hands it out and takes it back within one callback) and go to the connection's
@@ -18,39 +19,66 @@ import logging
 import math
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, cast
-
-import anyio
-from anyio.abc import TaskStatus
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, cast
 
 from chatserver.adapters.connection_core import (
-    CLOSED_BY_CLIENT,
     CLOSED_BY_SERVER,
     ConnectionCore,
     Refused,
+    TransportLimits,
 )
-from chatserver.adapters.tcp.budget import TcpSettings
-from chatserver.adapters.tcp.connection import log_close, set_keepalive
-from chatserver.adapters.tcp.requests import REFUSAL_LOG, RequestServing, log_out_everyone
-from chatserver.adapters.wire.codec import Dialect, encode_event, encode_refusal
+from chatserver.adapters.metrics import PrometheusMetrics
+from chatserver.adapters.proxy_header import TrustedProxies
+from chatserver.adapters.serving.requests import (
+    REFUSAL_LOG,
+    Callback,
+    RequestServing,
+)
+from chatserver.adapters.serving.settings import (
+    TOO_MANY_CONNECTIONS,
+    ConnectionsPerAddress,
+    peer_and_host,
+)
+from chatserver.adapters.tcp.connection import set_keepalive
+from chatserver.adapters.wire.codec import Dialect
 from chatserver.application.connection import Connection
-from chatserver.domain.messages import Event
+from chatserver.application.node import Node
 
 log = logging.getLogger("chatserver.tcp")
-
-Callback = Callable[[], Awaitable[None]]
-
-TOO_MANY_CONNECTIONS = encode_refusal("too many connections from your address")
 
 # Frames read but not yet handled past which the client is not read from (a slow request).
 _QUEUED_FRAMES_LIMIT = 256
 
 
+class Listener(Protocol):
+    """What a ProtocolClient needs of its server (protocol_server.ProtocolServer)."""
+
+    node: Node
+    limits: TransportLimits
+    metrics: PrometheusMetrics | None
+    trusted: TrustedProxies
+    tls: ssl.SSLContext | None
+    shutting_down: bool
+    receive_buffer: memoryview
+    per_address: ConnectionsPerAddress
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def admit(self, client: "ProtocolClient") -> bool: ...
+
+    def admit_pending(self, client: "ProtocolClient", *, count_address: bool) -> bool: ...
+
+    def flush_soon(self, client: "ProtocolClient") -> None: ...
+
+    def run_batch(self, leading: Coroutine[Any, Any, None]) -> None: ...
+
+
 class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     """Outbox of one TCP client, fed by the event loop's callbacks."""
 
-    def __init__(self, server: "ProtocolServer") -> None:
+    def __init__(self, server: Listener) -> None:
         self.server = server
         self.limits = limits = server.limits
         self.metrics = server.metrics
@@ -94,15 +122,6 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self.done = self.loop.create_future()
         self._start_serving()
 
-    @property
-    def close_reason(self) -> str:
-        closing = self.core.closing
-        return closing.reason if closing is not None else CLOSED_BY_CLIENT
-
-    @close_reason.setter
-    def close_reason(self, reason: str) -> None:
-        self.core.close(reason)
-
     def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]],
                *args: Any) -> "asyncio.Task[None]":
         task = self.loop.create_task(function(*args))
@@ -113,27 +132,10 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     def _lead(self, leading: Coroutine[Any, Any, None]) -> None:
         self.server.run_batch(leading)
 
-    # The Outbox port.
+    # The Outbox port (push: RequestServing's).
 
-    def push(self, event: Event) -> bool:
-        if self._closed:
-            return False
-        frame = encode_event(event, self.dialect)
-        if frame is None:
-            return True
-        out_bytes = self._out_bytes + len(frame)
-        if out_bytes + self._buffered > self.limits.outbound_bytes:
-            self.core.over_outbound(out_bytes + self._buffered)
-            self._log_close()
-            self.close()
-            return False
-        # _queue(frame), inline: a group message comes here once per member.
-        self._out.append(frame)
-        self._out_bytes = out_bytes
-        if not self._flush_wanted:
-            self._flush_wanted = True
-            self.server.flush_soon(self)
-        return True
+    def _unsent(self) -> int:
+        return self._out_bytes + self._buffered
 
     def after_flush(self, callback: Callback) -> None:
         self._callbacks.append(callback)
@@ -143,9 +145,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         """End the connection at once: what is unsent is dropped, the session ends."""
         if self._closed:
             return
-        if self.core.closing is None:
-            self.core.close(reason, abort=True)
-            self._log_close()
+        self._abort(reason)
         self._closing = self._closed = True
         self._out.clear()
         self._out_bytes = 0
@@ -182,7 +182,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = transport = cast(asyncio.Transport, transport)
-        self.peer, self.address = _peer(transport.get_extra_info("peername"))
+        self.peer, self.address = peer_and_host(transport.get_extra_info("peername"))
         self.connection.address = self.address
         server = self.server
         self.core = core = ConnectionCore(self.limits, self.peer, self.address,
@@ -217,16 +217,13 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     def _abort_unopened(self, logged: bool = False) -> None:
         """Never a client (not a trusted proxy, no valid PROXY header, too many): drop it."""
         if not logged:
-            self._log_close()
+            self._verdict()
         self._stop_timer()
         self._lost = self._closed = self._closing = True
         if self.transport is not None:
             self.transport.abort()
         if not self.done.done():
             self.done.set_result(None)
-
-    def _log_close(self) -> None:
-        log_close(self.peer, self.core.closing)
 
     async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
         try:
@@ -316,7 +313,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             if self._frames:
                 self._wake()
         if core.closing is not None:
-            self._log_close()
+            self._verdict()
             self._end_reading()
 
     def _limited(self) -> None:
@@ -419,7 +416,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         elif unopened:
             self._abort_unopened()
         else:
-            self._log_close()
+            self._verdict()
             self._end_reading()
 
     # Handling requests: the frames that have to wait, by one task per connection.
@@ -609,128 +606,3 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                     log.exception("after-write step for %s failed", self.peer)
         finally:
             self._callback_task = None
-
-
-class ProtocolServer(TcpSettings):
-    """TcpServer on asyncio Protocols: the same constructor, serve() and shutdown()."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.clients: set[ProtocolClient] = set()
-        limits = self.limits
-        self.shutting_down = False
-        self.receive_buffer = memoryview(bytearray(limits.read_chunk))
-        # Clients with output queued, written by one callback at the end of the loop iteration.
-        self._unflushed: list[ProtocolClient] = []
-        self._batch_tasks: set[asyncio.Task[None]] = set()  # run_batch's
-        self._flush_handle: asyncio.Handle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._open: set[ProtocolClient] = set()
-        # Accepted, not yet clients: in their TLS handshake, or waiting for a PROXY header.
-        self._pending: set[ProtocolClient] = set()
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        assert self._loop is not None
-        return self._loop
-
-    async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve until shutdown() has ended every connection."""
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        server = await self._loop.create_server(
-            self._new_client, self.host, self.port, reuse_address=True, start_serving=True
-        )
-        try:
-            port = server.sockets[0].getsockname()[1]
-            task_status.started(port)
-            await self._stopping.wait()
-            server.close()
-            while self._open:
-                await asyncio.wait([client.done for client in list(self._open)])
-        finally:
-            server.close()
-            for client in list(self._open):
-                if client.transport is not None:
-                    client.transport.abort()
-
-    async def shutdown(self) -> None:
-        """Stop accepting, log every session out (friends are told), let output drain."""
-        self.shutting_down = True
-        if self._stopping is not None:
-            self._stopping.set()
-        for client in list(self._open - self.clients):  # still in their TLS handshake
-            if client.transport is not None:
-                client.transport.abort()
-        await log_out_everyone(self.clients, self.limits.request_grace_seconds)
-
-    def run_batch(self, leading: Coroutine[Any, Any, None]) -> None:
-        """Run an inbox batch's leader in a task of its own, which no connection's end
-        cancels (the batch holds other connections' chats); kept until it is done."""
-        task = self.loop.create_task(leading)
-        self._batch_tasks.add(task)
-        task.add_done_callback(self._batch_tasks.discard)
-
-    def flush_soon(self, client: ProtocolClient) -> None:
-        """Have client's output written once this loop iteration's callbacks have run, with
-        every other client's: one loop callback for them all."""
-        self._unflushed.append(client)
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        unflushed, self._unflushed = self._unflushed, []
-        for client in unflushed:
-            try:
-                client.flush()
-            except Exception:
-                log.exception("writing to %s failed", client.peer)
-
-    def _new_client(self) -> ProtocolClient:
-        client = ProtocolClient(self)
-        self._open.add(client)
-        client.done.add_done_callback(lambda _: self._forget(client))
-        return client
-
-    def admit(self, client: ProtocolClient) -> bool:
-        """Count the client against its address (unless it was while pending); False if that
-        address has too many."""
-        self._pending.discard(client)
-        if not client.counted:
-            if not self.per_address.admit(client.address):
-                return False
-            client.counted = True
-        self.clients.add(client)
-        return True
-
-    def admit_pending(self, client: ProtocolClient, *, count_address: bool) -> bool:
-        """A connection that is not yet a client (TLS handshake, PROXY header to come): count
-        it against the cap on such connections and, unless its address is still to be learnt
-        from a proxy, against its address. False if either is full."""
-        if len(self._pending) >= self.limits.pending_connections:
-            return False
-        if count_address:
-            if not self.per_address.admit(client.address):
-                return False
-            client.counted = True
-        self._pending.add(client)
-        return True
-
-    def _forget(self, client: ProtocolClient) -> None:
-        self._open.discard(client)
-        self._pending.discard(client)
-        self.clients.discard(client)
-        if client.counted:
-            client.counted = False
-            self.per_address.leave(client.address)
-
-
-def _peer(address: Any) -> tuple[str, str]:
-    """The client's host:port for logs, and its host for limits per address."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}", str(address[0])
-    if address is None:
-        return "?", "?"
-    return str(address), str(address)

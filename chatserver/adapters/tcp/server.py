@@ -8,18 +8,16 @@ import anyio
 from anyio.abc import ByteStream, Listener, TaskStatus
 from anyio.streams.tls import TLSStream
 
-from chatserver.adapters.tcp.budget import TcpSettings
+from chatserver.adapters.serving.requests import REFUSAL_LOG, log_out_everyone
+from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, ListenerSettings
 from chatserver.adapters.tcp.connection import TcpClient
-from chatserver.adapters.tcp.requests import REFUSAL_LOG, log_out_everyone
-from chatserver.adapters.wire.codec import encode_refusal
 
 log = logging.getLogger("chatserver.tcp")
 
 TLS_HANDSHAKE_SECONDS = 30.0
-TOO_MANY_CONNECTIONS = encode_refusal("too many connections from your address")
 
 
-class TcpServer(TcpSettings):
+class TcpServer(ListenerSettings):
     """The TCP listener on anyio streams: one task per client."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

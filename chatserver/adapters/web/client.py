@@ -1,5 +1,7 @@
 """One WebSocket client: each text message it sends is one request frame, each frame we send
-is one text message. Requests, limits and the outbound bound are those of the TCP transport."""
+is one text message. StreamingClient serves it around a ConnectionCore fed whole messages: the
+budget, frame limit, silence deadlines, outbound bound and close reasons are the core's, as on
+TCP; what is ours is reading messages and the close codes."""
 
 import asyncio
 import contextlib
@@ -10,10 +12,10 @@ import struct
 import anyio
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from chatserver.adapters.connection_core import CLOSED_BY_CLIENT, Refused, TransportLimits
 from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.connection import TransportLimits
-from chatserver.adapters.tcp.streaming import StreamingClient
-from chatserver.adapters.wire.codec import encode_frame_too_large
+from chatserver.adapters.serving.settings import peer_and_host
+from chatserver.adapters.serving.streaming import StreamingClient
 from chatserver.application.node import Node
 
 log = logging.getLogger("chatserver.web")
@@ -39,13 +41,23 @@ class WebSocketClient(StreamingClient):
         peer, own_address = peer_address(transport)
         if address is not None:
             peer, own_address = f"{address} (via {peer})", address
-        super().__init__(node, limits, metrics, peer, own_address)
+        super().__init__(node, limits, metrics, peer, own_address, messages=True)
         self.close_code = WSCloseCode.OK
 
     def stop_reading(self) -> None:
         self.close_code = WSCloseCode.GOING_AWAY
-        self.close_reason = "server stopping"
         super().stop_reading()
+
+    def _close_code(self) -> WSCloseCode:
+        """The code the closing handshake gives: the core's verdict (frame too large, which
+        has a reply, 1009; silence or flooding 1008), else what the transport set."""
+        closing = self.core.closing
+        if (self.close_code is not WSCloseCode.OK or closing is None
+                or closing.reason == CLOSED_BY_CLIENT):
+            return self.close_code
+        if closing.reply is not None:
+            return WSCloseCode.MESSAGE_TOO_BIG
+        return WSCloseCode.POLICY_VIOLATION
 
     async def _send(self, frames: list[bytes]) -> bool:
         try:
@@ -65,45 +77,24 @@ class WebSocketClient(StreamingClient):
         else:
             with anyio.move_on_after(self.limits.close_grace_seconds):
                 await self.websocket.close(
-                    code=self.close_code, message=self.close_reason[:100].encode()
+                    code=self._close_code(), message=self.close_reason[:100].encode()
                 )
             if not self.transport.is_closing():
                 self.transport.close()
 
-    async def _read_loop(self) -> None:
-        while not self._closing:
-            silence = self._allowed_silence()
-            try:
-                with anyio.fail_after(silence):
-                    message = await self.websocket.receive()
-            except TimeoutError:
-                self._silent_too_long(silence)
-                self.close_code = WSCloseCode.POLICY_VIOLATION
-                return
+    async def _read(self) -> bytes | None:
+        while True:
+            message = await self.websocket.receive()
             if message.type in _ENDINGS:
                 if message.type is WSMsgType.ERROR and _too_big(message.data):
                     self.close_code = WSCloseCode.MESSAGE_TOO_BIG
-                return
-            if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                continue
-            data = message.data
-            frame = data if isinstance(data, bytes) else data.encode()
-            if len(frame) > self.limits.frame_bytes:
-                log.info("closing %s: frame over %d bytes", self.peer, self.limits.frame_bytes)
-                self.close_reason = "frame too large"
-                self.close_code = WSCloseCode.MESSAGE_TOO_BIG
-                reply = encode_frame_too_large(self.dialect)
-                if reply is not None:
-                    self._reply_behind(reply)
-                return
-            await self._serve(frame)
-            if self._shutting_down:
-                return
-            if self._flooding():
-                self.close_code = WSCloseCode.POLICY_VIOLATION
-                return
-            if self._pending_bytes > self.limits.reply_backlog_bytes:
-                await self._drained.wait()
+                return None
+            if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                data = message.data
+                return data if isinstance(data, bytes) else data.encode()
+
+    def _feed(self, data: bytes, now: float) -> list[bytes | Refused]:
+        return self.core.receive_message(data, now)
 
 
 def _too_big(error: object) -> bool:
@@ -121,9 +112,7 @@ def _reset(transport: asyncio.BaseTransport) -> None:
         transport.close()
 
 
+
 def peer_address(transport: asyncio.BaseTransport) -> tuple[str, str]:
     """The client's host:port for logs, and its host for limits per address."""
-    address = transport.get_extra_info("peername")
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}", str(address[0])
-    return str(address), str(address)
+    return peer_and_host(transport.get_extra_info("peername"))

@@ -8,7 +8,6 @@ counting of connections from the moment they are accepted.
 import asyncio
 import logging
 import mimetypes
-import ssl
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -18,15 +17,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.web_protocol import RequestHandler
 from anyio.abc import TaskStatus
 
-from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.budget import ConnectionsPerAddress
-from chatserver.adapters.tcp.connection import TransportLimits
-from chatserver.adapters.tcp.proxy_header import TrustedProxies
-from chatserver.adapters.tcp.requests import REFUSAL_LOG, log_out_everyone
-from chatserver.adapters.tcp.server import TOO_MANY_CONNECTIONS
+from chatserver.adapters.serving.requests import REFUSAL_LOG, log_out_everyone
+from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, ListenerSettings
 from chatserver.adapters.web.client import WebSocketClient, peer_address
 from chatserver.adapters.web.files import FileTransfers
-from chatserver.application.node import Node
 from chatserver.application.throttle import address_key
 
 log = logging.getLogger("chatserver.web")
@@ -137,43 +131,28 @@ class _CountingServer(web.Server):
         super().connection_lost(handler, exc)
 
 
-class WebSocketServer:
-    """Serves the page and WebSocket clients; same lifecycle as TcpServer."""
+class WebSocketServer(ListenerSettings):
+    """Serves the page and WebSocket clients; built and stopped as the TCP listeners are (the
+    same ListenerSettings), with what only the web port has as keywords."""
 
     def __init__(
         self,
-        node: Node,
-        host: str,
-        port: int,
-        limits: TransportLimits,
-        *,
-        tls: ssl.SSLContext | None = None,
-        metrics: PrometheusMetrics | None = None,
-        per_address: ConnectionsPerAddress | None = None,
+        *args: Any,
         page: StaticFiles | None = None,
         forwarded_for: bool = False,
         allowed_origins: tuple[str, ...] = (),
         files: FileTransfers | None = None,
+        **settings: Any,
     ) -> None:
-        self.node = node
-        self.host = host
-        self.port = port
-        self.limits = limits
-        self.tls = tls
-        self.metrics = metrics
+        super().__init__(*args, **settings)
         self.page = page if page is not None else StaticFiles()
         self.files = files
         # Behind a reverse proxy (nginx) that sets X-Forwarded-For: the client's address is
         # the last one in it (the one the proxy saw), not the proxy's.
         self.forwarded_for = forwarded_for
-        self.trusted = TrustedProxies(limits.trusted_proxies)
         # Origins (scheme://host[:port]) whose pages may open /ws; empty: this page's own.
         self.allowed_origins = tuple(o.strip().lower().rstrip("/") for o in allowed_origins)
         self.clients: set[WebSocketClient] = set()
-        # Shared with the node's other listeners, when given: the limit is per client.
-        self.per_address = per_address or ConnectionsPerAddress(
-            limits.connections_per_address
-        )
         # Accepted connections that are not (yet) WebSocket clients: plain HTTP requests and
         # handshakes in progress.
         self._pending: set[RequestHandler] = set()

@@ -1,51 +1,57 @@
-"""What the anyio TCP client and the WebSocket client share: a bounded outbox drained by one
-writer task, and one lifecycle (read until done, on shutdown wait to be released, drain, end
-the session, close). Each transport reads (_read_loop), writes (_send) and closes
-(_close_transport) in its own way."""
+"""Serving one connection on anyio around a ConnectionCore, for the anyio TCP client and the
+WebSocket client: what is read goes to the core (its budget, frame limit, silence deadlines and
+close reasons), the frames it hands out are served in order, replies and pushes go to a bounded
+outbox drained by one writer task, and one lifecycle (read until done, on shutdown wait to be
+released, drain, end the session, close). Each transport reads (_read), feeds the core
+(_feed), writes (_send) and closes (_close_transport) in its own way."""
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
-from chatserver.adapters.connection_core import CLOSED_BY_CLIENT, CLOSED_BY_SERVER
+from chatserver.adapters.connection_core import (
+    CLOSED_BY_SERVER,
+    ConnectionCore,
+    Refused,
+    TransportLimits,
+)
 from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.budget import RequestBudget
-from chatserver.adapters.tcp.requests import RequestServing
-from chatserver.adapters.wire.codec import Dialect, encode_event
+from chatserver.adapters.proxy_header import TrustedProxies
+from chatserver.adapters.serving.requests import Callback, RequestServing
+from chatserver.adapters.wire.codec import Dialect
 from chatserver.application.connection import Connection
 from chatserver.application.node import Node
-from chatserver.domain.messages import Event
-
-if TYPE_CHECKING:  # the limits live beside TcpClient, which imports this module
-    from chatserver.adapters.tcp.connection import TransportLimits
 
 log = logging.getLogger("chatserver.tcp")
 
-Callback = Callable[[], Awaitable[None]]
-
 
 class StreamingClient(RequestServing):
-    """One client connection on anyio: the Outbox port, the writer and the lifecycle."""
+    """One client connection on anyio: the core, the Outbox port, the writer and the
+    lifecycle. messages: frames come whole, one per message (WebSocket), not cut from a byte
+    stream."""
 
     def __init__(
         self,
         node: Node,
-        limits: "TransportLimits",
+        limits: TransportLimits,
         metrics: PrometheusMetrics | None,
         peer: str,
         address: str,
+        trusted: TrustedProxies | None = None,
+        *,
+        messages: bool = False,
     ) -> None:
         self.limits = limits
         self.metrics = metrics
         self.peer, self.address = peer, address
+        self.core = ConnectionCore(limits, peer, address, anyio.current_time(), trusted,
+                                   messages=messages)
         self.connection = Connection(node, self, address)
-        self.budget = RequestBudget(limits.requests_per_second, limits.request_burst)
         self._refused = 0
-        self.close_reason = CLOSED_BY_CLIENT
-        self._reason_final = False  # close_reason is the true one (the first given holds)
+        self._cut_off = False  # for flooding, by a refusal (_limited)
         self.dialect = Dialect.MODERN
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -68,8 +74,13 @@ class StreamingClient(RequestServing):
 
     # What each transport does its own way.
 
-    async def _read_loop(self) -> None:
+    async def _read(self) -> bytes | None:
+        """The next bytes (or message) from the client; None once it is gone."""
         raise NotImplementedError
+
+    def _feed(self, data: bytes, now: float) -> list[bytes | Refused]:
+        """Hand what _read returned to the core: the frames to serve."""
+        return self.core.receive(data, now)
 
     async def _send(self, frames: list[bytes]) -> bool:
         """Write these frames (each ended by LF); False if the connection is gone."""
@@ -78,21 +89,10 @@ class StreamingClient(RequestServing):
     async def _close_transport(self) -> None:
         raise NotImplementedError
 
-    # The Outbox port.
+    # The Outbox port (push: RequestServing's).
 
-    def push(self, event: Event) -> bool:
-        if self._closed:
-            return False
-        frame = encode_event(event, self.dialect)
-        if frame is None:
-            return True
-        if self._pending_bytes + len(frame) > self.limits.outbound_bytes:
-            log.warning("closing %s: %d bytes unsent, client not reading", self.peer,
-                        self._pending_bytes)
-            self.close(f"client not reading ({self._pending_bytes} bytes unsent)")
-            return False
-        self._queue(frame)
-        return True
+    def _unsent(self) -> int:
+        return self._pending_bytes
 
     def after_flush(self, callback: Callback) -> None:
         self._callbacks.append(callback)
@@ -100,8 +100,9 @@ class StreamingClient(RequestServing):
 
     def close(self, reason: str = CLOSED_BY_SERVER) -> None:
         """End the connection at once: what is unsent is dropped, the session ends."""
-        if not self._reason_final and not self._closed:
-            self.close_reason, self._reason_final = reason, True
+        if self._closed:
+            return
+        self._abort(reason)
         self._closing = self._closed = True
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
@@ -112,8 +113,7 @@ class StreamingClient(RequestServing):
         """Take no more requests (one being served goes on), stay open until release() to
         hear the rest."""
         self._closing = self._shutting_down = True
-        if not self._reason_final:
-            self.close_reason, self._reason_final = "server stopping", True
+        self.core.close("server stopping")
         if not self._handling:
             self._read_scope.cancel()
 
@@ -153,24 +153,67 @@ class StreamingClient(RequestServing):
                     log.exception("ending the session of %s failed", self.peer)
                 await self._close_transport()
 
-    async def _serve(self, frame: bytes) -> None:
-        """Serve one request, marked as in hand so that shutdown lets it finish."""
-        self._handling = True
-        try:
-            await self._handle(frame)
-        finally:
-            self._handling = False
+    async def _read_loop(self) -> None:
+        while not self._closing:
+            data = await self._receive()
+            if data is None or not await self._take(self._feed(data, anyio.current_time())):
+                return
 
-    def _allowed_silence(self) -> float:
-        """How long the client may now stay silent: before logging in, and after."""
-        if self.connection.logged_in:
-            return self.limits.idle_timeout_seconds
-        return self.limits.login_timeout_seconds
+    async def _receive(self) -> bytes | None:
+        """The next read; None when the client is gone or has been silent too long."""
+        core = self.core
+        # Silence is counted from now: the time a request took to serve is not the client's.
+        core.check(anyio.current_time(), self.connection.logged_in, busy=True)
+        while True:
+            deadline = core.deadline(self.connection.logged_in)
+            try:
+                with anyio.fail_after(deadline - anyio.current_time()):
+                    data = await self._read()
+            except TimeoutError:
+                if core.check(anyio.current_time(), self.connection.logged_in) is not None:
+                    self._verdict()
+                    return None
+                continue
+            if data is None:
+                core.receive_eof()
+            return data
 
-    def _silent_too_long(self, silence: float) -> None:
-        what = "idle" if self.connection.logged_in else "not logged in"
-        log.info("closing %s: %s for %.0f s", self.peer, what, silence)
-        self.close_reason = f"{what} for {silence:.0f} s"
+    def _limited(self) -> None:
+        if self.core.limited(anyio.current_time()):
+            self._cut_off = True  # _take serves no more of what was read
+
+    async def _take(self, items: list[bytes | Refused]) -> bool:
+        """Serve every frame the core handed out; False when the connection is to stop
+        reading."""
+        core = self.core
+        self.dialect = core.dialect
+        if not core.refused:
+            self._refused = 0
+        for item in items:
+            if self._cut_off:
+                break  # (ConnectionCore.limited): the rest is dropped
+            if self._shutting_down:
+                if type(item) is bytes:
+                    self._refuse_stopping(item)
+                continue
+            self._handling = True
+            try:
+                rest = self._serve_item(item)
+                if rest is not None:
+                    await rest
+            finally:
+                self._handling = False
+        if self._shutting_down:
+            return False
+        closing = core.closing
+        if closing is not None:
+            self._verdict()
+            if closing.reply is not None:
+                self._reply_behind(closing.reply)
+            return False
+        if self._pending_bytes > self.limits.reply_backlog_bytes:
+            await self._drained.wait()
+        return True
 
     def _queue(self, frame: bytes) -> None:
         self._pending.append(frame)
@@ -186,6 +229,7 @@ class StreamingClient(RequestServing):
             frames, callbacks = self._pending, self._callbacks
             self._pending, self._pending_bytes, self._callbacks = [], 0, []
             if frames and not await self._send(frames):
+                self.core.receive_eof()  # the peer is gone: its end, not the server's
                 self.close()
                 return
             if not self._pending:

@@ -4,13 +4,20 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import anyio
 
-from chatserver.adapters.connection_core import Refused
+from chatserver.adapters.connection_core import (
+    CLOSED_BY_CLIENT,
+    CLOSED_BY_SERVER,
+    Close,
+    ConnectionCore,
+    Refused,
+    TransportLimits,
+)
 from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.tcp.budget import RequestBudget
+from chatserver.adapters.serving.settings import RequestBudget
 from chatserver.adapters.wire.codec import (
     BadRequest,
     Dialect,
@@ -18,6 +25,7 @@ from chatserver.adapters.wire.codec import (
     decode,
     encode_bad_request,
     encode_error,
+    encode_event,
     encode_result,
 )
 from chatserver.adapters.wire.errors import BAD_REQUEST, errno_and_message
@@ -25,11 +33,11 @@ from chatserver.application.commands import Read, Receipt, SendDirectMessage, Se
 from chatserver.application.connection import Connection
 from chatserver.application.results import LoggedIn, Result
 from chatserver.domain.errors import ChatError, RateLimited, Unavailable
-
-if TYPE_CHECKING:
-    from chatserver.adapters.tcp.connection import TransportLimits
+from chatserver.domain.messages import Event
 
 log = logging.getLogger("chatserver.tcp")
+
+Callback = Callable[[], Awaitable[None]]
 
 STOPPING = "server stopping: try again on a new connection"
 
@@ -60,6 +68,16 @@ FAILURE_LOG = LogBudget(20.0, 100)
 REFUSAL_LOG = LogBudget(10.0, 50)
 
 
+def log_close(peer: str, closing: Close | None) -> None:
+    """Log why the server ends a connection (a client's own close is not news)."""
+    if closing is None or closing.reason == CLOSED_BY_CLIENT:
+        return
+    if not closing.warning:
+        log.info("closing %s: %s", peer, closing.reason)
+    elif REFUSAL_LOG.allow():
+        log.warning("closing %s: %s%s", peer, closing.reason, REFUSAL_LOG.skipped())
+
+
 # Requests that may be served while the ones before them on their connection still wait
 # (pipelining): they wait for a group commit, and nothing the connection does next depends on
 # their outcome. Every other request waits until each one before it is answered.
@@ -81,25 +99,72 @@ class _Slot:
 
 
 class RequestServing:
-    """What a transport's client object mixes in to serve frames; it provides the attributes
-    below, _queue(frame) and _spawn(function, *args).
+    """What every transport's client object shares around its ConnectionCore: the Outbox port
+    (push, bounded by the core), why the connection ends (close_reason, logged once), and
+    serving the frames the core hands out. The transport provides the attributes below,
+    _queue(frame), _unsent(), close(reason) and _spawn(function, *args).
 
     Pipelining: a request in PIPELINED is served by a task of its own, and the connection goes
     on with its next frames meanwhile (so one connection's chats share a group commit).
     Replies still go out in request order: a request served while earlier ones are in flight
     has a slot in _slots, and its replies wait there. Any other request waits, before it is
-    served, until every earlier one is answered (_serve_now returns that wait), so what
+    served, until every earlier one is answered (_serve_frame returns that wait), so what
     PROTOCOL.md says of frames handled in order holds (a LOGOUT after chats, a LOGIN after
     them). The budget is charged as each frame is taken, as before."""
 
     connection: Connection
     dialect: Dialect
-    budget: RequestBudget
     metrics: PrometheusMetrics | None
     peer: str
-    limits: "TransportLimits"
-    close_reason: str
+    limits: TransportLimits
+    core: ConnectionCore
     _refused: int
+    _closed: bool  # nothing more is written
+    _logged: bool = False  # the core's verdict is logged
+
+    def _unsent(self) -> int:
+        """Bytes queued or held by the transport, not yet taken by the kernel."""
+        raise NotImplementedError
+
+    def close(self, reason: str = CLOSED_BY_SERVER) -> None:
+        raise NotImplementedError
+
+    # The Outbox port.
+
+    def push(self, event: Event) -> bool:
+        if self._closed:
+            return False
+        frame = encode_event(event, self.dialect)
+        if frame is None:
+            return True
+        if self.core.over_outbound(self._unsent() + len(frame)):
+            self._verdict()
+            self.close()
+            return False
+        self._queue(frame)
+        return True
+
+    def _abort(self, reason: str) -> None:
+        """close(): the server's reason, unless the core has one; what is unsent is dropped."""
+        if self.core.closing is None:
+            self.core.close(reason, abort=True)
+            self._verdict()
+
+    @property
+    def close_reason(self) -> str:
+        """Why the connection ends, as the core has it (the first reason given holds)."""
+        closing = self.core.closing
+        return closing.reason if closing is not None else CLOSED_BY_CLIENT
+
+    @close_reason.setter
+    def close_reason(self, reason: str) -> None:
+        self.core.close(reason)
+
+    def _verdict(self) -> None:
+        """The connection is to end: log why (once)."""
+        if not self._logged and self.core.closing is not None:
+            self._logged = True
+            log_close(self.peer, self.core.closing)
 
     # Requests in flight, oldest first (empty while none is); where replies go meanwhile.
     _slots: "deque[_Slot]"
@@ -122,28 +187,10 @@ class RequestServing:
     def _start_serving(self) -> None:
         self._slots = deque()
 
-    async def _handle(self, frame: bytes) -> None:
-        rest = self._serve_now(frame)
-        if rest is not None:
-            await rest
-
-    def _serve_now(self, frame: bytes) -> Coroutine[Any, Any, None] | None:
-        """Charge frame to this connection's own budget, then _serve_frame (a transport that
-        has no ConnectionCore to charge it). Every frame is charged, a malformed one too,
-        before it is even decoded: a flood of bad frames is refused and cut off like any
-        other (in the legacy dialect as well, where neither is answered)."""
-        budget = self.budget
-        if not budget.spend():
-            self._refuse_in_order(frame)
-            return None
-        if self._refused and budget.tokens >= budget.burst - 1:
-            # Quiet long enough to refill: whatever it did before is forgiven.
-            self._refused = 0
-        return self._serve_frame(frame)
-
     def _serve_item(self, item: "bytes | Refused") -> Coroutine[Any, Any, None] | None:
-        """_serve_frame for what a ConnectionCore handed out (already charged): a frame to
-        serve, or one refused for being over the budget (errno 9, in order)."""
+        """_serve_frame for what the ConnectionCore handed out (already charged to the
+        request budget): a frame to serve, or one refused for being over the budget (errno 9,
+        in order)."""
         if type(item) is bytes:
             return self._serve_frame(item)
         assert isinstance(item, Refused)
@@ -378,16 +425,6 @@ class RequestServing:
             self._slot_answered(slot)
         else:
             self._queue(reply)
-
-    def _flooding(self) -> bool:
-        """True (logged, and the close reason set) once the client has been refused more than
-        the limit without slowing down enough for its budget to refill: it is cut off."""
-        if self._refused <= self.limits.refused_before_disconnect:
-            return False
-        log.warning("closing %s: still flooding after %d refused requests", self.peer,
-                    self._refused)
-        self.close_reason = "flooding"
-        return True
 
     def _reply_error(self, reply: bytes | None, msgid: int, errno: int, seconds: float) -> None:
         if reply is not None:
