@@ -104,7 +104,8 @@ class Config:
         webhook_secret: the HMAC-SHA256 key of the `X-Chatserver-Signature` header; required
             with webhook.
         webhook_limits: timeouts, retries and batches of webhook delivery.
-        driver: how `chatserver serve` drives its TCP connections: `"asyncio"` (asyncio
+        driver: how `start_serving()` (and so `chatserver serve`) drives its TCP connections
+            by default: `"asyncio"` (asyncio
             Protocols) or `"anyio"` (anyio streams).
         event_loop: the event loop `chatserver serve` runs on: `"asyncio"` or `"uvloop"`.
         log_level: the threshold of the lines `chatserver serve` logs to stderr.
@@ -150,7 +151,7 @@ class Config:
     webhook: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_limits: WebhookLimits = field(factory=WebhookLimits)
-    # How `chatserver serve` runs (start_serving takes the driver as its argument).
+    # How `chatserver serve` runs (the driver: start_serving's default).
     driver: Literal["asyncio", "anyio"] = field(
         default="asyncio", validator=lambda _c, _a, value: _one_of("--transport", value))
     event_loop: Literal["asyncio", "uvloop"] = field(
@@ -465,7 +466,7 @@ class ChatApp:
         return EmbeddedClient(Connection(self.node, outbox), outbox)
 
     async def start_serving(
-        self, transport: Literal["asyncio", "anyio"] = "asyncio"
+        self, transport: Literal["asyncio", "anyio"] | None = None
     ) -> Listening:
         """Listen for clients on the running event loop, beside whatever else it runs.
 
@@ -477,7 +478,8 @@ class ChatApp:
 
         Args:
             transport: `"asyncio"` (asyncio Protocols: less CPU per message and memory per
-                connection) or `"anyio"` (anyio streams).
+                connection) or `"anyio"` (anyio streams); by default `Config.driver`
+                (`--transport`), which is `"asyncio"` unless set.
 
         Raises:
             ConfigError: a port or address that cannot be listened on, a TLS file that cannot
@@ -490,8 +492,8 @@ class ChatApp:
             raise RuntimeError("this node is already serving: stop_serving() first")
         config = self.config
         tls = tls_context(config.tls_cert, config.tls_key)
-        listeners = assemble_listeners(config, self.node, self.metrics, tls, transport,
-                                       self._files)
+        listeners = assemble_listeners(config, self.node, self.metrics, tls,
+                                       transport or config.driver, self._files)
         serving = _Serving(listeners)
         ports: list[int] = await self._tasks.start(serving.run, config.host)
         self._serving = serving
