@@ -105,8 +105,7 @@ class Config:
             with webhook.
         webhook_limits: timeouts, retries and batches of webhook delivery.
         driver: how `start_serving()` (and so `chatserver serve`) drives its TCP connections
-            by default: `"asyncio"` (asyncio
-            Protocols) or `"anyio"` (anyio streams).
+            by default: `"asyncio"` (asyncio Protocols) or `"anyio"` (anyio streams).
         event_loop: the event loop `chatserver serve` runs on: `"asyncio"` or `"uvloop"`.
         log_level: the threshold of the lines `chatserver serve` logs to stderr.
         gc: `"freeze"`: `chatserver serve` keeps the garbage collector off long-lived objects
