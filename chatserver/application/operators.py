@@ -5,6 +5,7 @@ ends sessions on every node through the bus."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -221,7 +222,8 @@ class Exported:
 
 async def import_account(exported: Exported, *, node: Node) -> None:
     """Create an exported account with its id, name, password hash and suspension, in one
-    transaction: its friendships and blocks with users of this database that have those ids,
+    transaction: its friendships, blocks, pending requests and declines with users of this
+    database that have those ids,
     its groups (created, with their ids, where this database has no group of that id), and
     its inbox at the same positions. Importing every user of a database in turn reproduces
     it. Raises NameTaken (the id or name is in use here, or a group's name)."""
@@ -229,28 +231,25 @@ async def import_account(exported: Exported, *, node: Node) -> None:
 
     def restore(tx: Transaction) -> None:
         tx.users.restore(exported.account)
-        for friend_id in exported.friends:
-            if tx.users.get(friend_id) is not None:
-                tx.friends.befriend(user_id, friend_id)
-        for blocked_id in exported.blocks:
-            if tx.users.get(blocked_id) is not None:
-                tx.friends.block(user_id, blocked_id)
-        for blocker_id in exported.blocked_by:
-            if tx.users.get(blocker_id) is not None:
-                tx.friends.block(blocker_id, user_id)
-        for requester_id in exported.requests_from:
-            if tx.users.get(requester_id) is not None:
-                tx.friends.add_request(requester_id, user_id)
-        for addressee_id in exported.requests_to:
-            if tx.users.get(addressee_id) is not None:
-                tx.friends.add_request(user_id, addressee_id)
-        for requester_id, addressee_id, declined_ms in exported.declines:
-            other = addressee_id if requester_id == user_id else requester_id
+        friends = tx.friends
+        # Each tie with another user, as (that user, how to restore it): kept where this
+        # database has that user.
+        ties: list[tuple[int, Callable[[], object]]] = [
+            *((f, partial(friends.befriend, user_id, f)) for f in exported.friends),
+            *((b, partial(friends.block, user_id, b)) for b in exported.blocks),
+            *((b, partial(friends.block, b, user_id)) for b in exported.blocked_by),
+            *((r, partial(friends.add_request, r, user_id)) for r in exported.requests_from),
+            *((a, partial(friends.add_request, user_id, a)) for a in exported.requests_to),
+            # A decline forgets no other (declines are forgotten a day after the next is noted).
+            *(
+                (a if r == user_id else r,
+                 partial(friends.note_decline, r, a, when, forget_before_ms=0))
+                for r, a, when in exported.declines
+            ),
+        ]
+        for other, tie in ties:
             if tx.users.get(other) is not None:
-                # Forgets nothing (declines are forgotten a day after, when the next is noted).
-                tx.friends.note_decline(
-                    requester_id, addressee_id, declined_ms, forget_before_ms=0
-                )
+                tie()
         for group, role, muted_until in exported.groups:
             if tx.groups.get(group.id) is None:
                 tx.groups.restore(group)

@@ -49,11 +49,16 @@ class Receiver:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        headers = dict(scope["headers"])
-        self.posts.append((body, headers.get(b"x-chatserver-signature", b"").decode()))
-        self.arrived.set()
-        await send({"type": "http.response.start", "status": 204, "headers": []})
+        status = self.status_for(body)
+        if status < 300:
+            headers = dict(scope["headers"])
+            self.posts.append((body, headers.get(b"x-chatserver-signature", b"").decode()))
+            self.arrived.set()
+        await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+    def status_for(self, body: bytes) -> int:
+        return 204
 
 
 @asynccontextmanager
@@ -242,22 +247,8 @@ async def test_a_receiver_that_never_answers_costs_the_chat_nothing_and_shows_in
 class Refusing(Receiver):
     """Answers 422 to every event whose message says "poison"; takes the rest."""
 
-    async def __call__(
-        self,
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
-        message = await receive()
-        if b"poison" in message.get("body", b""):
-            await send({"type": "http.response.start", "status": 422, "headers": []})
-            await send({"type": "http.response.body", "body": b"no"})
-            return
-
-        async def again() -> Any:
-            return message
-
-        await super().__call__(scope, again, send)
+    def status_for(self, body: bytes) -> int:
+        return 422 if b"poison" in body else 204
 
 
 async def test_an_event_the_receiver_keeps_refusing_is_set_aside_and_the_chat_goes_on(

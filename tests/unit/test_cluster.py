@@ -102,6 +102,15 @@ async def register(app: ChatApp, name: str) -> int:
     return result.user_id
 
 
+async def befriend(
+    asker: EmbeddedClient, asker_id: int, asked: EmbeddedClient, asked_id: int
+) -> None:
+    """asker asks asked to be friends, and asked accepts."""
+    await asker.request(AddFriend(asked_id))
+    unwrap(await asked.next_event())  # the request
+    await asked.request(AnswerFriend(asker_id, accept=True))
+
+
 async def online(app: ChatApp, user_id: int, *, receipts: bool = False) -> EmbeddedClient:
     client = app.connect()
     assert isinstance(await client.request(Login("pw", user_id, receipts=receipts)), LoggedIn)
@@ -141,9 +150,7 @@ async def test_presence_and_friend_answers_cross_nodes(nodes: tuple[ChatApp, Cha
     a, b = nodes
     alice, bob = await register(a, "alice"), await register(a, "bob")
     ca, cb = await online(a, alice), await online(b, bob)
-    await ca.request(AddFriend(bob))
-    unwrap(await cb.next_event())  # the request
-    await cb.request(AnswerFriend(alice, accept=True))
+    await befriend(ca, alice, cb, bob)
     # The answer and bob's state (the friendship started) arrive, in either order across nodes.
     got = [unwrap(await ca.next_event()), unwrap(await ca.next_event())]
     (answer,) = [e for e in got if isinstance(e, FriendAnswer)]
@@ -164,9 +171,7 @@ async def test_friend_removed_reaches_every_device_on_both_nodes(
     a, b = nodes
     alice, bob = await register(a, "alice"), await register(a, "bob")
     ca, cb = await online(a, alice), await online(b, bob)
-    await ca.request(AddFriend(bob))
-    unwrap(await cb.next_event())  # the request
-    await cb.request(AnswerFriend(alice, accept=True))
+    await befriend(ca, alice, cb, bob)
     ca_phone = b.connect()
     assert isinstance(await ca_phone.request(Login("pw", alice, device="phone")), LoggedIn)
     await anyio.sleep(0.1)
@@ -400,9 +405,7 @@ async def test_two_sessions_ending_at_once_on_two_nodes_still_say_offline(
     a, b = nodes
     alice, bob = await register(a, "alice"), await register(a, "bob")
     ca, cb = await online(a, alice), await online(a, bob)
-    await ca.request(AddFriend(bob))
-    unwrap(await cb.next_event())  # the request
-    await cb.request(AnswerFriend(alice, accept=True))
+    await befriend(ca, alice, cb, bob)
     await ca.close()
     await anyio.sleep(0.2)
     cb.outbox.events.clear()

@@ -18,6 +18,7 @@ from chatserver.adapters import serialization
 from chatserver.adapters.group_rows import SqlGroupRows
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of, place
 from chatserver.adapters.sql_dialect import Dialect
+from chatserver.adapters.webhook_rows import SqlDeadLetters
 from chatserver.domain.errors import ChatError, NameTaken, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import (
@@ -29,7 +30,7 @@ from chatserver.domain.messages import (
     Kept,
 )
 from chatserver.domain.names import NamedId, name_key
-from chatserver.domain.ports import DeadWebhook, DeviceMark, WebhookRow
+from chatserver.domain.ports import DeviceMark, WebhookRow
 from chatserver.domain.users import DELETED_USER_NAME, Account, User
 
 # The adapter's private format for waiting deliveries: a kind, and the fields as JSON.
@@ -370,9 +371,11 @@ class MySqlMessageIdSequence:
         )
 
 
-class MySqlWebhookOutbox:
+class MySqlWebhookOutbox(SqlDeadLetters):
+    _db: MySQLCursor
+
     def __init__(self, cursor: MySQLCursor) -> None:
-        self._db = cursor
+        super().__init__(cursor, MYSQL)
 
     def add(self, rows: Sequence[tuple[str, str]], now_ms: int) -> None:
         listed = [(conversation, body, now_ms) for conversation, body in rows]
@@ -422,56 +425,6 @@ class MySqlWebhookOutbox:
         row: Any = self._db.fetchone()
         return row is not None and str(row[0]) == owner
 
-    def bury(self, row: WebhookRow, now_ms: int, reason: str) -> None:
-        self._db.execute("DELETE FROM webhook_outbox WHERE id = %s", (row.id,))
-        self._db.execute(
-            "INSERT INTO webhook_dead (id, conversation, body, created_ms, died_ms, reason)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (row.id, row.conversation, row.body, row.created_ms, now_ms, reason[:255]),
-        )
-
-    def dead(self, limit: int, after_id: int = 0) -> list[DeadWebhook]:
-        self._db.execute(
-            "SELECT id, conversation, body, created_ms, died_ms, reason FROM webhook_dead"
-            " WHERE id > %s ORDER BY id LIMIT %s",
-            (after_id, limit),
-        )
-        rows: list[Any] = self._db.fetchall()
-        return [
-            DeadWebhook(int(i), str(c), str(b), int(ms), int(died), str(why))
-            for i, c, b, ms, died, why in rows
-        ]
-
-    def dead_count(self) -> int:
-        self._db.execute("SELECT count(*) FROM webhook_dead")
-        count: Any = self._db.fetchone()
-        return int(count[0])
-
-    def revive(self, ids: Collection[int] | None) -> int:
-        return self._move_dead(ids, revive=True)
-
-    def drop_dead(self, ids: Collection[int] | None) -> int:
-        return self._move_dead(ids, revive=False)
-
-    def _move_dead(self, ids: Collection[int] | None, *, revive: bool) -> int:
-        listed = None if ids is None else sorted(ids)
-        chunks = [None] if listed is None else [
-            listed[start : start + INBOX_CHUNK] for start in range(0, len(listed), INBOX_CHUNK)
-        ]
-        moved = 0
-        for chunk in chunks:
-            where = "" if chunk is None else f"WHERE id IN ({_placeholders(len(chunk))})"
-            values = () if chunk is None else tuple(chunk)
-            if revive:
-                self._db.execute(
-                    "INSERT INTO webhook_outbox (conversation, body, created_ms)"
-                    f" SELECT conversation, body, created_ms FROM webhook_dead {where}"
-                    " ORDER BY id",
-                    values,
-                )
-            self._db.execute(f"DELETE FROM webhook_dead {where}", values)
-            moved += self._db.rowcount
-        return moved
 
 
 

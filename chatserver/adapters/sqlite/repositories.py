@@ -11,11 +11,12 @@ from chatserver.adapters.group_rows import SqlGroupRows
 from chatserver.adapters.inbox_keys import conversation_key, conversation_of, place
 from chatserver.adapters.serialization import dump_delivery, load_delivery
 from chatserver.adapters.sql_dialect import Dialect
+from chatserver.adapters.webhook_rows import SqlDeadLetters
 from chatserver.domain.errors import ChatError, NameTaken, UnknownUser
 from chatserver.domain.groups import Group, Member, Role
 from chatserver.domain.messages import Delivery, Kept
 from chatserver.domain.names import NamedId, name_key
-from chatserver.domain.ports import DeadWebhook, DeviceMark, WebhookRow
+from chatserver.domain.ports import DeviceMark, WebhookRow
 from chatserver.domain.users import DELETED_USER_NAME, Account, User
 
 # What a deleted account's row is renamed to: no name REG accepts has a control character.
@@ -261,9 +262,11 @@ class SqliteMessageIdSequence:
         self._db.execute("UPDATE message_id_sequence SET next = max(next, ?)", (msg_id + 1,))
 
 
-class SqliteWebhookOutbox:
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
+class SqliteWebhookOutbox(SqlDeadLetters):
+    _db: sqlite3.Cursor
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        super().__init__(cursor, SQLITE)
 
     def add(self, rows: Sequence[tuple[str, str]], now_ms: int) -> None:
         self._db.executemany(
@@ -305,46 +308,6 @@ class SqliteWebhookOutbox:
         row = self._db.execute("SELECT owner FROM webhook_lease WHERE name = 'deliver'").fetchone()
         return row is not None and row[0] == owner
 
-    def bury(self, row: WebhookRow, now_ms: int, reason: str) -> None:
-        self._db.execute("DELETE FROM webhook_outbox WHERE id = ?", (row.id,))
-        self._db.execute(
-            "INSERT INTO webhook_dead (id, conversation, body, created_ms, died_ms, reason)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (row.id, row.conversation, row.body, row.created_ms, now_ms, reason),
-        )
-
-    def dead(self, limit: int, after_id: int = 0) -> list[DeadWebhook]:
-        rows = self._db.execute(
-            f"SELECT {DEAD_COLUMNS} FROM webhook_dead WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        ).fetchall()
-        return [DeadWebhook(*row) for row in rows]
-
-    def dead_count(self) -> int:
-        (count,) = self._db.execute("SELECT count(*) FROM webhook_dead").fetchone()
-        return int(count)
-
-    def revive(self, ids: Collection[int] | None) -> int:
-        return self._move_dead(ids, revive=True)
-
-    def drop_dead(self, ids: Collection[int] | None) -> int:
-        return self._move_dead(ids, revive=False)
-
-    def _move_dead(self, ids: Collection[int] | None, *, revive: bool) -> int:
-        chunks = [None] if ids is None else _chunks(sorted(ids))
-        moved = 0
-        for chunk in chunks:
-            where = "" if chunk is None else f"WHERE id IN ({', '.join('?' * len(chunk))})"
-            values = () if chunk is None else chunk
-            if revive:
-                self._db.execute(
-                    "INSERT INTO webhook_outbox (conversation, body, created_ms)"
-                    f" SELECT conversation, body, created_ms FROM webhook_dead {where}"
-                    " ORDER BY id",
-                    values,
-                )
-            moved += self._db.execute(f"DELETE FROM webhook_dead {where}", values).rowcount
-        return moved
 
 
 
@@ -587,10 +550,3 @@ class SqliteInbox:
             " AND NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.msg_id = inbox_message.msg_id)",
             [(msg_id,) for msg_id in msg_ids],
         )
-
-
-DEAD_COLUMNS = "id, conversation, body, created_ms, died_ms, reason"
-
-
-def _chunks(ids: list[int]) -> list[list[int]]:
-    return [ids[start : start + INBOX_CHUNK] for start in range(0, len(ids), INBOX_CHUNK)]

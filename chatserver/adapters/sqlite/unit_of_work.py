@@ -49,7 +49,7 @@ class SqliteTransaction:
         self.groups: GroupRepository = SqliteGroupRepository(self._cursor)
         self.inbox: Inbox = SqliteInbox(connection)
         self.message_ids: MessageIdSequence = SqliteMessageIdSequence(connection)
-        self.webhooks: WebhookOutbox = SqliteWebhookOutbox(connection)
+        self.webhooks: WebhookOutbox = SqliteWebhookOutbox(self._cursor)
         self.files: FileRepository = SqlFileRepository(self._execute, self._last_id)
 
     def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
