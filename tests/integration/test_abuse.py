@@ -188,7 +188,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_a_registration_flood_for_a_taken_name_leaves_logins_fast(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["asyncio", "anyio"])
+def test_a_registration_flood_for_a_taken_name_leaves_logins_fast(
+    tmp_path: Path, transport: str
+) -> None:
     """Issue 16.1: 300 connections re-sending REG for a taken name used to run a full scrypt
     each and push another user's login to 5-8 s. REG requests are now limited per address
     (60 a minute, whatever their outcome) and the name is checked before hashing; that left
@@ -197,8 +200,10 @@ def test_a_registration_flood_for_a_taken_name_leaves_logins_fast(tmp_path: Path
     connection (50, then 1 a second) and against the address (200, then 4 a second, over all
     its connections); past either the connection is cut off, at its next refusal while its
     address floods, and what it sent that was not served yet is dropped. The attacker here
-    reconnects as it is cut off, to keep 300 connections flooding."""
-    server = ServerProcess("memory://", tmp_path / "reg.log", REGISTRATION_LIMITS).start()
+    reconnects as it is cut off, to keep 300 connections flooding. On both TCP drivers."""
+    server = ServerProcess(
+        "memory://", tmp_path / "reg.log", [*REGISTRATION_LIMITS, "--transport", transport]
+    ).start()
     assert server.port is not None and server.proc is not None
     chat = Chat(server)
     elsewhere = "127.0.0.2"  # the bystander's address: not the attacker's

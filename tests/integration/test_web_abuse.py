@@ -4,6 +4,7 @@ HSTS with TLS (issue 16.12). In-process servers on loopback."""
 import json
 import ssl
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.from_thread import start_blocking_portal
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from chatserver.adapters.tcp.connection import TransportLimits
@@ -88,3 +89,24 @@ def test_the_page_over_tls_tells_browsers_to_stay_on_tls(tmp_path: Path) -> None
         assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
     with web() as port, urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=5) as response:
         assert response.headers["Strict-Transport-Security"] is None
+
+
+def test_a_websocket_client_resending_what_a_limit_refused_is_cut_off() -> None:
+    """Issue 16.1 over WebSocket: requests refused by a limit (errno 9: here REG past the
+    address's registrations a minute) count against the connection as on TCP; the 50th past
+    the limit closes it, and a bystander keeps its service."""
+    with web() as port:
+        flooder, bystander = opened(port, None), opened(port, None)
+        for n in range(300):
+            flooder.send(json.dumps({"msgid": 4, "name": f"flood{n}", "password": "x"}))
+        answers: list[int] = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                answers.append(int(json.loads(flooder.recv(timeout=5)).get("errno", 0)))
+        started = time.perf_counter()
+        assert ping(bystander) == 0
+        print(f"\nflooder answered {len(answers)} of 300 REG ({answers.count(9)} errno 9) "
+              f"before it was closed; the bystander's PING took "
+              f"{(time.perf_counter() - started) * 1000:.1f} ms")
+        refused = answers.count(9)
+        assert 0 < refused <= 52 and len(answers) < 300

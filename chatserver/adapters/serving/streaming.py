@@ -21,6 +21,7 @@ from chatserver.adapters.connection_core import (
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.proxy_header import TrustedProxies
 from chatserver.adapters.serving.requests import Callback, RequestServing
+from chatserver.adapters.serving.settings import ConnectionsPerAddress
 from chatserver.adapters.wire.codec import Dialect
 from chatserver.application.connection import Connection
 from chatserver.application.node import Node
@@ -52,6 +53,8 @@ class StreamingClient(RequestServing):
         self.connection = Connection(node, self, address)
         self._refused = 0
         self._cut_off = False  # for flooding, by a refusal (_limited)
+        # The listener's count of refusals per address, once it counted this connection there.
+        self.per_address: ConnectionsPerAddress | None = None
         self.dialect = Dialect.MODERN
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -179,7 +182,9 @@ class StreamingClient(RequestServing):
             return data
 
     def _limited(self) -> None:
-        if self.core.limited(anyio.current_time()):
+        per_address = self.per_address
+        flooding = per_address is not None and per_address.limited(self.address)
+        if self.core.limited(anyio.current_time(), flooding):
             self._cut_off = True  # _take serves no more of what was read
 
     async def _take(self, items: list[bytes | Refused]) -> bool:

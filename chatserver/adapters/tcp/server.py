@@ -105,6 +105,7 @@ class TcpServer(ListenerSettings):
                 await stream.send(TOO_MANY_CONNECTIONS)
             await stream.aclose()
             return
+        client.per_address = self.per_address
         self.clients.add(client)
         try:
             await client.run()

@@ -310,6 +310,7 @@ class WebSocketServer(ListenerSettings):
                 await websocket.close(code=WSCloseCode.TRY_AGAIN_LATER,
                                       message=b"too many connections")
             return
+        client.per_address = self.per_address
         self.clients.add(client)
         try:
             await client.run()
