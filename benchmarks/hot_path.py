@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import os
 import pstats
 import time
 from collections.abc import Callable
@@ -26,7 +27,6 @@ from chatserver.adapters.tcp.connection import TransportLimits
 from chatserver.adapters.tcp.protocol_server import ProtocolServer
 from chatserver.adapters.tcp.protocol_transport import ProtocolClient
 from chatserver.application.node import Limits
-from chatserver.entrypoints import collector
 from chatserver.entrypoints.bootstrap import Config, bootstrap
 
 
@@ -160,7 +160,9 @@ async def measure(window: int, messages: int, rounds: int, profile: bool,
         transactions = 0  # inbox batches written in the best round
         profiler = cProfile.Profile() if profile else None
         gc.collect()
-        if collector.enabled():  # as serve does (every second; here once, after the set-up)
+        # As serve does by default (every second; here once, after the set-up); `--gc default`
+        # or CHATSERVER_GC=default turns it off there, the environment variable here.
+        if os.environ.get("CHATSERVER_GC", "freeze") == "freeze":
             gc.freeze()
         a_transport = a.transport
         assert isinstance(a_transport, CountingTransport)

@@ -60,3 +60,14 @@ def test_every_scenario_runs_and_reports(scenario: str, tmp_path: Path) -> None:
             assert server["log_problems"]["count"] == 0, server["log_problems"]
     assert result["targets"], "no target reported"
     assert all({"target", "measured", "met"} <= set(t) for t in result["targets"])
+
+
+@pytest.mark.parametrize("history_days", ["30", "0"])
+def test_the_in_process_hot_path_benchmark_runs(history_days: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.hot_path", "--window", "8", "--rounds", "1",
+         "--messages", "400", "--history-days", history_days],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "µs of the server's CPU per message" in done.stdout
