@@ -1,23 +1,22 @@
 """Password hashing with scrypt (memory-hard), run in worker threads off the event loop.
 
-The threads are the hasher's own (a concurrent.futures pool): handing a hash to one and
-taking its result back costs about half of what anyio.to_thread.run_sync does (its capacity
-limiter and per-call bookkeeping): `benchmarks.thread_handoff` measures both.
+The threads are the hasher's own (adapters.worker_threads: cheaper to hand work to than
+anyio.to_thread's).
 
 Cost: n=2**14, r=8, p=1 uses 16 MiB and about 85 ms of one core per hash on this project's
 reference machine. Hashes are stored as ``scrypt$n$r$p$salt$hash`` (base64), so a later cost
 can be adopted without breaking stored ones.
 """
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import anyio
 from attrs import define, field
+
+from chatserver.adapters.worker_threads import run_in
 
 DEFAULT_COST = 2**14
 _DUMMY_SALT = b"chatserver-dummy"
@@ -64,11 +63,8 @@ class ScryptHasher:
         pool = self._pool
         if pool is None:
             pool = self._pool = ThreadPoolExecutor(self.threads, "chatserver-hash")
-        done = asyncio.wrap_future(pool.submit(derive))
         # A hash under way is waited for, as its hashing slot (Node.hashing) stands for it.
-        with anyio.CancelScope(shield=True):
-            digest = await done
-        return digest
+        return await run_in(pool, derive)
 
 
 def _b64(data: bytes) -> str:
