@@ -71,7 +71,8 @@ class InboxWriter:
     history_days: int = 30
     batches: int = 0
     _batch: _Batch | None = None
-    _lock: anyio.Lock = field(factory=anyio.Lock)
+    # Taken at once when free: _lead lets the loop turn's writes join right after anyway.
+    _lock: anyio.Lock = field(factory=lambda: anyio.Lock(fast_acquire=True))
     _known: set[int] = Factory(set)
     # Observes each batch's size (entries), for metrics.
     observe: Callable[[int], None] | None = None

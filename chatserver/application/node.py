@@ -113,7 +113,8 @@ class UserLocks:
 
     @asynccontextmanager
     async def hold(self, user_id: int) -> AsyncIterator[None]:
-        lock, users = self.locks.get(user_id) or (anyio.Lock(), 0)
+        # Taken at once when free (as it nearly always is): no extra turn of the event loop.
+        lock, users = self.locks.get(user_id) or (anyio.Lock(fast_acquire=True), 0)
         self.locks[user_id] = (lock, users + 1)
         try:
             async with lock:

@@ -170,7 +170,8 @@ class Router:
 
     async def notify_elsewhere(self, user_ids: Sequence[int], notice: Notice) -> None:
         """Tell the sessions of users on other nodes."""
-        await self._send_by_node(list(user_ids), notice, None)
+        if user_ids:  # a user without friends logging in or out: nobody to look up
+            await self._send_by_node(list(user_ids), notice, None)
 
     def forget_location(self, user_id: int) -> None:
         """Where user_id is must be looked up next time."""

@@ -272,6 +272,10 @@ def _log_to_stderr(level: str, node_id: str | None = None) -> None:
         format=f"%(asctime)s %(levelname)s {node.replace('%', '%%')}%(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The format above names no thread, process or source line: a record need not look them
+    # up (the logging module's own advice; two lines per login, ~3 µs each).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     others = number if number <= logging.DEBUG else max(number, logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(partial(_ours_or_at_least, others))

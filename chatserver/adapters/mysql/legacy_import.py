@@ -268,7 +268,7 @@ def parse_time(value: object) -> int:
 
 
 async def hash_passwords(users: Sequence[tuple[int, str, str]]) -> dict[int, str]:
-    hasher = ScryptHasher(limiter=CapacityLimiter(os.cpu_count() or 1))
+    hasher = ScryptHasher(threads=os.cpu_count() or 1)
     hashes: dict[int, str] = {}
 
     async def hash_one(user_id: int, password: str) -> None:

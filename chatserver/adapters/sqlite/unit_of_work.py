@@ -1,15 +1,18 @@
 """The SQLite unit of work: one connection, used by one worker thread at a time.
 
 sqlite3 connections are not safe to share between threads, and SQLite allows one writer
-anyway; a CapacityLimiter of 1 makes every transaction take its turn, off the event loop.
+anyway; the unit of work's own pool of one thread (adapters.worker_threads) runs every
+transaction in turn, off the event loop.
 """
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from os import PathLike
 from typing import Any, TypeVar
 
-from anyio import CapacityLimiter, ClosedResourceError, to_thread
+from anyio import ClosedResourceError
 
 from chatserver.adapters.file_rows import SqlFileRepository
 from chatserver.adapters.friend_rows import SqlFriendRepository
@@ -22,6 +25,7 @@ from chatserver.adapters.sqlite.repositories import (
     SqliteWebhookOutbox,
 )
 from chatserver.adapters.sqlite.schema import connect, upgrade
+from chatserver.adapters.worker_threads import run_in
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.ports import (
     FileRepository,
@@ -64,18 +68,21 @@ class SqliteTransaction:
 class SqliteUnitOfWork:
     """Runs each piece of work in its own transaction, in a worker thread, one at a time."""
 
-    def __init__(self, connection: sqlite3.Connection, limiter: CapacityLimiter) -> None:
+    def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
         self._connection = connection
-        self._limiter = limiter
+        self._thread = thread  # one worker
         self._transaction = SqliteTransaction(connection)
         self._closed = False
 
     async def run(self, work: Callable[[Transaction], T]) -> T:
+        if self._closed:
+            raise ClosedResourceError("the SQLite unit of work is closed")
         # Not abandoned on cancellation: the thread always finishes with COMMIT or ROLLBACK.
-        return await to_thread.run_sync(self._run_in_thread, work, limiter=self._limiter)
+        return await run_in(self._thread, partial(self._run_in_thread, work))
 
     async def aclose(self) -> None:
-        await to_thread.run_sync(self._close_in_thread, limiter=self._limiter)
+        await run_in(self._thread, self._close_in_thread)
+        self._thread.shutdown(wait=False)
 
     def _run_in_thread(self, work: Callable[[Transaction], T]) -> T:
         if self._closed:
@@ -100,9 +107,13 @@ class SqliteUnitOfWork:
 
 async def open_sqlite(path: Path) -> SqliteUnitOfWork:
     """Open (creating or upgrading the schema as needed) the database file at path."""
-    limiter = CapacityLimiter(1)
-    connection = await to_thread.run_sync(_open_upgraded, path, limiter=limiter)
-    return SqliteUnitOfWork(connection, limiter)
+    thread = ThreadPoolExecutor(1, "chatserver-sqlite")
+    try:
+        connection = await run_in(thread, partial(_open_upgraded, path))
+    except BaseException:
+        thread.shutdown(wait=False)
+        raise
+    return SqliteUnitOfWork(connection, thread)
 
 
 def upgrade_sqlite(path: Path) -> int:
