@@ -121,6 +121,17 @@ def test_a_setting_that_cannot_work_is_one_line_before_anything_starts(
     assert len(lines) == 1 and says in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--history-days", "-1"), ("--devices-per-user", "0"), ("--group-member-limit", "-1"),
+     ("--registrations-per-minute", "-1"), ("--registrations-per-hour", "-1"),
+     ("--file-limit", "-5"), ("--file-quota", "-1"), ("--login-timeout", "-3")],
+)
+def test_a_number_out_of_range_is_refused_before_anything_starts(flag: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{flag} \S+ is too small: it must be"):
+        serve_config(flag, value)
+
+
 def test_config_itself_refuses_a_choice_it_does_not_know() -> None:
     with pytest.raises(ConfigError, match="--transport 'uv' is not one of"):
         Config(driver="uv")  # type: ignore[arg-type]
