@@ -3,7 +3,9 @@ environment variable, README's configuration table lists them all, and what `ser
 the Config it runs with."""
 
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from attrs import fields
@@ -150,3 +152,20 @@ def test_the_other_commands_take_the_shared_options_from_the_table(
     assert parser.parse_args(["admin", "groups", "list"]).bus == "redis://127.0.0.1:6379/9"
     monkeypatch.delenv("CHATSERVER_BUS")
     assert build_parser().parse_args(["cluster"]).bus == "redis://127.0.0.1:6379/0"
+
+
+
+def test_files_that_cannot_work_are_one_line(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    from chatserver.adapters.clock import SystemClock
+    from chatserver.entrypoints.bootstrap import open_files
+
+    web: dict[str, Any] = {"database": "memory://", "ws_port": 8080}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^--files http://example.com/x: not a folder"):
+        open_files(Config(files="http://example.com/x", **web), SystemClock())
+    assert not any(tmp_path.iterdir())  # no folder named "http:" was made
+    monkeypatch.setitem(sys.modules, "boto3", None)  # the s3 extra not installed
+    monkeypatch.delitem(sys.modules, "chatserver.adapters.web.s3_store", raising=False)
+    with pytest.raises(ConfigError, match=r"^--files s3://bucket/chat needs the s3 extra"):
+        open_files(Config(files="s3://bucket/chat", **web), SystemClock())
