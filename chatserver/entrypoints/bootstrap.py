@@ -247,7 +247,9 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as error:
-        raise ConfigError(f"cannot load the TLS certificate or key: {error}") from error
+        why = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise ConfigError(f"cannot load the TLS certificate {cert} or key {key}: {why}; "
+                          "correct --tls-cert and --tls-key") from error
     return context
 
 

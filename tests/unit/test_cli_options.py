@@ -169,3 +169,12 @@ def test_files_that_cannot_work_are_one_line(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delitem(sys.modules, "chatserver.adapters.web.s3_store", raising=False)
     with pytest.raises(ConfigError, match=r"^--files s3://bucket/chat needs the s3 extra"):
         open_files(Config(files="s3://bucket/chat", **web), SystemClock())
+
+
+def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
+    from chatserver.entrypoints.bootstrap import tls_context
+
+    cert, key = tmp_path / "missing.pem", tmp_path / "missing.key"
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(cert))} or key "
+                                          rf"{re.escape(str(key))}: No such file"):
+        tls_context(str(cert), str(key))
