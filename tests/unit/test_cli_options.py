@@ -178,3 +178,14 @@ def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=rf"{re.escape(str(cert))} or key "
                                           rf"{re.escape(str(key))}: No such file"):
         tls_context(str(cert), str(key))
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_admin_webhooks_dead_refuses_a_limit_below_one(
+    capsys: pytest.CaptureFixture[str], limit: str,
+) -> None:
+    argv = ["admin", "webhooks", "dead", "--limit", limit, "--database", "memory://"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert captured.out == "" and len(lines) == 1 and f"--limit {limit}" in lines[0], lines
