@@ -122,6 +122,8 @@ def run(args: argparse.Namespace, *, stdin: TextIO = sys.stdin, out: TextIO = sy
     the database refuses the change; a mistake in the command raises ConfigError)."""
     command = f"{args.admin_kind} {args.admin_command}"
     password = read_password(stdin) if command == "users reset-password" else None
+    if command == "webhooks dead" and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: list at least 1 dead letter")
     until_ms = None
     if command == "users suspend":
         until_ms = parse_until(args.until, datetime.now(UTC))

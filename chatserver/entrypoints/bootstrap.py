@@ -247,7 +247,9 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as error:
-        raise ConfigError(f"cannot load the TLS certificate or key: {error}") from error
+        why = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise ConfigError(f"cannot load the TLS certificate {cert} or key {key}: {why}; "
+                          "correct --tls-cert and --tls-key") from error
     return context
 
 
@@ -702,14 +704,20 @@ def open_files(config: Config, clock: Clock) -> tuple[Any, Any]:
 
     store: Any
     if config.files is not None and config.files.startswith("s3://"):
-        from chatserver.adapters.web.s3_store import S3Store
-
+        try:
+            from chatserver.adapters.web.s3_store import S3Store
+        except ImportError as error:  # boto3 is the s3 extra's
+            raise ConfigError(f"--files {redact_password(config.files)} needs the s3 extra: "
+                              "pip install 'chatserver[s3]'") from error
         staging = Path(tempfile.gettempdir()) / f"chatserver-uploads-{os.getpid()}"
         try:
             store = S3Store(config.files, staging)
             store.prepare()
         except Exception as error:  # boto3's errors: no credentials, no bucket, no endpoint
             raise ConfigError(f"--files {redact_password(config.files)}: {error}") from error
+    elif config.files is not None and "://" in config.files:
+        raise ConfigError(f"--files {redact_password(config.files)}: not a folder nor "
+                          "s3://BUCKET/PREFIX?endpoint=URL")
     else:
         folder = files_folder(config)
         if folder is None:

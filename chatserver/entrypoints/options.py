@@ -150,7 +150,7 @@ _OPTIONS = (
     Option("--login-timeout", "transport.login_timeout_seconds",
            "seconds a client that has spoken may stay silent before logging in; not for "
            "clients of the original server, nor for connections that have sent nothing",
-           "float"),
+           "float", check=at_least(0.001)),
     Option("--tls-cert", "tls_cert",
            "PEM certificate (chain): serve TLS instead of plain TCP (needs --tls-key)"),
     Option("--tls-key", "tls_key", "PEM private key for --tls-cert"),
@@ -165,12 +165,14 @@ _OPTIONS = (
            "waits for it; the rest stays readable with SYNC)", "int", check=at_least(0)),
     Option("--history-days", "limits.history_days",
            "days messages are kept in users' inboxes, for SYNC and HISTORY; 0: only until "
-           "every device of the user has had them, as in version 1", "int"),
+           "every device of the user has had them, as in version 1", "int",
+           check=at_least(0)),
     Option("--devices-per-user", "limits.devices_per_user",
            "devices a user may be logged in on at once; a login on one more ends the session "
-           "logged in longest ago", "int"),
+           "logged in longest ago", "int", check=at_least(1)),
     Option("--group-member-limit", "limits.group_members",
-           "members one group may have; past it ADD_GROUP is errno 12; 0: no limit", "int"),
+           "members one group may have; past it ADD_GROUP is errno 12; 0: no limit", "int",
+           check=at_least(0)),
     Option("--stranger-messages-per-minute", "limits.stranger_messages_per_minute",
            "messages strangers (not friends, no group in common) may send, all together, to "
            "one user who is not online on the node, per minute after a burst of "
@@ -186,10 +188,10 @@ _OPTIONS = (
     Option("--registrations-per-minute", "limits.registrations_per_minute",
            "accounts one client address may create within a minute, and a sixth of the REG "
            "requests it may make (whatever their outcome), 0 for no limit; past it REG gets "
-           "errno 9", "int"),
+           "errno 9", "int", check=at_least(0)),
     Option("--registrations-per-hour", "limits.registrations_per_hour",
            "accounts one client address may create within an hour, 0 for no limit; past it "
-           "REG gets errno 9", "int"),
+           "REG gets errno 9", "int", check=at_least(0)),
     Option("--hash-cost", "hash_cost",
            "scrypt's n for new password hashes, a power of 2 (16384: 16 MiB, ~85 ms)", "int",
            check=a_power_of_two),
@@ -223,9 +225,10 @@ _OPTIONS = (
            "environment is better: a command line is visible to other users)",
            metavar="KEY", default_text="a random key per process"),
     Option("--file-limit", "limits.file_bytes", "largest file in bytes", "int",
-           metavar="BYTES"),
+           metavar="BYTES", check=at_least(0)),
     Option("--file-quota", "limits.file_bytes_per_day",
-           "bytes one user may upload in 24 hours", "int", metavar="BYTES"),
+           "bytes one user may upload in 24 hours", "int", metavar="BYTES",
+           check=at_least(0)),
     Option("--frame-limit", "frame_limit", "largest frame in bytes", "int",
            check=at_least(1)),
     Option("--transport", "driver",

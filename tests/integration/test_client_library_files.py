@@ -112,3 +112,41 @@ async def test_the_terminal_shows_a_file_downloads_it_and_sends_one_with_a_progr
                 print("\n".join(line for line in console.shown if "bytes" in line))
                 console.type("quit")
                 task_group.cancel_scope.cancel()
+
+
+async def test_a_file_the_terminal_shows_in_history_can_be_downloaded(tmp_path: Path) -> None:
+    from chatserver.entrypoints.client.terminal import Terminal
+    from tests.unit.test_terminal_client import FakeConsole
+
+    config = chatserver.Config(database="memory://", port=0, ws_port=0,
+                               files=str(tmp_path / "files"))
+    report = tmp_path / "report.pdf"
+    report.write_bytes(os.urandom(50_000))
+    async with chatserver.open_node(config, hasher=FAST_HASHER) as node:
+        listening = await node.start_serving()
+        async with connect("127.0.0.1", listening.port, web_port=listening.web_port) as alice:
+            alice_id = await alice.register("alice", "pw")
+            await alice.login(alice_id, "pw", receipts=False)
+            async with connect("127.0.0.1", listening.port) as bob:
+                bob_id = await bob.register("bob", "pw")
+                await bob.login(bob_id, "pw", device="laptop")
+                sent = await alice.send_file(report, to_id=bob_id, text="the report")
+                with anyio.fail_after(5):
+                    while not isinstance(event := await bob.next_event(), DirectMessage):
+                        pass
+                await bob.receipt([event.msg_id])  # had on this device: not pushed again
+            console = FakeConsole()
+            shell = Terminal("127.0.0.1", listening.port, console, device="laptop",
+                             web_port=listening.web_port)
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(shell.run)
+                console.type("1", str(bob_id), "pw")
+                await console.shows("current login user")
+                console.type(f"history:{alice_id}")
+                line = await console.shows("download:")
+                assert f"[file report.pdf, 50,000 bytes: download:{int(sent)}]" in line
+                console.type(f"download:{int(sent)}:{tmp_path / 'inbox'}")
+                assert "sha256 checked" in await console.shows("saved ")
+                assert (tmp_path / "inbox" / "report.pdf").read_bytes() == report.read_bytes()
+                console.type("quit")
+                task_group.cancel_scope.cancel()

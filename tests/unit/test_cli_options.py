@@ -3,7 +3,9 @@ environment variable, README's configuration table lists them all, and what `ser
 the Config it runs with."""
 
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from attrs import fields
@@ -121,6 +123,17 @@ def test_a_setting_that_cannot_work_is_one_line_before_anything_starts(
     assert len(lines) == 1 and says in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--history-days", "-1"), ("--devices-per-user", "0"), ("--group-member-limit", "-1"),
+     ("--registrations-per-minute", "-1"), ("--registrations-per-hour", "-1"),
+     ("--file-limit", "-5"), ("--file-quota", "-1"), ("--login-timeout", "-3")],
+)
+def test_a_number_out_of_range_is_refused_before_anything_starts(flag: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{flag} \S+ is too small: it must be"):
+        serve_config(flag, value)
+
+
 def test_config_itself_refuses_a_choice_it_does_not_know() -> None:
     with pytest.raises(ConfigError, match="--transport 'uv' is not one of"):
         Config(driver="uv")  # type: ignore[arg-type]
@@ -139,3 +152,40 @@ def test_the_other_commands_take_the_shared_options_from_the_table(
     assert parser.parse_args(["admin", "groups", "list"]).bus == "redis://127.0.0.1:6379/9"
     monkeypatch.delenv("CHATSERVER_BUS")
     assert build_parser().parse_args(["cluster"]).bus == "redis://127.0.0.1:6379/0"
+
+
+
+def test_files_that_cannot_work_are_one_line(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    from chatserver.adapters.clock import SystemClock
+    from chatserver.entrypoints.bootstrap import open_files
+
+    web: dict[str, Any] = {"database": "memory://", "ws_port": 8080}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^--files http://example.com/x: not a folder"):
+        open_files(Config(files="http://example.com/x", **web), SystemClock())
+    assert not any(tmp_path.iterdir())  # no folder named "http:" was made
+    monkeypatch.setitem(sys.modules, "boto3", None)  # the s3 extra not installed
+    monkeypatch.delitem(sys.modules, "chatserver.adapters.web.s3_store", raising=False)
+    with pytest.raises(ConfigError, match=r"^--files s3://bucket/chat needs the s3 extra"):
+        open_files(Config(files="s3://bucket/chat", **web), SystemClock())
+
+
+def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
+    from chatserver.entrypoints.bootstrap import tls_context
+
+    cert, key = tmp_path / "missing.pem", tmp_path / "missing.key"
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(cert))} or key "
+                                          rf"{re.escape(str(key))}: No such file"):
+        tls_context(str(cert), str(key))
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_admin_webhooks_dead_refuses_a_limit_below_one(
+    capsys: pytest.CaptureFixture[str], limit: str,
+) -> None:
+    argv = ["admin", "webhooks", "dead", "--limit", limit, "--database", "memory://"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert captured.out == "" and len(lines) == 1 and f"--limit {limit}" in lines[0], lines

@@ -736,6 +736,9 @@ class Terminal:
     def show_page(self, page: HistoryPage, what: str, older: str, before: int | None) -> None:
         """Shows one page of history, oldest first, and the command for the older page."""
         lines = [describe(m, self.friends, self.user_id) for m in page.messages]
+        for message in page.messages:  # its download:MSGID works as the live one's does
+            if isinstance(message, DirectMessage | GroupMessage) and message.file is not None:
+                self.attachments[message.msg_id] = message.file
         shown = [f"  {line}" for line in lines if line]
         if shown:
             self.console.show("\n".join([f"messages {what}:", *shown]))
