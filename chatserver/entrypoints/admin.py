@@ -202,9 +202,25 @@ async def _webhooks(args: argparse.Namespace, node: Node) -> Any:
             for dead in await webhooks.list_dead(node.uow, args.limit)
         ]
     ids = None if args.all else args.ids
+    if ids:
+        missing = set(ids) - await _dead_ids(node, set(ids))
+        if missing:
+            raise ChatError(f"no dead letter {', '.join(map(str, sorted(missing)))}")
     if args.admin_command == "retry":
         return {"retried": await webhooks.retry_dead(node.uow, ids)}
     return {"dropped": await webhooks.drop_dead(node.uow, ids)}
+
+
+async def _dead_ids(node: Node, wanted: set[int]) -> set[int]:
+    """Which of wanted are dead letters now."""
+    found: set[int] = set()
+    after = 0
+    while True:
+        page = await webhooks.list_dead(node.uow, 1000, after)
+        found.update(dead.id for dead in page if dead.id in wanted)
+        if len(page) < 1000:
+            return found
+        after = page[-1].id
 
 
 async def _details(user_id: int, node: Node, *, with_inbox: bool) -> dict[str, Any]:

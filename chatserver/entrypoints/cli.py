@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _device_name(text: str) -> str:
+    """--device: 1 to 64 characters, as LOGIN's `device` (PROTOCOL.md)."""
+    if not 1 <= len(text) <= 64:
+        raise argparse.ArgumentTypeError(f"a device name has 1 to 64 characters, not {len(text)}")
+    return text
+
+
 def _add_client(commands: Any) -> None:
     client = commands.add_parser(
         "client", help="the interactive terminal client",
@@ -66,7 +73,7 @@ def _add_client(commands: Any) -> None:
     )
     options.add(client, "--host", help="server address")
     options.add(client, "--port", help="server port")
-    client.add_argument("--device", default=None,
+    client.add_argument("--device", default=None, type=_device_name,
                         help="the name this terminal logs in with, 1-64 characters: a login on "
                         "the same device takes over its session, other devices stay logged in "
                         "(default: this machine's host name)")

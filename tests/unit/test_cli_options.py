@@ -189,3 +189,22 @@ def test_admin_webhooks_dead_refuses_a_limit_below_one(
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
     assert captured.out == "" and len(lines) == 1 and f"--limit {limit}" in lines[0], lines
+
+
+@pytest.mark.parametrize("device", ["", "x" * 65])
+def test_the_terminal_refuses_a_device_name_login_would(
+    capsys: pytest.CaptureFixture[str], device: str
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["client", "--device", device])
+    assert stopped.value.code == 2
+    assert "a device name has 1 to 64 characters" in capsys.readouterr().err
+    assert build_parser().parse_args(["client", "--device", "x" * 64]).device == "x" * 64
+
+
+def test_admin_retrying_a_dead_letter_that_is_not_there_exits_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for command in ("retry", "drop"):
+        assert main(["admin", "webhooks", command, "7", "--database", "memory://"]) == 1
+        assert "no dead letter 7" in capsys.readouterr().err
