@@ -136,6 +136,7 @@ def _add_db(commands: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
         if args.command == "serve":
@@ -173,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _report_names(args.database)
             return 0
     except ConfigError as error:
-        print(f"chatserver: {error}", file=sys.stderr)
+        acting = args is not None and args.command == "admin"
+        command = "chatserver admin" if acting else "chatserver"
+        print(f"{command}: {error}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:
         # A start-up mistake found inside the server's task groups (a port in use).

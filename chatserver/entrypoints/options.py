@@ -287,7 +287,10 @@ def config_from(args: argparse.Namespace) -> Config:
     for option in _OPTIONS:
         value = getattr(args, option.flag[2:].replace("-", "_"))
         if option.check is not None and value is not None:
-            option.check(option.flag, value)
+            # The value may be the environment's: then the message names its variable too.
+            set_there = os.environ.get(option.variable, "") != ""
+            option.check(f"{option.flag} (or {option.variable})" if set_there else option.flag,
+                         value)
         part, _, name = option.setting.rpartition(".")
         settings[part][name] = value
     limits = evolve(defaults.limits, **settings["limits"])

@@ -208,3 +208,17 @@ def test_admin_retrying_a_dead_letter_that_is_not_there_exits_1(
     for command in ("retry", "drop"):
         assert main(["admin", "webhooks", command, "7", "--database", "memory://"]) == 1
         assert "no dead letter 7" in capsys.readouterr().err
+
+
+def test_a_number_out_of_range_from_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHATSERVER_PORT", "70000")
+    with pytest.raises(ConfigError, match=r"--port \(or CHATSERVER_PORT\) 70000"):
+        config_from(build_parser().parse_args(["serve"]))
+
+
+def test_an_admin_mistake_is_said_by_chatserver_admin(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["admin", "users", "suspend", "1", "--until", "2x", "--database", "memory://"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("chatserver admin: --until '2x'")
