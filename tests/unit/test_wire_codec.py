@@ -416,6 +416,16 @@ def test_a_group_chat_ack_lists_the_members_it_was_not_stored_for() -> None:
     ]
 
 
+def test_a_group_chat_ack_always_carries_not_stored() -> None:
+    """PROTOCOL.md Version 2: GROUP_CHAT's ACK lists not_stored, empty when all were kept."""
+    assert encode_result(request(10, seq=4), MessageAccepted(1002, pos=3), MODERN) == [
+        b'{"msgid":11,"seq":4,"reply_to":10,"errno":0,"msg_id":1002,"pos":3,"not_stored":[]}\n'
+    ]
+    assert encode_result(request(10), MessageAccepted(1002, pos=3), MODERN) == [
+        b'{"msgid":11,"reply_to":10,"errno":0,"msg_id":1002,"pos":3,"not_stored":[]}\n'
+    ]
+
+
 def test_a_create_group_ack_carries_the_group_id() -> None:
     assert one(encode_result(request(8), GroupCreated(7), MODERN)) == {
         "msgid": 11,
