@@ -72,10 +72,17 @@ async def login(command: Login, *, connection: Connection) -> LoggedIn:
             connection, user, device=device, receipts=command.receipts,
             notices=command.notices, quiet=relogin,
         )
+        # How far the user's other devices with a session here have got: their marks are
+        # written when they end or receipt, and a device never seen starts after the lowest.
+        live = {
+            other: session.mark()
+            for other, session in node.sessions.of(user.id).items()
+            if other != device and session.next_pos is not None and not session.ended
+        }
         try:
             snapshot = await node.uow.run(
                 lambda tx: _LoginSnapshot(
-                    tx, user, command, node.limits.stored_per_user, node.clock.now_ms()
+                    tx, user, command, node.limits.stored_per_user, node.clock.now_ms(), live
                 )
             )
             located = await node.presence.locate(snapshot.contact_ids())
@@ -236,7 +243,13 @@ def check_not_suspended(account: Account | None, now_ms: int) -> None:
 
 class _LoginSnapshot:
     def __init__(
-        self, tx: Transaction, user: User, command: Login, stored_limit: int, now_ms: int
+        self,
+        tx: Transaction,
+        user: User,
+        command: Login,
+        stored_limit: int,
+        now_ms: int,
+        live: dict[str, DeviceMark],
     ) -> None:
         # Read again after the session was claimed: a suspension or deletion that committed
         # before this read stops the login here; one committed after it finds the session in
@@ -253,7 +266,7 @@ class _LoginSnapshot:
         inbox = tx.inbox
         self.last_pos = inbox.last_pos(user.id)
         self.read_pos = inbox.read_pos(user.id)
-        mark = _mark_at_login(inbox.marks(user.id), command)
+        mark = _mark_at_login(inbox.marks(user.id), command, live)
         # The newest stored_limit of what waits: a device far behind syncs the rest.
         after = max(min(mark.pos, self.last_pos), self.last_pos - stored_limit)
         beyond = mark.beyond
@@ -269,15 +282,25 @@ class _LoginSnapshot:
         return sorted(ids)
 
 
-def _mark_at_login(marks: dict[str, DeviceMark], command: Login) -> DeviceMark:
+def _mark_at_login(
+    marks: dict[str, DeviceMark], command: Login, live: dict[str, DeviceMark]
+) -> DeviceMark:
     """How far the device has got: as LOGIN's since says, else its own mark, else (a device
     not seen before) the lowest mark of the user's devices, with what that device had beyond
-    it (receipted out of order, or chats a legacy client had past a notice it cannot show)."""
+    it (receipted out of order, or chats a legacy client had past a notice it cannot show).
+    live holds the marks of the user's other devices with a session on this node, which may
+    have got further than their kept marks say."""
     if command.since is not None:
         return DeviceMark(command.since)
     mark = marks.get(command.device)
     if mark is not None:
         return mark
+    if live:
+        marks = dict(marks)
+        for other, now in live.items():
+            kept = marks.get(other)
+            if kept is None or now.pos >= kept.pos:
+                marks[other] = now
     if not marks:
         return DeviceMark(0)
     return min(marks.values(), key=lambda m: m.pos)

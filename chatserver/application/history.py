@@ -33,7 +33,15 @@ async def history(command: History, *, connection: Connection) -> HistoryPage:
     peer_id, group_id = command.with_user, command.group_id
 
     def read(tx: Transaction) -> HistoryPage:
-        if peer_id is not None and tx.users.get(peer_id) is None:
+        # A deleted account is no user, but what it sent stays in the requester's inbox
+        # (under "deleted user"), so its conversation can still be read.
+        if (
+            peer_id is not None
+            and tx.users.get(peer_id) is None
+            and not tx.inbox.conversation(
+                user_id, peer_id=peer_id, group_id=None, before=None, limit=1
+            )
+        ):
             raise UnknownUser()
         if group_id is not None:
             if tx.groups.get(group_id) is None:

@@ -141,12 +141,34 @@ def test_offlinemsg_holds_what_came_after_the_devices_mark(chat):
     phone.expect({"msgid": 6, "msg": "seen live"})
     phone.logout()
     cb.ok({"msgid": 6, "toid": alice.id, "msg": "while away"})
-    again = device(chat, alice, "phone")
-    assert [(m["msg"], m["pos"]) for m in again.ack["offlinemsg"]] == [("while away", 2)]
-    assert (again.ack["last_pos"], again.ack["read_pos"]) == (2, 0)
     # a device never seen starts after the lowest mark of the user's devices
     tablet = device(chat, alice, "tablet")
     assert positions(tablet.ack["offlinemsg"]) == [2]
+    again = device(chat, alice, "phone")
+    assert [(m["msg"], m["pos"]) for m in again.ack["offlinemsg"]] == [("while away", 2)]
+    assert (again.ack["last_pos"], again.ack["read_pos"]) == (2, 0)
+    # ... and a device with a session has got as far as it was sent: nothing waits for a new one
+    assert device(chat, alice, "desk").ack["offlinemsg"] == []
+
+
+def test_a_device_never_seen_starts_after_what_the_online_devices_were_sent(chat):
+    alice, bob = chat.users(2)
+    cb = chat.online(bob)
+    pc = device(chat, alice, "pc")
+    cb.ok({"msgid": 6, "toid": alice.id, "msg": "live on the pc"})
+    pc.expect({"msgid": 6, "msg": "live on the pc"})
+    assert device(chat, alice, "phone").ack["offlinemsg"] == []
+    # with receipts, what a device has not receipted still waits for a new device
+    (carol,) = chat.users(1)
+    rpc = device(chat, carol, "rpc", receipts=True)
+    msg_id = cb.ok({"msgid": 6, "toid": carol.id, "msg": "not receipted yet"})["msg_id"]
+    rpc.expect({"msgid": 6, "msg": "not receipted yet"})
+    waiting = device(chat, carol, "tablet", receipts=True).ack["offlinemsg"]
+    assert [m["msg"] for m in waiting] == ["not receipted yet"]
+    rpc.ok({"msgid": 19, "msg_ids": [msg_id]})
+    assert [m["msg"] for m in device(chat, carol, "desk").ack["offlinemsg"]] == [
+        "not receipted yet"  # the tablet has not receipted it either
+    ]
 
 
 def test_login_since_replaces_the_devices_mark(chat):

@@ -626,3 +626,148 @@ def test_a_third_device_ends_the_oldest_of_two(small):
         second.ok({"msgid": 16})
         third.ok({"msgid": 16})
         second.assert_silent(0.2, pattern={"msgid": 15})
+
+
+# --------------------------------------------------------------------------- more of the inbox
+
+
+def test_objects_receipted_out_of_order_are_not_sent_again(chat):
+    alice, bob = chat.users(2)
+    cb = chat.online(bob)
+    pc = device(chat, alice, "pc", receipts=True)
+    ids = [cb.ok({"msgid": 6, "toid": alice.id, "msg": t})["msg_id"] for t in ("a", "b", "c")]
+    for t in ("a", "b", "c"):
+        pc.expect({"msgid": 6, "msg": t})
+    pc.ok({"msgid": 19, "msg_ids": [ids[2], ids[1]]})
+    pc.close()
+    again = device(chat, alice, "pc", receipts=True)
+    assert [m["msg"] for m in again.ack["offlinemsg"]] == ["a"]
+    assert again.ack["last_pos"] == 3
+
+
+def test_sync_carries_friend_responses_and_group_events_with_their_pos(chat):
+    alice, bob = chat.users(2)
+    ca, cb = chat.online_all(alice, bob)
+    chat.befriend(ca, cb)  # alice is told bob's answer: a FRIEND_RESPONSE in her inbox
+    gid, _ = chat.make_group(cb, ca)  # alice's join: a GROUP_EVENT in her inbox
+    page = ca.ok({"msgid": 20, "since": 0})
+    assert [(m["msgid"], m["pos"]) for m in page["msgs"]] == [(13, 1), (29, 2)]
+    assert page["msgs"][0]["accept"] is True and page["msgs"][1]["event"] == "joined"
+    assert page["msgs"][1]["groupid"] == gid and page["last_pos"] == 2
+    # a friend answer belongs to no conversation (docs/protocol.md): HISTORY does not show it
+    assert ca.ok({"msgid": 21, "with": bob.id})["msgs"] == []
+
+
+def test_a_deleted_users_stored_message_comes_under_the_name_deleted_user(chat):
+    alice, bob = chat.users(2)
+    ca = chat.online(alice)
+    ca.ok({"msgid": 6, "toid": bob.id, "msg": "before I go"})
+    ca.ok({"msgid": 32, "action": "delete", "password": alice.password})
+    cb = chat.online(bob)
+    (stored,) = cb.ack["offlinemsg"]
+    assert (stored["msg"], stored["id"], stored["name"]) == ("before I go", alice.id,
+                                                           "deleted user")
+    (kept,) = cb.ok({"msgid": 21, "with": alice.id})["msgs"]
+    assert kept["name"] == "deleted user"
+
+
+def test_a_legacy_session_is_sent_no_read_and_its_ack_no_version_2_lists(chat):
+    alice, bob = chat.users(2)
+    cb = chat.online(bob)
+    cb.ok({"msgid": 30, "userid": alice.id, "block": True})
+    legacy = chat.online(bob, legacy=True)
+    assert "blocked" not in legacy.ack and "last_pos" not in legacy.ack
+    modern = chat.online(bob)
+    chat.online(alice).ok({"msgid": 6, "toid": chat.users(1)[0].id, "msg": "x"})
+    cb2 = chat.online(chat.users(1)[0])
+    cb2.ok({"msgid": 6, "toid": bob.id, "msg": "to read"})
+    modern.expect({"msgid": 6, "msg": "to read"})
+    modern.ok({"msgid": 22, "pos": 1})
+    legacy.expect({"msgid": 6, "msg": "to read"})
+    legacy.assert_silent(0.5)  # the frame checker refuses a READ_MSG in the legacy dialect
+
+
+# --------------------------------------------------------------------------- every device
+
+
+def test_friend_requests_and_presence_reach_every_device(chat):
+    alice, bob = chat.users(2)
+    pc, phone = device(chat, alice, "pc"), device(chat, alice, "phone")
+    cb = chat.online(bob)
+    cb.ok({"msgid": 7, "friendid": alice.id})
+    for c in (pc, phone):
+        c.expect({"msgid": 12, "id": bob.id})
+    phone.ok({"msgid": 13, "friendid": bob.id, "accept": True})
+    told = cb.expect({"msgid": 13, "id": alice.id})
+    assert told["accept"] is True and is_int(told["pos"])
+    for c in (pc, phone):
+        c.expect({"msgid": 14, "id": bob.id, "state": "online"})
+    cb.expect({"msgid": 14, "id": alice.id, "state": "online"})
+    cb.logout()
+    for c in (pc, phone):
+        c.expect({"msgid": 14, "id": bob.id, "state": "offline"})
+
+
+def test_accepting_a_request_of_someone_offline_tells_their_state(chat):
+    alice, bob = chat.users(2)
+    ca = chat.online(alice)
+    ca.ok({"msgid": 7, "friendid": bob.id})
+    ca.logout()
+    cb = chat.online(bob)
+    cb.ok({"msgid": 13, "friendid": alice.id, "accept": True})
+    cb.expect({"msgid": 14, "id": alice.id, "state": "offline"})
+
+
+def test_takeover_kicks_only_that_device_and_friends_hear_nothing(chat):
+    alice, friend = chat.users(2)
+    pc, cf = chat.online_all(alice, friend)
+    chat.befriend(pc, cf)
+    pc.logout()
+    cf.expect({"msgid": 14, "id": alice.id, "state": "offline"})
+    pc.login(alice, device="pc")
+    cf.expect({"msgid": 14, "id": alice.id, "state": "online"})
+    phone = device(chat, alice, "phone")
+    new_pc = device(chat, alice, "pc")
+    pc.expect({"msgid": 15})
+    phone.assert_silent(0.2, pattern={"msgid": 15})
+    new_pc.assert_silent(0.2, pattern={"msgid": 15})
+    cf.assert_silent(pattern={"msgid": 14})
+    # the kicked connection stays open and may log in again
+    pc.login(alice, device="tablet")
+    pc.ok({"msgid": 16})
+
+
+# --------------------------------------------------------------------------- history window 0
+
+
+@pytest.fixture(scope="module")
+def forgetful(tmp_path_factory):
+    """A server with --history-days 0: nothing kept once every device had it."""
+    directory = tmp_path_factory.mktemp("forgetful")
+    proc = ServerProcess(
+        "memory://", directory / "server.log", extra_args=["--history-days", "0"]
+    ).start()
+    chat = Chat(proc)
+    yield chat
+    chat.close_all()
+    proc.stop()
+    proc.assert_no_traceback()
+
+
+def test_with_a_history_window_of_0_sync_sees_only_what_still_waits(forgetful):
+    chat = forgetful
+    alice, bob = chat.users(2)
+    cb = chat.online(bob)
+    cb.ok({"msgid": 6, "toid": alice.id, "msg": "waits"})
+    pc = device(chat, alice, "pc")
+    assert [m["msg"] for m in pc.ack["offlinemsg"]] == ["waits"]
+    # until the session ends (or receipts) its mark is not kept, so it still waits
+    assert [m["msg"] for m in pc.ok({"msgid": 20, "since": 0})["msgs"]] == ["waits"]
+    pc.logout()
+    # every device had it: gone, as in version 1
+    again = device(chat, alice, "pc")
+    assert again.ack["offlinemsg"] == [] and again.ack["last_pos"] == 1
+    synced = again.ok({"msgid": 20, "since": 0})
+    assert synced["msgs"] == [] and synced["last_pos"] == 1 and synced["truncated"] is True
+    assert again.ok({"msgid": 21, "with": bob.id})["msgs"] == []
+    assert device(chat, alice, "phone").ack["offlinemsg"] == []
