@@ -28,13 +28,20 @@ async def send_direct_message(
     command: SendDirectMessage, *, connection: Connection
 ) -> MessageAccepted:
     session = connection.require_session()
-    if command.recipient_id in session.blocked_by:
+    blocked = command.recipient_id in session.blocked_by
+    if blocked and command.file_id is None:
         raise NotPermitted()
     me = session.user
     node = connection.node
     turns = connection.turns
     ticket = turns.take()
     try:
+        attached = None
+        if command.file_id is not None:
+            # A file that cannot be sent is errno 7, first of all faults (PROTOCOL.md).
+            attached = await files.attachment(node, me.id, command.file_id)
+            if blocked:
+                raise NotPermitted()
         recipient_id = command.recipient_id
         if recipient_id not in session.friend_ids:
             await check_stranger(
@@ -46,9 +53,6 @@ async def send_direct_message(
         if before_send is not None:
             outgoing = Outgoing(me, text, recipient_id=recipient_id)
             text = await check_before_send(node.hooks, before_send, outgoing)
-        attached = None
-        if command.file_id is not None:
-            attached = await files.attachment(node, me.id, command.file_id)
         msg_id = node.message_ids.take()
         if msg_id is None:
             msg_id = await node.message_ids.next()
@@ -169,6 +173,10 @@ async def send_group_message(
     turns = connection.turns
     ticket = turns.take()
     try:
+        attached = None
+        if command.file_id is not None:
+            # A file that cannot be sent is errno 7, first of all faults (PROTOCOL.md).
+            attached = await files.attachment(node, me.id, command.file_id)
         roster = await node.groups.roster(command.group_id)
         member = roster.members.get(me.id)
         if member is None:
@@ -180,9 +188,6 @@ async def send_group_message(
         if before_send is not None:
             outgoing = Outgoing(me, text, group_id=command.group_id)
             text = await check_before_send(node.hooks, before_send, outgoing)
-        attached = None
-        if command.file_id is not None:
-            attached = await files.attachment(node, me.id, command.file_id)
         msg_id = node.message_ids.take()
         if msg_id is None:
             msg_id = await node.message_ids.next()

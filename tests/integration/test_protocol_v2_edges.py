@@ -771,3 +771,56 @@ def test_with_a_history_window_of_0_sync_sees_only_what_still_waits(forgetful):
     assert synced["msgs"] == [] and synced["last_pos"] == 1 and synced["truncated"] is True
     assert again.ok({"msgid": 21, "with": bob.id})["msgs"] == []
     assert device(chat, alice, "phone").ack["offlinemsg"] == []
+
+
+# --------------------------------------------------------------------------- more orders
+
+
+def test_a_chat_with_a_file_that_is_not_there_is_7_before_4_5_6_12_13(chat):
+    alice, bob, carol = chat.users(3)
+    ca, cb, cc = chat.online_all(alice, bob, carol)
+    gid, _ = chat.make_group(ca, cb)
+    file = {"msg": "", "file": UNKNOWN_ID}
+    ca.err({"msgid": 6, "toid": UNKNOWN_ID, **file}, 7)  # before 4
+    ca.err({"msgid": 10, "groupid": UNKNOWN_ID, **file}, 7)  # before 5
+    cc.err({"msgid": 10, "groupid": gid, **file}, 7)  # before 6
+    ca.ok({"msgid": 30, "userid": carol.id, "block": True})
+    cc.err({"msgid": 6, "toid": alice.id, **file}, 7)  # before 12
+    ca.ok({"msgid": 27, "groupid": gid, "userid": bob.id,
+           "until": int(time.time() * 1000) + 60_000})
+    cb.err({"msgid": 10, "groupid": gid, **file}, 7)  # before 13
+    cb.err({"msgid": 10, "groupid": gid, "msg": "x"}, 13)
+    cc.err({"msgid": 6, "toid": alice.id, "msg": "x"}, 12)
+
+
+def test_a_creator_alone_leaving_dissolves_and_all_their_devices_hear_it(chat):
+    (alice,) = chat.users(1)
+    pc, phone = device(chat, alice, "pc"), device(chat, alice, "phone")
+    gid, name = chat.make_group(pc)
+    pc.ok({"msgid": 17, "groupid": gid})
+    for c in (pc, phone):
+        gone = c.expect({"msgid": 29, "event": "dissolved", "groupid": gid})
+        assert (gone["userid"], gone["by"]) == (alice.id, alice.id)
+    pc.err({"msgid": 9, "groupid": gid}, 5)
+    pc.ok({"msgid": 8, "groupname": name})  # the name is free
+
+
+def test_a_swallowed_request_does_not_wait_for_an_unblock(chat):
+    alice, bob = chat.users(2)
+    ca, cb = chat.online_all(alice, bob)
+    ca.ok({"msgid": 30, "userid": bob.id, "block": True})
+    cb.ok({"msgid": 7, "friendid": alice.id})
+    ca.ok({"msgid": 30, "userid": bob.id, "block": False})
+    ca.assert_silent(pattern={"msgid": 12})
+    assert device(chat, alice, "phone").ack["friend_requests"] == []
+    ca.err({"msgid": 13, "friendid": bob.id, "accept": True}, 4)
+
+
+def test_a_deleted_account_leaves_no_block_behind(chat):
+    alice, bob = chat.users(2)
+    cb = chat.online(bob)
+    cb.ok({"msgid": 30, "userid": alice.id, "block": True})
+    ca = chat.online(alice)
+    ca.ok({"msgid": 32, "action": "delete", "password": alice.password})
+    assert device(chat, bob, "phone").ack["blocked"] == []
+    cb.err({"msgid": 30, "userid": alice.id, "block": True}, 4)
