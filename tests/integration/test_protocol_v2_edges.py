@@ -824,3 +824,42 @@ def test_a_deleted_account_leaves_no_block_behind(chat):
     ca.ok({"msgid": 32, "action": "delete", "password": alice.password})
     assert device(chat, bob, "phone").ack["blocked"] == []
     cb.err({"msgid": 30, "userid": alice.id, "block": True}, 4)
+
+
+@pytest.mark.parametrize("msgid", [29, 31, 35, 99])
+def test_server_side_and_unknown_msgids_are_errno_7(chat, msgid):
+    (alice,) = chat.users(1)
+    c = chat.client()
+    c.err({"msgid": msgid}, 7)
+    c.login(alice)
+    c.err({"msgid": msgid, "groupid": 1, "id": alice.id}, 7)
+
+
+def test_a_group_event_follows_the_receipt_rules_of_every_msg_id(chat):
+    alice, bob = chat.users(2)
+    ca = chat.online(alice)
+    gid, _ = chat.make_group(ca)
+    rpc = device(chat, alice, "rpc", receipts=True)
+    chat.online(bob).ok({"msgid": 9, "groupid": gid})
+    joined = rpc.expect({"msgid": 29, "event": "joined", "userid": bob.id})
+    rpc.close()
+    again = device(chat, alice, "rpc", receipts=True)
+    waiting = [m for m in again.ack["offlinemsg"] if m["msgid"] == 29]
+    assert [(m["msg_id"], m["pos"]) for m in waiting] == [(joined["msg_id"], joined["pos"])]
+    again.ok({"msgid": 19, "msg_ids": [joined["msg_id"]]})
+    again.close()
+    assert device(chat, alice, "rpc", receipts=True).ack["offlinemsg"] == []
+
+
+def test_a_member_kicked_while_away_finds_the_event_at_login(chat):
+    alice, bob = chat.users(2)
+    ca, cb = chat.online_all(alice, bob)
+    gid, _ = chat.make_group(ca, cb)
+    cb.logout()
+    ca.ok({"msgid": 23, "groupid": gid, "userid": bob.id})
+    back = chat.online(bob)
+    events = [(m["event"], m["userid"], m["by"]) for m in back.ack["offlinemsg"]
+              if m["msgid"] == 29]
+    assert events == [("kicked", bob.id, alice.id)]
+    assert back.ack["groups"] == []
+    back.err({"msgid": 21, "groupid": gid}, 6)
