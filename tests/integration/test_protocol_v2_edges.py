@@ -863,3 +863,32 @@ def test_a_member_kicked_while_away_finds_the_event_at_login(chat):
     assert events == [("kicked", bob.id, alice.id)]
     assert back.ack["groups"] == []
     back.err({"msgid": 21, "groupid": gid}, 6)
+
+
+def test_a_session_ended_by_the_device_limit_is_logged_out_and_may_log_in_again(small):
+    chat = small
+    (alice,) = chat.users(1)
+    first, second = device(chat, alice, "a"), device(chat, alice, "b")
+    device(chat, alice, "c")
+    first.expect({"msgid": 15})
+    first.err({"msgid": 20, "since": 0}, 3)
+    first.login(alice, device="a")  # ends b, now the oldest
+    second.expect({"msgid": 15})
+
+
+def test_a_legacy_session_ended_by_the_device_limit_is_closed(small):
+    chat = small
+    (alice,) = chat.users(1)
+    legacy = chat.online(alice, legacy=True)
+    device(chat, alice, "a")
+    device(chat, alice, "b")
+    assert not [f for f in legacy.expect_closed() if f.get("msgid") == 15]
+
+
+def test_login_with_a_password_and_a_token_on_a_server_without_authenticator(chat):
+    (alice,) = chat.users(1)
+    c = chat.client()
+    c.err({"msgid": 1, "id": alice.id, "token": "t"}, 7)
+    c.err({"msgid": 1, "id": alice.id, "password": alice.password, "token": 5}, 7, field="token")
+    ack = c.request({"msgid": 1, "id": alice.id, "password": alice.password, "token": "t"})
+    assert same(ack["errno"], 0), ack
