@@ -22,6 +22,7 @@ class TurnBatchedHandler(logging.StreamHandler[TextIO]):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._waiting: list[str] = []
+        self._flushing_in: asyncio.AbstractEventLoop | None = None  # the loop a flush is due in
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -38,9 +39,15 @@ class TurnBatchedHandler(logging.StreamHandler[TextIO]):
             if loop is None:
                 self._write_waiting()
                 return
-            first = len(self._waiting) == 1
-        if first:
-            loop.call_soon(self.flush)
+            # A flush is due in this loop's turn (not in one that stopped before running it).
+            schedule = self._flushing_in is not loop
+            if schedule:
+                self._flushing_in = loop
+        if schedule:
+            try:
+                loop.call_soon(self.flush)
+            except RuntimeError:  # the loop is closing: write now
+                self.flush()
 
     def _lock(self) -> threading.RLock:
         lock = self.lock
@@ -49,6 +56,7 @@ class TurnBatchedHandler(logging.StreamHandler[TextIO]):
 
     def flush(self) -> None:
         with self._lock():
+            self._flushing_in = None
             self._write_waiting()
             super().flush()
 
