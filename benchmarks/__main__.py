@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default 1,8)")
         p.add_argument("--duration", type=_positive(float), default=duration,
                        help="seconds of load per measured run (default %(default)s)")
+        p.add_argument("--friends", action="store_true",
+                       help="partners befriend each other before the load (chatserver "
+                       "only; default: strangers)")
 
     echo = sub.add_parser("echo-baseline", parents=[common],
                           help="pairs traffic against the cheapest router (the floor)")

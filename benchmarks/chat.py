@@ -4,6 +4,7 @@ partner with W messages in flight (a message is in flight until the partner rece
 import asyncio
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from benchmarks import loadgen, report, servers
@@ -50,6 +51,7 @@ class PairsOptions:
     pairs: int = 100
     windows: list[int] = field(default_factory=lambda: [1, 8])
     duration: float = 10.0
+    friends: bool = False  # partners befriend each other before the load
 
 
 def send_window(client: Client) -> None:
@@ -116,6 +118,8 @@ async def open_pairs(server: servers.ServerProcess, opts: PairsOptions, who: str
         seconds = await loadgen.open_logged_in(
             *partners_at, names[1::2], None, common.concurrency)
         clients = [c for pair in zip(firsts, seconds, strict=True) for c in pair]
+    if opts.friends:
+        await befriend(clients, common.concurrency)
     tail = padding(common.msg_bytes, TS_DIGITS) + b'"}\n'
     for a, b in zip(clients[0::2], clients[1::2], strict=True):
         a.partner, b.partner = b, a
@@ -123,6 +127,20 @@ async def open_pairs(server: servers.ServerProcess, opts: PairsOptions, who: str
         b.frame_head = b'{"msgid":6,"toid":%d,"msg":"' % a.user_id
         a.frame_tail = b.frame_tail = tail
     return clients
+
+
+async def befriend(clients: list[Client], concurrency: int) -> None:
+    """Each pair (side by side in clients) becomes friends: ADD_FRIEND, then the partner
+    accepts. What this pushes (the request, the answer, presence) arrives before the load."""
+
+    async def pair(a: Client, b: Client) -> None:
+        await a.request({"msgid": 7, "friendid": b.user_id})
+        await b.request({"msgid": 13, "friendid": a.user_id, "accept": True})
+
+    await loadgen.bounded_gather(
+        [partial(pair, a, b) for a, b in zip(clients[0::2], clients[1::2], strict=True)],
+        concurrency)
+    await asyncio.sleep(0.5)  # the pushes of the last ones, across nodes too
 
 
 async def pairs_phase(server: servers.ServerProcess, clients: list[Client], window: int,

@@ -213,7 +213,8 @@ def targets_of(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def run_cross_node(args: argparse.Namespace, common: Common,
                    extra: dict[str, int]) -> dict[str, Any]:
-    opts = PairsOptions(common, args.pairs, args.window, args.duration)
+    opts = PairsOptions(common, args.pairs, args.window, args.duration,
+                        getattr(args, "friends", False))
     bus = with_namespace(args.bus, common.token)
     redis_pid = redis_server_pid(bus)
     made_database = None

@@ -85,7 +85,7 @@ def _echo_loop(loop: str) -> str:
 
 
 def echo_baseline(args: argparse.Namespace, common: Common, extra: dict[str, int]) -> Document:
-    opts = PairsOptions(common, args.pairs, args.window, args.duration)
+    opts = PairsOptions(common, args.pairs, args.window, args.duration)  # it has no friends
     loops = ["asyncio", "uvloop"] if args.loop == "both" else [_echo_loop(args.loop)]
     rows, infos = [], []
     for loop in loops:
@@ -101,13 +101,16 @@ def echo_baseline(args: argparse.Namespace, common: Common, extra: dict[str, int
 
 
 def direct(args: argparse.Namespace, common: Common, extra: dict[str, int]) -> Document:
-    opts = PairsOptions(common, args.pairs, args.window, args.duration)
+    opts = PairsOptions(common, args.pairs, args.window, args.duration,
+                        getattr(args, "friends", False))
     rows, infos = [], []
     if args.baseline:
         loop = _echo_loop(args.baseline_loop)
         server = servers.start_echo_server(
             common.log_path("direct", f"echo-{loop}"), uvloop=loop == "uvloop")
-        found, info = run_pairs_server(server, opts, "e", f"echo-baseline ({loop})")
+        # The floor knows no friends: its pairs are as they are.
+        floor = PairsOptions(common, args.pairs, args.window, args.duration)
+        found, info = run_pairs_server(server, floor, "e", f"echo-baseline ({loop})")
         rows += found
         infos.append(info)
     server = servers.start_chatserver(

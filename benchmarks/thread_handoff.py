@@ -6,8 +6,9 @@ so that the event loop goes on serving others meanwhile. The `login` scenario's 
 excluded" figure subtracts the hash's CPU but not the hand-off: waking a worker thread, the
 GIL passing to it and back, and the event loop being woken with the result. This times, in one
 process with the process's CPU clock, the same scrypt call (at the benchmark's cheap cost,
-n = 2) run inline, through anyio.to_thread.run_sync (what the server does) and through a
-concurrent.futures executor, C calls at a time; the difference to inline is the hand-off.
+n = 2) run inline, through anyio.to_thread.run_sync, through a concurrent.futures executor
+and through the server's own `WorkerThreads`, C calls at a time; the difference to inline is
+the hand-off.
 """
 
 import argparse
@@ -19,6 +20,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.to_thread
+
+from chatserver.adapters.worker_threads import WorkerThreads, run_in
 
 
 def derive() -> bytes:
@@ -41,6 +44,7 @@ async def timed(call: Callable[[], Awaitable[object]], count: int, at_once: int)
 async def main(count: int, at_once: int, rounds: int) -> None:
     limiter = anyio.CapacityLimiter(2)  # as ScryptHasher's
     executor = concurrent.futures.ThreadPoolExecutor(2)
+    workers = WorkerThreads(2)  # what the server uses (adapters/worker_threads.py)
     loop = asyncio.get_running_loop()
 
     async def inline() -> bytes:
@@ -52,7 +56,11 @@ async def main(count: int, at_once: int, rounds: int) -> None:
     async def executor_thread() -> bytes:
         return await loop.run_in_executor(executor, derive)
 
-    ways = {"inline": inline, "anyio.to_thread": anyio_thread, "executor": executor_thread}
+    async def own_threads() -> bytes:
+        return await run_in(workers, derive)
+
+    ways = {"inline": inline, "anyio.to_thread": anyio_thread, "executor": executor_thread,
+            "WorkerThreads": own_threads}
     best = {name: min([await timed(call, count, at_once) for _ in range(rounds)])
             for name, call in ways.items()}
     print(f"scrypt n=2, {count:,} calls, {at_once} at a time, best of {rounds} rounds "
@@ -61,6 +69,7 @@ async def main(count: int, at_once: int, rounds: int) -> None:
         extra = "" if name == "inline" else f"  hand-off {us - best['inline']:,.0f}"
         print(f"  {name:16s} {us:7.1f}{extra}")
     executor.shutdown()
+    workers.shutdown()
 
 
 if __name__ == "__main__":

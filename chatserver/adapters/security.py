@@ -12,11 +12,10 @@ import base64
 import hashlib
 import hmac
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 from attrs import define, field
 
-from chatserver.adapters.worker_threads import run_in
+from chatserver.adapters.worker_threads import WorkerThreads, run_in
 
 DEFAULT_COST = 2**14
 _DUMMY_SALT = b"chatserver-dummy"
@@ -29,7 +28,7 @@ class ScryptHasher:
     p: int = 1
     # Hashing is CPU-bound: more threads than cores only queue up inside the kernel.
     threads: int = 2
-    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False, eq=False)
+    _pool: WorkerThreads | None = field(default=None, init=False, repr=False, eq=False)
 
     async def hash(self, password: str) -> str:
         salt = os.urandom(16)
@@ -62,7 +61,7 @@ class ScryptHasher:
 
         pool = self._pool
         if pool is None:
-            pool = self._pool = ThreadPoolExecutor(self.threads, "chatserver-hash")
+            pool = self._pool = WorkerThreads(self.threads, "chatserver-hash")
         # A hash under way is waited for, as its hashing slot (Node.hashing) stands for it.
         return await run_in(pool, derive)
 

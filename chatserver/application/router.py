@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, overload
 
+import anyio
 from attrs import Factory, define
 
 from chatserver.application.inbox_writer import InboxWrite, InboxWriter
@@ -37,6 +38,8 @@ _NOWHERE: frozenset[str] = frozenset()
 # What a delivery without a coroutine calls once done (Router.deliver): with the positions,
 # or the error; it may return what is left to await.
 Then = Callable[[list[int] | ChatError], Coroutine[Any, Any, None] | None]
+# A kept write to push to other nodes, then answer: its entries, their positions, its then.
+_Pushed = tuple[Sequence[tuple[int, Delivery]], list[int], Then]
 
 
 @define
@@ -50,6 +53,8 @@ class Router:
     # Where users were seen (the nodes with a session of theirs, maybe none), and until when.
     _where: dict[int, tuple[frozenset[str], float]] = Factory(dict)
     _here: frozenset[str] = frozenset()  # {node_id}
+    # The writes of the batch being answered that have users elsewhere (_committed).
+    _pushing: list["_Pushed"] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._here = frozenset({self.node_id})
@@ -110,15 +115,37 @@ class Router:
             return then(write.error)
         if self.only_here(write.entries):
             return then(write.positions)
-        return self._then_pushed(write.entries, write.positions, then)
+        # The writer calls this for every write of a batch at once, then awaits what they
+        # return one after the other: the first with users elsewhere pushes them all, at
+        # once, so that their bus messages travel together (one round trip, not one each).
+        pushing = self._pushing
+        if pushing is not None:
+            pushing.append((write.entries, write.positions, then))
+            return None
+        pushing = self._pushing = [(write.entries, write.positions, then)]
+        return self._push_all(pushing)
+
+    async def _push_all(self, pushing: list[_Pushed]) -> None:
+        """Push writes to users elsewhere, then answer each (its then), all at once."""
+        if self._pushing is pushing:
+            self._pushing = None  # the writes of the next batch start a list of their own
+        if len(pushing) == 1:
+            await self._then_pushed(*pushing[0])
+            return
+        async with anyio.create_task_group() as tasks:
+            for entries, positions, then in pushing:
+                tasks.start_soon(self._then_pushed, entries, positions, then)
 
     async def _then_pushed(
         self, entries: Sequence[tuple[int, Delivery]], positions: list[int], then: Then
     ) -> None:
-        await self.send_remote(entries, positions)
-        rest = then(positions)
-        if rest is not None:
-            await rest
+        try:
+            await self.send_remote(entries, positions)
+            rest = then(positions)
+            if rest is not None:
+                await rest
+        except Exception:  # one write's failure is not the others' (they run together)
+            log.exception("finishing a kept message failed")
 
     async def _delivered(
         self,

@@ -27,6 +27,7 @@ from chatserver.entrypoints.bootstrap import (
     tls_context,
     upgrade_database,
 )
+from chatserver.entrypoints.log_lines import SecondsCachedFormatter, TurnBatchedHandler
 from chatserver.entrypoints.options import check_port
 
 log = logging.getLogger("chatserver")
@@ -277,11 +278,12 @@ def _log_to_stderr(level: str, node_id: str | None = None) -> None:
         raise ConfigError(f"--log-level {level!r} is not a level: use DEBUG, INFO, WARNING "
                           "or ERROR")
     node = f"[{node_id}] " if node_id else ""
-    logging.basicConfig(
-        level=number,
-        format=f"%(asctime)s %(levelname)s {node.replace('%', '%%')}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Lines are written once per event-loop turn, not one write() each (log_lines).
+    lines = TurnBatchedHandler(sys.stderr)
+    lines.setFormatter(SecondsCachedFormatter(
+        f"%(asctime)s %(levelname)s {node.replace('%', '%%')}%(name)s: %(message)s"
+    ))
+    logging.basicConfig(level=number, handlers=[lines])
     # The format above names no thread, process or source line: a record need not look them
     # up (the logging module's own advice; two lines per login, ~3 µs each).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

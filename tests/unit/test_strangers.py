@@ -188,3 +188,38 @@ async def test_a_big_group_cannot_write_tens_of_thousands_of_entries_a_second() 
         assert refused == 100 - accepted
         clock.ms += 1000  # a second later, a second's budget
         await owner.request(SendGroupMessage(big.group_id, "a second later"))
+
+
+async def test_a_gate_that_limits_nothing_looks_nothing_up() -> None:
+    """With no strangers' rate and no stored share (`--stranger-messages-per-minute 0
+    --stranger-share 0`) a stranger's message to a user away costs no transaction: what the
+    look would find decides nothing (cross-node traffic paid one per message)."""
+    from chatserver.application.sessions import SessionRegistry
+    from chatserver.application.strangers import StrangerGate, TokenBuckets, check_stranger
+    from chatserver.domain.users import User
+
+    class NoTransactions:
+        async def run(self, work: object) -> object:
+            raise AssertionError("a transaction for a gate that limits nothing")
+
+    @define
+    class OneSession:
+        user: User
+        friend_ids: set[int]
+
+    session = OneSession(User(1, "me"), set())
+    open_gate = StrangerGate(TokenBuckets(0, 0.0), stored_share=0)
+    assert open_gate.known_contact(1, 2, 0.0)
+    for _ in range(3):
+        await check_stranger(
+            session, 2, gate=open_gate, here=SessionRegistry(),  # type: ignore[arg-type]
+            uow=NoTransactions(), clock=FakeClock(),  # type: ignore[arg-type]
+        )
+    for limited in (StrangerGate(TokenBuckets(10, 1.0), stored_share=0),
+                    StrangerGate(TokenBuckets(0, 0.0), stored_share=5)):
+        assert not limited.known_contact(1, 2, 0.0)
+        with pytest.raises(AssertionError, match="a transaction"):
+            await check_stranger(
+                session, 2, gate=limited, here=SessionRegistry(),  # type: ignore[arg-type]
+                uow=NoTransactions(), clock=FakeClock(),  # type: ignore[arg-type]
+            )

@@ -2,18 +2,17 @@
 cancelled caller leaves behind (nothing, or a finished call)."""
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import pytest
 
-from chatserver.adapters.worker_threads import run_in
+from chatserver.adapters.worker_threads import WorkerThreads, run_in
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_calls_run_in_order_one_at_a_time_and_return_or_raise() -> None:
-    pool = ThreadPoolExecutor(1)
+    pool = WorkerThreads(1)
     ran: list[int] = []
 
     def step(i: int) -> int:
@@ -38,7 +37,7 @@ async def test_calls_run_in_order_one_at_a_time_and_return_or_raise() -> None:
 
 
 async def test_a_cancelled_caller_leaves_a_waiting_call_undone_and_a_running_one_done() -> None:
-    pool = ThreadPoolExecutor(1)
+    pool = WorkerThreads(1)
     started, release = threading.Event(), threading.Event()
     finished: list[str] = []
 

@@ -7,7 +7,6 @@ transaction in turn, off the event loop.
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from os import PathLike
 from typing import Any, TypeVar
@@ -25,7 +24,7 @@ from chatserver.adapters.sqlite.repositories import (
     SqliteWebhookOutbox,
 )
 from chatserver.adapters.sqlite.schema import connect, upgrade
-from chatserver.adapters.worker_threads import run_in
+from chatserver.adapters.worker_threads import WorkerThreads, run_in
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.ports import (
     FileRepository,
@@ -68,7 +67,7 @@ class SqliteTransaction:
 class SqliteUnitOfWork:
     """Runs each piece of work in its own transaction, in a worker thread, one at a time."""
 
-    def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+    def __init__(self, connection: sqlite3.Connection, thread: WorkerThreads) -> None:
         self._connection = connection
         self._thread = thread  # one worker
         self._transaction = SqliteTransaction(connection)
@@ -107,7 +106,7 @@ class SqliteUnitOfWork:
 
 async def open_sqlite(path: Path) -> SqliteUnitOfWork:
     """Open (creating or upgrading the schema as needed) the database file at path."""
-    thread = ThreadPoolExecutor(1, "chatserver-sqlite")
+    thread = WorkerThreads(1, "chatserver-sqlite")
     try:
         connection = await run_in(thread, partial(_open_upgraded, path))
     except BaseException:
