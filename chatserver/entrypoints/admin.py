@@ -380,7 +380,13 @@ def parse_until(text: str | None, now: datetime) -> int | None:
     duration = _DURATION.match(text)
     if duration:
         seconds = int(duration.group(1)) * _UNIT_SECONDS[duration.group(2)]
-        return int(now.timestamp() * 1000) + seconds * 1000
+        if seconds == 0:
+            raise ConfigError(f"--until {text!r} is now: give a longer duration")
+        until = int(now.timestamp() * 1000) + seconds * 1000
+        if until >= INDEFINITELY_MS:
+            raise ConfigError(f"--until {text!r} ends after the year 9999: leave --until out "
+                              "to suspend until unsuspended")
+        return until
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

@@ -8,6 +8,7 @@ environment variable, which wins over Config's default.
 """
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +24,8 @@ def at_least(lowest: float) -> Check:
     """A number below lowest is a mistake (0: "0 or more", else "more than 0")."""
 
     def check(option: str, value: float) -> None:
+        if not math.isfinite(value):  # float("nan") passes every comparison below
+            raise ConfigError(f"{option} {value} is not a number: give a finite one")
         if value < lowest:
             must = "0 or more" if lowest == 0 else "more than 0"
             raise ConfigError(f"{option} {value} is too small: it must be {must}")

@@ -222,3 +222,18 @@ def test_an_admin_mistake_is_said_by_chatserver_admin(capsys: pytest.CaptureFixt
     argv = ["admin", "users", "suspend", "1", "--until", "2x", "--database", "memory://"]
     assert main(argv) == 2
     assert capsys.readouterr().err.startswith("chatserver admin: --until '2x'")
+
+
+@pytest.mark.parametrize("flag", ["--idle-timeout", "--login-timeout", "--request-rate",
+                                  "--node-lease"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_that_is_not_finite_is_refused(
+    flag: str, value: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA: CHATSERVER_IDLE_TIMEOUT=nan (or --idle-timeout nan) started a server, since NaN
+    passes every comparison with the lowest value allowed."""
+    with pytest.raises(ConfigError, match=rf"^{flag} {value} is not a number"):
+        serve_config(f"{flag}={value}")
+    monkeypatch.setenv(OPTIONS[flag].variable, value)
+    with pytest.raises(ConfigError, match=rf"^{flag} \(or {OPTIONS[flag].variable}\) "):
+        serve_config()

@@ -349,6 +349,27 @@ def test_until_takes_durations_and_iso_times() -> None:
             parse_until(bad, now)
 
 
+def test_until_past_the_year_9999_or_of_no_length_is_a_mistake_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `--until 99999999999999999999w` reached the database as an integer SQLite cannot
+    hold (OverflowError, a traceback, exit 1); `--until 0s` suspended until now."""
+    from datetime import UTC, datetime
+
+    from chatserver.entrypoints.bootstrap import ConfigError
+    from chatserver.entrypoints.cli import main
+
+    now = datetime(2027, 1, 1, tzinfo=UTC)
+    for bad in ("99999999999999999999w", "3000000d", "0s", "0w"):
+        with pytest.raises(ConfigError, match=r"^--until "):
+            parse_until(bad, now)
+    argv = ["admin", "users", "suspend", "1", "--until", "99999999999999999999w",
+            "--database", "memory://"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chatserver admin: --until ") and err.count("\n") == 1, err
+
+
 # --------------------------------------------------------------------------- races with a login
 
 
