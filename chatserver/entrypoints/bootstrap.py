@@ -721,6 +721,8 @@ def open_files(config: Config, clock: Clock) -> tuple[Any, Any]:
     else:
         folder = files_folder(config)
         if folder is None:
+            log.warning("files are off: with a database other than SQLite, --files names "
+                        "where they are kept")
             return None, None
         store = FolderStore(folder)
         try:

@@ -91,7 +91,8 @@ def _add_cluster(commands: Any) -> None:
         "apt-get install -y nginx-light libnginx-mod-stream.",
     )
     cluster.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
-    options.add(cluster, "--host", help="address for nginx and the nodes")
+    options.add(cluster, "--host", help="address nginx listens on for clients (the nodes "
+                "listen on 127.0.0.1 whatever it is: only nginx reaches them)")
     cluster.add_argument("--port", type=int, default=8000,
                          help="the port clients connect to (default %(default)s)")
     cluster.add_argument("--node-port", type=int, default=0,
@@ -104,6 +105,10 @@ def _add_cluster(commands: Any) -> None:
                          help="also the web page and WebSocket (/ws) through nginx on this port; "
                          "each node serves its own right after the nodes' TCP ports "
                          "(default: off)")
+    options.add(cluster, "--files", help="with --ws-port: the folder where the nodes keep "
+                "files shared in chats, one for all of them (or s3://BUCKET/PREFIX)",
+                default_text="a folder NAME-files beside a SQLite database NAME.db, else "
+                "chatserver-files in the current folder")
 
 
 def _add_db(commands: Any) -> None:
@@ -223,6 +228,7 @@ def _cluster(args: argparse.Namespace) -> int:
     cluster = LocalCluster(
         nodes=args.nodes, port=args.port, database=args.database, bus=args.bus,
         host=args.host, first_node_port=args.node_port, ws_port=args.ws_port,
+        files=args.files,
     )
     cluster.check()
     # Each mistake once, here, rather than once per node and then a wait for nothing.

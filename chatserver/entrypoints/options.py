@@ -254,11 +254,15 @@ OPTIONS = {option.flag: option for option in _OPTIONS}
 
 
 def add(parser: argparse.ArgumentParser, flag: str, *, help: str | None = None,
-        default: Any = None, config: Config | None = None, name: str | None = None) -> None:
+        default: Any = None, config: Config | None = None, name: str | None = None,
+        default_text: str | None = None) -> None:
     """Add the option of the table named flag to parser, with help of parser's own if given
-    (its environment variable and default are named after it), and another default or another
-    name on this parser if given (the environment variable stays the table's)."""
+    (its environment variable and default are named after it), and another default, another
+    name or another way of naming the default on this parser if given (the environment
+    variable stays the table's)."""
     option = OPTIONS[flag]
+    if default_text is not None:
+        option = evolve(option, default_text=default_text)
     value = option.default(config or Config())
     if default is not None and not os.environ.get(option.variable):
         value = default
