@@ -155,7 +155,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "client":
             from chatserver.entrypoints.client.terminal import main as run_client
 
+            # --port 70000 was an OverflowError traceback from connect().
+            check_port("--port", args.port)
+            check_port("--web-port", args.web_port)
             return run_client(args.host, args.port, args.device, args.web_port)
+        if args.command == "db" and args.database == "memory://":
+            # It printed "schema at version 0" (upgrade) or imported into a database that
+            # vanished at exit (import-legacy).
+            raise ConfigError(f"db {args.db_command} --database memory://: a memory database "
+                              "is gone when the command ends; give sqlite:///FILE or "
+                              "mysql://USER:PASSWORD@HOST:PORT/DB")
         if args.command == "db" and args.db_command == "import-legacy":
             from chatserver.adapters.mysql.legacy_import import LegacyImportError, import_legacy
 

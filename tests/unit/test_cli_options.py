@@ -237,3 +237,29 @@ def test_a_number_that_is_not_finite_is_refused(
     monkeypatch.setenv(OPTIONS[flag].variable, value)
     with pytest.raises(ConfigError, match=rf"^{flag} \(or {OPTIONS[flag].variable}\) "):
         serve_config()
+
+
+@pytest.mark.parametrize("argv", [["client", "--port", "70000"], ["client", "--port", "-1"],
+                                  ["client", "--web-port", "70000"]])
+def test_the_terminal_client_refuses_a_port_out_of_range_in_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `chatserver client --port 70000` (or CHATSERVER_PORT=70000) ended in an exception
+    group's traceback (OverflowError from connect)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chatserver: --") and "is not a port number" in err, err
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv", [["db", "upgrade"], ["db", "check-names"],
+                                  ["db", "import-legacy", "--from", "mysql://x@127.0.0.1:1/c"]])
+def test_db_commands_refuse_a_memory_database(
+    argv: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `db upgrade --database memory://` printed "schema at version 0" and exited 0, and
+    import-legacy would fill a database gone at exit."""
+    assert main([*argv, "--database", "memory://"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"chatserver: db {argv[1]} --database memory://: "), err
+    assert err.count("\n") == 1, err
