@@ -503,8 +503,10 @@ class ChatApp:
                  redact_password(config.database), redact_password(config.bus))
         web_port = ports[1] if config.ws_port is not None else None
         if web_port is not None:
-            log.info("web page at %s://%s:%d/ (WebSocket at /ws)", "https" if tls else "http",
-                     config.host, web_port)
+            log.info("web page at %s://%s:%d/ (WebSocket at /ws)%s", "https" if tls else "http",
+                     config.host, web_port, "" if self._files is not None else
+                     "; files are off: with a database other than SQLite, --files says where "
+                     "they are kept")
         metrics_port = ports[-1] if len(listeners) > 1 + (web_port is not None) else None
         if metrics_port is not None:
             log.info("metrics at http://%s:%d/metrics", config.metrics_host, metrics_port)
@@ -721,8 +723,6 @@ def open_files(config: Config, clock: Clock) -> tuple[Any, Any]:
     else:
         folder = files_folder(config)
         if folder is None:
-            log.warning("files are off: with a database other than SQLite, --files names "
-                        "where they are kept")
             return None, None
         store = FolderStore(folder)
         try:
