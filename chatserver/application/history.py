@@ -33,7 +33,11 @@ async def history(command: History, *, connection: Connection) -> HistoryPage:
     peer_id, group_id = command.with_user, command.group_id
 
     def read(tx: Transaction) -> HistoryPage:
-        if peer_id is not None and tx.users.get(peer_id) is None:
+        # A deleted account's messages stay in others' inboxes (as from "deleted user"): its
+        # conversation stays readable. An id with none in this inbox is no user (errno 4).
+        if (peer_id is not None and tx.users.get(peer_id) is None
+                and not tx.inbox.conversation(user_id, peer_id=peer_id, group_id=None,
+                                              before=None, limit=1)):
             raise UnknownUser()
         if group_id is not None:
             if tx.groups.get(group_id) is None:
