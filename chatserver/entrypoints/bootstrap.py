@@ -677,7 +677,12 @@ class Cluster(Protocol):
 
 def open_cluster(config: Config, hub: InProcessHub | None) -> Cluster:
     if config.bus == "memory://":
-        return InProcessCluster(hub or InProcessHub(), config.node_id)
+        node_id = config.node_id
+        if hub is not None and node_id in hub.inboxes:
+            # Another node of this hub has the name (two Configs left at the default, the host
+            # name and pid): the hub would take one for the other and lose what is sent there.
+            node_id = f"{node_id}.{secrets.token_hex(3)}"
+        return InProcessCluster(hub or InProcessHub(), node_id)
     if config.bus.startswith("redis://"):
         # A restarted node must not be taken for its former self: its sessions are gone.
         return RedisCluster(
