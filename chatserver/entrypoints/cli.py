@@ -240,7 +240,11 @@ def _cluster(args: argparse.Namespace) -> int:
         files=args.files,
     )
     cluster.check()
-    # Each mistake once, here, rather than once per node and then a wait for nothing.
+    # Each mistake once, here, rather than once per node and then a wait for nothing: the
+    # nodes inherit the environment, so a CHATSERVER_... variable that `serve` would refuse
+    # is refused here.
+    node_argv = ["serve", *cluster.node_command(1, cluster.node_ports()[0])[4:]]
+    options.config_from(build_parser().parse_args(node_argv))
     node_ports = cluster.node_ports() + cluster.node_web_ports()
     if max(node_ports) > 65535:
         raise ConfigError(f"the nodes' ports {min(node_ports)}-{max(node_ports)} go past 65535: "

@@ -195,7 +195,7 @@ class LocalCluster:
             nginx: subprocess.Popen[bytes] | None = None
             try:
                 for port in self.node_ports() + self.node_web_ports():
-                    _wait_listening(NODE_HOST, port)
+                    _wait_listening(NODE_HOST, port, processes=nodes)
                 nginx = self._start_nginx(Path(run_dir))
                 _wait_listening(self.host, self.port)
                 if self.ws_port:
@@ -261,13 +261,20 @@ class _StopSignal:
         self.received = True
 
 
-def _wait_listening(host: str, port: int, seconds: float = 20.0) -> None:
+def _wait_listening(host: str, port: int, seconds: float = 20.0,
+                    processes: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+    """Until something listens on host:port; a ConfigError after seconds, or at once when one
+    of processes (that should be listening) has exited: it said why on stderr."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
+            for process in processes:
+                if process.poll() is not None:
+                    raise ConfigError(f"a node exited with code {process.returncode} before "
+                                      "it listened (its own line above says why)") from None
             time.sleep(0.1)
     raise ConfigError(f"nothing listens on {host}:{port} after {seconds:.0f} s")
 

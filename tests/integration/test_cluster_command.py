@@ -131,3 +131,44 @@ def test_a_cluster_on_mariadb_with_a_web_port_shares_files(tmp_path: Path) -> No
         admin = mysql.connector.connect(host="127.0.0.1", port=3306, user="root")
         admin.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
         admin.close()
+
+
+def run_cluster(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[int, str, float]:
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "chatserver", "cluster", "--host", HOST, "--port",
+         str(free_port()), "--node-port", str(free_port_block(4)), "--nodes", "2",
+         "--database", f"sqlite:///{tmp_path / 'c.db'}",
+         "--bus", f"redis://127.0.0.1:6379/0?namespace=test-{secrets.token_hex(4)}", *extra],
+        capture_output=True, text=True, env={**clean, **env}, cwd=tmp_path, timeout=60,
+    )
+    return done.returncode, done.stderr, time.monotonic() - started
+
+
+def test_a_setting_in_the_environment_the_nodes_would_refuse_is_one_line_at_once(
+    tmp_path: Path,
+) -> None:
+    """QA: CHATSERVER_HASH_COST=3 (inherited by the nodes) printed the nodes' refusal once per
+    node, then the cluster waited 20 s and said "nothing listens on 127.0.0.1:PORT"."""
+    code, err, took = run_cluster(tmp_path, {"CHATSERVER_HASH_COST": "3"})
+    assert code == 2, err
+    assert err.splitlines() == [
+        "chatserver: --hash-cost (or CHATSERVER_HASH_COST) 3 is not a power of 2 from 2 up "
+        "(the default is 16384)"], err
+    print(f"refused in {took:.1f} s")
+
+
+def test_a_node_that_fails_at_start_stops_the_cluster_at_once(tmp_path: Path) -> None:
+    """A mistake only a node finds when it starts (here --files names a file, not a folder):
+    the cluster says so as soon as the node exits, not after waiting 20 s for its port."""
+    (tmp_path / "not-a-folder").write_text("x")
+    code, err, took = run_cluster(tmp_path, {}, "--ws-port", str(free_port()),
+                                  "--files", str(tmp_path / "not-a-folder"))
+    assert code == 2, err
+    assert "a node exited with code 2 before it listened" in err, err
+    assert "nothing listens" not in err, err
+    assert "Traceback" not in err, err
+    print(f"stopped {took:.1f} s after the start")
