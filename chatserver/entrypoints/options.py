@@ -51,6 +51,15 @@ def a_power_of_two(option: str, cost: int) -> None:
                           f"is {Config().hash_cost})")
 
 
+def origins(option: str, values: Sequence[str]) -> None:
+    """A browser's Origin is scheme://host[:port]: anything else would never match one."""
+    for value in values:
+        scheme, _, rest = value.strip().rstrip("/").partition("://")
+        if value.strip() != "*" and not (scheme and rest and "/" not in rest):
+            raise ConfigError(f"{option} {value!r} is not an origin: use scheme://host[:port] "
+                              "(https://chat.example.com) or * for any")
+
+
 @frozen
 class Option:
     """One setting of the command line.
@@ -210,7 +219,7 @@ _OPTIONS = (
            "a page (scheme://host[:port], repeatable, * for any) that may open the WebSocket "
            "at /ws; a browser from any other origin is refused (HTTP 403); clients that send "
            "no Origin (not browsers) are let in", "list", env="CHATSERVER_ALLOWED_ORIGINS",
-           metavar="ORIGIN", default_text="the page's own origin only"),
+           metavar="ORIGIN", default_text="the page's own origin only", check=origins),
     Option("--webhook", "webhook",
            "POST every event (chats, friendships, groups, accounts) to this URL as signed "
            "JSON, durably: at least once, in order per conversation (needs a secret)",

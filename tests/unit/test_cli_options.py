@@ -263,3 +263,23 @@ def test_db_commands_refuse_a_memory_database(
     err = capsys.readouterr().err
     assert err.startswith(f"chatserver: db {argv[1]} --database memory://: "), err
     assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("origin", ["chat.example.com", "https://", "https://a.example/page",
+                                    "*.example.com"])
+def test_an_allowed_origin_that_no_browser_can_send_is_refused(
+    origin: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA: --allowed-origin chat.example.com (no scheme) was taken, and every browser from
+    https://chat.example.com was then refused (HTTP 403): a browser's Origin never matches it."""
+    with pytest.raises(ConfigError, match=r"^--allowed-origin '.*' is not an origin"):
+        serve_config("--allowed-origin", origin)
+    monkeypatch.setenv("CHATSERVER_ALLOWED_ORIGINS", f"https://ok.example, {origin}")
+    with pytest.raises(ConfigError, match=r"CHATSERVER_ALLOWED_ORIGINS\) '.*' is not an origin"):
+        serve_config()
+
+
+def test_allowed_origins_as_readme_writes_them_are_taken() -> None:
+    config = serve_config("--allowed-origin", "https://chat.example.com",
+                          "--allowed-origin", "http://127.0.0.1:8080/", "--allowed-origin", "*")
+    assert config.allowed_origins == ("https://chat.example.com", "http://127.0.0.1:8080/", "*")
