@@ -215,7 +215,9 @@ def _check_level(level: str) -> None:
 
 
 def listen_error(option: str, host: str, port: int, error: OSError) -> ConfigError:
-    """One line for an operator whose port or address cannot be listened on."""
+    """One line for an operator whose port or address cannot be listened on (the metrics
+    port's address is --metrics-host's, every other port's --host's)."""
+    host_option = "--metrics-host" if option == "--metrics-port" else "--host"
     if error.errno == errno.EADDRINUSE:
         return ConfigError(
             f"port {port} on {host} is already in use ({option}): stop what uses it "
@@ -228,12 +230,12 @@ def listen_error(option: str, host: str, port: int, error: OSError) -> ConfigErr
         )
     if error.errno == errno.EADDRNOTAVAIL:
         return ConfigError(
-            f"cannot listen on {host} (--host): this machine has no such address; "
+            f"cannot listen on {host} ({host_option}): this machine has no such address; "
             "use one of its addresses, 127.0.0.1 or 0.0.0.0"
         )
     return ConfigError(
         f"cannot listen on {host}:{port} ({option}): {error.strerror or error}; "
-        "check --host and the port"
+        f"check {host_option} and the port"
     )
 
 
@@ -431,7 +433,10 @@ class _Serving:
                         try:
                             ports.append(await listeners.start(listener.serve))
                         except OSError as error:
-                            failure = listen_error(option, host, port, error)
+                            # The metrics port listens on its own address.
+                            where = getattr(listener, "host", host)
+                            where = where if option == "--metrics-port" else host
+                            failure = listen_error(option, where, port, error)
                             listeners.cancel_scope.cancel()
                             break
                     else:
@@ -850,8 +855,10 @@ def check_webhook(config: Config) -> None:
     """A webhook needs an http(s) URL and a secret to sign with."""
     if config.webhook is None:
         return
-    if not config.webhook.startswith(("http://", "https://")):
-        raise ConfigError(f"--webhook must be an http:// or https:// URL, not {config.webhook!r}")
+    scheme, _, rest = config.webhook.partition("://")
+    if scheme not in ("http", "https") or not rest.split("/")[0]:
+        raise ConfigError(f"--webhook must be an http:// or https:// URL with a host, not "
+                          f"{config.webhook!r}")
     if not config.webhook_secret:
         raise ConfigError(
             "--webhook needs a secret to sign with: set CHATSERVER_WEBHOOK_SECRET "

@@ -283,3 +283,33 @@ def test_allowed_origins_as_readme_writes_them_are_taken() -> None:
     config = serve_config("--allowed-origin", "https://chat.example.com",
                           "--allowed-origin", "http://127.0.0.1:8080/", "--allowed-origin", "*")
     assert config.allowed_origins == ("https://chat.example.com", "http://127.0.0.1:8080/", "*")
+
+
+def test_a_metrics_host_that_cannot_be_listened_on_is_named_as_such(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `--metrics-host nohost.invalid` said "cannot listen on 127.0.0.1:PORT
+    (--metrics-port) ...; check --host and the port": the chat port's address and option."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["serve", "--port", "0", "--database", "memory://", "--metrics-port", str(port),
+            "--metrics-host", "nohost.invalid"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert f"nohost.invalid:{port} (--metrics-port)" in lines[0], lines
+    assert "check --metrics-host" in lines[0], lines
+
+
+@pytest.mark.parametrize("url", ["http://", "https:///events", "http:/x.example/events"])
+def test_a_webhook_url_without_a_host_is_refused(url: str,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: `--webhook http://` was taken: every event then failed, and waited in the outbox."""
+    monkeypatch.setenv("CHATSERVER_WEBHOOK_SECRET", "s")
+    assert main(["serve", "--port", "0", "--database", "memory://", "--webhook", url]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "--webhook must be an http:// or https:// URL" in lines[0], lines
