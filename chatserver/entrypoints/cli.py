@@ -56,7 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     from chatserver.entrypoints import admin
 
     admin.add_parser(commands)
+    _name_subcommands(parser)
     return parser
+
+
+def _name_subcommands(parser: argparse.ArgumentParser) -> None:
+    """A missing subcommand is named by its choices ("required: {serve,client,...}"), not by
+    the attribute it is kept in ("required: db_command")."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.metavar = "{" + ",".join(action.choices) + "}"
+            for sub in action.choices.values():
+                _name_subcommands(sub)
 
 
 def _device_name(text: str) -> str:

@@ -313,3 +313,17 @@ def test_a_webhook_url_without_a_host_is_refused(url: str,
     assert main(["serve", "--port", "0", "--database", "memory://", "--webhook", url]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "--webhook must be an http:// or https:// URL" in lines[0], lines
+
+
+@pytest.mark.parametrize("argv", [[], ["db"], ["admin"], ["admin", "users"], ["admin", "groups"],
+                                  ["admin", "webhooks"]])
+def test_a_missing_subcommand_is_named_by_its_choices(
+    argv: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `chatserver db` said "the following arguments are required: db_command" (and
+    `admin`: admin_kind, `admin users`: admin_command), names of the code's, not the user's."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert re.search(r"required: \{[a-z-]+(,[a-z-]+)+\}$", last), last
