@@ -456,8 +456,14 @@ def _table(rows: list[dict[str, Any]]) -> str:
             )
         return "" if value is None else str(value)
 
+    def shown(column: str, value: Any) -> str:
+        # Mutes are ms since the epoch (as --json and exports keep them); people read a time.
+        if column == "muted_until" and isinstance(value, int):
+            return _time(value) if value > 0 else ""
+        return cell(value)
+
     columns = list(rows[0])
-    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[shown(c, row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
