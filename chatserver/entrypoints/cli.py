@@ -251,15 +251,15 @@ def _cluster(args: argparse.Namespace) -> int:
         files=args.files,
     )
     cluster.check()
+    node_ports = cluster.node_ports() + cluster.node_web_ports()
+    if max(node_ports) > 65535:
+        raise ConfigError(f"the nodes' ports {min(node_ports)}-{max(node_ports)} go past 65535: "
+                          "choose a lower --port or --node-port")
     # Each mistake once, here, rather than once per node and then a wait for nothing: the
     # nodes inherit the environment, so a CHATSERVER_... variable that `serve` would refuse
     # is refused here.
     node_argv = ["serve", *cluster.node_command(1, cluster.node_ports()[0])[4:]]
     options.config_from(build_parser().parse_args(node_argv))
-    node_ports = cluster.node_ports() + cluster.node_web_ports()
-    if max(node_ports) > 65535:
-        raise ConfigError(f"the nodes' ports {min(node_ports)}-{max(node_ports)} go past 65535: "
-                          "choose a lower --port or --node-port")
     check_free(args.host, [("--port", args.port), ("--ws-port", args.ws_port)]
                + [("a node's port", port) for port in cluster.node_ports()]
                + [("a node's web port", port) for port in cluster.node_web_ports()])
