@@ -416,6 +416,19 @@ def test_a_group_chat_ack_lists_the_members_it_was_not_stored_for() -> None:
     ]
 
 
+def test_docs_say_what_a_group_chat_ack_carries_when_every_member_has_it() -> None:
+    """QA: docs/protocol.md said `not_stored` "is always empty", and a client reading
+    ack["not_stored"] got a KeyError: the field is left out when empty (always, now)."""
+    from pathlib import Path
+
+    assert encode_result(request(10, seq=4), MessageAccepted(1002, (), 3), MODERN) == [
+        b'{"msgid":11,"seq":4,"reply_to":10,"errno":0,"msg_id":1002,"pos":3}\n'
+    ]
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    assert "`not_stored` is always empty" not in docs
+    assert "GROUP_CHAT's ACK carries no `not_stored` field" in docs
+
+
 def test_a_create_group_ack_carries_the_group_id() -> None:
     assert one(encode_result(request(8), GroupCreated(7), MODERN)) == {
         "msgid": 11,
