@@ -327,3 +327,16 @@ def test_a_missing_subcommand_is_named_by_its_choices(
     assert exited.value.code == 2
     last = capsys.readouterr().err.splitlines()[-1]
     assert re.search(r"required: \{[a-z-]+(,[a-z-]+)+\}$", last), last
+
+
+def test_cluster_help_says_where_the_nodes_listen_and_takes_files(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `cluster --help` said --host is the address "for nginx and the nodes" (the nodes
+    listen on 127.0.0.1 whatever it is, README says), and had no --files."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["cluster", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "for nginx and the nodes" not in text
+    assert "the nodes listen on 127.0.0.1 whatever it is" in text
+    assert build_parser().parse_args(["cluster", "--files", "shared"]).files == "shared"
