@@ -319,7 +319,17 @@ def config_from(args: argparse.Namespace) -> Config:
     # Requests in hand get half of serve's grace at shutdown; the rest is for logging out.
     transport = evolve(defaults.transport, **settings["transport"],
                        request_grace_seconds=SHUTDOWN_GRACE_SECONDS / 2)
-    return Config(**settings[""], limits=limits, transport=transport)
+    config = Config(**settings[""], limits=limits, transport=transport)
+    # One port for two listeners was said as "already in use: stop what uses it" (itself).
+    ports = [("--port", config.port), ("--ws-port", config.ws_port),
+             ("--metrics-port", config.metrics_port)]
+    for i, (flag, port) in enumerate(ports):
+        for other, same in ports[i + 1:]:
+            apart = (other == "--metrics-port" and config.metrics_host != config.host
+                     and config.host not in ("0.0.0.0", "::", ""))
+            if port and port == same and not apart:
+                raise ConfigError(f"{other} {same} is {flag}'s port too: give each its own")
+    return config
 
 
 class _Replace(argparse.Action):

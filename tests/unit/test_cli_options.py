@@ -340,3 +340,21 @@ def test_cluster_help_says_where_the_nodes_listen_and_takes_files(
     assert "for nginx and the nodes" not in text
     assert "the nodes listen on 127.0.0.1 whatever it is" in text
     assert build_parser().parse_args(["cluster", "--files", "shared"]).files == "shared"
+
+
+@pytest.mark.parametrize("argv", [["--port", "7001", "--ws-port", "7001"],
+                                  ["--port", "7001", "--metrics-port", "7001"],
+                                  ["--ws-port", "7002", "--metrics-port", "7002"]])
+def test_one_port_for_two_listeners_is_said_as_such(argv: list[str]) -> None:
+    """QA: `serve --port 7001 --ws-port 7001` said "port 7001 ... is already in use
+    (--ws-port): stop what uses it": the server itself."""
+    with pytest.raises(ConfigError, match=r"^--(ws|metrics)-port 700\d is --(port|ws-port)'s "
+                                          r"port too: give each its own$"):
+        serve_config(*argv)
+
+
+def test_the_metrics_port_may_be_the_chat_port_on_another_address() -> None:
+    config = serve_config("--host", "127.0.0.2", "--port", "7001", "--metrics-port", "7001")
+    assert config.metrics_port == config.port == 7001
+    with pytest.raises(ConfigError, match="--metrics-port 7001 is --port's port too"):
+        serve_config("--host", "0.0.0.0", "--port", "7001", "--metrics-port", "7001")
