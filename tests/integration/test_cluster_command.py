@@ -20,25 +20,34 @@ import anyio
 import pytest
 
 from chatserver.entrypoints.client.library import DirectMessage, connect
-from tests.integration.conftest import HOST, free_port, free_port_block
+from tests.integration.conftest import HOST, free_port_block
 
 pytestmark = pytest.mark.integration
 
 
+def ports(web: bool) -> tuple[int, int, int]:
+    """nginx's port, its web port (0: none) and the first node's, from one block of free ports
+    (ports picked one by one may collide with the block the nodes take)."""
+    first = free_port_block(6 if web else 3)
+    return first, first + 1 if web else 0, first + 2 if web else first + 1
+
+
 @contextmanager
-def cluster(tmp_path: Path, database: str, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes],
-                                                                         Path, int]]:
+def cluster(tmp_path: Path, database: str, *, web: bool = False
+            ) -> Iterator[tuple[subprocess.Popen[bytes], Path, int, int]]:
     """`chatserver cluster --nodes 2` in a session of its own, as a terminal runs a foreground
-    job: its process group is what Ctrl+C signals. Yields the process, its log and its port."""
+    job: its process group is what Ctrl+C signals. Yields the process, its log, its port and
+    its web port (0: none)."""
     if shutil.which("nginx") is None:
         pytest.skip("nginx is not installed")
-    port = free_port()
+    port, ws_port, node_port = ports(web)
+    extra = ["--ws-port", str(ws_port)] if web else []
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
     log_path = tmp_path / "cluster.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "chatserver", "cluster", "--host", HOST, "--port", str(port),
-             "--node-port", str(free_port_block(4)), "--nodes", "2", "--database", database,
+             "--node-port", str(node_port), "--nodes", "2", "--database", database,
              "--bus", f"redis://127.0.0.1:6379/0?namespace=test-{secrets.token_hex(4)}",
              *extra],
             stdout=log, stderr=log, env=env, cwd=tmp_path, start_new_session=True,
@@ -48,7 +57,7 @@ def cluster(tmp_path: Path, database: str, *extra: str) -> Iterator[tuple[subpro
         while "cluster listening" not in log_path.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
-        yield proc, log_path, port
+        yield proc, log_path, port, ws_port
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -60,7 +69,7 @@ def test_ctrl_c_reaches_the_cluster_alone_which_stops_each_node_once(tmp_path: P
     stop on SIGINT, nginx quit at once (not gracefully), and the cluster's own SIGTERM then
     reached nodes still stopping as a second signal, "stopping at once" (seen with 300
     sessions). Now the nodes and nginx have sessions of their own and hear only the cluster."""
-    with cluster(tmp_path, f"sqlite:///{tmp_path / 'c.db'}") as (proc, log_path, port):
+    with cluster(tmp_path, f"sqlite:///{tmp_path / 'c.db'}") as (proc, log_path, port, _):
         pgid = os.getpgid(proc.pid)
         children = subprocess.run(["ps", "-o", "pid=,pgid=", "--ppid", str(proc.pid)],
                                   capture_output=True, text=True, check=True).stdout.split()
@@ -101,10 +110,9 @@ def test_a_cluster_on_mariadb_with_a_web_port_shares_files(tmp_path: Path) -> No
 
     name = f"chatserver_test_cluster_{secrets.token_hex(4)}"
     database = f"mysql://root@127.0.0.1:3306/{name}"
-    ws_port = free_port()
     data = os.urandom(300_000)
     try:
-        with cluster(tmp_path, database, "--ws-port", str(ws_port)) as (_, log_path, port):
+        with cluster(tmp_path, database, web=True) as (_, log_path, port, ws_port):
 
             async def share() -> None:
                 async with (connect(HOST, port, web_port=ws_port) as alice,
@@ -122,7 +130,12 @@ def test_a_cluster_on_mariadb_with_a_web_port_shares_files(tmp_path: Path) -> No
                     got = await bob.download(message.file, downloads)
                     assert got.read_bytes() == data
 
-            anyio.run(share)
+            try:
+                anyio.run(share)
+            except Exception as error:  # say what the nodes and nginx said
+                errors = tmp_path.glob("chatserver-cluster-*/nginx-error.log")
+                raise AssertionError(f"{error!r}\n{log_path.read_text()[-6000:]}\n"
+                                     + "".join(p.read_text()[-2000:] for p in errors)) from error
         assert "Traceback" not in log_path.read_text()
         kept = [p for p in (tmp_path / "chatserver-files").rglob("*") if p.is_file()]
         assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in kept] == [
@@ -137,10 +150,12 @@ def run_cluster(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[int, 
     if shutil.which("nginx") is None:
         pytest.skip("nginx is not installed")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
+    port, ws_port, node_port = ports(web=True)
+    extra = tuple(str(ws_port) if arg == "WS_PORT" else arg for arg in extra)
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "chatserver", "cluster", "--host", HOST, "--port",
-         str(free_port()), "--node-port", str(free_port_block(4)), "--nodes", "2",
+         str(port), "--node-port", str(node_port), "--nodes", "2",
          "--database", f"sqlite:///{tmp_path / 'c.db'}",
          "--bus", f"redis://127.0.0.1:6379/0?namespace=test-{secrets.token_hex(4)}", *extra],
         capture_output=True, text=True, env={**clean, **env}, cwd=tmp_path, timeout=60,
@@ -165,7 +180,7 @@ def test_a_node_that_fails_at_start_stops_the_cluster_at_once(tmp_path: Path) ->
     """A mistake only a node finds when it starts (here --files names a file, not a folder):
     the cluster says so as soon as the node exits, not after waiting 20 s for its port."""
     (tmp_path / "not-a-folder").write_text("x")
-    code, err, took = run_cluster(tmp_path, {}, "--ws-port", str(free_port()),
+    code, err, took = run_cluster(tmp_path, {}, "--ws-port", "WS_PORT",
                                   "--files", str(tmp_path / "not-a-folder"))
     assert code == 2, err
     assert "a node exited with code 2 before it listened" in err, err
