@@ -28,7 +28,10 @@ DAY_MS = 86_400_000
 
 def _links(node: Node) -> FileLinks:
     if node.file_links is None:
-        raise Unavailable("files need the web port (--ws-port)")
+        # Off for either reason: no web port, or no folder (a database other than SQLite
+        # and no --files). Say both, since the client cannot tell which.
+        raise Unavailable("files are off on this server: they need its web port (--ws-port) "
+                          "and, with a database other than SQLite, --files")
     return node.file_links
 
 

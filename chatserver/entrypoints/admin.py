@@ -380,7 +380,13 @@ def parse_until(text: str | None, now: datetime) -> int | None:
     duration = _DURATION.match(text)
     if duration:
         seconds = int(duration.group(1)) * _UNIT_SECONDS[duration.group(2)]
-        return int(now.timestamp() * 1000) + seconds * 1000
+        if seconds == 0:
+            raise ConfigError(f"--until {text!r} is now: give a longer duration")
+        until = int(now.timestamp() * 1000) + seconds * 1000
+        if until >= INDEFINITELY_MS:
+            raise ConfigError(f"--until {text!r} ends after the year 9999: leave --until out "
+                              "to suspend until unsuspended")
+        return until
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
@@ -450,8 +456,14 @@ def _table(rows: list[dict[str, Any]]) -> str:
             )
         return "" if value is None else str(value)
 
+    def shown(column: str, value: Any) -> str:
+        # Mutes are ms since the epoch (as --json and exports keep them); people read a time.
+        if column == "muted_until" and isinstance(value, int):
+            return _time(value) if value > 0 else ""
+        return cell(value)
+
     columns = list(rows[0])
-    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[shown(c, row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]

@@ -215,7 +215,9 @@ def _check_level(level: str) -> None:
 
 
 def listen_error(option: str, host: str, port: int, error: OSError) -> ConfigError:
-    """One line for an operator whose port or address cannot be listened on."""
+    """One line for an operator whose port or address cannot be listened on (the metrics
+    port's address is --metrics-host's, every other port's --host's)."""
+    host_option = "--metrics-host" if option == "--metrics-port" else "--host"
     if error.errno == errno.EADDRINUSE:
         return ConfigError(
             f"port {port} on {host} is already in use ({option}): stop what uses it "
@@ -228,12 +230,12 @@ def listen_error(option: str, host: str, port: int, error: OSError) -> ConfigErr
         )
     if error.errno == errno.EADDRNOTAVAIL:
         return ConfigError(
-            f"cannot listen on {host} (--host): this machine has no such address; "
+            f"cannot listen on {host} ({host_option}): this machine has no such address; "
             "use one of its addresses, 127.0.0.1 or 0.0.0.0"
         )
     return ConfigError(
         f"cannot listen on {host}:{port} ({option}): {error.strerror or error}; "
-        "check --host and the port"
+        f"check {host_option} and the port"
     )
 
 
@@ -431,7 +433,10 @@ class _Serving:
                         try:
                             ports.append(await listeners.start(listener.serve))
                         except OSError as error:
-                            failure = listen_error(option, host, port, error)
+                            # The metrics port listens on its own address.
+                            where = getattr(listener, "host", host)
+                            where = where if option == "--metrics-port" else host
+                            failure = listen_error(option, where, port, error)
                             listeners.cancel_scope.cancel()
                             break
                     else:
@@ -503,8 +508,10 @@ class ChatApp:
                  redact_password(config.database), redact_password(config.bus))
         web_port = ports[1] if config.ws_port is not None else None
         if web_port is not None:
-            log.info("web page at %s://%s:%d/ (WebSocket at /ws)", "https" if tls else "http",
-                     config.host, web_port)
+            log.info("web page at %s://%s:%d/ (WebSocket at /ws)%s", "https" if tls else "http",
+                     config.host, web_port, "" if self._files is not None else
+                     "; files are off: with a database other than SQLite, --files says where "
+                     "they are kept")
         metrics_port = ports[-1] if len(listeners) > 1 + (web_port is not None) else None
         if metrics_port is not None:
             log.info("metrics at http://%s:%d/metrics", config.metrics_host, metrics_port)
@@ -675,7 +682,12 @@ class Cluster(Protocol):
 
 def open_cluster(config: Config, hub: InProcessHub | None) -> Cluster:
     if config.bus == "memory://":
-        return InProcessCluster(hub or InProcessHub(), config.node_id)
+        node_id = config.node_id
+        if hub is not None and node_id in hub.inboxes:
+            # Another node of this hub has the name (two Configs left at the default, the host
+            # name and pid): the hub would take one for the other and lose what is sent there.
+            node_id = f"{node_id}.{secrets.token_hex(3)}"
+        return InProcessCluster(hub or InProcessHub(), node_id)
     if config.bus.startswith("redis://"):
         # A restarted node must not be taken for its former self: its sessions are gone.
         return RedisCluster(
@@ -843,8 +855,10 @@ def check_webhook(config: Config) -> None:
     """A webhook needs an http(s) URL and a secret to sign with."""
     if config.webhook is None:
         return
-    if not config.webhook.startswith(("http://", "https://")):
-        raise ConfigError(f"--webhook must be an http:// or https:// URL, not {config.webhook!r}")
+    scheme, _, rest = config.webhook.partition("://")
+    if scheme not in ("http", "https") or not rest.split("/")[0]:
+        raise ConfigError(f"--webhook must be an http:// or https:// URL with a host, not "
+                          f"{config.webhook!r}")
     if not config.webhook_secret:
         raise ConfigError(
             "--webhook needs a secret to sign with: set CHATSERVER_WEBHOOK_SECRET "

@@ -57,7 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     from chatserver.entrypoints import admin
 
     admin.add_parser(commands)
+    _name_subcommands(parser)
     return parser
+
+
+def _name_subcommands(parser: argparse.ArgumentParser) -> None:
+    """A missing subcommand is named by its choices ("required: {serve,client,...}"), not by
+    the attribute it is kept in ("required: db_command")."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.metavar = "{" + ",".join(action.choices) + "}"
+            for sub in action.choices.values():
+                _name_subcommands(sub)
 
 
 def _device_name(text: str) -> str:
@@ -92,7 +103,8 @@ def _add_cluster(commands: Any) -> None:
         "apt-get install -y nginx-light libnginx-mod-stream.",
     )
     cluster.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
-    options.add(cluster, "--host", help="address for nginx and the nodes")
+    options.add(cluster, "--host", help="address nginx listens on for clients (the nodes "
+                "listen on 127.0.0.1 whatever it is: only nginx reaches them)")
     cluster.add_argument("--port", type=int, default=8000,
                          help="the port clients connect to (default %(default)s)")
     cluster.add_argument("--node-port", type=int, default=0,
@@ -105,6 +117,10 @@ def _add_cluster(commands: Any) -> None:
                          help="also the web page and WebSocket (/ws) through nginx on this port; "
                          "each node serves its own right after the nodes' TCP ports "
                          "(default: off)")
+    options.add(cluster, "--files", help="with --ws-port: the folder where the nodes keep "
+                "files shared in chats, one for all of them (or s3://BUCKET/PREFIX)",
+                default_text="a folder NAME-files beside a SQLite database NAME.db, else "
+                "chatserver-files in the current folder")
 
 
 def _add_db(commands: Any) -> None:
@@ -151,7 +167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "client":
             from chatserver.entrypoints.client.terminal import main as run_client
 
+            # --port 70000 was an OverflowError traceback from connect().
+            check_port("--port", args.port)
+            check_port("--web-port", args.web_port)
             return run_client(args.host, args.port, args.device, args.web_port)
+        if args.command == "db" and args.database == "memory://":
+            # It printed "schema at version 0" (upgrade) or imported into a database that
+            # vanished at exit (import-legacy).
+            raise ConfigError(f"db {args.db_command} --database memory://: a memory database "
+                              "is gone when the command ends; give sqlite:///FILE or "
+                              "mysql://USER:PASSWORD@HOST:PORT/DB")
         if args.command == "db" and args.db_command == "import-legacy":
             from chatserver.adapters.mysql.legacy_import import LegacyImportError, import_legacy
 
@@ -224,13 +249,18 @@ def _cluster(args: argparse.Namespace) -> int:
     cluster = LocalCluster(
         nodes=args.nodes, port=args.port, database=args.database, bus=args.bus,
         host=args.host, first_node_port=args.node_port, ws_port=args.ws_port,
+        files=args.files,
     )
     cluster.check()
-    # Each mistake once, here, rather than once per node and then a wait for nothing.
     node_ports = cluster.node_ports() + cluster.node_web_ports()
     if max(node_ports) > 65535:
         raise ConfigError(f"the nodes' ports {min(node_ports)}-{max(node_ports)} go past 65535: "
                           "choose a lower --port or --node-port")
+    # Each mistake once, here, rather than once per node and then a wait for nothing: the
+    # nodes inherit the environment, so a CHATSERVER_... variable that `serve` would refuse
+    # is refused here.
+    node_argv = ["serve", *cluster.node_command(1, cluster.node_ports()[0])[4:]]
+    options.config_from(build_parser().parse_args(node_argv))
     check_free(args.host, [("--port", args.port), ("--ws-port", args.ws_port)]
                + [("a node's port", port) for port in cluster.node_ports()]
                + [("a node's web port", port) for port in cluster.node_web_ports()])

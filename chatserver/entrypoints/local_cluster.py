@@ -25,6 +25,8 @@ log = logging.getLogger("chatserver.cluster")
 
 # Nodes listen here, whatever address nginx listens on: nothing but nginx needs to reach them.
 NODE_HOST = "127.0.0.1"
+# The folder of files shared in chats, with --ws-port and a database other than SQLite.
+DEFAULT_FILES = "chatserver-files"
 
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
@@ -135,7 +137,7 @@ def start_nginx(run_dir: Path, config: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([
         "nginx", "-c", str(path), "-p", str(run_dir), "-e", str(run_dir / "nginx-error.log"),
         "-g", "daemon off;",
-    ])
+    ], start_new_session=True)  # stopped by run(), gracefully, not by a terminal's Ctrl+C
 
 
 @define
@@ -149,7 +151,20 @@ class LocalCluster:
     # The web page and WebSocket through nginx on this port; the nodes' own web ports follow
     # their TCP ports. 0: off.
     ws_port: int = 0
+    # Where the nodes keep files shared in chats (with ws_port): one folder for all of them,
+    # which they share on this machine. None: beside a SQLite database, as `serve` does, else
+    # DEFAULT_FILES in the current folder.
+    files: str | None = None
     file_key: str = field(factory=lambda: secrets.token_hex(32), repr=False)
+
+    def files_folder(self) -> str | None:
+        """What the nodes get as --files: None where `serve`'s default (beside a SQLite
+        database) is the one folder they share."""
+        if self.files is not None:
+            return self.files
+        if not self.ws_port or self.database.startswith("sqlite:///"):
+            return None
+        return str(Path(DEFAULT_FILES).resolve())
 
     def node_ports(self) -> list[int]:
         first = self.first_node_port or self.port + 1
@@ -180,7 +195,7 @@ class LocalCluster:
             nginx: subprocess.Popen[bytes] | None = None
             try:
                 for port in self.node_ports() + self.node_web_ports():
-                    _wait_listening(NODE_HOST, port)
+                    _wait_listening(NODE_HOST, port, processes=nodes)
                 nginx = self._start_nginx(Path(run_dir))
                 _wait_listening(self.host, self.port)
                 if self.ws_port:
@@ -209,6 +224,9 @@ class LocalCluster:
         """A node's command line: on loopback whatever --host is (only nginx, on this machine,
         reaches it), believing PROXY headers and X-Forwarded-For from nginx only."""
         web = ["--ws-port", str(port + self.nodes)] if self.ws_port else []
+        files = self.files_folder()
+        if files is not None:
+            web += ["--files", files]
         return [
             sys.executable, "-m", "chatserver", "serve", "--host", NODE_HOST,
             "--port", str(port), "--database", self.database, "--bus", self.bus,
@@ -221,7 +239,11 @@ class LocalCluster:
         # whichever node nginx picks): CHATSERVER_FILE_KEY if set, else one for this run.
         env = dict(os.environ)
         env.setdefault("CHATSERVER_FILE_KEY", self.file_key)
-        return subprocess.Popen(self.node_command(index, port), env=env)
+        # A session of its own, as nginx's: Ctrl+C in a terminal signals the whole foreground
+        # process group, and a node that got SIGINT from it and then SIGTERM from run() would
+        # take the second signal as "stop at once", skipping its clean stop.
+        return subprocess.Popen(self.node_command(index, port), env=env,
+                                start_new_session=True)
 
     def _start_nginx(self, run_dir: Path) -> subprocess.Popen[bytes]:
         return start_nginx(run_dir, nginx_config(
@@ -239,13 +261,20 @@ class _StopSignal:
         self.received = True
 
 
-def _wait_listening(host: str, port: int, seconds: float = 20.0) -> None:
+def _wait_listening(host: str, port: int, seconds: float = 20.0,
+                    processes: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+    """Until something listens on host:port; a ConfigError after seconds, or at once when one
+    of processes (that should be listening) has exited: it said why on stderr."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
+            for process in processes:
+                if process.poll() is not None:
+                    raise ConfigError(f"a node exited with code {process.returncode} before "
+                                      "it listened (its own line above says why)") from None
             time.sleep(0.1)
     raise ConfigError(f"nothing listens on {host}:{port} after {seconds:.0f} s")
 

@@ -8,6 +8,7 @@ environment variable, which wins over Config's default.
 """
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +24,8 @@ def at_least(lowest: float) -> Check:
     """A number below lowest is a mistake (0: "0 or more", else "more than 0")."""
 
     def check(option: str, value: float) -> None:
+        if not math.isfinite(value):  # float("nan") passes every comparison below
+            raise ConfigError(f"{option} {value} is not a number: give a finite one")
         if value < lowest:
             must = "0 or more" if lowest == 0 else "more than 0"
             raise ConfigError(f"{option} {value} is too small: it must be {must}")
@@ -46,6 +49,15 @@ def a_power_of_two(option: str, cost: int) -> None:
     if cost < 2 or cost & (cost - 1):
         raise ConfigError(f"{option} {cost} is not a power of 2 from 2 up (the default "
                           f"is {Config().hash_cost})")
+
+
+def origins(option: str, values: Sequence[str]) -> None:
+    """A browser's Origin is scheme://host[:port]: anything else would never match one."""
+    for value in values:
+        scheme, _, rest = value.strip().rstrip("/").partition("://")
+        if value.strip() != "*" and not (scheme and rest and "/" not in rest):
+            raise ConfigError(f"{option} {value!r} is not an origin: use scheme://host[:port] "
+                              "(https://chat.example.com) or * for any")
 
 
 @frozen
@@ -207,7 +219,7 @@ _OPTIONS = (
            "a page (scheme://host[:port], repeatable, * for any) that may open the WebSocket "
            "at /ws; a browser from any other origin is refused (HTTP 403); clients that send "
            "no Origin (not browsers) are let in", "list", env="CHATSERVER_ALLOWED_ORIGINS",
-           metavar="ORIGIN", default_text="the page's own origin only"),
+           metavar="ORIGIN", default_text="the page's own origin only", check=origins),
     Option("--webhook", "webhook",
            "POST every event (chats, friendships, groups, accounts) to this URL as signed "
            "JSON, durably: at least once, in order per conversation (needs a secret)",
@@ -251,11 +263,15 @@ OPTIONS = {option.flag: option for option in _OPTIONS}
 
 
 def add(parser: argparse.ArgumentParser, flag: str, *, help: str | None = None,
-        default: Any = None, config: Config | None = None, name: str | None = None) -> None:
+        default: Any = None, config: Config | None = None, name: str | None = None,
+        default_text: str | None = None) -> None:
     """Add the option of the table named flag to parser, with help of parser's own if given
-    (its environment variable and default are named after it), and another default or another
-    name on this parser if given (the environment variable stays the table's)."""
+    (its environment variable and default are named after it), and another default, another
+    name or another way of naming the default on this parser if given (the environment
+    variable stays the table's)."""
     option = OPTIONS[flag]
+    if default_text is not None:
+        option = evolve(option, default_text=default_text)
     value = option.default(config or Config())
     if default is not None and not os.environ.get(option.variable):
         value = default
@@ -303,7 +319,17 @@ def config_from(args: argparse.Namespace) -> Config:
     # Requests in hand get half of serve's grace at shutdown; the rest is for logging out.
     transport = evolve(defaults.transport, **settings["transport"],
                        request_grace_seconds=SHUTDOWN_GRACE_SECONDS / 2)
-    return Config(**settings[""], limits=limits, transport=transport)
+    config = Config(**settings[""], limits=limits, transport=transport)
+    # One port for two listeners was said as "already in use: stop what uses it" (itself).
+    ports = [("--port", config.port), ("--ws-port", config.ws_port),
+             ("--metrics-port", config.metrics_port)]
+    for i, (flag, port) in enumerate(ports):
+        for other, same in ports[i + 1:]:
+            apart = (other == "--metrics-port" and config.metrics_host != config.host
+                     and config.host not in ("0.0.0.0", "::", ""))
+            if port and port == same and not apart:
+                raise ConfigError(f"{other} {same} is {flag}'s port too: give each its own")
+    return config
 
 
 class _Replace(argparse.Action):

@@ -110,3 +110,34 @@ def test_a_websocket_client_resending_what_a_limit_refused_is_cut_off() -> None:
               f"{(time.perf_counter() - started) * 1000:.1f} ms")
         refused = answers.count(9)
         assert 0 < refused <= 52 and len(answers) < 300
+
+
+def test_malformed_http_requests_are_one_line_each_within_a_budget_not_tracebacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """QA: a PUT with a broken chunked body (any client can send one) was logged by aiohttp
+    at ERROR with a 15-line traceback, per request. Now: one line, within the refusal log's
+    budget, and the web port goes on serving."""
+    import logging
+    import socket
+
+    caplog.set_level(logging.INFO)
+    with web() as port:
+        started = time.perf_counter()
+        for _ in range(200):
+            with socket.create_connection((HOST, port), timeout=5) as sock:
+                sock.sendall(b"PUT /files/upload/1?e=1&s=x HTTP/1.1\r\nHost: x\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\nhello\r\n")
+                assert b" 400 " in sock.recv(1024).split(b"\r\n")[0]
+        took = time.perf_counter() - started
+        with urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=5) as page:
+            assert page.status == 200
+    records = [r for r in caplog.records if "malformed HTTP request" in r.getMessage()
+               or r.name == "chatserver.web.aiohttp"]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    # The refusal lines' budget (a burst of 50, then 10 a second) is the process's, and a
+    # bucket that ran dry long ago refills to a full burst at once: up to two bursts here.
+    assert len(records) <= 2 * 50 + 10 * (took + 1), len(records)
+    assert all(r.name == "chatserver.web" for r in records)
+    print(f"200 malformed requests in {took:.2f} s: {len(records)} log lines; the page after "
+          "them was served")

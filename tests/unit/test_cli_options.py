@@ -222,3 +222,139 @@ def test_an_admin_mistake_is_said_by_chatserver_admin(capsys: pytest.CaptureFixt
     argv = ["admin", "users", "suspend", "1", "--until", "2x", "--database", "memory://"]
     assert main(argv) == 2
     assert capsys.readouterr().err.startswith("chatserver admin: --until '2x'")
+
+
+@pytest.mark.parametrize("flag", ["--idle-timeout", "--login-timeout", "--request-rate",
+                                  "--node-lease"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_that_is_not_finite_is_refused(
+    flag: str, value: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA: CHATSERVER_IDLE_TIMEOUT=nan (or --idle-timeout nan) started a server, since NaN
+    passes every comparison with the lowest value allowed."""
+    with pytest.raises(ConfigError, match=rf"^{flag} {value} is not a number"):
+        serve_config(f"{flag}={value}")
+    monkeypatch.setenv(OPTIONS[flag].variable, value)
+    with pytest.raises(ConfigError, match=rf"^{flag} \(or {OPTIONS[flag].variable}\) "):
+        serve_config()
+
+
+@pytest.mark.parametrize("argv", [["client", "--port", "70000"], ["client", "--port", "-1"],
+                                  ["client", "--web-port", "70000"]])
+def test_the_terminal_client_refuses_a_port_out_of_range_in_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `chatserver client --port 70000` (or CHATSERVER_PORT=70000) ended in an exception
+    group's traceback (OverflowError from connect)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chatserver: --") and "is not a port number" in err, err
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv", [["db", "upgrade"], ["db", "check-names"],
+                                  ["db", "import-legacy", "--from", "mysql://x@127.0.0.1:1/c"]])
+def test_db_commands_refuse_a_memory_database(
+    argv: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `db upgrade --database memory://` printed "schema at version 0" and exited 0, and
+    import-legacy would fill a database gone at exit."""
+    assert main([*argv, "--database", "memory://"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"chatserver: db {argv[1]} --database memory://: "), err
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("origin", ["chat.example.com", "https://", "https://a.example/page",
+                                    "*.example.com"])
+def test_an_allowed_origin_that_no_browser_can_send_is_refused(
+    origin: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA: --allowed-origin chat.example.com (no scheme) was taken, and every browser from
+    https://chat.example.com was then refused (HTTP 403): a browser's Origin never matches it."""
+    with pytest.raises(ConfigError, match=r"^--allowed-origin '.*' is not an origin"):
+        serve_config("--allowed-origin", origin)
+    monkeypatch.setenv("CHATSERVER_ALLOWED_ORIGINS", f"https://ok.example, {origin}")
+    with pytest.raises(ConfigError, match=r"CHATSERVER_ALLOWED_ORIGINS\) '.*' is not an origin"):
+        serve_config()
+
+
+def test_allowed_origins_as_readme_writes_them_are_taken() -> None:
+    config = serve_config("--allowed-origin", "https://chat.example.com",
+                          "--allowed-origin", "http://127.0.0.1:8080/", "--allowed-origin", "*")
+    assert config.allowed_origins == ("https://chat.example.com", "http://127.0.0.1:8080/", "*")
+
+
+def test_a_metrics_host_that_cannot_be_listened_on_is_named_as_such(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `--metrics-host nohost.invalid` said "cannot listen on 127.0.0.1:PORT
+    (--metrics-port) ...; check --host and the port": the chat port's address and option."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["serve", "--port", "0", "--database", "memory://", "--metrics-port", str(port),
+            "--metrics-host", "nohost.invalid"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert f"nohost.invalid:{port} (--metrics-port)" in lines[0], lines
+    assert "check --metrics-host" in lines[0], lines
+
+
+@pytest.mark.parametrize("url", ["http://", "https:///events", "http:/x.example/events"])
+def test_a_webhook_url_without_a_host_is_refused(url: str,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: `--webhook http://` was taken: every event then failed, and waited in the outbox."""
+    monkeypatch.setenv("CHATSERVER_WEBHOOK_SECRET", "s")
+    assert main(["serve", "--port", "0", "--database", "memory://", "--webhook", url]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "--webhook must be an http:// or https:// URL" in lines[0], lines
+
+
+@pytest.mark.parametrize("argv", [[], ["db"], ["admin"], ["admin", "users"], ["admin", "groups"],
+                                  ["admin", "webhooks"]])
+def test_a_missing_subcommand_is_named_by_its_choices(
+    argv: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `chatserver db` said "the following arguments are required: db_command" (and
+    `admin`: admin_kind, `admin users`: admin_command), names of the code's, not the user's."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert re.search(r"required: \{[a-z-]+(,[a-z-]+)+\}$", last), last
+
+
+def test_cluster_help_says_where_the_nodes_listen_and_takes_files(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `cluster --help` said --host is the address "for nginx and the nodes" (the nodes
+    listen on 127.0.0.1 whatever it is, README says), and had no --files."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["cluster", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "for nginx and the nodes" not in text
+    assert "the nodes listen on 127.0.0.1 whatever it is" in text
+    assert build_parser().parse_args(["cluster", "--files", "shared"]).files == "shared"
+
+
+@pytest.mark.parametrize("argv", [["--port", "7001", "--ws-port", "7001"],
+                                  ["--port", "7001", "--metrics-port", "7001"],
+                                  ["--ws-port", "7002", "--metrics-port", "7002"]])
+def test_one_port_for_two_listeners_is_said_as_such(argv: list[str]) -> None:
+    """QA: `serve --port 7001 --ws-port 7001` said "port 7001 ... is already in use
+    (--ws-port): stop what uses it": the server itself."""
+    with pytest.raises(ConfigError, match=r"^--(ws|metrics)-port 700\d is --(port|ws-port)'s "
+                                          r"port too: give each its own$"):
+        serve_config(*argv)
+
+
+def test_the_metrics_port_may_be_the_chat_port_on_another_address() -> None:
+    config = serve_config("--host", "127.0.0.2", "--port", "7001", "--metrics-port", "7001")
+    assert config.metrics_port == config.port == 7001
+    with pytest.raises(ConfigError, match="--metrics-port 7001 is --port's port too"):
+        serve_config("--host", "0.0.0.0", "--port", "7001", "--metrics-port", "7001")

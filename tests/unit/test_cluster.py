@@ -476,3 +476,28 @@ async def test_strangers_spread_over_two_nodes_get_the_clusters_rate(
 ) -> None:
     async with stranger_limited_nodes(f"sqlite:///{tmp_path / 'cluster.db'}", hub=hub) as (a, b):
         await strangers_spread_over_two_nodes(a, b)
+
+
+async def test_nodes_of_one_hub_left_at_the_default_node_id_still_form_a_cluster(
+    tmp_path: Any,
+) -> None:
+    """QA: README's "several open_node() calls given the same hub form a cluster", followed
+    literally (two Configs with the default node_id, the host name and pid): the hub took the
+    second node for the first, and a chat between their users never arrived."""
+    import chatserver
+
+    url = f"sqlite:///{tmp_path / 'chat.db'}"
+    hub = chatserver.InProcessHub()
+    async with (
+        chatserver.open_node(chatserver.Config(database=url), hub=hub) as one,
+        chatserver.open_node(chatserver.Config(database=url), hub=hub) as two,
+    ):
+        assert one.node.node_id != two.node.node_id
+        alice, bob = one.connect(), two.connect()
+        alice_id = (await alice.request(chatserver.Register("alice", "pw"))).user_id
+        bob_id = (await bob.request(chatserver.Register("bob", "pw"))).user_id
+        await alice.request(chatserver.Login("pw", user_id=alice_id))
+        await bob.request(chatserver.Login("pw", user_id=bob_id))
+        await alice.request(chatserver.SendDirectMessage(bob_id, "across the hub"))
+        with anyio.fail_after(5):
+            assert (await bob.next_event()).delivery.text == "across the hub"

@@ -93,3 +93,22 @@ def test_a_chat_with_a_file_is_stored_and_crosses_nodes_whole() -> None:
                     DirectMessage(3, 1, "a", 2, "no file", 0)):
         assert load_delivery(*dump_delivery(message)) == message
         assert event_from_dict(orjson.loads(orjson.dumps(event_to_dict(message)))) == message
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ws_port", [None, 0])
+async def test_files_off_says_both_things_that_turn_them_on(ws_port: int | None) -> None:
+    """QA: a node with its web port on but no folder for files (MySQL without --files, here
+    memory://) answered FILE_UPLOAD errno 11 "files need the web port (--ws-port)": the one
+    thing the operator had done. The message names both conditions, and the node says at
+    start that files are off."""
+    import chatserver
+
+    config = chatserver.Config(database="memory://", port=0, ws_port=ws_port)
+    async with chatserver.open_node(config) as node:
+        client = node.connect()
+        user = (await client.request(chatserver.Register("alice", "pw"))).user_id
+        await client.request(chatserver.Login("pw", user_id=user))
+        with pytest.raises(chatserver.Unavailable) as refused:
+            await client.request(UploadFile("a.txt", 3, "text/plain"))
+    assert "--ws-port" in refused.value.message and "--files" in refused.value.message

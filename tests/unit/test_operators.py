@@ -349,6 +349,27 @@ def test_until_takes_durations_and_iso_times() -> None:
             parse_until(bad, now)
 
 
+def test_until_past_the_year_9999_or_of_no_length_is_a_mistake_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: `--until 99999999999999999999w` reached the database as an integer SQLite cannot
+    hold (OverflowError, a traceback, exit 1); `--until 0s` suspended until now."""
+    from datetime import UTC, datetime
+
+    from chatserver.entrypoints.bootstrap import ConfigError
+    from chatserver.entrypoints.cli import main
+
+    now = datetime(2027, 1, 1, tzinfo=UTC)
+    for bad in ("99999999999999999999w", "3000000d", "0s", "0w"):
+        with pytest.raises(ConfigError, match=r"^--until "):
+            parse_until(bad, now)
+    argv = ["admin", "users", "suspend", "1", "--until", "99999999999999999999w",
+            "--database", "memory://"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chatserver admin: --until ") and err.count("\n") == 1, err
+
+
 # --------------------------------------------------------------------------- races with a login
 
 
@@ -445,3 +466,22 @@ def test_times_in_an_export_come_back_to_the_millisecond() -> None:
         assert _parse_time(_time(ms)) == ms
     assert _time(1_800_000_000_000) == "2027-01-15T08:00:00Z"
     assert _time(INDEFINITELY_MS) == "indefinitely"
+
+
+def test_the_tables_show_a_mute_as_a_time_and_json_keeps_the_ms() -> None:
+    """QA: `admin groups show` printed MUTED_UNTIL as 1796505585162 (ms since the epoch)."""
+    import io
+
+    from chatserver.entrypoints.admin import _print
+
+    group = {"id": 1, "name": "team", "members": [
+        {"id": 1, "name": "alice", "role": "creator", "muted_until": 0},
+        {"id": 2, "name": "bob", "role": "normal", "muted_until": 1_796_505_585_162}]}
+    out = io.StringIO()
+    _print(group, as_json=False, out=out)
+    lines = out.getvalue().splitlines()
+    assert lines[-2].split() == ["1", "alice", "creator"], lines
+    assert lines[-1].split() == ["2", "bob", "normal", "2026-12-05T21:19:45.162Z"], lines
+    out = io.StringIO()
+    _print(group, as_json=True, out=out)
+    assert '"muted_until": 1796505585162' in out.getvalue()

@@ -271,3 +271,37 @@ async def test_a_block_arriving_while_the_blocked_users_login_is_in_flight_takes
         await a.request(SendDirectMessage(bob, "let me in"))
     await b.outbox.flush()
     assert not any(isinstance(unwrap(e), DirectMessage) for e in b.outbox.events)
+
+
+@pytest.mark.parametrize("database", ["memory://", "sqlite"])
+async def test_a_deleted_users_conversation_stays_readable_with_history(
+    database: str, tmp_path: Any,
+) -> None:
+    """QA: the messages a deleted account sent stay in others' inboxes (as from "deleted
+    user", PROTOCOL.md), but HISTORY `with` its id was errno 4 "no such user", so a client
+    could no longer page through that conversation; SYNC still showed it. An id that never
+    had a conversation with the requester is still errno 4."""
+    from chatserver.entrypoints.bootstrap import Config, bootstrap
+    from tests.unit.conftest import FAST_HASHER
+
+    url = f"sqlite:///{tmp_path / 'chat.db'}" if database == "sqlite" else database
+    async with bootstrap(Config(database=url, node_id="test"), hasher=FAST_HASHER) as chat:
+        await _deleted_users_conversation(chat)
+
+
+async def _deleted_users_conversation(chat: ChatApp) -> None:
+    from chatserver.application.commands import History
+    from chatserver.application.results import HistoryPage
+
+    alice, bob = await register(chat, "alice"), await register(chat, "bob")
+    a, b = await online(chat, alice), await online(chat, bob)
+    await a.request(SendDirectMessage(bob, "before I go"))
+    await b.request(SendDirectMessage(alice, "bye"))
+    assert isinstance(await a.request(AccountChange("delete", "pw")), Done)
+    page = await b.request(History(with_user=alice))
+    assert isinstance(page, HistoryPage)
+    shown = [unwrap(kept) for kept in page.msgs]
+    assert [(m.sender_name, m.text) for m in shown if isinstance(m, DirectMessage)] == [
+        ("deleted user", "before I go"), ("bob", "bye")]
+    with pytest.raises(UnknownUser):
+        await b.request(History(with_user=alice + 1000))

@@ -42,3 +42,26 @@ def test_every_relative_link_in_readme_and_the_protocol_names_a_file_of_the_repo
             target = (document.parent / link).resolve()
             assert target.is_relative_to(root), f"{document.name} links outside: {link}"
             assert target.exists(), f"{document.name} links to a missing file: {link}"
+
+
+def test_every_anchor_link_of_a_docs_page_names_a_heading_of_that_page() -> None:
+    """QA: docs/operations.md takes README's "The command line", whose table links to
+    #operating-it-chatserver-admin, a section the page did not take: a dead link on the site
+    (mkdocs only said so at INFO)."""
+    import importlib.util
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("docs_hooks", root / "docs" / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+
+    def slug(heading: str) -> str:  # as mkdocs' toc makes them
+        return re.sub(r"\s+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
+
+    for page in sorted((root / "docs").glob("*.md")):
+        text = hooks.MARKER.sub(lambda m: hooks.readme_section(m.group(1)), page.read_text())
+        headings = {slug(h) for h in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+        for anchor in re.findall(r"\]\(#([^)]+)\)", text):
+            assert anchor in headings, f"{page.name}: #{anchor} names no heading of the page"

@@ -204,6 +204,7 @@ async def terminal(
     heartbeat_interval: float = 60.0,
     request_timeout: float = 10.0,
     device: str = "default",
+    web_port: int | None = None,
 ) -> AsyncIterator[tuple[FakeConsole, anyio.Event]]:
     """Runs a Terminal against ``server``; the event it yields is set when the terminal ends.
 
@@ -222,6 +223,7 @@ async def terminal(
             backoff_max=0.2,
             request_timeout=request_timeout,
             device=device,
+            web_port=web_port,
         )
         await shell.run()
         done.set()
@@ -1172,3 +1174,29 @@ def test_what_another_member_did_to_you_is_said_in_words() -> None:
     )
     muted = describe(event("muted", 1, 2, 1796420976810), {}, 1)
     assert muted is not None and muted.startswith("group[3] you are muted until 2026-")
+
+
+async def test_sendfile_without_a_web_port_or_a_file_says_so_and_the_terminal_goes_on(
+    tmp_path: Any,
+) -> None:
+    """QA: `sendfile:2:PATH` without --web-port (a ValueError), of a path that is not there
+    (FileNotFoundError) or of a folder (aiohttp's OSError) ended the terminal client with a
+    traceback. Each is now a one-line hint, nothing is asked of the server, and the next
+    command works."""
+    (tmp_path / "report.txt").write_text("x")
+    server = FakeServer()
+    async with terminal(server) as (console, _):
+        console.type("1", "alice", "pw", f"sendfile:2:{tmp_path / 'report.txt'}")
+        hint = await console.shows("sendfile:")
+        assert "--web-port" in hint, hint
+        console.type("chat:2:still here")
+        assert (await server.received(6))[0]["msg"] == "still here"
+    server = FakeServer()
+    async with terminal(server, web_port=9) as (console, _):
+        console.type("1", "alice", "pw", f"sendfile:2:{tmp_path / 'missing.txt'}",
+                     f"gsendfile:3:{tmp_path}", "chat:2:still here")
+        assert (await server.received(6))[0]["msg"] == "still here"
+        assert f"sendfile: {tmp_path / 'missing.txt'} is no file: give the path of a file" in (
+            console.shown)
+        assert f"gsendfile: {tmp_path} is a folder: give the path of a file" in console.shown
+    assert not [frame for frame in server.requests if frame["msgid"] == 33]

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from anyio.abc import TaskStatus
 
@@ -31,6 +32,27 @@ WEBSOCKET_PATH = "/ws"
 _library_log = logging.getLogger("chatserver.web.aiohttp")
 if _library_log.level == logging.NOTSET:
     _library_log.setLevel(logging.WARNING)
+
+
+class _ClientMistakes(logging.Filter):
+    """aiohttp logs a request it cannot parse (bad chunked encoding, a header line too long)
+    at ERROR with a traceback: any client could fill the log, 15 lines a request. Such a
+    request is the client's mistake, answered 400 by aiohttp: it becomes one line, within the
+    budget of refusals."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        if REFUSAL_LOG.allow():
+            # aiohttp's line is "Error handling request from %s", the peer's address.
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            log.warning("refusing %s: a malformed HTTP request: %s%s", peer,
+                        " ".join(str(error.message).split()), REFUSAL_LOG.skipped())
+        return False
+
+
+_library_log.addFilter(_ClientMistakes())
 
 # The page fetches nothing from elsewhere and runs no inline script.
 _PAGE_HEADERS = {

@@ -676,6 +676,10 @@ class Terminal:
             self.console.show(f"{what}: the connection was lost before the server answered")
         except NotConnected:
             self.console.show(self._not_connected(what))
+        except OSError as error:  # a file that could not be read or written
+            if isinstance(error, ConnectionError):
+                raise  # the chat connection itself: the terminal reconnects
+            self.console.show(f"{what}: {error.strerror or error}")
 
     def _show(self, event: Event) -> None:
         self._learn(event)
@@ -805,16 +809,38 @@ def _local(path: str) -> str:
     return os.path.expanduser(path)
 
 
+def _needs_web_port(terminal: Terminal, command: str) -> None:
+    if terminal.web_port is None:
+        raise BadInput(f"{command}: files go over the server's web port: start the client "
+                       "with --web-port PORT (the server's --ws-port)")
+
+
+async def _file_to_send(terminal: Terminal, command: str, path: str) -> str:
+    """The local file to upload; BadInput, before anything is asked of the server, when there
+    is none (a missing path, a folder) or no web port to send it through."""
+    _needs_web_port(terminal, command)
+    local = _local(path)
+    try:
+        if not await anyio.Path(local).is_file():
+            what = "a folder" if await anyio.Path(local).is_dir() else "no file"
+            raise BadInput(f"{command}: {path} is {what}: give the path of a file")
+    except OSError as error:
+        raise BadInput(f"{command}: cannot read {path}: {error.strerror or error}") from None
+    return local
+
+
 async def _send_file(terminal: Terminal, to_id: int, path: str) -> None:
+    local = await _file_to_send(terminal, "sendfile", path)
     sent = await terminal.connected_client().send_file(
-        _local(path), to_id=to_id, progress=_Progress(terminal)
+        local, to_id=to_id, progress=_Progress(terminal)
     )
     terminal.sent(sent.msg_id, sent.pos)
 
 
 async def _send_group_file(terminal: Terminal, group_id: int, path: str) -> None:
+    local = await _file_to_send(terminal, "gsendfile", path)
     sent = await terminal.connected_client().send_file(
-        _local(path), group_id=group_id, progress=_Progress(terminal)
+        local, group_id=group_id, progress=_Progress(terminal)
     )
     terminal.sent(sent.msg_id, sent.pos)
 
@@ -824,6 +850,7 @@ async def _download(terminal: Terminal, msg_id: int, directory: str) -> None:
     if attached is None:
         terminal.console.show(f"message {msg_id} has no file this terminal has shown")
         return
+    _needs_web_port(terminal, "download")
     saved = await terminal.connected_client().download(
         attached, _local(directory or "."), progress=_Progress(terminal)
     )
