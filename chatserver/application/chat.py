@@ -120,7 +120,7 @@ def send_direct_message_joining(
         and not node.strangers.known_contact(me.id, recipient_id, node.clock.now_ms() / 1000)
     ):
         return False  # checked by send_direct_message
-    msg_id = node.message_ids.take()
+    msg_id = node.message_ids.take() if lead is None else node.message_ids.take_ahead(lead)
     if msg_id is None:
         return False
     if not gathering:  # lead is not None
