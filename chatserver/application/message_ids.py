@@ -67,7 +67,7 @@ class MessageIdAllocator:
         try:
             await self._reserve()
         except Exception as error:
-            log.warning("reserving message ids ahead of need failed: %r", error)
+            log.info("reserving message ids ahead of need failed: %r", error)
 
     async def next(self) -> int:
         while self._next >= self._end:
