@@ -20,6 +20,7 @@ from chatserver.domain.messages import Delivery, DirectMessage, GroupMessage
 
 if TYPE_CHECKING:
     from chatserver.application.connection import Connection
+    from chatserver.application.sessions import Session
 
 log = logging.getLogger("chatserver.chat")
 
@@ -104,64 +105,75 @@ def send_direct_message_joining(
     node = connection.node
     turns = connection.turns
     writer = node.writer
+    gathering = writer.gathering
     if (
         turns.issued != turns.passed
-        or (lead is None and not writer.gathering)
+        or (lead is None and not gathering)
         or node.before_send is not None  # the hook is awaited: send_direct_message does it
         or command.file_id is not None  # the file is looked up: send_direct_message does it
     ):
         return False
     session = connection.require_session()
-    if command.recipient_id in session.blocked_by:
-        return False  # refused by send_direct_message
     recipient_id = command.recipient_id
+    if recipient_id in session.blocked_by:
+        return False  # refused by send_direct_message
+    me = session.user
     if (
         recipient_id not in session.friend_ids
         and not node.sessions.of(recipient_id)
-        and not node.strangers.known_contact(
-            session.user.id, recipient_id, node.clock.now_ms() / 1000
-        )
+        and not node.strangers.known_contact(me.id, recipient_id, node.clock.now_ms() / 1000)
     ):
         return False  # checked by send_direct_message
-    msg_id = node.message_ids.take()
+    msg_id = node.message_ids.take() if lead is None else node.message_ids.take_ahead(lead)
     if msg_id is None:
         return False
-    if lead is not None and not writer.gathering:
+    if not gathering:  # lead is not None
         leading = writer.open_batch()
-        assert leading is not None
+        assert leading is not None and lead is not None
         lead(leading)
-    me = session.user
     message = DirectMessage(
-        msg_id=msg_id,
-        sender_id=me.id,
-        sender_name=me.name,
-        recipient_id=recipient_id,
-        text=command.text,
-        sent_at_ms=node.clock.now_ms(),
+        msg_id, me.id, me.name, recipient_id, command.text, node.clock.now_ms()
     )
     entries: list[tuple[int, Delivery]]
     if recipient_id == me.id:  # a message to yourself takes one pos
-        own_index, check_user, entries = 0, None, [(me.id, message)]
+        own_index, check_user, entries = 0, None, [(recipient_id, message)]
     else:
         own_index, check_user = 1, recipient_id
         entries = [(recipient_id, message), (me.id, message)]
-
-    def delivered(outcome: list[int] | ChatError) -> Coroutine[Any, Any, None] | None:
-        if isinstance(outcome, ChatError):
-            answer(outcome)
-            return None
-        own_pos = outcome[own_index]
-        if session.has_reached(own_pos):
-            answer(MessageAccepted(msg_id, pos=own_pos))
-            return None
-        return reached(own_pos)
-
-    async def reached(own_pos: int) -> None:
-        await session.reached(own_pos)
-        answer(MessageAccepted(msg_id, pos=own_pos))
-
-    node.router.deliver(entries, own=session, check_user=check_user, then=delivered)
+    node.router.deliver(
+        entries, own=session, check_user=check_user,
+        then=_Accepting(answer, session, msg_id, own_index),
+    )
     return True
+
+
+class _Accepting:
+    """What a chat that joined a batch does once its batch is committed (Router.deliver's
+    then): answer with its msg_id and its pos in the sender's inbox, once the session has had
+    every push before that pos. One object per chat, instead of a closure for each step."""
+
+    __slots__ = ("answer", "msg_id", "own_index", "session")
+
+    def __init__(self, answer: Answer, session: Session, msg_id: int, own_index: int) -> None:
+        self.answer = answer
+        self.session = session
+        self.msg_id = msg_id
+        self.own_index = own_index
+
+    def __call__(self, outcome: list[int] | ChatError) -> Coroutine[Any, Any, None] | None:
+        if isinstance(outcome, ChatError):
+            self.answer(outcome)
+            return None
+        own_pos = outcome[self.own_index]
+        next_pos = self.session.next_pos  # Session.has_reached, inline: once per chat
+        if next_pos is None or next_pos > own_pos:
+            self.answer(MessageAccepted(self.msg_id, pos=own_pos))
+            return None
+        return self._reached(own_pos)
+
+    async def _reached(self, own_pos: int) -> None:
+        await self.session.reached(own_pos)
+        self.answer(MessageAccepted(self.msg_id, pos=own_pos))
 
 
 async def send_group_message(

@@ -238,6 +238,7 @@ class InboxWriter:
         if self.observe is not None:
             self.observe(len(positions))
         start = 0
+        known = self._known
         for write in batch.writes:
             if write.error is not None:
                 if write.then is not None:
@@ -246,8 +247,9 @@ class InboxWriter:
             end = start + len(write.entries)
             write.positions = positions[start:end]
             start = end
-            if write.check_user is not None:
-                self.known(write.check_user)
+            check_user = write.check_user
+            if check_user is not None and check_user not in known:
+                self.known(check_user)
             try:
                 self.committed(write)
             except Exception:

@@ -1,12 +1,17 @@
 """Message ids handed out from blocks reserved in the store, so most messages cost no round trip."""
 
 import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 from attrs import define, field
 
 from chatserver.domain.errors import Unavailable
 from chatserver.domain.ports import Transaction, UnitOfWork
+
+log = logging.getLogger("chatserver.message_ids")
 
 # How far blocks may grow past block_size when senders keep running out (see _reserve).
 MAX_GROWTH = 64
@@ -39,6 +44,30 @@ class MessageIdAllocator:
             return None
         self._next = msg_id + 1
         return msg_id
+
+    def take_ahead(self, run: Callable[[Coroutine[Any, Any, None]], None]) -> int | None:
+        """take(), also when the id taken is the one that starts the next block's reservation:
+        the reservation is then handed to run (which starts it in a task of its own) instead of
+        being awaited by the sender, so the chat that took the middle id is not held up (nor
+        the chats behind it on its connection). None when no id is at hand."""
+        if self._next >= self._end:
+            if self._spare is None:
+                return None
+            self._use(*self._spare)  # as next() does
+            self._spare = None
+        msg_id = self._next
+        self._next = msg_id + 1
+        if self._next == self._middle and self._spare is None and self._reserving is None:
+            run(self._reserve_ahead())
+        return msg_id
+
+    async def _reserve_ahead(self) -> None:
+        # If the store is down now (or the node stopping), the sender that runs out tries
+        # again (next()) and is told.
+        try:
+            await self._reserve()
+        except Exception as error:
+            log.info("reserving message ids ahead of need failed: %r", error)
 
     async def next(self) -> int:
         while self._next >= self._end:

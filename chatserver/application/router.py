@@ -178,11 +178,13 @@ class Router:
         for (user_id, delivery), pos in zip(write.entries, write.positions, strict=True):
             sessions = by_user.get(user_id)
             if sessions:
-                kept = Kept(pos, delivery)
+                kept = None  # made for the first session that is pushed it (not the sender's)
                 for session in sessions.values():
                     if session is own:
                         session.own(pos)
                     else:
+                        if kept is None:
+                            kept = Kept(pos, delivery)
                         session.push(kept)
                         local += 1
         if local:

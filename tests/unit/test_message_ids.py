@@ -2,7 +2,7 @@
 reservation, and the next block is reserved before the current one runs out."""
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import pytest
@@ -100,3 +100,38 @@ async def test_blocks_grow_when_senders_run_out_while_one_is_being_reserved() ->
     # Blocks of 10 would take 20 transactions for these 200 ids; larger ones take fewer.
     assert uow.transactions - reserved <= 5
     assert len(set(got)) == 240 and got[40:] == sorted(got[40:])
+
+
+async def test_take_ahead_hands_the_next_blocks_reservation_to_a_task_instead_of_waiting() -> None:
+    """The chat that takes a block's middle id is not held up: it gets its id at once, and the
+    reservation of the next block runs in a task of its own; the spare block is used once the
+    current one is used up, still without waiting."""
+    uow = SlowCountingUnitOfWork()
+    ids = MessageIdAllocator(uow, block_size=10)
+    first = await ids.next()
+    assert uow.transactions == 1
+    started: list[object] = []
+    async with anyio.create_task_group() as tg:
+
+        def run(reserving: Any) -> None:
+            started.append(reserving)
+            tg.start_soon(lambda: reserving)
+
+        taken = [ids.take_ahead(run) for _ in range(9)]  # the rest of the block: no waiting
+        assert taken == list(range(first + 1, first + 10))
+        assert len(started) == 1  # the middle id started one reservation, and only one
+        assert ids.take_ahead(run) is None  # used up, the spare not there yet: next() waits
+    # The reservation has landed: the spare block's ids come without waiting, in order.
+    following = ids.take_ahead(run)
+    assert following is not None and following > taken[-1]
+    assert ids.take_ahead(run) == following + 1 and uow.transactions == 2
+
+
+async def test_a_reservation_ahead_that_fails_fails_no_message() -> None:
+    ids = MessageIdAllocator(FailingUnitOfWork(), block_size=10)
+    await ids.next()
+    async with anyio.create_task_group() as tg:
+        got = [ids.take_ahead(lambda c: tg.start_soon(lambda: c)) for _ in range(9)]
+    assert None not in got and len(set(got)) == 9
+    with pytest.raises(Unavailable):
+        await ids.next()  # out of ids: now the failure is the sender's

@@ -31,7 +31,7 @@ from chatserver.adapters.wire.codec import (
 from chatserver.adapters.wire.errors import BAD_REQUEST, errno_and_message
 from chatserver.application.commands import Read, Receipt, SendDirectMessage, SendGroupMessage
 from chatserver.application.connection import Connection
-from chatserver.application.results import LoggedIn, Result
+from chatserver.application.results import LoggedIn, MessageAccepted, Result
 from chatserver.domain.errors import ChatError, RateLimited, Unavailable
 from chatserver.domain.messages import Event
 
@@ -88,14 +88,24 @@ IN_FLIGHT_LIMIT = 64
 
 
 class _Slot:
-    """One request in flight: its replies wait here until every earlier one's have gone."""
+    """One request in flight: its replies wait here until every earlier one's have gone.
+    A request that joins an inbox batch is answered by calling its slot (the batch's
+    writer does, after the commit): one object per chat, no closure."""
 
-    __slots__ = ("done", "replies", "task")
+    __slots__ = ("done", "replies", "request", "serving", "started", "task")
 
     def __init__(self) -> None:
         self.done = False
         self.replies: list[bytes] = []
         self.task: Any = None  # the transport's handle on the task serving it, kept alive
+        self.serving: RequestServing | None = None
+        self.request: Request | None = None
+        self.started = 0.0
+
+    def __call__(self, outcome: Result | ChatError) -> None:
+        serving, request = self.serving, self.request
+        assert serving is not None and request is not None
+        serving._answer_joined(self, request, self.started, outcome)
 
 
 class RequestServing:
@@ -250,11 +260,10 @@ class RequestServing:
         """Serve a PIPELINED request: joining the inbox batch being gathered when it can (no
         task: answered by that batch's writer after the commit), else in a task of its own."""
         if not self._unstarted:  # else an earlier chat might still take its place after this
+            slot.serving, slot.request, slot.started = self, request, started
             try:
                 joined = self.connection.handle_joining(
-                    request.command, request.claimed_id,
-                    lambda outcome: self._answer_joined(slot, request, started, outcome),
-                    self._lead)
+                    request.command, request.claimed_id, slot, self._lead)
             except ChatError as error:
                 self._answering = slot
                 self._failed(request, error, started)
@@ -275,6 +284,14 @@ class RequestServing:
     def _answer_joined(self, slot: _Slot, request: Request, started: float,
                        outcome: Result | ChatError) -> None:
         """A request that joined a batch is answered (called by that batch's writer)."""
+        if type(outcome) is MessageAccepted:  # the common case, _answer without its turns
+            try:
+                slot.replies += encode_result(request, outcome, self.dialect)
+                if self.metrics is not None:
+                    self.metrics.request(request.msgid, 0, time.perf_counter() - started)
+            finally:
+                self._slot_answered(slot)
+            return
         self._answering = slot
         try:
             if isinstance(outcome, ChatError):
