@@ -94,10 +94,7 @@ class TcpClient(StreamingClient):
         if core.closing is not None:
             self._verdict()
             return False
-        if core.address != self.address:
-            log.debug("connection from %s through %s", core.peer, self.peer)
-        self.peer, self.address = core.peer, core.address
-        self.connection.address = core.address
+        self._proxied()
         return True
 
     async def _read_loop(self) -> None:
