@@ -10,12 +10,8 @@ from anyio.streams.tls import TLSStream
 
 from chatserver.adapters.serving.admission import Admission, Ticket
 from chatserver.adapters.serving.requests import log_out_everyone
-from chatserver.adapters.serving.settings import (
-    TOO_MANY_CONNECTIONS,
-    ListenerSettings,
-    peer_and_host,
-)
-from chatserver.adapters.tcp.connection import TcpClient
+from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, ListenerSettings
+from chatserver.adapters.tcp.connection import TcpClient, stream_peer
 
 log = logging.getLogger("chatserver.tcp")
 
@@ -59,7 +55,7 @@ class TcpServer(ListenerSettings):
         await log_out_everyone(self.clients, self.limits.request_grace_seconds)
 
     async def _serve_client(self, stream: ByteStream) -> None:
-        ticket = Ticket(*_peer(stream))
+        ticket = Ticket(*stream_peer(stream))
         try:
             if self.tls is not None:
                 # Counted before its TLS handshake: a client cannot hold more descriptors by
@@ -109,10 +105,3 @@ class TcpServer(ListenerSettings):
             await client.run()
         finally:
             self.clients.discard(client)
-
-
-def _peer(stream: ByteStream) -> tuple[str, str]:
-    try:
-        return peer_and_host(stream.extra(anyio.abc.SocketAttribute.remote_address))
-    except (anyio.TypedAttributeLookupError, TypeError, IndexError):
-        return "?", "?"
