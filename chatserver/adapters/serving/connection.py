@@ -13,7 +13,12 @@ from typing import Any
 
 import anyio
 
-from chatserver.adapters.connection_core import ConnectionCore, Refused, TransportLimits
+from chatserver.adapters.connection_core import (
+    CLOSED_BY_SERVER,
+    ConnectionCore,
+    Refused,
+    TransportLimits,
+)
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.proxy_header import TrustedProxies
 from chatserver.adapters.serving.outbox import OutputQueue
@@ -85,6 +90,17 @@ class ServedConnection(RequestServing):
 
     def after_flush(self, callback: Callback) -> None:
         raise NotImplementedError
+
+    def close(self, reason: str = CLOSED_BY_SERVER) -> None:
+        """End the connection at once: what is unsent is dropped, the session ends."""
+        if self._closed:
+            return
+        self._abort(reason)
+        self._closing = self._closed = True
+        self._closed_now()
+
+    def _closed_now(self) -> None:
+        """close(): stop reading and writing (the driver's way)."""
 
     # Reading.
 

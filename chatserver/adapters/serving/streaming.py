@@ -10,12 +10,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from chatserver.adapters.connection_core import CLOSED_BY_SERVER, Refused, TransportLimits
+from chatserver.adapters.connection_core import Refused, TransportLimits
 from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.proxy_header import TrustedProxies
 from chatserver.adapters.serving.connection import ServedConnection
 from chatserver.adapters.serving.outbox import run_callbacks
 from chatserver.adapters.serving.requests import Callback
+from chatserver.adapters.serving.settings import ConnectionsPerAddress
 from chatserver.application.node import Node
 
 log = logging.getLogger("chatserver.tcp")
@@ -64,12 +65,7 @@ class StreamingClient(ServedConnection):
         self.out.callbacks.append(callback)
         self._wake.set()
 
-    def close(self, reason: str = CLOSED_BY_SERVER) -> None:
-        """End the connection at once: what is unsent is dropped, the session ends."""
-        if self._closed:
-            return
-        self._abort(reason)
-        self._closing = self._closed = True
+    def _closed_now(self) -> None:
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
@@ -92,6 +88,15 @@ class StreamingClient(ServedConnection):
         self._released.set()
 
     # The loops.
+
+    async def serve_among(self, clients: "set[Any]", per_address: ConnectionsPerAddress) -> None:
+        """Serve this client, counted by its listener's address count, in clients meanwhile."""
+        self.per_address = per_address
+        clients.add(self)
+        try:
+            await self.run()
+        finally:
+            clients.discard(self)
 
     async def run(self) -> None:
         try:

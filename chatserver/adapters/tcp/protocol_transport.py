@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-from chatserver.adapters.connection_core import CLOSED_BY_SERVER, ConnectionCore, Refused
+from chatserver.adapters.connection_core import ConnectionCore, Refused
 from chatserver.adapters.serving.admission import Ticket
 from chatserver.adapters.serving.connection import ServedConnection, log
 from chatserver.adapters.serving.requests import Callback
@@ -74,12 +74,7 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         self.out.callbacks.append(callback)
         self._flush_soon()
 
-    def close(self, reason: str = CLOSED_BY_SERVER) -> None:
-        """End the connection at once: what is unsent is dropped, the session ends."""
-        if self._closed:
-            return
-        self._abort(reason)
-        self._closing = self._closed = True
+    def _closed_now(self) -> None:
         self.out.drop()
         self._stop_reading()
         self._wake()

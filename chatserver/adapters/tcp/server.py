@@ -99,9 +99,4 @@ class TcpServer(ListenerSettings):
                 await stream.send(TOO_MANY_CONNECTIONS)
             await stream.aclose()
             return
-        client.per_address = self.per_address
-        self.clients.add(client)
-        try:
-            await client.run()
-        finally:
-            self.clients.discard(client)
+        await client.serve_among(self.clients, self.per_address)
