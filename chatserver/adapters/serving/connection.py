@@ -86,7 +86,8 @@ class ServedConnection(RequestServing):
     # The Outbox port (push: RequestServing's).
 
     def _unsent(self) -> int:
-        return self.out.unsent
+        out = self.out  # OutputQueue.unsent, without the property's call: once per push
+        return out.queued + out.held
 
     def after_flush(self, callback: Callback) -> None:
         raise NotImplementedError

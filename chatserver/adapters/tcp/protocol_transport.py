@@ -391,7 +391,8 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
 
     def _flush_now(self) -> None:
         out = self.out
-        frames, callbacks = out.take()
+        frames, callbacks = out.frames, out.callbacks  # out.take(), inline: once per write
+        out.frames, out.queued, out.callbacks = [], 0, []
         transport = self.transport
         if transport is None or self._lost or (frames and self._closed):
             out.written += callbacks
