@@ -46,17 +46,11 @@ class TcpClient(StreamingClient):
     to the core, the frames it hands out are served in order, replies and pushes are joined
     into one write."""
 
-    def __init__(
-        self,
-        stream: ByteStream,
-        node: Node,
-        limits: TransportLimits,
-        metrics: PrometheusMetrics | None = None,
-        trusted: TrustedProxies | None = None,
-    ) -> None:
+    def __init__(self, stream: ByteStream, node: Node, limits: TransportLimits,
+                 metrics: PrometheusMetrics | None = None,
+                 trusted: TrustedProxies | None = None) -> None:
         self.stream = stream
-        peer, address = _peer(stream)
-        super().__init__(node, limits, metrics, peer, address, trusted)
+        super().__init__(node, limits, metrics, *stream_peer(stream), trusted)
         self._early: list[bytes | Refused] = []  # frames that came with the PROXY header
         with contextlib.suppress(anyio.TypedAttributeLookupError):
             set_keepalive(stream.extra(anyio.abc.SocketAttribute.raw_socket))
@@ -94,10 +88,7 @@ class TcpClient(StreamingClient):
         if core.closing is not None:
             self._verdict()
             return False
-        if core.address != self.address:
-            log.debug("connection from %s through %s", core.peer, self.peer)
-        self.peer, self.address = core.peer, core.address
-        self.connection.address = core.address
+        self._proxied()
         return True
 
     async def _read_loop(self) -> None:
@@ -114,9 +105,9 @@ class TcpClient(StreamingClient):
             return None
 
 
-
-def _peer(stream: ByteStream) -> tuple[str, str]:
+def stream_peer(stream: ByteStream) -> tuple[str, str]:
+    """The client's host:port for logs, and its host for limits per address."""
     try:
         return peer_and_host(stream.extra(anyio.abc.SocketAttribute.remote_address))
-    except anyio.TypedAttributeLookupError:
+    except (anyio.TypedAttributeLookupError, TypeError, IndexError):
         return "?", "?"

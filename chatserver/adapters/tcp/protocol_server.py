@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from chatserver.adapters.serving.admission import Admission
 from chatserver.adapters.serving.requests import log_out_everyone
 from chatserver.adapters.serving.settings import ListenerSettings
 from chatserver.adapters.tcp.protocol_transport import ProtocolClient
@@ -33,8 +34,7 @@ class ProtocolServer(ListenerSettings):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._open: set[ProtocolClient] = set()
-        # Accepted, not yet clients: in their TLS handshake, or waiting for a PROXY header.
-        self._pending: set[ProtocolClient] = set()
+        self.admission = Admission(self.per_address, limits.pending_connections)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -101,34 +101,14 @@ class ProtocolServer(ListenerSettings):
         return client
 
     def admit(self, client: ProtocolClient) -> bool:
-        """Count the client against its address (unless it was while pending); False if that
-        address has too many."""
-        self._pending.discard(client)
-        if not client.counted:
-            if not self.per_address.admit(client.address):
-                return False
-            client.counted = True
-        self.clients.add(client)
-        return True
-
-    def admit_pending(self, client: ProtocolClient, *, count_address: bool) -> bool:
-        """A connection that is not yet a client (TLS handshake, PROXY header to come): count
-        it against the cap on such connections and, unless its address is still to be learnt
-        from a proxy, against its address. False if either is full."""
-        if len(self._pending) >= self.limits.pending_connections:
+        """Count the client against its address (unless it was while pending); False (and
+        logged) if that address has too many."""
+        if not self.admission.admit(client.ticket):
             return False
-        if count_address:
-            if not self.per_address.admit(client.address):
-                return False
-            client.counted = True
-        self._pending.add(client)
+        self.clients.add(client)
         return True
 
     def _forget(self, client: ProtocolClient) -> None:
         self._open.discard(client)
-        self._pending.discard(client)
         self.clients.discard(client)
-        if client.counted:
-            client.counted = False
-            self.per_address.leave(client.address)
-
+        self.admission.leave(client.ticket)

@@ -1,126 +1,59 @@
-"""The TCP transport on asyncio Protocols: one connection, driving its ConnectionCore (the
-listener is protocol_server.py).
-
-Bytes arrive in ``buffer_updated`` (into one receive buffer shared by the whole server: the
-loop hands it out and takes it back within one callback) and go to the connection's
-``ConnectionCore``, which cuts them into frames and says when the connection is to end and why.
-Frames are served right there when they need not wait (most chats join the inbox batch being
-gathered, without a task); the first that must wait, and every frame behind it, go to the
-connection's task, an ordinary asyncio task that awaits them in order. Output is appended to a
-list and written with one ``transport.write`` per connection per loop iteration. Silence is
-watched by one timer per connection, re-armed only when it fires. Public asyncio API only.
-
-Runs inside ``anyio.run`` on the asyncio backend (with or without uvloop).
-"""
+"""The TCP transport on asyncio Protocols: one connection, a ServedConnection fed by the event
+loop's callbacks (the listener is protocol_server.py). Bytes arrive in buffer_updated (into
+the server's one receive buffer) and go to the ConnectionCore; the frames it hands out are
+served right there until one must wait (most chats join the inbox batch being gathered), the
+rest by the connection's task, started when first needed. Output waits in the OutputQueue for
+one transport.write per connection per loop iteration; silence is watched by one call_at timer,
+re-armed only when it fires. Public asyncio API only; runs inside anyio.run on asyncio."""
 
 import asyncio
 import contextlib
-import logging
 import math
 import ssl
-from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from chatserver.adapters.connection_core import (
-    CLOSED_BY_SERVER,
-    ConnectionCore,
-    Refused,
-    TransportLimits,
-)
-from chatserver.adapters.metrics import PrometheusMetrics
-from chatserver.adapters.proxy_header import TrustedProxies
-from chatserver.adapters.serving.requests import (
-    REFUSAL_LOG,
-    Callback,
-    RequestServing,
-)
-from chatserver.adapters.serving.settings import (
-    TOO_MANY_CONNECTIONS,
-    ConnectionsPerAddress,
-    peer_and_host,
-)
+from chatserver.adapters.connection_core import ConnectionCore, Refused
+from chatserver.adapters.serving.admission import Ticket
+from chatserver.adapters.serving.connection import ServedConnection, log
+from chatserver.adapters.serving.requests import Callback
+from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, peer_and_host
 from chatserver.adapters.tcp.connection import set_keepalive
-from chatserver.adapters.wire.codec import Dialect
-from chatserver.application.connection import Connection
-from chatserver.application.node import Node
 
-log = logging.getLogger("chatserver.tcp")
+if TYPE_CHECKING:
+    from chatserver.adapters.tcp.protocol_server import ProtocolServer
 
 # Frames read but not yet handled past which the client is not read from (a slow request).
 _QUEUED_FRAMES_LIMIT = 256
 
 
-class Listener(Protocol):
-    """What a ProtocolClient needs of its server (protocol_server.ProtocolServer)."""
-
-    node: Node
-    limits: TransportLimits
-    metrics: PrometheusMetrics | None
-    trusted: TrustedProxies
-    tls: ssl.SSLContext | None
-    shutting_down: bool
-    receive_buffer: memoryview
-    per_address: ConnectionsPerAddress
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-
-    def admit(self, client: "ProtocolClient") -> bool: ...
-
-    def admit_pending(self, client: "ProtocolClient", *, count_address: bool) -> bool: ...
-
-    def flush_soon(self, client: "ProtocolClient") -> None: ...
-
-    def run_batch(self, leading: Coroutine[Any, Any, None]) -> None: ...
+def _settle(future: "asyncio.Future[None] | None") -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
-class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
-    """Outbox of one TCP client, fed by the event loop's callbacks."""
+class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
+    """One TCP client, driven by the event loop's callbacks."""
 
-    def __init__(self, server: Listener) -> None:
+    def __init__(self, server: "ProtocolServer") -> None:
         self.server = server
-        self.limits = limits = server.limits
-        self.metrics = server.metrics
-        self.loop = server.loop
+        self.loop = loop = server.loop
+        super().__init__(server.node, server.limits, server.metrics, "?", "?", loop.time())
+        self.per_address, self.ticket = server.per_address, Ticket("?", "?")
         self.transport: asyncio.Transport | None = None
-        self.peer = self.address = "?"
-        self.core = ConnectionCore(limits, "?", "?", self.loop.time())  # until the peer is known
-        self.connection = Connection(server.node, self, self.address)
-        self._refused = 0
-        self.dialect = Dialect.MODERN
-        # Output not yet handed to the transport, and whether the server will hand it over.
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._flush_wanted = False
-        # Bytes the transport held after our last write (an upper bound until it drains).
-        self._buffered = 0
-        self._callbacks: list[Callback] = []  # wait for the next write
-        self._written_callbacks: list[Callback] = []  # written, wait for the buffer to drain
-        self._ready_callbacks: deque[Callback] = deque()
-        self._callback_task: asyncio.Task[None] | None = None
+        self._flush_wanted = False  # the server will write this connection's output
+        self._callback_task: asyncio.Task[None] | None = None  # runs out.ready
         self._drain_waiters: list[asyncio.Future[None]] = []
-        # Frames for the connection's task (it is started when first needed), and the rest of
-        # a request begun in the read callback that has to wait.
-        self._frames: deque[bytes | Refused] = deque()
-        self._waiting: Coroutine[Any, Any, None] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None  # the connection's task
         self._wakeup: asyncio.Future[None] | None = None
-        self._busy = False  # the task is awaiting a request
         self._tasks: set[asyncio.Task[None]] = set()  # pipelined requests' (RequestServing)
-        self._closing = False  # no more requests are read
-        self._closed = False  # nothing more is written (close(): what is unsent is dropped)
         self._lost = False  # the socket is gone
-        self._shutting_down = False
         self._released: asyncio.Future[None] | None = None
         self._reading = True
-        self._backlogged = False
         self._registered = False
-        self.counted = False  # against its address, in the server's per_address
         self._timer: asyncio.TimerHandle | None = None
-        self._requests_done = self.loop.create_future()  # the worker left its loop
-        self.done = self.loop.create_future()
-        self._start_serving()
+        self._requests_done = loop.create_future()  # the worker left its loop
+        self.done = loop.create_future()
 
     def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]],
                *args: Any) -> "asyncio.Task[None]":
@@ -132,30 +65,21 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     def _lead(self, leading: Coroutine[Any, Any, None]) -> None:
         self.server.run_batch(leading)
 
-    # The Outbox port (push: RequestServing's).
+    def _now(self) -> float:
+        return self.loop.time()
 
-    def _unsent(self) -> int:
-        return self._out_bytes + self._buffered
+    # The Outbox port (push: RequestServing's), and server shutdown.
 
     def after_flush(self, callback: Callback) -> None:
-        self._callbacks.append(callback)
+        self.out.callbacks.append(callback)
         self._flush_soon()
 
-    def close(self, reason: str = CLOSED_BY_SERVER) -> None:
-        """End the connection at once: what is unsent is dropped, the session ends."""
-        if self._closed:
-            return
-        self._abort(reason)
-        self._closing = self._closed = True
-        self._out.clear()
-        self._out_bytes = 0
+    def _closed_now(self) -> None:
+        self.out.drop()
         self._stop_reading()
         self._wake()
         for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    # Server shutdown.
+            _settle(waiter)
 
     def stop_reading(self) -> None:
         """Take no more requests; stay open until release() to hear the rest."""
@@ -174,8 +98,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         """Everyone is logged out: send what is queued and close."""
         if self._released is None:
             self._released = self.loop.create_future()
-        if not self._released.done():
-            self._released.set_result(None)
+        _settle(self._released)
 
     # asyncio.BufferedProtocol.
 
@@ -184,35 +107,30 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         self.peer, self.address = peer_and_host(transport.get_extra_info("peername"))
         self.connection.address = self.address
+        self.ticket = Ticket(self.peer, self.address)
         server = self.server
         self.core = core = ConnectionCore(self.limits, self.peer, self.address,
                                           self.loop.time(), server.trusted)
         set_keepalive(transport.get_extra_info("socket"))
         if server.tls is not None:
-            # Counted from now on, against its address and the cap on handshakes in progress:
-            # a client cannot hold more descriptors by never finishing its handshake.
-            if not server.admit_pending(self, count_address=True):
-                self._refuse_pending(transport, "TLS handshake")
-                return
-            transport.pause_reading()
-            self._spawn(self._start_tls, transport, server.tls)
+            if self._admit_pending("TLS handshake", count_address=True):
+                transport.pause_reading()
+                self._spawn(self._start_tls, transport, server.tls)
         elif core.closing is not None:  # --proxy-protocol, and not from a trusted proxy
             self._abort_unopened()
         elif core.awaiting_proxy_header:
-            if not server.admit_pending(self, count_address=False):
-                self._refuse_pending(transport, "PROXY header")
-                return
-            self._arm_timer()
+            if self._admit_pending("PROXY header", count_address=False):
+                self._arm_timer()
         else:
             self._open()
 
-    def _refuse_pending(self, transport: asyncio.Transport, waiting_for: str) -> None:
-        if REFUSAL_LOG.allow():
-            log.warning("refusing %s: too many connections from there or waiting for a %s "
-                        "(%d at most)%s", self.peer, waiting_for,
-                        self.limits.pending_connections, REFUSAL_LOG.skipped())
+    def _admit_pending(self, waiting_for: str, *, count_address: bool) -> bool:
+        if self.server.admission.admit_pending(self.ticket, waiting_for,
+                                               count_address=count_address):
+            return True
         self.core.close(f"too many connections waiting for a {waiting_for}", abort=True)
         self._abort_unopened(logged=True)
+        return False
 
     def _abort_unopened(self, logged: bool = False) -> None:
         """Never a client (not a trusted proxy, no valid PROXY header, too many): drop it."""
@@ -222,8 +140,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self._lost = self._closed = self._closing = True
         if self.transport is not None:
             self.transport.abort()
-        if not self.done.done():
-            self.done.set_result(None)
+        _settle(self.done)
 
     async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
         try:
@@ -232,16 +149,14 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             )
         except (TimeoutError, OSError, ssl.SSLError, EOFError) as error:
             log.info("TLS handshake failed: %s", error or type(error).__name__)
-            transport.abort()
+            tls = None
             self._lost = self._closed = True
-            self.done.set_result(None)
-            return
         except asyncio.CancelledError:
             transport.abort()
             raise
-        if tls is None:  # the client went away during the handshake
+        if tls is None:  # failed, or the client went away during the handshake
             transport.abort()
-            self.done.set_result(None)
+            _settle(self.done)
             return
         self.transport = tls
         self._open()
@@ -249,14 +164,13 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     def _open(self) -> None:
         transport = self.transport
         assert transport is not None
+        if not self.ticket.counted:
+            self.ticket.peer, self.ticket.address = self.peer, self.address
         if not self.server.admit(self):
-            log.warning("refusing %s: already %d connections from there", self.peer,
-                        self.limits.connections_per_address)
             self._lost = self._closed = self._closing = True
             transport.write(TOO_MANY_CONNECTIONS)
             transport.close()
-            if not self.done.done():
-                self.done.set_result(None)
+            _settle(self.done)
             return
         self._registered = True
         # Told when the kernel has taken every byte: that is when after_flush callbacks run.
@@ -282,10 +196,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                 self._abort_unopened()
             elif not core.awaiting_proxy_header:
                 self._stop_timer()
-                if core.address != self.address:
-                    log.debug("connection from %s through %s", core.peer, self.peer)
-                self.peer, self.address = core.peer, core.address
-                self.connection.address = core.address
+                self._proxied()
                 self._open()
                 if self._registered and not self._closing:
                     self._take(items)
@@ -296,45 +207,16 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
     def _take(self, items: "list[bytes | Refused]") -> None:
         """Serve what the core handed out: now, as far as nothing has to wait, the rest by
         the connection's task, in order."""
-        core = self.core
-        self.dialect = core.dialect
-        if not core.refused:
-            self._refused = 0
-        if items:
-            if (not self._frames and self._waiting is None and not self._busy
-                    and self._registered):
-                served = self._serve_inline(items)
-                if served < len(items):
-                    self._frames.extend(items[served:])
-            else:
-                self._frames.extend(items)
+        if self._take_frames(items):
             if len(self._frames) > _QUEUED_FRAMES_LIMIT:
                 self._update_reading()
-            if self._frames:
-                self._wake()
-        if core.closing is not None:
+            self._wake()
+        if self.core.closing is not None:
             self._verdict()
             self._end_reading()
 
-    def _limited(self) -> None:
-        flooding = self.server.per_address.limited(self.address)
-        if self.core.limited(self.loop.time(), flooding):
-            self._frames.clear()
-            self._take([])  # logged, and no more is read
-
-    def _serve_inline(self, items: "list[bytes | Refused]") -> int:
-        """Serve items in the read callback until one has to wait: that one is handed to the
-        connection's task. How many were taken."""
-        for taken, item in enumerate(items, 1):
-            if self._closed:
-                return len(items)
-            rest = self._serve_item(item)
-            if rest is not None:
-                self._waiting = rest
-                self._busy = True
-                self._wake()
-                return taken
-        return len(items)
+    def _cut(self) -> None:
+        self._take([])  # logged, and no more is read
 
     def eof_received(self) -> bool:
         core = self.core
@@ -353,12 +235,11 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         self.core.receive_eof()
         self._stop_timer()
         self._lost = True
-        self._buffered = 0
         self._flush_wanted = False
         self._end_reading()
         self._drained()
-        if not self._registered and not self.done.done():
-            self.done.set_result(None)
+        if not self._registered:
+            _settle(self.done)
 
     def pause_writing(self) -> None:
         pass
@@ -385,7 +266,7 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
         """Read while the client's replies and requests are not piling up."""
         if self._closing or self._lost or self.transport is None:
             return
-        want = not self._backlogged and len(self._frames) <= _QUEUED_FRAMES_LIMIT
+        want = not self.out.backlogged and len(self._frames) <= _QUEUED_FRAMES_LIMIT
         if want != self._reading:
             self._reading = want
             if want:
@@ -419,67 +300,29 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             self._verdict()
             self._end_reading()
 
-    # Handling requests: the frames that have to wait, by one task per connection.
+    # The connection's task: the frames that have to wait, then the end (ServedConnection).
 
     def _wake(self) -> None:
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
-            if not wakeup.done():
-                wakeup.set_result(None)
+            _settle(wakeup)
         elif self._worker is None and self._registered:
             self._worker = self.loop.create_task(self._work())
 
     async def _work(self) -> None:
         try:
-            try:
-                await self._serve_waiting()
-                closing = self.core.closing
-                if closing is not None and closing.reply is not None and not self._closed:
-                    self._reply_behind(closing.reply)  # errno 8, behind every other reply
-                await self._in_flight_answered()  # pipelined requests: answered, then ended
-                self._settle_requests()
-                if self._shutting_down and self._released is not None:
-                    await self._wait(self._released, self.limits.close_grace_seconds)
-                await self._finish()
-            except Exception:
-                log.exception("connection %s failed", self.peer)
-            finally:
-                try:
-                    await self.connection.disconnect(self.close_reason)
-                except Exception:
-                    log.exception("ending the session of %s failed", self.peer)
-                self._close_transport()
+            await self._lifecycle()
         finally:
             if self._waiting is not None:  # cancelled before going on with it
                 self._waiting.close()
                 self._waiting = None
-            self._settle_requests()
-            if not self.done.done():
-                self.done.set_result(None)
+            self._answered()
+            _settle(self.done)
 
-    async def _serve_waiting(self) -> None:
-        """Await, in order, what the read callback could not serve, until reading ends."""
-        frames = self._frames
+    async def _serve_reads(self) -> None:
         while True:
-            waiting = self._waiting
-            if waiting is not None:
-                self._waiting = None
-                try:
-                    await waiting
-                finally:
-                    self._busy = False
-            while frames and not self._closed:
-                if self._shutting_down:
-                    self._refuse_queued()
-                    break
-                rest = self._serve_item(frames.popleft())
-                if rest is not None:
-                    self._busy = True
-                    try:
-                        await rest
-                    finally:
-                        self._busy = False
+            await self._serve_queued()
             if self._closing or self._closed:
                 return
             if not self._reading:
@@ -487,31 +330,24 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             self._wakeup = self.loop.create_future()
             await self._wakeup
 
-    def _settle_requests(self) -> None:
-        if not self._requests_done.done():
-            self._requests_done.set_result(None)
-
-    def _refuse_queued(self) -> None:
-        """Server shutdown: requests read but not started are answered errno 11."""
-        for item in self._frames:
-            if type(item) is bytes:
-                self._refuse_stopping(item)
-        self._frames.clear()
+    def _answered(self) -> None:
+        _settle(self._requests_done)
 
     async def _wait(self, future: "asyncio.Future[None]", seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(future), seconds)
 
+    async def _until_released(self, seconds: float) -> None:
+        if self._released is not None:
+            await self._wait(self._released, seconds)
+
     async def _finish(self) -> None:
         """Let what is queued be written, for a bounded time."""
-        if self._closed or self._lost:
-            return
-        if not (self._out or self._callbacks or self._written_callbacks or self._buffered
-                or self._ready_callbacks):
+        if self._closed or self._lost or self.out.idle:
             return
         waiter = self.loop.create_future()
         self._drain_waiters.append(waiter)
-        if self._out or self._callbacks:
+        if self.out.frames or self.out.callbacks:
             self._flush_soon()
         await self._wait(waiter, self.limits.close_grace_seconds)
         if self._callback_task is not None and not self._callback_task.done():
@@ -519,24 +355,25 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
                 asyncio.ensure_future(self._callback_task), self.limits.close_grace_seconds
             )
 
-    def _close_transport(self) -> None:
+    async def _close_transport(self) -> None:
         transport = self.transport
         if transport is None or self._lost:
             return
         if self._closed:
             transport.abort()
         else:
-            if self._out:
+            if self.out.frames:
                 self._flush_now()
             transport.close()
 
-    # Writing: one transport.write per connection per loop iteration.
+    # Writing: one transport.write per connection per loop iteration (the server's flush).
 
     def _queue(self, frame: bytes) -> None:
         if self._closed:
             return
-        self._out.append(frame)
-        self._out_bytes += len(frame)
+        out = self.out
+        out.frames.append(frame)
+        out.queued += len(frame)
         if not self._flush_wanted:  # _flush_soon(), inline: once per reply
             self._flush_wanted = True
             self.server.flush_soon(self)
@@ -547,62 +384,41 @@ class ProtocolClient(RequestServing, asyncio.BufferedProtocol):
             self.server.flush_soon(self)
 
     def flush(self) -> None:
-        """The server's flush of this loop iteration: write what was queued (unless the
-        connection was lost meanwhile)."""
+        """The server's flush of this loop iteration (unless the connection was lost)."""
         if self._flush_wanted:
             self._flush_wanted = False
             self._flush_now()
 
     def _flush_now(self) -> None:
-        if self._callbacks:
-            self._written_callbacks += self._callbacks
-            self._callbacks = []
+        out = self.out
+        frames, callbacks = out.frames, out.callbacks  # out.take(), inline: once per write
+        out.frames, out.queued, out.callbacks = [], 0, []
         transport = self.transport
-        if self._out:
-            out = self._out
-            data = out[0] if len(out) == 1 else b"".join(out)
-            self._out = []
-            self._out_bytes = 0
-            if self._lost or self._closed or transport is None:
-                self._drained()
-                return
-            transport.write(data)
-            self._buffered = transport.get_write_buffer_size()
-        elif transport is not None and not self._lost:
-            self._buffered = transport.get_write_buffer_size()
-        else:
-            self._buffered = 0
-        if not self._buffered:
-            if self._written_callbacks or self._backlogged or self._drain_waiters:
-                self._drained()
-        elif self._buffered > self.limits.reply_backlog_bytes and not self._backlogged:
-            self._backlogged = True
+        if transport is None or self._lost or (frames and self._closed):
+            out.written += callbacks
+            self._drained()
+            return
+        if frames:
+            transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        if out.wrote(callbacks, transport.get_write_buffer_size()):
             self._update_reading()
+        elif not out.held and (out.written or out.backlogged or self._drain_waiters):
+            self._drained()
 
     def _drained(self) -> None:
         """The transport holds nothing more: run what waited for it, read again."""
-        self._buffered = 0
-        if self._written_callbacks:
-            self._ready_callbacks.extend(self._written_callbacks)
-            self._written_callbacks = []
-            if self._callback_task is None:
-                self._callback_task = self.loop.create_task(self._run_callbacks())
-        if self._backlogged:
-            self._backlogged = False
+        out = self.out
+        if out.drained():
             self._update_reading()
-        if self._drain_waiters and not self._out and not self._callbacks:
+        if out.ready and self._callback_task is None:
+            self._callback_task = self.loop.create_task(self._run_callbacks())
+        if self._drain_waiters and not out.frames and not out.callbacks:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+                _settle(waiter)
 
     async def _run_callbacks(self) -> None:
         try:
-            while self._ready_callbacks:
-                callback = self._ready_callbacks.popleft()
-                try:
-                    await callback()
-                except Exception:
-                    log.exception("after-write step for %s failed", self.peer)
+            await self.out.run_ready(self.peer)
         finally:
             self._callback_task = None

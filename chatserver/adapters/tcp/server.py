@@ -8,9 +8,10 @@ import anyio
 from anyio.abc import ByteStream, Listener, TaskStatus
 from anyio.streams.tls import TLSStream
 
-from chatserver.adapters.serving.requests import REFUSAL_LOG, log_out_everyone
+from chatserver.adapters.serving.admission import Admission, Ticket
+from chatserver.adapters.serving.requests import log_out_everyone
 from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, ListenerSettings
-from chatserver.adapters.tcp.connection import TcpClient
+from chatserver.adapters.tcp.connection import TcpClient, stream_peer
 
 log = logging.getLogger("chatserver.tcp")
 
@@ -23,7 +24,7 @@ class TcpServer(ListenerSettings):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.clients: set[TcpClient] = set()
-        self._handshakes = 0  # connections in their TLS handshake
+        self.admission = Admission(self.per_address, self.limits.pending_connections)
         self._accepting = anyio.CancelScope()
         self._stopping = False
 
@@ -54,69 +55,48 @@ class TcpServer(ListenerSettings):
         await log_out_everyone(self.clients, self.limits.request_grace_seconds)
 
     async def _serve_client(self, stream: ByteStream) -> None:
-        if self.tls is not None:
-            await self._serve_tls_client(stream, self.tls)
-            return
-        await self._serve_counted(stream)
-
-    async def _serve_tls_client(self, stream: ByteStream, tls: ssl.SSLContext) -> None:
-        """Count the connection against its address and the cap on handshakes in progress
-        before its TLS handshake: a client cannot hold more descriptors by never finishing
-        it."""
-        address = _peer(stream)
-        if self._handshakes >= self.limits.pending_connections or not self.per_address.admit(
-            address
-        ):
-            if REFUSAL_LOG.allow():
-                log.warning("refusing %s: too many connections from there or in a TLS "
-                            "handshake%s", address, REFUSAL_LOG.skipped())
-            await anyio.aclose_forcefully(stream)
-            return
+        ticket = Ticket(*stream_peer(stream))
         try:
-            self._handshakes += 1
-            try:
-                with anyio.fail_after(TLS_HANDSHAKE_SECONDS):
-                    # No closing handshake: a chat client that vanishes must not hold us up.
-                    wrapped = await TLSStream.wrap(stream, server_side=True, ssl_context=tls,
-                                                   standard_compatible=False)
-            except (TimeoutError, ssl.SSLError, OSError, anyio.BrokenResourceError,
-                    anyio.EndOfStream) as error:
-                log.info("TLS handshake failed: %s", error or type(error).__name__)
-                await anyio.aclose_forcefully(stream)
-                return
-            finally:
-                self._handshakes -= 1
-            await self._serve_counted(wrapped, counted=address)
+            if self.tls is not None:
+                # Counted before its TLS handshake: a client cannot hold more descriptors by
+                # never finishing it.
+                if not self.admission.admit_pending(ticket, "TLS handshake", count_address=True):
+                    await anyio.aclose_forcefully(stream)
+                    return
+                wrapped = await self._handshake(stream, self.tls)
+                self.admission.admit(ticket)  # no longer pending (counted already)
+                if wrapped is None:
+                    return
+                stream = wrapped
+            await self._serve_counted(stream, ticket)
         finally:
-            self.per_address.leave(address)
+            self.admission.leave(ticket)
 
-    async def _serve_counted(self, stream: ByteStream, counted: str | None = None) -> None:
-        """Serve a client; counted: the address it is already counted under, if it is."""
+    async def _handshake(self, stream: ByteStream, tls: ssl.SSLContext) -> ByteStream | None:
+        try:
+            with anyio.fail_after(TLS_HANDSHAKE_SECONDS):
+                # No closing handshake: a chat client that vanishes must not hold us up.
+                return await TLSStream.wrap(stream, server_side=True, ssl_context=tls,
+                                            standard_compatible=False)
+        except (TimeoutError, ssl.SSLError, OSError, anyio.BrokenResourceError,
+                anyio.EndOfStream) as error:
+            log.info("TLS handshake failed: %s", error or type(error).__name__)
+            await anyio.aclose_forcefully(stream)
+            return None
+
+    async def _serve_counted(self, stream: ByteStream, ticket: Ticket) -> None:
+        """Serve a client, once it is counted against its address (if it is not yet)."""
         client = TcpClient(stream, self.node, self.limits, self.metrics, self.trusted)
         if self.limits.proxy_protocol and (
             not await client.read_proxy_header() or self._stopping
         ):
             await anyio.aclose_forcefully(stream)
             return
-        if counted is None and not self.per_address.admit(client.address):
-            log.warning("refusing %s: already %d connections from there", client.peer,
-                        self.per_address.limit)
+        if not ticket.counted:
+            ticket.peer, ticket.address = client.peer, client.address
+        if not self.admission.admit(ticket):
             with anyio.move_on_after(1):
                 await stream.send(TOO_MANY_CONNECTIONS)
             await stream.aclose()
             return
-        client.per_address = self.per_address
-        self.clients.add(client)
-        try:
-            await client.run()
-        finally:
-            self.clients.discard(client)
-            if counted is None:
-                self.per_address.leave(client.address)
-
-
-def _peer(stream: ByteStream) -> str:
-    try:
-        return str(stream.extra(anyio.abc.SocketAttribute.remote_address)[0])
-    except (anyio.TypedAttributeLookupError, TypeError, IndexError):
-        return "?"
+        await client.serve_among(self.clients, self.per_address)

@@ -332,14 +332,9 @@ class WebSocketServer(ListenerSettings):
                 await websocket.close(code=WSCloseCode.TRY_AGAIN_LATER,
                                       message=b"too many connections")
             return
-        client.per_address = self.per_address
-        self.clients.add(client)
         try:
-            await client.run()
-        except Exception:
-            log.exception("websocket client %s failed", client.peer)
+            await client.serve_among(self.clients, self.per_address)
         finally:
-            self.clients.discard(client)
             self._release(handler)
             if self._stop.is_set() and not self.clients:
                 self._all_gone.set()
