@@ -27,7 +27,8 @@ def at_least(lowest: float) -> Check:
         if not math.isfinite(value):  # float("nan") passes every comparison below
             raise ConfigError(f"{option} {value} is not a number: give a finite one")
         if value < lowest:
-            must = "0 or more" if lowest == 0 else "more than 0"
+            must = ("0 or more" if lowest == 0 else "more than 0" if lowest <= 1
+                    else f"{lowest:g} or more")
             raise ConfigError(f"{option} {value} is too small: it must be {must}")
 
     return check
@@ -241,8 +242,9 @@ _OPTIONS = (
     Option("--file-quota", "limits.file_bytes_per_day",
            "bytes one user may upload in 24 hours", "int", metavar="BYTES",
            check=at_least(0)),
-    Option("--frame-limit", "frame_limit", "largest frame in bytes", "int",
-           check=at_least(1)),
+    Option("--frame-limit", "frame_limit",
+           "largest frame in bytes (1024 or more: a LOGIN or a short chat must fit)", "int",
+           check=at_least(1024)),
     Option("--transport", "driver",
            "asyncio Protocols (less CPU per message and memory per connection), or anyio "
            "streams", "choice"),

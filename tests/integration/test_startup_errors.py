@@ -100,7 +100,8 @@ def test_a_port_out_of_range_is_one_line(option: str, value: str) -> None:
 
 @pytest.mark.parametrize(
     ("option", "value", "says"),
-    [("--frame-limit", "0", "more than 0"), ("--idle-timeout", "-1", "more than 0"),
+    [("--frame-limit", "0", "1024 or more"), ("--frame-limit", "10", "1024 or more"),
+     ("--idle-timeout", "-1", "more than 0"),
      ("--request-rate", "0", "more than 0"), ("--request-burst", "0", "more than 0"),
      ("--node-lease", "-1", "more than 0"), ("--stored-limit", "-1", "0 or more"),
      ("--connections-per-address", "-2", "0 or more"), ("--hash-cost", "3", "power of 2")],
