@@ -8,6 +8,7 @@ import logging
 import resource
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -92,6 +93,23 @@ def _add_client(commands: Any) -> None:
     options.add(client, "--ws-port", name="--web-port",
                 help="the server's web port (its --ws-port), where sendfile: and download: "
                 "move files (files are off without it)")
+    options.add(client, "--tls")
+    options.add(client, "--tls-ca")
+
+
+def _client_tls(tls: bool, ca: str | None) -> ssl.SSLContext | None:
+    """The terminal client's TLS context: --tls trusts the system's store, --tls-ca FILE only
+    FILE; a FILE that cannot be read or holds no certificate is one line."""
+    if not tls and not ca:
+        return None
+    if not ca:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except ssl.SSLError as error:  # before OSError, which it is
+        raise ConfigError(f"--tls-ca {ca} holds no PEM certificate ({error.reason})") from error
+    except OSError as error:
+        raise ConfigError(f"--tls-ca {ca}: {error.strerror or error}") from error
 
 
 def _add_cluster(commands: Any) -> None:
@@ -170,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # --port 70000 was an OverflowError traceback from connect().
             check_port("--port", args.port)
             check_port("--web-port", args.web_port)
-            return run_client(args.host, args.port, args.device, args.web_port)
+            tls = _client_tls(args.tls, args.tls_ca)
+            return run_client(args.host, args.port, args.device, args.web_port, tls)
         if args.command == "db" and args.database == "memory://":
             # It printed "schema at version 0" (upgrade) or imported into a database that
             # vanished at exit (import-legacy).

@@ -3,7 +3,8 @@ environment variable, its help and its check.
 
 `chatserver serve` takes every option of the table; `client`, `cluster`, `db` and `admin` take
 the ones they share with it (`--database`, `--bus`, `--host`, ...) from here too, each with help
-of its own where its meaning differs. An option given on the command line wins over its
+of its own where its meaning differs. The terminal client's own options (`--tls`, ...), which
+no Config field holds, are in CLIENT_OPTIONS. An option given on the command line wins over its
 environment variable, which wins over Config's default.
 """
 
@@ -79,6 +80,7 @@ class Option:
     default_text: str = ""  # how help names the default, when its value does not say it
     check: Check | None = None
     metavar: str | None = None
+    fallback: Any = None  # the default of an option without a setting (a client's own)
 
     @property
     def variable(self) -> str:
@@ -87,6 +89,8 @@ class Option:
     def default(self, config: Config) -> Any:
         """The environment's value if it has one, else config's."""
         text = os.environ.get(self.variable, "")
+        if text == "" and not self.setting:
+            return self.fallback
         if text == "":
             value = config
             for name in self.setting.split("."):
@@ -263,6 +267,16 @@ _OPTIONS = (
 )
 OPTIONS = {option.flag: option for option in _OPTIONS}
 
+# `chatserver client`'s own options: no Config field holds them (setting "").
+_CLIENT_OPTIONS = (
+    Option("--tls", "", "speak TLS to the server (its --tls-cert), checking its certificate "
+           "against the system's trust store, or --tls-ca's", "switch", fallback=False),
+    Option("--tls-ca", "", "PEM file of the CA, or the server's own (self-signed) "
+           "certificate, to trust instead of the system's (implies --tls)", metavar="FILE",
+           default_text="the system's trust store"),
+)
+CLIENT_OPTIONS = {option.flag: option for option in _CLIENT_OPTIONS}
+
 
 def add(parser: argparse.ArgumentParser, flag: str, *, help: str | None = None,
         default: Any = None, config: Config | None = None, name: str | None = None,
@@ -271,7 +285,7 @@ def add(parser: argparse.ArgumentParser, flag: str, *, help: str | None = None,
     (its environment variable and default are named after it), and another default, another
     name or another way of naming the default on this parser if given (the environment
     variable stays the table's)."""
-    option = OPTIONS[flag]
+    option = OPTIONS[flag] if flag in OPTIONS else CLIENT_OPTIONS[flag]
     if default_text is not None:
         option = evolve(option, default_text=default_text)
     value = option.default(config or Config())

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,9 @@ pytestmark = pytest.mark.integration
 class Terminal:
     """A terminal client process: type lines, wait for text to appear."""
 
-    def __init__(self, port: int, device: str | None = None) -> None:
+    def __init__(self, port: int, device: str | None = None, args: Sequence[str] = ()) -> None:
         command = [sys.executable, "-m", "chatserver", "client", "--host", HOST]
-        command += ["--port", str(port), *(["--device", device] if device else [])]
+        command += ["--port", str(port), *(["--device", device] if device else []), *args]
         self.proc = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,

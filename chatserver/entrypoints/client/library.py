@@ -7,6 +7,10 @@
         async for event in client.events():
             ...
 
+``connect(..., tls=True)`` speaks TLS (the server's ``--tls-cert``), checking the server's
+certificate against the system's trust store, or ``tls=ssl.create_default_context(cafile=...)``
+against a CA or a self-signed certificate of your own.
+
 Every request carries a fresh ``seq`` and waits, at most ``request_timeout`` seconds, for the
 reply that echoes it; a reader task owned by the ``connect`` block routes replies to their
 waiters and everything else, parsed into the event classes below, to ``events()``.
@@ -18,6 +22,7 @@ import hashlib
 import itertools
 import mimetypes
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from enum import IntEnum
@@ -29,6 +34,7 @@ import anyio
 import orjson
 from anyio.abc import ByteStream
 from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.tls import TLSStream
 from attrs import define, field, frozen
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
@@ -96,6 +102,17 @@ class ChatError(Exception):
 
 class ConnectionLost(ConnectionError):
     """The connection to the server is gone; no more replies or events will come."""
+
+
+class TLSHandshakeError(ConnectionError):
+    """``connect(..., tls=...)`` could not set up TLS: the server's certificate is not trusted
+    or not for that host name (``untrusted``), or the port does not speak TLS. ``reason`` says
+    which, without the address."""
+
+    def __init__(self, address: str, reason: str, *, untrusted: bool) -> None:
+        super().__init__(f"TLS handshake with {address} failed: {reason}")
+        self.reason = reason
+        self.untrusted = untrusted
 
 
 @frozen
@@ -471,10 +488,16 @@ class ChatClient:
         event_buffer: int = DEFAULT_EVENT_BUFFER,
         max_frame: int = DEFAULT_MAX_FRAME,
         web_url: str | None = None,
+        web_tls: ssl.SSLContext | None = None,
+        web_server_hostname: str | None = None,
     ) -> None:
         self.request_timeout = request_timeout
-        # The server's web port (http://host:port), where files go up and come down.
+        # The server's web port (http://host:port, or https:// with TLS), where files go up
+        # and come down; over https, web_tls checks its certificate, for web_server_hostname
+        # (None: the URL's host).
         self.web_url = web_url
+        self._web_tls = web_tls
+        self._web_server_hostname = web_server_hostname
         self._stream = stream
         self._max_frame = max_frame
         self._send_lock = anyio.Lock()
@@ -650,7 +673,7 @@ class ChatClient:
         digest = hashlib.sha256()
         done = 0
         async with aiohttp.ClientSession(self._web_url()) as http, http.get(
-            str(granted["url"])
+            str(granted["url"]), **self._tls_settings()
         ) as response:
             if response.status != 200:
                 raise ChatError(14 if response.status == 413 else 11,
@@ -673,6 +696,15 @@ class ChatClient:
             raise ValueError("files need the server's web port: connect(..., web_port=...)")
         return self.web_url
 
+    def _tls_settings(self) -> dict[str, Any]:
+        """aiohttp's settings for a request to the web port: its TLS, when it has one."""
+        if self._web_tls is None:
+            return {}
+        settings: dict[str, Any] = {"ssl": self._web_tls}
+        if self._web_server_hostname is not None:
+            settings["server_hostname"] = self._web_server_hostname
+        return settings
+
     async def _put(
         self, url: str, file: Path, size: int, progress: Callable[[int, int], None] | None
     ) -> None:
@@ -687,7 +719,7 @@ class ChatClient:
 
         headers = {"Content-Length": str(size)}
         async with aiohttp.ClientSession(self._web_url()) as http, http.put(
-            url, data=chunks(), headers=headers
+            url, data=chunks(), headers=headers, **self._tls_settings()
         ) as response:
             if response.status != 201:
                 raise ChatError(11, f"upload failed: HTTP {response.status}")
@@ -841,14 +873,31 @@ async def connect(
     event_buffer: int = DEFAULT_EVENT_BUFFER,
     max_frame: int = DEFAULT_MAX_FRAME,
     web_port: int | None = None,
+    tls: bool | ssl.SSLContext = False,
+    server_hostname: str | None = None,
 ) -> AsyncIterator[ChatClient]:
     """Connects to a chat server for the length of an ``async with`` block; ``web_port`` (the
-    server's ``--ws-port``) is where files go up and come down."""
+    server's ``--ws-port``) is where files go up and come down.
+
+    ``tls`` speaks TLS, as a server with ``--tls-cert`` does (on its web port too, which is then
+    https): True checks the server's certificate against the system's trust store, an
+    ``ssl.SSLContext`` as it says (``ssl.create_default_context(cafile="cert.pem")`` trusts a
+    CA or a self-signed certificate). The certificate must be for ``server_hostname`` (default
+    ``host``). A failed handshake raises TLSHandshakeError.
+    """
+    context = _client_context(tls)
+    if server_hostname is not None and context is None:
+        raise ValueError("server_hostname is for TLS: give tls=True or an ssl.SSLContext")
     with anyio.fail_after(request_timeout):
-        stream = await anyio.connect_tcp(host, port)
+        stream: ByteStream = await anyio.connect_tcp(host, port)
+    if context is not None:
+        stream = await _start_tls(stream, f"{host}:{port}", context,
+                                  server_hostname or host, request_timeout)
+    scheme = "http" if context is None else "https"
     client = ChatClient(
         stream, request_timeout=request_timeout, event_buffer=event_buffer, max_frame=max_frame,
-        web_url=None if web_port is None else f"http://{host}:{web_port}",
+        web_url=None if web_port is None else f"{scheme}://{host}:{web_port}",
+        web_tls=context, web_server_hostname=server_hostname,
     )
     error: Exception | None = None
     async with stream, anyio.create_task_group() as task_group:
@@ -862,3 +911,44 @@ async def connect(
             client._event_receiver.close()
     if error is not None:
         raise error
+
+
+def _client_context(tls: bool | ssl.SSLContext) -> ssl.SSLContext | None:
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    if tls is True:
+        return ssl.create_default_context()
+    if tls is False:
+        return None
+    raise TypeError(f"tls must be True, False or an ssl.SSLContext, not {tls!r}")
+
+
+async def _start_tls(
+    stream: ByteStream, address: str, context: ssl.SSLContext, server_hostname: str,
+    seconds: float,
+) -> ByteStream:
+    """The TLS stream over a connection, or TLSHandshakeError saying why not (closing it)."""
+    try:
+        with anyio.fail_after(seconds):
+            # Not standard_compatible: frames end with newlines, so a connection closed without
+            # TLS's close_notify loses nothing, and closing does not wait for the server's.
+            return await TLSStream.wrap(stream, hostname=server_hostname,
+                                        ssl_context=context, standard_compatible=False)
+    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError) as error:  # SSLError too
+        await anyio.aclose_forcefully(stream)
+        raise _handshake_error(address, error, seconds) from error
+
+
+def _handshake_error(address: str, error: Exception, timeout: float) -> TLSHandshakeError:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        why = error.verify_message or error.reason or str(error)
+        return TLSHandshakeError(address, f"the server's certificate is not trusted ({why})",
+                                 untrusted=True)
+    if isinstance(error, ssl.SSLError):
+        why = error.reason or str(error)
+    elif isinstance(error, TimeoutError):
+        why = f"no answer within {timeout:g} s"
+    else:
+        why = "it closed the connection"
+    return TLSHandshakeError(address, f"the server does not speak TLS on that port ({why})",
+                             untrusted=False)

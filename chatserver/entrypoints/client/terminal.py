@@ -13,6 +13,7 @@ import codecs
 import os
 import random
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -49,6 +50,7 @@ from chatserver.entrypoints.client.library import (
     Kicked,
     LoginResult,
     Presence,
+    TLSHandshakeError,
     connect,
     pos_of,
 )
@@ -352,6 +354,16 @@ class CannotConnect(Exception):
     """The server could not be reached when the terminal started."""
 
 
+def _why(failure: OSError) -> str:
+    """Why the first connection failed, in one line, with what to do about a TLS handshake."""
+    if not isinstance(failure, TLSHandshakeError):
+        return str(failure)
+    if failure.untrusted:
+        return (f"TLS: {failure.reason}; trust it with --tls-ca FILE (the server's certificate "
+                "or its CA)")
+    return f"TLS: {failure.reason}; leave out --tls and --tls-ca if it serves plain TCP"
+
+
 class NotConnected(Exception):
     """A command needs the server while the terminal is reconnecting."""
 
@@ -372,8 +384,10 @@ class Terminal:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         device: str = DEFAULT_DEVICE,
         web_port: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.tls = tls  # None: plain TCP
         self.device = device
         self.port = port
         self.console = console
@@ -423,7 +437,7 @@ class Terminal:
                 await self._menu()
             task_group.cancel_scope.cancel()
         if failure is not None:
-            raise CannotConnect(f"cannot connect to {self.address}: {failure}") from failure
+            raise CannotConnect(f"cannot connect to {self.address}: {_why(failure)}") from failure
 
     async def _stay_connected(
         self, *, task_status: TaskStatus[OSError | None] = anyio.TASK_STATUS_IGNORED
@@ -435,7 +449,7 @@ class Terminal:
             try:
                 async with connect(
                     self.host, self.port, request_timeout=self.request_timeout,
-                    web_port=self.web_port,
+                    web_port=self.web_port, tls=self.tls or False,
                 ) as client:
                     if started:
                         await self._connected_again(client)
@@ -1128,23 +1142,29 @@ def default_device() -> str:
     return socket.gethostname()[:MAX_DEVICE] or DEFAULT_DEVICE
 
 
-def main(host: str, port: int, device: str | None = None, web_port: int | None = None) -> int:
-    """Runs the terminal client against a server and returns the process exit code."""
+def main(
+    host: str, port: int, device: str | None = None, web_port: int | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> int:
+    """Runs the terminal client against a server and returns the process exit code; ``tls``
+    (None: plain TCP) checks the server's certificate."""
     try:
-        return anyio.run(_main, host, port, device or default_device(), web_port)
+        return anyio.run(_main, host, port, device or default_device(), web_port, tls)
     except KeyboardInterrupt:
         return 130
 
 
-async def _main(host: str, port: int, device: str, web_port: int | None) -> int:
+async def _main(
+    host: str, port: int, device: str, web_port: int | None, tls: ssl.SSLContext | None
+) -> int:
     try:
         if not sys.stdin.isatty():
             await Terminal(host, port, PipeConsole.start(), device=device,
-                           web_port=web_port).run()
+                           web_port=web_port, tls=tls).run()
         else:
             with patch_stdout():
                 await Terminal(host, port, PromptConsole(), device=device,
-                               web_port=web_port).run()
+                               web_port=web_port, tls=tls).run()
     except CannotConnect as error:
         print(error, file=sys.stderr)
         return 1
