@@ -12,14 +12,14 @@ from attrs import fields
 
 from chatserver.entrypoints.bootstrap import Config, ConfigError
 from chatserver.entrypoints.cli import build_parser, main
-from chatserver.entrypoints.options import OPTIONS, config_from
+from chatserver.entrypoints.options import CLIENT_OPTIONS, OPTIONS, config_from
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(autouse=True)
 def no_settings_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for option in OPTIONS.values():
+    for option in (*OPTIONS.values(), *CLIENT_OPTIONS.values()):
         monkeypatch.delenv(option.variable, raising=False)
 
 
@@ -35,9 +35,11 @@ def readme_rows() -> list[str]:
 
 
 def test_every_option_has_an_environment_variable_of_its_own() -> None:
-    variables = [option.variable for option in OPTIONS.values()]
+    every = (*OPTIONS.values(), *CLIENT_OPTIONS.values())
+    variables = [option.variable for option in every]
     assert len(set(variables)) == len(variables)
-    for option in OPTIONS.values():
+    assert not set(OPTIONS) & set(CLIENT_OPTIONS)
+    for option in every:
         assert re.fullmatch(r"CHATSERVER_[A-Z_]+", option.variable), option.flag
 
 
@@ -57,6 +59,54 @@ def test_readme_lists_every_option_with_its_variable_and_no_other() -> None:
         row = next(row for row in rows
                    if re.search(rf"`{re.escape(option.flag)}[` ]", row.split("|")[1]))
         assert option.variable in row.split("|")[2], f"README's row of {option.flag}: {row}"
+
+
+def test_readme_lists_every_option_of_the_terminal_client_with_its_variable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### The terminal client"):]
+    table = section[: section.index("\n\n", section.index("| option |"))]
+    rows = {re.findall(r"`(--[a-z-]+)", row.split("|")[1])[0]: row.split("|")[2]
+            for row in table.splitlines() if row.startswith("| `--")}
+    with pytest.raises(SystemExit):
+        main(["client", "--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    flags = set(re.findall(r"\[(--[a-z-]+)", usage)) - {"--help"}
+    assert set(rows) == flags, usage
+    for option in CLIENT_OPTIONS.values():
+        assert option.variable in rows[option.flag], option.flag
+    for flag, shared in (("--host", "--host"), ("--port", "--port"), ("--web-port", "--ws-port")):
+        assert OPTIONS[shared].variable in rows[flag], flag
+
+
+def test_the_terminal_client_takes_tls_from_the_command_line_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = build_parser().parse_args(["client"])
+    assert (args.tls, args.tls_ca) == (False, None)
+    assert build_parser().parse_args(["client", "--tls", "--tls-ca", "ca.pem"]).tls_ca == "ca.pem"
+    monkeypatch.setenv("CHATSERVER_TLS", "1")
+    monkeypatch.setenv("CHATSERVER_TLS_CA", "/etc/chat/ca.pem")
+    args = build_parser().parse_args(["client"])
+    assert (args.tls, args.tls_ca) == (True, "/etc/chat/ca.pem")
+    assert build_parser().parse_args(["client", "--no-tls"]).tls is False
+    with pytest.raises(SystemExit):
+        main(["client", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "CHATSERVER_TLS=1 or 0" in text and "CHATSERVER_TLS_CA" in text
+    assert "tls" not in vars(build_parser().parse_args(["serve"]))  # serve's is --tls-cert
+
+
+def test_a_tls_ca_file_that_cannot_work_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    not_pem = tmp_path / "notes.txt"
+    not_pem.write_text("not a certificate\n")
+    assert main(["client", "--tls-ca", str(not_pem)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"chatserver: --tls-ca {not_pem} holds no PEM certificate " \
+        "(NO_CERTIFICATE_OR_CRL_FOUND)\n", err
 
 
 def test_serve_help_names_every_option_and_its_variable(
