@@ -34,6 +34,7 @@ from chatserver.entrypoints.client.library import (
     Kicked,
     Presence,
     Read,
+    TLSHandshakeError,
     UnknownFrame,
     connect,
     parse_event,
@@ -360,6 +361,42 @@ async def test_connecting_to_a_closed_port_raises_os_error() -> None:
     await listener.aclose()
     with pytest.raises(OSError):
         async with connect("127.0.0.1", port):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [(b'{"msgid":11,"errno":1}\n', "(WRONG_VERSION_NUMBER)"),  # a plain server's reply
+     (b"", "(it closed the connection)")],
+)
+async def test_tls_to_a_port_that_does_not_speak_it_is_a_tls_handshake_error(
+    answer: bytes, why: str,
+) -> None:
+    async def plain(stream: SocketStream) -> None:
+        async with stream:
+            await stream.receive()  # the ClientHello
+            if answer:
+                await stream.send(answer)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as task_group:
+        task_group.start_soon(listener.serve, plain)
+        with pytest.raises(TLSHandshakeError) as caught:
+            async with connect("127.0.0.1", port, tls=True):
+                raise AssertionError("connected")
+        task_group.cancel_scope.cancel()
+    assert not caught.value.untrusted and isinstance(caught.value, ConnectionError)
+    assert str(caught.value) == (f"TLS handshake with 127.0.0.1:{port} failed: the server "
+                                 f"does not speak TLS on that port {why}")
+
+
+async def test_tls_takes_true_false_or_a_context_and_server_hostname_only_with_tls() -> None:
+    with pytest.raises(TypeError, match=r"tls must be True, False or an ssl\.SSLContext"):
+        async with connect("127.0.0.1", 1, tls="yes"):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(ValueError, match="server_hostname is for TLS"):
+        async with connect("127.0.0.1", 1, server_hostname="chat.example.com"):
             pass
 
 
