@@ -20,7 +20,7 @@ from attrs import Factory, define
 from chatserver.application.inbox_writer import InboxWrite, InboxWriter
 from chatserver.application.sessions import Session, SessionRegistry
 from chatserver.domain.errors import ChatError, Unavailable
-from chatserver.domain.messages import Delivery, Event, Kept, Notice
+from chatserver.domain.messages import Delivery, DirectMessage, Event, Kept, Notice
 from chatserver.domain.ports import MessageBus, Metrics, Presence
 
 log = logging.getLogger("chatserver.router")
@@ -34,6 +34,13 @@ NOWHERE_SECONDS = 1.0
 LOCATIONS_KEPT = 100_000
 
 _NOWHERE: frozenset[str] = frozenset()
+
+def _to_oneself(delivery: Delivery) -> bool:
+    """A chat to its own sender. A legacy session that sent it is pushed it all the same: its
+    client gets no ACK to carry its copy, and the original sent such a chat back to the
+    connection that sent it (docs/protocol.md, "a message to yourself")."""
+    return type(delivery) is DirectMessage and delivery.recipient_id == delivery.sender_id
+
 
 # What a delivery without a coroutine calls once done (Router.deliver): with the positions,
 # or the error; it may return what is left to await.
@@ -180,7 +187,7 @@ class Router:
             if sessions:
                 kept = None  # made for the first session that is pushed it (not the sender's)
                 for session in sessions.values():
-                    if session is own:
+                    if session is own and (session.notices or not _to_oneself(delivery)):
                         session.own(pos)
                     else:
                         if kept is None:

@@ -635,7 +635,7 @@ class ServerProcess:
         env["CHATSERVER_REGISTRATIONS_PER_MINUTE"] = env["CHATSERVER_REGISTRATIONS_PER_HOUR"] = "0"
         last_error = ""
         for _attempt in range(3):
-            port = free_port()
+            port = self.choose_port()
             with open(self.log_path, "ab") as log:
                 log.write(f"---- starting on port {port}\n".encode())
                 self.proc = subprocess.Popen(
@@ -651,6 +651,11 @@ class ServerProcess:
             last_error = self.log_tail()
             self._terminate()
         raise RuntimeError(f"server did not start; log tail:\n{last_error}")
+
+    def choose_port(self) -> int:
+        """The port the next start listens on (a free one: start tries again if it was taken
+        meanwhile)."""
+        return free_port()
 
     def command(self, port: int) -> list[str]:
         command = [
@@ -747,17 +752,28 @@ class ClusterProcess(ServerProcess):
         self.nodes = nodes
         self.bus = f"redis://127.0.0.1:6379/0?namespace=test-{uuid.uuid4().hex[:8]}"
         self.web = web or WEBSOCKET
+        self.node_port = 0
+
+    def choose_port(self) -> int:
+        """nginx's port, and with it every other port of the cluster, from one block of free
+        ports: nginx's port, its web port (with web), then the nodes' TCP ports, then (with web)
+        the nodes' web ports, which the cluster puts right after its nodes' TCP ports. Ports
+        picked one by one may fall inside the block (none is held between the picks)."""
+        web = 1 if self.web else 0
+        first = free_port_block(1 + web + self.nodes * (1 + web))
+        self.ws_port = first + 1 if web else None
+        self.node_port = first + 1 + web
+        return first
 
     def command(self, port: int) -> list[str]:
-        # With the web page on, each node's web port follows the nodes' TCP ports.
-        self.node_port = free_port_block(self.nodes * (2 if self.web else 1))
+        if not self.node_port:
+            self.choose_port()  # called on its own, not by start
         command = [
             sys.executable, "-m", "chatserver", "cluster", "--host", HOST, "--port", str(port),
             "--node-port", str(self.node_port),
             "--nodes", str(self.nodes), "--database", self.database, "--bus", self.bus,
         ]
-        if self.web:
-            self.ws_port = free_port()
+        if self.ws_port is not None:
             command += ["--ws-port", str(self.ws_port)]
         return command
 

@@ -150,3 +150,32 @@ async def test_a_file_the_terminal_shows_in_history_can_be_downloaded(tmp_path: 
                 assert (tmp_path / "inbox" / "report.pdf").read_bytes() == report.read_bytes()
                 console.type("quit")
                 task_group.cancel_scope.cancel()
+
+
+async def test_send_file_to_nobody_is_refused_before_any_byte_is_uploaded(tmp_path: Path) -> None:
+    """FILE_UPLOAD names no recipient, so send_file first asks HISTORY (limit 1) about the
+    conversation, which is errno 4 for an unknown user, 5 for an unknown group, 6 for a group
+    the user is not in: refused before a byte goes, not after the whole upload."""
+    config = chatserver.Config(database="memory://", port=0, ws_port=0,
+                               files=str(tmp_path / "files"))
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(2 * 1024 * 1024))
+    async with chatserver.open_node(config, hasher=FAST_HASHER) as node:
+        listening = await node.start_serving()
+        ports = {"web_port": listening.web_port}
+        async with connect("127.0.0.1", listening.port, **ports) as alice, connect(
+            "127.0.0.1", listening.port, **ports
+        ) as bob:
+            ids = [await c.register(n, "pw") for c, n in ((alice, "alice"), (bob, "bob"))]
+            for client, user_id in zip((alice, bob), ids, strict=True):
+                await client.login(user_id, "pw", receipts=False)
+            theirs = await bob.create_group("not-alices")
+            sent: list[int] = []
+            for target, errno in (({"to_id": 999_999}, 4), ({"group_id": 999_999}, 5),
+                                  ({"group_id": theirs}, 6)):
+                with pytest.raises(ChatError) as refused:
+                    await alice.send_file(big, progress=lambda done, _: sent.append(done),
+                                          **target)
+                assert refused.value.errno == errno
+            assert sent == []  # not a byte went
+            await alice.send_file(big, to_id=ids[1])  # a real recipient: it goes

@@ -20,7 +20,8 @@ import anyio
 import pytest
 
 from chatserver.entrypoints.client.library import DirectMessage, connect
-from tests.integration.conftest import HOST, free_port_block
+from tests.integration import conftest
+from tests.integration.conftest import HOST, ClusterProcess, free_port_block
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +31,31 @@ def ports(web: bool) -> tuple[int, int, int]:
     (ports picked one by one may collide with the block the nodes take)."""
     first = free_port_block(6 if web else 3)
     return first, first + 1 if web else 0, first + 2 if web else first + 1
+
+
+@pytest.mark.parametrize("web", [False, True])
+def test_the_harness_takes_a_clusters_ports_from_one_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, web: bool
+) -> None:
+    """conftest's ClusterProcess gives nginx, its web port and every node's ports distinct
+    ports, even when the kernel hands out the port it just gave again (nothing holds a port
+    between two picks): picked one by one, nginx's port and the nodes' block could coincide."""
+    again = free_port_block(8)
+    monkeypatch.setattr(conftest, "free_port", lambda: again)
+    cluster = ClusterProcess(tmp_path, tmp_path / "cluster.log", nodes=3, web=web)
+    port = cluster.choose_port()
+    command = cluster.command(port)
+    assert command[command.index("--port") + 1] == str(port)
+    node_port = int(command[command.index("--node-port") + 1])
+    taken = [port, *range(node_port, node_port + 3 * (2 if web else 1))]
+    if web:
+        assert cluster.ws_port is not None
+        assert command[command.index("--ws-port") + 1] == str(cluster.ws_port)
+        taken.append(cluster.ws_port)
+    else:
+        assert "--ws-port" not in command and cluster.ws_port is None
+    assert len(set(taken)) == len(taken), taken
+    assert set(taken) <= set(range(again, again + 8))
 
 
 @contextmanager

@@ -241,6 +241,25 @@ def test_a_920_character_message_shows_in_the_original_client(server, clients) -
     receiver.assert_running()
 
 
+def test_a_chat_to_yourself_shows_in_the_original_client_as_the_original_sent_it(
+    server, clients
+) -> None:
+    """The original server found toid, the sender's own id, in its map of connections and
+    sent the chat there: back to the client, which printed it (docs/protocol.md, "A message
+    to yourself")."""
+    ((alice_id, alice, _),) = registered(server, clients, 1)
+    client = original(server, clients)
+    client.login(alice_id, "pw")
+    client.chat(alice_id, "note to self")
+    line = client.wait_shown("note to self")
+    assert line.endswith(f"[{alice_id}] {alice} said: note to self")
+    (frame,) = [r for r in client.reads if b"note to self" in r]
+    sent = json.loads(frame)
+    assert frame == original_bytes(sent) + b"\n"
+    assert (sent["id"], sent["toid"]) == (alice_id, alice_id)
+    client.assert_running()
+
+
 def test_seven_short_waiting_messages_show_at_login_and_stay_shown(server, clients) -> None:
     (alice_id, alice, _), (bob_id, _, _) = registered(server, clients, 2)
     sender = original(server, clients)

@@ -137,6 +137,9 @@ def test_a_message_to_yourself_takes_one_pos(chat):
     got = phone.expect({"msgid": 6, "msg": "note to self"})
     assert ack["pos"] == got["pos"] == 1
     assert phone.ok({"msgid": 20, "since": 0})["last_pos"] == 1
+    # the sending session's copy is its ACK: it is not pushed the message as well
+    # (docs/protocol.md, "A message to yourself"; a legacy sender is, having no ACK)
+    pc.assert_silent(pattern={"msgid": 6})
 
 
 def test_offlinemsg_holds_what_came_after_the_devices_mark(chat):

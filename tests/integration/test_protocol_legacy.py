@@ -457,3 +457,25 @@ def test_an_acknowledged_message_survives_a_crash(sqlite_server_factory):
     ]
     later = chat.online(alice).ok({"msgid": 6, "toid": bob.id, "msg": "after the crash"})
     assert later["msg_id"] != ack["msg_id"]
+
+
+def test_a_legacy_chat_to_yourself_comes_back_as_the_original_sent_it(chat):
+    """The original looked toid up in its map of connections and sent the message there: a
+    chat to yourself came back to the connection that sent it (its client printed it). A
+    legacy session has no ACK to carry its own copy, so it is pushed the message, with
+    exactly the original's fields; the user's modern sessions get it too, once, with its pos."""
+    (luser,) = chat.users(1)
+    modern = chat.online(luser)
+    legacy = chat.online(luser, legacy=True)
+    legacy_chat(legacy, luser.id, "note to self")
+    got = legacy.expect({"msgid": 6})
+    assert set(got) == {"msgid", "id", "name", "toid", "msg", "time"}, got
+    assert (got["msg"], got["id"], got["toid"]) == ("note to self", luser.id, luser.id)
+    assert modern.expect({"msgid": 6, "msg": "note to self"})["pos"] == 1
+    # a chat to someone else is not echoed to the legacy sender (the original did not either)
+    (other,) = chat.users(1)
+    legacy_chat(legacy, other.id, "to someone else")
+    barrier(legacy)
+    legacy.assert_silent(0.3, pattern={"msgid": 6})
+    modern.expect({"msgid": 6, "msg": "to someone else"})
+    modern.assert_silent(0.3, pattern={"msgid": 6})

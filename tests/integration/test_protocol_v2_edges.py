@@ -773,6 +773,39 @@ def test_with_a_history_window_of_0_sync_sees_only_what_still_waits(forgetful):
     assert device(chat, alice, "phone").ack["offlinemsg"] == []
 
 
+def test_with_a_history_window_of_0_the_senders_copy_waits_for_the_senders_devices(forgetful):
+    """The sender's copy is an entry of the sender's inbox (PROTOCOL.md: ONE_CHAT "received or
+    sent" takes a pos), there for the sender's other devices ("so every device shows the whole
+    conversation"). With a window of 0 it goes once every device of the *sender's* has had it;
+    the recipient receipting their own copy does not touch it (docs/protocol.md, "Devices and
+    the inbox")."""
+    chat = forgetful
+    alice, bob = chat.users(2)
+    device(chat, alice, "phone").logout()  # alice's phone: a device that has had nothing
+    pc = device(chat, alice, "pc")
+    cb = device(chat, bob, "pc", receipts=True)
+    sent = pc.ok({"msgid": 6, "toid": bob.id, "msg": "hello"})
+    got = cb.expect({"msgid": 6, "msg": "hello"})
+    cb.ok({"msgid": 19, "msg_ids": [got["msg_id"]]})
+    # bob's copy: every device of bob's has had it, gone
+    assert cb.ok({"msgid": 20, "since": 0})["msgs"] == []
+    # alice's copy: her phone has not had it, so it still waits (for the phone)
+    pc.logout()
+    again = device(chat, alice, "pc")
+    assert again.ack["offlinemsg"] == []  # the pc had it (its ACK)
+    waiting = again.ok({"msgid": 20, "since": 0})["msgs"]
+    assert [(m["msg"], m["pos"]) for m in waiting] == [("hello", sent["pos"])]
+    assert [m["msg"] for m in again.ok({"msgid": 21, "with": bob.id})["msgs"]] == ["hello"]
+    phone = device(chat, alice, "phone")
+    assert [m["msg"] for m in phone.ack["offlinemsg"]] == ["hello"]
+    phone.logout()
+    again.logout()
+    # every device of alice's has had it: gone from her inbox too
+    last = device(chat, alice, "pc")
+    assert last.ok({"msgid": 20, "since": 0})["msgs"] == []
+    assert last.ok({"msgid": 21, "with": bob.id})["msgs"] == []
+
+
 # --------------------------------------------------------------------------- more orders
 
 

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import HOST, Chat, ClusterProcess, ServerProcess, free_port
+from tests.integration.conftest import (
+    HOST,
+    Chat,
+    ClusterProcess,
+    ServerProcess,
+    free_port,
+    free_port_block,
+)
 from tests.unit.contract.mysql_server import MYSQL, PREFIX
 
 TIMEOUT = 60
@@ -194,9 +201,9 @@ def test_a_wrong_mysql_password_is_one_line() -> None:
 
 @pytest.fixture
 def cluster_ports() -> int:
-    """The first of four free consecutive ports: the cluster's and its nodes'."""
-    from tests.integration.conftest import free_port_block
-
+    """The first of four free consecutive ports: the cluster's and its nodes' (by default
+    right after it), from one block: ports picked one by one may coincide (none is held
+    between the picks). ClusterProcess takes its ports the same way."""
     return free_port_block(4)
 
 

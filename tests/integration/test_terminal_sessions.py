@@ -1,6 +1,7 @@
 """People in `chatserver client` processes, typing into pipes, against a real server."""
 
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +20,12 @@ pytestmark = pytest.mark.integration
 class Terminal:
     """A terminal client process: type lines, wait for text to appear."""
 
-    def __init__(self, port: int, device: str | None = None, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, port: int, device: str | None = None, args: Sequence[str] = (), *,
+        sigint: signal.Handlers | None = None,
+    ) -> None:
+        """sigint: the disposition of SIGINT the process starts with (a shell's foreground
+        job: SIG_DFL; a background job of a non-interactive shell: SIG_IGN), else pytest's."""
         command = [sys.executable, "-m", "chatserver", "client", "--host", HOST]
         command += ["--port", str(port), *(["--device", device] if device else []), *args]
         self.proc = subprocess.Popen(
@@ -29,6 +35,7 @@ class Terminal:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            preexec_fn=None if sigint is None else lambda: signal.signal(signal.SIGINT, sigint),
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
@@ -123,6 +130,41 @@ def test_two_people_register_befriend_chat_and_group_chat(server: ServerProcess)
     finally:
         assert a.close() == 0
         assert b.close() == 0
+
+
+def test_ctrl_c_ends_a_terminal_whose_piped_stdin_is_still_open(server: ServerProcess) -> None:
+    """Ctrl+C (SIGINT) ends the client at once, exit 130, while the pipe it reads stays open:
+    the thread that reads the pipe is a daemon and holds nothing up, at the menu or logged in.
+    A client that starts with SIGINT ignored (a background job of a non-interactive shell,
+    `(sleep 30) | chatserver client &` in a script) keeps ignoring it, as programs do, and ends
+    when its input does (README, "The terminal client")."""
+    assert server.port is not None
+    at_menu = Terminal(server.port, sigint=signal.SIG_DFL)
+    logged_in = Terminal(server.port, sigint=signal.SIG_DFL)
+    background = Terminal(server.port, sigint=signal.SIG_IGN)
+    try:
+        name = unique_name("ctrlc")
+        uid = register(logged_in, name)
+        logged_in.type("1", str(uid), "secret")
+        logged_in.wait_for(f"id: {uid} name: {name}")
+        at_menu.wait_for("3. quit")
+        background.wait_for("3. quit")
+        for terminal in (at_menu, logged_in, background):
+            terminal.proc.send_signal(signal.SIGINT)
+        for terminal in (at_menu, logged_in):
+            started = time.monotonic()
+            assert terminal.proc.wait(timeout=10) == 130
+            print(f"ended {time.monotonic() - started:.2f} s after SIGINT")
+        with pytest.raises(subprocess.TimeoutExpired):
+            background.proc.wait(timeout=0.5)
+        assert background.proc.stdin is not None
+        background.proc.stdin.close()  # its input ends: it quits
+        assert background.proc.wait(timeout=10) == 0
+    finally:
+        for terminal in (at_menu, logged_in, background):
+            if terminal.proc.poll() is None:
+                terminal.proc.kill()
+                terminal.proc.wait()
 
 
 @pytest.fixture

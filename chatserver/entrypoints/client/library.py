@@ -642,12 +642,21 @@ class ChatClient:
     ) -> Sent:
         """Uploads a file (streamed from disk) and sends it in a chat to ``to_id`` or to the
         group ``group_id``, with ``text`` beside it; returns the chat's msg_id with its pos.
-        ``progress(sent, total)`` is called as the bytes go. Needs ``web_url``."""
+        ``progress(sent, total)`` is called as the bytes go. Needs ``web_url``.
+
+        FILE_UPLOAD names no recipient, so the recipient is checked first, with a HISTORY of
+        one message: an unknown user (ChatError 4), an unknown group (5) or one this user is
+        not in (6) is refused before a byte is sent, as is a file over the size limit or the
+        quota (14, by FILE_UPLOAD). A chat the server refuses for other reasons (a recipient
+        who blocks this user: 12; muted in the group: 13) is only known once the bytes are
+        up, as the chat is sent after the upload; the server forgets a file no message
+        carries a day after it was asked for."""
         if (to_id is None) == (group_id is None):
             raise ValueError("send_file: give to_id or group_id")
         file = Path(path)
         size = (await anyio.Path(file).stat()).st_size
         kind = mime or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        await self.history(with_user=to_id, group_id=group_id, limit=1)  # errno 4, 5, 6
         granted = await self.request(MsgId.FILE_UPLOAD, name=file.name, size=size, mime=kind)
         await self._put(str(granted["upload_url"]), file, size, progress)
         attached = {"msg": text, "file": granted["file_id"]}
