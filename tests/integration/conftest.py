@@ -84,6 +84,17 @@ def is_int(value: Any) -> bool:
     return type(value) is int
 
 
+def device(chat, user, name, **extra):
+    """A connection logged in as user on device name."""
+    client = chat.client()
+    client.login(user, device=name, **extra)
+    return client
+
+
+def positions(frames):
+    return [f["pos"] for f in frames]
+
+
 _name_counter = itertools.count(1)
 
 

@@ -4,22 +4,11 @@ so scripts/test.sh runs it again on two nodes behind nginx and over WebSocket.""
 
 import os
 
-from conftest import is_int
+from conftest import device, is_int, positions
 
 # On two nodes a device's session elsewhere counts by its kept mark, written when the session
 # ends or receipts (docs/protocol.md, "Devices and the inbox"); on one node, by how far it got.
 ONE_NODE = not os.environ.get("CHATSERVER_TEST_CLUSTER")
-
-
-def device(chat, user, name, **extra):
-    """A connection logged in as user on device name."""
-    client = chat.client()
-    client.login(user, device=name, **extra)
-    return client
-
-
-def positions(frames):
-    return [f["pos"] for f in frames]
 
 
 # --------------------------------------------------------------------------- devices

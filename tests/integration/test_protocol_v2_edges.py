@@ -11,7 +11,9 @@ import pytest
 from conftest import (
     Chat,
     ServerProcess,
+    device,
     is_int,
+    positions,
     same,
     unique_name,
 )
@@ -19,16 +21,6 @@ from conftest import (
 pytestmark = pytest.mark.integration
 
 UNKNOWN_ID = 2_000_000_000
-
-
-def device(chat, user, name, **extra):
-    client = chat.client()
-    client.login(user, device=name, **extra)
-    return client
-
-
-def positions(frames):
-    return [f["pos"] for f in frames]
 
 
 def send_many(chat, recipient, count, *, senders=3):
