@@ -7,7 +7,6 @@ one transport.write per connection per loop iteration; silence is watched by one
 re-armed only when it fires. Public asyncio API only; runs inside anyio.run on asyncio."""
 
 import asyncio
-import contextlib
 import math
 import ssl
 from collections.abc import Callable, Coroutine
@@ -16,7 +15,6 @@ from typing import TYPE_CHECKING, Any, cast
 from chatserver.adapters.connection_core import ConnectionCore, Refused
 from chatserver.adapters.serving.admission import Ticket
 from chatserver.adapters.serving.connection import ServedConnection, log
-from chatserver.adapters.serving.requests import Callback
 from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, peer_and_host
 from chatserver.adapters.tcp.connection import set_keepalive
 
@@ -43,16 +41,13 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._flush_wanted = False  # the server will write this connection's output
         self._callback_task: asyncio.Task[None] | None = None  # runs out.ready
-        self._drain_waiters: list[asyncio.Future[None]] = []
         self._worker: asyncio.Task[None] | None = None  # the connection's task
         self._wakeup: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # pipelined requests' (RequestServing)
         self._lost = False  # the socket is gone
-        self._released: asyncio.Future[None] | None = None
         self._reading = True
         self._registered = False
         self._timer: asyncio.TimerHandle | None = None
-        self._requests_done = loop.create_future()  # the worker left its loop
         self.done = loop.create_future()
 
     def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]],
@@ -68,37 +63,10 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
     def _now(self) -> float:
         return self.loop.time()
 
-    # The Outbox port (push: RequestServing's), and server shutdown.
-
-    def after_flush(self, callback: Callback) -> None:
-        self.out.callbacks.append(callback)
-        self._flush_soon()
-
     def _closed_now(self) -> None:
         self.out.drop()
         self._stop_reading()
         self._wake()
-        for waiter in self._drain_waiters:
-            _settle(waiter)
-
-    def stop_reading(self) -> None:
-        """Take no more requests; stay open until release() to hear the rest."""
-        self._shutting_down = True
-        self.core.close("server stopping")
-        if self._released is None:
-            self._released = self.loop.create_future()
-        self._end_reading()
-
-    async def requests_done(self) -> None:
-        """Wait until the request being served when stop_reading() came is answered."""
-        if self._worker is not None and not self._worker.done():
-            await asyncio.shield(self._requests_done)
-
-    def release(self) -> None:
-        """Everyone is logged out: send what is queued and close."""
-        if self._released is None:
-            self._released = self.loop.create_future()
-        _settle(self._released)
 
     # asyncio.BufferedProtocol.
 
@@ -317,7 +285,6 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
             if self._waiting is not None:  # cancelled before going on with it
                 self._waiting.close()
                 self._waiting = None
-            self._answered()
             _settle(self.done)
 
     async def _serve_reads(self) -> None:
@@ -330,30 +297,8 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
             self._wakeup = self.loop.create_future()
             await self._wakeup
 
-    def _answered(self) -> None:
-        _settle(self._requests_done)
-
-    async def _wait(self, future: "asyncio.Future[None]", seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(future), seconds)
-
-    async def _until_released(self, seconds: float) -> None:
-        if self._released is not None:
-            await self._wait(self._released, seconds)
-
-    async def _finish(self) -> None:
-        """Let what is queued be written, for a bounded time."""
-        if self._closed or self._lost or self.out.idle:
-            return
-        waiter = self.loop.create_future()
-        self._drain_waiters.append(waiter)
-        if self.out.frames or self.out.callbacks:
-            self._flush_soon()
-        await self._wait(waiter, self.limits.close_grace_seconds)
-        if self._callback_task is not None and not self._callback_task.done():
-            await self._wait(
-                asyncio.ensure_future(self._callback_task), self.limits.close_grace_seconds
-            )
+    def _flushed(self) -> bool:
+        return (self._lost or self.out.idle) and self._callback_task is None
 
     async def _close_transport(self) -> None:
         transport = self.transport
@@ -402,7 +347,7 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
             transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         if out.wrote(callbacks, transport.get_write_buffer_size()):
             self._update_reading()
-        elif not out.held and (out.written or out.backlogged or self._drain_waiters):
+        elif not out.held and (out.written or out.backlogged or self._moved is not None):
             self._drained()
 
     def _drained(self) -> None:
@@ -412,13 +357,11 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
             self._update_reading()
         if out.ready and self._callback_task is None:
             self._callback_task = self.loop.create_task(self._run_callbacks())
-        if self._drain_waiters and not out.frames and not out.callbacks:
-            waiters, self._drain_waiters = self._drain_waiters, []
-            for waiter in waiters:
-                _settle(waiter)
+        self._output_moved()
 
     async def _run_callbacks(self) -> None:
         try:
             await self.out.run_ready(self.peer)
         finally:
             self._callback_task = None
+            self._output_moved()
