@@ -205,6 +205,14 @@ class ServedConnection(RequestServing):
                 finally:
                     self._busy = False
 
+    def _silent(self, busy: bool = False) -> bool:
+        """Has the client been silent too long? busy: it waits on us, which counts as hearing
+        from it. True (and logged) if the connection is to end."""
+        if self.core.check(self._now(), self.connection.logged_in, busy) is None:
+            return False
+        self._verdict()
+        return True
+
     def _limited(self) -> None:
         per_address = self.per_address
         flooding = per_address is not None and per_address.limited(self.address)
@@ -239,6 +247,9 @@ class ServedConnection(RequestServing):
         except Exception:
             log.exception("connection %s failed", self.peer)
         finally:
+            if self._waiting is not None:  # cancelled before going on with it
+                self._waiting.close()
+                self._waiting = None
             with anyio.CancelScope(shield=True):
                 try:
                     await self.connection.disconnect(self.close_reason)

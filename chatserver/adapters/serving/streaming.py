@@ -109,8 +109,7 @@ class StreamingClient(ServedConnection):
                 with anyio.fail_after(deadline - anyio.current_time()):
                     data = await self._read()
             except TimeoutError:
-                if core.check(anyio.current_time(), self.connection.logged_in) is not None:
-                    self._verdict()
+                if self._silent():
                     return None
                 continue
             if data is None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from chatserver.adapters.tcp.protocol_server import ProtocolServer
 
 # Frames read but not yet handled past which the client is not read from (a slow request).
-_QUEUED_FRAMES_LIMIT = 256
+_QUEUE_LIMIT = 256
 
 
 def _settle(future: "asyncio.Future[None] | None") -> None:
@@ -49,6 +49,7 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         self._registered = False
         self._timer: asyncio.TimerHandle | None = None
         self.done = loop.create_future()
+        self._lead = server.run_batch
 
     def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]],
                *args: Any) -> "asyncio.Task[None]":
@@ -57,15 +58,13 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _lead(self, leading: Coroutine[Any, Any, None]) -> None:
-        self.server.run_batch(leading)
-
     def _now(self) -> float:
         return self.loop.time()
 
     def _closed_now(self) -> None:
         self.out.drop()
-        self._stop_reading()
+        self._stop_timer()
+        self._update_reading()
         self._wake()
 
     # asyncio.BufferedProtocol.
@@ -176,7 +175,7 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         """Serve what the core handed out: now, as far as nothing has to wait, the rest by
         the connection's task, in order."""
         if self._take_frames(items):
-            if len(self._frames) > _QUEUED_FRAMES_LIMIT:
+            if len(self._frames) > _QUEUE_LIMIT:
                 self._update_reading()
             self._wake()
         if self.core.closing is not None:
@@ -209,38 +208,27 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         if not self._registered:
             _settle(self.done)
 
-    def pause_writing(self) -> None:
-        pass
-
     def resume_writing(self) -> None:
         self._drained()
 
     # Reading.
 
     def _end_reading(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._stop_reading()
-        self._wake()
-
-    def _stop_reading(self) -> None:
-        self._stop_timer()
-        if self._reading and self.transport is not None and not self._lost:
-            self._reading = False
-            self.transport.pause_reading()
+        if not self._closing:
+            self._closing = True
+            self._stop_timer()
+            self._update_reading()
+            self._wake()
 
     def _update_reading(self) -> None:
-        """Read while the client's replies and requests are not piling up."""
-        if self._closing or self._lost or self.transport is None:
+        """Read until reading ends, while the client's replies and requests do not pile up."""
+        transport = self.transport
+        if self._lost or transport is None:
             return
-        want = not self.out.backlogged and len(self._frames) <= _QUEUED_FRAMES_LIMIT
+        want = not (self._closing or self.out.backlogged) and len(self._frames) <= _QUEUE_LIMIT
         if want != self._reading:
             self._reading = want
-            if want:
-                self.transport.resume_reading()
-            else:
-                self.transport.pause_reading()
+            transport.resume_reading() if want else transport.pause_reading()
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -255,17 +243,14 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
 
     def _check_silence(self) -> None:
         self._timer = None
-        core = self.core
-        unopened = core.awaiting_proxy_header
+        unopened = self.core.awaiting_proxy_header
         if self._closing and not unopened:
             return
-        busy = self._busy or bool(self._frames or self._slots) or not self._reading
-        if core.check(self.loop.time(), self.connection.logged_in, busy) is None:
+        if not self._silent(self._busy or bool(self._frames or self._slots) or not self._reading):
             self._arm_timer()
         elif unopened:
-            self._abort_unopened()
+            self._abort_unopened(logged=True)
         else:
-            self._verdict()
             self._end_reading()
 
     # The connection's task: the frames that have to wait, then the end (ServedConnection).
@@ -282,9 +267,6 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         try:
             await self._lifecycle()
         finally:
-            if self._waiting is not None:  # cancelled before going on with it
-                self._waiting.close()
-                self._waiting = None
             _settle(self.done)
 
     async def _serve_reads(self) -> None:
@@ -319,9 +301,8 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         out = self.out
         out.frames.append(frame)
         out.queued += len(frame)
-        if not self._flush_wanted:  # _flush_soon(), inline: once per reply
-            self._flush_wanted = True
-            self.server.flush_soon(self)
+        if not self._flush_wanted:
+            self._flush_soon()
 
     def _flush_soon(self) -> None:
         if not self._flush_wanted:
