@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-from chatserver.adapters.connection_core import ConnectionCore, Refused
+from chatserver.adapters.connection_core import Refused
 from chatserver.adapters.serving.admission import Ticket
 from chatserver.adapters.serving.connection import ServedConnection, log
 from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, peer_and_host
@@ -34,11 +34,16 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
     """One TCP client, driven by the event loop's callbacks."""
 
     def __init__(self, server: "ProtocolServer") -> None:
-        self.server = server
-        self.loop = loop = server.loop
-        super().__init__(server.node, server.limits, server.metrics, "?", "?", loop.time())
-        self.per_address, self.ticket = server.per_address, Ticket("?", "?")
+        """Made before its transport is: the rest is set up by connection_made."""
+        self.server, self.loop = server, server.loop
         self.transport: asyncio.Transport | None = None
+        self.done = server.loop.create_future()
+
+    def _set_up(self, peer: str, address: str) -> None:
+        server = self.server
+        super().__init__(server.node, server.limits, server.metrics, peer, address,
+                         self.loop.time(), server.trusted)
+        self.per_address, self.ticket = server.per_address, Ticket(peer, address)
         self._flush_wanted = False  # the server will write this connection's output
         self._callback_task: asyncio.Task[None] | None = None  # runs out.ready
         self._worker: asyncio.Task[None] | None = None  # the connection's task
@@ -48,7 +53,6 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         self._reading = True
         self._registered = False
         self._timer: asyncio.TimerHandle | None = None
-        self.done = loop.create_future()
         self._lead = server.run_batch
 
     def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]],
@@ -72,12 +76,8 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = transport = cast(asyncio.Transport, transport)
-        self.peer, self.address = peer_and_host(transport.get_extra_info("peername"))
-        self.connection.address = self.address
-        self.ticket = Ticket(self.peer, self.address)
-        server = self.server
-        self.core = core = ConnectionCore(self.limits, self.peer, self.address,
-                                          self.loop.time(), server.trusted)
+        self._set_up(*peer_and_host(transport.get_extra_info("peername")))
+        server, core = self.server, self.core
         set_keepalive(transport.get_extra_info("socket"))
         if server.tls is not None:
             if self._admit_pending("TLS handshake", count_address=True):
@@ -131,8 +131,6 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
     def _open(self) -> None:
         transport = self.transport
         assert transport is not None
-        if not self.ticket.counted:
-            self.ticket.peer, self.ticket.address = self.peer, self.address
         if not self.server.admit(self):
             self._lost = self._closed = self._closing = True
             transport.write(TOO_MANY_CONNECTIONS)
