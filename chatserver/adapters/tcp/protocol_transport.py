@@ -117,16 +117,14 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         except (TimeoutError, OSError, ssl.SSLError, EOFError) as error:
             log.info("TLS handshake failed: %s", error or type(error).__name__)
             tls = None
-            self._lost = self._closed = True
         except asyncio.CancelledError:
             transport.abort()
             raise
         if tls is None:  # failed, or the client went away during the handshake
-            transport.abort()
-            _settle(self.done)
-            return
-        self.transport = tls
-        self._open()
+            self._abort_unopened(logged=True)
+        else:
+            self.transport = tls
+            self._open()
 
     def _open(self) -> None:
         transport = self.transport
