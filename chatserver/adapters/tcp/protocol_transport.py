@@ -297,8 +297,9 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         out = self.out
         out.frames.append(frame)
         out.queued += len(frame)
-        if not self._flush_wanted:
-            self._flush_soon()
+        if not self._flush_wanted:  # _flush_soon(), inline: once per reply
+            self._flush_wanted = True
+            self.server.flush_soon(self)
 
     def _flush_soon(self) -> None:
         if not self._flush_wanted:
@@ -334,7 +335,8 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
             self._update_reading()
         if out.ready and self._callback_task is None:
             self._callback_task = self.loop.create_task(self._run_callbacks())
-        self._output_moved()
+        if self._moved is not None:  # _output_moved(), without the call on the hot path
+            self._output_moved()
 
     async def _run_callbacks(self) -> None:
         try:
