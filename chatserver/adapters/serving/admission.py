@@ -46,11 +46,14 @@ class Admission:
                         REFUSAL_LOG.skipped())
         return False
 
-    def admit(self, ticket: Ticket) -> bool:
-        """The connection is a client: count it against its address (unless it was while
-        pending). False (and logged) if that address has too many."""
+    def admit(self, ticket: Ticket, peer: str | None = None, address: str | None = None) -> bool:
+        """The connection is a client (peer, address: as it is known now, a PROXY header may
+        have named it): count it against its address (unless it was while pending). False (and
+        logged) if that address has too many."""
         self._settled(ticket)
         if not ticket.counted:
+            if peer is not None and address is not None:
+                ticket.peer, ticket.address = peer, address
             if not self.per_address.admit(ticket.address):
                 log.warning("refusing %s: already %d connections from there", ticket.peer,
                             self.per_address.limit)

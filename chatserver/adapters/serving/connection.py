@@ -57,6 +57,9 @@ class ServedConnection(RequestServing):
         self._closing = False  # no more requests are read
         self._closed = False  # nothing more is written (close(): what is unsent is dropped)
         self._shutting_down = False
+        self._moved: anyio.Event | None = None  # set by _output_moved, for one who waits
+        self._answered = anyio.Event()  # every request read is answered
+        self._released = anyio.Event()  # shutdown: everyone is logged out
         self._start_serving()
 
     # What each driver does its own way.
@@ -71,14 +74,20 @@ class ServedConnection(RequestServing):
         """Serve what is read, in order, until reading ends."""
         raise NotImplementedError
 
-    def _answered(self) -> None:
-        """Every request read is answered (requests_done() may return)."""
+    def _end_reading(self) -> None:
+        """Read no more (a request being served goes on)."""
+        raise NotImplementedError
 
-    async def _until_released(self, seconds: float) -> None:
-        """Shutdown: wait (at most seconds) for release()."""
+    def _flush_soon(self) -> None:
+        """Have what is queued (frames, after-flush callbacks) written soon."""
+        raise NotImplementedError
 
-    async def _finish(self) -> None:
-        """Let what is queued be written, for a bounded time."""
+    def _flushed(self) -> bool:
+        """Everything queued is written and its after-flush callbacks have run."""
+        return not (self.out.frames or self.out.callbacks)
+
+    def _finished(self) -> None:
+        """What is queued is written (or the time for it is up)."""
 
     async def _close_transport(self) -> None:
         raise NotImplementedError
@@ -90,7 +99,8 @@ class ServedConnection(RequestServing):
         return out.queued + out.held
 
     def after_flush(self, callback: Callback) -> None:
-        raise NotImplementedError
+        self.out.callbacks.append(callback)
+        self._flush_soon()
 
     def close(self, reason: str = CLOSED_BY_SERVER) -> None:
         """End the connection at once: what is unsent is dropped, the session ends."""
@@ -99,9 +109,40 @@ class ServedConnection(RequestServing):
         self._abort(reason)
         self._closing = self._closed = True
         self._closed_now()
+        self._output_moved()
 
     def _closed_now(self) -> None:
         """close(): stop reading and writing (the driver's way)."""
+
+    def _output_moved(self) -> None:
+        """The driver wrote, or the transport took what it held, or callbacks ran: whoever
+        waits on the output (_finish, a reader held back by a backlog) looks again."""
+        moved = self._moved
+        if moved is not None:
+            self._moved = None
+            moved.set()
+
+    async def _output_moving(self) -> None:
+        if self._moved is None:
+            self._moved = anyio.Event()
+        await self._moved.wait()
+
+    # Server shutdown (log_out_everyone).
+
+    def stop_reading(self) -> None:
+        """Take no more requests (one being served goes on); stay open until release() to
+        hear the rest."""
+        self._shutting_down = True
+        self.core.close("server stopping")
+        self._end_reading()
+
+    async def requests_done(self) -> None:
+        """Wait until the request being served when stop_reading() came is answered."""
+        await self._answered.wait()
+
+    def release(self) -> None:
+        """Everyone is logged out: send what is queued and close."""
+        self._released.set()
 
     # Reading.
 
@@ -164,6 +205,14 @@ class ServedConnection(RequestServing):
                 finally:
                     self._busy = False
 
+    def _silent(self, busy: bool = False) -> bool:
+        """Has the client been silent too long? busy: it waits on us, which counts as hearing
+        from it. True (and logged) if the connection is to end."""
+        if self.core.check(self._now(), self.connection.logged_in, busy) is None:
+            return False
+        self._verdict()
+        return True
+
     def _limited(self) -> None:
         per_address = self.per_address
         flooding = per_address is not None and per_address.limited(self.address)
@@ -184,13 +233,23 @@ class ServedConnection(RequestServing):
                     self._reply_behind(closing.reply)  # errno 8, behind every other reply
                 await self._in_flight_answered()  # pipelined requests: answered, then ended
             finally:
-                self._answered()
+                self._answered.set()
+            grace = self.limits.close_grace_seconds
             if self._shutting_down:
-                await self._until_released(self.limits.close_grace_seconds)
-            await self._finish()
+                with anyio.move_on_after(grace):
+                    await self._released.wait()
+            with anyio.move_on_after(grace):  # what is queued is written, for a bounded time
+                while not self._closed and not self._flushed():
+                    if self.out.frames or self.out.callbacks:
+                        self._flush_soon()
+                    await self._output_moving()
+            self._finished()
         except Exception:
             log.exception("connection %s failed", self.peer)
         finally:
+            if self._waiting is not None:  # cancelled before going on with it
+                self._waiting.close()
+                self._waiting = None
             with anyio.CancelScope(shield=True):
                 try:
                     await self.connection.disconnect(self.close_reason)

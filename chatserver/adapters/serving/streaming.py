@@ -15,7 +15,6 @@ from chatserver.adapters.metrics import PrometheusMetrics
 from chatserver.adapters.proxy_header import TrustedProxies
 from chatserver.adapters.serving.connection import ServedConnection
 from chatserver.adapters.serving.outbox import run_callbacks
-from chatserver.adapters.serving.requests import Callback
 from chatserver.adapters.serving.settings import ConnectionsPerAddress
 from chatserver.application.node import Node
 
@@ -32,10 +31,7 @@ class StreamingClient(ServedConnection):
         super().__init__(node, limits, metrics, peer, address, anyio.current_time(), trusted,
                          messages=messages)
         self._wake = anyio.Event()
-        self._drained = anyio.Event()
-        self._released = anyio.Event()
         self._read_scope = anyio.CancelScope()
-        self._reading_done = anyio.Event()
         self._task_group: TaskGroup | None = None
 
     def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
@@ -59,33 +55,17 @@ class StreamingClient(ServedConnection):
         """Write these frames (each ended by LF); False if the connection is gone."""
         raise NotImplementedError
 
-    # The Outbox port (push: RequestServing's).
-
-    def after_flush(self, callback: Callback) -> None:
-        self.out.callbacks.append(callback)
+    def _flush_soon(self) -> None:
         self._wake.set()
 
     def _closed_now(self) -> None:
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
-    # Server shutdown.
-
-    def stop_reading(self) -> None:
-        """Take no more requests (one being served goes on), stay open until release() to
-        hear the rest."""
-        self._closing = self._shutting_down = True
-        self.core.close("server stopping")
+    def _end_reading(self) -> None:
+        self._closing = True
         if not self._busy:
             self._read_scope.cancel()
-
-    async def requests_done(self) -> None:
-        """Wait until the request being served when stop_reading() came is answered."""
-        await self._reading_done.wait()
-
-    def release(self) -> None:
-        """Everyone is logged out: send what is queued and close."""
-        self._released.set()
 
     # The loops.
 
@@ -112,13 +92,6 @@ class StreamingClient(ServedConnection):
         with self._read_scope:
             await self._read_loop()
 
-    def _answered(self) -> None:
-        self._reading_done.set()
-
-    async def _until_released(self, seconds: float) -> None:
-        with anyio.move_on_after(seconds):
-            await self._released.wait()
-
     async def _read_loop(self) -> None:
         while not self._closing:
             data = await self._receive()
@@ -136,8 +109,7 @@ class StreamingClient(ServedConnection):
                 with anyio.fail_after(deadline - anyio.current_time()):
                     data = await self._read()
             except TimeoutError:
-                if core.check(anyio.current_time(), self.connection.logged_in) is not None:
-                    self._verdict()
+                if self._silent():
                     return None
                 continue
             if data is None:
@@ -154,8 +126,8 @@ class StreamingClient(ServedConnection):
         if self.core.closing is not None:
             self._verdict()
             return False
-        if self.out.queued > self.limits.reply_backlog_bytes:
-            await self._drained.wait()
+        while self.out.queued > self.limits.reply_backlog_bytes and not self._closed:
+            await self._output_moving()
         return True
 
     def _queue(self, frame: bytes) -> None:
@@ -174,15 +146,9 @@ class StreamingClient(ServedConnection):
                 self.core.receive_eof()  # the peer is gone: its end, not the server's
                 self.close()
                 return
-            if not out.frames:
-                self._drained.set()
-                self._drained = anyio.Event()
+            self._output_moved()
             await run_callbacks(callbacks, self.peer)
 
-    async def _finish(self) -> None:
-        """Let the writer send what is queued, for a bounded time."""
-        with anyio.move_on_after(self.limits.close_grace_seconds):
-            while self.out.frames or self.out.callbacks:
-                await self._drained.wait()
+    def _finished(self) -> None:
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()  # the writer: what comes now is not sent

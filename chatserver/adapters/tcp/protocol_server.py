@@ -103,7 +103,7 @@ class ProtocolServer(ListenerSettings):
     def admit(self, client: ProtocolClient) -> bool:
         """Count the client against its address (unless it was while pending); False (and
         logged) if that address has too many."""
-        if not self.admission.admit(client.ticket):
+        if not self.admission.admit(client.ticket, client.peer, client.address):
             return False
         self.clients.add(client)
         return True

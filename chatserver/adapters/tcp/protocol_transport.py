@@ -7,16 +7,14 @@ one transport.write per connection per loop iteration; silence is watched by one
 re-armed only when it fires. Public asyncio API only; runs inside anyio.run on asyncio."""
 
 import asyncio
-import contextlib
 import math
 import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-from chatserver.adapters.connection_core import ConnectionCore, Refused
+from chatserver.adapters.connection_core import Refused
 from chatserver.adapters.serving.admission import Ticket
 from chatserver.adapters.serving.connection import ServedConnection, log
-from chatserver.adapters.serving.requests import Callback
 from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, peer_and_host
 from chatserver.adapters.tcp.connection import set_keepalive
 
@@ -24,7 +22,7 @@ if TYPE_CHECKING:
     from chatserver.adapters.tcp.protocol_server import ProtocolServer
 
 # Frames read but not yet handled past which the client is not read from (a slow request).
-_QUEUED_FRAMES_LIMIT = 256
+_QUEUE_LIMIT = 256
 
 
 def _settle(future: "asyncio.Future[None] | None") -> None:
@@ -36,24 +34,26 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
     """One TCP client, driven by the event loop's callbacks."""
 
     def __init__(self, server: "ProtocolServer") -> None:
-        self.server = server
-        self.loop = loop = server.loop
-        super().__init__(server.node, server.limits, server.metrics, "?", "?", loop.time())
-        self.per_address, self.ticket = server.per_address, Ticket("?", "?")
+        """Made before its transport is: the rest is set up by connection_made."""
+        self.server, self.loop = server, server.loop
         self.transport: asyncio.Transport | None = None
+        self.done = server.loop.create_future()
+
+    def _set_up(self, peer: str, address: str) -> None:
+        server = self.server
+        super().__init__(server.node, server.limits, server.metrics, peer, address,
+                         self.loop.time(), server.trusted)
+        self.per_address, self.ticket = server.per_address, Ticket(peer, address)
         self._flush_wanted = False  # the server will write this connection's output
         self._callback_task: asyncio.Task[None] | None = None  # runs out.ready
-        self._drain_waiters: list[asyncio.Future[None]] = []
         self._worker: asyncio.Task[None] | None = None  # the connection's task
         self._wakeup: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # pipelined requests' (RequestServing)
         self._lost = False  # the socket is gone
-        self._released: asyncio.Future[None] | None = None
         self._reading = True
         self._registered = False
         self._timer: asyncio.TimerHandle | None = None
-        self._requests_done = loop.create_future()  # the worker left its loop
-        self.done = loop.create_future()
+        self._lead = server.run_batch
 
     def _spawn(self, function: Callable[..., Coroutine[Any, Any, None]],
                *args: Any) -> "asyncio.Task[None]":
@@ -62,55 +62,22 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _lead(self, leading: Coroutine[Any, Any, None]) -> None:
-        self.server.run_batch(leading)
-
     def _now(self) -> float:
         return self.loop.time()
 
-    # The Outbox port (push: RequestServing's), and server shutdown.
-
-    def after_flush(self, callback: Callback) -> None:
-        self.out.callbacks.append(callback)
-        self._flush_soon()
-
     def _closed_now(self) -> None:
         self.out.drop()
-        self._stop_reading()
+        self._stop_timer()
+        self._update_reading()
         self._wake()
-        for waiter in self._drain_waiters:
-            _settle(waiter)
-
-    def stop_reading(self) -> None:
-        """Take no more requests; stay open until release() to hear the rest."""
-        self._shutting_down = True
-        self.core.close("server stopping")
-        if self._released is None:
-            self._released = self.loop.create_future()
-        self._end_reading()
-
-    async def requests_done(self) -> None:
-        """Wait until the request being served when stop_reading() came is answered."""
-        if self._worker is not None and not self._worker.done():
-            await asyncio.shield(self._requests_done)
-
-    def release(self) -> None:
-        """Everyone is logged out: send what is queued and close."""
-        if self._released is None:
-            self._released = self.loop.create_future()
-        _settle(self._released)
 
     # asyncio.BufferedProtocol.
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = transport = cast(asyncio.Transport, transport)
-        self.peer, self.address = peer_and_host(transport.get_extra_info("peername"))
-        self.connection.address = self.address
-        self.ticket = Ticket(self.peer, self.address)
-        server = self.server
-        self.core = core = ConnectionCore(self.limits, self.peer, self.address,
-                                          self.loop.time(), server.trusted)
+        self._set_up(*peer_and_host(transport.get_extra_info("peername")))
+        server, core = self.server, self.core
         set_keepalive(transport.get_extra_info("socket"))
         if server.tls is not None:
             if self._admit_pending("TLS handshake", count_address=True):
@@ -150,22 +117,18 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         except (TimeoutError, OSError, ssl.SSLError, EOFError) as error:
             log.info("TLS handshake failed: %s", error or type(error).__name__)
             tls = None
-            self._lost = self._closed = True
         except asyncio.CancelledError:
             transport.abort()
             raise
         if tls is None:  # failed, or the client went away during the handshake
-            transport.abort()
-            _settle(self.done)
-            return
-        self.transport = tls
-        self._open()
+            self._abort_unopened(logged=True)
+        else:
+            self.transport = tls
+            self._open()
 
     def _open(self) -> None:
         transport = self.transport
         assert transport is not None
-        if not self.ticket.counted:
-            self.ticket.peer, self.ticket.address = self.peer, self.address
         if not self.server.admit(self):
             self._lost = self._closed = self._closing = True
             transport.write(TOO_MANY_CONNECTIONS)
@@ -208,7 +171,7 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         """Serve what the core handed out: now, as far as nothing has to wait, the rest by
         the connection's task, in order."""
         if self._take_frames(items):
-            if len(self._frames) > _QUEUED_FRAMES_LIMIT:
+            if len(self._frames) > _QUEUE_LIMIT:
                 self._update_reading()
             self._wake()
         if self.core.closing is not None:
@@ -241,38 +204,27 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         if not self._registered:
             _settle(self.done)
 
-    def pause_writing(self) -> None:
-        pass
-
     def resume_writing(self) -> None:
         self._drained()
 
     # Reading.
 
     def _end_reading(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._stop_reading()
-        self._wake()
-
-    def _stop_reading(self) -> None:
-        self._stop_timer()
-        if self._reading and self.transport is not None and not self._lost:
-            self._reading = False
-            self.transport.pause_reading()
+        if not self._closing:
+            self._closing = True
+            self._stop_timer()
+            self._update_reading()
+            self._wake()
 
     def _update_reading(self) -> None:
-        """Read while the client's replies and requests are not piling up."""
-        if self._closing or self._lost or self.transport is None:
+        """Read until reading ends, while the client's replies and requests do not pile up."""
+        transport = self.transport
+        if self._lost or transport is None:
             return
-        want = not self.out.backlogged and len(self._frames) <= _QUEUED_FRAMES_LIMIT
+        want = not (self._closing or self.out.backlogged) and len(self._frames) <= _QUEUE_LIMIT
         if want != self._reading:
             self._reading = want
-            if want:
-                self.transport.resume_reading()
-            else:
-                self.transport.pause_reading()
+            transport.resume_reading() if want else transport.pause_reading()
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -287,17 +239,14 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
 
     def _check_silence(self) -> None:
         self._timer = None
-        core = self.core
-        unopened = core.awaiting_proxy_header
+        unopened = self.core.awaiting_proxy_header
         if self._closing and not unopened:
             return
-        busy = self._busy or bool(self._frames or self._slots) or not self._reading
-        if core.check(self.loop.time(), self.connection.logged_in, busy) is None:
+        if not self._silent(self._busy or bool(self._frames or self._slots) or not self._reading):
             self._arm_timer()
         elif unopened:
-            self._abort_unopened()
+            self._abort_unopened(logged=True)
         else:
-            self._verdict()
             self._end_reading()
 
     # The connection's task: the frames that have to wait, then the end (ServedConnection).
@@ -314,10 +263,6 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
         try:
             await self._lifecycle()
         finally:
-            if self._waiting is not None:  # cancelled before going on with it
-                self._waiting.close()
-                self._waiting = None
-            self._answered()
             _settle(self.done)
 
     async def _serve_reads(self) -> None:
@@ -330,30 +275,8 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
             self._wakeup = self.loop.create_future()
             await self._wakeup
 
-    def _answered(self) -> None:
-        _settle(self._requests_done)
-
-    async def _wait(self, future: "asyncio.Future[None]", seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(future), seconds)
-
-    async def _until_released(self, seconds: float) -> None:
-        if self._released is not None:
-            await self._wait(self._released, seconds)
-
-    async def _finish(self) -> None:
-        """Let what is queued be written, for a bounded time."""
-        if self._closed or self._lost or self.out.idle:
-            return
-        waiter = self.loop.create_future()
-        self._drain_waiters.append(waiter)
-        if self.out.frames or self.out.callbacks:
-            self._flush_soon()
-        await self._wait(waiter, self.limits.close_grace_seconds)
-        if self._callback_task is not None and not self._callback_task.done():
-            await self._wait(
-                asyncio.ensure_future(self._callback_task), self.limits.close_grace_seconds
-            )
+    def _flushed(self) -> bool:
+        return (self._lost or self.out.idle) and self._callback_task is None
 
     async def _close_transport(self) -> None:
         transport = self.transport
@@ -402,7 +325,7 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
             transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         if out.wrote(callbacks, transport.get_write_buffer_size()):
             self._update_reading()
-        elif not out.held and (out.written or out.backlogged or self._drain_waiters):
+        elif not out.held and (out.written or out.backlogged or self._moved is not None):
             self._drained()
 
     def _drained(self) -> None:
@@ -412,13 +335,12 @@ class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
             self._update_reading()
         if out.ready and self._callback_task is None:
             self._callback_task = self.loop.create_task(self._run_callbacks())
-        if self._drain_waiters and not out.frames and not out.callbacks:
-            waiters, self._drain_waiters = self._drain_waiters, []
-            for waiter in waiters:
-                _settle(waiter)
+        if self._moved is not None:  # _output_moved(), without the call on the hot path
+            self._output_moved()
 
     async def _run_callbacks(self) -> None:
         try:
             await self.out.run_ready(self.peer)
         finally:
             self._callback_task = None
+            self._output_moved()

@@ -92,9 +92,7 @@ class TcpServer(ListenerSettings):
         ):
             await anyio.aclose_forcefully(stream)
             return
-        if not ticket.counted:
-            ticket.peer, ticket.address = client.peer, client.address
-        if not self.admission.admit(ticket):
+        if not self.admission.admit(ticket, client.peer, client.address):
             with anyio.move_on_after(1):
                 await stream.send(TOO_MANY_CONNECTIONS)
             await stream.aclose()
