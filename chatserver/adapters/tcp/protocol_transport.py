@@ -10,16 +10,14 @@ import asyncio
 import math
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from chatserver.adapters.connection_core import Refused
 from chatserver.adapters.serving.admission import Ticket
 from chatserver.adapters.serving.connection import ServedConnection, log
 from chatserver.adapters.serving.settings import TOO_MANY_CONNECTIONS, peer_and_host
 from chatserver.adapters.tcp.connection import set_keepalive
-
-if TYPE_CHECKING:
-    from chatserver.adapters.tcp.protocol_server import ProtocolServer
+from chatserver.adapters.tcp.listener import Listener
 
 # Frames read but not yet handled past which the client is not read from (a slow request).
 _QUEUE_LIMIT = 256
@@ -33,7 +31,7 @@ def _settle(future: "asyncio.Future[None] | None") -> None:
 class ProtocolClient(ServedConnection, asyncio.BufferedProtocol):
     """One TCP client, driven by the event loop's callbacks."""
 
-    def __init__(self, server: "ProtocolServer") -> None:
+    def __init__(self, server: Listener) -> None:
         """Made before its transport is: the rest is set up by connection_made."""
         self.server, self.loop = server, server.loop
         self.transport: asyncio.Transport | None = None
